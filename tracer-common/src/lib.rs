@@ -1,0 +1,187 @@
+//! The ABI between the kernel programs (`tracer-ebpf`) and the daemon (`tracer`).
+//!
+//! Everything here is `#[repr(C)]` and plain data: the kernel writes [`ConnEvent`] records into
+//! the ring buffer and bumps per-CPU [`counters`]; userspace reads both back byte for byte.
+#![no_std]
+
+/// Ring buffer carrying [`ConnEvent`] records.
+pub const EVENTS_MAP: &str = "EVENTS";
+/// Per-CPU `u64` array of emit and drop counters, indexed by [`counters`].
+pub const COUNTERS_MAP: &str = "COUNTERS";
+/// Default ring buffer size in bytes (a power of two, a multiple of the page size).
+pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
+
+/// What happened to a socket. The discriminants are the wire values.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventKind {
+    /// `connect()` started (CLOSE -> SYN_SENT): in the connecting process, which becomes the owner.
+    /// The local port may still be 0.
+    Connect = 0,
+    /// The handshake completed (-> ESTABLISHED). Runs in softirq: names no process.
+    Established = 1,
+    /// An outbound connect ended before ESTABLISHED (refused, timed out, unreachable).
+    ConnectFailed = 2,
+    /// Any other state change of a socket still attached to a file (not orphaned).
+    StateChange = 3,
+    /// `accept()`/`accept4()` returned this socket to a process, which becomes the owner.
+    Accept = 4,
+    /// The last reference to the socket's file went away (close of the last fd, process exit).
+    Release = 5,
+}
+
+impl EventKind {
+    pub const COUNT: usize = 6;
+    pub const ALL: [EventKind; Self::COUNT] = [
+        EventKind::Connect,
+        EventKind::Established,
+        EventKind::ConnectFailed,
+        EventKind::StateChange,
+        EventKind::Accept,
+        EventKind::Release,
+    ];
+
+    pub fn from_u8(raw: u8) -> Option<Self> {
+        Self::ALL.get(raw as usize).copied()
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Connect => "connect",
+            EventKind::Established => "established",
+            EventKind::ConnectFailed => "connect_failed",
+            EventKind::StateChange => "state_change",
+            EventKind::Accept => "accept",
+            EventKind::Release => "release",
+        }
+    }
+}
+
+/// Bits of [`ConnEvent::flags`].
+pub mod flags {
+    /// The event ran in the context of the process it names: `tgid`, `tid`, `comm`,
+    /// `start_time_ns` and `cgroup_id` are valid. Without it they are zero.
+    pub const OWNER_CONTEXT: u8 = 1 << 0;
+    /// The socket was created by `accept()` (passive open) rather than `connect()`.
+    pub const INBOUND: u8 = 1 << 1;
+}
+
+/// TCP states as the kernel numbers them (include/net/tcp_states.h); stable kernel ABI.
+pub mod tcp_state {
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_SENT: u8 = 2;
+    pub const SYN_RECV: u8 = 3;
+    pub const FIN_WAIT1: u8 = 4;
+    pub const FIN_WAIT2: u8 = 5;
+    pub const TIME_WAIT: u8 = 6;
+    pub const CLOSE: u8 = 7;
+    pub const CLOSE_WAIT: u8 = 8;
+    pub const LAST_ACK: u8 = 9;
+    pub const LISTEN: u8 = 10;
+    pub const CLOSING: u8 = 11;
+    pub const NEW_SYN_RECV: u8 = 12;
+}
+
+pub const AF_INET: u8 = 2;
+pub const AF_INET6: u8 = 10;
+
+/// Socket addresses as the kernel holds them, from the socket's own point of view.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Tuple {
+    /// IPv4 in the first 4 bytes, or IPv6 (possibly v4-mapped), network byte order.
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    /// Host byte order.
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u16,
+}
+
+/// One ring buffer record. Fixed size, no pointers that userspace dereferences.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnEvent {
+    /// CLOCK_BOOTTIME, nanoseconds.
+    pub timestamp_ns: u64,
+    /// Kernel address of the `struct sock`: unique among live sockets. Userspace adds a
+    /// generation so that a reused address never merges two sockets.
+    pub sock: u64,
+    /// Start time of the owning thread-group leader (CLOCK_BOOTTIME ns); with `tgid` it keys a
+    /// process so that a reused pid is never merged with an old one.
+    pub start_time_ns: u64,
+    pub cgroup_id: u64,
+    /// Inode number of the socket's network namespace.
+    pub netns: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    pub tuple: Tuple,
+    /// [`EventKind`] as `u8`.
+    pub kind: u8,
+    /// [`flags`] bits.
+    pub flags: u8,
+    /// [`tcp_state`] values; equal for events that are not state changes.
+    pub old_state: u8,
+    pub new_state: u8,
+    /// Command name of the thread-group leader, NUL-padded.
+    pub comm: [u8; 16],
+    /// Explicit so that no byte of a record is left uninitialised.
+    pub _pad: [u8; 2],
+}
+
+impl ConnEvent {
+    pub const SIZE: usize = core::mem::size_of::<ConnEvent>();
+
+    pub fn kind(&self) -> Option<EventKind> {
+        EventKind::from_u8(self.kind)
+    }
+
+    pub fn in_owner_context(&self) -> bool {
+        self.flags & flags::OWNER_CONTEXT != 0
+    }
+
+    pub fn is_inbound(&self) -> bool {
+        self.flags & flags::INBOUND != 0
+    }
+}
+
+/// Slots of the per-CPU counters array. Per kind: how many events a probe tried to emit and how
+/// many it lost at the ring buffer, so that userspace can prove `emitted = received + lost`.
+pub mod counters {
+    use super::EventKind;
+
+    pub const fn emitted(kind: EventKind) -> u32 {
+        kind as u32
+    }
+    pub const fn lost_ringbuf(kind: EventKind) -> u32 {
+        EventKind::COUNT as u32 + kind as u32
+    }
+    /// accept() returned an fd that did not resolve to a TCP socket the probes could read.
+    pub const ACCEPT_UNRESOLVED: u32 = 2 * EventKind::COUNT as u32;
+    /// Test-only fault injection dropped a release on purpose (see `Config::drop_every_nth_release`).
+    pub const RELEASE_DROPPED_BY_FAULT_INJECTION: u32 = ACCEPT_UNRESOLVED + 1;
+    /// Total number of slots.
+    pub const SLOTS: u32 = RELEASE_DROPPED_BY_FAULT_INJECTION + 1;
+}
+
+/// Settings the loader writes into the kernel programs' read-only data before load.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Config {
+    /// Test-only: drop every Nth release event in the kernel (0 = never), to prove that the test
+    /// matrix catches wrong counts.
+    pub drop_every_nth_release: u32,
+    pub _reserved: u32,
+}
+
+/// Name of the global holding [`Config`] in the kernel object.
+pub const CONFIG_GLOBAL: &str = "TRACER_CONFIG";
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain #[repr(C)] data with no padding-dependent invariants; any byte pattern is valid.
+    unsafe impl aya::Pod for super::ConnEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Config {}
+}

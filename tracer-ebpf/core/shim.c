@@ -1,0 +1,124 @@
+/* CO-RE accessors called from the Rust programs. Compiled to LLVM bitcode by clang and linked
+ * into the Rust object by bpf-linker, which inlines them; aya applies the relocations when it
+ * loads the object. Keep every function small, total and free of side effects. */
+#include "vmlinux_min.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+
+#define SHIM __attribute__((always_inline))
+
+/* Mirrors tracer_common::Tuple (#[repr(C)]). */
+struct tracer_tuple {
+	__u8 local_addr[16];
+	__u8 remote_addr[16];
+	__u16 local_port;
+	__u16 remote_port;
+	__u16 family;
+};
+
+/* 1 for an AF_INET/AF_INET6 TCP socket, else 0. */
+SHIM int tracer_sk_is_tcp(struct sock *sk)
+{
+	unsigned short family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family != AF_INET && family != AF_INET6)
+		return 0;
+	return BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol) == IPPROTO_TCP;
+}
+
+/* 1 once tcp_close() has orphaned the socket (SOCK_DEAD): no file, no owner any more. */
+SHIM int tracer_sk_orphaned(struct sock *sk)
+{
+	unsigned long flags;
+
+	if (bpf_core_field_exists(((struct sock___flags_in_sock *)0)->sk_flags))
+		flags = BPF_CORE_READ((struct sock___flags_in_sock *)sk, sk_flags);
+	else
+		flags = BPF_CORE_READ(sk, __sk_common.skc_flags);
+	return (flags >> bpf_core_enum_value(enum sock_flags, SOCK_DEAD)) & 1;
+}
+
+/* 1 when the socket's struct file has dropped its last reference: we are inside the
+ * __fput() -> sock_close() -> tcp_close() of the process that released it. shutdown() runs
+ * with the file still referenced by the fd table, so it never matches. */
+SHIM int tracer_sk_file_released(struct sock *sk)
+{
+	struct file *file = BPF_CORE_READ(sk, sk_socket, file);
+	if (!file)
+		return 0;
+	if (bpf_core_field_exists(((struct file___ref *)0)->f_ref)) {
+		/* file_ref_t holds (references - 1); the dead/released encodings are negative. */
+		__s64 refcnt = BPF_CORE_READ((struct file___ref *)file, f_ref.refcnt.counter);
+		return refcnt < 0;
+	}
+	return BPF_CORE_READ(file, f_count.counter) == 0;
+}
+
+SHIM __u8 tracer_sk_state(struct sock *sk)
+{
+	return BPF_CORE_READ(sk, __sk_common.skc_state);
+}
+
+SHIM __u32 tracer_sk_netns(struct sock *sk)
+{
+	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+}
+
+SHIM void tracer_sk_tuple(struct sock *sk, struct tracer_tuple *t)
+{
+	unsigned short family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	t->family = family;
+	t->local_port = BPF_CORE_READ(sk, __sk_common.skc_num);
+	t->remote_port = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (family == AF_INET) {
+		__be32 local = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+		__be32 remote = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+		__builtin_memcpy(t->local_addr, &local, 4);
+		__builtin_memcpy(t->remote_addr, &remote, 4);
+	} else {
+		BPF_CORE_READ_INTO(&t->local_addr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&t->remote_addr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	}
+}
+
+/* The struct sock behind file descriptor `fd` of the current task, or NULL. */
+SHIM struct sock *tracer_fd_sock(__u32 fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct file **fds;
+	struct file *file = 0;
+	struct socket *sock;
+
+	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
+		return 0;
+	fds = BPF_CORE_READ(fdt, fd);
+	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
+		return 0;
+	sock = BPF_CORE_READ(file, private_data);
+	if (!sock)
+		return 0;
+	/* A socket's file points back at it: rejects any non-socket private_data. */
+	if (BPF_CORE_READ(sock, file) != file)
+		return 0;
+	return BPF_CORE_READ(sock, sk);
+}
+
+/* Start time (CLOCK_BOOTTIME ns) of the current thread-group leader. */
+SHIM __u64 tracer_leader_start_time(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	return BPF_CORE_READ(task, group_leader, start_boottime);
+}
+
+/* Command name of the current thread-group leader (threads may rename themselves). */
+SHIM void tracer_leader_comm(char comm[16])
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct task_struct *leader = BPF_CORE_READ(task, group_leader);
+	bpf_probe_read_kernel_str(comm, 16, &leader->comm);
+}
+

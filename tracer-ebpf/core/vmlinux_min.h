@@ -1,0 +1,115 @@
+/* The few kernel types the probes read, declared with preserve_access_index so that every
+ * access is a CO-RE relocation resolved against the running kernel's BTF at load time.
+ * Only the members we read are declared; anonymous unions of the kernel are traversed by
+ * libbpf's field matching, so they are flattened here. Never add offsets by hand. */
+#ifndef TRACER_VMLINUX_MIN_H
+#define TRACER_VMLINUX_MIN_H
+
+typedef unsigned char __u8;
+typedef unsigned short __u16;
+typedef unsigned int __u32;
+typedef unsigned long long __u64;
+typedef signed char __s8;
+typedef short __s16;
+typedef int __s32;
+typedef long long __s64;
+typedef __u16 __be16;
+typedef __u32 __be32;
+typedef __u32 __wsum;
+typedef _Bool bool;
+
+#pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
+
+typedef struct {
+	__s64 counter;
+} atomic_long_t;
+
+struct ns_common {
+	unsigned int inum;
+};
+
+struct net {
+	struct ns_common ns;
+};
+
+typedef struct {
+	struct net *net;
+} possible_net_t;
+
+struct in6_addr {
+	union {
+		__u8 u6_addr8[16];
+	} in6_u;
+};
+
+struct sock_common {
+	__be32 skc_daddr;
+	__be32 skc_rcv_saddr;
+	__be16 skc_dport;
+	__u16 skc_num;
+	unsigned short skc_family;
+	volatile unsigned char skc_state;
+	possible_net_t skc_net;
+	struct in6_addr skc_v6_daddr;
+	struct in6_addr skc_v6_rcv_saddr;
+	unsigned long skc_flags; /* newer kernels keep sk_flags here */
+};
+
+struct socket;
+
+struct sock {
+	struct sock_common __sk_common;
+	/* A bitfield before 5.6: read it with BPF_CORE_READ_BITFIELD_PROBED only. */
+	__u16 sk_protocol;
+	struct socket *sk_socket;
+};
+
+/* Older kernels (5.10 among them) have sk_flags in struct sock itself. */
+struct sock___flags_in_sock {
+	unsigned long sk_flags;
+};
+
+struct file {
+	atomic_long_t f_count; /* up to 6.12 */
+	void *private_data;
+};
+
+/* 6.13 replaced f_count by a file_ref_t; the ___ suffix makes this a second local view of
+ * struct file for CO-RE. */
+typedef struct {
+	atomic_long_t refcnt;
+} file_ref_t;
+
+struct file___ref {
+	file_ref_t f_ref;
+};
+
+struct socket {
+	struct file *file;
+	struct sock *sk;
+};
+
+struct fdtable {
+	unsigned int max_fds;
+	struct file **fd;
+};
+
+struct files_struct {
+	struct fdtable *fdt;
+};
+
+struct task_struct {
+	int tgid;
+	struct task_struct *group_leader;
+	struct files_struct *files;
+	__u64 start_boottime;
+	char comm[16];
+};
+
+#pragma clang attribute pop
+
+enum sock_flags {
+	SOCK_DEAD = 0,
+};
+
+#endif

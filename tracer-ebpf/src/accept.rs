@@ -1,0 +1,54 @@
+//! `tracepoint/syscalls/sys_exit_accept{,4}`: the accepting process, in its own context.
+//!
+//! The server side's ESTABLISHED transition runs in softirq, so it cannot name the owner; the
+//! syscall exit can. It also sees accepts that were already blocked when the probes attached.
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use tracer_common::{counters, flags, EventKind};
+
+use crate::{
+    core_shim,
+    emit::{bump, emit},
+};
+
+/// Offset of `long ret` in the `syscalls:sys_exit_*` record (after the 8-byte common header and
+/// `int __syscall_nr` padded to 8). This is the tracepoint's stable user ABI, not a kernel struct;
+/// the loader checks it against the tracefs format file before attaching.
+pub const SYSCALL_EXIT_RET_OFFSET: usize = 16;
+
+#[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
+pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
+    on_accept_exit(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_accept")]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    on_accept_exit(&ctx);
+    0
+}
+
+#[inline(always)]
+fn on_accept_exit(ctx: &TracePointContext) {
+    // SAFETY: reading the tracepoint record at its documented offset.
+    let Ok(ret) = (unsafe { ctx.read_at::<i64>(SYSCALL_EXIT_RET_OFFSET) }) else {
+        return;
+    };
+    if ret < 0 {
+        return;
+    }
+    // SAFETY: the shim validates the fd against the task's fd table and the file's back pointer.
+    let sk = unsafe { core_shim::tracer_fd_sock(ret as u32) };
+    if sk.is_null() {
+        bump(counters::ACCEPT_UNRESOLVED);
+        return;
+    }
+    // SAFETY: `sk` was read from the socket the kernel just installed in the fd table.
+    let (is_tcp, state) = unsafe { (core_shim::tracer_sk_is_tcp(sk), core_shim::tracer_sk_state(sk)) };
+    if is_tcp == 0 {
+        // accept() on a Unix or other non-TCP listener: not ours, not a loss.
+        return;
+    }
+    // The peer may already have hung up while the socket waited in the backlog: report the
+    // state it has now.
+    emit(EventKind::Accept, sk, state, state, flags::OWNER_CONTEXT | flags::INBOUND);
+}

@@ -1,0 +1,53 @@
+//! `tp_btf/inet_sock_set_state`: every TCP state change, in whatever context the kernel makes it.
+//!
+//! Context matters: CLOSE->SYN_SENT runs inside connect() (the owner), the handshake
+//! completions run in softirq (any process may be current), and a change made by tcp_close()
+//! runs in the task that dropped the file's last reference. Only the first and the last may
+//! name a process.
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use tracer_common::{flags, tcp_state::*, EventKind};
+
+use crate::{
+    core_shim::{self, SockPtr},
+    emit::{emit, inject_release_drop},
+};
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
+    let sk: SockPtr = ctx.arg(0);
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    on_state_change(sk, old as u8, new as u8);
+    0
+}
+
+#[inline(always)]
+fn on_state_change(sk: SockPtr, old: u8, new: u8) {
+    // Listeners, and children being created from one, are not connections.
+    if old == LISTEN || new == LISTEN || new == SYN_RECV || new == NEW_SYN_RECV {
+        return;
+    }
+    // SAFETY: `sk` is the tracepoint's own socket argument; the shim only reads through it.
+    unsafe {
+        if core_shim::tracer_sk_is_tcp(sk) == 0 {
+            return;
+        }
+        // After tcp_close() orphaned it, nothing about the socket changes what we report.
+        if core_shim::tracer_sk_orphaned(sk) != 0 {
+            return;
+        }
+        if core_shim::tracer_sk_file_released(sk) != 0 {
+            if !inject_release_drop() {
+                emit(EventKind::Release, sk, old, new, flags::OWNER_CONTEXT);
+            }
+            return;
+        }
+    }
+    match (old, new) {
+        (CLOSE, SYN_SENT) => emit(EventKind::Connect, sk, old, new, flags::OWNER_CONTEXT),
+        (SYN_SENT, ESTABLISHED) => emit(EventKind::Established, sk, old, new, 0),
+        (SYN_RECV, ESTABLISHED) => emit(EventKind::Established, sk, old, new, flags::INBOUND),
+        (SYN_SENT, CLOSE) => emit(EventKind::ConnectFailed, sk, old, new, 0),
+        _ => emit(EventKind::StateChange, sk, old, new, 0),
+    }
+}

@@ -1,0 +1,16 @@
+//! tracer: a system-wide TCP connection lifecycle tracer.
+//!
+//! The stages, in the order an event flows through them:
+//! - [`probes`]: load and attach the kernel programs (`tracer-ebpf`), read their counters;
+//! - [`pipeline`]: drain the ring buffer in batches;
+//! - [`events`]: decode records and render them;
+//! - [`daemon`]: wire the stages together and run until a signal;
+//! - [`cli`]: the `tracer` command line on top of the library.
+pub mod cli;
+pub mod daemon;
+pub mod error;
+pub mod events;
+pub mod pipeline;
+pub mod probes;
+
+pub use error::{Error, Result};

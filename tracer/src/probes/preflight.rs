@@ -1,0 +1,92 @@
+//! Checks made before loading anything, so that a user gets one clear message instead of a
+//! verifier log: privileges, BTF, kernel version, tracefs.
+use std::{fs, io, path::Path};
+
+use crate::error::{Error, Result};
+
+pub const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// The running kernel's release string (`uname -r`).
+pub fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// (major, minor) parsed from a release such as `6.1.0-27-cloud-amd64`.
+pub fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+pub fn check() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 && !has_bpf_capabilities() {
+        return Err(Error::MissingPrivileges);
+    }
+    if !Path::new(BTF_PATH).exists() {
+        return Err(Error::NoBtf);
+    }
+    let release = kernel_release();
+    match parse_kernel_version(&release) {
+        Some(version) if version >= (5, 8) => {}
+        _ => return Err(Error::KernelTooOld { found: release }),
+    }
+    ensure_tracefs()
+}
+
+/// CAP_BPF (39) and CAP_PERFMON (38) in the effective set, read from /proc/self/status.
+fn has_bpf_capabilities() -> bool {
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let Ok(status) = fs::read_to_string("/proc/self/status") else { return false };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_BPF) != 0 && caps & (1 << CAP_PERFMON) != 0)
+}
+
+/// aya attaches classic tracepoints through tracefs ids; some hosts (this project's CI VMs
+/// among them) boot without tracefs mounted.
+fn ensure_tracefs() -> Result<()> {
+    let mounted = |p: &str| Path::new(p).join("events").is_dir();
+    if mounted(TRACEFS) || mounted("/sys/kernel/debug/tracing") {
+        return Ok(());
+    }
+    let target = c"/sys/kernel/tracing";
+    // SAFETY: valid NUL-terminated strings; mount(2) has no memory preconditions.
+    let rc = unsafe {
+        libc::mount(c"nodev".as_ptr(), target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null())
+    };
+    if rc != 0 {
+        return Err(Error::Tracefs { path: TRACEFS.into(), source: io::Error::last_os_error() });
+    }
+    Ok(())
+}
+
+/// The tracefs events directory, once [`check`] made sure it is mounted.
+pub fn tracefs_events() -> &'static Path {
+    if Path::new(TRACEFS).join("events").is_dir() {
+        Path::new("/sys/kernel/tracing/events")
+    } else {
+        Path::new("/sys/kernel/debug/tracing/events")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_distribution_kernel_releases() {
+        assert_eq!(parse_kernel_version("5.10.0-33-cloud-amd64"), Some((5, 10)));
+        assert_eq!(parse_kernel_version("6.12.48+deb13-cloud-amd64"), Some((6, 12)));
+        assert_eq!(parse_kernel_version("6.18.44-fc-v669"), Some((6, 18)));
+        assert_eq!(parse_kernel_version("garbage"), None);
+    }
+}
