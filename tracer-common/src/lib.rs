@@ -28,10 +28,15 @@ pub enum EventKind {
     Accept = 4,
     /// The last reference to the socket's file went away (close of the last fd, process exit).
     Release = 5,
+    /// The last thread of a process exited (its fds are closed right after: releases follow).
+    /// `sock` and `tuple` are zero.
+    ProcessExit = 6,
+    /// A process called execve(): `comm` is the new command name. `sock` and `tuple` are zero.
+    ProcessExec = 7,
 }
 
 impl EventKind {
-    pub const COUNT: usize = 6;
+    pub const COUNT: usize = 8;
     pub const ALL: [EventKind; Self::COUNT] = [
         EventKind::Connect,
         EventKind::Established,
@@ -39,6 +44,8 @@ impl EventKind {
         EventKind::StateChange,
         EventKind::Accept,
         EventKind::Release,
+        EventKind::ProcessExit,
+        EventKind::ProcessExec,
     ];
 
     pub fn from_u8(raw: u8) -> Option<Self> {
@@ -53,6 +60,8 @@ impl EventKind {
             EventKind::StateChange => "state_change",
             EventKind::Accept => "accept",
             EventKind::Release => "release",
+            EventKind::ProcessExit => "process_exit",
+            EventKind::ProcessExec => "process_exec",
         }
     }
 }

@@ -122,3 +122,11 @@ SHIM void tracer_leader_comm(char comm[16])
 	bpf_probe_read_kernel_str(comm, 16, &leader->comm);
 }
 
+
+/* 1 when the current task is the last live thread of its process: do_exit() decrements
+ * signal->live before the sched_process_exit tracepoint. */
+SHIM int tracer_current_group_dead(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	return BPF_CORE_READ(task, signal, live.counter) == 0;
+}

@@ -98,8 +98,17 @@ struct files_struct {
 	struct fdtable *fdt;
 };
 
+typedef struct {
+	int counter;
+} atomic_t;
+
+struct signal_struct {
+	atomic_t live;
+};
+
 struct task_struct {
 	int tgid;
+	struct signal_struct *signal;
 	struct task_struct *group_leader;
 	struct files_struct *files;
 	__u64 start_boottime;

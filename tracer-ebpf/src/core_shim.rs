@@ -17,4 +17,5 @@ unsafe extern "C" {
     pub fn tracer_fd_sock(fd: u32) -> SockPtr;
     pub fn tracer_leader_start_time() -> u64;
     pub fn tracer_leader_comm(comm: *mut u8);
+    pub fn tracer_current_group_dead() -> i32;
 }

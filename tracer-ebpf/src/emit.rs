@@ -3,9 +3,9 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns},
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{PerCpuArray, RingBuf, ring_buf::RingBufEntry},
 };
-use tracer_common::{flags, counters, Config, ConnEvent, EventKind, DEFAULT_RING_BYTES};
+use tracer_common::{flags, counters, Config, ConnEvent, EventKind, Tuple, DEFAULT_RING_BYTES};
 
 use crate::core_shim::{self, SockPtr};
 
@@ -59,43 +59,73 @@ pub fn inject_release_drop() -> bool {
     false
 }
 
-/// Writes one record for `sk`. `owner_context` says the current task is the process the event
-/// is about: only then are pid, comm and cgroup filled in.
+/// Writes one record about socket `sk`. With [`flags::OWNER_CONTEXT`] the current task is the
+/// process the event is about, and only then are pid, comm and cgroup filled in.
 #[inline(always)]
 pub fn emit(kind: EventKind, sk: SockPtr, old_state: u8, new_state: u8, event_flags: u8) {
-    bump(counters::emitted(kind));
-    let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) else {
-        bump(counters::lost_ringbuf(kind));
-        return;
-    };
+    let Some(mut entry) = reserve(kind) else { return };
     let event = entry.as_mut_ptr();
     // SAFETY: `event` points at a reserved, exclusively owned record of the right size; every
     // field is written before submit.
     unsafe {
-        (*event).timestamp_ns = bpf_ktime_get_boot_ns();
         (*event).sock = sk as u64;
         (*event).netns = core_shim::tracer_sk_netns(sk);
         core_shim::tracer_sk_tuple(sk, &raw mut (*event).tuple);
+        fill_common(event, kind, old_state, new_state, event_flags);
+    }
+    entry.submit(0);
+}
+
+/// Writes one record about the current process itself (exit, exec): no socket.
+#[inline(always)]
+pub fn emit_process(kind: EventKind) {
+    let Some(mut entry) = reserve(kind) else { return };
+    let event = entry.as_mut_ptr();
+    // SAFETY: as in `emit`.
+    unsafe {
+        (*event).sock = 0;
+        (*event).netns = 0;
+        (*event).tuple = Tuple::default();
+        fill_common(event, kind, 0, 0, flags::OWNER_CONTEXT);
+    }
+    entry.submit(0);
+}
+
+#[inline(always)]
+fn reserve(kind: EventKind) -> Option<RingBufEntry<ConnEvent>> {
+    bump(counters::emitted(kind));
+    let entry = EVENTS.reserve::<ConnEvent>(0);
+    if entry.is_none() {
+        bump(counters::lost_ringbuf(kind));
+    }
+    entry
+}
+
+/// # Safety
+/// `event` must point at a reserved ring buffer record.
+#[inline(always)]
+unsafe fn fill_common(event: *mut ConnEvent, kind: EventKind, old_state: u8, new_state: u8, event_flags: u8) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        (*event).timestamp_ns = bpf_ktime_get_boot_ns();
         (*event).kind = kind as u8;
         (*event).flags = event_flags;
         (*event).old_state = old_state;
         (*event).new_state = new_state;
         (*event)._pad = [0; 2];
+        (*event).comm = [0; 16];
         if event_flags & flags::OWNER_CONTEXT != 0 {
             let pid_tgid = bpf_get_current_pid_tgid();
             (*event).tgid = (pid_tgid >> 32) as u32;
             (*event).tid = pid_tgid as u32;
             (*event).start_time_ns = core_shim::tracer_leader_start_time();
             (*event).cgroup_id = bpf_get_current_cgroup_id();
-            (*event).comm = [0; 16];
             core_shim::tracer_leader_comm((&raw mut (*event).comm).cast());
         } else {
             (*event).tgid = 0;
             (*event).tid = 0;
             (*event).start_time_ns = 0;
             (*event).cgroup_id = 0;
-            (*event).comm = [0; 16];
         }
     }
-    entry.submit(0);
 }

@@ -5,12 +5,15 @@
 //!   failed connects, state changes, and releases (detected by the dying file).
 //! - `tracepoint/syscalls/sys_exit_accept{,4}` ([`accept`]): attributes accepted sockets to
 //!   the accepting process, in its own context.
+//! - `tp_btf/sched_process_exit` and `tp_btf/sched_process_exec` ([`process`]): a process's
+//!   end (before its fds are closed) and its new command name.
 #![no_std]
 #![no_main]
 
 mod accept;
 mod core_shim;
 mod emit;
+mod process;
 mod state_change;
 
 #[cfg(not(test))]

@@ -15,22 +15,23 @@ const SYSCALL_EXIT_RET_OFFSET: usize = 16;
 
 pub fn attach(ebpf: &mut Ebpf) -> Result<()> {
     let btf = Btf::from_sys_fs()?;
-    let program = "inet_sock_set_state";
-    let tp: &mut BtfTracePoint = ebpf
-        .program_mut(program)
-        .ok_or(Error::MissingProgram("inet_sock_set_state"))?
-        .try_into()
-        .map_err(|source| Error::Program { action: "find", program: program.into(), source })?;
-    tp.load("inet_sock_set_state", &btf)
-        .map_err(|source| Error::Program { action: "load", program: program.into(), source })?;
-    tp.attach()
-        .map_err(|source| Error::Program { action: "attach", program: program.into(), source })?;
+    for program in ["inet_sock_set_state", "sched_process_exit", "sched_process_exec"] {
+        let tp: &mut BtfTracePoint = ebpf
+            .program_mut(program)
+            .ok_or(Error::MissingProgram(program))?
+            .try_into()
+            .map_err(|source| Error::Program { action: "find", program: program.into(), source })?;
+        tp.load(program, &btf)
+            .map_err(|source| Error::Program { action: "load", program: program.into(), source })?;
+        tp.attach()
+            .map_err(|source| Error::Program { action: "attach", program: program.into(), source })?;
+    }
 
     for (program, syscall) in [("sys_exit_accept4", "sys_exit_accept4"), ("sys_exit_accept", "sys_exit_accept")] {
         check_ret_offset(syscall)?;
         let tp: &mut TracePoint = ebpf
             .program_mut(program)
-            .ok_or(Error::MissingProgram("sys_exit_accept"))?
+            .ok_or(Error::MissingProgram(program))?
             .try_into()
             .map_err(|source| Error::Program { action: "find", program: program.into(), source })?;
         tp.load().map_err(|source| Error::Program { action: "load", program: program.into(), source })?;
