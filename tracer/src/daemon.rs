@@ -47,10 +47,10 @@ pub async fn run(options: DaemonOptions) -> Result<()> {
             _ = sigterm.recv() => break,
         }
     }
+    log::info!("detaching probes");
+    probes.detach();
     source.drain_now(|_| {});
     log_summary(&probes, &source);
-    log::info!("detaching probes");
-    drop(probes);
     Ok(())
 }
 

@@ -13,8 +13,12 @@ pub struct EventSource {
 }
 
 impl EventSource {
+    /// Must be called inside a tokio runtime.
     pub fn new(ring: RingBuf<MapData>) -> std::io::Result<Self> {
-        Ok(Self { ring: AsyncFd::new(ring)?, received: [0; EventKind::COUNT], malformed: 0 })
+        // SAFETY: the ring buffer owns its map fd, which stays open and unchanged until the
+        // RingBuf (owned by the AsyncFd) is dropped.
+        let ring = unsafe { AsyncFd::register(ring) }.map_err(std::io::Error::from)?;
+        Ok(Self { ring, received: [0; EventKind::COUNT], malformed: 0 })
     }
 
     /// Waits until the kernel signals new records, then hands every available record to

@@ -1,1 +1,83 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | run | test`.
+mod setup;
+
+use std::process::Command;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Set-up, build, run and test tasks for tracer")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install every build and test dependency (idempotent; seconds when all is present).
+    Setup,
+    /// Set up, build in release mode, and run the daemon (`tracer run`) with the given flags.
+    Run {
+        /// Flags passed to `tracer run`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run every test (unit, BPF integration). Needs root for the BPF tests.
+    Test {
+        /// Extra arguments for `cargo test` (after `--`, e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("xtask: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.task {
+        Task::Setup => setup::run(),
+        Task::Run { args } => {
+            setup::run()?;
+            setup::run_cmd(Command::new("cargo").args(["build", "--release", "--package", "tracer", "--bin", "tracer"]))?;
+            let binary = workspace_root().join("target/release/tracer");
+            let mut cmd = Command::new(binary);
+            cmd.arg("run").args(&args);
+            // Replace this process so signals (Ctrl-C) reach the daemon directly.
+            use std::os::unix::process::CommandExt;
+            Err(cmd.exec().into())
+        }
+        Task::Test { args } => {
+            setup::run()?;
+            require_root()?;
+            // BPF integration tests load probes and drive real sockets: run them one at a time
+            // so their exact counts are not disturbed by each other's load.
+            setup::run_cmd(
+                Command::new("cargo")
+                    .args(["test", "--workspace", "--all-targets", "--"])
+                    .args(["--test-threads", "1"])
+                    .args(&args),
+            )
+        }
+    }
+}
+
+fn require_root() -> Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1).map(str::to_owned));
+    if euid.as_deref() != Some("0") {
+        anyhow::bail!("the tests load BPF programs: run `sudo cargo xtask test` (or as root)");
+    }
+    Ok(())
+}
+
+fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Into::into).unwrap_or_default()
+}

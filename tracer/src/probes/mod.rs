@@ -58,7 +58,8 @@ impl Default for LoadOptions {
 
 /// Loaded and attached kernel programs. Dropping it detaches everything.
 pub struct Probes {
-    ebpf: Ebpf,
+    /// `None` once detached; the maps taken out of it (events, counters) stay readable.
+    ebpf: Option<Ebpf>,
     mode: ProbeMode,
     mode_reason: String,
     counters: PerCpuArray<MapData, u64>,
@@ -115,7 +116,7 @@ impl Probes {
         let counters = PerCpuArray::try_from(
             ebpf.take_map(COUNTERS_MAP).ok_or(Error::MissingMap("COUNTERS"))?,
         )?;
-        Ok(Self { ebpf, mode, mode_reason, counters })
+        Ok(Self { ebpf: Some(ebpf), mode, mode_reason, counters })
     }
 
     pub fn mode(&self) -> ProbeMode {
@@ -127,10 +128,20 @@ impl Probes {
         &self.mode_reason
     }
 
-    /// The event ring buffer; can be taken once.
+    /// The event ring buffer; can be taken once, before [`Probes::detach`].
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
-        let map = self.ebpf.take_map(EVENTS_MAP).ok_or(Error::MissingMap("EVENTS"))?;
+        let map = self
+            .ebpf
+            .as_mut()
+            .and_then(|ebpf| ebpf.take_map(EVENTS_MAP))
+            .ok_or(Error::MissingMap("EVENTS"))?;
         Ok(RingBuf::try_from(map)?)
+    }
+
+    /// Detaches and unloads every program. Nothing is emitted afterwards, so a final drain of
+    /// the ring buffer then makes `emitted = received + lost` exact.
+    pub fn detach(&mut self) {
+        self.ebpf = None;
     }
 
     pub fn counters(&self) -> Result<KernelCounters> {

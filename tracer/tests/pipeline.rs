@@ -1,0 +1,144 @@
+//! Foundation: events flow from the tracepoint probes to userspace with the right process.
+//! Real processes, real sockets on loopback; run as root (they load BPF programs).
+mod common;
+
+use std::{collections::BTreeSet, time::Duration};
+
+use common::{Tracing, Workload, of_kind, touches_port};
+use tracer_common::{AF_INET, AF_INET6, ConnEvent, EventKind, tcp_state};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn socks(events: &[ConnEvent]) -> BTreeSet<u64> {
+    events.iter().map(|e| e.sock).collect()
+}
+
+/// A server on 127.0.0.1 and [::1], a client that opens 20 connections (10 each) and closes 8.
+/// `accept_blocked_before_attach` starts the server's accept() calls before the probes load.
+fn connect_accept_close(accept_blocked_before_attach: bool) {
+    let mut server = Workload::spawn();
+    let v4_port = server.listen("127.0.0.1");
+    let v6_port = server.listen("::1");
+    if accept_blocked_before_attach {
+        server.cmd("accept-bg 0 10");
+        server.cmd("accept-bg 1 10");
+    }
+    let tracing = Tracing::start();
+    let mut client = Workload::spawn();
+    let mut client_ports = client.connect(&format!("127.0.0.1:{v4_port}"), 10);
+    client_ports.extend(client.connect(&format!("[::1]:{v6_port}"), 10));
+    if accept_blocked_before_attach {
+        server.cmd("wait-bg");
+    } else {
+        server.cmd("accept 0 10");
+        server.cmd("accept 1 10");
+    }
+    client.cmd("close 8");
+    let ours = |e: &ConnEvent| touches_port(e, v4_port) || touches_port(e, v6_port);
+    tracing.wait_for(WAIT, "20 accepts and 8 releases", |events| {
+        let ours: Vec<_> = events.iter().filter(|e| ours(e)).copied().collect();
+        of_kind(&ours, EventKind::Accept).len() >= 20 && of_kind(&ours, EventKind::Release).len() >= 8
+    });
+    // Let stragglers (state changes of the closed sockets) arrive before counting exactly.
+    std::thread::sleep(Duration::from_millis(300));
+    let finished = tracing.finish();
+    let events: Vec<ConnEvent> = finished.events.iter().filter(|e| ours(e)).copied().collect();
+
+    // Outbound: 20 connects in the client's own context, to the server's ports.
+    let connects = of_kind(&events, EventKind::Connect);
+    assert_eq!(connects.len(), 20, "connect events");
+    for e in &connects {
+        assert_eq!(e.tgid, client.pid, "connect owner");
+        assert!(e.in_owner_context());
+        assert_eq!(tracer::events::comm_str(&e.comm), "workload");
+        assert!(e.start_time_ns > 0);
+        let (family, port) = if e.tuple.remote_port == v4_port { (AF_INET, v4_port) } else { (AF_INET6, v6_port) };
+        assert_eq!(e.tuple.remote_port, port);
+        assert_eq!(e.tuple.family, u16::from(family));
+        let remote = tracer::events::remote_endpoint(&e.tuple);
+        assert!(remote.ip().is_loopback(), "remote {remote}");
+    }
+    let established: Vec<_> = of_kind(&events, EventKind::Established);
+    let (inbound, outbound): (Vec<_>, Vec<_>) = established.iter().partition(|e| e.is_inbound());
+    assert_eq!(outbound.len(), 20, "outbound established");
+    assert_eq!(inbound.len(), 20, "inbound established");
+    assert_eq!(socks(&connects), socks(&outbound), "established are the connected sockets");
+    let outbound_ports: BTreeSet<u16> = outbound.iter().map(|e| e.tuple.local_port).collect();
+    assert_eq!(outbound_ports, client_ports.iter().copied().collect(), "client local ports");
+    for e in established.iter() {
+        assert!(!e.in_owner_context(), "softirq events must not name a process");
+        assert_eq!(e.tgid, 0);
+        assert_eq!(e.new_state, tcp_state::ESTABLISHED);
+    }
+
+    // Inbound: 20 accepts owned by the server, never the client, though both share loopback.
+    let accepts = of_kind(&events, EventKind::Accept);
+    assert_eq!(accepts.len(), 20, "accept events");
+    for e in &accepts {
+        assert_eq!(e.tgid, server.pid, "accept owner");
+        assert!(e.is_inbound());
+    }
+    assert_eq!(socks(&accepts), socks(&inbound), "accepted sockets are the inbound ones");
+    let accepted_peers: BTreeSet<u16> = accepts.iter().map(|e| e.tuple.remote_port).collect();
+    assert_eq!(accepted_peers, client_ports.iter().copied().collect(), "accepted peers");
+
+    // Releases: exactly the 8 closed client sockets, by the client.
+    let releases = of_kind(&events, EventKind::Release);
+    assert_eq!(releases.len(), 8, "release events: {releases:#?}");
+    let closed_ports: BTreeSet<u16> = client_ports[..8].iter().copied().collect();
+    for e in &releases {
+        assert_eq!(e.tgid, client.pid, "release owner");
+    }
+    assert_eq!(releases.iter().map(|e| e.tuple.local_port).collect::<BTreeSet<_>>(), closed_ports);
+
+    // Nothing names a third process.
+    for e in events.iter().filter(|e| e.in_owner_context()) {
+        assert!(e.tgid == client.pid || e.tgid == server.pid, "event attributed to pid {}: {e:?}", e.tgid);
+    }
+    assert_eq!(finished.malformed, 0);
+}
+
+#[test]
+fn connects_accepts_and_releases_reach_userspace_with_their_owners() {
+    connect_accept_close(false);
+}
+
+#[test]
+fn accept_already_blocked_when_probes_attach_is_attributed() {
+    connect_accept_close(true);
+}
+
+#[test]
+fn emitted_equals_received_plus_lost_over_10000_fast_connections() {
+    const N: usize = 10_000;
+    let mut server = Workload::spawn();
+    let port = server.listen("127.0.0.1");
+    let tracing = Tracing::start();
+    server.cmd(&format!("serve-churn 0 {N}"));
+    let mut client = Workload::spawn();
+    client.cmd(&format!("churn 127.0.0.1:{port} {N}"));
+    server.cmd("wait-bg");
+    let ours = |e: &ConnEvent| touches_port(e, port);
+    tracing.wait_for(WAIT, "all releases", |events| {
+        events.iter().filter(|e| ours(e) && e.kind() == Some(EventKind::Release)).count() >= 2 * N
+    });
+    let finished = tracing.finish();
+
+    let k = &finished.counters;
+    for kind in EventKind::ALL {
+        let i = kind as usize;
+        assert_eq!(
+            k.emitted[i],
+            finished.received[i] + k.lost_ringbuf[i],
+            "emitted = received + lost for {}",
+            kind.name()
+        );
+    }
+    assert_eq!(k.lost_total(), 0, "no event lost at the default ring size");
+    assert_eq!(finished.malformed, 0);
+    let events: Vec<_> = finished.events.iter().filter(|e| ours(e)).copied().collect();
+    assert_eq!(of_kind(&events, EventKind::Connect).len(), N);
+    assert_eq!(of_kind(&events, EventKind::Accept).len(), N);
+    assert_eq!(of_kind(&events, EventKind::Release).len(), 2 * N);
+    assert!(of_kind(&events, EventKind::Release).iter().all(|e| e.tgid == client.pid || e.tgid == server.pid));
+}
