@@ -7,6 +7,7 @@
 //! - [`table`]: the connection table and per-process aggregates (pure, clock injected);
 //! - [`daemon`]: wire the stages together and run until a signal;
 //! - [`cli`]: the `tracer` command line on top of the library.
+pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod daemon;

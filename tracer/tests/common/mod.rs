@@ -100,9 +100,21 @@ pub struct Finished {
     pub malformed: u64,
 }
 
+/// The probe mode under test: `TRACER_TEST_PROBE` (auto, fentry, kprobe, tracepoint), so the
+/// VM matrix (`cargo xtask vm-test`) can run the same tests in every mode. Default: auto.
+pub fn probe_mode() -> ProbeMode {
+    match std::env::var("TRACER_TEST_PROBE").as_deref() {
+        Ok("fentry") => ProbeMode::Fentry,
+        Ok("kprobe") => ProbeMode::Kprobe,
+        Ok("tracepoint") => ProbeMode::Tracepoint,
+        Ok("auto") | Err(_) => ProbeMode::Auto,
+        Ok(other) => panic!("TRACER_TEST_PROBE={other}: expected auto, fentry, kprobe or tracepoint"),
+    }
+}
+
 impl Tracing {
     pub fn start() -> Self {
-        Self::start_with(LoadOptions { mode: ProbeMode::Tracepoint, ..LoadOptions::default() })
+        Self::start_with(LoadOptions { mode: probe_mode(), ..LoadOptions::default() })
     }
 
     pub fn start_with(options: LoadOptions) -> Self {

@@ -1,0 +1,66 @@
+//! The CLI side of the API.
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::de::DeserializeOwned;
+
+use super::protocol::{API_VERSION, Request, RequestEnvelope, ResponseEnvelope};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "the tracer daemon is not running (nothing at {path}): start it with `sudo tracer run` \
+         (or `cargo xtask run`), or point --socket at its socket",
+        path = path.display()
+    )]
+    NotRunning { path: PathBuf },
+    #[error(
+        "permission denied on {path}: the daemon's socket is root-only (mode 0600); run this \
+         command with sudo",
+        path = path.display()
+    )]
+    PermissionDenied { path: PathBuf },
+    #[error("cannot talk to the daemon at {path}: {source}", path = path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error(
+        "the daemon speaks API version {daemon} but this tracer binary speaks {cli}: use the \
+         tracer binary of the same release as the running daemon"
+    )]
+    Version { daemon: u32, cli: u32 },
+    #[error("the daemon refused the request: {0}")]
+    Daemon(String),
+    #[error("malformed reply from the daemon: {0}")]
+    Malformed(String),
+}
+
+pub fn request<T: DeserializeOwned>(socket: &Path, request: Request) -> Result<T, ClientError> {
+    let io_err = |source: std::io::Error| match source.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+            ClientError::NotRunning { path: socket.to_owned() }
+        }
+        std::io::ErrorKind::PermissionDenied => ClientError::PermissionDenied { path: socket.to_owned() },
+        _ => ClientError::Io { path: socket.to_owned(), source },
+    };
+    let mut stream = UnixStream::connect(socket).map_err(io_err)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(io_err)?;
+    let mut line = serde_json::to_string(&RequestEnvelope { version: API_VERSION, request })
+        .map_err(|e| ClientError::Malformed(e.to_string()))?;
+    line.push('\n');
+    stream.write_all(line.as_bytes()).map_err(io_err)?;
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply).map_err(io_err)?;
+    let envelope: ResponseEnvelope =
+        serde_json::from_str(&reply).map_err(|e| ClientError::Malformed(e.to_string()))?;
+    if envelope.version != API_VERSION {
+        return Err(ClientError::Version { daemon: envelope.version, cli: API_VERSION });
+    }
+    if let Some(error) = envelope.error {
+        return Err(ClientError::Daemon(error));
+    }
+    let result = envelope.result.ok_or_else(|| ClientError::Malformed("no result".into()))?;
+    serde_json::from_value(result).map_err(|e| ClientError::Malformed(e.to_string()))
+}
