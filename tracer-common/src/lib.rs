@@ -181,7 +181,9 @@ pub struct Config {
     /// Test-only: drop every Nth release event in the kernel (0 = never), to prove that the test
     /// matrix catches wrong counts.
     pub drop_every_nth_release: u32,
-    pub _reserved: u32,
+    /// 1 in tracepoint mode: `inet_sock_set_state` itself reports connect starts and releases.
+    /// 0 in fentry/kprobe modes, where `tcp_connect` and `tcp_close` probes report them.
+    pub lifecycle_from_state_changes: u32,
 }
 
 /// Name of the global holding [`Config`] in the kernel object.

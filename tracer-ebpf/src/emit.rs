@@ -18,10 +18,10 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::SLOT
 
 /// Written by the loader before load; read-only afterwards.
 #[unsafe(no_mangle)]
-static TRACER_CONFIG: Config = Config { drop_every_nth_release: 0, _reserved: 0 };
+static TRACER_CONFIG: Config = Config { drop_every_nth_release: 0, lifecycle_from_state_changes: 1 };
 
 #[inline(always)]
-fn config() -> Config {
+pub fn config() -> Config {
     // SAFETY: a plain global; volatile so the compiler cannot fold the pre-load default.
     unsafe { core::ptr::read_volatile(&TRACER_CONFIG) }
 }

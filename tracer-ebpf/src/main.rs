@@ -1,18 +1,25 @@
 //! Kernel programs of tracer. One file per hook; all of them report through [`emit`].
 //!
-//! Hooks (tracepoint mode):
+//! Hooks common to every mode (see docs/kernels.md for the per-mode table):
 //! - `tp_btf/inet_sock_set_state` ([`state_change`]): connect start, handshake completion,
 //!   failed connects, state changes, and releases (detected by the dying file).
 //! - `tracepoint/syscalls/sys_exit_accept{,4}` ([`accept`]): attributes accepted sockets to
 //!   the accepting process, in its own context.
 //! - `tp_btf/sched_process_exit` and `tp_btf/sched_process_exec` ([`process`]): a process's
 //!   end (before its fds are closed) and its new command name.
+//!
+//! Connect starts and releases come from `inet_sock_set_state` in tracepoint mode, and from
+//! [`fentry`] (fentry/fexit) or [`kprobe`] (kprobe/kretprobe) probes on `tcp_connect`,
+//! `tcp_close` and `inet_csk_accept` in the other modes ([`lifecycle`] has their shared logic).
 #![no_std]
 #![no_main]
 
 mod accept;
 mod core_shim;
 mod emit;
+mod fentry;
+mod kprobe;
+mod lifecycle;
 mod process;
 mod state_change;
 

@@ -9,7 +9,7 @@ use tracer_common::{flags, tcp_state::*, EventKind};
 
 use crate::{
     core_shim::{self, SockPtr},
-    emit::{emit, inject_release_drop},
+    emit::{config, emit, inject_release_drop},
 };
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
@@ -27,6 +27,7 @@ fn on_state_change(sk: SockPtr, old: u8, new: u8) {
     if old == LISTEN || new == LISTEN || new == SYN_RECV || new == NEW_SYN_RECV {
         return;
     }
+    let own_lifecycle = config().lifecycle_from_state_changes != 0;
     // SAFETY: `sk` is the tracepoint's own socket argument; the shim only reads through it.
     unsafe {
         if core_shim::tracer_sk_is_tcp(sk) == 0 {
@@ -36,18 +37,32 @@ fn on_state_change(sk: SockPtr, old: u8, new: u8) {
         if core_shim::tracer_sk_orphaned(sk) != 0 {
             return;
         }
+        // A change made by tcp_close() itself: the release (reported here in tracepoint mode,
+        // by the tcp_close probe in the other modes, so never a plain state change).
         if core_shim::tracer_sk_file_released(sk) != 0 {
-            if !inject_release_drop() {
-                emit(EventKind::Release, sk, old, new, flags::OWNER_CONTEXT);
+            if own_lifecycle {
+                release(sk, old, new);
             }
             return;
         }
     }
     match (old, new) {
-        (CLOSE, SYN_SENT) => emit(EventKind::Connect, sk, old, new, flags::OWNER_CONTEXT),
+        (CLOSE, SYN_SENT) => {
+            if own_lifecycle {
+                emit(EventKind::Connect, sk, old, new, flags::OWNER_CONTEXT);
+            }
+        }
         (SYN_SENT, ESTABLISHED) => emit(EventKind::Established, sk, old, new, 0),
         (SYN_RECV, ESTABLISHED) => emit(EventKind::Established, sk, old, new, flags::INBOUND),
         (SYN_SENT, CLOSE) => emit(EventKind::ConnectFailed, sk, old, new, 0),
         _ => emit(EventKind::StateChange, sk, old, new, 0),
+    }
+}
+
+/// Reports the release of `sk` by the current task (every mode ends up here).
+#[inline(always)]
+pub fn release(sk: SockPtr, old: u8, new: u8) {
+    if !inject_release_drop() {
+        emit(EventKind::Release, sk, old, new, flags::OWNER_CONTEXT);
     }
 }

@@ -23,8 +23,17 @@ pub enum Error {
     )]
     KernelTooOld { found: String },
 
-    #[error("probe mode `{mode}` is not available yet: use `--probe tracepoint` (or `auto`)")]
-    ModeNotImplemented { mode: &'static str },
+    #[error(
+        "probe mode `{mode}` does not work on this kernel: {cause}. Use `--probe auto` to pick \
+         the best mode that works (or another --probe)"
+    )]
+    ModeUnavailable { mode: crate::probes::ProbeMode, cause: Box<Error> },
+
+    #[error("this kernel has no kprobe support (no {0}; built without CONFIG_KPROBES)")]
+    NoKprobes(&'static str),
+
+    #[error("no probe mode loads on this kernel: {reasons}")]
+    NoModeWorks { reasons: String },
 
     #[error("cannot mount tracefs at {path}: {source}; mount it with `mount -t tracefs nodev {path}`", path = path.display())]
     Tracefs { path: PathBuf, source: std::io::Error },

@@ -2,12 +2,14 @@
 //!
 //! See docs/kernels.md for which hook each mode uses and why.
 pub mod preflight;
+mod fentry;
+mod kprobe;
 mod tracepoint;
 
 use std::fmt;
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
 };
 use tracer_common::{COUNTERS_MAP, CONFIG_GLOBAL, Config, DEFAULT_RING_BYTES, EVENTS_MAP, EventKind, counters};
@@ -84,21 +86,44 @@ impl KernelCounters {
 }
 
 impl Probes {
+    /// Loads and attaches the programs of `options.mode`; for `auto`, of the best mode that
+    /// actually loads and attaches here (fentry, then kprobe, then tracepoint).
     pub fn load(options: &LoadOptions) -> Result<Self> {
         preflight::check()?;
         if options.ring_bytes < 4096 || !options.ring_bytes.is_power_of_two() {
             return Err(Error::RingSize(options.ring_bytes));
         }
-        let (mode, mode_reason) = match options.mode {
-            ProbeMode::Auto => (
-                ProbeMode::Tracepoint,
-                "auto: fentry and kprobe modes are not built yet; using tracepoint".to_owned(),
-            ),
-            ProbeMode::Tracepoint => (ProbeMode::Tracepoint, "requested with --probe".to_owned()),
-            ProbeMode::Fentry => return Err(Error::ModeNotImplemented { mode: "fentry" }),
-            ProbeMode::Kprobe => return Err(Error::ModeNotImplemented { mode: "kprobe" }),
+        if options.mode != ProbeMode::Auto {
+            return Self::load_mode(options.mode, options)
+                .map(|probes| probes.with_reason("requested with --probe".to_owned()))
+                .map_err(|cause| Error::ModeUnavailable { mode: options.mode, cause: Box::new(cause) });
+        }
+        let mut rejected = Vec::new();
+        for mode in [ProbeMode::Fentry, ProbeMode::Kprobe, ProbeMode::Tracepoint] {
+            match Self::load_mode(mode, options) {
+                Ok(probes) => {
+                    let reason = if rejected.is_empty() {
+                        format!("auto: {mode} is the best mode and it loads")
+                    } else {
+                        format!("auto: {}", rejected.join("; "))
+                    };
+                    return Ok(probes.with_reason(reason));
+                }
+                Err(e) => {
+                    log::info!("probe mode {mode} unavailable: {}", first_line(&e));
+                    log::debug!("probe mode {mode} failed in full: {e}");
+                    rejected.push(format!("{mode} unavailable ({})", first_line(&e)));
+                }
+            }
+        }
+        Err(Error::NoModeWorks { reasons: rejected.join("; ") })
+    }
+
+    fn load_mode(mode: ProbeMode, options: &LoadOptions) -> Result<Self> {
+        let config = Config {
+            drop_every_nth_release: options.drop_every_nth_release,
+            lifecycle_from_state_changes: u32::from(mode == ProbeMode::Tracepoint),
         };
-        let config = Config { drop_every_nth_release: options.drop_every_nth_release, _reserved: 0 };
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(EVENTS_MAP, options.ring_bytes)
             .override_global(CONFIG_GLOBAL, &config, true)
@@ -107,16 +132,24 @@ impl Probes {
             // Only present when a kernel program logs; diagnostics are optional.
             log::debug!("kernel-side logging not available: {e}");
         }
+        let btf = Btf::from_sys_fs()?;
+        // Mode-specific hooks first: they are the ones that may be refused.
         match mode {
-            ProbeMode::Tracepoint => tracepoint::attach(&mut ebpf)?,
-            ProbeMode::Auto | ProbeMode::Fentry | ProbeMode::Kprobe => {
-                unreachable!("resolved above")
-            }
+            ProbeMode::Fentry => fentry::attach(&mut ebpf, &btf)?,
+            ProbeMode::Kprobe => kprobe::attach(&mut ebpf)?,
+            ProbeMode::Tracepoint => {}
+            ProbeMode::Auto => return Err(Error::NoModeWorks { reasons: "auto is not a mode".into() }),
         }
+        tracepoint::attach(&mut ebpf, &btf)?;
         let counters = PerCpuArray::try_from(
             ebpf.take_map(COUNTERS_MAP).ok_or(Error::MissingMap("COUNTERS"))?,
         )?;
-        Ok(Self { ebpf: Some(ebpf), mode, mode_reason, counters })
+        Ok(Self { ebpf: Some(ebpf), mode, mode_reason: String::new(), counters })
+    }
+
+    fn with_reason(mut self, reason: String) -> Self {
+        self.mode_reason = reason;
+        self
     }
 
     pub fn mode(&self) -> ProbeMode {
@@ -157,4 +190,28 @@ impl Probes {
         out.release_dropped_by_fault_injection = read(counters::RELEASE_DROPPED_BY_FAULT_INJECTION)?;
         Ok(out)
     }
+}
+
+fn first_line(e: &Error) -> String {
+    let text = e.to_string();
+    let line = text.lines().next().unwrap_or_default();
+    // Verifier logs follow the first sentence; keep the reason, not the log.
+    line.split(". Verifier output").next().unwrap_or(line).to_owned()
+}
+
+/// Finds program `name` in the object as a `T` (FEntry, KProbe, ...).
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(Error::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| Error::Program { action: "find", program: name.into(), source })
+}
+
+/// Wraps a program error with what was being done to which program.
+fn step(action: &'static str, name: &str) -> impl FnOnce(aya::programs::ProgramError) -> Error {
+    let program = name.to_owned();
+    move |source| Error::Program { action, program, source }
 }

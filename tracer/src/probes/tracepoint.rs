@@ -7,36 +7,24 @@ use aya::{
     programs::{BtfTracePoint, TracePoint},
 };
 
-use super::preflight;
+use super::{preflight, program, step};
 use crate::error::{Error, Result};
 
 /// Must match `tracer-ebpf/src/accept.rs`.
 const SYSCALL_EXIT_RET_OFFSET: usize = 16;
 
-pub fn attach(ebpf: &mut Ebpf) -> Result<()> {
-    let btf = Btf::from_sys_fs()?;
-    for program in ["inet_sock_set_state", "sched_process_exit", "sched_process_exec"] {
-        let tp: &mut BtfTracePoint = ebpf
-            .program_mut(program)
-            .ok_or(Error::MissingProgram(program))?
-            .try_into()
-            .map_err(|source| Error::Program { action: "find", program: program.into(), source })?;
-        tp.load(program, &btf)
-            .map_err(|source| Error::Program { action: "load", program: program.into(), source })?;
-        tp.attach()
-            .map_err(|source| Error::Program { action: "attach", program: program.into(), source })?;
+/// Attaches the hooks every mode uses: state changes, process exit/exec, accept syscall exits.
+pub fn attach(ebpf: &mut Ebpf, btf: &Btf) -> Result<()> {
+    for name in ["inet_sock_set_state", "sched_process_exit", "sched_process_exec"] {
+        let tp: &mut BtfTracePoint = program(ebpf, name)?;
+        tp.load(name, btf).map_err(step("load", name))?;
+        tp.attach().map_err(step("attach", name))?;
     }
-
-    for (program, syscall) in [("sys_exit_accept4", "sys_exit_accept4"), ("sys_exit_accept", "sys_exit_accept")] {
-        check_ret_offset(syscall)?;
-        let tp: &mut TracePoint = ebpf
-            .program_mut(program)
-            .ok_or(Error::MissingProgram(program))?
-            .try_into()
-            .map_err(|source| Error::Program { action: "find", program: program.into(), source })?;
-        tp.load().map_err(|source| Error::Program { action: "load", program: program.into(), source })?;
-        tp.attach("syscalls", syscall)
-            .map_err(|source| Error::Program { action: "attach", program: program.into(), source })?;
+    for name in ["sys_exit_accept4", "sys_exit_accept"] {
+        check_ret_offset(name)?;
+        let tp: &mut TracePoint = program(ebpf, name)?;
+        tp.load().map_err(step("load", name))?;
+        tp.attach("syscalls", name).map_err(step("attach", name))?;
     }
     Ok(())
 }

@@ -1,0 +1,48 @@
+//! What the function probes of the fentry and kprobe modes report: the same events, with the
+//! same owner rules, as the tracepoint mode derives from state changes (docs/semantics.md).
+use tracer_common::{EventKind, flags, tcp_state};
+
+use crate::{
+    core_shim::{self, SockPtr},
+    emit::emit,
+    state_change::release,
+};
+
+/// `tcp_connect(sk)`: inside connect(), after CLOSE -> SYN_SENT and before the SYN leaves.
+#[inline(always)]
+pub fn on_tcp_connect(sk: SockPtr) {
+    // SAFETY: `sk` is the probed function's socket argument.
+    if unsafe { core_shim::tracer_sk_is_tcp(sk) } == 0 {
+        return;
+    }
+    let state = unsafe { core_shim::tracer_sk_state(sk) };
+    emit(EventKind::Connect, sk, tcp_state::CLOSE, state, flags::OWNER_CONTEXT);
+}
+
+/// `tcp_close(sk, timeout)`: called once, by the task that dropped the file's last reference.
+#[inline(always)]
+pub fn on_tcp_close(sk: SockPtr) {
+    // SAFETY: as above.
+    let (is_tcp, state) = unsafe { (core_shim::tracer_sk_is_tcp(sk), core_shim::tracer_sk_state(sk)) };
+    // Closing a listener ends no connection.
+    if is_tcp == 0 || state == tcp_state::LISTEN {
+        return;
+    }
+    release(sk, state, state);
+}
+
+/// `inet_csk_accept()` returned `sk` to the current task (also covers io_uring accepts, which
+/// the syscall tracepoint cannot see). The syscall tracepoint reports it again; the table
+/// ignores the second report of an already owned socket.
+#[inline(always)]
+pub fn on_accept_return(sk: SockPtr) {
+    if sk.is_null() {
+        return;
+    }
+    // SAFETY: a socket the kernel just returned from accept.
+    let (is_tcp, state) = unsafe { (core_shim::tracer_sk_is_tcp(sk), core_shim::tracer_sk_state(sk)) };
+    if is_tcp == 0 {
+        return;
+    }
+    emit(EventKind::Accept, sk, state, state, flags::OWNER_CONTEXT | flags::INBOUND);
+}
