@@ -11,6 +11,7 @@ pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod daemon;
+pub mod detect;
 pub mod error;
 pub mod events;
 pub mod pipeline;

@@ -1,0 +1,36 @@
+//! The `growth` rule: the floor (minimum) of the open count in each sub-window must rise
+//! strictly from one sub-window to the next, by at least G over the window.
+//!
+//! Minimums, not means: a pool that churns around a level has a flat floor; a leak under churn
+//! lifts the floor however much the count oscillates above it. Strictly rising in every
+//! sub-window: a pool that warms up and then plateaus stops rising and never fires.
+use std::collections::VecDeque;
+
+use super::DetectorConfig;
+
+/// The floor of each complete sub-window, oldest first. With fewer samples than a window,
+/// only the complete sub-windows so far (aligned to the newest sample).
+pub fn sub_window_floors(open: &VecDeque<u32>, config: &DetectorConfig) -> Vec<u32> {
+    let per = config.window_samples / config.sub_windows.max(1);
+    if per == 0 {
+        return Vec::new();
+    }
+    let complete = open.len() / per;
+    let skip = open.len() - complete * per;
+    let samples: Vec<u32> = open.iter().skip(skip).copied().collect();
+    samples.chunks(per).map(|chunk| chunk.iter().copied().min().unwrap_or(0)).collect()
+}
+
+/// True when a full window shows a strictly rising floor with a total rise of at least G.
+pub fn holds(open: &VecDeque<u32>, config: &DetectorConfig) -> bool {
+    if open.len() < config.window_samples {
+        return false;
+    }
+    let floors = sub_window_floors(open, config);
+    let rising = floors.windows(2).all(|pair| pair[1] > pair[0]);
+    let rise = match (floors.first(), floors.last()) {
+        (Some(first), Some(last)) => last.saturating_sub(*first),
+        _ => 0,
+    };
+    floors.len() == config.sub_windows && rising && rise >= config.growth_min
+}

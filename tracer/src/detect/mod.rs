@@ -1,0 +1,360 @@
+//! Leak detection: pure rules over per-process samples, evaluated on a fixed interval with an
+//! injected clock. See docs/leak-detection.md for the rules, their defaults and how to tune them.
+//!
+//! The daemon builds one [`ProcessSample`] per live process at each evaluation and calls
+//! [`Detector::evaluate`]; the detector keeps the history the rules need and returns the alerts
+//! that were raised or resolved.
+mod growth;
+
+use std::collections::{HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+pub use growth::sub_window_floors;
+
+/// A process identity that survives pid reuse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ProcessId {
+    pub pid: u32,
+    pub start_time_ns: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rule {
+    /// The floor of the open count rises in every sub-window of the window, by at least G.
+    Growth,
+    /// Connections sit in CLOSE_WAIT longer than T: the peer hung up, the process never closed.
+    CloseWait,
+    /// Connections reset by the peer are still held after T.
+    HeldClosed,
+    /// Connections older than a threshold (off by default).
+    Age,
+}
+
+impl Rule {
+    pub fn name(self) -> &'static str {
+        match self {
+            Rule::Growth => "growth",
+            Rule::CloseWait => "close_wait",
+            Rule::HeldClosed => "held_closed",
+            Rule::Age => "age",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct DetectorConfig {
+    /// Samples per window (default 20, one per evaluation interval).
+    pub window_samples: usize,
+    /// Sub-windows per window (default 4); `window_samples` must be a multiple of it.
+    pub sub_windows: usize,
+    /// Minimum rise of the floor over the window for `growth` (default 10).
+    pub growth_min: u32,
+    /// `close_wait` fires with at least this many stale CLOSE_WAIT connections (default 1).
+    pub close_wait_min: u32,
+    /// `held_closed` fires with at least this many stale reset-but-held connections (default 1).
+    pub held_closed_min: u32,
+    /// `age` fires with at least this many connections older than its threshold (default 1),
+    /// when the daemon counts them (the age rule is off unless a threshold is set).
+    pub age_min: u32,
+    pub age_enabled: bool,
+    /// Consecutive clear evaluations before an alert resolves (default 4).
+    pub resolve_after: u32,
+}
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        Self {
+            window_samples: 20,
+            sub_windows: 4,
+            growth_min: 10,
+            close_wait_min: 1,
+            held_closed_min: 1,
+            age_min: 1,
+            age_enabled: false,
+            resolve_after: 4,
+        }
+    }
+}
+
+impl DetectorConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.sub_windows < 2 {
+            return Err(format!("sub-windows must be at least 2 (got {})", self.sub_windows));
+        }
+        if self.window_samples < self.sub_windows || self.window_samples % self.sub_windows != 0 {
+            return Err(format!(
+                "window samples ({}) must be a positive multiple of sub-windows ({})",
+                self.window_samples, self.sub_windows
+            ));
+        }
+        if self.resolve_after == 0 {
+            return Err("resolve-after must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// A connection named in evidence.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnBrief {
+    pub local: String,
+    pub remote: String,
+    pub state: String,
+    pub age_seconds: u64,
+}
+
+/// What the daemon knows about one process at one evaluation.
+#[derive(Clone, Debug, Default)]
+pub struct ProcessSample {
+    pub id: Option<ProcessId>,
+    pub comm: String,
+    pub open: u32,
+    pub opened_total: u64,
+    pub closed_total: u64,
+    /// Open connections in CLOSE_WAIT for longer than the close_wait threshold.
+    pub stale_close_wait: u32,
+    /// Open connections in state `close` (reset by the peer) held longer than the threshold.
+    pub stale_held_closed: u32,
+    /// Open connections older than the age threshold (0 when the age rule is off).
+    pub aged: u32,
+    pub exited: bool,
+    /// The oldest open connections, oldest first (a handful).
+    pub oldest: Vec<ConnBrief>,
+    /// Remote endpoints by number of open connections, most first (a handful).
+    pub top_remotes: Vec<(String, u32)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// Minimum open count in each sub-window of the window, oldest first.
+    pub floors: Vec<u32>,
+    /// Net change of the floor over the window.
+    pub growth: i64,
+    pub opens_in_window: u64,
+    pub closes_in_window: u64,
+    pub stale_close_wait: u32,
+    pub stale_held_closed: u32,
+    pub aged: u32,
+    pub oldest: Vec<ConnBrief>,
+    pub top_remotes: Vec<RemoteCount>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteCount {
+    pub remote: String,
+    pub open: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alert {
+    pub pid: u32,
+    pub start_time_ns: u64,
+    pub comm: String,
+    pub rule: Rule,
+    /// Clock time (ns) of the evaluation that raised it.
+    pub since_ns: u64,
+    pub open: u32,
+    pub evidence: Evidence,
+    /// Set once resolved.
+    pub resolved_ns: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    Raised(Alert),
+    Resolved(Alert),
+}
+
+/// Per-process history kept between evaluations.
+#[derive(Default)]
+struct History {
+    open: VecDeque<u32>,
+    opened_total: VecDeque<u64>,
+    closed_total: VecDeque<u64>,
+}
+
+struct Active {
+    alert: Alert,
+    clear_streak: u32,
+}
+
+pub struct Detector {
+    config: DetectorConfig,
+    history: HashMap<ProcessId, History>,
+    active: HashMap<(ProcessId, Rule), Active>,
+    resolved: VecDeque<Alert>,
+}
+
+/// How long resolved alerts stay listed by `tracer leaks`.
+pub const RESOLVED_RETENTION_NS: u64 = 3600 * 1_000_000_000;
+
+impl Detector {
+    pub fn new(config: DetectorConfig) -> Self {
+        Self { config, history: HashMap::new(), active: HashMap::new(), resolved: VecDeque::new() }
+    }
+
+    pub fn config(&self) -> &DetectorConfig {
+        &self.config
+    }
+
+    /// One evaluation at clock time `now_ns` over every live process.
+    pub fn evaluate(&mut self, now_ns: u64, samples: &[ProcessSample]) -> Vec<Change> {
+        let mut changes = Vec::new();
+        let mut seen = std::collections::HashSet::with_capacity(samples.len());
+        for sample in samples {
+            let Some(id) = sample.id else { continue };
+            seen.insert(id);
+            let history = self.history.entry(id).or_default();
+            push_bounded(&mut history.open, sample.open, self.config.window_samples);
+            push_bounded(&mut history.opened_total, sample.opened_total, self.config.window_samples);
+            push_bounded(&mut history.closed_total, sample.closed_total, self.config.window_samples);
+            let evidence = evidence(&self.config, history, sample);
+            let verdicts = [Rule::Growth, Rule::CloseWait, Rule::HeldClosed, Rule::Age]
+                .map(|rule| (rule, !sample.exited && rule_holds(&self.config, rule, history, sample)));
+            for (rule, holds) in verdicts {
+                self.step(now_ns, id, rule, holds, sample, &evidence, &mut changes);
+            }
+        }
+        // A process that disappeared (exited and expired from the table): resolve its alerts.
+        let gone: Vec<(ProcessId, Rule)> =
+            self.active.keys().filter(|(id, _)| !seen.contains(id)).copied().collect();
+        for key in gone {
+            if let Some(active) = self.active.remove(&key) {
+                changes.push(Change::Resolved(self.retire(active.alert, now_ns)));
+            }
+        }
+        self.history.retain(|id, _| seen.contains(id));
+        while self.resolved.front().is_some_and(|a| {
+            a.resolved_ns.is_some_and(|t| now_ns.saturating_sub(t) > RESOLVED_RETENTION_NS)
+        }) {
+            self.resolved.pop_front();
+        }
+        changes
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &mut self,
+        now_ns: u64,
+        id: ProcessId,
+        rule: Rule,
+        holds: bool,
+        sample: &ProcessSample,
+        evidence: &Evidence,
+        changes: &mut Vec<Change>,
+    ) {
+        let key = (id, rule);
+        match (self.active.get_mut(&key), holds) {
+            (Some(active), true) => {
+                active.clear_streak = 0;
+                active.alert.open = sample.open;
+                active.alert.comm.clone_from(&sample.comm);
+                active.alert.evidence = evidence.clone();
+            }
+            (Some(active), false) => {
+                active.clear_streak += 1;
+                active.alert.open = sample.open;
+                // An exited process's alert resolves at once: nothing is left to leak.
+                if sample.exited || active.clear_streak >= self.config.resolve_after {
+                    if let Some(active) = self.active.remove(&key) {
+                        changes.push(Change::Resolved(self.retire(active.alert, now_ns)));
+                    }
+                }
+            }
+            (None, true) => {
+                let alert = Alert {
+                    pid: id.pid,
+                    start_time_ns: id.start_time_ns,
+                    comm: sample.comm.clone(),
+                    rule,
+                    since_ns: now_ns,
+                    open: sample.open,
+                    evidence: evidence.clone(),
+                    resolved_ns: None,
+                };
+                changes.push(Change::Raised(alert.clone()));
+                self.active.insert(key, Active { alert, clear_streak: 0 });
+            }
+            (None, false) => {}
+        }
+    }
+
+    fn retire(&mut self, mut alert: Alert, now_ns: u64) -> Alert {
+        alert.resolved_ns = Some(now_ns);
+        self.resolved.push_back(alert.clone());
+        alert
+    }
+
+    pub fn active(&self) -> impl Iterator<Item = &Alert> {
+        self.active.values().map(|a| &a.alert)
+    }
+
+    /// Alerts resolved within the last hour, oldest first.
+    pub fn recently_resolved(&self) -> impl Iterator<Item = &Alert> {
+        self.resolved.iter()
+    }
+
+    /// Rules alerting for `id` now.
+    pub fn alerts_for(&self, id: ProcessId) -> Vec<Rule> {
+        let mut rules: Vec<Rule> =
+            self.active.keys().filter(|(pid, _)| *pid == id).map(|(_, rule)| *rule).collect();
+        rules.sort();
+        rules
+    }
+
+    /// Net change of the floor over the current window (0 until a sub-window is complete).
+    pub fn growth_of(&self, id: ProcessId) -> i64 {
+        self.history.get(&id).map_or(0, |h| floor_growth(&sub_window_floors(&h.open, &self.config)))
+    }
+}
+
+fn push_bounded<T>(queue: &mut VecDeque<T>, value: T, capacity: usize) {
+    if queue.len() == capacity {
+        queue.pop_front();
+    }
+    queue.push_back(value);
+}
+
+fn floor_growth(floors: &[u32]) -> i64 {
+    match (floors.first(), floors.last()) {
+        (Some(first), Some(last)) if floors.len() >= 2 => i64::from(*last) - i64::from(*first),
+        _ => 0,
+    }
+}
+
+fn rule_holds(config: &DetectorConfig, rule: Rule, history: &History, sample: &ProcessSample) -> bool {
+    match rule {
+        Rule::Growth => growth::holds(&history.open, config),
+        Rule::CloseWait => sample.stale_close_wait >= config.close_wait_min,
+        Rule::HeldClosed => sample.stale_held_closed >= config.held_closed_min,
+        Rule::Age => config.age_enabled && sample.aged >= config.age_min,
+    }
+}
+
+fn evidence(config: &DetectorConfig, history: &History, sample: &ProcessSample) -> Evidence {
+    let floors = sub_window_floors(&history.open, config);
+    let delta = |q: &VecDeque<u64>| match (q.front(), q.back()) {
+        (Some(first), Some(last)) => last.saturating_sub(*first),
+        _ => 0,
+    };
+    Evidence {
+        growth: floor_growth(&floors),
+        floors,
+        opens_in_window: delta(&history.opened_total),
+        closes_in_window: delta(&history.closed_total),
+        stale_close_wait: sample.stale_close_wait,
+        stale_held_closed: sample.stale_held_closed,
+        aged: sample.aged,
+        oldest: sample.oldest.clone(),
+        top_remotes: sample
+            .top_remotes
+            .iter()
+            .map(|(remote, open)| RemoteCount { remote: remote.clone(), open: *open })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

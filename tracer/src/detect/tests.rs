@@ -1,0 +1,233 @@
+//! Rules against simulated workloads on a simulated clock: one sample per interval.
+use super::*;
+
+const SEC: u64 = 1_000_000_000;
+const PID: ProcessId = ProcessId { pid: 42, start_time_ns: 7 };
+
+/// A simulated process: `open` follows the workload, totals count its opens and closes.
+struct Sim {
+    detector: Detector,
+    now: u64,
+    sample: ProcessSample,
+    changes: Vec<Change>,
+}
+
+impl Sim {
+    fn new(config: DetectorConfig) -> Self {
+        let sample = ProcessSample { id: Some(PID), comm: "app".into(), ..ProcessSample::default() };
+        Self { detector: Detector::new(config), now: 0, sample, changes: Vec::new() }
+    }
+
+    fn open(&mut self, n: u32) {
+        self.sample.open += n;
+        self.sample.opened_total += u64::from(n);
+    }
+
+    fn close(&mut self, n: u32) {
+        self.sample.open -= n;
+        self.sample.closed_total += u64::from(n);
+    }
+
+    /// Advances one interval and evaluates; returns the changes of this evaluation.
+    fn tick(&mut self) -> Vec<Change> {
+        self.now += SEC;
+        let changes = self.detector.evaluate(self.now, std::slice::from_ref(&self.sample));
+        self.changes.extend(changes.clone());
+        changes
+    }
+
+    fn raised(&self, rule: Rule) -> Vec<&Alert> {
+        self.changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Raised(a) if a.rule == rule => Some(a),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn any_raised(&self) -> bool {
+        self.changes.iter().any(|c| matches!(c, Change::Raised(_)))
+    }
+}
+
+fn small_window() -> DetectorConfig {
+    DetectorConfig { window_samples: 8, sub_windows: 4, growth_min: 10, ..DetectorConfig::default() }
+}
+
+#[test]
+fn steady_leak_raises_growth_once_the_floor_rose_by_g_within_one_window() {
+    // One new connection every 0.2 s, never closed: +5 per 1 s sample.
+    let mut sim = Sim::new(small_window());
+    let mut raised_at = None;
+    for i in 1..=8 {
+        sim.open(5);
+        if !sim.tick().is_empty() && raised_at.is_none() {
+            raised_at = Some(i);
+        }
+    }
+    assert_eq!(raised_at, Some(8), "raises at the first full window, not before");
+    let alert = sim.raised(Rule::Growth)[0];
+    assert_eq!(alert.evidence.floors, vec![5, 15, 25, 35]);
+    assert_eq!(alert.evidence.growth, 30);
+    assert!(alert.evidence.growth >= 10);
+    // Opens in the window: between the first and last samples of the window.
+    assert_eq!(alert.evidence.opens_in_window, 35);
+    assert_eq!(alert.evidence.closes_in_window, 0);
+    assert_eq!(sim.detector.alerts_for(PID), vec![Rule::Growth]);
+}
+
+#[test]
+fn growth_below_g_does_not_raise() {
+    let mut sim = Sim::new(small_window());
+    for i in 0..8 {
+        if i % 2 == 0 {
+            sim.open(1); // floor rises by 1 per sub-window: 3 in total < 10
+        }
+        sim.tick();
+    }
+    assert!(!sim.any_raised());
+}
+
+#[test]
+fn leak_under_churn_raises_growth() {
+    // Every 0.1 s: open two, close one -> +10 per second, with the count oscillating.
+    let mut sim = Sim::new(small_window());
+    for _ in 0..8 {
+        for _ in 0..10 {
+            sim.open(2);
+            sim.close(1);
+        }
+        sim.tick();
+    }
+    assert_eq!(sim.raised(Rule::Growth).len(), 1);
+    let alert = sim.raised(Rule::Growth)[0];
+    assert_eq!(alert.evidence.opens_in_window, 140);
+    assert_eq!(alert.evidence.closes_in_window, 70);
+}
+
+#[test]
+fn pool_that_warms_up_and_plateaus_never_raises() {
+    let mut sim = Sim::new(small_window());
+    for i in 0..40 {
+        if sim.sample.open < 20 {
+            sim.open(if i < 4 { 5 } else { 0 });
+        }
+        sim.tick();
+    }
+    assert_eq!(sim.sample.open, 20);
+    assert!(!sim.any_raised());
+}
+
+#[test]
+fn pool_whose_peer_closes_idle_connections_never_raises() {
+    // 20 connections; every third interval the peer closes 5 idle ones, the client reopens them.
+    let mut sim = Sim::new(small_window());
+    sim.open(20);
+    for i in 0..40 {
+        if i % 3 == 0 {
+            sim.close(5);
+        } else if sim.sample.open < 20 {
+            sim.open(5);
+        }
+        sim.tick();
+    }
+    assert!(!sim.any_raised());
+}
+
+#[test]
+fn churn_around_a_level_never_raises() {
+    let mut sim = Sim::new(small_window());
+    let levels = [30, 45, 28, 50, 33, 41, 29, 47];
+    for i in 0..48 {
+        let target = levels[i % levels.len()];
+        if sim.sample.open < target {
+            sim.open(target - sim.sample.open);
+        } else {
+            sim.close(sim.sample.open - target);
+        }
+        sim.tick();
+    }
+    assert!(!sim.any_raised());
+}
+
+#[test]
+fn alert_resolves_after_r_clear_evaluations_and_does_not_flap() {
+    let mut sim = Sim::new(DetectorConfig { resolve_after: 3, ..small_window() });
+    for _ in 0..8 {
+        sim.open(5);
+        sim.tick();
+    }
+    assert_eq!(sim.raised(Rule::Growth).len(), 1);
+    // The leak stops at 40. The window still shows the rise for two more evaluations
+    // (floors 10,20,30,40 then 15,25,35,40); from the third (20,30,40,40) the rule is clear,
+    // and three clear evaluations later the alert resolves.
+    let mut resolved_after = None;
+    for i in 1..=8 {
+        let changes = sim.tick();
+        if changes.iter().any(|c| matches!(c, Change::Resolved(a) if a.rule == Rule::Growth)) {
+            resolved_after = Some(i);
+        }
+    }
+    assert_eq!(resolved_after, Some(5));
+    assert_eq!(sim.detector.active().count(), 0);
+    assert_eq!(sim.detector.recently_resolved().count(), 1);
+    assert_eq!(sim.raised(Rule::Growth).len(), 1, "raised once, no flapping");
+}
+
+#[test]
+fn exit_resolves_at_once() {
+    let mut sim = Sim::new(small_window());
+    for _ in 0..8 {
+        sim.open(5);
+        sim.tick();
+    }
+    sim.sample.exited = true;
+    let changes = sim.tick();
+    assert!(changes.iter().any(|c| matches!(c, Change::Resolved(a) if a.rule == Rule::Growth)));
+}
+
+#[test]
+fn disappeared_process_resolves() {
+    let mut sim = Sim::new(small_window());
+    for _ in 0..8 {
+        sim.open(5);
+        sim.tick();
+    }
+    let changes = sim.detector.evaluate(sim.now + SEC, &[]);
+    assert!(matches!(changes.as_slice(), [Change::Resolved(a)] if a.pid == PID.pid));
+}
+
+#[test]
+fn close_wait_and_held_closed_raise_on_stale_counts() {
+    let mut sim = Sim::new(small_window());
+    sim.open(3);
+    sim.sample.stale_close_wait = 1;
+    sim.tick();
+    assert_eq!(sim.raised(Rule::CloseWait).len(), 1);
+    sim.sample.stale_held_closed = 2;
+    sim.tick();
+    assert_eq!(sim.raised(Rule::HeldClosed).len(), 1);
+    assert_eq!(sim.raised(Rule::HeldClosed)[0].evidence.stale_held_closed, 2);
+}
+
+#[test]
+fn age_rule_is_off_unless_enabled() {
+    let mut sim = Sim::new(small_window());
+    sim.open(1);
+    sim.sample.aged = 1;
+    sim.tick();
+    assert!(!sim.any_raised());
+    let mut sim = Sim::new(DetectorConfig { age_enabled: true, ..small_window() });
+    sim.open(1);
+    sim.sample.aged = 1;
+    sim.tick();
+    assert_eq!(sim.raised(Rule::Age).len(), 1);
+}
+
+#[test]
+fn config_validation_names_the_problem() {
+    assert!(DetectorConfig::default().validate().is_ok());
+    let bad = DetectorConfig { window_samples: 10, sub_windows: 4, ..DetectorConfig::default() };
+    assert!(bad.validate().unwrap_err().contains("multiple"));
+}
