@@ -16,6 +16,7 @@ pub mod error;
 pub mod events;
 pub mod pipeline;
 pub mod probes;
+pub mod scan;
 pub mod table;
 
 pub use error::{Error, Result};
