@@ -1,1 +1,553 @@
-//! Placeholder: being written.
+//! The connection table: every tracked socket and per-process aggregates, updated from the one
+//! ordered stream of [`ConnEvent`]s. Pure and deterministic: no clock is read here (event
+//! timestamps and an explicit `now_ns` are the only time), nothing touches BPF, and applying an
+//! event allocates nothing beyond amortised map growth.
+//!
+//! Counting follows docs/semantics.md. The aggregates are never edited piecemeal: each entry
+//! contributes to exactly one place (an owner's `connecting`, an owner's `open` and state
+//! counts, or `unattributed`), and every change to an entry withdraws its old contribution and
+//! adds its new one (`Aggregates::withdraw` then `Aggregates::add`), so the counts cannot
+//! drift from the entries.
+mod model;
+mod snapshot;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    collections::{HashMap, hash_map::DefaultHasher},
+    hash::BuildHasherDefault,
+};
+
+use serde::{Deserialize, Serialize};
+use tracer_common::{ConnEvent, EventKind, tcp_state};
+
+pub use model::{
+    Connection, Direction, DirectionStats, Phase, ProcessKey, ProcessStats, SocketKey, StateCounts,
+};
+pub use snapshot::{ConnSnapshot, ConnView, ProcessSnapshot, TableSummary};
+
+/// How long an exited process stays listed by default.
+pub const DEFAULT_EXITED_GRACE_NS: u64 = 60 * 1_000_000_000;
+
+/// Fixed-key hashing: iteration order depends only on the events applied, so runs replay
+/// identically. Keys are kernel addresses and pids, which no remote peer chooses.
+type Map<K, V> = HashMap<K, V, BuildHasherDefault<DefaultHasher>>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableConfig {
+    /// How long an exited process stays listed (once it holds nothing).
+    pub exited_grace_ns: u64,
+    /// How long an unaccepted connection that reached `close` stays in the backlog view: it can
+    /// still be accepted for a while, but a listener that closed never reports it again.
+    pub closed_backlog_grace_ns: u64,
+}
+
+impl Default for TableConfig {
+    fn default() -> Self {
+        Self {
+            exited_grace_ns: DEFAULT_EXITED_GRACE_NS,
+            closed_backlog_grace_ns: DEFAULT_EXITED_GRACE_NS,
+        }
+    }
+}
+
+/// Events the table could not match to what it knows; each is a sign of a missed event or of
+/// state that predates the daemon, never silently absorbed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableCounters {
+    /// Releases of sockets the table never knew (for example opened before the daemon started).
+    pub unmatched_releases: u64,
+    /// State changes (or failed connects) of sockets the table never knew.
+    pub unknown_socket_events: u64,
+    /// A new lifecycle started on a socket address whose previous release was never seen.
+    pub stale_replaced: u64,
+    /// Connections released while nobody was their known owner.
+    pub released_unattributed: u64,
+    /// Records with an event kind this build does not know.
+    pub invalid_events: u64,
+}
+
+/// What one event did, for callers that react to transitions (lifetime histograms, exporters).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// An outbound connect started.
+    Connecting {
+        id: u64,
+        owner: Option<ProcessKey>,
+    },
+    /// A connection became open (`owner` is `None` when it is open but unattributed).
+    Opened {
+        id: u64,
+        owner: Option<ProcessKey>,
+        direction: Direction,
+    },
+    /// A server-side handshake completed; the connection waits in a backlog, unattributed.
+    Backlogged {
+        id: u64,
+    },
+    /// An outbound connect ended before ESTABLISHED (failed, or released while connecting).
+    ConnectFailed {
+        id: u64,
+        owner: Option<ProcessKey>,
+    },
+    StateChanged {
+        id: u64,
+        old_state: u8,
+        new_state: u8,
+    },
+    /// Its owner released an open connection. `lifetime_ns` is a lower bound when `preexisting`.
+    Closed {
+        id: u64,
+        owner: ProcessKey,
+        direction: Direction,
+        lifetime_ns: u64,
+        preexisting: bool,
+    },
+    /// A connection nobody was known to own went away.
+    ReleasedUnattributed {
+        id: u64,
+    },
+    /// Release of a socket the table did not know.
+    UnmatchedRelease,
+    /// State change of a socket the table did not know.
+    UnknownSocket,
+    ProcessExited {
+        process: ProcessKey,
+        open_at_exit: u32,
+    },
+    ProcessExec {
+        process: ProcessKey,
+    },
+    /// Nothing to do: a repeated accept, exit or exec of a process that never touched TCP, or an
+    /// event missing the process context it needs.
+    Ignored,
+    /// The record's kind is not one this build knows.
+    Invalid,
+}
+
+/// What [`ConnectionTable::expire`] dropped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Expired {
+    pub processes: usize,
+    pub closed_backlog: usize,
+}
+
+/// Per-process counts plus the unattributed count: everything an entry can contribute to.
+#[derive(Debug, Default)]
+struct Aggregates {
+    processes: Map<ProcessKey, ProcessStats>,
+    unattributed: u32,
+}
+
+/// The fields of an entry that decide what it counts towards.
+#[derive(Clone, Copy, Debug)]
+struct Contribution {
+    phase: Phase,
+    owner: Option<ProcessKey>,
+    direction: Direction,
+    state: u8,
+}
+
+impl Contribution {
+    fn of(conn: &Connection) -> Self {
+        Self { phase: conn.phase, owner: conn.owner, direction: conn.direction, state: conn.state }
+    }
+}
+
+impl Aggregates {
+    fn add(&mut self, c: Contribution) {
+        self.tally(c, 1);
+    }
+
+    fn withdraw(&mut self, c: Contribution) {
+        self.tally(c, -1);
+    }
+
+    /// Applies one entry's contribution with `sign` ±1; saturating, so a bug can never wrap a
+    /// count, only leave it at zero.
+    fn tally(&mut self, c: Contribution, sign: i8) {
+        let step = |count: &mut u32| {
+            *count = if sign > 0 { count.saturating_add(1) } else { count.saturating_sub(1) };
+        };
+        match (c.phase, c.owner) {
+            (Phase::Backlog, _) | (Phase::Open, None) => step(&mut self.unattributed),
+            (Phase::Connecting, None) => {}
+            (Phase::Connecting, Some(owner)) => {
+                if let Some(p) = self.processes.get_mut(&owner) {
+                    step(&mut p.connecting);
+                }
+            }
+            (Phase::Open, Some(owner)) => {
+                if let Some(p) = self.processes.get_mut(&owner) {
+                    step(&mut p.open);
+                    step(&mut p.direction_mut(c.direction).open);
+                    if let Some(slot) = p.states.slot_mut(c.state) {
+                        step(slot);
+                    }
+                }
+            }
+        }
+    }
+
+    fn count_opened(&mut self, owner: Option<ProcessKey>, direction: Direction) {
+        if let Some(p) = owner.and_then(|o| self.processes.get_mut(&o)) {
+            p.opened_total += 1;
+            p.direction_mut(direction).opened_total += 1;
+        }
+    }
+
+    fn count_closed(&mut self, owner: ProcessKey, direction: Direction) {
+        if let Some(p) = self.processes.get_mut(&owner) {
+            p.closed_total += 1;
+            p.direction_mut(direction).closed_total += 1;
+        }
+    }
+
+    fn count_connect_failed(&mut self, owner: Option<ProcessKey>) {
+        if let Some(p) = owner.and_then(|o| self.processes.get_mut(&o)) {
+            p.connect_failed += 1;
+        }
+    }
+}
+
+/// The connection table. One instance, owned by the event loop; queries read it between batches.
+#[derive(Debug)]
+pub struct ConnectionTable {
+    config: TableConfig,
+    connections: Map<SocketKey, Connection>,
+    aggregates: Aggregates,
+    counters: TableCounters,
+    /// Generation of the next entry; starts at 1.
+    next_id: u64,
+}
+
+impl Default for ConnectionTable {
+    fn default() -> Self {
+        Self::new(TableConfig::default())
+    }
+}
+
+impl ConnectionTable {
+    pub fn new(config: TableConfig) -> Self {
+        Self {
+            config,
+            connections: Map::default(),
+            aggregates: Aggregates::default(),
+            counters: TableCounters::default(),
+            next_id: 1,
+        }
+    }
+
+    pub fn config(&self) -> &TableConfig {
+        &self.config
+    }
+
+    /// Applies one event. Events must arrive in ring buffer order.
+    pub fn apply(&mut self, event: &ConnEvent) -> Applied {
+        let Some(kind) = event.kind() else {
+            self.counters.invalid_events += 1;
+            return Applied::Invalid;
+        };
+        match kind {
+            EventKind::Connect => self.on_connect(event),
+            EventKind::Established if event.is_inbound() => self.on_inbound_established(event),
+            EventKind::Established => self.on_outbound_established(event),
+            EventKind::ConnectFailed => self.on_connect_failed(event),
+            EventKind::StateChange => self.on_state_change(event),
+            EventKind::Accept => self.on_accept(event),
+            EventKind::Release => self.on_release(event),
+            EventKind::ProcessExit => self.on_process_exit(event),
+            EventKind::ProcessExec => self.on_process_exec(event),
+        }
+    }
+
+    /// Drops exited processes past the grace period that hold nothing any more, and unaccepted
+    /// connections that have sat in `close` longer than their grace period.
+    pub fn expire(&mut self, now_ns: u64) -> Expired {
+        let exited_grace = self.config.exited_grace_ns;
+        let backlog_grace = self.config.closed_backlog_grace_ns;
+
+        let before = self.connections.len();
+        let aggregates = &mut self.aggregates;
+        self.connections.retain(|_, conn| {
+            let stale = conn.phase == Phase::Backlog
+                && conn.state == tcp_state::CLOSE
+                && now_ns.saturating_sub(conn.state_since_ns) >= backlog_grace;
+            if stale {
+                aggregates.withdraw(Contribution::of(conn));
+            }
+            !stale
+        });
+        let closed_backlog = before - self.connections.len();
+
+        let before = self.aggregates.processes.len();
+        self.aggregates.processes.retain(|_, p| {
+            let expired =
+                p.exited_at_ns.is_some_and(|at| now_ns.saturating_sub(at) >= exited_grace);
+            !(expired && p.holds_nothing())
+        });
+        let processes = before - self.aggregates.processes.len();
+
+        Expired { processes, closed_backlog }
+    }
+
+    // ---- read side ----
+
+    pub fn counters(&self) -> &TableCounters {
+        &self.counters
+    }
+
+    /// Every tracked socket, in any phase.
+    pub fn tracked_connections(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// Connections in a backlog plus open connections with no known owner.
+    pub fn unattributed(&self) -> usize {
+        self.aggregates.unattributed as usize
+    }
+
+    pub fn process_count(&self) -> usize {
+        self.aggregates.processes.len()
+    }
+
+    /// Processes in no particular order (stable for a given event history).
+    pub fn processes(&self) -> impl Iterator<Item = &ProcessStats> + '_ {
+        self.aggregates.processes.values()
+    }
+
+    pub fn process(&self, key: ProcessKey) -> Option<&ProcessStats> {
+        self.aggregates.processes.get(&key)
+    }
+
+    /// Connections with their owner's record, in no particular order.
+    pub fn connections(&self) -> impl Iterator<Item = ConnView<'_>> + '_ {
+        self.connections.values().map(|conn| self.view(conn))
+    }
+
+    pub fn connection(&self, key: SocketKey) -> Option<ConnView<'_>> {
+        self.connections.get(&key).map(|conn| self.view(conn))
+    }
+
+    fn view<'a>(&'a self, conn: &'a Connection) -> ConnView<'a> {
+        ConnView { conn, owner: conn.owner.and_then(|o| self.aggregates.processes.get(&o)) }
+    }
+
+    // ---- event handlers ----
+
+    fn on_connect(&mut self, e: &ConnEvent) -> Applied {
+        let owner = self.touch_process(e);
+        let id = self.insert_new(e, Direction::Outbound, Phase::Connecting, owner);
+        Applied::Connecting { id, owner }
+    }
+
+    fn on_outbound_established(&mut self, e: &ConnEvent) -> Applied {
+        let key = SocketKey::of(e);
+        let Some(conn) = self.connections.get_mut(&key).filter(|c| c.phase == Phase::Connecting)
+        else {
+            // Never saw the connect (probes attached mid-handshake) or the entry is a previous
+            // lifecycle: open, but nobody to attribute it to.
+            let id = self.insert_new(e, Direction::Outbound, Phase::Open, None);
+            return Applied::Opened { id, owner: None, direction: Direction::Outbound };
+        };
+        let before = Contribution::of(conn);
+        conn.phase = Phase::Open;
+        conn.set_state(e.new_state, e.timestamp_ns);
+        // The local port is only known now.
+        conn.tuple = e.tuple;
+        conn.opened_at_ns = Some(e.timestamp_ns);
+        let (id, owner, after) = (conn.id, conn.owner, Contribution::of(conn));
+        self.aggregates.withdraw(before);
+        self.aggregates.add(after);
+        self.aggregates.count_opened(owner, Direction::Outbound);
+        Applied::Opened { id, owner, direction: Direction::Outbound }
+    }
+
+    fn on_inbound_established(&mut self, e: &ConnEvent) -> Applied {
+        // TCP Fast Open hands the child to accept() while still in SYN_RECV: the accept came
+        // first, and this is the same socket finishing its handshake, not a new lifecycle.
+        if let Some(conn) = self.connections.get(&SocketKey::of(e))
+            && conn.phase == Phase::Open
+            && conn.direction == Direction::Inbound
+            && conn.owner.is_some()
+            && conn.state == tcp_state::SYN_RECV
+        {
+            return self.on_state_change(e);
+        }
+        let id = self.insert_new(e, Direction::Inbound, Phase::Backlog, None);
+        Applied::Backlogged { id }
+    }
+
+    fn on_accept(&mut self, e: &ConnEvent) -> Applied {
+        let key = SocketKey::of(e);
+        let owner = self.touch_process(e);
+        let existing = self.connections.get(&key).map(|c| (c.phase, c.direction, c.owner));
+        match existing {
+            // Already accepted: a repeated report of the same socket.
+            Some((Phase::Open, Direction::Inbound, Some(_))) => Applied::Ignored,
+            Some((Phase::Backlog, ..)) | Some((Phase::Open, Direction::Inbound, None)) => {
+                let Some(conn) = self.connections.get_mut(&key) else {
+                    return Applied::Ignored;
+                };
+                let before = Contribution::of(conn);
+                conn.owner = owner;
+                conn.phase = Phase::Open;
+                // The peer may have hung up while it waited: the event carries the state now.
+                conn.set_state(e.new_state, e.timestamp_ns);
+                conn.tuple = e.tuple;
+                conn.opened_at_ns = Some(e.timestamp_ns);
+                let (id, after) = (conn.id, Contribution::of(conn));
+                self.aggregates.withdraw(before);
+                self.aggregates.add(after);
+                self.aggregates.count_opened(owner, Direction::Inbound);
+                Applied::Opened { id, owner, direction: Direction::Inbound }
+            }
+            // No entry: the handshake completed before the probes attached (a server blocked
+            // in accept()). Any other entry is a previous lifecycle of the address.
+            _ => {
+                let id = self.insert_new(e, Direction::Inbound, Phase::Open, owner);
+                self.aggregates.count_opened(owner, Direction::Inbound);
+                Applied::Opened { id, owner, direction: Direction::Inbound }
+            }
+        }
+    }
+
+    fn on_connect_failed(&mut self, e: &ConnEvent) -> Applied {
+        let key = SocketKey::of(e);
+        match self.connections.get(&key).map(|c| c.phase) {
+            None => {
+                self.counters.unknown_socket_events += 1;
+                Applied::UnknownSocket
+            }
+            Some(Phase::Connecting) => match self.remove(key) {
+                Some(conn) => {
+                    self.aggregates.count_connect_failed(conn.owner);
+                    Applied::ConnectFailed { id: conn.id, owner: conn.owner }
+                }
+                None => Applied::Ignored,
+            },
+            // A reconnect whose Connect event we missed, on a socket the process still holds:
+            // it stays held, now in `close`.
+            Some(_) => self.on_state_change(e),
+        }
+    }
+
+    fn on_state_change(&mut self, e: &ConnEvent) -> Applied {
+        let Some(conn) = self.connections.get_mut(&SocketKey::of(e)) else {
+            self.counters.unknown_socket_events += 1;
+            return Applied::UnknownSocket;
+        };
+        let before = Contribution::of(conn);
+        let old_state = conn.state;
+        conn.set_state(e.new_state, e.timestamp_ns);
+        let (id, after) = (conn.id, Contribution::of(conn));
+        self.aggregates.withdraw(before);
+        self.aggregates.add(after);
+        Applied::StateChanged { id, old_state, new_state: e.new_state }
+    }
+
+    fn on_release(&mut self, e: &ConnEvent) -> Applied {
+        // The releasing process may not be the owner (an fd passed on, or inherited by a
+        // child): the socket is gone either way, and the owner is the one that held it.
+        let Some(conn) = self.remove(SocketKey::of(e)) else {
+            self.counters.unmatched_releases += 1;
+            return Applied::UnmatchedRelease;
+        };
+        match (conn.phase, conn.owner) {
+            (Phase::Open, Some(owner)) => {
+                self.aggregates.count_closed(owner, conn.direction);
+                Applied::Closed {
+                    id: conn.id,
+                    owner,
+                    direction: conn.direction,
+                    lifetime_ns: conn.age_ns(e.timestamp_ns),
+                    preexisting: conn.preexisting,
+                }
+            }
+            (Phase::Connecting, owner) => {
+                self.aggregates.count_connect_failed(owner);
+                Applied::ConnectFailed { id: conn.id, owner }
+            }
+            (Phase::Backlog, _) | (Phase::Open, None) => {
+                self.counters.released_unattributed += 1;
+                Applied::ReleasedUnattributed { id: conn.id }
+            }
+        }
+    }
+
+    fn on_process_exit(&mut self, e: &ConnEvent) -> Applied {
+        let Some(process) = ProcessKey::of(e) else { return Applied::Ignored };
+        let Some(p) = self.aggregates.processes.get_mut(&process) else {
+            return Applied::Ignored;
+        };
+        if p.exited_at_ns.is_some() {
+            return Applied::Ignored;
+        }
+        p.exited_at_ns = Some(e.timestamp_ns);
+        p.open_at_exit = Some(p.open);
+        Applied::ProcessExited { process, open_at_exit: p.open }
+    }
+
+    fn on_process_exec(&mut self, e: &ConnEvent) -> Applied {
+        let Some(process) = ProcessKey::of(e) else { return Applied::Ignored };
+        let Some(p) = self.aggregates.processes.get_mut(&process) else {
+            return Applied::Ignored;
+        };
+        p.comm = e.comm;
+        Applied::ProcessExec { process }
+    }
+
+    // ---- entry bookkeeping: the only places entries are added or removed ----
+
+    /// The process an owner-context event names, created on first sight; its comm and cgroup
+    /// are refreshed because the event carries the current ones.
+    fn touch_process(&mut self, e: &ConnEvent) -> Option<ProcessKey> {
+        let key = ProcessKey::of(e)?;
+        let p = self
+            .aggregates
+            .processes
+            .entry(key)
+            .or_insert_with(|| ProcessStats::new(key, e.comm, e.cgroup_id, e.timestamp_ns));
+        p.comm = e.comm;
+        p.cgroup_id = e.cgroup_id;
+        Some(key)
+    }
+
+    fn insert_new(
+        &mut self,
+        e: &ConnEvent,
+        direction: Direction,
+        phase: Phase,
+        owner: Option<ProcessKey>,
+    ) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let conn = Connection {
+            id,
+            key: SocketKey::of(e),
+            direction,
+            phase,
+            owner,
+            state: e.new_state,
+            tuple: e.tuple,
+            first_seen_ns: e.timestamp_ns,
+            opened_at_ns: (phase == Phase::Open).then_some(e.timestamp_ns),
+            state_since_ns: e.timestamp_ns,
+            preexisting: false,
+        };
+        self.aggregates.add(Contribution::of(&conn));
+        // A new lifecycle on an address we still track means we missed the old one's release:
+        // the old entry leaves every count it was in.
+        if let Some(stale) = self.connections.insert(conn.key, conn) {
+            self.aggregates.withdraw(Contribution::of(&stale));
+            self.counters.stale_replaced += 1;
+        }
+        id
+    }
+
+    fn remove(&mut self, key: SocketKey) -> Option<Connection> {
+        let conn = self.connections.remove(&key)?;
+        self.aggregates.withdraw(Contribution::of(&conn));
+        Some(conn)
+    }
+}

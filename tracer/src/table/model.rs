@@ -1,0 +1,274 @@
+//! What the table holds: connection entries and per-process aggregates. Plain data, `Copy` where
+//! it can be, with the command name kept as the kernel's 16 bytes so that no event allocates.
+use std::{borrow::Cow, net::SocketAddr};
+
+use serde::{Deserialize, Serialize};
+use tracer_common::{ConnEvent, Tuple, tcp_state};
+
+use crate::events::{comm_str, local_endpoint, remote_endpoint, state_name};
+
+/// A live kernel socket: its `struct sock` address within its network namespace. Addresses are
+/// reused after a socket is freed, which is why entries also carry a generation ([`Connection::id`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SocketKey {
+    pub netns: u32,
+    pub sock: u64,
+}
+
+impl SocketKey {
+    pub fn of(event: &ConnEvent) -> Self {
+        Self { netns: event.netns, sock: event.sock }
+    }
+}
+
+/// A process identity that survives pid reuse: pid plus the thread-group leader's start time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ProcessKey {
+    pub pid: u32,
+    pub start_time_ns: u64,
+}
+
+impl ProcessKey {
+    /// The process an event names, if it ran in that process's context.
+    pub fn of(event: &ConnEvent) -> Option<Self> {
+        event
+            .in_owner_context()
+            .then_some(Self { pid: event.tgid, start_time_ns: event.start_time_ns })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Created by `connect()`.
+    Outbound,
+    /// Created by a listener and handed out by `accept()`.
+    Inbound,
+}
+
+/// Where an entry is in its life, which decides what it counts towards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// `connect()` started, handshake not complete (SYN_SENT): counts as `connecting`, not open.
+    Connecting,
+    /// Handshake complete on the server side, not (yet) accepted: unattributed.
+    Backlog,
+    /// Open for its owner until released; unattributed when the owner is unknown.
+    Open,
+}
+
+/// One tracked socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Connection {
+    /// Unique, increasing generation: a reused kernel address never merges two sockets.
+    pub id: u64,
+    pub key: SocketKey,
+    pub direction: Direction,
+    pub phase: Phase,
+    /// The connecting or accepting process; `None` while unattributed.
+    pub owner: Option<ProcessKey>,
+    /// A [`tcp_state`] value.
+    pub state: u8,
+    /// Endpoints as last reported by an event that names them reliably (connect, handshake,
+    /// accept); later state changes do not overwrite them, so a reset socket keeps its address.
+    pub tuple: Tuple,
+    /// The first event that created the entry (connect start, or server-side handshake).
+    pub first_seen_ns: u64,
+    /// When it became open (ESTABLISHED outbound, accepted inbound); `None` before that.
+    pub opened_at_ns: Option<u64>,
+    /// When it entered its current TCP state: how long a CLOSE_WAIT or reset socket was held.
+    pub state_since_ns: u64,
+    /// Found already open when the daemon started: its open time is a lower bound.
+    pub preexisting: bool,
+}
+
+impl Connection {
+    pub fn local(&self) -> SocketAddr {
+        local_endpoint(&self.tuple)
+    }
+
+    pub fn remote(&self) -> SocketAddr {
+        remote_endpoint(&self.tuple)
+    }
+
+    pub fn state_name(&self) -> &'static str {
+        state_name(self.state)
+    }
+
+    /// Open with no known owner, or waiting in a backlog: counted by nobody but `unattributed`.
+    pub fn is_unattributed(&self) -> bool {
+        match self.phase {
+            Phase::Backlog => true,
+            Phase::Open => self.owner.is_none(),
+            Phase::Connecting => false,
+        }
+    }
+
+    /// Age as a user means it: since open once open, else since first seen.
+    pub fn age_ns(&self, now_ns: u64) -> u64 {
+        now_ns.saturating_sub(self.opened_at_ns.unwrap_or(self.first_seen_ns))
+    }
+
+    pub(super) fn set_state(&mut self, state: u8, at_ns: u64) {
+        if self.state != state {
+            self.state = state;
+            self.state_since_ns = at_ns;
+        }
+    }
+}
+
+/// Open connections of one process by TCP state. Only the states an open connection can be in;
+/// field names are [`state_name`]'s.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateCounts {
+    pub established: u32,
+    pub close_wait: u32,
+    pub fin_wait1: u32,
+    pub fin_wait2: u32,
+    pub closing: u32,
+    pub last_ack: u32,
+    pub time_wait: u32,
+    /// Reset by the peer but still held by the process: the leak `ss` cannot show.
+    pub close: u32,
+}
+
+impl StateCounts {
+    /// The open states, in the order [`StateCounts::iter`] yields them.
+    pub const STATES: [u8; 8] = [
+        tcp_state::ESTABLISHED,
+        tcp_state::CLOSE_WAIT,
+        tcp_state::FIN_WAIT1,
+        tcp_state::FIN_WAIT2,
+        tcp_state::CLOSING,
+        tcp_state::LAST_ACK,
+        tcp_state::TIME_WAIT,
+        tcp_state::CLOSE,
+    ];
+
+    /// Count for a [`tcp_state`] value; 0 for states an open connection is never in.
+    pub fn get(&self, state: u8) -> u32 {
+        match state {
+            tcp_state::ESTABLISHED => self.established,
+            tcp_state::CLOSE_WAIT => self.close_wait,
+            tcp_state::FIN_WAIT1 => self.fin_wait1,
+            tcp_state::FIN_WAIT2 => self.fin_wait2,
+            tcp_state::CLOSING => self.closing,
+            tcp_state::LAST_ACK => self.last_ack,
+            tcp_state::TIME_WAIT => self.time_wait,
+            tcp_state::CLOSE => self.close,
+            _ => 0,
+        }
+    }
+
+    pub(super) fn slot_mut(&mut self, state: u8) -> Option<&mut u32> {
+        match state {
+            tcp_state::ESTABLISHED => Some(&mut self.established),
+            tcp_state::CLOSE_WAIT => Some(&mut self.close_wait),
+            tcp_state::FIN_WAIT1 => Some(&mut self.fin_wait1),
+            tcp_state::FIN_WAIT2 => Some(&mut self.fin_wait2),
+            tcp_state::CLOSING => Some(&mut self.closing),
+            tcp_state::LAST_ACK => Some(&mut self.last_ack),
+            tcp_state::TIME_WAIT => Some(&mut self.time_wait),
+            tcp_state::CLOSE => Some(&mut self.close),
+            _ => None,
+        }
+    }
+
+    /// `(state name, count)` for every open state, zeros included (for exporters).
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u32)> + '_ {
+        Self::STATES.iter().map(|&s| (state_name(s), self.get(s)))
+    }
+
+    pub fn total(&self) -> u32 {
+        Self::STATES.iter().map(|&s| self.get(s)).fold(0, u32::saturating_add)
+    }
+}
+
+/// The part of a process's counts that belongs to one direction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectionStats {
+    pub open: u32,
+    pub opened_total: u64,
+    pub closed_total: u64,
+}
+
+/// Aggregates of one process (see docs/semantics.md for what each count means).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessStats {
+    pub key: ProcessKey,
+    /// Thread-group leader's command name, NUL-padded; updated on exec.
+    pub comm: [u8; 16],
+    pub cgroup_id: u64,
+    pub first_seen_ns: u64,
+    pub open: u32,
+    pub opened_total: u64,
+    pub closed_total: u64,
+    pub connect_failed: u64,
+    pub connecting: u32,
+    /// Open connections by state.
+    pub states: StateCounts,
+    pub outbound: DirectionStats,
+    pub inbound: DirectionStats,
+    /// When its ProcessExit event arrived.
+    pub exited_at_ns: Option<u64>,
+    /// `open` at that moment: what it still held when it died.
+    pub open_at_exit: Option<u32>,
+}
+
+impl ProcessStats {
+    pub(super) fn new(key: ProcessKey, comm: [u8; 16], cgroup_id: u64, first_seen_ns: u64) -> Self {
+        Self {
+            key,
+            comm,
+            cgroup_id,
+            first_seen_ns,
+            open: 0,
+            opened_total: 0,
+            closed_total: 0,
+            connect_failed: 0,
+            connecting: 0,
+            states: StateCounts::default(),
+            outbound: DirectionStats::default(),
+            inbound: DirectionStats::default(),
+            exited_at_ns: None,
+            open_at_exit: None,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.key.pid
+    }
+
+    pub fn start_time_ns(&self) -> u64 {
+        self.key.start_time_ns
+    }
+
+    /// The command name as text (lossy: comm is bytes).
+    pub fn comm(&self) -> Cow<'_, str> {
+        comm_str(&self.comm)
+    }
+
+    pub fn exited(&self) -> bool {
+        self.exited_at_ns.is_some()
+    }
+
+    /// Holds no socket the table knows of: nothing would dangle if the record went away.
+    pub fn holds_nothing(&self) -> bool {
+        self.open == 0 && self.connecting == 0
+    }
+
+    pub fn direction(&self, direction: Direction) -> &DirectionStats {
+        match direction {
+            Direction::Outbound => &self.outbound,
+            Direction::Inbound => &self.inbound,
+        }
+    }
+
+    pub(super) fn direction_mut(&mut self, direction: Direction) -> &mut DirectionStats {
+        match direction {
+            Direction::Outbound => &mut self.outbound,
+            Direction::Inbound => &mut self.inbound,
+        }
+    }
+}

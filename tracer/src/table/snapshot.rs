@@ -1,0 +1,190 @@
+//! Read-side views and the serializable snapshots the API, the CLI and exporters hand out.
+//! Snapshots own their data (built between event batches, then sent elsewhere) and are sorted so
+//! that the same table always renders the same way.
+use std::{borrow::Cow, net::SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    ConnectionTable, TableCounters,
+    model::{Connection, Direction, DirectionStats, Phase, ProcessKey, ProcessStats, StateCounts},
+};
+
+/// A connection together with its owner's record, if it has a known owner.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnView<'a> {
+    pub conn: &'a Connection,
+    pub owner: Option<&'a ProcessStats>,
+}
+
+impl ConnView<'_> {
+    pub fn id(&self) -> u64 {
+        self.conn.id
+    }
+
+    pub fn owner_key(&self) -> Option<ProcessKey> {
+        self.conn.owner
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.conn.owner.map(|o| o.pid)
+    }
+
+    pub fn comm(&self) -> Option<Cow<'_, str>> {
+        self.owner.map(ProcessStats::comm)
+    }
+
+    pub fn direction(&self) -> Direction {
+        self.conn.direction
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.conn.phase
+    }
+
+    pub fn local(&self) -> SocketAddr {
+        self.conn.local()
+    }
+
+    pub fn remote(&self) -> SocketAddr {
+        self.conn.remote()
+    }
+
+    pub fn state_name(&self) -> &'static str {
+        self.conn.state_name()
+    }
+
+    pub fn opened_at_ns(&self) -> Option<u64> {
+        self.conn.opened_at_ns
+    }
+
+    pub fn netns(&self) -> u32 {
+        self.conn.key.netns
+    }
+
+    pub fn snapshot(&self, now_ns: u64) -> ConnSnapshot {
+        ConnSnapshot {
+            id: self.conn.id,
+            pid: self.pid(),
+            comm: self.comm().map(Cow::into_owned),
+            direction: self.conn.direction,
+            phase: self.conn.phase,
+            local: self.local(),
+            remote: self.remote(),
+            state: self.state_name().to_owned(),
+            age_seconds: self.conn.age_ns(now_ns) / 1_000_000_000,
+            netns: self.netns(),
+            preexisting: self.conn.preexisting,
+        }
+    }
+}
+
+/// One process, as `tracer top` and the API show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessSnapshot {
+    pub pid: u32,
+    pub start_time_ns: u64,
+    pub comm: String,
+    pub cgroup_id: u64,
+    pub open: u32,
+    pub opened_total: u64,
+    pub closed_total: u64,
+    pub connect_failed: u64,
+    pub connecting: u32,
+    /// Open connections by state (only the states an open connection can be in).
+    pub states: StateCounts,
+    pub outbound: DirectionStats,
+    pub inbound: DirectionStats,
+    pub exited: bool,
+    /// `null` while the process is alive.
+    pub open_at_exit: Option<u32>,
+}
+
+impl From<&ProcessStats> for ProcessSnapshot {
+    fn from(p: &ProcessStats) -> Self {
+        Self {
+            pid: p.pid(),
+            start_time_ns: p.start_time_ns(),
+            comm: p.comm().into_owned(),
+            cgroup_id: p.cgroup_id,
+            open: p.open,
+            opened_total: p.opened_total,
+            closed_total: p.closed_total,
+            connect_failed: p.connect_failed,
+            connecting: p.connecting,
+            states: p.states,
+            outbound: p.outbound,
+            inbound: p.inbound,
+            exited: p.exited(),
+            open_at_exit: p.open_at_exit,
+        }
+    }
+}
+
+/// One connection, as `tracer conns` and the API show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnSnapshot {
+    pub id: u64,
+    /// `null` while unattributed.
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub direction: Direction,
+    pub phase: Phase,
+    /// `ip:port`, IPv6 as `[ip]:port`.
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub state: String,
+    /// Since open; since first seen for connections not open yet.
+    pub age_seconds: u64,
+    pub netns: u32,
+    pub preexisting: bool,
+}
+
+/// Table-wide numbers for `tracer status` and exporters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableSummary {
+    pub tracked_connections: u64,
+    pub unattributed: u64,
+    pub processes: u64,
+    #[serde(flatten)]
+    pub counters: TableCounters,
+}
+
+impl ConnectionTable {
+    /// Every process, most open first (then by pid, start time).
+    pub fn process_snapshots(&self) -> Vec<ProcessSnapshot> {
+        let mut stats: Vec<&ProcessStats> = self.processes().collect();
+        stats.sort_by(|a, b| b.open.cmp(&a.open).then(a.key.cmp(&b.key)));
+        stats.into_iter().map(ProcessSnapshot::from).collect()
+    }
+
+    /// Every tracked connection, oldest entry first.
+    pub fn conn_snapshots(&self, now_ns: u64) -> Vec<ConnSnapshot> {
+        self.conn_snapshots_where(now_ns, |_| true)
+    }
+
+    /// The connections `keep` accepts, oldest entry first; filtering before building avoids
+    /// materialising the whole table for a narrow query.
+    pub fn conn_snapshots_where(
+        &self,
+        now_ns: u64,
+        mut keep: impl FnMut(&ConnView<'_>) -> bool,
+    ) -> Vec<ConnSnapshot> {
+        let mut out: Vec<ConnSnapshot> = self
+            .connections()
+            .filter(|view| keep(view))
+            .map(|view| view.snapshot(now_ns))
+            .collect();
+        out.sort_by_key(|c| c.id);
+        out
+    }
+
+    pub fn summary(&self) -> TableSummary {
+        TableSummary {
+            tracked_connections: self.tracked_connections() as u64,
+            unattributed: self.unattributed() as u64,
+            processes: self.process_count() as u64,
+            counters: *self.counters(),
+        }
+    }
+}

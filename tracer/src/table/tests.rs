@@ -1,0 +1,764 @@
+//! The table against hand-built event sequences, shaped like what the kernel programs emit
+//! (see tracer-ebpf/src/state_change.rs, accept.rs, process.rs).
+use tracer_common::{AF_INET, AF_INET6, ConnEvent, EventKind, Tuple, flags, tcp_state::*};
+
+use super::*;
+use crate::clock::{Clock, ManualClock};
+
+const SEC: u64 = 1_000_000_000;
+const NETNS: u32 = 4026531840;
+
+#[derive(Clone, Copy)]
+struct Proc {
+    pid: u32,
+    start: u64,
+    comm: &'static str,
+}
+
+const CLIENT: Proc = Proc { pid: 100, start: 10 * SEC, comm: "client" };
+const SERVER: Proc = Proc { pid: 200, start: 20 * SEC, comm: "server" };
+
+impl Proc {
+    fn key(self) -> ProcessKey {
+        ProcessKey { pid: self.pid, start_time_ns: self.start }
+    }
+}
+
+/// Builder for one event.
+#[derive(Clone, Copy)]
+struct Ev(ConnEvent);
+
+fn ev(kind: EventKind, sock: u64, at: u64) -> Ev {
+    Ev(ConnEvent {
+        timestamp_ns: at,
+        sock,
+        start_time_ns: 0,
+        cgroup_id: 0,
+        netns: NETNS,
+        tgid: 0,
+        tid: 0,
+        tuple: v4(10_000, 80),
+        kind: kind as u8,
+        flags: 0,
+        old_state: 0,
+        new_state: 0,
+        comm: [0; 16],
+        _pad: [0; 2],
+    })
+}
+
+impl Ev {
+    fn by(mut self, p: Proc) -> Self {
+        self.0.flags |= flags::OWNER_CONTEXT;
+        self.0.tgid = p.pid;
+        self.0.tid = p.pid;
+        self.0.start_time_ns = p.start;
+        self.0.cgroup_id = 7;
+        self.0.comm = comm(p.comm);
+        self
+    }
+
+    fn states(mut self, old: u8, new: u8) -> Self {
+        self.0.old_state = old;
+        self.0.new_state = new;
+        self
+    }
+
+    fn inbound(mut self) -> Self {
+        self.0.flags |= flags::INBOUND;
+        self
+    }
+
+    fn tuple(mut self, tuple: Tuple) -> Self {
+        self.0.tuple = tuple;
+        self
+    }
+}
+
+fn comm(name: &str) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let n = name.len().min(15);
+    out[..n].copy_from_slice(&name.as_bytes()[..n]);
+    out
+}
+
+fn v4(local_port: u16, remote_port: u16) -> Tuple {
+    let mut t = Tuple { family: AF_INET.into(), local_port, remote_port, ..Tuple::default() };
+    t.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+    t.remote_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+    t
+}
+
+fn v6(local_port: u16, remote_port: u16) -> Tuple {
+    let mut t = Tuple { family: AF_INET6.into(), local_port, remote_port, ..Tuple::default() };
+    t.local_addr[15] = 1;
+    t.remote_addr[15] = 1;
+    t
+}
+
+fn swap(t: Tuple) -> Tuple {
+    Tuple {
+        local_addr: t.remote_addr,
+        remote_addr: t.local_addr,
+        local_port: t.remote_port,
+        remote_port: t.local_port,
+        family: t.family,
+    }
+}
+
+fn table() -> ConnectionTable {
+    ConnectionTable::new(TableConfig::default())
+}
+
+/// Event emitters named after what the kernel does, so tests read like the lifecycle.
+struct Kernel<'a> {
+    table: &'a mut ConnectionTable,
+    clock: &'a ManualClock,
+}
+
+impl Kernel<'_> {
+    fn now(&self) -> u64 {
+        self.clock.advance(1_000)
+    }
+
+    fn apply(&mut self, e: Ev) -> Applied {
+        self.table.apply(&e.0)
+    }
+
+    fn connect(&mut self, p: Proc, sock: u64, tuple: Tuple) -> Applied {
+        let mut pending = tuple;
+        pending.local_port = 0;
+        let e =
+            ev(EventKind::Connect, sock, self.now()).by(p).states(CLOSE, SYN_SENT).tuple(pending);
+        self.apply(e)
+    }
+
+    fn established_out(&mut self, sock: u64, tuple: Tuple) -> Applied {
+        let e =
+            ev(EventKind::Established, sock, self.now()).states(SYN_SENT, ESTABLISHED).tuple(tuple);
+        self.apply(e)
+    }
+
+    fn established_in(&mut self, sock: u64, tuple: Tuple) -> Applied {
+        let e = ev(EventKind::Established, sock, self.now())
+            .states(SYN_RECV, ESTABLISHED)
+            .inbound()
+            .tuple(tuple);
+        self.apply(e)
+    }
+
+    fn accept(&mut self, p: Proc, sock: u64, tuple: Tuple, state: u8) -> Applied {
+        let e = ev(EventKind::Accept, sock, self.now())
+            .by(p)
+            .inbound()
+            .states(state, state)
+            .tuple(tuple);
+        self.apply(e)
+    }
+
+    fn change(&mut self, sock: u64, old: u8, new: u8) -> Applied {
+        let e = ev(EventKind::StateChange, sock, self.now()).states(old, new);
+        self.apply(e)
+    }
+
+    fn connect_failed(&mut self, sock: u64) -> Applied {
+        let e = ev(EventKind::ConnectFailed, sock, self.now()).states(SYN_SENT, CLOSE);
+        self.apply(e)
+    }
+
+    fn release(&mut self, p: Proc, sock: u64, old: u8, new: u8) -> Applied {
+        let e = ev(EventKind::Release, sock, self.now()).by(p).states(old, new);
+        self.apply(e)
+    }
+
+    fn exit(&mut self, p: Proc) -> Applied {
+        let e = ev(EventKind::ProcessExit, 0, self.now()).by(p);
+        let mut e = e;
+        e.0.netns = 0;
+        e.0.tuple = Tuple::default();
+        self.apply(e)
+    }
+
+    fn exec(&mut self, p: Proc) -> Applied {
+        let mut e = ev(EventKind::ProcessExec, 0, self.now()).by(p);
+        e.0.netns = 0;
+        e.0.tuple = Tuple::default();
+        self.apply(e)
+    }
+
+    /// A whole client connect plus server accept over loopback; returns nothing, asserts nothing.
+    fn full_connection(&mut self, client_sock: u64, server_sock: u64, tuple: Tuple) {
+        self.connect(CLIENT, client_sock, tuple);
+        self.established_in(server_sock, swap(tuple));
+        self.established_out(client_sock, tuple);
+        self.accept(SERVER, server_sock, swap(tuple), ESTABLISHED);
+    }
+}
+
+fn stats(t: &ConnectionTable, p: Proc) -> ProcessStats {
+    match t.process(p.key()) {
+        Some(s) => *s,
+        None => panic!("process {} not in table", p.comm),
+    }
+}
+
+/// Invariants every test checks at the end: the aggregates agree with the entries.
+fn assert_consistent(t: &ConnectionTable) {
+    let mut unattributed = 0;
+    for p in t.processes() {
+        let open: Vec<_> = t
+            .connections()
+            .filter(|v| v.conn.owner == Some(p.key) && v.conn.phase == Phase::Open)
+            .collect();
+        let connecting = t
+            .connections()
+            .filter(|v| v.conn.owner == Some(p.key) && v.conn.phase == Phase::Connecting)
+            .count();
+        assert_eq!(p.open as usize, open.len(), "open of {}", p.comm());
+        assert_eq!(p.connecting as usize, connecting, "connecting of {}", p.comm());
+        assert_eq!(p.outbound.open + p.inbound.open, p.open);
+        for state in StateCounts::STATES {
+            let n = open.iter().filter(|v| v.conn.state == state).count();
+            assert_eq!(p.states.get(state) as usize, n, "state {state} of {}", p.comm());
+        }
+        assert_eq!(p.outbound.opened_total + p.inbound.opened_total, p.opened_total);
+        assert_eq!(p.outbound.closed_total + p.inbound.closed_total, p.closed_total);
+    }
+    for v in t.connections() {
+        if v.conn.is_unattributed() {
+            unattributed += 1;
+        }
+        if let Some(owner) = v.conn.owner {
+            assert!(t.process(owner).is_some(), "entry {} owned by a dropped process", v.id());
+        }
+    }
+    assert_eq!(t.unattributed(), unattributed);
+}
+
+#[test]
+fn outbound_lifecycle() {
+    let clock = ManualClock::new(100 * SEC);
+    let mut t = table();
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    let tuple = v4(40_000, 8080);
+
+    let Applied::Connecting { id, owner } = k.connect(CLIENT, 0xa, tuple) else { panic!() };
+    assert_eq!(owner, Some(CLIENT.key()));
+    assert_eq!(stats(k.table, CLIENT).connecting, 1);
+    assert_eq!(stats(k.table, CLIENT).open, 0);
+
+    assert_eq!(
+        k.established_out(0xa, tuple),
+        Applied::Opened { id, owner: Some(CLIENT.key()), direction: Direction::Outbound }
+    );
+    let s = stats(k.table, CLIENT);
+    assert_eq!((s.connecting, s.open, s.opened_total), (0, 1, 1));
+    assert_eq!(s.states.established, 1);
+    assert_eq!(s.outbound.open, 1);
+    assert_eq!(s.comm(), "client");
+    assert_eq!(s.cgroup_id, 7);
+    let view = k.table.connection(SocketKey { netns: NETNS, sock: 0xa }).map(|v| v.snapshot(0));
+    let view = view.unwrap();
+    assert_eq!(view.local.to_string(), "127.0.0.1:40000", "local port learnt at ESTABLISHED");
+    assert_eq!(view.pid, Some(CLIENT.pid));
+
+    clock.advance(5 * SEC);
+    let Applied::Closed { id: closed, owner, direction, lifetime_ns, preexisting } =
+        k.release(CLIENT, 0xa, ESTABLISHED, FIN_WAIT1)
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (closed, owner, direction, preexisting),
+        (id, CLIENT.key(), Direction::Outbound, false)
+    );
+    assert!((5 * SEC..6 * SEC).contains(&lifetime_ns));
+    let s = stats(&t, CLIENT);
+    assert_eq!((s.open, s.opened_total, s.closed_total), (0, 1, 1));
+    assert_eq!(s.outbound.closed_total, 1);
+    assert_eq!(s.states, StateCounts::default());
+    assert_eq!(t.tracked_connections(), 0);
+    assert_consistent(&t);
+}
+
+#[test]
+fn inbound_via_backlog_then_accept() {
+    let clock = ManualClock::new(SEC);
+    let mut t = table();
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    let tuple = v4(8080, 40_000);
+
+    let Applied::Backlogged { id } = k.established_in(0xb, tuple) else { panic!() };
+    assert_eq!(k.table.unattributed(), 1);
+    assert_eq!(k.table.process_count(), 0, "softirq context attributes nothing");
+    let snap = k.table.conn_snapshots(clock.now_ns());
+    assert_eq!(snap[0].pid, None);
+    assert_eq!(snap[0].phase, Phase::Backlog);
+
+    assert_eq!(
+        k.accept(SERVER, 0xb, tuple, ESTABLISHED),
+        Applied::Opened { id, owner: Some(SERVER.key()), direction: Direction::Inbound }
+    );
+    assert_eq!(k.table.unattributed(), 0);
+    let s = stats(k.table, SERVER);
+    assert_eq!((s.open, s.opened_total, s.inbound.open, s.inbound.opened_total), (1, 1, 1, 1));
+    assert_eq!(s.states.established, 1);
+
+    // A second report of the same accept counts nothing.
+    assert_eq!(k.accept(SERVER, 0xb, tuple, ESTABLISHED), Applied::Ignored);
+    assert_eq!(stats(k.table, SERVER).opened_total, 1);
+
+    k.release(SERVER, 0xb, ESTABLISHED, FIN_WAIT1);
+    let s = stats(&t, SERVER);
+    assert_eq!((s.open, s.closed_total, s.inbound.closed_total), (0, 1, 1));
+    assert_consistent(&t);
+}
+
+#[test]
+fn accept_that_was_blocked_before_the_probes_attached() {
+    let clock = ManualClock::new(SEC);
+    let mut t = table();
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    let applied = k.accept(SERVER, 0xc, v4(8080, 40_000), ESTABLISHED);
+    assert!(matches!(
+        applied,
+        Applied::Opened { owner: Some(_), direction: Direction::Inbound, .. }
+    ));
+    let s = stats(&t, SERVER);
+    assert_eq!((s.open, s.opened_total, s.states.established), (1, 1, 1));
+    assert_eq!(t.unattributed(), 0);
+    assert_consistent(&t);
+}
+
+#[test]
+fn accept_after_peer_hung_up_reports_current_state() {
+    let clock = ManualClock::new(SEC);
+    let mut t = table();
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    k.established_in(0xc, v4(8080, 40_000));
+    k.change(0xc, ESTABLISHED, CLOSE_WAIT);
+    k.accept(SERVER, 0xc, v4(8080, 40_000), CLOSE_WAIT);
+    let s = stats(&t, SERVER);
+    assert_eq!((s.open, s.states.close_wait, s.states.established), (1, 1, 0));
+    assert_consistent(&t);
+}
+
+#[test]
+fn fast_open_accept_before_handshake_completes_keeps_the_owner() {
+    let clock = ManualClock::new(SEC);
+    let mut t = table();
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    let tuple = v4(8080, 40_000);
+    let Applied::Opened { id, .. } = k.accept(SERVER, 0xd, tuple, SYN_RECV) else { panic!() };
+    assert_eq!(
+        k.established_in(0xd, tuple),
+        Applied::StateChanged { id, old_state: SYN_RECV, new_state: ESTABLISHED }
+    );
+    let s = stats(&t, SERVER);
+    assert_eq!((s.open, s.opened_total, s.states.established), (1, 1, 1));
+    assert_eq!((t.unattributed(), t.counters().stale_replaced), (0, 0));
+    assert_consistent(&t);
+}
+
+#[test]
+fn shutdown_keeps_the_connection_open_in_fin_wait1() {
+    let clock = ManualClock::new(SEC);
+    let mut t = table();
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    k.connect(CLIENT, 0xa, v4(40_000, 80));
+    k.established_out(0xa, v4(40_000, 80));
+    // shutdown(SHUT_WR): the file is still referenced, so a plain state change.
+    k.change(0xa, ESTABLISHED, FIN_WAIT1);
+    let s = stats(k.table, CLIENT);
+    assert_eq!((s.open, s.states.fin_wait1, s.states.established), (1, 1, 0));
+    k.change(0xa, FIN_WAIT1, FIN_WAIT2);
+    let s = stats(k.table, CLIENT);
+    assert_eq!((s.open, s.states.fin_wait2, s.states.fin_wait1), (1, 1, 0));
+    let conns = k.table.conn_snapshots(clock.now_ns());
+    assert_eq!(conns[0].state, "fin_wait2");
+    assert_consistent(&t);
+}
+
+#[test]
+fn peer_reset_keeps_the_connection_open_in_close() {
+    let clock = ManualClock::new(SEC);
+    let mut t = table();
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    k.connect(CLIENT, 0xa, v4(40_000, 80));
+    k.established_out(0xa, v4(40_000, 80));
+    k.change(0xa, ESTABLISHED, CLOSE);
+    let s = stats(k.table, CLIENT);
+    assert_eq!((s.open, s.states.close, s.closed_total), (1, 1, 0));
+    let conns = k.table.conn_snapshots(clock.now_ns());
+    assert_eq!(conns[0].state, "close");
+    assert_eq!(conns[0].remote.to_string(), "127.0.0.1:80", "a reset keeps its endpoints");
+    // tcp_close() on a reset socket still makes a CLOSE -> CLOSE transition: the release.
+    assert!(matches!(k.release(CLIENT, 0xa, CLOSE, CLOSE), Applied::Closed { .. }));
+    let s = stats(&t, CLIENT);
+    assert_eq!((s.open, s.states.close, s.closed_total), (0, 0, 1));
+    assert_consistent(&t);
+}
+
+#[test]
+fn refused_connect_counts_connect_failed() {
+    let clock = ManualClock::new(SEC);
+    let mut t = table();
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    let Applied::Connecting { id, .. } = k.connect(CLIENT, 0xa, v4(40_000, 1)) else { panic!() };
+    assert_eq!(k.connect_failed(0xa), Applied::ConnectFailed { id, owner: Some(CLIENT.key()) });
+    let s = stats(k.table, CLIENT);
+    assert_eq!((s.connect_failed, s.connecting, s.open, s.opened_total), (1, 0, 0, 0));
+    assert_eq!(k.table.tracked_connections(), 0);
+    // The process then closes the failed socket: unknown by now, and nothing goes negative.
+    assert_eq!(k.release(CLIENT, 0xa, CLOSE, CLOSE), Applied::UnmatchedRelease);
+    assert_eq!(stats(&t, CLIENT).closed_total, 0);
+    assert_consistent(&t);
+}
+
+#[test]
+fn stuck_syn_sent_counts_connecting_not_open() {
+    let clock = ManualClock::new(SEC);
+    let mut t = table();
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    k.connect(CLIENT, 0xa, v4(40_000, 81));
+    k.connect(CLIENT, 0xb, v4(40_001, 81));
+    let s = stats(&t, CLIENT);
+    assert_eq!((s.connecting, s.open, s.opened_total), (2, 0, 0));
+    assert_eq!(s.states.total(), 0);
+    assert_eq!(t.unattributed(), 0);
+    assert_consistent(&t);
+}
+
+#[test]
+fn close_during_syn_sent_counts_connect_failed() {
+    let clock = ManualClock::new(SEC);
+    let mut t = table();
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    let Applied::Connecting { id, .. } = k.connect(CLIENT, 0xa, v4(40_000, 81)) else { panic!() };
+    // close() while connecting: the release check comes first in the kernel program.
+    assert_eq!(
+        k.release(CLIENT, 0xa, SYN_SENT, CLOSE),
+        Applied::ConnectFailed { id, owner: Some(CLIENT.key()) }
+    );
+    let s = stats(&t, CLIENT);
+    assert_eq!((s.connect_failed, s.connecting, s.closed_total), (1, 0, 0));
+    assert_eq!(t.counters().unmatched_releases, 0);
+    assert_consistent(&t);
+}
+
+#[test]
+fn reused_sock_address_replaces_the_stale_entry() {
+    let clock = ManualClock::new(SEC);
+    let mut t = table();
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    let Applied::Connecting { id: first, .. } = k.connect(CLIENT, 0xa, v4(40_000, 80)) else {
+        panic!()
+    };
+    k.established_out(0xa, v4(40_000, 80));
+    // Its release was lost; the kernel reuses the address for a new socket of the server.
+    let Applied::Backlogged { id: second } = k.established_in(0xa, v4(8080, 50_000)) else {
+        panic!()
+    };
+    assert!(second > first, "a new generation");
+    assert_eq!(k.table.counters().stale_replaced, 1);
+    let s = stats(k.table, CLIENT);
+    assert_eq!((s.open, s.opened_total, s.states.established), (0, 1, 0));
+    assert_eq!(k.table.unattributed(), 1);
+
+    k.accept(SERVER, 0xa, v4(8080, 50_000), ESTABLISHED);
+    // And again, for a connect of the client.
+    let Applied::Connecting { id: third, .. } = k.connect(CLIENT, 0xa, v4(40_001, 80)) else {
+        panic!()
+    };
+    assert!(third > second);
+    assert_eq!(k.table.counters().stale_replaced, 2);
+    assert_eq!(stats(k.table, SERVER).open, 0);
+    assert_eq!(stats(k.table, CLIENT).connecting, 1);
+    assert_eq!(k.table.tracked_connections(), 1);
+    assert_consistent(&t);
+}
+
+#[test]
+fn unmatched_release_never_drives_counts_negative() {
+    let clock = ManualClock::new(SEC);
+    let mut t = table();
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    k.connect(CLIENT, 0xa, v4(40_000, 80));
+    k.established_out(0xa, v4(40_000, 80));
+    assert!(matches!(k.release(CLIENT, 0xa, ESTABLISHED, FIN_WAIT1), Applied::Closed { .. }));
+    // A socket opened before the daemon started, and a duplicate release.
+    assert_eq!(k.release(CLIENT, 0xdead, ESTABLISHED, FIN_WAIT1), Applied::UnmatchedRelease);
+    assert_eq!(k.release(CLIENT, 0xa, ESTABLISHED, FIN_WAIT1), Applied::UnmatchedRelease);
+    assert_eq!(k.change(0xbeef, ESTABLISHED, CLOSE_WAIT), Applied::UnknownSocket);
+    assert_eq!(k.connect_failed(0xbeef), Applied::UnknownSocket);
+    let s = stats(&t, CLIENT);
+    assert_eq!((s.open, s.closed_total, s.states.total()), (0, 1, 0));
+    assert_eq!(t.counters().unmatched_releases, 2);
+    assert_eq!(t.counters().unknown_socket_events, 2);
+    assert_consistent(&t);
+}
+
+#[test]
+fn unattributed_connections_are_released_without_touching_processes() {
+    let clock = ManualClock::new(SEC);
+    let mut t = table();
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    // Connect not seen (probes attached mid-handshake): open, but nobody's.
+    let applied = k.established_out(0xa, v4(40_000, 80));
+    assert!(matches!(applied, Applied::Opened { owner: None, .. }));
+    assert_eq!(k.table.unattributed(), 1);
+    assert_eq!(
+        k.release(CLIENT, 0xa, ESTABLISHED, FIN_WAIT1),
+        Applied::ReleasedUnattributed { id: 1 }
+    );
+    assert_eq!(k.table.counters().released_unattributed, 1);
+    assert_eq!(k.table.unattributed(), 0);
+    assert_eq!(k.table.process_count(), 0, "a release names no new process");
+    assert_consistent(&t);
+}
+
+#[test]
+fn process_exit_then_releases_then_grace_expiry() {
+    let clock = ManualClock::new(SEC);
+    let mut t =
+        ConnectionTable::new(TableConfig { exited_grace_ns: 60 * SEC, ..TableConfig::default() });
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    for sock in 1..=3 {
+        k.connect(CLIENT, sock, v4(40_000 + sock as u16, 80));
+        k.established_out(sock, v4(40_000 + sock as u16, 80));
+    }
+    assert_eq!(k.exit(CLIENT), Applied::ProcessExited { process: CLIENT.key(), open_at_exit: 3 });
+    let s = stats(k.table, CLIENT);
+    assert!(s.exited());
+    assert_eq!((s.open, s.open_at_exit), (3, Some(3)));
+    let exited_at = s.exited_at_ns.unwrap_or(0);
+
+    // Not before its sockets are released, however long it takes.
+    clock.advance(120 * SEC);
+    assert_eq!(k.table.expire(clock.now_ns()).processes, 0);
+    for sock in 1..=3 {
+        k.release(CLIENT, sock, ESTABLISHED, FIN_WAIT1);
+    }
+    let s = stats(k.table, CLIENT);
+    assert_eq!((s.open, s.closed_total, s.open_at_exit), (0, 3, Some(3)));
+    assert_eq!(k.table.process_snapshots()[0].open_at_exit, Some(3));
+    assert!(k.table.process_snapshots()[0].exited);
+    assert_consistent(k.table);
+
+    // Within the grace period it stays listed.
+    let mut t2 =
+        ConnectionTable::new(TableConfig { exited_grace_ns: 60 * SEC, ..TableConfig::default() });
+    let mut k2 = Kernel { table: &mut t2, clock: &clock };
+    k2.connect(SERVER, 9, v4(1, 2));
+    k2.connect_failed(9);
+    k2.exit(SERVER);
+    let at = stats(k2.table, SERVER).exited_at_ns.unwrap_or(0);
+    assert_eq!(t2.expire(at + 59 * SEC).processes, 0);
+    assert!(t2.process(SERVER.key()).is_some());
+    assert_eq!(t2.expire(at + 60 * SEC).processes, 1);
+    assert!(t2.process(SERVER.key()).is_none());
+
+    // The first table's process, released long after its grace, goes at the next expiry.
+    assert!(clock.now_ns() - exited_at > 60 * SEC);
+    assert_eq!(t.expire(clock.now_ns()).processes, 1);
+    assert_eq!(t.process_count(), 0);
+}
+
+#[test]
+fn exit_and_exec_of_unknown_processes_are_ignored() {
+    let clock = ManualClock::new(SEC);
+    let mut t = table();
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    assert_eq!(k.exit(CLIENT), Applied::Ignored);
+    assert_eq!(k.exec(CLIENT), Applied::Ignored);
+    assert_eq!(t.process_count(), 0);
+}
+
+#[test]
+fn pid_reuse_with_another_start_time_is_another_process() {
+    let clock = ManualClock::new(SEC);
+    let mut t = table();
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    let old = CLIENT;
+    let new = Proc { start: CLIENT.start + 500 * SEC, comm: "reborn", ..CLIENT };
+    k.connect(old, 1, v4(40_000, 80));
+    k.established_out(1, v4(40_000, 80));
+    k.exit(old);
+    k.connect(new, 2, v4(40_001, 80));
+    k.established_out(2, v4(40_001, 80));
+    assert_eq!(k.table.process_count(), 2);
+    let (a, b) = (stats(k.table, old), stats(k.table, new));
+    assert_eq!((a.pid(), a.open, a.exited()), (100, 1, true));
+    assert_eq!((b.pid(), b.open, b.exited()), (100, 1, false));
+    assert_eq!(b.comm(), "reborn");
+    // The old one's socket is released by its exit: only the old one loses it.
+    k.release(old, 1, ESTABLISHED, FIN_WAIT1);
+    assert_eq!((stats(k.table, old).open, stats(k.table, new).open), (0, 1));
+    assert_consistent(&t);
+}
+
+#[test]
+fn exec_updates_comm() {
+    let clock = ManualClock::new(SEC);
+    let mut t = table();
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    k.connect(CLIENT, 1, v4(40_000, 80));
+    let renamed = Proc { comm: "curl", ..CLIENT };
+    assert_eq!(k.exec(renamed), Applied::ProcessExec { process: CLIENT.key() });
+    assert_eq!(stats(&t, CLIENT).comm(), "curl");
+    assert_eq!(t.conn_snapshots(0)[0].comm.as_deref(), Some("curl"));
+}
+
+#[test]
+fn release_by_another_process_still_decrements_the_owner() {
+    let clock = ManualClock::new(SEC);
+    let mut t = table();
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    k.connect(CLIENT, 1, v4(40_000, 80));
+    k.established_out(1, v4(40_000, 80));
+    let child = Proc { pid: 101, start: 11 * SEC, comm: "child" };
+    let applied = k.release(child, 1, ESTABLISHED, FIN_WAIT1);
+    assert!(matches!(applied, Applied::Closed { owner, .. } if owner == CLIENT.key()));
+    assert_eq!(stats(&t, CLIENT).open, 0);
+    assert!(t.process(child.key()).is_none());
+    assert_consistent(&t);
+}
+
+#[test]
+fn closed_backlog_entries_expire_after_the_grace_period() {
+    let clock = ManualClock::new(SEC);
+    let mut t = table();
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    k.established_in(1, v4(8080, 40_000));
+    k.established_in(2, v4(8080, 40_001));
+    // The listener closed: its unaccepted children are reset, then orphaned (no more events).
+    k.change(1, ESTABLISHED, CLOSE);
+    let closed_at = clock.now_ns();
+    assert_eq!(t.expire(closed_at + 59 * SEC).closed_backlog, 0);
+    assert_eq!(t.unattributed(), 2);
+    assert_eq!(t.expire(closed_at + 60 * SEC).closed_backlog, 1);
+    assert_eq!(t.unattributed(), 1, "the established one can still be accepted");
+    assert_eq!(t.tracked_connections(), 1);
+    assert_consistent(&t);
+}
+
+#[test]
+fn forty_connections_half_closed_then_fully_closed() {
+    let clock = ManualClock::new(1_000 * SEC);
+    let mut t = table();
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    let client_sock = |i: u64| 0xc000 + i;
+    let server_sock = |i: u64| 0x5000 + i;
+    let tuple = |i: u64| {
+        let port = 40_000 + i as u16;
+        if i < 20 { v4(port, 8080) } else { v6(port, 8080) }
+    };
+    for i in 0..40 {
+        k.full_connection(client_sock(i), server_sock(i), tuple(i));
+    }
+    let c = stats(k.table, CLIENT);
+    let s = stats(k.table, SERVER);
+    assert_eq!((c.open, c.opened_total, c.outbound.open), (40, 40, 40));
+    assert_eq!((s.open, s.opened_total, s.inbound.open), (40, 40, 40));
+    assert_eq!(k.table.unattributed(), 0);
+
+    // The client closes 15: FIN to the server, which goes to CLOSE_WAIT and keeps them.
+    for i in 0..15 {
+        k.release(CLIENT, client_sock(i), ESTABLISHED, FIN_WAIT1);
+        k.change(server_sock(i), ESTABLISHED, CLOSE_WAIT);
+    }
+    let c = stats(k.table, CLIENT);
+    assert_eq!((c.open, c.opened_total, c.closed_total), (25, 40, 15));
+    assert_eq!(c.states.established, 25);
+    let s = stats(k.table, SERVER);
+    assert_eq!((s.open, s.states.close_wait, s.states.established), (40, 15, 25));
+    assert_consistent(k.table);
+
+    // The server closes everything.
+    for i in 0..40 {
+        let (old, new) = if i < 15 { (CLOSE_WAIT, LAST_ACK) } else { (ESTABLISHED, FIN_WAIT1) };
+        assert!(matches!(k.release(SERVER, server_sock(i), old, new), Applied::Closed { .. }));
+        if i >= 15 {
+            k.change(client_sock(i), ESTABLISHED, CLOSE_WAIT);
+        }
+    }
+    let s = stats(k.table, SERVER);
+    assert_eq!((s.open, s.opened_total, s.closed_total), (0, 40, 40));
+    assert_eq!(s.states, StateCounts::default());
+    let c = stats(k.table, CLIENT);
+    assert_eq!((c.open, c.states.close_wait), (25, 25));
+    assert_eq!(k.table.counters(), &TableCounters::default());
+
+    let conns = t.conn_snapshots(clock.now_ns());
+    assert_eq!(conns.len(), 25);
+    assert!(conns.iter().any(|c| c.local.to_string() == "[::1]:40039"));
+    assert_consistent(&t);
+}
+
+#[test]
+fn snapshots_serialize_with_the_documented_fields() {
+    let clock = ManualClock::new(SEC);
+    let mut t = table();
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    k.full_connection(1, 2, v6(40_000, 8080));
+    k.established_in(3, v4(8080, 40_001));
+    k.change(2, ESTABLISHED, CLOSE_WAIT);
+    clock.advance(3 * SEC);
+
+    let processes = serde_json::to_value(t.process_snapshots()).unwrap_or_default();
+    assert_eq!(processes[0]["pid"], 100, "ties on open are broken by pid");
+    let server = &processes[1];
+    assert_eq!(server["pid"], 200);
+    assert_eq!(server["comm"], "server");
+    assert_eq!(server["open"], 1);
+    assert_eq!(server["opened_total"], 1);
+    assert_eq!(server["closed_total"], 0);
+    assert_eq!(server["connect_failed"], 0);
+    assert_eq!(server["connecting"], 0);
+    assert_eq!(server["states"]["close_wait"], 1);
+    assert_eq!(server["states"]["close"], 0);
+    assert!(server["states"].get("syn_sent").is_none());
+    assert_eq!(server["exited"], false);
+    assert!(server["open_at_exit"].is_null());
+
+    let conns = serde_json::to_value(t.conn_snapshots(clock.now_ns())).unwrap_or_default();
+    let client = &conns[0];
+    assert_eq!(client["id"], 1);
+    assert_eq!(client["pid"], 100);
+    assert_eq!(client["comm"], "client");
+    assert_eq!(client["direction"], "outbound");
+    assert_eq!(client["local"], "[::1]:40000");
+    assert_eq!(client["remote"], "[::1]:8080");
+    assert_eq!(client["state"], "established");
+    assert_eq!(client["age_seconds"], 3);
+    assert_eq!(client["netns"], NETNS);
+    let backlog = &conns[2];
+    assert!(backlog["pid"].is_null());
+    assert!(backlog["comm"].is_null());
+    assert_eq!(backlog["direction"], "inbound");
+    assert_eq!(backlog["phase"], "backlog");
+    assert_eq!(backlog["local"], "127.0.0.1:8080");
+
+    let back: Vec<ConnSnapshot> = serde_json::from_value(conns).unwrap_or_default();
+    assert_eq!(back, t.conn_snapshots(clock.now_ns()));
+
+    let summary = serde_json::to_value(t.summary()).unwrap_or_default();
+    assert_eq!(summary["tracked_connections"], 3);
+    assert_eq!(summary["unattributed"], 1);
+    assert_eq!(summary["processes"], 2);
+    assert_eq!(summary["unmatched_releases"], 0);
+
+    let only_server = t.conn_snapshots_where(clock.now_ns(), |v| v.pid() == Some(SERVER.pid));
+    assert_eq!(only_server.len(), 1);
+    assert_eq!(only_server[0].state, "close_wait");
+}
+
+#[test]
+fn invalid_kind_is_counted() {
+    let mut t = table();
+    let mut e = ev(EventKind::Connect, 1, 1);
+    e.0.kind = 200;
+    assert_eq!(t.apply(&e.0), Applied::Invalid);
+    assert_eq!(t.counters().invalid_events, 1);
+    assert_eq!(t.tracked_connections(), 0);
+}
