@@ -1,0 +1,117 @@
+//! Tables for people: aligned, and readable in an 80-column terminal.
+use std::fmt::Write as _;
+
+use crate::{
+    api::protocol::StatusReport,
+    daemon::{ConnsReport, TopReport, conn_state_label},
+    table::StateCounts,
+};
+
+/// Short names for the per-state summary of `top`.
+fn states_summary(states: &StateCounts) -> String {
+    let short = |name: &str| match name {
+        "established" => "est",
+        "close_wait" => "cw",
+        "fin_wait1" => "fw1",
+        "fin_wait2" => "fw2",
+        "closing" => "cls",
+        "last_ack" => "la",
+        "time_wait" => "tw",
+        "close" => "close",
+        other => other,
+    }
+    .to_owned();
+    states.iter().filter(|(_, n)| *n > 0).map(|(name, n)| format!("{}={n}", short(name))).collect::<Vec<_>>().join(" ")
+}
+
+fn clip(s: &str, width: usize) -> String {
+    if s.chars().count() <= width { s.to_owned() } else { s.chars().take(width).collect() }
+}
+
+pub fn top(report: &TopReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{:>7} {:<15} {:>6} {:>8} {:>8} {:>6}  STATES", "PID", "COMM", "OPEN", "OPENED", "CLOSED", "FAILED");
+    for p in &report.processes {
+        let mut states = states_summary(&p.states);
+        if p.connecting > 0 {
+            states = format!("{states} syn={}", p.connecting).trim().to_owned();
+        }
+        if p.exited {
+            states = format!("{states} [exited, held {}]", p.open_at_exit.unwrap_or(0)).trim().to_owned();
+        }
+        let _ = writeln!(
+            out,
+            "{:>7} {:<15} {:>6} {:>8} {:>8} {:>6}  {}",
+            p.pid,
+            clip(&p.comm, 15),
+            p.open,
+            p.opened_total,
+            p.closed_total,
+            p.connect_failed,
+            clip(&states, 24)
+        );
+    }
+    let _ = writeln!(out, "unattributed (not yet accepted, or accepted unseen): {}", report.unattributed);
+    out
+}
+
+fn age(seconds: u64) -> String {
+    match seconds {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+pub fn conns(report: &ConnsReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{:>7} {:<10} {:<3} {:<21} {:<21} {:<11} {:>4}", "PID", "COMM", "DIR", "LOCAL", "REMOTE", "STATE", "AGE");
+    for c in &report.connections {
+        let pid = c.pid.map_or_else(|| "-".to_owned(), |p| p.to_string());
+        let dir = match c.direction {
+            crate::table::Direction::Outbound => "out",
+            crate::table::Direction::Inbound => "in",
+        };
+        let state = conn_state_label(c.phase, state_static(&c.state));
+        let _ = writeln!(
+            out,
+            "{:>7} {:<10} {:<3} {:<21} {:<21} {:<11} {:>4}",
+            pid,
+            clip(c.comm.as_deref().unwrap_or("-"), 10),
+            dir,
+            c.local.to_string(),
+            c.remote.to_string(),
+            state,
+            age(c.age_seconds)
+        );
+    }
+    let _ = writeln!(out, "{} connection(s)", report.connections.len());
+    out
+}
+
+/// The state names come from a fixed set; map back to a static str for the label helper.
+fn state_static(state: &str) -> &'static str {
+    crate::daemon::STATE_NAMES.iter().chain(["syn_sent", "syn_recv", "listen", "unknown"].iter()).find(|s| **s == state).copied().unwrap_or("unknown")
+}
+
+pub fn status(s: &StatusReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "tracer {} (API v{})", s.version, s.api_version);
+    let _ = writeln!(out, "probe mode:          {} ({})", s.probe_mode, s.probe_mode_reason);
+    let _ = writeln!(out, "kernel:              {}", s.kernel);
+    let _ = writeln!(out, "uptime:              {}s", s.uptime_seconds);
+    let _ = writeln!(out, "events received:     {}", s.events_total);
+    for (kind, n) in &s.events_by_kind {
+        let _ = writeln!(out, "  {kind:<18} {n}");
+    }
+    let _ = writeln!(out, "events lost:         {}", s.events_lost);
+    for (reason, n) in &s.events_lost_by_reason {
+        let _ = writeln!(out, "  {reason:<18} {n}");
+    }
+    let _ = writeln!(out, "tracked connections: {}", s.tracked_connections);
+    let _ = writeln!(out, "unattributed:        {}", s.unattributed);
+    let _ = writeln!(out, "processes:           {}", s.processes);
+    let _ = writeln!(out, "unmatched releases:  {}", s.unmatched_releases);
+    out
+}

@@ -1,0 +1,147 @@
+//! Answers to API requests, built from the table in the event loop.
+use std::{collections::BTreeMap, net::SocketAddr};
+
+use serde::{Deserialize, Serialize};
+use tracer_common::EventKind;
+
+use super::Daemon;
+use crate::{
+    api::protocol::{API_VERSION, Request, StatusReport},
+    clock::Clock,
+    table::{ConnSnapshot, ProcessSnapshot},
+};
+
+/// `tracer top`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TopReport {
+    pub processes: Vec<ProcessSnapshot>,
+    pub unattributed: u64,
+}
+
+/// `tracer conns`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ConnsReport {
+    pub connections: Vec<ConnSnapshot>,
+}
+
+/// A `--remote` filter: an address, optionally with a port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RemoteFilter {
+    pub ip: std::net::IpAddr,
+    pub port: Option<u16>,
+}
+
+impl std::str::FromStr for RemoteFilter {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(Self { ip: addr.ip(), port: Some(addr.port()) });
+        }
+        let bare = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')).unwrap_or(s);
+        bare.parse()
+            .map(|ip| Self { ip, port: None })
+            .map_err(|_| format!("invalid remote {s:?}: expected ADDR or ADDR:PORT (IPv6 as [ADDR]:PORT)"))
+    }
+}
+
+impl RemoteFilter {
+    pub fn matches(&self, remote: SocketAddr) -> bool {
+        // An IPv4 filter also matches v4-mapped IPv6 peers of dual-stack sockets.
+        let ip = match remote.ip() {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(remote.ip(), std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        (ip == self.ip || remote.ip() == self.ip) && self.port.is_none_or(|p| p == remote.port())
+    }
+}
+
+pub const STATE_NAMES: [&str; 9] = [
+    "connecting", "established", "close_wait", "fin_wait1", "fin_wait2", "closing", "last_ack",
+    "time_wait", "close",
+];
+
+impl Daemon {
+    pub(super) fn answer(&self, request: Request) -> Result<serde_json::Value, String> {
+        let value = match request {
+            Request::Status {} => serde_json::to_value(self.status()),
+            Request::Top { limit } => {
+                let mut processes = self.table.process_snapshots();
+                if let Some(limit) = limit {
+                    processes.truncate(limit);
+                }
+                serde_json::to_value(TopReport { processes, unattributed: self.table.unattributed() as u64 })
+            }
+            Request::Conns { pid, remote, state } => {
+                let remote = remote.as_deref().map(str::parse::<RemoteFilter>).transpose()?;
+                if let Some(state) = &state {
+                    if !STATE_NAMES.contains(&state.as_str()) {
+                        return Err(format!("unknown state {state:?}; one of: {}", STATE_NAMES.join(", ")));
+                    }
+                }
+                let now = self.clock.now_ns();
+                let connections = self.table.conn_snapshots_where(now, |view| {
+                    pid.is_none_or(|p| view.pid() == Some(p))
+                        && remote.is_none_or(|r| r.matches(view.remote()))
+                        && state.as_deref().is_none_or(|s| conn_state_label(view.phase(), view.state_name()) == s)
+                });
+                serde_json::to_value(ConnsReport { connections })
+            }
+        };
+        value.map_err(|e| format!("cannot encode the answer: {e}"))
+    }
+
+    fn status(&self) -> StatusReport {
+        let kernel = self.probes.counters().unwrap_or_default();
+        let received = self.source.received();
+        let summary = self.table.summary();
+        let mut lost_by_reason = BTreeMap::new();
+        lost_by_reason.insert("ringbuf_full".to_owned(), kernel.lost_total());
+        lost_by_reason.insert("accept_unresolved".to_owned(), kernel.accept_unresolved);
+        lost_by_reason.insert("malformed".to_owned(), self.source.malformed());
+        StatusReport {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            api_version: API_VERSION,
+            probe_mode: self.probes.mode().to_string(),
+            probe_mode_reason: self.probes.mode_reason().to_owned(),
+            kernel: self.kernel.clone(),
+            uptime_seconds: self.clock.now_ns().saturating_sub(self.started_ns) / 1_000_000_000,
+            events_total: self.source.received_total(),
+            events_by_kind: EventKind::ALL.iter().map(|k| (k.name().to_owned(), received[*k as usize])).collect(),
+            events_emitted: kernel.emitted_total(),
+            events_lost: kernel.lost_total() + self.source.malformed(),
+            events_lost_by_reason: lost_by_reason,
+            tracked_connections: summary.tracked_connections,
+            unattributed: summary.unattributed,
+            processes: summary.processes,
+            unmatched_releases: summary.counters.unmatched_releases,
+            unknown_socket_events: summary.counters.unknown_socket_events,
+            stale_replaced: summary.counters.stale_replaced,
+        }
+    }
+}
+
+/// The state users filter and read by: `connecting` for SYN_SENT, else the TCP state name.
+pub fn conn_state_label(phase: crate::table::Phase, state: &'static str) -> &'static str {
+    if phase == crate::table::Phase::Connecting { "connecting" } else { state }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_filter_accepts_the_documented_forms() {
+        let f: RemoteFilter = "127.0.0.1:80".parse().expect("v4 with port");
+        assert!(f.matches("127.0.0.1:80".parse().expect("addr")));
+        assert!(!f.matches("127.0.0.1:81".parse().expect("addr")));
+        let f: RemoteFilter = "10.0.0.1".parse().expect("v4");
+        assert!(f.matches("10.0.0.1:5".parse().expect("addr")));
+        assert!(f.matches("[::ffff:10.0.0.1]:5".parse().expect("mapped")));
+        let f: RemoteFilter = "[::1]:6379".parse().expect("v6 with port");
+        assert!(f.matches("[::1]:6379".parse().expect("addr")));
+        let f: RemoteFilter = "[::1]".parse().expect("bracketed v6");
+        assert!(f.matches("[::1]:1".parse().expect("addr")));
+        assert!("nope".parse::<RemoteFilter>().unwrap_err().contains("ADDR:PORT"));
+    }
+}
