@@ -13,6 +13,7 @@
 //! serve-churn <listener> <n>  -> ok                  thread: accept, read to EOF, close, n times
 //! connect <ip:port> <n>       -> ok <local ports>    blocking connects, held
 //! connect-nowait <ip:port> <n> -> ok                 non-blocking connects, held (may stay SYN_SENT)
+//! connect-refused <ip:port> <n> -> ok                connects that must be refused (RST)
 //! churn <ip:port> <n>         -> ok                  connect, write 1 byte, close; n times
 //! close <n>                   -> ok                  close the n oldest held connections
 //! shutdown-wr <n>             -> ok                  shutdown(SHUT_WR) on the n oldest
@@ -141,6 +142,17 @@ impl Workload {
                         Err(e) => return Err(e),
                     }
                     self.held.push(socket);
+                }
+                Ok(String::new())
+            }
+            "connect-refused" => {
+                let addr: SocketAddr = arg(words, 1)?;
+                for _ in 0..arg::<usize>(words, 2)? {
+                    match TcpStream::connect(addr) {
+                        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+                        Err(e) => return Err(e),
+                        Ok(_) => return Err(io::Error::other("connect was not refused")),
+                    }
                 }
                 Ok(String::new())
             }

@@ -171,7 +171,7 @@ impl Aggregates {
         };
         match (c.phase, c.owner) {
             (Phase::Backlog, _) | (Phase::Open, None) => step(&mut self.unattributed),
-            (Phase::Connecting, None) => {}
+            (Phase::Connecting, None) | (Phase::Failed, _) => {}
             (Phase::Connecting, Some(owner)) => {
                 if let Some(p) = self.processes.get_mut(&owner) {
                     step(&mut p.connecting);
@@ -419,13 +419,20 @@ impl ConnectionTable {
                 self.counters.unknown_socket_events += 1;
                 Applied::UnknownSocket
             }
-            Some(Phase::Connecting) => match self.remove(key) {
+            Some(Phase::Connecting) => match self.connections.get_mut(&key) {
                 Some(conn) => {
-                    self.aggregates.count_connect_failed(conn.owner);
-                    Applied::ConnectFailed { id: conn.id, owner: conn.owner }
+                    let before = Contribution::of(conn);
+                    conn.phase = Phase::Failed;
+                    conn.set_state(e.new_state, e.timestamp_ns);
+                    let (id, owner) = (conn.id, conn.owner);
+                    self.aggregates.withdraw(before);
+                    self.aggregates.count_connect_failed(owner);
+                    Applied::ConnectFailed { id, owner }
                 }
                 None => Applied::Ignored,
             },
+            // A failed socket failing again (a retried connect whose start we missed).
+            Some(Phase::Failed) => Applied::Ignored,
             // A reconnect whose Connect event we missed, on a socket the process still holds:
             // it stays held, now in `close`.
             Some(_) => self.on_state_change(e),
@@ -472,6 +479,8 @@ impl ConnectionTable {
                 self.counters.released_unattributed += 1;
                 Applied::ReleasedUnattributed { id: conn.id }
             }
+            // Its failure was counted when it happened.
+            (Phase::Failed, _) => Applied::Ignored,
         }
     }
 

@@ -56,6 +56,9 @@ pub enum Phase {
     Backlog,
     /// Open for its owner until released; unattributed when the owner is unknown.
     Open,
+    /// The connect failed (counted once in `connect_failed`) but the process still holds the
+    /// socket: kept, counting towards nothing, so that its release is expected, not unmatched.
+    Failed,
 }
 
 /// One tracked socket.
@@ -101,7 +104,7 @@ impl Connection {
         match self.phase {
             Phase::Backlog => true,
             Phase::Open => self.owner.is_none(),
-            Phase::Connecting => false,
+            Phase::Connecting | Phase::Failed => false,
         }
     }
 

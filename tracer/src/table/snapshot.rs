@@ -172,7 +172,8 @@ impl ConnectionTable {
     ) -> Vec<ConnSnapshot> {
         let mut out: Vec<ConnSnapshot> = self
             .connections()
-            .filter(|view| keep(view))
+            // A failed connect still held is a socket, not a connection anyone lists.
+            .filter(|view| view.phase() != Phase::Failed && keep(view))
             .map(|view| view.snapshot(now_ns))
             .collect();
         out.sort_by_key(|c| c.id);

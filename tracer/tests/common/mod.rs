@@ -187,3 +187,147 @@ pub fn touches_port(event: &ConnEvent, port: u16) -> bool {
 pub fn of_kind(events: &[ConnEvent], kind: EventKind) -> Vec<ConnEvent> {
     events.iter().filter(|e| e.kind() == Some(kind)).copied().collect()
 }
+
+/// The `tracer` binary under test: `TRACER_BIN` (set by the VM matrix), else cargo's build.
+pub fn tracer_bin() -> std::path::PathBuf {
+    std::env::var_os("TRACER_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_tracer").into())
+}
+
+/// A `tracer run` daemon on a private socket, queried through the real CLI.
+pub struct Daemon {
+    child: Option<Child>,
+    pub socket: std::path::PathBuf,
+    log: std::path::PathBuf,
+    _dir: TempDir,
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("tracer-test-{tag}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Daemon {
+    pub fn start(extra: &[&str]) -> Self {
+        let dir = TempDir::new("daemon");
+        let socket = dir.0.join("tracer.sock");
+        let log = dir.0.join("daemon.log");
+        let mode = probe_mode().to_string();
+        let child = Command::new(tracer_bin())
+            .args(["run", "--summary-interval", "0", "--probe", &mode, "--socket"])
+            .arg(&socket)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn tracer run");
+        let mut daemon = Self { child: Some(child), socket, log, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if daemon.try_cli(&["status", "--json"]).is_ok() {
+                return daemon;
+            }
+            if let Some(child) = daemon.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("tracer run exited with {status}: {}", daemon.log_text());
+                }
+            }
+            assert!(Instant::now() < deadline, "daemon did not start: {}", daemon.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs `tracer <args> --socket <ours>`; Err(stderr) on failure.
+    pub fn try_cli(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(tracer_bin()).args(args).arg("--socket").arg(&self.socket).output().expect("run tracer");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut full = args.to_vec();
+        full.push("--json");
+        let text = self.try_cli(&full).unwrap_or_else(|e| panic!("tracer {args:?} failed: {e}"));
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad JSON from tracer {args:?}: {e}: {text}"))
+    }
+
+    /// The `top --json` row of `pid`, or Null.
+    pub fn process(&self, pid: u32) -> serde_json::Value {
+        let top = self.json(&["top"]);
+        top["processes"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|p| p["pid"] == pid).cloned())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Polls `check` against fresh `top` rows until it returns Ok, or panics with its last
+    /// complaint. Counts settle within milliseconds; softirq state changes may trail a reply.
+    pub fn eventually(&self, what: &str, mut check: impl FnMut(&Self) -> Result<(), String>) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match check(self) {
+                Ok(()) => return,
+                Err(complaint) if Instant::now() >= deadline => panic!("{what}: {complaint}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    /// Stops the daemon with SIGTERM and returns its log (which ends with the final summary).
+    pub fn stop(mut self) -> String {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: sending a signal to our own child process.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+        self.log_text()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `emitted`, `received`, `lost` of the daemon's final summary line.
+pub fn final_summary(log: &str) -> (u64, u64, u64) {
+    let line = log.lines().rev().find(|l| l.contains("events emitted=")).unwrap_or_else(|| panic!("no summary in log: {log}"));
+    let field = |name: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {line}"))
+    };
+    (field("emitted"), field("received"), field("lost"))
+}
+
+/// Reads a JSON number field as u64 (panics with the field name if absent).
+pub fn num(value: &serde_json::Value, field: &str) -> u64 {
+    value[field].as_u64().unwrap_or_else(|| panic!("field {field} missing in {value}"))
+}
