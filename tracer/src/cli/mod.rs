@@ -103,7 +103,8 @@ pub fn run(cli: Cli) -> i32 {
     match result {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("tracer: {e:#}");
+            // Every error's message already names its cause: print it once, not as a chain.
+            eprintln!("tracer: {e}");
             1
         }
     }

@@ -44,7 +44,9 @@ pub(crate) struct Daemon {
 }
 
 pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
-    // Bind first: a second daemon must fail before it loads anything.
+    // Privileges and kernel first (nothing else can work without them), then the socket: a
+    // second daemon must fail before it loads anything.
+    preflight::check()?;
     let listener = server::bind(&options.socket)?;
     let mut daemon = Daemon::start(&options)?;
     log::info!(
