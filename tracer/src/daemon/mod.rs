@@ -99,7 +99,7 @@ impl Daemon {
         Ok(Self {
             probes,
             source,
-            table: ConnectionTable::new(options.table.clone()),
+            table: ConnectionTable::new(options.table),
             started_ns: clock.now_ns(),
             clock,
             kernel: preflight::kernel_release(),

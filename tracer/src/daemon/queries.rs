@@ -74,11 +74,10 @@ impl Daemon {
             }
             Request::Conns { pid, remote, state } => {
                 let remote = remote.as_deref().map(str::parse::<RemoteFilter>).transpose()?;
-                if let Some(state) = &state {
-                    if !STATE_NAMES.contains(&state.as_str()) {
+                if let Some(state) = &state
+                    && !STATE_NAMES.contains(&state.as_str()) {
                         return Err(format!("unknown state {state:?}; one of: {}", STATE_NAMES.join(", ")));
                     }
-                }
                 let now = self.clock.now_ns();
                 let connections = self.table.conn_snapshots_where(now, |view| {
                     pid.is_none_or(|p| view.pid() == Some(p))

@@ -83,7 +83,7 @@ impl DetectorConfig {
         if self.sub_windows < 2 {
             return Err(format!("sub-windows must be at least 2 (got {})", self.sub_windows));
         }
-        if self.window_samples < self.sub_windows || self.window_samples % self.sub_windows != 0 {
+        if self.window_samples < self.sub_windows || !self.window_samples.is_multiple_of(self.sub_windows) {
             return Err(format!(
                 "window samples ({}) must be a positive multiple of sub-windows ({})",
                 self.window_samples, self.sub_windows
@@ -257,11 +257,10 @@ impl Detector {
                 active.clear_streak += 1;
                 active.alert.open = sample.open;
                 // An exited process's alert resolves at once: nothing is left to leak.
-                if sample.exited || active.clear_streak >= self.config.resolve_after {
-                    if let Some(active) = self.active.remove(&key) {
+                if (sample.exited || active.clear_streak >= self.config.resolve_after)
+                    && let Some(active) = self.active.remove(&key) {
                         changes.push(Change::Resolved(self.retire(active.alert, now_ns)));
                     }
-                }
             }
             (None, true) => {
                 let alert = Alert {

@@ -242,11 +242,10 @@ impl Daemon {
             if daemon.try_cli(&["status", "--json"]).is_ok() {
                 return daemon;
             }
-            if let Some(child) = daemon.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
+            if let Some(child) = daemon.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait() {
                     panic!("tracer run exited with {status}: {}", daemon.log_text());
                 }
-            }
             assert!(Instant::now() < deadline, "daemon did not start: {}", daemon.log_text());
             std::thread::sleep(Duration::from_millis(100));
         }
