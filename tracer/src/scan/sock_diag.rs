@@ -208,8 +208,8 @@ mod tests {
         let ns = Namespace { inode: std::fs::metadata(&ns_path).expect("ns").ino() as u32, path: ns_path };
         let sockets = scan_namespace(&ns).expect("sock_diag dump");
         let local = client.local_addr().expect("local");
-        let found = sockets.iter().find(|s| s.local == local).expect("client socket listed");
-        assert_eq!(found.remote, addr);
+        // Match the whole tuple: a TIME_WAIT left by other tests may share the local port.
+        let found = sockets.iter().find(|s| s.local == local && s.remote == addr).expect("client socket listed");
         assert_eq!(found.state, tracer_common::tcp_state::ESTABLISHED);
         assert_eq!(found.netns, ns.inode);
         // The inode is the one /proc/self/fd shows for the client's descriptor.
