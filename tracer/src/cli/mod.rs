@@ -53,6 +53,9 @@ pub struct RunArgs {
     /// Seconds an exited process stays listed.
     #[arg(long, default_value_t = 60)]
     pub exited_grace: u64,
+    /// Seconds between reconciles with sock_diag and /proc (0 disables them).
+    #[arg(long, default_value_t = 60)]
+    pub reconcile_interval: u64,
     /// Test only: drop every Nth release in the kernel, to prove tests catch wrong counts.
     #[arg(long, default_value_t = 0, hide = true)]
     pub fault_drop_every_nth_release: u32,
@@ -120,6 +123,7 @@ fn run_daemon(args: RunArgs, socket: PathBuf) -> anyhow::Result<()> {
         table: TableConfig { exited_grace_ns: args.exited_grace * 1_000_000_000, ..TableConfig::default() },
         socket,
         summary_interval: Duration::from_secs(args.summary_interval),
+        reconcile_interval: Duration::from_secs(args.reconcile_interval),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(daemon::run(options))

@@ -113,5 +113,7 @@ pub fn status(s: &StatusReport) -> String {
     let _ = writeln!(out, "unattributed:        {}", s.unattributed);
     let _ = writeln!(out, "processes:           {}", s.processes);
     let _ = writeln!(out, "unmatched releases:  {}", s.unmatched_releases);
+    let _ = writeln!(out, "reconcile corrections: {}", s.reconcile_corrections);
+    let _ = writeln!(out, "holder changes:      {}", s.holder_changes);
     out
 }

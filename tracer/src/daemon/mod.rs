@@ -2,6 +2,7 @@
 //!
 //! One task owns the table and everything derived from it. It drains the ring buffer in
 //! batches and answers API queries between batches, so the event path takes no lock.
+mod ground_truth;
 mod queries;
 
 pub use queries::{ConnsReport, RemoteFilter, STATE_NAMES, TopReport, conn_state_label};
@@ -20,8 +21,16 @@ use crate::{
     events,
     pipeline::EventSource,
     probes::{LoadOptions, Probes, preflight},
-    table::{ConnectionTable, TableConfig},
+    table::{ConnectionTable, Reconciler, ScannedSocket, TableConfig},
 };
+
+fn every(period: Duration) -> tokio::time::Interval {
+    // A zero period means never: a year is as good.
+    let period = if period.is_zero() { Duration::from_secs(86_400 * 365) } else { period };
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval
+}
 
 #[derive(Clone, Debug)]
 pub struct DaemonOptions {
@@ -31,6 +40,8 @@ pub struct DaemonOptions {
     pub socket: PathBuf,
     /// How often to log a one-line summary (zero: never).
     pub summary_interval: Duration,
+    /// How often to compare the table with sock_diag and /proc (zero: never).
+    pub reconcile_interval: Duration,
 }
 
 /// Everything the event loop owns.
@@ -38,6 +49,7 @@ pub(crate) struct Daemon {
     probes: Probes,
     source: EventSource,
     table: ConnectionTable,
+    reconciler: Reconciler,
     clock: BootClock,
     started_ns: u64,
     kernel: String,
@@ -61,13 +73,11 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
-    let mut summary = tokio::time::interval(if options.summary_interval.is_zero() {
-        Duration::from_secs(86_400 * 365)
-    } else {
-        options.summary_interval
-    });
-    summary.tick().await;
+    let mut housekeeping = every(Duration::from_secs(1));
+    let mut summary = every(options.summary_interval);
+    let mut reconcile = every(options.reconcile_interval);
+    let (scan_tx, mut scan_rx) = mpsc::channel::<std::io::Result<Vec<ScannedSocket>>>(1);
+    let mut scan_running = false;
     loop {
         tokio::select! {
             batch = daemon.next_batch() => { batch?; }
@@ -78,6 +88,18 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
             }
             _ = housekeeping.tick() => { daemon.table.expire(daemon.clock.now_ns()); }
             _ = summary.tick() => daemon.log_summary(),
+            _ = reconcile.tick(), if !scan_running => {
+                scan_running = true;
+                let tx = scan_tx.clone();
+                tokio::task::spawn_blocking(move || { let _ = tx.blocking_send(ground_truth::scan_kernel()); });
+            }
+            Some(scan) = scan_rx.recv() => {
+                scan_running = false;
+                match scan {
+                    Ok(scan) => daemon.reconcile(&scan),
+                    Err(e) => log::warn!("reconcile scan failed: {e}"),
+                }
+            }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
@@ -92,18 +114,43 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
 }
 
 impl Daemon {
+    /// Attaches the probes, then loads the connections that already exist: the events of
+    /// anything that changes meanwhile wait in the ring buffer, so nothing falls between the
+    /// two (docs/architecture.md, "Start-up").
     fn start(options: &DaemonOptions) -> Result<Self> {
         let mut probes = Probes::load(&options.load)?;
         let source = EventSource::new(probes.take_events()?)?;
         let clock = BootClock;
-        Ok(Self {
+        let mut daemon = Self {
             probes,
             source,
             table: ConnectionTable::new(options.table),
+            reconciler: Reconciler::default(),
             started_ns: clock.now_ns(),
             clock,
             kernel: preflight::kernel_release(),
-        })
+        };
+        daemon.drain_now();
+        match ground_truth::scan_kernel() {
+            Ok(scan) => {
+                let loaded = daemon.table.load_existing(&scan, daemon.clock.now_ns());
+                log::info!("loaded {loaded} connections that existed before start-up");
+            }
+            Err(e) => log::warn!("cannot load existing connections (sock_diag): {e}; counting from now on"),
+        }
+        Ok(daemon)
+    }
+
+    fn reconcile(&mut self, scan: &[ScannedSocket]) {
+        // Compare with everything the kernel has delivered so far.
+        self.drain_now();
+        let report = self.reconciler.check(&mut self.table, scan, self.clock.now_ns());
+        for correction in &report.corrections {
+            log::warn!("reconcile: {correction}");
+        }
+        if report.holder_changes > 0 {
+            log::info!("reconcile: {} connection(s) now counted for the process that holds them", report.holder_changes);
+        }
     }
 
     async fn next_batch(&mut self) -> std::io::Result<usize> {

@@ -116,6 +116,8 @@ impl Daemon {
             unmatched_releases: summary.counters.unmatched_releases,
             unknown_socket_events: summary.counters.unknown_socket_events,
             stale_replaced: summary.counters.stale_replaced,
+            reconcile_corrections: self.reconciler.corrections_total,
+            holder_changes: self.reconciler.holder_changes_total,
         }
     }
 }

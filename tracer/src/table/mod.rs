@@ -9,6 +9,7 @@
 //! adds its new one (`Aggregates::withdraw` then `Aggregates::add`), so the counts cannot
 //! drift from the entries.
 mod model;
+mod reconcile;
 mod snapshot;
 #[cfg(test)]
 mod tests;
@@ -22,8 +23,10 @@ use serde::{Deserialize, Serialize};
 use tracer_common::{ConnEvent, EventKind, tcp_state};
 
 pub use model::{
-    Connection, Direction, DirectionStats, Phase, ProcessKey, ProcessStats, SocketKey, StateCounts,
+    Connection, Direction, DirectionStats, Phase, ProcessKey, ProcessStats, START_TIME_RESOLUTION_NS,
+    SocketKey, StateCounts, TupleKey,
 };
+pub use reconcile::{ReconcileReport, Reconciler, ScannedHolder, ScannedSocket};
 pub use snapshot::{ConnSnapshot, ConnView, ProcessSnapshot, TableSummary};
 
 /// How long an exited process stays listed by default.
@@ -219,6 +222,11 @@ pub struct ConnectionTable {
     counters: TableCounters,
     /// Generation of the next entry; starts at 1.
     next_id: u64,
+    /// Entries found by a scan (keyed by socket inode, having no kernel address) that no event
+    /// has named yet: the first event with the same addresses takes them over.
+    scanned: Map<TupleKey, SocketKey>,
+    /// Every process holding a socket, where a scan found more than one.
+    shared_holders: Map<SocketKey, Vec<u32>>,
 }
 
 impl Default for ConnectionTable {
@@ -235,6 +243,8 @@ impl ConnectionTable {
             aggregates: Aggregates::default(),
             counters: TableCounters::default(),
             next_id: 1,
+            scanned: Map::default(),
+            shared_holders: Map::default(),
         }
     }
 
@@ -248,6 +258,11 @@ impl ConnectionTable {
             self.counters.invalid_events += 1;
             return Applied::Invalid;
         };
+        if !self.scanned.is_empty() && !self.connections.contains_key(&SocketKey::of(event)) {
+            if let Some(applied) = self.adopt_scanned(kind, event) {
+                return applied;
+            }
+        }
         match kind {
             EventKind::Connect => self.on_connect(event),
             EventKind::Established if event.is_inbound() => self.on_inbound_established(event),
@@ -330,7 +345,11 @@ impl ConnectionTable {
     }
 
     fn view<'a>(&'a self, conn: &'a Connection) -> ConnView<'a> {
-        ConnView { conn, owner: conn.owner.and_then(|o| self.aggregates.processes.get(&o)) }
+        ConnView {
+            conn,
+            owner: conn.owner.and_then(|o| self.aggregates.processes.get(&o)),
+            holders: self.shared_holders(conn.key),
+        }
     }
 
     // ---- event handlers ----
@@ -557,6 +576,10 @@ impl ConnectionTable {
     fn remove(&mut self, key: SocketKey) -> Option<Connection> {
         let conn = self.connections.remove(&key)?;
         self.aggregates.withdraw(Contribution::of(&conn));
+        if conn.preexisting {
+            self.scanned.remove(&conn.tuple_key());
+        }
+        self.shared_holders.remove(&key);
         Some(conn)
     }
 }

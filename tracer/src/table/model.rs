@@ -28,12 +28,33 @@ pub struct ProcessKey {
     pub start_time_ns: u64,
 }
 
+/// `/proc/<pid>/stat` gives start times in clock ticks (USER_HZ, 100 per second on every Linux
+/// ABI): keys keep that resolution so that a process seen in /proc and in events is one process.
+pub const START_TIME_RESOLUTION_NS: u64 = 10_000_000;
+
 impl ProcessKey {
+    pub fn new(pid: u32, start_time_ns: u64) -> Self {
+        Self { pid, start_time_ns: start_time_ns - start_time_ns % START_TIME_RESOLUTION_NS }
+    }
+
     /// The process an event names, if it ran in that process's context.
     pub fn of(event: &ConnEvent) -> Option<Self> {
-        event
-            .in_owner_context()
-            .then_some(Self { pid: event.tgid, start_time_ns: event.start_time_ns })
+        event.in_owner_context().then(|| Self::new(event.tgid, event.start_time_ns))
+    }
+}
+
+/// A connection by its addresses within its namespace: how sockets found by a scan (which
+/// has no kernel address) are matched with the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TupleKey {
+    pub netns: u32,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+impl TupleKey {
+    pub fn of(event: &ConnEvent) -> Self {
+        Self { netns: event.netns, local: local_endpoint(&event.tuple), remote: remote_endpoint(&event.tuple) }
     }
 }
 
@@ -93,6 +114,10 @@ impl Connection {
 
     pub fn remote(&self) -> SocketAddr {
         remote_endpoint(&self.tuple)
+    }
+
+    pub fn tuple_key(&self) -> TupleKey {
+        TupleKey { netns: self.key.netns, local: self.local(), remote: self.remote() }
     }
 
     pub fn state_name(&self) -> &'static str {

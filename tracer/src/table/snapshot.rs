@@ -15,6 +15,8 @@ use super::{
 pub struct ConnView<'a> {
     pub conn: &'a Connection,
     pub owner: Option<&'a ProcessStats>,
+    /// Every holder's pid when a scan found several; empty otherwise.
+    pub holders: &'a [u32],
 }
 
 impl ConnView<'_> {
@@ -75,6 +77,7 @@ impl ConnView<'_> {
             age_seconds: self.conn.age_ns(now_ns) / 1_000_000_000,
             netns: self.netns(),
             preexisting: self.conn.preexisting,
+            holders: self.holders.to_vec(),
         }
     }
 }
@@ -137,7 +140,12 @@ pub struct ConnSnapshot {
     /// Since open; since first seen for connections not open yet.
     pub age_seconds: u64,
     pub netns: u32,
+    /// Found open at start-up (or by a reconcile): its open time is unknown and its age counts
+    /// from when tracer found it.
     pub preexisting: bool,
+    /// Every process holding it, when a scan found more than one (empty otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holders: Vec<u32>,
 }
 
 /// Table-wide numbers for `tracer status` and exporters.

@@ -768,3 +768,140 @@ fn invalid_kind_is_counted() {
     assert_eq!(t.counters().invalid_events, 1);
     assert_eq!(t.tracked_connections(), 0);
 }
+
+// ---- ground truth: start-up load, adoption by events, reconcile ----
+
+fn scanned(tuple: Tuple, inode: u64, state: u8, direction: Direction, holders: &[Proc]) -> ScannedSocket {
+    ScannedSocket {
+        netns: NETNS,
+        inode,
+        local: crate::events::local_endpoint(&tuple),
+        remote: crate::events::remote_endpoint(&tuple),
+        state,
+        direction,
+        holders: holders.iter().map(|p| ScannedHolder { key: p.key(), comm: comm(p.comm) }).collect(),
+    }
+}
+
+#[test]
+fn preexisting_connections_load_once_and_their_releases_match() {
+    let clock = ManualClock::new(SEC);
+    let mut t = table();
+    let scan: Vec<_> = (0..3)
+        .map(|i| scanned(v4(40_000 + i, 80), 1000 + u64::from(i), ESTABLISHED, Direction::Outbound, &[CLIENT]))
+        .collect();
+    assert_eq!(t.load_existing(&scan, clock.now_ns()), 3);
+    assert_eq!(t.load_existing(&scan, clock.now_ns()), 0, "a second load adds nothing");
+    let s = stats(&t, CLIENT);
+    assert_eq!((s.open, s.opened_total), (3, 3));
+    assert!(t.conn_snapshots(clock.now_ns()).iter().all(|c| c.preexisting));
+    // The kernel names the socket by address when it is released: matched by its tuple.
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    assert_eq!(k.release(CLIENT, 0xa1, ESTABLISHED, FIN_WAIT1), Applied::UnmatchedRelease);
+    assert!(matches!(k.apply(ev(EventKind::Release, 0xa2, clock.now_ns()).by(CLIENT).tuple(v4(40_001, 80)).states(ESTABLISHED, FIN_WAIT1)), Applied::Closed { .. }));
+    let s = stats(&t, CLIENT);
+    assert_eq!((s.open, s.closed_total), (2, 1));
+    assert_eq!(t.counters().unmatched_releases, 1, "the first release had no matching tuple");
+    assert_consistent(&t);
+}
+
+#[test]
+fn a_socket_both_scanned_and_seen_by_events_counts_once() {
+    let clock = ManualClock::new(SEC);
+    let mut t = table();
+    // Scanned while its Established was still in the ring buffer.
+    t.load_existing(&[scanned(v4(40_000, 80), 1000, ESTABLISHED, Direction::Outbound, &[CLIENT])], clock.now_ns());
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    assert_eq!(k.established_out(0xa, v4(40_000, 80)), Applied::Ignored);
+    k.change(0xa, ESTABLISHED, CLOSE_WAIT);
+    let s = stats(&t, CLIENT);
+    assert_eq!((s.open, s.opened_total, s.states.close_wait), (1, 1, 1));
+    assert_eq!(t.tracked_connections(), 1);
+    assert_consistent(&t);
+}
+
+#[test]
+fn reconcile_corrects_only_differences_seen_twice() {
+    let clock = ManualClock::new(SEC);
+    let mut t = table();
+    let mut r = Reconciler::default();
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    k.connect(CLIENT, 0xa, v4(0, 80));
+    k.established_out(0xa, v4(40_000, 80));
+    k.connect(CLIENT, 0xb, v4(0, 80));
+    k.established_out(0xb, v4(40_001, 80));
+    // The kernel: 0xa still established; 0xb gone (its release was lost); a third connection
+    // whose open was lost.
+    let scan = vec![
+        scanned(v4(40_000, 80), 1, ESTABLISHED, Direction::Outbound, &[CLIENT]),
+        scanned(v4(40_002, 80), 3, ESTABLISHED, Direction::Outbound, &[CLIENT]),
+    ];
+    let first = r.check(&mut t, &scan, clock.now_ns());
+    assert!(first.corrections.is_empty(), "one scan proves nothing: {first:?}");
+    assert_eq!(first.pending, 2);
+    assert_eq!(stats(&t, CLIENT).open, 2);
+    let second = r.check(&mut t, &scan, clock.now_ns());
+    assert_eq!(second.corrections.len(), 2, "{second:?}");
+    let s = stats(&t, CLIENT);
+    assert_eq!((s.open, s.opened_total, s.closed_total), (2, 3, 1));
+    assert_eq!(r.corrections_total, 2);
+    // Nothing left to correct.
+    assert!(r.check(&mut t, &scan, clock.now_ns()).corrections.is_empty());
+    assert_consistent(&t);
+}
+
+#[test]
+fn a_difference_that_goes_away_is_never_corrected() {
+    let clock = ManualClock::new(SEC);
+    let mut t = table();
+    let mut r = Reconciler::default();
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    k.connect(CLIENT, 0xa, v4(0, 80));
+    k.established_out(0xa, v4(40_000, 80));
+    // Mid-scan the peer hung up: the scan saw CLOSE_WAIT before the event arrived.
+    r.check(&mut t, &[scanned(v4(40_000, 80), 1, CLOSE_WAIT, Direction::Outbound, &[CLIENT])], clock.now_ns());
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    k.change(0xa, ESTABLISHED, CLOSE_WAIT);
+    let report = r.check(&mut t, &[scanned(v4(40_000, 80), 1, CLOSE_WAIT, Direction::Outbound, &[CLIENT])], clock.now_ns());
+    assert!(report.corrections.is_empty());
+    assert_eq!(r.corrections_total, 0);
+}
+
+#[test]
+fn reconcile_gives_a_forked_connection_to_its_real_holder() {
+    let clock = ManualClock::new(SEC);
+    let mut t = table();
+    let mut r = Reconciler::default();
+    let child = Proc { pid: 201, start: 21 * SEC, comm: "server" };
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    k.full_connection(0xa, 0xb, v4(40_000, 8080));
+    // The server accepted, forked, and closed its copy: only the child holds it now.
+    let server_side = scanned(swap(v4(40_000, 8080)), 2, ESTABLISHED, Direction::Inbound, &[child]);
+    let report = r.check(&mut t, &[server_side], clock.now_ns());
+    assert_eq!(report.holder_changes, 1);
+    assert!(report.corrections.is_empty(), "a holder change is not a lost event");
+    let (parent, kid) = (stats(&t, SERVER), stats(&t, child));
+    assert_eq!((parent.open, parent.opened_total, parent.closed_total), (0, 1, 1));
+    assert_eq!((kid.open, kid.opened_total), (1, 1));
+    // The child's release closes it for the child.
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    k.release(child, 0xb, ESTABLISHED, FIN_WAIT1);
+    assert_eq!(stats(&t, child).closed_total, 1);
+    assert_consistent(&t);
+}
+
+#[test]
+fn several_holders_keep_the_opener_and_list_the_others() {
+    let clock = ManualClock::new(SEC);
+    let mut t = table();
+    let mut r = Reconciler::default();
+    let child = Proc { pid: 201, start: 21 * SEC, comm: "server" };
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    k.full_connection(0xa, 0xb, v4(40_000, 8080));
+    let shared = scanned(swap(v4(40_000, 8080)), 2, ESTABLISHED, Direction::Inbound, &[SERVER, child]);
+    let report = r.check(&mut t, &[shared], clock.now_ns());
+    assert_eq!(report.holder_changes, 0);
+    assert_eq!(stats(&t, SERVER).open, 1);
+    assert_eq!(t.shared_holders(SocketKey { netns: NETNS, sock: 0xb }), &[SERVER.pid, child.pid]);
+    assert_consistent(&t);
+}

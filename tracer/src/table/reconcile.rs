@@ -1,0 +1,300 @@
+//! Ground truth: loading the sockets that exist at start-up, and the periodic reconcile that
+//! compares the table with the kernel's own view (sock_diag plus /proc holders).
+//!
+//! Counts come from the event stream. A scan only ever fills in what events could not know —
+//! connections older than the daemon, and holders after a fork or a passed descriptor — and
+//! corrects a difference only when two consecutive scans agree on it, so a connection that
+//! changes state while a scan runs is never "corrected".
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+};
+
+use tracer_common::{AF_INET, AF_INET6, ConnEvent, EventKind, Tuple, tcp_state};
+
+use super::{Applied, Connection, ConnectionTable, Contribution, Direction, Phase, ProcessKey, ProcessStats, SocketKey, TupleKey};
+
+/// A process holding a socket, as /proc shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScannedHolder {
+    pub key: ProcessKey,
+    pub comm: [u8; 16],
+}
+
+/// A TCP socket found by a scan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScannedSocket {
+    pub netns: u32,
+    /// Socket inode; 0 for a socket no file refers to (orphaned, or not yet accepted).
+    pub inode: u64,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub state: u8,
+    /// Inbound when the local port is one a listener of the namespace serves.
+    pub direction: Direction,
+    /// Every process holding it, lowest pid first.
+    pub holders: Vec<ScannedHolder>,
+}
+
+impl ScannedSocket {
+    fn tuple_key(&self) -> TupleKey {
+        TupleKey { netns: self.netns, local: self.local, remote: self.remote }
+    }
+
+    /// A connection the table should know: held by a file, or waiting unaccepted in a
+    /// backlog (no file yet, but in a state an orphan never has). Orphans, listeners, request
+    /// sockets and TIME_WAIT are not connections of any process.
+    fn is_connection(&self) -> bool {
+        match self.state {
+            tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT => true,
+            tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2 | tcp_state::CLOSING | tcp_state::LAST_ACK => self.inode != 0,
+            _ => false,
+        }
+    }
+}
+
+/// What one reconcile did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Differences confirmed by two consecutive scans and corrected, described for the log.
+    pub corrections: Vec<String>,
+    /// Connections given to the process that really holds them (fork, passed descriptor).
+    pub holder_changes: u32,
+    /// Differences seen once, to be confirmed (or not) by the next scan.
+    pub pending: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Difference {
+    /// The kernel has a connection the table lacks (a lost open).
+    Missing { tuple: TupleKey, inode: u64 },
+    /// The table has an open connection the kernel lacks (a lost release).
+    Stale { key: SocketKey, id: u64 },
+    /// The kernel reports another state (a lost state change).
+    State { key: SocketKey, id: u64, state: u8 },
+}
+
+/// Keeps the differences of the previous scan, and the totals.
+#[derive(Debug, Default)]
+pub struct Reconciler {
+    pending: HashSet<Difference>,
+    pub corrections_total: u64,
+    pub holder_changes_total: u64,
+}
+
+impl Reconciler {
+    pub fn check(&mut self, table: &mut ConnectionTable, scan: &[ScannedSocket], now_ns: u64) -> ReconcileReport {
+        let mut report = ReconcileReport::default();
+        // The table's connections that a scan can see: the kernel unhashes a socket when it
+        // reaches CLOSE, so held-after-reset sockets are invisible to sock_diag (and to ss).
+        let known: HashMap<TupleKey, SocketKey> = table
+            .connections
+            .values()
+            .filter(|c| matches!(c.phase, Phase::Open | Phase::Backlog) && c.state != tcp_state::CLOSE)
+            .map(|c| (c.tuple_key(), c.key))
+            .collect();
+        let mut seen = HashSet::with_capacity(known.len());
+        let mut differences = HashSet::new();
+        for socket in scan.iter().filter(|s| s.is_connection()) {
+            let Some(&key) = known.get(&socket.tuple_key()) else {
+                differences.insert(Difference::Missing { tuple: socket.tuple_key(), inode: socket.inode });
+                continue;
+            };
+            seen.insert(key);
+            let Some(conn) = table.connections.get(&key) else { continue };
+            let (id, state, owner) = (conn.id, conn.state, conn.owner);
+            if state != socket.state {
+                differences.insert(Difference::State { key, id, state: socket.state });
+            }
+            // Holders are a fact of this instant, not a lost event: follow them at once.
+            if let Some(first) = socket.holders.first() {
+                if owner.is_none_or(|o| !socket.holders.iter().any(|h| h.key == o)) {
+                    table.transfer(key, first, now_ns);
+                    report.holder_changes += 1;
+                }
+            }
+            if socket.holders.len() > 1 {
+                table.shared_holders.insert(key, socket.holders.iter().map(|h| h.key.pid).collect());
+            } else {
+                table.shared_holders.remove(&key);
+            }
+        }
+        for (tuple, key) in &known {
+            if !seen.contains(key) {
+                let _ = tuple;
+                if let Some(conn) = table.connections.get(key) {
+                    differences.insert(Difference::Stale { key: *key, id: conn.id });
+                }
+            }
+        }
+
+        let by_tuple: HashMap<TupleKey, &ScannedSocket> = scan.iter().map(|s| (s.tuple_key(), s)).collect();
+        for difference in differences.intersection(&self.pending) {
+            let done = match *difference {
+                Difference::Missing { tuple, .. } => by_tuple
+                    .get(&tuple)
+                    .and_then(|s| table.insert_scanned(s, now_ns))
+                    .map(|_| format!("added a connection the events missed: {} -> {} (netns {})", tuple.local, tuple.remote, tuple.netns)),
+                Difference::Stale { key, id } => table
+                    .drop_stale(key, id)
+                    .map(|c| format!("removed a connection the kernel no longer has: {} -> {} (a lost release)", c.local(), c.remote())),
+                Difference::State { key, id, state } => table
+                    .force_state(key, id, state, now_ns)
+                    .map(|c| format!("state of {} -> {} is {} (a lost state change)", c.local(), c.remote(), c.state_name())),
+            };
+            if let Some(description) = done {
+                report.corrections.push(description);
+            }
+        }
+        self.pending = differences.difference(&self.pending).copied().collect();
+        report.pending = self.pending.len();
+        self.corrections_total += report.corrections.len() as u64;
+        self.holder_changes_total += u64::from(report.holder_changes);
+        report
+    }
+}
+
+impl ConnectionTable {
+    /// Loads the connections a start-up scan found, skipping those the events already know.
+    /// Returns how many were added.
+    pub fn load_existing(&mut self, scan: &[ScannedSocket], now_ns: u64) -> usize {
+        let known: HashSet<TupleKey> = self
+            .connections
+            .values()
+            .filter(|c| c.phase != Phase::Failed && c.phase != Phase::Connecting)
+            .map(Connection::tuple_key)
+            .collect();
+        scan.iter()
+            .filter(|s| s.is_connection() && !known.contains(&s.tuple_key()))
+            .filter_map(|s| self.insert_scanned(s, now_ns))
+            .count()
+    }
+
+    /// Extra pids holding `key` (empty unless a scan found several holders).
+    pub fn shared_holders(&self, key: SocketKey) -> &[u32] {
+        self.shared_holders.get(&key).map_or(&[], Vec::as_slice)
+    }
+
+    /// Adds one scanned connection, open for its first holder (unattributed if none holds it).
+    /// Its open time is unknown: it counts from `now_ns` and is marked `preexisting`.
+    pub(super) fn insert_scanned(&mut self, s: &ScannedSocket, now_ns: u64) -> Option<u64> {
+        let tuple_key = s.tuple_key();
+        if self.scanned.contains_key(&tuple_key) {
+            return None;
+        }
+        let owner = s.holders.first().map(|h| self.touch_holder(h, now_ns));
+        let phase = match (owner, s.direction) {
+            (None, Direction::Inbound) => Phase::Backlog,
+            _ => Phase::Open,
+        };
+        // No kernel address is known: the inode stands in (user-range values never collide
+        // with kernel addresses); unaccepted sockets have no inode, so their id does.
+        let id = self.next_id;
+        self.next_id += 1;
+        let key = SocketKey { netns: s.netns, sock: if s.inode != 0 { s.inode } else { id } };
+        let conn = Connection {
+            id,
+            key,
+            direction: s.direction,
+            phase,
+            owner,
+            state: s.state,
+            tuple: tuple_of(s.local, s.remote),
+            first_seen_ns: now_ns,
+            opened_at_ns: (phase == Phase::Open).then_some(now_ns),
+            state_since_ns: now_ns,
+            preexisting: true,
+        };
+        self.aggregates.add(Contribution::of(&conn));
+        if phase == Phase::Open {
+            self.aggregates.count_opened(owner, s.direction);
+        }
+        self.scanned.insert(tuple_key, key);
+        self.connections.insert(key, conn);
+        Some(id)
+    }
+
+    /// The first event about a scanned socket gives it its kernel identity. An `Established`
+    /// is then no news (the scan already counted it open); other events proceed as usual.
+    pub(super) fn adopt_scanned(&mut self, kind: EventKind, event: &ConnEvent) -> Option<Applied> {
+        if matches!(kind, EventKind::Connect | EventKind::ProcessExit | EventKind::ProcessExec) {
+            return None;
+        }
+        let old_key = self.scanned.remove(&TupleKey::of(event))?;
+        let mut conn = self.connections.remove(&old_key)?;
+        conn.key = SocketKey::of(event);
+        if let Some(pids) = self.shared_holders.remove(&old_key) {
+            self.shared_holders.insert(conn.key, pids);
+        }
+        self.connections.insert(conn.key, conn);
+        (kind == EventKind::Established).then_some(Applied::Ignored)
+    }
+
+    /// Gives `key` to `holder`: the old owner closed it as far as it is concerned, the new one
+    /// opened it (so each process keeps open = opened_total - closed_total).
+    fn transfer(&mut self, key: SocketKey, holder: &ScannedHolder, now_ns: u64) {
+        let new_owner = self.touch_holder(holder, now_ns);
+        let Some(conn) = self.connections.get_mut(&key) else { return };
+        let before = Contribution::of(conn);
+        let (old_owner, was_open) = (conn.owner, conn.phase == Phase::Open);
+        conn.owner = Some(new_owner);
+        if conn.phase == Phase::Backlog {
+            conn.phase = Phase::Open;
+            conn.opened_at_ns = Some(now_ns);
+        }
+        let (after, direction) = (Contribution::of(conn), conn.direction);
+        self.aggregates.withdraw(before);
+        if let (Some(old), true) = (old_owner, was_open) {
+            self.aggregates.count_closed(old, direction);
+        }
+        self.aggregates.add(after);
+        self.aggregates.count_opened(Some(new_owner), direction);
+    }
+
+    fn drop_stale(&mut self, key: SocketKey, id: u64) -> Option<Connection> {
+        if self.connections.get(&key).is_none_or(|c| c.id != id) {
+            return None;
+        }
+        let conn = self.remove(key)?;
+        if let (Phase::Open, Some(owner)) = (conn.phase, conn.owner) {
+            self.aggregates.count_closed(owner, conn.direction);
+        }
+        Some(conn)
+    }
+
+    fn force_state(&mut self, key: SocketKey, id: u64, state: u8, now_ns: u64) -> Option<Connection> {
+        let conn = self.connections.get_mut(&key).filter(|c| c.id == id)?;
+        let before = Contribution::of(conn);
+        conn.set_state(state, now_ns);
+        let (after, copy) = (Contribution::of(conn), *conn);
+        self.aggregates.withdraw(before);
+        self.aggregates.add(after);
+        Some(copy)
+    }
+
+    fn touch_holder(&mut self, holder: &ScannedHolder, now_ns: u64) -> ProcessKey {
+        self.aggregates
+            .processes
+            .entry(holder.key)
+            .or_insert_with(|| ProcessStats::new(holder.key, holder.comm, 0, now_ns));
+        holder.key
+    }
+}
+
+fn tuple_of(local: SocketAddr, remote: SocketAddr) -> Tuple {
+    let bytes = |addr: SocketAddr| -> [u8; 16] {
+        let mut out = [0u8; 16];
+        match addr {
+            SocketAddr::V4(v4) => out[..4].copy_from_slice(&v4.ip().octets()),
+            SocketAddr::V6(v6) => out = v6.ip().octets(),
+        }
+        out
+    };
+    Tuple {
+        local_addr: bytes(local),
+        remote_addr: bytes(remote),
+        local_port: local.port(),
+        remote_port: remote.port(),
+        family: u16::from(if local.is_ipv4() { AF_INET } else { AF_INET6 }),
+    }
+}
