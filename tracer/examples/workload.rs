@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! pid                         -> ok <pid>
-//! listen <ip> [backlog]       -> ok <port>          (listener index = order of creation)
+//! listen <ip> [backlog] [port] -> ok <port>         (listener index = order of creation)
 //! accept <listener> <n>       -> ok                  accept n, hold them
 //! accept-bg <listener> <n>    -> ok                  accept n in a thread (already blocked
 //!                                                     in accept() when this returns)
@@ -19,6 +19,15 @@
 //! shutdown-wr <n>             -> ok                  shutdown(SHUT_WR) on the n oldest
 //! reset <n>                   -> ok                  SO_LINGER 0 + close the n oldest (peer gets RST)
 //! held                        -> ok <count>
+//!
+//! Background patterns for the leak tests (each runs in its own thread until exit):
+//! serve-bg <listener> <mode>  -> ok   accept forever; mode `echo` closes when the peer does,
+//!                                     `hold` never closes (CLOSE_WAIT piles up),
+//!                                     `idle-close:<ms>:<k>` also closes its k oldest every ms
+//! trickle-bg <ip:port> <ms>   -> ok   one new connection every ms, never closed (a leak)
+//! churn-leak-bg <ip:port> <ms> -> ok  every ms: open two, close one (a leak under churn)
+//! pool-bg <ip:port> <size> <ms> -> ok keep `size` connections, reopening any the peer closed
+//! oscillate-bg <ip:port> <low> <high> <ms> -> ok  one step every ms between low and high
 //! exit                        -> (exits holding whatever it holds)
 //! ```
 use std::{
@@ -72,9 +81,10 @@ impl Workload {
             "listen" => {
                 let ip: std::net::IpAddr = arg(words, 1)?;
                 let backlog: i32 = arg(words, 2).unwrap_or(1024);
+                let port: u16 = arg(words, 3).unwrap_or(0);
                 let socket = Socket::new(Domain::for_address(SocketAddr::new(ip, 0)), Type::STREAM, None)?;
                 socket.set_reuse_address(true)?;
-                socket.bind(&SocketAddr::new(ip, 0).into())?;
+                socket.bind(&SocketAddr::new(ip, port).into())?;
                 socket.listen(backlog)?;
                 let listener: TcpListener = socket.into();
                 let port = listener.local_addr()?.port();
@@ -183,6 +193,19 @@ impl Workload {
                 Ok(String::new())
             }
             "held" => Ok(self.held.len().to_string()),
+            "serve-bg" => {
+                let listener = listener(&self.listeners, arg(words, 1)?)?.try_clone()?;
+                let mode: String = arg(words, 2)?;
+                std::thread::spawn(move || serve(listener, &mode));
+                Ok(String::new())
+            }
+            "trickle-bg" | "churn-leak-bg" | "pool-bg" | "oscillate-bg" => {
+                let addr: SocketAddr = arg(words, 1)?;
+                let numbers: Vec<u64> = words[2..].iter().filter_map(|w| w.parse().ok()).collect();
+                let pattern = words[0].to_owned();
+                std::thread::spawn(move || client_pattern(&pattern, addr, &numbers));
+                Ok(String::new())
+            }
             other => Err(io::Error::other(format!("unknown command {other:?}"))),
         }
     }
@@ -191,4 +214,93 @@ impl Workload {
 
 fn listener(listeners: &[TcpListener], index: usize) -> io::Result<&TcpListener> {
     listeners.get(index).ok_or_else(|| io::Error::other("no such listener"))
+}
+
+/// Accepts forever; see `serve-bg` in the module docs.
+fn serve(listener: TcpListener, mode: &str) {
+    let idle_close: Option<(u64, usize)> = mode
+        .strip_prefix("idle-close:")
+        .and_then(|rest| rest.split_once(':'))
+        .and_then(|(ms, k)| Some((ms.parse().ok()?, k.parse().ok()?)));
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::<TcpStream>::new()));
+    if let Some((every_ms, k)) = idle_close {
+        let held = std::sync::Arc::clone(&held);
+        std::thread::spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(every_ms));
+            if let Ok(mut list) = held.lock() {
+                let n = k.min(list.len());
+                list.drain(..n);
+            }
+        });
+    }
+    for stream in listener.incoming().flatten() {
+        if mode == "hold" || idle_close.is_some() {
+            if let Ok(mut list) = held.lock() {
+                list.push(stream);
+            }
+        } else {
+            // echo: close when the peer does.
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut buf = [0u8; 64];
+                while matches!(stream.read(&mut buf), Ok(k) if k > 0) {}
+            });
+        }
+    }
+}
+
+/// True when the peer has closed `stream` (EOF without blocking).
+fn peer_closed(stream: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    let _ = stream.set_nonblocking(true);
+    let closed = matches!(stream.peek(&mut byte), Ok(0));
+    let _ = stream.set_nonblocking(false);
+    closed
+}
+
+/// The client side of the background patterns; see the module docs.
+fn client_pattern(pattern: &str, addr: SocketAddr, numbers: &[u64]) {
+    let at = |i: usize| numbers.get(i).copied().unwrap_or(100);
+    let mut held: std::collections::VecDeque<TcpStream> = std::collections::VecDeque::new();
+    let connect = || TcpStream::connect(addr).ok();
+    match pattern {
+        "trickle-bg" => loop {
+            held.extend(connect());
+            std::thread::sleep(Duration::from_millis(at(0)));
+        },
+        "churn-leak-bg" => loop {
+            held.extend(connect());
+            held.extend(connect());
+            held.pop_front();
+            std::thread::sleep(Duration::from_millis(at(0)));
+        },
+        "pool-bg" => {
+            let size = at(0) as usize;
+            loop {
+                held.retain(|s| !peer_closed(s));
+                while held.len() < size {
+                    match connect() {
+                        Some(s) => held.push_back(s),
+                        None => break,
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(at(1)));
+            }
+        }
+        "oscillate-bg" => {
+            let (low, high) = (at(0) as usize, at(1) as usize);
+            let mut rising = true;
+            loop {
+                if rising {
+                    held.extend(connect());
+                    rising = held.len() < high;
+                } else {
+                    held.pop_front();
+                    rising = held.len() <= low;
+                }
+                std::thread::sleep(Duration::from_millis(at(2)));
+            }
+        }
+        _ => {}
+    }
 }

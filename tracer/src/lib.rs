@@ -14,9 +14,11 @@ pub mod daemon;
 pub mod detect;
 pub mod error;
 pub mod events;
+pub mod logging;
 pub mod pipeline;
 pub mod probes;
 pub mod scan;
 pub mod table;
+pub mod webhook;
 
 pub use error::{Error, Result};

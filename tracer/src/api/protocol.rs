@@ -9,8 +9,22 @@ pub const API_VERSION: u32 = 1;
 #[serde(rename_all = "snake_case")]
 pub enum Request {
     Status {},
-    Top { limit: Option<usize> },
+    Top {
+        limit: Option<usize>,
+        #[serde(default)]
+        by: TopBy,
+    },
     Conns { pid: Option<u32>, remote: Option<String>, state: Option<String> },
+    Leaks {},
+}
+
+/// What `tracer top` groups open connections by.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum TopBy {
+    #[default]
+    Process,
+    Remote,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

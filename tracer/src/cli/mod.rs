@@ -1,6 +1,7 @@
 //! The `tracer` command line: a thin layer over the library. `run` is the daemon; the other
 //! commands query it over its Unix socket.
 mod render;
+mod watch;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -8,8 +9,14 @@ use clap::{Args, Parser, Subcommand};
 use tracer_common::DEFAULT_RING_BYTES;
 
 use crate::{
-    api::{DEFAULT_SOCKET, client, protocol::Request},
-    daemon::{self, ConnsReport, DaemonOptions, TopReport},
+    api::{
+        DEFAULT_SOCKET, client,
+        protocol::{Request, TopBy},
+    },
+    daemon::{self, ConnsReport, DaemonOptions, LeakSettings, LeaksReport, RemoteReport, TopReport},
+    detect::DetectorConfig,
+    logging::{self, LogFormat},
+    webhook::WebhookUrl,
     probes::{LoadOptions, ProbeMode},
     table::TableConfig,
 };
@@ -37,6 +44,8 @@ pub enum Command {
     Conns(ConnsArgs),
     /// Probe mode, kernel, event and loss counters of the running daemon.
     Status(StatusArgs),
+    /// Active leak alerts with their evidence, and those resolved in the last hour.
+    Leaks(LeaksArgs),
 }
 
 #[derive(Debug, Args)]
@@ -56,17 +65,100 @@ pub struct RunArgs {
     /// Seconds between reconciles with sock_diag and /proc (0 disables them).
     #[arg(long, default_value_t = 60)]
     pub reconcile_interval: u64,
+    /// Log format of the daemon.
+    #[arg(long, value_enum, default_value_t = LogFormat::Logfmt)]
+    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub leaks: LeakArgs,
+    /// POST each alert raise and resolve as JSON to this http:// URL.
+    #[arg(long)]
+    pub alert_webhook: Option<String>,
     /// Test only: drop every Nth release in the kernel, to prove tests catch wrong counts.
     #[arg(long, default_value_t = 0, hide = true)]
     pub fault_drop_every_nth_release: u32,
 }
 
+/// Leak rules (docs/leak-detection.md).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Leak detection")]
+pub struct LeakArgs {
+    /// Seconds between evaluations (one sample of each process's open count).
+    #[arg(long, default_value_t = 15.0)]
+    pub leak_interval: f64,
+    /// Samples per window.
+    #[arg(long, default_value_t = 20)]
+    pub leak_window: usize,
+    /// Sub-windows per window (the window must be a multiple of it).
+    #[arg(long, default_value_t = 4)]
+    pub leak_sub_windows: usize,
+    /// growth: minimum rise of the open-count floor over the window.
+    #[arg(long, default_value_t = 10)]
+    pub leak_growth_min: u32,
+    /// close_wait: how many connections must be stale in CLOSE_WAIT.
+    #[arg(long, default_value_t = 1)]
+    pub close_wait_min: u32,
+    /// close_wait: seconds in CLOSE_WAIT before a connection counts as stale.
+    #[arg(long, default_value_t = 60.0)]
+    pub close_wait_after: f64,
+    /// held_closed: seconds a connection reset by the peer may stay held.
+    #[arg(long, default_value_t = 60.0)]
+    pub held_closed_after: f64,
+    /// age: alert on connections older than this many seconds (off unless set).
+    #[arg(long)]
+    pub age_threshold: Option<f64>,
+    /// Consecutive clear evaluations before an alert resolves.
+    #[arg(long, default_value_t = 4)]
+    pub leak_resolve_after: u32,
+}
+
+impl LeakArgs {
+    fn settings(&self) -> anyhow::Result<LeakSettings> {
+        let seconds = |name: &str, v: f64| -> anyhow::Result<Duration> {
+            Duration::try_from_secs_f64(v).map_err(|_| anyhow::anyhow!("--{name} {v}: expected a non-negative number of seconds"))
+        };
+        let interval = seconds("leak-interval", self.leak_interval)?;
+        if interval.is_zero() {
+            anyhow::bail!("--leak-interval must be more than 0 seconds");
+        }
+        let detector = DetectorConfig {
+            window_samples: self.leak_window,
+            sub_windows: self.leak_sub_windows,
+            growth_min: self.leak_growth_min,
+            close_wait_min: self.close_wait_min,
+            held_closed_min: 1,
+            age_min: 1,
+            age_enabled: self.age_threshold.is_some(),
+            resolve_after: self.leak_resolve_after,
+        };
+        detector.validate().map_err(|e| anyhow::anyhow!("leak detection settings: {e}"))?;
+        Ok(LeakSettings {
+            interval,
+            detector,
+            close_wait_after_ns: seconds("close-wait-after", self.close_wait_after)?.as_nanos() as u64,
+            held_closed_after_ns: seconds("held-closed-after", self.held_closed_after)?.as_nanos() as u64,
+            age_threshold_ns: self.age_threshold.map(|t| seconds("age-threshold", t)).transpose()?.map(|d| d.as_nanos() as u64),
+        })
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct TopArgs {
-    /// Show at most N processes.
+    /// Show at most N rows.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Group open connections by process (default) or by remote endpoint.
+    #[arg(long, value_enum, default_value_t = TopBy::Process)]
+    pub by: TopBy,
+    /// Redraw every SECS seconds (default 2) until q or Ctrl-C.
+    #[arg(long, num_args = 0..=1, default_missing_value = "2", value_name = "SECS")]
+    pub watch: Option<f64>,
     /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LeaksArgs {
     #[arg(long)]
     pub json: bool,
 }
@@ -95,13 +187,22 @@ pub struct StatusArgs {
 
 /// Runs the parsed command; returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
-    env_logger::Builder::new().filter_level(cli.log_level).format_target(false).init();
     let socket = cli.socket;
     let result = match cli.command {
-        Command::Run(args) => run_daemon(args, socket),
-        Command::Top(args) => top(&socket, args),
-        Command::Conns(args) => conns(&socket, args),
-        Command::Status(args) => status(&socket, args),
+        Command::Run(args) => {
+            logging::init(cli.log_level, args.log_format);
+            run_daemon(args, socket)
+        }
+        command => {
+            logging::init(cli.log_level, LogFormat::Logfmt);
+            match command {
+                Command::Top(args) => top(&socket, args),
+                Command::Conns(args) => conns(&socket, args),
+                Command::Status(args) => status(&socket, args),
+                Command::Leaks(args) => leaks(&socket, args),
+                Command::Run(_) => Ok(()),
+            }
+        }
     };
     match result {
         Ok(()) => 0,
@@ -124,17 +225,42 @@ fn run_daemon(args: RunArgs, socket: PathBuf) -> anyhow::Result<()> {
         socket,
         summary_interval: Duration::from_secs(args.summary_interval),
         reconcile_interval: Duration::from_secs(args.reconcile_interval),
+        leaks: args.leaks.settings()?,
+        webhook: args.alert_webhook.as_deref().map(str::parse::<WebhookUrl>).transpose()?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(daemon::run(options))
 }
 
 fn top(socket: &std::path::Path, args: TopArgs) -> anyhow::Result<()> {
-    let report: TopReport = client::request(socket, Request::Top { limit: args.limit })?;
+    let frame = || -> anyhow::Result<String> {
+        let request = Request::Top { limit: args.limit, by: args.by };
+        Ok(match (args.by, args.json) {
+            (TopBy::Process, true) => serde_json::to_string_pretty(&client::request::<TopReport>(socket, request)?)? + "\n",
+            (TopBy::Process, false) => render::top(&client::request(socket, request)?),
+            (TopBy::Remote, true) => serde_json::to_string_pretty(&client::request::<RemoteReport>(socket, request)?)? + "\n",
+            (TopBy::Remote, false) => render::remotes(&client::request(socket, request)?),
+        })
+    };
+    match args.watch {
+        None => print!("{}", frame()?),
+        Some(seconds) => {
+            let period = Duration::try_from_secs_f64(seconds)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| anyhow::anyhow!("--watch {seconds}: expected a positive number of seconds"))?;
+            watch::run(period, frame)?;
+        }
+    }
+    Ok(())
+}
+
+fn leaks(socket: &std::path::Path, args: LeaksArgs) -> anyhow::Result<()> {
+    let report: LeaksReport = client::request(socket, Request::Leaks {})?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", render::top(&report));
+        print!("{}", render::leaks(&report));
     }
     Ok(())
 }

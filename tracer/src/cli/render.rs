@@ -3,7 +3,7 @@ use std::fmt::Write as _;
 
 use crate::{
     api::protocol::StatusReport,
-    daemon::{ConnsReport, TopReport, conn_state_label},
+    daemon::{ConnsReport, LeaksReport, RemoteReport, TopReport, conn_state_label},
     table::StateCounts,
 };
 
@@ -30,28 +30,73 @@ fn clip(s: &str, width: usize) -> String {
 
 pub fn top(report: &TopReport) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{:>7} {:<15} {:>6} {:>8} {:>8} {:>6}  STATES", "PID", "COMM", "OPEN", "OPENED", "CLOSED", "FAILED");
-    for p in &report.processes {
-        let mut states = states_summary(&p.states);
+    let _ = writeln!(out, "{:>7} {:<15} {:>6} {:>7} {:>7} {:>5} {:>6}  STATES / ALERTS", "PID", "COMM", "OPEN", "OPENED", "CLOSED", "FAIL", "GROWTH");
+    for row in &report.processes {
+        let p = &row.process;
+        let mut notes = states_summary(&p.states);
         if p.connecting > 0 {
-            states = format!("{states} syn={}", p.connecting).trim().to_owned();
+            notes = format!("{notes} syn={}", p.connecting);
         }
         if p.exited {
-            states = format!("{states} [exited, held {}]", p.open_at_exit.unwrap_or(0)).trim().to_owned();
+            notes = format!("{notes} [exited, held {}]", p.open_at_exit.unwrap_or(0));
+        }
+        if !row.alerts.is_empty() {
+            notes = format!("LEAK({}) {notes}", row.alerts.join(","));
         }
         let _ = writeln!(
             out,
-            "{:>7} {:<15} {:>6} {:>8} {:>8} {:>6}  {}",
+            "{:>7} {:<15} {:>6} {:>7} {:>7} {:>5} {:>+6}  {}",
             p.pid,
             clip(&p.comm, 15),
             p.open,
             p.opened_total,
             p.closed_total,
             p.connect_failed,
-            clip(&states, 24)
+            row.growth,
+            clip(notes.trim(), 24)
         );
     }
     let _ = writeln!(out, "unattributed (not yet accepted, or accepted unseen): {}", report.unattributed);
+    out
+}
+
+pub fn remotes(report: &RemoteReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<46} {:>6}  PIDS", "REMOTE", "OPEN");
+    for r in &report.remotes {
+        let pids = r.pids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+        let _ = writeln!(out, "{:<46} {:>6}  {}", clip(&r.remote, 46), r.open, clip(&pids, 24));
+    }
+    let _ = writeln!(out, "unattributed (not yet accepted, or accepted unseen): {}", report.unattributed);
+    out
+}
+
+pub fn leaks(report: &LeaksReport) -> String {
+    let mut out = String::new();
+    if report.active.is_empty() {
+        let _ = writeln!(out, "no active leak alerts");
+    }
+    for (title, alerts) in [("ACTIVE", &report.active), ("RESOLVED IN THE LAST HOUR", &report.resolved)] {
+        if alerts.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "{title}");
+        for a in alerts {
+            let e = &a.evidence;
+            let _ = writeln!(out, "  pid {} ({}) rule {} since {} ({}s ago), open {}", a.pid, a.comm, a.rule, a.since, a.since_seconds, a.open);
+            let floors = e.floors.iter().map(u32::to_string).collect::<Vec<_>>().join(" -> ");
+            let _ = writeln!(out, "    floor per sub-window: {floors} (growth {:+}); in window: {} opened, {} closed", e.growth, e.opens_in_window, e.closes_in_window);
+            if e.stale_close_wait > 0 || e.stale_held_closed > 0 {
+                let _ = writeln!(out, "    stale close_wait: {}, reset but held: {}", e.stale_close_wait, e.stale_held_closed);
+            }
+            for r in &e.top_remotes {
+                let _ = writeln!(out, "    to {:<40} {} open", r.remote, r.open);
+            }
+            for c in e.oldest.iter().take(3) {
+                let _ = writeln!(out, "    oldest: {} -> {} {} {}", c.local, c.remote, c.state, age(c.age_seconds));
+            }
+        }
+    }
     out
 }
 

@@ -3,9 +3,15 @@
 //! One task owns the table and everything derived from it. It drains the ring buffer in
 //! batches and answers API queries between batches, so the event path takes no lock.
 mod ground_truth;
+mod leaks;
 mod queries;
 
-pub use queries::{ConnsReport, RemoteFilter, STATE_NAMES, TopReport, conn_state_label};
+pub use leaks::LeakSettings;
+
+pub use queries::{
+    AlertView, ConnsReport, LeaksReport, RemoteFilter, RemoteReport, RemoteRow, STATE_NAMES, TopReport, TopRow,
+    conn_state_label,
+};
 
 use std::{path::PathBuf, time::Duration};
 
@@ -21,7 +27,9 @@ use crate::{
     events,
     pipeline::EventSource,
     probes::{LoadOptions, Probes, preflight},
+    detect::Detector,
     table::{ConnectionTable, Reconciler, ScannedSocket, TableConfig},
+    webhook::{Webhook, WebhookUrl},
 };
 
 fn every(period: Duration) -> tokio::time::Interval {
@@ -42,6 +50,8 @@ pub struct DaemonOptions {
     pub summary_interval: Duration,
     /// How often to compare the table with sock_diag and /proc (zero: never).
     pub reconcile_interval: Duration,
+    pub leaks: LeakSettings,
+    pub webhook: Option<WebhookUrl>,
 }
 
 /// Everything the event loop owns.
@@ -50,6 +60,9 @@ pub(crate) struct Daemon {
     source: EventSource,
     table: ConnectionTable,
     reconciler: Reconciler,
+    detector: Detector,
+    leak_settings: LeakSettings,
+    webhook: Option<Webhook>,
     clock: BootClock,
     started_ns: u64,
     kernel: String,
@@ -76,6 +89,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     let mut housekeeping = every(Duration::from_secs(1));
     let mut summary = every(options.summary_interval);
     let mut reconcile = every(options.reconcile_interval);
+    let mut leak_check = every(options.leaks.interval);
     let (scan_tx, mut scan_rx) = mpsc::channel::<std::io::Result<Vec<ScannedSocket>>>(1);
     let mut scan_running = false;
     loop {
@@ -88,6 +102,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
             }
             _ = housekeeping.tick() => { daemon.table.expire(daemon.clock.now_ns()); }
             _ = summary.tick() => daemon.log_summary(),
+            _ = leak_check.tick() => daemon.evaluate_leaks(),
             _ = reconcile.tick(), if !scan_running => {
                 scan_running = true;
                 let tx = scan_tx.clone();
@@ -126,6 +141,9 @@ impl Daemon {
             source,
             table: ConnectionTable::new(options.table),
             reconciler: Reconciler::default(),
+            detector: Detector::new(options.leaks.detector.clone()),
+            leak_settings: options.leaks.clone(),
+            webhook: options.webhook.clone().map(Webhook::start),
             started_ns: clock.now_ns(),
             clock,
             kernel: preflight::kernel_release(),
@@ -139,6 +157,18 @@ impl Daemon {
             Err(e) => log::warn!("cannot load existing connections (sock_diag): {e}; counting from now on"),
         }
         Ok(daemon)
+    }
+
+    fn evaluate_leaks(&mut self) {
+        self.drain_now();
+        let now = self.clock.now_ns();
+        let samples = leaks::samples(&self.table, &self.leak_settings, now);
+        for change in self.detector.evaluate(now, &samples) {
+            leaks::log_change(&change);
+            if let Some(webhook) = &self.webhook {
+                webhook.notify(&change);
+            }
+        }
     }
 
     fn reconcile(&mut self, scan: &[ScannedSocket]) {

@@ -1,21 +1,75 @@
 //! Answers to API requests, built from the table in the event loop.
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+};
 
 use serde::{Deserialize, Serialize};
 use tracer_common::EventKind;
 
 use super::Daemon;
 use crate::{
-    api::protocol::{API_VERSION, Request, StatusReport},
+    api::protocol::{API_VERSION, Request, StatusReport, TopBy},
+    detect::Alert,
+    table::{Phase, ProcessKey},
     clock::Clock,
     table::{ConnSnapshot, ProcessSnapshot},
 };
 
-/// `tracer top`.
+/// One `tracer top` row: the table's numbers plus what the leak detector says.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TopRow {
+    #[serde(flatten)]
+    pub process: ProcessSnapshot,
+    /// Net change of the open count's floor over the detector's window.
+    pub growth: i64,
+    pub oldest_age_seconds: u64,
+    /// Rules alerting for this process now.
+    pub alerts: Vec<String>,
+}
+
+/// `tracer top`: alerting processes first, then by open connections.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct TopReport {
-    pub processes: Vec<ProcessSnapshot>,
+    pub processes: Vec<TopRow>,
     pub unattributed: u64,
+}
+
+/// `tracer top --by remote`: open connections per remote endpoint.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RemoteRow {
+    pub remote: String,
+    pub open: u32,
+    /// Pids holding connections to it (at most 8 listed), most connections first.
+    pub pids: Vec<u32>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RemoteReport {
+    pub remotes: Vec<RemoteRow>,
+    pub unattributed: u64,
+}
+
+/// One alert as `tracer leaks` shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AlertView {
+    pub pid: u32,
+    pub comm: String,
+    pub rule: String,
+    /// When it raised, UTC, and how long ago.
+    pub since: String,
+    pub since_seconds: u64,
+    pub open: u32,
+    pub evidence: crate::detect::Evidence,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_seconds_ago: Option<u64>,
+}
+
+/// `tracer leaks`: active alerts, and those resolved in the last hour.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LeaksReport {
+    pub active: Vec<AlertView>,
+    pub resolved: Vec<AlertView>,
 }
 
 /// `tracer conns`.
@@ -65,13 +119,9 @@ impl Daemon {
     pub(super) fn answer(&self, request: Request) -> Result<serde_json::Value, String> {
         let value = match request {
             Request::Status {} => serde_json::to_value(self.status()),
-            Request::Top { limit } => {
-                let mut processes = self.table.process_snapshots();
-                if let Some(limit) = limit {
-                    processes.truncate(limit);
-                }
-                serde_json::to_value(TopReport { processes, unattributed: self.table.unattributed() as u64 })
-            }
+            Request::Top { limit, by: TopBy::Process } => serde_json::to_value(self.top(limit)),
+            Request::Top { limit, by: TopBy::Remote } => serde_json::to_value(self.top_remotes(limit)),
+            Request::Leaks {} => serde_json::to_value(self.leaks()),
             Request::Conns { pid, remote, state } => {
                 let remote = remote.as_deref().map(str::parse::<RemoteFilter>).transpose()?;
                 if let Some(state) = &state
@@ -88,6 +138,86 @@ impl Daemon {
             }
         };
         value.map_err(|e| format!("cannot encode the answer: {e}"))
+    }
+
+    fn top(&self, limit: Option<usize>) -> TopReport {
+        let now = self.clock.now_ns();
+        let mut oldest: HashMap<ProcessKey, u64> = HashMap::new();
+        for view in self.table.connections() {
+            if let (Phase::Open, Some(owner)) = (view.conn.phase, view.conn.owner) {
+                let age = view.conn.age_ns(now) / 1_000_000_000;
+                let slot = oldest.entry(owner).or_default();
+                *slot = (*slot).max(age);
+            }
+        }
+        let mut rows: Vec<TopRow> = self
+            .table
+            .process_snapshots()
+            .into_iter()
+            .map(|process| {
+                let key = ProcessKey { pid: process.pid, start_time_ns: process.start_time_ns };
+                TopRow {
+                    growth: self.detector.growth_of(key),
+                    oldest_age_seconds: oldest.get(&key).copied().unwrap_or(0),
+                    alerts: self.detector.alerts_for(key).into_iter().map(|r| r.name().to_owned()).collect(),
+                    process,
+                }
+            })
+            .collect();
+        // Alerting first, then most open (the table's order within each group is kept).
+        rows.sort_by_key(|r| (r.alerts.is_empty(), std::cmp::Reverse(r.process.open)));
+        if let Some(limit) = limit {
+            rows.truncate(limit);
+        }
+        TopReport { processes: rows, unattributed: self.table.unattributed() as u64 }
+    }
+
+    fn top_remotes(&self, limit: Option<usize>) -> RemoteReport {
+        let mut by_remote: HashMap<SocketAddr, HashMap<u32, u32>> = HashMap::new();
+        for view in self.table.connections() {
+            if let (Phase::Open, Some(pid)) = (view.conn.phase, view.pid()) {
+                *by_remote.entry(view.remote()).or_default().entry(pid).or_default() += 1;
+            }
+        }
+        let mut remotes: Vec<RemoteRow> = by_remote
+            .into_iter()
+            .map(|(remote, pids)| {
+                let mut pids: Vec<(u32, u32)> = pids.into_iter().collect();
+                pids.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+                RemoteRow {
+                    remote: remote.to_string(),
+                    open: pids.iter().map(|(_, n)| n).sum(),
+                    pids: pids.into_iter().take(8).map(|(pid, _)| pid).collect(),
+                }
+            })
+            .collect();
+        remotes.sort_by(|a, b| b.open.cmp(&a.open).then_with(|| a.remote.cmp(&b.remote)));
+        if let Some(limit) = limit {
+            remotes.truncate(limit);
+        }
+        RemoteReport { remotes, unattributed: self.table.unattributed() as u64 }
+    }
+
+    fn leaks(&self) -> LeaksReport {
+        let now = self.clock.now_ns();
+        let wall_now = std::time::SystemTime::now();
+        let view = |a: &Alert| {
+            let since_seconds = now.saturating_sub(a.since_ns) / 1_000_000_000;
+            let since = wall_now - std::time::Duration::from_secs(since_seconds);
+            AlertView {
+                pid: a.pid,
+                comm: a.comm.clone(),
+                rule: a.rule.name().to_owned(),
+                since: crate::logging::rfc3339(since),
+                since_seconds,
+                open: a.open,
+                evidence: a.evidence.clone(),
+                resolved_seconds_ago: a.resolved_ns.map(|t| now.saturating_sub(t) / 1_000_000_000),
+            }
+        };
+        let mut active: Vec<AlertView> = self.detector.active().map(view).collect();
+        active.sort_by(|a, b| b.since_seconds.cmp(&a.since_seconds).then(a.pid.cmp(&b.pid)));
+        LeaksReport { active, resolved: self.detector.recently_resolved().map(view).collect() }
     }
 
     fn status(&self) -> StatusReport {

@@ -12,12 +12,7 @@ use serde::{Deserialize, Serialize};
 
 pub use growth::sub_window_floors;
 
-/// A process identity that survives pid reuse.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct ProcessId {
-    pub pid: u32,
-    pub start_time_ns: u64,
-}
+pub use crate::table::ProcessKey;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -108,7 +103,7 @@ pub struct ConnBrief {
 /// What the daemon knows about one process at one evaluation.
 #[derive(Clone, Debug, Default)]
 pub struct ProcessSample {
-    pub id: Option<ProcessId>,
+    pub id: Option<ProcessKey>,
     pub comm: String,
     pub open: u32,
     pub opened_total: u64,
@@ -182,8 +177,8 @@ struct Active {
 
 pub struct Detector {
     config: DetectorConfig,
-    history: HashMap<ProcessId, History>,
-    active: HashMap<(ProcessId, Rule), Active>,
+    history: HashMap<ProcessKey, History>,
+    active: HashMap<(ProcessKey, Rule), Active>,
     resolved: VecDeque<Alert>,
 }
 
@@ -218,7 +213,7 @@ impl Detector {
             }
         }
         // A process that disappeared (exited and expired from the table): resolve its alerts.
-        let gone: Vec<(ProcessId, Rule)> =
+        let gone: Vec<(ProcessKey, Rule)> =
             self.active.keys().filter(|(id, _)| !seen.contains(id)).copied().collect();
         for key in gone {
             if let Some(active) = self.active.remove(&key) {
@@ -238,7 +233,7 @@ impl Detector {
     fn step(
         &mut self,
         now_ns: u64,
-        id: ProcessId,
+        id: ProcessKey,
         rule: Rule,
         holds: bool,
         sample: &ProcessSample,
@@ -296,7 +291,7 @@ impl Detector {
     }
 
     /// Rules alerting for `id` now.
-    pub fn alerts_for(&self, id: ProcessId) -> Vec<Rule> {
+    pub fn alerts_for(&self, id: ProcessKey) -> Vec<Rule> {
         let mut rules: Vec<Rule> =
             self.active.keys().filter(|(pid, _)| *pid == id).map(|(_, rule)| *rule).collect();
         rules.sort();
@@ -304,7 +299,7 @@ impl Detector {
     }
 
     /// Net change of the floor over the current window (0 until a sub-window is complete).
-    pub fn growth_of(&self, id: ProcessId) -> i64 {
+    pub fn growth_of(&self, id: ProcessKey) -> i64 {
         self.history.get(&id).map_or(0, |h| floor_growth(&sub_window_floors(&h.open, &self.config)))
     }
 }

@@ -2,7 +2,7 @@
 use super::*;
 
 const SEC: u64 = 1_000_000_000;
-const PID: ProcessId = ProcessId { pid: 42, start_time_ns: 7 };
+const PID: ProcessKey = ProcessKey { pid: 42, start_time_ns: 7 };
 
 /// A simulated process: `open` follows the workload, totals count its opens and closes.
 struct Sim {

@@ -35,14 +35,29 @@ pub fn example_path(name: &str) -> std::path::PathBuf {
 
 impl Workload {
     pub fn spawn() -> Self {
-        let mut child = Command::new(example_path("workload"))
+        Self::spawn_with(Command::new(example_path("workload")))
+    }
+
+    /// Runs the workload inside network namespace `netns` (`ip netns exec`).
+    pub fn spawn_in(netns: &str) -> Self {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns]).arg(example_path("workload"));
+        Self::spawn_with(cmd)
+    }
+
+    fn spawn_with(mut cmd: Command) -> Self {
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn workload");
         let stdin = child.stdin.take().expect("stdin");
-        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let pid = child.id();
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        // Ask rather than trust child.id(): a wrapper (ip netns exec) execs, but ask anyway.
+        writeln!(&stdin, "pid").expect("write pid");
+        let mut reply = String::new();
+        stdout.read_line(&mut reply).expect("read pid");
+        let pid = reply.trim().strip_prefix("ok ").and_then(|p| p.parse().ok()).expect("pid reply");
         Self { child, stdin, stdout, pid }
     }
 
@@ -229,7 +244,8 @@ impl Daemon {
         let log = dir.0.join("daemon.log");
         let mode = probe_mode().to_string();
         let child = Command::new(tracer_bin())
-            .args(["run", "--summary-interval", "0", "--probe", &mode, "--socket"])
+            // Reconcile every second, so every test also proves it finds nothing to correct.
+            .args(["run", "--summary-interval", "0", "--reconcile-interval", "1", "--probe", &mode, "--socket"])
             .arg(&socket)
             .args(extra)
             .stdout(Stdio::null())

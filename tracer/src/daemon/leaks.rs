@@ -1,0 +1,130 @@
+//! From the table to the leak detector: one sample per process per interval, and what happens
+//! when an alert raises or resolves (a structured log line, the webhook).
+use std::{collections::HashMap, net::SocketAddr};
+
+use tracer_common::tcp_state;
+
+use crate::{
+    detect::{Alert, Change, ConnBrief, DetectorConfig, ProcessSample},
+    table::{ConnectionTable, Phase, ProcessKey},
+};
+
+/// Everything the leak rules need besides the detector's own settings.
+#[derive(Clone, Debug)]
+pub struct LeakSettings {
+    pub interval: std::time::Duration,
+    pub detector: DetectorConfig,
+    /// `close_wait`: how long a connection must sit in CLOSE_WAIT.
+    pub close_wait_after_ns: u64,
+    /// `held_closed`: how long a reset connection must stay held.
+    pub held_closed_after_ns: u64,
+    /// `age`: the age threshold (the rule is off without one).
+    pub age_threshold_ns: Option<u64>,
+}
+
+impl Default for LeakSettings {
+    fn default() -> Self {
+        Self {
+            interval: std::time::Duration::from_secs(15),
+            detector: DetectorConfig::default(),
+            close_wait_after_ns: 60_000_000_000,
+            held_closed_after_ns: 60_000_000_000,
+            age_threshold_ns: None,
+        }
+    }
+}
+
+/// How many connections and remotes an alert's evidence names.
+const EVIDENCE_ITEMS: usize = 5;
+
+#[derive(Default)]
+struct PerProcess {
+    stale_close_wait: u32,
+    stale_held_closed: u32,
+    aged: u32,
+    /// (age, connection), the oldest kept.
+    oldest: Vec<(u64, ConnBrief)>,
+    remotes: HashMap<SocketAddr, u32>,
+}
+
+/// One pass over the table's open connections, grouped by owner.
+pub fn samples(table: &ConnectionTable, settings: &LeakSettings, now_ns: u64) -> Vec<ProcessSample> {
+    let mut per: HashMap<ProcessKey, PerProcess> = HashMap::new();
+    for view in table.connections() {
+        let conn = view.conn;
+        let (Phase::Open, Some(owner)) = (conn.phase, conn.owner) else { continue };
+        let acc = per.entry(owner).or_default();
+        let in_state = now_ns.saturating_sub(conn.state_since_ns);
+        match conn.state {
+            tcp_state::CLOSE_WAIT if in_state >= settings.close_wait_after_ns => acc.stale_close_wait += 1,
+            tcp_state::CLOSE if in_state >= settings.held_closed_after_ns => acc.stale_held_closed += 1,
+            _ => {}
+        }
+        let age = conn.age_ns(now_ns);
+        if settings.age_threshold_ns.is_some_and(|t| age >= t) {
+            acc.aged += 1;
+        }
+        if acc.oldest.len() < EVIDENCE_ITEMS || acc.oldest.last().is_some_and(|(a, _)| *a < age) {
+            acc.oldest.push((
+                age,
+                ConnBrief {
+                    local: conn.local().to_string(),
+                    remote: conn.remote().to_string(),
+                    state: conn.state_name().to_owned(),
+                    age_seconds: age / 1_000_000_000,
+                },
+            ));
+            acc.oldest.sort_by(|a, b| b.0.cmp(&a.0));
+            acc.oldest.truncate(EVIDENCE_ITEMS);
+        }
+        *acc.remotes.entry(conn.remote()).or_default() += 1;
+    }
+    table
+        .processes()
+        .map(|p| {
+            let acc = per.remove(&p.key).unwrap_or_default();
+            let mut remotes: Vec<(String, u32)> = acc.remotes.into_iter().map(|(r, n)| (r.to_string(), n)).collect();
+            remotes.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            remotes.truncate(EVIDENCE_ITEMS);
+            ProcessSample {
+                id: Some(p.key),
+                comm: p.comm().into_owned(),
+                open: p.open,
+                opened_total: p.opened_total,
+                closed_total: p.closed_total,
+                stale_close_wait: acc.stale_close_wait,
+                stale_held_closed: acc.stale_held_closed,
+                aged: acc.aged,
+                exited: p.exited(),
+                oldest: acc.oldest.into_iter().map(|(_, c)| c).collect(),
+                top_remotes: remotes,
+            }
+        })
+        .collect()
+}
+
+/// The structured log line of a raise or resolve.
+pub fn log_change(change: &Change) {
+    let (alert, event) = match change {
+        Change::Raised(a) => (a, "leak_raised"),
+        Change::Resolved(a) => (a, "leak_resolved"),
+    };
+    let Alert { pid, comm, rule, open, evidence, .. } = alert;
+    let floors = evidence.floors.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    let remotes = evidence.top_remotes.iter().map(|r| format!("{}={}", r.remote, r.open)).collect::<Vec<_>>().join(",");
+    let rule = rule.name();
+    let (growth, opens, closes) = (evidence.growth, evidence.opens_in_window, evidence.closes_in_window);
+    let (close_wait, held_closed) = (evidence.stale_close_wait, evidence.stale_held_closed);
+    match change {
+        Change::Raised(_) => log::warn!(
+            event, pid, comm = comm.as_str(), rule, open, growth, floors = floors.as_str(),
+            opens_in_window = opens, closes_in_window = closes, stale_close_wait = close_wait,
+            stale_held_closed = held_closed, top_remotes = remotes.as_str();
+            "connection leak suspected"
+        ),
+        Change::Resolved(_) => log::info!(
+            event, pid, comm = comm.as_str(), rule, open;
+            "connection leak alert resolved"
+        ),
+    }
+}
