@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod detect;
 pub mod error;
 pub mod events;
+pub mod export;
 pub mod logging;
 pub mod pipeline;
 pub mod probes;

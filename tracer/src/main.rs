@@ -1,6 +1,3 @@
-use clap::Parser;
-
 fn main() {
-    let cli = tracer::cli::Cli::parse();
-    std::process::exit(tracer::cli::run(cli));
+    std::process::exit(tracer::cli::main());
 }

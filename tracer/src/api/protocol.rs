@@ -16,6 +16,8 @@ pub enum Request {
     },
     Conns { pid: Option<u32>, remote: Option<String>, state: Option<String> },
     Leaks {},
+    /// The age distribution of one process's open connections.
+    Ages { pid: u32 },
 }
 
 /// What `tracer top` groups open connections by.
@@ -69,4 +71,6 @@ pub struct StatusReport {
     pub reconcile_corrections: u64,
     /// Connections handed to the process that really holds them (fork, passed descriptors).
     pub holder_changes: u64,
+    /// Where /metrics is served, if anywhere.
+    pub metrics_addr: Option<String>,
 }

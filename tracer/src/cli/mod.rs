@@ -1,5 +1,6 @@
 //! The `tracer` command line: a thin layer over the library. `run` is the daemon; the other
 //! commands query it over its Unix socket.
+mod config;
 mod render;
 mod watch;
 
@@ -13,8 +14,9 @@ use crate::{
         DEFAULT_SOCKET, client,
         protocol::{Request, TopBy},
     },
-    daemon::{self, ConnsReport, DaemonOptions, LeakSettings, LeaksReport, RemoteReport, TopReport},
+    daemon::{self, AgesReport, ConnsReport, DaemonOptions, LeakSettings, LeaksReport, RemoteReport, TopReport},
     detect::DetectorConfig,
+    export,
     logging::{self, LogFormat},
     webhook::WebhookUrl,
     probes::{LoadOptions, ProbeMode},
@@ -23,6 +25,8 @@ use crate::{
 
 #[derive(Debug, Parser)]
 #[command(name = "tracer", version, about = "System-wide TCP connection lifecycle tracer and leak detector")]
+// A flag may appear twice (from --config, then the command line): the last one wins.
+#[command(args_override_self = true)]
 pub struct Cli {
     /// Log level: error, warn, info, debug (debug logs every event), trace.
     #[arg(long, global = true, default_value = "info", env = "TRACER_LOG")]
@@ -50,6 +54,10 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// A TOML file of `tracer run` flags (keys are the long flag names); flags given here
+    /// override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Probe mode: auto picks the best one this kernel loads.
     #[arg(long, value_enum, default_value_t = ProbeMode::Auto)]
     pub probe: ProbeMode,
@@ -70,12 +78,31 @@ pub struct RunArgs {
     pub log_format: LogFormat,
     #[command(flatten)]
     pub leaks: LeakArgs,
+    /// Serve Prometheus metrics on ADDR:PORT (`off` to disable).
+    #[arg(long, default_value = "127.0.0.1:9855", value_parser = parse_metrics_addr)]
+    pub metrics_addr: MetricsAddr,
+    /// Processes with their own metric series (the rest are summed under pid="other").
+    #[arg(long, default_value_t = export::DEFAULT_TOP_N)]
+    pub metrics_top: usize,
     /// POST each alert raise and resolve as JSON to this http:// URL.
     #[arg(long)]
     pub alert_webhook: Option<String>,
     /// Test only: drop every Nth release in the kernel, to prove tests catch wrong counts.
     #[arg(long, default_value_t = 0, hide = true)]
     pub fault_drop_every_nth_release: u32,
+}
+
+/// `--metrics-addr`: an address, or `off`.
+#[derive(Clone, Debug)]
+pub struct MetricsAddr(pub Option<std::net::SocketAddr>);
+
+fn parse_metrics_addr(text: &str) -> Result<MetricsAddr, String> {
+    if text == "off" {
+        return Ok(MetricsAddr(None));
+    }
+    text.parse()
+        .map(|a| MetricsAddr(Some(a)))
+        .map_err(|_| format!("expected ADDR:PORT (e.g. 127.0.0.1:9855 or 0.0.0.0:9855) or `off`, got {text:?}"))
 }
 
 /// Leak rules (docs/leak-detection.md).
@@ -149,6 +176,9 @@ pub struct TopArgs {
     /// Group open connections by process (default) or by remote endpoint.
     #[arg(long, value_enum, default_value_t = TopBy::Process)]
     pub by: TopBy,
+    /// Show the age distribution of one process's open connections instead.
+    #[arg(long, value_name = "PID", conflicts_with = "by")]
+    pub ages: Option<u32>,
     /// Redraw every SECS seconds (default 2) until q or Ctrl-C.
     #[arg(long, num_args = 0..=1, default_missing_value = "2", value_name = "SECS")]
     pub watch: Option<f64>,
@@ -183,6 +213,19 @@ pub struct ConnsArgs {
 pub struct StatusArgs {
     #[arg(long)]
     pub json: bool,
+}
+
+/// Parses the process's arguments (expanding `--config`) and runs the command; returns the
+/// exit code.
+pub fn main() -> i32 {
+    let argv = match config::expand(std::env::args().collect()) {
+        Ok(argv) => argv,
+        Err(e) => {
+            eprintln!("tracer: {e}");
+            return 2;
+        }
+    };
+    run(Cli::parse_from(argv))
 }
 
 /// Runs the parsed command; returns the process exit code.
@@ -227,6 +270,8 @@ fn run_daemon(args: RunArgs, socket: PathBuf) -> anyhow::Result<()> {
         reconcile_interval: Duration::from_secs(args.reconcile_interval),
         leaks: args.leaks.settings()?,
         webhook: args.alert_webhook.as_deref().map(str::parse::<WebhookUrl>).transpose()?,
+        metrics_addr: args.metrics_addr.0,
+        metrics_top_n: args.metrics_top,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(daemon::run(options))
@@ -234,6 +279,10 @@ fn run_daemon(args: RunArgs, socket: PathBuf) -> anyhow::Result<()> {
 
 fn top(socket: &std::path::Path, args: TopArgs) -> anyhow::Result<()> {
     let frame = || -> anyhow::Result<String> {
+        if let Some(pid) = args.ages {
+            let report: AgesReport = client::request(socket, Request::Ages { pid })?;
+            return Ok(if args.json { serde_json::to_string_pretty(&report)? + "\n" } else { render::ages(&report) });
+        }
         let request = Request::Top { limit: args.limit, by: args.by };
         Ok(match (args.by, args.json) {
             (TopBy::Process, true) => serde_json::to_string_pretty(&client::request::<TopReport>(socket, request)?)? + "\n",

@@ -3,7 +3,7 @@ use std::fmt::Write as _;
 
 use crate::{
     api::protocol::StatusReport,
-    daemon::{ConnsReport, LeaksReport, RemoteReport, TopReport, conn_state_label},
+    daemon::{AgesReport, ConnsReport, LeaksReport, RemoteReport, TopReport, conn_state_label},
     table::StateCounts,
 };
 
@@ -68,6 +68,23 @@ pub fn remotes(report: &RemoteReport) -> String {
         let _ = writeln!(out, "{:<46} {:>6}  {}", clip(&r.remote, 46), r.open, clip(&pids, 24));
     }
     let _ = writeln!(out, "unattributed (not yet accepted, or accepted unseen): {}", report.unattributed);
+    out
+}
+
+pub fn ages(report: &AgesReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "pid {} ({}): {} open connections by age", report.pid, report.comm, report.open);
+    let widest = report.buckets.iter().map(|(_, n)| *n).max().unwrap_or(0).max(1);
+    let mut lower = "0s".to_owned();
+    for (bound, count) in &report.buckets {
+        let upper = bound.map_or_else(|| "older".to_owned(), age);
+        let label = if bound.is_some() { format!("{lower:>4} .. {upper:<5}") } else { format!("   > {lower:<5}  ") };
+        let bar = "#".repeat((*count as usize * 50).div_ceil(widest as usize));
+        let _ = writeln!(out, "  {label} {count:>7} {bar}");
+        if let Some(b) = bound {
+            lower = age(*b);
+        }
+    }
     out
 }
 
@@ -160,5 +177,6 @@ pub fn status(s: &StatusReport) -> String {
     let _ = writeln!(out, "unmatched releases:  {}", s.unmatched_releases);
     let _ = writeln!(out, "reconcile corrections: {}", s.reconcile_corrections);
     let _ = writeln!(out, "holder changes:      {}", s.holder_changes);
+    let _ = writeln!(out, "metrics:             {}", s.metrics_addr.as_deref().map_or("off".to_owned(), |a| format!("http://{a}/metrics")));
     out
 }

@@ -9,7 +9,7 @@ mod queries;
 pub use leaks::LeakSettings;
 
 pub use queries::{
-    AlertView, ConnsReport, LeaksReport, RemoteFilter, RemoteReport, RemoteRow, STATE_NAMES, TopReport, TopRow,
+    AgesReport, AlertView, ConnsReport, LeaksReport, RemoteFilter, RemoteReport, RemoteRow, STATE_NAMES, TopReport, TopRow,
     conn_state_label,
 };
 
@@ -28,6 +28,7 @@ use crate::{
     pipeline::EventSource,
     probes::{LoadOptions, Probes, preflight},
     detect::Detector,
+    export::{self, BuildInfo, Metrics, MetricsInput, Scrape},
     table::{ConnectionTable, Reconciler, ScannedSocket, TableConfig},
     webhook::{Webhook, WebhookUrl},
 };
@@ -52,6 +53,10 @@ pub struct DaemonOptions {
     pub reconcile_interval: Duration,
     pub leaks: LeakSettings,
     pub webhook: Option<WebhookUrl>,
+    /// Where to serve /metrics (None: not at all).
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Processes exported individually; the rest are summed under pid="other".
+    pub metrics_top_n: usize,
 }
 
 /// Everything the event loop owns.
@@ -63,6 +68,10 @@ pub(crate) struct Daemon {
     detector: Detector,
     leak_settings: LeakSettings,
     webhook: Option<Webhook>,
+    metrics: Metrics,
+    metrics_top_n: usize,
+    /// The address /metrics is served on (with the port the kernel chose for port 0).
+    metrics_addr: Option<std::net::SocketAddr>,
     clock: BootClock,
     started_ns: u64,
     kernel: String,
@@ -73,7 +82,14 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     // second daemon must fail before it loads anything.
     preflight::check()?;
     let listener = server::bind(&options.socket)?;
+    let metrics_listener = options.metrics_addr.map(export::bind).transpose()?;
     let mut daemon = Daemon::start(&options)?;
+    daemon.metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let (scrape_tx, mut scrape_rx) = mpsc::channel::<Scrape>(8);
+    let metrics_server = metrics_listener.map(|l| tokio::spawn(export::serve(l, scrape_tx)));
+    if let Some(addr) = daemon.metrics_addr {
+        log::info!("metrics on http://{addr}/metrics");
+    }
     log::info!(
         "probes attached: mode={} ({}), kernel {}; API on {}",
         daemon.probes.mode(),
@@ -103,6 +119,10 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
             _ = housekeeping.tick() => { daemon.table.expire(daemon.clock.now_ns()); }
             _ = summary.tick() => daemon.log_summary(),
             _ = leak_check.tick() => daemon.evaluate_leaks(),
+            Some(scrape) = scrape_rx.recv() => {
+                daemon.drain_now();
+                let _ = scrape.reply.send(daemon.render_metrics());
+            }
             _ = reconcile.tick(), if !scan_running => {
                 scan_running = true;
                 let tx = scan_tx.clone();
@@ -120,6 +140,9 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
         }
     }
     api.abort();
+    if let Some(server) = metrics_server {
+        server.abort();
+    }
     log::info!("detaching probes");
     daemon.probes.detach();
     daemon.drain_now();
@@ -144,6 +167,9 @@ impl Daemon {
             detector: Detector::new(options.leaks.detector.clone()),
             leak_settings: options.leaks.clone(),
             webhook: options.webhook.clone().map(Webhook::start),
+            metrics: Metrics::new(),
+            metrics_top_n: options.metrics_top_n,
+            metrics_addr: None,
             started_ns: clock.now_ns(),
             clock,
             kernel: preflight::kernel_release(),
@@ -184,23 +210,43 @@ impl Daemon {
     }
 
     async fn next_batch(&mut self) -> std::io::Result<usize> {
-        let Self { source, table, .. } = self;
+        let Self { source, table, metrics, .. } = self;
         let log_events = log::log_enabled!(log::Level::Debug);
         source
             .next_batch(|event| {
                 if log_events {
                     log::debug!("{}", events::Display(event));
                 }
-                table.apply(event);
+                let applied = table.apply(event);
+                metrics.observe(&applied, table);
             })
             .await
     }
 
     fn drain_now(&mut self) {
-        let Self { source, table, .. } = self;
+        let Self { source, table, metrics, .. } = self;
         source.drain_now(|event| {
-            table.apply(event);
+            let applied = table.apply(event);
+            metrics.observe(&applied, table);
         });
+    }
+
+    fn render_metrics(&mut self) -> String {
+        let kernel = self.probes.counters().ok();
+        let mode = self.probes.mode().to_string();
+        let alerts: Vec<_> = self.detector.active().collect();
+        let input = MetricsInput {
+            table: &self.table,
+            alerts: &alerts,
+            kernel: kernel.as_ref(),
+            events_received: self.source.received(),
+            malformed: self.source.malformed(),
+            reconcile_corrections: self.reconciler.corrections_total,
+            build: BuildInfo { version: env!("CARGO_PKG_VERSION"), probe_mode: &mode, kernel: &self.kernel },
+            now_ns: self.clock.now_ns(),
+            top_n: self.metrics_top_n,
+        };
+        self.metrics.render(&input)
     }
 
     fn log_summary(&self) {

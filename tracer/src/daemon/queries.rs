@@ -50,6 +50,17 @@ pub struct RemoteReport {
     pub unattributed: u64,
 }
 
+/// `tracer top --ages PID`: open connections by age (not cumulative: each bucket counts the
+/// connections older than the previous bound and at most this one).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AgesReport {
+    pub pid: u32,
+    pub comm: String,
+    pub open: u32,
+    /// (upper bound in seconds, or null for the last open-ended bucket; count)
+    pub buckets: Vec<(Option<u64>, u32)>,
+}
+
 /// One alert as `tracer leaks` shows it.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct AlertView {
@@ -122,6 +133,7 @@ impl Daemon {
             Request::Top { limit, by: TopBy::Process } => serde_json::to_value(self.top(limit)),
             Request::Top { limit, by: TopBy::Remote } => serde_json::to_value(self.top_remotes(limit)),
             Request::Leaks {} => serde_json::to_value(self.leaks()),
+            Request::Ages { pid } => serde_json::to_value(self.ages(pid)?),
             Request::Conns { pid, remote, state } => {
                 let remote = remote.as_deref().map(str::parse::<RemoteFilter>).transpose()?;
                 if let Some(state) = &state
@@ -198,6 +210,27 @@ impl Daemon {
         RemoteReport { remotes, unattributed: self.table.unattributed() as u64 }
     }
 
+    fn ages(&self, pid: u32) -> Result<AgesReport, String> {
+        let process = self
+            .table
+            .processes()
+            .filter(|p| p.pid() == pid)
+            .max_by_key(|p| p.start_time_ns())
+            .ok_or_else(|| format!("no process {pid} in the table (it holds no connection tracer has seen)"))?;
+        let bounds = crate::export::AGE_BOUNDS_NS;
+        let mut counts = vec![0u32; bounds.len() + 1];
+        let now = self.clock.now_ns();
+        for view in self.table.connections() {
+            if view.conn.phase == Phase::Open && view.conn.owner == Some(process.key) {
+                let age = view.conn.age_ns(now);
+                let slot = bounds.iter().position(|b| age <= *b).unwrap_or(bounds.len());
+                counts[slot] += 1;
+            }
+        }
+        let buckets = bounds.iter().map(|b| Some(b / 1_000_000_000)).chain([None]).zip(counts).collect();
+        Ok(AgesReport { pid, comm: process.comm().into_owned(), open: process.open, buckets })
+    }
+
     fn leaks(&self) -> LeaksReport {
         let now = self.clock.now_ns();
         let wall_now = std::time::SystemTime::now();
@@ -247,6 +280,7 @@ impl Daemon {
             unknown_socket_events: summary.counters.unknown_socket_events,
             stale_replaced: summary.counters.stale_replaced,
             reconcile_corrections: self.reconciler.corrections_total,
+            metrics_addr: self.metrics_addr.map(|a| a.to_string()),
             holder_changes: self.reconciler.holder_changes_total,
         }
     }

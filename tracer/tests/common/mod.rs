@@ -245,7 +245,9 @@ impl Daemon {
         let mode = probe_mode().to_string();
         let child = Command::new(tracer_bin())
             // Reconcile every second, so every test also proves it finds nothing to correct.
-            .args(["run", "--summary-interval", "0", "--reconcile-interval", "1", "--probe", &mode, "--socket"])
+            .args(["run", "--summary-interval", "0", "--reconcile-interval", "1", "--probe", &mode])
+            // Any free port: tests read the bound address from `status`.
+            .args(["--metrics-addr", "127.0.0.1:0", "--socket"])
             .arg(&socket)
             .args(extra)
             .stdout(Stdio::null())

@@ -1,0 +1,150 @@
+//! `tracer run --config FILE`: a TOML file whose keys are `tracer run`'s long flag names
+//! (`probe = "tracepoint"`, `leak-interval = 5`, `metrics-addr = "0.0.0.0:9855"`; `_` may stand
+//! for `-`). Every entry is checked by the same parser as the flag itself, so a bad key or
+//! value is reported with its line, and nothing starts half-configured. Flags given on the
+//! command line override the file.
+use std::path::Path;
+
+use clap::{CommandFactory, Parser};
+
+use super::Cli;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Syntax { path: String, message: String },
+    #[error("config file {path}, line {line}: unknown key `{key}` (keys are `tracer run` flags: see `tracer run --help`)")]
+    UnknownKey { path: String, line: usize, key: String },
+    #[error("config file {path}, line {line}: bad value for `{key}`: {message}")]
+    BadValue { path: String, line: usize, key: String, message: String },
+}
+
+/// The arguments the file stands for, as `--flag value` pairs, in file order.
+pub fn args_from_file(path: &Path) -> Result<Vec<String>, ConfigError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+    let table: toml::Table =
+        text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax { path: shown.clone(), message: e.to_string() })?;
+    let command = Cli::command();
+    let run = command.find_subcommand("run").map(|c| c.clone()).unwrap_or_default();
+    let mut args = Vec::new();
+    for (key, value) in &table {
+        let flag = key.replace('_', "-");
+        let line = line_of(&text, key);
+        let known = run.get_arguments().any(|a| a.get_long() == Some(flag.as_str()) && flag != "config");
+        if !known {
+            return Err(ConfigError::UnknownKey { path: shown.clone(), line, key: key.clone() });
+        }
+        let bad = |message: String| ConfigError::BadValue { path: shown.clone(), line, key: key.clone(), message };
+        let entry: Vec<String> = match value {
+            toml::Value::Boolean(true) => vec![format!("--{flag}")],
+            toml::Value::Boolean(false) => Vec::new(),
+            toml::Value::String(s) => vec![format!("--{flag}"), s.clone()],
+            toml::Value::Integer(i) => vec![format!("--{flag}"), i.to_string()],
+            toml::Value::Float(f) => vec![format!("--{flag}"), f.to_string()],
+            other => return Err(bad(format!("expected a string, number or boolean, found {}", other.type_str()))),
+        };
+        // The flag's own parser decides, exactly as on the command line.
+        let probe = ["tracer", "run"].iter().map(|s| s.to_string()).chain(entry.iter().cloned());
+        if let Err(e) = Cli::try_parse_from(probe) {
+            let message = e.to_string();
+            let first = message.lines().next().unwrap_or_default().trim_start_matches("error: ").to_owned();
+            return Err(bad(first));
+        }
+        args.extend(entry);
+    }
+    Ok(args)
+}
+
+fn line_of(text: &str, key: &str) -> usize {
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            l.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('='))
+                || l.strip_prefix(&format!("\"{key}\"")).is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map_or(0, |i| i + 1)
+}
+
+/// The command line with `--config FILE` replaced by the file's flags, placed before the
+/// command line's own so that those override the file.
+pub fn expand(argv: Vec<String>) -> Result<Vec<String>, ConfigError> {
+    let Some(at) = argv.iter().position(|a| a == "--config" || a.starts_with("--config=")) else {
+        return Ok(argv);
+    };
+    let (path, consumed) = match argv[at].strip_prefix("--config=") {
+        Some(p) => (p.to_owned(), 1),
+        None => (argv.get(at + 1).cloned().unwrap_or_default(), 2),
+    };
+    let from_file = args_from_file(Path::new(&path))?;
+    let run_at = argv.iter().position(|a| a == "run").unwrap_or(1);
+    let mut out: Vec<String> = Vec::with_capacity(argv.len() + from_file.len());
+    for (i, arg) in argv.iter().enumerate() {
+        if i >= at && i < at + consumed {
+            continue;
+        }
+        out.push(arg.clone());
+        if i == run_at {
+            out.extend(from_file.iter().cloned());
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile_path::TempFile {
+        tempfile_path::TempFile::new(text)
+    }
+
+    mod tempfile_path {
+        pub struct TempFile(pub std::path::PathBuf);
+        impl TempFile {
+            pub fn new(text: &str) -> Self {
+                static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let path = std::env::temp_dir().join(format!("tracer-config-{}-{n}.toml", std::process::id()));
+                std::fs::write(&path, text).expect("write");
+                Self(path)
+            }
+        }
+        impl Drop for TempFile {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn file_flags_come_first_and_the_command_line_overrides_them() {
+        let f = write("probe = \"tracepoint\"\nleak_interval = 5\nmetrics-addr = \"off\"\n");
+        let argv: Vec<String> = ["tracer", "run", "--config", f.0.to_str().expect("utf-8"), "--leak-interval", "2"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let expanded = expand(argv).expect("valid");
+        let cli = Cli::try_parse_from(&expanded).expect("parses");
+        let super::super::Command::Run(run) = cli.command else { panic!("run") };
+        assert_eq!(run.probe, crate::probes::ProbeMode::Tracepoint);
+        assert_eq!(run.leaks.leak_interval, 2.0, "the flag wins");
+        assert!(run.metrics_addr.0.is_none());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key_and_the_line() {
+        let f = write("probe = \"auto\"\n\nleak-intervl = 5\n");
+        let e = args_from_file(&f.0).unwrap_err().to_string();
+        assert!(e.contains("line 3") && e.contains("leak-intervl"), "{e}");
+        let f = write("ring-bytes = \"lots\"\n");
+        let e = args_from_file(&f.0).unwrap_err().to_string();
+        assert!(e.contains("line 1") && e.contains("ring-bytes") && e.contains("lots"), "{e}");
+        let f = write("probe = [1]\n");
+        assert!(args_from_file(&f.0).unwrap_err().to_string().contains("expected a string"));
+        let f = write("probe = \n");
+        assert!(args_from_file(&f.0).unwrap_err().to_string().contains("config file"));
+    }
+}

@@ -1,0 +1,436 @@
+//! The `/metrics` endpoint: HTTP/1.1 over hyper. Each scrape is a [`Scrape`] sent to the event
+//! loop, which owns the table and renders the exposition between two ring buffer batches (no
+//! lock on the event path); this side only moves bytes.
+//!
+//! hyper rather than a hand-written responder: it already handles requests split across reads,
+//! pipelining and keep-alive, `Connection: close`, HEAD, oversized headers (431) and clients
+//! that never finish their headers (header read timeout).
+use std::{
+    convert::Infallible,
+    io,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    sync::Arc,
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::Incoming,
+    header::{ALLOW, CONTENT_TYPE, HeaderValue},
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{Semaphore, mpsc, oneshot},
+};
+
+/// Default port of `--metrics-addr`. The Prometheus exporter range 9100-9999 is fully
+/// allocated on the project wiki's list, so every port there belongs to some exporter; this
+/// one belongs to none of the widespread ones (node, blackbox, process, mysqld, ...).
+pub const DEFAULT_METRICS_PORT: u16 = 9855;
+
+/// Default `--metrics-addr`: loopback only; `0.0.0.0:PORT` exposes it to the network.
+pub const DEFAULT_METRICS_ADDR: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, DEFAULT_METRICS_PORT));
+
+/// How long a request waits for the event loop to render a scrape before answering 503.
+pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections served at once; further ones wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 32;
+/// Request line plus headers, in bytes (hyper's minimum buffer; a scrape request is ~200).
+const MAX_REQUEST_BYTES: usize = 8 * 1024;
+/// Also closes idle keep-alive connections after this long without a new request.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A scrape on its way to the event loop, which answers with the exposition text
+/// (`Metrics::render`).
+#[derive(Debug)]
+pub struct Scrape {
+    pub reply: oneshot::Sender<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error(
+        "cannot serve metrics on {addr}: the address is already in use (another tracer, or \
+         another exporter on that port); pick another address with --metrics-addr"
+    )]
+    InUse { addr: SocketAddr },
+    #[error(
+        "cannot serve metrics on {addr}: it is not an address of this host; use \
+         --metrics-addr 127.0.0.1:PORT, 0.0.0.0:PORT (every interface) or one of this host's \
+         addresses"
+    )]
+    NotLocal { addr: SocketAddr },
+    #[error(
+        "cannot serve metrics on {addr}: permission denied (ports below 1024 need \
+         CAP_NET_BIND_SERVICE); pick a port of 1024 or more with --metrics-addr"
+    )]
+    PermissionDenied { addr: SocketAddr },
+    #[error("cannot serve metrics on {addr}: {source}; pick another address with --metrics-addr")]
+    Io { addr: SocketAddr, source: io::Error },
+}
+
+/// Binds the metrics listener. Must run inside the tokio runtime (the daemon's `run` does).
+pub fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
+    let classify = |source: io::Error| match source.kind() {
+        io::ErrorKind::AddrInUse => BindError::InUse { addr },
+        io::ErrorKind::AddrNotAvailable => BindError::NotLocal { addr },
+        io::ErrorKind::PermissionDenied => BindError::PermissionDenied { addr },
+        _ => BindError::Io { addr, source },
+    };
+    // Outside a runtime tokio would panic on registration: report it instead.
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(BindError::Io {
+            addr,
+            source: io::Error::other("metrics::bind called outside the tokio runtime"),
+        });
+    }
+    // std sets SO_REUSEADDR on Unix: a restarted daemon rebinds despite TIME_WAIT.
+    let listener = std::net::TcpListener::bind(addr).map_err(classify)?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| BindError::Io { addr, source })?;
+    TcpListener::from_std(listener).map_err(|source| BindError::Io { addr, source })
+}
+
+/// Serves `/metrics` until the task is aborted; each connection on its own task.
+pub async fn serve(listener: TcpListener, scrapes: mpsc::Sender<Scrape>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        // Wait for a free slot before accepting: excess clients queue in the kernel.
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let scrapes = scrapes.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = serve_connection(stream, scrapes).await {
+                        log::debug!("metrics client {peer}: {e}");
+                    }
+                    drop(slot);
+                });
+            }
+            Err(e) => {
+                // Typically EMFILE: back off instead of spinning.
+                log::warn!("metrics listener accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection(stream: TcpStream, scrapes: mpsc::Sender<Scrape>) -> hyper::Result<()> {
+    let service = service_fn(move |request| {
+        let scrapes = scrapes.clone();
+        async move { Ok::<_, Infallible>(respond(&request, &scrapes).await) }
+    });
+    http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_REQUEST_BYTES)
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+}
+
+const INDEX_PAGE: &str = "<!DOCTYPE html>\n<html><head><title>tracer</title></head><body>\n\
+<h1>tracer</h1>\n<p>TCP connection lifecycle tracer. Metrics: <a href=\"/metrics\">/metrics</a>\
+</p>\n</body></html>\n";
+
+async fn respond(
+    request: &Request<Incoming>,
+    scrapes: &mpsc::Sender<Scrape>,
+) -> Response<Full<Bytes>> {
+    let readable = matches!(*request.method(), Method::GET | Method::HEAD);
+    match (request.uri().path(), readable) {
+        ("/metrics", true) => match scrape(scrapes).await {
+            Ok(text) => reply(StatusCode::OK, prometheus::TEXT_FORMAT, text),
+            Err(why) => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain; charset=utf-8",
+                why,
+            ),
+        },
+        ("/", true) => reply(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            INDEX_PAGE.to_owned(),
+        ),
+        ("/metrics" | "/", false) => {
+            let mut response = reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain; charset=utf-8",
+                "only GET and HEAD\n".to_owned(),
+            );
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+            response
+        }
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found: metrics are at /metrics\n".to_owned(),
+        ),
+    }
+}
+
+/// Asks the event loop for the exposition.
+async fn scrape(scrapes: &mpsc::Sender<Scrape>) -> Result<String, String> {
+    let (reply, answer) = oneshot::channel();
+    let exchange = async {
+        scrapes
+            .send(Scrape { reply })
+            .await
+            .map_err(|_| "tracer is shutting down\n".to_owned())?;
+        answer
+            .await
+            .map_err(|_| "tracer is shutting down\n".to_owned())
+    };
+    match tokio::time::timeout(SCRAPE_TIMEOUT, exchange).await {
+        Ok(result) => result,
+        Err(_) => Err(format!(
+            "the event loop did not answer within {}s\n",
+            SCRAPE_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+    use super::*;
+
+    /// A server on an ephemeral loopback port, with a stand-in event loop answering `body`.
+    async fn start(body: Option<&'static str>) -> SocketAddr {
+        let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let (tx, mut rx) = mpsc::channel::<Scrape>(4);
+        match body {
+            Some(body) => {
+                tokio::spawn(async move {
+                    while let Some(scrape) = rx.recv().await {
+                        let _ = scrape.reply.send(body.to_owned());
+                    }
+                });
+            }
+            // The event loop is gone.
+            None => drop(rx),
+        }
+        tokio::spawn(serve(listener, tx));
+        addr
+    }
+
+    struct Reply {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: String,
+    }
+
+    impl Reply {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        }
+    }
+
+    /// Reads one response (Content-Length framed, as hyper sends a Full body).
+    async fn read_reply(reader: &mut BufReader<TcpStream>, head_only: bool) -> Reply {
+        let mut line = String::new();
+        reader.read_line(&mut line).await.expect("status line");
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status");
+        let mut headers = Vec::new();
+        loop {
+            line.clear();
+            reader.read_line(&mut line).await.expect("header line");
+            let trimmed = line.trim_end();
+            if trimmed.is_empty() {
+                break;
+            }
+            let (name, value) = trimmed.split_once(':').expect("header");
+            headers.push((name.to_owned(), value.trim().to_owned()));
+        }
+        let mut reply = Reply {
+            status,
+            headers,
+            body: String::new(),
+        };
+        let length: usize = reply
+            .header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if !head_only {
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).await.expect("body");
+            reply.body = String::from_utf8(body).expect("utf-8 body");
+        }
+        reply
+    }
+
+    async fn request(addr: SocketAddr, raw: &str) -> Reply {
+        let mut reader = BufReader::new(TcpStream::connect(addr).await.expect("connect"));
+        reader
+            .get_mut()
+            .write_all(raw.as_bytes())
+            .await
+            .expect("send");
+        read_reply(&mut reader, raw.starts_with("HEAD")).await
+    }
+
+    #[tokio::test]
+    async fn metrics_index_and_not_found_on_one_keep_alive_connection() {
+        let addr = start(Some("tcp_tracer_up 1\n")).await;
+        let mut reader = BufReader::new(TcpStream::connect(addr).await.expect("connect"));
+        // A request split across writes (and so, typically, across reads).
+        reader
+            .get_mut()
+            .write_all(b"GET /metr")
+            .await
+            .expect("send");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        reader
+            .get_mut()
+            .write_all(b"ics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("send");
+        let metrics = read_reply(&mut reader, false).await;
+        assert_eq!(metrics.status, 200);
+        assert_eq!(
+            metrics.header("content-type"),
+            Some("text/plain; version=0.0.4")
+        );
+        assert_eq!(metrics.body, "tcp_tracer_up 1\n");
+
+        reader
+            .get_mut()
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("send");
+        let index = read_reply(&mut reader, false).await;
+        assert_eq!(index.status, 200);
+        assert!(
+            index
+                .header("content-type")
+                .is_some_and(|v| v.starts_with("text/html"))
+        );
+        assert!(index.body.contains("href=\"/metrics\""));
+
+        reader
+            .get_mut()
+            .write_all(b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("send");
+        let missing = read_reply(&mut reader, false).await;
+        assert_eq!(missing.status, 404);
+        let mut rest = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(5), reader.read_to_end(&mut rest))
+            .await
+            .expect("server closes after Connection: close")
+            .expect("read to end");
+        assert_eq!(n, 0);
+    }
+
+    #[tokio::test]
+    async fn head_query_strings_and_wrong_methods() {
+        let addr = start(Some("x 1\n")).await;
+        let head = request(
+            addr,
+            "HEAD /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(head.status, 200);
+        let query = request(
+            addr,
+            "GET /metrics?x=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!((query.status, query.body.as_str()), (200, "x 1\n"));
+        let post = request(
+            addr,
+            "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(post.status, 405);
+        assert_eq!(post.header("allow"), Some("GET, HEAD"));
+    }
+
+    #[tokio::test]
+    async fn oversized_request_headers_are_refused() {
+        let addr = start(Some("x 1\n")).await;
+        let huge = format!(
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+            "a".repeat(64 * 1024)
+        );
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        // The server may answer and close before reading everything: a failed write is fine.
+        let _ = stream.write_all(huge.as_bytes()).await;
+        let mut reader = BufReader::new(stream);
+        let reply = read_reply(&mut reader, false).await;
+        assert_eq!(reply.status, 431);
+    }
+
+    #[tokio::test]
+    async fn no_event_loop_means_503() {
+        let addr = start(None).await;
+        let reply = request(
+            addr,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(reply.status, 503);
+        assert!(reply.body.contains("shutting down"));
+    }
+
+    #[tokio::test]
+    async fn bind_errors_name_the_address_and_the_fix() {
+        let taken = bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind loopback");
+        let addr = taken.local_addr().expect("local addr");
+        let err = bind(addr).expect_err("address in use");
+        assert!(matches!(err, BindError::InUse { .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(
+            message.contains(&addr.to_string()) && message.contains("--metrics-addr"),
+            "{message}"
+        );
+
+        // TEST-NET-1: never an address of this host (bind only, nothing is sent).
+        let foreign = SocketAddr::from(([192, 0, 2, 1], 0));
+        let err = bind(foreign).expect_err("not local");
+        assert!(matches!(err, BindError::NotLocal { .. }), "{err:?}");
+        assert!(err.to_string().contains("--metrics-addr"));
+    }
+
+    #[test]
+    fn bind_outside_a_runtime_is_an_error_not_a_panic() {
+        let err = bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect_err("no runtime");
+        assert!(err.to_string().contains("tokio runtime"), "{err}");
+    }
+
+    #[test]
+    fn default_address_is_loopback() {
+        assert!(DEFAULT_METRICS_ADDR.ip().is_loopback());
+        assert_eq!(DEFAULT_METRICS_ADDR.port(), DEFAULT_METRICS_PORT);
+    }
+}

@@ -1,0 +1,1138 @@
+//! The exporter against a real connection table driven by hand-built events (shaped like
+//! `table/tests.rs`'s), scraped as Prometheus would.
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use prometheus::proto::{Metric, MetricFamily, MetricType};
+use tracer_common::{AF_INET, ConnEvent, EventKind, Tuple, flags, tcp_state::*};
+
+use super::*;
+use crate::{
+    detect::{Evidence, Rule},
+    table::{ConnectionTable, TableConfig},
+};
+
+const SEC: u64 = 1_000_000_000;
+const NETNS: u32 = 4026531840;
+
+#[derive(Clone, Copy, Debug)]
+struct Proc {
+    pid: u32,
+    start: u64,
+    comm: [u8; 16],
+}
+
+fn comm(name: &[u8]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let n = name.len().min(15);
+    out[..n].copy_from_slice(&name[..n]);
+    out
+}
+
+fn process(pid: u32, name: &str) -> Proc {
+    Proc {
+        pid,
+        start: u64::from(pid) * SEC,
+        comm: comm(name.as_bytes()),
+    }
+}
+
+fn tuple() -> Tuple {
+    let mut t = Tuple {
+        family: AF_INET.into(),
+        local_port: 40_000,
+        remote_port: 80,
+        ..Tuple::default()
+    };
+    t.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+    t.remote_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+    t
+}
+
+fn event(kind: EventKind, sock: u64, at: u64, old: u8, new: u8) -> ConnEvent {
+    ConnEvent {
+        timestamp_ns: at,
+        sock,
+        start_time_ns: 0,
+        cgroup_id: 0,
+        netns: NETNS,
+        tgid: 0,
+        tid: 0,
+        tuple: tuple(),
+        kind: kind as u8,
+        flags: 0,
+        old_state: old,
+        new_state: new,
+        comm: [0; 16],
+        _pad: [0; 2],
+    }
+}
+
+fn by(mut e: ConnEvent, p: Proc) -> ConnEvent {
+    e.flags |= flags::OWNER_CONTEXT;
+    e.tgid = p.pid;
+    e.tid = p.pid;
+    e.start_time_ns = p.start;
+    e.comm = p.comm;
+    e
+}
+
+/// A table, the exporter, and everything the daemon would hand to a scrape.
+struct Sim {
+    table: ConnectionTable,
+    metrics: Metrics,
+    now: u64,
+    next_sock: u64,
+    received: [u64; EventKind::COUNT],
+    alerts: Vec<Alert>,
+    kernel: Option<KernelCounters>,
+    top_n: usize,
+}
+
+impl Sim {
+    fn new(top_n: usize) -> Self {
+        Self {
+            table: ConnectionTable::new(TableConfig::default()),
+            metrics: Metrics::new(),
+            now: 1_000 * SEC,
+            next_sock: 0x1000,
+            received: [0; EventKind::COUNT],
+            alerts: Vec::new(),
+            kernel: Some(KernelCounters::default()),
+            top_n,
+        }
+    }
+
+    fn tick(&mut self) -> u64 {
+        self.now += 1_000;
+        self.now
+    }
+
+    fn apply(&mut self, e: ConnEvent) {
+        self.received[e.kind as usize] += 1;
+        let applied = self.table.apply(&e);
+        self.metrics.observe(&applied, &self.table);
+    }
+
+    fn sock(&mut self) -> u64 {
+        self.next_sock += 0x100;
+        self.next_sock
+    }
+
+    /// connect() then the handshake: one open outbound connection.
+    fn open_outbound(&mut self, p: Proc) -> u64 {
+        let sock = self.sock();
+        let at = self.tick();
+        self.apply(by(event(EventKind::Connect, sock, at, CLOSE, SYN_SENT), p));
+        let at = self.tick();
+        self.apply(event(
+            EventKind::Established,
+            sock,
+            at,
+            SYN_SENT,
+            ESTABLISHED,
+        ));
+        sock
+    }
+
+    /// Server-side handshake then accept(): one open inbound connection.
+    fn accept_inbound(&mut self, p: Proc) -> u64 {
+        let sock = self.sock();
+        let at = self.tick();
+        let mut e = event(EventKind::Established, sock, at, SYN_RECV, ESTABLISHED);
+        e.flags |= flags::INBOUND;
+        self.apply(e);
+        let at = self.tick();
+        let mut e = by(
+            event(EventKind::Accept, sock, at, ESTABLISHED, ESTABLISHED),
+            p,
+        );
+        e.flags |= flags::INBOUND;
+        self.apply(e);
+        sock
+    }
+
+    fn fail_connect(&mut self, p: Proc) {
+        let sock = self.sock();
+        let at = self.tick();
+        self.apply(by(event(EventKind::Connect, sock, at, CLOSE, SYN_SENT), p));
+        let at = self.tick();
+        self.apply(event(EventKind::ConnectFailed, sock, at, SYN_SENT, CLOSE));
+        let at = self.tick();
+        self.apply(by(event(EventKind::Release, sock, at, CLOSE, CLOSE), p));
+    }
+
+    fn state(&mut self, sock: u64, old: u8, new: u8) {
+        let at = self.tick();
+        self.apply(event(EventKind::StateChange, sock, at, old, new));
+    }
+
+    fn release(&mut self, p: Proc, sock: u64) {
+        let at = self.tick();
+        self.apply(by(
+            event(EventKind::Release, sock, at, ESTABLISHED, FIN_WAIT1),
+            p,
+        ));
+    }
+
+    fn exit(&mut self, p: Proc) {
+        let at = self.tick();
+        let mut e = by(event(EventKind::ProcessExit, 0, at, 0, 0), p);
+        e.netns = 0;
+        e.tuple = Tuple::default();
+        self.apply(e);
+    }
+
+    fn alert(&mut self, p: Proc, rule: Rule) {
+        self.alerts.push(Alert {
+            pid: p.pid,
+            start_time_ns: p.start,
+            comm: crate::events::comm_str(&p.comm).into_owned(),
+            rule,
+            since_ns: self.now,
+            open: 0,
+            evidence: Evidence {
+                floors: Vec::new(),
+                growth: 0,
+                opens_in_window: 0,
+                closes_in_window: 0,
+                stale_close_wait: 0,
+                stale_held_closed: 0,
+                aged: 0,
+                oldest: Vec::new(),
+                top_remotes: Vec::new(),
+            },
+            resolved_ns: None,
+        });
+    }
+
+    fn with_input<T>(&mut self, f: impl FnOnce(&mut Metrics, &MetricsInput<'_>) -> T) -> T {
+        let alerts: Vec<&Alert> = self.alerts.iter().collect();
+        let input = MetricsInput {
+            table: &self.table,
+            alerts: &alerts,
+            kernel: self.kernel.as_ref(),
+            events_received: &self.received,
+            malformed: 2,
+            reconcile_corrections: 3,
+            build: BuildInfo {
+                version: "0.1.0",
+                probe_mode: "fentry",
+                kernel: "6.1.0-test",
+            },
+            now_ns: self.now,
+            top_n: self.top_n,
+        };
+        f(&mut self.metrics, &input)
+    }
+
+    fn scrape(&mut self) -> Scraped {
+        Scraped(self.with_input(|metrics, input| metrics.gather(input)))
+    }
+
+    fn render(&mut self) -> String {
+        self.with_input(|metrics, input| metrics.render(input))
+    }
+}
+
+type Labels = BTreeMap<String, String>;
+
+fn labels_of(metric: &Metric) -> Labels {
+    metric
+        .get_label()
+        .iter()
+        .map(|l| (l.name().to_owned(), l.value().to_owned()))
+        .collect()
+}
+
+fn matches(labels: &Labels, wanted: &[(&str, &str)]) -> bool {
+    wanted
+        .iter()
+        .all(|(k, v)| labels.get(*k).is_some_and(|have| have == v))
+}
+
+/// Cumulative buckets (by bound label), count and sum of one histogram series.
+type HistogramValue = (Vec<(String, u64)>, u64, f64);
+
+/// One scrape's families, with lookups for assertions.
+struct Scraped(Vec<MetricFamily>);
+
+impl Scraped {
+    fn family(&self, name: &str) -> Option<&MetricFamily> {
+        self.0.iter().find(|f| f.name() == name)
+    }
+
+    /// `(labels, value)` of every gauge or counter series of `name`.
+    fn series(&self, name: &str) -> Vec<(Labels, f64)> {
+        let Some(family) = self.family(name) else {
+            return Vec::new();
+        };
+        family
+            .get_metric()
+            .iter()
+            .map(|m| {
+                let value = match family.get_field_type() {
+                    MetricType::COUNTER => m.get_counter().get_value(),
+                    MetricType::GAUGE => m.get_gauge().get_value(),
+                    other => panic!("{name} is a {other:?}"),
+                };
+                (labels_of(m), value)
+            })
+            .collect()
+    }
+
+    fn sum(&self, name: &str, wanted: &[(&str, &str)]) -> f64 {
+        self.series(name)
+            .iter()
+            .filter(|(l, _)| matches(l, wanted))
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    /// The one series of `name` with these labels.
+    fn value(&self, name: &str, wanted: &[(&str, &str)]) -> Option<f64> {
+        let found: Vec<f64> = self
+            .series(name)
+            .into_iter()
+            .filter(|(l, _)| matches(l, wanted))
+            .map(|(_, v)| v)
+            .collect();
+        assert!(
+            found.len() <= 1,
+            "{name} {wanted:?} matches {} series",
+            found.len()
+        );
+        found.first().copied()
+    }
+
+    fn pids(&self, name: &str) -> HashSet<String> {
+        self.series(name)
+            .into_iter()
+            .filter_map(|(l, _)| l.get("pid").cloned())
+            .collect()
+    }
+
+    /// `comm -> (cumulative buckets by bound label, count, sum)` of the lifetime histogram.
+    fn lifetimes(&self) -> HashMap<String, HistogramValue> {
+        let Some(family) = self.family("tcp_tracer_connection_lifetime_seconds") else {
+            return HashMap::new();
+        };
+        family
+            .get_metric()
+            .iter()
+            .map(|m| {
+                let h = m.get_histogram();
+                let buckets = h
+                    .get_bucket()
+                    .iter()
+                    .map(|b| (b.upper_bound().to_string(), b.cumulative_count()))
+                    .collect();
+                let comm = labels_of(m).get("comm").cloned().unwrap_or_default();
+                (comm, (buckets, h.get_sample_count(), h.get_sample_sum()))
+            })
+            .collect()
+    }
+
+    /// Every counter series (and histogram count) keyed by name and labels, for monotonicity.
+    fn counters(&self) -> HashMap<String, f64> {
+        let mut out = HashMap::new();
+        for family in &self.0 {
+            for m in family.get_metric() {
+                let key = format!("{}{:?}", family.name(), labels_of(m));
+                match family.get_field_type() {
+                    MetricType::COUNTER => {
+                        out.insert(key, m.get_counter().get_value());
+                    }
+                    MetricType::HISTOGRAM => {
+                        let h = m.get_histogram();
+                        out.insert(format!("{key}_count"), h.get_sample_count() as f64);
+                        for b in h.get_bucket() {
+                            out.insert(
+                                format!("{key}_le{}", b.upper_bound()),
+                                b.cumulative_count() as f64,
+                            );
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        out
+    }
+}
+
+const PER_PROCESS: [&str; 6] = [
+    "tcp_tracer_open_connections",
+    "tcp_tracer_connections",
+    "tcp_tracer_open_connections_by_age",
+    "tcp_tracer_connections_opened_total",
+    "tcp_tracer_connections_closed_total",
+    "tcp_tracer_connect_failures_total",
+];
+
+#[test]
+fn three_thousand_processes_give_top_n_series_plus_other_with_exact_sums() {
+    let mut sim = Sim::new(DEFAULT_TOP_N);
+    for i in 0..3_000 {
+        sim.open_outbound(process(10_000 + i, "worker"));
+    }
+    let scraped = sim.scrape();
+
+    for name in PER_PROCESS {
+        let pids = scraped.pids(name);
+        assert_eq!(
+            pids.len(),
+            DEFAULT_TOP_N + 1,
+            "{name}: top {DEFAULT_TOP_N} plus other"
+        );
+        assert!(pids.contains(OTHER), "{name} has no other series");
+    }
+    assert_eq!(
+        scraped.series("tcp_tracer_open_connections").len(),
+        DEFAULT_TOP_N + 1
+    );
+    assert_eq!(scraped.sum("tcp_tracer_open_connections", &[]), 3_000.0);
+    assert_eq!(
+        scraped.value("tcp_tracer_open_connections", &[("pid", OTHER)]),
+        Some(2_900.0)
+    );
+    assert_eq!(
+        scraped.sum("tcp_tracer_connections", &[("state", "established")]),
+        3_000.0
+    );
+    assert_eq!(scraped.sum("tcp_tracer_connections", &[]), 3_000.0);
+    assert_eq!(
+        scraped.sum("tcp_tracer_open_connections_by_age", &[("age_le", "+Inf")]),
+        3_000.0
+    );
+    let outbound = [("direction", "outbound")];
+    assert_eq!(
+        scraped.sum("tcp_tracer_connections_opened_total", &outbound),
+        3_000.0
+    );
+    assert_eq!(
+        scraped.value(
+            "tcp_tracer_connections_opened_total",
+            &[("pid", OTHER), outbound[0]]
+        ),
+        Some(2_900.0)
+    );
+    assert_eq!(
+        scraped.sum(
+            "tcp_tracer_connections_opened_total",
+            &[("direction", "inbound")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        scraped.value("tcp_tracer_tracked_processes", &[]),
+        Some(3_000.0)
+    );
+    // Per-process series in all: 101 rows x (1 open + 8 states + 8 ages + 2 + 2 + 1).
+    let per_process: usize = PER_PROCESS.iter().map(|n| scraped.series(n).len()).sum();
+    assert_eq!(per_process, 101 * 22);
+}
+
+#[test]
+fn most_open_processes_are_the_ones_exported() {
+    let mut sim = Sim::new(2);
+    let (a, b, c) = (process(1, "a"), process(2, "b"), process(3, "c"));
+    sim.open_outbound(a);
+    for _ in 0..3 {
+        sim.open_outbound(b);
+    }
+    for _ in 0..2 {
+        sim.open_outbound(c);
+    }
+    let scraped = sim.scrape();
+    assert_eq!(
+        scraped.value(
+            "tcp_tracer_open_connections",
+            &[("pid", "2"), ("comm", "b")]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        scraped.value(
+            "tcp_tracer_open_connections",
+            &[("pid", "3"), ("comm", "c")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        scraped.value(
+            "tcp_tracer_open_connections",
+            &[("pid", OTHER), ("comm", OTHER)]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        scraped.value("tcp_tracer_open_connections", &[("pid", "1")]),
+        None
+    );
+}
+
+#[test]
+fn a_process_leaving_and_rejoining_the_top_n_never_lowers_a_counter() {
+    let mut sim = Sim::new(1);
+    let (a, b) = (process(1, "a"), process(2, "b"));
+    let opened = "tcp_tracer_connections_opened_total";
+    let out = ("direction", "outbound");
+    sim.open_outbound(a);
+    sim.open_outbound(a);
+    sim.open_outbound(b);
+    let s1 = sim.scrape();
+    assert_eq!(s1.value(opened, &[("pid", "1"), out]), Some(2.0));
+    assert_eq!(s1.value(opened, &[("pid", OTHER), out]), Some(1.0));
+
+    // b overtakes a: b's own series starts with what it opened while exported; what it opened
+    // before is already in other, which keeps it.
+    sim.open_outbound(b);
+    sim.open_outbound(b);
+    let s2 = sim.scrape();
+    assert_eq!(s2.value(opened, &[("pid", "2"), out]), Some(2.0));
+    assert_eq!(s2.value(opened, &[("pid", "1"), out]), None);
+    assert_eq!(s2.value(opened, &[("pid", OTHER), out]), Some(1.0));
+
+    // a comes back: its series resumes from 2 with what it opened since, nothing counted twice.
+    sim.open_outbound(a);
+    sim.open_outbound(a);
+    let s3 = sim.scrape();
+    assert_eq!(s3.value(opened, &[("pid", "1"), out]), Some(4.0));
+    assert_eq!(s3.value(opened, &[("pid", OTHER), out]), Some(1.0));
+
+    // b, folded, keeps opening: other takes it.
+    sim.open_outbound(b);
+    let s4 = sim.scrape();
+    assert_eq!(s4.value(opened, &[("pid", OTHER), out]), Some(2.0));
+    // Every connection opened is in exactly one series (b's frozen 2 included).
+    assert_eq!(4.0 + 2.0 + 2.0, 8.0);
+}
+
+/// A small deterministic generator for the randomized scenario.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % below
+    }
+}
+
+#[test]
+fn counters_never_decrease_and_count_every_event_once_while_the_top_n_churns() {
+    let top_n = 3;
+    let mut sim = Sim::new(top_n);
+    let procs: Vec<Proc> = (0..12)
+        .map(|i| process(100 + i, &format!("p{i}")))
+        .collect();
+    let mut held: Vec<Vec<u64>> = vec![Vec::new(); procs.len()];
+    let mut rng = Lcg(42);
+    // Last value of every counter series ever exposed, present or not.
+    let mut last: HashMap<String, f64> = HashMap::new();
+    let mut exported_history: Vec<HashSet<String>> = Vec::new();
+
+    for step in 0..600 {
+        let i = rng.next(procs.len() as u64) as usize;
+        let p = procs[i];
+        match rng.next(10) {
+            0..=3 => held[i].push(sim.open_outbound(p)),
+            4..=5 => held[i].push(sim.accept_inbound(p)),
+            6..=8 => {
+                if let Some(sock) = held[i].pop() {
+                    sim.release(p, sock);
+                }
+            }
+            _ => sim.fail_connect(p),
+        }
+        if step % 7 != 0 {
+            continue;
+        }
+        let scraped = sim.scrape();
+        for (key, value) in scraped.counters() {
+            if let Some(before) = last.get(&key) {
+                assert!(
+                    value >= *before,
+                    "step {step}: {key} went from {before} to {value}"
+                );
+            }
+            last.insert(key, value);
+        }
+        // Each event is in exactly one series: sum of the last values of all series (absent
+        // ones stand still) equals the table's totals.
+        for (family, total) in [
+            (
+                "tcp_tracer_connections_opened_total",
+                sim.table.processes().map(|p| p.opened_total).sum::<u64>(),
+            ),
+            (
+                "tcp_tracer_connections_closed_total",
+                sim.table.processes().map(|p| p.closed_total).sum(),
+            ),
+            (
+                "tcp_tracer_connect_failures_total",
+                sim.table.processes().map(|p| p.connect_failed).sum(),
+            ),
+        ] {
+            let counted: f64 = last
+                .iter()
+                .filter(|(k, _)| k.starts_with(&format!("{family}{{")))
+                .map(|(_, v)| v)
+                .sum();
+            assert_eq!(counted, total as f64, "step {step}: {family}");
+        }
+        let open_total: u32 = sim.table.processes().map(|p| p.open).sum();
+        assert_eq!(
+            scraped.sum("tcp_tracer_open_connections", &[]),
+            f64::from(open_total)
+        );
+        let mut pids = scraped.pids("tcp_tracer_open_connections");
+        assert!(pids.remove(OTHER));
+        assert!(pids.len() <= top_n);
+        exported_history.push(pids);
+    }
+    // The scenario did move processes out of the top N and back in.
+    let rejoined = procs.iter().any(|p| {
+        let pid = p.pid.to_string();
+        // Exported, then not, then exported again.
+        let mut phase = 0;
+        for present in exported_history.iter().map(|s| s.contains(&pid)) {
+            phase = match (phase, present) {
+                (0, true) => 1,
+                (1, false) => 2,
+                (2, true) => return true,
+                (same, _) => same,
+            };
+        }
+        false
+    });
+    assert!(
+        rejoined,
+        "no process left and rejoined the top N: the test proves nothing"
+    );
+}
+
+#[test]
+fn alerting_processes_are_exported_even_outside_the_top_n() {
+    let mut sim = Sim::new(DEFAULT_TOP_N);
+    let mut last = process(0, "x");
+    for i in 0..3_000 {
+        last = process(10_000 + i, "worker");
+        sim.open_outbound(last);
+    }
+    sim.alert(last, Rule::CloseWait);
+    // An alert for a process the table already dropped still shows.
+    sim.alert(process(99, "gone"), Rule::Growth);
+    let scraped = sim.scrape();
+
+    let pid = last.pid.to_string();
+    assert_eq!(
+        scraped.value("tcp_tracer_open_connections", &[("pid", &pid)]),
+        Some(1.0)
+    );
+    assert_eq!(
+        scraped.series("tcp_tracer_open_connections").len(),
+        DEFAULT_TOP_N + 2
+    );
+    assert_eq!(
+        scraped.value("tcp_tracer_open_connections", &[("pid", OTHER)]),
+        Some(2_899.0)
+    );
+    assert_eq!(scraped.sum("tcp_tracer_open_connections", &[]), 3_000.0);
+    assert_eq!(
+        scraped.value(
+            "tcp_tracer_leak_suspected",
+            &[("pid", &pid), ("comm", "worker"), ("rule", "close_wait")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        scraped.value(
+            "tcp_tracer_leak_suspected",
+            &[("pid", "99"), ("comm", "gone"), ("rule", "growth")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(scraped.series("tcp_tracer_leak_suspected").len(), 2);
+
+    // top_n = 0: only the alerting process and other.
+    sim.top_n = 0;
+    let scraped = sim.scrape();
+    assert_eq!(
+        scraped.pids("tcp_tracer_open_connections"),
+        HashSet::from([pid, OTHER.to_owned()])
+    );
+    assert_eq!(scraped.sum("tcp_tracer_open_connections", &[]), 3_000.0);
+}
+
+#[test]
+fn no_alert_no_leak_series() {
+    let mut sim = Sim::new(10);
+    sim.open_outbound(process(1, "a"));
+    let scraped = sim.scrape();
+    assert!(scraped.family("tcp_tracer_leak_suspected").is_none());
+    assert!(
+        sim.render()
+            .contains("tcp_tracer_open_connections{pid=\"1\",comm=\"a\"} 1\n")
+    );
+}
+
+#[test]
+fn lifetime_histogram_counts_closed_connections_per_comm() {
+    let mut sim = Sim::new(10);
+    let curl = process(7, "curl");
+    for lifetime in [500_000, 2 * SEC, 2 * 3_600 * SEC] {
+        let sock = sim.open_outbound(curl);
+        sim.now += lifetime;
+        sim.release(curl, sock);
+    }
+    // Exactly on a bound counts in that bucket (`le`).
+    sim.metrics.observe_close(&comm(b"curl"), SEC);
+    let scraped = sim.scrape();
+    let lifetimes = scraped.lifetimes();
+    let (buckets, count, sum) = &lifetimes["curl"];
+    assert_eq!(*count, 4);
+    // Each lifetime plus the 1,000 ns the release event's tick adds.
+    let expected_sum = (500_000 + 2 * SEC + 2 * 3_600 * SEC + SEC + 3 * 1_000) as f64 / 1e9;
+    assert!(
+        (sum - expected_sum).abs() < 1e-6,
+        "sum {sum} vs {expected_sum}"
+    );
+    let at = |bound: &str| buckets.iter().find(|(b, _)| b == bound).map(|(_, n)| *n);
+    assert_eq!(at("0.001"), Some(1));
+    assert_eq!(at("1"), Some(2));
+    assert_eq!(at("10"), Some(3));
+    assert_eq!(at("3600"), Some(3));
+    assert_eq!(at("21600"), Some(4));
+    assert_eq!(at("86400"), Some(4));
+    assert_eq!(lifetimes[OTHER].1, 0);
+
+    let text = sim.render();
+    assert!(text.contains("# TYPE tcp_tracer_connection_lifetime_seconds histogram\n"));
+    assert!(
+        text.contains(
+            "tcp_tracer_connection_lifetime_seconds_bucket{comm=\"curl\",le=\"+Inf\"} 4\n"
+        )
+    );
+    assert!(text.contains("tcp_tracer_connection_lifetime_seconds_count{comm=\"curl\"} 4\n"));
+}
+
+#[test]
+fn lifetime_histograms_keep_the_top_comms_and_fold_the_rest_monotonically() {
+    let mut metrics = Metrics::new();
+    let mut observed = 0u64;
+    let observe = |metrics: &mut Metrics, name: String, times: u64| {
+        for _ in 0..times {
+            metrics.observe_close(&comm(name.as_bytes()), SEC);
+        }
+        times
+    };
+    for i in 0..150u64 {
+        observed += observe(&mut metrics, format!("c{i}"), i + 1);
+    }
+    let mut sim = Sim::new(100);
+    sim.metrics = metrics;
+    let first = sim.scrape();
+    let lifetimes = first.lifetimes();
+    assert_eq!(lifetimes.len(), 101, "100 comms plus other");
+    assert!(lifetimes.contains_key("c149") && !lifetimes.contains_key("c0"));
+    let total: u64 = lifetimes.values().map(|(_, n, _)| n).sum();
+    assert_eq!(total, observed);
+
+    // c0 becomes the busiest: it enters the top, the 100th drops out; nothing decreases.
+    observed += observe(&mut sim.metrics, "c0".to_owned(), 500);
+    let second = sim.scrape();
+    let after = second.lifetimes();
+    assert_eq!(
+        after["c0"].1, 500,
+        "its own series counts from when it was exported"
+    );
+    assert!(!after.contains_key("c50"));
+    assert_eq!(
+        after[OTHER].1, lifetimes[OTHER].1,
+        "other keeps what it had"
+    );
+    for (key, value) in second.counters() {
+        if let Some(before) = first.counters().get(&key) {
+            assert!(value >= *before, "{key}: {before} -> {value}");
+        }
+    }
+    // Every observation in exactly one series (c50's frozen count included).
+    let present: u64 = after.values().map(|(_, n, _)| n).sum();
+    assert_eq!(present + lifetimes["c50"].1, observed);
+}
+
+#[test]
+fn comms_are_bounded_in_memory_and_counted_in_other_beyond_the_bound() {
+    let mut sim = Sim::new(5);
+    for i in 0..(lifetimes::MAX_TRACKED_COMMS + 500) {
+        sim.metrics
+            .observe_close(&comm(format!("n{i}").as_bytes()), SEC);
+    }
+    assert_eq!(
+        sim.metrics.lifetimes.tracked(),
+        lifetimes::MAX_TRACKED_COMMS
+    );
+    let scraped = sim.scrape();
+    let lifetimes = scraped.lifetimes();
+    assert_eq!(lifetimes.len(), 6);
+    let total: u64 = lifetimes.values().map(|(_, n, _)| n).sum();
+    assert_eq!(total as usize, lifetimes::MAX_TRACKED_COMMS + 500);
+
+    // Idle for an hour: forgotten, making room again.
+    sim.now += lifetimes::COMM_IDLE_EVICT_NS;
+    sim.scrape();
+    assert_eq!(sim.metrics.lifetimes.tracked(), 0);
+    let scraped = sim.scrape();
+    assert_eq!(scraped.lifetimes().len(), 1, "only other");
+    assert_eq!(
+        scraped.lifetimes()[OTHER].1 as usize,
+        lifetimes::MAX_TRACKED_COMMS + 500 - 5
+    );
+}
+
+#[test]
+fn a_comm_named_other_and_garbage_after_the_nul_do_not_split_series() {
+    let mut sim = Sim::new(10);
+    sim.metrics.observe_close(&comm(b"other"), SEC);
+    let mut padded = comm(b"svc");
+    padded[10] = b'x'; // after the terminator
+    sim.metrics.observe_close(&padded, SEC);
+    sim.metrics.observe_close(&comm(b"svc"), SEC);
+    let lifetimes = sim.scrape().lifetimes();
+    assert_eq!(lifetimes.len(), 2);
+    assert_eq!(lifetimes["svc"].1, 2);
+    assert_eq!(lifetimes[OTHER].1, 1);
+}
+
+#[test]
+fn age_gauges_are_cumulative_and_their_inf_equals_open() {
+    let mut sim = Sim::new(1);
+    let (old, young) = (process(1, "old"), process(2, "young"));
+    // Ages at scrape time: 3 days, 2 h, 2 min, 30 s, 5 s.
+    let start = sim.now;
+    let mut opened_at = Vec::new();
+    for age in [
+        3 * 86_400 * SEC,
+        2 * 3_600 * SEC,
+        120 * SEC,
+        30 * SEC,
+        5 * SEC,
+    ] {
+        sim.now = start + 3 * 86_400 * SEC - age;
+        sim.open_outbound(old);
+        opened_at.push(sim.now);
+    }
+    sim.now = start + 3 * 86_400 * SEC - 5 * SEC;
+    sim.open_outbound(young);
+    sim.now = start + 3 * 86_400 * SEC;
+    let scraped = sim.scrape();
+
+    let ages = |pid: &str| -> Vec<(String, f64)> {
+        let mut out: Vec<(String, f64)> = scraped
+            .series("tcp_tracer_open_connections_by_age")
+            .into_iter()
+            .filter(|(l, _)| l["pid"] == pid)
+            .map(|(l, v)| (l["age_le"].clone(), v))
+            .collect();
+        out.sort_by(|a, b| {
+            let bound = |s: &str| {
+                if s == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    s.parse().unwrap_or(f64::NAN)
+                }
+            };
+            bound(&a.0).total_cmp(&bound(&b.0))
+        });
+        out
+    };
+    let old_ages = ages("1");
+    let values: Vec<f64> = old_ages.iter().map(|(_, v)| *v).collect();
+    assert_eq!(
+        old_ages.iter().map(|(l, _)| l.as_str()).collect::<Vec<_>>(),
+        ["10", "60", "300", "1800", "3600", "21600", "86400", "+Inf"]
+    );
+    assert_eq!(values, [1.0, 2.0, 3.0, 3.0, 3.0, 4.0, 4.0, 5.0]);
+    for pid in ["1", OTHER] {
+        let values: Vec<f64> = ages(pid).iter().map(|(_, v)| *v).collect();
+        assert!(
+            values.windows(2).all(|w| w[0] <= w[1]),
+            "{pid}: not cumulative: {values:?}"
+        );
+        let open = scraped.value("tcp_tracer_open_connections", &[("pid", pid)]);
+        assert_eq!(
+            values.last().copied(),
+            open,
+            "{pid}: +Inf is not the open count"
+        );
+    }
+    assert_eq!(ages(OTHER).first().map(|(_, v)| *v), Some(1.0));
+}
+
+#[test]
+fn connections_not_open_do_not_count_as_open_or_by_age() {
+    let mut sim = Sim::new(10);
+    let p = process(1, "a");
+    let sock = sim.open_outbound(p);
+    sim.state(sock, ESTABLISHED, CLOSE_WAIT);
+    // A connect still in SYN_SENT and a backlogged inbound connection: not open for anyone.
+    let at = sim.tick();
+    sim.apply(by(
+        event(EventKind::Connect, 0xdead, at, CLOSE, SYN_SENT),
+        p,
+    ));
+    let at = sim.tick();
+    let mut backlog = event(EventKind::Established, 0xbeef, at, SYN_RECV, ESTABLISHED);
+    backlog.flags |= flags::INBOUND;
+    sim.apply(backlog);
+    let scraped = sim.scrape();
+    assert_eq!(
+        scraped.value("tcp_tracer_open_connections", &[("pid", "1")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        scraped.value(
+            "tcp_tracer_connections",
+            &[("pid", "1"), ("state", "close_wait")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        scraped.value(
+            "tcp_tracer_connections",
+            &[("pid", "1"), ("state", "established")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        scraped.sum("tcp_tracer_open_connections_by_age", &[("age_le", "+Inf")]),
+        1.0
+    );
+    assert_eq!(
+        scraped.value("tcp_tracer_unattributed_connections", &[]),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn series_of_an_exited_process_disappear_when_the_table_drops_it() {
+    let mut sim = Sim::new(10);
+    let (gone, stays) = (process(1, "gone"), process(2, "stays"));
+    let s1 = sim.open_outbound(gone);
+    let s2 = sim.open_outbound(gone);
+    sim.open_outbound(stays);
+    sim.release(gone, s1);
+    sim.scrape();
+    sim.exit(gone);
+    sim.release(gone, s2);
+    // Within the grace period: still there, with its final counts.
+    let during = sim.scrape();
+    let closed = "tcp_tracer_connections_closed_total";
+    assert_eq!(
+        during.value(closed, &[("pid", "1"), ("direction", "outbound")]),
+        Some(2.0)
+    );
+    sim.now += crate::table::DEFAULT_EXITED_GRACE_NS;
+    sim.table.expire(sim.now);
+    let after = sim.scrape();
+    for family in &after.0 {
+        for m in family.get_metric() {
+            assert_ne!(
+                labels_of(m).get("pid").map(String::as_str),
+                Some("1"),
+                "{}",
+                family.name()
+            );
+        }
+    }
+    assert_eq!(
+        after.value("tcp_tracer_open_connections", &[("pid", "2")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        after.value(closed, &[("pid", OTHER), ("direction", "outbound")]),
+        Some(0.0)
+    );
+}
+
+#[test]
+fn a_reused_pid_with_the_same_comm_continues_the_series() {
+    let mut sim = Sim::new(10);
+    let old = Proc {
+        pid: 500,
+        start: SEC,
+        comm: comm(b"svc"),
+    };
+    let new = Proc {
+        pid: 500,
+        start: 2 * SEC,
+        comm: comm(b"svc"),
+    };
+    let socks: Vec<u64> = (0..5).map(|_| sim.open_outbound(old)).collect();
+    let opened = "tcp_tracer_connections_opened_total";
+    let labels = [("pid", "500"), ("comm", "svc"), ("direction", "outbound")];
+    assert_eq!(sim.scrape().value(opened, &labels), Some(5.0));
+    sim.exit(old);
+    for sock in socks {
+        sim.release(old, sock);
+    }
+    sim.open_outbound(new);
+    // Both in the table, one label set: one series, held by the newer process, not lowered.
+    let scraped = sim.scrape();
+    assert_eq!(scraped.value(opened, &labels), Some(6.0));
+    assert_eq!(
+        scraped.value("tcp_tracer_open_connections", &[("pid", "500")]),
+        Some(1.0)
+    );
+    sim.now += crate::table::DEFAULT_EXITED_GRACE_NS;
+    sim.table.expire(sim.now);
+    sim.open_outbound(new);
+    assert_eq!(sim.scrape().value(opened, &labels), Some(7.0));
+}
+
+#[test]
+fn pipeline_counters_and_build_info() {
+    let mut sim = Sim::new(10);
+    sim.open_outbound(process(1, "a"));
+    let mut kernel = KernelCounters::default();
+    kernel.lost_ringbuf[EventKind::Release as usize] = 4;
+    kernel.lost_ringbuf[EventKind::Connect as usize] = 1;
+    kernel.accept_unresolved = 6;
+    sim.kernel = Some(kernel);
+    let scraped = sim.scrape();
+    assert_eq!(
+        scraped.value("tcp_tracer_events_total", &[("kind", "connect")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        scraped.value("tcp_tracer_events_total", &[("kind", "established")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        scraped.series("tcp_tracer_events_total").len(),
+        EventKind::COUNT
+    );
+    let lost = "tcp_tracer_events_lost_total";
+    assert_eq!(
+        scraped.value(lost, &[("reason", "ringbuf_full")]),
+        Some(5.0)
+    );
+    assert_eq!(
+        scraped.value(lost, &[("reason", "accept_unresolved")]),
+        Some(6.0)
+    );
+    assert_eq!(scraped.value(lost, &[("reason", "malformed")]), Some(2.0));
+    assert_eq!(
+        scraped.value("tcp_tracer_reconcile_corrections_total", &[]),
+        Some(3.0)
+    );
+    assert_eq!(
+        scraped.value(
+            "tcp_tracer_build_info",
+            &[
+                ("version", "0.1.0"),
+                ("probe_mode", "fentry"),
+                ("kernel", "6.1.0-test")
+            ]
+        ),
+        Some(1.0)
+    );
+    // Kernel counters unreadable at the next scrape: the last values, not zeros.
+    sim.kernel = None;
+    let scraped = sim.scrape();
+    assert_eq!(
+        scraped.value(lost, &[("reason", "ringbuf_full")]),
+        Some(5.0)
+    );
+    assert_eq!(
+        scraped.value(lost, &[("reason", "accept_unresolved")]),
+        Some(6.0)
+    );
+}
+
+#[test]
+fn table_anomalies_are_counted() {
+    let mut sim = Sim::new(10);
+    let p = process(1, "a");
+    let at = sim.tick();
+    sim.apply(by(
+        event(EventKind::Release, 0x77, at, ESTABLISHED, CLOSE),
+        p,
+    ));
+    let scraped = sim.scrape();
+    let anomalies = "tcp_tracer_table_anomalies_total";
+    assert_eq!(
+        scraped.value(anomalies, &[("reason", "unmatched_release")]),
+        Some(1.0)
+    );
+    assert_eq!(scraped.series(anomalies).len(), 5);
+}
+
+/// `promtool check metrics` lints the exposition as Prometheus' own tooling does (naming,
+/// units, counters' `_total`, reserved labels, duplicates, parse errors).
+#[test]
+fn exposition_passes_promtool_check_metrics() {
+    use std::{
+        io::Write,
+        process::{Command, Stdio},
+    };
+
+    let mut sim = Sim::new(3);
+    let odd = Proc {
+        pid: 42,
+        start: 42 * SEC,
+        comm: comm(b"we\"ird\\n\nme"),
+    };
+    let binary = Proc {
+        pid: 43,
+        start: 43 * SEC,
+        comm: comm(&[0xff, 0xfe, b'x']),
+    };
+    for p in [
+        odd,
+        binary,
+        process(44, "other"),
+        process(45, "a"),
+        process(46, "b"),
+    ] {
+        let sock = sim.open_outbound(p);
+        sim.accept_inbound(p);
+        sim.fail_connect(p);
+        sim.now += 3 * SEC;
+        sim.release(p, sock);
+    }
+    sim.alert(odd, Rule::HeldClosed);
+    sim.alert(process(99, "gone"), Rule::Growth);
+    let text = sim.render();
+
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+            "promtool not found: run `cargo xtask setup` (it installs Debian's `prometheus` \
+             package, which provides promtool)"
+        ),
+        Err(e) => panic!("cannot run promtool: {e}"),
+    };
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    stdin.write_all(text.as_bytes()).expect("write to promtool");
+    drop(stdin);
+    let output = child.wait_with_output().expect("promtool output");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success() && report.trim().is_empty(),
+        "promtool check metrics:\n{report}\n---\n{text}"
+    );
+}

@@ -1,0 +1,169 @@
+//! The Prometheus endpoint, scraped by a real Prometheus server (Debian's `prometheus`), the
+//! shipped alerting rules checked by promtool, and the config file. Run as root.
+mod common;
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use common::{Daemon, TempDir, Workload, num, tracer_bin};
+
+fn metrics_addr(daemon: &Daemon) -> String {
+    daemon.json(&["status"])["metrics_addr"].as_str().expect("metrics served").to_owned()
+}
+
+fn http_get(url: &str) -> String {
+    let out = Command::new("curl").args(["-sf", url]).output().expect("curl");
+    assert!(out.status.success(), "GET {url} failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+struct Prometheus {
+    child: Child,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl Prometheus {
+    fn start(target: &str) -> Self {
+        let dir = TempDir::new("prometheus");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let config = dir.0.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: tracer\n    static_configs:\n      - targets: [\"{target}\"]\n"),
+        )
+        .expect("config");
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.0.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (cargo xtask setup installs it)");
+        Self { child, port, _dir: dir }
+    }
+
+    /// The value of an instant query's single result, if there is exactly one.
+    fn query(&self, promql: &str) -> Option<f64> {
+        let out = Command::new("curl")
+            .args(["-sf", &format!("http://127.0.0.1:{}/api/v1/query", self.port), "--data-urlencode"])
+            .arg(format!("query={promql}"))
+            .output()
+            .ok()?;
+        let body: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let results = body["data"]["result"].as_array()?;
+        if results.len() != 1 {
+            return None;
+        }
+        results[0]["value"][1].as_str()?.parse().ok()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const FAST_LEAKS: &[&str] = &["--leak-interval", "0.5", "--leak-window", "8", "--leak-sub-windows", "4", "--leak-growth-min", "10"];
+
+#[test]
+fn a_real_prometheus_scrapes_open_counts_and_leak_alerts() {
+    let daemon = Daemon::start(FAST_LEAKS);
+    let addr = metrics_addr(&daemon);
+    let prometheus = Prometheus::start(&addr);
+    let mut server = Workload::spawn();
+    let port = server.listen("127.0.0.1");
+    server.cmd("serve-bg 0 echo");
+    let mut steady = Workload::spawn();
+    steady.connect(&format!("127.0.0.1:{port}"), 7);
+    let mut leaker = Workload::spawn();
+    leaker.cmd(&format!("trickle-bg 127.0.0.1:{port} 200"));
+
+    daemon.eventually("Prometheus sees the steady process's 7 connections", |_| {
+        match prometheus.query(&format!("tcp_tracer_open_connections{{pid=\"{}\"}}", steady.pid)) {
+            Some(v) if v == 7.0 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    assert_eq!(num(&daemon.process(steady.pid), "open"), 7);
+    daemon.eventually("Prometheus sees the leak alert", |_| {
+        match prometheus.query(&format!("tcp_tracer_leak_suspected{{pid=\"{}\",rule=\"growth\"}}", leaker.pid)) {
+            Some(v) if v == 1.0 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    assert_eq!(prometheus.query(&format!("tcp_tracer_leak_suspected{{pid=\"{}\"}}", steady.pid)), None, "no alert for the steady process");
+    let opened = prometheus
+        .query(&format!("tcp_tracer_connections_opened_total{{pid=\"{}\",direction=\"outbound\"}}", steady.pid))
+        .expect("opened counter");
+    assert_eq!(opened, 7.0);
+    assert_eq!(prometheus.query("tcp_tracer_events_lost_total{reason=\"ringbuf_full\"}"), Some(0.0));
+    assert!(prometheus.query("tcp_tracer_build_info").is_some());
+
+    // promtool accepts the live exposition.
+    let scrape = http_get(&format!("http://{addr}/metrics"));
+    let mut check = Command::new("promtool").args(["check", "metrics"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("promtool");
+    use std::io::Write;
+    check.stdin.take().expect("stdin").write_all(scrape.as_bytes()).expect("write");
+    let out = check.wait_with_output().expect("promtool");
+    let complaints = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && complaints.trim().is_empty(), "promtool check metrics: {complaints}");
+}
+
+#[test]
+fn shipped_alerting_rules_pass_promtool() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus");
+    for args in [vec!["check", "rules", "alerts.yml"], vec!["test", "rules", "alerts_test.yml"]] {
+        let out = Command::new("promtool").args(&args).current_dir(&dir).output().expect("promtool");
+        assert!(out.status.success(), "promtool {args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+#[test]
+fn a_bad_config_file_names_the_key_and_line_and_nothing_starts() {
+    let dir = TempDir::new("config");
+    let config = dir.0.join("tracer.toml");
+    let socket = dir.0.join("t.sock");
+    std::fs::write(&config, "probe = \"tracepoint\"\nleak-interval = 5\nmetrics-adr = \"0.0.0.0:9855\"\n").expect("write");
+    let out = Command::new(tracer_bin())
+        .args(["run", "--config"])
+        .arg(&config)
+        .arg("--socket")
+        .arg(&socket)
+        .output()
+        .expect("tracer");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr.contains("line 3") && stderr.contains("metrics-adr"), "{stderr}");
+    assert!(!socket.exists(), "nothing started");
+    std::fs::write(&config, "ring-bytes = 12345\n").expect("write");
+    let out = Command::new(tracer_bin()).args(["run", "--config"]).arg(&config).arg("--socket").arg(&socket).output().expect("tracer");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("power of two"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_config_file_sets_flags_and_the_command_line_overrides_them() {
+    let dir = TempDir::new("config-ok");
+    let config = dir.0.join("tracer.toml");
+    std::fs::write(&config, "leak-interval = 0.5\nmetrics-top = 5\nmetrics-addr = \"off\"\n").expect("write");
+    let config_arg = config.to_str().expect("utf-8").to_owned();
+    // The common daemon passes --metrics-addr 127.0.0.1:0 after the file: it must win.
+    let daemon = Daemon::start(&["--config", &config_arg]);
+    assert!(daemon.json(&["status"])["metrics_addr"].is_string(), "the flag overrides the file's `off`");
+    let mut server = Workload::spawn();
+    let port = server.listen("127.0.0.1");
+    let mut client = Workload::spawn();
+    client.connect(&format!("127.0.0.1:{port}"), 3);
+    server.cmd("accept 0 3");
+    std::thread::sleep(Duration::from_millis(200));
+    let ages = daemon.json(&["top", "--ages", &client.pid.to_string()]);
+    assert_eq!(num(&ages, "open"), 3);
+    assert_eq!(ages["buckets"][0][1], 3, "all three are younger than 10 s: {ages}");
+    let text = daemon.try_cli(&["top", "--ages", &client.pid.to_string()]).expect("ages");
+    assert!(text.contains("3 open connections by age"), "{text}");
+}
