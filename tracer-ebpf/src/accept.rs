@@ -40,6 +40,8 @@ fn on_accept_exit(ctx: &TracePointContext) {
     let sk = unsafe { core_shim::tracer_fd_sock(ret as u32) };
     if sk.is_null() {
         bump(counters::ACCEPT_UNRESOLVED);
+        // A rare path: diagnostics only (pruned by the verifier below --log-level debug).
+        aya_log_ebpf::debug!(ctx, "accept returned fd {} that does not resolve to a socket", ret);
         return;
     }
     // SAFETY: `sk` was read from the socket the kernel just installed in the fd table.

@@ -116,7 +116,10 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
                 daemon.drain_now();
                 let _ = query.reply.send(daemon.answer(query.request));
             }
-            _ = housekeeping.tick() => { daemon.table.expire(daemon.clock.now_ns()); }
+            _ = housekeeping.tick() => {
+                daemon.table.expire(daemon.clock.now_ns());
+                daemon.probes.flush_kernel_log();
+            }
             _ = summary.tick() => daemon.log_summary(),
             _ = leak_check.tick() => daemon.evaluate_leaks(),
             Some(scrape) = scrape_rx.recv() => {

@@ -65,6 +65,8 @@ pub struct Probes {
     mode: ProbeMode,
     mode_reason: String,
     counters: PerCpuArray<MapData, u64>,
+    /// Messages of the kernel programs (aya-log), forwarded to the daemon's log.
+    kernel_log: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
 /// Per-kind counters summed over CPUs, as the kernel programs kept them.
@@ -124,14 +126,27 @@ impl Probes {
             drop_every_nth_release: options.drop_every_nth_release,
             lifecycle_from_state_changes: u32::from(mode == ProbeMode::Tracepoint),
         };
+        // Kernel log statements above the daemon's level are constants the verifier prunes.
+        let kernel_log_level = match log::max_level() {
+            log::LevelFilter::Off => 0u8,
+            log::LevelFilter::Error => aya_log::Level::Error as u8,
+            log::LevelFilter::Warn => aya_log::Level::Warn as u8,
+            log::LevelFilter::Info => aya_log::Level::Info as u8,
+            log::LevelFilter::Debug => aya_log::Level::Debug as u8,
+            log::LevelFilter::Trace => aya_log::Level::Trace as u8,
+        };
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(EVENTS_MAP, options.ring_bytes)
             .override_global(CONFIG_GLOBAL, &config, true)
+            .override_global(aya_log::LEVEL, &kernel_log_level, false)
             .load(EBPF_OBJECT)?;
-        if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf) {
-            // Only present when a kernel program logs; diagnostics are optional.
-            log::debug!("kernel-side logging not available: {e}");
-        }
+        let kernel_log = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => Some(logger),
+            Err(e) => {
+                log::debug!("kernel-side logging not available: {e}");
+                None
+            }
+        };
         let btf = Btf::from_sys_fs()?;
         // Mode-specific hooks first: they are the ones that may be refused.
         match mode {
@@ -144,7 +159,7 @@ impl Probes {
         let counters = PerCpuArray::try_from(
             ebpf.take_map(COUNTERS_MAP).ok_or(Error::MissingMap("COUNTERS"))?,
         )?;
-        Ok(Self { ebpf: Some(ebpf), mode, mode_reason: String::new(), counters })
+        Ok(Self { ebpf: Some(ebpf), mode, mode_reason: String::new(), counters, kernel_log })
     }
 
     fn with_reason(mut self, reason: String) -> Self {
@@ -169,6 +184,13 @@ impl Probes {
             .and_then(|ebpf| ebpf.take_map(EVENTS_MAP))
             .ok_or(Error::MissingMap("EVENTS"))?;
         Ok(RingBuf::try_from(map)?)
+    }
+
+    /// Forwards pending kernel-side log messages to the daemon's log (rare, diagnostic).
+    pub fn flush_kernel_log(&mut self) {
+        if let Some(logger) = self.kernel_log.as_mut() {
+            logger.flush();
+        }
     }
 
     /// Detaches and unloads every program. Nothing is emitted afterwards, so a final drain of
