@@ -7,11 +7,8 @@ use std::{
     process::{Child, Command, Stdio},
 };
 
-use common::{Daemon, Workload, num};
+use common::{expect_eq, Daemon, Workload, num};
 
-fn expect_eq(what: &str, got: u64, want: u64) -> Result<(), String> {
-    if got == want { Ok(()) } else { Err(format!("{what}: got {got}, want {want}")) }
-}
 
 /// A process's open count; a process that holds nothing yet may not be listed at all.
 fn open_of(daemon: &Daemon, pid: u32) -> u64 {

@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{Daemon, Workload, final_summary, num};
+use common::{expect_eq, Daemon, Workload, final_summary, num};
 use serde_json::Value;
 
 fn conns(daemon: &Daemon, args: &[&str]) -> Vec<Value> {
@@ -18,9 +18,6 @@ fn port_of(endpoint: &Value) -> u16 {
     text.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port")
 }
 
-fn expect_eq(what: &str, got: u64, want: u64) -> Result<(), String> {
-    if got == want { Ok(()) } else { Err(format!("{what}: got {got}, want {want}")) }
-}
 
 #[test]
 fn forty_connections_exact_counts_states_and_tuples() {

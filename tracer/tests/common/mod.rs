@@ -348,3 +348,8 @@ pub fn final_summary(log: &str) -> (u64, u64, u64) {
 pub fn num(value: &serde_json::Value, field: &str) -> u64 {
     value[field].as_u64().unwrap_or_else(|| panic!("field {field} missing in {value}"))
 }
+
+/// For `Daemon::eventually` checks: Ok when equal, else a complaint naming the value.
+pub fn expect_eq(what: &str, got: u64, want: u64) -> Result<(), String> {
+    if got == want { Ok(()) } else { Err(format!("{what}: got {got}, want {want}")) }
+}
