@@ -62,6 +62,13 @@ SHIM __u8 tracer_sk_state(struct sock *sk)
 	return BPF_CORE_READ(sk, __sk_common.skc_state);
 }
 
+/* 1 when the socket ever had a peer: a never-connected socket (bound, or just created) has a
+ * zero destination port, a reset or failed connection keeps its peer's. */
+SHIM int tracer_sk_has_peer(struct sock *sk)
+{
+	return BPF_CORE_READ(sk, __sk_common.skc_dport) != 0;
+}
+
 SHIM __u32 tracer_sk_netns(struct sock *sk)
 {
 	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);

@@ -12,6 +12,7 @@ unsafe extern "C" {
     pub fn tracer_sk_orphaned(sk: SockPtr) -> i32;
     pub fn tracer_sk_file_released(sk: SockPtr) -> i32;
     pub fn tracer_sk_state(sk: SockPtr) -> u8;
+    pub fn tracer_sk_has_peer(sk: SockPtr) -> i32;
     pub fn tracer_sk_netns(sk: SockPtr) -> u32;
     pub fn tracer_sk_tuple(sk: SockPtr, tuple: *mut Tuple);
     pub fn tracer_fd_sock(fd: u32) -> SockPtr;

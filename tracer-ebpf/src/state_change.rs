@@ -59,9 +59,14 @@ fn on_state_change(sk: SockPtr, old: u8, new: u8) {
     }
 }
 
-/// Reports the release of `sk` by the current task (every mode ends up here).
+/// Reports the release of `sk` by the current task (every mode ends up here). A socket that
+/// never had a peer (created or bound, never connected) was no connection: nothing to release.
 #[inline(always)]
 pub fn release(sk: SockPtr, old: u8, new: u8) {
+    // SAFETY: `sk` comes from the probe's own argument.
+    if old == CLOSE && unsafe { core_shim::tracer_sk_has_peer(sk) } == 0 {
+        return;
+    }
     if !inject_release_drop() {
         emit(EventKind::Release, sk, old, new, flags::OWNER_CONTEXT);
     }

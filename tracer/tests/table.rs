@@ -158,6 +158,12 @@ fn edge_cases_shutdown_reset_refused_connecting_and_exit() {
         expect_eq("open", num(&p, "open"), 1)?;
         expect_eq("connecting", num(&p, "connecting"), 2)
     });
+    // A TCP socket bound but never connected, then closed, is no connection either.
+    let unconnected = std::process::Command::new("python3")
+        .args(["-c", "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.close()"])
+        .status()
+        .expect("python3");
+    assert!(unconnected.success());
     // The refused sockets were released after failing: expected releases, not unmatched ones.
     assert_eq!(num(&daemon.json(&["status"]), "unmatched_releases"), 0);
     let connecting = conns(&daemon, &["--pid", &stuck.pid.to_string(), "--state", "connecting"]);
