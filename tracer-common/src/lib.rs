@@ -8,6 +8,10 @@
 pub const EVENTS_MAP: &str = "EVENTS";
 /// Per-CPU `u64` array of emit and drop counters, indexed by [`counters`].
 pub const COUNTERS_MAP: &str = "COUNTERS";
+/// Hash map of sockets that reached CLOSE while still held (tracepoint mode).
+pub const HELD_CLOSED_MAP: &str = "HELD_CLOSED";
+/// How many such sockets can wait for their release at once.
+pub const HELD_CLOSED_CAPACITY: u32 = 65_536;
 /// Default ring buffer size in bytes (a power of two, a multiple of the page size).
 pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
 
@@ -170,8 +174,11 @@ pub mod counters {
     pub const ACCEPT_UNRESOLVED: u32 = 2 * EventKind::COUNT as u32;
     /// Test-only fault injection dropped a release on purpose (see `Config::drop_every_nth_release`).
     pub const RELEASE_DROPPED_BY_FAULT_INJECTION: u32 = ACCEPT_UNRESOLVED + 1;
+    /// Tracepoint mode: a socket that reached CLOSE while held could not be remembered (map
+    /// full), so its release at close will be missed.
+    pub const HELD_CLOSED_MAP_FULL: u32 = RELEASE_DROPPED_BY_FAULT_INJECTION + 1;
     /// Total number of slots.
-    pub const SLOTS: u32 = RELEASE_DROPPED_BY_FAULT_INJECTION + 1;
+    pub const SLOTS: u32 = HELD_CLOSED_MAP_FULL + 1;
 }
 
 /// Settings the loader writes into the kernel programs' read-only data before load.

@@ -5,6 +5,8 @@
 //!   failed connects, state changes, and releases (detected by the dying file).
 //! - `tracepoint/syscalls/sys_exit_accept{,4}` ([`accept`]): attributes accepted sockets to
 //!   the accepting process, in its own context.
+//! - `tp_btf/tcp_destroy_sock` ([`held_closed`], tracepoint mode): the release of a socket
+//!   closed while already in CLOSE (reset by the peer, or a failed connect).
 //! - `tp_btf/sched_process_exit` and `tp_btf/sched_process_exec` ([`process`]): a process's
 //!   end (before its fds are closed) and its new command name.
 //!
@@ -18,6 +20,7 @@ mod accept;
 mod core_shim;
 mod emit;
 mod fentry;
+mod held_closed;
 mod kprobe;
 mod lifecycle;
 mod process;

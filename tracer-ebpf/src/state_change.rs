@@ -9,6 +9,7 @@ use tracer_common::{flags, tcp_state::*, EventKind};
 
 use crate::{
     core_shim::{self, SockPtr},
+    held_closed,
     emit::{config, emit, inject_release_drop},
 };
 
@@ -46,9 +47,13 @@ fn on_state_change(sk: SockPtr, old: u8, new: u8) {
             return;
         }
     }
+    if own_lifecycle && new == CLOSE {
+        held_closed::remember(sk);
+    }
     match (old, new) {
         (CLOSE, SYN_SENT) => {
             if own_lifecycle {
+                held_closed::forget(sk);
                 emit(EventKind::Connect, sk, old, new, flags::OWNER_CONTEXT);
             }
         }

@@ -134,6 +134,14 @@ fn edge_cases_shutdown_reset_refused_connecting_and_exit() {
     });
     let held = conns(&daemon, &["--pid", &victim.pid.to_string(), "--state", "close"]);
     assert_eq!(held.len(), 2);
+    // The holder finally closes them (tcp_close on a socket already in CLOSE makes no state
+    // change: the release must still be seen).
+    victim.cmd("close 2");
+    daemon.eventually("reset sockets released when closed", |d| {
+        let p = d.process(victim.pid);
+        expect_eq("open", num(&p, "open"), 0)?;
+        expect_eq("closed_total", num(&p, "closed_total"), 2)
+    });
 
     // A refused connect counts in connect_failed, never as open.
     let mut refused = Workload::spawn();
@@ -164,8 +172,13 @@ fn edge_cases_shutdown_reset_refused_connecting_and_exit() {
         .status()
         .expect("python3");
     assert!(unconnected.success());
-    // The refused sockets were released after failing: expected releases, not unmatched ones.
-    assert_eq!(num(&daemon.json(&["status"]), "unmatched_releases"), 0);
+    // The refused sockets were released after failing: expected releases, not unmatched ones,
+    // and the table no longer tracks them.
+    refused.cmd(&format!("connect-refused 127.0.0.1:{closed_port} 4"));
+    daemon.eventually("seven refused, their releases all matched", |d| {
+        expect_eq("connect_failed", num(&d.process(refused.pid), "connect_failed"), 7)?;
+        expect_eq("unmatched_releases", num(&d.json(&["status"]), "unmatched_releases"), 0)
+    });
     let connecting = conns(&daemon, &["--pid", &stuck.pid.to_string(), "--state", "connecting"]);
     assert_eq!(connecting.len(), 2);
     assert!(num(&daemon.json(&["top"]), "unattributed") >= 1, "the unaccepted one is unattributed");

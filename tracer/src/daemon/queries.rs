@@ -260,6 +260,7 @@ impl Daemon {
         let mut lost_by_reason = BTreeMap::new();
         lost_by_reason.insert("ringbuf_full".to_owned(), kernel.lost_total());
         lost_by_reason.insert("accept_unresolved".to_owned(), kernel.accept_unresolved);
+        lost_by_reason.insert("held_closed_map_full".to_owned(), kernel.held_closed_map_full);
         lost_by_reason.insert("malformed".to_owned(), self.source.malformed());
         StatusReport {
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -271,7 +272,7 @@ impl Daemon {
             events_total: self.source.received_total(),
             events_by_kind: EventKind::ALL.iter().map(|k| (k.name().to_owned(), received[*k as usize])).collect(),
             events_emitted: kernel.emitted_total(),
-            events_lost: kernel.lost_total() + self.source.malformed(),
+            events_lost: kernel.lost_total() + self.source.malformed() + kernel.held_closed_map_full,
             events_lost_by_reason: lost_by_reason,
             tracked_connections: summary.tracked_connections,
             unattributed: summary.unattributed,

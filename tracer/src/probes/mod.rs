@@ -76,6 +76,7 @@ pub struct KernelCounters {
     pub lost_ringbuf: [u64; EventKind::COUNT],
     pub accept_unresolved: u64,
     pub release_dropped_by_fault_injection: u64,
+    pub held_closed_map_full: u64,
 }
 
 impl KernelCounters {
@@ -152,7 +153,7 @@ impl Probes {
         match mode {
             ProbeMode::Fentry => fentry::attach(&mut ebpf, &btf)?,
             ProbeMode::Kprobe => kprobe::attach(&mut ebpf)?,
-            ProbeMode::Tracepoint => {}
+            ProbeMode::Tracepoint => tracepoint::attach_release_of_closed(&mut ebpf, &btf)?,
             ProbeMode::Auto => return Err(Error::NoModeWorks { reasons: "auto is not a mode".into() }),
         }
         tracepoint::attach(&mut ebpf, &btf)?;
@@ -210,6 +211,7 @@ impl Probes {
         }
         out.accept_unresolved = read(counters::ACCEPT_UNRESOLVED)?;
         out.release_dropped_by_fault_injection = read(counters::RELEASE_DROPPED_BY_FAULT_INJECTION)?;
+        out.held_closed_map_full = read(counters::HELD_CLOSED_MAP_FULL)?;
         Ok(out)
     }
 }

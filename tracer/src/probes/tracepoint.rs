@@ -29,6 +29,16 @@ pub fn attach(ebpf: &mut Ebpf, btf: &Btf) -> Result<()> {
     Ok(())
 }
 
+/// Tracepoint mode's own hook: the release of sockets closed while already in CLOSE (the
+/// function-probe modes see every release at tcp_close itself).
+pub fn attach_release_of_closed(ebpf: &mut Ebpf, btf: &Btf) -> Result<()> {
+    let name = "tcp_destroy_sock";
+    let tp: &mut BtfTracePoint = program(ebpf, name)?;
+    tp.load(name, btf).map_err(step("load", name))?;
+    tp.attach().map_err(step("attach", name))?;
+    Ok(())
+}
+
 /// The kernel program reads `ret` at a fixed offset of the syscall-exit record: check it
 /// against the kernel's own description rather than trust it.
 fn check_ret_offset(syscall: &str) -> Result<()> {

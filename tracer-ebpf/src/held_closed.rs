@@ -1,0 +1,45 @@
+//! Tracepoint mode only: sockets that reached CLOSE while their process still holds them (reset
+//! by the peer, or a failed connect), and `tp_btf/tcp_destroy_sock`, their release.
+//!
+//! tcp_close() on a socket already in CLOSE makes no state change: it destroys the socket at
+//! once, inside the holder's close() (or exit). So the one hook that sees that release is the
+//! destroy tracepoint, and it must only count sockets remembered here: every other socket is
+//! destroyed later, orphaned, from a timer, long after its release was reported.
+use aya_ebpf::{macros::{btf_tracepoint, map}, maps::HashMap, programs::BtfTracePointContext};
+use tracer_common::{HELD_CLOSED_CAPACITY, counters, tcp_state::CLOSE};
+
+use crate::{
+    core_shim::SockPtr,
+    emit::{bump, config},
+    state_change::release,
+};
+
+#[map(name = "HELD_CLOSED")]
+static HELD_CLOSED: HashMap<u64, u8> = HashMap::with_max_entries(HELD_CLOSED_CAPACITY, 0);
+
+#[inline(always)]
+pub fn remember(sk: SockPtr) {
+    if HELD_CLOSED.insert(&(sk as u64), &0, 0).is_err() {
+        bump(counters::HELD_CLOSED_MAP_FULL);
+    }
+}
+
+#[inline(always)]
+pub fn forget(sk: SockPtr) {
+    let _ = HELD_CLOSED.remove(&(sk as u64));
+}
+
+#[btf_tracepoint(function = "tcp_destroy_sock")]
+pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
+    if config().lifecycle_from_state_changes == 0 {
+        return 0;
+    }
+    let sk: SockPtr = ctx.arg(0);
+    let key = sk as u64;
+    // SAFETY: the value is not read, only its presence.
+    if unsafe { HELD_CLOSED.get(&key) }.is_some() {
+        let _ = HELD_CLOSED.remove(&key);
+        release(sk, CLOSE, CLOSE);
+    }
+    0
+}
