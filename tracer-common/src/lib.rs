@@ -191,6 +191,10 @@ pub struct Config {
     /// 1 in tracepoint mode: `inet_sock_set_state` itself reports connect starts and releases.
     /// 0 in fentry/kprobe modes, where `tcp_connect` and `tcp_close` probes report them.
     pub lifecycle_from_state_changes: u32,
+    /// Wake the reader only once this many bytes are unread (0: on every record). Below it the
+    /// daemon's drain timer collects the records: one wakeup per batch instead of per event.
+    pub wakeup_threshold_bytes: u32,
+    pub _reserved: u32,
 }
 
 /// Name of the global holding [`Config`] in the kernel object.

@@ -1,6 +1,7 @@
 //! The one way events leave the kernel: a ring buffer record plus per-CPU counters, so that
 //! userspace can check `emitted = received + lost` for every kind.
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns},
     macros::map,
     maps::{PerCpuArray, RingBuf, ring_buf::RingBufEntry},
@@ -18,7 +19,12 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::SLOT
 
 /// Written by the loader before load; read-only afterwards.
 #[unsafe(no_mangle)]
-static TRACER_CONFIG: Config = Config { drop_every_nth_release: 0, lifecycle_from_state_changes: 1 };
+static TRACER_CONFIG: Config = Config {
+    drop_every_nth_release: 0,
+    lifecycle_from_state_changes: 1,
+    wakeup_threshold_bytes: 0,
+    _reserved: 0,
+};
 
 #[inline(always)]
 pub fn config() -> Config {
@@ -73,7 +79,7 @@ pub fn emit(kind: EventKind, sk: SockPtr, old_state: u8, new_state: u8, event_fl
         core_shim::tracer_sk_tuple(sk, &raw mut (*event).tuple);
         fill_common(event, kind, old_state, new_state, event_flags);
     }
-    entry.submit(0);
+    entry.submit(wakeup_flags());
 }
 
 /// Writes one record about the current process itself (exit, exec): no socket.
@@ -88,7 +94,21 @@ pub fn emit_process(kind: EventKind) {
         (*event).tuple = Tuple::default();
         fill_common(event, kind, 0, 0, flags::OWNER_CONTEXT);
     }
-    entry.submit(0);
+    entry.submit(wakeup_flags());
+}
+
+/// Submit flags: wake the reader only when enough is unread (see `Config`), so that at high
+/// rates one wakeup carries a batch instead of one event.
+#[inline(always)]
+fn wakeup_flags() -> u64 {
+    let threshold = u64::from(config().wakeup_threshold_bytes);
+    if threshold == 0 {
+        0
+    } else if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= threshold {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
 }
 
 #[inline(always)]

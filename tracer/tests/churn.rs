@@ -5,7 +5,7 @@
 //! `TRACER_CHURN_SEED=N cargo xtask test -- churn`.
 mod common;
 
-use std::{collections::HashMap, process::Command};
+use std::process::Command;
 
 use common::{Daemon, Workload, num};
 

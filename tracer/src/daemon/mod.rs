@@ -57,6 +57,9 @@ pub struct DaemonOptions {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Processes exported individually; the rest are summed under pid="other".
     pub metrics_top_n: usize,
+    /// How often to drain the ring buffer without a wakeup (with a wakeup threshold, events
+    /// wait at most this long).
+    pub drain_interval: Duration,
 }
 
 /// Everything the event loop owns.
@@ -106,6 +109,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     let mut summary = every(options.summary_interval);
     let mut reconcile = every(options.reconcile_interval);
     let mut leak_check = every(options.leaks.interval);
+    let mut drain = every(options.drain_interval);
     let (scan_tx, mut scan_rx) = mpsc::channel::<std::io::Result<Vec<ScannedSocket>>>(1);
     let mut scan_running = false;
     loop {
@@ -116,6 +120,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
                 daemon.drain_now();
                 let _ = query.reply.send(daemon.answer(query.request));
             }
+            _ = drain.tick() => daemon.drain_now(),
             _ = housekeeping.tick() => {
                 daemon.table.expire(daemon.clock.now_ns());
                 daemon.probes.flush_kernel_log();

@@ -50,11 +50,14 @@ pub struct LoadOptions {
     pub ring_bytes: u32,
     /// Test-only fault injection (see `tracer_common::Config`).
     pub drop_every_nth_release: u32,
+    /// Wake the daemon only once this many bytes wait in the ring (0: on every event); the
+    /// daemon must then drain on a timer (`DaemonOptions::drain_interval`).
+    pub wakeup_threshold_bytes: u32,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { mode: ProbeMode::Auto, ring_bytes: DEFAULT_RING_BYTES, drop_every_nth_release: 0 }
+        Self { mode: ProbeMode::Auto, ring_bytes: DEFAULT_RING_BYTES, drop_every_nth_release: 0, wakeup_threshold_bytes: 0 }
     }
 }
 
@@ -126,6 +129,8 @@ impl Probes {
         let config = Config {
             drop_every_nth_release: options.drop_every_nth_release,
             lifecycle_from_state_changes: u32::from(mode == ProbeMode::Tracepoint),
+            wakeup_threshold_bytes: options.wakeup_threshold_bytes.min(options.ring_bytes / 2),
+            _reserved: 0,
         };
         // Kernel log statements above the daemon's level are constants the verifier prunes.
         let kernel_log_level = match log::max_level() {
