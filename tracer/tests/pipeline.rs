@@ -71,9 +71,13 @@ fn connect_accept_close(accept_blocked_before_attach: bool) {
         assert_eq!(e.new_state, tcp_state::ESTABLISHED);
     }
 
-    // Inbound: 20 accepts owned by the server, never the client, though both share loopback.
+    // Inbound: 20 accepted sockets owned by the server, never the client, though both share
+    // loopback. (fentry/kprobe modes report an accept from the function return and again from
+    // the syscall exit, which also sees accepts blocked before attach; the table ignores the
+    // repeat. So count sockets, not events.)
     let accepts = of_kind(&events, EventKind::Accept);
-    assert_eq!(accepts.len(), 20, "accept events");
+    assert_eq!(socks(&accepts).len(), 20, "accepted sockets");
+    assert!(accepts.len() <= 40, "at most two reports per accept");
     for e in &accepts {
         assert_eq!(e.tgid, server.pid, "accept owner");
         assert!(e.is_inbound());
@@ -138,7 +142,21 @@ fn emitted_equals_received_plus_lost_over_10000_fast_connections() {
     assert_eq!(finished.malformed, 0);
     let events: Vec<_> = finished.events.iter().filter(|e| ours(e)).copied().collect();
     assert_eq!(of_kind(&events, EventKind::Connect).len(), N);
-    assert_eq!(of_kind(&events, EventKind::Accept).len(), N);
     assert_eq!(of_kind(&events, EventKind::Release).len(), 2 * N);
     assert!(of_kind(&events, EventKind::Release).iter().all(|e| e.tgid == client.pid || e.tgid == server.pid));
+    // Through the real table: every connection opened and closed once on each side (accepts
+    // may be reported twice in the function-probe modes; the table counts each socket once).
+    let mut table = tracer::table::ConnectionTable::default();
+    for e in &events {
+        table.apply(e);
+    }
+    let totals = |pid: u32| {
+        table
+            .processes()
+            .filter(|p| p.pid() == pid)
+            .map(|p| (p.opened_total, p.closed_total, p.open))
+            .fold((0, 0, 0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2))
+    };
+    assert_eq!(totals(client.pid), (N as u64, N as u64, 0), "client opened, closed, open");
+    assert_eq!(totals(server.pid), (N as u64, N as u64, 0), "server opened, closed, open");
 }
