@@ -3,7 +3,7 @@
 //! The server side's ESTABLISHED transition runs in softirq, so it cannot name the owner; the
 //! syscall exit can. It also sees accepts that were already blocked when the probes attached.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use tracer_common::{counters, flags, EventKind};
+use tracer_common::{EventKind, counters, flags};
 
 use crate::{
     core_shim,
@@ -45,7 +45,8 @@ fn on_accept_exit(ctx: &TracePointContext) {
         return;
     }
     // SAFETY: `sk` was read from the socket the kernel just installed in the fd table.
-    let (is_tcp, state) = unsafe { (core_shim::tracer_sk_is_tcp(sk), core_shim::tracer_sk_state(sk)) };
+    let (is_tcp, state) =
+        unsafe { (core_shim::tracer_sk_is_tcp(sk), core_shim::tracer_sk_state(sk)) };
     if is_tcp == 0 {
         // accept() on a Unix or other non-TCP listener: not ours, not a loss.
         return;

@@ -6,7 +6,7 @@ use aya_ebpf::{
     macros::map,
     maps::{PerCpuArray, RingBuf, ring_buf::RingBufEntry},
 };
-use tracer_common::{flags, counters, Config, ConnEvent, EventKind, Tuple, DEFAULT_RING_BYTES};
+use tracer_common::{Config, ConnEvent, DEFAULT_RING_BYTES, EventKind, Tuple, counters, flags};
 
 use crate::core_shim::{self, SockPtr};
 
@@ -124,7 +124,13 @@ fn reserve(kind: EventKind) -> Option<RingBufEntry<ConnEvent>> {
 /// # Safety
 /// `event` must point at a reserved ring buffer record.
 #[inline(always)]
-unsafe fn fill_common(event: *mut ConnEvent, kind: EventKind, old_state: u8, new_state: u8, event_flags: u8) {
+unsafe fn fill_common(
+    event: *mut ConnEvent,
+    kind: EventKind,
+    old_state: u8,
+    new_state: u8,
+    event_flags: u8,
+) {
     // SAFETY: guaranteed by the caller.
     unsafe {
         (*event).timestamp_ns = bpf_ktime_get_boot_ns();

@@ -5,7 +5,11 @@
 //! once, inside the holder's close() (or exit). So the one hook that sees that release is the
 //! destroy tracepoint, and it must only count sockets remembered here: every other socket is
 //! destroyed later, orphaned, from a timer, long after its release was reported.
-use aya_ebpf::{macros::{btf_tracepoint, map}, maps::HashMap, programs::BtfTracePointContext};
+use aya_ebpf::{
+    macros::{btf_tracepoint, map},
+    maps::HashMap,
+    programs::BtfTracePointContext,
+};
 use tracer_common::{HELD_CLOSED_CAPACITY, counters, tcp_state::CLOSE};
 
 use crate::{

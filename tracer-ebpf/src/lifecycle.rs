@@ -23,7 +23,8 @@ pub fn on_tcp_connect(sk: SockPtr) {
 #[inline(always)]
 pub fn on_tcp_close(sk: SockPtr) {
     // SAFETY: as above.
-    let (is_tcp, state) = unsafe { (core_shim::tracer_sk_is_tcp(sk), core_shim::tracer_sk_state(sk)) };
+    let (is_tcp, state) =
+        unsafe { (core_shim::tracer_sk_is_tcp(sk), core_shim::tracer_sk_state(sk)) };
     // Closing a listener ends no connection.
     if is_tcp == 0 || state == tcp_state::LISTEN {
         return;
@@ -40,7 +41,8 @@ pub fn on_accept_return(sk: SockPtr) {
         return;
     }
     // SAFETY: a socket the kernel just returned from accept.
-    let (is_tcp, state) = unsafe { (core_shim::tracer_sk_is_tcp(sk), core_shim::tracer_sk_state(sk)) };
+    let (is_tcp, state) =
+        unsafe { (core_shim::tracer_sk_is_tcp(sk), core_shim::tracer_sk_state(sk)) };
     if is_tcp == 0 {
         return;
     }

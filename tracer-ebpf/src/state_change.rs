@@ -5,12 +5,12 @@
 //! runs in the task that dropped the file's last reference. Only the first and the last may
 //! name a process.
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use tracer_common::{flags, tcp_state::*, EventKind};
+use tracer_common::{EventKind, flags, tcp_state::*};
 
 use crate::{
     core_shim::{self, SockPtr},
-    held_closed,
     emit::{config, emit, inject_release_drop},
+    held_closed,
 };
 
 #[btf_tracepoint(function = "inet_sock_set_state")]

@@ -82,7 +82,8 @@ impl Workload {
                 let ip: std::net::IpAddr = arg(words, 1)?;
                 let backlog: i32 = arg(words, 2).unwrap_or(1024);
                 let port: u16 = arg(words, 3).unwrap_or(0);
-                let socket = Socket::new(Domain::for_address(SocketAddr::new(ip, 0)), Type::STREAM, None)?;
+                let socket =
+                    Socket::new(Domain::for_address(SocketAddr::new(ip, 0)), Type::STREAM, None)?;
                 socket.set_reuse_address(true)?;
                 socket.bind(&SocketAddr::new(ip, port).into())?;
                 socket.listen(backlog)?;
@@ -125,7 +126,8 @@ impl Workload {
             }
             "wait-bg" => {
                 for handle in self.background.drain(..) {
-                    let streams = handle.join().map_err(|_| io::Error::other("acceptor panicked"))?;
+                    let streams =
+                        handle.join().map_err(|_| io::Error::other("acceptor panicked"))?;
                     self.bg_held.extend(streams);
                 }
                 self.held.extend(self.bg_held.drain(..).map(Socket::from));
@@ -209,7 +211,6 @@ impl Workload {
             other => Err(io::Error::other(format!("unknown command {other:?}"))),
         }
     }
-
 }
 
 fn listener(listeners: &[TcpListener], index: usize) -> io::Result<&TcpListener> {
@@ -225,11 +226,13 @@ fn serve(listener: TcpListener, mode: &str) {
     let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::<TcpStream>::new()));
     if let Some((every_ms, k)) = idle_close {
         let held = std::sync::Arc::clone(&held);
-        std::thread::spawn(move || loop {
-            std::thread::sleep(Duration::from_millis(every_ms));
-            if let Ok(mut list) = held.lock() {
-                let n = k.min(list.len());
-                list.drain(..n);
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_millis(every_ms));
+                if let Ok(mut list) = held.lock() {
+                    let n = k.min(list.len());
+                    list.drain(..n);
+                }
             }
         });
     }

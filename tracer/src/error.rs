@@ -52,7 +52,12 @@ pub enum Error {
     Load(#[from] aya::EbpfError),
 
     #[error("failed to {action} program `{program}`: {source}")]
-    Program { action: &'static str, program: String, #[source] source: aya::programs::ProgramError },
+    Program {
+        action: &'static str,
+        program: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
 
     #[error("kernel object has no map `{0}` (build mismatch: rebuild tracer)")]
     MissingMap(&'static str),

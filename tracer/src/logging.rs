@@ -90,7 +90,9 @@ fn level_name(level: Level) -> &'static str {
 }
 
 fn logfmt_value(out: &mut String, value: &str) {
-    if !value.is_empty() && value.chars().all(|c| c.is_ascii_graphic() && c != '"' && c != '=' && c != '\\') {
+    if !value.is_empty()
+        && value.chars().all(|c| c.is_ascii_graphic() && c != '"' && c != '=' && c != '\\')
+    {
         out.push_str(value);
     } else {
         out.push('"');
@@ -138,7 +140,8 @@ fn json(record: &Record<'_>) -> String {
     object.insert("msg".into(), record.args().to_string().into());
     for (key, value) in fields(record) {
         // Numbers stay numbers.
-        let value = value.parse::<i64>().map(serde_json::Value::from).unwrap_or_else(|_| value.into());
+        let value =
+            value.parse::<i64>().map(serde_json::Value::from).unwrap_or_else(|_| value.into());
         object.insert(key, value);
     }
     serde_json::Value::Object(object).to_string()

@@ -41,14 +41,16 @@ impl std::str::FromStr for WebhookUrl {
             return Err(fail("https is not supported; use an http relay on this host"));
         }
         let rest = url.strip_prefix("http://").ok_or_else(|| fail("not an http:// URL"))?;
-        let (authority, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
+        let (authority, path) =
+            rest.split_once('/').map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
         if authority.is_empty() {
             return Err(fail("no host"));
         }
         let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-                (h.trim_start_matches('[').trim_end_matches(']').to_owned(), p.parse().map_err(|_| fail("bad port"))?)
-            }
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+                h.trim_start_matches('[').trim_end_matches(']').to_owned(),
+                p.parse().map_err(|_| fail("bad port"))?,
+            ),
             _ => (authority.trim_start_matches('[').trim_end_matches(']').to_owned(), 80),
         };
         Ok(Self { host, port, path })
@@ -96,8 +98,16 @@ async fn deliver(url: &WebhookUrl, change: &Change) {
     for attempt in 1..=ATTEMPTS {
         match tokio::time::timeout(TIMEOUT, post(url, &body)).await {
             Ok(Ok(())) => return,
-            Ok(Err(e)) => log::warn!("alert webhook attempt {attempt}/{ATTEMPTS} to {}:{} failed: {e}", url.host, url.port),
-            Err(_) => log::warn!("alert webhook attempt {attempt}/{ATTEMPTS} to {}:{} timed out", url.host, url.port),
+            Ok(Err(e)) => log::warn!(
+                "alert webhook attempt {attempt}/{ATTEMPTS} to {}:{} failed: {e}",
+                url.host,
+                url.port
+            ),
+            Err(_) => log::warn!(
+                "alert webhook attempt {attempt}/{ATTEMPTS} to {}:{} timed out",
+                url.host,
+                url.port
+            ),
         }
         if attempt < ATTEMPTS {
             tokio::time::sleep(backoff).await;
@@ -124,7 +134,10 @@ async fn post(url: &WebhookUrl, body: &[u8]) -> std::io::Result<()> {
     if status.starts_with(b"HTTP/1.") && status[9] == b'2' {
         Ok(())
     } else {
-        Err(std::io::Error::other(format!("receiver answered {:?}", String::from_utf8_lossy(&status))))
+        Err(std::io::Error::other(format!(
+            "receiver answered {:?}",
+            String::from_utf8_lossy(&status)
+        )))
     }
 }
 

@@ -51,8 +51,13 @@ fn run_seed(seed: u64) {
     let port = server.listen("127.0.0.1");
     server.cmd("serve-bg 0 hold");
     let addr = format!("127.0.0.1:{port}");
-    let refused_port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-    let mut clients: Vec<(Workload, Held)> = (0..3).map(|_| (Workload::spawn(), Held::default())).collect();
+    let refused_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let mut clients: Vec<(Workload, Held)> =
+        (0..3).map(|_| (Workload::spawn(), Held::default())).collect();
     // The server holds every connection it accepted (it never closes): its count only grows.
     let mut server_open = 0u64;
     let mut reset_at_server = 0u64;
@@ -103,7 +108,16 @@ fn run_seed(seed: u64) {
             _ => {}
         }
         if step % 12 == 0 {
-            checkpoint(&daemon, seed, step, &clients, &exited, server.pid, server_open, reset_at_server);
+            checkpoint(
+                &daemon,
+                seed,
+                step,
+                &clients,
+                &exited,
+                server.pid,
+                server_open,
+                reset_at_server,
+            );
         }
     }
     let status = daemon.json(&["status"]);
@@ -128,9 +142,16 @@ fn checkpoint(
 ) {
     let at = format!("seed {seed}, step {step}");
     daemon.eventually(&format!("ground truth at {at}"), |d| {
-        for (pid, held) in clients.iter().map(|(w, h)| (w.pid, h)).chain(exited.iter().map(|(p, h)| (*p, h))) {
+        for (pid, held) in
+            clients.iter().map(|(w, h)| (w.pid, h)).chain(exited.iter().map(|(p, h)| (*p, h)))
+        {
             let p = d.process(pid);
-            for (field, want) in [("open", held.open), ("opened_total", held.opened), ("closed_total", held.closed), ("connect_failed", held.refused)] {
+            for (field, want) in [
+                ("open", held.open),
+                ("opened_total", held.opened),
+                ("closed_total", held.closed),
+                ("connect_failed", held.refused),
+            ] {
                 let got = p[field].as_u64().unwrap_or(0);
                 if got != want {
                     return Err(format!("pid {pid} {field}: tracer {got}, truth {want}"));
@@ -138,9 +159,12 @@ fn checkpoint(
             }
         }
         let s = d.process(server);
-        let (open, close) = (s["open"].as_u64().unwrap_or(0), s["states"]["close"].as_u64().unwrap_or(0));
+        let (open, close) =
+            (s["open"].as_u64().unwrap_or(0), s["states"]["close"].as_u64().unwrap_or(0));
         if open != server_open || close != reset_at_server {
-            return Err(format!("server open {open} (truth {server_open}), close {close} (truth {reset_at_server})"));
+            return Err(format!(
+                "server open {open} (truth {server_open}), close {close} (truth {reset_at_server})"
+            ));
         }
         Ok(())
     });

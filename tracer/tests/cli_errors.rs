@@ -30,7 +30,10 @@ fn bad_flags_are_rejected_by_name() {
     assert!(stderr.contains("--limit"), "{stderr}");
     let (code, stderr) = run(&["run", "--probe", "magic"]);
     assert_eq!(code, 2);
-    assert!(stderr.contains("fentry") && stderr.contains("tracepoint"), "lists the modes: {stderr}");
+    assert!(
+        stderr.contains("fentry") && stderr.contains("tracepoint"),
+        "lists the modes: {stderr}"
+    );
     let (code, stderr) = run(&["conns", "--remote", "not-an-address"]);
     assert_eq!(code, 1);
     assert!(stderr.contains("ADDR:PORT"), "{stderr}");
@@ -40,7 +43,8 @@ fn bad_flags_are_rejected_by_name() {
 fn bad_ring_size_names_the_rule() {
     let dir = TempDir::new("ring");
     let socket = dir.0.join("t.sock");
-    let (code, stderr) = run(&["run", "--ring-bytes", "5000", "--socket", socket.to_str().expect("utf-8")]);
+    let (code, stderr) =
+        run(&["run", "--ring-bytes", "5000", "--socket", socket.to_str().expect("utf-8")]);
     assert_eq!(code, 1);
     assert!(stderr.contains("power of two"), "{stderr}");
 }

@@ -7,8 +7,7 @@ use std::{
     process::{Child, Command, Stdio},
 };
 
-use common::{expect_eq, Daemon, Workload, num};
-
+use common::{Daemon, Workload, expect_eq, num};
 
 /// A process's open count; a process that holds nothing yet may not be listed at all.
 fn open_of(daemon: &Daemon, pid: u32) -> u64 {
@@ -28,7 +27,8 @@ struct Peer {
 
 impl Peer {
     fn spawn(script: &str, args: &[String]) -> Self {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers").join(script);
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers").join(script);
         let mut child = Command::new("python3")
             .arg(path)
             .args(args)
@@ -43,7 +43,9 @@ impl Peer {
     /// The next line starting with `tag`, its remainder.
     fn expect(&mut self, tag: &str) -> String {
         let line = self.lines.next().expect("peer line").expect("read");
-        line.strip_prefix(tag).map(|r| r.trim().to_owned()).unwrap_or_else(|| panic!("expected {tag}, got {line:?}"))
+        line.strip_prefix(tag)
+            .map(|r| r.trim().to_owned())
+            .unwrap_or_else(|| panic!("expected {tag}, got {line:?}"))
     }
 }
 
@@ -67,7 +69,9 @@ fn connections_older_than_the_daemon_are_counted_at_once_and_their_releases_matc
     assert_eq!(num(&c, "open"), 30, "{c}");
     assert_eq!(num(&daemon.process(server.pid), "open"), 30);
     let conns = daemon.json(&["conns", "--pid", &client.pid.to_string()]);
-    assert!(conns["connections"].as_array().expect("list").iter().all(|c| c["preexisting"] == true));
+    assert!(
+        conns["connections"].as_array().expect("list").iter().all(|c| c["preexisting"] == true)
+    );
     client.cmd("close 10");
     daemon.eventually("20 left, 10 releases matched", |d| {
         let c = d.process(client.pid);
@@ -89,7 +93,8 @@ fn a_prefork_server_counts_each_connection_for_its_child() {
     let parent = prefork.child.id();
     let mut client = Workload::spawn();
     client.connect(&format!("127.0.0.1:{port}"), 5);
-    let children: Vec<u32> = (0..5).map(|_| prefork.expect("child").parse().expect("pid")).collect();
+    let children: Vec<u32> =
+        (0..5).map(|_| prefork.expect("child").parse().expect("pid")).collect();
     // Within one reconcile period (1 s in tests), plus the scan itself.
     daemon.eventually("each child holds one, the parent none", |d| {
         for child in &children {
@@ -121,7 +126,8 @@ fn a_descriptor_passed_over_a_unix_socket_counts_for_its_receiver() {
 /// Two namespaces with identical addresses: 127.0.0.1 and the same port in each.
 #[test]
 fn two_network_namespaces_with_identical_addresses_never_mix() {
-    let names = [format!("tracer-a-{}", std::process::id()), format!("tracer-b-{}", std::process::id())];
+    let names =
+        [format!("tracer-a-{}", std::process::id()), format!("tracer-b-{}", std::process::id())];
     struct Netns(String);
     impl Drop for Netns {
         fn drop(&mut self) {
@@ -132,7 +138,13 @@ fn two_network_namespaces_with_identical_addresses_never_mix() {
         .iter()
         .map(|n| {
             assert!(Command::new("ip").args(["netns", "add", n]).status().expect("ip").success());
-            assert!(Command::new("ip").args(["-n", n, "link", "set", "lo", "up"]).status().expect("ip").success());
+            assert!(
+                Command::new("ip")
+                    .args(["-n", n, "link", "set", "lo", "up"])
+                    .status()
+                    .expect("ip")
+                    .success()
+            );
             Netns(n.clone())
         })
         .collect();

@@ -14,9 +14,20 @@ use serde_json::Value;
 
 /// 0.5 s samples, 8 per window (4 s), 4 sub-windows, G = 10, resolve after 2 clear.
 const FAST: &[&str] = &[
-    "--leak-interval", "0.5", "--leak-window", "8", "--leak-sub-windows", "4",
-    "--leak-growth-min", "10", "--leak-resolve-after", "2",
-    "--close-wait-after", "1", "--held-closed-after", "1",
+    "--leak-interval",
+    "0.5",
+    "--leak-window",
+    "8",
+    "--leak-sub-windows",
+    "4",
+    "--leak-growth-min",
+    "10",
+    "--leak-resolve-after",
+    "2",
+    "--close-wait-after",
+    "1",
+    "--held-closed-after",
+    "1",
 ];
 
 fn alerts_of(daemon: &Daemon, list: &str, pid: u32) -> Vec<Value> {
@@ -52,10 +63,10 @@ impl Receiver {
                     }
                 }
                 let mut body = vec![0u8; length];
-                if reader.read_exact(&mut body).is_ok() {
-                    if let Ok(v) = serde_json::from_slice(&body) {
-                        sink.lock().expect("lock").push(v);
-                    }
+                if reader.read_exact(&mut body).is_ok()
+                    && let Ok(v) = serde_json::from_slice(&body)
+                {
+                    sink.lock().expect("lock").push(v);
                 }
                 let _ = reader.get_mut().write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
             }
@@ -69,7 +80,12 @@ impl Receiver {
             .expect("lock")
             .iter()
             .filter(|b| b["alert"]["pid"] == pid)
-            .map(|b| (b["event"].as_str().unwrap_or("").to_owned(), b["alert"]["rule"].as_str().unwrap_or("").to_owned()))
+            .map(|b| {
+                (
+                    b["event"].as_str().unwrap_or("").to_owned(),
+                    b["alert"]["rule"].as_str().unwrap_or("").to_owned(),
+                )
+            })
             .collect()
     }
 }
@@ -88,13 +104,25 @@ fn a_steady_leak_raises_growth_everywhere_and_resolves_when_the_process_exits() 
     leaker.cmd(&format!("trickle-bg 127.0.0.1:{port} 200"));
     let started = std::time::Instant::now();
     daemon.eventually("growth raised", |d| {
-        if alerts_of(d, "active", leaker.pid).iter().any(|a| a["rule"] == "growth") { Ok(()) } else { Err("not yet".into()) }
+        if alerts_of(d, "active", leaker.pid).iter().any(|a| a["rule"] == "growth") {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
     });
     // Not before a full window (4 s) had passed.
     assert!(started.elapsed() >= Duration::from_secs(4), "raised after {:?}", started.elapsed());
-    let alert = alerts_of(&daemon, "active", leaker.pid).into_iter().find(|a| a["rule"] == "growth").expect("alert");
+    let alert = alerts_of(&daemon, "active", leaker.pid)
+        .into_iter()
+        .find(|a| a["rule"] == "growth")
+        .expect("alert");
     let evidence = &alert["evidence"];
-    let floors: Vec<u64> = evidence["floors"].as_array().expect("floors").iter().map(|f| f.as_u64().expect("n")).collect();
+    let floors: Vec<u64> = evidence["floors"]
+        .as_array()
+        .expect("floors")
+        .iter()
+        .map(|f| f.as_u64().expect("n"))
+        .collect();
     assert_eq!(floors.len(), 4);
     assert!(floors.windows(2).all(|w| w[1] > w[0]), "floors rise strictly: {floors:?}");
     assert!(floors[3] - floors[0] >= 10, "raised only once the floor rose by G: {floors:?}");
@@ -110,28 +138,51 @@ fn a_steady_leak_raises_growth_everywhere_and_resolves_when_the_process_exits() 
     let top = daemon.json(&["top"]);
     let rows = top["processes"].as_array().expect("rows");
     let at = rows.iter().position(|r| r["pid"] == leaker.pid).expect("leaker listed");
-    assert!(rows[..at].iter().all(|r| !r["alerts"].as_array().expect("alerts").is_empty()), "alerting processes come first");
+    assert!(
+        rows[..at].iter().all(|r| !r["alerts"].as_array().expect("alerts").is_empty()),
+        "alerting processes come first"
+    );
     assert_eq!(rows[at]["alerts"], serde_json::json!(["growth"]));
     assert!(rows[at]["growth"].as_i64().expect("growth") >= 10);
-    assert!(rows.iter().skip_while(|r| !r["alerts"].as_array().expect("alerts").is_empty()).all(|r| r["alerts"].as_array().expect("alerts").is_empty()));
+    assert!(
+        rows.iter().skip_while(|r| !r["alerts"].as_array().expect("alerts").is_empty()).all(|r| r
+            ["alerts"]
+            .as_array()
+            .expect("alerts")
+            .is_empty())
+    );
     // The log line.
     let log = daemon.log_text();
     assert!(
-        log.lines().any(|l| l.contains("event=leak_raised") && l.contains(&format!("pid={}", leaker.pid)) && l.contains("rule=growth")),
+        log.lines().any(|l| l.contains("event=leak_raised")
+            && l.contains(&format!("pid={}", leaker.pid))
+            && l.contains("rule=growth")),
         "log: {log}"
     );
     // The webhook.
     daemon.eventually("webhook raised", |_| {
-        if receiver.events_for(leaker.pid).contains(&("raised".into(), "growth".into())) { Ok(()) } else { Err("no POST yet".into()) }
+        if receiver.events_for(leaker.pid).contains(&("raised".into(), "growth".into())) {
+            Ok(())
+        } else {
+            Err("no POST yet".into())
+        }
     });
     // The process exits: the alert resolves.
     let pid = leaker.pid;
     leaker.exit();
     daemon.eventually("resolved after exit", |d| {
-        if alerts_of(d, "active", pid).is_empty() && !alerts_of(d, "resolved", pid).is_empty() { Ok(()) } else { Err("still active".into()) }
+        if alerts_of(d, "active", pid).is_empty() && !alerts_of(d, "resolved", pid).is_empty() {
+            Ok(())
+        } else {
+            Err("still active".into())
+        }
     });
     daemon.eventually("webhook resolved", |_| {
-        if receiver.events_for(pid).contains(&("resolved".into(), "growth".into())) { Ok(()) } else { Err("no POST yet".into()) }
+        if receiver.events_for(pid).contains(&("resolved".into(), "growth".into())) {
+            Ok(())
+        } else {
+            Err("no POST yet".into())
+        }
     });
     assert!(daemon.log_text().contains("event=leak_resolved"));
 }
@@ -146,7 +197,11 @@ fn a_leak_under_churn_raises_growth() {
     // Every 0.1 s: open two, close one.
     leaker.cmd(&format!("churn-leak-bg 127.0.0.1:{port} 100"));
     daemon.eventually("growth raised under churn", |d| {
-        if alerts_of(d, "active", leaker.pid).iter().any(|a| a["rule"] == "growth") { Ok(()) } else { Err("not yet".into()) }
+        if alerts_of(d, "active", leaker.pid).iter().any(|a| a["rule"] == "growth") {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
     });
     let alert = alerts_of(&daemon, "active", leaker.pid).remove(0);
     assert!(num(&alert["evidence"], "closes_in_window") > 0, "churn closes while it leaks");
@@ -175,13 +230,21 @@ fn healthy_pools_and_churn_never_raise_anything_over_several_windows() {
     let leaks = daemon.json(&["leaks"]);
     for w in [&echo, &idle_closer, &pool, &reopening, &churn] {
         for list in ["active", "resolved"] {
-            let raised: Vec<_> = leaks[list].as_array().expect("list").iter().filter(|a| a["pid"] == w.pid).collect();
+            let raised: Vec<_> = leaks[list]
+                .as_array()
+                .expect("list")
+                .iter()
+                .filter(|a| a["pid"] == w.pid)
+                .collect();
             assert!(raised.is_empty(), "healthy pid {} raised: {raised:?}", w.pid);
         }
     }
     // The workloads really ran.
     assert_eq!(num(&daemon.process(pool.pid), "open"), 20);
-    assert!(num(&daemon.process(reopening.pid), "opened_total") > 20, "the peer closed and the pool reopened");
+    assert!(
+        num(&daemon.process(reopening.pid), "opened_total") > 20,
+        "the peer closed and the pool reopened"
+    );
     assert!(num(&daemon.process(churn.pid), "closed_total") > 20);
 }
 
@@ -195,9 +258,16 @@ fn a_server_that_never_closes_raises_close_wait_not_its_clients() {
     client.connect(&format!("127.0.0.1:{port}"), 3);
     client.cmd("close 3");
     daemon.eventually("close_wait raised for the server", |d| {
-        if alerts_of(d, "active", server.pid).iter().any(|a| a["rule"] == "close_wait") { Ok(()) } else { Err("not yet".into()) }
+        if alerts_of(d, "active", server.pid).iter().any(|a| a["rule"] == "close_wait") {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
     });
-    let alert = alerts_of(&daemon, "active", server.pid).into_iter().find(|a| a["rule"] == "close_wait").expect("alert");
+    let alert = alerts_of(&daemon, "active", server.pid)
+        .into_iter()
+        .find(|a| a["rule"] == "close_wait")
+        .expect("alert");
     assert_eq!(num(&alert["evidence"], "stale_close_wait"), 3);
     assert!(alerts_of(&daemon, "active", client.pid).is_empty(), "the clients did nothing wrong");
 }
@@ -212,8 +282,15 @@ fn a_client_holding_reset_connections_raises_held_closed() {
     server.cmd("accept 0 2");
     server.cmd("reset 2");
     daemon.eventually("held_closed raised for the client", |d| {
-        if alerts_of(d, "active", client.pid).iter().any(|a| a["rule"] == "held_closed") { Ok(()) } else { Err("not yet".into()) }
+        if alerts_of(d, "active", client.pid).iter().any(|a| a["rule"] == "held_closed") {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
     });
-    let alert = alerts_of(&daemon, "active", client.pid).into_iter().find(|a| a["rule"] == "held_closed").expect("alert");
+    let alert = alerts_of(&daemon, "active", client.pid)
+        .into_iter()
+        .find(|a| a["rule"] == "held_closed")
+        .expect("alert");
     assert_eq!(num(&alert["evidence"], "stale_held_closed"), 2);
 }

@@ -37,7 +37,8 @@ fn connect_accept_close(accept_blocked_before_attach: bool) {
     let ours = |e: &ConnEvent| touches_port(e, v4_port) || touches_port(e, v6_port);
     tracing.wait_for(WAIT, "20 accepts and 8 releases", |events| {
         let ours: Vec<_> = events.iter().filter(|e| ours(e)).copied().collect();
-        of_kind(&ours, EventKind::Accept).len() >= 20 && of_kind(&ours, EventKind::Release).len() >= 8
+        of_kind(&ours, EventKind::Accept).len() >= 20
+            && of_kind(&ours, EventKind::Release).len() >= 8
     });
     // Let stragglers (state changes of the closed sockets) arrive before counting exactly.
     std::thread::sleep(Duration::from_millis(300));
@@ -52,7 +53,8 @@ fn connect_accept_close(accept_blocked_before_attach: bool) {
         assert!(e.in_owner_context());
         assert_eq!(tracer::events::comm_str(&e.comm), "workload");
         assert!(e.start_time_ns > 0);
-        let (family, port) = if e.tuple.remote_port == v4_port { (AF_INET, v4_port) } else { (AF_INET6, v6_port) };
+        let (family, port) =
+            if e.tuple.remote_port == v4_port { (AF_INET, v4_port) } else { (AF_INET6, v6_port) };
         assert_eq!(e.tuple.remote_port, port);
         assert_eq!(e.tuple.family, u16::from(family));
         let remote = tracer::events::remote_endpoint(&e.tuple);
@@ -97,7 +99,11 @@ fn connect_accept_close(accept_blocked_before_attach: bool) {
 
     // Nothing names a third process.
     for e in events.iter().filter(|e| e.in_owner_context()) {
-        assert!(e.tgid == client.pid || e.tgid == server.pid, "event attributed to pid {}: {e:?}", e.tgid);
+        assert!(
+            e.tgid == client.pid || e.tgid == server.pid,
+            "event attributed to pid {}: {e:?}",
+            e.tgid
+        );
     }
     assert_eq!(finished.malformed, 0);
 }
@@ -143,7 +149,11 @@ fn emitted_equals_received_plus_lost_over_10000_fast_connections() {
     let events: Vec<_> = finished.events.iter().filter(|e| ours(e)).copied().collect();
     assert_eq!(of_kind(&events, EventKind::Connect).len(), N);
     assert_eq!(of_kind(&events, EventKind::Release).len(), 2 * N);
-    assert!(of_kind(&events, EventKind::Release).iter().all(|e| e.tgid == client.pid || e.tgid == server.pid));
+    assert!(
+        of_kind(&events, EventKind::Release)
+            .iter()
+            .all(|e| e.tgid == client.pid || e.tgid == server.pid)
+    );
     // Through the real table: every connection opened and closed once on each side (accepts
     // may be reported twice in the function-probe modes; the table counts each socket once).
     let mut table = tracer::table::ConnectionTable::default();

@@ -28,7 +28,11 @@ struct Prometheus {
 impl Prometheus {
     fn start(target: &str) -> Self {
         let dir = TempDir::new("prometheus");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
         let config = dir.0.join("prometheus.yml");
         std::fs::write(
             &config,
@@ -49,7 +53,11 @@ impl Prometheus {
     /// The value of an instant query's single result, if there is exactly one.
     fn query(&self, promql: &str) -> Option<f64> {
         let out = Command::new("curl")
-            .args(["-sf", &format!("http://127.0.0.1:{}/api/v1/query", self.port), "--data-urlencode"])
+            .args([
+                "-sf",
+                &format!("http://127.0.0.1:{}/api/v1/query", self.port),
+                "--data-urlencode",
+            ])
             .arg(format!("query={promql}"))
             .output()
             .ok()?;
@@ -69,7 +77,16 @@ impl Drop for Prometheus {
     }
 }
 
-const FAST_LEAKS: &[&str] = &["--leak-interval", "0.5", "--leak-window", "8", "--leak-sub-windows", "4", "--leak-growth-min", "10"];
+const FAST_LEAKS: &[&str] = &[
+    "--leak-interval",
+    "0.5",
+    "--leak-window",
+    "8",
+    "--leak-sub-windows",
+    "4",
+    "--leak-growth-min",
+    "10",
+];
 
 #[test]
 fn a_real_prometheus_scrapes_open_counts_and_leak_alerts() {
@@ -92,35 +109,63 @@ fn a_real_prometheus_scrapes_open_counts_and_leak_alerts() {
     });
     assert_eq!(num(&daemon.process(steady.pid), "open"), 7);
     daemon.eventually("Prometheus sees the leak alert", |_| {
-        match prometheus.query(&format!("tcp_tracer_leak_suspected{{pid=\"{}\",rule=\"growth\"}}", leaker.pid)) {
+        match prometheus
+            .query(&format!("tcp_tracer_leak_suspected{{pid=\"{}\",rule=\"growth\"}}", leaker.pid))
+        {
             Some(v) if v == 1.0 => Ok(()),
             other => Err(format!("{other:?}")),
         }
     });
-    assert_eq!(prometheus.query(&format!("tcp_tracer_leak_suspected{{pid=\"{}\"}}", steady.pid)), None, "no alert for the steady process");
+    assert_eq!(
+        prometheus.query(&format!("tcp_tracer_leak_suspected{{pid=\"{}\"}}", steady.pid)),
+        None,
+        "no alert for the steady process"
+    );
     let opened = prometheus
-        .query(&format!("tcp_tracer_connections_opened_total{{pid=\"{}\",direction=\"outbound\"}}", steady.pid))
+        .query(&format!(
+            "tcp_tracer_connections_opened_total{{pid=\"{}\",direction=\"outbound\"}}",
+            steady.pid
+        ))
         .expect("opened counter");
     assert_eq!(opened, 7.0);
-    assert_eq!(prometheus.query("tcp_tracer_events_lost_total{reason=\"ringbuf_full\"}"), Some(0.0));
+    assert_eq!(
+        prometheus.query("tcp_tracer_events_lost_total{reason=\"ringbuf_full\"}"),
+        Some(0.0)
+    );
     assert!(prometheus.query("tcp_tracer_build_info").is_some());
 
     // promtool accepts the live exposition.
     let scrape = http_get(&format!("http://{addr}/metrics"));
-    let mut check = Command::new("promtool").args(["check", "metrics"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("promtool");
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
     use std::io::Write;
     check.stdin.take().expect("stdin").write_all(scrape.as_bytes()).expect("write");
     let out = check.wait_with_output().expect("promtool");
-    let complaints = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && complaints.trim().is_empty(), "promtool check metrics: {complaints}");
+    let complaints =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && complaints.trim().is_empty(),
+        "promtool check metrics: {complaints}"
+    );
 }
 
 #[test]
 fn shipped_alerting_rules_pass_promtool() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus");
     for args in [vec!["check", "rules", "alerts.yml"], vec!["test", "rules", "alerts_test.yml"]] {
-        let out = Command::new("promtool").args(&args).current_dir(&dir).output().expect("promtool");
-        assert!(out.status.success(), "promtool {args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let out =
+            Command::new("promtool").args(&args).current_dir(&dir).output().expect("promtool");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -129,7 +174,11 @@ fn a_bad_config_file_names_the_key_and_line_and_nothing_starts() {
     let dir = TempDir::new("config");
     let config = dir.0.join("tracer.toml");
     let socket = dir.0.join("t.sock");
-    std::fs::write(&config, "probe = \"tracepoint\"\nleak-interval = 5\nmetrics-adr = \"0.0.0.0:9855\"\n").expect("write");
+    std::fs::write(
+        &config,
+        "probe = \"tracepoint\"\nleak-interval = 5\nmetrics-adr = \"0.0.0.0:9855\"\n",
+    )
+    .expect("write");
     let out = Command::new(tracer_bin())
         .args(["run", "--config"])
         .arg(&config)
@@ -142,19 +191,33 @@ fn a_bad_config_file_names_the_key_and_line_and_nothing_starts() {
     assert!(stderr.contains("line 3") && stderr.contains("metrics-adr"), "{stderr}");
     assert!(!socket.exists(), "nothing started");
     std::fs::write(&config, "ring-bytes = 12345\n").expect("write");
-    let out = Command::new(tracer_bin()).args(["run", "--config"]).arg(&config).arg("--socket").arg(&socket).output().expect("tracer");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("power of two"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(tracer_bin())
+        .args(["run", "--config"])
+        .arg(&config)
+        .arg("--socket")
+        .arg(&socket)
+        .output()
+        .expect("tracer");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("power of two"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn a_config_file_sets_flags_and_the_command_line_overrides_them() {
     let dir = TempDir::new("config-ok");
     let config = dir.0.join("tracer.toml");
-    std::fs::write(&config, "leak-interval = 0.5\nmetrics-top = 5\nmetrics-addr = \"off\"\n").expect("write");
+    std::fs::write(&config, "leak-interval = 0.5\nmetrics-top = 5\nmetrics-addr = \"off\"\n")
+        .expect("write");
     let config_arg = config.to_str().expect("utf-8").to_owned();
     // The common daemon passes --metrics-addr 127.0.0.1:0 after the file: it must win.
     let daemon = Daemon::start(&["--config", &config_arg]);
-    assert!(daemon.json(&["status"])["metrics_addr"].is_string(), "the flag overrides the file's `off`");
+    assert!(
+        daemon.json(&["status"])["metrics_addr"].is_string(),
+        "the flag overrides the file's `off`"
+    );
     let mut server = Workload::spawn();
     let port = server.listen("127.0.0.1");
     let mut client = Workload::spawn();

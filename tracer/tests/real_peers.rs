@@ -41,7 +41,9 @@ fn ss_snapshot(port: u16) -> Snapshot {
         }
         let users = cols[5..].join(" ");
         for part in users.split("pid=").skip(1) {
-            if let Some(pid) = part.split(|c: char| !c.is_ascii_digit()).next().and_then(|p| p.parse().ok()) {
+            if let Some(pid) =
+                part.split(|c: char| !c.is_ascii_digit()).next().and_then(|p| p.parse().ok())
+            {
                 by_pid.entry(pid).or_default().insert((cols[3].to_owned(), cols[4].to_owned()));
             }
         }
@@ -60,7 +62,13 @@ fn tracer_open(top: &serde_json::Value, pid: u32) -> u64 {
 }
 
 /// Brackets `rounds` tracer queries with ss; returns how many (pid, round) checks applied.
-fn bracketed_checks(daemon: &Daemon, port: u16, pids: &[u32], rounds: usize, phase: &str) -> HashMap<u32, usize> {
+fn bracketed_checks(
+    daemon: &Daemon,
+    port: u16,
+    pids: &[u32],
+    rounds: usize,
+    phase: &str,
+) -> HashMap<u32, usize> {
     let mut applied: HashMap<u32, usize> = HashMap::new();
     for _ in 0..rounds {
         let before = ss_snapshot(port);
@@ -100,7 +108,10 @@ fn exact_when_quiet(daemon: &Daemon, port: u16, pids: &[u32]) {
             let got = tracer_open(&top, pid);
             if got != want {
                 let conns = d.try_cli(&["conns", "--pid", &pid.to_string()]).unwrap_or_default();
-                return Err(format!("pid {pid}: tracer {got}, ss {want}: {:?}\n{conns}", ss.by_pid.get(&pid)));
+                return Err(format!(
+                    "pid {pid}: tracer {got}, ss {want}: {:?}\n{conns}",
+                    ss.by_pid.get(&pid)
+                ));
             }
         }
         Ok(())
@@ -141,7 +152,16 @@ fn redis_under_redis_benchmark_with_and_without_keepalive() {
     let port = free_port();
     let redis = Server(
         Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .args(["--protected-mode", "no", "--daemonize", "no", "--logfile", ""])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -154,7 +174,14 @@ fn redis_under_redis_benchmark_with_and_without_keepalive() {
         let mut bench = Server(
             Command::new("redis-benchmark")
                 // Without keep-alive every request is a connection: fewer requests, same churn.
-                .args(["-p", &port.to_string(), "-c", "20", "-n", if keepalive == "1" { "150000" } else { "20000" }])
+                .args([
+                    "-p",
+                    &port.to_string(),
+                    "-c",
+                    "20",
+                    "-n",
+                    if keepalive == "1" { "150000" } else { "20000" },
+                ])
                 .args(["-k", keepalive, "-t", "ping", "-q"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -163,10 +190,14 @@ fn redis_under_redis_benchmark_with_and_without_keepalive() {
         );
         std::thread::sleep(Duration::from_millis(500));
         let pids = [redis.0.id(), bench.0.id()];
-        let applied = bracketed_checks(&daemon, port, &pids, 12, &format!("redis-benchmark -k {keepalive}"));
+        let applied =
+            bracketed_checks(&daemon, port, &pids, 12, &format!("redis-benchmark -k {keepalive}"));
         if keepalive == "1" {
             // With keep-alive the sets are stable: the checks must actually have applied.
-            assert!(pids.iter().all(|p| applied.get(p).copied().unwrap_or(0) >= 3), "too few agreeing brackets: {applied:?}");
+            assert!(
+                pids.iter().all(|p| applied.get(p).copied().unwrap_or(0) >= 3),
+                "too few agreeing brackets: {applied:?}"
+            );
         }
         let _ = bench.0.wait();
         exact_when_quiet(&daemon, port, &[redis.0.id()]);
@@ -190,7 +221,14 @@ fn nginx_under_wrk_and_curl() {
     std::fs::write(dir.0.join("nginx.conf"), conf).expect("conf");
     let nginx = Server(
         Command::new("nginx")
-            .args(["-p", &prefix, "-c", &format!("{prefix}/nginx.conf"), "-e", &format!("{prefix}/error.log")])
+            .args([
+                "-p",
+                &prefix,
+                "-c",
+                &format!("{prefix}/nginx.conf"),
+                "-e",
+                &format!("{prefix}/error.log"),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -198,7 +236,8 @@ fn nginx_under_wrk_and_curl() {
     );
     wait_for_port(port);
     // The master and its workers (children of the master).
-    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", nginx.0.id())).unwrap_or_default();
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", nginx.0.id()))
+        .unwrap_or_default();
     let mut pids: Vec<u32> = children.split_whitespace().filter_map(|p| p.parse().ok()).collect();
     pids.push(nginx.0.id());
     assert!(pids.len() >= 3, "nginx master and 2 workers: {pids:?}");
@@ -215,17 +254,24 @@ fn nginx_under_wrk_and_curl() {
     let mut all = pids.clone();
     all.push(wrk.0.id());
     let applied = bracketed_checks(&daemon, port, &all, 10, "wrk");
-    assert!(applied.get(&wrk.0.id()).copied().unwrap_or(0) >= 3, "keep-alive brackets agree: {applied:?}");
+    assert!(
+        applied.get(&wrk.0.id()).copied().unwrap_or(0) >= 3,
+        "keep-alive brackets agree: {applied:?}"
+    );
     let _ = wrk.0.wait();
     exact_when_quiet(&daemon, port, &pids);
 
     // No keep-alive: a new curl process and connection per request.
     for _ in 0..30 {
-        let ok = Command::new("curl").args(["-s", "-o", "/dev/null", &format!("http://127.0.0.1:{port}/")]).status().expect("curl");
+        let ok = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", &format!("http://127.0.0.1:{port}/")])
+            .status()
+            .expect("curl");
         assert!(ok.success());
     }
     exact_when_quiet(&daemon, port, &pids);
-    let accepted: u64 = pids.iter().map(|p| daemon.process(*p)["opened_total"].as_u64().unwrap_or(0)).sum();
+    let accepted: u64 =
+        pids.iter().map(|p| daemon.process(*p)["opened_total"].as_u64().unwrap_or(0)).sum();
     assert!(accepted >= 30 + 16, "the workers accepted every wrk and curl connection: {accepted}");
     no_corrections(&daemon);
 }

@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{expect_eq, Daemon, Workload, final_summary, num};
+use common::{Daemon, Workload, expect_eq, final_summary, num};
 use serde_json::Value;
 
 fn conns(daemon: &Daemon, args: &[&str]) -> Vec<Value> {
@@ -17,7 +17,6 @@ fn port_of(endpoint: &Value) -> u16 {
     let text = endpoint.as_str().expect("endpoint string");
     text.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port")
 }
-
 
 #[test]
 fn forty_connections_exact_counts_states_and_tuples() {
@@ -35,17 +34,20 @@ fn forty_connections_exact_counts_states_and_tuples() {
     let closed: BTreeSet<u16> = client_ports[..15].iter().copied().collect();
     let kept: BTreeSet<u16> = client_ports[15..].iter().copied().collect();
 
-    daemon.eventually("client 25 open / 40 opened / 15 closed; server 40 open, 15 close_wait", |d| {
-        let c = d.process(client.pid);
-        let s = d.process(server.pid);
-        expect_eq("client open", num(&c, "open"), 25)?;
-        expect_eq("client opened_total", num(&c, "opened_total"), 40)?;
-        expect_eq("client closed_total", num(&c, "closed_total"), 15)?;
-        expect_eq("server open", num(&s, "open"), 40)?;
-        expect_eq("server opened_total", num(&s, "opened_total"), 40)?;
-        expect_eq("server close_wait", num(&s["states"], "close_wait"), 15)?;
-        expect_eq("server established", num(&s["states"], "established"), 25)
-    });
+    daemon.eventually(
+        "client 25 open / 40 opened / 15 closed; server 40 open, 15 close_wait",
+        |d| {
+            let c = d.process(client.pid);
+            let s = d.process(server.pid);
+            expect_eq("client open", num(&c, "open"), 25)?;
+            expect_eq("client opened_total", num(&c, "opened_total"), 40)?;
+            expect_eq("client closed_total", num(&c, "closed_total"), 15)?;
+            expect_eq("server open", num(&s, "open"), 40)?;
+            expect_eq("server opened_total", num(&s, "opened_total"), 40)?;
+            expect_eq("server close_wait", num(&s["states"], "close_wait"), 15)?;
+            expect_eq("server established", num(&s["states"], "established"), 25)
+        },
+    );
     let c = daemon.process(client.pid);
     assert_eq!(c["comm"], "workload");
     assert_eq!(num(&c, "connect_failed"), 0);
@@ -75,7 +77,11 @@ fn forty_connections_exact_counts_states_and_tuples() {
     let server_conns = conns(&daemon, &["--pid", &server.pid.to_string()]);
     assert_eq!(server_conns.len(), 40);
     assert!(server_conns.iter().all(|c| c["direction"] == "inbound"));
-    let close_wait: BTreeSet<u16> = server_conns.iter().filter(|c| c["state"] == "close_wait").map(|c| port_of(&c["remote"])).collect();
+    let close_wait: BTreeSet<u16> = server_conns
+        .iter()
+        .filter(|c| c["state"] == "close_wait")
+        .map(|c| port_of(&c["remote"]))
+        .collect();
     assert_eq!(close_wait, closed, "the server's close_wait peers are the closed client ports");
     let by_state = conns(&daemon, &["--pid", &server.pid.to_string(), "--state", "close_wait"]);
     assert_eq!(by_state.len(), 15);
@@ -217,7 +223,8 @@ fn four_clients_two_thousand_each_exact_totals_and_no_loss() {
             })
         })
         .collect();
-    let clients: Vec<Workload> = threads.into_iter().map(|t| t.join().expect("client thread")).collect();
+    let clients: Vec<Workload> =
+        threads.into_iter().map(|t| t.join().expect("client thread")).collect();
     server.cmd("wait-bg");
     daemon.eventually("exact totals for all five processes", |d| {
         for c in &clients {
@@ -265,7 +272,8 @@ fn a_tiny_ring_buffer_reports_its_losses() {
 /// (Reconcile is off here: it would repair the drift, which tests/ground_truth.rs covers.)
 #[test]
 fn a_probe_that_drops_releases_is_caught_by_the_counts() {
-    let daemon = Daemon::start(&["--fault-drop-every-nth-release", "3", "--reconcile-interval", "0"]);
+    let daemon =
+        Daemon::start(&["--fault-drop-every-nth-release", "3", "--reconcile-interval", "0"]);
     let mut server = Workload::spawn();
     let port = server.listen("127.0.0.1");
     let mut client = Workload::spawn();
@@ -280,5 +288,8 @@ fn a_probe_that_drops_releases_is_caught_by_the_counts() {
     assert_eq!(still_open + closed, 18, "every connection is either open or closed");
     // Which releases the kernel drops depends on the CPU each runs on (the switch counts per
     // CPU, other processes' releases included); that some are missing is certain.
-    assert!(still_open >= 1, "every connection was closed, yet the counts must show the dropped releases");
+    assert!(
+        still_open >= 1,
+        "every connection was closed, yet the counts must show the dropped releases"
+    );
 }

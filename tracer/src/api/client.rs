@@ -42,7 +42,9 @@ pub fn request<T: DeserializeOwned>(socket: &Path, request: Request) -> Result<T
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
             ClientError::NotRunning { path: socket.to_owned() }
         }
-        std::io::ErrorKind::PermissionDenied => ClientError::PermissionDenied { path: socket.to_owned() },
+        std::io::ErrorKind::PermissionDenied => {
+            ClientError::PermissionDenied { path: socket.to_owned() }
+        }
         _ => ClientError::Io { path: socket.to_owned(), source },
     };
     let mut stream = UnixStream::connect(socket).map_err(io_err)?;

@@ -14,10 +14,16 @@ pub enum Request {
         #[serde(default)]
         by: TopBy,
     },
-    Conns { pid: Option<u32>, remote: Option<String>, state: Option<String> },
+    Conns {
+        pid: Option<u32>,
+        remote: Option<String>,
+        state: Option<String>,
+    },
     Leaks {},
     /// The age distribution of one process's open connections.
-    Ages { pid: u32 },
+    Ages {
+        pid: u32,
+    },
 }
 
 /// What `tracer top` groups open connections by.

@@ -82,7 +82,8 @@ async fn handle(stream: UnixStream, queries: mpsc::Sender<Query>) -> io::Result<
 }
 
 async fn answer(line: &str, queries: &mpsc::Sender<Query>) -> ResponseEnvelope {
-    let fail = |error: String| ResponseEnvelope { version: API_VERSION, error: Some(error), result: None };
+    let fail =
+        |error: String| ResponseEnvelope { version: API_VERSION, error: Some(error), result: None };
     // Check the version before the request shape, so that an old or new client gets a version
     // error rather than a parse error.
     let version = serde_json::from_str::<serde_json::Value>(line)
@@ -90,7 +91,9 @@ async fn answer(line: &str, queries: &mpsc::Sender<Query>) -> ResponseEnvelope {
         .and_then(|v| v.get("version").and_then(serde_json::Value::as_u64));
     match version {
         Some(v) if v == u64::from(API_VERSION) => {}
-        Some(v) => return fail(format!("unsupported API version {v}; this daemon speaks {API_VERSION}")),
+        Some(v) => {
+            return fail(format!("unsupported API version {v}; this daemon speaks {API_VERSION}"));
+        }
         None => return fail("malformed request: expected {\"version\":N,\"request\":...}".into()),
     }
     let envelope: RequestEnvelope = match serde_json::from_str(line) {
@@ -102,7 +105,9 @@ async fn answer(line: &str, queries: &mpsc::Sender<Query>) -> ResponseEnvelope {
         return fail("the daemon is shutting down".into());
     }
     match answer.await {
-        Ok(Ok(result)) => ResponseEnvelope { version: API_VERSION, error: None, result: Some(result) },
+        Ok(Ok(result)) => {
+            ResponseEnvelope { version: API_VERSION, error: None, result: Some(result) }
+        }
         Ok(Err(error)) => fail(error),
         Err(_) => fail("the daemon is shutting down".into()),
     }

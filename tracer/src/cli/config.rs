@@ -15,7 +15,9 @@ pub enum ConfigError {
     Read { path: String, source: std::io::Error },
     #[error("config file {path}: {message}")]
     Syntax { path: String, message: String },
-    #[error("config file {path}, line {line}: unknown key `{key}` (keys are `tracer run` flags: see `tracer run --help`)")]
+    #[error(
+        "config file {path}, line {line}: unknown key `{key}` (keys are `tracer run` flags: see `tracer run --help`)"
+    )]
     UnknownKey { path: String, line: usize, key: String },
     #[error("config file {path}, line {line}: bad value for `{key}`: {message}")]
     BadValue { path: String, line: usize, key: String, message: String },
@@ -24,33 +26,48 @@ pub enum ConfigError {
 /// The arguments the file stands for, as `--flag value` pairs, in file order.
 pub fn args_from_file(path: &Path) -> Result<Vec<String>, ConfigError> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
-    let table: toml::Table =
-        text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax { path: shown.clone(), message: e.to_string() })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
+        path: shown.clone(),
+        message: e.to_string(),
+    })?;
     let command = Cli::command();
-    let run = command.find_subcommand("run").map(|c| c.clone()).unwrap_or_default();
+    let run = command.find_subcommand("run").cloned().unwrap_or_default();
     let mut args = Vec::new();
     for (key, value) in &table {
         let flag = key.replace('_', "-");
         let line = line_of(&text, key);
-        let known = run.get_arguments().any(|a| a.get_long() == Some(flag.as_str()) && flag != "config");
+        let known =
+            run.get_arguments().any(|a| a.get_long() == Some(flag.as_str()) && flag != "config");
         if !known {
             return Err(ConfigError::UnknownKey { path: shown.clone(), line, key: key.clone() });
         }
-        let bad = |message: String| ConfigError::BadValue { path: shown.clone(), line, key: key.clone(), message };
+        let bad = |message: String| ConfigError::BadValue {
+            path: shown.clone(),
+            line,
+            key: key.clone(),
+            message,
+        };
         let entry: Vec<String> = match value {
             toml::Value::Boolean(true) => vec![format!("--{flag}")],
             toml::Value::Boolean(false) => Vec::new(),
             toml::Value::String(s) => vec![format!("--{flag}"), s.clone()],
             toml::Value::Integer(i) => vec![format!("--{flag}"), i.to_string()],
             toml::Value::Float(f) => vec![format!("--{flag}"), f.to_string()],
-            other => return Err(bad(format!("expected a string, number or boolean, found {}", other.type_str()))),
+            other => {
+                return Err(bad(format!(
+                    "expected a string, number or boolean, found {}",
+                    other.type_str()
+                )));
+            }
         };
         // The flag's own parser decides, exactly as on the command line.
         let probe = ["tracer", "run"].iter().map(|s| s.to_string()).chain(entry.iter().cloned());
         if let Err(e) = Cli::try_parse_from(probe) {
             let message = e.to_string();
-            let first = message.lines().next().unwrap_or_default().trim_start_matches("error: ").to_owned();
+            let first =
+                message.lines().next().unwrap_or_default().trim_start_matches("error: ").to_owned();
             return Err(bad(first));
         }
         args.extend(entry);
@@ -63,7 +80,8 @@ fn line_of(text: &str, key: &str) -> usize {
         .position(|l| {
             let l = l.trim_start();
             l.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('='))
-                || l.strip_prefix(&format!("\"{key}\"")).is_some_and(|rest| rest.trim_start().starts_with('='))
+                || l.strip_prefix(&format!("\"{key}\""))
+                    .is_some_and(|rest| rest.trim_start().starts_with('='))
         })
         .map_or(0, |i| i + 1)
 }
@@ -107,7 +125,8 @@ mod tests {
             pub fn new(text: &str) -> Self {
                 static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
                 let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let path = std::env::temp_dir().join(format!("tracer-config-{}-{n}.toml", std::process::id()));
+                let path = std::env::temp_dir()
+                    .join(format!("tracer-config-{}-{n}.toml", std::process::id()));
                 std::fs::write(&path, text).expect("write");
                 Self(path)
             }
@@ -122,10 +141,11 @@ mod tests {
     #[test]
     fn file_flags_come_first_and_the_command_line_overrides_them() {
         let f = write("probe = \"tracepoint\"\nleak_interval = 5\nmetrics-addr = \"off\"\n");
-        let argv: Vec<String> = ["tracer", "run", "--config", f.0.to_str().expect("utf-8"), "--leak-interval", "2"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let argv: Vec<String> =
+            ["tracer", "run", "--config", f.0.to_str().expect("utf-8"), "--leak-interval", "2"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
         let expanded = expand(argv).expect("valid");
         let cli = Cli::try_parse_from(&expanded).expect("parses");
         let super::super::Command::Run(run) = cli.command else { panic!("run") };

@@ -14,17 +14,24 @@ use crate::{
         DEFAULT_SOCKET, client,
         protocol::{Request, TopBy},
     },
-    daemon::{self, AgesReport, ConnsReport, DaemonOptions, LeakSettings, LeaksReport, RemoteReport, TopReport},
+    daemon::{
+        self, AgesReport, ConnsReport, DaemonOptions, LeakSettings, LeaksReport, RemoteReport,
+        TopReport,
+    },
     detect::DetectorConfig,
     export,
     logging::{self, LogFormat},
-    webhook::WebhookUrl,
     probes::{LoadOptions, ProbeMode},
     table::TableConfig,
+    webhook::WebhookUrl,
 };
 
 #[derive(Debug, Parser)]
-#[command(name = "tracer", version, about = "System-wide TCP connection lifecycle tracer and leak detector")]
+#[command(
+    name = "tracer",
+    version,
+    about = "System-wide TCP connection lifecycle tracer and leak detector"
+)]
 // A flag may appear twice (from --config, then the command line): the last one wins.
 #[command(args_override_self = true)]
 pub struct Cli {
@@ -111,9 +118,9 @@ fn parse_metrics_addr(text: &str) -> Result<MetricsAddr, String> {
     if text == "off" {
         return Ok(MetricsAddr(None));
     }
-    text.parse()
-        .map(|a| MetricsAddr(Some(a)))
-        .map_err(|_| format!("expected ADDR:PORT (e.g. 127.0.0.1:9855 or 0.0.0.0:9855) or `off`, got {text:?}"))
+    text.parse().map(|a| MetricsAddr(Some(a))).map_err(|_| {
+        format!("expected ADDR:PORT (e.g. 127.0.0.1:9855 or 0.0.0.0:9855) or `off`, got {text:?}")
+    })
 }
 
 /// Leak rules (docs/leak-detection.md).
@@ -152,7 +159,9 @@ pub struct LeakArgs {
 impl LeakArgs {
     fn settings(&self) -> anyhow::Result<LeakSettings> {
         let seconds = |name: &str, v: f64| -> anyhow::Result<Duration> {
-            Duration::try_from_secs_f64(v).map_err(|_| anyhow::anyhow!("--{name} {v}: expected a non-negative number of seconds"))
+            Duration::try_from_secs_f64(v).map_err(|_| {
+                anyhow::anyhow!("--{name} {v}: expected a non-negative number of seconds")
+            })
         };
         let interval = seconds("leak-interval", self.leak_interval)?;
         if interval.is_zero() {
@@ -172,9 +181,15 @@ impl LeakArgs {
         Ok(LeakSettings {
             interval,
             detector,
-            close_wait_after_ns: seconds("close-wait-after", self.close_wait_after)?.as_nanos() as u64,
-            held_closed_after_ns: seconds("held-closed-after", self.held_closed_after)?.as_nanos() as u64,
-            age_threshold_ns: self.age_threshold.map(|t| seconds("age-threshold", t)).transpose()?.map(|d| d.as_nanos() as u64),
+            close_wait_after_ns: seconds("close-wait-after", self.close_wait_after)?.as_nanos()
+                as u64,
+            held_closed_after_ns: seconds("held-closed-after", self.held_closed_after)?.as_nanos()
+                as u64,
+            age_threshold_ns: self
+                .age_threshold
+                .map(|t| seconds("age-threshold", t))
+                .transpose()?
+                .map(|d| d.as_nanos() as u64),
         })
     }
 }
@@ -276,7 +291,10 @@ fn run_daemon(args: RunArgs, socket: PathBuf) -> anyhow::Result<()> {
             drop_every_nth_release: args.fault_drop_every_nth_release,
             wakeup_threshold_bytes: args.wakeup_bytes,
         },
-        table: TableConfig { exited_grace_ns: args.exited_grace * 1_000_000_000, ..TableConfig::default() },
+        table: TableConfig {
+            exited_grace_ns: args.exited_grace * 1_000_000_000,
+            ..TableConfig::default()
+        },
         socket,
         summary_interval: Duration::from_secs(args.summary_interval),
         reconcile_interval: Duration::from_secs(args.reconcile_interval),
@@ -286,7 +304,8 @@ fn run_daemon(args: RunArgs, socket: PathBuf) -> anyhow::Result<()> {
         metrics_top_n: args.metrics_top,
         drain_interval: Duration::from_millis(args.drain_interval_ms.max(1)),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(daemon::run(options))
 }
 
@@ -294,23 +313,33 @@ fn top(socket: &std::path::Path, args: TopArgs) -> anyhow::Result<()> {
     let frame = || -> anyhow::Result<String> {
         if let Some(pid) = args.ages {
             let report: AgesReport = client::request(socket, Request::Ages { pid })?;
-            return Ok(if args.json { serde_json::to_string_pretty(&report)? + "\n" } else { render::ages(&report) });
+            return Ok(if args.json {
+                serde_json::to_string_pretty(&report)? + "\n"
+            } else {
+                render::ages(&report)
+            });
         }
         let request = Request::Top { limit: args.limit, by: args.by };
         Ok(match (args.by, args.json) {
-            (TopBy::Process, true) => serde_json::to_string_pretty(&client::request::<TopReport>(socket, request)?)? + "\n",
+            (TopBy::Process, true) => {
+                serde_json::to_string_pretty(&client::request::<TopReport>(socket, request)?)?
+                    + "\n"
+            }
             (TopBy::Process, false) => render::top(&client::request(socket, request)?),
-            (TopBy::Remote, true) => serde_json::to_string_pretty(&client::request::<RemoteReport>(socket, request)?)? + "\n",
+            (TopBy::Remote, true) => {
+                serde_json::to_string_pretty(&client::request::<RemoteReport>(socket, request)?)?
+                    + "\n"
+            }
             (TopBy::Remote, false) => render::remotes(&client::request(socket, request)?),
         })
     };
     match args.watch {
         None => print!("{}", frame()?),
         Some(seconds) => {
-            let period = Duration::try_from_secs_f64(seconds)
-                .ok()
-                .filter(|d| !d.is_zero())
-                .ok_or_else(|| anyhow::anyhow!("--watch {seconds}: expected a positive number of seconds"))?;
+            let period =
+                Duration::try_from_secs_f64(seconds).ok().filter(|d| !d.is_zero()).ok_or_else(
+                    || anyhow::anyhow!("--watch {seconds}: expected a positive number of seconds"),
+                )?;
             watch::run(period, frame)?;
         }
     }

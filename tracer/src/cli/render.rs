@@ -9,19 +9,26 @@ use crate::{
 
 /// Short names for the per-state summary of `top`.
 fn states_summary(states: &StateCounts) -> String {
-    let short = |name: &str| match name {
-        "established" => "est",
-        "close_wait" => "cw",
-        "fin_wait1" => "fw1",
-        "fin_wait2" => "fw2",
-        "closing" => "cls",
-        "last_ack" => "la",
-        "time_wait" => "tw",
-        "close" => "close",
-        other => other,
-    }
-    .to_owned();
-    states.iter().filter(|(_, n)| *n > 0).map(|(name, n)| format!("{}={n}", short(name))).collect::<Vec<_>>().join(" ")
+    let short = |name: &str| {
+        match name {
+            "established" => "est",
+            "close_wait" => "cw",
+            "fin_wait1" => "fw1",
+            "fin_wait2" => "fw2",
+            "closing" => "cls",
+            "last_ack" => "la",
+            "time_wait" => "tw",
+            "close" => "close",
+            other => other,
+        }
+        .to_owned()
+    };
+    states
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(name, n)| format!("{}={n}", short(name)))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn clip(s: &str, width: usize) -> String {
@@ -30,7 +37,11 @@ fn clip(s: &str, width: usize) -> String {
 
 pub fn top(report: &TopReport) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{:>7} {:<15} {:>6} {:>7} {:>7} {:>5} {:>6}  STATES / ALERTS", "PID", "COMM", "OPEN", "OPENED", "CLOSED", "FAIL", "GROWTH");
+    let _ = writeln!(
+        out,
+        "{:>7} {:<15} {:>6} {:>7} {:>7} {:>5} {:>6}  STATES / ALERTS",
+        "PID", "COMM", "OPEN", "OPENED", "CLOSED", "FAIL", "GROWTH"
+    );
     for row in &report.processes {
         let p = &row.process;
         let mut notes = states_summary(&p.states);
@@ -56,7 +67,11 @@ pub fn top(report: &TopReport) -> String {
             clip(notes.trim(), 24)
         );
     }
-    let _ = writeln!(out, "unattributed (not yet accepted, or accepted unseen): {}", report.unattributed);
+    let _ = writeln!(
+        out,
+        "unattributed (not yet accepted, or accepted unseen): {}",
+        report.unattributed
+    );
     out
 }
 
@@ -67,18 +82,30 @@ pub fn remotes(report: &RemoteReport) -> String {
         let pids = r.pids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
         let _ = writeln!(out, "{:<46} {:>6}  {}", clip(&r.remote, 46), r.open, clip(&pids, 24));
     }
-    let _ = writeln!(out, "unattributed (not yet accepted, or accepted unseen): {}", report.unattributed);
+    let _ = writeln!(
+        out,
+        "unattributed (not yet accepted, or accepted unseen): {}",
+        report.unattributed
+    );
     out
 }
 
 pub fn ages(report: &AgesReport) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "pid {} ({}): {} open connections by age", report.pid, report.comm, report.open);
+    let _ = writeln!(
+        out,
+        "pid {} ({}): {} open connections by age",
+        report.pid, report.comm, report.open
+    );
     let widest = report.buckets.iter().map(|(_, n)| *n).max().unwrap_or(0).max(1);
     let mut lower = "0s".to_owned();
     for (bound, count) in &report.buckets {
         let upper = bound.map_or_else(|| "older".to_owned(), age);
-        let label = if bound.is_some() { format!("{lower:>4} .. {upper:<5}") } else { format!("   > {lower:<5}  ") };
+        let label = if bound.is_some() {
+            format!("{lower:>4} .. {upper:<5}")
+        } else {
+            format!("   > {lower:<5}  ")
+        };
         let bar = "#".repeat((*count as usize * 50).div_ceil(widest as usize));
         let _ = writeln!(out, "  {label} {count:>7} {bar}");
         if let Some(b) = bound {
@@ -93,24 +120,45 @@ pub fn leaks(report: &LeaksReport) -> String {
     if report.active.is_empty() {
         let _ = writeln!(out, "no active leak alerts");
     }
-    for (title, alerts) in [("ACTIVE", &report.active), ("RESOLVED IN THE LAST HOUR", &report.resolved)] {
+    for (title, alerts) in
+        [("ACTIVE", &report.active), ("RESOLVED IN THE LAST HOUR", &report.resolved)]
+    {
         if alerts.is_empty() {
             continue;
         }
         let _ = writeln!(out, "{title}");
         for a in alerts {
             let e = &a.evidence;
-            let _ = writeln!(out, "  pid {} ({}) rule {} since {} ({}s ago), open {}", a.pid, a.comm, a.rule, a.since, a.since_seconds, a.open);
+            let _ = writeln!(
+                out,
+                "  pid {} ({}) rule {} since {} ({}s ago), open {}",
+                a.pid, a.comm, a.rule, a.since, a.since_seconds, a.open
+            );
             let floors = e.floors.iter().map(u32::to_string).collect::<Vec<_>>().join(" -> ");
-            let _ = writeln!(out, "    floor per sub-window: {floors} (growth {:+}); in window: {} opened, {} closed", e.growth, e.opens_in_window, e.closes_in_window);
+            let _ = writeln!(
+                out,
+                "    floor per sub-window: {floors} (growth {:+}); in window: {} opened, {} closed",
+                e.growth, e.opens_in_window, e.closes_in_window
+            );
             if e.stale_close_wait > 0 || e.stale_held_closed > 0 {
-                let _ = writeln!(out, "    stale close_wait: {}, reset but held: {}", e.stale_close_wait, e.stale_held_closed);
+                let _ = writeln!(
+                    out,
+                    "    stale close_wait: {}, reset but held: {}",
+                    e.stale_close_wait, e.stale_held_closed
+                );
             }
             for r in &e.top_remotes {
                 let _ = writeln!(out, "    to {:<40} {} open", r.remote, r.open);
             }
             for c in e.oldest.iter().take(3) {
-                let _ = writeln!(out, "    oldest: {} -> {} {} {}", c.local, c.remote, c.state, age(c.age_seconds));
+                let _ = writeln!(
+                    out,
+                    "    oldest: {} -> {} {} {}",
+                    c.local,
+                    c.remote,
+                    c.state,
+                    age(c.age_seconds)
+                );
             }
         }
     }
@@ -128,7 +176,11 @@ fn age(seconds: u64) -> String {
 
 pub fn conns(report: &ConnsReport) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{:>7} {:<10} {:<3} {:<21} {:<21} {:<11} {:>4}", "PID", "COMM", "DIR", "LOCAL", "REMOTE", "STATE", "AGE");
+    let _ = writeln!(
+        out,
+        "{:>7} {:<10} {:<3} {:<21} {:<21} {:<11} {:>4}",
+        "PID", "COMM", "DIR", "LOCAL", "REMOTE", "STATE", "AGE"
+    );
     for c in &report.connections {
         let pid = c.pid.map_or_else(|| "-".to_owned(), |p| p.to_string());
         let dir = match c.direction {
@@ -154,7 +206,12 @@ pub fn conns(report: &ConnsReport) -> String {
 
 /// The state names come from a fixed set; map back to a static str for the label helper.
 fn state_static(state: &str) -> &'static str {
-    crate::daemon::STATE_NAMES.iter().chain(["syn_sent", "syn_recv", "listen", "unknown"].iter()).find(|s| **s == state).copied().unwrap_or("unknown")
+    crate::daemon::STATE_NAMES
+        .iter()
+        .chain(["syn_sent", "syn_recv", "listen", "unknown"].iter())
+        .find(|s| **s == state)
+        .copied()
+        .unwrap_or("unknown")
 }
 
 pub fn status(s: &StatusReport) -> String {
@@ -177,6 +234,10 @@ pub fn status(s: &StatusReport) -> String {
     let _ = writeln!(out, "unmatched releases:  {}", s.unmatched_releases);
     let _ = writeln!(out, "reconcile corrections: {}", s.reconcile_corrections);
     let _ = writeln!(out, "holder changes:      {}", s.holder_changes);
-    let _ = writeln!(out, "metrics:             {}", s.metrics_addr.as_deref().map_or("off".to_owned(), |a| format!("http://{a}/metrics")));
+    let _ = writeln!(
+        out,
+        "metrics:             {}",
+        s.metrics_addr.as_deref().map_or("off".to_owned(), |a| format!("http://{a}/metrics"))
+    );
     out
 }

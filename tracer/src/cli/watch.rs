@@ -38,9 +38,11 @@ impl Drop for RawMode {
 
 /// Waits up to `timeout` for a key; true when it asks to quit (q, Q, Ctrl-C, or end of input).
 fn quit_requested(timeout: Duration) -> bool {
-    let mut poll = libc::pollfd { fd: std::io::stdin().as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let mut poll =
+        libc::pollfd { fd: std::io::stdin().as_raw_fd(), events: libc::POLLIN, revents: 0 };
     // SAFETY: one valid pollfd.
-    let ready = unsafe { libc::poll(&mut poll, 1, timeout.as_millis().min(i32::MAX as u128) as i32) };
+    let ready =
+        unsafe { libc::poll(&mut poll, 1, timeout.as_millis().min(i32::MAX as u128) as i32) };
     if ready <= 0 {
         return false;
     }
@@ -52,7 +54,10 @@ fn quit_requested(timeout: Duration) -> bool {
     }
 }
 
-pub fn run(period: Duration, mut frame: impl FnMut() -> anyhow::Result<String>) -> anyhow::Result<()> {
+pub fn run(
+    period: Duration,
+    mut frame: impl FnMut() -> anyhow::Result<String>,
+) -> anyhow::Result<()> {
     let interactive = std::io::stdin().is_terminal();
     let _raw = if interactive { RawMode::enter() } else { None };
     let mut out = std::io::stdout();

@@ -18,16 +18,20 @@ pub fn scan_kernel() -> std::io::Result<Vec<ScannedSocket>> {
         .filter(|s| s.state == tcp_state::LISTEN)
         .map(|s| (s.netns, s.local.port()))
         .collect();
-    let holders_of = |inode: u64, by_inode: &HashMap<u64, Vec<scan::Holder>>| -> Vec<ScannedHolder> {
-        let mut list: Vec<ScannedHolder> = by_inode
-            .get(&inode)
-            .into_iter()
-            .flatten()
-            .map(|h| ScannedHolder { key: ProcessKey::new(h.pid, h.start_time_ns), comm: comm_bytes(&h.comm) })
-            .collect();
-        list.sort_by_key(|h| h.key.pid);
-        list
-    };
+    let holders_of =
+        |inode: u64, by_inode: &HashMap<u64, Vec<scan::Holder>>| -> Vec<ScannedHolder> {
+            let mut list: Vec<ScannedHolder> = by_inode
+                .get(&inode)
+                .into_iter()
+                .flatten()
+                .map(|h| ScannedHolder {
+                    key: ProcessKey::new(h.pid, h.start_time_ns),
+                    comm: comm_bytes(&h.comm),
+                })
+                .collect();
+            list.sort_by_key(|h| h.key.pid);
+            list
+        };
     Ok(sockets
         .into_iter()
         .filter(|s| s.state != tcp_state::LISTEN)

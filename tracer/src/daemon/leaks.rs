@@ -48,7 +48,11 @@ struct PerProcess {
 }
 
 /// One pass over the table's open connections, grouped by owner.
-pub fn samples(table: &ConnectionTable, settings: &LeakSettings, now_ns: u64) -> Vec<ProcessSample> {
+pub fn samples(
+    table: &ConnectionTable,
+    settings: &LeakSettings,
+    now_ns: u64,
+) -> Vec<ProcessSample> {
     let mut per: HashMap<ProcessKey, PerProcess> = HashMap::new();
     for view in table.connections() {
         let conn = view.conn;
@@ -56,8 +60,12 @@ pub fn samples(table: &ConnectionTable, settings: &LeakSettings, now_ns: u64) ->
         let acc = per.entry(owner).or_default();
         let in_state = now_ns.saturating_sub(conn.state_since_ns);
         match conn.state {
-            tcp_state::CLOSE_WAIT if in_state >= settings.close_wait_after_ns => acc.stale_close_wait += 1,
-            tcp_state::CLOSE if in_state >= settings.held_closed_after_ns => acc.stale_held_closed += 1,
+            tcp_state::CLOSE_WAIT if in_state >= settings.close_wait_after_ns => {
+                acc.stale_close_wait += 1
+            }
+            tcp_state::CLOSE if in_state >= settings.held_closed_after_ns => {
+                acc.stale_held_closed += 1
+            }
             _ => {}
         }
         let age = conn.age_ns(now_ns);
@@ -74,7 +82,7 @@ pub fn samples(table: &ConnectionTable, settings: &LeakSettings, now_ns: u64) ->
                     age_seconds: age / 1_000_000_000,
                 },
             ));
-            acc.oldest.sort_by(|a, b| b.0.cmp(&a.0));
+            acc.oldest.sort_by_key(|entry| std::cmp::Reverse(entry.0));
             acc.oldest.truncate(EVIDENCE_ITEMS);
         }
         *acc.remotes.entry(conn.remote()).or_default() += 1;
@@ -83,7 +91,8 @@ pub fn samples(table: &ConnectionTable, settings: &LeakSettings, now_ns: u64) ->
         .processes()
         .map(|p| {
             let acc = per.remove(&p.key).unwrap_or_default();
-            let mut remotes: Vec<(String, u32)> = acc.remotes.into_iter().map(|(r, n)| (r.to_string(), n)).collect();
+            let mut remotes: Vec<(String, u32)> =
+                acc.remotes.into_iter().map(|(r, n)| (r.to_string(), n)).collect();
             remotes.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
             remotes.truncate(EVIDENCE_ITEMS);
             ProcessSample {
@@ -111,9 +120,15 @@ pub fn log_change(change: &Change) {
     };
     let Alert { pid, comm, rule, open, evidence, .. } = alert;
     let floors = evidence.floors.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
-    let remotes = evidence.top_remotes.iter().map(|r| format!("{}={}", r.remote, r.open)).collect::<Vec<_>>().join(",");
+    let remotes = evidence
+        .top_remotes
+        .iter()
+        .map(|r| format!("{}={}", r.remote, r.open))
+        .collect::<Vec<_>>()
+        .join(",");
     let rule = rule.name();
-    let (growth, opens, closes) = (evidence.growth, evidence.opens_in_window, evidence.closes_in_window);
+    let (growth, opens, closes) =
+        (evidence.growth, evidence.opens_in_window, evidence.closes_in_window);
     let (close_wait, held_closed) = (evidence.stale_close_wait, evidence.stale_held_closed);
     match change {
         Change::Raised(_) => log::warn!(

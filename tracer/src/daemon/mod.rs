@@ -9,8 +9,8 @@ mod queries;
 pub use leaks::LeakSettings;
 
 pub use queries::{
-    AgesReport, AlertView, ConnsReport, LeaksReport, RemoteFilter, RemoteReport, RemoteRow, STATE_NAMES, TopReport, TopRow,
-    conn_state_label,
+    AgesReport, AlertView, ConnsReport, LeaksReport, RemoteFilter, RemoteReport, RemoteRow,
+    STATE_NAMES, TopReport, TopRow, conn_state_label,
 };
 
 use std::{path::PathBuf, time::Duration};
@@ -23,12 +23,12 @@ use tokio::{
 use crate::{
     api::server::{self, Query},
     clock::{BootClock, Clock},
+    detect::Detector,
     error::Result,
     events,
+    export::{self, BuildInfo, Metrics, MetricsInput, Scrape},
     pipeline::EventSource,
     probes::{LoadOptions, Probes, preflight},
-    detect::Detector,
-    export::{self, BuildInfo, Metrics, MetricsInput, Scrape},
     table::{ConnectionTable, Reconciler, ScannedSocket, TableConfig},
     webhook::{Webhook, WebhookUrl},
 };
@@ -188,7 +188,9 @@ impl Daemon {
                 let loaded = daemon.table.load_existing(&scan, daemon.clock.now_ns());
                 log::info!("loaded {loaded} connections that existed before start-up");
             }
-            Err(e) => log::warn!("cannot load existing connections (sock_diag): {e}; counting from now on"),
+            Err(e) => log::warn!(
+                "cannot load existing connections (sock_diag): {e}; counting from now on"
+            ),
         }
         Ok(daemon)
     }
@@ -213,7 +215,10 @@ impl Daemon {
             log::warn!("reconcile: {correction}");
         }
         if report.holder_changes > 0 {
-            log::info!("reconcile: {} connection(s) now counted for the process that holds them", report.holder_changes);
+            log::info!(
+                "reconcile: {} connection(s) now counted for the process that holds them",
+                report.holder_changes
+            );
         }
     }
 
@@ -250,7 +255,11 @@ impl Daemon {
             events_received: self.source.received(),
             malformed: self.source.malformed(),
             reconcile_corrections: self.reconciler.corrections_total,
-            build: BuildInfo { version: env!("CARGO_PKG_VERSION"), probe_mode: &mode, kernel: &self.kernel },
+            build: BuildInfo {
+                version: env!("CARGO_PKG_VERSION"),
+                probe_mode: &mode,
+                kernel: &self.kernel,
+            },
             now_ns: self.clock.now_ns(),
             top_n: self.metrics_top_n,
         };

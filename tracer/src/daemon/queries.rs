@@ -10,10 +10,10 @@ use tracer_common::EventKind;
 use super::Daemon;
 use crate::{
     api::protocol::{API_VERSION, Request, StatusReport, TopBy},
-    detect::Alert,
-    table::{Phase, ProcessKey},
     clock::Clock,
+    detect::Alert,
     table::{ConnSnapshot, ProcessSnapshot},
+    table::{Phase, ProcessKey},
 };
 
 /// One `tracer top` row: the table's numbers plus what the leak detector says.
@@ -104,9 +104,9 @@ impl std::str::FromStr for RemoteFilter {
             return Ok(Self { ip: addr.ip(), port: Some(addr.port()) });
         }
         let bare = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')).unwrap_or(s);
-        bare.parse()
-            .map(|ip| Self { ip, port: None })
-            .map_err(|_| format!("invalid remote {s:?}: expected ADDR or ADDR:PORT (IPv6 as [ADDR]:PORT)"))
+        bare.parse().map(|ip| Self { ip, port: None }).map_err(|_| {
+            format!("invalid remote {s:?}: expected ADDR or ADDR:PORT (IPv6 as [ADDR]:PORT)")
+        })
     }
 }
 
@@ -114,7 +114,9 @@ impl RemoteFilter {
     pub fn matches(&self, remote: SocketAddr) -> bool {
         // An IPv4 filter also matches v4-mapped IPv6 peers of dual-stack sockets.
         let ip = match remote.ip() {
-            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(remote.ip(), std::net::IpAddr::V4),
+            std::net::IpAddr::V6(v6) => {
+                v6.to_ipv4_mapped().map_or(remote.ip(), std::net::IpAddr::V4)
+            }
             v4 => v4,
         };
         (ip == self.ip || remote.ip() == self.ip) && self.port.is_none_or(|p| p == remote.port())
@@ -122,8 +124,15 @@ impl RemoteFilter {
 }
 
 pub const STATE_NAMES: [&str; 9] = [
-    "connecting", "established", "close_wait", "fin_wait1", "fin_wait2", "closing", "last_ack",
-    "time_wait", "close",
+    "connecting",
+    "established",
+    "close_wait",
+    "fin_wait1",
+    "fin_wait2",
+    "closing",
+    "last_ack",
+    "time_wait",
+    "close",
 ];
 
 impl Daemon {
@@ -131,20 +140,28 @@ impl Daemon {
         let value = match request {
             Request::Status {} => serde_json::to_value(self.status()),
             Request::Top { limit, by: TopBy::Process } => serde_json::to_value(self.top(limit)),
-            Request::Top { limit, by: TopBy::Remote } => serde_json::to_value(self.top_remotes(limit)),
+            Request::Top { limit, by: TopBy::Remote } => {
+                serde_json::to_value(self.top_remotes(limit))
+            }
             Request::Leaks {} => serde_json::to_value(self.leaks()),
             Request::Ages { pid } => serde_json::to_value(self.ages(pid)?),
             Request::Conns { pid, remote, state } => {
                 let remote = remote.as_deref().map(str::parse::<RemoteFilter>).transpose()?;
                 if let Some(state) = &state
-                    && !STATE_NAMES.contains(&state.as_str()) {
-                        return Err(format!("unknown state {state:?}; one of: {}", STATE_NAMES.join(", ")));
-                    }
+                    && !STATE_NAMES.contains(&state.as_str())
+                {
+                    return Err(format!(
+                        "unknown state {state:?}; one of: {}",
+                        STATE_NAMES.join(", ")
+                    ));
+                }
                 let now = self.clock.now_ns();
                 let connections = self.table.conn_snapshots_where(now, |view| {
                     pid.is_none_or(|p| view.pid() == Some(p))
                         && remote.is_none_or(|r| r.matches(view.remote()))
-                        && state.as_deref().is_none_or(|s| conn_state_label(view.phase(), view.state_name()) == s)
+                        && state
+                            .as_deref()
+                            .is_none_or(|s| conn_state_label(view.phase(), view.state_name()) == s)
                 });
                 serde_json::to_value(ConnsReport { connections })
             }
@@ -171,7 +188,12 @@ impl Daemon {
                 TopRow {
                     growth: self.detector.growth_of(key),
                     oldest_age_seconds: oldest.get(&key).copied().unwrap_or(0),
-                    alerts: self.detector.alerts_for(key).into_iter().map(|r| r.name().to_owned()).collect(),
+                    alerts: self
+                        .detector
+                        .alerts_for(key)
+                        .into_iter()
+                        .map(|r| r.name().to_owned())
+                        .collect(),
                     process,
                 }
             })
@@ -216,7 +238,9 @@ impl Daemon {
             .processes()
             .filter(|p| p.pid() == pid)
             .max_by_key(|p| p.start_time_ns())
-            .ok_or_else(|| format!("no process {pid} in the table (it holds no connection tracer has seen)"))?;
+            .ok_or_else(|| {
+                format!("no process {pid} in the table (it holds no connection tracer has seen)")
+            })?;
         let bounds = crate::export::AGE_BOUNDS_NS;
         let mut counts = vec![0u32; bounds.len() + 1];
         let now = self.clock.now_ns();
@@ -227,7 +251,8 @@ impl Daemon {
                 counts[slot] += 1;
             }
         }
-        let buckets = bounds.iter().map(|b| Some(b / 1_000_000_000)).chain([None]).zip(counts).collect();
+        let buckets =
+            bounds.iter().map(|b| Some(b / 1_000_000_000)).chain([None]).zip(counts).collect();
         Ok(AgesReport { pid, comm: process.comm().into_owned(), open: process.open, buckets })
     }
 
@@ -270,9 +295,14 @@ impl Daemon {
             kernel: self.kernel.clone(),
             uptime_seconds: self.clock.now_ns().saturating_sub(self.started_ns) / 1_000_000_000,
             events_total: self.source.received_total(),
-            events_by_kind: EventKind::ALL.iter().map(|k| (k.name().to_owned(), received[*k as usize])).collect(),
+            events_by_kind: EventKind::ALL
+                .iter()
+                .map(|k| (k.name().to_owned(), received[*k as usize]))
+                .collect(),
             events_emitted: kernel.emitted_total(),
-            events_lost: kernel.lost_total() + self.source.malformed() + kernel.held_closed_map_full,
+            events_lost: kernel.lost_total()
+                + self.source.malformed()
+                + kernel.held_closed_map_full,
             events_lost_by_reason: lost_by_reason,
             tracked_connections: summary.tracked_connections,
             unattributed: summary.unattributed,

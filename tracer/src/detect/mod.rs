@@ -78,7 +78,9 @@ impl DetectorConfig {
         if self.sub_windows < 2 {
             return Err(format!("sub-windows must be at least 2 (got {})", self.sub_windows));
         }
-        if self.window_samples < self.sub_windows || !self.window_samples.is_multiple_of(self.sub_windows) {
+        if self.window_samples < self.sub_windows
+            || !self.window_samples.is_multiple_of(self.sub_windows)
+        {
             return Err(format!(
                 "window samples ({}) must be a positive multiple of sub-windows ({})",
                 self.window_samples, self.sub_windows
@@ -203,11 +205,21 @@ impl Detector {
             seen.insert(id);
             let history = self.history.entry(id).or_default();
             push_bounded(&mut history.open, sample.open, self.config.window_samples);
-            push_bounded(&mut history.opened_total, sample.opened_total, self.config.window_samples);
-            push_bounded(&mut history.closed_total, sample.closed_total, self.config.window_samples);
+            push_bounded(
+                &mut history.opened_total,
+                sample.opened_total,
+                self.config.window_samples,
+            );
+            push_bounded(
+                &mut history.closed_total,
+                sample.closed_total,
+                self.config.window_samples,
+            );
             let evidence = evidence(&self.config, history, sample);
-            let verdicts = [Rule::Growth, Rule::CloseWait, Rule::HeldClosed, Rule::Age]
-                .map(|rule| (rule, !sample.exited && rule_holds(&self.config, rule, history, sample)));
+            let verdicts =
+                [Rule::Growth, Rule::CloseWait, Rule::HeldClosed, Rule::Age].map(|rule| {
+                    (rule, !sample.exited && rule_holds(&self.config, rule, history, sample))
+                });
             for (rule, holds) in verdicts {
                 self.step(now_ns, id, rule, holds, sample, &evidence, &mut changes);
             }
@@ -253,9 +265,10 @@ impl Detector {
                 active.alert.open = sample.open;
                 // An exited process's alert resolves at once: nothing is left to leak.
                 if (sample.exited || active.clear_streak >= self.config.resolve_after)
-                    && let Some(active) = self.active.remove(&key) {
-                        changes.push(Change::Resolved(self.retire(active.alert, now_ns)));
-                    }
+                    && let Some(active) = self.active.remove(&key)
+                {
+                    changes.push(Change::Resolved(self.retire(active.alert, now_ns)));
+                }
             }
             (None, true) => {
                 let alert = Alert {
@@ -318,7 +331,12 @@ fn floor_growth(floors: &[u32]) -> i64 {
     }
 }
 
-fn rule_holds(config: &DetectorConfig, rule: Rule, history: &History, sample: &ProcessSample) -> bool {
+fn rule_holds(
+    config: &DetectorConfig,
+    rule: Rule,
+    history: &History,
+    sample: &ProcessSample,
+) -> bool {
     match rule {
         Rule::Growth => growth::holds(&history.open, config),
         Rule::CloseWait => sample.stale_close_wait >= config.close_wait_min,

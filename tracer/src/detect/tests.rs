@@ -14,7 +14,8 @@ struct Sim {
 
 impl Sim {
     fn new(config: DetectorConfig) -> Self {
-        let sample = ProcessSample { id: Some(PID), comm: "app".into(), ..ProcessSample::default() };
+        let sample =
+            ProcessSample { id: Some(PID), comm: "app".into(), ..ProcessSample::default() };
         Self { detector: Detector::new(config), now: 0, sample, changes: Vec::new() }
     }
 
@@ -52,7 +53,12 @@ impl Sim {
 }
 
 fn small_window() -> DetectorConfig {
-    DetectorConfig { window_samples: 8, sub_windows: 4, growth_min: 10, ..DetectorConfig::default() }
+    DetectorConfig {
+        window_samples: 8,
+        sub_windows: 4,
+        growth_min: 10,
+        ..DetectorConfig::default()
+    }
 }
 
 #[test]

@@ -111,9 +111,8 @@ mod tests {
     fn decode_round_trips_and_rejects_short_records() {
         let e = event();
         // SAFETY: viewing plain data as bytes.
-        let bytes = unsafe {
-            std::slice::from_raw_parts((&raw const e).cast::<u8>(), ConnEvent::SIZE)
-        };
+        let bytes =
+            unsafe { std::slice::from_raw_parts((&raw const e).cast::<u8>(), ConnEvent::SIZE) };
         let back = decode(bytes).expect("full record");
         assert_eq!(back.sock, e.sock);
         assert_eq!(back.kind(), Some(EventKind::Established));
@@ -122,7 +121,12 @@ mod tests {
 
     #[test]
     fn endpoints_render_like_ss() {
-        let mut t = Tuple { family: AF_INET.into(), local_port: 8080, remote_port: 40000, ..Tuple::default() };
+        let mut t = Tuple {
+            family: AF_INET.into(),
+            local_port: 8080,
+            remote_port: 40000,
+            ..Tuple::default()
+        };
         t.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
         t.remote_addr[..4].copy_from_slice(&[10, 1, 2, 3]);
         assert_eq!(local_endpoint(&t).to_string(), "127.0.0.1:8080");

@@ -97,9 +97,5 @@ fn label_pairs(labels: &[(&str, &str)]) -> Vec<LabelPair> {
 /// A bound in seconds as the `le`-style label value: `1`, `0.5`, `+Inf`. Same spelling as the
 /// encoder's histogram buckets, so the age gauges and the lifetime histogram read alike.
 pub(super) fn bound_label(seconds: f64) -> String {
-    if seconds.is_infinite() {
-        "+Inf".to_owned()
-    } else {
-        seconds.to_string()
-    }
+    if seconds.is_infinite() { "+Inf".to_owned() } else { seconds.to_string() }
 }

@@ -93,9 +93,7 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
     }
     // std sets SO_REUSEADDR on Unix: a restarted daemon rebinds despite TIME_WAIT.
     let listener = std::net::TcpListener::bind(addr).map_err(classify)?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|source| BindError::Io { addr, source })?;
+    listener.set_nonblocking(true).map_err(|source| BindError::Io { addr, source })?;
     TcpListener::from_std(listener).map_err(|source| BindError::Io { addr, source })
 }
 
@@ -151,26 +149,16 @@ async fn respond(
     match (request.uri().path(), readable) {
         ("/metrics", true) => match scrape(scrapes).await {
             Ok(text) => reply(StatusCode::OK, prometheus::TEXT_FORMAT, text),
-            Err(why) => reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "text/plain; charset=utf-8",
-                why,
-            ),
+            Err(why) => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", why),
         },
-        ("/", true) => reply(
-            StatusCode::OK,
-            "text/html; charset=utf-8",
-            INDEX_PAGE.to_owned(),
-        ),
+        ("/", true) => reply(StatusCode::OK, "text/html; charset=utf-8", INDEX_PAGE.to_owned()),
         ("/metrics" | "/", false) => {
             let mut response = reply(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "text/plain; charset=utf-8",
                 "only GET and HEAD\n".to_owned(),
             );
-            response
-                .headers_mut()
-                .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+            response.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
             response
         }
         _ => reply(
@@ -185,29 +173,21 @@ async fn respond(
 async fn scrape(scrapes: &mpsc::Sender<Scrape>) -> Result<String, String> {
     let (reply, answer) = oneshot::channel();
     let exchange = async {
-        scrapes
-            .send(Scrape { reply })
-            .await
-            .map_err(|_| "tracer is shutting down\n".to_owned())?;
-        answer
-            .await
-            .map_err(|_| "tracer is shutting down\n".to_owned())
+        scrapes.send(Scrape { reply }).await.map_err(|_| "tracer is shutting down\n".to_owned())?;
+        answer.await.map_err(|_| "tracer is shutting down\n".to_owned())
     };
     match tokio::time::timeout(SCRAPE_TIMEOUT, exchange).await {
         Ok(result) => result,
-        Err(_) => Err(format!(
-            "the event loop did not answer within {}s\n",
-            SCRAPE_TIMEOUT.as_secs()
-        )),
+        Err(_) => {
+            Err(format!("the event loop did not answer within {}s\n", SCRAPE_TIMEOUT.as_secs()))
+        }
     }
 }
 
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 
@@ -245,10 +225,7 @@ mod tests {
 
     impl Reply {
         fn header(&self, name: &str) -> Option<&str> {
-            self.headers
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
+            self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
         }
     }
 
@@ -256,11 +233,7 @@ mod tests {
     async fn read_reply(reader: &mut BufReader<TcpStream>, head_only: bool) -> Reply {
         let mut line = String::new();
         reader.read_line(&mut line).await.expect("status line");
-        let status = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .expect("status");
+        let status = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status");
         let mut headers = Vec::new();
         loop {
             line.clear();
@@ -272,15 +245,9 @@ mod tests {
             let (name, value) = trimmed.split_once(':').expect("header");
             headers.push((name.to_owned(), value.trim().to_owned()));
         }
-        let mut reply = Reply {
-            status,
-            headers,
-            body: String::new(),
-        };
-        let length: usize = reply
-            .header("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let mut reply = Reply { status, headers, body: String::new() };
+        let length: usize =
+            reply.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
         if !head_only {
             let mut body = vec![0; length];
             reader.read_exact(&mut body).await.expect("body");
@@ -291,11 +258,7 @@ mod tests {
 
     async fn request(addr: SocketAddr, raw: &str) -> Reply {
         let mut reader = BufReader::new(TcpStream::connect(addr).await.expect("connect"));
-        reader
-            .get_mut()
-            .write_all(raw.as_bytes())
-            .await
-            .expect("send");
+        reader.get_mut().write_all(raw.as_bytes()).await.expect("send");
         read_reply(&mut reader, raw.starts_with("HEAD")).await
     }
 
@@ -304,37 +267,18 @@ mod tests {
         let addr = start(Some("tcp_tracer_up 1\n")).await;
         let mut reader = BufReader::new(TcpStream::connect(addr).await.expect("connect"));
         // A request split across writes (and so, typically, across reads).
-        reader
-            .get_mut()
-            .write_all(b"GET /metr")
-            .await
-            .expect("send");
+        reader.get_mut().write_all(b"GET /metr").await.expect("send");
         tokio::time::sleep(Duration::from_millis(50)).await;
-        reader
-            .get_mut()
-            .write_all(b"ics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .expect("send");
+        reader.get_mut().write_all(b"ics HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("send");
         let metrics = read_reply(&mut reader, false).await;
         assert_eq!(metrics.status, 200);
-        assert_eq!(
-            metrics.header("content-type"),
-            Some("text/plain; version=0.0.4")
-        );
+        assert_eq!(metrics.header("content-type"), Some("text/plain; version=0.0.4"));
         assert_eq!(metrics.body, "tcp_tracer_up 1\n");
 
-        reader
-            .get_mut()
-            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .expect("send");
+        reader.get_mut().write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("send");
         let index = read_reply(&mut reader, false).await;
         assert_eq!(index.status, 200);
-        assert!(
-            index
-                .header("content-type")
-                .is_some_and(|v| v.starts_with("text/html"))
-        );
+        assert!(index.header("content-type").is_some_and(|v| v.starts_with("text/html")));
         assert!(index.body.contains("href=\"/metrics\""));
 
         reader
@@ -355,17 +299,12 @@ mod tests {
     #[tokio::test]
     async fn head_query_strings_and_wrong_methods() {
         let addr = start(Some("x 1\n")).await;
-        let head = request(
-            addr,
-            "HEAD /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        )
-        .await;
+        let head =
+            request(addr, "HEAD /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
         assert_eq!(head.status, 200);
-        let query = request(
-            addr,
-            "GET /metrics?x=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        )
-        .await;
+        let query =
+            request(addr, "GET /metrics?x=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await;
         assert_eq!((query.status, query.body.as_str()), (200, "x 1\n"));
         let post = request(
             addr,
@@ -379,10 +318,8 @@ mod tests {
     #[tokio::test]
     async fn oversized_request_headers_are_refused() {
         let addr = start(Some("x 1\n")).await;
-        let huge = format!(
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
-            "a".repeat(64 * 1024)
-        );
+        let huge =
+            format!("GET /metrics HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n", "a".repeat(64 * 1024));
         let mut stream = TcpStream::connect(addr).await.expect("connect");
         // The server may answer and close before reading everything: a failed write is fine.
         let _ = stream.write_all(huge.as_bytes()).await;
@@ -394,11 +331,8 @@ mod tests {
     #[tokio::test]
     async fn no_event_loop_means_503() {
         let addr = start(None).await;
-        let reply = request(
-            addr,
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        )
-        .await;
+        let reply =
+            request(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
         assert_eq!(reply.status, 503);
         assert!(reply.body.contains("shutting down"));
     }

@@ -190,25 +190,16 @@ impl LifetimeHistograms {
         }
         let comms = chosen
             .iter()
-            .map(|&i| {
-                (
-                    comm_str(&self.slots[i].comm).into_owned(),
-                    self.slots[i].exported,
-                )
-            })
+            .map(|&i| (comm_str(&self.slots[i].comm).into_owned(), self.slots[i].exported))
             .collect();
         self.evict_idle(now_ns);
-        LifetimeSeries {
-            comms,
-            other: self.other,
-        }
+        LifetimeSeries { comms, other: self.other }
     }
 
     fn evict_idle(&mut self, now_ns: u64) {
         let before = self.slots.len();
         self.slots.retain(|slot| {
-            slot.last_active_ns
-                .is_none_or(|at| now_ns.saturating_sub(at) < COMM_IDLE_EVICT_NS)
+            slot.last_active_ns.is_none_or(|at| now_ns.saturating_sub(at) < COMM_IDLE_EVICT_NS)
         });
         if self.slots.len() != before {
             self.index.clear();

@@ -111,12 +111,7 @@ impl Metrics {
     /// same table. Records the lifetime of connections whose open the daemon saw (those found
     /// already open at start-up only have a lower bound, which would skew the histogram).
     pub fn observe(&mut self, applied: &Applied, table: &ConnectionTable) {
-        if let Applied::Closed {
-            owner,
-            lifetime_ns,
-            preexisting: false,
-            ..
-        } = applied
+        if let Applied::Closed { owner, lifetime_ns, preexisting: false, .. } = applied
             && let Some(process) = table.process(*owner)
         {
             self.observe_close(&process.comm, *lifetime_ns);
@@ -130,14 +125,10 @@ impl Metrics {
             self.last_kernel.clone_from(kernel);
         }
         let processes =
-            self.processes
-                .collect(input.table, input.alerts, input.now_ns, input.top_n);
+            self.processes.collect(input.table, input.alerts, input.now_ns, input.top_n);
         let lifetimes = self.lifetimes.collect(input.now_ns, input.top_n);
-        let rows: Vec<&ProcessRow> = processes
-            .rows
-            .iter()
-            .chain(std::iter::once(&processes.other))
-            .collect();
+        let rows: Vec<&ProcessRow> =
+            processes.rows.iter().chain(std::iter::once(&processes.other)).collect();
 
         let mut families = Vec::with_capacity(16);
         families.push(build_info(&input.build));
@@ -149,11 +140,8 @@ impl Metrics {
              their owner, per command name: the top N comms by count, comm=\"other\" sums the rest.",
         );
         let bounds = lifetimes::bounds_seconds();
-        for (comm, counts) in lifetimes
-            .comms
-            .iter()
-            .map(|(c, n)| (c.as_str(), n))
-            .chain([(OTHER, &lifetimes.other)])
+        for (comm, counts) in
+            lifetimes.comms.iter().map(|(c, n)| (c.as_str(), n)).chain([(OTHER, &lifetimes.other)])
         {
             lifetime.add_histogram(
                 &[("comm", comm)],
@@ -172,10 +160,7 @@ impl Metrics {
         );
         let mut seen = HashSet::new();
         for alert in input.alerts {
-            let key = ProcessKey {
-                pid: alert.pid,
-                start_time_ns: alert.start_time_ns,
-            };
+            let key = ProcessKey { pid: alert.pid, start_time_ns: alert.start_time_ns };
             let (pid, comm) = processes
                 .labels
                 .get(&key)
@@ -219,10 +204,7 @@ impl Metrics {
             // Encoding into a String only fails on an empty or unnamed family, which gather
             // never returns; skip one rather than lose the whole scrape.
             if let Err(e) = encoder.encode_utf8(std::slice::from_ref(family), &mut text) {
-                log::warn!(
-                    "metric family {} left out of the scrape: {e}",
-                    family.name()
-                );
+                log::warn!("metric family {} left out of the scrape: {e}", family.name());
             }
         }
         self.last_len = text.len();
@@ -236,11 +218,7 @@ impl Metrics {
             "Kernel event records received, by kind.",
         );
         for kind in EventKind::ALL {
-            let received = input
-                .events_received
-                .get(kind as usize)
-                .copied()
-                .unwrap_or(0);
+            let received = input.events_received.get(kind as usize).copied().unwrap_or(0);
             events.add_counter(&[("kind", kind.name())], received);
         }
 
@@ -279,12 +257,7 @@ impl Metrics {
         );
         corrections.add_counter(&[], input.reconcile_corrections);
 
-        vec![
-            events.finish(),
-            lost.finish(),
-            anomalies.finish(),
-            corrections.finish(),
-        ]
+        vec![events.finish(), lost.finish(), anomalies.finish(), corrections.finish()]
     }
 }
 
@@ -294,11 +267,7 @@ fn build_info(build: &BuildInfo<'_>) -> MetricFamily {
         "Always 1: the labels say which tracer version runs, in which probe mode, on which kernel.",
     );
     family.add_gauge(
-        &[
-            ("version", build.version),
-            ("probe_mode", build.probe_mode),
-            ("kernel", build.kernel),
-        ],
+        &[("version", build.version), ("probe_mode", build.probe_mode), ("kernel", build.kernel)],
         1.0,
     );
     family.finish()
@@ -347,24 +316,14 @@ fn per_process_families(rows: &[&ProcessRow]) -> Vec<MetricFamily> {
         open.add_gauge(&[("pid", pid), ("comm", comm)], row.open as f64);
         for (&state, &count) in StateCounts::STATES.iter().zip(&row.states) {
             let name = crate::events::state_name(state);
-            by_state.add_gauge(
-                &[("pid", pid), ("comm", comm), ("state", name)],
-                count as f64,
-            );
+            by_state.add_gauge(&[("pid", pid), ("comm", comm), ("state", name)], count as f64);
         }
         let ages = row.ages_le.iter().chain([&row.ages_total]);
         for (age_le, &count) in age_labels.iter().zip(ages) {
-            by_age.add_gauge(
-                &[("pid", pid), ("comm", comm), ("age_le", age_le)],
-                count as f64,
-            );
+            by_age.add_gauge(&[("pid", pid), ("comm", comm), ("age_le", age_le)], count as f64);
         }
         for (i, direction) in DIRECTIONS.iter().enumerate() {
-            let labels = [
-                ("pid", pid),
-                ("comm", comm),
-                ("direction", direction_name(*direction)),
-            ];
+            let labels = [("pid", pid), ("comm", comm), ("direction", direction_name(*direction))];
             opened.add_counter(&labels, row.totals.opened[i]);
             closed.add_counter(&labels, row.totals.closed[i]);
         }

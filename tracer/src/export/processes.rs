@@ -60,10 +60,7 @@ impl ProcessTotals {
     /// did, nothing must be taken away from a series.
     fn since(&self, earlier: &Self) -> Self {
         let sub = |now: [u64; 2], then: [u64; 2]| {
-            [
-                now[0].saturating_sub(then[0]),
-                now[1].saturating_sub(then[1]),
-            ]
+            [now[0].saturating_sub(then[0]), now[1].saturating_sub(then[1])]
         };
         Self {
             opened: sub(self.opened, earlier.opened),
@@ -154,10 +151,8 @@ impl ProcessExport {
         now_ns: u64,
         top_n: usize,
     ) -> ProcessSeries {
-        let processes: Vec<(&ProcessStats, SeriesLabels)> = table
-            .processes()
-            .map(|p| (p, (p.pid(), p.comm().into_owned())))
-            .collect();
+        let processes: Vec<(&ProcessStats, SeriesLabels)> =
+            table.processes().map(|p| (p, (p.pid(), p.comm().into_owned()))).collect();
         let chosen = self.choose(&processes, alerts, top_n);
         let exported: HashSet<ProcessKey> = chosen.iter().map(|&i| processes[i].0.key).collect();
 
@@ -191,11 +186,7 @@ impl ProcessExport {
             let mut row = ProcessRow {
                 pid: p.pid().to_string(),
                 comm: series_labels.1.clone(),
-                totals: self
-                    .series
-                    .get(series_labels)
-                    .map(|s| s.value)
-                    .unwrap_or_default(),
+                totals: self.series.get(series_labels).map(|s| s.value).unwrap_or_default(),
                 ..ProcessRow::default()
             };
             row.add_gauges(p);
@@ -227,11 +218,7 @@ impl ProcessExport {
                 None => other.add_age(age_ns),
             }
         }
-        ProcessSeries {
-            rows,
-            other,
-            labels,
-        }
+        ProcessSeries { rows, other, labels }
     }
 
     /// Indices into `processes` of the top `top_n` by open count plus every alerting process,
@@ -244,16 +231,10 @@ impl ProcessExport {
     ) -> Vec<usize> {
         let alerting: HashSet<ProcessKey> = alerts
             .iter()
-            .map(|a| ProcessKey {
-                pid: a.pid,
-                start_time_ns: a.start_time_ns,
-            })
+            .map(|a| ProcessKey { pid: a.pid, start_time_ns: a.start_time_ns })
             .collect();
-        let was_exported = |labels: &SeriesLabels| {
-            self.series
-                .get(labels)
-                .is_some_and(|s| s.exported_last_scrape)
-        };
+        let was_exported =
+            |labels: &SeriesLabels| self.series.get(labels).is_some_and(|s| s.exported_last_scrape);
         let mut ranked: Vec<(usize, bool)> = processes
             .iter()
             .enumerate()

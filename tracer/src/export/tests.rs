@@ -29,20 +29,12 @@ fn comm(name: &[u8]) -> [u8; 16] {
 }
 
 fn process(pid: u32, name: &str) -> Proc {
-    Proc {
-        pid,
-        start: u64::from(pid) * SEC,
-        comm: comm(name.as_bytes()),
-    }
+    Proc { pid, start: u64::from(pid) * SEC, comm: comm(name.as_bytes()) }
 }
 
 fn tuple() -> Tuple {
-    let mut t = Tuple {
-        family: AF_INET.into(),
-        local_port: 40_000,
-        remote_port: 80,
-        ..Tuple::default()
-    };
+    let mut t =
+        Tuple { family: AF_INET.into(), local_port: 40_000, remote_port: 80, ..Tuple::default() };
     t.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
     t.remote_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
     t
@@ -124,13 +116,7 @@ impl Sim {
         let at = self.tick();
         self.apply(by(event(EventKind::Connect, sock, at, CLOSE, SYN_SENT), p));
         let at = self.tick();
-        self.apply(event(
-            EventKind::Established,
-            sock,
-            at,
-            SYN_SENT,
-            ESTABLISHED,
-        ));
+        self.apply(event(EventKind::Established, sock, at, SYN_SENT, ESTABLISHED));
         sock
     }
 
@@ -142,10 +128,7 @@ impl Sim {
         e.flags |= flags::INBOUND;
         self.apply(e);
         let at = self.tick();
-        let mut e = by(
-            event(EventKind::Accept, sock, at, ESTABLISHED, ESTABLISHED),
-            p,
-        );
+        let mut e = by(event(EventKind::Accept, sock, at, ESTABLISHED, ESTABLISHED), p);
         e.flags |= flags::INBOUND;
         self.apply(e);
         sock
@@ -168,10 +151,7 @@ impl Sim {
 
     fn release(&mut self, p: Proc, sock: u64) {
         let at = self.tick();
-        self.apply(by(
-            event(EventKind::Release, sock, at, ESTABLISHED, FIN_WAIT1),
-            p,
-        ));
+        self.apply(by(event(EventKind::Release, sock, at, ESTABLISHED, FIN_WAIT1), p));
     }
 
     fn exit(&mut self, p: Proc) {
@@ -214,11 +194,7 @@ impl Sim {
             events_received: &self.received,
             malformed: 2,
             reconcile_corrections: 3,
-            build: BuildInfo {
-                version: "0.1.0",
-                probe_mode: "fentry",
-                kernel: "6.1.0-test",
-            },
+            build: BuildInfo { version: "0.1.0", probe_mode: "fentry", kernel: "6.1.0-test" },
             now_ns: self.now,
             top_n: self.top_n,
         };
@@ -237,17 +213,11 @@ impl Sim {
 type Labels = BTreeMap<String, String>;
 
 fn labels_of(metric: &Metric) -> Labels {
-    metric
-        .get_label()
-        .iter()
-        .map(|l| (l.name().to_owned(), l.value().to_owned()))
-        .collect()
+    metric.get_label().iter().map(|l| (l.name().to_owned(), l.value().to_owned())).collect()
 }
 
 fn matches(labels: &Labels, wanted: &[(&str, &str)]) -> bool {
-    wanted
-        .iter()
-        .all(|(k, v)| labels.get(*k).is_some_and(|have| have == v))
+    wanted.iter().all(|(k, v)| labels.get(*k).is_some_and(|have| have == v))
 }
 
 /// Cumulative buckets (by bound label), count and sum of one histogram series.
@@ -281,11 +251,7 @@ impl Scraped {
     }
 
     fn sum(&self, name: &str, wanted: &[(&str, &str)]) -> f64 {
-        self.series(name)
-            .iter()
-            .filter(|(l, _)| matches(l, wanted))
-            .map(|(_, v)| v)
-            .sum()
+        self.series(name).iter().filter(|(l, _)| matches(l, wanted)).map(|(_, v)| v).sum()
     }
 
     /// The one series of `name` with these labels.
@@ -296,19 +262,12 @@ impl Scraped {
             .filter(|(l, _)| matches(l, wanted))
             .map(|(_, v)| v)
             .collect();
-        assert!(
-            found.len() <= 1,
-            "{name} {wanted:?} matches {} series",
-            found.len()
-        );
+        assert!(found.len() <= 1, "{name} {wanted:?} matches {} series", found.len());
         found.first().copied()
     }
 
     fn pids(&self, name: &str) -> HashSet<String> {
-        self.series(name)
-            .into_iter()
-            .filter_map(|(l, _)| l.get("pid").cloned())
-            .collect()
+        self.series(name).into_iter().filter_map(|(l, _)| l.get("pid").cloned()).collect()
     }
 
     /// `comm -> (cumulative buckets by bound label, count, sum)` of the lifetime histogram.
@@ -379,54 +338,26 @@ fn three_thousand_processes_give_top_n_series_plus_other_with_exact_sums() {
 
     for name in PER_PROCESS {
         let pids = scraped.pids(name);
-        assert_eq!(
-            pids.len(),
-            DEFAULT_TOP_N + 1,
-            "{name}: top {DEFAULT_TOP_N} plus other"
-        );
+        assert_eq!(pids.len(), DEFAULT_TOP_N + 1, "{name}: top {DEFAULT_TOP_N} plus other");
         assert!(pids.contains(OTHER), "{name} has no other series");
     }
-    assert_eq!(
-        scraped.series("tcp_tracer_open_connections").len(),
-        DEFAULT_TOP_N + 1
-    );
+    assert_eq!(scraped.series("tcp_tracer_open_connections").len(), DEFAULT_TOP_N + 1);
     assert_eq!(scraped.sum("tcp_tracer_open_connections", &[]), 3_000.0);
-    assert_eq!(
-        scraped.value("tcp_tracer_open_connections", &[("pid", OTHER)]),
-        Some(2_900.0)
-    );
-    assert_eq!(
-        scraped.sum("tcp_tracer_connections", &[("state", "established")]),
-        3_000.0
-    );
+    assert_eq!(scraped.value("tcp_tracer_open_connections", &[("pid", OTHER)]), Some(2_900.0));
+    assert_eq!(scraped.sum("tcp_tracer_connections", &[("state", "established")]), 3_000.0);
     assert_eq!(scraped.sum("tcp_tracer_connections", &[]), 3_000.0);
-    assert_eq!(
-        scraped.sum("tcp_tracer_open_connections_by_age", &[("age_le", "+Inf")]),
-        3_000.0
-    );
+    assert_eq!(scraped.sum("tcp_tracer_open_connections_by_age", &[("age_le", "+Inf")]), 3_000.0);
     let outbound = [("direction", "outbound")];
+    assert_eq!(scraped.sum("tcp_tracer_connections_opened_total", &outbound), 3_000.0);
     assert_eq!(
-        scraped.sum("tcp_tracer_connections_opened_total", &outbound),
-        3_000.0
-    );
-    assert_eq!(
-        scraped.value(
-            "tcp_tracer_connections_opened_total",
-            &[("pid", OTHER), outbound[0]]
-        ),
+        scraped.value("tcp_tracer_connections_opened_total", &[("pid", OTHER), outbound[0]]),
         Some(2_900.0)
     );
     assert_eq!(
-        scraped.sum(
-            "tcp_tracer_connections_opened_total",
-            &[("direction", "inbound")]
-        ),
+        scraped.sum("tcp_tracer_connections_opened_total", &[("direction", "inbound")]),
         0.0
     );
-    assert_eq!(
-        scraped.value("tcp_tracer_tracked_processes", &[]),
-        Some(3_000.0)
-    );
+    assert_eq!(scraped.value("tcp_tracer_tracked_processes", &[]), Some(3_000.0));
     // Per-process series in all: 101 rows x (1 open + 8 states + 8 ages + 2 + 2 + 1).
     let per_process: usize = PER_PROCESS.iter().map(|n| scraped.series(n).len()).sum();
     assert_eq!(per_process, 101 * 22);
@@ -445,30 +376,18 @@ fn most_open_processes_are_the_ones_exported() {
     }
     let scraped = sim.scrape();
     assert_eq!(
-        scraped.value(
-            "tcp_tracer_open_connections",
-            &[("pid", "2"), ("comm", "b")]
-        ),
+        scraped.value("tcp_tracer_open_connections", &[("pid", "2"), ("comm", "b")]),
         Some(3.0)
     );
     assert_eq!(
-        scraped.value(
-            "tcp_tracer_open_connections",
-            &[("pid", "3"), ("comm", "c")]
-        ),
+        scraped.value("tcp_tracer_open_connections", &[("pid", "3"), ("comm", "c")]),
         Some(2.0)
     );
     assert_eq!(
-        scraped.value(
-            "tcp_tracer_open_connections",
-            &[("pid", OTHER), ("comm", OTHER)]
-        ),
+        scraped.value("tcp_tracer_open_connections", &[("pid", OTHER), ("comm", OTHER)]),
         Some(1.0)
     );
-    assert_eq!(
-        scraped.value("tcp_tracer_open_connections", &[("pid", "1")]),
-        None
-    );
+    assert_eq!(scraped.value("tcp_tracer_open_connections", &[("pid", "1")]), None);
 }
 
 #[test]
@@ -513,10 +432,7 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self, below: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (self.0 >> 33) % below
     }
 }
@@ -525,9 +441,7 @@ impl Lcg {
 fn counters_never_decrease_and_count_every_event_once_while_the_top_n_churns() {
     let top_n = 3;
     let mut sim = Sim::new(top_n);
-    let procs: Vec<Proc> = (0..12)
-        .map(|i| process(100 + i, &format!("p{i}")))
-        .collect();
+    let procs: Vec<Proc> = (0..12).map(|i| process(100 + i, &format!("p{i}"))).collect();
     let mut held: Vec<Vec<u64>> = vec![Vec::new(); procs.len()];
     let mut rng = Lcg(42);
     // Last value of every counter series ever exposed, present or not.
@@ -553,10 +467,7 @@ fn counters_never_decrease_and_count_every_event_once_while_the_top_n_churns() {
         let scraped = sim.scrape();
         for (key, value) in scraped.counters() {
             if let Some(before) = last.get(&key) {
-                assert!(
-                    value >= *before,
-                    "step {step}: {key} went from {before} to {value}"
-                );
+                assert!(value >= *before, "step {step}: {key} went from {before} to {value}");
             }
             last.insert(key, value);
         }
@@ -584,10 +495,7 @@ fn counters_never_decrease_and_count_every_event_once_while_the_top_n_churns() {
             assert_eq!(counted, total as f64, "step {step}: {family}");
         }
         let open_total: u32 = sim.table.processes().map(|p| p.open).sum();
-        assert_eq!(
-            scraped.sum("tcp_tracer_open_connections", &[]),
-            f64::from(open_total)
-        );
+        assert_eq!(scraped.sum("tcp_tracer_open_connections", &[]), f64::from(open_total));
         let mut pids = scraped.pids("tcp_tracer_open_connections");
         assert!(pids.remove(OTHER));
         assert!(pids.len() <= top_n);
@@ -608,10 +516,7 @@ fn counters_never_decrease_and_count_every_event_once_while_the_top_n_churns() {
         }
         false
     });
-    assert!(
-        rejoined,
-        "no process left and rejoined the top N: the test proves nothing"
-    );
+    assert!(rejoined, "no process left and rejoined the top N: the test proves nothing");
 }
 
 #[test]
@@ -628,18 +533,9 @@ fn alerting_processes_are_exported_even_outside_the_top_n() {
     let scraped = sim.scrape();
 
     let pid = last.pid.to_string();
-    assert_eq!(
-        scraped.value("tcp_tracer_open_connections", &[("pid", &pid)]),
-        Some(1.0)
-    );
-    assert_eq!(
-        scraped.series("tcp_tracer_open_connections").len(),
-        DEFAULT_TOP_N + 2
-    );
-    assert_eq!(
-        scraped.value("tcp_tracer_open_connections", &[("pid", OTHER)]),
-        Some(2_899.0)
-    );
+    assert_eq!(scraped.value("tcp_tracer_open_connections", &[("pid", &pid)]), Some(1.0));
+    assert_eq!(scraped.series("tcp_tracer_open_connections").len(), DEFAULT_TOP_N + 2);
+    assert_eq!(scraped.value("tcp_tracer_open_connections", &[("pid", OTHER)]), Some(2_899.0));
     assert_eq!(scraped.sum("tcp_tracer_open_connections", &[]), 3_000.0);
     assert_eq!(
         scraped.value(
@@ -660,10 +556,7 @@ fn alerting_processes_are_exported_even_outside_the_top_n() {
     // top_n = 0: only the alerting process and other.
     sim.top_n = 0;
     let scraped = sim.scrape();
-    assert_eq!(
-        scraped.pids("tcp_tracer_open_connections"),
-        HashSet::from([pid, OTHER.to_owned()])
-    );
+    assert_eq!(scraped.pids("tcp_tracer_open_connections"), HashSet::from([pid, OTHER.to_owned()]));
     assert_eq!(scraped.sum("tcp_tracer_open_connections", &[]), 3_000.0);
 }
 
@@ -673,10 +566,7 @@ fn no_alert_no_leak_series() {
     sim.open_outbound(process(1, "a"));
     let scraped = sim.scrape();
     assert!(scraped.family("tcp_tracer_leak_suspected").is_none());
-    assert!(
-        sim.render()
-            .contains("tcp_tracer_open_connections{pid=\"1\",comm=\"a\"} 1\n")
-    );
+    assert!(sim.render().contains("tcp_tracer_open_connections{pid=\"1\",comm=\"a\"} 1\n"));
 }
 
 #[test]
@@ -696,10 +586,7 @@ fn lifetime_histogram_counts_closed_connections_per_comm() {
     assert_eq!(*count, 4);
     // Each lifetime plus the 1,000 ns the release event's tick adds.
     let expected_sum = (500_000 + 2 * SEC + 2 * 3_600 * SEC + SEC + 3 * 1_000) as f64 / 1e9;
-    assert!(
-        (sum - expected_sum).abs() < 1e-6,
-        "sum {sum} vs {expected_sum}"
-    );
+    assert!((sum - expected_sum).abs() < 1e-6, "sum {sum} vs {expected_sum}");
     let at = |bound: &str| buckets.iter().find(|(b, _)| b == bound).map(|(_, n)| *n);
     assert_eq!(at("0.001"), Some(1));
     assert_eq!(at("1"), Some(2));
@@ -745,15 +632,9 @@ fn lifetime_histograms_keep_the_top_comms_and_fold_the_rest_monotonically() {
     observed += observe(&mut sim.metrics, "c0".to_owned(), 500);
     let second = sim.scrape();
     let after = second.lifetimes();
-    assert_eq!(
-        after["c0"].1, 500,
-        "its own series counts from when it was exported"
-    );
+    assert_eq!(after["c0"].1, 500, "its own series counts from when it was exported");
     assert!(!after.contains_key("c50"));
-    assert_eq!(
-        after[OTHER].1, lifetimes[OTHER].1,
-        "other keeps what it had"
-    );
+    assert_eq!(after[OTHER].1, lifetimes[OTHER].1, "other keeps what it had");
     for (key, value) in second.counters() {
         if let Some(before) = first.counters().get(&key) {
             assert!(value >= *before, "{key}: {before} -> {value}");
@@ -768,13 +649,9 @@ fn lifetime_histograms_keep_the_top_comms_and_fold_the_rest_monotonically() {
 fn comms_are_bounded_in_memory_and_counted_in_other_beyond_the_bound() {
     let mut sim = Sim::new(5);
     for i in 0..(lifetimes::MAX_TRACKED_COMMS + 500) {
-        sim.metrics
-            .observe_close(&comm(format!("n{i}").as_bytes()), SEC);
+        sim.metrics.observe_close(&comm(format!("n{i}").as_bytes()), SEC);
     }
-    assert_eq!(
-        sim.metrics.lifetimes.tracked(),
-        lifetimes::MAX_TRACKED_COMMS
-    );
+    assert_eq!(sim.metrics.lifetimes.tracked(), lifetimes::MAX_TRACKED_COMMS);
     let scraped = sim.scrape();
     let lifetimes = scraped.lifetimes();
     assert_eq!(lifetimes.len(), 6);
@@ -787,10 +664,7 @@ fn comms_are_bounded_in_memory_and_counted_in_other_beyond_the_bound() {
     assert_eq!(sim.metrics.lifetimes.tracked(), 0);
     let scraped = sim.scrape();
     assert_eq!(scraped.lifetimes().len(), 1, "only other");
-    assert_eq!(
-        scraped.lifetimes()[OTHER].1 as usize,
-        lifetimes::MAX_TRACKED_COMMS + 500 - 5
-    );
+    assert_eq!(scraped.lifetimes()[OTHER].1 as usize, lifetimes::MAX_TRACKED_COMMS + 500 - 5);
 }
 
 #[test]
@@ -814,13 +688,7 @@ fn age_gauges_are_cumulative_and_their_inf_equals_open() {
     // Ages at scrape time: 3 days, 2 h, 2 min, 30 s, 5 s.
     let start = sim.now;
     let mut opened_at = Vec::new();
-    for age in [
-        3 * 86_400 * SEC,
-        2 * 3_600 * SEC,
-        120 * SEC,
-        30 * SEC,
-        5 * SEC,
-    ] {
+    for age in [3 * 86_400 * SEC, 2 * 3_600 * SEC, 120 * SEC, 30 * SEC, 5 * SEC] {
         sim.now = start + 3 * 86_400 * SEC - age;
         sim.open_outbound(old);
         opened_at.push(sim.now);
@@ -839,11 +707,7 @@ fn age_gauges_are_cumulative_and_their_inf_equals_open() {
             .collect();
         out.sort_by(|a, b| {
             let bound = |s: &str| {
-                if s == "+Inf" {
-                    f64::INFINITY
-                } else {
-                    s.parse().unwrap_or(f64::NAN)
-                }
+                if s == "+Inf" { f64::INFINITY } else { s.parse().unwrap_or(f64::NAN) }
             };
             bound(&a.0).total_cmp(&bound(&b.0))
         });
@@ -858,16 +722,9 @@ fn age_gauges_are_cumulative_and_their_inf_equals_open() {
     assert_eq!(values, [1.0, 2.0, 3.0, 3.0, 3.0, 4.0, 4.0, 5.0]);
     for pid in ["1", OTHER] {
         let values: Vec<f64> = ages(pid).iter().map(|(_, v)| *v).collect();
-        assert!(
-            values.windows(2).all(|w| w[0] <= w[1]),
-            "{pid}: not cumulative: {values:?}"
-        );
+        assert!(values.windows(2).all(|w| w[0] <= w[1]), "{pid}: not cumulative: {values:?}");
         let open = scraped.value("tcp_tracer_open_connections", &[("pid", pid)]);
-        assert_eq!(
-            values.last().copied(),
-            open,
-            "{pid}: +Inf is not the open count"
-        );
+        assert_eq!(values.last().copied(), open, "{pid}: +Inf is not the open count");
     }
     assert_eq!(ages(OTHER).first().map(|(_, v)| *v), Some(1.0));
 }
@@ -880,41 +737,23 @@ fn connections_not_open_do_not_count_as_open_or_by_age() {
     sim.state(sock, ESTABLISHED, CLOSE_WAIT);
     // A connect still in SYN_SENT and a backlogged inbound connection: not open for anyone.
     let at = sim.tick();
-    sim.apply(by(
-        event(EventKind::Connect, 0xdead, at, CLOSE, SYN_SENT),
-        p,
-    ));
+    sim.apply(by(event(EventKind::Connect, 0xdead, at, CLOSE, SYN_SENT), p));
     let at = sim.tick();
     let mut backlog = event(EventKind::Established, 0xbeef, at, SYN_RECV, ESTABLISHED);
     backlog.flags |= flags::INBOUND;
     sim.apply(backlog);
     let scraped = sim.scrape();
+    assert_eq!(scraped.value("tcp_tracer_open_connections", &[("pid", "1")]), Some(1.0));
     assert_eq!(
-        scraped.value("tcp_tracer_open_connections", &[("pid", "1")]),
+        scraped.value("tcp_tracer_connections", &[("pid", "1"), ("state", "close_wait")]),
         Some(1.0)
     );
     assert_eq!(
-        scraped.value(
-            "tcp_tracer_connections",
-            &[("pid", "1"), ("state", "close_wait")]
-        ),
-        Some(1.0)
-    );
-    assert_eq!(
-        scraped.value(
-            "tcp_tracer_connections",
-            &[("pid", "1"), ("state", "established")]
-        ),
+        scraped.value("tcp_tracer_connections", &[("pid", "1"), ("state", "established")]),
         Some(0.0)
     );
-    assert_eq!(
-        scraped.sum("tcp_tracer_open_connections_by_age", &[("age_le", "+Inf")]),
-        1.0
-    );
-    assert_eq!(
-        scraped.value("tcp_tracer_unattributed_connections", &[]),
-        Some(1.0)
-    );
+    assert_eq!(scraped.sum("tcp_tracer_open_connections_by_age", &[("age_le", "+Inf")]), 1.0);
+    assert_eq!(scraped.value("tcp_tracer_unattributed_connections", &[]), Some(1.0));
 }
 
 #[test]
@@ -931,46 +770,24 @@ fn series_of_an_exited_process_disappear_when_the_table_drops_it() {
     // Within the grace period: still there, with its final counts.
     let during = sim.scrape();
     let closed = "tcp_tracer_connections_closed_total";
-    assert_eq!(
-        during.value(closed, &[("pid", "1"), ("direction", "outbound")]),
-        Some(2.0)
-    );
+    assert_eq!(during.value(closed, &[("pid", "1"), ("direction", "outbound")]), Some(2.0));
     sim.now += crate::table::DEFAULT_EXITED_GRACE_NS;
     sim.table.expire(sim.now);
     let after = sim.scrape();
     for family in &after.0 {
         for m in family.get_metric() {
-            assert_ne!(
-                labels_of(m).get("pid").map(String::as_str),
-                Some("1"),
-                "{}",
-                family.name()
-            );
+            assert_ne!(labels_of(m).get("pid").map(String::as_str), Some("1"), "{}", family.name());
         }
     }
-    assert_eq!(
-        after.value("tcp_tracer_open_connections", &[("pid", "2")]),
-        Some(1.0)
-    );
-    assert_eq!(
-        after.value(closed, &[("pid", OTHER), ("direction", "outbound")]),
-        Some(0.0)
-    );
+    assert_eq!(after.value("tcp_tracer_open_connections", &[("pid", "2")]), Some(1.0));
+    assert_eq!(after.value(closed, &[("pid", OTHER), ("direction", "outbound")]), Some(0.0));
 }
 
 #[test]
 fn a_reused_pid_with_the_same_comm_continues_the_series() {
     let mut sim = Sim::new(10);
-    let old = Proc {
-        pid: 500,
-        start: SEC,
-        comm: comm(b"svc"),
-    };
-    let new = Proc {
-        pid: 500,
-        start: 2 * SEC,
-        comm: comm(b"svc"),
-    };
+    let old = Proc { pid: 500, start: SEC, comm: comm(b"svc") };
+    let new = Proc { pid: 500, start: 2 * SEC, comm: comm(b"svc") };
     let socks: Vec<u64> = (0..5).map(|_| sim.open_outbound(old)).collect();
     let opened = "tcp_tracer_connections_opened_total";
     let labels = [("pid", "500"), ("comm", "svc"), ("direction", "outbound")];
@@ -983,10 +800,7 @@ fn a_reused_pid_with_the_same_comm_continues_the_series() {
     // Both in the table, one label set: one series, held by the newer process, not lowered.
     let scraped = sim.scrape();
     assert_eq!(scraped.value(opened, &labels), Some(6.0));
-    assert_eq!(
-        scraped.value("tcp_tracer_open_connections", &[("pid", "500")]),
-        Some(1.0)
-    );
+    assert_eq!(scraped.value("tcp_tracer_open_connections", &[("pid", "500")]), Some(1.0));
     sim.now += crate::table::DEFAULT_EXITED_GRACE_NS;
     sim.table.expire(sim.now);
     sim.open_outbound(new);
@@ -1003,54 +817,26 @@ fn pipeline_counters_and_build_info() {
     kernel.accept_unresolved = 6;
     sim.kernel = Some(kernel);
     let scraped = sim.scrape();
-    assert_eq!(
-        scraped.value("tcp_tracer_events_total", &[("kind", "connect")]),
-        Some(1.0)
-    );
-    assert_eq!(
-        scraped.value("tcp_tracer_events_total", &[("kind", "established")]),
-        Some(1.0)
-    );
-    assert_eq!(
-        scraped.series("tcp_tracer_events_total").len(),
-        EventKind::COUNT
-    );
+    assert_eq!(scraped.value("tcp_tracer_events_total", &[("kind", "connect")]), Some(1.0));
+    assert_eq!(scraped.value("tcp_tracer_events_total", &[("kind", "established")]), Some(1.0));
+    assert_eq!(scraped.series("tcp_tracer_events_total").len(), EventKind::COUNT);
     let lost = "tcp_tracer_events_lost_total";
-    assert_eq!(
-        scraped.value(lost, &[("reason", "ringbuf_full")]),
-        Some(5.0)
-    );
-    assert_eq!(
-        scraped.value(lost, &[("reason", "accept_unresolved")]),
-        Some(6.0)
-    );
+    assert_eq!(scraped.value(lost, &[("reason", "ringbuf_full")]), Some(5.0));
+    assert_eq!(scraped.value(lost, &[("reason", "accept_unresolved")]), Some(6.0));
     assert_eq!(scraped.value(lost, &[("reason", "malformed")]), Some(2.0));
-    assert_eq!(
-        scraped.value("tcp_tracer_reconcile_corrections_total", &[]),
-        Some(3.0)
-    );
+    assert_eq!(scraped.value("tcp_tracer_reconcile_corrections_total", &[]), Some(3.0));
     assert_eq!(
         scraped.value(
             "tcp_tracer_build_info",
-            &[
-                ("version", "0.1.0"),
-                ("probe_mode", "fentry"),
-                ("kernel", "6.1.0-test")
-            ]
+            &[("version", "0.1.0"), ("probe_mode", "fentry"), ("kernel", "6.1.0-test")]
         ),
         Some(1.0)
     );
     // Kernel counters unreadable at the next scrape: the last values, not zeros.
     sim.kernel = None;
     let scraped = sim.scrape();
-    assert_eq!(
-        scraped.value(lost, &[("reason", "ringbuf_full")]),
-        Some(5.0)
-    );
-    assert_eq!(
-        scraped.value(lost, &[("reason", "accept_unresolved")]),
-        Some(6.0)
-    );
+    assert_eq!(scraped.value(lost, &[("reason", "ringbuf_full")]), Some(5.0));
+    assert_eq!(scraped.value(lost, &[("reason", "accept_unresolved")]), Some(6.0));
 }
 
 #[test]
@@ -1058,16 +844,10 @@ fn table_anomalies_are_counted() {
     let mut sim = Sim::new(10);
     let p = process(1, "a");
     let at = sim.tick();
-    sim.apply(by(
-        event(EventKind::Release, 0x77, at, ESTABLISHED, CLOSE),
-        p,
-    ));
+    sim.apply(by(event(EventKind::Release, 0x77, at, ESTABLISHED, CLOSE), p));
     let scraped = sim.scrape();
     let anomalies = "tcp_tracer_table_anomalies_total";
-    assert_eq!(
-        scraped.value(anomalies, &[("reason", "unmatched_release")]),
-        Some(1.0)
-    );
+    assert_eq!(scraped.value(anomalies, &[("reason", "unmatched_release")]), Some(1.0));
     assert_eq!(scraped.series(anomalies).len(), 5);
 }
 
@@ -1081,23 +861,9 @@ fn exposition_passes_promtool_check_metrics() {
     };
 
     let mut sim = Sim::new(3);
-    let odd = Proc {
-        pid: 42,
-        start: 42 * SEC,
-        comm: comm(b"we\"ird\\n\nme"),
-    };
-    let binary = Proc {
-        pid: 43,
-        start: 43 * SEC,
-        comm: comm(&[0xff, 0xfe, b'x']),
-    };
-    for p in [
-        odd,
-        binary,
-        process(44, "other"),
-        process(45, "a"),
-        process(46, "b"),
-    ] {
+    let odd = Proc { pid: 42, start: 42 * SEC, comm: comm(b"we\"ird\\n\nme") };
+    let binary = Proc { pid: 43, start: 43 * SEC, comm: comm(&[0xff, 0xfe, b'x']) };
+    for p in [odd, binary, process(44, "other"), process(45, "a"), process(46, "b")] {
         let sock = sim.open_outbound(p);
         sim.accept_inbound(p);
         sim.fail_connect(p);

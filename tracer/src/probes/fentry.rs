@@ -9,7 +9,9 @@ use super::{program, step};
 use crate::error::Result;
 
 pub fn attach(ebpf: &mut Ebpf, btf: &Btf) -> Result<()> {
-    for (name, function) in [("tcp_connect_fentry", "tcp_connect"), ("tcp_close_fentry", "tcp_close")] {
+    for (name, function) in
+        [("tcp_connect_fentry", "tcp_connect"), ("tcp_close_fentry", "tcp_close")]
+    {
         let prog: &mut FEntry = program(ebpf, name)?;
         prog.load(function, btf).map_err(step("load", name))?;
         prog.attach().map_err(step("attach", name))?;

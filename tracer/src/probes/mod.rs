@@ -1,9 +1,9 @@
 //! Loading and attaching the kernel programs, per probe mode, and reading their counters.
 //!
 //! See docs/kernels.md for which hook each mode uses and why.
-pub mod preflight;
 mod fentry;
 mod kprobe;
+pub mod preflight;
 mod tracepoint;
 
 use std::fmt;
@@ -12,14 +12,18 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
 };
-use tracer_common::{COUNTERS_MAP, CONFIG_GLOBAL, Config, DEFAULT_RING_BYTES, EVENTS_MAP, EventKind, counters};
+use tracer_common::{
+    CONFIG_GLOBAL, COUNTERS_MAP, Config, DEFAULT_RING_BYTES, EVENTS_MAP, EventKind, counters,
+};
 
 use crate::error::{Error, Result};
 
 /// The kernel object built by `tracer/build.rs`, embedded so the binary is self-contained.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ProbeMode {
     /// The best mode this kernel loads and attaches.
@@ -57,7 +61,12 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { mode: ProbeMode::Auto, ring_bytes: DEFAULT_RING_BYTES, drop_every_nth_release: 0, wakeup_threshold_bytes: 0 }
+        Self {
+            mode: ProbeMode::Auto,
+            ring_bytes: DEFAULT_RING_BYTES,
+            drop_every_nth_release: 0,
+            wakeup_threshold_bytes: 0,
+        }
     }
 }
 
@@ -102,7 +111,10 @@ impl Probes {
         if options.mode != ProbeMode::Auto {
             return Self::load_mode(options.mode, options)
                 .map(|probes| probes.with_reason("requested with --probe".to_owned()))
-                .map_err(|cause| Error::ModeUnavailable { mode: options.mode, cause: Box::new(cause) });
+                .map_err(|cause| Error::ModeUnavailable {
+                    mode: options.mode,
+                    cause: Box::new(cause),
+                });
         }
         let mut rejected = Vec::new();
         for mode in [ProbeMode::Fentry, ProbeMode::Kprobe, ProbeMode::Tracepoint] {
@@ -159,7 +171,9 @@ impl Probes {
             ProbeMode::Fentry => fentry::attach(&mut ebpf, &btf)?,
             ProbeMode::Kprobe => kprobe::attach(&mut ebpf)?,
             ProbeMode::Tracepoint => tracepoint::attach_release_of_closed(&mut ebpf, &btf)?,
-            ProbeMode::Auto => return Err(Error::NoModeWorks { reasons: "auto is not a mode".into() }),
+            ProbeMode::Auto => {
+                return Err(Error::NoModeWorks { reasons: "auto is not a mode".into() });
+            }
         }
         tracepoint::attach(&mut ebpf, &btf)?;
         let counters = PerCpuArray::try_from(
@@ -206,16 +220,16 @@ impl Probes {
     }
 
     pub fn counters(&self) -> Result<KernelCounters> {
-        let read = |slot: u32| -> Result<u64> {
-            Ok(self.counters.get(&slot, 0)?.iter().copied().sum())
-        };
+        let read =
+            |slot: u32| -> Result<u64> { Ok(self.counters.get(&slot, 0)?.iter().copied().sum()) };
         let mut out = KernelCounters::default();
         for kind in EventKind::ALL {
             out.emitted[kind as usize] = read(counters::emitted(kind))?;
             out.lost_ringbuf[kind as usize] = read(counters::lost_ringbuf(kind))?;
         }
         out.accept_unresolved = read(counters::ACCEPT_UNRESOLVED)?;
-        out.release_dropped_by_fault_injection = read(counters::RELEASE_DROPPED_BY_FAULT_INJECTION)?;
+        out.release_dropped_by_fault_injection =
+            read(counters::RELEASE_DROPPED_BY_FAULT_INJECTION)?;
         out.held_closed_map_full = read(counters::HELD_CLOSED_MAP_FULL)?;
         Ok(out)
     }

@@ -76,7 +76,12 @@ mod tests {
     fn this_process_holds_its_socket() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let link = fs::read_link(format!("/proc/self/fd/{}", listener.as_raw_fd())).expect("link");
-        let inode: u64 = link.to_string_lossy().trim_start_matches("socket:[").trim_end_matches(']').parse().expect("inode");
+        let inode: u64 = link
+            .to_string_lossy()
+            .trim_start_matches("socket:[")
+            .trim_end_matches(']')
+            .parse()
+            .expect("inode");
         let holders = scan_holders();
         let me = std::process::id();
         assert!(holders.get(&inode).is_some_and(|h| h.iter().any(|h| h.pid == me)));

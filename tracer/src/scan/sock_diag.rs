@@ -96,7 +96,13 @@ pub fn scan_namespace(ns: &Namespace) -> io::Result<Vec<ExistingSocket>> {
 
 fn dump(family: u8, netns: u32) -> io::Result<Vec<ExistingSocket>> {
     // SAFETY: plain socket(2) call; the fd is owned right away.
-    let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) };
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_SOCK_DIAG,
+        )
+    };
     if raw < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -124,9 +130,8 @@ fn dump(family: u8, netns: u32) -> io::Result<Vec<ExistingSocket>> {
         },
     };
     // SAFETY: sending a fully initialised #[repr(C)] struct of the stated size.
-    let sent = unsafe {
-        libc::send(fd.as_raw_fd(), (&raw const request).cast(), size_of::<Request>(), 0)
-    };
+    let sent =
+        unsafe { libc::send(fd.as_raw_fd(), (&raw const request).cast(), size_of::<Request>(), 0) };
     if sent < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -160,7 +165,8 @@ fn dump(family: u8, netns: u32) -> io::Result<Vec<ExistingSocket>> {
                     let payload = &rest[size_of::<NlMsgHdr>()..len];
                     if payload.len() >= size_of::<InetDiagMsg>() {
                         // SAFETY: length checked; plain data.
-                        let msg: InetDiagMsg = unsafe { std::ptr::read_unaligned(payload.as_ptr().cast()) };
+                        let msg: InetDiagMsg =
+                            unsafe { std::ptr::read_unaligned(payload.as_ptr().cast()) };
                         sockets.push(convert(&msg, netns));
                     }
                 }
@@ -205,17 +211,26 @@ mod tests {
         let client = std::net::TcpStream::connect(addr).expect("connect");
         let (_server, _) = listener.accept().expect("accept");
         let ns_path = std::path::PathBuf::from("/proc/self/ns/net");
-        let ns = Namespace { inode: std::fs::metadata(&ns_path).expect("ns").ino() as u32, path: ns_path };
+        let ns = Namespace {
+            inode: std::fs::metadata(&ns_path).expect("ns").ino() as u32,
+            path: ns_path,
+        };
         let sockets = scan_namespace(&ns).expect("sock_diag dump");
         let local = client.local_addr().expect("local");
         // Match the whole tuple: a TIME_WAIT left by other tests may share the local port.
-        let found = sockets.iter().find(|s| s.local == local && s.remote == addr).expect("client socket listed");
+        let found = sockets
+            .iter()
+            .find(|s| s.local == local && s.remote == addr)
+            .expect("client socket listed");
         assert_eq!(found.state, tracer_common::tcp_state::ESTABLISHED);
         assert_eq!(found.netns, ns.inode);
         // The inode is the one /proc/self/fd shows for the client's descriptor.
         use std::os::fd::AsRawFd;
-        let link = std::fs::read_link(format!("/proc/self/fd/{}", client.as_raw_fd())).expect("fd link");
+        let link =
+            std::fs::read_link(format!("/proc/self/fd/{}", client.as_raw_fd())).expect("fd link");
         assert_eq!(link.to_string_lossy(), format!("socket:[{}]", found.inode));
-        assert!(sockets.iter().any(|s| s.local == addr && s.state == tracer_common::tcp_state::LISTEN));
+        assert!(
+            sockets.iter().any(|s| s.local == addr && s.state == tracer_common::tcp_state::LISTEN)
+        );
     }
 }

@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 use tracer_common::{ConnEvent, EventKind, tcp_state};
 
 pub use model::{
-    Connection, Direction, DirectionStats, Phase, ProcessKey, ProcessStats, START_TIME_RESOLUTION_NS,
-    SocketKey, StateCounts, TupleKey,
+    Connection, Direction, DirectionStats, Phase, ProcessKey, ProcessStats,
+    START_TIME_RESOLUTION_NS, SocketKey, StateCounts, TupleKey,
 };
 pub use reconcile::{ReconcileReport, Reconciler, ScannedHolder, ScannedSocket};
 pub use snapshot::{ConnSnapshot, ConnView, ProcessSnapshot, TableSummary};
@@ -258,10 +258,11 @@ impl ConnectionTable {
             self.counters.invalid_events += 1;
             return Applied::Invalid;
         };
-        if !self.scanned.is_empty() && !self.connections.contains_key(&SocketKey::of(event)) {
-            if let Some(applied) = self.adopt_scanned(kind, event) {
-                return applied;
-            }
+        if !self.scanned.is_empty()
+            && !self.connections.contains_key(&SocketKey::of(event))
+            && let Some(applied) = self.adopt_scanned(kind, event)
+        {
+            return applied;
         }
         match kind {
             EventKind::Connect => self.on_connect(event),

@@ -54,7 +54,11 @@ pub struct TupleKey {
 
 impl TupleKey {
     pub fn of(event: &ConnEvent) -> Self {
-        Self { netns: event.netns, local: local_endpoint(&event.tuple), remote: remote_endpoint(&event.tuple) }
+        Self {
+            netns: event.netns,
+            local: local_endpoint(&event.tuple),
+            remote: remote_endpoint(&event.tuple),
+        }
     }
 }
 

@@ -12,7 +12,10 @@ use std::{
 
 use tracer_common::{AF_INET, AF_INET6, ConnEvent, EventKind, Tuple, tcp_state};
 
-use super::{Applied, Connection, ConnectionTable, Contribution, Direction, Phase, ProcessKey, ProcessStats, SocketKey, TupleKey};
+use super::{
+    Applied, Connection, ConnectionTable, Contribution, Direction, Phase, ProcessKey, ProcessStats,
+    SocketKey, TupleKey,
+};
 
 /// A process holding a socket, as /proc shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,7 +50,10 @@ impl ScannedSocket {
     fn is_connection(&self) -> bool {
         match self.state {
             tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT => true,
-            tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2 | tcp_state::CLOSING | tcp_state::LAST_ACK => self.inode != 0,
+            tcp_state::FIN_WAIT1
+            | tcp_state::FIN_WAIT2
+            | tcp_state::CLOSING
+            | tcp_state::LAST_ACK => self.inode != 0,
             _ => false,
         }
     }
@@ -83,21 +89,29 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    pub fn check(&mut self, table: &mut ConnectionTable, scan: &[ScannedSocket], now_ns: u64) -> ReconcileReport {
+    pub fn check(
+        &mut self,
+        table: &mut ConnectionTable,
+        scan: &[ScannedSocket],
+        now_ns: u64,
+    ) -> ReconcileReport {
         let mut report = ReconcileReport::default();
         // The table's connections that a scan can see: the kernel unhashes a socket when it
         // reaches CLOSE, so held-after-reset sockets are invisible to sock_diag (and to ss).
         let known: HashMap<TupleKey, SocketKey> = table
             .connections
             .values()
-            .filter(|c| matches!(c.phase, Phase::Open | Phase::Backlog) && c.state != tcp_state::CLOSE)
+            .filter(|c| {
+                matches!(c.phase, Phase::Open | Phase::Backlog) && c.state != tcp_state::CLOSE
+            })
             .map(|c| (c.tuple_key(), c.key))
             .collect();
         let mut seen = HashSet::with_capacity(known.len());
         let mut differences = HashSet::new();
         for socket in scan.iter().filter(|s| s.is_connection()) {
             let Some(&key) = known.get(&socket.tuple_key()) else {
-                differences.insert(Difference::Missing { tuple: socket.tuple_key(), inode: socket.inode });
+                differences
+                    .insert(Difference::Missing { tuple: socket.tuple_key(), inode: socket.inode });
                 continue;
             };
             seen.insert(key);
@@ -107,14 +121,16 @@ impl Reconciler {
                 differences.insert(Difference::State { key, id, state: socket.state });
             }
             // Holders are a fact of this instant, not a lost event: follow them at once.
-            if let Some(first) = socket.holders.first() {
-                if owner.is_none_or(|o| !socket.holders.iter().any(|h| h.key == o)) {
-                    table.transfer(key, first, now_ns);
-                    report.holder_changes += 1;
-                }
+            if let Some(first) = socket.holders.first()
+                && owner.is_none_or(|o| !socket.holders.iter().any(|h| h.key == o))
+            {
+                table.transfer(key, first, now_ns);
+                report.holder_changes += 1;
             }
             if socket.holders.len() > 1 {
-                table.shared_holders.insert(key, socket.holders.iter().map(|h| h.key.pid).collect());
+                table
+                    .shared_holders
+                    .insert(key, socket.holders.iter().map(|h| h.key.pid).collect());
             } else {
                 table.shared_holders.remove(&key);
             }
@@ -128,19 +144,35 @@ impl Reconciler {
             }
         }
 
-        let by_tuple: HashMap<TupleKey, &ScannedSocket> = scan.iter().map(|s| (s.tuple_key(), s)).collect();
+        let by_tuple: HashMap<TupleKey, &ScannedSocket> =
+            scan.iter().map(|s| (s.tuple_key(), s)).collect();
         for difference in differences.intersection(&self.pending) {
             let done = match *difference {
-                Difference::Missing { tuple, .. } => by_tuple
-                    .get(&tuple)
-                    .and_then(|s| table.insert_scanned(s, now_ns))
-                    .map(|_| format!("added a connection the events missed: {} -> {} (netns {})", tuple.local, tuple.remote, tuple.netns)),
-                Difference::Stale { key, id } => table
-                    .drop_stale(key, id)
-                    .map(|c| format!("removed a connection the kernel no longer has: {} -> {} (a lost release)", c.local(), c.remote())),
-                Difference::State { key, id, state } => table
-                    .force_state(key, id, state, now_ns)
-                    .map(|c| format!("state of {} -> {} is {} (a lost state change)", c.local(), c.remote(), c.state_name())),
+                Difference::Missing { tuple, .. } => {
+                    by_tuple.get(&tuple).and_then(|s| table.insert_scanned(s, now_ns)).map(|_| {
+                        format!(
+                            "added a connection the events missed: {} -> {} (netns {})",
+                            tuple.local, tuple.remote, tuple.netns
+                        )
+                    })
+                }
+                Difference::Stale { key, id } => table.drop_stale(key, id).map(|c| {
+                    format!(
+                        "removed a connection the kernel no longer has: {} -> {} (a lost release)",
+                        c.local(),
+                        c.remote()
+                    )
+                }),
+                Difference::State { key, id, state } => {
+                    table.force_state(key, id, state, now_ns).map(|c| {
+                        format!(
+                            "state of {} -> {} is {} (a lost state change)",
+                            c.local(),
+                            c.remote(),
+                            c.state_name()
+                        )
+                    })
+                }
             };
             if let Some(description) = done {
                 report.corrections.push(description);
@@ -262,7 +294,13 @@ impl ConnectionTable {
         Some(conn)
     }
 
-    fn force_state(&mut self, key: SocketKey, id: u64, state: u8, now_ns: u64) -> Option<Connection> {
+    fn force_state(
+        &mut self,
+        key: SocketKey,
+        id: u64,
+        state: u8,
+        now_ns: u64,
+    ) -> Option<Connection> {
         let conn = self.connections.get_mut(&key).filter(|c| c.id == id)?;
         let before = Contribution::of(conn);
         conn.set_state(state, now_ns);

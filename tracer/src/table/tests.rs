@@ -772,7 +772,13 @@ fn invalid_kind_is_counted() {
 
 // ---- ground truth: start-up load, adoption by events, reconcile ----
 
-fn scanned(tuple: Tuple, inode: u64, state: u8, direction: Direction, holders: &[Proc]) -> ScannedSocket {
+fn scanned(
+    tuple: Tuple,
+    inode: u64,
+    state: u8,
+    direction: Direction,
+    holders: &[Proc],
+) -> ScannedSocket {
     ScannedSocket {
         netns: NETNS,
         inode,
@@ -780,7 +786,10 @@ fn scanned(tuple: Tuple, inode: u64, state: u8, direction: Direction, holders: &
         remote: crate::events::remote_endpoint(&tuple),
         state,
         direction,
-        holders: holders.iter().map(|p| ScannedHolder { key: p.key(), comm: comm(p.comm) }).collect(),
+        holders: holders
+            .iter()
+            .map(|p| ScannedHolder { key: p.key(), comm: comm(p.comm) })
+            .collect(),
     }
 }
 
@@ -789,7 +798,15 @@ fn preexisting_connections_load_once_and_their_releases_match() {
     let clock = ManualClock::new(SEC);
     let mut t = table();
     let scan: Vec<_> = (0..3)
-        .map(|i| scanned(v4(40_000 + i, 80), 1000 + u64::from(i), ESTABLISHED, Direction::Outbound, &[CLIENT]))
+        .map(|i| {
+            scanned(
+                v4(40_000 + i, 80),
+                1000 + u64::from(i),
+                ESTABLISHED,
+                Direction::Outbound,
+                &[CLIENT],
+            )
+        })
         .collect();
     assert_eq!(t.load_existing(&scan, clock.now_ns()), 3);
     assert_eq!(t.load_existing(&scan, clock.now_ns()), 0, "a second load adds nothing");
@@ -799,7 +816,15 @@ fn preexisting_connections_load_once_and_their_releases_match() {
     // The kernel names the socket by address when it is released: matched by its tuple.
     let mut k = Kernel { table: &mut t, clock: &clock };
     assert_eq!(k.release(CLIENT, 0xa1, ESTABLISHED, FIN_WAIT1), Applied::UnmatchedRelease);
-    assert!(matches!(k.apply(ev(EventKind::Release, 0xa2, clock.now_ns()).by(CLIENT).tuple(v4(40_001, 80)).states(ESTABLISHED, FIN_WAIT1)), Applied::Closed { .. }));
+    assert!(matches!(
+        k.apply(
+            ev(EventKind::Release, 0xa2, clock.now_ns())
+                .by(CLIENT)
+                .tuple(v4(40_001, 80))
+                .states(ESTABLISHED, FIN_WAIT1)
+        ),
+        Applied::Closed { .. }
+    ));
     let s = stats(&t, CLIENT);
     assert_eq!((s.open, s.closed_total), (2, 1));
     assert_eq!(t.counters().unmatched_releases, 1, "the first release had no matching tuple");
@@ -811,7 +836,10 @@ fn a_socket_both_scanned_and_seen_by_events_counts_once() {
     let clock = ManualClock::new(SEC);
     let mut t = table();
     // Scanned while its Established was still in the ring buffer.
-    t.load_existing(&[scanned(v4(40_000, 80), 1000, ESTABLISHED, Direction::Outbound, &[CLIENT])], clock.now_ns());
+    t.load_existing(
+        &[scanned(v4(40_000, 80), 1000, ESTABLISHED, Direction::Outbound, &[CLIENT])],
+        clock.now_ns(),
+    );
     let mut k = Kernel { table: &mut t, clock: &clock };
     assert_eq!(k.established_out(0xa, v4(40_000, 80)), Applied::Ignored);
     k.change(0xa, ESTABLISHED, CLOSE_WAIT);
@@ -860,10 +888,18 @@ fn a_difference_that_goes_away_is_never_corrected() {
     k.connect(CLIENT, 0xa, v4(0, 80));
     k.established_out(0xa, v4(40_000, 80));
     // Mid-scan the peer hung up: the scan saw CLOSE_WAIT before the event arrived.
-    r.check(&mut t, &[scanned(v4(40_000, 80), 1, CLOSE_WAIT, Direction::Outbound, &[CLIENT])], clock.now_ns());
+    r.check(
+        &mut t,
+        &[scanned(v4(40_000, 80), 1, CLOSE_WAIT, Direction::Outbound, &[CLIENT])],
+        clock.now_ns(),
+    );
     let mut k = Kernel { table: &mut t, clock: &clock };
     k.change(0xa, ESTABLISHED, CLOSE_WAIT);
-    let report = r.check(&mut t, &[scanned(v4(40_000, 80), 1, CLOSE_WAIT, Direction::Outbound, &[CLIENT])], clock.now_ns());
+    let report = r.check(
+        &mut t,
+        &[scanned(v4(40_000, 80), 1, CLOSE_WAIT, Direction::Outbound, &[CLIENT])],
+        clock.now_ns(),
+    );
     assert!(report.corrections.is_empty());
     assert_eq!(r.corrections_total, 0);
 }
@@ -899,7 +935,8 @@ fn several_holders_keep_the_opener_and_list_the_others() {
     let child = Proc { pid: 201, start: 21 * SEC, comm: "server" };
     let mut k = Kernel { table: &mut t, clock: &clock };
     k.full_connection(0xa, 0xb, v4(40_000, 8080));
-    let shared = scanned(swap(v4(40_000, 8080)), 2, ESTABLISHED, Direction::Inbound, &[SERVER, child]);
+    let shared =
+        scanned(swap(v4(40_000, 8080)), 2, ESTABLISHED, Direction::Inbound, &[SERVER, child]);
     let report = r.check(&mut t, &[shared], clock.now_ns());
     assert_eq!(report.holder_changes, 0);
     assert_eq!(stats(&t, SERVER).open, 1);

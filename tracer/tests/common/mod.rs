@@ -46,11 +46,8 @@ impl Workload {
     }
 
     fn spawn_with(mut cmd: Command) -> Self {
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn workload");
+        let mut child =
+            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("spawn workload");
         let stdin = child.stdin.take().expect("stdin");
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         // Ask rather than trust child.id(): a wrapper (ip netns exec) execs, but ask anyway.
@@ -123,7 +120,9 @@ pub fn probe_mode() -> ProbeMode {
         Ok("kprobe") => ProbeMode::Kprobe,
         Ok("tracepoint") => ProbeMode::Tracepoint,
         Ok("auto") | Err(_) => ProbeMode::Auto,
-        Ok(other) => panic!("TRACER_TEST_PROBE={other}: expected auto, fentry, kprobe or tracepoint"),
+        Ok(other) => {
+            panic!("TRACER_TEST_PROBE={other}: expected auto, fentry, kprobe or tracepoint")
+        }
     }
 }
 
@@ -138,7 +137,10 @@ impl Tracing {
         let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
         let sink = Arc::clone(&events);
         let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
             runtime.block_on(async move {
                 let mut probes = match Probes::load(&options) {
                     Ok(p) => p,
@@ -147,7 +149,8 @@ impl Tracing {
                         panic!("probes failed to load: {e}");
                     }
                 };
-                let mut source = EventSource::new(probes.take_events().expect("ring")).expect("source");
+                let mut source =
+                    EventSource::new(probes.take_events().expect("ring")).expect("source");
                 let _ = ready_tx.send(Ok(()));
                 let push = |e: &ConnEvent| sink.lock().expect("lock").push(*e);
                 loop {
@@ -225,7 +228,8 @@ impl TempDir {
     pub fn new(tag: &str) -> Self {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("tracer-test-{tag}-{}-{n}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("tracer-test-{tag}-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         Self(dir)
     }
@@ -261,9 +265,10 @@ impl Daemon {
                 return daemon;
             }
             if let Some(child) = daemon.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait() {
-                    panic!("tracer run exited with {status}: {}", daemon.log_text());
-                }
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("tracer run exited with {status}: {}", daemon.log_text());
+            }
             assert!(Instant::now() < deadline, "daemon did not start: {}", daemon.log_text());
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -275,7 +280,12 @@ impl Daemon {
 
     /// Runs `tracer <args> --socket <ours>`; Err(stderr) on failure.
     pub fn try_cli(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new(tracer_bin()).args(args).arg("--socket").arg(&self.socket).output().expect("run tracer");
+        let out = Command::new(tracer_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()
+            .expect("run tracer");
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
@@ -287,7 +297,8 @@ impl Daemon {
         let mut full = args.to_vec();
         full.push("--json");
         let text = self.try_cli(&full).unwrap_or_else(|e| panic!("tracer {args:?} failed: {e}"));
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad JSON from tracer {args:?}: {e}: {text}"))
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("bad JSON from tracer {args:?}: {e}: {text}"))
     }
 
     /// The `top --json` row of `pid`, or Null.
@@ -334,7 +345,11 @@ impl Drop for Daemon {
 
 /// `emitted`, `received`, `lost` of the daemon's final summary line.
 pub fn final_summary(log: &str) -> (u64, u64, u64) {
-    let line = log.lines().rev().find(|l| l.contains("events emitted=")).unwrap_or_else(|| panic!("no summary in log: {log}"));
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("events emitted="))
+        .unwrap_or_else(|| panic!("no summary in log: {log}"));
     let field = |name: &str| -> u64 {
         line.split_whitespace()
             .find_map(|w| w.strip_prefix(&format!("{name}=")))
