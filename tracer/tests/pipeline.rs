@@ -7,7 +7,7 @@ use std::{collections::BTreeSet, time::Duration};
 use common::{Tracing, Workload, of_kind, touches_port};
 use tracer_common::{AF_INET, AF_INET6, ConnEvent, EventKind, tcp_state};
 
-const WAIT: Duration = Duration::from_secs(20);
+
 
 fn socks(events: &[ConnEvent]) -> BTreeSet<u64> {
     events.iter().map(|e| e.sock).collect()
@@ -35,7 +35,7 @@ fn connect_accept_close(accept_blocked_before_attach: bool) {
     }
     client.cmd("close 8");
     let ours = |e: &ConnEvent| touches_port(e, v4_port) || touches_port(e, v6_port);
-    tracing.wait_for(WAIT, "20 accepts and 8 releases", |events| {
+    tracing.wait_for(common::wait_limit(), "20 accepts and 8 releases", |events| {
         let ours: Vec<_> = events.iter().filter(|e| ours(e)).copied().collect();
         of_kind(&ours, EventKind::Accept).len() >= 20
             && of_kind(&ours, EventKind::Release).len() >= 8
@@ -129,7 +129,7 @@ fn emitted_equals_received_plus_lost_over_10000_fast_connections() {
     client.cmd(&format!("churn 127.0.0.1:{port} {N}"));
     server.cmd("wait-bg");
     let ours = |e: &ConnEvent| touches_port(e, port);
-    tracing.wait_for(WAIT, "all releases", |events| {
+    tracing.wait_for(common::wait_limit(), "all releases", |events| {
         events.iter().filter(|e| ours(e) && e.kind() == Some(EventKind::Release)).count() >= 2 * N
     });
     let finished = tracing.finish();

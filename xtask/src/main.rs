@@ -1,5 +1,7 @@
-//! Project tasks: `cargo xtask setup | run | test`.
+//! Project tasks: `cargo xtask setup | run | test | vm-test | bench`.
+mod bench;
 mod setup;
+mod vm;
 
 use std::process::Command;
 
@@ -23,12 +25,21 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then run every test (unit, BPF integration). Needs root for the BPF tests.
+    /// Set up, then run every test: unit and BPF integration tests on this kernel, then the
+    /// kernel matrix (Debian 5.10, 6.1, 6.12 under qemu, every probe mode). Needs root.
     Test {
+        /// Skip the kernel matrix (for a quick local run; CI runs it).
+        #[arg(long)]
+        no_vm: bool,
         /// Extra arguments for `cargo test` (after `--`, e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Set up, then run the BPF integration tests on Debian kernels under qemu and on the host,
+    /// in every probe mode; prints a kernel x mode table.
+    VmTest(vm::Args),
+    /// Overhead and scale benchmarks; writes docs/performance.md (see `cargo xtask bench --help`).
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -51,9 +62,14 @@ fn run(cli: Cli) -> Result<()> {
             use std::os::unix::process::CommandExt;
             Err(cmd.exec().into())
         }
-        Task::Test { args } => {
+        Task::Test { no_vm, args } => {
             setup::run()?;
             require_root()?;
+            // The kernel matrix first when it runs: its table then does not bury cargo test's
+            // summary, which ends the output.
+            if !no_vm {
+                vm::run(vm::Args::ci())?;
+            }
             // BPF integration tests load probes and drive real sockets: run them one at a time
             // so their exact counts are not disturbed by each other's load.
             setup::run_cmd(
@@ -62,6 +78,14 @@ fn run(cli: Cli) -> Result<()> {
                     .args(["--test-threads", "1"])
                     .args(&args),
             )
+        }
+        Task::Bench(args) => {
+            setup::run()?;
+            bench::run(args)
+        }
+        Task::VmTest(args) => {
+            setup::run()?;
+            vm::run(args)
         }
     }
 }

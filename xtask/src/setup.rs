@@ -14,16 +14,32 @@ const LLVM_CONFIG: &str = "llvm-config-22";
 const BUILD_PACKAGES: &[&str] = &[
     "clang-22", "llvm-22-dev", "libpolly-22-dev", "libbpf-dev", "libzstd-dev", "zlib1g-dev",
 ];
-const TEST_PACKAGES: &[&str] = &["iproute2", "procps"];
+const TEST_PACKAGES: &[&str] = &[
+    // ground truth (ss), network namespaces, setpriv for the unprivileged test
+    "iproute2", "procps", "util-linux", "python3",
+    // real peers and clients a user would have
+    "redis-server", "redis-tools", "nginx-light", "curl", "wrk",
+    // a real Prometheus server and promtool
+    "prometheus",
+];
+/// `cargo xtask bench`: the reference tracer users would otherwise run.
+const BENCH_PACKAGES: &[&str] = &["bpftrace"];
+/// `cargo xtask vm-test`: the emulator, the static shell that is the guests' userland, and a
+/// musl C compiler for crates that compile C (the test binaries are static musl executables).
+const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "musl-tools"];
+
+/// The guests of `cargo xtask vm-test` run static test binaries built for this target.
+pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 
 pub fn packages() -> Vec<&'static str> {
-    BUILD_PACKAGES.iter().chain(TEST_PACKAGES).copied().collect()
+    BUILD_PACKAGES.iter().chain(TEST_PACKAGES).chain(VM_PACKAGES).chain(BENCH_PACKAGES).copied().collect()
 }
 
 pub fn run() -> Result<()> {
     apt_packages(&packages())?;
     ebpf_toolchain()?;
     bpf_linker()?;
+    musl_target()?;
     Ok(())
 }
 
@@ -42,7 +58,36 @@ fn apt_packages(wanted: &[&str]) -> Result<()> {
     eprintln!("setup: installing Debian packages: {}", missing.join(" "));
     let sudo = needs_sudo();
     run_cmd(apt(sudo).arg("update").arg("-q"))?;
+    // Servers installed for the tests (redis, nginx, prometheus) must not start as system
+    // services: the tests start their own on loopback.
+    let _no_services = NoServiceStarts::install();
     run_cmd(apt(sudo).args(["install", "-y", "-q", "--no-install-recommends"]).args(&missing))
+}
+
+/// Debian's policy-rc.d hook, present only while packages install: exit 101 tells
+/// invoke-rc.d not to start services. Removed on drop, and never replaces an existing one.
+struct NoServiceStarts(Option<&'static str>);
+
+impl NoServiceStarts {
+    const PATH: &'static str = "/usr/sbin/policy-rc.d";
+
+    fn install() -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        if std::path::Path::new(Self::PATH).exists() {
+            return Self(None);
+        }
+        let written = std::fs::write(Self::PATH, "#!/bin/sh\nexit 101\n")
+            .and_then(|()| std::fs::set_permissions(Self::PATH, std::fs::Permissions::from_mode(0o755)));
+        Self(written.is_ok().then_some(Self::PATH))
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if let Some(path) = self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 fn apt(sudo: bool) -> Command {
@@ -84,6 +129,19 @@ fn ebpf_toolchain() -> Result<()> {
     run_cmd(Command::new("rustup").args([
         "toolchain", "install", EBPF_TOOLCHAIN, "--profile", "minimal", "--component", "rust-src",
     ]))
+}
+
+/// Adds the musl target to the toolchain pinned by rust-toolchain.toml (rustup resolves the pin
+/// from the working directory, so run from the workspace root).
+fn musl_target() -> Result<()> {
+    let root = crate::workspace_root();
+    let installed = capture(Command::new("rustup").args(["target", "list", "--installed"]).current_dir(&root))
+        .is_ok_and(|out| out.lines().any(|l| l.trim() == MUSL_TARGET));
+    if installed {
+        return Ok(());
+    }
+    eprintln!("setup: adding Rust target {MUSL_TARGET} (static test binaries for the VM guests)");
+    run_cmd(Command::new("rustup").args(["target", "add", MUSL_TARGET]).current_dir(&root))
 }
 
 fn bpf_linker() -> Result<()> {

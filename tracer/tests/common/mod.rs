@@ -213,6 +213,13 @@ pub fn tracer_bin() -> std::path::PathBuf {
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_tracer").into())
 }
 
+/// How long a test waits for a condition: 20 s, or `TRACER_TEST_WAIT_SECS` (the VM matrix
+/// raises it: emulated guests are many times slower).
+pub fn wait_limit() -> Duration {
+    let secs = std::env::var("TRACER_TEST_WAIT_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    Duration::from_secs(secs)
+}
+
 /// A `tracer run` daemon on a private socket, queried through the real CLI.
 pub struct Daemon {
     child: Option<Child>,
@@ -259,7 +266,7 @@ impl Daemon {
             .spawn()
             .expect("spawn tracer run");
         let mut daemon = Self { child: Some(child), socket, log, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + wait_limit().max(Duration::from_secs(60));
         loop {
             if daemon.try_cli(&["status", "--json"]).is_ok() {
                 return daemon;
@@ -313,7 +320,7 @@ impl Daemon {
     /// Polls `check` against fresh `top` rows until it returns Ok, or panics with its last
     /// complaint. Counts settle within milliseconds; softirq state changes may trail a reply.
     pub fn eventually(&self, what: &str, mut check: impl FnMut(&Self) -> Result<(), String>) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + wait_limit();
         loop {
             match check(self) {
                 Ok(()) => return,

@@ -1,0 +1,265 @@
+//! Runs one target (a qemu guest, or the staged payload natively for the host row), records its
+//! console to a log file, and follows the `@@VMTEST` markers of run-tests.sh. A watchdog kills a
+//! target that makes no progress: no kernel marker within the boot timeout, or no marker for
+//! longer than one test may take.
+use std::{
+    fs::File,
+    io::{BufRead, BufReader, Read, Write},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+
+const MARKER: &str = "@@VMTEST ";
+
+/// One test executable run in one mode.
+pub struct Step {
+    pub mode: String,
+    pub test: String,
+    /// Exit status from the script; None when the target stopped before the step ended.
+    pub rc: Option<i32>,
+    /// Host wall time of the step.
+    pub elapsed: Duration,
+    /// Panic messages from the step's output, to show next to the table.
+    pub panics: Vec<String>,
+}
+
+pub struct Observed {
+    /// `uname -r` as the target reported it.
+    pub kernel: Option<String>,
+    /// Launch to the first marker: boot time for a guest.
+    pub boot: Option<Duration>,
+    pub steps: Vec<Step>,
+    /// Set when the target did not reach `done`: a timeout, a crash, qemu failing.
+    pub problem: Option<String>,
+    pub total: Duration,
+    pub log: PathBuf,
+}
+
+pub struct Limits {
+    pub boot: Duration,
+    /// Longest silence allowed between two markers once booted.
+    pub step: Duration,
+}
+
+enum Line {
+    Marker(Instant, String),
+    Output(String),
+}
+
+/// Starts `cmd` with stdout and stderr captured to `log` and follows it until `done`, exit or timeout.
+/// With `echo`, every console line is also printed, prefixed with `label`.
+pub fn run(label: &str, mut cmd: Command, log: &Path, limits: &Limits, echo: bool) -> Result<Observed> {
+    let file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let sink = Arc::new(Mutex::new(file));
+    let started = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    let (tx, rx) = mpsc::channel();
+    let readers = [
+        child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|stream| {
+        let tx = tx.clone();
+        let sink = Arc::clone(&sink);
+        let label = label.to_owned();
+        thread::spawn(move || forward(stream, &tx, &sink, echo.then_some(label.as_str())))
+    })
+    .collect::<Vec<_>>();
+    drop(tx);
+
+    let mut seen = Observed {
+        kernel: None,
+        boot: None,
+        steps: Vec::new(),
+        problem: None,
+        total: Duration::ZERO,
+        log: log.to_owned(),
+    };
+    let mut deadline = started + limits.boot;
+    let mut step_started = started;
+    let mut output: Vec<String> = Vec::new();
+    let mut tail: Vec<String> = Vec::new();
+    let mut done = false;
+    while !done {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok(Line::Output(line)) => {
+                output.push(line.clone());
+                tail.push(line);
+                if tail.len() > 12 {
+                    tail.remove(0);
+                }
+            }
+            Ok(Line::Marker(at, marker)) => {
+                deadline = at + limits.step;
+                let words: Vec<&str> = marker.split_whitespace().collect();
+                match words.as_slice() {
+                    ["kernel", release] => {
+                        seen.kernel = Some((*release).to_owned());
+                        seen.boot = Some(at - started);
+                    }
+                    ["begin", mode, test] => {
+                        step_started = at;
+                        output.clear();
+                        seen.steps.push(Step {
+                            mode: (*mode).to_owned(),
+                            test: (*test).to_owned(),
+                            rc: None,
+                            elapsed: Duration::ZERO,
+                            panics: Vec::new(),
+                        });
+                    }
+                    ["end", mode, test, rc] => {
+                        if let Some(step) = seen.steps.last_mut().filter(|s| s.mode == *mode && s.test == *test) {
+                            step.rc = rc.parse().ok();
+                            step.elapsed = at - step_started;
+                            step.panics = panics(&output);
+                            if !echo {
+                                let verdict = if step.rc == Some(0) { "pass".to_owned() } else { format!("FAIL (exit {rc})") };
+                                eprintln!("vm-test: {label} {mode} {test}: {verdict} in {:.1}s", step.elapsed.as_secs_f64());
+                            }
+                        }
+                    }
+                    ["done"] => done = true,
+                    _ => {}
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let what = match seen.steps.last() {
+                    None if seen.kernel.is_none() => format!("did not boot within {}s", limits.boot.as_secs()),
+                    Some(step) if step.rc.is_none() => format!(
+                        "timed out: no progress for {}s in {} {}",
+                        limits.step.as_secs(),
+                        step.mode,
+                        step.test
+                    ),
+                    _ => format!("timed out: no progress for {}s", limits.step.as_secs()),
+                };
+                seen.problem = Some(what);
+                break;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let status = child.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                seen.problem = Some(format!("stopped before finishing ({status}); last output:\n    {}", tail.join("\n    ")));
+                break;
+            }
+        }
+    }
+    // After `done` the guest powers off by itself; give it a moment before killing it.
+    stop(&mut child, if done { Duration::from_secs(30) } else { Duration::ZERO });
+    for reader in readers {
+        let _ = reader.join();
+    }
+    seen.total = started.elapsed();
+    Ok(seen)
+}
+
+/// Copies a stream to the log line by line, and sends markers and plain lines to the watchdog.
+fn forward(stream: Box<dyn Read + Send>, tx: &mpsc::Sender<Line>, sink: &Mutex<File>, echo: Option<&str>) {
+    let mut reader = BufReader::new(stream);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let line = String::from_utf8_lossy(&buf).trim_end_matches(['\r', '\n']).to_owned();
+        if let Ok(mut log) = sink.lock() {
+            let _ = writeln!(log, "{line}");
+        }
+        if let Some(label) = echo {
+            eprintln!("[{label}] {line}");
+        }
+        // A marker may follow other text on the same console line (a test's unterminated output).
+        let msg = match line.find(MARKER) {
+            Some(at) => Line::Marker(Instant::now(), line[at + MARKER.len()..].trim().to_owned()),
+            None => Line::Output(line),
+        };
+        if tx.send(msg).is_err() {
+            return;
+        }
+    }
+}
+
+/// libtest prints "thread '...' panicked at file:line:col:" followed by the message.
+fn panics(output: &[String]) -> Vec<String> {
+    let mut found = Vec::new();
+    for (i, line) in output.iter().enumerate() {
+        if line.contains("panicked at") {
+            let message = output.get(i + 1).map(|m| m.trim()).unwrap_or_default();
+            let mut summary = format!("{} {message}", line.trim());
+            // Some assertions print a whole JSON document: the log has it in full.
+            if let Some((cut, _)) = summary.char_indices().nth(300) {
+                summary.truncate(cut);
+                summary.push_str(" ...");
+            }
+            found.push(summary);
+        }
+    }
+    found.dedup();
+    found.truncate(5);
+    found
+}
+
+/// Waits up to `grace` for the child to exit, then kills it (the process we started, by handle).
+fn stop(child: &mut Child, grace: Duration) {
+    let until = Instant::now() + grace;
+    while Instant::now() < until {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn follows_markers_and_failures_of_a_script() {
+        let dir = std::env::temp_dir().join(format!("xtask-guest-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let script = "echo '@@VMTEST kernel 1.2.3'; echo '@@VMTEST begin tracepoint pipeline'; \
+                      echo \"thread 'a' panicked at src/x.rs:1:2:\"; echo 'boom'; \
+                      printf 'no newline'; echo '@@VMTEST end tracepoint pipeline 101'; echo '@@VMTEST done'";
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", script]);
+        let limits = Limits { boot: Duration::from_secs(10), step: Duration::from_secs(10) };
+        let seen = run("t", cmd, &dir.join("log"), &limits, false).expect("run");
+        assert_eq!(seen.kernel.as_deref(), Some("1.2.3"));
+        assert!(seen.problem.is_none());
+        assert_eq!(seen.steps.len(), 1);
+        assert_eq!(seen.steps[0].rc, Some(101));
+        assert_eq!(seen.steps[0].panics, vec!["thread 'a' panicked at src/x.rs:1:2: boom".to_owned()]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn reports_a_target_that_hangs() {
+        let dir = std::env::temp_dir().join(format!("xtask-guest-hang-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo '@@VMTEST kernel 1'; echo '@@VMTEST begin auto t'; exec sleep 30"]);
+        let limits = Limits { boot: Duration::from_secs(5), step: Duration::from_millis(300) };
+        let seen = run("t", cmd, &dir.join("log"), &limits, false).expect("run");
+        assert!(seen.problem.as_deref().is_some_and(|p| p.contains("no progress")), "{:?}", seen.problem);
+        assert_eq!(seen.steps[0].rc, None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
