@@ -126,9 +126,19 @@ pub fn probe_mode() -> ProbeMode {
     }
 }
 
+/// `TRACER_TEST_FAULT_DROP_RELEASE=N` (set by `cargo xtask vm-test --inject-fault`): every
+/// probe under test drops every Nth release, so exact-count tests must fail.
+pub fn injected_fault() -> u32 {
+    std::env::var("TRACER_TEST_FAULT_DROP_RELEASE").ok().and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
 impl Tracing {
     pub fn start() -> Self {
-        Self::start_with(LoadOptions { mode: probe_mode(), ..LoadOptions::default() })
+        Self::start_with(LoadOptions {
+            mode: probe_mode(),
+            drop_every_nth_release: injected_fault(),
+            ..LoadOptions::default()
+        })
     }
 
     pub fn start_with(options: LoadOptions) -> Self {
@@ -258,7 +268,9 @@ impl Daemon {
             // Reconcile every second, so every test also proves it finds nothing to correct.
             .args(["run", "--summary-interval", "0", "--reconcile-interval", "1", "--probe", &mode])
             // Any free port: tests read the bound address from `status`.
-            .args(["--metrics-addr", "127.0.0.1:0", "--socket"])
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            .args(["--fault-drop-every-nth-release", &injected_fault().to_string()])
+            .arg("--socket")
             .arg(&socket)
             .args(extra)
             .stdout(Stdio::null())

@@ -58,6 +58,10 @@ pub struct Args {
     /// Print every console line of the guests as it arrives.
     #[arg(long)]
     verbose: bool,
+    /// Run with a deliberately wrong probe (every third release dropped in the kernel): the
+    /// exact-count tests must then fail, which shows that the matrix sees real errors.
+    #[arg(long)]
+    inject_fault: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -130,6 +134,7 @@ impl Args {
             refresh_kernels: false,
             jobs: None,
             verbose: false,
+            inject_fault: false,
         }
     }
 }
@@ -155,6 +160,7 @@ pub fn run(args: Args) -> Result<()> {
         modes: &mode_names,
         filter: args.filter.as_deref(),
         test_timeout_secs: args.test_timeout,
+        fault_drop_every_nth_release: if args.inject_fault { 3 } else { 0 },
     };
     let payload = payload::build(&root, &cache, &config)?;
     // All downloads before the first guest, so a network problem shows up at once.

@@ -37,6 +37,9 @@ pub struct RunConfig<'a> {
     pub modes: &'a [&'a str],
     pub filter: Option<&'a str>,
     pub test_timeout_secs: u64,
+    /// Non-zero: the tests' daemons drop every Nth release in the kernel (a deliberately wrong
+    /// probe, to show that the matrix catches it).
+    pub fault_drop_every_nth_release: u32,
 }
 
 /// Builds the test executables for musl and stages them under `<cache>/payload/vmtest`.
@@ -158,11 +161,12 @@ fn write_file(path: &Path, text: &str, mode: u32) -> Result<()> {
 fn config_script(tests: &[String], config: &RunConfig) -> String {
     let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
     format!(
-        "TESTS={}\nMODES={}\nFILTER={}\nTEST_TIMEOUT={}\n",
+        "TESTS={}\nMODES={}\nFILTER={}\nTEST_TIMEOUT={}\nFAULT={}\n",
         quote(&tests.join(" ")),
         quote(&config.modes.join(" ")),
         quote(config.filter.unwrap_or_default()),
-        config.test_timeout_secs
+        config.test_timeout_secs,
+        config.fault_drop_every_nth_release
     )
 }
 
@@ -175,6 +179,7 @@ ROOT=${VMTEST_ROOT:-/vmtest}
 . "$ROOT/config.sh"
 # Emulated guests are slow: give the tests' waits more room than on real hardware.
 export TRACER_BIN="$ROOT/tracer" RUST_BACKTRACE=1 TRACER_TEST_WAIT_SECS=120
+[ "$FAULT" != 0 ] && export TRACER_TEST_FAULT_DROP_RELEASE="$FAULT"
 set --
 [ -n "$FILTER" ] && set -- "$FILTER"
 echo "@@VMTEST kernel $(uname -r)"
