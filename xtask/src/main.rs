@@ -74,7 +74,7 @@ fn run(cli: Cli) -> Result<()> {
             // so their exact counts are not disturbed by each other's load.
             setup::run_cmd(
                 Command::new("cargo")
-                    .args(["test", "--workspace", "--all-targets", "--"])
+                    .args(["test", "--workspace", "--exclude", "tracer-ebpf", "--all-targets", "--"])
                     .args(["--test-threads", "1"])
                     .args(&args),
             )

@@ -371,17 +371,17 @@ mod tests {
     fn selects_tests_by_name() {
         let tests = || vec![("a".to_owned(), PathBuf::from("/a")), ("b".to_owned(), PathBuf::from("/b"))];
         let skip = ["b".to_owned(), "gone".to_owned()];
-        let config = RunConfig { only: &[], skip: &skip, modes: &[], filter: None, test_timeout_secs: 1 };
+        let config = RunConfig { only: &[], skip: &skip, modes: &[], filter: None, test_timeout_secs: 1, fault_drop_every_nth_release: 0 };
         assert_eq!(select(tests(), &config).expect("select"), vec![("a".to_owned(), PathBuf::from("/a"))]);
         let only = ["c".to_owned()];
-        let config = RunConfig { only: &only, skip: &[], modes: &[], filter: None, test_timeout_secs: 1 };
+        let config = RunConfig { only: &only, skip: &[], modes: &[], filter: None, test_timeout_secs: 1, fault_drop_every_nth_release: 0 };
         assert!(select(tests(), &config).is_err());
     }
 
     #[test]
     fn quotes_the_filter_for_the_shell() {
         let config =
-            RunConfig { only: &[], skip: &[], modes: &["auto", "kprobe"], filter: Some("it's"), test_timeout_secs: 60 };
+            RunConfig { only: &[], skip: &[], modes: &["auto", "kprobe"], filter: Some("it's"), test_timeout_secs: 60, fault_drop_every_nth_release: 0 };
         let script = config_script(&["pipeline".into()], &config);
         assert!(script.contains(r"FILTER='it'\''s'"), "{script}");
         assert!(script.contains("MODES='auto kprobe'"));
