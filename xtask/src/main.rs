@@ -70,6 +70,9 @@ fn run(cli: Cli) -> Result<()> {
             if !no_vm {
                 vm::run(vm::Args::ci())?;
             }
+            // The integration tests drive the `workload` example as a real process: build it as
+            // a plain binary (--all-targets builds examples only as test harnesses).
+            setup::run_cmd(Command::new("cargo").args(["build", "--package", "tracer", "--examples"]))?;
             // BPF integration tests load probes and drive real sockets: run them one at a time
             // so their exact counts are not disturbed by each other's load.
             setup::run_cmd(

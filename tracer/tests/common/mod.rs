@@ -29,7 +29,7 @@ pub fn example_path(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
     let path = profile_dir.join("examples").join(name);
-    assert!(path.exists(), "{} missing: build with `cargo test --all-targets`", path.display());
+    assert!(path.exists(), "{} missing: `cargo build -p tracer --examples` (cargo xtask test does)", path.display());
     path
 }
 
