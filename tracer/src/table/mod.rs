@@ -199,6 +199,14 @@ impl Aggregates {
         }
     }
 
+    fn uncount_opened(&mut self, owner: ProcessKey, direction: Direction) {
+        if let Some(p) = self.processes.get_mut(&owner) {
+            p.opened_total = p.opened_total.saturating_sub(1);
+            let d = p.direction_mut(direction);
+            d.opened_total = d.opened_total.saturating_sub(1);
+        }
+    }
+
     fn count_closed(&mut self, owner: ProcessKey, direction: Direction) {
         if let Some(p) = self.processes.get_mut(&owner) {
             p.closed_total += 1;
@@ -264,7 +272,7 @@ impl ConnectionTable {
         {
             return applied;
         }
-        match kind {
+        let applied = match kind {
             EventKind::Connect => self.on_connect(event),
             EventKind::Established if event.is_inbound() => self.on_inbound_established(event),
             EventKind::Established => self.on_outbound_established(event),
@@ -274,7 +282,13 @@ impl ConnectionTable {
             EventKind::Release => self.on_release(event),
             EventKind::ProcessExit => self.on_process_exit(event),
             EventKind::ProcessExec => self.on_process_exec(event),
+        };
+        // A start-up scan may have loaded this socket while its connect was already in the
+        // table (no address yet): the event that gives it its addresses settles the duplicate.
+        if !self.scanned.is_empty() && matches!(kind, EventKind::Established | EventKind::Accept) {
+            self.drop_scanned_duplicate(event);
         }
+        applied
     }
 
     /// Drops exited processes past the grace period that hold nothing any more, and unaccepted

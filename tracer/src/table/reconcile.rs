@@ -262,6 +262,22 @@ impl ConnectionTable {
         (kind == EventKind::Established).then_some(Applied::Ignored)
     }
 
+    /// Removes a scanned entry with `event`'s addresses but another identity: the same socket,
+    /// counted once already by the events. Its open count is withdrawn, and the open it added
+    /// to `opened_total` taken back (a start-up race, settled before anyone relies on it).
+    pub(super) fn drop_scanned_duplicate(&mut self, event: &ConnEvent) {
+        let tuple = TupleKey::of(event);
+        let Some(&key) = self.scanned.get(&tuple) else { return };
+        if key == SocketKey::of(event) {
+            return;
+        }
+        if let Some(dup) = self.remove(key) {
+            if let (Phase::Open, Some(owner)) = (dup.phase, dup.owner) {
+                self.aggregates.uncount_opened(owner, dup.direction);
+            }
+        }
+    }
+
     /// Gives `key` to `holder`: the old owner closed it as far as it is concerned, the new one
     /// opened it (so each process keeps open = opened_total - closed_total).
     fn transfer(&mut self, key: SocketKey, holder: &ScannedHolder, now_ns: u64) {

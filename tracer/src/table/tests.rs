@@ -943,3 +943,27 @@ fn several_holders_keep_the_opener_and_list_the_others() {
     assert_eq!(t.shared_holders(SocketKey { netns: NETNS, sock: 0xb }), &[SERVER.pid, child.pid]);
     assert_consistent(&t);
 }
+
+#[test]
+fn a_connection_scanned_between_its_connect_and_its_handshake_counts_once() {
+    let clock = ManualClock::new(SEC);
+    let mut t = table();
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    // Connect drained before the start-up scan; the scan then sees the connection
+    // established; the Established event arrives after the scan.
+    k.connect(CLIENT, 0xa, v4(0, 80));
+    let loaded = t.load_existing(
+        &[scanned(v4(40_000, 80), 7, ESTABLISHED, Direction::Outbound, &[CLIENT])],
+        clock.now_ns(),
+    );
+    assert_eq!(loaded, 1, "the connecting entry has no address yet: the scan cannot match it");
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    k.established_out(0xa, v4(40_000, 80));
+    let s = stats(&t, CLIENT);
+    assert_eq!((s.open, s.opened_total), (1, 1));
+    assert_eq!(t.tracked_connections(), 1);
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    k.release(CLIENT, 0xa, ESTABLISHED, FIN_WAIT1);
+    assert_eq!(t.tracked_connections(), 0, "nothing left for a reconcile to call stale");
+    assert_consistent(&t);
+}
