@@ -3,12 +3,9 @@
 //! The server side's ESTABLISHED transition runs in softirq, so it cannot name the owner; the
 //! syscall exit can. It also sees accepts that were already blocked when the probes attached.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use tracer_common::{EventKind, counters, flags};
+use tracer_common::counters;
 
-use crate::{
-    core_shim,
-    emit::{bump, emit},
-};
+use crate::{core_shim, emit::bump, lifecycle};
 
 /// Offset of `long ret` in the `syscalls:sys_exit_*` record (after the 8-byte common header and
 /// `int __syscall_nr` padded to 8). This is the tracepoint's stable user ABI, not a kernel struct;
@@ -44,14 +41,7 @@ fn on_accept_exit(ctx: &TracePointContext) {
         aya_log_ebpf::debug!(ctx, "accept returned fd {} that does not resolve to a socket", ret);
         return;
     }
-    // SAFETY: `sk` was read from the socket the kernel just installed in the fd table.
-    let (is_tcp, state) =
-        unsafe { (core_shim::tracer_sk_is_tcp(sk), core_shim::tracer_sk_state(sk)) };
-    if is_tcp == 0 {
-        // accept() on a Unix or other non-TCP listener: not ours, not a loss.
-        return;
-    }
-    // The peer may already have hung up while the socket waited in the backlog: report the
-    // state it has now.
-    emit(EventKind::Accept, sk, state, state, flags::OWNER_CONTEXT | flags::INBOUND);
+    // The peer may already have hung up while it waited in the backlog: the event carries the
+    // state it has now (the same report as the fexit/kretprobe accept path).
+    lifecycle::on_accept_return(sk);
 }

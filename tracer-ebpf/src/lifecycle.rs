@@ -1,5 +1,6 @@
-//! What the function probes of the fentry and kprobe modes report: the same events, with the
-//! same owner rules, as the tracepoint mode derives from state changes (docs/semantics.md).
+//! Connect, accept and close as the function probes of the fentry and kprobe modes see them
+//! (the same events, with the same owner rules, as tracepoint mode derives from state changes;
+//! docs/semantics.md). The accept report is shared with the accept syscall-exit tracepoint.
 use tracer_common::{EventKind, flags, tcp_state};
 
 use crate::{
@@ -32,9 +33,10 @@ pub fn on_tcp_close(sk: SockPtr) {
     release(sk, state, state);
 }
 
-/// `inet_csk_accept()` returned `sk` to the current task (also covers io_uring accepts, which
-/// the syscall tracepoint cannot see). The syscall tracepoint reports it again; the table
-/// ignores the second report of an already owned socket.
+/// An accept returned `sk` to the current task: from `inet_csk_accept()`'s return (which also
+/// covers io_uring accepts) or from the accept syscall's exit (which also covers accepts
+/// blocked before the probes attached). Both may report one socket; the table ignores the
+/// second report of an owned socket.
 #[inline(always)]
 pub fn on_accept_return(sk: SockPtr) {
     if sk.is_null() {

@@ -9,26 +9,8 @@ use std::{
     time::Duration,
 };
 
-use common::{Daemon, Workload, num};
+use common::{Daemon, FAST_LEAKS, Workload, num};
 use serde_json::Value;
-
-/// 0.5 s samples, 8 per window (4 s), 4 sub-windows, G = 10, resolve after 2 clear.
-const FAST: &[&str] = &[
-    "--leak-interval",
-    "0.5",
-    "--leak-window",
-    "8",
-    "--leak-sub-windows",
-    "4",
-    "--leak-growth-min",
-    "10",
-    "--leak-resolve-after",
-    "2",
-    "--close-wait-after",
-    "1",
-    "--held-closed-after",
-    "1",
-];
 
 fn alerts_of(daemon: &Daemon, list: &str, pid: u32) -> Vec<Value> {
     daemon.json(&["leaks"])[list]
@@ -93,7 +75,7 @@ impl Receiver {
 #[test]
 fn a_steady_leak_raises_growth_everywhere_and_resolves_when_the_process_exits() {
     let receiver = Receiver::start();
-    let mut args = FAST.to_vec();
+    let mut args = FAST_LEAKS.to_vec();
     args.extend(["--alert-webhook", &receiver.url]);
     let daemon = Daemon::start(&args);
     let mut server = Workload::spawn();
@@ -112,7 +94,11 @@ fn a_steady_leak_raises_growth_everywhere_and_resolves_when_the_process_exits() 
     });
     // Not before (about) a full window: the daemon's sampling clock started before the leak,
     // so allow one interval of phase (the floors below prove the rise itself).
-    assert!(started.elapsed() >= Duration::from_millis(3500), "raised after {:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(3500),
+        "raised after {:?}",
+        started.elapsed()
+    );
     let alert = alerts_of(&daemon, "active", leaker.pid)
         .into_iter()
         .find(|a| a["rule"] == "growth")
@@ -190,7 +176,7 @@ fn a_steady_leak_raises_growth_everywhere_and_resolves_when_the_process_exits() 
 
 #[test]
 fn a_leak_under_churn_raises_growth() {
-    let daemon = Daemon::start(FAST);
+    let daemon = Daemon::start(FAST_LEAKS);
     let mut server = Workload::spawn();
     let port = server.listen("127.0.0.1");
     server.cmd("serve-bg 0 echo");
@@ -210,7 +196,7 @@ fn a_leak_under_churn_raises_growth() {
 
 #[test]
 fn healthy_pools_and_churn_never_raise_anything_over_several_windows() {
-    let daemon = Daemon::start(FAST);
+    let daemon = Daemon::start(FAST_LEAKS);
     let mut echo = Workload::spawn();
     let echo_port = echo.listen("127.0.0.1");
     echo.cmd("serve-bg 0 echo");
@@ -251,7 +237,7 @@ fn healthy_pools_and_churn_never_raise_anything_over_several_windows() {
 
 #[test]
 fn a_server_that_never_closes_raises_close_wait_not_its_clients() {
-    let daemon = Daemon::start(FAST);
+    let daemon = Daemon::start(FAST_LEAKS);
     let mut server = Workload::spawn();
     let port = server.listen("127.0.0.1");
     server.cmd("serve-bg 0 hold");
@@ -275,7 +261,7 @@ fn a_server_that_never_closes_raises_close_wait_not_its_clients() {
 
 #[test]
 fn a_client_holding_reset_connections_raises_held_closed() {
-    let daemon = Daemon::start(FAST);
+    let daemon = Daemon::start(FAST_LEAKS);
     let mut server = Workload::spawn();
     let port = server.listen("127.0.0.1");
     let mut client = Workload::spawn();

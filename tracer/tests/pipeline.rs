@@ -7,8 +7,6 @@ use std::{collections::BTreeSet, time::Duration};
 use common::{Tracing, Workload, of_kind, touches_port};
 use tracer_common::{AF_INET, AF_INET6, ConnEvent, EventKind, tcp_state};
 
-
-
 fn socks(events: &[ConnEvent]) -> BTreeSet<u64> {
     events.iter().map(|e| e.sock).collect()
 }

@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Daemon, TempDir, Workload, num, tracer_bin};
+use common::{Daemon, FAST_LEAKS, TempDir, Workload, num, tracer_bin};
 
 fn metrics_addr(daemon: &Daemon) -> String {
     daemon.json(&["status"])["metrics_addr"].as_str().expect("metrics served").to_owned()
@@ -76,17 +76,6 @@ impl Drop for Prometheus {
         let _ = self.child.wait();
     }
 }
-
-const FAST_LEAKS: &[&str] = &[
-    "--leak-interval",
-    "0.5",
-    "--leak-window",
-    "8",
-    "--leak-sub-windows",
-    "4",
-    "--leak-growth-min",
-    "10",
-];
 
 #[test]
 fn a_real_prometheus_scrapes_open_counts_and_leak_alerts() {

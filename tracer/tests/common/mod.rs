@@ -29,7 +29,11 @@ pub fn example_path(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
     let path = profile_dir.join("examples").join(name);
-    assert!(path.exists(), "{} missing: `cargo build -p tracer --examples` (cargo xtask test does)", path.display());
+    assert!(
+        path.exists(),
+        "{} missing: `cargo build -p tracer --examples` (cargo xtask test does)",
+        path.display()
+    );
     path
 }
 
@@ -226,7 +230,8 @@ pub fn tracer_bin() -> std::path::PathBuf {
 /// How long a test waits for a condition: 20 s, or `TRACER_TEST_WAIT_SECS` (the VM matrix
 /// raises it: emulated guests are many times slower).
 pub fn wait_limit() -> Duration {
-    let secs = std::env::var("TRACER_TEST_WAIT_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    let secs =
+        std::env::var("TRACER_TEST_WAIT_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
     Duration::from_secs(secs)
 }
 
@@ -387,3 +392,22 @@ pub fn num(value: &serde_json::Value, field: &str) -> u64 {
 pub fn expect_eq(what: &str, got: u64, want: u64) -> Result<(), String> {
     if got == want { Ok(()) } else { Err(format!("{what}: got {got}, want {want}")) }
 }
+
+/// Leak detection on a short clock for tests: 0.5 s samples, 8 per window (4 s), 4 sub-windows,
+/// G = 10, resolve after 2 clear evaluations, stale CLOSE_WAIT / reset-but-held after 1 s.
+pub const FAST_LEAKS: &[&str] = &[
+    "--leak-interval",
+    "0.5",
+    "--leak-window",
+    "8",
+    "--leak-sub-windows",
+    "4",
+    "--leak-growth-min",
+    "10",
+    "--leak-resolve-after",
+    "2",
+    "--close-wait-after",
+    "1",
+    "--held-closed-after",
+    "1",
+];
