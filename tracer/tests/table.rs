@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{Daemon, Workload, expect_eq, final_summary, num};
+use common::{assert_no_corrections, Daemon, Workload, expect_eq, final_summary, num};
 use serde_json::Value;
 
 fn conns(daemon: &Daemon, args: &[&str]) -> Vec<Value> {
@@ -100,6 +100,7 @@ fn forty_connections_exact_counts_states_and_tuples() {
     assert_eq!(num(&c["states"], "close_wait"), 25);
     let status = daemon.json(&["status"]);
     assert_eq!(num(&status, "events_lost"), 0);
+    assert_no_corrections(&daemon);
     drop(client);
     drop(server);
     let (emitted, received, lost) = final_summary(&daemon.stop());
@@ -204,6 +205,7 @@ fn edge_cases_shutdown_reset_refused_connecting_and_exit() {
         expect_eq("open", num(&p, "open"), 0)?;
         expect_eq("closed_total", num(&p, "closed_total"), 3)
     });
+    assert_no_corrections(&daemon);
 }
 
 #[test]
@@ -240,6 +242,7 @@ fn four_clients_two_thousand_each_exact_totals_and_no_loss() {
     });
     let status = daemon.json(&["status"]);
     assert_eq!(num(&status, "events_lost"), 0);
+    assert_no_corrections(&daemon);
     drop(clients);
     drop(server);
     let (emitted, received, lost) = final_summary(&daemon.stop());

@@ -411,3 +411,10 @@ pub const FAST_LEAKS: &[&str] = &[
     "--held-closed-after",
     "1",
 ];
+
+/// Counts come from the event stream: the 1 s reconcile of the test daemons must have found
+/// nothing to correct (it would hide a probe that loses events).
+pub fn assert_no_corrections(daemon: &Daemon) {
+    let status = daemon.json(&["status"]);
+    assert_eq!(num(&status, "reconcile_corrections"), 0, "counts must come from events: {status}");
+}
