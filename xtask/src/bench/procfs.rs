@@ -35,7 +35,8 @@ pub fn status_bytes(pid: u32, key: &str) -> Result<u64> {
         .with_context(|| format!("no {key} in {path}"))
 }
 
-/// Busy CPU ticks of the whole machine (every CPU, everything but idle and iowait).
+/// Busy CPU ticks of the whole machine (every CPU; everything but idle, iowait and steal, which
+/// is time the hypervisor gave to someone else).
 pub fn system_busy_ticks() -> Result<u64> {
     let text = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
     let line = text.lines().find(|l| l.starts_with("cpu ")).context("no cpu line in /proc/stat")?;
@@ -44,7 +45,7 @@ pub fn system_busy_ticks() -> Result<u64> {
         bail!("short cpu line in /proc/stat: {line}");
     }
     // user nice system idle iowait irq softirq steal: guest time is already in user.
-    let busy = values[0] + values[1] + values[2] + values[5] + values[6] + values[7];
+    let busy = values[0] + values[1] + values[2] + values[5] + values[6];
     Ok(busy)
 }
 
@@ -131,4 +132,13 @@ pub fn smaps_rollup(pid: u32) -> Vec<(String, u64)> {
             Some((key.to_owned(), rest.split_whitespace().next()?.parse::<u64>().ok()? * 1024))
         })
         .collect()
+}
+
+/// Sum over CPUs of one row of /proc/interrupts (e.g. "IWI", irq_work interrupts).
+pub fn interrupts(row: &str) -> u64 {
+    let text = std::fs::read_to_string("/proc/interrupts").unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.trim_start().strip_prefix(row)?.strip_prefix(':'))
+        .map(|rest| rest.split_whitespace().map_while(|v| v.parse::<u64>().ok()).sum())
+        .unwrap_or(0)
 }

@@ -281,13 +281,14 @@ impl Report {
             o,
             "Each run is {:.1} s of loopback connections (connect, accept, 5-byte request and reply, server \
              closes, client closes) from {} threads; \"max rate\" runs flat out, \"fixed\" paces the \
-             threads (unless --rate is given, at half the untraced IPv4 max rate measured once at the start). \
+             threads (unless --rate is given, at a quarter of the untraced IPv4 max rate measured once at the start). \
              Untraced, tracer and bpftrace runs alternate within each of the {} pairs (order \
              reversed every other pair); the ratio is traced/untraced connections per second of the same \
              pair, median [min–max] over the pairs. Tracer CPU: the tracer process's utime+stime from load \
              start until it had taken in every event (bpftrace: until 0.3 s after the load), per connection. Machine CPU: busy time of all CPUs \
              during the load per connection (at max rate the machine is saturated, so this is just the \
-             inverse of the rate). p99: connect-to-close time of one connection. Events per wakeup: events \
+             inverse of the rate). p99: connect-to-close time of one connection (at max rate, with more \
+             threads than CPUs, it is the scheduler's time slice). Events per wakeup: events \
              the daemon received divided by the voluntary context switches of all its threads (each \
              time a thread went to sleep waiting for work): about the events handled per wakeup.\n",
             self.duration.as_secs_f64(),
@@ -395,9 +396,11 @@ impl Report {
         let _ = writeln!(o, "## Where the time and memory go\n");
         let _ = writeln!(
             o,
-            "One more IPv4 max-rate run ({}) with instruments on, not part of the ratios: BPF run-time \
-             statistics (BPF_ENABLE_STATS), the ring buffer's fill sampled from outside, the daemon's \
-             wakeups, and a perf profile of the daemon. Then the same load under bpftrace.\n",
+            "More IPv4 max-rate runs ({}) with instruments on, not part of the ratios: one with BPF \
+             run-time statistics (BPF_ENABLE_STATS, which adds two clock reads per program run), the \
+             ring buffer's fill sampled from outside, the daemon's wakeups and the irq_work interrupts; \
+             the same under bpftrace, and untraced; then one under perf (which slows everything down) \
+             for the profiles.\n",
             d.mode
         );
         let conns = d.connections.max(1) as f64;
@@ -431,6 +434,13 @@ impl Report {
             kernel_ns as f64 / 1e3 / conns,
             bt_ns as f64 / 1e3 / d.bpftrace_connections.max(1) as f64
         );
+        let _ = writeln!(
+            o,
+            "| irq_work interrupts (IWI, the BPF ring/perf buffer's reader wakeups) | tracer {:.2} per connection; bpftrace {:.2}; untraced {:.2} |",
+            d.irq_work as f64 / conns,
+            d.bpftrace_irq_work as f64 / d.bpftrace_connections.max(1) as f64,
+            d.untraced_irq_work_per_conn
+        );
         let _ = writeln!(o, "| bpftrace process CPU | {:.2} µs per connection ({} connections) |", d.bpftrace_us_per_conn, thousands(d.bpftrace_connections));
         if !d.smaps.is_empty() {
             let text: Vec<String> = d.smaps.iter().map(|(k, v)| format!("{k} {}", mib(*v))).collect();
@@ -453,7 +463,7 @@ impl Report {
             }
         }
         let _ = writeln!(o);
-        let _ = writeln!(o, "Daemon profile (`perf record -F 1999 -p <daemon>`, symbols over 1%):\n");
+        let _ = writeln!(o, "Daemon profile (`perf record -F 1999 -p <daemon>`, symbols over 0.5%):\n");
         let _ = writeln!(o, "```");
         for line in &d.profile {
             let _ = writeln!(o, "{line}");

@@ -174,14 +174,15 @@ impl Bpftrace {
         }
     }
 
-    /// SIGINT (bpftrace runs its END probe and exits); killed if it has not exited after 10 s,
+    /// SIGINT (bpftrace runs its END probe and exits); killed if it has not exited after 3 s
+    /// (bpftrace 0.17 sometimes keeps waiting in epoll_wait after SIGINT),
     /// so that no stray instance stays attached during later runs.
     pub fn stop(mut self) -> Result<()> {
         let Some(mut child) = self.child.take() else { return Ok(()) };
         let wchan = std::fs::read_to_string(format!("/proc/{}/wchan", self.pid)).unwrap_or_default();
-        if !stop_child(&mut child, libc::SIGINT, Duration::from_secs(10))? {
+        if !stop_child(&mut child, libc::SIGINT, Duration::from_secs(3))? {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            eprintln!("bench: warning: bpftrace ignored SIGINT for 10 s (waiting in {wchan:?}) and was killed: {}", last_line(&log));
+            eprintln!("bench: warning: bpftrace ignored SIGINT for 3 s (waiting in {wchan:?}) and was killed: {}", last_line(&log));
         }
         Ok(())
     }
