@@ -15,8 +15,7 @@ mod snapshot;
 mod tests;
 
 use std::{
-    collections::{HashMap, hash_map::DefaultHasher},
-    hash::BuildHasherDefault,
+    collections::HashMap,
 };
 
 use serde::{Deserialize, Serialize};
@@ -34,7 +33,7 @@ pub const DEFAULT_EXITED_GRACE_NS: u64 = 60 * 1_000_000_000;
 
 /// Fixed-key hashing: iteration order depends only on the events applied, so runs replay
 /// identically. Keys are kernel addresses and pids, which no remote peer chooses.
-type Map<K, V> = HashMap<K, V, BuildHasherDefault<DefaultHasher>>;
+type Map<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TableConfig {
