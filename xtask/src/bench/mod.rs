@@ -98,10 +98,10 @@ impl Tracer {
 pub struct Run {
     pub tracer: Tracer,
     pub load: LoadResult,
-    /// Busy CPU of the whole machine during the load, in ticks.
-    pub system_ticks: u64,
-    /// The tracer process's CPU from load start until it had drained everything, in ticks.
-    pub tracer_ticks: Option<u64>,
+    /// Busy CPU of the whole machine during the load, in nanoseconds.
+    pub system_ns: u64,
+    /// The tracer process's CPU from load start until it had drained everything, in nanoseconds.
+    pub tracer_ns: Option<u64>,
     pub tracer_hwm: Option<u64>,
     pub events_lost: Option<u64>,
     /// Events the daemon received, and its voluntary context switches (about one per batch).
@@ -111,12 +111,11 @@ pub struct Run {
 
 impl Run {
     pub fn system_us_per_conn(&self) -> f64 {
-        procfs::ticks_to_duration(self.system_ticks).as_secs_f64() * 1e6 / self.load.connections.max(1) as f64
+        self.system_ns as f64 / 1e3 / self.load.connections.max(1) as f64
     }
 
     pub fn tracer_us_per_conn(&self) -> Option<f64> {
-        self.tracer_ticks
-            .map(|t| procfs::ticks_to_duration(t).as_secs_f64() * 1e6 / self.load.connections.max(1) as f64)
+        self.tracer_ns.map(|ns| ns as f64 / 1e3 / self.load.connections.max(1) as f64)
     }
 }
 
@@ -205,6 +204,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let _cleanup = RemoveDir(dir.clone());
     let script = dir.join("tcplife.bt");
     std::fs::write(&script, TCPLIFE_BT).with_context(|| format!("writing {}", script.display()))?;
+    // Measure a private copy: a rebuild of target/release/tracer during the run (someone
+    // working in the same tree) must not swap the binary between runs.
+    let bin = {
+        let copy = dir.join("tracer");
+        std::fs::copy(&bin, &copy).with_context(|| format!("copying {} to {}", bin.display(), copy.display()))?;
+        copy
+    };
 
     let smoke = args.smoke;
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
@@ -254,6 +260,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let rate = match ctx.args.rate {
         Some(rate) => rate,
         None => {
+            if wait {
+                if !qemu_running().is_empty() {
+                    waited += wait_for_quiet(Duration::from_secs(10));
+                }
+                waited += wait_for_idle_cpus()?;
+            }
             let spec = LoadSpec { family: Family::V4, threads: ctx.threads, duration: ctx.duration, rate: None };
             let max = load::run(&spec).context("calibrating the fixed rate")?.rate();
             // A quarter of the saturation rate, in round thousands: pacing makes each connection
@@ -380,29 +392,29 @@ fn one_run(ctx: &Bench, scenario: &Scenario, tracer: &Tracer) -> Result<Run> {
     let spec = LoadSpec { family: scenario.family, threads: ctx.threads, duration: ctx.duration, rate: scenario.rate };
     match tracer {
         Tracer::None => {
-            let sys0 = procfs::system_busy_ticks()?;
+            let busy = procfs::BusyClock::start()?;
             let load = load::run(&spec)?;
-            let system_ticks = procfs::system_busy_ticks()?.saturating_sub(sys0);
-            Ok(Run { tracer: tracer.clone(), load, system_ticks, tracer_ticks: None, tracer_hwm: None, events_lost: None, events: None, wakeups: None })
+            let system_ns = busy.busy_ns()?;
+            Ok(Run { tracer: tracer.clone(), load, system_ns, tracer_ns: None, tracer_hwm: None, events_lost: None, events: None, wakeups: None })
         }
         Tracer::Daemon(mode) => {
             let daemon = Daemon::start(&ctx.bin, mode, &ctx.dir)?;
             let before = daemon.status()?;
             let wake0 = voluntary_switches(daemon.pid);
-            let cpu0 = procfs::process_cpu_ticks(daemon.pid)?;
-            let sys0 = procfs::system_busy_ticks()?;
+            let cpu0 = procfs::process_cpu_ns(daemon.pid)?;
+            let busy = procfs::BusyClock::start()?;
             let load = load::run(&spec)?;
-            let system_ticks = procfs::system_busy_ticks()?.saturating_sub(sys0);
+            let system_ns = busy.busy_ns()?;
             let after = daemon.wait_drained(Duration::from_secs(30))?;
-            let tracer_ticks = procfs::process_cpu_ticks(daemon.pid)?.saturating_sub(cpu0);
+            let tracer_ns = procfs::process_cpu_ns(daemon.pid)?.saturating_sub(cpu0);
             let wakeups = voluntary_switches(daemon.pid).saturating_sub(wake0);
             let hwm = procfs::status_bytes(daemon.pid, "VmHWM")?;
             daemon.stop()?;
             Ok(Run {
                 tracer: tracer.clone(),
                 load,
-                system_ticks,
-                tracer_ticks: Some(tracer_ticks),
+                system_ns,
+                tracer_ns: Some(tracer_ns),
                 tracer_hwm: Some(hwm),
                 events_lost: Some(field(&after, "events_lost")),
                 events: Some(field(&after, "events_total").saturating_sub(field(&before, "events_total"))),
@@ -411,16 +423,16 @@ fn one_run(ctx: &Bench, scenario: &Scenario, tracer: &Tracer) -> Result<Run> {
         }
         Tracer::Bpftrace => {
             let bt = Bpftrace::start(&ctx.script, &ctx.dir)?;
-            let cpu0 = procfs::process_cpu_ticks(bt.pid)?;
-            let sys0 = procfs::system_busy_ticks()?;
+            let cpu0 = procfs::process_cpu_ns(bt.pid)?;
+            let busy = procfs::BusyClock::start()?;
             let load = load::run(&spec)?;
-            let system_ticks = procfs::system_busy_ticks()?.saturating_sub(sys0);
+            let system_ns = busy.busy_ns()?;
             // bpftrace reads its perf buffers continuously; give it a moment to catch up.
             std::thread::sleep(Duration::from_millis(300));
-            let tracer_ticks = procfs::process_cpu_ticks(bt.pid)?.saturating_sub(cpu0);
+            let tracer_ns = procfs::process_cpu_ns(bt.pid)?.saturating_sub(cpu0);
             let hwm = procfs::status_bytes(bt.pid, "VmHWM")?;
             bt.stop()?;
-            Ok(Run { tracer: tracer.clone(), load, system_ticks, tracer_ticks: Some(tracer_ticks), tracer_hwm: Some(hwm), events_lost: None, events: None, wakeups: None })
+            Ok(Run { tracer: tracer.clone(), load, system_ns, tracer_ns: Some(tracer_ns), tracer_hwm: Some(hwm), events_lost: None, events: None, wakeups: None })
         }
     }
 }
@@ -438,7 +450,7 @@ fn diagnose(ctx: &Bench, mode: &str) -> Result<Diagnostics> {
     let before = daemon.status()?;
     let progs0 = bpf::prog_stats(daemon.pid)?;
     let wake0 = voluntary_switches(daemon.pid);
-    let cpu0 = procfs::process_cpu_ticks(daemon.pid)?;
+    let cpu0 = procfs::process_cpu_ns(daemon.pid)?;
     let sampler = match bpf::RingView::open(daemon.pid, "EVENTS") {
         Ok(ring) => {
             d.ring_bytes = ring.size;
@@ -463,24 +475,21 @@ fn diagnose(ctx: &Bench, mode: &str) -> Result<Diagnostics> {
     d.connections = load.connections;
     d.rate = load.rate();
     d.events = field(&after, "events_total").saturating_sub(field(&before, "events_total"));
-    d.daemon_us_per_conn = procfs::ticks_to_duration(procfs::process_cpu_ticks(daemon.pid)?.saturating_sub(cpu0)).as_secs_f64()
-        * 1e6
-        / load.connections.max(1) as f64;
+    d.daemon_us_per_conn = procfs::process_cpu_ns(daemon.pid)?.saturating_sub(cpu0) as f64 / 1e3 / load.connections.max(1) as f64;
     d.smaps = procfs::smaps_rollup(daemon.pid);
     daemon.stop()?;
 
     // The bpftrace reference's program, with statistics still on.
     let bt = Bpftrace::start(&ctx.script, &ctx.dir)?;
     let progs0 = bpf::prog_stats(bt.pid)?;
-    let cpu0 = procfs::process_cpu_ticks(bt.pid)?;
+    let cpu0 = procfs::process_cpu_ns(bt.pid)?;
     let iwi0 = procfs::interrupts("IWI");
     let load = load::run(&spec)?;
     d.bpftrace_irq_work = procfs::interrupts("IWI").saturating_sub(iwi0);
     std::thread::sleep(Duration::from_millis(300));
     d.bpftrace_progs = bpf::prog_delta(&progs0, &bpf::prog_stats(bt.pid)?);
     d.bpftrace_connections = load.connections;
-    d.bpftrace_us_per_conn = procfs::ticks_to_duration(procfs::process_cpu_ticks(bt.pid)?.saturating_sub(cpu0)).as_secs_f64() * 1e6
-        / load.connections.max(1) as f64;
+    d.bpftrace_us_per_conn = procfs::process_cpu_ns(bt.pid)?.saturating_sub(cpu0) as f64 / 1e3 / load.connections.max(1) as f64;
     bt.stop()?;
     drop(stats);
 
@@ -581,13 +590,15 @@ fn profile_report(data: &Path, limit: usize, only: Option<&[&str]>) -> Result<Ve
     Ok(lines)
 }
 
+/// Processes that would skew every number: qemu VMs (whole CPUs), and other tracers (another
+/// `tracer run` or bpftrace traces our load too). Ours are all stopped between runs.
 fn qemu_running() -> Vec<u32> {
     // /proc/<pid>/comm is cut at 15 characters: "qemu-system-x86" for qemu-system-x86_64.
-    procfs::pids_named("qemu-system-x86")
+    ["qemu-system-x86", "tracer", "bpftrace"].iter().flat_map(|name| procfs::pids_named(name)).collect()
 }
 
-/// Waits until no qemu VM has run for `quiet` (giving up after an hour): VMs take whole CPUs
-/// and would skew every ratio. Returns how long it waited.
+/// Waits until no qemu VM or other tracer has run for `quiet` (giving up after an hour): VMs
+/// take whole CPUs and would skew every ratio. Returns how long it waited.
 fn wait_for_quiet(quiet: Duration) -> Duration {
     let start = Instant::now();
     let mut quiet_since = Instant::now();
@@ -597,7 +608,7 @@ fn wait_for_quiet(quiet: Duration) -> Duration {
         if !qemu.is_empty() {
             quiet_since = Instant::now();
             if !said {
-                eprintln!("bench: waiting for qemu VMs (pids {qemu:?}) to finish before measuring (--no-wait to skip)");
+                eprintln!("bench: waiting for qemu VMs or other tracers (pids {qemu:?}) to finish before measuring (--no-wait to skip)");
                 said = true;
             }
         }
@@ -616,12 +627,11 @@ fn wait_for_quiet(quiet: Duration) -> Duration {
 /// engineer's build or test run would otherwise land in some runs and not others.
 fn wait_for_idle_cpus() -> Result<Duration> {
     let start = Instant::now();
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
     let mut said = false;
     loop {
-        let before = procfs::system_busy_ticks()?;
+        let clock = procfs::BusyClock::start()?;
         std::thread::sleep(Duration::from_secs(1));
-        let busy = (procfs::system_busy_ticks()?.saturating_sub(before)) as f64 / (procfs::TICKS_PER_SECOND as f64 * cpus);
+        let busy = clock.fraction()?;
         if busy < 0.25 || start.elapsed() > Duration::from_secs(600) {
             return Ok(if said { start.elapsed() } else { Duration::ZERO });
         }
@@ -664,8 +674,11 @@ fn git_commit(root: &Path) -> String {
         })
     };
     let Some(commit) = git(&["rev-parse", "--short=12", "HEAD"]) else { return "unknown".into() };
-    let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
-    if dirty { format!("{commit} (with uncommitted changes)") } else { commit }
+    // Only changes to what is measured count (the tracer crates and the lock file), not to the
+    // harness or the docs.
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no", "--", "tracer", "tracer-common", "tracer-ebpf", "Cargo.lock"])
+        .is_some_and(|s| !s.is_empty());
+    if dirty { format!("{commit} (with uncommitted changes to the tracer)") } else { commit }
 }
 
 fn workspace_root() -> PathBuf {

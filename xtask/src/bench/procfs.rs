@@ -1,14 +1,8 @@
 //! What the harness reads from /proc: process CPU time and memory, system CPU time, machine facts.
-use std::time::Duration;
-
 use anyhow::{Context, Result, bail};
 
 /// USER_HZ: /proc reports CPU times in these ticks (100 on every Linux ABI).
 pub const TICKS_PER_SECOND: u64 = 100;
-
-pub fn ticks_to_duration(ticks: u64) -> Duration {
-    Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND)
-}
 
 /// utime + stime of a whole process (all its threads), in ticks.
 pub fn process_cpu_ticks(pid: u32) -> Result<u64> {
@@ -24,6 +18,28 @@ pub fn process_cpu_ticks(pid: u32) -> Result<u64> {
     Ok(field(11)? + field(12)?)
 }
 
+/// CPU time of a whole process in nanoseconds: the scheduler's exact run time of each live
+/// thread (/proc/<pid>/task/*/schedstat), since utime+stime come in 10 ms ticks, too coarse
+/// for a few seconds of a mostly idle daemon. Falls back to utime+stime without schedstat.
+/// (Threads that exit meanwhile drop out; the daemon's and bpftrace's live for the whole run.)
+pub fn process_cpu_ns(pid: u32) -> Result<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).with_context(|| format!("reading /proc/{pid}/task"))?;
+    let mut total = 0u64;
+    let mut any = false;
+    for task in tasks.flatten() {
+        let path = task.path().join("schedstat");
+        if let Some(ns) = std::fs::read_to_string(&path).ok().and_then(|t| t.split_whitespace().next()?.parse::<u64>().ok()) {
+            total += ns;
+            any = true;
+        }
+    }
+    if any {
+        Ok(total)
+    } else {
+        Ok(process_cpu_ticks(pid)? * (1_000_000_000 / TICKS_PER_SECOND))
+    }
+}
+
 /// A `kB` line of /proc/<pid>/status, in bytes.
 pub fn status_bytes(pid: u32, key: &str) -> Result<u64> {
     let path = format!("/proc/{pid}/status");
@@ -35,18 +51,46 @@ pub fn status_bytes(pid: u32, key: &str) -> Result<u64> {
         .with_context(|| format!("no {key} in {path}"))
 }
 
-/// Busy CPU ticks of the whole machine (every CPU; everything but idle, iowait and steal, which
-/// is time the hypervisor gave to someone else).
-pub fn system_busy_ticks() -> Result<u64> {
+/// Idle CPU ticks of the whole machine: idle, iowait and steal (time the hypervisor gave to
+/// someone else). Busy time is wall time × CPUs minus this: the idle times are exact (NOHZ
+/// keeps them), while user and system are sampled at each tick, which paced loads that sleep
+/// between connections can alias with badly.
+pub fn system_idle_ticks() -> Result<u64> {
     let text = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
     let line = text.lines().find(|l| l.starts_with("cpu ")).context("no cpu line in /proc/stat")?;
     let values: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
     if values.len() < 8 {
         bail!("short cpu line in /proc/stat: {line}");
     }
-    // user nice system idle iowait irq softirq steal: guest time is already in user.
-    let busy = values[0] + values[1] + values[2] + values[5] + values[6];
-    Ok(busy)
+    // user nice system idle iowait irq softirq steal
+    Ok(values[3] + values[4] + values[7])
+}
+
+/// Busy CPU time of the whole machine since a (time, idle ticks) mark.
+pub struct BusyClock {
+    start: std::time::Instant,
+    idle: u64,
+    cpus: u64,
+}
+
+impl BusyClock {
+    pub fn start() -> Result<Self> {
+        let cpus = std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1);
+        Ok(Self { start: std::time::Instant::now(), idle: system_idle_ticks()?, cpus })
+    }
+
+    /// Busy nanoseconds over all CPUs since start.
+    pub fn busy_ns(&self) -> Result<u64> {
+        let wall = self.start.elapsed().as_nanos() as u64 * self.cpus;
+        let idle = system_idle_ticks()?.saturating_sub(self.idle) * (1_000_000_000 / TICKS_PER_SECOND);
+        Ok(wall.saturating_sub(idle))
+    }
+
+    /// Busy share of all CPUs since start (0..=1).
+    pub fn fraction(&self) -> Result<f64> {
+        let wall = self.start.elapsed().as_nanos() as f64 * self.cpus as f64;
+        Ok(self.busy_ns()? as f64 / wall.max(1.0))
+    }
 }
 
 /// The machine the numbers were measured on.

@@ -178,10 +178,10 @@ impl Report {
             self.elapsed.as_secs_f64() / 60.0,
             self.load_before,
             self.load_after,
-            if self.waited.is_zero() { String::new() } else { format!("; waited {:.0} s for qemu VMs and other jobs to finish", self.waited.as_secs_f64()) },
+            if self.waited.is_zero() { String::new() } else { format!("; waited {:.0} s for qemu VMs, other tracers and other jobs to finish", self.waited.as_secs_f64()) },
             match self.runs_with_qemu {
                 0 => String::new(),
-                n => format!("; **a qemu VM was running during {n} of {} load runs: those numbers are noisier**", self.runs_total),
+                n => format!("; **a qemu VM or another tracer was running during {n} of {} load runs: those numbers are noisier**", self.runs_total),
             },
         );
         let _ = writeln!(o, "| probe modes | measured: {}{} |\n", self.modes.join(", "), self
@@ -547,7 +547,8 @@ fn render_method(o: &mut String, r: &Report) {
         o,
         "- The load runs in the harness process (threads), so harness, kernel and tracer share the \
          CPUs, as a traced server would. The machine may be shared: runs alternate and medians are \
-         quoted; a full run waits for qemu VMs to finish first."
+         quoted; a full run waits for qemu VMs, other tracers (`tracer run`, bpftrace) and busy CPUs \
+         before each pair."
     );
     let _ = writeln!(
         o,
