@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{assert_no_corrections, Daemon, Workload, expect_eq, final_summary, num};
+use common::{Daemon, Workload, assert_no_corrections, expect_eq, final_summary, num};
 use serde_json::Value;
 
 fn conns(daemon: &Daemon, args: &[&str]) -> Vec<Value> {
@@ -167,7 +167,13 @@ fn edge_cases_shutdown_reset_refused_connecting_and_exit() {
     // A connect stuck in SYN_SENT: a listener with a full backlog drops further SYNs.
     let full_port: u16 = server.cmd("listen 127.0.0.1 0").parse().expect("port");
     let mut stuck = Workload::spawn();
-    stuck.cmd(&format!("connect-nowait 127.0.0.1:{full_port} 3"));
+    // One at a time: a second SYN that raced the first one's handshake could still complete
+    // (from the client's side) before the backlog counted the first.
+    stuck.cmd(&format!("connect-nowait 127.0.0.1:{full_port} 1"));
+    daemon.eventually("one established in the backlog", |d| {
+        expect_eq("open", num(&d.process(stuck.pid), "open"), 1)
+    });
+    stuck.cmd(&format!("connect-nowait 127.0.0.1:{full_port} 2"));
     daemon.eventually("one established in the backlog, two connecting", |d| {
         let p = d.process(stuck.pid);
         expect_eq("open", num(&p, "open"), 1)?;

@@ -38,6 +38,7 @@ pub fn scan_kernel() -> std::io::Result<Vec<ScannedSocket>> {
         .map(|s| ScannedSocket {
             netns: s.netns,
             inode: s.inode,
+            cookie: s.cookie,
             direction: if listening.contains(&(s.netns, s.local.port())) {
                 Direction::Inbound
             } else {

@@ -14,9 +14,7 @@ mod snapshot;
 #[cfg(test)]
 mod tests;
 
-use std::{
-    collections::HashMap,
-};
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 use tracer_common::{ConnEvent, EventKind, tcp_state};

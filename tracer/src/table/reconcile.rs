@@ -30,6 +30,9 @@ pub struct ScannedSocket {
     pub netns: u32,
     /// Socket inode; 0 for a socket no file refers to (orphaned, or not yet accepted).
     pub inode: u64,
+    /// The kernel's socket cookie: unique for the boot, unlike the addresses (loopback clients
+    /// reuse a port within a second) or the inode (0 for every unaccepted socket).
+    pub cookie: u64,
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub state: u8,
@@ -72,8 +75,9 @@ pub struct ReconcileReport {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Difference {
-    /// The kernel has a connection the table lacks (a lost open).
-    Missing { tuple: TupleKey, inode: u64 },
+    /// The kernel has a connection the table lacks (a lost open). Keyed by cookie: two scans
+    /// must see the very same socket, not two short-lived ones that happened to share a tuple.
+    Missing { tuple: TupleKey, cookie: u64 },
     /// The table has an open connection the kernel lacks (a lost release).
     Stale { key: SocketKey, id: u64 },
     /// The kernel reports another state (a lost state change).
@@ -110,8 +114,10 @@ impl Reconciler {
         let mut differences = HashSet::new();
         for socket in scan.iter().filter(|s| s.is_connection()) {
             let Some(&key) = known.get(&socket.tuple_key()) else {
-                differences
-                    .insert(Difference::Missing { tuple: socket.tuple_key(), inode: socket.inode });
+                differences.insert(Difference::Missing {
+                    tuple: socket.tuple_key(),
+                    cookie: socket.cookie,
+                });
                 continue;
             };
             seen.insert(key);

@@ -782,6 +782,9 @@ fn scanned(
     ScannedSocket {
         netns: NETNS,
         inode,
+        // Distinct sockets of a test have distinct inodes; tests of unaccepted sockets (inode
+        // 0) set the cookie themselves.
+        cookie: inode,
         local: crate::events::local_endpoint(&tuple),
         remote: crate::events::remote_endpoint(&tuple),
         state,
@@ -902,6 +905,29 @@ fn a_difference_that_goes_away_is_never_corrected() {
     );
     assert!(report.corrections.is_empty());
     assert_eq!(r.corrections_total, 0);
+}
+
+#[test]
+fn two_short_lived_sockets_sharing_a_tuple_are_not_one_missing_connection() {
+    // Loopback clients reuse a port within a second: two scans each caught a different
+    // unaccepted socket (inode 0) with the same addresses, both accepted and released before
+    // the events were compared. Two sightings of one tuple are not one lost open.
+    let clock = ManualClock::new(SEC);
+    let mut t = table();
+    let mut r = Reconciler::default();
+    let in_backlog = |cookie| ScannedSocket {
+        cookie,
+        ..scanned(swap(v4(40_000, 8080)), 0, CLOSE_WAIT, Direction::Inbound, &[])
+    };
+    assert!(r.check(&mut t, &[in_backlog(4104)], clock.now_ns()).corrections.is_empty());
+    let second = r.check(&mut t, &[in_backlog(7197)], clock.now_ns());
+    assert!(second.corrections.is_empty(), "{second:?}");
+    assert_eq!(t.unattributed(), 0);
+    // The same socket seen twice is a lost open.
+    let third = r.check(&mut t, &[in_backlog(7197)], clock.now_ns());
+    assert_eq!(third.corrections.len(), 1, "{third:?}");
+    assert_eq!(t.unattributed(), 1);
+    assert_consistent(&t);
 }
 
 #[test]

@@ -416,5 +416,13 @@ pub const FAST_LEAKS: &[&str] = &[
 /// nothing to correct (it would hide a probe that loses events).
 pub fn assert_no_corrections(daemon: &Daemon) {
     let status = daemon.json(&["status"]);
-    assert_eq!(num(&status, "reconcile_corrections"), 0, "counts must come from events: {status}");
+    // The daemon logs each correction: show them, they say what differed.
+    let log = daemon.log_text();
+    let corrections: Vec<&str> = log.lines().filter(|l| l.contains("reconcile:")).collect();
+    assert_eq!(
+        num(&status, "reconcile_corrections"),
+        0,
+        "counts must come from events: {status}\n{}",
+        corrections.join("\n")
+    );
 }
