@@ -32,6 +32,9 @@ pub enum Error {
     #[error("this kernel has no kprobe support (no {0}; built without CONFIG_KPROBES)")]
     NoKprobes(&'static str),
 
+    #[error("kprobe setup failed {what}: {source}")]
+    Kprobe { what: String, source: std::io::Error },
+
     #[error("no probe mode loads on this kernel: {reasons}")]
     NoModeWorks { reasons: String },
 

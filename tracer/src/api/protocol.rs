@@ -79,4 +79,7 @@ pub struct StatusReport {
     pub holder_changes: u64,
     /// Where /metrics is served, if anywhere.
     pub metrics_addr: Option<String>,
+    /// kprobe mode: each probe's hits and the kernel's count of misses (empty in other modes).
+    #[serde(default)]
+    pub kprobes: Vec<crate::probes::ProbeMisses>,
 }

@@ -234,6 +234,14 @@ pub fn status(s: &StatusReport) -> String {
     let _ = writeln!(out, "unmatched releases:  {}", s.unmatched_releases);
     let _ = writeln!(out, "reconcile corrections: {}", s.reconcile_corrections);
     let _ = writeln!(out, "holder changes:      {}", s.holder_changes);
+    if !s.kprobes.is_empty() {
+        // A missed accept return is covered by the accept syscall's exit; a missed entry
+        // probe is a lost event (and shows as a reconcile correction).
+        let _ = writeln!(out, "kprobes (hits, missed by the kernel):");
+        for p in &s.kprobes {
+            let _ = writeln!(out, "  {:<22} {} {}", p.probe, p.hits, p.missed);
+        }
+    }
     let _ = writeln!(
         out,
         "metrics:             {}",

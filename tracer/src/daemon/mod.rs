@@ -248,6 +248,7 @@ impl Daemon {
         let kernel = self.probes.counters().ok();
         let mode = self.probes.mode().to_string();
         let alerts: Vec<_> = self.detector.active().collect();
+        let kprobes = self.probes.kprobe_misses();
         let input = MetricsInput {
             table: &self.table,
             alerts: &alerts,
@@ -255,6 +256,7 @@ impl Daemon {
             events_received: self.source.received(),
             malformed: self.source.malformed(),
             reconcile_corrections: self.reconciler.corrections_total,
+            kprobes: &kprobes,
             build: BuildInfo {
                 version: env!("CARGO_PKG_VERSION"),
                 probe_mode: &mode,

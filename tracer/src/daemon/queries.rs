@@ -313,6 +313,7 @@ impl Daemon {
             reconcile_corrections: self.reconciler.corrections_total,
             metrics_addr: self.metrics_addr.map(|a| a.to_string()),
             holder_changes: self.reconciler.holder_changes_total,
+            kprobes: self.probes.kprobe_misses(),
         }
     }
 }

@@ -78,6 +78,8 @@ pub struct MetricsInput<'a> {
     pub malformed: u64,
     /// Corrections the periodic reconcile with the kernel's socket tables made.
     pub reconcile_corrections: u64,
+    /// kprobe mode's per-probe hits and misses (empty in other modes).
+    pub kprobes: &'a [crate::probes::ProbeMisses],
     pub build: BuildInfo<'a>,
     /// CLOCK_BOOTTIME nanoseconds, the clock of the table (connection ages).
     pub now_ns: u64,
@@ -257,7 +259,23 @@ impl Metrics {
         );
         corrections.add_counter(&[], input.reconcile_corrections);
 
-        vec![events.finish(), lost.finish(), anomalies.finish(), corrections.finish()]
+        let mut kprobe_missed = FamilyBuilder::counter(
+            "tcp_tracer_kprobe_missed_total",
+            "kprobe mode only: hits the kernel could not hand to a probe, per probe (for \
+             inet_csk_accept:return, returns beyond maxactive pending calls; they are still \
+             seen by the accept syscall's exit). Absent in other modes.",
+        );
+        for p in input.kprobes {
+            kprobe_missed.add_counter(&[("probe", &p.probe)], p.missed);
+        }
+
+        vec![
+            events.finish(),
+            lost.finish(),
+            anomalies.finish(),
+            corrections.finish(),
+            kprobe_missed.finish(),
+        ]
     }
 }
 

@@ -187,6 +187,11 @@ impl Sim {
 
     fn with_input<T>(&mut self, f: impl FnOnce(&mut Metrics, &MetricsInput<'_>) -> T) -> T {
         let alerts: Vec<&Alert> = self.alerts.iter().collect();
+        let kprobes = [crate::probes::ProbeMisses {
+            probe: "inet_csk_accept:return".into(),
+            hits: 10,
+            missed: 4,
+        }];
         let input = MetricsInput {
             table: &self.table,
             alerts: &alerts,
@@ -194,6 +199,7 @@ impl Sim {
             events_received: &self.received,
             malformed: 2,
             reconcile_corrections: 3,
+            kprobes: &kprobes,
             build: BuildInfo { version: "0.1.0", probe_mode: "fentry", kernel: "6.1.0-test" },
             now_ns: self.now,
             top_n: self.top_n,
@@ -825,6 +831,10 @@ fn pipeline_counters_and_build_info() {
     assert_eq!(scraped.value(lost, &[("reason", "accept_unresolved")]), Some(6.0));
     assert_eq!(scraped.value(lost, &[("reason", "malformed")]), Some(2.0));
     assert_eq!(scraped.value("tcp_tracer_reconcile_corrections_total", &[]), Some(3.0));
+    assert_eq!(
+        scraped.value("tcp_tracer_kprobe_missed_total", &[("probe", "inet_csk_accept:return")]),
+        Some(4.0)
+    );
     assert_eq!(
         scraped.value(
             "tcp_tracer_build_info",

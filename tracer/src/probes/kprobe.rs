@@ -1,24 +1,265 @@
 //! kprobe mode: kprobes on tcp_connect and tcp_close, a kretprobe on inet_csk_accept.
+//!
+//! The probes are created through tracefs `kprobe_events`, not the kprobe PMU that aya uses,
+//! for two things only tracefs offers on every kernel from 5.10:
+//! - a kretprobe's `maxactive`, how many calls may be pending at once. The PMU's default is
+//!   about two per CPU, and every thread blocked in accept() holds one: a busy server would
+//!   make the kretprobe miss returns. We ask for the kernel's maximum.
+//! - the kernel's count of missed hits per probe (`kprobe_profile`), which `tracer status`
+//!   and the metrics report. A missed accept return loses nothing (the accept syscall's exit
+//!   reports the same socket), but the count says how often it happened.
+use std::{
+    fs::OpenOptions,
+    io::{self, Write},
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+    path::{Path, PathBuf},
+};
+
 use aya::{Ebpf, programs::KProbe};
 
-use super::{program, step};
+use super::{preflight, program, step};
 use crate::error::{Error, Result};
 
-const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
+/// The largest `maxactive` tracefs accepts (KRETPROBE_MAXACTIVE_MAX).
+const KRETPROBE_MAXACTIVE: u32 = 4096;
+/// The tracefs event group our probes live in; event names carry the daemon's pid.
+const GROUP: &str = "tracer";
 
-pub fn attach(ebpf: &mut Ebpf) -> Result<()> {
-    // aya creates kprobes through the kprobe PMU (or tracefs on old kernels, which have both).
-    if !std::path::Path::new(KPROBE_PMU).exists() {
-        return Err(Error::NoKprobes(KPROBE_PMU));
+/// (program, kernel function, is a return probe)
+const PROBES: [(&str, &str, bool); 3] = [
+    ("tcp_connect_kprobe", "tcp_connect", false),
+    ("tcp_close_kprobe", "tcp_close", false),
+    ("inet_csk_accept_kretprobe", "inet_csk_accept", true),
+];
+
+/// The attached probes. Dropping it detaches them and removes their tracefs events.
+pub struct Kprobes {
+    tracefs: PathBuf,
+    attached: Vec<AttachedProbe>,
+}
+
+struct AttachedProbe {
+    function: &'static str,
+    event: String,
+    /// The perf event the program is attached to; closing it detaches the program.
+    perf: Option<OwnedFd>,
+}
+
+/// Hits and misses of one probe, as the kernel counts them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProbeMisses {
+    /// The probed kernel function, with `:return` for a return probe.
+    pub probe: String,
+    pub hits: u64,
+    /// Calls the probe could not handle: for a kretprobe, returns missed because `maxactive`
+    /// calls were already pending; for any probe, hits while another kprobe was running.
+    pub missed: u64,
+}
+
+pub fn attach(ebpf: &mut Ebpf) -> Result<Kprobes> {
+    let tracefs = tracefs_root();
+    let kprobe_events = tracefs.join("kprobe_events");
+    if !kprobe_events.exists() {
+        return Err(Error::NoKprobes("kprobe_events in tracefs (/sys/kernel/tracing)"));
     }
-    for (name, function) in [
-        ("tcp_connect_kprobe", "tcp_connect"),
-        ("tcp_close_kprobe", "tcp_close"),
-        ("inet_csk_accept_kretprobe", "inet_csk_accept"),
-    ] {
+    remove_stale_events(&tracefs);
+    let mut set = Kprobes { tracefs, attached: Vec::new() };
+    for (name, function, is_return) in PROBES {
         let prog: &mut KProbe = program(ebpf, name)?;
         prog.load().map_err(step("load", name))?;
-        prog.attach(function, 0).map_err(step("attach", name))?;
+        let event = format!(
+            "tracer_{}_{function}{}",
+            std::process::id(),
+            if is_return { "_ret" } else { "" }
+        );
+        let definition = if is_return {
+            format!("r{KRETPROBE_MAXACTIVE}:{GROUP}/{event} {function}")
+        } else {
+            format!("p:{GROUP}/{event} {function}")
+        };
+        write_kprobe_events(&set.tracefs, &definition)
+            .map_err(|source| Error::Kprobe { what: format!("creating `{definition}`"), source })?;
+        // Registered now: dropping `set` removes it even if the attach below fails.
+        set.attached.push(AttachedProbe { function, event: event.clone(), perf: None });
+        let perf = open_and_attach(&set.tracefs, &event, prog).map_err(|source| Error::Kprobe {
+            what: format!("attaching {name} to {function}"),
+            source,
+        })?;
+        if let Some(last) = set.attached.last_mut() {
+            last.perf = Some(perf);
+        }
     }
-    Ok(())
+    Ok(set)
+}
+
+impl Kprobes {
+    /// Hits and misses of each probe, from tracefs `kprobe_profile`.
+    pub fn misses(&self) -> io::Result<Vec<ProbeMisses>> {
+        let profile = std::fs::read_to_string(self.tracefs.join("kprobe_profile"))?;
+        Ok(self
+            .attached
+            .iter()
+            .filter_map(|probe| {
+                let (hits, missed) = profile_line(&profile, &probe.event)?;
+                let suffix = if probe.event.ends_with("_ret") { ":return" } else { "" };
+                Some(ProbeMisses { probe: format!("{}{suffix}", probe.function), hits, missed })
+            })
+            .collect())
+    }
+}
+
+impl Drop for Kprobes {
+    fn drop(&mut self) {
+        for probe in &mut self.attached {
+            // Detach first: tracefs refuses to remove an event that is still in use.
+            probe.perf = None;
+            if let Err(e) =
+                write_kprobe_events(&self.tracefs, &format!("-:{GROUP}/{}", probe.event))
+            {
+                log::warn!("could not remove kprobe event {GROUP}/{}: {e}", probe.event);
+            }
+        }
+    }
+}
+
+fn tracefs_root() -> PathBuf {
+    preflight::tracefs_events()
+        .parent()
+        .map_or_else(|| PathBuf::from("/sys/kernel/tracing"), Path::to_path_buf)
+}
+
+fn write_kprobe_events(tracefs: &Path, line: &str) -> io::Result<()> {
+    // Append: truncating would remove every other tool's kprobes.
+    let mut file = OpenOptions::new().append(true).open(tracefs.join("kprobe_events"))?;
+    file.write_all(format!("{line}\n").as_bytes())
+}
+
+/// Removes events a previous daemon left behind (killed before it could clean up): ours are
+/// named after the daemon's pid, so an event whose pid no longer runs is an orphan.
+fn remove_stale_events(tracefs: &Path) {
+    let Ok(events) = std::fs::read_to_string(tracefs.join("kprobe_events")) else { return };
+    for event in stale_events(&events, |pid| Path::new(&format!("/proc/{pid}")).exists()) {
+        match write_kprobe_events(tracefs, &format!("-:{GROUP}/{event}")) {
+            Ok(()) => log::info!("removed kprobe event {GROUP}/{event} left by a previous run"),
+            Err(e) => log::warn!("could not remove stale kprobe event {GROUP}/{event}: {e}"),
+        }
+    }
+}
+
+/// Our events in a `kprobe_events` listing ("p:tracer/tracer_123_tcp_connect tcp_connect")
+/// whose pid does not run.
+fn stale_events(listing: &str, running: impl Fn(u32) -> bool) -> Vec<String> {
+    listing
+        .lines()
+        .filter_map(|line| {
+            line.split_whitespace().next()?.split_once(':')?.1.strip_prefix("tracer/")
+        })
+        .filter(|event| {
+            let pid =
+                event.strip_prefix("tracer_").and_then(|rest| rest.split('_').next()?.parse().ok());
+            pid.is_some_and(|pid| !running(pid))
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `hits` and `missed` of `event` in a `kprobe_profile` listing ("  <event>  <hits>  <missed>").
+fn profile_line(profile: &str, event: &str) -> Option<(u64, u64)> {
+    profile.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        if fields.next()? != event {
+            return None;
+        }
+        Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
+    })
+}
+
+/// The prefix of `struct perf_event_attr` that PERF_ATTR_SIZE_VER0 covers: all a tracepoint
+/// event needs (the kernel zero-fills the rest).
+#[repr(C)]
+#[derive(Default)]
+struct PerfEventAttr {
+    kind: u32,
+    size: u32,
+    config: u64,
+    sample_period: u64,
+    sample_type: u64,
+    read_format: u64,
+    flags: u64,
+    wakeup_events: u32,
+    bp_type: u32,
+    config1: u64,
+}
+
+const PERF_TYPE_TRACEPOINT: u32 = 2;
+const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
+const PERF_EVENT_IOC_ENABLE: libc::c_ulong = 0x2400;
+/// _IOW('$', 8, __u32)
+const PERF_EVENT_IOC_SET_BPF: libc::c_ulong = 0x4004_2408;
+
+/// Opens the perf event of tracefs kprobe `event` (system-wide: a kprobe fires on every CPU
+/// whatever the event's CPU) and runs `prog` on it.
+fn open_and_attach(tracefs: &Path, event: &str, prog: &KProbe) -> io::Result<OwnedFd> {
+    let id_path = tracefs.join("events").join(GROUP).join(event).join("id");
+    let id: u64 = std::fs::read_to_string(&id_path)?.trim().parse().map_err(|e| {
+        io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", id_path.display()))
+    })?;
+    let attr = PerfEventAttr {
+        kind: PERF_TYPE_TRACEPOINT,
+        size: size_of::<PerfEventAttr>() as u32,
+        config: id,
+        sample_period: 1,
+        wakeup_events: 1,
+        ..PerfEventAttr::default()
+    };
+    // SAFETY: perf_event_open(2) with a fully initialised attr of the size it states.
+    let raw = unsafe {
+        libc::syscall(
+            libc::SYS_perf_event_open,
+            &raw const attr,
+            -1 as libc::pid_t,
+            0,
+            -1,
+            PERF_FLAG_FD_CLOEXEC,
+        )
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd that nothing else owns.
+    let perf = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+    let prog_fd = prog.fd().map_err(io::Error::other)?;
+    // SAFETY: ioctls on our own perf fd; SET_BPF takes the program fd by value.
+    unsafe {
+        if libc::ioctl(perf.as_raw_fd(), PERF_EVENT_IOC_SET_BPF, prog_fd.as_fd().as_raw_fd()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::ioctl(perf.as_raw_fd(), PERF_EVENT_IOC_ENABLE, 0) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(perf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_events_left_by_daemons_that_no_longer_run() {
+        let listing = "p:tracer/tracer_100_tcp_connect tcp_connect\n\
+                       r4096:tracer/tracer_100_inet_csk_accept_ret inet_csk_accept\n\
+                       p:tracer/tracer_200_tcp_close tcp_close\n\
+                       p:kprobes/someone_else do_sys_open\n";
+        let stale = stale_events(listing, |pid| pid == 200);
+        assert_eq!(stale, ["tracer_100_tcp_connect", "tracer_100_inet_csk_accept_ret"]);
+    }
+
+    #[test]
+    fn reads_hits_and_misses_of_one_event() {
+        let profile = "  tracer_7_tcp_connect                              1200               0\n  \
+                       tracer_7_inet_csk_accept_ret                       5000              42\n";
+        assert_eq!(profile_line(profile, "tracer_7_inet_csk_accept_ret"), Some((5000, 42)));
+        assert_eq!(profile_line(profile, "tracer_7_tcp_close"), None);
+    }
 }

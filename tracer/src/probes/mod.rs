@@ -4,6 +4,8 @@
 mod fentry;
 mod kprobe;
 pub mod preflight;
+
+pub use kprobe::ProbeMisses;
 mod tracepoint;
 
 use std::fmt;
@@ -79,6 +81,8 @@ pub struct Probes {
     counters: PerCpuArray<MapData, u64>,
     /// Messages of the kernel programs (aya-log), forwarded to the daemon's log.
     kernel_log: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// kprobe mode's probes, which live outside `ebpf` (see kprobe.rs).
+    kprobes: Option<kprobe::Kprobes>,
 }
 
 /// Per-kind counters summed over CPUs, as the kernel programs kept them.
@@ -167,9 +171,10 @@ impl Probes {
         };
         let btf = Btf::from_sys_fs()?;
         // Mode-specific hooks first: they are the ones that may be refused.
+        let mut kprobes = None;
         match mode {
             ProbeMode::Fentry => fentry::attach(&mut ebpf, &btf)?,
-            ProbeMode::Kprobe => kprobe::attach(&mut ebpf)?,
+            ProbeMode::Kprobe => kprobes = Some(kprobe::attach(&mut ebpf)?),
             ProbeMode::Tracepoint => tracepoint::attach_release_of_closed(&mut ebpf, &btf)?,
             ProbeMode::Auto => {
                 return Err(Error::NoModeWorks { reasons: "auto is not a mode".into() });
@@ -179,7 +184,14 @@ impl Probes {
         let counters = PerCpuArray::try_from(
             ebpf.take_map(COUNTERS_MAP).ok_or(Error::MissingMap("COUNTERS"))?,
         )?;
-        Ok(Self { ebpf: Some(ebpf), mode, mode_reason: String::new(), counters, kernel_log })
+        Ok(Self {
+            ebpf: Some(ebpf),
+            mode,
+            mode_reason: String::new(),
+            counters,
+            kernel_log,
+            kprobes,
+        })
     }
 
     fn with_reason(mut self, reason: String) -> Self {
@@ -216,7 +228,17 @@ impl Probes {
     /// Detaches and unloads every program. Nothing is emitted afterwards, so a final drain of
     /// the ring buffer then makes `emitted = received + lost` exact.
     pub fn detach(&mut self) {
+        self.kprobes = None;
         self.ebpf = None;
+    }
+
+    /// Hits and misses of each kprobe, as the kernel counts them (empty outside kprobe mode).
+    pub fn kprobe_misses(&self) -> Vec<ProbeMisses> {
+        let Some(kprobes) = &self.kprobes else { return Vec::new() };
+        kprobes.misses().unwrap_or_else(|e| {
+            log::debug!("cannot read kprobe_profile: {e}");
+            Vec::new()
+        })
     }
 
     pub fn counters(&self) -> Result<KernelCounters> {

@@ -347,6 +347,18 @@ impl Daemon {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// SIGKILL: the daemon gets no chance to clean up (a crash, an OOM kill).
+    pub fn kill_hard(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Stops the daemon with SIGTERM and returns its log (which ends with the final summary).
     pub fn stop(mut self) -> String {
         if let Some(mut child) = self.child.take() {

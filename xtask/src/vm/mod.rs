@@ -120,13 +120,14 @@ struct Row {
 
 impl Args {
     /// What `cargo xtask test` (and so CI) runs: the three Debian kernels in every mode, with
-    /// the event pipeline and the exact-count scenarios of the table (edge cases included).
+    /// the event pipeline, the exact-count scenarios of the table (edge cases included) and
+    /// what each mode adds (kprobe misses and clean-up).
     /// About 8 minutes on 2 cores; the host's own kernel is covered by `cargo test` itself.
     pub fn ci() -> Self {
         Self {
             kernels: vec![Target::Bullseye, Target::Bookworm, Target::Trixie],
             modes: vec![Mode::Auto, Mode::Fentry, Mode::Kprobe, Mode::Tracepoint],
-            tests: vec!["pipeline".into(), "table".into()],
+            tests: vec!["pipeline".into(), "table".into(), "probes".into()],
             skip: vec!["real_peers".into(), "prometheus".into()],
             filter: None,
             test_timeout: 300,
