@@ -193,6 +193,8 @@ struct PerfEventAttr {
 
 const PERF_TYPE_TRACEPOINT: u32 = 2;
 const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
+// The ioctl request type differs between C libraries (glibc: c_ulong, musl: c_int): the
+// calls cast.
 const PERF_EVENT_IOC_ENABLE: libc::c_ulong = 0x2400;
 /// _IOW('$', 8, __u32)
 const PERF_EVENT_IOC_SET_BPF: libc::c_ulong = 0x4004_2408;
@@ -231,10 +233,12 @@ fn open_and_attach(tracefs: &Path, event: &str, prog: &KProbe) -> io::Result<Own
     let prog_fd = prog.fd().map_err(io::Error::other)?;
     // SAFETY: ioctls on our own perf fd; SET_BPF takes the program fd by value.
     unsafe {
-        if libc::ioctl(perf.as_raw_fd(), PERF_EVENT_IOC_SET_BPF, prog_fd.as_fd().as_raw_fd()) != 0 {
+        if libc::ioctl(perf.as_raw_fd(), PERF_EVENT_IOC_SET_BPF as _, prog_fd.as_fd().as_raw_fd())
+            != 0
+        {
             return Err(io::Error::last_os_error());
         }
-        if libc::ioctl(perf.as_raw_fd(), PERF_EVENT_IOC_ENABLE, 0) != 0 {
+        if libc::ioctl(perf.as_raw_fd(), PERF_EVENT_IOC_ENABLE as _, 0) != 0 {
             return Err(io::Error::last_os_error());
         }
     }
