@@ -91,6 +91,80 @@ SHIM void tracer_sk_tuple(struct sock *sk, struct tracer_tuple *t)
 	}
 }
 
+/* ---- The same accessors for a BTF-typed socket pointer (the argument of a tp_btf, fentry or
+ * fexit program): plain loads, which the verifier turns into fault-safe direct memory reads,
+ * instead of one bpf_probe_read_kernel() call per field. inet_sock_set_state runs about ten
+ * times per connection, so this is most of the probes' cost. The relocations are the same:
+ * the structs above are preserve_access_index. Only tp_btf/fentry/fexit may call these (the
+ * verifier rejects a plain load through an untyped pointer). sk_protocol has not been a
+ * bitfield since 5.6, below the 5.8 that tracer needs. */
+
+SHIM int tracer_sk_is_tcp_btf(struct sock *sk)
+{
+	unsigned short family = sk->__sk_common.skc_family;
+	if (family != AF_INET && family != AF_INET6)
+		return 0;
+	return sk->sk_protocol == IPPROTO_TCP;
+}
+
+SHIM int tracer_sk_orphaned_btf(struct sock *sk)
+{
+	unsigned long flags;
+
+	if (bpf_core_field_exists(((struct sock___flags_in_sock *)0)->sk_flags))
+		flags = ((struct sock___flags_in_sock *)sk)->sk_flags;
+	else
+		flags = sk->__sk_common.skc_flags;
+	return (flags >> bpf_core_enum_value(enum sock_flags, SOCK_DEAD)) & 1;
+}
+
+SHIM int tracer_sk_file_released_btf(struct sock *sk)
+{
+	struct socket *sock = sk->sk_socket;
+	struct file *file;
+
+	if (!sock)
+		return 0;
+	file = sock->file;
+	if (!file)
+		return 0;
+	if (bpf_core_field_exists(((struct file___ref *)0)->f_ref))
+		return ((struct file___ref *)file)->f_ref.refcnt.counter < 0;
+	return file->f_count.counter == 0;
+}
+
+SHIM __u8 tracer_sk_state_btf(struct sock *sk)
+{
+	return sk->__sk_common.skc_state;
+}
+
+SHIM int tracer_sk_has_peer_btf(struct sock *sk)
+{
+	return sk->__sk_common.skc_dport != 0;
+}
+
+SHIM __u32 tracer_sk_netns_btf(struct sock *sk)
+{
+	return sk->__sk_common.skc_net.net->ns.inum;
+}
+
+SHIM void tracer_sk_tuple_btf(struct sock *sk, struct tracer_tuple *t)
+{
+	unsigned short family = sk->__sk_common.skc_family;
+	t->family = family;
+	t->local_port = sk->__sk_common.skc_num;
+	t->remote_port = __builtin_bswap16(sk->__sk_common.skc_dport);
+	if (family == AF_INET) {
+		__be32 local = sk->__sk_common.skc_rcv_saddr;
+		__be32 remote = sk->__sk_common.skc_daddr;
+		__builtin_memcpy(t->local_addr, &local, 4);
+		__builtin_memcpy(t->remote_addr, &remote, 4);
+	} else {
+		__builtin_memcpy(t->local_addr, sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8, 16);
+		__builtin_memcpy(t->remote_addr, sk->__sk_common.skc_v6_daddr.in6_u.u6_addr8, 16);
+	}
+}
+
 /* The struct sock behind file descriptor `fd` of the current task, or NULL. */
 SHIM struct sock *tracer_fd_sock(__u32 fd)
 {

@@ -1,5 +1,10 @@
 //! Declarations of the CO-RE accessors in `core/shim.c`. Every kernel struct is read there,
 //! through relocations, never through offsets compiled into Rust.
+//!
+//! A socket comes in two kinds, by where the program got it: [`BtfSock`], the BTF-typed
+//! argument of a tp_btf, fentry or fexit program, is read with plain loads (the verifier makes
+//! them fault-safe); [`AnySock`], from a kprobe's registers or a walk of the fd table, only
+//! through `bpf_probe_read_kernel`. The same logic runs on both through [`Sock`].
 use core::ffi::c_void;
 
 use tracer_common::Tuple;
@@ -15,8 +20,106 @@ unsafe extern "C" {
     pub fn tracer_sk_has_peer(sk: SockPtr) -> i32;
     pub fn tracer_sk_netns(sk: SockPtr) -> u32;
     pub fn tracer_sk_tuple(sk: SockPtr, tuple: *mut Tuple);
+    pub fn tracer_sk_is_tcp_btf(sk: SockPtr) -> i32;
+    pub fn tracer_sk_orphaned_btf(sk: SockPtr) -> i32;
+    pub fn tracer_sk_file_released_btf(sk: SockPtr) -> i32;
+    pub fn tracer_sk_state_btf(sk: SockPtr) -> u8;
+    pub fn tracer_sk_has_peer_btf(sk: SockPtr) -> i32;
+    pub fn tracer_sk_netns_btf(sk: SockPtr) -> u32;
+    pub fn tracer_sk_tuple_btf(sk: SockPtr, tuple: *mut Tuple);
     pub fn tracer_fd_sock(fd: u32) -> SockPtr;
     pub fn tracer_leader_start_time() -> u64;
     pub fn tracer_leader_comm(comm: *mut u8);
     pub fn tracer_current_group_dead() -> i32;
 }
+
+/// The socket reads every probe needs. Implementations only forward to the shim.
+pub trait Sock: Copy {
+    fn ptr(self) -> SockPtr;
+    fn is_null(self) -> bool {
+        self.ptr().is_null()
+    }
+    /// An AF_INET/AF_INET6 TCP socket.
+    fn is_tcp(self) -> bool;
+    /// SOCK_DEAD: tcp_close() orphaned it.
+    fn orphaned(self) -> bool;
+    /// Its file dropped the last reference: we are inside the release.
+    fn file_released(self) -> bool;
+    fn state(self) -> u8;
+    /// It ever had a peer (a bound-only socket has none).
+    fn has_peer(self) -> bool;
+    fn netns(self) -> u32;
+    /// # Safety
+    /// `tuple` must be valid for writes.
+    unsafe fn tuple(self, tuple: *mut Tuple);
+}
+
+/// The BTF-typed socket argument of a tp_btf, fentry or fexit program.
+#[derive(Clone, Copy)]
+pub struct BtfSock(pub SockPtr);
+
+/// Any other socket pointer (kprobe registers, the fd table).
+#[derive(Clone, Copy)]
+pub struct AnySock(pub SockPtr);
+
+macro_rules! forward {
+    ($ty:ty, $is_tcp:ident, $orphaned:ident, $released:ident, $state:ident, $peer:ident, $netns:ident, $tuple:ident) => {
+        impl Sock for $ty {
+            #[inline(always)]
+            fn ptr(self) -> SockPtr {
+                self.0
+            }
+            // SAFETY (every call below): the shim only reads through the pointer, in the way
+            // the verifier allows for this kind of socket.
+            #[inline(always)]
+            fn is_tcp(self) -> bool {
+                unsafe { $is_tcp(self.0) != 0 }
+            }
+            #[inline(always)]
+            fn orphaned(self) -> bool {
+                unsafe { $orphaned(self.0) != 0 }
+            }
+            #[inline(always)]
+            fn file_released(self) -> bool {
+                unsafe { $released(self.0) != 0 }
+            }
+            #[inline(always)]
+            fn state(self) -> u8 {
+                unsafe { $state(self.0) }
+            }
+            #[inline(always)]
+            fn has_peer(self) -> bool {
+                unsafe { $peer(self.0) != 0 }
+            }
+            #[inline(always)]
+            fn netns(self) -> u32 {
+                unsafe { $netns(self.0) }
+            }
+            #[inline(always)]
+            unsafe fn tuple(self, tuple: *mut Tuple) {
+                unsafe { $tuple(self.0, tuple) }
+            }
+        }
+    };
+}
+
+forward!(
+    BtfSock,
+    tracer_sk_is_tcp_btf,
+    tracer_sk_orphaned_btf,
+    tracer_sk_file_released_btf,
+    tracer_sk_state_btf,
+    tracer_sk_has_peer_btf,
+    tracer_sk_netns_btf,
+    tracer_sk_tuple_btf
+);
+forward!(
+    AnySock,
+    tracer_sk_is_tcp,
+    tracer_sk_orphaned,
+    tracer_sk_file_released,
+    tracer_sk_state,
+    tracer_sk_has_peer,
+    tracer_sk_netns,
+    tracer_sk_tuple
+);

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use tracer_common::{Config, ConnEvent, DEFAULT_RING_BYTES, EventKind, Tuple, counters, flags};
 
-use crate::core_shim::{self, SockPtr};
+use crate::core_shim::{self, Sock};
 
 /// Resized by the loader (`--ring-bytes`).
 #[map(name = "EVENTS")]
@@ -68,15 +68,15 @@ pub fn inject_release_drop() -> bool {
 /// Writes one record about socket `sk`. With [`flags::OWNER_CONTEXT`] the current task is the
 /// process the event is about, and only then are pid, comm and cgroup filled in.
 #[inline(always)]
-pub fn emit(kind: EventKind, sk: SockPtr, old_state: u8, new_state: u8, event_flags: u8) {
+pub fn emit(kind: EventKind, sk: impl Sock, old_state: u8, new_state: u8, event_flags: u8) {
     let Some(mut entry) = reserve(kind) else { return };
     let event = entry.as_mut_ptr();
     // SAFETY: `event` points at a reserved, exclusively owned record of the right size; every
     // field is written before submit.
     unsafe {
-        (*event).sock = sk as u64;
-        (*event).netns = core_shim::tracer_sk_netns(sk);
-        core_shim::tracer_sk_tuple(sk, &raw mut (*event).tuple);
+        (*event).sock = sk.ptr() as u64;
+        (*event).netns = sk.netns();
+        sk.tuple(&raw mut (*event).tuple);
         fill_common(event, kind, old_state, new_state, event_flags);
     }
     entry.submit(wakeup_flags());

@@ -5,17 +5,20 @@ use aya_ebpf::{
     programs::{FEntryContext, FExitContext},
 };
 
-use crate::{core_shim::SockPtr, lifecycle};
+use crate::{
+    core_shim::{BtfSock, SockPtr},
+    lifecycle,
+};
 
 #[fentry(function = "tcp_connect")]
 pub fn tcp_connect_fentry(ctx: FEntryContext) -> i32 {
-    lifecycle::on_tcp_connect(ctx.arg::<SockPtr>(0));
+    lifecycle::on_tcp_connect(BtfSock(ctx.arg::<SockPtr>(0)));
     0
 }
 
 #[fentry(function = "tcp_close")]
 pub fn tcp_close_fentry(ctx: FEntryContext) -> i32 {
-    lifecycle::on_tcp_close(ctx.arg::<SockPtr>(0));
+    lifecycle::on_tcp_close(BtfSock(ctx.arg::<SockPtr>(0)));
     0
 }
 
@@ -24,13 +27,13 @@ pub fn tcp_close_fentry(ctx: FEntryContext) -> i32 {
 /// than with bpf_get_func_ret, keeps 5.10 to 5.16 supported.)
 #[fexit(function = "inet_csk_accept")]
 pub fn inet_csk_accept_fexit(ctx: FExitContext) -> i32 {
-    lifecycle::on_accept_return(ctx.arg::<SockPtr>(2));
+    lifecycle::on_accept_return(BtfSock(ctx.arg::<SockPtr>(2)));
     0
 }
 
 /// Before 6.10: `inet_csk_accept(struct sock *sk, int flags, int *err, bool kern)`.
 #[fexit(function = "inet_csk_accept")]
 pub fn inet_csk_accept_fexit_pre_6_10(ctx: FExitContext) -> i32 {
-    lifecycle::on_accept_return(ctx.arg::<SockPtr>(4));
+    lifecycle::on_accept_return(BtfSock(ctx.arg::<SockPtr>(4)));
     0
 }

@@ -13,7 +13,7 @@ use aya_ebpf::{
 use tracer_common::{HELD_CLOSED_CAPACITY, counters, tcp_state::CLOSE};
 
 use crate::{
-    core_shim::SockPtr,
+    core_shim::{BtfSock, SockPtr},
     emit::{bump, config},
     state_change::release,
 };
@@ -43,7 +43,7 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: the value is not read, only its presence.
     if unsafe { HELD_CLOSED.get(&key) }.is_some() {
         let _ = HELD_CLOSED.remove(&key);
-        release(sk, CLOSE, CLOSE);
+        release(BtfSock(sk), CLOSE, CLOSE);
     }
     0
 }

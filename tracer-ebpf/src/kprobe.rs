@@ -5,12 +5,15 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 
-use crate::{core_shim::SockPtr, lifecycle};
+use crate::{
+    core_shim::{AnySock, SockPtr},
+    lifecycle,
+};
 
 #[kprobe]
 pub fn tcp_connect_kprobe(ctx: ProbeContext) -> u32 {
     if let Some(sk) = ctx.arg::<SockPtr>(0) {
-        lifecycle::on_tcp_connect(sk);
+        lifecycle::on_tcp_connect(AnySock(sk));
     }
     0
 }
@@ -18,7 +21,7 @@ pub fn tcp_connect_kprobe(ctx: ProbeContext) -> u32 {
 #[kprobe]
 pub fn tcp_close_kprobe(ctx: ProbeContext) -> u32 {
     if let Some(sk) = ctx.arg::<SockPtr>(0) {
-        lifecycle::on_tcp_close(sk);
+        lifecycle::on_tcp_close(AnySock(sk));
     }
     0
 }
@@ -28,6 +31,6 @@ pub fn tcp_close_kprobe(ctx: ProbeContext) -> u32 {
 /// syscall tracepoint still attributes those.
 #[kretprobe]
 pub fn inet_csk_accept_kretprobe(ctx: RetProbeContext) -> u32 {
-    lifecycle::on_accept_return(ctx.ret::<SockPtr>());
+    lifecycle::on_accept_return(AnySock(ctx.ret::<SockPtr>()));
     0
 }

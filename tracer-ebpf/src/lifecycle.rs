@@ -3,31 +3,26 @@
 //! docs/semantics.md). The accept report is shared with the accept syscall-exit tracepoint.
 use tracer_common::{EventKind, flags, tcp_state};
 
-use crate::{
-    core_shim::{self, SockPtr},
-    emit::emit,
-    state_change::release,
-};
+use crate::{core_shim::Sock, emit::emit, state_change::release};
 
 /// `tcp_connect(sk)`: inside connect(), after CLOSE -> SYN_SENT and before the SYN leaves.
 #[inline(always)]
-pub fn on_tcp_connect(sk: SockPtr) {
-    // SAFETY: `sk` is the probed function's socket argument.
-    if unsafe { core_shim::tracer_sk_is_tcp(sk) } == 0 {
+pub fn on_tcp_connect(sk: impl Sock) {
+    if !sk.is_tcp() {
         return;
     }
-    let state = unsafe { core_shim::tracer_sk_state(sk) };
-    emit(EventKind::Connect, sk, tcp_state::CLOSE, state, flags::OWNER_CONTEXT);
+    emit(EventKind::Connect, sk, tcp_state::CLOSE, sk.state(), flags::OWNER_CONTEXT);
 }
 
 /// `tcp_close(sk, timeout)`: called once, by the task that dropped the file's last reference.
 #[inline(always)]
-pub fn on_tcp_close(sk: SockPtr) {
-    // SAFETY: as above.
-    let (is_tcp, state) =
-        unsafe { (core_shim::tracer_sk_is_tcp(sk), core_shim::tracer_sk_state(sk)) };
+pub fn on_tcp_close(sk: impl Sock) {
+    if !sk.is_tcp() {
+        return;
+    }
+    let state = sk.state();
     // Closing a listener ends no connection.
-    if is_tcp == 0 || state == tcp_state::LISTEN {
+    if state == tcp_state::LISTEN {
         return;
     }
     release(sk, state, state);
@@ -38,15 +33,10 @@ pub fn on_tcp_close(sk: SockPtr) {
 /// blocked before the probes attached). Both may report one socket; the table ignores the
 /// second report of an owned socket.
 #[inline(always)]
-pub fn on_accept_return(sk: SockPtr) {
-    if sk.is_null() {
+pub fn on_accept_return(sk: impl Sock) {
+    if sk.is_null() || !sk.is_tcp() {
         return;
     }
-    // SAFETY: a socket the kernel just returned from accept.
-    let (is_tcp, state) =
-        unsafe { (core_shim::tracer_sk_is_tcp(sk), core_shim::tracer_sk_state(sk)) };
-    if is_tcp == 0 {
-        return;
-    }
+    let state = sk.state();
     emit(EventKind::Accept, sk, state, state, flags::OWNER_CONTEXT | flags::INBOUND);
 }

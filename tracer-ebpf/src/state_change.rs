@@ -8,7 +8,7 @@ use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use tracer_common::{EventKind, flags, tcp_state::*};
 
 use crate::{
-    core_shim::{self, SockPtr},
+    core_shim::{BtfSock, Sock, SockPtr},
     emit::{config, emit, inject_release_drop},
     held_closed,
 };
@@ -18,29 +18,30 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let sk: SockPtr = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
-    on_state_change(sk, old as u8, new as u8);
+    on_state_change(BtfSock(sk), old as u8, new as u8);
     0
 }
 
 #[inline(always)]
-fn on_state_change(sk: SockPtr, old: u8, new: u8) {
+fn on_state_change(sk: BtfSock, old: u8, new: u8) {
     // Listeners, and children being created from one, are not connections.
     if old == LISTEN || new == LISTEN || new == SYN_RECV || new == NEW_SYN_RECV {
         return;
     }
     let own_lifecycle = config().lifecycle_from_state_changes != 0;
-    // SAFETY: `sk` is the tracepoint's own socket argument; the shim only reads through it.
-    unsafe {
-        if core_shim::tracer_sk_is_tcp(sk) == 0 {
-            return;
-        }
+    if !sk.is_tcp() {
+        return;
+    }
+    // Only tcp_close() moves a socket into these states, or an orphan on its way out: the
+    // other transitions (into SYN_SENT, ESTABLISHED, CLOSE_WAIT) need neither check.
+    if !matches!(new, SYN_SENT | ESTABLISHED | CLOSE_WAIT) {
         // After tcp_close() orphaned it, nothing about the socket changes what we report.
-        if core_shim::tracer_sk_orphaned(sk) != 0 {
+        if sk.orphaned() {
             return;
         }
         // A change made by tcp_close() itself: the release (reported here in tracepoint mode,
         // by the tcp_close probe in the other modes, so never a plain state change).
-        if core_shim::tracer_sk_file_released(sk) != 0 {
+        if sk.file_released() {
             if own_lifecycle {
                 release(sk, old, new);
             }
@@ -48,12 +49,12 @@ fn on_state_change(sk: SockPtr, old: u8, new: u8) {
         }
     }
     if own_lifecycle && new == CLOSE {
-        held_closed::remember(sk);
+        held_closed::remember(sk.ptr());
     }
     match (old, new) {
         (CLOSE, SYN_SENT) => {
             if own_lifecycle {
-                held_closed::forget(sk);
+                held_closed::forget(sk.ptr());
                 emit(EventKind::Connect, sk, old, new, flags::OWNER_CONTEXT);
             }
         }
@@ -67,9 +68,8 @@ fn on_state_change(sk: SockPtr, old: u8, new: u8) {
 /// Reports the release of `sk` by the current task (every mode ends up here). A socket that
 /// never had a peer (created or bound, never connected) was no connection: nothing to release.
 #[inline(always)]
-pub fn release(sk: SockPtr, old: u8, new: u8) {
-    // SAFETY: `sk` comes from the probe's own argument.
-    if old == CLOSE && unsafe { core_shim::tracer_sk_has_peer(sk) } == 0 {
+pub fn release(sk: impl Sock, old: u8, new: u8) {
+    if old == CLOSE && !sk.has_peer() {
         return;
     }
     if !inject_release_drop() {
