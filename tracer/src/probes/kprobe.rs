@@ -62,7 +62,6 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<Kprobes> {
     if !kprobe_events.exists() {
         return Err(Error::NoKprobes("kprobe_events in tracefs (/sys/kernel/tracing)"));
     }
-    remove_stale_events(&tracefs);
     let mut set = Kprobes { tracefs, attached: Vec::new() };
     for (name, function, is_return) in PROBES {
         let prog: &mut KProbe = program(ebpf, name)?;
@@ -135,11 +134,13 @@ fn write_kprobe_events(tracefs: &Path, line: &str) -> io::Result<()> {
 }
 
 /// Removes events a previous daemon left behind (killed before it could clean up): ours are
-/// named after the daemon's pid, so an event whose pid no longer runs is an orphan.
-fn remove_stale_events(tracefs: &Path) {
+/// named after the daemon's pid, so an event whose pid no longer runs is an orphan. Every
+/// daemon does this at start-up, whatever its mode.
+pub fn remove_stale_events() {
+    let tracefs = tracefs_root();
     let Ok(events) = std::fs::read_to_string(tracefs.join("kprobe_events")) else { return };
     for event in stale_events(&events, |pid| Path::new(&format!("/proc/{pid}")).exists()) {
-        match write_kprobe_events(tracefs, &format!("-:{GROUP}/{event}")) {
+        match write_kprobe_events(&tracefs, &format!("-:{GROUP}/{event}")) {
             Ok(()) => log::info!("removed kprobe event {GROUP}/{event} left by a previous run"),
             Err(e) => log::warn!("could not remove stale kprobe event {GROUP}/{event}: {e}"),
         }

@@ -109,6 +109,7 @@ impl Probes {
     /// actually loads and attaches here (fentry, then kprobe, then tracepoint).
     pub fn load(options: &LoadOptions) -> Result<Self> {
         preflight::check()?;
+        kprobe::remove_stale_events();
         if options.ring_bytes < 4096 || !options.ring_bytes.is_power_of_two() {
             return Err(Error::RingSize(options.ring_bytes));
         }

@@ -341,7 +341,12 @@ impl Daemon {
         loop {
             match check(self) {
                 Ok(()) => return,
-                Err(complaint) if Instant::now() >= deadline => panic!("{what}: {complaint}"),
+                Err(complaint) if Instant::now() >= deadline => {
+                    // The daemon's own account says where a count went (losses, unmatched
+                    // events, kprobe misses, corrections).
+                    let status = self.try_cli(&["status", "--json"]).unwrap_or_default();
+                    panic!("{what}: {complaint}\ndaemon status: {status}")
+                }
                 Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
         }
@@ -372,7 +377,15 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // SIGTERM, as an operator would stop it: the daemon removes what it created (kprobe
+        // mode's tracefs events), which a later test would otherwise find.
         if let Some(mut child) = self.child.take() {
+            // SAFETY: sending a signal to our own child process.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
