@@ -206,7 +206,14 @@ fn after_lost_events_counts_return_to_ground_truth_within_two_reconciles() {
     assert!(num(&status, "events_lost") > 0, "the test needs losses: {status}");
     // Two reconcile periods (1 s each) plus scan time.
     daemon.eventually("back to ground truth", |d| {
-        expect_eq("holder open", num(&d.process(holder.pid), "open"), 40)?;
-        expect_eq("held server open", num(&d.process(held_server.pid), "open"), 40)
+        // With their events lost, a process may only be listed once reconcile finds it.
+        for (what, pid) in [("holder", holder.pid), ("held server", held_server.pid)] {
+            let p = d.process(pid);
+            if p.is_null() {
+                return Err(format!("{what} (pid {pid}) not listed yet"));
+            }
+            expect_eq(&format!("{what} open"), num(&p, "open"), 40)?;
+        }
+        Ok(())
     });
 }
