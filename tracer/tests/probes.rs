@@ -58,7 +58,7 @@ fn kprobe_mode_reports_kernel_hit_and_miss_counts_and_removes_its_probes() {
     for name in ["tcp_connect", "tcp_close", "inet_csk_accept:return"] {
         assert_eq!(num(probe(&status, name), "missed"), 0, "an idle machine misses nothing");
     }
-    let metrics = scrape_metrics(&status);
+    let metrics = daemon.scrape_metrics();
     assert!(
         metrics.contains("tcp_tracer_kprobe_missed_total{probe=\"inet_csk_accept:return\"} 0"),
         "{metrics}"
@@ -84,16 +84,4 @@ fn kprobe_mode_reports_kernel_hit_and_miss_counts_and_removes_its_probes() {
     // A clean stop removes its own.
     next.stop();
     assert!(our_kprobe_events().is_empty(), "{:?}", our_kprobe_events());
-}
-
-/// GET /metrics from the daemon's bound address, with a plain TCP request.
-fn scrape_metrics(status: &Value) -> String {
-    use std::io::{Read, Write};
-    let addr = status["metrics_addr"].as_str().expect("metrics_addr");
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect to /metrics");
-    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
-        .expect("request");
-    let mut body = String::new();
-    stream.read_to_string(&mut body).expect("response");
-    body
 }

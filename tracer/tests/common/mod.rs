@@ -352,6 +352,19 @@ impl Daemon {
         }
     }
 
+    /// GET /metrics with a plain TCP request (the VM guests have no curl).
+    pub fn scrape_metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let status = self.json(&["status"]);
+        let addr = status["metrics_addr"].as_str().expect("metrics_addr");
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect to /metrics");
+        write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+            .expect("request");
+        let mut body = String::new();
+        stream.read_to_string(&mut body).expect("response");
+        body
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }
