@@ -112,7 +112,9 @@ pub struct Tuple {
     pub family: u16,
 }
 
-/// One ring buffer record. Fixed size, no pointers that userspace dereferences.
+/// One ring buffer record. Fixed size, no pointers that userspace dereferences. Fields are laid
+/// out at their natural alignment (`comm` on 8 bytes) so that the kernel programs fill them with
+/// whole-word stores.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ConnEvent {
@@ -125,11 +127,13 @@ pub struct ConnEvent {
     /// process so that a reused pid is never merged with an old one.
     pub start_time_ns: u64,
     pub cgroup_id: u64,
+    /// Command name of the thread-group leader, up to the first NUL (the bytes after it are
+    /// undefined: older kernels do not clear them on rename).
+    pub comm: [u8; 16],
     /// Inode number of the socket's network namespace.
     pub netns: u32,
     pub tgid: u32,
     pub tid: u32,
-    pub tuple: Tuple,
     /// [`EventKind`] as `u8`.
     pub kind: u8,
     /// [`flags`] bits.
@@ -137,11 +141,14 @@ pub struct ConnEvent {
     /// [`tcp_state`] values; equal for events that are not state changes.
     pub old_state: u8,
     pub new_state: u8,
-    /// Command name of the thread-group leader, NUL-padded.
-    pub comm: [u8; 16],
+    pub tuple: Tuple,
     /// Explicit so that no byte of a record is left uninitialised.
     pub _pad: [u8; 2],
 }
+
+// The kernel side writes `comm` as two u64 and the addresses as u32 words.
+const _: () = assert!(core::mem::offset_of!(ConnEvent, comm) % 8 == 0);
+const _: () = assert!(core::mem::offset_of!(ConnEvent, tuple) % 4 == 0);
 
 impl ConnEvent {
     pub const SIZE: usize = core::mem::size_of::<ConnEvent>();

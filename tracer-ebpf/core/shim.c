@@ -11,7 +11,7 @@
 
 #define SHIM __attribute__((always_inline))
 
-/* Mirrors tracer_common::Tuple (#[repr(C)]). */
+/* Mirrors tracer_common::Tuple (#[repr(C)]); 4-byte aligned in the event record. */
 struct tracer_tuple {
 	__u8 local_addr[16];
 	__u8 remote_addr[16];
@@ -74,6 +74,17 @@ SHIM __u32 tracer_sk_netns(struct sock *sk)
 	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 }
 
+/* An IPv4 address in the first word of a 16-byte field, the rest zero. The stores are volatile
+ * so that LLVM cannot merge them into a memset, which the BPF backend turns into a call. */
+static __always_inline void tracer_put_v4(__u8 field[16], __be32 addr)
+{
+	volatile __u32 *words = (volatile __u32 *)field;
+	words[0] = addr;
+	words[1] = 0;
+	words[2] = 0;
+	words[3] = 0;
+}
+
 SHIM void tracer_sk_tuple(struct sock *sk, struct tracer_tuple *t)
 {
 	unsigned short family = BPF_CORE_READ(sk, __sk_common.skc_family);
@@ -81,10 +92,8 @@ SHIM void tracer_sk_tuple(struct sock *sk, struct tracer_tuple *t)
 	t->local_port = BPF_CORE_READ(sk, __sk_common.skc_num);
 	t->remote_port = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	if (family == AF_INET) {
-		__be32 local = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
-		__be32 remote = BPF_CORE_READ(sk, __sk_common.skc_daddr);
-		__builtin_memcpy(t->local_addr, &local, 4);
-		__builtin_memcpy(t->remote_addr, &remote, 4);
+		tracer_put_v4(t->local_addr, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
+		tracer_put_v4(t->remote_addr, BPF_CORE_READ(sk, __sk_common.skc_daddr));
 	} else {
 		BPF_CORE_READ_INTO(&t->local_addr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
 		BPF_CORE_READ_INTO(&t->remote_addr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
@@ -155,10 +164,8 @@ SHIM void tracer_sk_tuple_btf(struct sock *sk, struct tracer_tuple *t)
 	t->local_port = sk->__sk_common.skc_num;
 	t->remote_port = __builtin_bswap16(sk->__sk_common.skc_dport);
 	if (family == AF_INET) {
-		__be32 local = sk->__sk_common.skc_rcv_saddr;
-		__be32 remote = sk->__sk_common.skc_daddr;
-		__builtin_memcpy(t->local_addr, &local, 4);
-		__builtin_memcpy(t->remote_addr, &remote, 4);
+		tracer_put_v4(t->local_addr, sk->__sk_common.skc_rcv_saddr);
+		tracer_put_v4(t->remote_addr, sk->__sk_common.skc_daddr);
 	} else {
 		__builtin_memcpy(t->local_addr, sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8, 16);
 		__builtin_memcpy(t->remote_addr, sk->__sk_common.skc_v6_daddr.in6_u.u6_addr8, 16);
@@ -188,21 +195,17 @@ SHIM struct sock *tracer_fd_sock(__u32 fd)
 	return BPF_CORE_READ(sock, sk);
 }
 
-/* Start time (CLOCK_BOOTTIME ns) of the current thread-group leader. */
-SHIM __u64 tracer_leader_start_time(void)
-{
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	return BPF_CORE_READ(task, group_leader, start_boottime);
-}
-
-/* Command name of the current thread-group leader (threads may rename themselves). */
-SHIM void tracer_leader_comm(char comm[16])
+/* Start time (CLOCK_BOOTTIME ns) and command name of the current thread-group leader (threads
+ * may rename themselves). comm is copied whole: the kernel keeps it NUL-terminated, and the
+ * reader stops at the first NUL. */
+SHIM void tracer_leader_identity(__u64 *start_time, char comm[16])
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct task_struct *leader = BPF_CORE_READ(task, group_leader);
-	bpf_probe_read_kernel_str(comm, 16, &leader->comm);
-}
 
+	*start_time = BPF_CORE_READ(leader, start_boottime);
+	bpf_probe_read_kernel(comm, 16, &leader->comm);
+}
 
 /* 1 when the current task is the last live thread of its process: do_exit() decrements
  * signal->live before the sched_process_exit tracepoint. */

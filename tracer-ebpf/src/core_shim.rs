@@ -28,8 +28,7 @@ unsafe extern "C" {
     pub fn tracer_sk_netns_btf(sk: SockPtr) -> u32;
     pub fn tracer_sk_tuple_btf(sk: SockPtr, tuple: *mut Tuple);
     pub fn tracer_fd_sock(fd: u32) -> SockPtr;
-    pub fn tracer_leader_start_time() -> u64;
-    pub fn tracer_leader_comm(comm: *mut u8);
+    pub fn tracer_leader_identity(start_time: *mut u64, comm: *mut u8);
     pub fn tracer_current_group_dead() -> i32;
 }
 

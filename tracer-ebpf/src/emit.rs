@@ -89,27 +89,38 @@ pub fn emit_process(kind: EventKind) {
     let event = entry.as_mut_ptr();
     // SAFETY: as in `emit`.
     unsafe {
-        (*event).sock = 0;
-        (*event).netns = 0;
+        zero(&raw mut (*event).sock);
+        zero_u32(&raw mut (*event).netns);
         (*event).tuple = Tuple::default();
         fill_common(event, kind, 0, 0, flags::OWNER_CONTEXT);
     }
     entry.submit(wakeup_flags());
 }
 
-/// Submit flags: wake the reader only when enough is unread (see `Config`), so that at high
-/// rates one wakeup carries a batch instead of one event.
+/// Submit flags. With a wakeup threshold (see `Config`), the reader is woken only by the record
+/// that takes the unread data across a multiple of it: one wakeup per batch. Waking on every
+/// record above the threshold instead would raise one interrupt per record until the reader
+/// runs (an irq_work self-IPI, which traps to the hypervisor on a VM). A crossing missed
+/// because two CPUs reserved at once is caught by the next one, or by the reader's drain timer.
 #[inline(always)]
 fn wakeup_flags() -> u64 {
     let threshold = u64::from(config().wakeup_threshold_bytes);
     if threshold == 0 {
-        0
-    } else if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= threshold {
+        return 0;
+    }
+    // Includes this record, reserved but not yet submitted.
+    let unread = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let before = unread.saturating_sub(RECORD_BYTES);
+    if unread / threshold != before / threshold {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64
     }
 }
+
+/// Ring buffer space one record takes: the kernel's 8-byte header plus the record, rounded up
+/// to 8 bytes.
+const RECORD_BYTES: u64 = ((8 + ConnEvent::SIZE as u64) + 7) & !7;
 
 #[inline(always)]
 fn reserve(kind: EventKind) -> Option<RingBufEntry<ConnEvent>> {
@@ -119,6 +130,25 @@ fn reserve(kind: EventKind) -> Option<RingBufEntry<ConnEvent>> {
         bump(counters::lost_ringbuf(kind));
     }
     entry
+}
+
+/// Zero stores that LLVM may not merge into a `memset` (which the BPF backend emits as a call to
+/// a byte-loop subprogram).
+///
+/// # Safety
+/// `field` must be valid for writes and aligned.
+#[inline(always)]
+unsafe fn zero(field: *mut u64) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { field.write_volatile(0) }
+}
+
+/// # Safety
+/// As for [`zero`].
+#[inline(always)]
+unsafe fn zero_u32(field: *mut u32) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { field.write_volatile(0) }
 }
 
 /// # Safety
@@ -131,27 +161,31 @@ unsafe fn fill_common(
     new_state: u8,
     event_flags: u8,
 ) {
-    // SAFETY: guaranteed by the caller.
+    // SAFETY: guaranteed by the caller; `comm` is 8-byte aligned (asserted in tracer-common).
     unsafe {
         (*event).timestamp_ns = bpf_ktime_get_boot_ns();
         (*event).kind = kind as u8;
         (*event).flags = event_flags;
         (*event).old_state = old_state;
         (*event).new_state = new_state;
-        (*event)._pad = [0; 2];
-        (*event).comm = [0; 16];
+        (&raw mut (*event)._pad).cast::<u16>().write_volatile(0);
         if event_flags & flags::OWNER_CONTEXT != 0 {
             let pid_tgid = bpf_get_current_pid_tgid();
             (*event).tgid = (pid_tgid >> 32) as u32;
             (*event).tid = pid_tgid as u32;
-            (*event).start_time_ns = core_shim::tracer_leader_start_time();
             (*event).cgroup_id = bpf_get_current_cgroup_id();
-            core_shim::tracer_leader_comm((&raw mut (*event).comm).cast());
+            core_shim::tracer_leader_identity(
+                &raw mut (*event).start_time_ns,
+                (&raw mut (*event).comm).cast(),
+            );
         } else {
-            (*event).tgid = 0;
-            (*event).tid = 0;
-            (*event).start_time_ns = 0;
-            (*event).cgroup_id = 0;
+            zero_u32(&raw mut (*event).tgid);
+            zero_u32(&raw mut (*event).tid);
+            zero(&raw mut (*event).start_time_ns);
+            zero(&raw mut (*event).cgroup_id);
+            let comm = (&raw mut (*event).comm).cast::<u64>();
+            zero(comm);
+            zero(comm.add(1));
         }
     }
 }

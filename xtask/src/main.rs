@@ -40,6 +40,16 @@ enum Task {
     VmTest(vm::Args),
     /// Overhead and scale benchmarks; writes docs/performance.md (see `cargo xtask bench --help`).
     Bench(bench::BenchArgs),
+    /// Development: only the benchmark's churn load, for profiling a tracer by hand.
+    #[command(hide = true)]
+    Load {
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+        #[arg(long)]
+        ipv6: bool,
+    },
 }
 
 fn main() {
@@ -86,6 +96,7 @@ fn run(cli: Cli) -> Result<()> {
             setup::run()?;
             bench::run(args)
         }
+        Task::Load { seconds, threads, ipv6 } => bench::churn(seconds, threads, ipv6),
         Task::VmTest(args) => {
             setup::run()?;
             vm::run(args)

@@ -75,9 +75,10 @@ pub struct RunArgs {
     /// wakeups cuts the per-event cost at high connection rates.
     #[arg(long, default_value_t = DEFAULT_WAKEUP_BYTES)]
     pub wakeup_bytes: u32,
-    /// Milliseconds between drains of the ring buffer when no wakeup came: the most an event
-    /// waits before the table sees it.
-    #[arg(long, default_value_t = 10)]
+    /// Milliseconds between drains of the ring buffer when no wakeup came. Every query, scrape,
+    /// leak check and reconcile drains first, so this only bounds how long events may sit in
+    /// the ring between them; shorter costs more daemon wakeups at low event rates.
+    #[arg(long, default_value_t = 100)]
     pub drain_interval_ms: u64,
     /// Seconds between one-line summaries in the log (0 disables them).
     #[arg(long, default_value_t = 60)]

@@ -125,7 +125,10 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
                 daemon.table.expire(daemon.clock.now_ns());
                 daemon.probes.flush_kernel_log();
             }
-            _ = summary.tick() => daemon.log_summary(),
+            _ = summary.tick() => {
+                daemon.drain_now();
+                daemon.log_summary();
+            }
             _ = leak_check.tick() => daemon.evaluate_leaks(),
             Some(scrape) = scrape_rx.recv() => {
                 daemon.drain_now();

@@ -73,6 +73,10 @@ pub struct BenchArgs {
     /// Development: skip the diagnostic run and the scale step.
     #[arg(long, hide = true)]
     pub loads_only: bool,
+    /// Development: run this bpftrace script as the reference instead of tcplife.bt (to price
+    /// one hook on its own, e.g. an empty program on a tracepoint).
+    #[arg(long, hide = true, value_name = "PATH")]
+    pub reference_script: Option<PathBuf>,
 }
 
 /// Who traces during a run.
@@ -181,6 +185,15 @@ pub struct Bench {
     pub duration: Duration,
 }
 
+/// The churn load alone (`cargo xtask load`): prints connections per second.
+pub fn churn(seconds: f64, threads: usize, ipv6: bool) -> Result<()> {
+    let family = if ipv6 { Family::V6 } else { Family::V4 };
+    let spec = LoadSpec { family, threads, duration: Duration::from_secs_f64(seconds), rate: None };
+    let result = load::run(&spec)?;
+    println!("{} connections in {:.2} s: {:.0} conn/s, {} errors", result.connections, result.elapsed.as_secs_f64(), result.rate(), result.errors);
+    Ok(())
+}
+
 pub fn run(args: BenchArgs) -> Result<()> {
     require_root()?;
     require_tool("bpftrace", "bpftrace", &["--version"])?;
@@ -203,7 +216,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let _cleanup = RemoveDir(dir.clone());
     let script = dir.join("tcplife.bt");
-    std::fs::write(&script, TCPLIFE_BT).with_context(|| format!("writing {}", script.display()))?;
+    let reference = match &args.reference_script {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+        None => TCPLIFE_BT.to_string(),
+    };
+    std::fs::write(&script, reference).with_context(|| format!("writing {}", script.display()))?;
     // Measure a private copy: a rebuild of target/release/tracer during the run (someone
     // working in the same tree) must not swap the binary between runs.
     let bin = {
