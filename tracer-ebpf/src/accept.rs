@@ -43,5 +43,5 @@ fn on_accept_exit(ctx: &TracePointContext) {
     }
     // The peer may already have hung up while it waited in the backlog: the event carries the
     // state it has now (the same report as the fexit/kretprobe accept path).
-    lifecycle::on_accept_return(core_shim::AnySock(sk));
+    lifecycle::on_accept_return(core_shim::AnySock::read(sk));
 }

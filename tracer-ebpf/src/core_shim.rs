@@ -4,8 +4,9 @@
 //! A socket comes in two kinds, by where the program got it: [`BtfSock`], the BTF-typed
 //! argument of a tp_btf, fentry or fexit program, is read with plain loads (the verifier makes
 //! them fault-safe); [`AnySock`], from a kprobe's registers or a walk of the fd table, only
-//! through `bpf_probe_read_kernel`. The same logic runs on both through [`Sock`].
-use core::ffi::c_void;
+//! through `bpf_probe_read_kernel`, so it copies what events need in one read when it is made.
+//! The same logic runs on both through [`Sock`].
+use core::{ffi::c_void, mem::MaybeUninit};
 
 use tracer_common::Tuple;
 
@@ -20,6 +21,7 @@ unsafe extern "C" {
     pub fn tracer_sk_has_peer(sk: SockPtr) -> i32;
     pub fn tracer_sk_netns(sk: SockPtr) -> u32;
     pub fn tracer_sk_tuple(sk: SockPtr, tuple: *mut Tuple);
+    pub fn tracer_sk_summary(sk: SockPtr, summary: *mut SockSummary);
     pub fn tracer_sk_is_tcp_btf(sk: SockPtr) -> i32;
     pub fn tracer_sk_orphaned_btf(sk: SockPtr) -> i32;
     pub fn tracer_sk_file_released_btf(sk: SockPtr) -> i32;
@@ -57,9 +59,81 @@ pub trait Sock: Copy {
 #[derive(Clone, Copy)]
 pub struct BtfSock(pub SockPtr);
 
-/// Any other socket pointer (kprobe registers, the fd table).
+/// Any other socket pointer (kprobe registers, the fd table), with the fields events need
+/// copied out once.
 #[derive(Clone, Copy)]
-pub struct AnySock(pub SockPtr);
+pub struct AnySock {
+    ptr: SockPtr,
+    summary: SockSummary,
+}
+
+/// Mirrors `struct tracer_sock_summary` in shim.c.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SockSummary {
+    pub tuple: Tuple,
+    pub state: u8,
+    pub is_tcp: u8,
+    pub netns: u32,
+}
+
+impl AnySock {
+    /// Copies the socket's event fields (one probe read); a null pointer reads as a non-TCP
+    /// socket.
+    #[inline(always)]
+    pub fn read(ptr: SockPtr) -> Self {
+        let mut summary = MaybeUninit::<SockSummary>::uninit();
+        if ptr.is_null() {
+            return Self {
+                ptr,
+                summary: SockSummary { tuple: Tuple::default(), state: 0, is_tcp: 0, netns: 0 },
+            };
+        }
+        // SAFETY: the shim writes every field of the summary (no padding) and only reads
+        // through `ptr` with probe reads.
+        unsafe {
+            tracer_sk_summary(ptr, summary.as_mut_ptr());
+            Self { ptr, summary: summary.assume_init() }
+        }
+    }
+}
+
+impl Sock for AnySock {
+    #[inline(always)]
+    fn ptr(self) -> SockPtr {
+        self.ptr
+    }
+    #[inline(always)]
+    fn is_tcp(self) -> bool {
+        self.summary.is_tcp != 0
+    }
+    // SAFETY (the two calls below): the shim reads through the pointer with probe reads only.
+    #[inline(always)]
+    fn orphaned(self) -> bool {
+        unsafe { tracer_sk_orphaned(self.ptr) != 0 }
+    }
+    #[inline(always)]
+    fn file_released(self) -> bool {
+        unsafe { tracer_sk_file_released(self.ptr) != 0 }
+    }
+    #[inline(always)]
+    fn state(self) -> u8 {
+        self.summary.state
+    }
+    #[inline(always)]
+    fn has_peer(self) -> bool {
+        self.summary.tuple.remote_port != 0
+    }
+    #[inline(always)]
+    fn netns(self) -> u32 {
+        self.summary.netns
+    }
+    #[inline(always)]
+    unsafe fn tuple(self, tuple: *mut Tuple) {
+        // SAFETY: guaranteed by the caller.
+        unsafe { tuple.write(self.summary.tuple) }
+    }
+}
 
 macro_rules! forward {
     ($ty:ty, $is_tcp:ident, $orphaned:ident, $released:ident, $state:ident, $peer:ident, $netns:ident, $tuple:ident) => {
@@ -111,14 +185,4 @@ forward!(
     tracer_sk_has_peer_btf,
     tracer_sk_netns_btf,
     tracer_sk_tuple_btf
-);
-forward!(
-    AnySock,
-    tracer_sk_is_tcp,
-    tracer_sk_orphaned,
-    tracer_sk_file_released,
-    tracer_sk_state,
-    tracer_sk_has_peer,
-    tracer_sk_netns,
-    tracer_sk_tuple
 );

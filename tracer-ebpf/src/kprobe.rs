@@ -13,7 +13,7 @@ use crate::{
 #[kprobe]
 pub fn tcp_connect_kprobe(ctx: ProbeContext) -> u32 {
     if let Some(sk) = ctx.arg::<SockPtr>(0) {
-        lifecycle::on_tcp_connect(AnySock(sk));
+        lifecycle::on_tcp_connect(AnySock::read(sk));
     }
     0
 }
@@ -21,7 +21,7 @@ pub fn tcp_connect_kprobe(ctx: ProbeContext) -> u32 {
 #[kprobe]
 pub fn tcp_close_kprobe(ctx: ProbeContext) -> u32 {
     if let Some(sk) = ctx.arg::<SockPtr>(0) {
-        lifecycle::on_tcp_close(AnySock(sk));
+        lifecycle::on_tcp_close(AnySock::read(sk));
     }
     0
 }
@@ -31,6 +31,6 @@ pub fn tcp_close_kprobe(ctx: ProbeContext) -> u32 {
 /// syscall tracepoint still attributes those.
 #[kretprobe]
 pub fn inet_csk_accept_kretprobe(ctx: RetProbeContext) -> u32 {
-    lifecycle::on_accept_return(AnySock(ctx.ret::<SockPtr>()));
+    lifecycle::on_accept_return(AnySock::read(ctx.ret::<SockPtr>()));
     0
 }
