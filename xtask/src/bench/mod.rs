@@ -77,6 +77,10 @@ pub struct BenchArgs {
     /// one hook on its own, e.g. an empty program on a tracepoint).
     #[arg(long, hide = true, value_name = "PATH")]
     pub reference_script: Option<PathBuf>,
+    /// Development: also run the daemon (best mode) with these extra `tracer run` flags in every
+    /// pair, e.g. --variant="--wakeup-bytes 0", to measure one setting side by side. Repeatable.
+    #[arg(long, hide = true, value_name = "FLAGS")]
+    pub variant: Vec<String>,
 }
 
 /// Who traces during a run.
@@ -84,6 +88,8 @@ pub struct BenchArgs {
 pub enum Tracer {
     None,
     Daemon(String),
+    /// The daemon in a mode with extra `tracer run` flags (`--variant`).
+    Variant(String, Vec<String>),
     Bpftrace,
 }
 
@@ -92,6 +98,7 @@ impl Tracer {
         match self {
             Tracer::None => "untraced".into(),
             Tracer::Daemon(mode) => format!("tracer ({mode})"),
+            Tracer::Variant(mode, args) => format!("tracer ({mode}, {})", args.join(" ")),
             Tracer::Bpftrace => "bpftrace tcplife.bt".into(),
         }
     }
@@ -270,6 +277,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
             }
         }
     }
+    let variants: Vec<Tracer> = match modes.first() {
+        Some(best) => ctx.args.variant.iter().map(|v| Tracer::Variant(best.clone(), v.split_whitespace().map(str::to_owned).collect())).collect(),
+        None => Vec::new(),
+    };
     let Some(best) = modes.first().cloned() else {
         bail!("no probe mode starts on this machine: {skipped:?}");
     };
@@ -309,6 +320,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             // Alternate the order within pairs so that drift over a pair favours nobody.
             let mut order: Vec<Tracer> = std::iter::once(Tracer::None)
                 .chain(modes.iter().map(|m| Tracer::Daemon(m.clone())))
+                .chain(variants.iter().cloned())
                 .chain(std::iter::once(Tracer::Bpftrace))
                 .collect();
             if pair % 2 == 1 {
@@ -374,6 +386,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         threads: ctx.threads,
         duration: ctx.duration,
         modes,
+        variants,
         skipped,
         results,
         diagnostics,
@@ -414,8 +427,12 @@ fn one_run(ctx: &Bench, scenario: &Scenario, tracer: &Tracer) -> Result<Run> {
             let system_ns = busy.busy_ns()?;
             Ok(Run { tracer: tracer.clone(), load, system_ns, tracer_ns: None, tracer_hwm: None, events_lost: None, events: None, wakeups: None })
         }
-        Tracer::Daemon(mode) => {
-            let daemon = Daemon::start(&ctx.bin, mode, &ctx.dir)?;
+        Tracer::Daemon(_) | Tracer::Variant(..) => {
+            let daemon = match tracer {
+                Tracer::Variant(mode, args) => Daemon::start_with(&ctx.bin, mode, args, &ctx.dir)?,
+                Tracer::Daemon(mode) => Daemon::start(&ctx.bin, mode, &ctx.dir)?,
+                _ => unreachable!("matched above"),
+            };
             let before = daemon.status()?;
             let wake0 = voluntary_switches(daemon.pid);
             let cpu0 = procfs::process_cpu_ns(daemon.pid)?;

@@ -18,6 +18,8 @@ pub struct Report {
     pub threads: usize,
     pub duration: Duration,
     pub modes: Vec<String>,
+    /// `--variant` runs: the daemon with extra flags.
+    pub variants: Vec<Tracer>,
     pub skipped: Vec<(String, String)>,
     pub results: Vec<ScenarioRuns>,
     pub diagnostics: Diagnostics,
@@ -305,6 +307,7 @@ impl Report {
                 .modes
                 .iter()
                 .map(|m| Tracer::Daemon(m.clone()))
+                .chain(self.variants.iter().cloned())
                 .chain(std::iter::once(Tracer::Bpftrace))
                 .collect();
             for t in tracers {
@@ -522,6 +525,7 @@ fn short(t: &Tracer) -> String {
     match t {
         Tracer::None => "untraced".into(),
         Tracer::Daemon(m) => m.clone(),
+        Tracer::Variant(m, args) => format!("{m} {}", args.join(" ")),
         Tracer::Bpftrace => "bpftrace".into(),
     }
 }

@@ -24,12 +24,18 @@ impl Daemon {
     /// Starts `tracer run --probe <mode>` and waits until it answers `status`; the error carries
     /// the daemon's own explanation when it exits instead (a mode this kernel cannot load).
     pub fn start(bin: &Path, mode: &str, dir: &Path) -> Result<Self> {
+        Self::start_with(bin, mode, &[], dir)
+    }
+
+    /// Starts the daemon with extra `tracer run` flags.
+    pub fn start_with(bin: &Path, mode: &str, extra: &[String], dir: &Path) -> Result<Self> {
         let socket = dir.join("t.sock");
         let log = dir.join(format!("daemon-{mode}.log"));
         let _ = std::fs::remove_file(&socket);
         let log_file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let child = Command::new(bin)
             .args(["run", "--probe", mode, "--metrics-addr", "127.0.0.1:0", "--summary-interval", "0"])
+            .args(extra)
             .arg("--socket")
             .arg(&socket)
             .stdin(Stdio::null())
