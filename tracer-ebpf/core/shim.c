@@ -224,18 +224,40 @@ SHIM void tracer_sk_tuple_btf(struct sock *sk, struct tracer_tuple *t)
 	}
 }
 
+/* bpf_get_current_task_btf() (5.11+) returns a BTF-typed task that plain loads may walk; on
+ * older kernels this is a relocated 0, and the verifier drops the branches that use it. */
+#define TRACER_HAS_TASK_BTF bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_current_task_btf)
+
+/* The fd table of the current task, or NULL. */
+static __always_inline struct fdtable *tracer_current_fdt(void)
+{
+	if (TRACER_HAS_TASK_BTF) {
+		struct files_struct *files = bpf_get_current_task_btf()->files;
+		return files ? files->fdt : 0;
+	}
+	return BPF_CORE_READ((struct task_struct *)bpf_get_current_task(), files, fdt);
+}
+
 /* The struct sock behind file descriptor `fd` of the current task, or NULL. */
 SHIM struct sock *tracer_fd_sock(__u32 fd)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct fdtable *fdt = tracer_current_fdt();
 	struct file **fds;
 	struct file *file = 0;
 	struct socket *sock;
 
-	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
+	if (!fdt)
 		return 0;
-	fds = BPF_CORE_READ(fdt, fd);
+	if (TRACER_HAS_TASK_BTF) {
+		if (fd >= fdt->max_fds)
+			return 0;
+		fds = fdt->fd;
+	} else {
+		if (fd >= BPF_CORE_READ(fdt, max_fds))
+			return 0;
+		fds = BPF_CORE_READ(fdt, fd);
+	}
+	/* A pointer to pointers: the verifier types no further, so probe reads from here on. */
 	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
 		return 0;
 	sock = BPF_CORE_READ(file, private_data);
@@ -252,6 +274,13 @@ SHIM struct sock *tracer_fd_sock(__u32 fd)
  * reader stops at the first NUL. */
 SHIM void tracer_leader_identity(__u64 *start_time, char comm[16])
 {
+	if (TRACER_HAS_TASK_BTF) {
+		struct task_struct *leader = bpf_get_current_task_btf()->group_leader;
+
+		*start_time = leader->start_boottime;
+		__builtin_memcpy(comm, leader->comm, 16);
+		return;
+	}
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct task_struct *leader = BPF_CORE_READ(task, group_leader);
 

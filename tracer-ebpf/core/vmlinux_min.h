@@ -117,6 +117,12 @@ struct task_struct {
 
 #pragma clang attribute pop
 
+/* Only asked of the kernel's BTF (bpf_core_enum_value_exists): does this helper exist here?
+ * The value is never used. */
+enum bpf_func_id {
+	BPF_FUNC_get_current_task_btf = 158,
+};
+
 enum sock_flags {
 	SOCK_DEAD = 0,
 };
