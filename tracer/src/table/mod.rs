@@ -150,7 +150,12 @@ struct Contribution {
 
 impl Contribution {
     fn of(conn: &Connection) -> Self {
-        Self { phase: conn.phase, owner: conn.owner, direction: conn.direction, state: conn.state }
+        Self {
+            phase: conn.phase,
+            owner: conn.owner(),
+            direction: conn.direction,
+            state: conn.state,
+        }
     }
 }
 
@@ -349,18 +354,19 @@ impl ConnectionTable {
 
     /// Connections with their owner's record, in no particular order.
     pub fn connections(&self) -> impl Iterator<Item = ConnView<'_>> + '_ {
-        self.connections.values().map(|conn| self.view(conn))
+        self.connections.iter().map(|(&key, conn)| self.view(key, conn))
     }
 
     pub fn connection(&self, key: SocketKey) -> Option<ConnView<'_>> {
-        self.connections.get(&key).map(|conn| self.view(conn))
+        self.connections.get(&key).map(|conn| self.view(key, conn))
     }
 
-    fn view<'a>(&'a self, conn: &'a Connection) -> ConnView<'a> {
+    fn view<'a>(&'a self, key: SocketKey, conn: &'a Connection) -> ConnView<'a> {
         ConnView {
+            key,
             conn,
-            owner: conn.owner.and_then(|o| self.aggregates.processes.get(&o)),
-            holders: self.shared_holders(conn.key),
+            owner: conn.owner().and_then(|o| self.aggregates.processes.get(&o)),
+            holders: self.shared_holders(key),
         }
     }
 
@@ -382,12 +388,11 @@ impl ConnectionTable {
             return Applied::Opened { id, owner: None, direction: Direction::Outbound };
         };
         let before = Contribution::of(conn);
-        conn.phase = Phase::Open;
+        conn.open(e.timestamp_ns);
         conn.set_state(e.new_state, e.timestamp_ns);
         // The local port is only known now.
         conn.tuple = e.tuple;
-        conn.opened_at_ns = Some(e.timestamp_ns);
-        let (id, owner, after) = (conn.id, conn.owner, Contribution::of(conn));
+        let (id, owner, after) = (conn.id, conn.owner(), Contribution::of(conn));
         self.aggregates.withdraw(before);
         self.aggregates.add(after);
         self.aggregates.count_opened(owner, Direction::Outbound);
@@ -400,7 +405,7 @@ impl ConnectionTable {
         if let Some(conn) = self.connections.get(&SocketKey::of(e))
             && conn.phase == Phase::Open
             && conn.direction == Direction::Inbound
-            && conn.owner.is_some()
+            && conn.owner().is_some()
             && conn.state == tcp_state::SYN_RECV
         {
             return self.on_state_change(e);
@@ -412,7 +417,7 @@ impl ConnectionTable {
     fn on_accept(&mut self, e: &ConnEvent) -> Applied {
         let key = SocketKey::of(e);
         let owner = self.touch_process(e);
-        let existing = self.connections.get(&key).map(|c| (c.phase, c.direction, c.owner));
+        let existing = self.connections.get(&key).map(|c| (c.phase, c.direction, c.owner()));
         match existing {
             // Already accepted: a repeated report of the same socket.
             Some((Phase::Open, Direction::Inbound, Some(_))) => Applied::Ignored,
@@ -421,12 +426,11 @@ impl ConnectionTable {
                     return Applied::Ignored;
                 };
                 let before = Contribution::of(conn);
-                conn.owner = owner;
-                conn.phase = Phase::Open;
+                conn.set_owner(owner);
+                conn.open(e.timestamp_ns);
                 // The peer may have hung up while it waited: the event carries the state now.
                 conn.set_state(e.new_state, e.timestamp_ns);
                 conn.tuple = e.tuple;
-                conn.opened_at_ns = Some(e.timestamp_ns);
                 let (id, after) = (conn.id, Contribution::of(conn));
                 self.aggregates.withdraw(before);
                 self.aggregates.add(after);
@@ -455,7 +459,7 @@ impl ConnectionTable {
                     let before = Contribution::of(conn);
                     conn.phase = Phase::Failed;
                     conn.set_state(e.new_state, e.timestamp_ns);
-                    let (id, owner) = (conn.id, conn.owner);
+                    let (id, owner) = (conn.id, conn.owner());
                     self.aggregates.withdraw(before);
                     self.aggregates.count_connect_failed(owner);
                     Applied::ConnectFailed { id, owner }
@@ -491,7 +495,7 @@ impl ConnectionTable {
             self.counters.unmatched_releases += 1;
             return Applied::UnmatchedRelease;
         };
-        match (conn.phase, conn.owner) {
+        match (conn.phase, conn.owner()) {
             (Phase::Open, Some(owner)) => {
                 self.aggregates.count_closed(owner, conn.direction);
                 Applied::Closed {
@@ -562,23 +566,12 @@ impl ConnectionTable {
     ) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
-        let conn = Connection {
-            id,
-            key: SocketKey::of(e),
-            direction,
-            phase,
-            owner,
-            state: e.new_state,
-            tuple: e.tuple,
-            first_seen_ns: e.timestamp_ns,
-            opened_at_ns: (phase == Phase::Open).then_some(e.timestamp_ns),
-            state_since_ns: e.timestamp_ns,
-            preexisting: false,
-        };
+        let conn =
+            Connection::new(id, direction, phase, owner, e.new_state, e.tuple, e.timestamp_ns);
         self.aggregates.add(Contribution::of(&conn));
         // A new lifecycle on an address we still track means we missed the old one's release:
         // the old entry leaves every count it was in.
-        if let Some(stale) = self.connections.insert(conn.key, conn) {
+        if let Some(stale) = self.connections.insert(SocketKey::of(e), conn) {
             self.aggregates.withdraw(Contribution::of(&stale));
             self.counters.stale_replaced += 1;
         }
@@ -589,7 +582,7 @@ impl ConnectionTable {
         let conn = self.connections.remove(&key)?;
         self.aggregates.withdraw(Contribution::of(&conn));
         if conn.preexisting {
-            self.scanned.remove(&conn.tuple_key());
+            self.scanned.remove(&conn.tuple_key(key.netns));
         }
         self.shared_holders.remove(&key);
         Some(conn)

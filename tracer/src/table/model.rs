@@ -1,6 +1,6 @@
 //! What the table holds: connection entries and per-process aggregates. Plain data, `Copy` where
 //! it can be, with the command name kept as the kernel's 16 bytes so that no event allocates.
-use std::{borrow::Cow, net::SocketAddr};
+use std::{borrow::Cow, net::SocketAddr, num::NonZeroU32};
 
 use serde::{Deserialize, Serialize};
 use tracer_common::{ConnEvent, Tuple, tcp_state};
@@ -37,9 +37,11 @@ impl ProcessKey {
         Self { pid, start_time_ns: start_time_ns - start_time_ns % START_TIME_RESOLUTION_NS }
     }
 
-    /// The process an event names, if it ran in that process's context.
+    /// The process an event names, if it ran in that process's context. Never pid 0, the idle
+    /// task, which opens and releases no socket: entries store their owner as a non-zero pid.
     pub fn of(event: &ConnEvent) -> Option<Self> {
-        event.in_owner_context().then(|| Self::new(event.tgid, event.start_time_ns))
+        (event.in_owner_context() && event.tgid != 0)
+            .then(|| Self::new(event.tgid, event.start_time_ns))
     }
 }
 
@@ -86,25 +88,32 @@ pub enum Phase {
     Failed,
 }
 
-/// One tracked socket.
+/// One tracked socket: the value of the table's map, whose key is its [`SocketKey`]. The table
+/// holds one per tracked socket, so the layout is kept small (80 bytes; docs/performance.md sets
+/// the memory per socket): the key is not repeated here, and the owner and the open time are
+/// stored compactly behind [`Connection::owner`] and [`Connection::opened_at_ns`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Connection {
     /// Unique, increasing generation: a reused kernel address never merges two sockets.
     pub id: u64,
-    pub key: SocketKey,
     pub direction: Direction,
+    /// Becomes `Open` only through [`Connection::open`], which records when.
     pub phase: Phase,
-    /// The connecting or accepting process; `None` while unattributed.
-    pub owner: Option<ProcessKey>,
+    /// The owner's pid; `None` while unattributed (pid 0 is the idle task, which holds no
+    /// socket). Kept apart from its start time so that it packs with the small fields: an
+    /// `Option<ProcessKey>` would take 24 bytes instead of 12.
+    owner_pid: Option<NonZeroU32>,
+    /// The owner's start time (as in [`ProcessKey`]); 0 while unattributed.
+    owner_start_time_ns: u64,
     /// A [`tcp_state`] value.
     pub state: u8,
     /// Endpoints as last reported by an event that names them reliably (connect, handshake,
     /// accept); later state changes do not overwrite them, so a reset socket keeps its address.
     pub tuple: Tuple,
-    /// The first event that created the entry (connect start, or server-side handshake).
-    pub first_seen_ns: u64,
-    /// When it became open (ESTABLISHED outbound, accepted inbound); `None` before that.
-    pub opened_at_ns: Option<u64>,
+    /// What its age counts from: when the entry was created (connect start, server-side
+    /// handshake, or scan), then, once open, when it opened. One field serves both because
+    /// the first-seen time is only needed until the open time exists.
+    age_from_ns: u64,
     /// When it entered its current TCP state: how long a CLOSE_WAIT or reset socket was held.
     pub state_since_ns: u64,
     /// Found already open when the daemon started: its open time is a lower bound.
@@ -112,6 +121,57 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// A new entry first seen at `at_ns` (and open since then if `phase` is `Open`).
+    pub(super) fn new(
+        id: u64,
+        direction: Direction,
+        phase: Phase,
+        owner: Option<ProcessKey>,
+        state: u8,
+        tuple: Tuple,
+        at_ns: u64,
+    ) -> Self {
+        let mut conn = Self {
+            id,
+            direction,
+            phase,
+            owner_pid: None,
+            owner_start_time_ns: 0,
+            state,
+            tuple,
+            age_from_ns: at_ns,
+            state_since_ns: at_ns,
+            preexisting: false,
+        };
+        conn.set_owner(owner);
+        conn
+    }
+
+    /// The connecting or accepting process; `None` while unattributed.
+    pub fn owner(&self) -> Option<ProcessKey> {
+        self.owner_pid
+            .map(|pid| ProcessKey { pid: pid.get(), start_time_ns: self.owner_start_time_ns })
+    }
+
+    pub(super) fn set_owner(&mut self, owner: Option<ProcessKey>) {
+        debug_assert!(owner.is_none_or(|o| o.pid != 0), "pid 0 cannot own a socket");
+        (self.owner_pid, self.owner_start_time_ns) = match owner {
+            Some(o) => (NonZeroU32::new(o.pid), o.start_time_ns),
+            None => (None, 0),
+        };
+    }
+
+    /// When it became open (ESTABLISHED outbound, accepted inbound); `None` before that.
+    pub fn opened_at_ns(&self) -> Option<u64> {
+        (self.phase == Phase::Open).then_some(self.age_from_ns)
+    }
+
+    /// Marks it open since `at_ns`.
+    pub(super) fn open(&mut self, at_ns: u64) {
+        self.phase = Phase::Open;
+        self.age_from_ns = at_ns;
+    }
+
     pub fn local(&self) -> SocketAddr {
         local_endpoint(&self.tuple)
     }
@@ -120,8 +180,9 @@ impl Connection {
         remote_endpoint(&self.tuple)
     }
 
-    pub fn tuple_key(&self) -> TupleKey {
-        TupleKey { netns: self.key.netns, local: self.local(), remote: self.remote() }
+    /// Its addresses within `netns`, the namespace of its [`SocketKey`].
+    pub fn tuple_key(&self, netns: u32) -> TupleKey {
+        TupleKey { netns, local: self.local(), remote: self.remote() }
     }
 
     pub fn state_name(&self) -> &'static str {
@@ -132,14 +193,14 @@ impl Connection {
     pub fn is_unattributed(&self) -> bool {
         match self.phase {
             Phase::Backlog => true,
-            Phase::Open => self.owner.is_none(),
+            Phase::Open => self.owner_pid.is_none(),
             Phase::Connecting | Phase::Failed => false,
         }
     }
 
     /// Age as a user means it: since open once open, else since first seen.
     pub fn age_ns(&self, now_ns: u64) -> u64 {
-        now_ns.saturating_sub(self.opened_at_ns.unwrap_or(self.first_seen_ns))
+        now_ns.saturating_sub(self.age_from_ns)
     }
 
     pub(super) fn set_state(&mut self, state: u8, at_ns: u64) {

@@ -104,11 +104,11 @@ impl Reconciler {
         // reaches CLOSE, so held-after-reset sockets are invisible to sock_diag (and to ss).
         let known: HashMap<TupleKey, SocketKey> = table
             .connections
-            .values()
-            .filter(|c| {
+            .iter()
+            .filter(|(_, c)| {
                 matches!(c.phase, Phase::Open | Phase::Backlog) && c.state != tcp_state::CLOSE
             })
-            .map(|c| (c.tuple_key(), c.key))
+            .map(|(&key, c)| (c.tuple_key(key.netns), key))
             .collect();
         let mut seen = HashSet::with_capacity(known.len());
         let mut differences = HashSet::new();
@@ -122,7 +122,7 @@ impl Reconciler {
             };
             seen.insert(key);
             let Some(conn) = table.connections.get(&key) else { continue };
-            let (id, state, owner) = (conn.id, conn.state, conn.owner);
+            let (id, state, owner) = (conn.id, conn.state, conn.owner());
             if state != socket.state {
                 differences.insert(Difference::State { key, id, state: socket.state });
             }
@@ -198,9 +198,9 @@ impl ConnectionTable {
     pub fn load_existing(&mut self, scan: &[ScannedSocket], now_ns: u64) -> usize {
         let known: HashSet<TupleKey> = self
             .connections
-            .values()
-            .filter(|c| c.phase != Phase::Failed && c.phase != Phase::Connecting)
-            .map(Connection::tuple_key)
+            .iter()
+            .filter(|(_, c)| c.phase != Phase::Failed && c.phase != Phase::Connecting)
+            .map(|(key, c)| c.tuple_key(key.netns))
             .collect();
         scan.iter()
             .filter(|s| s.is_connection() && !known.contains(&s.tuple_key()))
@@ -230,19 +230,9 @@ impl ConnectionTable {
         let id = self.next_id;
         self.next_id += 1;
         let key = SocketKey { netns: s.netns, sock: if s.inode != 0 { s.inode } else { id } };
-        let conn = Connection {
-            id,
-            key,
-            direction: s.direction,
-            phase,
-            owner,
-            state: s.state,
-            tuple: tuple_of(s.local, s.remote),
-            first_seen_ns: now_ns,
-            opened_at_ns: (phase == Phase::Open).then_some(now_ns),
-            state_since_ns: now_ns,
-            preexisting: true,
-        };
+        let tuple = tuple_of(s.local, s.remote);
+        let mut conn = Connection::new(id, s.direction, phase, owner, s.state, tuple, now_ns);
+        conn.preexisting = true;
         self.aggregates.add(Contribution::of(&conn));
         if phase == Phase::Open {
             self.aggregates.count_opened(owner, s.direction);
@@ -259,12 +249,12 @@ impl ConnectionTable {
             return None;
         }
         let old_key = self.scanned.remove(&TupleKey::of(event))?;
-        let mut conn = self.connections.remove(&old_key)?;
-        conn.key = SocketKey::of(event);
+        let conn = self.connections.remove(&old_key)?;
+        let key = SocketKey::of(event);
         if let Some(pids) = self.shared_holders.remove(&old_key) {
-            self.shared_holders.insert(conn.key, pids);
+            self.shared_holders.insert(key, pids);
         }
-        self.connections.insert(conn.key, conn);
+        self.connections.insert(key, conn);
         (kind == EventKind::Established).then_some(Applied::Ignored)
     }
 
@@ -277,10 +267,10 @@ impl ConnectionTable {
         if key == SocketKey::of(event) {
             return;
         }
-        if let Some(dup) = self.remove(key) {
-            if let (Phase::Open, Some(owner)) = (dup.phase, dup.owner) {
-                self.aggregates.uncount_opened(owner, dup.direction);
-            }
+        if let Some(dup) = self.remove(key)
+            && let (Phase::Open, Some(owner)) = (dup.phase, dup.owner())
+        {
+            self.aggregates.uncount_opened(owner, dup.direction);
         }
     }
 
@@ -290,11 +280,10 @@ impl ConnectionTable {
         let new_owner = self.touch_holder(holder, now_ns);
         let Some(conn) = self.connections.get_mut(&key) else { return };
         let before = Contribution::of(conn);
-        let (old_owner, was_open) = (conn.owner, conn.phase == Phase::Open);
-        conn.owner = Some(new_owner);
+        let (old_owner, was_open) = (conn.owner(), conn.phase == Phase::Open);
+        conn.set_owner(Some(new_owner));
         if conn.phase == Phase::Backlog {
-            conn.phase = Phase::Open;
-            conn.opened_at_ns = Some(now_ns);
+            conn.open(now_ns);
         }
         let (after, direction) = (Contribution::of(conn), conn.direction);
         self.aggregates.withdraw(before);
@@ -310,7 +299,7 @@ impl ConnectionTable {
             return None;
         }
         let conn = self.remove(key)?;
-        if let (Phase::Open, Some(owner)) = (conn.phase, conn.owner) {
+        if let (Phase::Open, Some(owner)) = (conn.phase, conn.owner()) {
             self.aggregates.count_closed(owner, conn.direction);
         }
         Some(conn)

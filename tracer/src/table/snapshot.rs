@@ -7,12 +7,17 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     ConnectionTable, TableCounters,
-    model::{Connection, Direction, DirectionStats, Phase, ProcessKey, ProcessStats, StateCounts},
+    model::{
+        Connection, Direction, DirectionStats, Phase, ProcessKey, ProcessStats, SocketKey,
+        StateCounts,
+    },
 };
 
 /// A connection together with its owner's record, if it has a known owner.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnView<'a> {
+    /// The entry's map key (entries do not repeat it).
+    pub key: SocketKey,
     pub conn: &'a Connection,
     pub owner: Option<&'a ProcessStats>,
     /// Every holder's pid when a scan found several; empty otherwise.
@@ -25,11 +30,11 @@ impl ConnView<'_> {
     }
 
     pub fn owner_key(&self) -> Option<ProcessKey> {
-        self.conn.owner
+        self.conn.owner()
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.conn.owner.map(|o| o.pid)
+        self.conn.owner().map(|o| o.pid)
     }
 
     pub fn comm(&self) -> Option<Cow<'_, str>> {
@@ -57,11 +62,11 @@ impl ConnView<'_> {
     }
 
     pub fn opened_at_ns(&self) -> Option<u64> {
-        self.conn.opened_at_ns
+        self.conn.opened_at_ns()
     }
 
     pub fn netns(&self) -> u32 {
-        self.conn.key.netns
+        self.key.netns
     }
 
     pub fn snapshot(&self, now_ns: u64) -> ConnSnapshot {
