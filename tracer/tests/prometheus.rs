@@ -92,7 +92,7 @@ fn a_real_prometheus_scrapes_open_counts_and_leak_alerts() {
 
     daemon.eventually("Prometheus sees the steady process's 7 connections", |_| {
         match prometheus.query(&format!("tcp_tracer_open_connections{{pid=\"{}\"}}", steady.pid)) {
-            Some(v) if v == 7.0 => Ok(()),
+            Some(7.0) => Ok(()),
             other => Err(format!("{other:?}")),
         }
     });
@@ -101,7 +101,7 @@ fn a_real_prometheus_scrapes_open_counts_and_leak_alerts() {
         match prometheus
             .query(&format!("tcp_tracer_leak_suspected{{pid=\"{}\",rule=\"growth\"}}", leaker.pid))
         {
-            Some(v) if v == 1.0 => Ok(()),
+            Some(1.0) => Ok(()),
             other => Err(format!("{other:?}")),
         }
     });
