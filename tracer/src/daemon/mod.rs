@@ -4,6 +4,7 @@
 //! batches and answers API queries between batches, so the event path takes no lock.
 mod ground_truth;
 mod leaks;
+mod memory;
 mod queries;
 
 pub use leaks::LeakSettings;
@@ -145,6 +146,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
                     Ok(scan) => daemon.reconcile(&scan),
                     Err(e) => log::warn!("reconcile scan failed: {e}"),
                 }
+                memory::return_freed();
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -167,6 +169,7 @@ impl Daemon {
     /// anything that changes meanwhile wait in the ring buffer, so nothing falls between the
     /// two (docs/architecture.md, "Start-up").
     fn start(options: &DaemonOptions) -> Result<Self> {
+        memory::configure_allocator();
         let mut probes = Probes::load(&options.load)?;
         let source = EventSource::new(probes.take_events()?)?;
         let clock = BootClock;
@@ -195,6 +198,7 @@ impl Daemon {
                 "cannot load existing connections (sock_diag): {e}; counting from now on"
             ),
         }
+        memory::return_freed();
         Ok(daemon)
     }
 

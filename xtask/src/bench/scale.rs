@@ -350,8 +350,17 @@ fn measure(daemon: &Daemon, spec: &ScaleSpec, label: &str, conns_pid: libc::pid_
 
 /// Runs both steps against a fresh daemon; the daemon is stopped by the caller.
 pub fn run(daemon: &Daemon, spec: &ScaleSpec) -> Result<Vec<ScaleStep>> {
-    // Let start-up (probe load, initial scan) settle before taking the baseline.
+    // Let start-up (probe load, initial scan) settle before taking the baseline, and cycle the
+    // ring buffer once with short connections: its pages become resident as events pass through
+    // them, a fixed cost (--ring-bytes) that is not memory per tracked socket.
     std::thread::sleep(Duration::from_secs(1));
+    let warm_up = super::load::LoadSpec {
+        family: super::load::Family::V4,
+        threads: 2,
+        duration: Duration::from_secs(1),
+        rate: None,
+    };
+    super::load::run(&warm_up).context("warm-up churn before the scale baseline")?;
     let base = daemon.wait_drained(Duration::from_secs(10))?;
     let base_tracked = field(&base, "tracked_connections");
     let base_processes = field(&base, "processes");
