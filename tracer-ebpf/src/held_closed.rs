@@ -30,7 +30,13 @@ pub fn remember(sk: SockPtr) {
 
 #[inline(always)]
 pub fn forget(sk: SockPtr) {
-    let _ = HELD_CLOSED.remove(&(sk as u64));
+    let key = sk as u64;
+    // Called on every connect, and almost never for a remembered socket: a lookup is lock-free,
+    // a delete takes the bucket lock even for a missing key.
+    // SAFETY: the value is not read, only its presence.
+    if unsafe { HELD_CLOSED.get(&key) }.is_some() {
+        let _ = HELD_CLOSED.remove(&key);
+    }
 }
 
 #[btf_tracepoint(function = "tcp_destroy_sock")]
