@@ -82,4 +82,10 @@ pub struct StatusReport {
     /// kprobe mode: each probe's hits and the kernel's count of misses (empty in other modes).
     #[serde(default)]
     pub kprobes: Vec<crate::probes::ProbeMisses>,
+    /// Size of the ring buffer (`--ring-bytes`).
+    #[serde(default)]
+    pub ring_bytes: u64,
+    /// The most the daemon found waiting in the ring at once (`EventSource::ring_high_water_bytes`).
+    #[serde(default)]
+    pub ring_high_water_bytes: u64,
 }

@@ -228,6 +228,15 @@ pub fn status(s: &StatusReport) -> String {
     for (reason, n) in &s.events_lost_by_reason {
         let _ = writeln!(out, "  {reason:<18} {n}");
     }
+    if s.ring_bytes > 0 {
+        let _ = writeln!(
+            out,
+            "ring buffer:         high water {} of {} bytes ({:.1}%)",
+            s.ring_high_water_bytes,
+            s.ring_bytes,
+            100.0 * s.ring_high_water_bytes as f64 / s.ring_bytes as f64
+        );
+    }
     let _ = writeln!(out, "tracked connections: {}", s.tracked_connections);
     let _ = writeln!(out, "unattributed:        {}", s.unattributed);
     let _ = writeln!(out, "processes:           {}", s.processes);

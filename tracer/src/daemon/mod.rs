@@ -27,7 +27,7 @@ use crate::{
     detect::Detector,
     error::Result,
     events,
-    export::{self, BuildInfo, Metrics, MetricsInput, Scrape},
+    export::{self, BuildInfo, Metrics, MetricsInput, RingFill, Scrape},
     pipeline::EventSource,
     probes::{LoadOptions, Probes, preflight},
     table::{ConnectionTable, Reconciler, ScannedSocket, TableConfig},
@@ -74,6 +74,8 @@ pub(crate) struct Daemon {
     webhook: Option<Webhook>,
     metrics: Metrics,
     metrics_top_n: usize,
+    /// Size of the ring buffer in bytes (`--ring-bytes`).
+    ring_bytes: u64,
     /// The address /metrics is served on (with the port the kernel chose for port 0).
     metrics_addr: Option<std::net::SocketAddr>,
     clock: BootClock,
@@ -183,6 +185,7 @@ impl Daemon {
             webhook: options.webhook.clone().map(Webhook::start),
             metrics: Metrics::new(),
             metrics_top_n: options.metrics_top_n,
+            ring_bytes: u64::from(options.load.ring_bytes),
             metrics_addr: None,
             started_ns: clock.now_ns(),
             clock,
@@ -264,6 +267,10 @@ impl Daemon {
             malformed: self.source.malformed(),
             reconcile_corrections: self.reconciler.corrections_total,
             kprobes: &kprobes,
+            ring: RingFill {
+                size_bytes: self.ring_bytes,
+                high_water_bytes: self.source.ring_high_water_bytes(),
+            },
             build: BuildInfo {
                 version: env!("CARGO_PKG_VERSION"),
                 probe_mode: &mode,

@@ -314,6 +314,8 @@ impl Daemon {
             metrics_addr: self.metrics_addr.map(|a| a.to_string()),
             holder_changes: self.reconciler.holder_changes_total,
             kprobes: self.probes.kprobe_misses(),
+            ring_bytes: self.ring_bytes,
+            ring_high_water_bytes: self.source.ring_high_water_bytes(),
         }
     }
 }

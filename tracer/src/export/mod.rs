@@ -63,6 +63,13 @@ pub struct BuildInfo<'a> {
     pub kernel: &'a str,
 }
 
+/// The ring buffer's size and the most the daemon found waiting in it at once.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RingFill {
+    pub size_bytes: u64,
+    pub high_water_bytes: u64,
+}
+
 /// Everything a scrape reads, borrowed from the event loop for the duration of the scrape.
 #[derive(Clone, Copy, Debug)]
 pub struct MetricsInput<'a> {
@@ -80,6 +87,7 @@ pub struct MetricsInput<'a> {
     pub reconcile_corrections: u64,
     /// kprobe mode's per-probe hits and misses (empty in other modes).
     pub kprobes: &'a [crate::probes::ProbeMisses],
+    pub ring: RingFill,
     pub build: BuildInfo<'a>,
     /// CLOCK_BOOTTIME nanoseconds, the clock of the table (connection ages).
     pub now_ns: u64,
@@ -234,7 +242,21 @@ impl Metrics {
         );
         lost.add_counter(&[("reason", "ringbuf_full")], kernel.lost_total());
         lost.add_counter(&[("reason", "accept_unresolved")], kernel.accept_unresolved);
+        lost.add_counter(&[("reason", "held_closed_map_full")], kernel.held_closed_map_full);
         lost.add_counter(&[("reason", "malformed")], input.malformed);
+
+        let mut ring_size = FamilyBuilder::gauge(
+            "tcp_tracer_ring_buffer_size_bytes",
+            "Size of the BPF ring buffer that carries events to the daemon (--ring-bytes).",
+        );
+        ring_size.add_gauge(&[], input.ring.size_bytes as f64);
+        let mut ring_high_water = FamilyBuilder::gauge(
+            "tcp_tracer_ring_buffer_high_water_bytes",
+            "The most bytes the daemon found waiting in the ring buffer at once since it \
+             started. Close to the size, events are about to be lost (ringbuf_full): raise \
+             --ring-bytes.",
+        );
+        ring_high_water.add_gauge(&[], input.ring.high_water_bytes as f64);
 
         let counters = input.table.counters();
         let mut anomalies = FamilyBuilder::counter(
@@ -275,6 +297,8 @@ impl Metrics {
             anomalies.finish(),
             corrections.finish(),
             kprobe_missed.finish(),
+            ring_size.finish(),
+            ring_high_water.finish(),
         ]
     }
 }

@@ -200,6 +200,7 @@ impl Sim {
             malformed: 2,
             reconcile_corrections: 3,
             kprobes: &kprobes,
+            ring: RingFill { size_bytes: 8 << 20, high_water_bytes: 4096 },
             build: BuildInfo { version: "0.1.0", probe_mode: "fentry", kernel: "6.1.0-test" },
             now_ns: self.now,
             top_n: self.top_n,
@@ -821,6 +822,7 @@ fn pipeline_counters_and_build_info() {
     kernel.lost_ringbuf[EventKind::Release as usize] = 4;
     kernel.lost_ringbuf[EventKind::Connect as usize] = 1;
     kernel.accept_unresolved = 6;
+    kernel.held_closed_map_full = 7;
     sim.kernel = Some(kernel);
     let scraped = sim.scrape();
     assert_eq!(scraped.value("tcp_tracer_events_total", &[("kind", "connect")]), Some(1.0));
@@ -829,7 +831,10 @@ fn pipeline_counters_and_build_info() {
     let lost = "tcp_tracer_events_lost_total";
     assert_eq!(scraped.value(lost, &[("reason", "ringbuf_full")]), Some(5.0));
     assert_eq!(scraped.value(lost, &[("reason", "accept_unresolved")]), Some(6.0));
+    assert_eq!(scraped.value(lost, &[("reason", "held_closed_map_full")]), Some(7.0));
     assert_eq!(scraped.value(lost, &[("reason", "malformed")]), Some(2.0));
+    assert_eq!(scraped.value("tcp_tracer_ring_buffer_size_bytes", &[]), Some(8388608.0));
+    assert_eq!(scraped.value("tcp_tracer_ring_buffer_high_water_bytes", &[]), Some(4096.0));
     assert_eq!(scraped.value("tcp_tracer_reconcile_corrections_total", &[]), Some(3.0));
     assert_eq!(
         scraped.value("tcp_tracer_kprobe_missed_total", &[("probe", "inet_csk_accept:return")]),
