@@ -115,6 +115,8 @@ pub struct Run {
     pub tracer_ns: Option<u64>,
     pub tracer_hwm: Option<u64>,
     pub events_lost: Option<u64>,
+    /// The daemon's ring buffer high water (`ring_high_water_bytes` of its status).
+    pub ring_high_water: Option<u64>,
     /// Events the daemon received, and its voluntary context switches (about one per batch).
     pub events: Option<u64>,
     pub wakeups: Option<u64>,
@@ -164,6 +166,8 @@ pub struct Diagnostics {
     pub ring_high_water: Option<u64>,
     pub ring_samples: u64,
     pub ring_error: Option<String>,
+    /// What the daemon itself reports (`ring_high_water_bytes`).
+    pub daemon_ring_high_water: u64,
     pub wakeups: u64,
     pub daemon_us_per_conn: f64,
     pub progs: Vec<bpf::ProgStats>,
@@ -425,7 +429,7 @@ fn one_run(ctx: &Bench, scenario: &Scenario, tracer: &Tracer) -> Result<Run> {
             let busy = procfs::BusyClock::start()?;
             let load = load::run(&spec)?;
             let system_ns = busy.busy_ns()?;
-            Ok(Run { tracer: tracer.clone(), load, system_ns, tracer_ns: None, tracer_hwm: None, events_lost: None, events: None, wakeups: None })
+            Ok(Run { tracer: tracer.clone(), load, system_ns, tracer_ns: None, tracer_hwm: None, events_lost: None, ring_high_water: None, events: None, wakeups: None })
         }
         Tracer::Daemon(_) | Tracer::Variant(..) => {
             let daemon = match tracer {
@@ -451,6 +455,7 @@ fn one_run(ctx: &Bench, scenario: &Scenario, tracer: &Tracer) -> Result<Run> {
                 tracer_ns: Some(tracer_ns),
                 tracer_hwm: Some(hwm),
                 events_lost: Some(field(&after, "events_lost")),
+                ring_high_water: Some(field(&after, "ring_high_water_bytes")),
                 events: Some(field(&after, "events_total").saturating_sub(field(&before, "events_total"))),
                 wakeups: Some(wakeups),
             })
@@ -466,7 +471,7 @@ fn one_run(ctx: &Bench, scenario: &Scenario, tracer: &Tracer) -> Result<Run> {
             let tracer_ns = procfs::process_cpu_ns(bt.pid)?.saturating_sub(cpu0);
             let hwm = procfs::status_bytes(bt.pid, "VmHWM")?;
             bt.stop()?;
-            Ok(Run { tracer: tracer.clone(), load, system_ns, tracer_ns: Some(tracer_ns), tracer_hwm: Some(hwm), events_lost: None, events: None, wakeups: None })
+            Ok(Run { tracer: tracer.clone(), load, system_ns, tracer_ns: Some(tracer_ns), tracer_hwm: Some(hwm), events_lost: None, ring_high_water: None, events: None, wakeups: None })
         }
     }
 }
@@ -509,6 +514,7 @@ fn diagnose(ctx: &Bench, mode: &str) -> Result<Diagnostics> {
     d.connections = load.connections;
     d.rate = load.rate();
     d.events = field(&after, "events_total").saturating_sub(field(&before, "events_total"));
+    d.daemon_ring_high_water = field(&after, "ring_high_water_bytes");
     d.daemon_us_per_conn = procfs::process_cpu_ns(daemon.pid)?.saturating_sub(cpu0) as f64 / 1e3 / load.connections.max(1) as f64;
     d.smaps = procfs::smaps_rollup(daemon.pid);
     daemon.stop()?;

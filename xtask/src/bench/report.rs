@@ -44,6 +44,7 @@ struct Agg {
     p99_untraced: f64,
     p99_traced: f64,
     lost: Option<u64>,
+    ring_high_water: Option<u64>,
     hwm: Option<u64>,
     events_per_wakeup: Option<Summary>,
 }
@@ -55,6 +56,7 @@ fn agg(sr: &ScenarioRuns, tracer: &Tracer) -> Option<Agg> {
     let (mut sys_u, mut sys_t, mut p99_u, mut p99_t) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut lost: Option<u64> = None;
     let mut hwm: Option<u64> = None;
+    let mut ring_high_water: Option<u64> = None;
     let mut per_wakeup = Vec::new();
     for pair in &sr.pairs {
         let (Some(u), Some(t)) =
@@ -73,6 +75,7 @@ fn agg(sr: &ScenarioRuns, tracer: &Tracer) -> Option<Agg> {
             lost = Some(lost.unwrap_or(0) + l);
         }
         hwm = hwm.max(t.tracer_hwm);
+        ring_high_water = ring_high_water.max(t.ring_high_water);
         if let (Some(e), Some(w)) = (t.events, t.wakeups) {
             per_wakeup.push(e as f64 / w.max(1) as f64);
         }
@@ -86,6 +89,7 @@ fn agg(sr: &ScenarioRuns, tracer: &Tracer) -> Option<Agg> {
         p99_untraced: summarize(&p99_u)?.median,
         p99_traced: summarize(&p99_t)?.median,
         lost,
+        ring_high_water,
         hwm,
         events_per_wakeup: summarize(&per_wakeup),
     })
@@ -292,16 +296,19 @@ impl Report {
              inverse of the rate). p99: connect-to-close time of one connection (at max rate, with more \
              threads than CPUs, it is the scheduler's time slice). Events per wakeup: events \
              the daemon received divided by the voluntary context switches of all its threads (each \
-             time a thread went to sleep waiting for work): about the events handled per wakeup.\n",
+             time a thread went to sleep waiting for work): about the events handled per wakeup. \
+             Ring high water: the most the daemon found waiting in its ring buffer at once \
+             (`ring_high_water_bytes` of its status), highest over the pairs. Rows with extra \
+             flags are the daemon with one setting changed (`--variant`), measured in the same pairs.\n",
             self.duration.as_secs_f64(),
             self.threads,
             self.pairs
         );
         let _ = writeln!(
             o,
-            "| load | tracer | untraced conn/s | traced/untraced | tracer CPU µs/conn | machine CPU µs/conn untraced → traced | p99 µs untraced → traced | events lost | daemon events per wakeup | tracer peak RSS |"
+            "| load | tracer | untraced conn/s | traced/untraced | tracer CPU µs/conn | machine CPU µs/conn untraced → traced | p99 µs untraced → traced | events lost | ring high water | daemon events per wakeup | tracer peak RSS |"
         );
-        let _ = writeln!(o, "| --- | --- | ---: | --- | ---: | --- | --- | ---: | ---: | ---: |");
+        let _ = writeln!(o, "| --- | --- | ---: | --- | ---: | --- | --- | ---: | ---: | ---: | ---: |");
         for sr in &self.results {
             let tracers: Vec<Tracer> = self
                 .modes
@@ -314,7 +321,7 @@ impl Report {
                 let Some(a) = agg(sr, &t) else { continue };
                 let _ = writeln!(
                     o,
-                    "| {} | {} | {} | {:.3} [{:.3}–{:.3}] | {} | {:.2} → {:.2} | {:.0} → {:.0} | {} | {} | {} |",
+                    "| {} | {} | {} | {:.3} [{:.3}–{:.3}] | {} | {:.2} → {:.2} | {:.0} → {:.0} | {} | {} | {} | {} |",
                     sr.scenario.label(),
                     t.label(),
                     thousands(a.untraced_rate.median as u64),
@@ -327,6 +334,7 @@ impl Report {
                     a.p99_untraced,
                     a.p99_traced,
                     a.lost.map_or("n/a".into(), thousands),
+                    a.ring_high_water.map_or("-".into(), |b| format!("{} KiB", thousands(b / 1024))),
                     a.events_per_wakeup.map_or("-".into(), |s| format!("{:.1}", s.median)),
                     a.hwm.map_or("-".into(), mib),
                 );
@@ -419,14 +427,16 @@ impl Report {
         );
         let ring = match (d.ring_high_water, &d.ring_error) {
             (Some(hw), _) => format!(
-                "not exposed by the daemon; sampled from outside every 250 µs ({} samples): high water {} of {} ({:.2}%)",
+                "daemon's own figure (the most it took out in one drain): {} of {} ({:.2}%); sampled from outside every 250 µs ({} samples): {} ({:.2}%)",
+                thousands(d.daemon_ring_high_water),
+                mib(d.ring_bytes),
+                d.daemon_ring_high_water as f64 * 100.0 / d.ring_bytes.max(1) as f64,
                 thousands(d.ring_samples),
                 thousands(hw),
-                mib(d.ring_bytes),
                 hw as f64 * 100.0 / d.ring_bytes.max(1) as f64
             ),
-            (None, Some(e)) => format!("not exposed by the daemon, and could not be sampled: {e}"),
-            (None, None) => "not exposed".into(),
+            (None, Some(e)) => format!("daemon's own figure: {}; could not be sampled from outside: {e}", thousands(d.daemon_ring_high_water)),
+            (None, None) => format!("daemon's own figure: {}", thousands(d.daemon_ring_high_water)),
         };
         let _ = writeln!(o, "| ring buffer high-water fill | {ring} |");
         let kernel_ns: u64 = d.progs.iter().map(|p| p.run_time_ns).sum();
