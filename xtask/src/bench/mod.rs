@@ -77,9 +77,10 @@ pub struct BenchArgs {
     /// one hook on its own, e.g. an empty program on a tracepoint).
     #[arg(long, hide = true, value_name = "PATH")]
     pub reference_script: Option<PathBuf>,
-    /// Development: also run the daemon (best mode) with these extra `tracer run` flags in every
-    /// pair, e.g. --variant="--wakeup-bytes 0", to measure one setting side by side. Repeatable.
-    #[arg(long, hide = true, value_name = "FLAGS")]
+    /// Also run the daemon (best mode) with these extra `tracer run` flags in every pair, to
+    /// measure one setting side by side. Repeatable. The default measures the wakeup batching
+    /// (docs/architecture.md) against a wakeup per record; `--variant ""` runs none.
+    #[arg(long, value_name = "FLAGS", default_values_t = [String::from("--wakeup-bytes 0 --drain-interval-ms 10")])]
     pub variant: Vec<String>,
 }
 
@@ -282,7 +283,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     }
     let variants: Vec<Tracer> = match modes.first() {
-        Some(best) => ctx.args.variant.iter().map(|v| Tracer::Variant(best.clone(), v.split_whitespace().map(str::to_owned).collect())).collect(),
+        Some(best) => ctx
+            .args
+            .variant
+            .iter()
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| Tracer::Variant(best.clone(), v.split_whitespace().map(str::to_owned).collect()))
+            .collect(),
         None => Vec::new(),
     };
     let Some(best) = modes.first().cloned() else {
