@@ -9,6 +9,9 @@ use super::{
     stats::{Summary, summarize},
 };
 
+/// The hand-kept record of the levers tried (copied into every report).
+const LEVERS: &str = include_str!("levers.md");
+
 pub struct Report {
     pub machine: Machine,
     pub commit: String,
@@ -197,6 +200,8 @@ impl Report {
             .collect::<String>());
 
         self.render_targets(&mut o);
+        let _ = writeln!(o, "{}", LEVERS.trim_end());
+        let _ = writeln!(o);
         self.render_churn(&mut o);
         self.render_scale(&mut o);
         self.render_diagnostics(&mut o);
