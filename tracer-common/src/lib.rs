@@ -15,6 +15,12 @@ pub const HELD_CLOSED_CAPACITY: u32 = 65_536;
 /// Default ring buffer size in bytes (a power of two, a multiple of the page size).
 pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
 
+/// Ring buffer space a record of `len` bytes takes: the kernel's 8-byte header plus the record,
+/// rounded up to 8 bytes.
+pub const fn ring_record_bytes(len: usize) -> u64 {
+    (8 + len as u64 + 7) & !7
+}
+
 /// What happened to a socket. The discriminants are the wire values.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

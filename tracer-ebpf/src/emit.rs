@@ -6,7 +6,9 @@ use aya_ebpf::{
     macros::map,
     maps::{PerCpuArray, RingBuf, ring_buf::RingBufEntry},
 };
-use tracer_common::{Config, ConnEvent, DEFAULT_RING_BYTES, EventKind, Tuple, counters, flags};
+use tracer_common::{
+    Config, ConnEvent, DEFAULT_RING_BYTES, EventKind, Tuple, counters, flags, ring_record_bytes,
+};
 
 use crate::core_shim::{self, Sock};
 
@@ -118,9 +120,7 @@ fn wakeup_flags() -> u64 {
     }
 }
 
-/// Ring buffer space one record takes: the kernel's 8-byte header plus the record, rounded up
-/// to 8 bytes.
-const RECORD_BYTES: u64 = ((8 + ConnEvent::SIZE as u64) + 7) & !7;
+const RECORD_BYTES: u64 = ring_record_bytes(ConnEvent::SIZE);
 
 #[inline(always)]
 fn reserve(kind: EventKind) -> Option<RingBufEntry<ConnEvent>> {

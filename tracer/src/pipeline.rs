@@ -2,7 +2,7 @@
 //! decode in place, count what was received per kind, and how full the ring got.
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
-use tracer_common::{ConnEvent, EventKind};
+use tracer_common::{ConnEvent, EventKind, ring_record_bytes};
 
 use crate::events;
 
@@ -19,11 +19,6 @@ struct Counts {
     /// The most bytes taken out of the ring in one drain (see
     /// [`EventSource::ring_high_water_bytes`]).
     high_water: u64,
-}
-
-/// Ring space one record takes: the kernel's 8-byte header plus the record, 8-byte aligned.
-fn ring_bytes_of(record_len: usize) -> u64 {
-    (8 + record_len as u64).next_multiple_of(8)
 }
 
 impl EventSource {
@@ -78,7 +73,7 @@ impl Counts {
     fn drain(&mut self, ring: &mut RingBuf<MapData>, mut sink: impl FnMut(&ConnEvent)) -> usize {
         let (mut n, mut bytes) = (0, 0);
         while let Some(item) = ring.next() {
-            bytes += ring_bytes_of(item.len());
+            bytes += ring_record_bytes(item.len());
             match events::decode(&item).filter(|e| e.kind().is_some()) {
                 Some(event) => {
                     self.received[event.kind as usize] += 1;

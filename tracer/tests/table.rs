@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 
 use common::{Daemon, Workload, assert_no_corrections, expect_eq, final_summary, num};
 use serde_json::Value;
+use tracer_common::{ConnEvent, ring_record_bytes};
 
 fn conns(daemon: &Daemon, args: &[&str]) -> Vec<Value> {
     let mut full = vec!["conns"];
@@ -248,10 +249,11 @@ fn four_clients_two_thousand_each_exact_totals_and_no_loss() {
     });
     let status = daemon.json(&["status"]);
     assert_eq!(num(&status, "events_lost"), 0);
-    // 7 records of 112 ring bytes per connection went through the ring; none was lost, so the
-    // most ever waiting is at least one record and less than the ring.
+    // 7 records per connection went through the ring; none was lost, so the most ever waiting
+    // is at least one record and less than the ring.
+    let record = ring_record_bytes(ConnEvent::SIZE);
     let high_water = num(&status, "ring_high_water_bytes");
-    assert!(high_water >= 112 && high_water < num(&status, "ring_bytes"), "{status}");
+    assert!(high_water >= record && high_water < num(&status, "ring_bytes"), "{status}");
     assert_no_corrections(&daemon);
     drop(clients);
     drop(server);
@@ -273,10 +275,11 @@ fn a_tiny_ring_buffer_reports_its_losses() {
     let lost = num(&status, "events_lost");
     assert!(lost > 0, "a 4 KiB ring must overflow under 3,000 connections: {status}");
     assert_eq!(num(&status["events_lost_by_reason"], "ringbuf_full"), lost);
-    // A reservation failed, so at that moment less than one record's space (112 bytes) was
-    // free, and the drain that took those records out took at least that much.
+    // A reservation failed, so at that moment less than one record's space was free, and the
+    // drain that took those records out took at least the rest.
     assert_eq!(num(&status, "ring_bytes"), 4096);
-    assert!(num(&status, "ring_high_water_bytes") > 4096 - 112, "{status}");
+    let record = ring_record_bytes(ConnEvent::SIZE);
+    assert!(num(&status, "ring_high_water_bytes") > 4096 - record, "{status}");
     drop(client);
     drop(server);
     let (emitted, received, lost) = final_summary(&daemon.stop());
