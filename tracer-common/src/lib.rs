@@ -204,8 +204,9 @@ pub struct Config {
     /// 1 in tracepoint mode: `inet_sock_set_state` itself reports connect starts and releases.
     /// 0 in fentry/kprobe modes, where `tcp_connect` and `tcp_close` probes report them.
     pub lifecycle_from_state_changes: u32,
-    /// Wake the reader only once this many bytes are unread (0: on every record). Below it the
-    /// daemon's drain timer collects the records: one wakeup per batch instead of per event.
+    /// Wake the reader only when the unread data crosses a multiple of this many bytes (0: the
+    /// kernel's default, whenever a record arrives while the reader has caught up). In between,
+    /// the daemon's drain timer collects the records: one wakeup per batch instead of per event.
     pub wakeup_threshold_bytes: u32,
     pub _reserved: u32,
 }

@@ -108,6 +108,11 @@ struct tracer_sock_summary {
 	__u32 netns;
 };
 
+/* The Rust side asserts the same sizes: a field added on one side only would leave bytes of
+ * the ring records unwritten. */
+_Static_assert(sizeof(struct tracer_tuple) == 38, "tracer_tuple mirrors tracer_common::Tuple");
+_Static_assert(sizeof(struct tracer_sock_summary) == 44, "mirrors core_shim::SockSummary");
+
 /* Bytes copied from the start of the socket: past skc_v6_rcv_saddr on every kernel tracer runs
  * on (88 bytes on x86-64), and within any full socket, which is far larger. */
 #define TRACER_SK_COPY 128
@@ -120,7 +125,8 @@ struct tracer_sock_summary {
  * Falls back to field-by-field reads if a kernel ever moved them past the copy. */
 SHIM void tracer_sk_summary(struct sock *sk, struct tracer_sock_summary *out)
 {
-	__u8 copy[TRACER_SK_COPY];
+	/* 8-byte loads (skc_net) are taken from it: the verifier wants stack loads aligned. */
+	__u8 copy[TRACER_SK_COPY] __attribute__((aligned(8)));
 	__u32 end = bpf_core_field_offset(((struct sock *)0)->__sk_common.skc_v6_rcv_saddr) + 16;
 	unsigned short family;
 	struct net *net;

@@ -34,7 +34,7 @@ unsafe extern "C" {
     pub fn tracer_current_group_dead() -> i32;
 }
 
-/// The socket reads every probe needs. Implementations only forward to the shim.
+/// The socket reads every probe needs, from the shim (directly, or from a copy it made).
 pub trait Sock: Copy {
     fn ptr(self) -> SockPtr;
     fn is_null(self) -> bool {
@@ -67,7 +67,7 @@ pub struct AnySock {
     summary: SockSummary,
 }
 
-/// Mirrors `struct tracer_sock_summary` in shim.c.
+/// Mirrors `struct tracer_sock_summary` in shim.c, which asserts the same sizes.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct SockSummary {
@@ -76,6 +76,8 @@ pub struct SockSummary {
     pub is_tcp: u8,
     pub netns: u32,
 }
+
+const _: () = assert!(size_of::<Tuple>() == 38 && size_of::<SockSummary>() == 44);
 
 impl AnySock {
     /// Copies the socket's event fields (one probe read); a null pointer reads as a non-TCP

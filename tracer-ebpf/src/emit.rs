@@ -72,6 +72,7 @@ pub fn inject_release_drop() -> bool {
 #[inline(always)]
 pub fn emit(kind: EventKind, sk: impl Sock, old_state: u8, new_state: u8, event_flags: u8) {
     let Some(mut entry) = reserve(kind) else { return };
+    let wakeup = wakeup_flags();
     let event = entry.as_mut_ptr();
     // SAFETY: `event` points at a reserved, exclusively owned record of the right size; every
     // field is written before submit.
@@ -81,29 +82,37 @@ pub fn emit(kind: EventKind, sk: impl Sock, old_state: u8, new_state: u8, event_
         sk.tuple(&raw mut (*event).tuple);
         fill_common(event, kind, old_state, new_state, event_flags);
     }
-    entry.submit(wakeup_flags());
+    entry.submit(wakeup);
 }
 
 /// Writes one record about the current process itself (exit, exec): no socket.
 #[inline(always)]
 pub fn emit_process(kind: EventKind) {
     let Some(mut entry) = reserve(kind) else { return };
+    let wakeup = wakeup_flags();
     let event = entry.as_mut_ptr();
-    // SAFETY: as in `emit`.
+    // SAFETY: as in `emit`; the tuple is 4-byte aligned (asserted in tracer-common): its 38
+    // bytes are nine words (addresses and ports) and the family.
     unsafe {
         zero(&raw mut (*event).sock);
         zero_u32(&raw mut (*event).netns);
-        (*event).tuple = Tuple::default();
+        let tuple = (&raw mut (*event).tuple).cast::<u32>();
+        for i in 0..9 {
+            zero_u32(tuple.add(i));
+        }
+        (&raw mut (*event).tuple.family).write_volatile(0);
         fill_common(event, kind, 0, 0, flags::OWNER_CONTEXT);
     }
-    entry.submit(wakeup_flags());
+    entry.submit(wakeup);
 }
 
-/// Submit flags. With a wakeup threshold (see `Config`), the reader is woken only by the record
-/// that takes the unread data across a multiple of it: one wakeup per batch. Waking on every
-/// record above the threshold instead would raise one interrupt per record until the reader
-/// runs (an irq_work self-IPI, which traps to the hypervisor on a VM). A crossing missed
-/// because two CPUs reserved at once is caught by the next one, or by the reader's drain timer.
+/// Submit flags for the record just reserved. With a wakeup threshold (see `Config`), only the
+/// records that take the unread data across a multiple of it wake the reader: one wakeup per
+/// batch. Waking on every record above the threshold instead would raise one interrupt per
+/// record until the reader runs (an irq_work self-IPI, which traps to the hypervisor on a VM).
+/// The first few records past each multiple all wake it, so that reservations racing on other
+/// CPUs between this reservation and this query cannot hide the crossing; the loader keeps at
+/// least four multiples below the ring's size, and the reader's drain timer is the last resort.
 #[inline(always)]
 fn wakeup_flags() -> u64 {
     let threshold = u64::from(config().wakeup_threshold_bytes);
@@ -112,13 +121,15 @@ fn wakeup_flags() -> u64 {
     }
     // Includes this record, reserved but not yet submitted.
     let unread = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-    let before = unread.saturating_sub(RECORD_BYTES);
-    if unread / threshold != before / threshold {
+    if unread >= threshold && unread % threshold < WAKEUP_WINDOW_RECORDS * RECORD_BYTES {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64
     }
 }
+
+/// How many records past each multiple of the threshold wake the reader.
+const WAKEUP_WINDOW_RECORDS: u64 = 4;
 
 const RECORD_BYTES: u64 = ring_record_bytes(ConnEvent::SIZE);
 

@@ -1,13 +1,16 @@
 //! The event path from the ring buffer into userspace: wait for readiness, drain in batches,
 //! decode in place, count what was received per kind, and how full the ring got.
+use std::os::fd::{AsFd, AsRawFd};
+
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
-use tracer_common::{ConnEvent, EventKind, ring_record_bytes};
+use tracer_common::{ConnEvent, EventKind};
 
 use crate::events;
 
 pub struct EventSource {
     ring: AsyncFd<RingBuf<MapData>>,
+    positions: RingPositions,
     counts: Counts,
 }
 
@@ -16,7 +19,7 @@ pub struct EventSource {
 struct Counts {
     received: [u64; EventKind::COUNT],
     malformed: u64,
-    /// The most bytes taken out of the ring in one drain (see
+    /// The fullest the ring was when a drain started (see
     /// [`EventSource::ring_high_water_bytes`]).
     high_water: u64,
 }
@@ -26,8 +29,9 @@ impl EventSource {
     pub fn new(ring: RingBuf<MapData>) -> std::io::Result<Self> {
         // SAFETY: the ring buffer owns its map fd, which stays open and unchanged until the
         // RingBuf (owned by the AsyncFd) is dropped.
+        let positions = RingPositions::map(&ring)?;
         let ring = unsafe { AsyncFd::register(ring) }.map_err(std::io::Error::from)?;
-        Ok(Self { ring, counts: Counts::default() })
+        Ok(Self { ring, positions, counts: Counts::default() })
     }
 
     /// Waits until the kernel signals new records, then hands every available record to
@@ -35,14 +39,14 @@ impl EventSource {
     pub async fn next_batch(&mut self, sink: impl FnMut(&ConnEvent)) -> std::io::Result<usize> {
         let mut guard = self.ring.readable_mut().await?;
         let ring = guard.get_inner_mut();
-        let n = self.counts.drain(ring, sink);
+        let n = self.counts.drain(ring, &self.positions, sink);
         guard.clear_ready();
         Ok(n)
     }
 
     /// Delivers whatever is in the ring right now, without waiting.
     pub fn drain_now(&mut self, sink: impl FnMut(&ConnEvent)) -> usize {
-        self.counts.drain(self.ring.get_mut(), sink)
+        self.counts.drain(self.ring.get_mut(), &self.positions, sink)
     }
 
     /// Records received per [`EventKind`] (indexed by its value).
@@ -60,20 +64,25 @@ impl EventSource {
         self.counts.malformed
     }
 
-    /// The largest backlog taken out of the ring in one drain, in ring bytes (headers
-    /// included): the ring's high-water fill as the reader saw it. Records that arrive while a
-    /// drain runs count towards it, so it can exceed the fill at any one instant, never fall
-    /// short of it. Near `--ring-bytes`, the ring is about to overflow.
+    /// The fullest the ring was at the start of a drain, in ring bytes (headers and records
+    /// reserved but not yet written included): nothing is consumed between drains, so this is
+    /// the peak up to what arrives while a drain runs. Near `--ring-bytes`, events are about to
+    /// be lost.
     pub fn ring_high_water_bytes(&self) -> u64 {
         self.counts.high_water
     }
 }
 
 impl Counts {
-    fn drain(&mut self, ring: &mut RingBuf<MapData>, mut sink: impl FnMut(&ConnEvent)) -> usize {
-        let (mut n, mut bytes) = (0, 0);
+    fn drain(
+        &mut self,
+        ring: &mut RingBuf<MapData>,
+        positions: &RingPositions,
+        mut sink: impl FnMut(&ConnEvent),
+    ) -> usize {
+        self.high_water = self.high_water.max(positions.unread());
+        let mut n = 0;
         while let Some(item) = ring.next() {
-            bytes += ring_record_bytes(item.len());
             match events::decode(&item).filter(|e| e.kind().is_some()) {
                 Some(event) => {
                     self.received[event.kind as usize] += 1;
@@ -83,7 +92,58 @@ impl Counts {
                 None => self.malformed += 1,
             }
         }
-        self.high_water = self.high_water.max(bytes);
         n
+    }
+}
+
+/// A read-only view of the ring's consumer and producer positions (the first two pages of its
+/// mapping, a u64 at the start of each): how much is waiting, without consuming anything.
+struct RingPositions {
+    base: *const u8,
+    page: usize,
+}
+
+// SAFETY: the mapping is read-only, owned by this value, and only read with volatile loads.
+unsafe impl Send for RingPositions {}
+
+impl RingPositions {
+    fn map(ring: &RingBuf<MapData>) -> std::io::Result<Self> {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        // SAFETY: a shared read-only mapping of the ring map's two position pages, which the
+        // kernel allows whatever else maps it; unmapped in Drop.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                2 * page,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                ring.as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self { base: base.cast(), page })
+    }
+
+    /// Bytes reserved by the programs and not yet consumed by the daemon.
+    fn unread(&self) -> u64 {
+        // SAFETY: both positions are u64s at the start of their page, inside the mapping.
+        let (consumer, producer) = unsafe {
+            (
+                std::ptr::read_volatile(self.base.cast::<u64>()),
+                std::ptr::read_volatile(self.base.add(self.page).cast::<u64>()),
+            )
+        };
+        producer.saturating_sub(consumer)
+    }
+}
+
+impl Drop for RingPositions {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `map` mapped.
+        unsafe { libc::munmap(self.base as *mut libc::c_void, 2 * self.page) };
     }
 }

@@ -85,7 +85,8 @@ pub struct StatusReport {
     /// Size of the ring buffer (`--ring-bytes`).
     #[serde(default)]
     pub ring_bytes: u64,
-    /// The most the daemon found waiting in the ring at once (`EventSource::ring_high_water_bytes`).
+    /// The ring's high-water fill: the fullest a drain found it, or `ring_bytes` once events
+    /// were lost to a full ring.
     #[serde(default)]
     pub ring_high_water_bytes: u64,
 }

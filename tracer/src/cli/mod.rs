@@ -71,8 +71,9 @@ pub struct RunArgs {
     /// Ring buffer size in bytes (power of two, at least 4096).
     #[arg(long, default_value_t = DEFAULT_RING_BYTES)]
     pub ring_bytes: u32,
-    /// Wake the daemon only once this many bytes of events wait (0: on every event). Batching
-    /// wakeups cuts the per-event cost at high connection rates.
+    /// Wake the daemon each time this many more bytes of events wait (0: whenever an event
+    /// arrives while it is idle). Batching wakeups cuts the per-event cost at high connection
+    /// rates. Capped at a quarter of --ring-bytes.
     #[arg(long, default_value_t = DEFAULT_WAKEUP_BYTES)]
     pub wakeup_bytes: u32,
     /// Milliseconds between drains of the ring buffer when no wakeup came. Every query, scrape,
@@ -108,7 +109,7 @@ pub struct RunArgs {
     pub fault_drop_every_nth_release: u32,
 }
 
-/// Default wakeup threshold: 256 KiB, about 2,500 events (a thirty-second of the default ring).
+/// Default wakeup threshold: 256 KiB, about 2,300 events (a thirty-second of the default ring).
 pub const DEFAULT_WAKEUP_BYTES: u32 = 256 * 1024;
 
 /// `--metrics-addr`: an address, or `off`.

@@ -56,7 +56,7 @@ pub fn samples(
     let mut per: HashMap<ProcessKey, PerProcess> = HashMap::new();
     for view in table.connections() {
         let conn = view.conn;
-        let (Phase::Open, Some(owner)) = (conn.phase, conn.owner()) else { continue };
+        let (Phase::Open, Some(owner)) = (conn.phase(), conn.owner()) else { continue };
         let acc = per.entry(owner).or_default();
         let in_state = now_ns.saturating_sub(conn.state_since_ns);
         match conn.state {

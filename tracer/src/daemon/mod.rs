@@ -29,7 +29,7 @@ use crate::{
     events,
     export::{self, BuildInfo, Metrics, MetricsInput, RingFill, Scrape},
     pipeline::EventSource,
-    probes::{LoadOptions, Probes, preflight},
+    probes::{KernelCounters, LoadOptions, Probes, preflight},
     table::{ConnectionTable, Reconciler, ScannedSocket, TableConfig},
     webhook::{Webhook, WebhookUrl},
 };
@@ -254,6 +254,15 @@ impl Daemon {
         });
     }
 
+    /// The ring's high-water fill: full once a reservation failed (the sampling at drain starts
+    /// can miss a peak reached while a drain ran), else the fullest a drain found it.
+    fn ring_high_water(&self, kernel: Option<&KernelCounters>) -> u64 {
+        match kernel {
+            Some(k) if k.lost_total() > 0 => self.ring_bytes,
+            _ => self.source.ring_high_water_bytes(),
+        }
+    }
+
     fn render_metrics(&mut self) -> String {
         let kernel = self.probes.counters().ok();
         let mode = self.probes.mode().to_string();
@@ -269,7 +278,7 @@ impl Daemon {
             kprobes: &kprobes,
             ring: RingFill {
                 size_bytes: self.ring_bytes,
-                high_water_bytes: self.source.ring_high_water_bytes(),
+                high_water_bytes: self.ring_high_water(kernel.as_ref()),
             },
             build: BuildInfo {
                 version: env!("CARGO_PKG_VERSION"),

@@ -173,7 +173,7 @@ impl Daemon {
         let now = self.clock.now_ns();
         let mut oldest: HashMap<ProcessKey, u64> = HashMap::new();
         for view in self.table.connections() {
-            if let (Phase::Open, Some(owner)) = (view.conn.phase, view.conn.owner()) {
+            if let (Phase::Open, Some(owner)) = (view.conn.phase(), view.conn.owner()) {
                 let age = view.conn.age_ns(now) / 1_000_000_000;
                 let slot = oldest.entry(owner).or_default();
                 *slot = (*slot).max(age);
@@ -209,7 +209,7 @@ impl Daemon {
     fn top_remotes(&self, limit: Option<usize>) -> RemoteReport {
         let mut by_remote: HashMap<SocketAddr, HashMap<u32, u32>> = HashMap::new();
         for view in self.table.connections() {
-            if let (Phase::Open, Some(pid)) = (view.conn.phase, view.pid()) {
+            if let (Phase::Open, Some(pid)) = (view.conn.phase(), view.pid()) {
                 *by_remote.entry(view.remote()).or_default().entry(pid).or_default() += 1;
             }
         }
@@ -245,7 +245,7 @@ impl Daemon {
         let mut counts = vec![0u32; bounds.len() + 1];
         let now = self.clock.now_ns();
         for view in self.table.connections() {
-            if view.conn.phase == Phase::Open && view.conn.owner() == Some(process.key) {
+            if view.conn.phase() == Phase::Open && view.conn.owner() == Some(process.key) {
                 let age = view.conn.age_ns(now);
                 let slot = bounds.iter().position(|b| age <= *b).unwrap_or(bounds.len());
                 counts[slot] += 1;
@@ -315,7 +315,7 @@ impl Daemon {
             holder_changes: self.reconciler.holder_changes_total,
             kprobes: self.probes.kprobe_misses(),
             ring_bytes: self.ring_bytes,
-            ring_high_water_bytes: self.source.ring_high_water_bytes(),
+            ring_high_water_bytes: self.ring_high_water(Some(&kernel)),
         }
     }
 }

@@ -8,7 +8,8 @@ use std::{
 use tracer_common::{AF_INET, ConnEvent, EventKind, Tuple, tcp_state};
 
 /// Decodes one ring buffer record; `None` for a record of the wrong size (a build mismatch
-/// between the kernel object and this binary), which the caller counts.
+/// between the kernel object and this binary), which the caller counts. `comm` comes out
+/// NUL-padded, so that equal names are equal keys.
 #[inline]
 pub fn decode(bytes: &[u8]) -> Option<ConnEvent> {
     if bytes.len() < ConnEvent::SIZE {
@@ -16,7 +17,17 @@ pub fn decode(bytes: &[u8]) -> Option<ConnEvent> {
     }
     // SAFETY: ConnEvent is #[repr(C)] plain data valid for any bytes, and the length was
     // checked; read_unaligned places no alignment requirement on the source.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<ConnEvent>()) })
+    let mut event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<ConnEvent>()) };
+    clear_after_nul(&mut event.comm);
+    Some(event)
+}
+
+/// The kernel copies comm whole: after its NUL may be what is left of a longer earlier name
+/// (kernels that do not clear it on rename).
+fn clear_after_nul(comm: &mut [u8; 16]) {
+    if let Some(end) = comm.iter().position(|&b| b == 0) {
+        comm[end..].fill(0);
+    }
 }
 
 pub fn local_endpoint(tuple: &Tuple) -> SocketAddr {
@@ -117,6 +128,17 @@ mod tests {
         assert_eq!(back.sock, e.sock);
         assert_eq!(back.kind(), Some(EventKind::Established));
         assert!(decode(&bytes[..ConnEvent::SIZE - 1]).is_none());
+    }
+
+    #[test]
+    fn decode_clears_what_follows_the_nul_of_comm() {
+        let mut e = event();
+        e.comm = *b"sh\0old-long-name";
+        // SAFETY: viewing plain data as bytes.
+        let bytes =
+            unsafe { std::slice::from_raw_parts((&raw const e).cast::<u8>(), ConnEvent::SIZE) };
+        let back = decode(bytes).expect("full record");
+        assert_eq!(back.comm, *b"sh\0\0\0\0\0\0\0\0\0\0\0\0\0\0");
     }
 
     #[test]

@@ -252,9 +252,9 @@ impl Metrics {
         ring_size.add_gauge(&[], input.ring.size_bytes as f64);
         let mut ring_high_water = FamilyBuilder::gauge(
             "tcp_tracer_ring_buffer_high_water_bytes",
-            "The most bytes the daemon found waiting in the ring buffer at once since it \
-             started. Close to the size, events are about to be lost (ringbuf_full): raise \
-             --ring-bytes.",
+            "The ring buffer's high-water fill since the daemon started: the fullest it was \
+             when a drain started, or its size once a reservation failed. Close to the size, \
+             events are about to be lost (ringbuf_full): raise --ring-bytes.",
         );
         ring_high_water.add_gauge(&[], input.ring.high_water_bytes as f64);
 

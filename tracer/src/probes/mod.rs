@@ -56,8 +56,10 @@ pub struct LoadOptions {
     pub ring_bytes: u32,
     /// Test-only fault injection (see `tracer_common::Config`).
     pub drop_every_nth_release: u32,
-    /// Wake the daemon only once this many bytes wait in the ring (0: on every event); the
-    /// daemon must then drain on a timer (`DaemonOptions::drain_interval`).
+    /// Wake the daemon each time the unread data crosses a multiple of this many bytes (0: the
+    /// kernel's default, a wakeup whenever a record arrives while the daemon is idle); the
+    /// daemon must then drain on a timer (`DaemonOptions::drain_interval`). At most a quarter of
+    /// the ring.
     pub wakeup_threshold_bytes: u32,
 }
 
@@ -146,7 +148,8 @@ impl Probes {
         let config = Config {
             drop_every_nth_release: options.drop_every_nth_release,
             lifecycle_from_state_changes: u32::from(mode == ProbeMode::Tracepoint),
-            wakeup_threshold_bytes: options.wakeup_threshold_bytes.min(options.ring_bytes / 2),
+            // At least four wakeup points per ring's worth of data (see tracer-ebpf's emit.rs).
+            wakeup_threshold_bytes: options.wakeup_threshold_bytes.min(options.ring_bytes / 4),
             _reserved: 0,
         };
         // Kernel log statements above the daemon's level are constants the verifier prunes.

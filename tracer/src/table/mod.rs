@@ -151,7 +151,7 @@ struct Contribution {
 impl Contribution {
     fn of(conn: &Connection) -> Self {
         Self {
-            phase: conn.phase,
+            phase: conn.phase(),
             owner: conn.owner(),
             direction: conn.direction,
             state: conn.state,
@@ -302,7 +302,7 @@ impl ConnectionTable {
         let before = self.connections.len();
         let aggregates = &mut self.aggregates;
         self.connections.retain(|_, conn| {
-            let stale = conn.phase == Phase::Backlog
+            let stale = conn.phase() == Phase::Backlog
                 && conn.state == tcp_state::CLOSE
                 && now_ns.saturating_sub(conn.state_since_ns) >= backlog_grace;
             if stale {
@@ -380,7 +380,7 @@ impl ConnectionTable {
 
     fn on_outbound_established(&mut self, e: &ConnEvent) -> Applied {
         let key = SocketKey::of(e);
-        let Some(conn) = self.connections.get_mut(&key).filter(|c| c.phase == Phase::Connecting)
+        let Some(conn) = self.connections.get_mut(&key).filter(|c| c.phase() == Phase::Connecting)
         else {
             // Never saw the connect (probes attached mid-handshake) or the entry is a previous
             // lifecycle: open, but nobody to attribute it to.
@@ -403,7 +403,7 @@ impl ConnectionTable {
         // TCP Fast Open hands the child to accept() while still in SYN_RECV: the accept came
         // first, and this is the same socket finishing its handshake, not a new lifecycle.
         if let Some(conn) = self.connections.get(&SocketKey::of(e))
-            && conn.phase == Phase::Open
+            && conn.phase() == Phase::Open
             && conn.direction == Direction::Inbound
             && conn.owner().is_some()
             && conn.state == tcp_state::SYN_RECV
@@ -417,7 +417,7 @@ impl ConnectionTable {
     fn on_accept(&mut self, e: &ConnEvent) -> Applied {
         let key = SocketKey::of(e);
         let owner = self.touch_process(e);
-        let existing = self.connections.get(&key).map(|c| (c.phase, c.direction, c.owner()));
+        let existing = self.connections.get(&key).map(|c| (c.phase(), c.direction, c.owner()));
         match existing {
             // Already accepted: a repeated report of the same socket.
             Some((Phase::Open, Direction::Inbound, Some(_))) => Applied::Ignored,
@@ -449,7 +449,7 @@ impl ConnectionTable {
 
     fn on_connect_failed(&mut self, e: &ConnEvent) -> Applied {
         let key = SocketKey::of(e);
-        match self.connections.get(&key).map(|c| c.phase) {
+        match self.connections.get(&key).map(|c| c.phase()) {
             None => {
                 self.counters.unknown_socket_events += 1;
                 Applied::UnknownSocket
@@ -457,7 +457,7 @@ impl ConnectionTable {
             Some(Phase::Connecting) => match self.connections.get_mut(&key) {
                 Some(conn) => {
                     let before = Contribution::of(conn);
-                    conn.phase = Phase::Failed;
+                    conn.fail();
                     conn.set_state(e.new_state, e.timestamp_ns);
                     let (id, owner) = (conn.id, conn.owner());
                     self.aggregates.withdraw(before);
@@ -495,7 +495,7 @@ impl ConnectionTable {
             self.counters.unmatched_releases += 1;
             return Applied::UnmatchedRelease;
         };
-        match (conn.phase, conn.owner()) {
+        match (conn.phase(), conn.owner()) {
             (Phase::Open, Some(owner)) => {
                 self.aggregates.count_closed(owner, conn.direction);
                 Applied::Closed {

@@ -97,8 +97,9 @@ pub struct Connection {
     /// Unique, increasing generation: a reused kernel address never merges two sockets.
     pub id: u64,
     pub direction: Direction,
-    /// Becomes `Open` only through [`Connection::open`], which records when.
-    pub phase: Phase,
+    /// Private so that it becomes `Open` only through [`Connection::open`], which records when
+    /// (the open time is read back from it).
+    phase: Phase,
     /// The owner's pid; `None` while unattributed (pid 0 is the idle task, which holds no
     /// socket). Kept apart from its start time so that it packs with the small fields: an
     /// `Option<ProcessKey>` would take 24 bytes instead of 12.
@@ -164,6 +165,15 @@ impl Connection {
     /// When it became open (ESTABLISHED outbound, accepted inbound); `None` before that.
     pub fn opened_at_ns(&self) -> Option<u64> {
         (self.phase == Phase::Open).then_some(self.age_from_ns)
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Marks a connect that never reached ESTABLISHED as failed.
+    pub(super) fn fail(&mut self) {
+        self.phase = Phase::Failed;
     }
 
     /// Marks it open since `at_ns`.

@@ -106,7 +106,7 @@ impl Reconciler {
             .connections
             .iter()
             .filter(|(_, c)| {
-                matches!(c.phase, Phase::Open | Phase::Backlog) && c.state != tcp_state::CLOSE
+                matches!(c.phase(), Phase::Open | Phase::Backlog) && c.state != tcp_state::CLOSE
             })
             .map(|(&key, c)| (c.tuple_key(key.netns), key))
             .collect();
@@ -199,7 +199,7 @@ impl ConnectionTable {
         let known: HashSet<TupleKey> = self
             .connections
             .iter()
-            .filter(|(_, c)| c.phase != Phase::Failed && c.phase != Phase::Connecting)
+            .filter(|(_, c)| c.phase() != Phase::Failed && c.phase() != Phase::Connecting)
             .map(|(key, c)| c.tuple_key(key.netns))
             .collect();
         scan.iter()
@@ -268,7 +268,7 @@ impl ConnectionTable {
             return;
         }
         if let Some(dup) = self.remove(key)
-            && let (Phase::Open, Some(owner)) = (dup.phase, dup.owner())
+            && let (Phase::Open, Some(owner)) = (dup.phase(), dup.owner())
         {
             self.aggregates.uncount_opened(owner, dup.direction);
         }
@@ -280,9 +280,9 @@ impl ConnectionTable {
         let new_owner = self.touch_holder(holder, now_ns);
         let Some(conn) = self.connections.get_mut(&key) else { return };
         let before = Contribution::of(conn);
-        let (old_owner, was_open) = (conn.owner(), conn.phase == Phase::Open);
+        let (old_owner, was_open) = (conn.owner(), conn.phase() == Phase::Open);
         conn.set_owner(Some(new_owner));
-        if conn.phase == Phase::Backlog {
+        if conn.phase() == Phase::Backlog {
             conn.open(now_ns);
         }
         let (after, direction) = (Contribution::of(conn), conn.direction);
@@ -299,7 +299,7 @@ impl ConnectionTable {
             return None;
         }
         let conn = self.remove(key)?;
-        if let (Phase::Open, Some(owner)) = (conn.phase, conn.owner()) {
+        if let (Phase::Open, Some(owner)) = (conn.phase(), conn.owner()) {
             self.aggregates.count_closed(owner, conn.direction);
         }
         Some(conn)

@@ -46,7 +46,7 @@ impl ConnView<'_> {
     }
 
     pub fn phase(&self) -> Phase {
-        self.conn.phase
+        self.conn.phase()
     }
 
     pub fn local(&self) -> SocketAddr {
@@ -75,7 +75,7 @@ impl ConnView<'_> {
             pid: self.pid(),
             comm: self.comm().map(Cow::into_owned),
             direction: self.conn.direction,
-            phase: self.conn.phase,
+            phase: self.conn.phase(),
             local: self.local(),
             remote: self.remote(),
             state: self.state_name().to_owned(),

@@ -208,11 +208,11 @@ fn assert_consistent(t: &ConnectionTable) {
     for p in t.processes() {
         let open: Vec<_> = t
             .connections()
-            .filter(|v| v.conn.owner() == Some(p.key) && v.conn.phase == Phase::Open)
+            .filter(|v| v.conn.owner() == Some(p.key) && v.conn.phase() == Phase::Open)
             .collect();
         let connecting = t
             .connections()
-            .filter(|v| v.conn.owner() == Some(p.key) && v.conn.phase == Phase::Connecting)
+            .filter(|v| v.conn.owner() == Some(p.key) && v.conn.phase() == Phase::Connecting)
             .count();
         assert_eq!(p.open as usize, open.len(), "open of {}", p.comm());
         assert_eq!(p.connecting as usize, connecting, "connecting of {}", p.comm());

@@ -79,7 +79,8 @@ pub struct BenchArgs {
     pub reference_script: Option<PathBuf>,
     /// Also run the daemon (best mode) with these extra `tracer run` flags in every pair, to
     /// measure one setting side by side. Repeatable. The default measures the wakeup batching
-    /// (docs/architecture.md) against a wakeup per record; `--variant ""` runs none.
+    /// (docs/architecture.md) against the kernel's default wakeups (whenever a record arrives
+    /// while the reader is idle); `--variant ""` runs none.
     #[arg(long, value_name = "FLAGS", default_values_t = [String::from("--wakeup-bytes 0 --drain-interval-ms 10")])]
     pub variant: Vec<String>,
 }

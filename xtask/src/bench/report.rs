@@ -302,7 +302,7 @@ impl Report {
              threads than CPUs, it is the scheduler's time slice). Events per wakeup: events \
              the daemon received divided by the voluntary context switches of all its threads (each \
              time a thread went to sleep waiting for work): about the events handled per wakeup. \
-             Ring high water: the most the daemon found waiting in its ring buffer at once \
+             Ring high water: the fullest the daemon found its ring buffer when a drain started \
              (`ring_high_water_bytes` of its status), highest over the pairs. Rows with extra \
              flags are the daemon with one setting changed (`--variant`), measured in the same pairs.\n",
             self.duration.as_secs_f64(),
@@ -432,7 +432,7 @@ impl Report {
         );
         let ring = match (d.ring_high_water, &d.ring_error) {
             (Some(hw), _) => format!(
-                "daemon's own figure (the most it took out in one drain): {} of {} ({:.2}%); sampled from outside every 250 µs ({} samples): {} ({:.2}%)",
+                "daemon's own figure (the fullest it found the ring when a drain started): {} of {} ({:.2}%); sampled from outside every 250 µs ({} samples): {} ({:.2}%)",
                 thousands(d.daemon_ring_high_water),
                 mib(d.ring_bytes),
                 d.daemon_ring_high_water as f64 * 100.0 / d.ring_bytes.max(1) as f64,

@@ -30,7 +30,9 @@ impl Daemon {
     /// Starts the daemon with extra `tracer run` flags.
     pub fn start_with(bin: &Path, mode: &str, extra: &[String], dir: &Path) -> Result<Self> {
         let socket = dir.join("t.sock");
-        let log = dir.join(format!("daemon-{mode}.log"));
+        // One log per variant, so that a variant's run does not overwrite the plain run's log.
+        let variant: String = extra.iter().map(|a| a.trim_start_matches('-')).collect::<Vec<_>>().join("_");
+        let log = dir.join(if variant.is_empty() { format!("daemon-{mode}.log") } else { format!("daemon-{mode}-{variant}.log") });
         let _ = std::fs::remove_file(&socket);
         let log_file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let child = Command::new(bin)
