@@ -22,8 +22,9 @@ const TEST_PACKAGES: &[&str] = &[
     // a real Prometheus server and promtool
     "prometheus",
 ];
-/// `cargo xtask bench`: the reference tracer users would otherwise run.
-const BENCH_PACKAGES: &[&str] = &["bpftrace"];
+/// `cargo xtask bench`: the reference tracer users would otherwise run, and perf for the
+/// profiles in its report.
+const BENCH_PACKAGES: &[&str] = &["bpftrace", "linux-perf"];
 /// `cargo xtask vm-test`: the emulator, the static shell that is the guests' userland, and a
 /// musl C compiler for crates that compile C (the test binaries are static musl executables).
 const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "musl-tools"];
