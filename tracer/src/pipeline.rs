@@ -38,9 +38,12 @@ impl EventSource {
     /// `sink`. Returns how many were delivered.
     pub async fn next_batch(&mut self, sink: impl FnMut(&ConnEvent)) -> std::io::Result<usize> {
         let mut guard = self.ring.readable_mut().await?;
-        let ring = guard.get_inner_mut();
-        let n = self.counts.drain(ring, &self.positions, sink);
+        // Clear before draining, not after: a wakeup that arrives during the drain then makes
+        // the next wait return at once. Cleared after, it would be lost with the drained data's
+        // readiness, and with the kernel's default wakeups (only when the reader has caught up)
+        // no other would come: only the drain timer would read the ring again.
         guard.clear_ready();
+        let n = self.counts.drain(guard.get_inner_mut(), &self.positions, sink);
         Ok(n)
     }
 

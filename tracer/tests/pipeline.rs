@@ -127,12 +127,18 @@ fn emitted_equals_received_plus_lost_over_10000_fast_connections() {
     client.cmd(&format!("churn 127.0.0.1:{port} {N}"));
     server.cmd("wait-bg");
     let ours = |e: &ConnEvent| touches_port(e, port);
-    tracing.wait_for(common::wait_limit(), "all releases", |events| {
+    let complete = tracing.reached(common::wait_limit(), |events| {
         events.iter().filter(|e| ours(e) && e.kind() == Some(EventKind::Release)).count() >= 2 * N
     });
     let finished = tracing.finish();
 
     let k = &finished.counters;
+    // If not, say whether the kernel lost them or the reader never got them.
+    assert!(
+        complete,
+        "not every release arrived in time: emitted {:?}, lost {:?}, received {:?} (by kind)",
+        k.emitted, k.lost_ringbuf, finished.received
+    );
     for kind in EventKind::ALL {
         let i = kind as usize;
         assert_eq!(

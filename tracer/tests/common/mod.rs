@@ -193,12 +193,19 @@ impl Tracing {
 
     /// Waits until `done` holds over the events received so far (panics after `timeout`).
     pub fn wait_for(&self, timeout: Duration, what: &str, done: impl Fn(&[ConnEvent]) -> bool) {
+        assert!(self.reached(timeout, done), "timed out waiting for {what}");
+    }
+
+    /// Waits until `done` holds over the events received so far; false after `timeout`.
+    pub fn reached(&self, timeout: Duration, done: impl Fn(&[ConnEvent]) -> bool) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
             if done(&self.events.lock().expect("lock")) {
-                return;
+                return true;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            if Instant::now() >= deadline {
+                return false;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
