@@ -20,6 +20,9 @@ struct tracer_tuple {
 	__u16 family;
 };
 
+/* Probe-read accessors: tracer_sk_summary falls back on these, and orphaned/file_released
+ * serve AnySock directly. */
+
 /* 1 for an AF_INET/AF_INET6 TCP socket, else 0. */
 SHIM int tracer_sk_is_tcp(struct sock *sk)
 {
@@ -60,13 +63,6 @@ SHIM int tracer_sk_file_released(struct sock *sk)
 SHIM __u8 tracer_sk_state(struct sock *sk)
 {
 	return BPF_CORE_READ(sk, __sk_common.skc_state);
-}
-
-/* 1 when the socket ever had a peer: a never-connected socket (bound, or just created) has a
- * zero destination port, a reset or failed connection keeps its peer's. */
-SHIM int tracer_sk_has_peer(struct sock *sk)
-{
-	return BPF_CORE_READ(sk, __sk_common.skc_dport) != 0;
 }
 
 SHIM __u32 tracer_sk_netns(struct sock *sk)
@@ -205,6 +201,8 @@ SHIM __u8 tracer_sk_state_btf(struct sock *sk)
 	return sk->__sk_common.skc_state;
 }
 
+/* 1 when the socket ever had a peer: a never-connected socket (bound, or just created) has a
+ * zero destination port, a reset or failed connection keeps its peer's. */
 SHIM int tracer_sk_has_peer_btf(struct sock *sk)
 {
 	return sk->__sk_common.skc_dport != 0;

@@ -14,13 +14,8 @@ use tracer_common::Tuple;
 pub type SockPtr = *const c_void;
 
 unsafe extern "C" {
-    pub fn tracer_sk_is_tcp(sk: SockPtr) -> i32;
     pub fn tracer_sk_orphaned(sk: SockPtr) -> i32;
     pub fn tracer_sk_file_released(sk: SockPtr) -> i32;
-    pub fn tracer_sk_state(sk: SockPtr) -> u8;
-    pub fn tracer_sk_has_peer(sk: SockPtr) -> i32;
-    pub fn tracer_sk_netns(sk: SockPtr) -> u32;
-    pub fn tracer_sk_tuple(sk: SockPtr, tuple: *mut Tuple);
     pub fn tracer_sk_summary(sk: SockPtr, summary: *mut SockSummary);
     pub fn tracer_sk_is_tcp_btf(sk: SockPtr) -> i32;
     pub fn tracer_sk_orphaned_btf(sk: SockPtr) -> i32;
