@@ -1,25 +1,31 @@
-//! tracer: a system-wide TCP connection lifecycle tracer.
+//! tracer: a system-wide TCP connection lifecycle tracer, as a library. The `tracer` binary
+//! (`src/main.rs`, `src/cli/`) is a thin command line over it; nothing here uses clap.
 //!
 //! The stages, in the order an event flows through them:
-//! - [`probes`]: load and attach the kernel programs (`tracer-ebpf`), read their counters;
-//! - [`pipeline`]: drain the ring buffer in batches;
+//! - [`probes`]: load and attach the kernel programs (`tracer-ebpf`) per probe mode, read
+//!   their counters;
+//! - [`pipeline`]: drain the ring buffer in batches, count what was received and lost;
 //! - [`events`]: decode records and render them;
-//! - [`table`]: the connection table and per-process aggregates (pure, clock injected);
-//! - [`daemon`]: wire the stages together and run until a signal;
-//! - [`cli`]: the `tracer` command line on top of the library.
+//! - [`table`]: the connection table and per-process aggregates (pure, clock injected), and
+//!   its reconcile with the kernel's view;
+//! - [`ground_truth`]: that view: sock_diag in every network namespace, holders from /proc;
+//! - [`detect`]: the leak rules over per-process samples (pure, clock injected);
+//! - outputs: [`api`] (answers over the Unix socket, for the CLI), [`export`] (Prometheus
+//!   metrics, alert webhook), [`logging`] (the daemon's log);
+//! - [`daemon`]: wires the stages together and runs until a signal.
+//!
+//! Shared by several stages: [`clock`] (the injected clock), [`error`] (errors a user can meet).
 pub mod api;
-pub mod cli;
 pub mod clock;
 pub mod daemon;
 pub mod detect;
 pub mod error;
 pub mod events;
 pub mod export;
+pub mod ground_truth;
 pub mod logging;
 pub mod pipeline;
 pub mod probes;
-pub mod scan;
 pub mod table;
-pub mod webhook;
 
 pub use error::{Error, Result};

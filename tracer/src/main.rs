@@ -1,3 +1,6 @@
+//! The `tracer` binary: the command line (cli/) over the library.
+mod cli;
+
 fn main() {
-    std::process::exit(tracer::cli::main());
+    std::process::exit(cli::main());
 }

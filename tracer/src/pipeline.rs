@@ -6,7 +6,49 @@ use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 use tracer_common::{ConnEvent, EventKind};
 
-use crate::events;
+use crate::{events, probes::KernelCounters};
+
+/// Every way an event can be lost before it reaches the table, by reason: the one definition
+/// behind `tracer status` (`events_lost`, `events_lost_by_reason`) and
+/// `tcp_tracer_events_lost_total{reason}`, so the total is always the sum of its reasons.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LostEvents {
+    /// The kernel could not reserve ring buffer space.
+    pub ringbuf_full: u64,
+    /// accept() returned a descriptor the probes could not resolve to a socket: that accept's
+    /// owner is unknown.
+    pub accept_unresolved: u64,
+    /// Tracepoint mode: a socket reset while held could not be remembered, so its release
+    /// will be missed.
+    pub held_closed_map_full: u64,
+    /// A record that did not decode.
+    pub malformed: u64,
+}
+
+impl LostEvents {
+    pub fn new(kernel: &KernelCounters, malformed: u64) -> Self {
+        Self {
+            ringbuf_full: kernel.lost_total(),
+            accept_unresolved: kernel.accept_unresolved,
+            held_closed_map_full: kernel.held_closed_map_full,
+            malformed,
+        }
+    }
+
+    /// (reason, count), in the order they are reported.
+    pub fn by_reason(&self) -> [(&'static str, u64); 4] {
+        [
+            ("ringbuf_full", self.ringbuf_full),
+            ("accept_unresolved", self.accept_unresolved),
+            ("held_closed_map_full", self.held_closed_map_full),
+            ("malformed", self.malformed),
+        ]
+    }
+
+    pub fn total(&self) -> u64 {
+        self.by_reason().iter().map(|(_, n)| n).sum()
+    }
+}
 
 pub struct EventSource {
     ring: AsyncFd<RingBuf<MapData>>,
@@ -27,9 +69,9 @@ struct Counts {
 impl EventSource {
     /// Must be called inside a tokio runtime.
     pub fn new(ring: RingBuf<MapData>) -> std::io::Result<Self> {
+        let positions = RingPositions::map(&ring)?;
         // SAFETY: the ring buffer owns its map fd, which stays open and unchanged until the
         // RingBuf (owned by the AsyncFd) is dropped.
-        let positions = RingPositions::map(&ring)?;
         let ring = unsafe { AsyncFd::register(ring) }.map_err(std::io::Error::from)?;
         Ok(Self { ring, positions, counts: Counts::default() })
     }
@@ -148,5 +190,30 @@ impl Drop for RingPositions {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly what `map` mapped.
         unsafe { libc::munmap(self.base as *mut libc::c_void, 2 * self.page) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lost_total_is_the_sum_of_every_reason() {
+        let mut kernel = KernelCounters::default();
+        kernel.lost_ringbuf[EventKind::Release as usize] = 3;
+        kernel.lost_ringbuf[EventKind::Connect as usize] = 4;
+        kernel.accept_unresolved = 5;
+        kernel.held_closed_map_full = 6;
+        let lost = LostEvents::new(&kernel, 7);
+        assert_eq!(
+            lost.by_reason(),
+            [
+                ("ringbuf_full", 7),
+                ("accept_unresolved", 5),
+                ("held_closed_map_full", 6),
+                ("malformed", 7)
+            ]
+        );
+        assert_eq!(lost.total(), 25);
     }
 }

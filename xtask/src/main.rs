@@ -1,5 +1,6 @@
-//! Project tasks: `cargo xtask setup | run | test | vm-test | bench`.
+//! Project tasks: `cargo xtask setup | lint | run | test | vm-test | bench`.
 mod bench;
+mod lint;
 mod setup;
 mod vm;
 
@@ -19,14 +20,18 @@ struct Cli {
 enum Task {
     /// Install every build and test dependency (idempotent; seconds when all is present).
     Setup,
+    /// The lint gate: rustfmt check, clippy with warnings denied over every crate and target
+    /// (the eBPF crate on its BPF target too). `cargo xtask test` runs it first.
+    Lint,
     /// Set up, build in release mode, and run the daemon (`tracer run`) with the given flags.
     Run {
         /// Flags passed to `tracer run`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then run every test: unit and BPF integration tests on this kernel, then the
-    /// kernel matrix (Debian 5.10, 6.1, 6.12 under qemu, every probe mode). Needs root.
+    /// Set up, run the lint gate, then every test: the kernel matrix (Debian 5.10, 6.1, 6.12
+    /// under qemu, every probe mode), then unit and BPF integration tests on this kernel.
+    /// Needs root.
     Test {
         /// Skip the kernel matrix (for a quick local run; CI runs it).
         #[arg(long)]
@@ -62,9 +67,20 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.task {
         Task::Setup => setup::run(),
+        Task::Lint => {
+            setup::run()?;
+            lint::run()
+        }
         Task::Run { args } => {
             setup::run()?;
-            setup::run_cmd(Command::new("cargo").args(["build", "--release", "--package", "tracer", "--bin", "tracer"]))?;
+            setup::run_cmd(Command::new("cargo").args([
+                "build",
+                "--release",
+                "--package",
+                "tracer",
+                "--bin",
+                "tracer",
+            ]))?;
             let binary = workspace_root().join("target/release/tracer");
             let mut cmd = Command::new(binary);
             cmd.arg("run").args(&args);
@@ -75,6 +91,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::Test { no_vm, args } => {
             setup::run()?;
             require_root()?;
+            lint::run()?;
             // The kernel matrix first when it runs: its table then does not bury cargo test's
             // summary, which ends the output.
             if !no_vm {
@@ -82,12 +99,24 @@ fn run(cli: Cli) -> Result<()> {
             }
             // The integration tests drive the `workload` example as a real process: build it as
             // a plain binary (--all-targets builds examples only as test harnesses).
-            setup::run_cmd(Command::new("cargo").args(["build", "--package", "tracer", "--examples"]))?;
+            setup::run_cmd(Command::new("cargo").args([
+                "build",
+                "--package",
+                "tracer",
+                "--examples",
+            ]))?;
             // BPF integration tests load probes and drive real sockets: run them one at a time
             // so their exact counts are not disturbed by each other's load.
             setup::run_cmd(
                 Command::new("cargo")
-                    .args(["test", "--workspace", "--exclude", "tracer-ebpf", "--all-targets", "--"])
+                    .args([
+                        "test",
+                        "--workspace",
+                        "--exclude",
+                        "tracer-ebpf",
+                        "--all-targets",
+                        "--",
+                    ])
                     .args(["--test-threads", "1"])
                     .args(&args),
             )

@@ -1,5 +1,5 @@
-//! Request and response envelopes. Payloads are the table's snapshot types (see `crate::table`)
-//! and [`StatusReport`].
+//! Requests and the envelopes around requests and answers; the answers themselves are in
+//! [`super::answers`].
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any incompatible change to requests or payloads.
@@ -27,12 +27,40 @@ pub enum Request {
 }
 
 /// What `tracer top` groups open connections by.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum TopBy {
     #[default]
     Process,
     Remote,
+}
+
+impl TopBy {
+    pub const ALL: [TopBy; 2] = [TopBy::Process, TopBy::Remote];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TopBy::Process => "process",
+            TopBy::Remote => "remote",
+        }
+    }
+}
+
+impl std::fmt::Display for TopBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for TopBy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|b| b.name() == s)
+            .ok_or_else(|| format!("unknown grouping {s:?}: process or remote"))
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -48,45 +76,4 @@ pub struct ResponseEnvelope {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
-}
-
-/// `tracer status`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct StatusReport {
-    pub version: String,
-    pub api_version: u32,
-    pub probe_mode: String,
-    pub probe_mode_reason: String,
-    pub kernel: String,
-    pub uptime_seconds: u64,
-    /// Events received by the daemon.
-    pub events_total: u64,
-    pub events_by_kind: std::collections::BTreeMap<String, u64>,
-    /// Events the kernel emitted (received + lost + in flight).
-    pub events_emitted: u64,
-    pub events_lost: u64,
-    pub events_lost_by_reason: std::collections::BTreeMap<String, u64>,
-    pub tracked_connections: u64,
-    pub unattributed: u64,
-    pub processes: u64,
-    /// Releases of sockets the table never knew (opened before the daemon started).
-    pub unmatched_releases: u64,
-    pub unknown_socket_events: u64,
-    pub stale_replaced: u64,
-    /// Differences with the kernel's view confirmed by two scans and corrected (lost events).
-    pub reconcile_corrections: u64,
-    /// Connections handed to the process that really holds them (fork, passed descriptors).
-    pub holder_changes: u64,
-    /// Where /metrics is served, if anywhere.
-    pub metrics_addr: Option<String>,
-    /// kprobe mode: each probe's hits and the kernel's count of misses (empty in other modes).
-    #[serde(default)]
-    pub kprobes: Vec<crate::probes::ProbeMisses>,
-    /// Size of the ring buffer (`--ring-bytes`).
-    #[serde(default)]
-    pub ring_bytes: u64,
-    /// The ring's high-water fill: the fullest a drain found it, or `ring_bytes` once events
-    /// were lost to a full ring.
-    #[serde(default)]
-    pub ring_high_water_bytes: u64,
 }

@@ -149,8 +149,8 @@ mod tests {
         let expanded = expand(argv).expect("valid");
         let cli = Cli::try_parse_from(&expanded).expect("parses");
         let super::super::Command::Run(run) = cli.command else { panic!("run") };
-        assert_eq!(run.probe, crate::probes::ProbeMode::Tracepoint);
-        assert_eq!(run.leaks.leak_interval, 2.0, "the flag wins");
+        assert_eq!(run.probe, tracer::probes::ProbeMode::Tracepoint);
+        assert_eq!(run.leaks.leak_interval.0, std::time::Duration::from_secs(2), "the flag wins");
         assert!(run.metrics_addr.0.is_none());
     }
 

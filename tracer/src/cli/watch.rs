@@ -17,6 +17,7 @@ impl RawMode {
         let fd = std::io::stdin().as_raw_fd();
         // SAFETY: termios is plain data; tcgetattr fills it for a valid fd.
         let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid fd and a termios to fill.
         if unsafe { libc::tcgetattr(fd, &mut saved) } != 0 {
             return None;
         }

@@ -1,6 +1,6 @@
 //! From the table to the leak detector: one sample per process per interval, and what happens
 //! when an alert raises or resolves (a structured log line, the webhook).
-use std::{collections::HashMap, net::SocketAddr};
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use tracer_common::tcp_state;
 
@@ -12,7 +12,7 @@ use crate::{
 /// Everything the leak rules need besides the detector's own settings.
 #[derive(Clone, Debug)]
 pub struct LeakSettings {
-    pub interval: std::time::Duration,
+    pub interval: Duration,
     pub detector: DetectorConfig,
     /// `close_wait`: how long a connection must sit in CLOSE_WAIT.
     pub close_wait_after_ns: u64,
@@ -22,16 +22,28 @@ pub struct LeakSettings {
     pub age_threshold_ns: Option<u64>,
 }
 
+/// Seconds between leak evaluations by default.
+pub const DEFAULT_LEAK_INTERVAL: Duration = Duration::from_secs(15);
+/// How long a connection sits in CLOSE_WAIT before it counts as stale, by default.
+pub const DEFAULT_CLOSE_WAIT_AFTER: Duration = Duration::from_secs(60);
+/// How long a connection reset by its peer may stay held before it counts, by default.
+pub const DEFAULT_HELD_CLOSED_AFTER: Duration = Duration::from_secs(60);
+
 impl Default for LeakSettings {
     fn default() -> Self {
         Self {
-            interval: std::time::Duration::from_secs(15),
+            interval: DEFAULT_LEAK_INTERVAL,
             detector: DetectorConfig::default(),
-            close_wait_after_ns: 60_000_000_000,
-            held_closed_after_ns: 60_000_000_000,
+            close_wait_after_ns: nanos(DEFAULT_CLOSE_WAIT_AFTER),
+            held_closed_after_ns: nanos(DEFAULT_HELD_CLOSED_AFTER),
             age_threshold_ns: None,
         }
     }
+}
+
+/// A duration in nanoseconds, saturating (a u64 holds 584 years of them).
+pub fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// How many connections and remotes an alert's evidence names.

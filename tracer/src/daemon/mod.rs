@@ -2,16 +2,12 @@
 //!
 //! One task owns the table and everything derived from it. It drains the ring buffer in
 //! batches and answers API queries between batches, so the event path takes no lock.
-mod ground_truth;
 mod leaks;
 mod memory;
 mod queries;
 
-pub use leaks::LeakSettings;
-
-pub use queries::{
-    AgesReport, AlertView, ConnsReport, LeaksReport, RemoteFilter, RemoteReport, RemoteRow,
-    STATE_NAMES, TopReport, TopRow, conn_state_label,
+pub use leaks::{
+    DEFAULT_CLOSE_WAIT_AFTER, DEFAULT_HELD_CLOSED_AFTER, DEFAULT_LEAK_INTERVAL, LeakSettings, nanos,
 };
 
 use std::{path::PathBuf, time::Duration};
@@ -27,11 +23,11 @@ use crate::{
     detect::Detector,
     error::Result,
     events,
-    export::{self, BuildInfo, Metrics, MetricsInput, RingFill, Scrape},
+    export::{self, BuildInfo, Metrics, MetricsInput, RingFill, Scrape, Webhook, WebhookUrl},
+    ground_truth,
     pipeline::EventSource,
     probes::{KernelCounters, LoadOptions, Probes, preflight},
     table::{ConnectionTable, Reconciler, ScannedSocket, TableConfig},
-    webhook::{Webhook, WebhookUrl},
 };
 
 fn every(period: Duration) -> tokio::time::Interval {
@@ -41,6 +37,14 @@ fn every(period: Duration) -> tokio::time::Interval {
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     interval
 }
+
+/// How often the daemon logs a one-line summary by default.
+pub const DEFAULT_SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
+/// How often the daemon compares its table with sock_diag and /proc by default.
+pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(60);
+/// How often the ring buffer is drained without a wakeup by default: every query, scrape,
+/// leak check and reconcile drains first, so this only bounds how long events wait between.
+pub const DEFAULT_DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 
 #[derive(Clone, Debug)]
 pub struct DaemonOptions {
@@ -61,6 +65,24 @@ pub struct DaemonOptions {
     /// How often to drain the ring buffer without a wakeup (with a wakeup threshold, events
     /// wait at most this long).
     pub drain_interval: Duration,
+}
+
+/// The daemon's defaults (`tracer run` without flags).
+impl Default for DaemonOptions {
+    fn default() -> Self {
+        Self {
+            load: LoadOptions::default(),
+            table: TableConfig::default(),
+            socket: PathBuf::from(crate::api::DEFAULT_SOCKET),
+            summary_interval: DEFAULT_SUMMARY_INTERVAL,
+            reconcile_interval: DEFAULT_RECONCILE_INTERVAL,
+            leaks: LeakSettings::default(),
+            webhook: None,
+            metrics_addr: Some(export::DEFAULT_METRICS_ADDR),
+            metrics_top_n: export::DEFAULT_TOP_N,
+            drain_interval: DEFAULT_DRAIN_INTERVAL,
+        }
+    }
 }
 
 /// Everything the event loop owns.

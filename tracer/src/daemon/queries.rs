@@ -1,139 +1,23 @@
 //! Answers to API requests, built from the table in the event loop.
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::SocketAddr,
-};
+use std::{collections::HashMap, net::SocketAddr};
 
-use serde::{Deserialize, Serialize};
 use tracer_common::EventKind;
 
 use super::Daemon;
 use crate::{
-    api::protocol::{API_VERSION, Request, StatusReport, TopBy},
+    api::{
+        answers::{
+            AgesReport, AlertView, ConnsReport, KprobeStatus, LeaksReport, RemoteFilter,
+            RemoteReport, RemoteRow, STATE_NAMES, StatusReport, TopReport, TopRow,
+            conn_state_label,
+        },
+        protocol::{API_VERSION, Request, TopBy},
+    },
     clock::Clock,
     detect::Alert,
-    table::{ConnSnapshot, ProcessSnapshot},
+    pipeline::LostEvents,
     table::{Phase, ProcessKey},
 };
-
-/// One `tracer top` row: the table's numbers plus what the leak detector says.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct TopRow {
-    #[serde(flatten)]
-    pub process: ProcessSnapshot,
-    /// Net change of the open count's floor over the detector's window.
-    pub growth: i64,
-    pub oldest_age_seconds: u64,
-    /// Rules alerting for this process now.
-    pub alerts: Vec<String>,
-}
-
-/// `tracer top`: alerting processes first, then by open connections.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct TopReport {
-    pub processes: Vec<TopRow>,
-    pub unattributed: u64,
-}
-
-/// `tracer top --by remote`: open connections per remote endpoint.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct RemoteRow {
-    pub remote: String,
-    pub open: u32,
-    /// Pids holding connections to it (at most 8 listed), most connections first.
-    pub pids: Vec<u32>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct RemoteReport {
-    pub remotes: Vec<RemoteRow>,
-    pub unattributed: u64,
-}
-
-/// `tracer top --ages PID`: open connections by age (not cumulative: each bucket counts the
-/// connections older than the previous bound and at most this one).
-#[derive(Debug, Serialize, Deserialize)]
-pub struct AgesReport {
-    pub pid: u32,
-    pub comm: String,
-    pub open: u32,
-    /// (upper bound in seconds, or null for the last open-ended bucket; count)
-    pub buckets: Vec<(Option<u64>, u32)>,
-}
-
-/// One alert as `tracer leaks` shows it.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct AlertView {
-    pub pid: u32,
-    pub comm: String,
-    pub rule: String,
-    /// When it raised, UTC, and how long ago.
-    pub since: String,
-    pub since_seconds: u64,
-    pub open: u32,
-    pub evidence: crate::detect::Evidence,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resolved_seconds_ago: Option<u64>,
-}
-
-/// `tracer leaks`: active alerts, and those resolved in the last hour.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct LeaksReport {
-    pub active: Vec<AlertView>,
-    pub resolved: Vec<AlertView>,
-}
-
-/// `tracer conns`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ConnsReport {
-    pub connections: Vec<ConnSnapshot>,
-}
-
-/// A `--remote` filter: an address, optionally with a port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RemoteFilter {
-    pub ip: std::net::IpAddr,
-    pub port: Option<u16>,
-}
-
-impl std::str::FromStr for RemoteFilter {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if let Ok(addr) = s.parse::<SocketAddr>() {
-            return Ok(Self { ip: addr.ip(), port: Some(addr.port()) });
-        }
-        let bare = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')).unwrap_or(s);
-        bare.parse().map(|ip| Self { ip, port: None }).map_err(|_| {
-            format!("invalid remote {s:?}: expected ADDR or ADDR:PORT (IPv6 as [ADDR]:PORT)")
-        })
-    }
-}
-
-impl RemoteFilter {
-    pub fn matches(&self, remote: SocketAddr) -> bool {
-        // An IPv4 filter also matches v4-mapped IPv6 peers of dual-stack sockets.
-        let ip = match remote.ip() {
-            std::net::IpAddr::V6(v6) => {
-                v6.to_ipv4_mapped().map_or(remote.ip(), std::net::IpAddr::V4)
-            }
-            v4 => v4,
-        };
-        (ip == self.ip || remote.ip() == self.ip) && self.port.is_none_or(|p| p == remote.port())
-    }
-}
-
-pub const STATE_NAMES: [&str; 9] = [
-    "connecting",
-    "established",
-    "close_wait",
-    "fin_wait1",
-    "fin_wait2",
-    "closing",
-    "last_ack",
-    "time_wait",
-    "close",
-];
 
 impl Daemon {
     pub(super) fn answer(&self, request: Request) -> Result<serde_json::Value, String> {
@@ -282,11 +166,7 @@ impl Daemon {
         let kernel = self.probes.counters().unwrap_or_default();
         let received = self.source.received();
         let summary = self.table.summary();
-        let mut lost_by_reason = BTreeMap::new();
-        lost_by_reason.insert("ringbuf_full".to_owned(), kernel.lost_total());
-        lost_by_reason.insert("accept_unresolved".to_owned(), kernel.accept_unresolved);
-        lost_by_reason.insert("held_closed_map_full".to_owned(), kernel.held_closed_map_full);
-        lost_by_reason.insert("malformed".to_owned(), self.source.malformed());
+        let lost = LostEvents::new(&kernel, self.source.malformed());
         StatusReport {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             api_version: API_VERSION,
@@ -300,10 +180,12 @@ impl Daemon {
                 .map(|k| (k.name().to_owned(), received[*k as usize]))
                 .collect(),
             events_emitted: kernel.emitted_total(),
-            events_lost: kernel.lost_total()
-                + self.source.malformed()
-                + kernel.held_closed_map_full,
-            events_lost_by_reason: lost_by_reason,
+            events_lost: lost.total(),
+            events_lost_by_reason: lost
+                .by_reason()
+                .into_iter()
+                .map(|(reason, n)| (reason.to_owned(), n))
+                .collect(),
             tracked_connections: summary.tracked_connections,
             unattributed: summary.unattributed,
             processes: summary.processes,
@@ -313,34 +195,14 @@ impl Daemon {
             reconcile_corrections: self.reconciler.corrections_total,
             metrics_addr: self.metrics_addr.map(|a| a.to_string()),
             holder_changes: self.reconciler.holder_changes_total,
-            kprobes: self.probes.kprobe_misses(),
+            kprobes: self
+                .probes
+                .kprobe_misses()
+                .into_iter()
+                .map(|m| KprobeStatus { probe: m.probe, hits: m.hits, missed: m.missed })
+                .collect(),
             ring_bytes: self.ring_bytes,
             ring_high_water_bytes: self.ring_high_water(Some(&kernel)),
         }
-    }
-}
-
-/// The state users filter and read by: `connecting` for SYN_SENT, else the TCP state name.
-pub fn conn_state_label(phase: crate::table::Phase, state: &'static str) -> &'static str {
-    if phase == crate::table::Phase::Connecting { "connecting" } else { state }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn remote_filter_accepts_the_documented_forms() {
-        let f: RemoteFilter = "127.0.0.1:80".parse().expect("v4 with port");
-        assert!(f.matches("127.0.0.1:80".parse().expect("addr")));
-        assert!(!f.matches("127.0.0.1:81".parse().expect("addr")));
-        let f: RemoteFilter = "10.0.0.1".parse().expect("v4");
-        assert!(f.matches("10.0.0.1:5".parse().expect("addr")));
-        assert!(f.matches("[::ffff:10.0.0.1]:5".parse().expect("mapped")));
-        let f: RemoteFilter = "[::1]:6379".parse().expect("v6 with port");
-        assert!(f.matches("[::1]:6379".parse().expect("addr")));
-        let f: RemoteFilter = "[::1]".parse().expect("bracketed v6");
-        assert!(f.matches("[::1]:1".parse().expect("addr")));
-        assert!("nope".parse::<RemoteFilter>().unwrap_err().contains("ADDR:PORT"));
     }
 }

@@ -58,17 +58,30 @@ pub struct DetectorConfig {
     pub resolve_after: u32,
 }
 
+/// Defaults of the leak rules (docs/leak-detection.md), shared by `Default` and the CLI flags.
+pub mod defaults {
+    pub const WINDOW_SAMPLES: usize = 20;
+    pub const SUB_WINDOWS: usize = 4;
+    pub const GROWTH_MIN: u32 = 10;
+    pub const CLOSE_WAIT_MIN: u32 = 1;
+    /// Not configurable: one connection reset by its peer and still held is the evidence.
+    pub const HELD_CLOSED_MIN: u32 = 1;
+    /// Not configurable: the age rule's threshold (`--age-threshold`) is its setting.
+    pub const AGE_MIN: u32 = 1;
+    pub const RESOLVE_AFTER: u32 = 4;
+}
+
 impl Default for DetectorConfig {
     fn default() -> Self {
         Self {
-            window_samples: 20,
-            sub_windows: 4,
-            growth_min: 10,
-            close_wait_min: 1,
-            held_closed_min: 1,
-            age_min: 1,
+            window_samples: defaults::WINDOW_SAMPLES,
+            sub_windows: defaults::SUB_WINDOWS,
+            growth_min: defaults::GROWTH_MIN,
+            close_wait_min: defaults::CLOSE_WAIT_MIN,
+            held_closed_min: defaults::HELD_CLOSED_MIN,
+            age_min: defaults::AGE_MIN,
             age_enabled: false,
-            resolve_after: 4,
+            resolve_after: defaults::RESOLVE_AFTER,
         }
     }
 }

@@ -24,12 +24,14 @@ fn steal_fd(pid: u32, fd: i32) -> Result<OwnedFd> {
     unsafe {
         let pidfd = libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0);
         if pidfd < 0 {
-            return Err(std::io::Error::last_os_error()).with_context(|| format!("pidfd_open({pid})"));
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("pidfd_open({pid})"));
         }
         let pidfd = OwnedFd::from_raw_fd(pidfd as i32);
         let local = libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0);
         if local < 0 {
-            return Err(std::io::Error::last_os_error()).with_context(|| format!("pidfd_getfd({pid}, {fd})"));
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("pidfd_getfd({pid}, {fd})"));
         }
         Ok(OwnedFd::from_raw_fd(local as i32))
     }
@@ -45,10 +47,19 @@ struct InfoAttr {
 /// The name of a BPF map or program (both info structs have it; at different offsets).
 fn object_name(fd: &OwnedFd, name_offset: usize) -> Result<String> {
     let mut info = [0u8; 256];
-    let attr = InfoAttr { bpf_fd: fd.as_raw_fd() as u32, info_len: info.len() as u32, info: info.as_mut_ptr() as u64 };
+    let attr = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: info.len() as u32,
+        info: info.as_mut_ptr() as u64,
+    };
     // SAFETY: the kernel writes at most info_len bytes into `info`, which outlives the call.
     let rc = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, &attr as *const InfoAttr, std::mem::size_of::<InfoAttr>())
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &attr as *const InfoAttr,
+            std::mem::size_of::<InfoAttr>(),
+        )
     };
     if rc < 0 {
         return Err(std::io::Error::last_os_error()).context("BPF_OBJ_GET_INFO_BY_FD");
@@ -81,16 +92,26 @@ impl RingView {
             if object_name(&local, 24)? != name {
                 continue;
             }
-            let size: u64 = fdinfo_field(&info, "max_entries").and_then(|v| v.parse().ok()).context("ring size")?;
+            let size: u64 = fdinfo_field(&info, "max_entries")
+                .and_then(|v| v.parse().ok())
+                .context("ring size")?;
             // SAFETY: sysconf has no preconditions.
             let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
             // SAFETY: a read-only shared mapping of the ring's two position pages (consumer, then
             // producer), which the kernel allows; unmapped in Drop.
             let base = unsafe {
-                libc::mmap(std::ptr::null_mut(), 2 * page, libc::PROT_READ, libc::MAP_SHARED, local.as_raw_fd(), 0)
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    2 * page,
+                    libc::PROT_READ,
+                    libc::MAP_SHARED,
+                    local.as_raw_fd(),
+                    0,
+                )
             };
             if base == libc::MAP_FAILED {
-                return Err(std::io::Error::last_os_error()).context("mmap of the ring buffer positions");
+                return Err(std::io::Error::last_os_error())
+                    .context("mmap of the ring buffer positions");
             }
             return Ok(Self { base: base.cast(), page, size, _fd: local });
         }
@@ -155,7 +176,8 @@ impl StatsEnabled {
         // union bpf_attr { struct { __u32 type; } enable_stats; }, BPF_STATS_RUN_TIME = 0.
         let attr: u32 = 0;
         // SAFETY: a 4-byte attr read by the kernel; the returned fd is owned once.
-        let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_ENABLE_STATS, &attr as *const u32, 4usize) };
+        let fd =
+            unsafe { libc::syscall(libc::SYS_bpf, BPF_ENABLE_STATS, &attr as *const u32, 4usize) };
         if fd < 0 {
             return Err(std::io::Error::last_os_error()).context("BPF_ENABLE_STATS");
         }
@@ -184,7 +206,9 @@ pub fn prog_stats(pid: u32) -> Result<Vec<ProgStats>> {
         }
         // bpf_prog_info: name follows type, id, tag[8], two lengths, two pointers, load_time,
         // created_by_uid, nr_map_ids and map_ids: offset 64.
-        let name = steal_fd(pid, fd).and_then(|f| object_name(&f, 64)).unwrap_or_else(|_| format!("prog{id}"));
+        let name = steal_fd(pid, fd)
+            .and_then(|f| object_name(&f, 64))
+            .unwrap_or_else(|_| format!("prog{id}"));
         out.push(ProgStats { id, name, run_cnt: num("run_cnt"), run_time_ns: num("run_time_ns") });
     }
     out.sort_by_key(|p| p.id);

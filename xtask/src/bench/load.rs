@@ -150,7 +150,11 @@ pub fn run(spec: &LoadSpec) -> Result<LoadResult> {
     Ok(total)
 }
 
-fn worker(listener: TcpListener, duration: Duration, interval: Option<Duration>) -> Result<LoadResult> {
+fn worker(
+    listener: TcpListener,
+    duration: Duration,
+    interval: Option<Duration>,
+) -> Result<LoadResult> {
     let target = listener.local_addr().context("listener address")?;
     let start = Instant::now();
     let deadline = start + duration;

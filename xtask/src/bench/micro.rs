@@ -38,18 +38,25 @@ pub fn run(root: &Path, smoke: bool) -> Result<Micro> {
         bail!("cargo bench -p tracer failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let memory_line = stdout.lines().find_map(|l| l.strip_prefix("table memory: ")).map(str::to_owned);
+    let memory_line =
+        stdout.lines().find_map(|l| l.strip_prefix("table memory: ")).map(str::to_owned);
     let mut results = Vec::new();
     for name in BENCHES {
         let dir = root.join("target/criterion").join(name).join("new");
         let read = |file: &str| -> Result<serde_json::Value> {
             let path = dir.join(file);
-            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
             serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
         };
-        let elements = read("benchmark.json")?["throughput"]["Elements"].as_f64().context("no Elements throughput")?;
-        let ns = read("estimates.json")?["median"]["point_estimate"].as_f64().context("no median estimate")?;
-        results.push(MicroResult { name: name.to_owned(), events_per_second: elements / (ns * 1e-9) });
+        let elements = read("benchmark.json")?["throughput"]["Elements"]
+            .as_f64()
+            .context("no Elements throughput")?;
+        let ns = read("estimates.json")?["median"]["point_estimate"]
+            .as_f64()
+            .context("no median estimate")?;
+        results
+            .push(MicroResult { name: name.to_owned(), events_per_second: elements / (ns * 1e-9) });
     }
     Ok(Micro { results, memory_line })
 }

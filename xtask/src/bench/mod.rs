@@ -145,7 +145,9 @@ impl Scenario {
     pub fn label(&self) -> String {
         match self.rate {
             None => format!("{} max rate", self.family.name()),
-            Some(r) => format!("{} fixed {} conn/s", self.family.name(), report::thousands(r as u64)),
+            Some(r) => {
+                format!("{} fixed {} conn/s", self.family.name(), report::thousands(r as u64))
+            }
         }
     }
 }
@@ -203,7 +205,13 @@ pub fn churn(seconds: f64, threads: usize, ipv6: bool) -> Result<()> {
     let family = if ipv6 { Family::V6 } else { Family::V4 };
     let spec = LoadSpec { family, threads, duration: Duration::from_secs_f64(seconds), rate: None };
     let result = load::run(&spec)?;
-    println!("{} connections in {:.2} s: {:.0} conn/s, {} errors", result.connections, result.elapsed.as_secs_f64(), result.rate(), result.errors);
+    println!(
+        "{} connections in {:.2} s: {:.0} conn/s, {} errors",
+        result.connections,
+        result.elapsed.as_secs_f64(),
+        result.rate(),
+        result.errors
+    );
     Ok(())
 }
 
@@ -218,7 +226,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Some(bin) => bin.clone(),
         None => {
             eprintln!("bench: building the release tracer");
-            run_cmd(Command::new("cargo").current_dir(&root).args(["build", "--release", "--package", "tracer", "--bin", "tracer"]))?;
+            run_cmd(Command::new("cargo").current_dir(&root).args([
+                "build",
+                "--release",
+                "--package",
+                "tracer",
+                "--bin",
+                "tracer",
+            ]))?;
             root.join("target/release/tracer")
         }
     };
@@ -230,7 +245,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let _cleanup = RemoveDir(dir.clone());
     let script = dir.join("tcplife.bt");
     let reference = match &args.reference_script {
-        Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+        }
         None => TCPLIFE_BT.to_string(),
     };
     std::fs::write(&script, reference).with_context(|| format!("writing {}", script.display()))?;
@@ -238,7 +255,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     // working in the same tree) must not swap the binary between runs.
     let bin = {
         let copy = dir.join("tracer");
-        std::fs::copy(&bin, &copy).with_context(|| format!("copying {} to {}", bin.display(), copy.display()))?;
+        std::fs::copy(&bin, &copy)
+            .with_context(|| format!("copying {} to {}", bin.display(), copy.display()))?;
         copy
     };
 
@@ -246,7 +264,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let ctx = Bench {
         threads: args.threads.unwrap_or((2 * cpus).max(4)),
-        duration: Duration::from_secs_f64(if smoke { args.duration.min(1.5) } else { args.duration }),
+        duration: Duration::from_secs_f64(if smoke {
+            args.duration.min(1.5)
+        } else {
+            args.duration
+        }),
         args,
         root,
         bin,
@@ -256,7 +278,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let pairs = if smoke { 1 } else { ctx.args.pairs.max(1) };
 
     let wait = !smoke && !ctx.args.no_wait;
-    let mut waited = if wait { wait_for_quiet(Duration::from_secs(30)) + wait_for_idle_cpus()? } else { Duration::ZERO };
+    let mut waited = if wait {
+        wait_for_quiet(Duration::from_secs(30)) + wait_for_idle_cpus()?
+    } else {
+        Duration::ZERO
+    };
     let (mut runs_total, mut runs_with_qemu) = (0usize, 0usize);
     let started = Instant::now();
     let machine = procfs::Machine::read()?;
@@ -289,7 +315,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .variant
             .iter()
             .filter(|v| !v.trim().is_empty())
-            .map(|v| Tracer::Variant(best.clone(), v.split_whitespace().map(str::to_owned).collect()))
+            .map(|v| {
+                Tracer::Variant(best.clone(), v.split_whitespace().map(str::to_owned).collect())
+            })
             .collect(),
         None => Vec::new(),
     };
@@ -306,13 +334,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 }
                 waited += wait_for_idle_cpus()?;
             }
-            let spec = LoadSpec { family: Family::V4, threads: ctx.threads, duration: ctx.duration, rate: None };
+            let spec = LoadSpec {
+                family: Family::V4,
+                threads: ctx.threads,
+                duration: ctx.duration,
+                rate: None,
+            };
             let max = load::run(&spec).context("calibrating the fixed rate")?.rate();
             // A quarter of the saturation rate, in round thousands: pacing makes each connection
             // dearer (a sleep and a timer wakeup each, VM exits on a VM), and at half the rate
             // the CPUs were already ~90% busy.
             let rate = ((max / 4.0 / 1000.0).round() * 1000.0).max(1000.0);
-            eprintln!("bench: untraced IPv4 max rate {max:.0} conn/s: fixed-rate loads run at {rate:.0} conn/s");
+            eprintln!(
+                "bench: untraced IPv4 max rate {max:.0} conn/s: fixed-rate loads run at {rate:.0} conn/s"
+            );
             rate
         }
     };
@@ -360,7 +395,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     sr.scenario.label(),
                     tracer.label(),
                     run.load.rate(),
-                    run.tracer_us_per_conn().map_or(String::new(), |us| format!(", tracer {us:.2} us/conn")),
+                    run.tracer_us_per_conn()
+                        .map_or(String::new(), |us| format!(", tracer {us:.2} us/conn")),
                     match &run.load.first_error {
                         Some(e) => format!(", {} failed connections (first: {e})", run.load.errors),
                         None => String::new(),
@@ -375,7 +411,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let scale_spec = if smoke {
         scale::ScaleSpec { connections: 2_000, processes: 50, repeats: 2 }
     } else {
-        scale::ScaleSpec { connections: ctx.args.scale_connections, processes: ctx.args.scale_processes, repeats: 5 }
+        scale::ScaleSpec {
+            connections: ctx.args.scale_connections,
+            processes: ctx.args.scale_processes,
+            repeats: 5,
+        }
     };
     let (diagnostics, scale) = if ctx.args.loads_only {
         (Diagnostics { mode: best.clone(), ..Diagnostics::default() }, Vec::new())
@@ -383,7 +423,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         eprintln!("bench: diagnostic run ({best})");
         let diagnostics = diagnose(&ctx, &best)?;
         eprintln!("bench: scale");
-        let daemon = Daemon::start(&ctx.bin, &best, &ctx.dir).context("starting the daemon for the scale step")?;
+        let daemon = Daemon::start(&ctx.bin, &best, &ctx.dir)
+            .context("starting the daemon for the scale step")?;
         let scale = scale::run(&daemon, &scale_spec)?;
         daemon.stop()?;
         (diagnostics, scale)
@@ -416,7 +457,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     print!("{}", report::summary_for_terminal(&doc));
     let out_dir = ctx.root.join("target/bench");
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    std::fs::write(out_dir.join("performance.md"), &doc).context("writing target/bench/performance.md")?;
+    std::fs::write(out_dir.join("performance.md"), &doc)
+        .context("writing target/bench/performance.md")?;
     // A partial run (development options) never replaces the full table.
     let partial = ctx.args.only.is_some() || ctx.args.loads_only;
     if (!smoke || ctx.args.write) && !partial {
@@ -424,20 +466,37 @@ pub fn run(args: BenchArgs) -> Result<()> {
         std::fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("bench: wrote {}", path.display());
     } else {
-        eprintln!("bench: smoke or partial run: wrote target/bench/performance.md only (--write to update docs/performance.md)");
+        eprintln!(
+            "bench: smoke or partial run: wrote target/bench/performance.md only (--write to update docs/performance.md)"
+        );
     }
     Ok(())
 }
 
 /// One load run under `tracer`.
 fn one_run(ctx: &Bench, scenario: &Scenario, tracer: &Tracer) -> Result<Run> {
-    let spec = LoadSpec { family: scenario.family, threads: ctx.threads, duration: ctx.duration, rate: scenario.rate };
+    let spec = LoadSpec {
+        family: scenario.family,
+        threads: ctx.threads,
+        duration: ctx.duration,
+        rate: scenario.rate,
+    };
     match tracer {
         Tracer::None => {
             let busy = procfs::BusyClock::start()?;
             let load = load::run(&spec)?;
             let system_ns = busy.busy_ns()?;
-            Ok(Run { tracer: tracer.clone(), load, system_ns, tracer_ns: None, tracer_hwm: None, events_lost: None, ring_high_water: None, events: None, wakeups: None })
+            Ok(Run {
+                tracer: tracer.clone(),
+                load,
+                system_ns,
+                tracer_ns: None,
+                tracer_hwm: None,
+                events_lost: None,
+                ring_high_water: None,
+                events: None,
+                wakeups: None,
+            })
         }
         Tracer::Daemon(_) | Tracer::Variant(..) => {
             let daemon = match tracer {
@@ -464,7 +523,9 @@ fn one_run(ctx: &Bench, scenario: &Scenario, tracer: &Tracer) -> Result<Run> {
                 tracer_hwm: Some(hwm),
                 events_lost: Some(field(&after, "events_lost")),
                 ring_high_water: Some(field(&after, "ring_high_water_bytes")),
-                events: Some(field(&after, "events_total").saturating_sub(field(&before, "events_total"))),
+                events: Some(
+                    field(&after, "events_total").saturating_sub(field(&before, "events_total")),
+                ),
                 wakeups: Some(wakeups),
             })
         }
@@ -479,7 +540,17 @@ fn one_run(ctx: &Bench, scenario: &Scenario, tracer: &Tracer) -> Result<Run> {
             let tracer_ns = procfs::process_cpu_ns(bt.pid)?.saturating_sub(cpu0);
             let hwm = procfs::status_bytes(bt.pid, "VmHWM")?;
             bt.stop()?;
-            Ok(Run { tracer: tracer.clone(), load, system_ns, tracer_ns: Some(tracer_ns), tracer_hwm: Some(hwm), events_lost: None, ring_high_water: None, events: None, wakeups: None })
+            Ok(Run {
+                tracer: tracer.clone(),
+                load,
+                system_ns,
+                tracer_ns: Some(tracer_ns),
+                tracer_hwm: Some(hwm),
+                events_lost: None,
+                ring_high_water: None,
+                events: None,
+                wakeups: None,
+            })
         }
     }
 }
@@ -489,7 +560,8 @@ fn one_run(ctx: &Bench, scenario: &Scenario, tracer: &Tracer) -> Result<Run> {
 /// daemon's wakeups and the irq_work interrupts; then, separately since perf slows everything
 /// down, perf profiles of the daemon and of the load; then bpftrace's program statistics.
 fn diagnose(ctx: &Bench, mode: &str) -> Result<Diagnostics> {
-    let spec = LoadSpec { family: Family::V4, threads: ctx.threads, duration: ctx.duration, rate: None };
+    let spec =
+        LoadSpec { family: Family::V4, threads: ctx.threads, duration: ctx.duration, rate: None };
     let mut d = Diagnostics { mode: mode.to_owned(), ..Diagnostics::default() };
     let stats = bpf::StatsEnabled::new()?;
 
@@ -523,7 +595,9 @@ fn diagnose(ctx: &Bench, mode: &str) -> Result<Diagnostics> {
     d.rate = load.rate();
     d.events = field(&after, "events_total").saturating_sub(field(&before, "events_total"));
     d.daemon_ring_high_water = field(&after, "ring_high_water_bytes");
-    d.daemon_us_per_conn = procfs::process_cpu_ns(daemon.pid)?.saturating_sub(cpu0) as f64 / 1e3 / load.connections.max(1) as f64;
+    d.daemon_us_per_conn = procfs::process_cpu_ns(daemon.pid)?.saturating_sub(cpu0) as f64
+        / 1e3
+        / load.connections.max(1) as f64;
     d.smaps = procfs::smaps_rollup(daemon.pid);
     daemon.stop()?;
 
@@ -537,14 +611,17 @@ fn diagnose(ctx: &Bench, mode: &str) -> Result<Diagnostics> {
     std::thread::sleep(Duration::from_millis(300));
     d.bpftrace_progs = bpf::prog_delta(&progs0, &bpf::prog_stats(bt.pid)?);
     d.bpftrace_connections = load.connections;
-    d.bpftrace_us_per_conn = procfs::process_cpu_ns(bt.pid)?.saturating_sub(cpu0) as f64 / 1e3 / load.connections.max(1) as f64;
+    d.bpftrace_us_per_conn = procfs::process_cpu_ns(bt.pid)?.saturating_sub(cpu0) as f64
+        / 1e3
+        / load.connections.max(1) as f64;
     bt.stop()?;
     drop(stats);
 
     // Untraced, for the irq_work baseline.
     let iwi0 = procfs::interrupts("IWI");
     let load = load::run(&spec)?;
-    d.untraced_irq_work_per_conn = procfs::interrupts("IWI").saturating_sub(iwi0) as f64 / load.connections.max(1) as f64;
+    d.untraced_irq_work_per_conn =
+        procfs::interrupts("IWI").saturating_sub(iwi0) as f64 / load.connections.max(1) as f64;
 
     if ctx.args.skip_profile {
         d.profile_note = Some("skipped (--skip-profile)".into());
@@ -599,7 +676,9 @@ fn voluntary_switches(pid: u32) -> u64 {
         .filter_map(|t| t.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter_map(|tid| {
             let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
-            text.lines().find_map(|l| l.strip_prefix("voluntary_ctxt_switches:")?.trim().parse::<u64>().ok())
+            text.lines().find_map(|l| {
+                l.strip_prefix("voluntary_ctxt_switches:")?.trim().parse::<u64>().ok()
+            })
         })
         .sum()
 }
@@ -607,8 +686,17 @@ fn voluntary_switches(pid: u32) -> u64 {
 /// Kernel symbols that only run because something traces: BPF programs and helpers, the ring
 /// buffer, the irq_work that wakes its reader (a self-IPI: an MSR write, which traps in a VM),
 /// and the kernel memory reads of CO-RE accessors.
-const TRACING_SYMBOLS: &[&str] =
-    &["bpf", "ringbuf", "irq_work", "native_write_msr", "x2apic", "copy_from_kernel", "probe_read", "perf_", "trace"];
+const TRACING_SYMBOLS: &[&str] = &[
+    "bpf",
+    "ringbuf",
+    "irq_work",
+    "native_write_msr",
+    "x2apic",
+    "copy_from_kernel",
+    "probe_read",
+    "perf_",
+    "trace",
+];
 
 /// The hottest symbols of a perf profile (at most `limit`, those over 0.5%); with `only`, just
 /// the symbols whose name contains one of those words.
@@ -642,7 +730,10 @@ fn profile_report(data: &Path, limit: usize, only: Option<&[&str]>) -> Result<Ve
 /// `tracer run` or bpftrace traces our load too). Ours are all stopped between runs.
 fn qemu_running() -> Vec<u32> {
     // /proc/<pid>/comm is cut at 15 characters: "qemu-system-x86" for qemu-system-x86_64.
-    ["qemu-system-x86", "tracer", "bpftrace"].iter().flat_map(|name| procfs::pids_named(name)).collect()
+    ["qemu-system-x86", "tracer", "bpftrace"]
+        .iter()
+        .flat_map(|name| procfs::pids_named(name))
+        .collect()
 }
 
 /// Waits until no qemu VM or other tracer has run for `quiet` (giving up after an hour): VMs
@@ -656,7 +747,9 @@ fn wait_for_quiet(quiet: Duration) -> Duration {
         if !qemu.is_empty() {
             quiet_since = Instant::now();
             if !said {
-                eprintln!("bench: waiting for qemu VMs or other tracers (pids {qemu:?}) to finish before measuring (--no-wait to skip)");
+                eprintln!(
+                    "bench: waiting for qemu VMs or other tracers (pids {qemu:?}) to finish before measuring (--no-wait to skip)"
+                );
                 said = true;
             }
         }
@@ -664,7 +757,9 @@ fn wait_for_quiet(quiet: Duration) -> Duration {
             return if said { start.elapsed() } else { Duration::ZERO };
         }
         if start.elapsed() > Duration::from_secs(3600) {
-            eprintln!("bench: qemu VMs still come and go after an hour; measuring anyway (the report says so)");
+            eprintln!(
+                "bench: qemu VMs still come and go after an hour; measuring anyway (the report says so)"
+            );
             return start.elapsed();
         }
         std::thread::sleep(Duration::from_secs(1));
@@ -684,7 +779,10 @@ fn wait_for_idle_cpus() -> Result<Duration> {
             return Ok(if said { start.elapsed() } else { Duration::ZERO });
         }
         if !said {
-            eprintln!("bench: the CPUs are {:.0}% busy with other work; waiting for them to calm down", busy * 100.0);
+            eprintln!(
+                "bench: the CPUs are {:.0}% busy with other work; waiting for them to calm down",
+                busy * 100.0
+            );
             said = true;
         }
         std::thread::sleep(Duration::from_secs(4));
@@ -694,15 +792,24 @@ fn wait_for_idle_cpus() -> Result<Duration> {
 fn require_root() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("the benchmark loads BPF programs and forks thousands of processes: run it as root (sudo cargo xtask bench)");
+        bail!(
+            "the benchmark loads BPF programs and forks thousands of processes: run it as root (sudo cargo xtask bench)"
+        );
     }
     Ok(())
 }
 
 fn require_tool(program: &str, package: &str, probe: &[&str]) -> Result<()> {
-    let ok = Command::new(program).args(probe).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    let ok = Command::new(program)
+        .args(probe)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
     if !ok {
-        bail!("`{program}` is missing or broken: install the Debian package `{package}` (apt-get install {package})");
+        bail!(
+            "`{program}` is missing or broken: install the Debian package `{package}` (apt-get install {package})"
+        );
     }
     Ok(())
 }
@@ -717,15 +824,28 @@ fn run_cmd(cmd: &mut Command) -> Result<()> {
 
 fn git_commit(root: &Path) -> String {
     let git = |args: &[&str]| {
-        Command::new("git").current_dir(root).args(args).output().ok().filter(|o| o.status.success()).map(|o| {
-            String::from_utf8_lossy(&o.stdout).trim().to_owned()
-        })
+        Command::new("git")
+            .current_dir(root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
     };
     let Some(commit) = git(&["rev-parse", "--short=12", "HEAD"]) else { return "unknown".into() };
     // Only changes to what is measured count (the tracer crates and the lock file), not to the
     // harness or the docs.
-    let dirty = git(&["status", "--porcelain", "--untracked-files=no", "--", "tracer", "tracer-common", "tracer-ebpf", "Cargo.lock"])
-        .is_some_and(|s| !s.is_empty());
+    let dirty = git(&[
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+        "--",
+        "tracer",
+        "tracer-common",
+        "tracer-ebpf",
+        "Cargo.lock",
+    ])
+    .is_some_and(|s| !s.is_empty());
     if dirty { format!("{commit} (with uncommitted changes to the tracer)") } else { commit }
 }
 

@@ -9,11 +9,15 @@ pub fn process_cpu_ticks(pid: u32) -> Result<u64> {
     let path = format!("/proc/{pid}/stat");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     // The command name (field 2) may hold spaces and parentheses: fields restart after the last ')'.
-    let rest = text.rsplit_once(')').map(|(_, r)| r).with_context(|| format!("malformed {path}"))?;
+    let rest =
+        text.rsplit_once(')').map(|(_, r)| r).with_context(|| format!("malformed {path}"))?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // After ')': state is field 3, so utime (14) and stime (15) are at 11 and 12.
     let field = |i: usize| -> Result<u64> {
-        fields.get(i).and_then(|f| f.parse().ok()).with_context(|| format!("no field {} in {path}", i + 3))
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .with_context(|| format!("no field {} in {path}", i + 3))
     };
     Ok(field(11)? + field(12)?)
 }
@@ -23,21 +27,21 @@ pub fn process_cpu_ticks(pid: u32) -> Result<u64> {
 /// for a few seconds of a mostly idle daemon. Falls back to utime+stime without schedstat.
 /// (Threads that exit meanwhile drop out; the daemon's and bpftrace's live for the whole run.)
 pub fn process_cpu_ns(pid: u32) -> Result<u64> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).with_context(|| format!("reading /proc/{pid}/task"))?;
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .with_context(|| format!("reading /proc/{pid}/task"))?;
     let mut total = 0u64;
     let mut any = false;
     for task in tasks.flatten() {
         let path = task.path().join("schedstat");
-        if let Some(ns) = std::fs::read_to_string(&path).ok().and_then(|t| t.split_whitespace().next()?.parse::<u64>().ok()) {
+        if let Some(ns) = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| t.split_whitespace().next()?.parse::<u64>().ok())
+        {
             total += ns;
             any = true;
         }
     }
-    if any {
-        Ok(total)
-    } else {
-        Ok(process_cpu_ticks(pid)? * (1_000_000_000 / TICKS_PER_SECOND))
-    }
+    if any { Ok(total) } else { Ok(process_cpu_ticks(pid)? * (1_000_000_000 / TICKS_PER_SECOND)) }
 }
 
 /// A `kB` line of /proc/<pid>/status, in bytes.
@@ -82,7 +86,8 @@ impl BusyClock {
     /// Busy nanoseconds over all CPUs since start.
     pub fn busy_ns(&self) -> Result<u64> {
         let wall = self.start.elapsed().as_nanos() as u64 * self.cpus;
-        let idle = system_idle_ticks()?.saturating_sub(self.idle) * (1_000_000_000 / TICKS_PER_SECOND);
+        let idle =
+            system_idle_ticks()?.saturating_sub(self.idle) * (1_000_000_000 / TICKS_PER_SECOND);
         Ok(wall.saturating_sub(idle))
     }
 
@@ -108,12 +113,16 @@ impl Machine {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").context("reading /proc/cpuinfo")?;
         let cpu_model = cpuinfo
             .lines()
-            .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, v)| v.trim().to_owned()))
+            .find_map(|l| {
+                l.strip_prefix("model name")?.split_once(':').map(|(_, v)| v.trim().to_owned())
+            })
             .unwrap_or_else(|| "unknown".into());
         let meminfo = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
         let memory_bytes = meminfo
             .lines()
-            .find_map(|l| l.strip_prefix("MemTotal:")?.split_whitespace().next()?.parse::<u64>().ok())
+            .find_map(|l| {
+                l.strip_prefix("MemTotal:")?.split_whitespace().next()?.parse::<u64>().ok()
+            })
             .unwrap_or(0)
             * 1024;
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -170,7 +179,9 @@ pub fn smaps_rollup(pid: u32) -> Vec<(String, u64)> {
     text.lines()
         .filter_map(|l| {
             let (key, rest) = l.split_once(':')?;
-            if !["Rss", "Anonymous", "Private_Dirty", "Shared_Clean", "Private_Clean"].contains(&key) {
+            if !["Rss", "Anonymous", "Private_Dirty", "Shared_Clean", "Private_Clean"]
+                .contains(&key)
+            {
                 return None;
             }
             Some((key.to_owned(), rest.split_whitespace().next()?.parse::<u64>().ok()? * 1024))

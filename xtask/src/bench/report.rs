@@ -56,15 +56,17 @@ fn agg(sr: &ScenarioRuns, tracer: &Tracer) -> Option<Agg> {
     let mut ratios = Vec::new();
     let mut untraced_rates = Vec::new();
     let mut tracer_us = Vec::new();
-    let (mut sys_u, mut sys_t, mut p99_u, mut p99_t) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut sys_u, mut sys_t, mut p99_u, mut p99_t) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut lost: Option<u64> = None;
     let mut hwm: Option<u64> = None;
     let mut ring_high_water: Option<u64> = None;
     let mut per_wakeup = Vec::new();
     for pair in &sr.pairs {
-        let (Some(u), Some(t)) =
-            (pair.iter().find(|r| r.tracer == Tracer::None), pair.iter().find(|r| &r.tracer == tracer))
-        else {
+        let (Some(u), Some(t)) = (
+            pair.iter().find(|r| r.tracer == Tracer::None),
+            pair.iter().find(|r| &r.tracer == tracer),
+        ) else {
             continue;
         };
         ratios.push(t.load.rate() / u.load.rate());
@@ -132,7 +134,10 @@ fn verdict(met: Option<bool>) -> &'static str {
 
 /// Current UTC time as `YYYY-MM-DD HH:MM UTC`.
 pub fn utc_now() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468;
@@ -150,7 +155,8 @@ pub fn utc_now() -> String {
 impl Report {
     fn find(&self, family_v4: bool, max_rate: bool) -> Option<&ScenarioRuns> {
         self.results.iter().find(|sr| {
-            (sr.scenario.family == super::load::Family::V4) == family_v4 && sr.scenario.rate.is_none() == max_rate
+            (sr.scenario.family == super::load::Family::V4) == family_v4
+                && sr.scenario.rate.is_none() == max_rate
         })
     }
 
@@ -165,7 +171,10 @@ impl Report {
              Micro-benchmarks: `cargo bench -p tracer`. Method and caveats are at the end.\n"
         );
         if self.smoke {
-            let _ = writeln!(o, "> **Smoke run**: 1 pair, short runs, small scale. These numbers only show that the harness works.\n");
+            let _ = writeln!(
+                o,
+                "> **Smoke run**: 1 pair, short runs, small scale. These numbers only show that the harness works.\n"
+            );
         }
         let _ = writeln!(o, "| | |\n| --- | --- |");
         let _ = writeln!(
@@ -187,17 +196,31 @@ impl Report {
             self.elapsed.as_secs_f64() / 60.0,
             self.load_before,
             self.load_after,
-            if self.waited.is_zero() { String::new() } else { format!("; waited {:.0} s for qemu VMs, other tracers and other jobs to finish", self.waited.as_secs_f64()) },
+            if self.waited.is_zero() {
+                String::new()
+            } else {
+                format!(
+                    "; waited {:.0} s for qemu VMs, other tracers and other jobs to finish",
+                    self.waited.as_secs_f64()
+                )
+            },
             match self.runs_with_qemu {
                 0 => String::new(),
-                n => format!("; **a qemu VM or another tracer was running during {n} of {} load runs: those numbers are noisier**", self.runs_total),
+                n => format!(
+                    "; **a qemu VM or another tracer was running during {n} of {} load runs: those numbers are noisier**",
+                    self.runs_total
+                ),
             },
         );
-        let _ = writeln!(o, "| probe modes | measured: {}{} |\n", self.modes.join(", "), self
-            .skipped
-            .iter()
-            .map(|(mode, why)| format!("; {mode} skipped: {}", why.replace('|', "/")))
-            .collect::<String>());
+        let _ = writeln!(
+            o,
+            "| probe modes | measured: {}{} |\n",
+            self.modes.join(", "),
+            self.skipped
+                .iter()
+                .map(|(mode, why)| format!("; {mode} skipped: {}", why.replace('|', "/")))
+                .collect::<String>()
+        );
 
         self.render_targets(&mut o);
         let _ = writeln!(o, "{}", LEVERS.trim_end());
@@ -227,7 +250,11 @@ impl Report {
             ),
             _ => ("-".into(), None),
         };
-        let _ = writeln!(o, "| median traced/untraced connections/s at saturation ≥ 0.95 | {ratio_text} | {} |", verdict(ratio_met));
+        let _ = writeln!(
+            o,
+            "| median traced/untraced connections/s at saturation ≥ 0.95 | {ratio_text} | {} |",
+            verdict(ratio_met)
+        );
 
         let lost: Option<u64> = self
             .results
@@ -252,37 +279,64 @@ impl Report {
                     d.ratio.median,
                     c.ratio.median - d.ratio.median
                 ),
-                Some(a.ratio.median - b.ratio.median >= 0.3 && c.ratio.median - d.ratio.median >= 0.3),
+                Some(
+                    a.ratio.median - b.ratio.median >= 0.3
+                        && c.ratio.median - d.ratio.median >= 0.3,
+                ),
             ),
             _ => ("-".into(), None),
         };
-        let _ = writeln!(o, "| ratio at least 0.3 above the bpftrace reference's | {gap_text} | {} |", verdict(gap_met));
+        let _ = writeln!(
+            o,
+            "| ratio at least 0.3 above the bpftrace reference's | {gap_text} | {} |",
+            verdict(gap_met)
+        );
 
         let cpu: Vec<(String, f64)> = self
             .results
             .iter()
             .filter_map(|sr| Some((sr.scenario.label(), agg(sr, &tp)?.tracer_us?.median)))
             .collect();
-        let cpu_text = cpu.iter().map(|(l, us)| format!("{l}: {us:.2} µs")).collect::<Vec<_>>().join("; ");
+        let cpu_text =
+            cpu.iter().map(|(l, us)| format!("{l}: {us:.2} µs")).collect::<Vec<_>>().join("; ");
         let cpu_met = (!cpu.is_empty()).then(|| cpu.iter().all(|(_, us)| *us <= 1.0));
-        let _ = writeln!(o, "| daemon CPU ≤ 1 µs per connection | {} | {} |", if cpu_text.is_empty() { "-" } else { &cpu_text }, verdict(cpu_met));
+        let _ = writeln!(
+            o,
+            "| daemon CPU ≤ 1 µs per connection | {} | {} |",
+            if cpu_text.is_empty() { "-" } else { &cpu_text },
+            verdict(cpu_met)
+        );
 
         let step = self.scale.first();
         let _ = writeln!(
             o,
             "| ≤ 200 bytes of daemon memory per tracked socket | {} | {} |",
-            step.map_or("-".into(), |s| format!("{:.0} bytes ({} sockets)", s.bytes_per_socket, thousands(s.tracked))),
+            step.map_or("-".into(), |s| format!(
+                "{:.0} bytes ({} sockets)",
+                s.bytes_per_socket,
+                thousands(s.tracked)
+            )),
             verdict(step.map(|s| s.bytes_per_socket <= 200.0))
         );
         let _ = writeln!(
             o,
             "| `tracer top --json` under 100 ms at 100,000 sockets | {} | {} |",
-            step.map_or("-".into(), |s| format!("{} at {} sockets", ms(s.top.median), thousands(s.tracked))),
-            verdict(step.filter(|s| s.tracked >= 100_000 || self.smoke).map(|s| s.top.median < Duration::from_millis(100)))
+            step.map_or("-".into(), |s| format!(
+                "{} at {} sockets",
+                ms(s.top.median),
+                thousands(s.tracked)
+            )),
+            verdict(
+                step.filter(|s| s.tracked >= 100_000 || self.smoke)
+                    .map(|s| s.top.median < Duration::from_millis(100))
+            )
         );
         let _ = writeln!(o);
         if !self.modes.iter().any(|m| m == "tracepoint") {
-            let _ = writeln!(o, "Tracepoint mode did not start on this machine, so no target was measured.\n");
+            let _ = writeln!(
+                o,
+                "Tracepoint mode did not start on this machine, so no target was measured.\n"
+            );
         }
     }
 
@@ -313,7 +367,10 @@ impl Report {
             o,
             "| load | tracer | untraced conn/s | traced/untraced | tracer CPU µs/conn | machine CPU µs/conn untraced → traced | p99 µs untraced → traced | events lost | ring high water | daemon events per wakeup | tracer peak RSS |"
         );
-        let _ = writeln!(o, "| --- | --- | ---: | --- | ---: | --- | --- | ---: | ---: | ---: | ---: |");
+        let _ = writeln!(
+            o,
+            "| --- | --- | ---: | --- | ---: | --- | --- | ---: | ---: | ---: | ---: |"
+        );
         for sr in &self.results {
             let tracers: Vec<Tracer> = self
                 .modes
@@ -333,13 +390,17 @@ impl Report {
                     a.ratio.median,
                     a.ratio.min,
                     a.ratio.max,
-                    a.tracer_us.map_or("-".into(), |s| format!("{:.2} [{:.2}–{:.2}]", s.median, s.min, s.max)),
+                    a.tracer_us.map_or("-".into(), |s| format!(
+                        "{:.2} [{:.2}–{:.2}]",
+                        s.median, s.min, s.max
+                    )),
                     a.system_untraced_us.median,
                     a.system_traced_us.median,
                     a.p99_untraced,
                     a.p99_traced,
                     a.lost.map_or("n/a".into(), thousands),
-                    a.ring_high_water.map_or("-".into(), |b| format!("{} KiB", thousands(b / 1024))),
+                    a.ring_high_water
+                        .map_or("-".into(), |b| format!("{} KiB", thousands(b / 1024))),
                     a.events_per_wakeup.map_or("-".into(), |s| format!("{:.1}", s.median)),
                     a.hwm.map_or("-".into(), mib),
                 );
@@ -357,14 +418,25 @@ impl Report {
                         n => format!("{} {:.0} ({n} failed)", short(&r.tracer), r.load.rate()),
                     })
                     .collect();
-                let _ = writeln!(o, "{:<26} pair {:>2}: {}", sr.scenario.label(), i + 1, runs.join(", "));
+                let _ = writeln!(
+                    o,
+                    "{:<26} pair {:>2}: {}",
+                    sr.scenario.label(),
+                    i + 1,
+                    runs.join(", ")
+                );
             }
         }
         let _ = writeln!(o, "```\n");
     }
 
     fn render_scale(&self, o: &mut String) {
-        let _ = writeln!(o, "## Scale: {} held connections, then {} processes\n", thousands(self.scale_spec.connections as u64), thousands(self.scale_spec.processes as u64));
+        let _ = writeln!(
+            o,
+            "## Scale: {} held connections, then {} processes\n",
+            thousands(self.scale_spec.connections as u64),
+            thousands(self.scale_spec.processes as u64)
+        );
         let _ = writeln!(
             o,
             "A fresh daemon ({}), then {} loopback connections made and held by forked processes (both \
@@ -378,7 +450,10 @@ impl Report {
             thousands(self.scale_spec.processes as u64),
             self.scale_spec.repeats
         );
-        let _ = writeln!(o, "| step | tracked sockets | processes | RSS growth | per socket | peak RSS | `top --json` | `conns --pid P --json` | `/metrics` | events lost |");
+        let _ = writeln!(
+            o,
+            "| step | tracked sockets | processes | RSS growth | per socket | peak RSS | `top --json` | `conns --pid P --json` | `/metrics` | events lost |"
+        );
         let _ = writeln!(o, "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | ---: |");
         for s in &self.scale {
             let _ = writeln!(
@@ -400,8 +475,14 @@ impl Report {
         let _ = writeln!(o);
         for s in &self.scale {
             if !s.smaps.is_empty() {
-                let text: Vec<String> = s.smaps.iter().map(|(k, v)| format!("{k} {}", mib(*v))).collect();
-                let _ = writeln!(o, "- Daemon memory at \"{}\" (smaps_rollup): {}.", s.label, text.join(", "));
+                let text: Vec<String> =
+                    s.smaps.iter().map(|(k, v)| format!("{k} {}", mib(*v))).collect();
+                let _ = writeln!(
+                    o,
+                    "- Daemon memory at \"{}\" (smaps_rollup): {}.",
+                    s.label,
+                    text.join(", ")
+                );
             }
         }
         let _ = writeln!(o);
@@ -421,8 +502,20 @@ impl Report {
         );
         let conns = d.connections.max(1) as f64;
         let _ = writeln!(o, "| | |\n| --- | --- |");
-        let _ = writeln!(o, "| connections | {} ({:.0}/s), {} events ({:.2} per connection) |", thousands(d.connections), d.rate, thousands(d.events), d.events as f64 / conns);
-        let _ = writeln!(o, "| daemon CPU | {:.2} µs per connection, {:.0} ns per event |", d.daemon_us_per_conn, d.daemon_us_per_conn * 1e3 * conns / d.events.max(1) as f64);
+        let _ = writeln!(
+            o,
+            "| connections | {} ({:.0}/s), {} events ({:.2} per connection) |",
+            thousands(d.connections),
+            d.rate,
+            thousands(d.events),
+            d.events as f64 / conns
+        );
+        let _ = writeln!(
+            o,
+            "| daemon CPU | {:.2} µs per connection, {:.0} ns per event |",
+            d.daemon_us_per_conn,
+            d.daemon_us_per_conn * 1e3 * conns / d.events.max(1) as f64
+        );
         let _ = writeln!(
             o,
             "| daemon wakeups | {} voluntary context switches over all threads: {:.1} events per wakeup, {:.2} wakeups per connection |",
@@ -440,7 +533,10 @@ impl Report {
                 thousands(hw),
                 hw as f64 * 100.0 / d.ring_bytes.max(1) as f64
             ),
-            (None, Some(e)) => format!("daemon's own figure: {}; could not be sampled from outside: {e}", thousands(d.daemon_ring_high_water)),
+            (None, Some(e)) => format!(
+                "daemon's own figure: {}; could not be sampled from outside: {e}",
+                thousands(d.daemon_ring_high_water)
+            ),
             (None, None) => format!("daemon's own figure: {}", thousands(d.daemon_ring_high_water)),
         };
         let _ = writeln!(o, "| ring buffer high-water fill | {ring} |");
@@ -459,15 +555,27 @@ impl Report {
             d.bpftrace_irq_work as f64 / d.bpftrace_connections.max(1) as f64,
             d.untraced_irq_work_per_conn
         );
-        let _ = writeln!(o, "| bpftrace process CPU | {:.2} µs per connection ({} connections) |", d.bpftrace_us_per_conn, thousands(d.bpftrace_connections));
+        let _ = writeln!(
+            o,
+            "| bpftrace process CPU | {:.2} µs per connection ({} connections) |",
+            d.bpftrace_us_per_conn,
+            thousands(d.bpftrace_connections)
+        );
         if !d.smaps.is_empty() {
-            let text: Vec<String> = d.smaps.iter().map(|(k, v)| format!("{k} {}", mib(*v))).collect();
+            let text: Vec<String> =
+                d.smaps.iter().map(|(k, v)| format!("{k} {}", mib(*v))).collect();
             let _ = writeln!(o, "| daemon memory after the run | {} |", text.join(", "));
         }
         let _ = writeln!(o);
         let _ = writeln!(o, "BPF programs (runs and time while the load ran):\n");
-        let _ = writeln!(o, "| program | runs | runs per connection | ns per run | µs per connection |\n| --- | ---: | ---: | ---: | ---: |");
-        for (who, progs, n) in [("tracer", &d.progs, conns), ("bpftrace", &d.bpftrace_progs, d.bpftrace_connections.max(1) as f64)] {
+        let _ = writeln!(
+            o,
+            "| program | runs | runs per connection | ns per run | µs per connection |\n| --- | ---: | ---: | ---: | ---: |"
+        );
+        for (who, progs, n) in [
+            ("tracer", &d.progs, conns),
+            ("bpftrace", &d.bpftrace_progs, d.bpftrace_connections.max(1) as f64),
+        ] {
             for p in progs.iter().filter(|p| p.run_cnt > 0) {
                 let _ = writeln!(
                     o,
@@ -481,7 +589,8 @@ impl Report {
             }
         }
         let _ = writeln!(o);
-        let _ = writeln!(o, "Daemon profile (`perf record -F 1999 -p <daemon>`, symbols over 0.5%):\n");
+        let _ =
+            writeln!(o, "Daemon profile (`perf record -F 1999 -p <daemon>`, symbols over 0.5%):\n");
         let _ = writeln!(o, "```");
         for line in &d.profile {
             let _ = writeln!(o, "{line}");

@@ -106,7 +106,8 @@ struct Report {
     errno: i32,
 }
 
-const STEP_NAMES: [&str; 8] = ["ok", "setrlimit", "socket", "bind", "listen", "connect", "accept", "getsockname"];
+const STEP_NAMES: [&str; 8] =
+    ["ok", "setrlimit", "socket", "bind", "listen", "connect", "accept", "getsockname"];
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
@@ -133,7 +134,7 @@ const SOCKADDR_LEN: libc::socklen_t = std::mem::size_of::<libc::sockaddr_in>() a
 
 /// Writes the report and exits; never returns.
 unsafe fn child_exit(ready: i32, step: u8) -> ! {
-    // SAFETY (whole fn): async-signal-safe calls on a stack value.
+    // SAFETY: (whole fn) async-signal-safe calls on a stack value.
     unsafe {
         let errno = *libc::__errno_location();
         let r = Report { ok: u8::from(step == 0), step, _pad: [0; 2], errno };
@@ -148,7 +149,7 @@ unsafe fn child_exit(ready: i32, step: u8) -> ! {
 }
 
 unsafe fn child_setup(ready: i32, nofile: u64) {
-    // SAFETY (whole fn): async-signal-safe calls.
+    // SAFETY: (whole fn) async-signal-safe calls.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
         let limit = libc::rlimit { rlim_cur: nofile, rlim_max: nofile };
@@ -160,7 +161,7 @@ unsafe fn child_setup(ready: i32, nofile: u64) {
 
 /// Listens on `addr` and makes `n` connections to itself, holding both ends.
 unsafe fn holder_main(ready: i32, addr: libc::sockaddr_in, n: usize, nofile: u64) -> ! {
-    // SAFETY (whole fn): raw syscalls on stack values.
+    // SAFETY: (whole fn) raw syscalls on stack values.
     unsafe {
         child_setup(ready, nofile);
         let l = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
@@ -196,7 +197,7 @@ unsafe fn holder_main(ready: i32, addr: libc::sockaddr_in, n: usize, nofile: u64
 
 /// Accepts `n` connections on the inherited listener and holds them.
 unsafe fn acceptor_main(ready: i32, listener: i32, n: usize, nofile: u64) -> ! {
-    // SAFETY (whole fn): raw syscalls.
+    // SAFETY: (whole fn) raw syscalls.
     unsafe {
         child_setup(ready, nofile);
         for _ in 0..n {
@@ -210,7 +211,7 @@ unsafe fn acceptor_main(ready: i32, listener: i32, n: usize, nofile: u64) -> ! {
 
 /// Connects once to `addr` and holds the connection.
 unsafe fn client_main(ready: i32, addr: libc::sockaddr_in) -> ! {
-    // SAFETY (whole fn): raw syscalls on stack values.
+    // SAFETY: (whole fn) raw syscalls on stack values.
     unsafe {
         child_setup(ready, 0);
         let c = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
@@ -274,7 +275,10 @@ fn await_reports(ready: &OwnedFd, count: usize, timeout: Duration, what: &str) -
             let r = unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<Report>()) };
             if r.ok != 1 {
                 let step = STEP_NAMES.get(r.step as usize).copied().unwrap_or("?");
-                bail!("{what}: a child failed at {step}: {}", std::io::Error::from_raw_os_error(r.errno));
+                bail!(
+                    "{what}: a child failed at {step}: {}",
+                    std::io::Error::from_raw_os_error(r.errno)
+                );
             }
             got += 1;
         }
@@ -283,7 +287,12 @@ fn await_reports(ready: &OwnedFd, count: usize, timeout: Duration, what: &str) -
 }
 
 /// Polls `status` until `done` holds over it (or fails after `timeout`).
-fn wait_status(daemon: &Daemon, timeout: Duration, what: &str, done: impl Fn(&serde_json::Value) -> bool) -> Result<serde_json::Value> {
+fn wait_status(
+    daemon: &Daemon,
+    timeout: Duration,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> Result<serde_json::Value> {
     let deadline = Instant::now() + timeout;
     loop {
         let status = daemon.status()?;
@@ -315,7 +324,14 @@ fn timed(repeats: usize, mut once: impl FnMut() -> Result<(Duration, usize)>) ->
     Ok(Latency { median: times[times.len() / 2], max: times[times.len() - 1], bytes })
 }
 
-fn measure(daemon: &Daemon, spec: &ScaleSpec, label: &str, conns_pid: libc::pid_t, base_rss: u64, base_tracked: u64) -> Result<ScaleStep> {
+fn measure(
+    daemon: &Daemon,
+    spec: &ScaleSpec,
+    label: &str,
+    conns_pid: libc::pid_t,
+    base_rss: u64,
+    base_tracked: u64,
+) -> Result<ScaleStep> {
     let status = daemon.status()?;
     let tracked = field(&status, "tracked_connections");
     let rss = procfs::status_bytes(daemon.pid, "VmRSS")?;
@@ -324,10 +340,12 @@ fn measure(daemon: &Daemon, spec: &ScaleSpec, label: &str, conns_pid: libc::pid_
     let pid = conns_pid.to_string();
     let mut conns_rows = 0;
     let metrics_addr = daemon.metrics_addr()?;
-    let top = timed(spec.repeats, || daemon.timed_cli(&["top", "--json"]).map(|(t, o)| (t, o.len())))?;
+    let top =
+        timed(spec.repeats, || daemon.timed_cli(&["top", "--json"]).map(|(t, o)| (t, o.len())))?;
     let conns = timed(spec.repeats, || {
         let (t, out) = daemon.timed_cli(&["conns", "--pid", &pid, "--json"])?;
-        let value: serde_json::Value = serde_json::from_slice(&out).context("parsing `tracer conns --json`")?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&out).context("parsing `tracer conns --json`")?;
         conns_rows = value["connections"].as_array().map_or(0, Vec::len);
         Ok((t, out.len()))
     })?;
@@ -373,7 +391,9 @@ pub fn run(daemon: &Daemon, spec: &ScaleSpec) -> Result<Vec<ScaleStep>> {
     let per_holder = CONNS_PER_HOLDER.min(((limit.saturating_sub(SPARE_FDS)) / 2) as usize).max(1);
     let holders = spec.connections.div_ceil(per_holder).max(1);
     if holders > 150 {
-        bail!("RLIMIT_NOFILE allows only {limit} descriptors per process: too many holder processes would be needed");
+        bail!(
+            "RLIMIT_NOFILE allows only {limit} descriptors per process: too many holder processes would be needed"
+        );
     }
     let (ready_r, ready_w) = pipe()?;
     let mut holder_pids = Vec::new();
@@ -400,13 +420,18 @@ pub fn run(daemon: &Daemon, spec: &ScaleSpec) -> Result<Vec<ScaleStep>> {
         holders,
         started.elapsed().as_secs_f64()
     );
-    let label = format!("{} sockets in {} holder processes", super::report::thousands(2 * spec.connections as u64), holders);
+    let label = format!(
+        "{} sockets in {} holder processes",
+        super::report::thousands(2 * spec.connections as u64),
+        holders
+    );
     steps.push(measure(daemon, spec, &label, holder_pids[0], base_rss, base_tracked)?);
 
     // Step 2: many processes, each holding one connection accepted by one more process.
     if spec.processes > 0 {
         // SAFETY: socket() has no preconditions; the descriptor is owned once.
-        let listener = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        let listener =
+            unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
         if listener < 0 {
             return Err(std::io::Error::last_os_error()).context("socket");
         }
@@ -420,13 +445,14 @@ pub fn run(daemon: &Daemon, spec: &ScaleSpec) -> Result<Vec<ScaleStep>> {
                 || libc::listen(listener.as_raw_fd(), 4096) != 0
                 || libc::getsockname(listener.as_raw_fd(), (&raw mut addr).cast(), &mut len) != 0
             {
-                return Err(std::io::Error::last_os_error()).context("listener for the process step");
+                return Err(std::io::Error::last_os_error())
+                    .context("listener for the process step");
             }
         }
         let (acc_r, acc_w) = pipe()?;
         let (l, w) = (listener.as_raw_fd(), acc_w.as_raw_fd());
-        // SAFETY: acceptor_main only makes raw syscalls and exits.
         let nofile = nofile_limit(spec.processes as u64 + SPARE_FDS);
+        // SAFETY: acceptor_main only makes raw syscalls and exits.
         fork(&mut children, || unsafe { acceptor_main(w, l, spec.processes, nofile) })?;
         // Later children must not inherit the listener.
         drop(listener);
@@ -441,14 +467,18 @@ pub fn run(daemon: &Daemon, spec: &ScaleSpec) -> Result<Vec<ScaleStep>> {
         let want_tracked = want + 2 * spec.processes as u64;
         let want_processes = base_processes + holders as u64 + 1 + spec.processes as u64;
         wait_status(daemon, Duration::from_secs(120), "tracking every process", |s| {
-            field(s, "tracked_connections") >= want_tracked && field(s, "processes") >= want_processes
+            field(s, "tracked_connections") >= want_tracked
+                && field(s, "processes") >= want_processes
         })?;
         eprintln!(
             "bench: scale: {} more processes with one connection each, tracked after {:.1} s",
             spec.processes,
             started.elapsed().as_secs_f64()
         );
-        let label = format!("+ {} processes with 1 connection each", super::report::thousands(spec.processes as u64));
+        let label = format!(
+            "+ {} processes with 1 connection each",
+            super::report::thousands(spec.processes as u64)
+        );
         steps.push(measure(daemon, spec, &label, holder_pids[0], base_rss, base_tracked)?);
     }
     drop(children);

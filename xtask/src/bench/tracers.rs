@@ -31,12 +31,25 @@ impl Daemon {
     pub fn start_with(bin: &Path, mode: &str, extra: &[String], dir: &Path) -> Result<Self> {
         let socket = dir.join("t.sock");
         // One log per variant, so that a variant's run does not overwrite the plain run's log.
-        let variant: String = extra.iter().map(|a| a.trim_start_matches('-')).collect::<Vec<_>>().join("_");
-        let log = dir.join(if variant.is_empty() { format!("daemon-{mode}.log") } else { format!("daemon-{mode}-{variant}.log") });
+        let variant: String =
+            extra.iter().map(|a| a.trim_start_matches('-')).collect::<Vec<_>>().join("_");
+        let log = dir.join(if variant.is_empty() {
+            format!("daemon-{mode}.log")
+        } else {
+            format!("daemon-{mode}-{variant}.log")
+        });
         let _ = std::fs::remove_file(&socket);
         let log_file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let child = Command::new(bin)
-            .args(["run", "--probe", mode, "--metrics-addr", "127.0.0.1:0", "--summary-interval", "0"])
+            .args([
+                "run",
+                "--probe",
+                mode,
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--summary-interval",
+                "0",
+            ])
             .args(extra)
             .arg("--socket")
             .arg(&socket)
@@ -81,7 +94,11 @@ impl Daemon {
             .with_context(|| format!("running tracer {}", args.join(" ")))?;
         let elapsed = start.elapsed();
         if !out.status.success() {
-            bail!("tracer {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "tracer {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         Ok((elapsed, out.stdout))
     }
@@ -122,7 +139,10 @@ impl Daemon {
     pub fn stop(mut self) -> Result<()> {
         let Some(mut child) = self.child.take() else { return Ok(()) };
         if !stop_child(&mut child, libc::SIGTERM, Duration::from_secs(30))? {
-            eprintln!("bench: warning: tracer run ignored SIGTERM for 30 s and was killed: {}", last_line(&self.log_text()));
+            eprintln!(
+                "bench: warning: tracer run ignored SIGTERM for 30 s and was killed: {}",
+                last_line(&self.log_text())
+            );
         }
         Ok(())
     }
@@ -187,10 +207,14 @@ impl Bpftrace {
     /// so that no stray instance stays attached during later runs.
     pub fn stop(mut self) -> Result<()> {
         let Some(mut child) = self.child.take() else { return Ok(()) };
-        let wchan = std::fs::read_to_string(format!("/proc/{}/wchan", self.pid)).unwrap_or_default();
+        let wchan =
+            std::fs::read_to_string(format!("/proc/{}/wchan", self.pid)).unwrap_or_default();
         if !stop_child(&mut child, libc::SIGINT, Duration::from_secs(3))? {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            eprintln!("bench: warning: bpftrace ignored SIGINT for 3 s (waiting in {wchan:?}) and was killed: {}", last_line(&log));
+            eprintln!(
+                "bench: warning: bpftrace ignored SIGINT for 3 s (waiting in {wchan:?}) and was killed: {}",
+                last_line(&log)
+            );
         }
         Ok(())
     }
@@ -226,13 +250,18 @@ fn stop_child(child: &mut Child, signal: i32, grace: Duration) -> Result<bool> {
 /// Number of online CPUs (/sys/devices/system/cpu/online, e.g. "0-1,4").
 pub fn online_cpus() -> usize {
     let mut text = String::new();
-    if File::open("/sys/devices/system/cpu/online").and_then(|mut f| f.read_to_string(&mut text)).is_err() {
+    if File::open("/sys/devices/system/cpu/online")
+        .and_then(|mut f| f.read_to_string(&mut text))
+        .is_err()
+    {
         return std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     }
     text.trim()
         .split(',')
         .filter_map(|range| match range.split_once('-') {
-            Some((a, b)) => Some(b.parse::<usize>().ok()?.saturating_sub(a.parse::<usize>().ok()?) + 1),
+            Some((a, b)) => {
+                Some(b.parse::<usize>().ok()?.saturating_sub(a.parse::<usize>().ok()?) + 1)
+            }
             None => range.parse::<usize>().ok().map(|_| 1),
         })
         .sum::<usize>()
@@ -251,13 +280,15 @@ fn last_line(text: &str) -> String {
 pub fn scrape(addr: &str) -> Result<(Duration, usize)> {
     use std::io::Write;
     let start = Instant::now();
-    let mut stream = std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    let mut stream =
+        std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response).context("reading the /metrics response")?;
     let elapsed = start.elapsed();
-    let head_end = response.windows(4).position(|w| w == b"\r\n\r\n").context("no HTTP header end")?;
+    let head_end =
+        response.windows(4).position(|w| w == b"\r\n\r\n").context("no HTTP header end")?;
     let head = String::from_utf8_lossy(&response[..head_end]);
     if !head.starts_with("HTTP/1.1 200") {
         bail!("/metrics answered {}", head.lines().next().unwrap_or(""));

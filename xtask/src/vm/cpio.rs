@@ -25,7 +25,12 @@ pub struct Writer {
 impl Writer {
     pub fn create(path: &Path) -> Result<Self> {
         let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(Self { out: BufWriter::with_capacity(1 << 20, file), written: 0, next_ino: 1, dirs: HashSet::new() })
+        Ok(Self {
+            out: BufWriter::with_capacity(1 << 20, file),
+            written: 0,
+            next_ino: 1,
+            dirs: HashSet::new(),
+        })
     }
 
     /// Adds a directory (once; repeated calls are no-ops).
@@ -62,7 +67,14 @@ impl Writer {
         self.out.flush().context("writing the initramfs")
     }
 
-    fn entry(&mut self, name: &str, mode: u32, size: u64, rdev: (u32, u32), data: &mut dyn io::Read) -> Result<()> {
+    fn entry(
+        &mut self,
+        name: &str,
+        mode: u32,
+        size: u64,
+        rdev: (u32, u32),
+        data: &mut dyn io::Read,
+    ) -> Result<()> {
         // The kernel's unpacker does not create missing parents: add them first.
         if let Some((parent, _)) = name.rsplit_once('/') {
             self.dir(parent)?;
@@ -72,7 +84,8 @@ impl Writer {
         self.next_ino += 1;
         let nlink = if mode & S_IFDIR != 0 { 2 } else { 1 };
         // Field order of the newc header; names are stored without a leading slash.
-        let fields = [ino, mode, 0, 0, nlink, 0, size32, 0, 0, rdev.0, rdev.1, name.len() as u32 + 1, 0];
+        let fields =
+            [ino, mode, 0, 0, nlink, 0, size32, 0, 0, rdev.0, rdev.1, name.len() as u32 + 1, 0];
         let mut header = String::with_capacity(110);
         header.push_str("070701");
         for f in fields {

@@ -53,7 +53,13 @@ enum Line {
 
 /// Starts `cmd` with stdout and stderr captured to `log` and follows it until `done`, exit or timeout.
 /// With `echo`, every console line is also printed, prefixed with `label`.
-pub fn run(label: &str, mut cmd: Command, log: &Path, limits: &Limits, echo: bool) -> Result<Observed> {
+pub fn run(
+    label: &str,
+    mut cmd: Command,
+    log: &Path,
+    limits: &Limits,
+    echo: bool,
+) -> Result<Observed> {
     let file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let sink = Arc::new(Mutex::new(file));
     let started = Instant::now();
@@ -122,13 +128,22 @@ pub fn run(label: &str, mut cmd: Command, log: &Path, limits: &Limits, echo: boo
                         });
                     }
                     ["end", mode, test, rc] => {
-                        if let Some(step) = seen.steps.last_mut().filter(|s| s.mode == *mode && s.test == *test) {
+                        if let Some(step) =
+                            seen.steps.last_mut().filter(|s| s.mode == *mode && s.test == *test)
+                        {
                             step.rc = rc.parse().ok();
                             step.elapsed = at - step_started;
                             step.panics = panics(&output);
                             if !echo {
-                                let verdict = if step.rc == Some(0) { "pass".to_owned() } else { format!("FAIL (exit {rc})") };
-                                eprintln!("vm-test: {label} {mode} {test}: {verdict} in {:.1}s", step.elapsed.as_secs_f64());
+                                let verdict = if step.rc == Some(0) {
+                                    "pass".to_owned()
+                                } else {
+                                    format!("FAIL (exit {rc})")
+                                };
+                                eprintln!(
+                                    "vm-test: {label} {mode} {test}: {verdict} in {:.1}s",
+                                    step.elapsed.as_secs_f64()
+                                );
                             }
                         }
                     }
@@ -138,7 +153,9 @@ pub fn run(label: &str, mut cmd: Command, log: &Path, limits: &Limits, echo: boo
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let what = match seen.steps.last() {
-                    None if seen.kernel.is_none() => format!("did not boot within {}s", limits.boot.as_secs()),
+                    None if seen.kernel.is_none() => {
+                        format!("did not boot within {}s", limits.boot.as_secs())
+                    }
                     Some(step) if step.rc.is_none() => format!(
                         "timed out: no progress for {}s in {} {}",
                         limits.step.as_secs(),
@@ -152,7 +169,10 @@ pub fn run(label: &str, mut cmd: Command, log: &Path, limits: &Limits, echo: boo
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 let status = child.wait().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
-                seen.problem = Some(format!("stopped before finishing ({status}); last output:\n    {}", tail.join("\n    ")));
+                seen.problem = Some(format!(
+                    "stopped before finishing ({status}); last output:\n    {}",
+                    tail.join("\n    ")
+                ));
                 break;
             }
         }
@@ -167,7 +187,12 @@ pub fn run(label: &str, mut cmd: Command, log: &Path, limits: &Limits, echo: boo
 }
 
 /// Copies a stream to the log line by line, and sends markers and plain lines to the watchdog.
-fn forward(stream: Box<dyn Read + Send>, tx: &mpsc::Sender<Line>, sink: &Mutex<File>, echo: Option<&str>) {
+fn forward(
+    stream: Box<dyn Read + Send>,
+    tx: &mpsc::Sender<Line>,
+    sink: &Mutex<File>,
+    echo: Option<&str>,
+) {
     let mut reader = BufReader::new(stream);
     let mut buf = Vec::new();
     loop {
@@ -246,7 +271,10 @@ mod tests {
         assert!(seen.problem.is_none());
         assert_eq!(seen.steps.len(), 1);
         assert_eq!(seen.steps[0].rc, Some(101));
-        assert_eq!(seen.steps[0].panics, vec!["thread 'a' panicked at src/x.rs:1:2: boom".to_owned()]);
+        assert_eq!(
+            seen.steps[0].panics,
+            vec!["thread 'a' panicked at src/x.rs:1:2: boom".to_owned()]
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -258,7 +286,11 @@ mod tests {
         cmd.args(["-c", "echo '@@VMTEST kernel 1'; echo '@@VMTEST begin auto t'; exec sleep 30"]);
         let limits = Limits { boot: Duration::from_secs(5), step: Duration::from_millis(300) };
         let seen = run("t", cmd, &dir.join("log"), &limits, false).expect("run");
-        assert!(seen.problem.as_deref().is_some_and(|p| p.contains("no progress")), "{:?}", seen.problem);
+        assert!(
+            seen.problem.as_deref().is_some_and(|p| p.contains("no progress")),
+            "{:?}",
+            seen.problem
+        );
         assert_eq!(seen.steps[0].rc, None);
         let _ = std::fs::remove_dir_all(&dir);
     }

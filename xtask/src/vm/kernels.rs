@@ -16,7 +16,17 @@ const DEFAULT_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 /// Suite names that identify an apt source as a Debian archive (not -security, -updates, or a
 /// third-party repository).
 const DEBIAN_SUITES: &[&str] = &[
-    "buster", "bullseye", "bookworm", "trixie", "forky", "duke", "sid", "oldstable", "stable", "testing", "unstable",
+    "buster",
+    "bullseye",
+    "bookworm",
+    "trixie",
+    "forky",
+    "duke",
+    "sid",
+    "oldstable",
+    "stable",
+    "testing",
+    "unstable",
 ];
 
 /// Modules the guests load at boot, with their dependencies: the tracer's start-up scan and
@@ -40,21 +50,26 @@ pub fn get(cache: &Path, suite: &str, refresh: bool) -> Result<Kernel> {
     }
     let mirror = Mirror::from_host_sources()?;
     eprintln!("vm-test: fetching the {suite} kernel ({METAPACKAGE}) from {}", mirror.uri);
-    download(cache, suite, &mirror, &dir)
-        .with_context(|| format!("getting the Debian {suite} kernel ({METAPACKAGE} from {})", mirror.uri))
+    download(cache, suite, &mirror, &dir).with_context(|| {
+        format!("getting the Debian {suite} kernel ({METAPACKAGE} from {})", mirror.uri)
+    })
 }
 
 fn cached(dir: &Path) -> Option<Kernel> {
     // `release` is written last, so its presence means the files next to it are complete.
     let release = fs::read_to_string(dir.join("release")).ok()?.trim().to_owned();
     let kernel = Kernel { release, vmlinuz: dir.join("vmlinuz"), modules: dir.join("modules") };
-    (kernel.vmlinuz.is_file() && kernel.modules.join("order").is_file() && !kernel.release.is_empty()).then_some(kernel)
+    (kernel.vmlinuz.is_file()
+        && kernel.modules.join("order").is_file()
+        && !kernel.release.is_empty())
+    .then_some(kernel)
 }
 
 fn download(cache: &Path, suite: &str, mirror: &Mirror, dir: &Path) -> Result<Kernel> {
     let apt = PrivateApt::new(&cache.join("apt").join(suite), suite, mirror)?;
     apt.run("apt-get", &["update"]).with_context(|| format!("apt-get update for suite {suite}"))?;
-    let package = apt.image_package().with_context(|| format!("reading {METAPACKAGE} in suite {suite}"))?;
+    let package =
+        apt.image_package().with_context(|| format!("reading {METAPACKAGE} in suite {suite}"))?;
 
     let work = apt.root.join("download");
     let _ = fs::remove_dir_all(&work);
@@ -64,14 +79,18 @@ fn download(cache: &Path, suite: &str, mirror: &Mirror, dir: &Path) -> Result<Ke
     let deb = fs::read_dir(&work)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .with_context(|| format!("apt-get download {package} left no .deb in {}", work.display()))?;
+        .with_context(|| {
+            format!("apt-get download {package} left no .deb in {}", work.display())
+        })?;
 
     let unpack = work.join("unpack");
     run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpack))?;
-    let release = kernel_release(&unpack).with_context(|| format!("no boot/vmlinuz-* in {}", deb.display()))?;
+    let release = kernel_release(&unpack)
+        .with_context(|| format!("no boot/vmlinuz-* in {}", deb.display()))?;
     let _ = fs::remove_file(dir.join("release"));
     let _ = fs::remove_dir_all(dir);
-    fs::create_dir_all(dir.join("modules")).with_context(|| format!("creating {}", dir.display()))?;
+    fs::create_dir_all(dir.join("modules"))
+        .with_context(|| format!("creating {}", dir.display()))?;
     fs::rename(unpack.join(format!("boot/vmlinuz-{release}")), dir.join("vmlinuz"))
         .with_context(|| format!("moving the kernel into {}", dir.display()))?;
     // Debian moved /lib to /usr/lib: bullseye's package still uses the old place.
@@ -106,8 +125,16 @@ fn stage_modules(tree: &Path, out: &Path) -> Result<()> {
     fs::write(out.join("order"), names).context("writing the module order")
 }
 
-fn stage_module(name: &str, index: &[(String, PathBuf)], out: &Path, order: &mut Vec<String>) -> Result<()> {
-    if order.iter().any(|staged| staged.split_once('-').is_some_and(|(_, n)| n == format!("{name}.ko"))) {
+fn stage_module(
+    name: &str,
+    index: &[(String, PathBuf)],
+    out: &Path,
+    order: &mut Vec<String>,
+) -> Result<()> {
+    if order
+        .iter()
+        .any(|staged| staged.split_once('-').is_some_and(|(_, n)| n == format!("{name}.ko")))
+    {
         return Ok(());
     }
     // Not shipped as a module: built into this kernel, nothing to load.
@@ -145,7 +172,11 @@ fn module_depends(ko: &[u8]) -> Vec<String> {
     let Some(at) = ko.windows(KEY.len()).position(|w| w == KEY) else { return Vec::new() };
     let value = &ko[at + KEY.len()..];
     let end = value.iter().position(|b| *b == 0).unwrap_or(value.len());
-    String::from_utf8_lossy(&value[..end]).split(',').filter(|d| !d.is_empty()).map(|d| d.replace('-', "_")).collect()
+    String::from_utf8_lossy(&value[..end])
+        .split(',')
+        .filter(|d| !d.is_empty())
+        .map(|d| d.replace('-', "_"))
+        .collect()
 }
 
 fn decompress(from: &Path, to: &Path) -> Result<()> {
@@ -171,7 +202,11 @@ fn decompress(from: &Path, to: &Path) -> Result<()> {
 
 fn run(cmd: &mut Command) -> Result<()> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    anyhow::ensure!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    anyhow::ensure!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
     Ok(())
 }
 
@@ -185,9 +220,13 @@ struct PrivateApt {
 impl PrivateApt {
     fn new(root: &Path, suite: &str, mirror: &Mirror) -> Result<Self> {
         for sub in ["state/lists/partial", "cache/archives/partial", "empty"] {
-            fs::create_dir_all(root.join(sub)).with_context(|| format!("creating {}", root.join(sub).display()))?;
+            fs::create_dir_all(root.join(sub))
+                .with_context(|| format!("creating {}", root.join(sub).display()))?;
         }
-        let keyring = mirror.keyring.clone().or_else(|| Path::new(DEFAULT_KEYRING).exists().then(|| DEFAULT_KEYRING.into()));
+        let keyring = mirror
+            .keyring
+            .clone()
+            .or_else(|| Path::new(DEFAULT_KEYRING).exists().then(|| DEFAULT_KEYRING.into()));
         let signed_by = keyring.map(|k| format!(" signed-by={k}")).unwrap_or_default();
         let sources = root.join("sources.list");
         fs::write(&sources, format!("deb [arch=amd64{signed_by}] {} {suite} main\n", mirror.uri))
@@ -228,9 +267,18 @@ impl PrivateApt {
     /// Like setup::capture, but the error names only the tool and its arguments, not the
     /// dozen `-o` options.
     fn run_in(&self, dir: &Path, tool: &str, args: &[&str]) -> Result<String> {
-        let out = self.command(tool, args).current_dir(dir).output().with_context(|| format!("running {tool}"))?;
+        let out = self
+            .command(tool, args)
+            .current_dir(dir)
+            .output()
+            .with_context(|| format!("running {tool}"))?;
         if !out.status.success() {
-            bail!("`{tool} {}` failed ({}): {}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "`{tool} {}` failed ({}): {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -247,7 +295,9 @@ impl PrivateApt {
             .map(|d| d.split_whitespace().next().unwrap_or_default())
             .find(|name| name.starts_with("linux-image-"))
             .map(str::to_owned)
-            .with_context(|| format!("{METAPACKAGE} depends on no linux-image-* package: {depends}"))
+            .with_context(|| {
+                format!("{METAPACKAGE} depends on no linux-image-* package: {depends}")
+            })
     }
 }
 
@@ -319,7 +369,10 @@ fn one_line_entries(text: &str) -> Vec<Entry> {
         let mut signed_by = None;
         if let Some(after) = rest.strip_prefix('[') {
             let Some((options, tail)) = after.split_once(']') else { continue };
-            signed_by = options.split_whitespace().find_map(|o| o.strip_prefix("signed-by=")).map(str::to_owned);
+            signed_by = options
+                .split_whitespace()
+                .find_map(|o| o.strip_prefix("signed-by="))
+                .map(str::to_owned);
             rest = tail;
         }
         let mut words = rest.split_whitespace().map(str::to_owned);
@@ -348,7 +401,10 @@ fn deb822_entries(text: &str) -> Vec<Entry> {
         }
         if line.trim().is_empty() {
             if seen_field {
-                entries.push(std::mem::replace(&mut current, Entry { enabled: true, ..Entry::default() }));
+                entries.push(std::mem::replace(
+                    &mut current,
+                    Entry { enabled: true, ..Entry::default() },
+                ));
             }
             seen_field = false;
             continue;
@@ -399,7 +455,8 @@ mod tests {
         let text = "deb http://other.example/apt cloud-sdk main\n\
                     deb http://mirror.example/debian-security bookworm-security main\n\
                     deb [arch=amd64 signed-by=/k.gpg] http://mirror.example/debian bookworm main contrib\n";
-        let mirror = one_line_entries(text).into_iter().find_map(Entry::debian_mirror).expect("mirror");
+        let mirror =
+            one_line_entries(text).into_iter().find_map(Entry::debian_mirror).expect("mirror");
         assert_eq!(mirror.uri, "http://mirror.example/debian");
         assert_eq!(mirror.keyring.as_deref(), Some("/k.gpg"));
     }
@@ -407,7 +464,10 @@ mod tests {
     #[test]
     fn reads_a_modules_dependencies() {
         let modinfo = b"\x7fELF...\0license=GPL\0depends=inet_diag,nf-conntrack\0intree=Y\0";
-        assert_eq!(module_depends(modinfo), vec!["inet_diag".to_owned(), "nf_conntrack".to_owned()]);
+        assert_eq!(
+            module_depends(modinfo),
+            vec!["inet_diag".to_owned(), "nf_conntrack".to_owned()]
+        );
         assert!(module_depends(b"\0depends=\0vermagic=6.1").is_empty());
     }
 

@@ -26,10 +26,20 @@ const QEMU: &str = "qemu-system-x86_64";
 pub struct Args {
     /// Kernels to test, comma-separated: host (this machine, natively), bullseye (5.10),
     /// bookworm (6.1), trixie (6.12).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "host,bullseye,bookworm,trixie")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "host,bullseye,bookworm,trixie"
+    )]
     kernels: Vec<Target>,
     /// Probe modes to test, comma-separated (TRACER_TEST_PROBE of the tests).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "auto,fentry,kprobe,tracepoint")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "auto,fentry,kprobe,tracepoint"
+    )]
     modes: Vec<Mode>,
     /// Integration test executables to run, comma-separated (default: all of them).
     #[arg(long, value_delimiter = ',')]
@@ -153,7 +163,8 @@ pub fn run(args: Args) -> Result<()> {
 
     let root = crate::workspace_root();
     let cache = cache_dir(&root);
-    fs::create_dir_all(cache.join("logs")).with_context(|| format!("creating {}", cache.display()))?;
+    fs::create_dir_all(cache.join("logs"))
+        .with_context(|| format!("creating {}", cache.display()))?;
     let mode_names: Vec<&str> = modes.iter().map(|m| m.name()).collect();
     let config = payload::RunConfig {
         only: &args.tests,
@@ -210,12 +221,21 @@ fn run_guests(
             scope.spawn(|| {
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let (Some((target, kernel)), Some(initrd)) = (kernels.get(i), initrds.get(i)) else { break };
+                    let (Some((target, kernel)), Some(initrd)) = (kernels.get(i), initrds.get(i))
+                    else {
+                        break;
+                    };
                     let label = format!("{} {}", target.name(), kernel.release);
                     eprintln!("vm-test: booting {label}");
                     let log = cache.join("logs").join(format!("{}.log", target.name()));
-                    let result = guest::run(target.name(), qemu(&kernel.vmlinuz, initrd), &log, limits, args.verbose)
-                        .map(|seen| row(label, seen, modes, tests));
+                    let result = guest::run(
+                        target.name(),
+                        qemu(&kernel.vmlinuz, initrd),
+                        &log,
+                        limits,
+                        args.verbose,
+                    )
+                    .map(|seen| row(label, seen, modes, tests));
                     if let Ok(mut done) = done.lock() {
                         done.push((i, result));
                     }
@@ -229,12 +249,23 @@ fn run_guests(
 }
 
 /// The same staged executables, run natively by the same script.
-fn host_row(payload: &payload::Payload, cache: &Path, modes: &[Mode], limits: &guest::Limits, echo: bool) -> Result<Row> {
-    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
+fn host_row(
+    payload: &payload::Payload,
+    cache: &Path,
+    modes: &[Mode],
+    limits: &guest::Limits,
+    echo: bool,
+) -> Result<Row> {
+    let release =
+        fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
     let label = format!("host {release}");
     if !is_root() {
         let why = "needs root (loads BPF programs)".to_owned();
-        return Ok(Row { label, cells: modes.iter().map(|_| Cell::Skipped(why.clone())).collect(), observed: None });
+        return Ok(Row {
+            label,
+            cells: modes.iter().map(|_| Cell::Skipped(why.clone())).collect(),
+            observed: None,
+        });
     }
     eprintln!("vm-test: running on the host kernel {release}");
     let mut cmd = Command::new("sh");
@@ -247,13 +278,25 @@ fn qemu(vmlinuz: &Path, initrd: &Path) -> Command {
     let mut cmd = Command::new(QEMU);
     // No KVM: a KVM guest hung at boot on these machines. -nodefaults drops the VGA and NIC,
     // whose option ROMs would need more packages; the serial port is the console.
-    cmd.args(["-accel", "tcg", "-m", "2G", "-smp", "2", "-nodefaults", "-display", "none", "-serial", "stdio"])
-        .args(["-no-reboot", "-kernel"])
-        .arg(vmlinuz)
-        .arg("-initrd")
-        .arg(initrd)
-        // panic=-1: a panic reboots at once, which -no-reboot turns into qemu exiting.
-        .args(["-append", "console=ttyS0 panic=-1 quiet"]);
+    cmd.args([
+        "-accel",
+        "tcg",
+        "-m",
+        "2G",
+        "-smp",
+        "2",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+    ])
+    .args(["-no-reboot", "-kernel"])
+    .arg(vmlinuz)
+    .arg("-initrd")
+    .arg(initrd)
+    // panic=-1: a panic reboots at once, which -no-reboot turns into qemu exiting.
+    .args(["-append", "console=ttyS0 panic=-1 quiet"]);
     cmd
 }
 
@@ -269,7 +312,10 @@ fn row(label: String, seen: guest::Observed, modes: &[Mode], tests: &[String]) -
                     Some(s) => {
                         let how = match s.rc {
                             Some(rc) => format!("{test}: exit {rc}"),
-                            None => format!("{test}: {}", seen.problem.as_deref().unwrap_or("did not finish")),
+                            None => format!(
+                                "{test}: {}",
+                                seen.problem.as_deref().unwrap_or("did not finish")
+                            ),
                         };
                         failures.push(how);
                         failures.extend(s.panics.iter().map(|p| format!("  {p}")));
@@ -320,18 +366,24 @@ fn report(rows: &[Row], modes: &[Mode], elapsed: Duration) -> Result<()> {
 
     // Timings: boot, then each mode's steps summed, then the whole target.
     println!("Timings (seconds, host wall clock):");
-    let mut timing = vec![std::iter::once("kernel".to_owned())
-        .chain(std::iter::once("boot".to_owned()))
-        .chain(modes.iter().map(|m| m.name().to_owned()))
-        .chain(std::iter::once("total".to_owned()))
-        .collect::<Vec<_>>()];
+    let mut timing = vec![
+        std::iter::once("kernel".to_owned())
+            .chain(std::iter::once("boot".to_owned()))
+            .chain(modes.iter().map(|m| m.name().to_owned()))
+            .chain(std::iter::once("total".to_owned()))
+            .collect::<Vec<_>>(),
+    ];
     for row in rows {
         let Some(seen) = &row.observed else { continue };
         let secs = |d: Duration| format!("{:.1}", d.as_secs_f64());
         let mut line = vec![row.label.clone(), seen.boot.map(secs).unwrap_or_else(|| "-".into())];
         for mode in modes {
             let steps: Vec<_> = seen.steps.iter().filter(|s| s.mode == mode.name()).collect();
-            line.push(if steps.is_empty() { "-".into() } else { secs(steps.iter().map(|s| s.elapsed).sum()) });
+            line.push(if steps.is_empty() {
+                "-".into()
+            } else {
+                secs(steps.iter().map(|s| s.elapsed).sum())
+            });
         }
         line.push(secs(seen.total));
         timing.push(line);
@@ -339,10 +391,16 @@ fn report(rows: &[Row], modes: &[Mode], elapsed: Duration) -> Result<()> {
     print_aligned(&timing);
     println!("all targets: {:.1}s\n", elapsed.as_secs_f64());
 
-    let header: Vec<String> = std::iter::once("kernel".to_owned()).chain(modes.iter().map(|m| m.name().to_owned())).collect();
+    let header: Vec<String> = std::iter::once("kernel".to_owned())
+        .chain(modes.iter().map(|m| m.name().to_owned()))
+        .collect();
     let mut table = vec![header.clone()];
     for row in rows {
-        table.push(std::iter::once(row.label.clone()).chain(row.cells.iter().map(|c| word(c).to_owned())).collect());
+        table.push(
+            std::iter::once(row.label.clone())
+                .chain(row.cells.iter().map(|c| word(c).to_owned()))
+                .collect(),
+        );
     }
     print_aligned(&table);
     println!();
@@ -353,17 +411,22 @@ fn report(rows: &[Row], modes: &[Mode], elapsed: Duration) -> Result<()> {
         println!("| {} |", line.join(" | "));
     }
     if failed > 0 {
-        bail!("{failed} of {} kernel x mode cells failed (logs: see above)", rows.len() * modes.len());
+        bail!(
+            "{failed} of {} kernel x mode cells failed (logs: see above)",
+            rows.len() * modes.len()
+        );
     }
     Ok(())
 }
 
 fn print_aligned(table: &[Vec<String>]) {
     let columns = table.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> =
-        (0..columns).map(|c| table.iter().filter_map(|r| r.get(c)).map(String::len).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| table.iter().filter_map(|r| r.get(c)).map(String::len).max().unwrap_or(0))
+        .collect();
     for row in table {
-        let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        let cells: Vec<String> =
+            row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
         println!("{}", cells.join("  ").trim_end());
     }
 }
@@ -380,7 +443,9 @@ fn unique<T: PartialEq + Copy>(items: &[T]) -> Vec<T> {
 
 /// Kernels, apt state, the staged payload and logs: under the target directory (not in git).
 fn cache_dir(root: &Path) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
     let target = if target.is_absolute() { target } else { root.join(target) };
     target.join("vm-cache")
 }
@@ -388,6 +453,10 @@ fn cache_dir(root: &Path) -> PathBuf {
 fn is_root() -> bool {
     fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|ids| ids.split_whitespace().nth(1).map(|id| id == "0")))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().nth(1).map(|id| id == "0"))
+        })
         .unwrap_or(false)
 }

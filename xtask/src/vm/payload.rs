@@ -61,7 +61,8 @@ pub fn build(root: &Path, cache: &Path, config: &RunConfig) -> Result<Payload> {
     let dir = cache.join("payload").join("vmtest");
     let _ = fs::remove_dir_all(&dir);
     for sub in ["deps", "examples"] {
-        fs::create_dir_all(dir.join(sub)).with_context(|| format!("creating {}", dir.join(sub).display()))?;
+        fs::create_dir_all(dir.join(sub))
+            .with_context(|| format!("creating {}", dir.join(sub).display()))?;
     }
     for (name, path) in &artifacts.tests {
         stage_binary(path, &dir.join("deps").join(name))?;
@@ -83,14 +84,19 @@ fn select(tests: Vec<(String, PathBuf)>, config: &RunConfig) -> Result<Vec<(Stri
     let known = |name: &String| tests.iter().any(|(t, _)| t == name);
     let names = || tests.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>().join(", ");
     if let Some(unknown) = config.only.iter().find(|n| !known(n)) {
-        bail!("--tests {unknown}: no such integration test of the tracer package (there are: {})", names());
+        bail!(
+            "--tests {unknown}: no such integration test of the tracer package (there are: {})",
+            names()
+        );
     }
     for unknown in config.skip.iter().filter(|n| !known(n)) {
         eprintln!("vm-test: note: --skip {unknown}: no such integration test");
     }
     let chosen: Vec<_> = tests
         .into_iter()
-        .filter(|(t, _)| (config.only.is_empty() || config.only.contains(t)) && !config.skip.contains(t))
+        .filter(|(t, _)| {
+            (config.only.is_empty() || config.only.contains(t)) && !config.skip.contains(t)
+        })
         .collect();
     if chosen.is_empty() {
         bail!("--tests/--skip leave no test to run");
@@ -111,13 +117,16 @@ impl Artifacts {
         let mut examples = Vec::new();
         let mut tracer = None;
         for line in json_lines.lines().filter(|l| l.starts_with('{')) {
-            let msg: serde_json::Value = serde_json::from_str(line).context("parsing cargo's JSON output")?;
+            let msg: serde_json::Value =
+                serde_json::from_str(line).context("parsing cargo's JSON output")?;
             if msg["reason"] != "compiler-artifact" {
                 continue;
             }
             let Some(exe) = msg["executable"].as_str() else { continue };
             let name = msg["target"]["name"].as_str().unwrap_or_default().to_owned();
-            let is_kind = |k: &str| msg["target"]["kind"].as_array().is_some_and(|kinds| kinds.iter().any(|x| x == k));
+            let is_kind = |k: &str| {
+                msg["target"]["kind"].as_array().is_some_and(|kinds| kinds.iter().any(|x| x == k))
+            };
             let is_test_build = msg["profile"]["test"].as_bool().unwrap_or(false);
             if is_kind("test") {
                 tests.push((name, PathBuf::from(exe)));
@@ -147,7 +156,8 @@ fn stage_binary(from: &Path, to: &Path) -> Result<()> {
         .status()
         .is_ok_and(|s| s.success());
     if !stripped {
-        fs::copy(from, to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+        fs::copy(from, to)
+            .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
     }
     Ok(())
 }
@@ -155,7 +165,8 @@ fn stage_binary(from: &Path, to: &Path) -> Result<()> {
 fn write_file(path: &Path, text: &str, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).with_context(|| format!("chmod {}", path.display()))
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {}", path.display()))
 }
 
 fn config_script(tests: &[String], config: &RunConfig) -> String {
@@ -227,8 +238,17 @@ const HOST_TOOLS: &[&str] = &["ss", "ip", "setpriv", "python3"];
 const SYSTEM_BIN_DIRS: &[&str] = &["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
 /// Parts of the Python standard library that no test needs (about half its size).
 const PYTHON_SKIP: &[&str] = &[
-    "test", "tests", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data", "site-packages",
-    "dist-packages", "venv",
+    "test",
+    "tests",
+    "idlelib",
+    "tkinter",
+    "turtledemo",
+    "ensurepip",
+    "lib2to3",
+    "pydoc_data",
+    "site-packages",
+    "dist-packages",
+    "venv",
 ];
 const BUSYBOX: &str = "/bin/busybox";
 
@@ -236,11 +256,15 @@ const BUSYBOX: &str = "/bin/busybox";
 /// the `.ko` files and `order`) and /init into an uncompressed initramfs.
 pub fn initramfs(root: &Path, payload: &Payload, modules: &Path, out: &Path) -> Result<()> {
     if !is_static(Path::new(BUSYBOX)) {
-        bail!("{BUSYBOX} is missing or not static: install Debian's busybox-static (`cargo xtask setup`)");
+        bail!(
+            "{BUSYBOX} is missing or not static: install Debian's busybox-static (`cargo xtask setup`)"
+        );
     }
     let mut cpio = cpio::Writer::create(out)?;
     // Mount points, and the directories `busybox --install` fills.
-    for dir in ["bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "run", "tmp", "root", "etc"] {
+    for dir in
+        ["bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "run", "tmp", "root", "etc"]
+    {
         cpio.dir(dir)?;
     }
     // The kernel opens /dev/console for init's stdio before init can mount devtmpfs.
@@ -248,12 +272,18 @@ pub fn initramfs(root: &Path, payload: &Payload, modules: &Path, out: &Path) -> 
     cpio.host_file("bin/busybox", Path::new(BUSYBOX))?;
     cpio.file("init", 0o755, INIT.as_bytes())?;
     cpio.file("etc/hosts", 0o644, b"127.0.0.1 localhost\n::1 localhost\n")?;
-    cpio.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n")?;
+    cpio.file(
+        "etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n",
+    )?;
     cpio.file("etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n")?;
     add_host_tools(&mut cpio)?;
     // Test data found through env!("CARGO_MANIFEST_DIR"), a host path compiled into the tests.
     let tests_dir = root.join("tracer/tests");
-    add_tree(&mut cpio, &tests_dir, &guest_path(&tests_dir), &|p| p.extension().is_some_and(|e| e == "rs"))?;
+    add_tree(&mut cpio, &tests_dir, &guest_path(&tests_dir), &|p| {
+        p.extension().is_some_and(|e| e == "rs")
+    })?;
     add_tree(&mut cpio, &payload.dir, "vmtest", &|_| false)?;
     add_tree(&mut cpio, modules, "modules", &|_| false)?;
     cpio.finish()
@@ -266,10 +296,17 @@ fn guest_path(host: &Path) -> String {
 
 /// Adds a directory tree, skipping what `skip` says and entries that cannot be read (dangling
 /// symlinks). Symlinks are followed: the guest gets plain files.
-fn add_tree(cpio: &mut cpio::Writer, dir: &Path, name: &str, skip: &dyn Fn(&Path) -> bool) -> Result<()> {
+fn add_tree(
+    cpio: &mut cpio::Writer,
+    dir: &Path,
+    name: &str,
+    skip: &dyn Fn(&Path) -> bool,
+) -> Result<()> {
     cpio.dir(name)?;
-    let mut entries: Vec<PathBuf> =
-        fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    let mut entries: Vec<PathBuf> = fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
     entries.sort();
     for path in entries {
         if skip(&path) {
@@ -289,8 +326,12 @@ fn add_tree(cpio: &mut cpio::Writer, dir: &Path, name: &str, skip: &dyn Fn(&Path
 fn add_host_tools(cpio: &mut cpio::Writer) -> Result<()> {
     let mut libs: Vec<String> = Vec::new();
     for tool in HOST_TOOLS {
-        let Some(path) = SYSTEM_BIN_DIRS.iter().map(|d| Path::new(d).join(tool)).find(|p| p.is_file()) else {
-            eprintln!("vm-test: note: no {tool} on the host; tests that run it will fail in the guests");
+        let Some(path) =
+            SYSTEM_BIN_DIRS.iter().map(|d| Path::new(d).join(tool)).find(|p| p.is_file())
+        else {
+            eprintln!(
+                "vm-test: note: no {tool} on the host; tests that run it will fail in the guests"
+            );
             continue;
         };
         let Ok(deps) = shared_libraries(&path) else { continue };
@@ -311,15 +352,22 @@ fn add_host_tools(cpio: &mut cpio::Writer) -> Result<()> {
 
 /// /usr/lib/python3.N for the interpreter that /usr/bin/python3 points to.
 fn add_python_stdlib(cpio: &mut cpio::Writer, python: &Path) -> Result<()> {
-    let real = fs::canonicalize(python).with_context(|| format!("resolving {}", python.display()))?;
+    let real =
+        fs::canonicalize(python).with_context(|| format!("resolving {}", python.display()))?;
     let version = real.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     let stdlib = Path::new("/usr/lib").join(version);
     if !version.starts_with("python3.") || !stdlib.join("os.py").is_file() {
-        eprintln!("vm-test: note: no standard library for {} at {}", real.display(), stdlib.display());
+        eprintln!(
+            "vm-test: note: no standard library for {} at {}",
+            real.display(),
+            stdlib.display()
+        );
         return Ok(());
     }
     let skip = |p: &Path| {
-        p.file_name().and_then(|n| n.to_str()).is_some_and(|n| PYTHON_SKIP.contains(&n) || n.starts_with("config-"))
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| PYTHON_SKIP.contains(&n) || n.starts_with("config-"))
     };
     add_tree(cpio, &stdlib, &guest_path(&stdlib), &skip)
 }
@@ -363,25 +411,52 @@ mod tests {
         ];
         let a = Artifacts::parse(&lines.join("\n")).expect("parse");
         assert_eq!(a.tests, vec![("pipeline".to_owned(), PathBuf::from("/t/deps/pipeline-2"))]);
-        assert_eq!(a.examples, vec![("workload".to_owned(), PathBuf::from("/t/examples/workload"))]);
+        assert_eq!(
+            a.examples,
+            vec![("workload".to_owned(), PathBuf::from("/t/examples/workload"))]
+        );
         assert_eq!(a.tracer, PathBuf::from("/t/tracer"));
     }
 
     #[test]
     fn selects_tests_by_name() {
-        let tests = || vec![("a".to_owned(), PathBuf::from("/a")), ("b".to_owned(), PathBuf::from("/b"))];
+        let tests =
+            || vec![("a".to_owned(), PathBuf::from("/a")), ("b".to_owned(), PathBuf::from("/b"))];
         let skip = ["b".to_owned(), "gone".to_owned()];
-        let config = RunConfig { only: &[], skip: &skip, modes: &[], filter: None, test_timeout_secs: 1, fault_drop_every_nth_release: 0 };
-        assert_eq!(select(tests(), &config).expect("select"), vec![("a".to_owned(), PathBuf::from("/a"))]);
+        let config = RunConfig {
+            only: &[],
+            skip: &skip,
+            modes: &[],
+            filter: None,
+            test_timeout_secs: 1,
+            fault_drop_every_nth_release: 0,
+        };
+        assert_eq!(
+            select(tests(), &config).expect("select"),
+            vec![("a".to_owned(), PathBuf::from("/a"))]
+        );
         let only = ["c".to_owned()];
-        let config = RunConfig { only: &only, skip: &[], modes: &[], filter: None, test_timeout_secs: 1, fault_drop_every_nth_release: 0 };
+        let config = RunConfig {
+            only: &only,
+            skip: &[],
+            modes: &[],
+            filter: None,
+            test_timeout_secs: 1,
+            fault_drop_every_nth_release: 0,
+        };
         assert!(select(tests(), &config).is_err());
     }
 
     #[test]
     fn quotes_the_filter_for_the_shell() {
-        let config =
-            RunConfig { only: &[], skip: &[], modes: &["auto", "kprobe"], filter: Some("it's"), test_timeout_secs: 60, fault_drop_every_nth_release: 0 };
+        let config = RunConfig {
+            only: &[],
+            skip: &[],
+            modes: &["auto", "kprobe"],
+            filter: Some("it's"),
+            test_timeout_secs: 60,
+            fault_drop_every_nth_release: 0,
+        };
         let script = config_script(&["pipeline".into()], &config);
         assert!(script.contains(r"FILTER='it'\''s'"), "{script}");
         assert!(script.contains("MODES='auto kprobe'"));

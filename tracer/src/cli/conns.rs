@@ -1,0 +1,83 @@
+//! `tracer conns`: open and connecting connections, with filters.
+use std::{fmt::Write as _, path::Path};
+
+use clap::Args;
+use tracer::api::{
+    answers::{ConnsReport, RemoteFilter, STATE_NAMES, conn_state_label},
+    client,
+    protocol::Request,
+};
+
+use super::text::{age, clip};
+
+#[derive(Debug, Args)]
+pub struct ConnsArgs {
+    /// Only connections of this process.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Only connections to this peer: ADDR or ADDR:PORT (IPv6 as [ADDR]:PORT).
+    #[arg(long)]
+    pub remote: Option<String>,
+    /// Only connections in this state (connecting, established, close_wait, fin_wait1,
+    /// fin_wait2, closing, last_ack, time_wait, close).
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Machine-readable output (the API's answer, docs/api.md).
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(socket: &Path, args: ConnsArgs) -> anyhow::Result<()> {
+    // Validate locally first, so a typo never needs a running daemon to be reported.
+    if let Some(remote) = &args.remote {
+        remote.parse::<RemoteFilter>().map_err(anyhow::Error::msg)?;
+    }
+    let request = Request::Conns { pid: args.pid, remote: args.remote, state: args.state };
+    let report: ConnsReport = client::request(socket, request)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", conns(&report));
+    }
+    Ok(())
+}
+
+fn conns(report: &ConnsReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:>7} {:<10} {:<3} {:<21} {:<21} {:<11} {:>4}",
+        "PID", "COMM", "DIR", "LOCAL", "REMOTE", "STATE", "AGE"
+    );
+    for c in &report.connections {
+        let pid = c.pid.map_or_else(|| "-".to_owned(), |p| p.to_string());
+        let dir = match c.direction {
+            tracer::table::Direction::Outbound => "out",
+            tracer::table::Direction::Inbound => "in",
+        };
+        let state = conn_state_label(c.phase, state_static(&c.state));
+        let _ = writeln!(
+            out,
+            "{:>7} {:<10} {:<3} {:<21} {:<21} {:<11} {:>4}",
+            pid,
+            clip(c.comm.as_deref().unwrap_or("-"), 10),
+            dir,
+            c.local.to_string(),
+            c.remote.to_string(),
+            state,
+            age(c.age_seconds)
+        );
+    }
+    let _ = writeln!(out, "{} connection(s)", report.connections.len());
+    out
+}
+
+/// The state names come from a fixed set; map back to a static str for the label helper.
+fn state_static(state: &str) -> &'static str {
+    STATE_NAMES
+        .iter()
+        .chain(["syn_sent", "syn_recv", "listen", "unknown"].iter())
+        .find(|s| **s == state)
+        .copied()
+        .unwrap_or("unknown")
+}

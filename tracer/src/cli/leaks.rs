@@ -1,0 +1,74 @@
+//! `tracer leaks`: active leak alerts with their evidence, and those resolved in the last hour.
+use std::{fmt::Write as _, path::Path};
+
+use clap::Args;
+use tracer::api::{answers::LeaksReport, client, protocol::Request};
+
+use super::text::age;
+
+#[derive(Debug, Args)]
+pub struct LeaksArgs {
+    /// Machine-readable output (the API's answer, docs/api.md).
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(socket: &Path, args: LeaksArgs) -> anyhow::Result<()> {
+    let report: LeaksReport = client::request(socket, Request::Leaks {})?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", leaks(&report));
+    }
+    Ok(())
+}
+
+fn leaks(report: &LeaksReport) -> String {
+    let mut out = String::new();
+    if report.active.is_empty() {
+        let _ = writeln!(out, "no active leak alerts");
+    }
+    for (title, alerts) in
+        [("ACTIVE", &report.active), ("RESOLVED IN THE LAST HOUR", &report.resolved)]
+    {
+        if alerts.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "{title}");
+        for a in alerts {
+            let e = &a.evidence;
+            let _ = writeln!(
+                out,
+                "  pid {} ({}) rule {} since {} ({}s ago), open {}",
+                a.pid, a.comm, a.rule, a.since, a.since_seconds, a.open
+            );
+            let floors = e.floors.iter().map(u32::to_string).collect::<Vec<_>>().join(" -> ");
+            let _ = writeln!(
+                out,
+                "    floor per sub-window: {floors} (growth {:+}); in window: {} opened, {} closed",
+                e.growth, e.opens_in_window, e.closes_in_window
+            );
+            if e.stale_close_wait > 0 || e.stale_held_closed > 0 {
+                let _ = writeln!(
+                    out,
+                    "    stale close_wait: {}, reset but held: {}",
+                    e.stale_close_wait, e.stale_held_closed
+                );
+            }
+            for r in &e.top_remotes {
+                let _ = writeln!(out, "    to {:<40} {} open", r.remote, r.open);
+            }
+            for c in e.oldest.iter().take(3) {
+                let _ = writeln!(
+                    out,
+                    "    oldest: {} -> {} {} {}",
+                    c.local,
+                    c.remote,
+                    c.state,
+                    age(c.age_seconds)
+                );
+            }
+        }
+    }
+    out
+}

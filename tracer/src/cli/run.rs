@@ -1,0 +1,185 @@
+//! `tracer run`: the daemon. Every flag can also come from `--config FILE` (config.rs); every
+//! default is the library's own constant, so `--help` and `DaemonOptions::default()` agree.
+use std::{path::PathBuf, time::Duration};
+
+use clap::Args;
+use tracer::{
+    daemon::{
+        self, DEFAULT_CLOSE_WAIT_AFTER, DEFAULT_DRAIN_INTERVAL, DEFAULT_HELD_CLOSED_AFTER,
+        DEFAULT_LEAK_INTERVAL, DEFAULT_RECONCILE_INTERVAL, DEFAULT_SUMMARY_INTERVAL, DaemonOptions,
+        LeakSettings, nanos,
+    },
+    detect::{DetectorConfig, defaults as leak_defaults},
+    export::{self, DEFAULT_METRICS_ADDR, WebhookUrl},
+    logging::LogFormat,
+    probes::{DEFAULT_WAKEUP_BYTES, LoadOptions, ProbeMode},
+    table::{DEFAULT_EXITED_GRACE_NS, TableConfig},
+};
+use tracer_common::DEFAULT_RING_BYTES;
+
+use super::values::{Choice, Seconds, parse_positive_seconds, parse_seconds};
+
+/// Longest `--drain-interval-ms`: a minute (events would wait that long between drains).
+const MAX_DRAIN_INTERVAL_MS: u64 = 60_000;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// A TOML file of `tracer run` flags (keys are the long flag names); flags given here
+    /// override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Probe mode: auto picks the best one this kernel loads.
+    #[arg(long, value_parser = ProbeMode::parser(), default_value_t = ProbeMode::default())]
+    pub probe: ProbeMode,
+    /// Ring buffer size in bytes (power of two, at least 4096).
+    #[arg(long, default_value_t = DEFAULT_RING_BYTES)]
+    pub ring_bytes: u32,
+    /// Wake the daemon each time this many more bytes of events wait (0: whenever an event
+    /// arrives while it is idle). Batching wakeups cuts the per-event cost at high connection
+    /// rates. Capped at a quarter of --ring-bytes.
+    #[arg(long, default_value_t = DEFAULT_WAKEUP_BYTES)]
+    pub wakeup_bytes: u32,
+    /// Milliseconds between drains of the ring buffer when no wakeup came (1 to 60000). Every
+    /// query, scrape, leak check and reconcile drains first, so this only bounds how long
+    /// events may sit in the ring between them; shorter costs more daemon wakeups at low
+    /// event rates.
+    #[arg(
+        long,
+        default_value_t = DEFAULT_DRAIN_INTERVAL.as_millis() as u64,
+        value_parser = clap::value_parser!(u64).range(1..=MAX_DRAIN_INTERVAL_MS)
+    )]
+    pub drain_interval_ms: u64,
+    /// Seconds between one-line summaries in the log (0 disables them).
+    #[arg(long, value_parser = parse_seconds, default_value_t = Seconds::of(DEFAULT_SUMMARY_INTERVAL))]
+    pub summary_interval: Seconds,
+    /// Seconds an exited process stays listed.
+    #[arg(
+        long,
+        value_parser = parse_seconds,
+        default_value_t = Seconds::of(Duration::from_nanos(DEFAULT_EXITED_GRACE_NS))
+    )]
+    pub exited_grace: Seconds,
+    /// Seconds between reconciles with sock_diag and /proc (0 disables them).
+    #[arg(long, value_parser = parse_seconds, default_value_t = Seconds::of(DEFAULT_RECONCILE_INTERVAL))]
+    pub reconcile_interval: Seconds,
+    /// Log format of the daemon.
+    #[arg(long, value_parser = LogFormat::parser(), default_value_t = LogFormat::default())]
+    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub leaks: LeakArgs,
+    /// Serve Prometheus metrics on ADDR:PORT (`off` to disable).
+    #[arg(long, default_value_t = MetricsAddr(Some(DEFAULT_METRICS_ADDR)), value_parser = parse_metrics_addr)]
+    pub metrics_addr: MetricsAddr,
+    /// Processes with their own metric series (the rest are summed under pid="other").
+    #[arg(long, default_value_t = export::DEFAULT_TOP_N)]
+    pub metrics_top: usize,
+    /// POST each alert raise and resolve as JSON to this http:// URL.
+    #[arg(long)]
+    pub alert_webhook: Option<String>,
+    /// Test only: drop every Nth release in the kernel, to prove tests catch wrong counts.
+    #[arg(long, default_value_t = 0, hide = true)]
+    pub fault_drop_every_nth_release: u32,
+}
+
+/// `--metrics-addr`: an address, or `off`.
+#[derive(Clone, Debug)]
+pub struct MetricsAddr(pub Option<std::net::SocketAddr>);
+
+impl std::fmt::Display for MetricsAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => write!(f, "{addr}"),
+            None => f.write_str("off"),
+        }
+    }
+}
+
+fn parse_metrics_addr(text: &str) -> Result<MetricsAddr, String> {
+    if text == "off" {
+        return Ok(MetricsAddr(None));
+    }
+    text.parse().map(|a| MetricsAddr(Some(a))).map_err(|_| {
+        format!("expected ADDR:PORT (e.g. 127.0.0.1:9855 or 0.0.0.0:9855) or `off`, got {text:?}")
+    })
+}
+
+/// Leak rules (docs/leak-detection.md).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Leak detection")]
+pub struct LeakArgs {
+    /// Seconds between evaluations (one sample of each process's open count).
+    #[arg(long, value_parser = parse_positive_seconds, default_value_t = Seconds::of(DEFAULT_LEAK_INTERVAL))]
+    pub leak_interval: Seconds,
+    /// Samples per window.
+    #[arg(long, default_value_t = leak_defaults::WINDOW_SAMPLES)]
+    pub leak_window: usize,
+    /// Sub-windows per window (the window must be a multiple of it).
+    #[arg(long, default_value_t = leak_defaults::SUB_WINDOWS)]
+    pub leak_sub_windows: usize,
+    /// growth: minimum rise of the open-count floor over the window.
+    #[arg(long, default_value_t = leak_defaults::GROWTH_MIN)]
+    pub leak_growth_min: u32,
+    /// close_wait: how many connections must be stale in CLOSE_WAIT.
+    #[arg(long, default_value_t = leak_defaults::CLOSE_WAIT_MIN)]
+    pub close_wait_min: u32,
+    /// close_wait: seconds in CLOSE_WAIT before a connection counts as stale.
+    #[arg(long, value_parser = parse_seconds, default_value_t = Seconds::of(DEFAULT_CLOSE_WAIT_AFTER))]
+    pub close_wait_after: Seconds,
+    /// held_closed: seconds a connection reset by the peer may stay held.
+    #[arg(long, value_parser = parse_seconds, default_value_t = Seconds::of(DEFAULT_HELD_CLOSED_AFTER))]
+    pub held_closed_after: Seconds,
+    /// age: alert on connections older than this many seconds (off unless set).
+    #[arg(long, value_parser = parse_seconds)]
+    pub age_threshold: Option<Seconds>,
+    /// Consecutive clear evaluations before an alert resolves.
+    #[arg(long, default_value_t = leak_defaults::RESOLVE_AFTER)]
+    pub leak_resolve_after: u32,
+}
+
+impl LeakArgs {
+    fn settings(&self) -> anyhow::Result<LeakSettings> {
+        let detector = DetectorConfig {
+            window_samples: self.leak_window,
+            sub_windows: self.leak_sub_windows,
+            growth_min: self.leak_growth_min,
+            close_wait_min: self.close_wait_min,
+            age_enabled: self.age_threshold.is_some(),
+            resolve_after: self.leak_resolve_after,
+            ..DetectorConfig::default()
+        };
+        detector.validate().map_err(|e| anyhow::anyhow!("leak detection settings: {e}"))?;
+        Ok(LeakSettings {
+            interval: self.leak_interval.0,
+            detector,
+            close_wait_after_ns: nanos(self.close_wait_after.0),
+            held_closed_after_ns: nanos(self.held_closed_after.0),
+            age_threshold_ns: self.age_threshold.map(|t| nanos(t.0)),
+        })
+    }
+}
+
+pub fn run(args: RunArgs, socket: PathBuf) -> anyhow::Result<()> {
+    let options = DaemonOptions {
+        load: LoadOptions {
+            mode: args.probe,
+            ring_bytes: args.ring_bytes,
+            drop_every_nth_release: args.fault_drop_every_nth_release,
+            wakeup_threshold_bytes: args.wakeup_bytes,
+        },
+        table: TableConfig {
+            exited_grace_ns: nanos(args.exited_grace.0),
+            ..TableConfig::default()
+        },
+        socket,
+        summary_interval: args.summary_interval.0,
+        reconcile_interval: args.reconcile_interval.0,
+        leaks: args.leaks.settings()?,
+        webhook: args.alert_webhook.as_deref().map(str::parse::<WebhookUrl>).transpose()?,
+        metrics_addr: args.metrics_addr.0,
+        metrics_top_n: args.metrics_top,
+        drain_interval: Duration::from_millis(args.drain_interval_ms),
+    };
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(daemon::run(options))
+}

@@ -1,0 +1,176 @@
+//! `tracer top`: processes by open connections, or remote endpoints (`--by remote`), or one
+//! process's connections by age (`--ages PID`); `--watch` redraws it.
+use std::{fmt::Write as _, path::Path};
+
+use clap::Args;
+use tracer::api::{
+    answers::{AgesReport, RemoteReport, StateCounts, TopReport},
+    client,
+    protocol::{Request, TopBy},
+};
+
+use super::{
+    text::{age, clip},
+    values::{Choice, Seconds, parse_positive_seconds},
+    watch,
+};
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Show at most N rows.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Group open connections by process (default) or by remote endpoint.
+    #[arg(long, value_parser = TopBy::parser(), default_value_t = TopBy::Process)]
+    pub by: TopBy,
+    /// Show the age distribution of one process's open connections instead.
+    #[arg(long, value_name = "PID", conflicts_with = "by")]
+    pub ages: Option<u32>,
+    /// Redraw every SECS seconds (default 2) until q or Ctrl-C.
+    #[arg(
+        long,
+        num_args = 0..=1,
+        default_missing_value = "2",
+        value_name = "SECS",
+        value_parser = parse_positive_seconds
+    )]
+    pub watch: Option<Seconds>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(socket: &Path, args: TopArgs) -> anyhow::Result<()> {
+    let frame = || -> anyhow::Result<String> {
+        if let Some(pid) = args.ages {
+            let report: AgesReport = client::request(socket, Request::Ages { pid })?;
+            return Ok(if args.json {
+                serde_json::to_string_pretty(&report)? + "\n"
+            } else {
+                ages(&report)
+            });
+        }
+        let request = Request::Top { limit: args.limit, by: args.by };
+        Ok(match (args.by, args.json) {
+            (TopBy::Process, true) => {
+                serde_json::to_string_pretty(&client::request::<TopReport>(socket, request)?)?
+                    + "\n"
+            }
+            (TopBy::Process, false) => top(&client::request(socket, request)?),
+            (TopBy::Remote, true) => {
+                serde_json::to_string_pretty(&client::request::<RemoteReport>(socket, request)?)?
+                    + "\n"
+            }
+            (TopBy::Remote, false) => remotes(&client::request(socket, request)?),
+        })
+    };
+    match args.watch {
+        None => print!("{}", frame()?),
+        Some(Seconds(period)) => watch::run(period, frame)?,
+    }
+    Ok(())
+}
+
+/// Short names for the per-state summary of `top`.
+fn states_summary(states: &StateCounts) -> String {
+    let short = |name: &str| {
+        match name {
+            "established" => "est",
+            "close_wait" => "cw",
+            "fin_wait1" => "fw1",
+            "fin_wait2" => "fw2",
+            "closing" => "cls",
+            "last_ack" => "la",
+            "time_wait" => "tw",
+            "close" => "close",
+            other => other,
+        }
+        .to_owned()
+    };
+    states
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(name, n)| format!("{}={n}", short(name)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn top(report: &TopReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:>7} {:<15} {:>6} {:>7} {:>7} {:>5} {:>6}  STATES / ALERTS",
+        "PID", "COMM", "OPEN", "OPENED", "CLOSED", "FAIL", "GROWTH"
+    );
+    for row in &report.processes {
+        let p = &row.process;
+        let mut notes = states_summary(&p.states);
+        if p.connecting > 0 {
+            notes = format!("{notes} syn={}", p.connecting);
+        }
+        if p.exited {
+            notes = format!("{notes} [exited, held {}]", p.open_at_exit.unwrap_or(0));
+        }
+        if !row.alerts.is_empty() {
+            notes = format!("LEAK({}) {notes}", row.alerts.join(","));
+        }
+        let _ = writeln!(
+            out,
+            "{:>7} {:<15} {:>6} {:>7} {:>7} {:>5} {:>+6}  {}",
+            p.pid,
+            clip(&p.comm, 15),
+            p.open,
+            p.opened_total,
+            p.closed_total,
+            p.connect_failed,
+            row.growth,
+            clip(notes.trim(), 24)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "unattributed (not yet accepted, or accepted unseen): {}",
+        report.unattributed
+    );
+    out
+}
+
+fn remotes(report: &RemoteReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<46} {:>6}  PIDS", "REMOTE", "OPEN");
+    for r in &report.remotes {
+        let pids = r.pids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+        let _ = writeln!(out, "{:<46} {:>6}  {}", clip(&r.remote, 46), r.open, clip(&pids, 24));
+    }
+    let _ = writeln!(
+        out,
+        "unattributed (not yet accepted, or accepted unseen): {}",
+        report.unattributed
+    );
+    out
+}
+
+fn ages(report: &AgesReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "pid {} ({}): {} open connections by age",
+        report.pid, report.comm, report.open
+    );
+    let widest = report.buckets.iter().map(|(_, n)| *n).max().unwrap_or(0).max(1);
+    let mut lower = "0s".to_owned();
+    for (bound, count) in &report.buckets {
+        let upper = bound.map_or_else(|| "older".to_owned(), age);
+        let label = if bound.is_some() {
+            format!("{lower:>4} .. {upper:<5}")
+        } else {
+            format!("   > {lower:<5}  ")
+        };
+        let bar = "#".repeat((*count as usize * 50).div_ceil(widest as usize));
+        let _ = writeln!(out, "  {label} {count:>7} {bar}");
+        if let Some(b) = bound {
+            lower = age(*b);
+        }
+    }
+    out
+}

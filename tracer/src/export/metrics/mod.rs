@@ -1,0 +1,383 @@
+//! Prometheus exposition: the table, the detector and the pipeline counters as metrics
+//! (docs/metrics.md lists every metric).
+//!
+//! Split so that the event path stays cheap:
+//! - [`Metrics::observe_close`] (every closed connection) bumps plain arrays, nothing else;
+//! - [`Metrics::gather`] / [`Metrics::render`] build every family at scrape time from a
+//!   [`MetricsInput`], in the event loop that owns the table and the detector;
+//! - [`serve`] answers `GET /metrics` by sending a [`Scrape`] to that event loop.
+//!
+//! Cardinality is bounded: per-process series only for the top N processes by open count and
+//! every alerting process, lifetime histograms only for the top N comms; the rest is summed
+//! into `pid="other"` / `comm="other"` series whose counters never go down (see
+//! `processes.rs` and `lifetimes.rs` for how).
+mod families;
+mod http;
+mod lifetimes;
+mod processes;
+#[cfg(test)]
+mod tests;
+
+pub use http::{
+    BindError, DEFAULT_METRICS_ADDR, DEFAULT_METRICS_PORT, SCRAPE_TIMEOUT, Scrape, bind, serve,
+};
+
+use std::collections::HashSet;
+
+use prometheus::{TextEncoder, proto::MetricFamily};
+use tracer_common::EventKind;
+
+use crate::{
+    detect::Alert,
+    pipeline::LostEvents,
+    probes::KernelCounters,
+    table::{Applied, ConnectionTable, ProcessKey, StateCounts},
+};
+use families::{FamilyBuilder, bound_label};
+use lifetimes::LifetimeHistograms;
+use processes::{DIRECTIONS, ProcessExport, ProcessRow, direction_name};
+
+/// Processes exported individually by default (plus every alerting process).
+pub const DEFAULT_TOP_N: usize = 100;
+
+/// The `pid` and `comm` label value of the series that sum everything not exported on its own.
+pub const OTHER: &str = "other";
+
+/// Bounds of the open-connection age gauges, in nanoseconds (`age_le` labels, plus `+Inf`).
+pub const AGE_BOUNDS_NS: [u64; 7] = [
+    10 * 1_000_000_000,
+    60 * 1_000_000_000,
+    300 * 1_000_000_000,
+    1_800 * 1_000_000_000,
+    3_600 * 1_000_000_000,
+    21_600 * 1_000_000_000,
+    86_400 * 1_000_000_000,
+];
+
+/// Which tracer runs, and how: the labels of `tcp_tracer_build_info`.
+#[derive(Clone, Copy, Debug)]
+pub struct BuildInfo<'a> {
+    pub version: &'a str,
+    /// The probe mode in use (`fentry`, `kprobe`, `tracepoint`).
+    pub probe_mode: &'a str,
+    /// Kernel release (`uname -r`).
+    pub kernel: &'a str,
+}
+
+/// The ring buffer's size and the most the daemon found waiting in it at once.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RingFill {
+    pub size_bytes: u64,
+    pub high_water_bytes: u64,
+}
+
+/// Everything a scrape reads, borrowed from the event loop for the duration of the scrape.
+#[derive(Clone, Copy, Debug)]
+pub struct MetricsInput<'a> {
+    pub table: &'a ConnectionTable,
+    /// The detector's active alerts (`Detector::active().collect::<Vec<_>>()`).
+    pub alerts: &'a [&'a Alert],
+    /// `None` when the kernel counters could not be read: the last values read are exposed
+    /// again, so the counters do not drop to zero.
+    pub kernel: Option<&'a KernelCounters>,
+    /// Records received per [`EventKind`] (`EventSource::received`).
+    pub events_received: &'a [u64; EventKind::COUNT],
+    /// Records that did not decode (`EventSource::malformed`).
+    pub malformed: u64,
+    /// Corrections the periodic reconcile with the kernel's socket tables made.
+    pub reconcile_corrections: u64,
+    /// kprobe mode's per-probe hits and misses (empty in other modes).
+    pub kprobes: &'a [crate::probes::ProbeMisses],
+    pub ring: RingFill,
+    pub build: BuildInfo<'a>,
+    /// CLOCK_BOOTTIME nanoseconds, the clock of the table (connection ages).
+    pub now_ns: u64,
+    /// Processes (and comms, for lifetimes) exported individually; see [`DEFAULT_TOP_N`].
+    pub top_n: usize,
+}
+
+/// The exporter's state: lifetime histograms filled from the event path, and what it needs to
+/// keep counters monotonic between scrapes. Owned by the event loop.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    lifetimes: LifetimeHistograms,
+    processes: ProcessExport,
+    last_kernel: KernelCounters,
+    /// Size of the previous exposition, to allocate the next one in one go.
+    last_len: usize,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// One closed connection of a process named `comm` (NUL-padded, as the table keeps it),
+    /// open for `lifetime_ns`. Hot path: no allocation once the comm has been seen.
+    pub fn observe_close(&mut self, comm: &[u8; 16], lifetime_ns: u64) {
+        self.lifetimes.observe(comm, lifetime_ns);
+    }
+
+    /// Feeds what [`ConnectionTable::apply`] returned; call it right after `apply` with the
+    /// same table. Records the lifetime of connections whose open the daemon saw (those found
+    /// already open at start-up only have a lower bound, which would skew the histogram).
+    pub fn observe(&mut self, applied: &Applied, table: &ConnectionTable) {
+        if let Applied::Closed { owner, lifetime_ns, preexisting: false, .. } = applied
+            && let Some(process) = table.process(*owner)
+        {
+            self.observe_close(&process.comm, *lifetime_ns);
+        }
+    }
+
+    /// Every metric family, built now. Families without any series are left out (the text
+    /// format has no way to say "none").
+    pub fn gather(&mut self, input: &MetricsInput<'_>) -> Vec<MetricFamily> {
+        if let Some(kernel) = input.kernel {
+            self.last_kernel.clone_from(kernel);
+        }
+        let processes =
+            self.processes.collect(input.table, input.alerts, input.now_ns, input.top_n);
+        let lifetimes = self.lifetimes.collect(input.now_ns, input.top_n);
+        let rows: Vec<&ProcessRow> =
+            processes.rows.iter().chain(std::iter::once(&processes.other)).collect();
+
+        let mut families = Vec::with_capacity(16);
+        families.push(build_info(&input.build));
+        families.extend(per_process_families(&rows));
+
+        let mut lifetime = FamilyBuilder::histogram(
+            "tcp_tracer_connection_lifetime_seconds",
+            "Lifetimes of closed connections, from open (ESTABLISHED or accept) to release by \
+             their owner, per command name: the top N comms by count, comm=\"other\" sums the rest.",
+        );
+        let bounds = lifetimes::bounds_seconds();
+        for (comm, counts) in
+            lifetimes.comms.iter().map(|(c, n)| (c.as_str(), n)).chain([(OTHER, &lifetimes.other)])
+        {
+            lifetime.add_histogram(
+                &[("comm", comm)],
+                &bounds,
+                &counts.cumulative(),
+                counts.count(),
+                counts.sum_seconds(),
+            );
+        }
+        families.push(lifetime.finish());
+
+        let mut leaks = FamilyBuilder::gauge(
+            "tcp_tracer_leak_suspected",
+            "1 while a leak detection rule alerts for a process (see docs/leak-detection.md); \
+             absent otherwise.",
+        );
+        let mut seen = HashSet::new();
+        for alert in input.alerts {
+            let key = ProcessKey { pid: alert.pid, start_time_ns: alert.start_time_ns };
+            let (pid, comm) = processes
+                .labels
+                .get(&key)
+                .cloned()
+                .unwrap_or_else(|| (alert.pid.to_string(), alert.comm.clone()));
+            let rule = alert.rule.name();
+            // One series per label set, even if two processes shared pid and comm.
+            if seen.insert((pid.clone(), comm.clone(), rule)) {
+                leaks.add_gauge(&[("pid", &pid), ("comm", &comm), ("rule", rule)], 1.0);
+            }
+        }
+        families.push(leaks.finish());
+
+        let mut unattributed = FamilyBuilder::gauge(
+            "tcp_tracer_unattributed_connections",
+            "Connections no process is known to own: waiting in a listener's backlog, or open \
+             with an owner the probes did not see (e.g. accepted before the daemon started).",
+        );
+        unattributed.add_gauge(&[], input.table.unattributed() as f64);
+        families.push(unattributed.finish());
+
+        let mut tracked = FamilyBuilder::gauge(
+            "tcp_tracer_tracked_processes",
+            "Processes in the connection table (exited ones stay for a grace period); only the \
+             top N and alerting ones have their own per-process series.",
+        );
+        tracked.add_gauge(&[], input.table.process_count() as f64);
+        families.push(tracked.finish());
+
+        families.extend(self.pipeline_families(input));
+        families.retain(|family| !family.get_metric().is_empty());
+        families
+    }
+
+    /// The exposition in the Prometheus text format (`text/plain; version=0.0.4`).
+    pub fn render(&mut self, input: &MetricsInput<'_>) -> String {
+        let families = self.gather(input);
+        let mut text = String::with_capacity(self.last_len + self.last_len / 8);
+        let encoder = TextEncoder::new();
+        for family in &families {
+            // Encoding into a String only fails on an empty or unnamed family, which gather
+            // never returns; skip one rather than lose the whole scrape.
+            if let Err(e) = encoder.encode_utf8(std::slice::from_ref(family), &mut text) {
+                log::warn!("metric family {} left out of the scrape: {e}", family.name());
+            }
+        }
+        self.last_len = text.len();
+        text
+    }
+
+    /// Events, losses, table anomalies and reconcile corrections.
+    fn pipeline_families(&self, input: &MetricsInput<'_>) -> Vec<MetricFamily> {
+        let mut events = FamilyBuilder::counter(
+            "tcp_tracer_events_total",
+            "Kernel event records received, by kind.",
+        );
+        for kind in EventKind::ALL {
+            let received = input.events_received.get(kind as usize).copied().unwrap_or(0);
+            events.add_counter(&[("kind", kind.name())], received);
+        }
+
+        let kernel = &self.last_kernel;
+        let mut lost = FamilyBuilder::counter(
+            "tcp_tracer_events_lost_total",
+            "Events lost before reaching the table: ringbuf_full (the kernel could not reserve \
+             ring buffer space), accept_unresolved (an accepted fd the probes could not resolve \
+             to a socket), held_closed_map_full (a socket reset while held could not be \
+             remembered), malformed (a record that did not decode). Any increase means counts \
+             may be wrong.",
+        );
+        for (reason, n) in LostEvents::new(kernel, input.malformed).by_reason() {
+            lost.add_counter(&[("reason", reason)], n);
+        }
+
+        let mut ring_size = FamilyBuilder::gauge(
+            "tcp_tracer_ring_buffer_size_bytes",
+            "Size of the BPF ring buffer that carries events to the daemon (--ring-bytes).",
+        );
+        ring_size.add_gauge(&[], input.ring.size_bytes as f64);
+        let mut ring_high_water = FamilyBuilder::gauge(
+            "tcp_tracer_ring_buffer_high_water_bytes",
+            "The ring buffer's high-water fill since the daemon started: the fullest it was \
+             when a drain started, or its size once a reservation failed. Close to the size, \
+             events are about to be lost (ringbuf_full): raise --ring-bytes.",
+        );
+        ring_high_water.add_gauge(&[], input.ring.high_water_bytes as f64);
+
+        let counters = input.table.counters();
+        let mut anomalies = FamilyBuilder::counter(
+            "tcp_tracer_table_anomalies_total",
+            "Events the connection table could not match to what it knew: signs of a missed \
+             event or of state older than the daemon.",
+        );
+        for (reason, value) in [
+            ("unmatched_release", counters.unmatched_releases),
+            ("unknown_socket", counters.unknown_socket_events),
+            ("stale_replaced", counters.stale_replaced),
+            ("released_unattributed", counters.released_unattributed),
+            ("invalid_kind", counters.invalid_events),
+        ] {
+            anomalies.add_counter(&[("reason", reason)], value);
+        }
+
+        let mut corrections = FamilyBuilder::counter(
+            "tcp_tracer_reconcile_corrections_total",
+            "Corrections the periodic reconcile with the kernel's socket tables made to the \
+             connection table (each one is an event the probes missed).",
+        );
+        corrections.add_counter(&[], input.reconcile_corrections);
+
+        let mut kprobe_missed = FamilyBuilder::counter(
+            "tcp_tracer_kprobe_missed_total",
+            "kprobe mode only: hits the kernel could not hand to a probe, per probe (for \
+             inet_csk_accept:return, returns beyond maxactive pending calls; they are still \
+             seen by the accept syscall's exit). Absent in other modes.",
+        );
+        for p in input.kprobes {
+            kprobe_missed.add_counter(&[("probe", &p.probe)], p.missed);
+        }
+
+        vec![
+            events.finish(),
+            lost.finish(),
+            anomalies.finish(),
+            corrections.finish(),
+            kprobe_missed.finish(),
+            ring_size.finish(),
+            ring_high_water.finish(),
+        ]
+    }
+}
+
+fn build_info(build: &BuildInfo<'_>) -> MetricFamily {
+    let mut family = FamilyBuilder::gauge(
+        "tcp_tracer_build_info",
+        "Always 1: the labels say which tracer version runs, in which probe mode, on which kernel.",
+    );
+    family.add_gauge(
+        &[("version", build.version), ("probe_mode", build.probe_mode), ("kernel", build.kernel)],
+        1.0,
+    );
+    family.finish()
+}
+
+/// The families with `pid` and `comm` labels, one series per row (exported processes, then
+/// `other`).
+fn per_process_families(rows: &[&ProcessRow]) -> Vec<MetricFamily> {
+    let mut open = FamilyBuilder::gauge(
+        "tcp_tracer_open_connections",
+        "Connections open now (from ESTABLISHED or accept until the owner releases them), per \
+         process: the top N by open count and every alerting process; pid=\"other\" sums the rest.",
+    );
+    let mut by_state = FamilyBuilder::gauge(
+        "tcp_tracer_connections",
+        "Open connections per process by TCP state (close: reset by the peer, still held; \
+         close_wait: the peer hung up, the process has not closed).",
+    );
+    let mut by_age = FamilyBuilder::gauge(
+        "tcp_tracer_open_connections_by_age",
+        "Open connections per process whose age is at most age_le seconds. Cumulative like \
+         histogram buckets (age_le=\"+Inf\" equals tcp_tracer_open_connections) but a gauge: \
+         ages rise and fall.",
+    );
+    let mut opened = FamilyBuilder::counter(
+        "tcp_tracer_connections_opened_total",
+        "Connections that became open for the process: outbound ones reaching ESTABLISHED, \
+         inbound ones it accepted.",
+    );
+    let mut closed = FamilyBuilder::counter(
+        "tcp_tracer_connections_closed_total",
+        "Open connections the process released (close of the last descriptor, or exit).",
+    );
+    let mut failed = FamilyBuilder::counter(
+        "tcp_tracer_connect_failures_total",
+        "Outbound connects of the process that never reached ESTABLISHED (refused, timed out, \
+         unreachable, or closed while connecting).",
+    );
+    let age_labels: Vec<String> = AGE_BOUNDS_NS
+        .iter()
+        .map(|&ns| bound_label(ns as f64 / 1e9))
+        .chain([bound_label(f64::INFINITY)])
+        .collect();
+    for row in rows {
+        let (pid, comm) = (row.pid.as_str(), row.comm.as_str());
+        open.add_gauge(&[("pid", pid), ("comm", comm)], row.open as f64);
+        for (&state, &count) in StateCounts::STATES.iter().zip(&row.states) {
+            let name = crate::events::state_name(state);
+            by_state.add_gauge(&[("pid", pid), ("comm", comm), ("state", name)], count as f64);
+        }
+        let ages = row.ages_le.iter().chain([&row.ages_total]);
+        for (age_le, &count) in age_labels.iter().zip(ages) {
+            by_age.add_gauge(&[("pid", pid), ("comm", comm), ("age_le", age_le)], count as f64);
+        }
+        for (i, direction) in DIRECTIONS.iter().enumerate() {
+            let labels = [("pid", pid), ("comm", comm), ("direction", direction_name(*direction))];
+            opened.add_counter(&labels, row.totals.opened[i]);
+            closed.add_counter(&labels, row.totals.closed[i]);
+        }
+        failed.add_counter(&[("pid", pid), ("comm", comm)], row.totals.connect_failed);
+    }
+    vec![
+        open.finish(),
+        by_state.finish(),
+        by_age.finish(),
+        opened.finish(),
+        closed.finish(),
+        failed.finish(),
+    ]
+}

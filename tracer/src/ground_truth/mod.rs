@@ -1,0 +1,109 @@
+//! Ground truth: the kernel's own view of TCP sockets, for the start-up load and the periodic
+//! reconcile. Every TCP socket in every network namespace the daemon can see
+//! (NETLINK_SOCK_DIAG, entered with setns), which processes hold each one (`/proc/<pid>/fd`
+//! socket inodes), and its direction (from the namespace's listening ports), shaped as the
+//! table's [`ScannedSocket`]s. The table decides what to do with them
+//! (`table::ConnectionTable::load_existing`, `table::Reconciler`).
+pub mod holders;
+pub mod sock_diag;
+
+pub use holders::{Holder, scan_holders};
+pub use sock_diag::{ExistingSocket, scan_namespace};
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+    os::unix::fs::MetadataExt,
+};
+
+use tracer_common::tcp_state;
+
+use crate::table::{Direction, ProcessKey, ScannedHolder, ScannedSocket};
+
+/// A network namespace, by inode, with a path that opens it.
+#[derive(Clone, Debug)]
+pub struct Namespace {
+    pub inode: u32,
+    pub path: std::path::PathBuf,
+}
+
+/// Every distinct network namespace some process is in (the daemon's own first).
+pub fn namespaces() -> Vec<Namespace> {
+    let mut found: HashMap<u32, Namespace> = HashMap::new();
+    let own = std::path::PathBuf::from("/proc/self/ns/net");
+    if let Ok(meta) = fs::metadata(&own) {
+        found.insert(meta.ino() as u32, Namespace { inode: meta.ino() as u32, path: own });
+    }
+    for pid in holders::pids() {
+        let path = std::path::PathBuf::from(format!("/proc/{pid}/ns/net"));
+        if let Ok(meta) = fs::metadata(&path) {
+            found.entry(meta.ino() as u32).or_insert(Namespace { inode: meta.ino() as u32, path });
+        }
+    }
+    let mut list: Vec<Namespace> = found.into_values().collect();
+    list.sort_by_key(|ns| ns.inode);
+    list
+}
+
+/// All TCP sockets of all namespaces, tagged with their namespace inode. Namespaces that
+/// vanish mid-scan are skipped.
+pub fn scan_all() -> std::io::Result<Vec<ExistingSocket>> {
+    let mut all = Vec::new();
+    for ns in namespaces() {
+        match scan_namespace(&ns) {
+            Ok(sockets) => all.extend(sockets),
+            Err(e) => log::debug!("skipping netns {} ({}): {e}", ns.inode, ns.path.display()),
+        }
+    }
+    Ok(all)
+}
+
+/// One full scan. Blocking (it walks /proc): run it off the event loop.
+pub fn scan_kernel() -> std::io::Result<Vec<ScannedSocket>> {
+    let sockets = scan_all()?;
+    let holders = scan_holders();
+    let listening: HashSet<(u32, u16)> = sockets
+        .iter()
+        .filter(|s| s.state == tcp_state::LISTEN)
+        .map(|s| (s.netns, s.local.port()))
+        .collect();
+    let holders_of = |inode: u64, by_inode: &HashMap<u64, Vec<Holder>>| -> Vec<ScannedHolder> {
+        let mut list: Vec<ScannedHolder> = by_inode
+            .get(&inode)
+            .into_iter()
+            .flatten()
+            .map(|h| ScannedHolder {
+                key: ProcessKey::new(h.pid, h.start_time_ns),
+                comm: comm_bytes(&h.comm),
+            })
+            .collect();
+        list.sort_by_key(|h| h.key.pid);
+        list
+    };
+    Ok(sockets
+        .into_iter()
+        .filter(|s| s.state != tcp_state::LISTEN)
+        .map(|s| ScannedSocket {
+            netns: s.netns,
+            inode: s.inode,
+            cookie: s.cookie,
+            direction: if listening.contains(&(s.netns, s.local.port())) {
+                Direction::Inbound
+            } else {
+                Direction::Outbound
+            },
+            holders: if s.inode == 0 { Vec::new() } else { holders_of(s.inode, &holders) },
+            local: s.local,
+            remote: s.remote,
+            state: s.state,
+        })
+        .collect())
+}
+
+fn comm_bytes(comm: &str) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let bytes = comm.as_bytes();
+    let n = bytes.len().min(15);
+    out[..n].copy_from_slice(&bytes[..n]);
+    out
+}
