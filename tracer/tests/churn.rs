@@ -123,8 +123,9 @@ fn run_seed(seed: u64) {
     let status = daemon.json(&["status"]);
     assert_eq!(num(&status, "events_lost"), 0, "seed {seed}: {status}");
     assert_eq!(num(&status, "unmatched_releases"), 0, "seed {seed}: {status}");
-    // Let a reconcile or two run over the final state: it must find nothing to correct.
-    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // Two reconciles over the final state (a correction needs two scans to agree): they must
+    // find nothing to correct.
+    daemon.wait_for_more("reconciles", 2);
     checkpoint(&daemon, seed, 0, &clients, &exited, server.pid, server_open, reset_at_server);
     assert_eq!(num(&daemon.json(&["status"]), "reconcile_corrections"), 0, "seed {seed}");
 }

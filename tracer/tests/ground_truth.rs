@@ -81,7 +81,8 @@ fn connections_older_than_the_daemon_are_counted_at_once_and_their_releases_matc
     });
     let status = daemon.json(&["status"]);
     assert_eq!(num(&status, "unmatched_releases"), 0, "{status}");
-    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // Two reconciles over the final state (a correction needs two scans to agree).
+    daemon.wait_for_more("reconciles", 2);
     no_corrections(&daemon);
 }
 
@@ -176,7 +177,8 @@ fn two_network_namespaces_with_identical_addresses_never_mix() {
     let (a, b) = (netns_of(pairs[0].0.pid), netns_of(pairs[1].0.pid));
     assert_eq!((a.len(), b.len()), (1, 1));
     assert_ne!(a, b, "the two servers' connections are in different namespaces");
-    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // Two reconciles over the final state (a correction needs two scans to agree).
+    daemon.wait_for_more("reconciles", 2);
     no_corrections(&daemon);
 }
 

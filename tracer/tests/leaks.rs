@@ -212,8 +212,8 @@ fn healthy_pools_and_churn_never_raise_anything_over_several_windows() {
     // Churn rising and falling around a level.
     let mut churn = Workload::spawn();
     churn.cmd(&format!("oscillate-bg 127.0.0.1:{echo_port} 10 30 50"));
-    // Three and a half windows.
-    std::thread::sleep(Duration::from_secs(14));
+    // Three and a half windows of evaluations (8 samples each).
+    daemon.wait_for_more("leak_evaluations", 28);
     let leaks = daemon.json(&["leaks"]);
     for w in [&echo, &idle_closer, &pool, &reopening, &churn] {
         for list in ["active", "resolved"] {

@@ -2,7 +2,7 @@
 //! Real processes, real sockets on loopback; run as root (they load BPF programs).
 mod common;
 
-use std::{collections::BTreeSet, time::Duration};
+use std::collections::BTreeSet;
 
 use common::{Tracing, Workload, of_kind, touches_port};
 use tracer_common::{AF_INET, AF_INET6, ConnEvent, EventKind, tcp_state};
@@ -33,13 +33,13 @@ fn connect_accept_close(accept_blocked_before_attach: bool) {
     }
     client.cmd("close 8");
     let ours = |e: &ConnEvent| touches_port(e, v4_port) || touches_port(e, v6_port);
+    // Everything counted below has happened once these arrived: connects and both ends'
+    // ESTABLISHED precede the accepts, and each release is emitted inside its close().
     tracing.wait_for(common::wait_limit(), "20 accepts and 8 releases", |events| {
         let ours: Vec<_> = events.iter().filter(|e| ours(e)).copied().collect();
         of_kind(&ours, EventKind::Accept).len() >= 20
             && of_kind(&ours, EventKind::Release).len() >= 8
     });
-    // Let stragglers (state changes of the closed sockets) arrive before counting exactly.
-    std::thread::sleep(Duration::from_millis(300));
     let finished = tracing.finish();
     let events: Vec<ConnEvent> = finished.events.iter().filter(|e| ours(e)).copied().collect();
 

@@ -2,12 +2,9 @@
 //! shipped alerting rules checked by promtool, and the config file. Run as root.
 mod common;
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::process::{Child, Command, Stdio};
 
-use common::{Daemon, FAST_LEAKS, TempDir, Workload, num, tracer_bin};
+use common::{Daemon, FAST_LEAKS, TempDir, Workload, expect_eq, num, tracer_bin};
 
 fn metrics_addr(daemon: &Daemon) -> String {
     daemon.json(&["status"])["metrics_addr"].as_str().expect("metrics served").to_owned()
@@ -212,9 +209,10 @@ fn a_config_file_sets_flags_and_the_command_line_overrides_them() {
     let mut client = Workload::spawn();
     client.connect(&format!("127.0.0.1:{port}"), 3);
     server.cmd("accept 0 3");
-    std::thread::sleep(Duration::from_millis(200));
+    daemon.eventually("the client's 3 connections open", |d| {
+        expect_eq("open", num(&d.json(&["top", "--ages", &client.pid.to_string()]), "open"), 3)
+    });
     let ages = daemon.json(&["top", "--ages", &client.pid.to_string()]);
-    assert_eq!(num(&ages, "open"), 3);
     assert_eq!(ages["buckets"][0][1], 3, "all three are younger than 10 s: {ages}");
     let text = daemon.try_cli(&["top", "--ages", &client.pid.to_string()]).expect("ages");
     assert!(text.contains("3 open connections by age"), "{text}");

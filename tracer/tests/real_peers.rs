@@ -133,6 +133,14 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
+/// Waits until the daemon has seen the load generator `pid` open connections: the load runs.
+fn wait_for_load(daemon: &Daemon, pid: u32) {
+    daemon.eventually(&format!("pid {pid} opens connections"), |d| {
+        let opened = d.process(pid)["opened_total"].as_u64().unwrap_or(0);
+        if opened > 0 { Ok(()) } else { Err("none yet".into()) }
+    });
+}
+
 fn wait_for_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -188,7 +196,7 @@ fn redis_under_redis_benchmark_with_and_without_keepalive() {
                 .spawn()
                 .expect("redis-benchmark"),
         );
-        std::thread::sleep(Duration::from_millis(500));
+        wait_for_load(&daemon, bench.0.id());
         let pids = [redis.0.id(), bench.0.id()];
         let applied =
             bracketed_checks(&daemon, port, &pids, 12, &format!("redis-benchmark -k {keepalive}"));
@@ -250,7 +258,7 @@ fn nginx_under_wrk_and_curl() {
             .spawn()
             .expect("wrk"),
     );
-    std::thread::sleep(Duration::from_millis(500));
+    wait_for_load(&daemon, wrk.0.id());
     let mut all = pids.clone();
     all.push(wrk.0.id());
     let applied = bracketed_checks(&daemon, port, &all, 10, "wrk");

@@ -105,19 +105,13 @@ fn run(cli: Cli) -> Result<()> {
                 "tracer",
                 "--examples",
             ]))?;
-            // BPF integration tests load probes and drive real sockets: run them one at a time
-            // so their exact counts are not disturbed by each other's load.
+            // BPF integration tests (the root-tests feature) load probes and drive real
+            // sockets: run them one at a time so their exact counts are not disturbed by each
+            // other's load.
             setup::run_cmd(
                 Command::new("cargo")
-                    .args([
-                        "test",
-                        "--workspace",
-                        "--exclude",
-                        "tracer-ebpf",
-                        "--all-targets",
-                        "--",
-                    ])
-                    .args(["--test-threads", "1"])
+                    .args(["test", "--workspace", "--exclude", "tracer-ebpf", "--all-targets"])
+                    .args(["--features", "tracer/root-tests", "--", "--test-threads", "1"])
                     .args(&args),
             )
         }

@@ -153,8 +153,14 @@ pub struct StatusReport {
     pub unmatched_releases: u64,
     pub unknown_socket_events: u64,
     pub stale_replaced: u64,
+    /// Reconcile scans compared with the table so far.
+    #[serde(default)]
+    pub reconciles: u64,
     /// Differences with the kernel's view confirmed by two scans and corrected (lost events).
     pub reconcile_corrections: u64,
+    /// Leak rule evaluations done so far (one per `--leak-interval`).
+    #[serde(default)]
+    pub leak_evaluations: u64,
     /// Connections handed to the process that really holds them (fork, passed descriptors).
     pub holder_changes: u64,
     /// Where /metrics is served, if anywhere.

@@ -48,7 +48,9 @@ fn status(s: &StatusReport) -> String {
     let _ = writeln!(out, "unattributed:        {}", s.unattributed);
     let _ = writeln!(out, "processes:           {}", s.processes);
     let _ = writeln!(out, "unmatched releases:  {}", s.unmatched_releases);
+    let _ = writeln!(out, "reconciles:          {}", s.reconciles);
     let _ = writeln!(out, "reconcile corrections: {}", s.reconcile_corrections);
+    let _ = writeln!(out, "leak evaluations:    {}", s.leak_evaluations);
     let _ = writeln!(out, "holder changes:      {}", s.holder_changes);
     if !s.kprobes.is_empty() {
         // A missed accept return is covered by the accept syscall's exit; a missed entry

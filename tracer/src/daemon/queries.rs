@@ -192,7 +192,9 @@ impl Daemon {
             unmatched_releases: summary.counters.unmatched_releases,
             unknown_socket_events: summary.counters.unknown_socket_events,
             stale_replaced: summary.counters.stale_replaced,
+            reconciles: self.reconciler.checks_total,
             reconcile_corrections: self.reconciler.corrections_total,
+            leak_evaluations: self.detector.evaluations(),
             metrics_addr: self.metrics_addr.map(|a| a.to_string()),
             holder_changes: self.reconciler.holder_changes_total,
             kprobes: self

@@ -195,6 +195,7 @@ pub struct Detector {
     history: HashMap<ProcessKey, History>,
     active: HashMap<(ProcessKey, Rule), Active>,
     resolved: VecDeque<Alert>,
+    evaluations: u64,
 }
 
 /// How long resolved alerts stay listed by `tracer leaks`.
@@ -202,7 +203,18 @@ pub const RESOLVED_RETENTION_NS: u64 = 3600 * 1_000_000_000;
 
 impl Detector {
     pub fn new(config: DetectorConfig) -> Self {
-        Self { config, history: HashMap::new(), active: HashMap::new(), resolved: VecDeque::new() }
+        Self {
+            config,
+            history: HashMap::new(),
+            active: HashMap::new(),
+            resolved: VecDeque::new(),
+            evaluations: 0,
+        }
+    }
+
+    /// Evaluations done so far (one per leak interval).
+    pub fn evaluations(&self) -> u64 {
+        self.evaluations
     }
 
     pub fn config(&self) -> &DetectorConfig {
@@ -211,6 +223,7 @@ impl Detector {
 
     /// One evaluation at clock time `now_ns` over every live process.
     pub fn evaluate(&mut self, now_ns: u64, samples: &[ProcessSample]) -> Vec<Change> {
+        self.evaluations += 1;
         let mut changes = Vec::new();
         let mut seen = std::collections::HashSet::with_capacity(samples.len());
         for sample in samples {

@@ -88,6 +88,8 @@ enum Difference {
 #[derive(Debug, Default)]
 pub struct Reconciler {
     pending: HashSet<Difference>,
+    /// Scans compared with the table (each reconcile is one).
+    pub checks_total: u64,
     pub corrections_total: u64,
     pub holder_changes_total: u64,
 }
@@ -186,6 +188,7 @@ impl Reconciler {
         }
         self.pending = differences.difference(&self.pending).copied().collect();
         report.pending = self.pending.len();
+        self.checks_total += 1;
         self.corrections_total += report.corrections.len() as u64;
         self.holder_changes_total += u64::from(report.holder_changes);
         report

@@ -364,6 +364,17 @@ impl Daemon {
         }
     }
 
+    /// Waits until the daemon has completed `n` more of the work that `counter` of its status
+    /// counts (`reconciles`, `leak_evaluations`) than it had when called: a wait on what the
+    /// daemon did, not on the clock.
+    pub fn wait_for_more(&self, counter: &str, n: u64) {
+        let start = num(&self.json(&["status"]), counter);
+        self.eventually(&format!("{n} more {counter}"), |d| {
+            let now = num(&d.json(&["status"]), counter);
+            if now >= start + n { Ok(()) } else { Err(format!("{counter}: {start} -> {now}")) }
+        });
+    }
+
     /// GET /metrics with a plain TCP request (the VM guests have no curl).
     pub fn scrape_metrics(&self) -> String {
         use std::io::{Read, Write};

@@ -46,7 +46,8 @@ pub struct RunConfig<'a> {
 pub fn build(root: &Path, cache: &Path, config: &RunConfig) -> Result<Payload> {
     eprintln!("vm-test: building the tracer tests for {MUSL_TARGET}");
     let output = Command::new("cargo")
-        .args(["test", "--package", "tracer", "--target", MUSL_TARGET, "--no-run"])
+        .args(["test", "--package", "tracer", "--features", "root-tests"])
+        .args(["--target", MUSL_TARGET, "--no-run"])
         .arg("--message-format=json-render-diagnostics")
         .current_dir(root)
         .stderr(Stdio::inherit())
