@@ -174,3 +174,94 @@ fn ages(report: &AgesReport) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use tracer::{
+        api::answers::{ProcessSnapshot, TopRow},
+        table::DirectionStats,
+    };
+
+    use super::*;
+
+    fn row(pid: u32, comm: &str, counts: [u64; 4], states: StateCounts, growth: i64) -> TopRow {
+        let [open, opened_total, closed_total, connect_failed] = counts;
+        TopRow {
+            process: ProcessSnapshot {
+                pid,
+                start_time_ns: u64::from(pid) * 1_000_000_000,
+                comm: comm.to_owned(),
+                cgroup_id: 0,
+                open: open as u32,
+                opened_total,
+                closed_total,
+                connect_failed,
+                connecting: 0,
+                states,
+                outbound: DirectionStats::default(),
+                inbound: DirectionStats::default(),
+                exited: false,
+                open_at_exit: None,
+            },
+            growth,
+            oldest_age_seconds: 0,
+            alerts: Vec::new(),
+        }
+    }
+
+    /// The fenced block of `markdown` whose first line starts (after spaces) with `start`.
+    fn code_block(markdown: &str, start: &str) -> Option<String> {
+        let mut blocks = markdown.split("```").skip(1).step_by(2);
+        blocks.find_map(|block| {
+            // Skip the info string (`sh`, `text`, ...) on the fence's line.
+            let body = block.split_once('\n')?.1;
+            body.trim_start().starts_with(start).then(|| body.to_owned())
+        })
+    }
+
+    /// README.md's example of `tracer top` is this function's output for the rows it shows:
+    /// header, column widths, alert and state notes, the unattributed line.
+    #[test]
+    fn readme_top_example_is_the_real_output() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
+        let readme = std::fs::read_to_string(path).expect("README.md");
+        let example = code_block(&readme, "PID").expect("README.md has a `tracer top` example");
+
+        let mut leaking = row(
+            41860,
+            "workload",
+            [40, 40, 0, 0],
+            StateCounts { established: 40, ..StateCounts::default() },
+            30,
+        );
+        leaking.alerts = vec!["growth".to_owned()];
+        let report = TopReport {
+            processes: vec![
+                leaking,
+                row(
+                    1207,
+                    "nginx",
+                    [25, 981, 956, 0],
+                    StateCounts { established: 24, close_wait: 1, ..StateCounts::default() },
+                    0,
+                ),
+                row(3310, "curl", [0, 3, 3, 2], StateCounts::default(), 0),
+            ],
+            unattributed: 0,
+        };
+        let real = top(&report);
+        // Trailing spaces (a row without notes) are invisible, and editors drop them.
+        let lines = |text: &str| text.lines().map(str::trim_end).collect::<Vec<_>>().join("\n");
+        let (example, real) = (lines(&example), lines(&real));
+        assert_eq!(
+            example.lines().next(),
+            real.lines().next(),
+            "README.md's `tracer top` header differs from the one `tracer top` prints"
+        );
+        assert_eq!(
+            example, real,
+            "README.md's `tracer top` example differs from what `tracer top` prints for its rows \
+             (update README.md with the right side, or the rows of this test)"
+        );
+    }
+}
