@@ -197,6 +197,23 @@ mod tests {
 
     use super::*;
 
+    /// docs/metrics.md states the server's limits and the default address: these constants.
+    #[test]
+    fn docs_state_the_servers_limits() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md");
+        let doc = std::fs::read_to_string(path).expect("docs/metrics.md");
+        let doc = doc.split_whitespace().collect::<Vec<_>>().join(" ");
+        for phrase in [
+            format!("by default **`{DEFAULT_METRICS_ADDR}`**"),
+            format!("at most {MAX_CONNECTIONS} connections at once"),
+            format!("requests of at most {} KiB", MAX_REQUEST_BYTES / 1024),
+            format!("no complete request within {} s", HEADER_READ_TIMEOUT.as_secs()),
+            format!("rendered the scrape within {} s", SCRAPE_TIMEOUT.as_secs()),
+        ] {
+            assert!(doc.contains(&phrase), "docs/metrics.md should say \"{phrase}\"");
+        }
+    }
+
     /// A server on an ephemeral loopback port, with a stand-in event loop answering `body`.
     async fn start(body: Option<&'static str>) -> SocketAddr {
         let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind loopback");

@@ -1,6 +1,6 @@
 //! The exporter against a real connection table driven by hand-built events (shaped like
 //! `table/tests.rs`'s), scraped as Prometheus would.
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use prometheus::proto::{Metric, MetricFamily, MetricType};
 use tracer_common::{AF_INET, ConnEvent, EventKind, Tuple, flags, tcp_state::*};
@@ -916,4 +916,298 @@ fn exposition_passes_promtool_check_metrics() {
         output.status.success() && report.trim().is_empty(),
         "promtool check metrics:\n{report}\n---\n{text}"
     );
+}
+
+// docs/metrics.md against the exporter: the metric table, the lifetime buckets, the series
+// counts of the Cardinality section, and every metric name the docs and alert rules use.
+
+/// A text file of the repository (docs, README, alert rules).
+fn repo_file(path: &str) -> String {
+    let full = format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("cannot read {full}: {e}"))
+}
+
+/// The text between backticks, in order.
+fn backticked(text: &str) -> Vec<&str> {
+    text.split('`').skip(1).step_by(2).collect()
+}
+
+/// One row of the table under docs/metrics.md's "## Metrics".
+#[derive(Debug)]
+struct DocMetric {
+    name: String,
+    kind: String,
+    labels: BTreeSet<String>,
+    meaning: String,
+}
+
+fn doc_metrics(doc: &str) -> Vec<DocMetric> {
+    let section = doc.split("\n## Metrics\n").nth(1).expect("docs/metrics.md has ## Metrics");
+    let section = section.split("\n## ").next().unwrap_or(section);
+    section
+        .lines()
+        .filter(|line| line.starts_with("| `tcp_tracer_"))
+        .map(|line| {
+            let inner = line.trim().strip_prefix('|').unwrap_or(line);
+            let inner = inner.strip_suffix('|').unwrap_or(inner);
+            let cells: Vec<&str> = inner.splitn(4, '|').map(str::trim).collect();
+            assert_eq!(cells.len(), 4, "docs/metrics.md row without 4 cells: {line}");
+            DocMetric {
+                name: cells[0].trim_matches('`').to_owned(),
+                kind: cells[1].to_owned(),
+                labels: backticked(cells[2]).into_iter().map(str::to_owned).collect(),
+                meaning: cells[3].to_owned(),
+            }
+        })
+        .collect()
+}
+
+/// A scrape with a series in every family: processes that connect, accept, fail, release;
+/// an alert of every rule; the kprobe counters of `Sim::with_input`.
+fn scrape_of_every_family() -> Scraped {
+    let mut sim = Sim::new(DEFAULT_TOP_N);
+    let (a, b) = (process(1, "a"), process(2, "b"));
+    for p in [a, b] {
+        let sock = sim.open_outbound(p);
+        sim.accept_inbound(p);
+        sim.fail_connect(p);
+        sim.now += 3 * SEC;
+        sim.release(p, sock);
+    }
+    // A match without a wildcard: a new rule does not compile until it is added here.
+    for rule in [Rule::Growth, Rule::CloseWait, Rule::HeldClosed, Rule::Age] {
+        match rule {
+            Rule::Growth | Rule::CloseWait | Rule::HeldClosed | Rule::Age => sim.alert(a, rule),
+        }
+    }
+    sim.scrape()
+}
+
+/// Labels that name things (processes, versions, kernels, probes): their values are not a
+/// fixed set the table could list.
+const OPEN_ENDED_LABELS: [&str; 7] =
+    ["pid", "comm", "le", "version", "probe_mode", "kernel", "probe"];
+
+/// docs/metrics.md's table is the exporter's families: names, types, labels, and for each label
+/// with a fixed set of values (`state`, `reason`, `kind`, ...), the values its meaning lists.
+#[test]
+fn docs_metric_table_is_what_the_exporter_registers() {
+    let doc = doc_metrics(&repo_file("docs/metrics.md"));
+    let scraped = scrape_of_every_family();
+    let documented: BTreeSet<&str> = doc.iter().map(|m| m.name.as_str()).collect();
+    let exported: BTreeSet<&str> = scraped.0.iter().map(|f| f.name()).collect();
+    assert_eq!(
+        documented, exported,
+        "docs/metrics.md's metric table (left) differs from the families the exporter registers \
+         (right)"
+    );
+
+    for row in &doc {
+        let family = scraped.family(&row.name).expect("documented family is exported");
+        let kind = match family.get_field_type() {
+            MetricType::COUNTER => "counter",
+            MetricType::GAUGE => "gauge",
+            MetricType::HISTOGRAM => "histogram",
+            other => panic!("{}: unexpected type {other:?}", row.name),
+        };
+        assert_eq!(row.kind, kind, "docs/metrics.md: type of {}", row.name);
+
+        let mut values: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for metric in family.get_metric() {
+            for (label, value) in labels_of(metric) {
+                values.entry(label).or_default().insert(value);
+            }
+        }
+        if kind == "histogram" {
+            // The encoder adds `le` to each bucket.
+            values.entry("le".to_owned()).or_default();
+        }
+        let labels: BTreeSet<String> = values.keys().cloned().collect();
+        assert_eq!(row.labels, labels, "docs/metrics.md: labels of {}", row.name);
+
+        // The values a fixed-set label takes are the backticked words of the meaning, less
+        // flags and label names.
+        let listed: BTreeSet<String> = backticked(&row.meaning)
+            .into_iter()
+            .filter(|t| !t.starts_with("--") && !t.contains('=') && !labels.contains(*t))
+            .map(str::to_owned)
+            .collect();
+        for (label, values) in &values {
+            if OPEN_ENDED_LABELS.contains(&label.as_str()) {
+                continue;
+            }
+            assert_eq!(
+                &listed, values,
+                "docs/metrics.md: the values of {}'s `{label}` label (left: backticked in its \
+                 meaning; right: exported)",
+                row.name
+            );
+        }
+    }
+
+    // build_info's probe modes: every mode `auto` can resolve to.
+    let build = doc.iter().find(|m| m.name == "tcp_tracer_build_info").expect("build_info row");
+    let listed: BTreeSet<&str> = backticked(&build.meaning).into_iter().collect();
+    let modes: BTreeSet<&str> = crate::probes::ProbeMode::ALL
+        .into_iter()
+        .filter(|m| *m != crate::probes::ProbeMode::Auto)
+        .map(|m| m.name())
+        .collect();
+    assert_eq!(listed, modes, "docs/metrics.md: probe modes of tcp_tracer_build_info");
+}
+
+/// "1 ms" → 0.001, "`+Inf`" → infinity.
+fn doc_duration_seconds(text: &str) -> f64 {
+    let text = text.trim().trim_matches('`');
+    if text == "+Inf" {
+        return f64::INFINITY;
+    }
+    let (number, unit) = text.split_once(' ').unwrap_or((text, "s"));
+    let number: f64 = number.parse().unwrap_or_else(|_| panic!("not a duration: {text:?}"));
+    let unit = match unit {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "min" => 60.0,
+        "h" => 3_600.0,
+        "day" | "days" => 86_400.0,
+        other => panic!("unknown unit {other:?} in {text:?}"),
+    };
+    number * unit
+}
+
+#[test]
+fn docs_lifetime_buckets_are_the_histogram_bounds() {
+    let doc = doc_metrics(&repo_file("docs/metrics.md"));
+    let row = doc
+        .iter()
+        .find(|m| m.name == "tcp_tracer_connection_lifetime_seconds")
+        .expect("lifetime row");
+    let listed = row.meaning.split("buckets ").nth(1).expect("the row lists its buckets");
+    let listed: Vec<f64> = listed.split(", ").map(doc_duration_seconds).collect();
+    let mut bounds = lifetimes::bounds_seconds().to_vec();
+    bounds.push(f64::INFINITY);
+    assert_eq!(listed, bounds, "docs/metrics.md: buckets of the lifetime histogram");
+}
+
+/// The first number after `marker` in `text` ("1,024" → 1024).
+fn number_after(text: &str, marker: &str) -> u64 {
+    let rest = text.split(marker).nth(1).unwrap_or_else(|| panic!("no {marker:?} in the doc"));
+    let digits: String = rest
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == ',')
+        .filter(char::is_ascii_digit)
+        .collect();
+    digits.parse().unwrap_or_else(|_| panic!("no number after {marker:?}"))
+}
+
+/// The Cardinality section's counts: series per process and per comm, the host-wide ones, the
+/// total at the defaults, and the bounds behind them.
+#[test]
+fn docs_cardinality_counts_are_the_exporters() {
+    let doc = repo_file("docs/metrics.md");
+    let section = doc.split("\n## Cardinality\n").nth(1).expect("## Cardinality");
+    // One line: sentences wrap anywhere.
+    let section = section.split("\n## ").next().unwrap_or(section);
+    let section = &section.split_whitespace().collect::<Vec<_>>().join(" ");
+    let scraped = scrape_of_every_family();
+
+    // Per process, family by family in the table's order.
+    let per_family: Vec<u64> = PER_PROCESS
+        .iter()
+        .map(|name| {
+            let series = scraped.series(name);
+            series.iter().filter(|(l, _)| l.get("pid").map(String::as_str) == Some("1")).count()
+                as u64
+        })
+        .collect();
+    let per_process: u64 = per_family.iter().sum();
+    assert_eq!(number_after(section, "Each exported process has"), per_process);
+    let breakdown = section.split(&format!("has {per_process} series:")).nth(1).expect("breakdown");
+    let breakdown = breakdown.split('.').next().unwrap_or_default();
+    let listed: Vec<u64> = breakdown
+        .split(',')
+        .map(|part| {
+            let number = part.split_whitespace().next().unwrap_or_default();
+            number.parse().unwrap_or_else(|_| panic!("{part:?} does not start with a count"))
+        })
+        .collect();
+    assert_eq!(listed, per_family, "docs/metrics.md: series per process, family by family");
+
+    // Per comm: buckets (with +Inf), _sum and _count.
+    let buckets = lifetimes::bounds_seconds().len() as u64 + 1;
+    assert_eq!(number_after(section, "each with"), buckets + 2);
+    assert_eq!(number_after(section, &format!("each with {} series (", buckets + 2)), buckets);
+
+    // Host-wide series: every family without a pid or comm label, with kprobe mode's probes.
+    let doc_rows = doc_metrics(&doc);
+    let kprobes = doc_rows
+        .iter()
+        .find(|m| m.name == "tcp_tracer_kprobe_missed_total")
+        .map(|m| backticked(&m.meaning).len() as u64)
+        .expect("kprobe row");
+    let host_wide: u64 = scraped
+        .0
+        .iter()
+        .filter(|f| f.name() != "tcp_tracer_kprobe_missed_total")
+        .filter(|f| {
+            f.get_metric().iter().all(|m| m.get_label().iter().all(|l| l.name() != "pid"))
+                && f.get_field_type() != MetricType::HISTOGRAM
+                && f.name() != "tcp_tracer_leak_suspected"
+        })
+        .map(|f| f.get_metric().len() as u64)
+        .sum::<u64>()
+        + kprobes;
+    let rows = DEFAULT_TOP_N as u64 + 1;
+    let formula = format!("{rows} × {per_process} + {rows} × {} + {host_wide} ≈", buckets + 2);
+    assert!(
+        section.contains(&formula),
+        "docs/metrics.md's Cardinality should state \"{formula}\" (exported rows × series each, \
+         comms × series each, host-wide series)"
+    );
+    let total = rows * per_process + rows * (buckets + 2) + host_wide;
+    assert_eq!(number_after(section, "≈"), (total + 50) / 100 * 100, "≈ the total, rounded");
+    assert_eq!(number_after(section, "N = "), DEFAULT_TOP_N as u64);
+    assert_eq!(number_after(section, "tracks at most"), lifetimes::MAX_TRACKED_COMMS as u64);
+}
+
+/// Every `tcp_tracer_*` name in the README, docs/ and the alert rules is an exported metric
+/// (a histogram's `_bucket`, `_sum` and `_count` included).
+#[test]
+fn every_metric_name_in_the_docs_is_exported() {
+    let scraped = scrape_of_every_family();
+    let mut known: HashSet<String> = HashSet::new();
+    for family in &scraped.0 {
+        known.insert(family.name().to_owned());
+        if family.get_field_type() == MetricType::HISTOGRAM {
+            for suffix in ["_bucket", "_sum", "_count"] {
+                known.insert(format!("{}{suffix}", family.name()));
+            }
+        }
+    }
+    let mut files = vec!["README.md".to_owned()];
+    for dir in ["docs", "deploy/prometheus"] {
+        let full = format!("{}/../{dir}", env!("CARGO_MANIFEST_DIR"));
+        let mut names: Vec<String> = std::fs::read_dir(&full)
+            .unwrap_or_else(|e| panic!("{full}: {e}"))
+            .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+            .filter(|name| name.ends_with(".md") || name.ends_with(".yml"))
+            .map(|name| format!("{dir}/{name}"))
+            .collect();
+        names.sort();
+        files.extend(names);
+    }
+    let mut unknown = Vec::new();
+    for file in &files {
+        let text = repo_file(file);
+        for (at, _) in text.match_indices("tcp_tracer_") {
+            let name: String =
+                text[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            // `tcp_tracer` alone is the scrape job's name in examples.
+            if name != "tcp_tracer_" && !known.contains(&name) {
+                unknown.push(format!("{file}: {name}"));
+            }
+        }
+    }
+    assert!(unknown.is_empty(), "metric names the exporter does not have:\n{}", unknown.join("\n"));
 }
