@@ -3,6 +3,8 @@
 //! the library's types know their names (`FromStr`), and [`values`] offers them to clap.
 mod config;
 mod conns;
+#[cfg(test)]
+mod docs;
 mod leaks;
 mod run;
 mod status;
