@@ -237,3 +237,45 @@ fn config_validation_names_the_problem() {
     let bad = DetectorConfig { window_samples: 10, sub_windows: 4, ..DetectorConfig::default() };
     assert!(bad.validate().unwrap_err().contains("multiple"));
 }
+
+/// docs/leak-detection.md states the detector's defaults and fixed counts: these constants.
+#[test]
+fn docs_state_the_defaults_and_fixed_counts() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/leak-detection.md");
+    let doc = std::fs::read_to_string(path).expect("docs/leak-detection.md");
+    let doc = doc.split_whitespace().collect::<Vec<_>>().join(" ");
+    let interval = crate::daemon::DEFAULT_LEAK_INTERVAL.as_secs();
+    let window = defaults::WINDOW_SAMPLES as u64;
+    let sub_windows = defaults::SUB_WINDOWS as u64;
+    let secs = |d: std::time::Duration| d.as_secs();
+    // Counts the doc spells out in words.
+    let word = |n: u32| match n {
+        1 => "one".to_owned(),
+        n => n.to_string(),
+    };
+    for phrase in [
+        format!("every **interval** (default {interval} s)"),
+        format!("(default {window}, so {} minutes)", window * interval / 60),
+        format!(
+            "**Q sub-windows** (default {sub_windows}, so {} s each)",
+            window * interval / sub_windows
+        ),
+        format!("by at least **G** in total (default {})", defaults::GROWTH_MIN),
+        format!("At least **K** (default {})", defaults::CLOSE_WAIT_MIN),
+        format!("for at least **T** (default {} s)", secs(crate::daemon::DEFAULT_CLOSE_WAIT_AFTER)),
+        format!(
+            "for at least **T** (default {} s). Only T",
+            secs(crate::daemon::DEFAULT_HELD_CLOSED_AFTER)
+        ),
+        format!(
+            "the count is fixed at {} (`detect::defaults::HELD_CLOSED_MIN`)",
+            word(defaults::HELD_CLOSED_MIN)
+        ),
+        format!("the count of {} is fixed, `detect::defaults::AGE_MIN`", word(defaults::AGE_MIN)),
+        format!("**R** consecutive clear evaluations (default {})", defaults::RESOLVE_AFTER),
+        "and those resolved in the last hour".to_owned(),
+    ] {
+        assert!(doc.contains(&phrase), "docs/leak-detection.md should say \"{phrase}\"");
+    }
+    assert_eq!(RESOLVED_RETENTION_NS, 3_600 * SEC, "the doc says resolved alerts stay an hour");
+}

@@ -145,6 +145,16 @@ async fn post(url: &WebhookUrl, body: &[u8]) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    /// docs/leak-detection.md states the webhook's timeout and attempts: these constants.
+    #[test]
+    fn docs_state_the_timeout_and_attempts() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/leak-detection.md");
+        let doc = std::fs::read_to_string(path).expect("docs/leak-detection.md");
+        let doc = doc.split_whitespace().collect::<Vec<_>>().join(" ");
+        let phrase = format!("{} s timeout, {ATTEMPTS} attempts with backoff", TIMEOUT.as_secs());
+        assert!(doc.contains(&phrase), "docs/leak-detection.md should say \"{phrase}\"");
+    }
+
     #[test]
     fn parses_http_urls_and_refuses_https() {
         let u: WebhookUrl = "http://127.0.0.1:9000/hook".parse().expect("url");
