@@ -652,3 +652,29 @@ fn the_architecture_diagram_is_the_tree() {
     }
     assert!(wrong.is_empty(), "docs/architecture.md's diagram:\n{}", wrong.join("\n"));
 }
+
+/// The string constant `name` of a Rust source file of the repository.
+fn string_const(path: &str, name: &str) -> String {
+    let text = read(path);
+    let marker = format!("const {name}: &str = \"");
+    let rest = text.split(&marker).nth(1).unwrap_or_else(|| panic!("{path} has no {name}"));
+    rest.split('"').next().unwrap_or_default().to_owned()
+}
+
+/// README.md names the pinned tools `cargo xtask setup` installs, at the pinned versions.
+#[test]
+fn the_readme_names_the_pinned_tools() {
+    let readme = read("README.md").split_whitespace().collect::<Vec<_>>().join(" ");
+    let nightly = string_const("tracer/build.rs", "EBPF_TOOLCHAIN");
+    assert_eq!(nightly, string_const("xtask/src/setup.rs", "EBPF_TOOLCHAIN"));
+    let linker = string_const("xtask/src/setup.rs", "BPF_LINKER_VERSION");
+    let llvm = string_const("xtask/src/setup.rs", "LLVM_CONFIG");
+    let llvm = llvm.rsplit('-').next().unwrap_or_default();
+    for phrase in [
+        format!("the pinned nightly `{nightly}`"),
+        format!("`bpf-linker` {linker}"),
+        format!("`clang-{llvm}`, `llvm-{llvm}-dev`"),
+    ] {
+        assert!(readme.contains(&phrase), "README.md should say \"{phrase}\"");
+    }
+}

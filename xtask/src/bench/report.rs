@@ -681,7 +681,8 @@ fn render_method(o: &mut String, r: &Report) {
     let _ = writeln!(
         o,
         "- Events lost: `events_lost` of `tracer status --json` after the daemon has taken in every \
-         event (ring buffer full, unresolved accepts, malformed records)."
+         event: the sum of its four reasons (ring buffer full, unresolved accepts, held-closed map \
+         full, malformed records)."
     );
     let _ = writeln!(o);
 }
