@@ -1,12 +1,16 @@
 //! README.md and docs/ against the command line, so that they cannot drift from it:
 //! - every flag they name exists, for the command they name it with (`tracer top --json`,
-//!   `cargo xtask vm-test --tests`; a flag named without a command must be one of tracer's);
+//!   `cargo xtask vm-test --tests`, the nearest command named before it in its paragraph, list
+//!   item, table row or code line); a flag named without a command must be one of tracer's or
+//!   of `cargo xtask`'s (read from their clap definitions);
 //! - every flag of every `tracer` command (hidden ones aside) is in README.md;
 //! - every default they state is the one `--help` shows, and every `a|b|c` list of values is
 //!   the flag's possible values;
-//! - README.md links every doc in docs/, and every repository path the docs name exists.
+//! - README.md links every doc in docs/, and every repository path the docs name exists;
+//! - docs/architecture.md's diagram is today's source tree and kernel hooks;
+//! - README.md names the pinned toolchain and tools `cargo xtask setup` installs.
 //!
-//! A default is read where the docs state one in either of these forms, right after the flag:
+//! A default is read where the docs state one in one of these forms, right after the flag:
 //! `` `--ring-bytes N` (8 MiB) ``, `` `--reconcile-interval` (60 s by default) ``,
 //! `` (`--drain-interval-ms`, 100 ms) ``, `` `--metrics-addr …` (default `127.0.0.1:9855`) ``,
 //! `` `--probe auto` (the default) ``, and in the default column of a table whose first column
