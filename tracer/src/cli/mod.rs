@@ -4,6 +4,7 @@
 mod config;
 mod conns;
 mod leaks;
+mod output;
 mod run;
 mod status;
 mod text;
