@@ -4,6 +4,7 @@
 //! snapshots, the detector's evidence) are re-exported here so that clients need only `api`.
 use std::net::SocketAddr;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use crate::{
@@ -12,75 +13,105 @@ pub use crate::{
 };
 
 /// One `tracer top` row: the table's numbers plus what the leak detector says.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct TopRow {
     #[serde(flatten)]
     pub process: ProcessSnapshot,
-    /// Net change of the open count's floor over the detector's window.
+    /// Net change of the open count's floor over the leak detector's window (connections; 0
+    /// until a sub-window is complete).
     pub growth: i64,
+    /// Age of its oldest open connection, seconds (0 when it has none).
     pub oldest_age_seconds: u64,
-    /// Rules alerting for this process now.
+    /// Leak rules alerting for this process now, by name, sorted.
+    #[schemars(extend("items" = {"type": "string", "enum": rule_names()}))]
     pub alerts: Vec<String>,
 }
 
 /// `tracer top`: alerting processes first, then by open connections.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct TopReport {
+    /// One row per process the table knows (alive, or exited within the grace period), at most
+    /// `limit` of them.
     pub processes: Vec<TopRow>,
+    /// Open connections no process is counted for: waiting in a listener's backlog, or
+    /// accepted unseen.
     pub unattributed: u64,
 }
 
-/// `tracer top --by remote`: open connections per remote endpoint.
-#[derive(Debug, Serialize, Deserialize)]
+/// One `tracer top --by remote` row: the open connections to one remote endpoint.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct RemoteRow {
+    /// The remote endpoint, `ip:port` (IPv6 as `[ip]:port`).
     pub remote: String,
+    /// Open connections to it, over every process.
     pub open: u32,
     /// Pids holding connections to it (at most 8 listed), most connections first.
     pub pids: Vec<u32>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// `tracer top --by remote`: remote endpoints by open connections, most first (then by
+/// endpoint).
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct RemoteReport {
+    /// At most `limit` rows; only attributed open connections count.
     pub remotes: Vec<RemoteRow>,
+    /// Open connections no process is counted for (as in `top`).
     pub unattributed: u64,
 }
 
 /// `tracer top --ages PID`: open connections by age (not cumulative: each bucket counts the
 /// connections older than the previous bound and at most this one).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct AgesReport {
+    /// The process asked for (its most recent incarnation, if the pid was reused).
     pub pid: u32,
+    /// Its command name.
     pub comm: String,
+    /// Its open connections now.
     pub open: u32,
-    /// (upper bound in seconds, or null for the last open-ended bucket; count)
+    /// `[upper bound, count]` pairs: the open connections whose age in seconds is at most the
+    /// bound and above the previous one; bounds increase (10, 60, 300, 1800, 3600, 21600, 86400,
+    /// as the `age_le` labels of `/metrics`) and the last is `null` (older than every bound).
     pub buckets: Vec<(Option<u64>, u32)>,
 }
 
 /// One alert as `tracer leaks` shows it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct AlertView {
+    /// The process it is about.
     pub pid: u32,
+    /// Its command name.
     pub comm: String,
+    /// The rule that raised it (docs/leak-detection.md).
+    #[schemars(extend("enum" = rule_names()))]
     pub rule: String,
-    /// When it raised, UTC, and how long ago.
+    /// When it raised: RFC 3339 UTC time, to the millisecond (`2026-11-24T04:07:00.123Z`).
     pub since: String,
+    /// How long ago it raised, seconds.
     pub since_seconds: u64,
+    /// The process's open connections when it raised.
     pub open: u32,
+    /// What the detector saw when it raised.
     pub evidence: Evidence,
+    /// Resolved alerts only (absent from active ones): how long ago it resolved, seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "u64")]
     pub resolved_seconds_ago: Option<u64>,
 }
 
 /// `tracer leaks`: active alerts, and those resolved in the last hour.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct LeaksReport {
+    /// Alerts raised and not resolved, longest-standing first.
     pub active: Vec<AlertView>,
+    /// Alerts resolved in the last hour.
     pub resolved: Vec<AlertView>,
 }
 
-/// `tracer conns`.
-#[derive(Debug, Serialize, Deserialize)]
+/// `tracer conns`: open and connecting connections, with the request's filters applied.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct ConnsReport {
+    /// Matching connections, oldest tracked first (by `id`).
     pub connections: Vec<ConnSnapshot>,
 }
 
@@ -130,61 +161,107 @@ pub const STATE_NAMES: [&str; 9] = [
     "close",
 ];
 
-/// `tracer status`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+/// `tracer status`: the daemon's probe mode, event and loss counters, and table size.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 pub struct StatusReport {
+    /// The daemon's release (`tracer --version`).
     pub version: String,
+    /// The API version it speaks (the envelopes' `version`).
     pub api_version: u32,
+    /// The probe mode in use.
+    #[schemars(extend("enum" = probe_mode_names()))]
     pub probe_mode: String,
+    /// Why this mode (and why not better ones), in words.
     pub probe_mode_reason: String,
+    /// The running kernel's release (`uname -r`).
     pub kernel: String,
+    /// Time since the daemon started, seconds.
     pub uptime_seconds: u64,
-    /// Events received by the daemon.
+    /// Events received from the kernel since start.
     pub events_total: u64,
+    /// Events received since start, by kind (every kind is listed, 0 included).
+    #[schemars(extend("propertyNames" = {"enum": event_kind_names()}))]
     pub events_by_kind: std::collections::BTreeMap<String, u64>,
-    /// Events the kernel emitted (received + lost + in flight).
+    /// Events the kernel programs produced since start: received, plus those lost to a full
+    /// ring (`ringbuf_full`), plus those still in the ring.
     pub events_emitted: u64,
+    /// Events lost since start: the sum of `events_lost_by_reason`.
     pub events_lost: u64,
+    /// Events lost since start, by reason (every reason is listed, 0 included): the ring was
+    /// full, an accept could not be resolved to its socket, the map of reset-but-held sockets
+    /// was full, a record was malformed.
+    #[schemars(extend("propertyNames" = {"enum": loss_reason_names()}))]
     pub events_lost_by_reason: std::collections::BTreeMap<String, u64>,
+    /// Sockets in the table now, in any phase (connecting, in a backlog, open, failed but
+    /// held).
     pub tracked_connections: u64,
+    /// Open connections no process is counted for (as in `top`).
     pub unattributed: u64,
+    /// Processes in the table now (alive, or exited within the grace period).
     pub processes: u64,
-    /// Releases of sockets the table never knew (opened before the daemon started).
+    /// Releases of sockets the table never knew (opened before the daemon started), since
+    /// start.
     pub unmatched_releases: u64,
+    /// State changes (or failed connects) of sockets the table never knew, since start.
     pub unknown_socket_events: u64,
+    /// New lifecycles on a socket whose previous release was never seen, since start.
     pub stale_replaced: u64,
-    /// Reconcile scans compared with the table so far.
+    /// Reconcile scans compared with the table, since start.
     #[serde(default)]
     pub reconciles: u64,
-    /// Differences with the kernel's view confirmed by two scans and corrected (lost events).
+    /// Differences with the kernel's view confirmed by two scans and corrected (lost events),
+    /// since start.
     pub reconcile_corrections: u64,
-    /// Leak rule evaluations done so far (one per `--leak-interval`).
+    /// Leak rule evaluations done, since start (one per `--leak-interval`).
     #[serde(default)]
     pub leak_evaluations: u64,
-    /// Connections handed to the process that really holds them (fork, passed descriptors).
+    /// Connections handed to the process that really holds them (fork, passed descriptors),
+    /// since start.
     pub holder_changes: u64,
-    /// Where /metrics is served, if anywhere.
+    /// Where /metrics is served (`ip:port`), or `null` when it is off.
     pub metrics_addr: Option<String>,
     /// kprobe mode: each probe's hits and the kernel's count of misses (empty in other modes).
     #[serde(default)]
     pub kprobes: Vec<KprobeStatus>,
-    /// Size of the ring buffer (`--ring-bytes`).
+    /// Size of the ring buffer, bytes (`--ring-bytes`).
     #[serde(default)]
     pub ring_bytes: u64,
-    /// The ring's high-water fill: the fullest a drain found it, or `ring_bytes` once events
-    /// were lost to a full ring.
+    /// The ring's high-water fill, bytes: the fullest a drain found it, or `ring_bytes` once
+    /// events were lost to a full ring.
     #[serde(default)]
     pub ring_high_water_bytes: u64,
 }
 
 /// One kprobe's hits and the kernel's count of its misses (kprobe mode).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct KprobeStatus {
     /// The probed kernel function, with `:return` for a return probe.
     pub probe: String,
+    /// Times the program ran, since the probes were attached.
     pub hits: u64,
-    /// Calls the kernel could not hand to the program.
+    /// Calls the kernel could not hand to the program, since the probes were attached.
     pub missed: u64,
+}
+
+/// The names of the leak rules (`rule` of an alert, `alerts` of a `top` row).
+fn rule_names() -> Vec<&'static str> {
+    crate::detect::Rule::ALL.iter().map(|r| r.name()).collect()
+}
+
+/// The probe modes a running daemon can be in (`auto` resolves to one of them).
+fn probe_mode_names() -> Vec<&'static str> {
+    use crate::probes::ProbeMode;
+    ProbeMode::ALL.iter().filter(|m| **m != ProbeMode::Auto).map(|m| m.name()).collect()
+}
+
+/// The keys of `events_by_kind`.
+fn event_kind_names() -> Vec<&'static str> {
+    tracer_common::EventKind::ALL.iter().map(|k| k.name()).collect()
+}
+
+/// The keys of `events_lost_by_reason`.
+fn loss_reason_names() -> Vec<&'static str> {
+    crate::pipeline::LostEvents::default().by_reason().iter().map(|(name, _)| *name).collect()
 }
 
 /// The state users filter and read by: `connecting` for SYN_SENT, else the TCP state name.

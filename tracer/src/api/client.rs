@@ -37,7 +37,23 @@ pub enum ClientError {
     Malformed(String),
 }
 
+/// Sends `request` and reads the answer as `T`.
 pub fn request<T: DeserializeOwned>(socket: &Path, request: Request) -> Result<T, ClientError> {
+    let result = request_raw(socket, request)?;
+    serde_json::from_str(result.get()).map_err(|e| ClientError::Malformed(e.to_string()))
+}
+
+/// Sends `request` and returns the answer (the envelope's `result`) as the daemon sent it,
+/// its fields in the daemon's order.
+pub fn request_value(socket: &Path, request: Request) -> Result<serde_json::Value, ClientError> {
+    let result = request_raw(socket, request)?;
+    serde_json::from_str(result.get()).map_err(|e| ClientError::Malformed(e.to_string()))
+}
+
+fn request_raw(
+    socket: &Path,
+    request: Request,
+) -> Result<Box<serde_json::value::RawValue>, ClientError> {
     let io_err = |source: std::io::Error| match source.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
             ClientError::NotRunning { path: socket.to_owned() }
@@ -63,6 +79,5 @@ pub fn request<T: DeserializeOwned>(socket: &Path, request: Request) -> Result<T
     if let Some(error) = envelope.error {
         return Err(ClientError::Daemon(error));
     }
-    let result = envelope.result.ok_or_else(|| ClientError::Malformed("no result".into()))?;
-    serde_json::from_value(result).map_err(|e| ClientError::Malformed(e.to_string()))
+    envelope.result.ok_or_else(|| ClientError::Malformed("no result".into()))
 }

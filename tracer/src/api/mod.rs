@@ -6,6 +6,7 @@
 pub mod answers;
 pub mod client;
 pub mod protocol;
+pub mod schema;
 pub mod server;
 
 pub const DEFAULT_SOCKET: &str = "/run/tracer/tracer.sock";

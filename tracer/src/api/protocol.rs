@@ -69,11 +69,13 @@ pub struct RequestEnvelope {
     pub request: Request,
 }
 
+/// `{"version":1,"result":ANSWER}` or `{"version":1,"error":"MESSAGE"}` (docs/api.md).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ResponseEnvelope {
     pub version: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The answer's JSON text, as the daemon wrote it from the answer's type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<serde_json::Value>,
+    pub result: Option<Box<serde_json::value::RawValue>>,
 }

@@ -17,7 +17,7 @@ use super::protocol::{API_VERSION, Request, RequestEnvelope, ResponseEnvelope};
 /// A request on its way to the event loop, with where to send the answer.
 pub struct Query {
     pub request: Request,
-    pub reply: oneshot::Sender<Result<serde_json::Value, String>>,
+    pub reply: oneshot::Sender<Result<Box<serde_json::value::RawValue>, String>>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -8,7 +8,10 @@ use tracer::api::{
     protocol::Request,
 };
 
-use super::text::{age, clip};
+use super::{
+    output,
+    text::{age, clip},
+};
 
 #[derive(Debug, Args)]
 pub struct ConnsArgs {
@@ -33,12 +36,12 @@ pub fn run(socket: &Path, args: ConnsArgs) -> anyhow::Result<()> {
         remote.parse::<RemoteFilter>().map_err(anyhow::Error::msg)?;
     }
     let request = Request::Conns { pid: args.pid, remote: args.remote, state: args.state };
-    let report: ConnsReport = client::request(socket, request)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    let text = if args.json {
+        output::json::<ConnsReport>(socket, request)?
     } else {
-        print!("{}", conns(&report));
-    }
+        conns(&client::request(socket, request)?)
+    };
+    output::emit(&text)?;
     Ok(())
 }
 

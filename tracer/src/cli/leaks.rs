@@ -4,7 +4,7 @@ use std::{fmt::Write as _, path::Path};
 use clap::Args;
 use tracer::api::{answers::LeaksReport, client, protocol::Request};
 
-use super::text::age;
+use super::{output, text::age};
 
 #[derive(Debug, Args)]
 pub struct LeaksArgs {
@@ -14,12 +14,12 @@ pub struct LeaksArgs {
 }
 
 pub fn run(socket: &Path, args: LeaksArgs) -> anyhow::Result<()> {
-    let report: LeaksReport = client::request(socket, Request::Leaks {})?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    let text = if args.json {
+        output::json::<LeaksReport>(socket, Request::Leaks {})?
     } else {
-        print!("{}", leaks(&report));
-    }
+        leaks(&client::request(socket, Request::Leaks {})?)
+    };
+    output::emit(&text)?;
     Ok(())
 }
 

@@ -6,6 +6,7 @@ mod conns;
 #[cfg(test)]
 mod docs;
 mod leaks;
+mod output;
 mod run;
 mod status;
 mod text;

@@ -4,6 +4,8 @@ use std::{fmt::Write as _, path::Path};
 use clap::Args;
 use tracer::api::{answers::StatusReport, client, protocol::Request};
 
+use super::output;
+
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Machine-readable output (the API's answer, docs/api.md).
@@ -12,12 +14,12 @@ pub struct StatusArgs {
 }
 
 pub fn run(socket: &Path, args: StatusArgs) -> anyhow::Result<()> {
-    let report: StatusReport = client::request(socket, Request::Status {})?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    let text = if args.json {
+        output::json::<StatusReport>(socket, Request::Status {})?
     } else {
-        print!("{}", status(&report));
-    }
+        status(&client::request(socket, Request::Status {})?)
+    };
+    output::emit(&text)?;
     Ok(())
 }
 

@@ -10,6 +10,7 @@ use tracer::api::{
 };
 
 use super::{
+    output,
     text::{age, clip},
     values::{Choice, Seconds, parse_positive_seconds},
     watch,
@@ -26,7 +27,8 @@ pub struct TopArgs {
     /// Show the age distribution of one process's open connections instead.
     #[arg(long, value_name = "PID", conflicts_with = "by")]
     pub ages: Option<u32>,
-    /// Redraw every SECS seconds (default 2) until q or Ctrl-C.
+    /// Redraw every SECS seconds (default 2) until q or Ctrl-C; with --json, print one answer
+    /// every SECS seconds instead.
     #[arg(
         long,
         num_args = 0..=1,
@@ -35,7 +37,7 @@ pub struct TopArgs {
         value_parser = parse_positive_seconds
     )]
     pub watch: Option<Seconds>,
-    /// Machine-readable output.
+    /// Machine-readable output (the API's answer, docs/api.md).
     #[arg(long)]
     pub json: bool,
 }
@@ -43,29 +45,27 @@ pub struct TopArgs {
 pub fn run(socket: &Path, args: TopArgs) -> anyhow::Result<()> {
     let frame = || -> anyhow::Result<String> {
         if let Some(pid) = args.ages {
-            let report: AgesReport = client::request(socket, Request::Ages { pid })?;
-            return Ok(if args.json {
-                serde_json::to_string_pretty(&report)? + "\n"
+            let request = Request::Ages { pid };
+            return if args.json {
+                output::json::<AgesReport>(socket, request)
             } else {
-                ages(&report)
-            });
+                Ok(ages(&client::request(socket, request)?))
+            };
         }
         let request = Request::Top { limit: args.limit, by: args.by };
         Ok(match (args.by, args.json) {
-            (TopBy::Process, true) => {
-                serde_json::to_string_pretty(&client::request::<TopReport>(socket, request)?)?
-                    + "\n"
-            }
+            (TopBy::Process, true) => output::json::<TopReport>(socket, request)?,
             (TopBy::Process, false) => top(&client::request(socket, request)?),
-            (TopBy::Remote, true) => {
-                serde_json::to_string_pretty(&client::request::<RemoteReport>(socket, request)?)?
-                    + "\n"
-            }
+            (TopBy::Remote, true) => output::json::<RemoteReport>(socket, request)?,
             (TopBy::Remote, false) => remotes(&client::request(socket, request)?),
         })
     };
     match args.watch {
-        None => print!("{}", frame()?),
+        None => {
+            output::emit(&frame()?)?;
+        }
+        // Machine output is never drawn on a screen: one answer after another.
+        Some(Seconds(period)) if args.json => watch::stream(period, frame)?,
         Some(Seconds(period)) => watch::run(period, frame)?,
     }
     Ok(())

@@ -1,5 +1,5 @@
 //! `tracer top --watch`: redraws in place like top(1) until q or Ctrl-C, and always gives the
-//! terminal back as it found it.
+//! terminal back as it found it; with `--json`, prints one answer after another instead.
 use std::{
     io::{IsTerminal, Read, Write},
     os::fd::AsRawFd,
@@ -52,6 +52,21 @@ fn quit_requested(timeout: Duration) -> bool {
         Ok(0) => true,
         Ok(_) => matches!(byte[0], b'q' | b'Q' | 0x03),
         Err(_) => false,
+    }
+}
+
+/// `--watch` with `--json`: each frame as it is, one every `period`, until the reader goes
+/// away (or Ctrl-C); no terminal control, so the output stays a stream of JSON documents.
+pub fn stream(
+    period: Duration,
+    mut frame: impl FnMut() -> anyhow::Result<String>,
+) -> anyhow::Result<()> {
+    loop {
+        let started = Instant::now();
+        if !super::output::emit(&frame()?)? {
+            return Ok(());
+        }
+        std::thread::sleep(period.saturating_sub(started.elapsed()));
     }
 }
 

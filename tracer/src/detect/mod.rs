@@ -8,6 +8,7 @@ mod growth;
 
 use std::collections::{HashMap, VecDeque};
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use growth::sub_window_floors;
@@ -28,6 +29,9 @@ pub enum Rule {
 }
 
 impl Rule {
+    /// Every rule (a new one goes here too: the API's schema lists these names).
+    pub const ALL: [Rule; 4] = [Rule::Growth, Rule::CloseWait, Rule::HeldClosed, Rule::Age];
+
     pub fn name(self) -> &'static str {
         match self {
             Rule::Growth => "growth",
@@ -107,11 +111,16 @@ impl DetectorConfig {
 }
 
 /// A connection named in evidence.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ConnBrief {
+    /// Local endpoint, `ip:port` (IPv6 as `[ip]:port`).
     pub local: String,
+    /// Remote endpoint, `ip:port` (IPv6 as `[ip]:port`).
     pub remote: String,
+    /// TCP state, as in `conns`.
+    #[schemars(extend("enum" = crate::events::state_names()))]
     pub state: String,
+    /// Seconds since it opened.
     pub age_seconds: u64,
 }
 
@@ -136,24 +145,35 @@ pub struct ProcessSample {
     pub top_remotes: Vec<(String, u32)>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What the detector saw in a process when an alert raised (docs/leak-detection.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Evidence {
     /// Minimum open count in each sub-window of the window, oldest first.
     pub floors: Vec<u32>,
-    /// Net change of the floor over the window.
+    /// Net change of the floor over the window (last floor minus first), connections.
     pub growth: i64,
+    /// Connections it opened during the window.
     pub opens_in_window: u64,
+    /// Connections it released during the window.
     pub closes_in_window: u64,
+    /// Open connections in CLOSE_WAIT for longer than the close_wait threshold.
     pub stale_close_wait: u32,
+    /// Open connections reset by the peer (state `close`) held longer than the threshold.
     pub stale_held_closed: u32,
+    /// Open connections older than the age threshold (0 when the age rule is off).
     pub aged: u32,
+    /// Its oldest open connections, oldest first (at most 5).
     pub oldest: Vec<ConnBrief>,
+    /// Remote endpoints by its open connections, most first (at most 5).
     pub top_remotes: Vec<RemoteCount>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Open connections of one process to one remote endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct RemoteCount {
+    /// Remote endpoint, `ip:port` (IPv6 as `[ip]:port`).
     pub remote: String,
+    /// The process's open connections to it.
     pub open: u32,
 }
 

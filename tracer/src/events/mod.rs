@@ -71,6 +71,18 @@ pub fn state_name(state: u8) -> &'static str {
     }
 }
 
+/// Every name [`state_name`] gives, in TCP state order (`unknown` last).
+pub fn state_names() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = Vec::new();
+    for state in (1..=u8::MAX).chain([0]) {
+        let name = state_name(state);
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
+}
+
 /// One-line human rendering, for debug logs.
 pub struct Display<'a>(pub &'a ConnEvent);
 

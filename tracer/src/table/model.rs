@@ -2,6 +2,7 @@
 //! it can be, with the command name kept as the kernel's 16 bytes so that no event allocates.
 use std::{borrow::Cow, net::SocketAddr, num::NonZeroU32};
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tracer_common::{ConnEvent, Tuple, tcp_state};
 
@@ -64,7 +65,10 @@ impl TupleKey {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// Which side opened a connection.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     /// Created by `connect()`.
@@ -74,7 +78,9 @@ pub enum Direction {
 }
 
 /// Where an entry is in its life, which decides what it counts towards.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// `connect()` started, handshake not complete (SYN_SENT): counts as `connecting`, not open.
@@ -221,16 +227,23 @@ impl Connection {
     }
 }
 
-/// Open connections of one process by TCP state. Only the states an open connection can be in;
-/// field names are [`state_name`]'s.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Open connections of one process by TCP state: only the states an open connection can be in,
+/// named as `tracer conns` names states.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StateCounts {
+    /// In ESTABLISHED.
     pub established: u32,
+    /// In CLOSE_WAIT: the peer hung up, the process has not closed.
     pub close_wait: u32,
+    /// In FIN_WAIT1: shut down for writing (or closing), our FIN not yet acknowledged.
     pub fin_wait1: u32,
+    /// In FIN_WAIT2: shut down for writing, waiting for the peer's FIN.
     pub fin_wait2: u32,
+    /// In CLOSING: both sides sent FIN at once.
     pub closing: u32,
+    /// In LAST_ACK: the peer hung up, then the process shut down; waiting for the last ACK.
     pub last_ack: u32,
+    /// In TIME_WAIT while still held.
     pub time_wait: u32,
     /// Reset by the peer but still held by the process: the leak `ss` cannot show.
     pub close: u32,
@@ -289,10 +302,13 @@ impl StateCounts {
 }
 
 /// The part of a process's counts that belongs to one direction.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct DirectionStats {
+    /// Connections of this direction open now.
     pub open: u32,
+    /// Connections of this direction opened, since the daemon started.
     pub opened_total: u64,
+    /// Open connections of this direction released, since the daemon started.
     pub closed_total: u64,
 }
 

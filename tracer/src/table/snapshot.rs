@@ -3,6 +3,7 @@
 //! that the same table always renders the same way.
 use std::{borrow::Cow, net::SocketAddr};
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -88,23 +89,38 @@ impl ConnView<'_> {
 }
 
 /// One process, as `tracer top` and the API show it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ProcessSnapshot {
+    /// Process id (the thread-group id).
     pub pid: u32,
+    /// When the process started, nanoseconds since boot (CLOCK_BOOTTIME), to 10 ms: with `pid`,
+    /// identifies a process across pid reuse.
     pub start_time_ns: u64,
+    /// Command name (the kernel's `comm`, at most 15 bytes; updated on exec).
     pub comm: String,
+    /// Id of its cgroup (v2): the inode number of the cgroup's directory.
     pub cgroup_id: u64,
+    /// Connections open now (docs/semantics.md).
     pub open: u32,
+    /// Connections that reached ESTABLISHED for it (outbound) or that it accepted (inbound),
+    /// since the daemon started.
     pub opened_total: u64,
+    /// Open connections it released, since the daemon started.
     pub closed_total: u64,
+    /// Outbound connects that never reached ESTABLISHED (refused, timed out, unreachable, or
+    /// closed while connecting), since the daemon started.
     pub connect_failed: u64,
+    /// Outbound connects still in SYN_SENT (not open).
     pub connecting: u32,
     /// Open connections by state (only the states an open connection can be in).
     pub states: StateCounts,
+    /// The counts of its outbound connections (made with `connect()`).
     pub outbound: DirectionStats,
+    /// The counts of its inbound connections (handed out by `accept()`).
     pub inbound: DirectionStats,
+    /// It has exited (it stays listed for a grace period, 60 s by default).
     pub exited: bool,
-    /// `null` while the process is alive.
+    /// Connections it still held when it exited; `null` while it is alive.
     pub open_at_exit: Option<u32>,
 }
 
@@ -130,25 +146,34 @@ impl From<&ProcessStats> for ProcessSnapshot {
 }
 
 /// One connection, as `tracer conns` and the API show it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ConnSnapshot {
+    /// The table's id of this connection: unique for the daemon's life, increasing in the
+    /// order the daemon first saw connections.
     pub id: u64,
-    /// `null` while unattributed.
+    /// The owner's pid; `null` while unattributed.
     pub pid: Option<u32>,
+    /// The owner's command name; `null` while unattributed.
     pub comm: Option<String>,
+    /// Who opened it.
     pub direction: Direction,
+    /// Where it is in its life.
     pub phase: Phase,
-    /// `ip:port`, IPv6 as `[ip]:port`.
+    /// Local endpoint, `ip:port` (IPv6 as `[ip]:port`).
     pub local: SocketAddr,
+    /// Remote endpoint, `ip:port` (IPv6 as `[ip]:port`).
     pub remote: SocketAddr,
+    /// TCP state, the kernel's name in lower case (`syn_sent` while connecting).
+    #[schemars(extend("enum" = crate::events::state_names()))]
     pub state: String,
-    /// Since open; since first seen for connections not open yet.
+    /// Seconds since it opened; since first seen for connections not open yet.
     pub age_seconds: u64,
+    /// Its network namespace: the inode number of `/proc/<pid>/ns/net`.
     pub netns: u32,
     /// Found open at start-up (or by a reconcile): its open time is unknown and its age counts
     /// from when tracer found it.
     pub preexisting: bool,
-    /// Every process holding it, when a scan found more than one (empty otherwise).
+    /// Pids of every process holding it, when a scan found more than one (absent otherwise).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub holders: Vec<u32>,
 }

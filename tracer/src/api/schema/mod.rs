@@ -1,0 +1,298 @@
+//! JSON Schemas of the API's answers, derived from the answer types ([`super::answers`]) with
+//! schemars, so that the contract cannot drift from the code: docs/api.md shows them (a unit
+//! test fails when the doc differs from what this module generates), and [`Schemas::validate`]
+//! checks a real answer against them (the integration tests do, on a live daemon).
+//!
+//! The schemas describe exactly what this release sends: every object lists all its fields
+//! (`additionalProperties: false`), `required` names those always present.
+use std::borrow::Cow;
+
+use schemars::{
+    JsonSchema, Schema, SchemaGenerator, generate::SchemaSettings, transform::RecursiveTransform,
+};
+use serde_json::{Map, Value, json};
+
+use super::answers::{AgesReport, ConnsReport, LeaksReport, RemoteReport, StatusReport, TopReport};
+
+mod validate;
+
+#[cfg(test)]
+mod doc;
+
+/// One kind of answer: what asks for it, what prints it, and its type.
+pub struct Answer {
+    /// The envelope's `request`, as an example line (docs/api.md shows it).
+    pub request: &'static str,
+    /// The CLI command that prints it with `--json`.
+    pub command: &'static str,
+    /// Its name in the schema document's `$defs`.
+    pub type_name: fn() -> Cow<'static, str>,
+    add: fn(&mut SchemaGenerator) -> Schema,
+}
+
+const fn answer<T: JsonSchema>(request: &'static str, command: &'static str) -> Answer {
+    Answer { request, command, type_name: T::schema_name, add: SchemaGenerator::subschema_for::<T> }
+}
+
+/// Every answer of the API, in the order docs/api.md documents them.
+pub const ANSWERS: [Answer; 6] = [
+    answer::<StatusReport>(r#"{"status":{}}"#, "tracer status --json"),
+    answer::<TopReport>(r#"{"top":{"limit":null,"by":"process"}}"#, "tracer top --json"),
+    answer::<RemoteReport>(
+        r#"{"top":{"limit":null,"by":"remote"}}"#,
+        "tracer top --by remote --json",
+    ),
+    answer::<AgesReport>(r#"{"ages":{"pid":1234}}"#, "tracer top --ages 1234 --json"),
+    answer::<ConnsReport>(
+        r#"{"conns":{"pid":null,"remote":null,"state":null}}"#,
+        "tracer conns --json",
+    ),
+    answer::<LeaksReport>(r#"{"leaks":{}}"#, "tracer leaks --json"),
+];
+
+/// The schema document of every answer: one JSON Schema (draft 2020-12) whose `$defs` hold each
+/// answer type and every type they contain.
+pub struct Schemas {
+    document: Value,
+}
+
+impl Default for Schemas {
+    fn default() -> Self {
+        Self::generate()
+    }
+}
+
+impl Schemas {
+    pub fn generate() -> Self {
+        let mut generator = SchemaSettings::draft2020_12()
+            .for_serialize()
+            .with_transform(RecursiveTransform(close_objects))
+            .into_generator();
+        for answer in &ANSWERS {
+            (answer.add)(&mut generator);
+        }
+        let defs = generator.take_definitions(true);
+        let document = json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": format!("tracer API version {} answers", super::protocol::API_VERSION),
+            "$defs": defs,
+        });
+        Self { document }
+    }
+
+    /// The whole document.
+    pub fn document(&self) -> &Value {
+        &self.document
+    }
+
+    /// The schema of the type named `name` in `$defs`.
+    pub fn definition(&self, name: &str) -> Option<&Value> {
+        self.defs().get(name)
+    }
+
+    pub fn defs(&self) -> &Map<String, Value> {
+        static EMPTY: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
+        self.document["$defs"].as_object().unwrap_or_else(|| EMPTY.get_or_init(Map::new))
+    }
+
+    /// Checks `value` against the schema of `T` (an answer type or any type it contains); the
+    /// errors name the offending place as a JSON pointer.
+    pub fn validate<T: JsonSchema>(&self, value: &Value) -> Result<(), Vec<String>> {
+        self.validate_named(&T::schema_name(), value)
+    }
+
+    /// Checks `value` against the schema of the type named `name` in `$defs`.
+    pub fn validate_named(&self, name: &str, value: &Value) -> Result<(), Vec<String>> {
+        let reference = json!({ "$ref": format!("#/$defs/{name}") });
+        let mut errors = Vec::new();
+        validate::Validator { root: &self.document }.check(&reference, value, "", &mut errors);
+        if errors.is_empty() { Ok(()) } else { Err(errors) }
+    }
+}
+
+/// Every object with declared properties gets `additionalProperties: false`: the schema lists
+/// every field this release sends, and the tests check that no undocumented one appears.
+fn close_objects(schema: &mut Schema) {
+    if let Some(object) = schema.as_object_mut()
+        && object.contains_key("properties")
+        && !object.contains_key("additionalProperties")
+    {
+        object.insert("additionalProperties".into(), false.into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        api::answers::{
+            AgesReport, AlertView, ConnBrief, ConnSnapshot, Evidence, KprobeStatus, RemoteCount,
+            RemoteRow, TopRow,
+        },
+        table::{Direction, DirectionStats, Phase, ProcessSnapshot, StateCounts},
+    };
+
+    fn process() -> ProcessSnapshot {
+        ProcessSnapshot {
+            pid: 42,
+            start_time_ns: 1_000_000_000,
+            comm: "curl".into(),
+            cgroup_id: 7,
+            open: 1,
+            opened_total: 3,
+            closed_total: 2,
+            connect_failed: 1,
+            connecting: 0,
+            states: StateCounts { established: 1, ..StateCounts::default() },
+            outbound: DirectionStats { open: 1, opened_total: 3, closed_total: 2 },
+            inbound: DirectionStats::default(),
+            exited: true,
+            open_at_exit: Some(1),
+        }
+    }
+
+    fn alert(resolved: Option<u64>) -> AlertView {
+        AlertView {
+            pid: 42,
+            comm: "curl".into(),
+            rule: "growth".into(),
+            since: "2026-11-24T04:07:00.123Z".into(),
+            since_seconds: 12,
+            open: 30,
+            evidence: Evidence {
+                floors: vec![1, 11, 21, 31],
+                growth: 30,
+                opens_in_window: 30,
+                closes_in_window: 0,
+                stale_close_wait: 0,
+                stale_held_closed: 0,
+                aged: 0,
+                oldest: vec![ConnBrief {
+                    local: "127.0.0.1:5000".into(),
+                    remote: "127.0.0.1:80".into(),
+                    state: "established".into(),
+                    age_seconds: 9,
+                }],
+                top_remotes: vec![RemoteCount { remote: "127.0.0.1:80".into(), open: 30 }],
+            },
+            resolved_seconds_ago: resolved,
+        }
+    }
+
+    /// One value of each answer, with every optional part filled somewhere.
+    fn samples() -> Vec<(String, Value)> {
+        let conn = |holders: Vec<u32>| ConnSnapshot {
+            id: 1,
+            pid: None,
+            comm: None,
+            direction: Direction::Inbound,
+            phase: Phase::Backlog,
+            local: "[::1]:80".parse().expect("addr"),
+            remote: "[::1]:5000".parse().expect("addr"),
+            state: "established".into(),
+            age_seconds: 0,
+            netns: 4_026_531_840,
+            preexisting: false,
+            holders,
+        };
+        let status = StatusReport {
+            probe_mode: "kprobe".into(),
+            events_by_kind: [("connect".to_owned(), 3)].into(),
+            events_lost_by_reason: [("ringbuf_full".to_owned(), 0)].into(),
+            metrics_addr: Some("127.0.0.1:9464".into()),
+            kprobes: vec![KprobeStatus { probe: "tcp_connect".into(), hits: 3, missed: 0 }],
+            ..StatusReport::default()
+        };
+        let top = TopReport {
+            processes: vec![TopRow {
+                process: process(),
+                growth: -2,
+                oldest_age_seconds: 5,
+                alerts: vec!["close_wait".into()],
+            }],
+            unattributed: 1,
+        };
+        let remotes = RemoteReport {
+            remotes: vec![RemoteRow { remote: "10.0.0.1:443".into(), open: 2, pids: vec![1, 2] }],
+            unattributed: 0,
+        };
+        let ages = AgesReport {
+            pid: 42,
+            comm: "curl".into(),
+            open: 3,
+            buckets: vec![(Some(10), 2), (None, 1)],
+        };
+        let conns = ConnsReport { connections: vec![conn(vec![]), conn(vec![7, 8])] };
+        let leaks = LeaksReport { active: vec![alert(None)], resolved: vec![alert(Some(3))] };
+        let to = |v: serde_json::Result<Value>| v.expect("serialise");
+        vec![
+            ("StatusReport".into(), to(serde_json::to_value(status))),
+            ("TopReport".into(), to(serde_json::to_value(top))),
+            ("RemoteReport".into(), to(serde_json::to_value(remotes))),
+            ("AgesReport".into(), to(serde_json::to_value(ages))),
+            ("ConnsReport".into(), to(serde_json::to_value(conns))),
+            ("LeaksReport".into(), to(serde_json::to_value(leaks))),
+        ]
+    }
+
+    #[test]
+    fn every_answer_has_a_schema_and_real_answers_pass_it() {
+        let schemas = Schemas::generate();
+        let names: Vec<String> = ANSWERS.iter().map(|a| (a.type_name)().into_owned()).collect();
+        let samples = samples();
+        assert_eq!(names, samples.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>());
+        for (name, value) in samples {
+            assert!(schemas.definition(&name).is_some(), "no schema for {name}");
+            if let Err(errors) = schemas.validate_named(&name, &value) {
+                panic!("{name}: {errors:#?}\n{value:#}");
+            }
+        }
+    }
+
+    #[test]
+    fn answers_with_a_field_missing_added_or_mistyped_fail() {
+        let schemas = Schemas::generate();
+        let mut top = samples().remove(1).1;
+        assert!(schemas.validate::<TopReport>(&top).is_ok());
+        let row = &mut top["processes"][0];
+        row.as_object_mut().expect("row").remove("growth");
+        row["surprise"] = json!(1);
+        row["states"]["established"] = json!("one");
+        row["alerts"] = json!(["no_such_rule"]);
+        let errors = schemas.validate::<TopReport>(&top).expect_err("must fail");
+        for expected in [
+            "/processes/0: the required field \"growth\" is missing",
+            "/processes/0: the field \"surprise\" is not in the schema",
+            "/processes/0/states/established: expected integer, found string",
+            "/processes/0/alerts/0: \"no_such_rule\" is not one of",
+        ] {
+            assert!(errors.iter().any(|e| e.starts_with(expected)), "{expected}: {errors:#?}");
+        }
+        let mut status = samples().remove(0).1;
+        status["events_by_kind"]["telepathy"] = json!(1);
+        let errors = schemas.validate::<StatusReport>(&status).expect_err("must fail");
+        assert!(errors.iter().any(|e| e.contains("telepathy")), "{errors:#?}");
+    }
+
+    #[test]
+    fn the_schemas_enumerate_the_names_the_code_uses() {
+        let schemas = Schemas::generate();
+        let at = |pointer: &str| {
+            schemas.document().pointer(pointer).cloned().unwrap_or_else(|| panic!("{pointer}"))
+        };
+        assert_eq!(
+            at("/$defs/AlertView/properties/rule/enum"),
+            json!(["growth", "close_wait", "held_closed", "age"])
+        );
+        assert_eq!(
+            at("/$defs/StatusReport/properties/probe_mode/enum"),
+            json!(["fentry", "kprobe", "tracepoint"])
+        );
+        let states = at("/$defs/ConnSnapshot/properties/state/enum");
+        for state in crate::api::answers::STATE_NAMES.iter().filter(|s| **s != "connecting") {
+            assert!(states.as_array().expect("enum").contains(&json!(state)), "{state}");
+        }
+    }
+}

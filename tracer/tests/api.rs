@@ -1,0 +1,295 @@
+//! The API as a contract, on a live daemon: every answer (status, top, top by remote, ages,
+//! conns, leaks), asked on the socket and through the CLI's `--json`, has exactly the fields
+//! docs/api.md documents with the documented types (the schemas the answer types generate, which
+//! a unit test keeps equal to the doc), and every `--json` prints the API's answer the same way.
+mod common;
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    os::unix::net::UnixStream,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::{Daemon, FAST_LEAKS, Workload, tracer_bin};
+use serde_json::{Value, json};
+use tracer::api::schema::Schemas;
+
+/// One request on the socket, by hand as docs/api.md shows it; the whole answer envelope.
+fn raw(daemon: &Daemon, request: Value) -> Value {
+    let mut stream = UnixStream::connect(&daemon.socket).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let line = json!({ "version": 1, "request": request }).to_string() + "\n";
+    stream.write_all(line.as_bytes()).expect("write");
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply).expect("read");
+    assert!(reply.ends_with('\n') && reply.trim_end().lines().count() == 1, "one line: {reply}");
+    serde_json::from_str(&reply).unwrap_or_else(|e| panic!("bad envelope {reply}: {e}"))
+}
+
+/// The answer (`result`) of a successful request, after checking the envelope around it.
+fn answer(daemon: &Daemon, request: Value) -> Value {
+    let envelope = raw(daemon, request.clone());
+    let keys: Vec<&String> = envelope.as_object().expect("envelope").keys().collect();
+    assert_eq!(keys, ["version", "result"], "{request}: {envelope}");
+    assert_eq!(envelope["version"], 1);
+    envelope["result"].clone()
+}
+
+/// `tracer ARGS --json` printed exactly one pretty JSON document and one newline.
+fn cli_json(daemon: &Daemon, args: &[&str]) -> Value {
+    let mut full = args.to_vec();
+    full.push("--json");
+    let out = daemon.try_cli(&full).unwrap_or_else(|e| panic!("tracer {full:?}: {e}"));
+    let value: Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("tracer {full:?}: {e}: {out}"));
+    let pretty = serde_json::to_string_pretty(&value).expect("pretty") + "\n";
+    assert_eq!(out, pretty, "tracer {full:?}: pretty JSON and one newline, nothing else");
+    value
+}
+
+fn assert_valid(schemas: &Schemas, name: &str, what: &str, value: &Value) {
+    if let Err(errors) = schemas.validate_named(name, value) {
+        panic!("{what} does not match the schema of {name} in docs/api.md: {errors:#?}\n{value:#}");
+    }
+}
+
+/// The same fields in the same order at every level. Values may differ (two answers a moment
+/// apart, on a machine where other things run): connections are paired by `id`, other array
+/// items by position.
+fn same_shape(a: &Value, b: &Value, at: &str) -> Result<(), String> {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let (kx, ky): (Vec<_>, Vec<_>) = (x.keys().collect(), y.keys().collect());
+            if kx != ky {
+                return Err(format!("{at}: fields {kx:?} vs {ky:?}"));
+            }
+            x.iter().try_for_each(|(k, v)| same_shape(v, &y[k], &format!("{at}/{k}")))
+        }
+        (Value::Array(x), Value::Array(y)) => x.iter().enumerate().try_for_each(|(i, v)| {
+            let w = match v.get("id") {
+                Some(id) => y.iter().find(|w| w.get("id") == Some(id)),
+                None => y.get(i),
+            };
+            w.map_or(Ok(()), |w| same_shape(v, w, &format!("{at}/{i}")))
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn alerts(daemon: &Daemon, list: &str, pid: u32) -> usize {
+    let leaks = answer(daemon, json!({"leaks": {}}));
+    leaks[list].as_array().expect("list").iter().filter(|a| a["pid"] == pid).count()
+}
+
+#[test]
+fn every_answer_of_a_live_daemon_matches_the_documented_schema() {
+    let schemas = Schemas::generate();
+    let daemon = Daemon::start(FAST_LEAKS);
+
+    // Connections of every kind the answers show: IPv4 and IPv6, held by their owners, waiting
+    // unaccepted in a backlog (unattributed: pid and comm null), held by two processes at once.
+    let mut server = Workload::spawn();
+    let port4 = server.listen("127.0.0.1");
+    let port6 = server.listen("::1");
+    let backlog_port = server.listen("127.0.0.1");
+    let mut client = Workload::spawn();
+    client.connect(&format!("127.0.0.1:{port4}"), 3);
+    client.connect(&format!("[::1]:{port6}"), 2);
+    client.connect(&format!("127.0.0.1:{backlog_port}"), 2);
+    server.cmd("accept 0 3");
+    server.cmd("accept 1 2");
+    // A forked python holds its connection in two processes: `holders` lists both.
+    let mut forked = Command::new("python3")
+        .args([
+            "-c",
+            "import os, socket, sys\n\
+             s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n\
+             print(os.getpid(), flush=True)\n\
+             os.fork()\n\
+             sys.stdin.read()",
+            &port4.to_string(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut connected = String::new();
+    BufReader::new(forked.stdout.take().expect("stdout")).read_line(&mut connected).expect("pid");
+    server.cmd("accept 0 1");
+    // Two leak alerts (close_wait, raised within about a second on FAST_LEAKS): servers that
+    // never close, whose clients hang up. One server then exits: its alert resolves.
+    let mut holder = Workload::spawn();
+    let hold_port = holder.listen("127.0.0.1");
+    holder.cmd("serve-bg 0 hold");
+    let mut quitter = Workload::spawn();
+    let quit_port = quitter.listen("127.0.0.1");
+    quitter.cmd("serve-bg 0 hold");
+    let mut hangup = Workload::spawn();
+    hangup.connect(&format!("127.0.0.1:{hold_port}"), 2);
+    hangup.connect(&format!("127.0.0.1:{quit_port}"), 2);
+    hangup.cmd("close 4");
+    daemon.eventually("two close_wait alerts", |d| {
+        match (alerts(d, "active", holder.pid), alerts(d, "active", quitter.pid)) {
+            (1.., 1..) => Ok(()),
+            counts => Err(format!("active alerts of the two servers: {counts:?}")),
+        }
+    });
+    let quitter_pid = quitter.pid;
+    quitter.exit();
+    daemon.eventually("the exited server's alert resolved", |d| {
+        if alerts(d, "resolved", quitter_pid) > 0 { Ok(()) } else { Err("not yet".into()) }
+    });
+    daemon.eventually("the forked connection has two holders", |d| {
+        let conns = answer(d, json!({"conns": {"remote": format!("127.0.0.1:{port4}")}}));
+        let found = conns["connections"]
+            .as_array()
+            .expect("connections")
+            .iter()
+            .any(|c| c["holders"].as_array().is_some_and(|h| h.len() == 2));
+        if found { Ok(()) } else { Err(format!("no connection with two holders: {conns}")) }
+    });
+
+    let client_pid = client.pid.to_string();
+    let cases: Vec<(&str, Value, Vec<&str>)> = vec![
+        ("StatusReport", json!({"status": {}}), vec!["status"]),
+        ("TopReport", json!({"top": {"limit": null, "by": "process"}}), vec!["top"]),
+        ("TopReport", json!({"top": {"limit": 2}}), vec!["top", "--limit", "2"]),
+        (
+            "RemoteReport",
+            json!({"top": {"limit": null, "by": "remote"}}),
+            vec!["top", "--by", "remote"],
+        ),
+        ("AgesReport", json!({"ages": {"pid": client.pid}}), vec!["top", "--ages", &client_pid]),
+        ("ConnsReport", json!({"conns": {}}), vec!["conns"]),
+        ("ConnsReport", json!({"conns": {"pid": client.pid}}), vec!["conns", "--pid", &client_pid]),
+        (
+            "ConnsReport",
+            json!({"conns": {"state": "close_wait"}}),
+            vec!["conns", "--state", "close_wait"],
+        ),
+        ("LeaksReport", json!({"leaks": {}}), vec!["leaks"]),
+    ];
+    for (name, request, args) in &cases {
+        let api = answer(&daemon, request.clone());
+        assert_valid(&schemas, name, &format!("the answer to {request}"), &api);
+        let printed = cli_json(&daemon, args);
+        assert_valid(&schemas, name, &format!("tracer {args:?} --json"), &printed);
+        if let Err(e) = same_shape(&api, &printed, "") {
+            panic!("tracer {args:?} --json is not the API's answer to {request}: {e}");
+        }
+    }
+
+    // What the answers above covered, so that the schema checks saw every kind of value.
+    let conns = answer(&daemon, json!({"conns": {}}));
+    let conns = conns["connections"].as_array().expect("connections");
+    assert!(conns.iter().any(|c| c["pid"].is_null()), "an unattributed connection");
+    assert!(conns.iter().any(|c| c["local"].as_str().is_some_and(|l| l.starts_with("[::1]"))));
+    let leaks = answer(&daemon, json!({"leaks": {}}));
+    assert!(leaks["active"].as_array().is_some_and(|a| !a.is_empty()), "{leaks}");
+    assert!(leaks["resolved"][0]["resolved_seconds_ago"].is_u64(), "{leaks}");
+    daemon.eventually("the client's ages count its 7 connections", |d| {
+        let ages = answer(d, json!({"ages": {"pid": client.pid}}));
+        let counted: u64 = ages["buckets"]
+            .as_array()
+            .expect("buckets")
+            .iter()
+            .map(|b| b[1].as_u64().expect("count"))
+            .sum();
+        common::expect_eq("open", ages["open"].as_u64().expect("open"), 7)?;
+        common::expect_eq("counted in buckets", counted, 7)
+    });
+
+    let _ = forked.kill();
+    let _ = forked.wait();
+}
+
+#[test]
+fn errors_keep_the_envelope_and_the_cli_convention() {
+    let daemon = Daemon::start(&[]);
+    // Refused requests: an error envelope, no result; the connection stays usable.
+    let mut stream = UnixStream::connect(&daemon.socket).expect("connect");
+    stream
+        .write_all(
+            b"{\"version\":1,\"request\":{\"conns\":{\"state\":\"sleepy\"}}}\n\
+              {\"version\":1,\"request\":{\"status\":{}}}\n",
+        )
+        .expect("write");
+    let mut lines = BufReader::new(stream).lines();
+    let refused: Value =
+        serde_json::from_str(&lines.next().expect("line").expect("read")).expect("JSON");
+    let keys: Vec<&String> = refused.as_object().expect("envelope").keys().collect();
+    assert_eq!(keys, ["version", "error"], "{refused}");
+    assert!(refused["error"].as_str().is_some_and(|e| e.contains("close_wait")), "{refused}");
+    let next: Value =
+        serde_json::from_str(&lines.next().expect("line").expect("read")).expect("JSON");
+    assert!(next["result"]["api_version"] == 1, "{next}");
+
+    // The CLI: nothing on stdout, one `tracer: ` line on stderr, exit 1, --json or not.
+    for args in
+        [["top", "--ages", "4000000000", "--json"], ["conns", "--state", "sleepy", "--json"]]
+    {
+        let out = Command::new(tracer_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(&daemon.socket)
+            .output()
+            .expect("run tracer");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            out.stdout.is_empty(),
+            "{args:?} printed {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(stderr.starts_with("tracer: ") && stderr.lines().count() == 1, "{stderr}");
+    }
+}
+
+#[test]
+fn top_json_watch_streams_answers_and_stops_when_its_reader_goes() {
+    let schemas = Schemas::generate();
+    let daemon = Daemon::start(&[]);
+    let mut child = Command::new(tracer_bin())
+        .args(["top", "--json", "--watch", "0.2", "--socket"])
+        .arg(&daemon.socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("tracer top --watch");
+    let mut stdout = child.stdout.take().expect("stdout");
+    // Three documents, then close the pipe.
+    let mut text = String::new();
+    let mut buf = [0u8; 4096];
+    let documents = loop {
+        let n = stdout.read(&mut buf).expect("read");
+        assert!(n > 0, "tracer top --watch ended early: {text}");
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        let complete: Vec<Value> = serde_json::Deserializer::from_str(&text)
+            .into_iter::<Value>()
+            .map_while(Result::ok)
+            .collect();
+        if complete.len() >= 3 {
+            break complete;
+        }
+    };
+    drop(stdout);
+    assert!(!text.contains('\x1b'), "no terminal control in machine output: {text:?}");
+    assert!(text.starts_with("{\n"), "each answer pretty-printed: {text:?}");
+    for document in &documents {
+        assert_valid(&schemas, "TopReport", "a frame of top --json --watch", document);
+    }
+    // The next write finds no reader: it ends, successfully, by itself.
+    let deadline = std::time::Instant::now() + common::wait_limit();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("tracer top --json --watch kept running without a reader");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+}
