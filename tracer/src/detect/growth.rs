@@ -34,3 +34,16 @@ pub fn holds(open: &VecDeque<u32>, config: &DetectorConfig) -> bool {
     };
     floors.len() == config.sub_windows && rising && rise >= config.growth_min
 }
+
+/// A *suspect* for the opener-stacks policy: the floor rose in each of the last two
+/// sub-window steps (three complete sub-windows, strictly rising). It marks a process before
+/// `growth` can raise (which needs a whole window), so that its connections' stacks are
+/// captured by the time the alert raises. A pool warming up is briefly a suspect too: that
+/// costs only stack captures, never an alert.
+pub fn suspect(open: &VecDeque<u32>, config: &DetectorConfig) -> bool {
+    let floors = sub_window_floors(open, config);
+    match floors.as_slice() {
+        [.., a, b, c] => a < b && b < c,
+        _ => false,
+    }
+}

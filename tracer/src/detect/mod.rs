@@ -358,6 +358,15 @@ impl Detector {
     }
 
     /// Net change of the floor over the current window (0 until a sub-window is complete).
+    /// Processes whose connections' opener stacks should all be captured: a `growth` alert is
+    /// active, or its floor is rising ([`growth::suspect`]). Other rules make no suspects.
+    pub fn suspects(&self) -> impl Iterator<Item = ProcessKey> + '_ {
+        self.history.iter().filter_map(|(id, history)| {
+            let alerting = self.active.contains_key(&(*id, Rule::Growth));
+            (alerting || growth::suspect(&history.open, &self.config)).then_some(*id)
+        })
+    }
+
     pub fn growth_of(&self, id: ProcessKey) -> i64 {
         self.history.get(&id).map_or(0, |h| floor_growth(&sub_window_floors(&h.open, &self.config)))
     }

@@ -279,3 +279,41 @@ fn docs_state_the_defaults_and_fixed_counts() {
     }
     assert_eq!(RESOLVED_RETENTION_NS, 3_600 * SEC, "the doc says resolved alerts stay an hour");
 }
+
+#[test]
+fn a_rising_floor_makes_a_suspect_before_growth_raises() {
+    let mut sim = Sim::new(small_window());
+    // Two samples per sub-window: the floor rises 0 -> 3 -> 6 over three sub-windows.
+    let mut suspect_at = None;
+    for tick in 0..8 {
+        sim.open(3 * u32::from(tick % 2 == 0));
+        sim.tick();
+        if suspect_at.is_none() && sim.detector.suspects().any(|id| id == PID) {
+            assert!(sim.raised(Rule::Growth).is_empty(), "suspect only after the alert");
+            suspect_at = Some(tick);
+        }
+    }
+    let suspect_at = suspect_at.expect("a steady leak becomes a suspect");
+    assert!(suspect_at < 7, "suspect at tick {suspect_at}, before the window is full");
+}
+
+#[test]
+fn a_plateaued_pool_is_no_suspect_and_an_active_growth_alert_is() {
+    let mut sim = Sim::new(small_window());
+    sim.open(20);
+    for _ in 0..8 {
+        sim.tick();
+    }
+    assert_eq!(sim.detector.suspects().count(), 0, "a flat floor");
+    // A leak: the floor rises in every sub-window until growth raises.
+    for _ in 0..8 {
+        sim.open(3);
+        sim.tick();
+    }
+    assert_eq!(sim.raised(Rule::Growth).len(), 1);
+    // It stops leaking: the floor is flat, but the active alert keeps it a suspect.
+    sim.tick();
+    sim.tick();
+    sim.tick();
+    assert!(sim.detector.suspects().any(|id| id == PID), "alerting processes stay suspects");
+}
