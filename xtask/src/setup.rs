@@ -30,6 +30,9 @@ const TEST_PACKAGES: &[&str] = &[
     // Go 1.19 (pclntab magic 0xfffffff0): builds the test program whose stripped binaries the
     // Go pclntab reader's tests read (tracer/src/stacks/gopclntab/tests.rs)
     "golang-go",
+    // cgo's C compiler and linker: the same tests build externally linked Go programs
+    "gcc",
+    "libc6-dev",
 ];
 /// Go releases newer than Debian's for the same tests, installed into `TEST_GO_DIR/<version>`:
 /// 1.20 changed the pclntab format (magic 0xfffffff1), and later releases stopped recording

@@ -1,7 +1,8 @@
 //! Tests of the pclntab reader: hand-made tables of every format, and real Go binaries built
 //! from tests/programs/gopclntab/main.go with Debian's Go (1.19) and the newer releases that
-//! `cargo xtask setup` installs (xtask/src/setup.rs, `TEST_GO_VERSIONS`), each plain, stripped
-//! (`-s -w`) and stripped PIE, checked against what the Go runtime itself says about its pcs.
+//! `cargo xtask setup` installs (xtask/src/setup.rs, `TEST_GO_VERSIONS`), each in every way of
+//! `VARIANTS` (plain, stripped, PIE, linked by the C linker), checked against what the Go runtime
+//! itself says about its pcs.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -401,9 +402,9 @@ fn build_and_run(go: &Path, label: &str, flags: &[&str]) -> Built {
         .args(flags)
         .arg("main.go")
         .current_dir(program_dir())
-        // Pure Go (no C compiler, internal linking), no toolchain or module downloads, and the
-        // build cache outside the repository.
-        .env("CGO_ENABLED", "0")
+        // Internal linking without cgo unless the C linker is asked for; no toolchain or module
+        // downloads; the build cache outside the repository.
+        .env("CGO_ENABLED", if flags.iter().any(|f| f.contains("external")) { "1" } else { "0" })
         .env("GOTOOLCHAIN", "local")
         .env("GOPROXY", "off")
         .env("GOFLAGS", "")
@@ -444,7 +445,18 @@ fn build_and_run(go: &Path, label: &str, flags: &[&str]) -> Built {
     Built { bias: base.unwrap() - lowest, elf, funcs }
 }
 
-/// Each test binary, built once: "<go version>-<plain|stripped|pie>".
+/// How each Go release builds the test program: plain; stripped; stripped PIE; stripped and
+/// linked by the C linker (as cgo programs are), where the text of Go starts after C's, not at
+/// `.text`; the same as PIE.
+const VARIANTS: &[(&str, &[&str])] = &[
+    ("plain", &[]),
+    ("stripped", &["-ldflags=-s -w"]),
+    ("pie", &["-ldflags=-s -w", "-buildmode=pie"]),
+    ("external", &["-ldflags=-s -w -linkmode=external"]),
+    ("external-pie", &["-ldflags=-s -w -linkmode=external", "-buildmode=pie"]),
+];
+
+/// Each test binary, built once: "<go version>-<variant>".
 fn go_binaries() -> &'static HashMap<String, Built> {
     static BUILT: OnceLock<HashMap<String, Built>> = OnceLock::new();
     BUILT.get_or_init(|| {
@@ -452,15 +464,10 @@ fn go_binaries() -> &'static HashMap<String, Built> {
         for v in NEWER_GO {
             gos.push((v.to_string(), Path::new(TEST_GO_DIR).join(v).join("go/bin/go")));
         }
-        let variants: [(&str, &[&str]); 3] = [
-            ("plain", &[]),
-            ("stripped", &["-ldflags=-s -w"]),
-            ("pie", &["-ldflags=-s -w", "-buildmode=pie"]),
-        ];
         let mut jobs = Vec::new();
         for (v, go) in &gos {
-            for (variant, flags) in variants {
-                jobs.push((format!("{v}-{variant}"), go.clone(), flags));
+            for (variant, flags) in VARIANTS {
+                jobs.push((format!("{v}-{variant}"), go.clone(), *flags));
             }
         }
         // Two at a time: the machine has two cores.
@@ -542,49 +549,32 @@ fn check_against_go(label: &str, version: GoPclntabVersion) {
     }
 }
 
-#[test]
-fn go_1_19_plain() {
-    check_against_go("1.19-plain", GoPclntabVersion::Go118);
+/// Every variant of one Go release; the failures of all of them at once.
+fn check_release(version: &str, format: GoPclntabVersion) {
+    let failed: Vec<String> = VARIANTS
+        .iter()
+        .filter_map(|(variant, _)| {
+            let label = format!("{version}-{variant}");
+            let result = std::panic::catch_unwind(|| check_against_go(&label, format));
+            result.err().map(|_| label)
+        })
+        .collect();
+    assert!(failed.is_empty(), "wrong (see above): {failed:?}");
 }
 
 #[test]
-fn go_1_19_stripped() {
-    check_against_go("1.19-stripped", GoPclntabVersion::Go118);
+fn go_1_19() {
+    check_release("1.19", GoPclntabVersion::Go118);
 }
 
 #[test]
-fn go_1_19_stripped_pie() {
-    check_against_go("1.19-pie", GoPclntabVersion::Go118);
+fn go_1_22() {
+    check_release("1.22.10", GoPclntabVersion::Go120);
 }
 
 #[test]
-fn go_1_22_plain() {
-    check_against_go("1.22.10-plain", GoPclntabVersion::Go120);
-}
-
-#[test]
-fn go_1_22_stripped() {
-    check_against_go("1.22.10-stripped", GoPclntabVersion::Go120);
-}
-
-#[test]
-fn go_1_22_stripped_pie() {
-    check_against_go("1.22.10-pie", GoPclntabVersion::Go120);
-}
-
-#[test]
-fn go_1_27_plain() {
-    check_against_go("1.27.3-plain", GoPclntabVersion::Go120);
-}
-
-#[test]
-fn go_1_27_stripped() {
-    check_against_go("1.27.3-stripped", GoPclntabVersion::Go120);
-}
-
-#[test]
-fn go_1_27_stripped_pie() {
-    check_against_go("1.27.3-pie", GoPclntabVersion::Go120);
+fn go_1_27() {
+    check_release("1.27.3", GoPclntabVersion::Go120);
 }
 
 /// An ELF with its section headers gone too (e_shoff, e_shnum, e_shstrndx zeroed).
@@ -600,7 +590,9 @@ fn without_section_headers(elf: &[u8]) -> Vec<u8> {
 /// trees through the module data: lookups are the same as with them.
 #[test]
 fn found_without_section_headers() {
-    for label in ["1.19-stripped", "1.22.10-stripped", "1.27.3-stripped", "1.27.3-pie"] {
+    let labels = ["1.19-stripped", "1.22.10-stripped", "1.27.3-stripped", "1.27.3-pie"];
+    let external = ["1.19-external-pie", "1.22.10-external-pie", "1.27.3-external-pie"];
+    for label in labels.into_iter().chain(external) {
         let b = &go_binaries()[label];
         let with = GoPclntab::from_elf(&b.elf).unwrap();
         let bare = without_section_headers(&b.elf);
