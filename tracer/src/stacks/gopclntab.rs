@@ -90,6 +90,7 @@ pub struct GoFrame {
     /// inlined into `function`, the line of the outermost inlined call. `None` where the table
     /// has no entry (assembly stubs without line tables) or the entry is malformed.
     pub file: Option<String>,
+    /// The line of that position (see `file`).
     pub line: Option<u32>,
     /// The calls inlined at the pc, outermost first: each names the inlined function and the
     /// position in it; the last one's position is the pc's own. Empty when nothing is inlined
@@ -100,7 +101,10 @@ pub struct GoFrame {
 /// A call inlined at a pc; see [`GoFrame::inlined`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GoInlinedFrame {
+    /// The inlined function, as Go prints it.
     pub function: String,
+    /// The position in it: the call site of the next inlined call, or for the last one the
+    /// pc's own position.
     pub file: Option<String>,
     pub line: Option<u32>,
 }
