@@ -12,7 +12,8 @@
 //! - [`detect`]: the leak rules over per-process samples (pure, clock injected);
 //! - outputs: [`api`] (answers over the Unix socket, for the CLI), [`export`] (Prometheus
 //!   metrics, alert webhook), [`logging`] (the daemon's log);
-//! - [`daemon`]: wires the stages together and runs until a signal.
+//! - [`daemon`]: wires the stages together and runs until a signal;
+//! - [`stacks`]: opener stacks: capture decoding, symbolization (Go's pclntab reader).
 //!
 //! Shared by several stages: [`clock`] (the injected clock), [`error`] (errors a user can meet).
 pub mod api;
@@ -26,6 +27,7 @@ pub mod ground_truth;
 pub mod logging;
 pub mod pipeline;
 pub mod probes;
+pub mod stacks;
 pub mod table;
 
 pub use error::{Error, Result};

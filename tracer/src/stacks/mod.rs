@@ -1,0 +1,2 @@
+//! opener stacks: capture decoding, symbolization
+pub mod gopclntab;
