@@ -12,6 +12,8 @@
 //! - [`detect`]: the leak rules over per-process samples (pure, clock injected);
 //! - outputs: [`api`] (answers over the Unix socket, for the CLI), [`export`] (Prometheus
 //!   metrics, alert webhook), [`logging`] (the daemon's log);
+//! - [`stacks`]: opener stacks: the user-space addresses the kernel captured, as functions,
+//!   files and lines, also after the process exited;
 //! - [`daemon`]: wires the stages together and runs until a signal.
 //!
 //! Shared by several stages: [`clock`] (the injected clock), [`error`] (errors a user can meet).
@@ -26,6 +28,7 @@ pub mod ground_truth;
 pub mod logging;
 pub mod pipeline;
 pub mod probes;
+pub mod stacks;
 pub mod table;
 
 pub use error::{Error, Result};

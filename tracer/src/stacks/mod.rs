@@ -1,0 +1,2 @@
+//! Opener stacks: the user-space code that opened each connection, as frames.
+pub mod symbolize;
