@@ -10,7 +10,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_CONFIG: &str = "llvm-config-22";
 
 /// Debian packages by purpose. Build: the CO-RE shim compiler, libbpf headers, and LLVM 22
-/// for bpf-linker. Test: ground truth (`ss`), network namespaces, real peers.
+/// for bpf-linker. Test: ground truth (`ss`), network namespaces, real peers, programs to symbolize.
 const BUILD_PACKAGES: &[&str] =
     &["clang-22", "llvm-22-dev", "libpolly-22-dev", "libbpf-dev", "libzstd-dev", "zlib1g-dev"];
 const TEST_PACKAGES: &[&str] = &[
@@ -27,6 +27,10 @@ const TEST_PACKAGES: &[&str] = &[
     "wrk",
     // a real Prometheus server and promtool
     "prometheus",
+    // programs the symbolizer tests build and symbolize (tracer/tests/symbolize.rs): C with
+    // frame pointers and DWARF, and Go
+    "gcc",
+    "golang-go",
 ];
 /// `cargo xtask bench`: the reference tracer users would otherwise run, and perf for the
 /// profiles in its report.
