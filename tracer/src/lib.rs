@@ -12,8 +12,10 @@
 //! - [`detect`]: the leak rules over per-process samples (pure, clock injected);
 //! - outputs: [`api`] (answers over the Unix socket, for the CLI), [`export`] (Prometheus
 //!   metrics, alert webhook), [`logging`] (the daemon's log);
-//! - [`daemon`]: wires the stages together and runs until a signal;
-//! - [`stacks`]: opener stacks: capture decoding, symbolization (Go's pclntab reader).
+//! - [`stacks`]: opener stacks: the user-space addresses the kernel captured, as functions,
+//!   files and lines (blazesym; Go's pclntab for stripped Go binaries), also after the process
+//!   exited;
+//! - [`daemon`]: wires the stages together and runs until a signal.
 //!
 //! Shared by several stages: [`clock`] (the injected clock), [`error`] (errors a user can meet).
 pub mod api;

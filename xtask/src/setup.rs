@@ -10,7 +10,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_CONFIG: &str = "llvm-config-22";
 
 /// Debian packages by purpose. Build: the CO-RE shim compiler, libbpf headers, and LLVM 22
-/// for bpf-linker. Test: ground truth (`ss`), network namespaces, real peers.
+/// for bpf-linker. Test: ground truth (`ss`), network namespaces, real peers, programs to symbolize.
 const BUILD_PACKAGES: &[&str] =
     &["clang-22", "llvm-22-dev", "libpolly-22-dev", "libbpf-dev", "libzstd-dev", "zlib1g-dev"];
 const TEST_PACKAGES: &[&str] = &[
@@ -27,10 +27,10 @@ const TEST_PACKAGES: &[&str] = &[
     "wrk",
     // a real Prometheus server and promtool
     "prometheus",
-    // Go 1.19 (pclntab magic 0xfffffff0): builds the test program whose stripped binaries the
-    // Go pclntab reader's tests read (tracer/src/stacks/gopclntab/tests.rs)
+    // Go 1.19 (pclntab magic 0xfffffff0): test programs of the Go pclntab reader
+    // (tracer/src/stacks/gopclntab/tests.rs) and of the symbolizer (tracer/tests/symbolize.rs)
     "golang-go",
-    // cgo's C compiler and linker: the same tests build externally linked Go programs
+    // C programs the tests build, and cgo's C compiler and linker
     "gcc",
     "libc6-dev",
 ];

@@ -45,8 +45,8 @@ pub struct Args {
     #[arg(long, value_delimiter = ',')]
     tests: Vec<String>,
     /// Integration test executables to leave out. The default ones drive real servers
-    /// (nginx, redis, prometheus) that the guests do not have.
-    #[arg(long, value_delimiter = ',', default_value = "real_peers,prometheus")]
+    /// (nginx, redis, prometheus) or build programs (cc, go) that the guests do not have.
+    #[arg(long, value_delimiter = ',', default_value = "real_peers,prometheus,symbolize")]
     skip: Vec<String>,
     /// Test name filter passed to every test executable.
     #[arg(long)]
@@ -138,7 +138,7 @@ impl Args {
             kernels: vec![Target::Bullseye, Target::Bookworm, Target::Trixie],
             modes: vec![Mode::Auto, Mode::Fentry, Mode::Kprobe, Mode::Tracepoint],
             tests: vec!["pipeline".into(), "table".into(), "probes".into()],
-            skip: vec!["real_peers".into(), "prometheus".into()],
+            skip: vec!["real_peers".into(), "prometheus".into(), "symbolize".into()],
             filter: None,
             test_timeout: 300,
             boot_timeout: 120,
