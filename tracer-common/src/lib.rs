@@ -4,6 +4,8 @@
 //! the ring buffer and bumps per-CPU [`counters`]; userspace reads both back byte for byte.
 #![no_std]
 
+pub mod stacks;
+
 /// Ring buffer carrying [`ConnEvent`] records.
 pub const EVENTS_MAP: &str = "EVENTS";
 /// Per-CPU `u64` array of emit and drop counters, indexed by [`counters`].
@@ -83,6 +85,10 @@ pub mod flags {
     pub const OWNER_CONTEXT: u8 = 1 << 0;
     /// The socket was created by `accept()` (passive open) rather than `connect()`.
     pub const INBOUND: u8 = 1 << 1;
+    /// Connect and accept only: the opener-stacks policy wanted this connection's stack, so a
+    /// [`crate::stacks::StackRecord`] follows in the stack ring unless it was lost (counted).
+    /// Without it the connection was not sampled.
+    pub const STACK_WANTED: u8 = 1 << 2;
 }
 
 /// TCP states as the kernel numbers them (include/net/tcp_states.h); stable kernel ABI.

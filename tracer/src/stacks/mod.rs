@@ -2,6 +2,7 @@
 //! [`symbolize`] pins a process's binaries and names addresses (blazesym); [`gopclntab`] reads
 //! Go's own symbol table, which names functions in stripped Go binaries.
 pub mod gopclntab;
+pub mod store;
 pub mod symbolize;
 
 use std::os::unix::fs::FileExt;

@@ -1,0 +1,84 @@
+//! The ABI of opener stacks: which connections get the user-space stack of the code that opened
+//! them, and the records that carry those stacks to the daemon.
+//!
+//! Stacks travel in their own ring buffer ([`STACKS_MAP`]), never in the event ring: a stack that
+//! finds no room is dropped and counted, and no connection event ever is. The event of a
+//! connection whose stack was wanted carries [`crate::flags::STACK_WANTED`], so the daemon can
+//! tell "not sampled" from "captured" from "lost".
+
+/// Ring buffer of [`StackRecord`]s.
+pub const STACKS_MAP: &str = "STACKS";
+/// Hash map, tgid -> [`StackProcess`]: per-process capture state, written by the kernel
+/// (`opened`) and by the daemon (`suspect`).
+pub const STACK_PROCESSES_MAP: &str = "STACK_PROCESSES";
+/// Per-CPU scratch record the kernel fills before copying it into the ring.
+pub const STACK_SCRATCH_MAP: &str = "STACK_SCRATCH";
+/// How many processes the kernel keeps capture state for (an LRU: the least recently seen
+/// process starts counting afresh).
+pub const STACK_PROCESSES_CAPACITY: u32 = 16_384;
+/// Default size of the stack ring buffer, bytes.
+pub const DEFAULT_STACK_RING_BYTES: u32 = 2 << 20;
+
+/// Most frames a stack can hold (the kernel's own `perf_event_max_stack` default is 127).
+pub const MAX_STACK_DEPTH: u32 = 127;
+/// Frames captured by default.
+pub const DEFAULT_STACK_DEPTH: u32 = 32;
+/// Default sampling: every Nth connection of each process (the first one included).
+pub const DEFAULT_STACK_SAMPLE: u32 = 8;
+
+/// Which connections' stacks the kernel captures ([`crate::Config::stack_policy`]).
+pub mod policy {
+    /// None.
+    pub const OFF: u32 = 0;
+    /// Only those of processes the daemon marked suspect.
+    pub const SUSPECTS: u32 = 1;
+    /// Every Nth connection of each process, and every connection of a suspect.
+    pub const SAMPLED: u32 = 2;
+    /// Every connection.
+    pub const ALL: u32 = 3;
+}
+
+/// Per-process capture state, keyed by tgid.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackProcess {
+    /// Connections this process opened since its entry was created (the sampling counter).
+    pub opened: u32,
+    /// Non-zero: capture every connection (set by the daemon for suspects).
+    pub suspect: u32,
+}
+
+/// One captured stack: the user-space return addresses at the moment `tgid` opened the
+/// connection `sock` (connect) or received it (accept), innermost first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StackRecord {
+    /// CLOCK_BOOTTIME, nanoseconds.
+    pub timestamp_ns: u64,
+    /// Kernel address of the `struct sock` (as in [`crate::ConnEvent::sock`]).
+    pub sock: u64,
+    /// Start time of the thread-group leader (as in [`crate::ConnEvent::start_time_ns`]).
+    pub start_time_ns: u64,
+    /// Inode of the socket's network namespace.
+    pub netns: u32,
+    pub tgid: u32,
+    /// [`crate::EventKind`] of the event it belongs to: `Connect` or `Accept`.
+    pub kind: u8,
+    pub _pad: [u8; 3],
+    /// How many entries of `frames` are valid.
+    pub depth: u32,
+    /// User-space instruction pointers, innermost first (`frames[0]` is where the thread
+    /// entered the kernel; the rest are return addresses).
+    pub frames: [u64; MAX_STACK_DEPTH as usize],
+}
+
+const _: () = assert!(core::mem::size_of::<StackRecord>() % 8 == 0);
+
+impl StackRecord {
+    pub const SIZE: usize = core::mem::size_of::<StackRecord>();
+
+    /// The valid frames.
+    pub fn frames(&self) -> &[u64] {
+        &self.frames[..(self.depth as usize).min(self.frames.len())]
+    }
+}

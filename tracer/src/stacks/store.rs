@@ -1,0 +1,245 @@
+//! Which stack opened which connection: the daemon's side of opener stacks. Pure and
+//! deterministic like the table (no clock read, no BPF): it is fed the table's events with what
+//! they did, and the stack records of the stack ring, and it answers, per connection, whether
+//! its opener stack was captured, and which.
+//!
+//! The two rings are drained one after the other, so a connection's stack may arrive before or
+//! after its connect/accept event: whichever comes second completes the pair. Stacks are
+//! interned per process (two processes of one non-PIE Go binary produce the same addresses but
+//! are different code paths to the user: the key is (process, frames)), counted by the
+//! connections that use them, and dropped with the last one.
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    hash::{BuildHasher, Hash, Hasher},
+};
+
+use tracer_common::{ConnEvent, EventKind, flags, stacks::StackRecord};
+
+use crate::table::{Applied, ConnectionTable, ProcessKey, SocketKey};
+
+type Map<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
+
+/// A stack interned by [`OpenerStacks`]; valid while a connection uses it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StackId(pub u32);
+
+/// One distinct stack of one process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stack {
+    pub process: ProcessKey,
+    /// User-space instruction pointers, innermost first.
+    pub frames: Box<[u64]>,
+    /// Whether it was captured in connect (outbound) or accept (inbound).
+    pub kind: EventKind,
+    /// Open or connecting connections that carry it (and a pending record).
+    connections: u32,
+    /// Its key in `by_content`.
+    hash: u64,
+}
+
+/// What is known of a connection's opener stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opener {
+    /// Captured.
+    Stack(StackId),
+    /// The policy wanted it and the kernel was asked; its record has not arrived (or was lost:
+    /// the kernel counts those).
+    Wanted,
+    /// The policy did not sample it.
+    NotSampled,
+    /// Opened before capture began (older than the daemon, or seen only by a scan).
+    BeforeCapture,
+}
+
+/// How long a stack may wait for its event (or the event's connection for the stack) before it
+/// is dropped and counted: the two rings are drained within one drain interval of each other.
+pub const PENDING_GRACE_NS: u64 = 10 * 1_000_000_000;
+
+/// Counters of what happened to stack records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackCounters {
+    /// Stack records received.
+    pub received: u64,
+    /// Records matched with their connection.
+    pub attached: u64,
+    /// Records whose connection never showed up (closed before its event was read, or its
+    /// event was lost) and were dropped after [`PENDING_GRACE_NS`].
+    pub orphaned: u64,
+    /// Records that were malformed (an unknown kind, no frame).
+    pub malformed: u64,
+}
+
+#[derive(Default)]
+pub struct OpenerStacks {
+    stacks: Map<StackId, Stack>,
+    by_content: Map<(ProcessKey, u64), Vec<StackId>>,
+    /// By table connection id; connections absent here were not sampled or predate capture.
+    by_connection: Map<u64, Opener>,
+    /// Stacks whose connection is not in the table yet: (stack, received at).
+    pending: Map<SocketKey, (StackId, u64)>,
+    next_id: u32,
+    counters: StackCounters,
+}
+
+impl OpenerStacks {
+    pub fn counters(&self) -> StackCounters {
+        self.counters
+    }
+
+    /// Distinct stacks held now.
+    pub fn stack_count(&self) -> usize {
+        self.stacks.len()
+    }
+
+    pub fn stack(&self, id: StackId) -> Option<&Stack> {
+        self.stacks.get(&id)
+    }
+
+    /// What is known of connection `id`'s opener; `preexisting` connections predate capture.
+    pub fn opener(&self, id: u64, preexisting: bool) -> Opener {
+        match self.by_connection.get(&id) {
+            Some(opener) => *opener,
+            None if preexisting => Opener::BeforeCapture,
+            None => Opener::NotSampled,
+        }
+    }
+
+    /// Follows an event the table just applied (`applied` is what it did).
+    pub fn on_event(&mut self, event: &ConnEvent, applied: &Applied) {
+        match *applied {
+            Applied::Connecting { id, .. } | Applied::Opened { id, .. }
+                if event.flags & flags::STACK_WANTED != 0
+                    && matches!(event.kind(), Some(EventKind::Connect | EventKind::Accept)) =>
+            {
+                let opener = match self.pending.remove(&SocketKey::of(event)) {
+                    Some((stack, _)) => {
+                        self.counters.attached += 1;
+                        Opener::Stack(stack)
+                    }
+                    None => Opener::Wanted,
+                };
+                self.set(id, opener);
+            }
+            Applied::Closed { id, .. }
+            | Applied::ConnectFailed { id, .. }
+            | Applied::ReleasedUnattributed { id } => self.forget_connection(id),
+            _ => {}
+        }
+    }
+
+    /// Takes a stack record from the stack ring; `table` finds its connection if its event was
+    /// applied already.
+    pub fn on_stack(&mut self, record: &StackRecord, table: &ConnectionTable, now_ns: u64) {
+        self.counters.received += 1;
+        let kind = EventKind::from_u8(record.kind);
+        let (Some(kind @ (EventKind::Connect | EventKind::Accept)), false) =
+            (kind, record.frames().is_empty())
+        else {
+            self.counters.malformed += 1;
+            return;
+        };
+        let process = ProcessKey::new(record.tgid, record.start_time_ns);
+        let stack = self.intern(process, record.frames(), kind);
+        let key = SocketKey { netns: record.netns, sock: record.sock };
+        let waiting = table
+            .connection(key)
+            .map(|view| view.id())
+            .filter(|id| self.by_connection.get(id) == Some(&Opener::Wanted));
+        // The use `intern` counted goes to the connection, or to the pending slot.
+        match waiting {
+            Some(id) => {
+                self.counters.attached += 1;
+                self.set(id, Opener::Stack(stack));
+            }
+            None => {
+                if let Some((old, _)) = self.pending.insert(key, (stack, now_ns)) {
+                    self.release_stack(old);
+                    self.counters.orphaned += 1;
+                }
+            }
+        }
+    }
+
+    /// Drops stacks that waited longer than [`PENDING_GRACE_NS`] for their connection.
+    pub fn expire(&mut self, now_ns: u64) {
+        let old: Vec<SocketKey> = self
+            .pending
+            .iter()
+            .filter(|(_, (_, at))| now_ns.saturating_sub(*at) > PENDING_GRACE_NS)
+            .map(|(key, _)| *key)
+            .collect();
+        for key in old {
+            if let Some((stack, _)) = self.pending.remove(&key) {
+                self.release_stack(stack);
+                self.counters.orphaned += 1;
+            }
+        }
+    }
+
+    /// Forgets every connection the table no longer holds (after a reconcile corrected it, or
+    /// it expired) so that their stacks go.
+    pub fn retain_connections(&mut self, mut alive: impl FnMut(u64) -> bool) {
+        let gone: Vec<u64> = self.by_connection.keys().copied().filter(|id| !alive(*id)).collect();
+        for id in gone {
+            self.forget_connection(id);
+        }
+    }
+
+    fn set(&mut self, id: u64, opener: Opener) {
+        if let Some(Opener::Stack(old)) = self.by_connection.insert(id, opener) {
+            self.release_stack(old);
+        }
+    }
+
+    fn forget_connection(&mut self, id: u64) {
+        if let Some(Opener::Stack(stack)) = self.by_connection.remove(&id) {
+            self.release_stack(stack);
+        }
+    }
+
+    /// The id of `frames` for `process`, with one more use counted.
+    fn intern(&mut self, process: ProcessKey, frames: &[u64], kind: EventKind) -> StackId {
+        let hash = {
+            let mut hasher = rustc_hash::FxBuildHasher.build_hasher();
+            frames.hash(&mut hasher);
+            kind.hash(&mut hasher);
+            hasher.finish()
+        };
+        let candidates = self.by_content.entry((process, hash)).or_default();
+        for id in candidates.iter() {
+            if let Some(stack) = self.stacks.get_mut(id)
+                && *stack.frames == *frames
+                && stack.kind == kind
+            {
+                stack.connections += 1;
+                return *id;
+            }
+        }
+        let id = StackId(self.next_id);
+        self.next_id = self.next_id.wrapping_add(1);
+        candidates.push(id);
+        self.stacks
+            .insert(id, Stack { process, frames: frames.into(), kind, connections: 1, hash });
+        id
+    }
+
+    fn release_stack(&mut self, id: StackId) {
+        let Entry::Occupied(mut entry) = self.stacks.entry(id) else { return };
+        let stack = entry.get_mut();
+        stack.connections = stack.connections.saturating_sub(1);
+        if stack.connections > 0 {
+            return;
+        }
+        let stack = entry.remove();
+        let key = (stack.process, stack.hash);
+        if let Some(ids) = self.by_content.get_mut(&key) {
+            ids.retain(|other| *other != id);
+            if ids.is_empty() {
+                self.by_content.remove(&key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

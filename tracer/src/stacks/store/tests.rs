@@ -1,0 +1,181 @@
+//! The store against hand-built events and stack records, in both arrival orders.
+use tracer_common::{
+    AF_INET, ConnEvent, EventKind, Tuple, flags,
+    stacks::{MAX_STACK_DEPTH, StackRecord},
+    tcp_state::*,
+};
+
+use super::*;
+use crate::table::TableConfig;
+
+const SEC: u64 = 1_000_000_000;
+const NETNS: u32 = 4026531840;
+const PID: u32 = 100;
+const START: u64 = 10 * SEC;
+
+fn event(kind: EventKind, sock: u64, port: u16, wanted: bool) -> ConnEvent {
+    let mut tuple =
+        Tuple { family: AF_INET.into(), local_port: port, remote_port: 80, ..Tuple::default() };
+    tuple.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+    tuple.remote_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+    let owner = matches!(kind, EventKind::Connect | EventKind::Release);
+    let (old_state, new_state) = match kind {
+        EventKind::Connect => (CLOSE, SYN_SENT),
+        EventKind::Established => (SYN_SENT, ESTABLISHED),
+        _ => (ESTABLISHED, CLOSE),
+    };
+    ConnEvent {
+        timestamp_ns: 0,
+        sock,
+        start_time_ns: if owner { START } else { 0 },
+        cgroup_id: 0,
+        comm: *b"app\0\0\0\0\0\0\0\0\0\0\0\0\0",
+        netns: NETNS,
+        tgid: if owner { PID } else { 0 },
+        tid: if owner { PID } else { 0 },
+        kind: kind as u8,
+        flags: if owner { flags::OWNER_CONTEXT } else { 0 }
+            | if wanted { flags::STACK_WANTED } else { 0 },
+        old_state,
+        new_state,
+        tuple,
+        _pad: [0; 2],
+    }
+}
+
+fn record(sock: u64, frames: &[u64]) -> StackRecord {
+    let mut out = [0u64; MAX_STACK_DEPTH as usize];
+    out[..frames.len()].copy_from_slice(frames);
+    StackRecord {
+        timestamp_ns: 0,
+        sock,
+        start_time_ns: START,
+        netns: NETNS,
+        tgid: PID,
+        kind: EventKind::Connect as u8,
+        _pad: [0; 3],
+        depth: frames.len() as u32,
+        frames: out,
+    }
+}
+
+struct World {
+    table: ConnectionTable,
+    stacks: OpenerStacks,
+}
+
+impl World {
+    fn new() -> Self {
+        Self {
+            table: ConnectionTable::new(TableConfig::default()),
+            stacks: OpenerStacks::default(),
+        }
+    }
+
+    fn apply(&mut self, e: ConnEvent) -> Applied {
+        let applied = self.table.apply(&e);
+        self.stacks.on_event(&e, &applied);
+        applied
+    }
+
+    /// connect + handshake; returns the connection id.
+    fn open(&mut self, sock: u64, port: u16, wanted: bool) -> u64 {
+        let Applied::Connecting { id, .. } =
+            self.apply(event(EventKind::Connect, sock, port, wanted))
+        else {
+            panic!("connect")
+        };
+        self.apply(event(EventKind::Established, sock, port, false));
+        id
+    }
+
+    fn close(&mut self, sock: u64, port: u16) {
+        assert!(matches!(
+            self.apply(event(EventKind::Release, sock, port, false)),
+            Applied::Closed { .. }
+        ));
+    }
+
+    fn stack(&mut self, sock: u64, frames: &[u64]) {
+        self.stacks.on_stack(&record(sock, frames), &self.table, 0);
+    }
+}
+
+#[test]
+fn a_stack_pairs_with_its_connection_in_either_order() {
+    let mut w = World::new();
+    // Event first, then the stack.
+    let first = w.open(0x1000, 40_001, true);
+    assert_eq!(w.stacks.opener(first, false), Opener::Wanted);
+    w.stack(0x1000, &[1, 2, 3]);
+    let Opener::Stack(a) = w.stacks.opener(first, false) else { panic!("attached") };
+    // Stack first, then the event.
+    w.stack(0x2000, &[1, 2, 3]);
+    let second = w.open(0x2000, 40_002, true);
+    assert_eq!(w.stacks.opener(second, false), Opener::Stack(a), "one stack, interned");
+    assert_eq!(w.stacks.stack(a).map(|s| &*s.frames), Some(&[1, 2, 3][..]));
+    assert_eq!(w.stacks.counters().attached, 2);
+    assert_eq!(w.stacks.stack_count(), 1);
+}
+
+#[test]
+fn unsampled_and_preexisting_connections_say_so() {
+    let mut w = World::new();
+    let id = w.open(0x1000, 40_001, false);
+    assert_eq!(w.stacks.opener(id, false), Opener::NotSampled);
+    assert_eq!(w.stacks.opener(id, true), Opener::BeforeCapture);
+}
+
+#[test]
+fn a_stack_goes_with_its_last_connection() {
+    let mut w = World::new();
+    w.open(0x1000, 40_001, true);
+    w.stack(0x1000, &[7, 8]);
+    w.open(0x2000, 40_002, true);
+    w.stack(0x2000, &[7, 8]);
+    w.open(0x3000, 40_003, true);
+    w.stack(0x3000, &[9]);
+    assert_eq!(w.stacks.stack_count(), 2);
+    w.close(0x1000, 40_001);
+    assert_eq!(w.stacks.stack_count(), 2, "[7, 8] still used once");
+    w.close(0x2000, 40_002);
+    w.close(0x3000, 40_003);
+    assert_eq!(w.stacks.stack_count(), 0, "nothing left when nothing is open");
+    // An identical stack later is interned afresh.
+    w.open(0x4000, 40_004, true);
+    w.stack(0x4000, &[7, 8]);
+    assert_eq!(w.stacks.stack_count(), 1);
+}
+
+#[test]
+fn a_stack_whose_connection_never_shows_up_is_dropped_and_counted() {
+    let mut w = World::new();
+    w.stack(0x1000, &[1]);
+    assert_eq!(w.stacks.stack_count(), 1);
+    w.stacks.expire(PENDING_GRACE_NS / 2);
+    assert_eq!(w.stacks.stack_count(), 1, "still within its grace");
+    w.stacks.expire(PENDING_GRACE_NS + 1);
+    assert_eq!(w.stacks.stack_count(), 0);
+    assert_eq!(w.stacks.counters().orphaned, 1);
+}
+
+#[test]
+fn same_addresses_in_two_processes_are_two_stacks() {
+    let mut w = World::new();
+    w.stack(0x1000, &[5, 6]);
+    let mut other = record(0x2000, &[5, 6]);
+    other.tgid = PID + 1;
+    w.stacks.on_stack(&other, &w.table, 0);
+    assert_eq!(w.stacks.stack_count(), 2, "a non-PIE binary run twice: two code paths");
+}
+
+#[test]
+fn malformed_records_are_counted_not_kept() {
+    let mut w = World::new();
+    w.stack(0x1000, &[]);
+    let mut bad_kind = record(0x2000, &[1]);
+    bad_kind.kind = EventKind::Release as u8;
+    w.stacks.on_stack(&bad_kind, &w.table, 0);
+    assert_eq!(w.stacks.counters().malformed, 2);
+    assert_eq!(w.stacks.stack_count(), 0);
+}
