@@ -72,10 +72,10 @@ pub struct StackRecord {
     pub frames: [u64; MAX_STACK_DEPTH as usize],
 }
 
-const _: () = assert!(core::mem::size_of::<StackRecord>() % 8 == 0);
+const _: () = assert!(size_of::<StackRecord>().is_multiple_of(8));
 
 impl StackRecord {
-    pub const SIZE: usize = core::mem::size_of::<StackRecord>();
+    pub const SIZE: usize = size_of::<StackRecord>();
 
     /// The valid frames.
     pub fn frames(&self) -> &[u64] {
