@@ -10,7 +10,7 @@ use aya_ebpf::{
     maps::HashMap,
     programs::BtfTracePointContext,
 };
-use tracer_common::{HELD_CLOSED_CAPACITY, counters, tcp_state::CLOSE};
+use tracer_common::{HELD_CLOSED_CAPACITY, HELD_CLOSED_MAP, counters, programs, tcp_state::CLOSE};
 
 use crate::{
     core_shim::{BtfSock, SockPtr},
@@ -18,8 +18,9 @@ use crate::{
     state_change::release,
 };
 
-#[map(name = "HELD_CLOSED")]
+#[map]
 static HELD_CLOSED: HashMap<u64, u8> = HashMap::with_max_entries(HELD_CLOSED_CAPACITY, 0);
+named!(HELD_CLOSED, HELD_CLOSED_MAP);
 
 #[inline(always)]
 pub fn remember(sk: SockPtr) {
@@ -53,3 +54,5 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
     }
     0
 }
+
+named!(tcp_destroy_sock, programs::TCP_DESTROY_SOCK);
