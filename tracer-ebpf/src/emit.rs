@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     CONFIG_GLOBAL, COUNTERS_MAP, Config, ConnEvent, DEFAULT_RING_BYTES, EVENTS_MAP, EventKind,
-    Tuple, counters, flags, ring_record_bytes,
+    counters, flags, ring_record_bytes,
 };
 
 use crate::core_shim::{self, Sock};
@@ -64,7 +64,7 @@ pub fn inject_release_drop() -> bool {
     }
     let seen = counter(counters::emitted(EventKind::Release))
         + counter(counters::RELEASE_DROPPED_BY_FAULT_INJECTION);
-    if (seen + 1) % every == 0 {
+    if (seen + 1).is_multiple_of(every) {
         bump(counters::RELEASE_DROPPED_BY_FAULT_INJECTION);
         return true;
     }

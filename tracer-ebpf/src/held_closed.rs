@@ -5,6 +5,9 @@
 //! once, inside the holder's close() (or exit). So the one hook that sees that release is the
 //! destroy tracepoint, and it must only count sockets remembered here: every other socket is
 //! destroyed later, orphaned, from a timer, long after its release was reported.
+// The map calls take references on purpose: `&0` is a promoted constant (passed by value, it
+// becomes a stack store per insert), and one `&key` serves both the lookup and the delete.
+#![allow(clippy::needless_borrows_for_generic_args)]
 use aya_ebpf::{
     macros::{btf_tracepoint, map},
     maps::HashMap,
