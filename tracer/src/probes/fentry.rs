@@ -5,8 +5,8 @@ use aya::{
 };
 use aya_obj::btf::BtfKind;
 
+use super::error::Result;
 use super::{program, step};
-use crate::error::Result;
 
 pub fn attach(ebpf: &mut Ebpf, btf: &Btf) -> Result<()> {
     for (name, function) in

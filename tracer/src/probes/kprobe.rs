@@ -17,8 +17,8 @@ use std::{
 
 use aya::{Ebpf, programs::KProbe};
 
+use super::error::{ProbeError, Result};
 use super::{preflight, program, step};
-use crate::error::{Error, Result};
 
 /// The largest `maxactive` tracefs accepts (KRETPROBE_MAXACTIVE_MAX).
 const KRETPROBE_MAXACTIVE: u32 = 4096;
@@ -60,7 +60,7 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<Kprobes> {
     let tracefs = tracefs_root();
     let kprobe_events = tracefs.join("kprobe_events");
     if !kprobe_events.exists() {
-        return Err(Error::NoKprobes("kprobe_events in tracefs (/sys/kernel/tracing)"));
+        return Err(ProbeError::NoKprobes("kprobe_events in tracefs (/sys/kernel/tracing)"));
     }
     let mut set = Kprobes { tracefs, attached: Vec::new() };
     for (name, function, is_return) in PROBES {
@@ -76,13 +76,14 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<Kprobes> {
         } else {
             format!("p:{GROUP}/{event} {function}")
         };
-        write_kprobe_events(&set.tracefs, &definition)
-            .map_err(|source| Error::Kprobe { what: format!("creating `{definition}`"), source })?;
+        write_kprobe_events(&set.tracefs, &definition).map_err(|source| ProbeError::Kprobe {
+            what: format!("creating `{definition}`"),
+            source,
+        })?;
         // Registered now: dropping `set` removes it even if the attach below fails.
         set.attached.push(AttachedProbe { function, event: event.clone(), perf: None });
-        let perf = open_and_attach(&set.tracefs, &event, prog).map_err(|source| Error::Kprobe {
-            what: format!("attaching {name} to {function}"),
-            source,
+        let perf = open_and_attach(&set.tracefs, &event, prog).map_err(|source| {
+            ProbeError::Kprobe { what: format!("attaching {name} to {function}"), source }
         })?;
         if let Some(last) = set.attached.last_mut() {
             last.perf = Some(perf);

@@ -7,8 +7,8 @@ use aya::{
     programs::{BtfTracePoint, TracePoint},
 };
 
+use super::error::{ProbeError, Result};
 use super::{preflight, program, step};
-use crate::error::{Error, Result};
 
 /// Must match `tracer-ebpf/src/accept.rs`.
 const SYSCALL_EXIT_RET_OFFSET: usize = 16;
@@ -43,14 +43,15 @@ pub fn attach_release_of_closed(ebpf: &mut Ebpf, btf: &Btf) -> Result<()> {
 /// against the kernel's own description rather than trust it.
 fn check_ret_offset(syscall: &str) -> Result<()> {
     let format_file = preflight::tracefs_events().join("syscalls").join(syscall).join("format");
-    let format = fs::read_to_string(&format_file)?;
+    let format = fs::read_to_string(&format_file)
+        .map_err(|source| ProbeError::TracepointFormat { path: format_file.clone(), source })?;
     let ok = format.lines().any(|line| {
         line.contains("long ret;") && line.contains(&format!("offset:{SYSCALL_EXIT_RET_OFFSET};"))
     });
     if ok {
         Ok(())
     } else {
-        Err(Error::TracepointLayout {
+        Err(ProbeError::TracepointLayout {
             tracepoint: format!("syscalls:{syscall}"),
             expected: SYSCALL_EXIT_RET_OFFSET,
             format_file,
