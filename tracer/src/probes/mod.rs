@@ -1,8 +1,8 @@
 //! Loading and attaching the kernel programs, per probe mode, and reading their counters.
 //!
-//! See docs/kernels.md for which hook each mode uses and why.
+//! [`hooks`] lists which hook each mode uses; docs/kernels.md says why.
 mod error;
-mod fentry;
+pub mod hooks;
 mod kprobe;
 pub mod preflight;
 mod tracepoint;
@@ -175,20 +175,13 @@ impl Probes {
                 None
             }
         };
-        let btf = Btf::from_sys_fs()?;
-        // Mode-specific hooks first: they are the ones that may be refused.
-        let mut kprobes = None;
-        match mode {
-            ProbeMode::Fentry => fentry::attach(&mut ebpf, &btf)?,
-            ProbeMode::Kprobe => kprobes = Some(kprobe::attach(&mut ebpf)?),
-            ProbeMode::Tracepoint => tracepoint::attach_release_of_closed(&mut ebpf, &btf)?,
-            ProbeMode::Auto => {
-                return Err(ProbeError::NoModeWorks { reasons: "auto is not a mode".into() });
-            }
+        if mode == ProbeMode::Auto {
+            return Err(ProbeError::NoModeWorks { reasons: "auto is not a mode".into() });
         }
-        tracepoint::attach(&mut ebpf, &btf)?;
+        let btf = Btf::from_sys_fs()?;
+        let kprobes = hooks::attach(&mut ebpf, &btf, mode)?;
         let counters = PerCpuArray::try_from(
-            ebpf.take_map(COUNTERS_MAP).ok_or(ProbeError::MissingMap("COUNTERS"))?,
+            ebpf.take_map(COUNTERS_MAP).ok_or(ProbeError::MissingMap(COUNTERS_MAP))?,
         )?;
         Ok(Self {
             ebpf: Some(ebpf),
@@ -220,7 +213,7 @@ impl Probes {
             .ebpf
             .as_mut()
             .and_then(|ebpf| ebpf.take_map(EVENTS_MAP))
-            .ok_or(ProbeError::MissingMap("EVENTS"))?;
+            .ok_or(ProbeError::MissingMap(EVENTS_MAP))?;
         Ok(RingBuf::try_from(map)?)
     }
 
