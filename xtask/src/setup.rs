@@ -14,14 +14,20 @@ const LLVM_CONFIG: &str = "llvm-config-22";
 
 /// Debian packages by purpose. Build: the CO-RE shim compiler, libbpf headers, and LLVM 22
 /// for bpf-linker. Test: ground truth (`ss`), network namespaces, real peers.
-const BUILD_PACKAGES: &[&str] = &[
-    "clang-22", "llvm-22-dev", "libpolly-22-dev", "libbpf-dev", "libzstd-dev", "zlib1g-dev",
-];
+const BUILD_PACKAGES: &[&str] =
+    &["clang-22", "llvm-22-dev", "libpolly-22-dev", "libbpf-dev", "libzstd-dev", "zlib1g-dev"];
 const TEST_PACKAGES: &[&str] = &[
     // ground truth (ss), network namespaces, setpriv for the unprivileged test
-    "iproute2", "procps", "util-linux", "python3",
+    "iproute2",
+    "procps",
+    "util-linux",
+    "python3",
     // real peers and clients a user would have
-    "redis-server", "redis-tools", "nginx-light", "curl", "wrk",
+    "redis-server",
+    "redis-tools",
+    "nginx-light",
+    "curl",
+    "wrk",
     // a real Prometheus server and promtool
     "prometheus",
 ];
@@ -36,7 +42,13 @@ const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "musl-tools"
 pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 
 pub fn packages() -> Vec<&'static str> {
-    BUILD_PACKAGES.iter().chain(TEST_PACKAGES).chain(VM_PACKAGES).chain(BENCH_PACKAGES).copied().collect()
+    BUILD_PACKAGES
+        .iter()
+        .chain(TEST_PACKAGES)
+        .chain(VM_PACKAGES)
+        .chain(BENCH_PACKAGES)
+        .copied()
+        .collect()
 }
 
 pub fn run() -> Result<()> {
@@ -80,8 +92,9 @@ impl NoServiceStarts {
         if std::path::Path::new(Self::PATH).exists() {
             return Self(None);
         }
-        let written = std::fs::write(Self::PATH, "#!/bin/sh\nexit 101\n")
-            .and_then(|()| std::fs::set_permissions(Self::PATH, std::fs::Permissions::from_mode(0o755)));
+        let written = std::fs::write(Self::PATH, "#!/bin/sh\nexit 101\n").and_then(|()| {
+            std::fs::set_permissions(Self::PATH, std::fs::Permissions::from_mode(0o755))
+        });
         Self(written.is_ok().then_some(Self::PATH))
     }
 }
@@ -124,8 +137,17 @@ fn dpkg_installed(package: &str) -> bool {
 }
 
 fn ebpf_toolchain() -> Result<()> {
-    let Ok(installed) = capture(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", EBPF_TOOLCHAIN])) else {
-        eprintln!("setup: installing Rust {EBPF_TOOLCHAIN} with {} (builds the eBPF crate)", EBPF_COMPONENTS.join(", "));
+    let Ok(installed) = capture(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        EBPF_TOOLCHAIN,
+    ])) else {
+        eprintln!(
+            "setup: installing Rust {EBPF_TOOLCHAIN} with {} (builds the eBPF crate)",
+            EBPF_COMPONENTS.join(", ")
+        );
         let mut install = Command::new("rustup");
         install.args(["toolchain", "install", EBPF_TOOLCHAIN, "--profile", "minimal"]);
         for component in EBPF_COMPONENTS {
@@ -133,21 +155,29 @@ fn ebpf_toolchain() -> Result<()> {
         }
         return run_cmd(&mut install);
     };
-    let missing: Vec<&str> =
-        EBPF_COMPONENTS.iter().copied().filter(|c| !installed.lines().any(|l| l.starts_with(c))).collect();
+    let missing: Vec<&str> = EBPF_COMPONENTS
+        .iter()
+        .copied()
+        .filter(|c| !installed.lines().any(|l| l.starts_with(c)))
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
     eprintln!("setup: adding {} to Rust {EBPF_TOOLCHAIN}", missing.join(", "));
-    run_cmd(Command::new("rustup").args(["component", "add", "--toolchain", EBPF_TOOLCHAIN]).args(&missing))
+    run_cmd(
+        Command::new("rustup")
+            .args(["component", "add", "--toolchain", EBPF_TOOLCHAIN])
+            .args(&missing),
+    )
 }
 
 /// Adds the musl target to the toolchain pinned by rust-toolchain.toml (rustup resolves the pin
 /// from the working directory, so run from the workspace root).
 fn musl_target() -> Result<()> {
     let root = crate::workspace_root();
-    let installed = capture(Command::new("rustup").args(["target", "list", "--installed"]).current_dir(&root))
-        .is_ok_and(|out| out.lines().any(|l| l.trim() == MUSL_TARGET));
+    let installed =
+        capture(Command::new("rustup").args(["target", "list", "--installed"]).current_dir(&root))
+            .is_ok_and(|out| out.lines().any(|l| l.trim() == MUSL_TARGET));
     if installed {
         return Ok(());
     }
@@ -161,7 +191,8 @@ fn bpf_linker() -> Result<()> {
         return Ok(());
     }
     eprintln!("setup: installing bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)");
-    let bindir = capture(Command::new(LLVM_CONFIG).arg("--bindir")).context("llvm-config-22 --bindir")?;
+    let bindir =
+        capture(Command::new(LLVM_CONFIG).arg("--bindir")).context("llvm-config-22 --bindir")?;
     let path = format!("{}:{}", bindir.trim(), std::env::var("PATH").unwrap_or_default());
     run_cmd(
         Command::new("cargo")
