@@ -192,7 +192,7 @@ pub fn of_mode(mode: ProbeMode, btf: &Btf) -> impl Iterator<Item = &'static Hook
 
 /// Loads and attaches every hook of `mode`. kprobe mode's probes live outside `ebpf`: they are
 /// returned, and detached when dropped.
-pub fn attach(ebpf: &mut Ebpf, btf: &Btf, mode: ProbeMode) -> Result<Option<Kprobes>> {
+pub(super) fn attach(ebpf: &mut Ebpf, btf: &Btf, mode: ProbeMode) -> Result<Option<Kprobes>> {
     let mut kprobes = None;
     for hook in of_mode(mode, btf) {
         let name = hook.program;
