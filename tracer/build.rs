@@ -2,9 +2,10 @@
 //! embeds them: at run time the `tracer` binary is all a user needs.
 use aya_build::{Package, Toolchain};
 
-/// The nightly the eBPF crate is built with (LLVM 22, matching bpf-linker's). Installed by
-/// `cargo xtask setup`.
-const EBPF_TOOLCHAIN: &str = "nightly-2026-05-19";
+/// The nightly the eBPF crate is built with (LLVM 22, matching bpf-linker's), pinned in
+/// tracer-ebpf/ebpf-toolchain, which `cargo xtask setup` installs from too. (Cargo rebuilds this
+/// script when the file changes: it is part of the script's source.)
+const EBPF_TOOLCHAIN: &str = include_str!("../tracer-ebpf/ebpf-toolchain").trim_ascii();
 
 fn main() -> anyhow::Result<()> {
     let ebpf = Package {

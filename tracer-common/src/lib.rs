@@ -17,6 +17,61 @@ pub const HELD_CLOSED_CAPACITY: u32 = 65_536;
 /// Default ring buffer size in bytes (a power of two, a multiple of the page size).
 pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
 
+/// Offset of `long ret` in the `syscalls:sys_exit_*` tracepoint record (after the 8-byte common
+/// header and `int __syscall_nr` padded to 8). The tracepoint's stable user ABI, not a kernel
+/// struct: the kernel programs read it there, and the loader checks it against the tracefs
+/// format file before attaching.
+pub const SYSCALL_EXIT_RET_OFFSET: usize = 16;
+
+/// Names of the kernel programs: the object names each after its function, and the loader looks
+/// it up by this name. The kernel crate fails to build if a function is renamed without its
+/// constant, and the loader's hook table is tested against the object.
+pub mod programs {
+    /// `tp_btf/inet_sock_set_state` (every mode).
+    pub const INET_SOCK_SET_STATE: &str = "inet_sock_set_state";
+    /// `tp_btf/sched_process_exit` (every mode).
+    pub const SCHED_PROCESS_EXIT: &str = "sched_process_exit";
+    /// `tp_btf/sched_process_exec` (every mode).
+    pub const SCHED_PROCESS_EXEC: &str = "sched_process_exec";
+    /// `tracepoint/syscalls/sys_exit_accept4` (every mode).
+    pub const SYS_EXIT_ACCEPT4: &str = "sys_exit_accept4";
+    /// `tracepoint/syscalls/sys_exit_accept` (every mode).
+    pub const SYS_EXIT_ACCEPT: &str = "sys_exit_accept";
+    /// `tp_btf/tcp_destroy_sock` (tracepoint mode).
+    pub const TCP_DESTROY_SOCK: &str = "tcp_destroy_sock";
+    /// fentry `tcp_connect` (fentry mode).
+    pub const TCP_CONNECT_FENTRY: &str = "tcp_connect_fentry";
+    /// fentry `tcp_close` (fentry mode).
+    pub const TCP_CLOSE_FENTRY: &str = "tcp_close_fentry";
+    /// fexit `inet_csk_accept`, Linux 6.10+ signature (fentry mode).
+    pub const INET_CSK_ACCEPT_FEXIT: &str = "inet_csk_accept_fexit";
+    /// fexit `inet_csk_accept`, signature before 6.10 (fentry mode).
+    pub const INET_CSK_ACCEPT_FEXIT_PRE_6_10: &str = "inet_csk_accept_fexit_pre_6_10";
+    /// kprobe `tcp_connect` (kprobe mode).
+    pub const TCP_CONNECT_KPROBE: &str = "tcp_connect_kprobe";
+    /// kprobe `tcp_close` (kprobe mode).
+    pub const TCP_CLOSE_KPROBE: &str = "tcp_close_kprobe";
+    /// kretprobe `inet_csk_accept` (kprobe mode).
+    pub const INET_CSK_ACCEPT_KRETPROBE: &str = "inet_csk_accept_kretprobe";
+}
+
+/// `a == b` where a constant is needed: the kernel crate checks the names of its programs, maps
+/// and globals against this crate's constants at build time.
+pub const fn same_name(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
 /// Ring buffer space a record of `len` bytes takes: the kernel's 8-byte header plus the record,
 /// rounded up to 8 bytes.
 pub const fn ring_record_bytes(len: usize) -> u64 {

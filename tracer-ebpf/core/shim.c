@@ -1,6 +1,26 @@
 /* CO-RE accessors called from the Rust programs. Compiled to LLVM bitcode by clang and linked
  * into the Rust object by bpf-linker, which inlines them; aya applies the relocations when it
- * loads the object. Keep every function small, total and free of side effects. */
+ * loads the object. Keep every function small, total and free of side effects.
+ *
+ * Every kernel field access is written once, below, with the way it is read as its first
+ * argument (S), one of three read styles:
+ *
+ *   PROBE   bpf_probe_read_kernel() through CO-RE relocations (BPF_CORE_READ): any kernel
+ *           pointer, such as a kprobe's registers, the fd table, or the current task on kernels
+ *           without bpf_get_current_task_btf().
+ *   DIRECT  a plain load through a BTF-typed pointer: the socket argument of a tp_btf, fentry
+ *           or fexit program, or the task from bpf_get_current_task_btf(). The verifier turns it
+ *           into a fault-safe direct read instead of a helper call, and rejects it on any other
+ *           pointer. inet_sock_set_state runs about ten times per connection, so this is most
+ *           of the probes' cost. The relocations are the same: the structs are
+ *           preserve_access_index.
+ *   COPY    a field of struct sock taken from a copy of the socket's first TRACER_SK_COPY bytes
+ *           on the stack, at its relocated offset (tracer_sk_summary). Only fields inside the
+ *           copy.
+ *
+ * TRACER_SK_ACCESSOR expands one socket accessor into its two functions, tracer_sk_<name>
+ * (PROBE) and tracer_sk_<name>_btf (DIRECT); the Rust side declares them with one macro too
+ * (src/core_shim.rs). */
 #include "vmlinux_min.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
@@ -11,6 +31,103 @@
 
 #define SHIM __attribute__((always_inline))
 
+/* ---- Read styles. Each expands `obj->path` (path: a chain of members, no pointer hops). */
+
+#define TRACER_READ(S, obj, path) TRACER_READ_##S(obj, path)
+#define TRACER_READ_PROBE(obj, path) BPF_CORE_READ(obj, path)
+#define TRACER_READ_DIRECT(obj, path) ((obj)->path)
+#define TRACER_READ_COPY(copy, path)                                                   \
+	(*(__typeof_unqual__(((struct sock *)0)->path) *)((copy) +                      \
+							   bpf_core_field_offset(((struct sock *)0)->path)))
+
+/* Copies the whole member into *dst, which must have its size. */
+#define TRACER_READ_INTO(S, dst, obj, path) TRACER_READ_INTO_##S(dst, obj, path)
+#define TRACER_READ_INTO_PROBE(dst, obj, path)                                          \
+	({                                                                               \
+		_Static_assert(sizeof(*(dst)) == sizeof((obj)->path), "size of " #path); \
+		BPF_CORE_READ_INTO(dst, obj, path);                                      \
+	})
+#define TRACER_READ_INTO_DIRECT(dst, obj, path)                                         \
+	({                                                                               \
+		_Static_assert(sizeof(*(dst)) == sizeof((obj)->path), "size of " #path); \
+		__builtin_memcpy(dst, &(obj)->path, sizeof(*(dst)));                     \
+	})
+#define TRACER_READ_INTO_COPY(dst, copy, path)                                                 \
+	({                                                                                      \
+		_Static_assert(sizeof(*(dst)) == sizeof(((struct sock *)0)->path), "size of " #path); \
+		__builtin_memcpy(dst, &TRACER_READ_COPY(copy, path), sizeof(*(dst)));           \
+	})
+
+/* A member that was a bitfield on old kernels. DIRECT reads it as the plain field it became:
+ * only for members that stopped being bitfields before 5.8, the oldest kernel tracer runs on. */
+#define TRACER_READ_BITFIELD(S, obj, field) TRACER_READ_BITFIELD_##S(obj, field)
+#define TRACER_READ_BITFIELD_PROBE(obj, field) BPF_CORE_READ_BITFIELD_PROBED(obj, field)
+#define TRACER_READ_BITFIELD_DIRECT(obj, field) ((obj)->field)
+
+/* ---- Every socket field the probes read, once. */
+
+#define SK_FAMILY(S, sk) TRACER_READ(S, sk, __sk_common.skc_family)
+#define SK_STATE(S, sk) TRACER_READ(S, sk, __sk_common.skc_state)
+#define SK_LOCAL_PORT(S, sk) TRACER_READ(S, sk, __sk_common.skc_num)
+#define SK_REMOTE_PORT_BE(S, sk) TRACER_READ(S, sk, __sk_common.skc_dport)
+#define SK_LOCAL_ADDR4(S, sk) TRACER_READ(S, sk, __sk_common.skc_rcv_saddr)
+#define SK_REMOTE_ADDR4(S, sk) TRACER_READ(S, sk, __sk_common.skc_daddr)
+#define SK_LOCAL_ADDR6_INTO(S, dst, sk) TRACER_READ_INTO(S, dst, sk, __sk_common.skc_v6_rcv_saddr)
+#define SK_REMOTE_ADDR6_INTO(S, dst, sk) TRACER_READ_INTO(S, dst, sk, __sk_common.skc_v6_daddr)
+#define SK_NET(S, sk) TRACER_READ(S, sk, __sk_common.skc_net.net)
+/* A bitfield before 5.6; far past the copy. */
+#define SK_PROTOCOL(S, sk) TRACER_READ_BITFIELD(S, sk, sk_protocol)
+#define SK_SOCKET(S, sk) TRACER_READ(S, sk, sk_socket)
+/* Older kernels (5.10 among them) have sk_flags in struct sock, newer ones skc_flags in
+ * struct sock_common. */
+#define SK_FLAGS(S, sk)                                                              \
+	(bpf_core_field_exists(((struct sock___flags_in_sock *)0)->sk_flags)         \
+		 ? TRACER_READ(S, (struct sock___flags_in_sock *)(sk), sk_flags)     \
+		 : TRACER_READ(S, sk, __sk_common.skc_flags))
+#define NET_INUM(S, net) TRACER_READ(S, net, ns.inum)
+#define SOCKET_FILE(S, sock) TRACER_READ(S, sock, file)
+/* 1 when the file holds no reference any more. 6.13 made f_count a file_ref_t (f_ref), which
+ * holds (references - 1) and encodes dead/released as negative values. */
+#define FILE_RELEASED(S, file)                                                       \
+	(bpf_core_field_exists(((struct file___ref *)0)->f_ref)                      \
+		 ? TRACER_READ(S, (struct file___ref *)(file), f_ref.refcnt.counter) < 0 \
+		 : TRACER_READ(S, file, f_count.counter) == 0)
+
+/* ---- What the probes ask of a socket, in any read style. */
+
+/* 1 for an AF_INET/AF_INET6 TCP socket, else 0; the protocol is only read for those. */
+#define TRACER_IS_TCP(family_expr, protocol_expr)                                   \
+	({                                                                           \
+		unsigned short tracer_family_ = (family_expr);                       \
+		tracer_family_ != AF_INET && tracer_family_ != AF_INET6              \
+			? 0                                                          \
+			: (protocol_expr) == IPPROTO_TCP;                            \
+	})
+#define SK_IS_TCP(S, sk) TRACER_IS_TCP(SK_FAMILY(S, sk), SK_PROTOCOL(S, sk))
+
+/* 1 once tcp_close() has orphaned the socket (SOCK_DEAD): no file, no owner any more. */
+#define SK_ORPHANED(S, sk) ((SK_FLAGS(S, sk) >> bpf_core_enum_value(enum sock_flags, SOCK_DEAD)) & 1)
+
+/* 1 when the socket's struct file has dropped its last reference: we are inside the
+ * __fput() -> sock_close() -> tcp_close() of the process that released it. shutdown() runs
+ * with the file still referenced by the fd table, so it never matches. */
+#define SK_FILE_RELEASED(S, sk)                                                      \
+	({                                                                           \
+		struct socket *tracer_sock_ = SK_SOCKET(S, sk);                      \
+		struct file *tracer_file_ = tracer_sock_ ? SOCKET_FILE(S, tracer_sock_) : 0; \
+		tracer_file_ ? FILE_RELEASED(S, tracer_file_) : 0;                   \
+	})
+
+/* 1 when the socket ever had a peer: a never-connected socket (bound, or just created) has a
+ * zero destination port, a reset or failed connection keeps its peer's. */
+#define SK_HAS_PEER(S, sk) (SK_REMOTE_PORT_BE(S, sk) != 0)
+
+#define SK_NETNS(S, sk)                                                              \
+	({                                                                           \
+		struct net *tracer_net_ = SK_NET(S, sk);                             \
+		NET_INUM(S, tracer_net_);                                            \
+	})
+
 /* Mirrors tracer_common::Tuple (#[repr(C)]); 4-byte aligned in the event record. */
 struct tracer_tuple {
 	__u8 local_addr[16];
@@ -19,56 +136,6 @@ struct tracer_tuple {
 	__u16 remote_port;
 	__u16 family;
 };
-
-/* Probe-read accessors: tracer_sk_summary falls back on these, and orphaned/file_released
- * serve AnySock directly. */
-
-/* 1 for an AF_INET/AF_INET6 TCP socket, else 0. */
-SHIM int tracer_sk_is_tcp(struct sock *sk)
-{
-	unsigned short family = BPF_CORE_READ(sk, __sk_common.skc_family);
-	if (family != AF_INET && family != AF_INET6)
-		return 0;
-	return BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol) == IPPROTO_TCP;
-}
-
-/* 1 once tcp_close() has orphaned the socket (SOCK_DEAD): no file, no owner any more. */
-SHIM int tracer_sk_orphaned(struct sock *sk)
-{
-	unsigned long flags;
-
-	if (bpf_core_field_exists(((struct sock___flags_in_sock *)0)->sk_flags))
-		flags = BPF_CORE_READ((struct sock___flags_in_sock *)sk, sk_flags);
-	else
-		flags = BPF_CORE_READ(sk, __sk_common.skc_flags);
-	return (flags >> bpf_core_enum_value(enum sock_flags, SOCK_DEAD)) & 1;
-}
-
-/* 1 when the socket's struct file has dropped its last reference: we are inside the
- * __fput() -> sock_close() -> tcp_close() of the process that released it. shutdown() runs
- * with the file still referenced by the fd table, so it never matches. */
-SHIM int tracer_sk_file_released(struct sock *sk)
-{
-	struct file *file = BPF_CORE_READ(sk, sk_socket, file);
-	if (!file)
-		return 0;
-	if (bpf_core_field_exists(((struct file___ref *)0)->f_ref)) {
-		/* file_ref_t holds (references - 1); the dead/released encodings are negative. */
-		__s64 refcnt = BPF_CORE_READ((struct file___ref *)file, f_ref.refcnt.counter);
-		return refcnt < 0;
-	}
-	return BPF_CORE_READ(file, f_count.counter) == 0;
-}
-
-SHIM __u8 tracer_sk_state(struct sock *sk)
-{
-	return BPF_CORE_READ(sk, __sk_common.skc_state);
-}
-
-SHIM __u32 tracer_sk_netns(struct sock *sk)
-{
-	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
-}
 
 /* An IPv4 address in the first word of a 16-byte field, the rest zero. The stores are volatile
  * so that LLVM cannot merge them into a memset, which the BPF backend turns into a call. */
@@ -81,20 +148,53 @@ static __always_inline void tracer_put_v4(__u8 field[16], __be32 addr)
 	words[3] = 0;
 }
 
-SHIM void tracer_sk_tuple(struct sock *sk, struct tracer_tuple *t)
-{
-	unsigned short family = BPF_CORE_READ(sk, __sk_common.skc_family);
-	t->family = family;
-	t->local_port = BPF_CORE_READ(sk, __sk_common.skc_num);
-	t->remote_port = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
-	if (family == AF_INET) {
-		tracer_put_v4(t->local_addr, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
-		tracer_put_v4(t->remote_addr, BPF_CORE_READ(sk, __sk_common.skc_daddr));
-	} else {
-		BPF_CORE_READ_INTO(&t->local_addr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
-		BPF_CORE_READ_INTO(&t->remote_addr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+/* The one tuple builder: fills *t from `src` (the socket, or its copy for COPY). */
+#define TRACER_FILL_TUPLE(S, src, t)                                                 \
+	do {                                                                         \
+		unsigned short tracer_family_ = SK_FAMILY(S, src);                   \
+		(t)->family = tracer_family_;                                        \
+		(t)->local_port = SK_LOCAL_PORT(S, src);                             \
+		(t)->remote_port = __builtin_bswap16(SK_REMOTE_PORT_BE(S, src));     \
+		if (tracer_family_ == AF_INET) {                                     \
+			tracer_put_v4((t)->local_addr, SK_LOCAL_ADDR4(S, src));      \
+			tracer_put_v4((t)->remote_addr, SK_REMOTE_ADDR4(S, src));    \
+		} else {                                                             \
+			SK_LOCAL_ADDR6_INTO(S, &(t)->local_addr, src);               \
+			SK_REMOTE_ADDR6_INTO(S, &(t)->remote_addr, src);             \
+		}                                                                    \
+	} while (0)
+
+/* ---- The socket accessors the Rust side calls: each one definition, two functions. Only
+ * tp_btf/fentry/fexit programs may call the _btf ones. */
+
+#define TRACER_SK_ACCESSOR(type, name, EXPR)                                         \
+	SHIM type tracer_sk_##name(struct sock *sk)                                  \
+	{                                                                            \
+		return EXPR(PROBE, sk);                                              \
+	}                                                                            \
+	SHIM type tracer_sk_##name##_btf(struct sock *sk)                            \
+	{                                                                            \
+		return EXPR(DIRECT, sk);                                             \
 	}
-}
+
+/* The same for an accessor that fills a struct. */
+#define TRACER_SK_FILLER(out_type, name, FILL)                                       \
+	SHIM void tracer_sk_##name(struct sock *sk, out_type *out)                   \
+	{                                                                            \
+		FILL(PROBE, sk, out);                                                \
+	}                                                                            \
+	SHIM void tracer_sk_##name##_btf(struct sock *sk, out_type *out)             \
+	{                                                                            \
+		FILL(DIRECT, sk, out);                                               \
+	}
+
+TRACER_SK_ACCESSOR(int, is_tcp, SK_IS_TCP)
+TRACER_SK_ACCESSOR(int, orphaned, SK_ORPHANED)
+TRACER_SK_ACCESSOR(int, file_released, SK_FILE_RELEASED)
+TRACER_SK_ACCESSOR(__u8, state, SK_STATE)
+TRACER_SK_ACCESSOR(int, has_peer, SK_HAS_PEER)
+TRACER_SK_ACCESSOR(__u32, netns, SK_NETNS)
+TRACER_SK_FILLER(struct tracer_tuple, tuple, TRACER_FILL_TUPLE)
 
 /* Mirrors core_shim::SockSummary (#[repr(C)], no padding). */
 struct tracer_sock_summary {
@@ -109,11 +209,10 @@ struct tracer_sock_summary {
 _Static_assert(sizeof(struct tracer_tuple) == 38, "tracer_tuple mirrors tracer_common::Tuple");
 _Static_assert(sizeof(struct tracer_sock_summary) == 44, "mirrors core_shim::SockSummary");
 
-/* Bytes copied from the start of the socket: past skc_v6_rcv_saddr on every kernel tracer runs
- * on (88 bytes on x86-64), and within any full socket, which is far larger. */
+/* Bytes copied from the start of the socket: past skc_v6_rcv_saddr, the last field the COPY
+ * reads, on every kernel tracer runs on (88 bytes on x86-64), and within any full socket,
+ * which is far larger. */
 #define TRACER_SK_COPY 128
-#define TRACER_SK_FIELD(copy, type, field) \
-	(*(type *)((copy) + bpf_core_field_offset(((struct sock *)0)->field)))
 
 /* Everything an event needs from a socket that only probe reads may touch (kprobe registers,
  * the fd table): one bpf_probe_read_kernel() of the start of the socket instead of one per
@@ -124,8 +223,6 @@ SHIM void tracer_sk_summary(struct sock *sk, struct tracer_sock_summary *out)
 	/* 8-byte loads (skc_net) are taken from it: the verifier wants stack loads aligned. */
 	__u8 copy[TRACER_SK_COPY] __attribute__((aligned(8)));
 	__u32 end = bpf_core_field_offset(((struct sock *)0)->__sk_common.skc_v6_rcv_saddr) + 16;
-	unsigned short family;
-	struct net *net;
 
 	if (end > TRACER_SK_COPY || bpf_probe_read_kernel(copy, sizeof(copy), sk)) {
 		out->is_tcp = tracer_sk_is_tcp(sk);
@@ -134,141 +231,57 @@ SHIM void tracer_sk_summary(struct sock *sk, struct tracer_sock_summary *out)
 		tracer_sk_tuple(sk, &out->tuple);
 		return;
 	}
-	family = TRACER_SK_FIELD(copy, unsigned short, __sk_common.skc_family);
-	out->state = TRACER_SK_FIELD(copy, __u8, __sk_common.skc_state);
-	out->is_tcp = (family == AF_INET || family == AF_INET6) &&
-		      BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol) == IPPROTO_TCP;
-	net = TRACER_SK_FIELD(copy, struct net *, __sk_common.skc_net.net);
-	out->netns = BPF_CORE_READ(net, ns.inum);
-	out->tuple.family = family;
-	out->tuple.local_port = TRACER_SK_FIELD(copy, __u16, __sk_common.skc_num);
-	out->tuple.remote_port = __builtin_bswap16(TRACER_SK_FIELD(copy, __be16, __sk_common.skc_dport));
-	if (family == AF_INET) {
-		tracer_put_v4(out->tuple.local_addr, TRACER_SK_FIELD(copy, __be32, __sk_common.skc_rcv_saddr));
-		tracer_put_v4(out->tuple.remote_addr, TRACER_SK_FIELD(copy, __be32, __sk_common.skc_daddr));
-	} else {
-		__builtin_memcpy(out->tuple.local_addr,
-				 &TRACER_SK_FIELD(copy, struct in6_addr, __sk_common.skc_v6_rcv_saddr), 16);
-		__builtin_memcpy(out->tuple.remote_addr,
-				 &TRACER_SK_FIELD(copy, struct in6_addr, __sk_common.skc_v6_daddr), 16);
-	}
+	TRACER_FILL_TUPLE(COPY, copy, &out->tuple);
+	out->state = SK_STATE(COPY, copy);
+	/* The family as the tuple took it (the copy's bytes are unaligned loads); the protocol lies
+	 * past the copy, and the namespace behind a pointer in it. */
+	out->is_tcp = TRACER_IS_TCP(out->tuple.family, SK_PROTOCOL(PROBE, sk));
+	out->netns = NET_INUM(PROBE, SK_NET(COPY, copy));
 }
 
-/* ---- The same accessors for a BTF-typed socket pointer (the argument of a tp_btf, fentry or
- * fexit program): plain loads, which the verifier turns into fault-safe direct memory reads,
- * instead of one bpf_probe_read_kernel() call per field. inet_sock_set_state runs about ten
- * times per connection, so this is most of the probes' cost. The relocations are the same:
- * the structs above are preserve_access_index. Only tp_btf/fentry/fexit may call these (the
- * verifier rejects a plain load through an untyped pointer). sk_protocol has not been a
- * bitfield since 5.6, below the 5.8 that tracer needs. */
-
-SHIM int tracer_sk_is_tcp_btf(struct sock *sk)
-{
-	unsigned short family = sk->__sk_common.skc_family;
-	if (family != AF_INET && family != AF_INET6)
-		return 0;
-	return sk->sk_protocol == IPPROTO_TCP;
-}
-
-SHIM int tracer_sk_orphaned_btf(struct sock *sk)
-{
-	unsigned long flags;
-
-	if (bpf_core_field_exists(((struct sock___flags_in_sock *)0)->sk_flags))
-		flags = ((struct sock___flags_in_sock *)sk)->sk_flags;
-	else
-		flags = sk->__sk_common.skc_flags;
-	return (flags >> bpf_core_enum_value(enum sock_flags, SOCK_DEAD)) & 1;
-}
-
-SHIM int tracer_sk_file_released_btf(struct sock *sk)
-{
-	struct socket *sock = sk->sk_socket;
-	struct file *file;
-
-	if (!sock)
-		return 0;
-	file = sock->file;
-	if (!file)
-		return 0;
-	if (bpf_core_field_exists(((struct file___ref *)0)->f_ref))
-		return ((struct file___ref *)file)->f_ref.refcnt.counter < 0;
-	return file->f_count.counter == 0;
-}
-
-SHIM __u8 tracer_sk_state_btf(struct sock *sk)
-{
-	return sk->__sk_common.skc_state;
-}
-
-/* 1 when the socket ever had a peer: a never-connected socket (bound, or just created) has a
- * zero destination port, a reset or failed connection keeps its peer's. */
-SHIM int tracer_sk_has_peer_btf(struct sock *sk)
-{
-	return sk->__sk_common.skc_dport != 0;
-}
-
-SHIM __u32 tracer_sk_netns_btf(struct sock *sk)
-{
-	return sk->__sk_common.skc_net.net->ns.inum;
-}
-
-SHIM void tracer_sk_tuple_btf(struct sock *sk, struct tracer_tuple *t)
-{
-	unsigned short family = sk->__sk_common.skc_family;
-	t->family = family;
-	t->local_port = sk->__sk_common.skc_num;
-	t->remote_port = __builtin_bswap16(sk->__sk_common.skc_dport);
-	if (family == AF_INET) {
-		tracer_put_v4(t->local_addr, sk->__sk_common.skc_rcv_saddr);
-		tracer_put_v4(t->remote_addr, sk->__sk_common.skc_daddr);
-	} else {
-		__builtin_memcpy(t->local_addr, sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8, 16);
-		__builtin_memcpy(t->remote_addr, sk->__sk_common.skc_v6_daddr.in6_u.u6_addr8, 16);
-	}
-}
+/* ---- The current task. */
 
 /* bpf_get_current_task_btf() (5.11+) returns a BTF-typed task that plain loads may walk; on
  * older kernels this is a relocated 0, and the verifier drops the branches that use it. */
 #define TRACER_HAS_TASK_BTF bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_current_task_btf)
 
-/* The fd table of the current task, or NULL. */
-static __always_inline struct fdtable *tracer_current_fdt(void)
-{
-	if (TRACER_HAS_TASK_BTF) {
-		struct files_struct *files = bpf_get_current_task_btf()->files;
-		return files ? files->fdt : 0;
-	}
-	return BPF_CORE_READ((struct task_struct *)bpf_get_current_task(), files, fdt);
-}
+/* The fd array of `task` if `fd_num` is within its fd table, else NULL. */
+#define TASK_FD_ARRAY(S, task, fd_num)                                               \
+	({                                                                           \
+		struct files_struct *tracer_files_ = TRACER_READ(S, task, files);    \
+		struct fdtable *tracer_fdt_ = tracer_files_ ? TRACER_READ(S, tracer_files_, fdt) : 0; \
+		tracer_fdt_ && (fd_num) < TRACER_READ(S, tracer_fdt_, max_fds)       \
+			? TRACER_READ(S, tracer_fdt_, fd)                            \
+			: 0;                                                         \
+	})
+
+/* Start time and command name of the thread-group leader of `task`. */
+#define TASK_LEADER_IDENTITY(S, task, start_time_out, comm_out)                      \
+	do {                                                                         \
+		struct task_struct *tracer_leader_ = TRACER_READ(S, task, group_leader); \
+		*(start_time_out) = TRACER_READ(S, tracer_leader_, start_boottime);  \
+		TRACER_READ_INTO(S, (char(*)[16])(comm_out), tracer_leader_, comm);  \
+	} while (0)
 
 /* The struct sock behind file descriptor `fd` of the current task, or NULL. */
 SHIM struct sock *tracer_fd_sock(__u32 fd)
 {
-	struct fdtable *fdt = tracer_current_fdt();
 	struct file **fds;
 	struct file *file = 0;
 	struct socket *sock;
 
-	if (!fdt)
-		return 0;
-	if (TRACER_HAS_TASK_BTF) {
-		if (fd >= fdt->max_fds)
-			return 0;
-		fds = fdt->fd;
-	} else {
-		if (fd >= BPF_CORE_READ(fdt, max_fds))
-			return 0;
-		fds = BPF_CORE_READ(fdt, fd);
-	}
+	if (TRACER_HAS_TASK_BTF)
+		fds = TASK_FD_ARRAY(DIRECT, bpf_get_current_task_btf(), fd);
+	else
+		fds = TASK_FD_ARRAY(PROBE, (struct task_struct *)bpf_get_current_task(), fd);
 	/* A pointer to pointers: the verifier types no further, so probe reads from here on. */
-	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
+	if (!fds || bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
 		return 0;
 	sock = BPF_CORE_READ(file, private_data);
 	if (!sock)
 		return 0;
 	/* A socket's file points back at it: rejects any non-socket private_data. */
-	if (BPF_CORE_READ(sock, file) != file)
+	if (SOCKET_FILE(PROBE, sock) != file)
 		return 0;
 	return BPF_CORE_READ(sock, sk);
 }
@@ -278,18 +291,11 @@ SHIM struct sock *tracer_fd_sock(__u32 fd)
  * reader stops at the first NUL. */
 SHIM void tracer_leader_identity(__u64 *start_time, char comm[16])
 {
-	if (TRACER_HAS_TASK_BTF) {
-		struct task_struct *leader = bpf_get_current_task_btf()->group_leader;
-
-		*start_time = leader->start_boottime;
-		__builtin_memcpy(comm, leader->comm, 16);
-		return;
-	}
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct task_struct *leader = BPF_CORE_READ(task, group_leader);
-
-	*start_time = BPF_CORE_READ(leader, start_boottime);
-	bpf_probe_read_kernel(comm, 16, &leader->comm);
+	if (TRACER_HAS_TASK_BTF)
+		TASK_LEADER_IDENTITY(DIRECT, bpf_get_current_task_btf(), start_time, comm);
+	else
+		TASK_LEADER_IDENTITY(PROBE, (struct task_struct *)bpf_get_current_task(), start_time,
+				     comm);
 }
 
 /* 1 when the current task is the last live thread of its process: do_exit() decrements

@@ -3,14 +3,9 @@
 //! The server side's ESTABLISHED transition runs in softirq, so it cannot name the owner; the
 //! syscall exit can. It also sees accepts that were already blocked when the probes attached.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use tracer_common::counters;
+use tracer_common::{SYSCALL_EXIT_RET_OFFSET, counters, programs};
 
 use crate::{core_shim, emit::bump, lifecycle};
-
-/// Offset of `long ret` in the `syscalls:sys_exit_*` record (after the 8-byte common header and
-/// `int __syscall_nr` padded to 8). This is the tracepoint's stable user ABI, not a kernel struct;
-/// the loader checks it against the tracefs format file before attaching.
-pub const SYSCALL_EXIT_RET_OFFSET: usize = 16;
 
 #[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
 pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
@@ -23,6 +18,9 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
     on_accept_exit(&ctx);
     0
 }
+
+named!(sys_exit_accept4, programs::SYS_EXIT_ACCEPT4);
+named!(sys_exit_accept, programs::SYS_EXIT_ACCEPT);
 
 #[inline(always)]
 fn on_accept_exit(ctx: &TracePointContext) {

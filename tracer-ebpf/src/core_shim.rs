@@ -5,7 +5,9 @@
 //! argument of a tp_btf, fentry or fexit program, is read with plain loads (the verifier makes
 //! them fault-safe); [`AnySock`], from a kprobe's registers or a walk of the fd table, only
 //! through `bpf_probe_read_kernel`, so it copies what events need in one read when it is made.
-//! The same logic runs on both through [`Sock`].
+//! The same logic runs on both through [`Sock`]. The shim defines each socket accessor once and
+//! expands it into both read styles (`tracer_sk_<name>` with probe reads, `tracer_sk_<name>_btf`
+//! with plain loads); [`sock_reads!`] declares and wraps both from one list.
 use core::{ffi::c_void, mem::MaybeUninit};
 
 use tracer_common::Tuple;
@@ -14,40 +16,10 @@ use tracer_common::Tuple;
 pub type SockPtr = *const c_void;
 
 unsafe extern "C" {
-    pub fn tracer_sk_orphaned(sk: SockPtr) -> i32;
-    pub fn tracer_sk_file_released(sk: SockPtr) -> i32;
     pub fn tracer_sk_summary(sk: SockPtr, summary: *mut SockSummary);
-    pub fn tracer_sk_is_tcp_btf(sk: SockPtr) -> i32;
-    pub fn tracer_sk_orphaned_btf(sk: SockPtr) -> i32;
-    pub fn tracer_sk_file_released_btf(sk: SockPtr) -> i32;
-    pub fn tracer_sk_state_btf(sk: SockPtr) -> u8;
-    pub fn tracer_sk_has_peer_btf(sk: SockPtr) -> i32;
-    pub fn tracer_sk_netns_btf(sk: SockPtr) -> u32;
-    pub fn tracer_sk_tuple_btf(sk: SockPtr, tuple: *mut Tuple);
     pub fn tracer_fd_sock(fd: u32) -> SockPtr;
     pub fn tracer_leader_identity(start_time: *mut u64, comm: *mut u8);
     pub fn tracer_current_group_dead() -> i32;
-}
-
-/// The socket reads every probe needs, from the shim (directly, or from a copy it made).
-pub trait Sock: Copy {
-    fn ptr(self) -> SockPtr;
-    fn is_null(self) -> bool {
-        self.ptr().is_null()
-    }
-    /// An AF_INET/AF_INET6 TCP socket.
-    fn is_tcp(self) -> bool;
-    /// SOCK_DEAD: tcp_close() orphaned it.
-    fn orphaned(self) -> bool;
-    /// Its file dropped the last reference: we are inside the release.
-    fn file_released(self) -> bool;
-    fn state(self) -> u8;
-    /// It ever had a peer (a bound-only socket has none).
-    fn has_peer(self) -> bool;
-    fn netns(self) -> u32;
-    /// # Safety
-    /// `tuple` must be valid for writes.
-    unsafe fn tuple(self, tuple: *mut Tuple);
 }
 
 /// The BTF-typed socket argument of a tp_btf, fentry or fexit program.
@@ -95,91 +67,142 @@ impl AnySock {
     }
 }
 
-impl Sock for AnySock {
+/// A value as a shim accessor returns it in C (`int` for a truth value).
+pub trait FromShim {
+    type C;
+    fn from_shim(raw: Self::C) -> Self;
+}
+
+impl FromShim for bool {
+    type C = i32;
     #[inline(always)]
-    fn ptr(self) -> SockPtr {
-        self.ptr
-    }
-    #[inline(always)]
-    fn is_tcp(self) -> bool {
-        self.summary.is_tcp != 0
-    }
-    // SAFETY (the two calls below): the shim reads through the pointer with probe reads only.
-    #[inline(always)]
-    fn orphaned(self) -> bool {
-        unsafe { tracer_sk_orphaned(self.ptr) != 0 }
-    }
-    #[inline(always)]
-    fn file_released(self) -> bool {
-        unsafe { tracer_sk_file_released(self.ptr) != 0 }
-    }
-    #[inline(always)]
-    fn state(self) -> u8 {
-        self.summary.state
-    }
-    #[inline(always)]
-    fn has_peer(self) -> bool {
-        self.summary.tuple.remote_port != 0
-    }
-    #[inline(always)]
-    fn netns(self) -> u32 {
-        self.summary.netns
-    }
-    #[inline(always)]
-    unsafe fn tuple(self, tuple: *mut Tuple) {
-        // SAFETY: guaranteed by the caller.
-        unsafe { tuple.write(self.summary.tuple) }
+    fn from_shim(raw: i32) -> bool {
+        raw != 0
     }
 }
 
-macro_rules! forward {
-    ($ty:ty, $is_tcp:ident, $orphaned:ident, $released:ident, $state:ident, $peer:ident, $netns:ident, $tuple:ident) => {
-        impl Sock for $ty {
+impl FromShim for u8 {
+    type C = u8;
+    #[inline(always)]
+    fn from_shim(raw: u8) -> u8 {
+        raw
+    }
+}
+
+impl FromShim for u32 {
+    type C = u32;
+    #[inline(always)]
+    fn from_shim(raw: u32) -> u32 {
+        raw
+    }
+}
+
+/// The socket reads, one row each: the [`Sock`] method (the shim accessor of the same name
+/// behind it) and, for what [`AnySock`] copies when it is made, where the copy keeps it.
+/// Expands to the trait, the extern declarations of both read styles (the probe-read one only
+/// for rows without a copy: nothing else calls it), and the impls for [`BtfSock`] (plain loads
+/// through the shim, every row) and [`AnySock`] (its copy, else probe reads through the shim).
+/// `tuple`, which writes through a pointer, is the one read outside the rows.
+macro_rules! sock_reads {
+    ($(
+        $(#[$doc:meta])*
+        fn $name:ident() -> $ret:ty $(, copied |$copy:ident| $from_copy:expr)?;
+    )*) => {
+        /// The socket reads every probe needs, from the shim (directly, or from a copy it made).
+        pub trait Sock: Copy {
+            fn ptr(self) -> SockPtr;
+            fn is_null(self) -> bool {
+                self.ptr().is_null()
+            }
+            $( $(#[$doc])* fn $name(self) -> $ret; )*
+            /// # Safety
+            /// `tuple` must be valid for writes.
+            unsafe fn tuple(self, tuple: *mut Tuple);
+        }
+
+        /// Plain loads through a BTF-typed pointer (`tracer_sk_<name>_btf`).
+        mod direct {
+            use super::*;
+            unsafe extern "C" {
+                $(
+                    #[link_name = concat!("tracer_sk_", stringify!($name), "_btf")]
+                    pub fn $name(sk: SockPtr) -> <$ret as FromShim>::C;
+                )*
+                #[link_name = "tracer_sk_tuple_btf"]
+                pub fn tuple(sk: SockPtr, tuple: *mut Tuple);
+            }
+        }
+
+        /// Probe reads through any socket pointer (`tracer_sk_<name>`).
+        mod probe {
+            use super::*;
+            unsafe extern "C" {
+                $( sock_reads!(@probe_decl $name $ret [$($copy)?]); )*
+            }
+        }
+
+        impl Sock for BtfSock {
             #[inline(always)]
             fn ptr(self) -> SockPtr {
                 self.0
             }
-            // SAFETY (every call below): the shim only reads through the pointer, in the way
-            // the verifier allows for this kind of socket.
-            #[inline(always)]
-            fn is_tcp(self) -> bool {
-                unsafe { $is_tcp(self.0) != 0 }
-            }
-            #[inline(always)]
-            fn orphaned(self) -> bool {
-                unsafe { $orphaned(self.0) != 0 }
-            }
-            #[inline(always)]
-            fn file_released(self) -> bool {
-                unsafe { $released(self.0) != 0 }
-            }
-            #[inline(always)]
-            fn state(self) -> u8 {
-                unsafe { $state(self.0) }
-            }
-            #[inline(always)]
-            fn has_peer(self) -> bool {
-                unsafe { $peer(self.0) != 0 }
-            }
-            #[inline(always)]
-            fn netns(self) -> u32 {
-                unsafe { $netns(self.0) }
-            }
+            $(
+                #[inline(always)]
+                fn $name(self) -> $ret {
+                    // SAFETY: the shim only loads through the BTF-typed pointer, which the
+                    // verifier allows (and makes fault-safe) in the programs that have one.
+                    <$ret>::from_shim(unsafe { direct::$name(self.0) })
+                }
+            )*
             #[inline(always)]
             unsafe fn tuple(self, tuple: *mut Tuple) {
-                unsafe { $tuple(self.0, tuple) }
+                // SAFETY: as above; `tuple` is valid for writes (the caller's contract).
+                unsafe { direct::tuple(self.0, tuple) }
+            }
+        }
+
+        impl Sock for AnySock {
+            #[inline(always)]
+            fn ptr(self) -> SockPtr {
+                self.ptr
+            }
+            $(
+                #[inline(always)]
+                fn $name(self) -> $ret {
+                    sock_reads!(@any self $name $ret [$(|$copy| $from_copy)?])
+                }
+            )*
+            #[inline(always)]
+            unsafe fn tuple(self, tuple: *mut Tuple) {
+                // SAFETY: guaranteed by the caller.
+                unsafe { tuple.write(self.summary.tuple) }
             }
         }
     };
+    (@probe_decl $name:ident $ret:ty []) => {
+        #[link_name = concat!("tracer_sk_", stringify!($name))]
+        pub fn $name(sk: SockPtr) -> <$ret as FromShim>::C;
+    };
+    (@probe_decl $name:ident $ret:ty [$copy:ident]) => {};
+    (@any $sock:ident $name:ident $ret:ty []) => {
+        // SAFETY: the shim reads through the pointer with probe reads only.
+        <$ret>::from_shim(unsafe { probe::$name($sock.ptr) })
+    };
+    (@any $sock:ident $name:ident $ret:ty [|$copy:ident| $from_copy:expr]) => {{
+        let $copy = &$sock.summary;
+        $from_copy
+    }};
 }
 
-forward!(
-    BtfSock,
-    tracer_sk_is_tcp_btf,
-    tracer_sk_orphaned_btf,
-    tracer_sk_file_released_btf,
-    tracer_sk_state_btf,
-    tracer_sk_has_peer_btf,
-    tracer_sk_netns_btf,
-    tracer_sk_tuple_btf
-);
+sock_reads! {
+    /// An AF_INET/AF_INET6 TCP socket.
+    fn is_tcp() -> bool, copied |s| s.is_tcp != 0;
+    /// SOCK_DEAD: tcp_close() orphaned it.
+    fn orphaned() -> bool;
+    /// Its file dropped the last reference: we are inside the release.
+    fn file_released() -> bool;
+    fn state() -> u8, copied |s| s.state;
+    /// It ever had a peer (a bound-only socket has none).
+    fn has_peer() -> bool, copied |s| s.tuple.remote_port != 0;
+    fn netns() -> u32, copied |s| s.netns;
+}

@@ -7,17 +7,20 @@ use aya_ebpf::{
     maps::{PerCpuArray, RingBuf, ring_buf::RingBufEntry},
 };
 use tracer_common::{
-    Config, ConnEvent, DEFAULT_RING_BYTES, EventKind, Tuple, counters, flags, ring_record_bytes,
+    CONFIG_GLOBAL, COUNTERS_MAP, Config, ConnEvent, DEFAULT_RING_BYTES, EVENTS_MAP, EventKind,
+    counters, flags, ring_record_bytes,
 };
 
 use crate::core_shim::{self, Sock};
 
 /// Resized by the loader (`--ring-bytes`).
-#[map(name = "EVENTS")]
+#[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+named!(EVENTS, EVENTS_MAP);
 
-#[map(name = "COUNTERS")]
+#[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::SLOTS, 0);
+named!(COUNTERS, COUNTERS_MAP);
 
 /// Written by the loader before load; read-only afterwards.
 #[unsafe(no_mangle)]
@@ -27,6 +30,7 @@ static TRACER_CONFIG: Config = Config {
     wakeup_threshold_bytes: 0,
     _reserved: 0,
 };
+named!(TRACER_CONFIG, CONFIG_GLOBAL);
 
 #[inline(always)]
 pub fn config() -> Config {
@@ -60,7 +64,7 @@ pub fn inject_release_drop() -> bool {
     }
     let seen = counter(counters::emitted(EventKind::Release))
         + counter(counters::RELEASE_DROPPED_BY_FAULT_INJECTION);
-    if (seen + 1) % every == 0 {
+    if (seen + 1).is_multiple_of(every) {
         bump(counters::RELEASE_DROPPED_BY_FAULT_INJECTION);
         return true;
     }

@@ -5,6 +5,8 @@ use aya_ebpf::{
     programs::{FEntryContext, FExitContext},
 };
 
+use tracer_common::programs;
+
 use crate::{
     core_shim::{BtfSock, SockPtr},
     lifecycle,
@@ -37,3 +39,8 @@ pub fn inet_csk_accept_fexit_pre_6_10(ctx: FExitContext) -> i32 {
     lifecycle::on_accept_return(BtfSock(ctx.arg::<SockPtr>(4)));
     0
 }
+
+named!(tcp_connect_fentry, programs::TCP_CONNECT_FENTRY);
+named!(tcp_close_fentry, programs::TCP_CLOSE_FENTRY);
+named!(inet_csk_accept_fexit, programs::INET_CSK_ACCEPT_FEXIT);
+named!(inet_csk_accept_fexit_pre_6_10, programs::INET_CSK_ACCEPT_FEXIT_PRE_6_10);

@@ -5,12 +5,15 @@
 //! once, inside the holder's close() (or exit). So the one hook that sees that release is the
 //! destroy tracepoint, and it must only count sockets remembered here: every other socket is
 //! destroyed later, orphaned, from a timer, long after its release was reported.
+// The map calls take references on purpose: `&0` is a promoted constant (passed by value, it
+// becomes a stack store per insert), and one `&key` serves both the lookup and the delete.
+#![allow(clippy::needless_borrows_for_generic_args)]
 use aya_ebpf::{
     macros::{btf_tracepoint, map},
     maps::HashMap,
     programs::BtfTracePointContext,
 };
-use tracer_common::{HELD_CLOSED_CAPACITY, counters, tcp_state::CLOSE};
+use tracer_common::{HELD_CLOSED_CAPACITY, HELD_CLOSED_MAP, counters, programs, tcp_state::CLOSE};
 
 use crate::{
     core_shim::{BtfSock, SockPtr},
@@ -18,8 +21,9 @@ use crate::{
     state_change::release,
 };
 
-#[map(name = "HELD_CLOSED")]
+#[map]
 static HELD_CLOSED: HashMap<u64, u8> = HashMap::with_max_entries(HELD_CLOSED_CAPACITY, 0);
+named!(HELD_CLOSED, HELD_CLOSED_MAP);
 
 #[inline(always)]
 pub fn remember(sk: SockPtr) {
@@ -53,3 +57,5 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
     }
     0
 }
+
+named!(tcp_destroy_sock, programs::TCP_DESTROY_SOCK);

@@ -5,6 +5,8 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 
+use tracer_common::programs;
+
 use crate::{
     core_shim::{AnySock, SockPtr},
     lifecycle,
@@ -34,3 +36,7 @@ pub fn inet_csk_accept_kretprobe(ctx: RetProbeContext) -> u32 {
     lifecycle::on_accept_return(AnySock::read(ctx.ret::<SockPtr>()));
     0
 }
+
+named!(tcp_connect_kprobe, programs::TCP_CONNECT_KPROBE);
+named!(tcp_close_kprobe, programs::TCP_CLOSE_KPROBE);
+named!(inet_csk_accept_kretprobe, programs::INET_CSK_ACCEPT_KRETPROBE);

@@ -16,6 +16,18 @@
 #![no_std]
 #![no_main]
 
+/// Fails the build unless `$item`, a program's function or a map's or global's static (the
+/// object names each after it), is named `$name`: the tracer-common constant the loader looks it
+/// up by.
+macro_rules! named {
+    ($item:ident, $name:expr) => {
+        const _: () = assert!(
+            tracer_common::same_name(stringify!($item), $name),
+            concat!("`", stringify!($item), "` is not named as tracer-common says")
+        );
+    };
+}
+
 mod accept;
 mod core_shim;
 mod emit;

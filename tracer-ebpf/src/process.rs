@@ -3,7 +3,7 @@
 //! Exit fires before do_exit() closes the process's files, so the table learns that a process
 //! is gone, and how much it still held, before the releases of its sockets arrive.
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use tracer_common::EventKind;
+use tracer_common::{EventKind, programs};
 
 use crate::{core_shim, emit::emit_process};
 
@@ -22,3 +22,6 @@ pub fn sched_process_exec(_ctx: BtfTracePointContext) -> i32 {
     emit_process(EventKind::ProcessExec);
     0
 }
+
+named!(sched_process_exit, programs::SCHED_PROCESS_EXIT);
+named!(sched_process_exec, programs::SCHED_PROCESS_EXEC);

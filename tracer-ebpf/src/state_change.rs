@@ -5,7 +5,7 @@
 //! runs in the task that dropped the file's last reference. Only the first and the last may
 //! name a process.
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use tracer_common::{EventKind, flags, tcp_state::*};
+use tracer_common::{EventKind, flags, programs, tcp_state::*};
 
 use crate::{
     core_shim::{BtfSock, Sock, SockPtr},
@@ -21,6 +21,8 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     on_state_change(BtfSock(sk), old as u8, new as u8);
     0
 }
+
+named!(inet_sock_set_state, programs::INET_SOCK_SET_STATE);
 
 #[inline(always)]
 fn on_state_change(sk: BtfSock, old: u8, new: u8) {

@@ -4,8 +4,11 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-/// The nightly that builds the eBPF crate (must match `tracer/build.rs`).
-pub const EBPF_TOOLCHAIN: &str = "nightly-2026-05-19";
+/// The nightly that builds the eBPF crate, pinned in tracer-ebpf/ebpf-toolchain (which
+/// `tracer/build.rs` builds with).
+pub const EBPF_TOOLCHAIN: &str = include_str!("../../tracer-ebpf/ebpf-toolchain").trim_ascii();
+/// Its components: the core library's source (build-std) and clippy (the kernel crate's lints).
+const EBPF_COMPONENTS: &[&str] = &["rust-src", "clippy"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_CONFIG: &str = "llvm-config-22";
 
@@ -171,27 +174,37 @@ fn test_go_releases() -> Result<()> {
 }
 
 fn ebpf_toolchain() -> Result<()> {
-    // rust-src builds core for the BPF target; clippy lints the eBPF crate (`cargo xtask lint`).
-    const COMPONENTS: [&str; 2] = ["rust-src", "clippy"];
-    let installed = capture(Command::new("rustup").args([
+    let Ok(installed) = capture(Command::new("rustup").args([
         "component",
         "list",
         "--installed",
         "--toolchain",
         EBPF_TOOLCHAIN,
-    ]))
-    .is_ok_and(|out| COMPONENTS.iter().all(|c| out.lines().any(|l| l.starts_with(c))));
-    if installed {
+    ])) else {
+        eprintln!(
+            "setup: installing Rust {EBPF_TOOLCHAIN} with {} (builds the eBPF crate)",
+            EBPF_COMPONENTS.join(", ")
+        );
+        let mut install = Command::new("rustup");
+        install.args(["toolchain", "install", EBPF_TOOLCHAIN, "--profile", "minimal"]);
+        for component in EBPF_COMPONENTS {
+            install.args(["--component", component]);
+        }
+        return run_cmd(&mut install);
+    };
+    let missing: Vec<&str> = EBPF_COMPONENTS
+        .iter()
+        .copied()
+        .filter(|c| !installed.lines().any(|l| l.starts_with(c)))
+        .collect();
+    if missing.is_empty() {
         return Ok(());
     }
-    eprintln!(
-        "setup: installing Rust {EBPF_TOOLCHAIN} with {} (builds and lints the eBPF crate)",
-        COMPONENTS.join(", ")
-    );
+    eprintln!("setup: adding {} to Rust {EBPF_TOOLCHAIN}", missing.join(", "));
     run_cmd(
         Command::new("rustup")
-            .args(["toolchain", "install", EBPF_TOOLCHAIN, "--profile", "minimal"])
-            .args(COMPONENTS.iter().flat_map(|c| ["--component", c])),
+            .args(["component", "add", "--toolchain", EBPF_TOOLCHAIN])
+            .args(&missing),
     )
 }
 

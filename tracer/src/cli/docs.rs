@@ -669,13 +669,13 @@ fn string_const(path: &str, name: &str) -> String {
 #[test]
 fn the_readme_names_the_pinned_tools() {
     let readme = read("README.md").split_whitespace().collect::<Vec<_>>().join(" ");
-    let nightly = string_const("tracer/build.rs", "EBPF_TOOLCHAIN");
-    assert_eq!(nightly, string_const("xtask/src/setup.rs", "EBPF_TOOLCHAIN"));
+    // The one pin, which tracer/build.rs and xtask/src/setup.rs both read.
+    let nightly = read("tracer-ebpf/ebpf-toolchain").trim().to_owned();
     let linker = string_const("xtask/src/setup.rs", "BPF_LINKER_VERSION");
     let llvm = string_const("xtask/src/setup.rs", "LLVM_CONFIG");
     let llvm = llvm.rsplit('-').next().unwrap_or_default();
     for phrase in [
-        format!("the pinned nightly `{nightly}`"),
+        format!("the nightly pinned in `tracer-ebpf/ebpf-toolchain` (`{nightly}`)"),
         format!("`bpf-linker` {linker}"),
         format!("`clang-{llvm}`, `llvm-{llvm}-dev`"),
     ] {

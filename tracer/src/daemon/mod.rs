@@ -21,7 +21,7 @@ use crate::{
     api::server::{self, Query},
     clock::{BootClock, Clock},
     detect::Detector,
-    error::Result,
+    error::{Error, Result},
     events,
     export::{self, BuildInfo, Metrics, MetricsInput, RingFill, Scrape, Webhook, WebhookUrl},
     ground_truth,
@@ -195,7 +195,7 @@ impl Daemon {
     fn start(options: &DaemonOptions) -> Result<Self> {
         memory::configure_allocator();
         let mut probes = Probes::load(&options.load)?;
-        let source = EventSource::new(probes.take_events()?)?;
+        let source = EventSource::new(probes.take_events()?).map_err(Error::EventRing)?;
         let clock = BootClock;
         let mut daemon = Self {
             probes,

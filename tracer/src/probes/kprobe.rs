@@ -1,4 +1,5 @@
-//! kprobe mode: kprobes on tcp_connect and tcp_close, a kretprobe on inet_csk_accept.
+//! kprobe mode's probes (the rows of [`super::hooks`] of kind kprobe and kretprobe: tcp_connect,
+//! tcp_close, the return of inet_csk_accept).
 //!
 //! The probes are created through tracefs `kprobe_events`, not the kprobe PMU that aya uses,
 //! for two things only tracefs offers on every kernel from 5.10:
@@ -17,20 +18,15 @@ use std::{
 
 use aya::{Ebpf, programs::KProbe};
 
-use super::{preflight, program, step};
-use crate::error::{Error, Result};
+use super::{
+    error::{ProbeError, Result},
+    preflight, program, step,
+};
 
 /// The largest `maxactive` tracefs accepts (KRETPROBE_MAXACTIVE_MAX).
 const KRETPROBE_MAXACTIVE: u32 = 4096;
 /// The tracefs event group our probes live in; event names carry the daemon's pid.
 const GROUP: &str = "tracer";
-
-/// (program, kernel function, is a return probe)
-const PROBES: [(&str, &str, bool); 3] = [
-    ("tcp_connect_kprobe", "tcp_connect", false),
-    ("tcp_close_kprobe", "tcp_close", false),
-    ("inet_csk_accept_kretprobe", "inet_csk_accept", true),
-];
 
 /// The attached probes. Dropping it detaches them and removes their tracefs events.
 pub struct Kprobes {
@@ -56,14 +52,25 @@ pub struct ProbeMisses {
     pub missed: u64,
 }
 
-pub fn attach(ebpf: &mut Ebpf) -> Result<Kprobes> {
-    let tracefs = tracefs_root();
-    let kprobe_events = tracefs.join("kprobe_events");
-    if !kprobe_events.exists() {
-        return Err(Error::NoKprobes("kprobe_events in tracefs (/sys/kernel/tracing)"));
+impl Kprobes {
+    /// An empty set, once tracefs shows that this kernel has kprobe events.
+    pub fn open() -> Result<Self> {
+        let tracefs = tracefs_root();
+        if !tracefs.join("kprobe_events").exists() {
+            return Err(ProbeError::NoKprobes("kprobe_events in tracefs (/sys/kernel/tracing)"));
+        }
+        Ok(Self { tracefs, attached: Vec::new() })
     }
-    let mut set = Kprobes { tracefs, attached: Vec::new() };
-    for (name, function, is_return) in PROBES {
+
+    /// Loads program `name` and attaches it to a new tracefs probe on `function` (its return
+    /// with `is_return`).
+    pub fn attach(
+        &mut self,
+        ebpf: &mut Ebpf,
+        name: &'static str,
+        function: &'static str,
+        is_return: bool,
+    ) -> Result<()> {
         let prog: &mut KProbe = program(ebpf, name)?;
         prog.load().map_err(step("load", name))?;
         let event = format!(
@@ -76,22 +83,21 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<Kprobes> {
         } else {
             format!("p:{GROUP}/{event} {function}")
         };
-        write_kprobe_events(&set.tracefs, &definition)
-            .map_err(|source| Error::Kprobe { what: format!("creating `{definition}`"), source })?;
-        // Registered now: dropping `set` removes it even if the attach below fails.
-        set.attached.push(AttachedProbe { function, event: event.clone(), perf: None });
-        let perf = open_and_attach(&set.tracefs, &event, prog).map_err(|source| Error::Kprobe {
-            what: format!("attaching {name} to {function}"),
+        write_kprobe_events(&self.tracefs, &definition).map_err(|source| ProbeError::Kprobe {
+            what: format!("creating `{definition}`"),
             source,
         })?;
-        if let Some(last) = set.attached.last_mut() {
+        // Registered now: dropping the set removes it even if the attach below fails.
+        self.attached.push(AttachedProbe { function, event: event.clone(), perf: None });
+        let perf = open_and_attach(&self.tracefs, &event, prog).map_err(|source| {
+            ProbeError::Kprobe { what: format!("attaching {name} to {function}"), source }
+        })?;
+        if let Some(last) = self.attached.last_mut() {
             last.perf = Some(perf);
         }
+        Ok(())
     }
-    Ok(set)
-}
 
-impl Kprobes {
     /// Hits and misses of each probe, from tracefs `kprobe_profile`.
     pub fn misses(&self) -> io::Result<Vec<ProbeMisses>> {
         let profile = std::fs::read_to_string(self.tracefs.join("kprobe_profile"))?;

@@ -1,12 +1,14 @@
 //! Loading and attaching the kernel programs, per probe mode, and reading their counters.
 //!
-//! See docs/kernels.md for which hook each mode uses and why.
-mod fentry;
+//! [`hooks`] lists which hook each mode uses; docs/kernels.md says why.
+mod error;
+pub mod hooks;
 mod kprobe;
 pub mod preflight;
-
-pub use kprobe::ProbeMisses;
 mod tracepoint;
+
+pub use error::ProbeError;
+pub use kprobe::ProbeMisses;
 
 use std::fmt;
 
@@ -18,7 +20,7 @@ use tracer_common::{
     CONFIG_GLOBAL, COUNTERS_MAP, Config, DEFAULT_RING_BYTES, EVENTS_MAP, EventKind, counters,
 };
 
-use crate::error::{Error, Result};
+use error::Result;
 
 /// The kernel object built by `tracer/build.rs`, embedded so the binary is self-contained.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -150,12 +152,12 @@ impl Probes {
         preflight::check()?;
         kprobe::remove_stale_events();
         if options.ring_bytes < 4096 || !options.ring_bytes.is_power_of_two() {
-            return Err(Error::RingSize(options.ring_bytes));
+            return Err(ProbeError::RingSize(options.ring_bytes));
         }
         if options.mode != ProbeMode::Auto {
             return Self::load_mode(options.mode, options)
                 .map(|probes| probes.with_reason("requested with --probe".to_owned()))
-                .map_err(|cause| Error::ModeUnavailable {
+                .map_err(|cause| ProbeError::ModeUnavailable {
                     mode: options.mode,
                     cause: Box::new(cause),
                 });
@@ -178,7 +180,7 @@ impl Probes {
                 }
             }
         }
-        Err(Error::NoModeWorks { reasons: rejected.join("; ") })
+        Err(ProbeError::NoModeWorks { reasons: rejected.join("; ") })
     }
 
     fn load_mode(mode: ProbeMode, options: &LoadOptions) -> Result<Self> {
@@ -210,20 +212,13 @@ impl Probes {
                 None
             }
         };
-        let btf = Btf::from_sys_fs()?;
-        // Mode-specific hooks first: they are the ones that may be refused.
-        let mut kprobes = None;
-        match mode {
-            ProbeMode::Fentry => fentry::attach(&mut ebpf, &btf)?,
-            ProbeMode::Kprobe => kprobes = Some(kprobe::attach(&mut ebpf)?),
-            ProbeMode::Tracepoint => tracepoint::attach_release_of_closed(&mut ebpf, &btf)?,
-            ProbeMode::Auto => {
-                return Err(Error::NoModeWorks { reasons: "auto is not a mode".into() });
-            }
+        if mode == ProbeMode::Auto {
+            return Err(ProbeError::NoModeWorks { reasons: "auto is not a mode".into() });
         }
-        tracepoint::attach(&mut ebpf, &btf)?;
+        let btf = Btf::from_sys_fs()?;
+        let kprobes = hooks::attach(&mut ebpf, &btf, mode)?;
         let counters = PerCpuArray::try_from(
-            ebpf.take_map(COUNTERS_MAP).ok_or(Error::MissingMap("COUNTERS"))?,
+            ebpf.take_map(COUNTERS_MAP).ok_or(ProbeError::MissingMap(COUNTERS_MAP))?,
         )?;
         Ok(Self {
             ebpf: Some(ebpf),
@@ -255,7 +250,7 @@ impl Probes {
             .ebpf
             .as_mut()
             .and_then(|ebpf| ebpf.take_map(EVENTS_MAP))
-            .ok_or(Error::MissingMap("EVENTS"))?;
+            .ok_or(ProbeError::MissingMap(EVENTS_MAP))?;
         Ok(RingBuf::try_from(map)?)
     }
 
@@ -298,7 +293,7 @@ impl Probes {
     }
 }
 
-fn first_line(e: &Error) -> String {
+fn first_line(e: &ProbeError) -> String {
     let text = e.to_string();
     let line = text.lines().next().unwrap_or_default();
     // Verifier logs follow the first sentence; keep the reason, not the log.
@@ -311,13 +306,16 @@ where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
     ebpf.program_mut(name)
-        .ok_or(Error::MissingProgram(name))?
+        .ok_or(ProbeError::MissingProgram(name))?
         .try_into()
-        .map_err(|source| Error::Program { action: "find", program: name.into(), source })
+        .map_err(|source| ProbeError::Program { action: "find", program: name.into(), source })
 }
 
 /// Wraps a program error with what was being done to which program.
-fn step(action: &'static str, name: &str) -> impl FnOnce(aya::programs::ProgramError) -> Error {
+fn step(
+    action: &'static str,
+    name: &str,
+) -> impl FnOnce(aya::programs::ProgramError) -> ProbeError {
     let program = name.to_owned();
-    move |source| Error::Program { action, program, source }
+    move |source| ProbeError::Program { action, program, source }
 }

@@ -2,7 +2,7 @@
 //! verifier log: privileges, BTF, kernel version, tracefs.
 use std::{fs, io, path::Path};
 
-use crate::error::{Error, Result};
+use super::error::{ProbeError, Result};
 
 pub const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -26,15 +26,15 @@ pub fn check() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     if euid != 0 && !has_bpf_capabilities() {
-        return Err(Error::MissingPrivileges);
+        return Err(ProbeError::MissingPrivileges);
     }
     if !Path::new(BTF_PATH).exists() {
-        return Err(Error::NoBtf);
+        return Err(ProbeError::NoBtf);
     }
     let release = kernel_release();
     match parse_kernel_version(&release) {
         Some(version) if version >= (5, 8) => {}
-        _ => return Err(Error::KernelTooOld { found: release }),
+        _ => return Err(ProbeError::KernelTooOld { found: release }),
     }
     ensure_tracefs()
 }
@@ -64,7 +64,10 @@ fn ensure_tracefs() -> Result<()> {
         libc::mount(c"nodev".as_ptr(), target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null())
     };
     if rc != 0 {
-        return Err(Error::Tracefs { path: TRACEFS.into(), source: io::Error::last_os_error() });
+        return Err(ProbeError::Tracefs {
+            path: TRACEFS.into(),
+            source: io::Error::last_os_error(),
+        });
     }
     Ok(())
 }

@@ -570,7 +570,7 @@ fn diagnose(ctx: &Bench, mode: &str) -> Result<Diagnostics> {
     let progs0 = bpf::prog_stats(daemon.pid)?;
     let wake0 = voluntary_switches(daemon.pid);
     let cpu0 = procfs::process_cpu_ns(daemon.pid)?;
-    let sampler = match bpf::RingView::open(daemon.pid, "EVENTS") {
+    let sampler = match bpf::RingView::open(daemon.pid, tracer_common::EVENTS_MAP) {
         Ok(ring) => {
             d.ring_bytes = ring.size;
             Some(bpf::FillSampler::start(ring, Duration::from_micros(250)))
