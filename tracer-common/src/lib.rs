@@ -251,8 +251,15 @@ pub mod counters {
     /// Tracepoint mode: a socket that reached CLOSE while held could not be remembered (map
     /// full), so its release at close will be missed.
     pub const HELD_CLOSED_MAP_FULL: u32 = RELEASE_DROPPED_BY_FAULT_INJECTION + 1;
+    /// Opener stacks: a wanted stack found no room in the stack ring (dropped; the event was
+    /// not).
+    pub const STACK_LOST_RINGBUF: u32 = HELD_CLOSED_MAP_FULL + 1;
+    /// Opener stacks: the kernel could not walk the user stack (`bpf_get_stack` failed).
+    pub const STACK_UNWIND_FAILED: u32 = STACK_LOST_RINGBUF + 1;
+    /// Opener stacks: stack records written to the stack ring.
+    pub const STACK_CAPTURED: u32 = STACK_UNWIND_FAILED + 1;
     /// Total number of slots.
-    pub const SLOTS: u32 = HELD_CLOSED_MAP_FULL + 1;
+    pub const SLOTS: u32 = STACK_CAPTURED + 1;
 }
 
 /// Settings the loader writes into the kernel programs' read-only data before load.
@@ -269,7 +276,12 @@ pub struct Config {
     /// kernel's default, whenever a record arrives while the reader has caught up). In between,
     /// the daemon's drain timer collects the records: one wakeup per batch instead of per event.
     pub wakeup_threshold_bytes: u32,
-    pub _reserved: u32,
+    /// Opener stacks: a [`stacks::policy`] value.
+    pub stack_policy: u32,
+    /// Opener stacks, `sampled` policy: every Nth connection of each process (at least 1).
+    pub stack_sample_every: u32,
+    /// Opener stacks: frames to capture, 1 to [`stacks::MAX_STACK_DEPTH`].
+    pub stack_depth: u32,
 }
 
 /// Name of the global holding [`Config`] in the kernel object.
@@ -281,4 +293,8 @@ mod pod {
     unsafe impl aya::Pod for super::ConnEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Config {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::stacks::StackRecord {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::stacks::StackProcess {}
 }

@@ -2,7 +2,7 @@
 //!
 //! The server side's ESTABLISHED transition runs in softirq, so it cannot name the owner; the
 //! syscall exit can. It also sees accepts that were already blocked when the probes attached.
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{EbpfContext, macros::tracepoint, programs::TracePointContext};
 use tracer_common::{SYSCALL_EXIT_RET_OFFSET, counters, programs};
 
 use crate::{core_shim, emit::bump, lifecycle};
@@ -41,5 +41,5 @@ fn on_accept_exit(ctx: &TracePointContext) {
     }
     // The peer may already have hung up while it waited in the backlog: the event carries the
     // state it has now (the same report as the fexit/kretprobe accept path).
-    lifecycle::on_accept_return(core_shim::AnySock::read(sk));
+    lifecycle::on_accept_return(core_shim::AnySock::read(sk), Some(ctx.as_ptr()));
 }

@@ -28,7 +28,9 @@ static TRACER_CONFIG: Config = Config {
     drop_every_nth_release: 0,
     lifecycle_from_state_changes: 1,
     wakeup_threshold_bytes: 0,
-    _reserved: 0,
+    stack_policy: 0,
+    stack_sample_every: 1,
+    stack_depth: 1,
 };
 named!(TRACER_CONFIG, CONFIG_GLOBAL);
 

@@ -1,6 +1,7 @@
 //! fentry mode: fentry on `tcp_connect` and `tcp_close`, fexit on `inet_csk_accept`.
 //! BPF trampolines (5.5+, x86-64/arm64): cheaper than kprobes, typed arguments from BTF.
 use aya_ebpf::{
+    EbpfContext,
     macros::{fentry, fexit},
     programs::{FEntryContext, FExitContext},
 };
@@ -14,7 +15,7 @@ use crate::{
 
 #[fentry(function = "tcp_connect")]
 pub fn tcp_connect_fentry(ctx: FEntryContext) -> i32 {
-    lifecycle::on_tcp_connect(BtfSock(ctx.arg::<SockPtr>(0)));
+    lifecycle::on_tcp_connect(ctx.as_ptr(), BtfSock(ctx.arg::<SockPtr>(0)));
     0
 }
 
@@ -29,14 +30,14 @@ pub fn tcp_close_fentry(ctx: FEntryContext) -> i32 {
 /// than with bpf_get_func_ret, keeps 5.10 to 5.16 supported.)
 #[fexit(function = "inet_csk_accept")]
 pub fn inet_csk_accept_fexit(ctx: FExitContext) -> i32 {
-    lifecycle::on_accept_return(BtfSock(ctx.arg::<SockPtr>(2)));
+    lifecycle::on_accept_return(BtfSock(ctx.arg::<SockPtr>(2)), None);
     0
 }
 
 /// Before 6.10: `inet_csk_accept(struct sock *sk, int flags, int *err, bool kern)`.
 #[fexit(function = "inet_csk_accept")]
 pub fn inet_csk_accept_fexit_pre_6_10(ctx: FExitContext) -> i32 {
-    lifecycle::on_accept_return(BtfSock(ctx.arg::<SockPtr>(4)));
+    lifecycle::on_accept_return(BtfSock(ctx.arg::<SockPtr>(4)), None);
     0
 }
 

@@ -1,6 +1,7 @@
 //! kprobe mode: kprobe on `tcp_connect` and `tcp_close`, kretprobe on `inet_csk_accept`.
 //! Works wherever CONFIG_KPROBES is set, whatever the trampoline support.
 use aya_ebpf::{
+    EbpfContext,
     macros::{kprobe, kretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
@@ -15,7 +16,7 @@ use crate::{
 #[kprobe]
 pub fn tcp_connect_kprobe(ctx: ProbeContext) -> u32 {
     if let Some(sk) = ctx.arg::<SockPtr>(0) {
-        lifecycle::on_tcp_connect(AnySock::read(sk));
+        lifecycle::on_tcp_connect(ctx.as_ptr(), AnySock::read(sk));
     }
     0
 }
@@ -33,7 +34,7 @@ pub fn tcp_close_kprobe(ctx: ProbeContext) -> u32 {
 /// syscall tracepoint still attributes those.
 #[kretprobe]
 pub fn inet_csk_accept_kretprobe(ctx: RetProbeContext) -> u32 {
-    lifecycle::on_accept_return(AnySock::read(ctx.ret::<SockPtr>()));
+    lifecycle::on_accept_return(AnySock::read(ctx.ret::<SockPtr>()), None);
     0
 }
 

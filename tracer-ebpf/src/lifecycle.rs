@@ -1,17 +1,21 @@
 //! Connect, accept and close as the function probes of the fentry and kprobe modes see them
 //! (the same events, with the same owner rules, as tracepoint mode derives from state changes;
 //! docs/semantics.md). The accept report is shared with the accept syscall-exit tracepoint.
+use core::ffi::c_void;
+
 use tracer_common::{EventKind, flags, tcp_state};
 
-use crate::{core_shim::Sock, emit::emit, state_change::release};
+use crate::{core_shim::Sock, emit::emit, stacks, state_change::release};
 
-/// `tcp_connect(sk)`: inside connect(), after CLOSE -> SYN_SENT and before the SYN leaves.
+/// `tcp_connect(sk)`: inside connect(), after CLOSE -> SYN_SENT and before the SYN leaves: the
+/// connecting code's stack is current (`ctx` is the program's context, for its capture).
 #[inline(always)]
-pub fn on_tcp_connect(sk: impl Sock) {
+pub fn on_tcp_connect(ctx: *mut c_void, sk: impl Sock) {
     if !sk.is_tcp() {
         return;
     }
-    emit(EventKind::Connect, sk, tcp_state::CLOSE, sk.state(), flags::OWNER_CONTEXT);
+    let stack = stacks::capture(ctx, sk, EventKind::Connect);
+    emit(EventKind::Connect, sk, tcp_state::CLOSE, sk.state(), flags::OWNER_CONTEXT | stack);
 }
 
 /// `tcp_close(sk, timeout)`: called once, by the task that dropped the file's last reference.
@@ -31,12 +35,14 @@ pub fn on_tcp_close(sk: impl Sock) {
 /// An accept returned `sk` to the current task: from `inet_csk_accept()`'s return (which also
 /// covers io_uring accepts) or from the accept syscall's exit (which also covers accepts
 /// blocked before the probes attached). Both may report one socket; the table ignores the
-/// second report of an owned socket.
+/// second report of an owned socket. `stack_ctx`, the syscall exit's context, captures the
+/// accepting code's stack (only there: one capture per accept, at the user's own return).
 #[inline(always)]
-pub fn on_accept_return(sk: impl Sock) {
+pub fn on_accept_return(sk: impl Sock, stack_ctx: Option<*mut c_void>) {
     if sk.is_null() || !sk.is_tcp() {
         return;
     }
+    let stack = stack_ctx.map_or(0, |ctx| stacks::capture(ctx, sk, EventKind::Accept));
     let state = sk.state();
-    emit(EventKind::Accept, sk, state, state, flags::OWNER_CONTEXT | flags::INBOUND);
+    emit(EventKind::Accept, sk, state, state, flags::OWNER_CONTEXT | flags::INBOUND | stack);
 }

@@ -10,6 +10,9 @@
 //! - `tp_btf/sched_process_exit` and `tp_btf/sched_process_exec` ([`process`]): a process's
 //!   end (before its fds are closed) and its new command name.
 //!
+//! Where the opener's own stack is current (connect start, accept syscall exit), [`stacks`]
+//! captures it when the opener-stacks policy wants it.
+//!
 //! Connect starts and releases come from `inet_sock_set_state` in tracepoint mode, and from
 //! [`fentry`] (fentry/fexit) or [`kprobe`] (kprobe/kretprobe) probes on `tcp_connect`,
 //! `tcp_close` and `inet_csk_accept` in the other modes ([`lifecycle`] has their shared logic).
@@ -36,6 +39,7 @@ mod held_closed;
 mod kprobe;
 mod lifecycle;
 mod process;
+mod stacks;
 mod state_change;
 
 #[cfg(not(test))]

@@ -4,13 +4,15 @@
 //! completions run in softirq (any process may be current), and a change made by tcp_close()
 //! runs in the task that dropped the file's last reference. Only the first and the last may
 //! name a process.
-use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use core::ffi::c_void;
+
+use aya_ebpf::{EbpfContext, macros::btf_tracepoint, programs::BtfTracePointContext};
 use tracer_common::{EventKind, flags, programs, tcp_state::*};
 
 use crate::{
     core_shim::{BtfSock, Sock, SockPtr},
     emit::{config, emit, inject_release_drop},
-    held_closed,
+    held_closed, stacks,
 };
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
@@ -18,14 +20,14 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let sk: SockPtr = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
-    on_state_change(BtfSock(sk), old as u8, new as u8);
+    on_state_change(ctx.as_ptr(), BtfSock(sk), old as u8, new as u8);
     0
 }
 
 named!(inet_sock_set_state, programs::INET_SOCK_SET_STATE);
 
 #[inline(always)]
-fn on_state_change(sk: BtfSock, old: u8, new: u8) {
+fn on_state_change(ctx: *mut c_void, sk: BtfSock, old: u8, new: u8) {
     // Listeners, and children being created from one, are not connections.
     if old == LISTEN || new == LISTEN || new == SYN_RECV || new == NEW_SYN_RECV {
         return;
@@ -57,7 +59,9 @@ fn on_state_change(sk: BtfSock, old: u8, new: u8) {
         (CLOSE, SYN_SENT) => {
             if own_lifecycle {
                 held_closed::forget(sk.ptr());
-                emit(EventKind::Connect, sk, old, new, flags::OWNER_CONTEXT);
+                // Inside connect(): the connecting code's stack is current.
+                let stack = stacks::capture(ctx, sk, EventKind::Connect);
+                emit(EventKind::Connect, sk, old, new, flags::OWNER_CONTEXT | stack);
             }
         }
         (SYN_SENT, ESTABLISHED) => emit(EventKind::Established, sk, old, new, 0),

@@ -12,6 +12,10 @@ pub enum Error {
     /// registration with the runtime's epoll).
     #[error("cannot start reading the event ring buffer (mmap or epoll registration): {0}")]
     EventRing(#[source] std::io::Error),
+
+    /// Starting the opener-stack symbolizer (its thread).
+    #[error("cannot start the opener-stack symbolizer: {0}")]
+    Stacks(#[from] crate::stacks::symbolize::SymbolizeError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -4,7 +4,7 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
-use tracer_common::{ConnEvent, EventKind};
+use tracer_common::{ConnEvent, EventKind, stacks::StackRecord};
 
 use crate::{events, probes::KernelCounters};
 
@@ -47,6 +47,47 @@ impl LostEvents {
 
     pub fn total(&self) -> u64 {
         self.by_reason().iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// The opener-stack ring: read on the daemon's drain timer and before queries (the kernel
+/// never wakes the daemon for a stack).
+pub struct StackSource {
+    ring: RingBuf<MapData>,
+    received: u64,
+    malformed: u64,
+}
+
+impl StackSource {
+    pub fn new(ring: RingBuf<MapData>) -> Self {
+        Self { ring, received: 0, malformed: 0 }
+    }
+
+    /// Hands every stack record in the ring to `sink`; returns how many.
+    pub fn drain(&mut self, mut sink: impl FnMut(&StackRecord)) -> usize {
+        let mut n = 0;
+        while let Some(item) = self.ring.next() {
+            if item.len() != StackRecord::SIZE {
+                self.malformed += 1;
+                continue;
+            }
+            // SAFETY: the length is checked; StackRecord is plain data (any bytes are valid)
+            // and read unaligned.
+            let record = unsafe { item.as_ptr().cast::<StackRecord>().read_unaligned() };
+            self.received += 1;
+            sink(&record);
+            n += 1;
+        }
+        n
+    }
+
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Records of the wrong size: 0 unless the kernel object and the binary disagree.
+    pub fn malformed(&self) -> u64 {
+        self.malformed
     }
 }
 

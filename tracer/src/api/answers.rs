@@ -230,6 +230,9 @@ pub struct StatusReport {
     /// events were lost to a full ring.
     #[serde(default)]
     pub ring_high_water_bytes: u64,
+    /// Opener stacks.
+    #[serde(default)]
+    pub stacks: StacksStatus,
 }
 
 /// One kprobe's hits and the kernel's count of its misses (kprobe mode).
@@ -287,4 +290,70 @@ mod tests {
         assert!(f.matches("[::1]:1".parse().expect("addr")));
         assert!("nope".parse::<RemoteFilter>().unwrap_err().contains("ADDR:PORT"));
     }
+}
+
+/// `tracer stacks PID`: one process's open connections grouped by the user-space stack that
+/// opened them (connect) or received them (accept), most connections first. The groups' counts
+/// plus `opened_before_capture`, `not_sampled`, `stack_missing` and `held_by_another_process`
+/// equal `open`.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct StacksReport {
+    pub pid: u32,
+    pub comm: String,
+    /// The process's open connections (as `top` counts them).
+    pub open: u32,
+    /// The capture policy in force (`--stacks`).
+    pub policy: String,
+    pub groups: Vec<StackGroup>,
+    /// Open before capture began (older than the daemon, or found by a scan).
+    pub opened_before_capture: u32,
+    /// Opened while the policy did not sample this process's connection.
+    pub not_sampled: u32,
+    /// Wanted, but no stack arrived: lost in the kernel (see `stacks` in `tracer status`) or
+    /// still in the stack ring.
+    pub stack_missing: u32,
+    /// Held by this process but opened by another (a parent before fork, a passed descriptor):
+    /// their stacks are that process's.
+    pub held_by_another_process: u32,
+}
+
+/// Open connections that one stack opened.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct StackGroup {
+    /// Open connections opened by this stack.
+    pub count: u32,
+    pub direction: crate::table::Direction,
+    /// Age of the oldest of them, seconds.
+    pub oldest_age_seconds: u64,
+    /// Their remote endpoints, most connections first (at most 3).
+    pub top_remotes: Vec<RemoteCount>,
+    /// The first frame outside the language runtime, the standard library and the C library
+    /// (`main.openDB`, not `syscall.connect`); `null` when no frame qualifies or none is named
+    /// yet.
+    pub leading_function: Option<String>,
+    /// The stack, innermost first (inlined functions as frames of their own).
+    pub frames: Vec<crate::stacks::symbolize::Frame>,
+}
+
+/// Opener-stack capture and symbolization, for `tracer status`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+pub struct StacksStatus {
+    /// The capture policy (`--stacks`).
+    pub policy: String,
+    /// Stacks the kernel wrote to the stack ring, since start.
+    pub captured: u64,
+    /// Wanted stacks that found no room in the stack ring, since start.
+    pub lost_ringbuf: u64,
+    /// Wanted stacks the kernel could not walk, since start.
+    pub unwind_failed: u64,
+    /// Stacks whose connection never showed up (dropped), since start.
+    pub orphaned: u64,
+    /// Distinct stacks held now.
+    pub distinct: u64,
+    /// Processes whose binaries are pinned for symbolization.
+    pub pinned_processes: u64,
+    /// Binaries held open for symbolization (shared by processes that map the same file).
+    pub pinned_files: u64,
+    /// Estimated bytes of symbolized frames kept.
+    pub symbol_cache_bytes: u64,
 }

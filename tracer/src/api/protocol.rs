@@ -24,6 +24,10 @@ pub enum Request {
     Ages {
         pid: u32,
     },
+    /// One process's open connections grouped by the stack that opened them.
+    Stacks {
+        pid: u32,
+    },
 }
 
 /// What `tracer top` groups open connections by.

@@ -8,6 +8,7 @@ mod docs;
 mod leaks;
 mod output;
 mod run;
+mod stacks;
 mod status;
 mod text;
 mod top;
@@ -53,6 +54,8 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Active leak alerts with their evidence, and those resolved in the last hour.
     Leaks(leaks::LeaksArgs),
+    /// A process's open connections grouped by the code (user-space stack) that opened them.
+    Stacks(stacks::StacksArgs),
 }
 
 /// Parses the process's arguments (expanding `--config`) and runs the command; returns the
@@ -83,6 +86,7 @@ pub fn run(cli: Cli) -> i32 {
                 Command::Conns(args) => conns::run(&socket, args),
                 Command::Status(args) => status::run(&socket, args),
                 Command::Leaks(args) => leaks::run(&socket, args),
+                Command::Stacks(args) => stacks::run(&socket, args),
                 Command::Run(_) => Ok(()),
             }
         }

@@ -12,10 +12,13 @@ use tracer::{
     detect::{DetectorConfig, defaults as leak_defaults},
     export::{self, DEFAULT_METRICS_ADDR, WebhookUrl},
     logging::LogFormat,
-    probes::{DEFAULT_WAKEUP_BYTES, LoadOptions, ProbeMode},
+    probes::{DEFAULT_WAKEUP_BYTES, LoadOptions, ProbeMode, StackOptions, StackPolicy},
     table::{DEFAULT_EXITED_GRACE_NS, TableConfig},
 };
-use tracer_common::DEFAULT_RING_BYTES;
+use tracer_common::{
+    DEFAULT_RING_BYTES,
+    stacks::{DEFAULT_STACK_DEPTH, DEFAULT_STACK_SAMPLE, MAX_STACK_DEPTH},
+};
 
 use super::values::{Choice, Seconds, parse_positive_seconds, parse_seconds};
 
@@ -62,6 +65,23 @@ pub struct RunArgs {
     /// Seconds between reconciles with sock_diag and /proc (0 disables them).
     #[arg(long, value_parser = parse_seconds, default_value_t = Seconds::of(DEFAULT_RECONCILE_INTERVAL))]
     pub reconcile_interval: Seconds,
+    /// Which connections' opener stacks to capture (docs/stacks.md).
+    #[arg(long, value_parser = StackPolicy::parser(), default_value_t = StackPolicy::default())]
+    pub stacks: StackPolicy,
+    /// `--stacks sampled`: capture every Nth connection of each process (1 to 1000000).
+    #[arg(
+        long,
+        default_value_t = DEFAULT_STACK_SAMPLE,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000)
+    )]
+    pub stack_sample: u32,
+    /// Frames of each opener stack (1 to 127).
+    #[arg(
+        long,
+        default_value_t = DEFAULT_STACK_DEPTH,
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_STACK_DEPTH))
+    )]
+    pub stack_depth: u32,
     /// Log format of the daemon.
     #[arg(long, value_parser = LogFormat::parser(), default_value_t = LogFormat::default())]
     pub log_format: LogFormat,
@@ -165,6 +185,11 @@ pub fn run(args: RunArgs, socket: PathBuf) -> anyhow::Result<()> {
             ring_bytes: args.ring_bytes,
             drop_every_nth_release: args.fault_drop_every_nth_release,
             wakeup_threshold_bytes: args.wakeup_bytes,
+            stacks: StackOptions {
+                policy: args.stacks,
+                sample_every: args.stack_sample,
+                depth: args.stack_depth,
+            },
         },
         table: TableConfig {
             exited_grace_ns: nanos(args.exited_grace.0),

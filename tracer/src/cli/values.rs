@@ -3,7 +3,11 @@
 use std::{fmt, time::Duration};
 
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
-use tracer::{api::protocol::TopBy, logging::LogFormat, probes::ProbeMode};
+use tracer::{
+    api::protocol::TopBy,
+    logging::LogFormat,
+    probes::{ProbeMode, StackPolicy},
+};
 
 /// A library enum offered as a flag's possible values.
 pub trait Choice: Clone + Send + Sync + Sized + std::str::FromStr<Err = String> + 'static {
@@ -33,6 +37,16 @@ impl Choice for ProbeMode {
     }
     fn about(&self) -> Option<&'static str> {
         Some(ProbeMode::about(*self))
+    }
+}
+
+impl Choice for StackPolicy {
+    const ALL: &'static [Self] = &StackPolicy::ALL;
+    fn name(&self) -> &'static str {
+        StackPolicy::name(*self)
+    }
+    fn about(&self) -> Option<&'static str> {
+        Some(StackPolicy::about(*self))
     }
 }
 

@@ -5,6 +5,7 @@
 mod leaks;
 mod memory;
 mod queries;
+mod stacks;
 
 pub use leaks::{
     DEFAULT_CLOSE_WAIT_AFTER, DEFAULT_HELD_CLOSED_AFTER, DEFAULT_LEAK_INTERVAL, LeakSettings, nanos,
@@ -18,7 +19,10 @@ use tokio::{
 };
 
 use crate::{
-    api::server::{self, Query},
+    api::{
+        protocol::Request,
+        server::{self, Query},
+    },
     clock::{BootClock, Clock},
     detect::Detector,
     error::{Error, Result},
@@ -103,6 +107,7 @@ pub(crate) struct Daemon {
     clock: BootClock,
     started_ns: u64,
     kernel: String,
+    stacks: stacks::StackCapture,
 }
 
 pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
@@ -143,11 +148,29 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
             Some(query) = query_rx.recv() => {
                 // Answer from a table that includes everything the kernel has delivered.
                 daemon.drain_now();
-                let _ = query.reply.send(daemon.answer(query.request));
+                match query.request {
+                    // Symbols are resolved off the event loop, within a deadline.
+                    Request::Stacks { pid } => {
+                        match daemon.stacks.draft(&daemon.table, pid, daemon.clock.now_ns()) {
+                            Ok(draft) => {
+                                tokio::spawn(async move {
+                                    let _ = query.reply.send(draft.finish().await);
+                                });
+                            }
+                            Err(e) => {
+                                let _ = query.reply.send(Err(e));
+                            }
+                        }
+                    }
+                    request => {
+                        let _ = query.reply.send(daemon.answer(request));
+                    }
+                }
             }
             _ = drain.tick() => daemon.drain_now(),
             _ = housekeeping.tick() => {
                 daemon.table.expire(daemon.clock.now_ns());
+                daemon.stacks.housekeeping(&daemon.table, daemon.clock.now_ns());
                 daemon.probes.flush_kernel_log();
             }
             _ = summary.tick() => {
@@ -196,6 +219,7 @@ impl Daemon {
         memory::configure_allocator();
         let mut probes = Probes::load(&options.load)?;
         let source = EventSource::new(probes.take_events()?).map_err(Error::EventRing)?;
+        let stacks = stacks::StackCapture::start(&mut probes, options.load.stacks.policy)?;
         let clock = BootClock;
         let mut daemon = Self {
             probes,
@@ -212,6 +236,7 @@ impl Daemon {
             started_ns: clock.now_ns(),
             clock,
             kernel: preflight::kernel_release(),
+            stacks,
         };
         daemon.drain_now();
         match ground_truth::scan_kernel() {
@@ -237,6 +262,7 @@ impl Daemon {
                 webhook.notify(&change);
             }
         }
+        self.stacks.mark_suspects(&self.detector);
     }
 
     fn reconcile(&mut self, scan: &[ScannedSocket]) {
@@ -255,25 +281,30 @@ impl Daemon {
     }
 
     async fn next_batch(&mut self) -> std::io::Result<usize> {
-        let Self { source, table, metrics, .. } = self;
+        let Self { source, table, metrics, stacks, .. } = self;
         let log_events = log::log_enabled!(log::Level::Debug);
-        source
+        let n = source
             .next_batch(|event| {
                 if log_events {
                     log::debug!("{}", events::Display(event));
                 }
                 let applied = table.apply(event);
                 metrics.observe(&applied, table);
+                stacks.on_event(event, &applied, table);
             })
-            .await
+            .await?;
+        self.stacks.drain(&self.table, self.clock.now_ns());
+        Ok(n)
     }
 
     fn drain_now(&mut self) {
-        let Self { source, table, metrics, .. } = self;
+        let Self { source, table, metrics, stacks, .. } = self;
         source.drain_now(|event| {
             let applied = table.apply(event);
             metrics.observe(&applied, table);
+            stacks.on_event(event, &applied, table);
         });
+        self.stacks.drain(&self.table, self.clock.now_ns());
     }
 
     /// The ring's high-water fill: full once a reservation failed (the sampling at drain starts

@@ -32,6 +32,11 @@ impl Daemon {
             Request::Top { limit, by: TopBy::Remote } => to_raw_value(&self.top_remotes(limit)),
             Request::Leaks {} => to_raw_value(&self.leaks()),
             Request::Ages { pid } => to_raw_value(&self.ages(pid)?),
+            // The event loop answers it asynchronously (daemon/stacks.rs); here, for
+            // completeness, the same answer would need the symbolizer's wait.
+            Request::Stacks { .. } => {
+                return Err("internal: stacks are answered by the event loop".into());
+            }
             Request::Conns { pid, remote, state } => {
                 let remote = remote.as_deref().map(str::parse::<RemoteFilter>).transpose()?;
                 if let Some(state) = &state
@@ -208,6 +213,7 @@ impl Daemon {
                 .collect(),
             ring_bytes: self.ring_bytes,
             ring_high_water_bytes: self.ring_high_water(Some(&kernel)),
+            stacks: self.stacks.status(&kernel),
         }
     }
 }

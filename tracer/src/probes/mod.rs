@@ -14,10 +14,11 @@ use std::fmt;
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
 };
 use tracer_common::{
     CONFIG_GLOBAL, COUNTERS_MAP, Config, DEFAULT_RING_BYTES, EVENTS_MAP, EventKind, counters,
+    stacks::{STACK_PROCESSES_MAP, STACKS_MAP, StackProcess},
 };
 
 use error::Result;
@@ -94,6 +95,93 @@ pub struct LoadOptions {
     /// daemon must then drain on a timer (`DaemonOptions::drain_interval`). At most a quarter of
     /// the ring.
     pub wakeup_threshold_bytes: u32,
+    /// Which connections' opener stacks the kernel captures, and how deep.
+    pub stacks: StackOptions,
+}
+
+/// Which connections' opener stacks the kernel captures (`--stacks`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StackPolicy {
+    /// None.
+    Off,
+    /// Every connection of the processes the leak detector marks suspect.
+    Suspects,
+    /// Every Nth connection of each process, and every connection of a suspect.
+    #[default]
+    Sampled,
+    /// Every connection.
+    All,
+}
+
+impl StackPolicy {
+    pub const ALL: [StackPolicy; 4] =
+        [StackPolicy::Off, StackPolicy::Suspects, StackPolicy::Sampled, StackPolicy::All];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            StackPolicy::Off => "off",
+            StackPolicy::Suspects => "suspects",
+            StackPolicy::Sampled => "sampled",
+            StackPolicy::All => "all",
+        }
+    }
+
+    pub fn about(self) -> &'static str {
+        match self {
+            StackPolicy::Off => "capture no stack",
+            StackPolicy::Suspects => "every connection of processes whose open count is rising",
+            StackPolicy::Sampled => "every Nth connection of each process, and all of suspects",
+            StackPolicy::All => "every connection",
+        }
+    }
+
+    /// The kernel's value (`tracer_common::stacks::policy`).
+    pub fn abi(self) -> u32 {
+        use tracer_common::stacks::policy;
+        match self {
+            StackPolicy::Off => policy::OFF,
+            StackPolicy::Suspects => policy::SUSPECTS,
+            StackPolicy::Sampled => policy::SAMPLED,
+            StackPolicy::All => policy::ALL,
+        }
+    }
+}
+
+impl fmt::Display for StackPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for StackPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| format!("unknown stack policy {s:?}: off, suspects, sampled or all"))
+    }
+}
+
+/// Opener-stack capture settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackOptions {
+    pub policy: StackPolicy,
+    /// `sampled`: every Nth connection of each process (at least 1).
+    pub sample_every: u32,
+    /// Frames captured, 1 to [`tracer_common::stacks::MAX_STACK_DEPTH`].
+    pub depth: u32,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            policy: StackPolicy::default(),
+            sample_every: tracer_common::stacks::DEFAULT_STACK_SAMPLE,
+            depth: tracer_common::stacks::DEFAULT_STACK_DEPTH,
+        }
+    }
 }
 
 /// Default wakeup threshold: 1 MiB, about 9,400 events (an eighth of the default ring, which
@@ -109,6 +197,7 @@ impl Default for LoadOptions {
             ring_bytes: DEFAULT_RING_BYTES,
             drop_every_nth_release: 0,
             wakeup_threshold_bytes: DEFAULT_WAKEUP_BYTES,
+            stacks: StackOptions::default(),
         }
     }
 }
@@ -134,6 +223,12 @@ pub struct KernelCounters {
     pub accept_unresolved: u64,
     pub release_dropped_by_fault_injection: u64,
     pub held_closed_map_full: u64,
+    /// Opener stacks written to the stack ring.
+    pub stack_captured: u64,
+    /// Wanted stacks that found no room in the stack ring.
+    pub stack_lost_ringbuf: u64,
+    /// Wanted stacks the kernel could not walk.
+    pub stack_unwind_failed: u64,
 }
 
 impl KernelCounters {
@@ -189,7 +284,9 @@ impl Probes {
             lifecycle_from_state_changes: u32::from(mode == ProbeMode::Tracepoint),
             // At least four wakeup points per ring's worth of data (see tracer-ebpf's emit.rs).
             wakeup_threshold_bytes: options.wakeup_threshold_bytes.min(options.ring_bytes / 4),
-            _reserved: 0,
+            stack_policy: options.stacks.policy.abi(),
+            stack_sample_every: options.stacks.sample_every.max(1),
+            stack_depth: options.stacks.depth.clamp(1, tracer_common::stacks::MAX_STACK_DEPTH),
         };
         // Kernel log statements above the daemon's level are constants the verifier prunes.
         let kernel_log_level = match log::max_level() {
@@ -254,6 +351,26 @@ impl Probes {
         Ok(RingBuf::try_from(map)?)
     }
 
+    /// The opener-stack ring buffer; can be taken once, before [`Probes::detach`].
+    pub fn take_stacks(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .as_mut()
+            .and_then(|ebpf| ebpf.take_map(STACKS_MAP))
+            .ok_or(ProbeError::MissingMap(STACKS_MAP))?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// The per-process capture state, where the daemon marks suspects; can be taken once.
+    pub fn take_stack_processes(&mut self) -> Result<HashMap<MapData, u32, StackProcess>> {
+        let map = self
+            .ebpf
+            .as_mut()
+            .and_then(|ebpf| ebpf.take_map(STACK_PROCESSES_MAP))
+            .ok_or(ProbeError::MissingMap(STACK_PROCESSES_MAP))?;
+        Ok(HashMap::try_from(map)?)
+    }
+
     /// Forwards pending kernel-side log messages to the daemon's log (rare, diagnostic).
     pub fn flush_kernel_log(&mut self) {
         if let Some(logger) = self.kernel_log.as_mut() {
@@ -289,6 +406,9 @@ impl Probes {
         out.release_dropped_by_fault_injection =
             read(counters::RELEASE_DROPPED_BY_FAULT_INJECTION)?;
         out.held_closed_map_full = read(counters::HELD_CLOSED_MAP_FULL)?;
+        out.stack_captured = read(counters::STACK_CAPTURED)?;
+        out.stack_lost_ringbuf = read(counters::STACK_LOST_RINGBUF)?;
+        out.stack_unwind_failed = read(counters::STACK_UNWIND_FAILED)?;
         Ok(out)
     }
 }

@@ -63,3 +63,72 @@ impl ModuleFallback for GoFallback {
         frames
     }
 }
+
+/// The first frame of `frames` (innermost first) outside the language runtime, the standard
+/// library and the C library: the code a user recognises as theirs (`main.openDB`, not
+/// `syscall.connect` or `__libc_connect`).
+pub fn leading_function(frames: &[symbolize::Frame]) -> Option<String> {
+    frames.iter().find(|f| !is_runtime(f)).and_then(|f| f.function.clone())
+}
+
+/// A frame of Go's runtime or standard library, or of the C library or dynamic loader.
+fn is_runtime(frame: &symbolize::Frame) -> bool {
+    let Some(function) = frame.function.as_deref() else { return true };
+    let module = frame.module.as_deref().unwrap_or_default();
+    let file_name = module.rsplit('/').next().unwrap_or_default();
+    if file_name.starts_with("libc.so") || file_name.starts_with("ld-linux") {
+        return true;
+    }
+    is_go_std(function)
+}
+
+/// `net.(*Dialer).DialContext`, `internal/poll.(*FD).Init`, `runtime.goexit`: a Go function
+/// whose import path's first element has no dot (the standard library's), other than `main`.
+fn is_go_std(function: &str) -> bool {
+    // The package path ends at the first '.' after the last '/'.
+    let after_slash = function.rfind('/').map_or(0, |i| i + 1);
+    let Some(dot) = function[after_slash..].find('.') else { return false };
+    let package = &function[..after_slash + dot];
+    let first = package.split('/').next().unwrap_or_default();
+    // C and C++ symbols have no package: `leak_connections`, `ns::f` (no '.' before '(').
+    if package.is_empty() || package.contains(['(', ':', ' ', '<']) {
+        return false;
+    }
+    package != "main" && !first.contains('.')
+}
+
+#[cfg(test)]
+mod leading_tests {
+    use super::*;
+
+    fn frame(function: &str, module: &str) -> symbolize::Frame {
+        symbolize::Frame {
+            function: Some(function.into()),
+            file: None,
+            line: None,
+            module: Some(module.into()),
+            offset: 0,
+            inlined: false,
+        }
+    }
+
+    #[test]
+    fn the_leading_function_skips_runtime_std_and_libc() {
+        let go = [
+            frame("syscall.connect", "/app"),
+            frame("net.(*netFD).connect", "/app"),
+            frame("internal/poll.(*FD).Init", "/app"),
+            frame("main.openDB", "/app"),
+            frame("main.main", "/app"),
+        ];
+        assert_eq!(leading_function(&go).as_deref(), Some("main.openDB"));
+        let module = [frame("net.Dial", "/app"), frame("github.com/acme/db.(*Pool).dial", "/app")];
+        assert_eq!(leading_function(&module).as_deref(), Some("github.com/acme/db.(*Pool).dial"));
+        let c = [
+            frame("__libc_connect", "/usr/lib/x86_64-linux-gnu/libc.so.6"),
+            frame("leak_connections", "/app"),
+        ];
+        assert_eq!(leading_function(&c).as_deref(), Some("leak_connections"));
+        assert_eq!(leading_function(&[frame("runtime.goexit", "/app")]), None);
+    }
+}

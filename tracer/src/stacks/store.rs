@@ -86,6 +86,11 @@ impl OpenerStacks {
         self.counters
     }
 
+    /// Connections whose stack was wanted (captured or not yet).
+    pub fn tracked_connections(&self) -> usize {
+        self.by_connection.len()
+    }
+
     /// Distinct stacks held now.
     pub fn stack_count(&self) -> usize {
         self.stacks.len()
@@ -105,20 +110,21 @@ impl OpenerStacks {
     }
 
     /// Follows an event the table just applied (`applied` is what it did).
-    pub fn on_event(&mut self, event: &ConnEvent, applied: &Applied) {
+    pub fn on_event(&mut self, event: &ConnEvent, applied: &Applied, table: &ConnectionTable) {
+        let wanted = event.flags & flags::STACK_WANTED != 0
+            && matches!(event.kind(), Some(EventKind::Connect | EventKind::Accept));
         match *applied {
-            Applied::Connecting { id, .. } | Applied::Opened { id, .. }
-                if event.flags & flags::STACK_WANTED != 0
-                    && matches!(event.kind(), Some(EventKind::Connect | EventKind::Accept)) =>
-            {
-                let opener = match self.pending.remove(&SocketKey::of(event)) {
-                    Some((stack, _)) => {
-                        self.counters.attached += 1;
-                        Opener::Stack(stack)
-                    }
-                    None => Opener::Wanted,
-                };
-                self.set(id, opener);
+            Applied::Connecting { id, .. } | Applied::Opened { id, .. } if wanted => {
+                self.wanted(id, SocketKey::of(event));
+            }
+            // The function-probe modes report an accept twice (the function's return, then
+            // the syscall's exit, which alone captures): the table ignores the second report.
+            Applied::Ignored if wanted => {
+                if let Some(view) = table.connection(SocketKey::of(event))
+                    && !self.by_connection.contains_key(&view.id())
+                {
+                    self.wanted(view.id(), SocketKey::of(event));
+                }
             }
             Applied::Closed { id, .. }
             | Applied::ConnectFailed { id, .. }
@@ -183,6 +189,18 @@ impl OpenerStacks {
         for id in gone {
             self.forget_connection(id);
         }
+    }
+
+    /// Connection `id` (socket `key`) wants its stack: it may be waiting already.
+    fn wanted(&mut self, id: u64, key: SocketKey) {
+        let opener = match self.pending.remove(&key) {
+            Some((stack, _)) => {
+                self.counters.attached += 1;
+                Opener::Stack(stack)
+            }
+            None => Opener::Wanted,
+        };
+        self.set(id, opener);
     }
 
     fn set(&mut self, id: u64, opener: Opener) {

@@ -74,7 +74,7 @@ impl World {
 
     fn apply(&mut self, e: ConnEvent) -> Applied {
         let applied = self.table.apply(&e);
-        self.stacks.on_event(&e, &applied);
+        self.stacks.on_event(&e, &applied, &self.table);
         applied
     }
 

@@ -1,0 +1,126 @@
+//! Opener stacks: the user-space stack of the code that opened a connection, captured where
+//! that code's stack is current (inside connect(), at the exit of a successful accept), never
+//! in softirq.
+//!
+//! The policy is checked first and costs one map lookup; a wanted stack is walked into a
+//! per-CPU scratch record and copied into its own ring buffer, so a full stack ring drops a
+//! stack (counted), never a connection event. The caller puts the returned flag on its event:
+//! the daemon then knows the connection's stack was wanted.
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::{BPF_F_USER_STACK, BPF_NOEXIST, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns},
+    macros::map,
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+};
+use tracer_common::{
+    EventKind, counters, flags,
+    stacks::{
+        DEFAULT_STACK_RING_BYTES, MAX_STACK_DEPTH, STACK_PROCESSES_CAPACITY, STACK_PROCESSES_MAP,
+        STACK_SCRATCH_MAP, STACKS_MAP, StackProcess, StackRecord, policy,
+    },
+};
+
+use crate::{
+    core_shim::{self, Sock},
+    emit::{bump, config},
+};
+
+/// Resized by the loader (`--stack-ring-bytes`).
+#[map]
+static STACKS: RingBuf = RingBuf::with_byte_size(DEFAULT_STACK_RING_BYTES, 0);
+named!(STACKS, STACKS_MAP);
+
+#[map]
+static STACK_PROCESSES: LruHashMap<u32, StackProcess> =
+    LruHashMap::with_max_entries(STACK_PROCESSES_CAPACITY, 0);
+named!(STACK_PROCESSES, STACK_PROCESSES_MAP);
+
+/// One record per CPU: too large for the BPF stack, and `bpf_get_stack` writes into it.
+#[map]
+static STACK_SCRATCH: PerCpuArray<StackRecord> = PerCpuArray::with_max_entries(1, 0);
+named!(STACK_SCRATCH, STACK_SCRATCH_MAP);
+
+/// Captures the current task's user stack for the connection `sk` it is opening (`Connect`) or
+/// receiving (`Accept`) if the policy wants it; returns [`flags::STACK_WANTED`] then, else 0.
+/// `ctx` is the running program's context. Call only in the opener's own context.
+#[inline(always)]
+pub fn capture(ctx: *mut c_void, sk: impl Sock, kind: EventKind) -> u8 {
+    let cfg = config();
+    if cfg.stack_policy == policy::OFF || !wanted(cfg.stack_policy, cfg.stack_sample_every) {
+        return 0;
+    }
+    let Some(record) = STACK_SCRATCH.get_ptr_mut(0) else {
+        bump(counters::STACK_UNWIND_FAILED);
+        return flags::STACK_WANTED;
+    };
+    let depth = if cfg.stack_depth == 0 || cfg.stack_depth > MAX_STACK_DEPTH {
+        MAX_STACK_DEPTH
+    } else {
+        cfg.stack_depth
+    };
+    // SAFETY: `record` is this CPU's scratch slot, valid and exclusive while the program runs;
+    // bpf_get_stack writes at most `depth * 8` bytes into `frames`, which holds
+    // MAX_STACK_DEPTH entries.
+    let written = unsafe {
+        aya_ebpf::helpers::generated::bpf_get_stack(
+            ctx,
+            (&raw mut (*record).frames).cast(),
+            depth * 8,
+            u64::from(BPF_F_USER_STACK),
+        )
+    };
+    if written <= 0 {
+        bump(counters::STACK_UNWIND_FAILED);
+        return flags::STACK_WANTED;
+    }
+    // SAFETY: as above; every field is written before the copy into the ring.
+    unsafe {
+        (*record).depth = (written as u32) / 8;
+        (*record).timestamp_ns = bpf_ktime_get_boot_ns();
+        (*record).sock = sk.ptr() as u64;
+        (*record).netns = sk.netns();
+        (*record).tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        (*record).kind = kind as u8;
+        (*record)._pad = [0; 3];
+        let mut comm = [0u8; 16];
+        core_shim::tracer_leader_identity(&raw mut (*record).start_time_ns, comm.as_mut_ptr());
+    }
+    // No wakeup: the daemon reads this ring on its drain timer and before every query.
+    // SAFETY: `record` is valid (above); output copies it.
+    let sent = unsafe { STACKS.output::<StackRecord>(&*record, u64::from(BPF_RB_NO_WAKEUP)) };
+    if sent.is_ok() {
+        bump(counters::STACK_CAPTURED);
+    } else {
+        bump(counters::STACK_LOST_RINGBUF);
+    }
+    flags::STACK_WANTED
+}
+
+/// The policy's verdict for the current process's next connection: every one (`all`), those
+/// of suspects, and under `sampled` also its 1st, (N+1)th, (2N+1)th, ... connection. The
+/// count is per process; threads of one process opening at the same instant on two CPUs may
+/// count one connection less (no atomic read-modify-write on Linux 5.10), never more.
+#[inline(always)]
+fn wanted(policy: u32, every: u32) -> bool {
+    if policy == policy::ALL {
+        return true;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if STACK_PROCESSES.get_ptr_mut(tgid).is_none() {
+        // A race with another thread's insert is harmless: BPF_NOEXIST keeps the first.
+        let _ = STACK_PROCESSES.insert(tgid, StackProcess::default(), u64::from(BPF_NOEXIST));
+    }
+    let Some(state) = STACK_PROCESSES.get_ptr_mut(tgid) else {
+        // The LRU map always makes room; nothing to count a failure against.
+        return policy == policy::SAMPLED;
+    };
+    // SAFETY: a pointer into the map's value, valid while the program runs.
+    let (seen, suspect) = unsafe {
+        let seen = (*state).opened;
+        (*state).opened = seen.wrapping_add(1);
+        (seen, (*state).suspect != 0)
+    };
+    suspect || (policy == policy::SAMPLED && every != 0 && seen % every == 0)
+}

@@ -1,0 +1,67 @@
+//! `tracer stacks PID`: a process's open connections grouped by the stack that opened them.
+use std::{fmt::Write as _, path::Path};
+
+use clap::Args;
+use tracer::api::{answers::StacksReport, client, protocol::Request};
+
+use super::{output, text::age};
+
+#[derive(Debug, Args)]
+pub struct StacksArgs {
+    /// The process.
+    pub pid: u32,
+    /// Machine-readable output (the API's answer, docs/api.md).
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(socket: &Path, args: StacksArgs) -> anyhow::Result<()> {
+    let request = Request::Stacks { pid: args.pid };
+    let text = if args.json {
+        output::json::<StacksReport>(socket, request)?
+    } else {
+        stacks(&client::request(socket, request)?)
+    };
+    output::emit(&text)?;
+    Ok(())
+}
+
+fn stacks(report: &StacksReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "pid {} ({}): {} open connections, opener stacks ({} policy)",
+        report.pid, report.comm, report.open, report.policy
+    );
+    for group in &report.groups {
+        let direction = match group.direction {
+            tracer::table::Direction::Outbound => "opened",
+            tracer::table::Direction::Inbound => "accepted",
+        };
+        let remotes = group
+            .top_remotes
+            .iter()
+            .map(|r| format!("{}={}", r.remote, r.open))
+            .collect::<Vec<_>>();
+        let _ = writeln!(
+            out,
+            "\n{:>6} {direction} by {}  (oldest {}; {})",
+            group.count,
+            group.leading_function.as_deref().unwrap_or("?"),
+            age(group.oldest_age_seconds),
+            remotes.join(", ")
+        );
+        for frame in &group.frames {
+            let _ = writeln!(out, "         {frame}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\nopened before capture: {}  not sampled: {}  stack missing: {}  held by another process: {}",
+        report.opened_before_capture,
+        report.not_sampled,
+        report.stack_missing,
+        report.held_by_another_process
+    );
+    out
+}
