@@ -84,6 +84,26 @@ fn unprivileged_run_names_the_capabilities() {
 }
 
 #[test]
+fn without_cap_dac_read_search_the_unreadable_tracefs_is_named() {
+    let dir = TempDir::new("nodac");
+    let socket = dir.0.join("t.sock");
+    // The BPF capabilities, but not the one that reads the root-only tracefs.
+    let caps = "+bpf,+perfmon,+sys_admin";
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(format!("--inh-caps={caps}"))
+        .arg(format!("--ambient-caps={caps}"))
+        .arg(tracer_bin())
+        .args(["run", "--metrics-addr", "off", "--socket"])
+        .arg(&socket)
+        .output()
+        .expect("setpriv");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("CAP_DAC_READ_SEARCH"), "{stderr}");
+}
+
+#[test]
 fn incompatible_api_version_is_refused_clearly() {
     use std::io::{BufRead, BufReader, Write};
     let daemon = Daemon::start(&[]);

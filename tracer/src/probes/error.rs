@@ -7,9 +7,10 @@ use super::ProbeMode;
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error(
-        "tracer needs root, or the capabilities CAP_BPF, CAP_PERFMON, CAP_SYS_RESOURCE and \
-         CAP_SYS_ADMIN (for tracefs): run it with sudo or grant them with \
-         `setcap cap_bpf,cap_perfmon,cap_sys_resource,cap_sys_admin+ep $(which tracer)`"
+        "tracer needs root, or the capabilities CAP_BPF, CAP_PERFMON, CAP_SYS_RESOURCE, \
+         CAP_SYS_ADMIN and CAP_DAC_READ_SEARCH (tracefs is root-only): run it with sudo or \
+         grant them with `setcap \
+         cap_bpf,cap_perfmon,cap_sys_resource,cap_sys_admin,cap_dac_read_search+ep $(which tracer)`"
     )]
     MissingPrivileges,
 
@@ -43,6 +44,13 @@ pub enum ProbeError {
 
     #[error("cannot mount tracefs at {path}: {source}; mount it with `mount -t tracefs nodev {path}`", path = path.display())]
     Tracefs { path: PathBuf, source: std::io::Error },
+
+    #[error(
+        "tracefs is mounted at {path} but this process cannot read it (it is root-only): run \
+         as root or grant CAP_DAC_READ_SEARCH",
+        path = path.display()
+    )]
+    TracefsUnreadable { path: PathBuf },
 
     #[error(
         "cannot read the tracepoint format {path}: {source}",

@@ -58,6 +58,13 @@ fn ensure_tracefs() -> Result<()> {
     if mounted(TRACEFS) || mounted("/sys/kernel/debug/tracing") {
         return Ok(());
     }
+    // Mounted but unreadable (mode 0700) looks the same as not mounted to a process without
+    // CAP_DAC_READ_SEARCH: its mount then fails with EBUSY, whose message would mislead.
+    if fs::metadata(TRACEFS).is_ok()
+        && fs::read_dir(TRACEFS).is_err_and(|e| e.kind() == io::ErrorKind::PermissionDenied)
+    {
+        return Err(ProbeError::TracefsUnreadable { path: TRACEFS.into() });
+    }
     let target = c"/sys/kernel/tracing";
     // SAFETY: valid NUL-terminated strings; mount(2) has no memory preconditions.
     let rc = unsafe {
