@@ -282,6 +282,11 @@ pub struct Config {
     pub stack_sample_every: u32,
     /// Opener stacks: frames to capture, 1 to [`stacks::MAX_STACK_DEPTH`].
     pub stack_depth: u32,
+    /// 1 in kprobe mode: connect's stack is captured by `inet_sock_set_state` (CLOSE ->
+    /// SYN_SENT, inside connect() too), because the `tcp_connect` kprobe's own stack frame
+    /// leaves no room for the capture; its event then carries no `STACK_WANTED` flag.
+    pub stack_at_state_change: u32,
+    pub _reserved: u32,
 }
 
 /// Name of the global holding [`Config`] in the kernel object.

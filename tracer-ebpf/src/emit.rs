@@ -31,6 +31,8 @@ static TRACER_CONFIG: Config = Config {
     stack_policy: 0,
     stack_sample_every: 1,
     stack_depth: 1,
+    stack_at_state_change: 0,
+    _reserved: 0,
 };
 named!(TRACER_CONFIG, CONFIG_GLOBAL);
 

@@ -15,7 +15,7 @@ use crate::{
 
 #[fentry(function = "tcp_connect")]
 pub fn tcp_connect_fentry(ctx: FEntryContext) -> i32 {
-    lifecycle::on_tcp_connect(ctx.as_ptr(), BtfSock(ctx.arg::<SockPtr>(0)));
+    lifecycle::on_tcp_connect(Some(ctx.as_ptr()), BtfSock(ctx.arg::<SockPtr>(0)));
     0
 }
 

@@ -1,7 +1,6 @@
 //! kprobe mode: kprobe on `tcp_connect` and `tcp_close`, kretprobe on `inet_csk_accept`.
 //! Works wherever CONFIG_KPROBES is set, whatever the trampoline support.
 use aya_ebpf::{
-    EbpfContext,
     macros::{kprobe, kretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
@@ -16,7 +15,7 @@ use crate::{
 #[kprobe]
 pub fn tcp_connect_kprobe(ctx: ProbeContext) -> u32 {
     if let Some(sk) = ctx.arg::<SockPtr>(0) {
-        lifecycle::on_tcp_connect(ctx.as_ptr(), AnySock::read(sk));
+        lifecycle::on_tcp_connect(None, AnySock::read(sk));
     }
     0
 }

@@ -8,13 +8,14 @@ use tracer_common::{EventKind, flags, tcp_state};
 use crate::{core_shim::Sock, emit::emit, stacks, state_change::release};
 
 /// `tcp_connect(sk)`: inside connect(), after CLOSE -> SYN_SENT and before the SYN leaves: the
-/// connecting code's stack is current (`ctx` is the program's context, for its capture).
+/// connecting code's stack is current. `stack_ctx`, the program's context, captures it (kprobe
+/// mode passes none: `inet_sock_set_state` captures there, see `Config::stack_at_state_change`).
 #[inline(always)]
-pub fn on_tcp_connect(ctx: *mut c_void, sk: impl Sock) {
+pub fn on_tcp_connect(stack_ctx: Option<*mut c_void>, sk: impl Sock) {
     if !sk.is_tcp() {
         return;
     }
-    let stack = stacks::capture(ctx, sk, EventKind::Connect);
+    let stack = stack_ctx.map_or(0, |ctx| stacks::capture(ctx, sk, EventKind::Connect));
     emit(EventKind::Connect, sk, tcp_state::CLOSE, sk.state(), flags::OWNER_CONTEXT | stack);
 }
 

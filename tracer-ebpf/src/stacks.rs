@@ -47,8 +47,18 @@ named!(STACK_SCRATCH, STACK_SCRATCH_MAP);
 /// `ctx` is the running program's context. Call only in the opener's own context.
 #[inline(always)]
 pub fn capture(ctx: *mut c_void, sk: impl Sock, kind: EventKind) -> u8 {
+    if config().stack_policy == policy::OFF {
+        return 0;
+    }
+    capture_stack(ctx, sk.ptr() as u64, sk.netns(), kind as u8)
+}
+
+/// The capture itself, a BPF-to-BPF call of its own: inlined, its locals would join those of the
+/// kprobe programs, whose socket copy already takes most of the 512-byte stack.
+#[inline(never)]
+fn capture_stack(ctx: *mut c_void, sock: u64, netns: u32, kind: u8) -> u8 {
     let cfg = config();
-    if cfg.stack_policy == policy::OFF || !wanted(cfg.stack_policy, cfg.stack_sample_every) {
+    if !wanted(cfg.stack_policy, cfg.stack_sample_every) {
         return 0;
     }
     let Some(record) = STACK_SCRATCH.get_ptr_mut(0) else {
@@ -79,10 +89,10 @@ pub fn capture(ctx: *mut c_void, sk: impl Sock, kind: EventKind) -> u8 {
     unsafe {
         (*record).depth = (written as u32) / 8;
         (*record).timestamp_ns = bpf_ktime_get_boot_ns();
-        (*record).sock = sk.ptr() as u64;
-        (*record).netns = sk.netns();
+        (*record).sock = sock;
+        (*record).netns = netns;
         (*record).tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-        (*record).kind = kind as u8;
+        (*record).kind = kind;
         (*record)._pad = [0; 3];
         let mut comm = [0u8; 16];
         core_shim::tracer_leader_identity(&raw mut (*record).start_time_ns, comm.as_mut_ptr());

@@ -62,6 +62,10 @@ fn on_state_change(ctx: *mut c_void, sk: BtfSock, old: u8, new: u8) {
                 // Inside connect(): the connecting code's stack is current.
                 let stack = stacks::capture(ctx, sk, EventKind::Connect);
                 emit(EventKind::Connect, sk, old, new, flags::OWNER_CONTEXT | stack);
+            } else if config().stack_at_state_change != 0 {
+                // kprobe mode: the tcp_connect kprobe reports the connect, this captures its
+                // stack (see `Config::stack_at_state_change`).
+                stacks::capture(ctx, sk, EventKind::Connect);
             }
         }
         (SYN_SENT, ESTABLISHED) => emit(EventKind::Established, sk, old, new, 0),

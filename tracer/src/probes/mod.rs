@@ -287,6 +287,8 @@ impl Probes {
             stack_policy: options.stacks.policy.abi(),
             stack_sample_every: options.stacks.sample_every.max(1),
             stack_depth: options.stacks.depth.clamp(1, tracer_common::stacks::MAX_STACK_DEPTH),
+            stack_at_state_change: u32::from(mode == ProbeMode::Kprobe),
+            _reserved: 0,
         };
         // Kernel log statements above the daemon's level are constants the verifier prunes.
         let kernel_log_level = match log::max_level() {

@@ -117,6 +117,14 @@ impl OpenerStacks {
             Applied::Connecting { id, .. } | Applied::Opened { id, .. } if wanted => {
                 self.wanted(id, SocketKey::of(event));
             }
+            // kprobe mode captures connect's stack apart from its event, which then carries no
+            // flag: a stack that came first still belongs to it.
+            Applied::Connecting { id, .. } if !self.pending.is_empty() => {
+                if let Some((stack, _)) = self.pending.remove(&SocketKey::of(event)) {
+                    self.counters.attached += 1;
+                    self.set(id, Opener::Stack(stack));
+                }
+            }
             // The function-probe modes report an accept twice (the function's return, then
             // the syscall's exit, which alone captures): the table ignores the second report.
             Applied::Ignored if wanted => {
@@ -147,10 +155,13 @@ impl OpenerStacks {
         let process = ProcessKey::new(record.tgid, record.start_time_ns);
         let stack = self.intern(process, record.frames(), kind);
         let key = SocketKey { netns: record.netns, sock: record.sock };
+        // Its connection waits for it, or (kprobe mode, see `on_event`) was reported without
+        // the flag: any stack that arrives for a connection the events opened is its own.
         let waiting = table
             .connection(key)
+            .filter(|view| !view.conn.preexisting)
             .map(|view| view.id())
-            .filter(|id| self.by_connection.get(id) == Some(&Opener::Wanted));
+            .filter(|id| matches!(self.by_connection.get(id), None | Some(Opener::Wanted)));
         // The use `intern` counted goes to the connection, or to the pending slot.
         match waiting {
             Some(id) => {

@@ -179,3 +179,17 @@ fn malformed_records_are_counted_not_kept() {
     assert_eq!(w.stacks.counters().malformed, 2);
     assert_eq!(w.stacks.stack_count(), 0);
 }
+
+#[test]
+fn kprobe_mode_stacks_pair_without_the_flag_in_either_order() {
+    // kprobe mode captures connect's stack apart from its event, which carries no flag.
+    let mut w = World::new();
+    let first = w.open(0x1000, 40_001, false);
+    w.stack(0x1000, &[1, 2]);
+    assert!(matches!(w.stacks.opener(first, false), Opener::Stack(_)));
+    w.stack(0x2000, &[1, 2]);
+    let second = w.open(0x2000, 40_002, false);
+    assert!(matches!(w.stacks.opener(second, false), Opener::Stack(_)));
+    assert_eq!(w.stacks.counters().attached, 2);
+    assert_eq!(w.stacks.stack_count(), 1);
+}
