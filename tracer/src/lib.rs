@@ -17,7 +17,8 @@
 //!   exited;
 //! - [`daemon`]: wires the stages together and runs until a signal.
 //!
-//! Shared by several stages: [`clock`] (the injected clock), [`error`] (errors a user can meet).
+//! Shared by several stages: [`clock`] (the injected clock), [`error`] (errors a user can meet),
+//! `names` (enums whose variants are words users type).
 pub mod api;
 pub mod clock;
 pub mod daemon;
@@ -27,6 +28,7 @@ pub mod events;
 pub mod export;
 pub mod ground_truth;
 pub mod logging;
+mod names;
 pub mod pipeline;
 pub mod probes;
 pub mod stacks;

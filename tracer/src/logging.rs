@@ -8,40 +8,16 @@ use std::{
 
 use log::{Level, LevelFilter, Log, Metadata, Record, kv};
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum LogFormat {
-    /// `key=value` pairs, one record a line.
-    #[default]
-    Logfmt,
-    /// One JSON object a line.
-    Json,
-}
+use crate::names::named_enum;
 
-impl LogFormat {
-    pub const ALL: [LogFormat; 2] = [LogFormat::Logfmt, LogFormat::Json];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            LogFormat::Logfmt => "logfmt",
-            LogFormat::Json => "json",
-        }
-    }
-}
-
-impl std::fmt::Display for LogFormat {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for LogFormat {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|f| f.name() == s)
-            .ok_or_else(|| format!("unknown log format {s:?}: logfmt or json"))
+named_enum! {
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub enum LogFormat ("log format") {
+        /// `key=value` pairs, one record a line.
+        #[default]
+        Logfmt => "logfmt",
+        /// One JSON object a line.
+        Json => "json",
     }
 }
 

@@ -2,6 +2,8 @@
 //! [`super::answers`].
 use serde::{Deserialize, Serialize};
 
+use crate::names::named_enum;
+
 /// Bumped on any incompatible change to requests or payloads.
 pub const API_VERSION: u32 = 1;
 
@@ -30,40 +32,14 @@ pub enum Request {
     },
 }
 
-/// What `tracer top` groups open connections by.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum TopBy {
-    #[default]
-    Process,
-    Remote,
-}
-
-impl TopBy {
-    pub const ALL: [TopBy; 2] = [TopBy::Process, TopBy::Remote];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            TopBy::Process => "process",
-            TopBy::Remote => "remote",
-        }
-    }
-}
-
-impl std::fmt::Display for TopBy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for TopBy {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|b| b.name() == s)
-            .ok_or_else(|| format!("unknown grouping {s:?}: process or remote"))
+named_enum! {
+    /// What `tracer top` groups open connections by.
+    #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+    #[serde(rename_all = "snake_case")]
+    pub enum TopBy ("grouping") {
+        #[default]
+        Process => "process",
+        Remote => "remote",
     }
 }
 

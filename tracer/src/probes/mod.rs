@@ -10,8 +10,6 @@ mod tracepoint;
 pub use error::ProbeError;
 pub use kprobe::ProbeMisses;
 
-use std::fmt;
-
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
@@ -23,37 +21,28 @@ use tracer_common::{
 
 use error::Result;
 
+use crate::names::named_enum;
+
 /// The kernel object built by `tracer/build.rs`, embedded so the binary is self-contained.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProbeMode {
-    /// The best mode this kernel loads and attaches.
-    #[default]
-    Auto,
-    /// fentry/fexit on tcp_connect, inet_csk_accept, tcp_close.
-    Fentry,
-    /// kprobe/kretprobe on the same functions.
-    Kprobe,
-    /// tp_btf sock:inet_sock_set_state plus accept syscall tracepoints.
-    Tracepoint,
+named_enum! {
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum ProbeMode ("probe mode") {
+        /// The best mode this kernel loads and attaches.
+        #[default]
+        Auto => "auto",
+        /// fentry/fexit on tcp_connect, inet_csk_accept, tcp_close.
+        Fentry => "fentry",
+        /// kprobe/kretprobe on the same functions.
+        Kprobe => "kprobe",
+        /// tp_btf sock:inet_sock_set_state plus accept syscall tracepoints.
+        Tracepoint => "tracepoint",
+    }
 }
 
 impl ProbeMode {
-    pub const ALL: [ProbeMode; 4] =
-        [ProbeMode::Auto, ProbeMode::Fentry, ProbeMode::Kprobe, ProbeMode::Tracepoint];
-
-    /// The mode's name, as `--probe` takes it and `tracer status` shows it.
-    pub fn name(self) -> &'static str {
-        match self {
-            ProbeMode::Auto => "auto",
-            ProbeMode::Fentry => "fentry",
-            ProbeMode::Kprobe => "kprobe",
-            ProbeMode::Tracepoint => "tracepoint",
-        }
-    }
-
     /// One line on what the mode hooks.
     pub fn about(self) -> &'static str {
         match self {
@@ -64,22 +53,6 @@ impl ProbeMode {
                 "tp_btf sock:inet_sock_set_state plus accept syscall tracepoints"
             }
         }
-    }
-}
-
-impl fmt::Display for ProbeMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for ProbeMode {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL.into_iter().find(|m| m.name() == s).ok_or_else(|| {
-            format!("unknown probe mode {s:?}: one of auto, fentry, kprobe, tracepoint")
-        })
     }
 }
 
@@ -99,33 +72,23 @@ pub struct LoadOptions {
     pub stacks: StackOptions,
 }
 
-/// Which connections' opener stacks the kernel captures (`--stacks`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum StackPolicy {
-    /// None.
-    Off,
-    /// Every connection of the processes the leak detector marks suspect.
-    Suspects,
-    /// Every Nth connection of each process, and every connection of a suspect.
-    #[default]
-    Sampled,
-    /// Every connection.
-    All,
+named_enum! {
+    /// Which connections' opener stacks the kernel captures (`--stacks`).
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub enum StackPolicy ("stack policy") {
+        /// None.
+        Off => "off",
+        /// Every connection of the processes the leak detector marks suspect.
+        Suspects => "suspects",
+        /// Every Nth connection of each process, and every connection of a suspect.
+        #[default]
+        Sampled => "sampled",
+        /// Every connection.
+        All => "all",
+    }
 }
 
 impl StackPolicy {
-    pub const ALL: [StackPolicy; 4] =
-        [StackPolicy::Off, StackPolicy::Suspects, StackPolicy::Sampled, StackPolicy::All];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            StackPolicy::Off => "off",
-            StackPolicy::Suspects => "suspects",
-            StackPolicy::Sampled => "sampled",
-            StackPolicy::All => "all",
-        }
-    }
-
     pub fn about(self) -> &'static str {
         match self {
             StackPolicy::Off => "capture no stack",
@@ -144,23 +107,6 @@ impl StackPolicy {
             StackPolicy::Sampled => policy::SAMPLED,
             StackPolicy::All => policy::ALL,
         }
-    }
-}
-
-impl fmt::Display for StackPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for StackPolicy {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|p| p.name() == s)
-            .ok_or_else(|| format!("unknown stack policy {s:?}: off, suspects, sampled or all"))
     }
 }
 
