@@ -272,6 +272,9 @@ impl Daemon {
         for correction in &report.corrections {
             log::warn!("reconcile: {correction}");
         }
+        if !report.corrections.is_empty() {
+            self.stacks.after_corrections(&self.table);
+        }
         if report.holder_changes > 0 {
             log::info!(
                 "reconcile: {} connection(s) now counted for the process that holds them",

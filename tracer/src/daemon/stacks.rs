@@ -86,15 +86,19 @@ impl StackCapture {
         });
     }
 
+    /// After a reconcile corrected the table: connections it dropped without a release event
+    /// leave the store too (every other end of a connection arrives as an event).
+    pub(super) fn after_corrections(&mut self, table: &ConnectionTable) {
+        if self.store.tracked_connections() > 0 {
+            let alive: HashSet<u64> = table.connections().map(|view| view.id()).collect();
+            self.store.retain_connections(|id| alive.contains(&id));
+        }
+    }
+
     /// Once a second: stacks that waited too long for their connection go, and so do the pins
     /// of processes the table forgot.
     pub(super) fn housekeeping(&mut self, table: &ConnectionTable, now_ns: u64) {
         self.store.expire(now_ns);
-        if self.store.tracked_connections() > 0 {
-            // Connections the table dropped without a release (a reconcile's correction).
-            let alive: HashSet<u64> = table.connections().map(|view| view.id()).collect();
-            self.store.retain_connections(|id| alive.contains(&id));
-        }
         let gone: Vec<ProcessKey> =
             self.pinned.iter().filter(|p| table.process(**p).is_none()).copied().collect();
         for process in gone {
