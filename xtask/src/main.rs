@@ -73,15 +73,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Task::Run { args } => {
             setup::run()?;
-            setup::run_cmd(Command::new("cargo").args([
-                "build",
-                "--release",
-                "--package",
-                "tracer",
-                "--bin",
-                "tracer",
-            ]))?;
-            let binary = workspace_root().join("target/release/tracer");
+            let binary = setup::build_release_tracer()?;
             let mut cmd = Command::new(binary);
             cmd.arg("run").args(&args);
             // Replace this process so signals (Ctrl-C) reach the daemon directly.

@@ -239,6 +239,20 @@ fn bpf_linker() -> Result<()> {
     )
 }
 
+/// Builds the release `tracer` binary (the kernel programs embedded) and returns its path.
+pub fn build_release_tracer() -> Result<std::path::PathBuf> {
+    let root = crate::workspace_root();
+    run_cmd(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "--release",
+        "--package",
+        "tracer",
+        "--bin",
+        "tracer",
+    ]))?;
+    Ok(root.join("target/release/tracer"))
+}
+
 pub fn which(program: &str) -> Option<std::path::PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?

@@ -226,15 +226,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Some(bin) => bin.clone(),
         None => {
             eprintln!("bench: building the release tracer");
-            run_cmd(Command::new("cargo").current_dir(&root).args([
-                "build",
-                "--release",
-                "--package",
-                "tracer",
-                "--bin",
-                "tracer",
-            ]))?;
-            root.join("target/release/tracer")
+            crate::setup::build_release_tracer()?
         }
     };
     if !bin.exists() {
@@ -810,14 +802,6 @@ fn require_tool(program: &str, package: &str, probe: &[&str]) -> Result<()> {
         bail!(
             "`{program}` is missing or broken: install the Debian package `{package}` (apt-get install {package})"
         );
-    }
-    Ok(())
-}
-
-fn run_cmd(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed with {status}");
     }
     Ok(())
 }
