@@ -4,7 +4,6 @@ use std::{fmt::Write as _, path::Path};
 use clap::Args;
 use tracer::api::{
     answers::{ConnsReport, RemoteFilter, STATE_NAMES, conn_state_label},
-    client,
     protocol::Request,
 };
 
@@ -36,11 +35,7 @@ pub fn run(socket: &Path, args: ConnsArgs) -> anyhow::Result<()> {
         remote.parse::<RemoteFilter>().map_err(anyhow::Error::msg)?;
     }
     let request = Request::Conns { pid: args.pid, remote: args.remote, state: args.state };
-    let text = if args.json {
-        output::json::<ConnsReport>(socket, request)?
-    } else {
-        conns(&client::request(socket, request)?)
-    };
+    let text = output::answer::<ConnsReport>(socket, request, args.json, conns)?;
     output::emit(&text)?;
     Ok(())
 }

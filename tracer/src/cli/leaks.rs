@@ -2,7 +2,7 @@
 use std::{fmt::Write as _, path::Path};
 
 use clap::Args;
-use tracer::api::{answers::LeaksReport, client, protocol::Request};
+use tracer::api::{answers::LeaksReport, protocol::Request};
 
 use super::{output, text::age};
 
@@ -14,11 +14,7 @@ pub struct LeaksArgs {
 }
 
 pub fn run(socket: &Path, args: LeaksArgs) -> anyhow::Result<()> {
-    let text = if args.json {
-        output::json::<LeaksReport>(socket, Request::Leaks {})?
-    } else {
-        leaks(&client::request(socket, Request::Leaks {})?)
-    };
+    let text = output::answer::<LeaksReport>(socket, Request::Leaks {}, args.json, leaks)?;
     output::emit(&text)?;
     Ok(())
 }

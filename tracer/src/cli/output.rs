@@ -14,10 +14,25 @@ use tracer::api::{
 
 /// The `--json` text of the answer to `request`, read as `T` first so that a reply that is not
 /// that answer is an error rather than output.
-pub fn json<T: DeserializeOwned>(socket: &Path, request: Request) -> anyhow::Result<String> {
+fn json_text<T: DeserializeOwned>(socket: &Path, request: Request) -> anyhow::Result<String> {
     let answer = client::request_value(socket, request)?;
     T::deserialize(&answer).map_err(|e| ClientError::Malformed(e.to_string()))?;
     Ok(serde_json::to_string_pretty(&answer)? + "\n")
+}
+
+/// The text a query command prints: the `--json` document when `json`, else `render` of the
+/// answer. One place for the choice every query command makes.
+pub fn answer<T: DeserializeOwned>(
+    socket: &Path,
+    request: Request,
+    json: bool,
+    render: impl FnOnce(&T) -> String,
+) -> anyhow::Result<String> {
+    if json {
+        json_text::<T>(socket, request)
+    } else {
+        Ok(render(&client::request(socket, request)?))
+    }
 }
 
 /// Writes `text` to stdout; false when the reader went away (`| head`), which is not an error.

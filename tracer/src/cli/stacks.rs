@@ -2,7 +2,7 @@
 use std::{fmt::Write as _, path::Path};
 
 use clap::Args;
-use tracer::api::{answers::StacksReport, client, protocol::Request};
+use tracer::api::{answers::StacksReport, protocol::Request};
 
 use super::{output, text::age};
 
@@ -17,11 +17,7 @@ pub struct StacksArgs {
 
 pub fn run(socket: &Path, args: StacksArgs) -> anyhow::Result<()> {
     let request = Request::Stacks { pid: args.pid };
-    let text = if args.json {
-        output::json::<StacksReport>(socket, request)?
-    } else {
-        stacks(&client::request(socket, request)?)
-    };
+    let text = output::answer::<StacksReport>(socket, request, args.json, stacks)?;
     output::emit(&text)?;
     Ok(())
 }

@@ -2,7 +2,7 @@
 use std::{fmt::Write as _, path::Path};
 
 use clap::Args;
-use tracer::api::{answers::StatusReport, client, protocol::Request};
+use tracer::api::{answers::StatusReport, protocol::Request};
 
 use super::output;
 
@@ -14,11 +14,7 @@ pub struct StatusArgs {
 }
 
 pub fn run(socket: &Path, args: StatusArgs) -> anyhow::Result<()> {
-    let text = if args.json {
-        output::json::<StatusReport>(socket, Request::Status {})?
-    } else {
-        status(&client::request(socket, Request::Status {})?)
-    };
+    let text = output::answer::<StatusReport>(socket, Request::Status {}, args.json, status)?;
     output::emit(&text)?;
     Ok(())
 }

@@ -5,7 +5,6 @@ use std::{fmt::Write as _, path::Path};
 use clap::Args;
 use tracer::api::{
     answers::{AgesReport, RemoteReport, StateCounts, TopReport},
-    client,
     protocol::{Request, TopBy},
 };
 
@@ -45,20 +44,13 @@ pub struct TopArgs {
 pub fn run(socket: &Path, args: TopArgs) -> anyhow::Result<()> {
     let frame = || -> anyhow::Result<String> {
         if let Some(pid) = args.ages {
-            let request = Request::Ages { pid };
-            return if args.json {
-                output::json::<AgesReport>(socket, request)
-            } else {
-                Ok(ages(&client::request(socket, request)?))
-            };
+            return output::answer::<AgesReport>(socket, Request::Ages { pid }, args.json, ages);
         }
         let request = Request::Top { limit: args.limit, by: args.by };
-        Ok(match (args.by, args.json) {
-            (TopBy::Process, true) => output::json::<TopReport>(socket, request)?,
-            (TopBy::Process, false) => top(&client::request(socket, request)?),
-            (TopBy::Remote, true) => output::json::<RemoteReport>(socket, request)?,
-            (TopBy::Remote, false) => remotes(&client::request(socket, request)?),
-        })
+        match args.by {
+            TopBy::Process => output::answer::<TopReport>(socket, request, args.json, top),
+            TopBy::Remote => output::answer::<RemoteReport>(socket, request, args.json, remotes),
+        }
     };
     match args.watch {
         None => {
