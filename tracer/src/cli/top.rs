@@ -118,6 +118,10 @@ fn top(report: &TopReport) -> String {
             row.growth,
             clip(notes.trim(), 24)
         );
+        // The code behind the alert, from its evidence's largest stack group.
+        if let Some(function) = &row.leading_function {
+            let _ = writeln!(out, "{:>7} leaking from {function}", "");
+        }
     }
     let _ = writeln!(
         out,
@@ -198,6 +202,7 @@ mod tests {
             growth,
             oldest_age_seconds: 0,
             alerts: Vec::new(),
+            leading_function: None,
         }
     }
 

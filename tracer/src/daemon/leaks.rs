@@ -5,8 +5,8 @@ use std::{collections::HashMap, net::SocketAddr, time::Duration};
 use tracer_common::tcp_state;
 
 use crate::{
-    detect::{Alert, Change, ConnBrief, DetectorConfig, ProcessSample},
-    table::{ConnectionTable, Phase, ProcessKey},
+    detect::{Alert, Change, ConnBrief, DetectorConfig, ProcessSample, Rule},
+    table::{ConnView, ConnectionTable, Phase, ProcessKey},
 };
 
 /// Everything the leak rules need besides the detector's own settings.
@@ -44,6 +44,27 @@ impl Default for LeakSettings {
 /// A duration in nanoseconds, saturating (a u64 holds 584 years of them).
 pub fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Whether open connection `view` is one of those behind `rule` (its evidence's stacks): for
+/// `growth`, opened within the rule's window; for `close_wait` and `held_closed`, stale in that
+/// state; for `age`, past the threshold.
+pub fn behind_rule(rule: Rule, settings: &LeakSettings, view: &ConnView<'_>, now_ns: u64) -> bool {
+    let conn = view.conn;
+    let in_state = now_ns.saturating_sub(conn.state_since_ns);
+    match rule {
+        Rule::Growth => {
+            let samples = u32::try_from(settings.detector.window_samples).unwrap_or(u32::MAX);
+            conn.age_ns(now_ns) <= nanos(settings.interval.saturating_mul(samples))
+        }
+        Rule::CloseWait => {
+            conn.state == tcp_state::CLOSE_WAIT && in_state >= settings.close_wait_after_ns
+        }
+        Rule::HeldClosed => {
+            conn.state == tcp_state::CLOSE && in_state >= settings.held_closed_after_ns
+        }
+        Rule::Age => settings.age_threshold_ns.is_some_and(|t| conn.age_ns(now_ns) >= t),
+    }
 }
 
 /// How many connections and remotes an alert's evidence names.

@@ -128,9 +128,10 @@ mod tests {
     use super::*;
     use crate::{
         api::answers::{
-            AgesReport, AlertView, ConnBrief, ConnSnapshot, Evidence, KprobeStatus, RemoteCount,
-            RemoteRow, TopRow,
+            AgesReport, AlertStacks, AlertView, ConnBrief, ConnSnapshot, Evidence, KprobeStatus,
+            NoStack, RemoteCount, RemoteRow, StackGroup, TopRow, Unstacked,
         },
+        stacks::symbolize::Frame,
         table::{Direction, DirectionStats, Phase, ProcessSnapshot, StateCounts},
     };
 
@@ -176,6 +177,26 @@ mod tests {
                     age_seconds: 9,
                 }],
                 top_remotes: vec![RemoteCount { remote: "127.0.0.1:80".into(), open: 30 }],
+                stacks: Some(AlertStacks {
+                    connections: 30,
+                    groups: vec![StackGroup {
+                        id: 7,
+                        count: 26,
+                        direction: Direction::Outbound,
+                        oldest_age_seconds: 9,
+                        top_remotes: vec![RemoteCount { remote: "127.0.0.1:80".into(), open: 26 }],
+                        leading_function: Some("main.openDB".into()),
+                        frames: vec![Frame {
+                            function: Some("main.openDB".into()),
+                            file: Some("/src/main.go".into()),
+                            line: Some(12),
+                            module: Some("/app".into()),
+                            offset: 0x1234,
+                            inlined: false,
+                        }],
+                    }],
+                    unstacked: Unstacked { not_sampled: 4, ..Unstacked::default() },
+                }),
             },
             resolved_seconds_ago: resolved,
         }
@@ -183,7 +204,7 @@ mod tests {
 
     /// One value of each answer, with every optional part filled somewhere.
     fn samples() -> Vec<(String, Value)> {
-        let conn = |holders: Vec<u32>| ConnSnapshot {
+        let conn = |holders: Vec<u32>, stack_group: Option<u32>| ConnSnapshot {
             id: 1,
             pid: None,
             comm: None,
@@ -196,6 +217,8 @@ mod tests {
             netns: 4_026_531_840,
             preexisting: false,
             holders,
+            stack_group,
+            no_stack: stack_group.is_none().then_some(NoStack::NotSampled),
         };
         let status = StatusReport {
             probe_mode: "kprobe".into(),
@@ -211,6 +234,7 @@ mod tests {
                 growth: -2,
                 oldest_age_seconds: 5,
                 alerts: vec!["close_wait".into()],
+                leading_function: Some("main.openDB".into()),
             }],
             unattributed: 1,
         };
@@ -224,7 +248,8 @@ mod tests {
             open: 3,
             buckets: vec![(Some(10), 2), (None, 1)],
         };
-        let conns = ConnsReport { connections: vec![conn(vec![]), conn(vec![7, 8])] };
+        let conns =
+            ConnsReport { connections: vec![conn(vec![], Some(7)), conn(vec![7, 8], None)] };
         let leaks = LeaksReport { active: vec![alert(None)], resolved: vec![alert(Some(3))] };
         let to = |v: serde_json::Result<Value>| v.expect("serialise");
         vec![
