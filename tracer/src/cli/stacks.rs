@@ -41,9 +41,10 @@ fn stacks(report: &StacksReport) -> String {
             .collect::<Vec<_>>();
         let _ = writeln!(
             out,
-            "\n{:>6} {direction} by {}  (oldest {}; {})",
+            "\n{:>6} {direction} by {}  (group {}; oldest {}; {})",
             group.count,
             group.leading_function.as_deref().unwrap_or("?"),
+            group.id,
             age(group.oldest_age_seconds),
             remotes.join(", ")
         );
