@@ -402,12 +402,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
 
     let scale_spec = if smoke {
-        scale::ScaleSpec { connections: 2_000, processes: 50, repeats: 2 }
+        scale::ScaleSpec { connections: 2_000, processes: 50, repeats: 2, count_stacks: false }
     } else {
         scale::ScaleSpec {
             connections: ctx.args.scale_connections,
             processes: ctx.args.scale_processes,
             repeats: 5,
+            count_stacks: false,
         }
     };
     let (diagnostics, scale) = if ctx.args.loads_only {
