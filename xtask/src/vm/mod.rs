@@ -133,8 +133,8 @@ impl Args {
     /// What `cargo xtask test` (and so CI) runs: the three Debian kernels in every mode, with
     /// the event pipeline, the exact-count scenarios of the table (edge cases included) and
     /// what each mode adds (kprobe misses and clean-up), and opener stacks captured and named
-    /// from a leaking Go program (about 25 s per cell).
-    /// About 10 minutes on 2 cores; the host's own kernel is covered by `cargo test` itself.
+    /// from a leaking Go program (25-45 s per cell).
+    /// About 12 minutes on 2 cores; the host's own kernel is covered by `cargo test` itself.
     pub fn ci() -> Self {
         Self {
             kernels: vec![Target::Bullseye, Target::Bookworm, Target::Trixie],
