@@ -10,7 +10,10 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use serde_json::value::{RawValue, to_raw_value};
-use tracer_common::{ConnEvent, stacks::StackProcess};
+use tracer_common::{
+    ConnEvent,
+    stacks::{StackProcess, StackRecord},
+};
 
 use crate::{
     api::answers::{RemoteCount, StackGroup, StacksReport, StacksStatus},
@@ -21,6 +24,7 @@ use crate::{
         self,
         store::{Opener, OpenerStacks, StackId},
         symbolize::{AddressKind, Symbolizer, SymbolizerConfig},
+        unwind::Unwinder,
     },
     table::{Applied, ConnectionTable, Direction, Phase, ProcessKey},
 };
@@ -41,6 +45,8 @@ pub(super) struct StackCapture {
     symbolizer: Arc<Symbolizer>,
     /// Processes whose binaries are pinned (at their first stack, while they run).
     pinned: HashSet<ProcessKey>,
+    /// Recovers the caller a C library wrapper hides from the kernel's walk.
+    unwinder: Unwinder,
 }
 
 impl StackCapture {
@@ -59,6 +65,7 @@ impl StackCapture {
             suspects: HashSet::new(),
             symbolizer: Arc::new(symbolizer),
             pinned: HashSet::new(),
+            unwinder: Unwinder::default(),
         })
     }
 
@@ -72,16 +79,22 @@ impl StackCapture {
     }
 
     /// Reads the stack ring; pins the binaries of each process at its first stack, while it
-    /// still runs (its stacks stay readable after it exits).
+    /// still runs (its stacks stay readable after it exits), and recovers the frames its C
+    /// library's wrappers hid from the kernel's frame-pointer walk.
     pub(super) fn drain(&mut self, table: &ConnectionTable, now_ns: u64) {
-        let Self { source, store, symbolizer, pinned, .. } = self;
+        let Self { source, store, symbolizer, pinned, unwinder, .. } = self;
         source.drain(|record| {
-            store.on_stack(record, table, now_ns);
             let process = ProcessKey::new(record.tgid, record.start_time_ns);
             if pinned.insert(process)
                 && let Err(e) = symbolizer.pin(record.tgid)
             {
                 log::debug!("cannot pin pid {} for symbolization: {e}", record.tgid);
+            }
+            let recovered =
+                symbolizer.pinned(record.tgid).and_then(|p| unwinder.recover(&p, record));
+            match recovered {
+                Some(frames) => store.on_stack(&with_frames(record, &frames), table, now_ns),
+                None => store.on_stack(record, table, now_ns),
             }
         });
     }
@@ -105,6 +118,7 @@ impl StackCapture {
             self.pinned.remove(&process);
             self.symbolizer.forget(process.pid);
         }
+        self.unwinder.sweep();
     }
 
     /// Marks the detector's suspects in the kernel's map (every connection of theirs is then
@@ -137,6 +151,8 @@ impl StackCapture {
             captured: kernel.stack_captured,
             lost_ringbuf: kernel.stack_lost_ringbuf,
             unwind_failed: kernel.stack_unwind_failed,
+            window_failed: kernel.stack_window_failed,
+            frames_recovered: self.unwinder.counters().recovered,
             orphaned: counters.orphaned,
             distinct: self.store.stack_count() as u64,
             pinned_processes: symbolizer.pinned_processes as u64,
@@ -228,6 +244,15 @@ impl StackCapture {
         }
         Ok(StacksDraft { report, addresses, symbolizer: Arc::clone(&self.symbolizer) })
     }
+}
+
+/// `record` with `frames` (innermost first) in place of its own, as many as it holds.
+fn with_frames(record: &StackRecord, frames: &[u64]) -> StackRecord {
+    let mut out = *record;
+    let n = frames.len().min(out.frames.len());
+    out.frames[..n].copy_from_slice(&frames[..n]);
+    out.depth = n as u32;
+    out
 }
 
 /// A `tracer stacks` answer whose frames are still addresses.

@@ -4,6 +4,7 @@
 pub mod gopclntab;
 pub mod store;
 pub mod symbolize;
+pub mod unwind;
 
 use std::os::unix::fs::FileExt;
 

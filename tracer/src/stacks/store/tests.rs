@@ -1,7 +1,7 @@
 //! The store against hand-built events and stack records, in both arrival orders.
 use tracer_common::{
     AF_INET, ConnEvent, EventKind, Tuple, flags,
-    stacks::{MAX_STACK_DEPTH, StackRecord},
+    stacks::{MAX_STACK_DEPTH, STACK_WINDOW_BYTES, StackRecord},
     tcp_state::*,
 };
 
@@ -55,6 +55,10 @@ fn record(sock: u64, frames: &[u64]) -> StackRecord {
         kind: EventKind::Connect as u8,
         _pad: [0; 3],
         depth: frames.len() as u32,
+        regs: Default::default(),
+        window_len: 0,
+        _pad2: 0,
+        window: [0; STACK_WINDOW_BYTES / 8],
         frames: out,
     }
 }
