@@ -46,7 +46,11 @@ pub struct Args {
     tests: Vec<String>,
     /// Integration test executables to leave out. The default ones drive real servers
     /// (nginx, redis, prometheus) or build programs (cc, go) that the guests do not have.
-    #[arg(long, value_delimiter = ',', default_value = "real_peers,prometheus,symbolize,stacks")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "real_peers,prometheus,symbolize,stacks,c_stacks"
+    )]
     skip: Vec<String>,
     /// Test name filter passed to every test executable.
     #[arg(long)]

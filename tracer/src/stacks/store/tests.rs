@@ -174,6 +174,23 @@ fn same_addresses_in_two_processes_are_two_stacks() {
 }
 
 #[test]
+fn a_stale_stack_of_another_process_at_a_reused_socket_address_is_not_taken() {
+    let mut w = World::new();
+    // Another process's connection at 0x1000 closed before its stack was read; the address
+    // then went to this process's next socket.
+    let mut stale = record(0x1000, &[9, 9]);
+    stale.tgid = PID + 1;
+    w.stacks.on_stack(&stale, &w.table, 0);
+    let id = w.open(0x1000, 40_001, true);
+    assert_eq!(w.stacks.opener(id, false), Opener::Wanted, "not the other process's stack");
+    assert_eq!(w.stacks.counters().orphaned, 1);
+    w.stack(0x1000, &[1, 2]);
+    let Opener::Stack(own) = w.stacks.opener(id, false) else { panic!("its own stack") };
+    assert_eq!(w.stacks.stack(own).map(|s| &*s.frames), Some(&[1, 2][..]));
+    assert_eq!(w.stacks.stack_count(), 1, "the stale stack is freed");
+}
+
+#[test]
 fn malformed_records_are_counted_not_kept() {
     let mut w = World::new();
     w.stack(0x1000, &[]);
