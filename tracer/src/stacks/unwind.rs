@@ -25,8 +25,8 @@ use tracer_common::stacks::StackRecord;
 
 use super::symbolize::{PinnedFile, PinnedProcess};
 
-/// Frames recovered at most above the first one: enough for a C library wrapper and the
-/// helpers it calls on the way to the syscall (glibc 2.41's cancellation goes through three).
+/// Frames recovered at most above the first one: a C library wrapper (one frame in Debian 12's
+/// glibc) and a few helpers between it and the syscall, as newer glibc cancellation has.
 pub const MAX_RECOVERED: usize = 4;
 
 /// The largest `.eh_frame` (plus `.eh_frame_hdr`) read from one module.
@@ -244,11 +244,6 @@ pub struct Unwinder {
 impl Unwinder {
     pub fn counters(&self) -> UnwindCounters {
         self.counters
-    }
-
-    /// Modules whose unwind information is held.
-    pub fn module_count(&self) -> usize {
-        self.modules.len()
     }
 
     /// `record`'s frames with the frames its C library wrapper hid recovered, or `None`.
