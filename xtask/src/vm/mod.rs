@@ -47,7 +47,7 @@ pub struct Args {
     /// Integration test executables to leave out. The default ones drive real servers
     /// (nginx, redis, prometheus) or build programs (cc, go) that the guests do not have
     /// (`stacks` runs: its Go leaker is built on the host and shipped).
-    #[arg(long, value_delimiter = ',', default_value = "real_peers,prometheus,symbolize")]
+    #[arg(long, value_delimiter = ',', default_value = "real_peers,prometheus,symbolize,c_stacks")]
     skip: Vec<String>,
     /// Test name filter passed to every test executable.
     #[arg(long)]
