@@ -6,9 +6,11 @@
 //! (`table::ConnectionTable::load_existing`, `table::Reconciler`).
 pub mod holders;
 pub mod sock_diag;
+pub mod tcp_info;
 
 pub use holders::{Holder, scan_holders};
 pub use sock_diag::{ExistingSocket, scan_namespace};
+pub use tcp_info::TcpInfo;
 
 use std::{
     collections::{HashMap, HashSet},
