@@ -9,16 +9,15 @@ use super::Daemon;
 use crate::{
     api::{
         answers::{
-            AgesReport, AlertView, ConnsReport, KprobeStatus, LeaksReport, RemoteFilter,
-            RemoteReport, RemoteRow, STATE_NAMES, StatusReport, TopReport, TopRow,
-            conn_state_label,
+            AgesReport, AlertView, KprobeStatus, LeaksReport, RemoteFilter, RemoteReport,
+            RemoteRow, STATE_NAMES, StatusReport, TopReport, TopRow, conn_state_label,
         },
         protocol::{API_VERSION, Request, TopBy},
     },
     clock::Clock,
     detect::Alert,
     pipeline::LostEvents,
-    table::{Phase, ProcessKey},
+    table::{ConnSnapshot, Phase, ProcessKey},
 };
 
 impl Daemon {
@@ -37,28 +36,33 @@ impl Daemon {
             Request::Stacks { .. } => {
                 return Err("internal: stacks are answered by the event loop".into());
             }
-            Request::Conns { pid, remote, state } => {
-                let remote = remote.as_deref().map(str::parse::<RemoteFilter>).transpose()?;
-                if let Some(state) = &state
-                    && !STATE_NAMES.contains(&state.as_str())
-                {
-                    return Err(format!(
-                        "unknown state {state:?}; one of: {}",
-                        STATE_NAMES.join(", ")
-                    ));
-                }
-                let now = self.clock.now_ns();
-                let connections = self.table.conn_snapshots_where(now, |view| {
-                    pid.is_none_or(|p| view.pid() == Some(p))
-                        && remote.is_none_or(|r| r.matches(view.remote()))
-                        && state
-                            .as_deref()
-                            .is_none_or(|s| conn_state_label(view.phase(), view.state_name()) == s)
-                });
-                to_raw_value(&ConnsReport { connections })
+            // The event loop answers it asynchronously, with a sock_diag dump (daemon/health.rs).
+            Request::Conns { .. } => {
+                return Err("internal: conns are answered by the event loop".into());
             }
         };
         value.map_err(|e| format!("cannot encode the answer: {e}"))
+    }
+
+    /// The `conns` rows the table has, filtered (their health figures come from a dump).
+    pub(super) fn conn_rows(
+        &self,
+        pid: Option<u32>,
+        remote: Option<&str>,
+        state: Option<&str>,
+    ) -> Result<Vec<ConnSnapshot>, String> {
+        let remote = remote.map(str::parse::<RemoteFilter>).transpose()?;
+        if let Some(state) = state
+            && !STATE_NAMES.contains(&state)
+        {
+            return Err(format!("unknown state {state:?}; one of: {}", STATE_NAMES.join(", ")));
+        }
+        let now = self.clock.now_ns();
+        Ok(self.table.conn_snapshots_where(now, |view| {
+            pid.is_none_or(|p| view.pid() == Some(p))
+                && remote.is_none_or(|r| r.matches(view.remote()))
+                && state.is_none_or(|s| conn_state_label(view.phase(), view.state_name()) == s)
+        }))
     }
 
     fn top(&self, limit: Option<usize>) -> TopReport {
@@ -77,8 +81,11 @@ impl Daemon {
             .into_iter()
             .map(|process| {
                 let key = ProcessKey { pid: process.pid, start_time_ns: process.start_time_ns };
+                let health = self.health.of(key);
                 TopRow {
                     growth: self.detector.growth_of(key),
+                    idle: health.map_or(0, |h| h.idle),
+                    unread: health.map_or(0, |h| h.unread),
                     oldest_age_seconds: oldest.get(&key).copied().unwrap_or(0),
                     alerts: self
                         .detector
