@@ -214,7 +214,7 @@ fn responses_never_read_raise_unread_against_the_client_and_draining_never_does(
 
     // Metrics carry the same count.
     let metrics = daemon.scrape_metrics();
-    let line = format!("tcp_tracer_unread_connections{{comm=\"pool\",pid=\"{}\"}} 6", lazy.pid());
+    let line = format!("tcp_tracer_unread_connections{{pid=\"{}\",comm=\"pool\"}} 6", lazy.pid());
     assert!(metrics.lines().any(|l| l == line), "{line} not in:\n{metrics}");
 }
 
