@@ -252,6 +252,13 @@ pub struct StatusReport {
     /// Opener stacks.
     #[serde(default)]
     pub stacks: StacksStatus,
+    /// sock_diag dumps with `tcp_info` made for pool health (one per leak evaluation, shared
+    /// with a reconcile due at the same time), since start; `conns` makes its own, not counted.
+    #[serde(default)]
+    pub health_scans: u64,
+    /// How long the latest of them took, microseconds (off the event loop; 0 before the first).
+    #[serde(default)]
+    pub health_scan_us: u64,
 }
 
 /// One kprobe's hits and the kernel's count of its misses (kprobe mode).

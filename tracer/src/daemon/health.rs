@@ -22,6 +22,8 @@ pub(super) struct Landed {
     /// A leak evaluation waits for it.
     pub evaluate: bool,
     pub scan: io::Result<KernelScan>,
+    /// How long the dump took (the /proc walk of a reconcile not included).
+    pub took: Duration,
 }
 
 pub(super) struct KernelScan {
@@ -68,11 +70,14 @@ impl Scans {
         (self.want_evaluate, self.want_reconcile, self.running) = (false, false, true);
         let tx = self.tx.clone();
         tokio::task::spawn_blocking(move || {
-            let scan = dump(now_ns).map(|health| KernelScan {
+            let started = std::time::Instant::now();
+            let dumped = dump(now_ns);
+            let took = started.elapsed();
+            let scan = dumped.map(|health| KernelScan {
                 reconcile: reconcile.then(|| ground_truth::with_holders(&health.sockets)),
                 health,
             });
-            let _ = tx.blocking_send(Landed { evaluate, scan });
+            let _ = tx.blocking_send(Landed { evaluate, scan, took });
         });
     }
 
@@ -98,11 +103,33 @@ pub(super) struct PoolHealth {
     settings: HealthSettings,
     reads: ReadTracker,
     latest: HashMap<ProcessKey, ProcessHealth>,
+    scans: u64,
+    last_scan: Duration,
 }
 
 impl PoolHealth {
     pub fn new(settings: HealthSettings) -> Self {
-        Self { settings, reads: ReadTracker::default(), latest: HashMap::new() }
+        Self {
+            settings,
+            reads: ReadTracker::default(),
+            latest: HashMap::new(),
+            scans: 0,
+            last_scan: Duration::ZERO,
+        }
+    }
+
+    /// Counts a dump and its duration (`tracer status`).
+    pub fn record_scan(&mut self, took: Duration) {
+        self.scans += 1;
+        self.last_scan = took;
+    }
+
+    pub fn scans(&self) -> u64 {
+        self.scans
+    }
+
+    pub fn last_scan_us(&self) -> u64 {
+        u64::try_from(self.last_scan.as_micros()).unwrap_or(u64::MAX)
     }
 
     /// Takes in a dump: read progress, then each process's counts against the table.

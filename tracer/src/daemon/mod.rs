@@ -268,6 +268,7 @@ impl Daemon {
     /// A sock_diag dump came back: reconcile if it was due, take in the health figures, then
     /// evaluate the leak rules if that was due.
     fn scan_landed(&mut self, landed: health::Landed) {
+        self.health.record_scan(landed.took);
         match landed.scan {
             Ok(scan) => {
                 if let Some(scanned) = &scan.reconcile {

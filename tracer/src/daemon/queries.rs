@@ -221,6 +221,8 @@ impl Daemon {
             ring_bytes: self.ring_bytes,
             ring_high_water_bytes: self.ring_high_water(Some(&kernel)),
             stacks: self.stacks.status(&kernel),
+            health_scans: self.health.scans(),
+            health_scan_us: self.health.last_scan_us(),
         }
     }
 }
