@@ -267,6 +267,15 @@ fn a_pool_without_idle_timeout_raises_idle_and_one_with_a_short_timeout_never_do
     });
     daemon.wait_for_more("leak_evaluations", 4);
     assert!(!rules_of(&daemon, tidy.pid()).contains(&"idle".to_owned()));
+    // Every evaluation had its dump, and reconciles due at the same time (every second,
+    // evaluations every half second) shared one instead of making their own.
+    let status = daemon.json(&["status"]);
+    let (scans, evaluations) = (num(&status, "health_scans"), num(&status, "leak_evaluations"));
+    let reconciles = num(&status, "reconciles");
+    eprintln!("dumps {scans}, evaluations {evaluations}, reconciles {reconciles}");
+    assert!(scans >= evaluations && reconciles > 0, "{status}");
+    assert!(scans < evaluations + reconciles, "no dump was shared: {status}");
+    assert!(num(&status, "health_scan_us") > 0);
     let resolved = daemon.json(&["leaks"])["resolved"].clone();
     assert!(
         !resolved.as_array().expect("resolved").iter().any(|a| a["pid"] == tidy.pid()),

@@ -3,16 +3,20 @@
 //! time, the same dump serves it too (only the /proc walk for holders is added). `tracer conns`
 //! gets its own dump, on demand. Every dump runs off the event loop; nothing is added to the
 //! per-event path.
-use std::{collections::HashMap, io, task::Context, time::Duration};
+use std::{io, time::Duration};
 
 use serde_json::value::{RawValue, to_raw_value};
-use tokio::sync::mpsc;
+use tokio::{
+    sync::mpsc,
+    time::{Instant, Interval},
+};
 
 use crate::{
     api::answers::{ConnRow, ConnsReport},
     ground_truth,
     health::{
-        self, ConnHealth, HealthScan, HealthSettings, ProcessHealth, ReadTracker, SCAN_FAILED,
+        self, ConnHealth, HealthScan, HealthSettings, PerProcess, ProcessHealth, ReadTracker,
+        SCAN_FAILED,
     },
     table::{ConnSnapshot, ConnectionTable, ProcessKey, ScannedSocket, TupleKey},
 };
@@ -33,31 +37,75 @@ pub(super) struct KernelScan {
     pub reconcile: Option<Vec<ScannedSocket>>,
 }
 
+/// One of the two periodic jobs a dump serves: when it last ran and how often it runs.
+struct Job {
+    period: Duration,
+    last: Instant,
+}
+
+impl Job {
+    /// Due within `slack` of `now` (a zero period is never due).
+    fn due_within(&self, now: Instant, slack: Duration) -> bool {
+        !self.period.is_zero() && now + slack >= self.last + self.period
+    }
+}
+
 /// Which dumps are due, and the one running (at most one at a time).
 pub(super) struct Scans {
     want_evaluate: bool,
     want_reconcile: bool,
     running: bool,
+    evaluation: Job,
+    reconcile: Job,
+    /// How close the other job's time must be for one dump to serve both.
+    slack: Duration,
     tx: mpsc::Sender<Landed>,
     pub rx: mpsc::Receiver<Landed>,
 }
 
 impl Scans {
-    pub fn new() -> Self {
+    /// The two timers start now with these periods (zero: never).
+    pub fn new(leak_period: Duration, reconcile_period: Duration) -> Self {
         let (tx, rx) = mpsc::channel(1);
-        Self { want_evaluate: false, want_reconcile: false, running: false, tx, rx }
+        let now = Instant::now();
+        let shortest = [leak_period, reconcile_period].into_iter().filter(|p| !p.is_zero()).min();
+        Self {
+            want_evaluate: false,
+            want_reconcile: false,
+            running: false,
+            evaluation: Job { period: leak_period, last: now },
+            reconcile: Job { period: reconcile_period, last: now },
+            // A tenth of the shorter period, at most a second: the two timers' ticks meet
+            // within that, never a whole period early.
+            slack: shortest.map_or(Duration::ZERO, |p| (p / 10).min(Duration::from_secs(1))),
+            tx,
+            rx,
+        }
     }
 
-    /// A leak evaluation is due; so is a reconcile if its timer expires at the same time.
-    pub fn evaluation_due(&mut self, reconcile: &mut tokio::time::Interval) {
+    /// A leak evaluation is due; so is a reconcile if its time is within the slack: it is
+    /// done now, with the same dump, and its timer starts over.
+    pub fn evaluation_due(&mut self, reconcile: &mut Interval) {
+        let now = Instant::now();
         self.want_evaluate = true;
-        self.want_reconcile |= expired_now(reconcile);
+        self.evaluation.last = now;
+        if self.reconcile.due_within(now, self.slack) {
+            self.want_reconcile = true;
+            self.reconcile.last = now;
+            reconcile.reset();
+        }
     }
 
-    /// A reconcile is due; so is an evaluation if its timer expires at the same time.
-    pub fn reconcile_due(&mut self, leak_check: &mut tokio::time::Interval) {
+    /// A reconcile is due; so is an evaluation if its time is within the slack.
+    pub fn reconcile_due(&mut self, leak_check: &mut Interval) {
+        let now = Instant::now();
         self.want_reconcile = true;
-        self.want_evaluate |= expired_now(leak_check);
+        self.reconcile.last = now;
+        if self.evaluation.due_within(now, self.slack) {
+            self.want_evaluate = true;
+            self.evaluation.last = now;
+            leak_check.reset();
+        }
     }
 
     /// Starts a dump for whatever is due, unless one is running (what comes due meanwhile
@@ -86,12 +134,6 @@ impl Scans {
     }
 }
 
-/// Consumes the interval's tick if it is due right now (both timers started together, so
-/// their periods meet on the same instant), without waiting.
-fn expired_now(interval: &mut tokio::time::Interval) -> bool {
-    interval.poll_tick(&mut Context::from_waker(std::task::Waker::noop())).is_ready()
-}
-
 /// One sock_diag dump of every namespace, stamped with the clock (blocking).
 fn dump(now_ns: impl Fn() -> u64) -> io::Result<HealthScan> {
     let sockets = ground_truth::scan_all()?;
@@ -102,7 +144,7 @@ fn dump(now_ns: impl Fn() -> u64) -> io::Result<HealthScan> {
 pub(super) struct PoolHealth {
     settings: HealthSettings,
     reads: ReadTracker,
-    latest: HashMap<ProcessKey, ProcessHealth>,
+    latest: PerProcess,
     scans: u64,
     last_scan: Duration,
 }
@@ -112,7 +154,7 @@ impl PoolHealth {
         Self {
             settings,
             reads: ReadTracker::default(),
-            latest: HashMap::new(),
+            latest: PerProcess::default(),
             scans: 0,
             last_scan: Duration::ZERO,
         }
@@ -143,7 +185,7 @@ impl PoolHealth {
         self.latest.clear();
     }
 
-    pub fn per_process(&self) -> &HashMap<ProcessKey, ProcessHealth> {
+    pub fn per_process(&self) -> &PerProcess {
         &self.latest
     }
 

@@ -6,7 +6,7 @@ use tracer_common::tcp_state;
 
 use crate::{
     detect::{Alert, Change, ConnBrief, DetectorConfig, ProcessSample},
-    health::{HealthSettings, ProcessHealth},
+    health::{self, HealthSettings},
     table::{ConnectionTable, Phase, ProcessKey},
 };
 
@@ -68,7 +68,7 @@ struct PerProcess {
 pub fn samples(
     table: &ConnectionTable,
     settings: &LeakSettings,
-    health: &HashMap<ProcessKey, ProcessHealth>,
+    health: &health::PerProcess,
     now_ns: u64,
 ) -> Vec<ProcessSample> {
     let mut per: HashMap<ProcessKey, PerProcess> = HashMap::new();

@@ -143,7 +143,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     let mut leak_check = every(options.leaks.interval);
     let mut drain = every(options.drain_interval);
     // One sock_diag dump per leak evaluation, shared with a reconcile due at the same time.
-    let mut scans = health::Scans::new();
+    let mut scans = health::Scans::new(options.leaks.interval, options.reconcile_interval);
     loop {
         tokio::select! {
             batch = daemon.next_batch() => { batch?; }

@@ -24,6 +24,14 @@ pub const DEFAULT_IDLE_AFTER: Duration = Duration::from_secs(300);
 /// Unread data with no read progress this long counts as `unread` by default.
 pub const DEFAULT_UNREAD_AFTER: Duration = Duration::from_secs(60);
 
+/// FxHash, as the connection table uses: at 100,000 sockets SipHash made per-process counting
+/// take most of an evaluation's user-space time; the keys are addresses and cookies no peer
+/// chooses freely enough to matter.
+pub type Map<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
+
+/// Each process's pool health at one dump.
+pub type PerProcess = Map<ProcessKey, ProcessHealth>;
+
 /// How many connections the evidence of `unread` and `idle` names.
 const EVIDENCE_ITEMS: usize = 5;
 
@@ -58,9 +66,9 @@ pub struct HealthScan {
 impl HealthScan {
     /// The scan's sockets by address, for matching the table's connections. A TIME_WAIT
     /// socket never hides a live one with the same addresses.
-    pub fn index(&self) -> HashMap<TupleKey, &ExistingSocket> {
-        let mut by_tuple: HashMap<TupleKey, &ExistingSocket> =
-            HashMap::with_capacity(self.sockets.len());
+    pub fn index(&self) -> Map<TupleKey, &ExistingSocket> {
+        let mut by_tuple: Map<TupleKey, &ExistingSocket> =
+            Map::with_capacity_and_hasher(self.sockets.len(), Default::default());
         for s in self.sockets.iter().filter(|s| s.state != tcp_state::LISTEN) {
             let key = TupleKey { netns: s.netns, local: s.local, remote: s.remote };
             let keep_old = by_tuple.get(&key).is_some_and(|old| old.state != tcp_state::TIME_WAIT);
@@ -149,7 +157,7 @@ struct Progress {
 /// the boot).
 #[derive(Debug, Default)]
 pub struct ReadTracker {
-    progress: HashMap<(u32, u64), Progress>,
+    progress: Map<(u32, u64), Progress>,
 }
 
 impl ReadTracker {
@@ -230,10 +238,10 @@ pub fn per_process(
     scan: &HealthScan,
     reads: &ReadTracker,
     settings: &HealthSettings,
-) -> HashMap<ProcessKey, ProcessHealth> {
+) -> PerProcess {
     let index = scan.index();
     let now = scan.at_ns;
-    let mut out: HashMap<ProcessKey, ProcessHealth> = HashMap::new();
+    let mut out = PerProcess::default();
     for view in table.connections() {
         let (Phase::Open, Some(owner)) = (view.phase(), view.owner_key()) else { continue };
         let Some(socket) = index.get(&view.conn.tuple_key(view.netns())) else { continue };

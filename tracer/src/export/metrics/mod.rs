@@ -91,8 +91,7 @@ pub struct MetricsInput<'a> {
     pub ring: RingFill,
     pub build: BuildInfo<'a>,
     /// Each process's pool health at the latest leak evaluation (idle and unread connections).
-    pub health:
-        &'a std::collections::HashMap<crate::table::ProcessKey, crate::health::ProcessHealth>,
+    pub health: &'a crate::health::PerProcess,
     /// CLOCK_BOOTTIME nanoseconds, the clock of the table (connection ages).
     pub now_ns: u64,
     /// Processes (and comms, for lifetimes) exported individually; see [`DEFAULT_TOP_N`].

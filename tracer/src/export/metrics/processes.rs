@@ -25,7 +25,7 @@ use std::collections::{HashMap, HashSet};
 use super::{AGE_BOUNDS_NS, OTHER};
 use crate::{
     detect::Alert,
-    health::ProcessHealth,
+    health::PerProcess,
     table::{ConnectionTable, Direction, Phase, ProcessKey, ProcessStats, StateCounts},
 };
 
@@ -98,7 +98,7 @@ pub(super) struct ProcessRow {
 }
 
 impl ProcessRow {
-    fn add_gauges(&mut self, p: &ProcessStats, health: &HashMap<ProcessKey, ProcessHealth>) {
+    fn add_gauges(&mut self, p: &ProcessStats, health: &PerProcess) {
         self.open += u64::from(p.open);
         if let Some(h) = health.get(&p.key) {
             self.idle += u64::from(h.idle);
@@ -156,7 +156,7 @@ impl ProcessExport {
         &mut self,
         table: &ConnectionTable,
         alerts: &[&Alert],
-        health: &HashMap<ProcessKey, ProcessHealth>,
+        health: &PerProcess,
         now_ns: u64,
         top_n: usize,
     ) -> ProcessSeries {

@@ -78,7 +78,7 @@ struct Sim {
     alerts: Vec<Alert>,
     kernel: Option<KernelCounters>,
     top_n: usize,
-    health: std::collections::HashMap<ProcessKey, crate::health::ProcessHealth>,
+    health: crate::health::PerProcess,
 }
 
 impl Sim {
@@ -92,7 +92,7 @@ impl Sim {
             alerts: Vec::new(),
             kernel: Some(KernelCounters::default()),
             top_n,
-            health: std::collections::HashMap::new(),
+            health: crate::health::PerProcess::default(),
         }
     }
 
