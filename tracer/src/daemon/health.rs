@@ -229,3 +229,30 @@ pub(super) async fn conns_answer(rows: Vec<ConnSnapshot>) -> Result<Box<RawValue
         .collect();
     to_raw_value(&ConnsReport { connections }).map_err(|e| format!("cannot encode the answer: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_is_due_within_the_slack_and_a_zero_period_never_is() {
+        let start = Instant::now();
+        let job = Job { period: Duration::from_secs(60), last: start };
+        let slack = Duration::from_secs(1);
+        assert!(!job.due_within(start + Duration::from_secs(58), slack));
+        assert!(job.due_within(start + Duration::from_millis(59_000), slack), "1 s early");
+        assert!(job.due_within(start + Duration::from_secs(61), slack));
+        let never = Job { period: Duration::ZERO, last: start };
+        assert!(!never.due_within(start + Duration::from_secs(3600), slack));
+    }
+
+    #[tokio::test]
+    async fn the_slack_is_a_tenth_of_the_shorter_period_at_most_a_second() {
+        let of = |leak, reconcile| Scans::new(leak, reconcile).slack;
+        assert_eq!(of(Duration::from_secs(15), Duration::from_secs(60)), Duration::from_secs(1));
+        let half = Duration::from_millis(500);
+        assert_eq!(of(half, Duration::from_secs(1)), Duration::from_millis(50));
+        assert_eq!(of(Duration::ZERO, half), Duration::from_millis(50), "zero: never runs");
+        assert_eq!(of(Duration::ZERO, Duration::ZERO), Duration::ZERO);
+    }
+}
