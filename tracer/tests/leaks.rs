@@ -56,6 +56,18 @@ impl Receiver {
         Self { url, bodies }
     }
 
+    /// The body of the first `raised` POST of `pid`'s `rule` alert.
+    fn raised(&self, pid: u32, rule: &str) -> Option<Value> {
+        self.bodies
+            .lock()
+            .expect("lock")
+            .iter()
+            .find(|b| {
+                b["event"] == "raised" && b["alert"]["pid"] == pid && b["alert"]["rule"] == rule
+            })
+            .cloned()
+    }
+
     fn events_for(&self, pid: u32) -> Vec<(String, String)> {
         self.bodies
             .lock()
@@ -154,6 +166,20 @@ fn a_steady_leak_raises_growth_everywhere_and_resolves_when_the_process_exits() 
             Err("no POST yet".into())
         }
     });
+    // The payload carries the opener stacks behind the rule: the connections of the window,
+    // grouped, or counted by why they have none.
+    let body = receiver.raised(leaker.pid, "growth").expect("raised body");
+    let stacks = &body["alert"]["evidence"]["stacks"];
+    let connections = num(stacks, "connections");
+    assert!(connections >= 10, "{stacks:#}");
+    let grouped: u64 =
+        stacks["groups"].as_array().expect("groups").iter().map(|g| num(g, "count")).sum();
+    let unstacked: u64 =
+        ["opened_before_capture", "not_sampled", "stack_missing", "held_by_another_process"]
+            .iter()
+            .map(|f| num(stacks, f))
+            .sum();
+    assert!(grouped > 0 && grouped + unstacked <= connections, "{stacks:#}");
     // The process exits: the alert resolves.
     let pid = leaker.pid;
     leaker.exit();

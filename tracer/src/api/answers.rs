@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::{
     detect::{ConnBrief, Evidence, RemoteCount},
     health::{ConnHealth, HealthBrief},
+    stacks::groups::{AlertStacks, NoStack, StackGroup, Unstacked},
     table::{ConnSnapshot, ProcessSnapshot, StateCounts},
 };
 
@@ -34,6 +35,10 @@ pub struct TopRow {
     /// Leak rules alerting for this process now, by name, sorted.
     #[schemars(extend("items" = {"type": "string", "enum": rule_names()}))]
     pub alerts: Vec<String>,
+    /// While an alert is active: the leading function of the largest stack group behind it
+    /// (from the alert's evidence); `null` otherwise, or when no stack of it is named.
+    #[serde(default)]
+    pub leading_function: Option<String>,
 }
 
 /// `tracer top`: alerting processes first, then by open connections.
@@ -331,34 +336,8 @@ pub struct StacksReport {
     /// The capture policy in force (`--stacks`).
     pub policy: String,
     pub groups: Vec<StackGroup>,
-    /// Open before capture began (older than the daemon, or found by a scan).
-    pub opened_before_capture: u32,
-    /// Opened while the policy did not sample this process's connection.
-    pub not_sampled: u32,
-    /// Wanted, but no stack arrived: lost in the kernel (see `stacks` in `tracer status`) or
-    /// still in the stack ring.
-    pub stack_missing: u32,
-    /// Held by this process but opened by another (a parent before fork, a passed descriptor):
-    /// their stacks are that process's.
-    pub held_by_another_process: u32,
-}
-
-/// Open connections that one stack opened.
-#[derive(Debug, Serialize, Deserialize, JsonSchema)]
-pub struct StackGroup {
-    /// Open connections opened by this stack.
-    pub count: u32,
-    pub direction: crate::table::Direction,
-    /// Age of the oldest of them, seconds.
-    pub oldest_age_seconds: u64,
-    /// Their remote endpoints, most connections first (at most 3).
-    pub top_remotes: Vec<RemoteCount>,
-    /// The first frame outside the language runtime, the standard library and the C library
-    /// (`main.openDB`, not `syscall.connect`); `null` when no frame qualifies or none is named
-    /// yet.
-    pub leading_function: Option<String>,
-    /// The stack, innermost first (inlined functions as frames of their own).
-    pub frames: Vec<crate::stacks::symbolize::Frame>,
+    #[serde(flatten)]
+    pub unstacked: Unstacked,
 }
 
 /// Opener-stack capture and symbolization, for `tracer status`.
@@ -374,6 +353,14 @@ pub struct StacksStatus {
     pub unwind_failed: u64,
     /// Stacks whose connection never showed up (dropped), since start.
     pub orphaned: u64,
+    /// Processes that exited before their binaries could be pinned (their stacks stay
+    /// `module+0xoffset` or unnamed), since start.
+    #[serde(default)]
+    pub exited_before_pinning: u64,
+    /// Frames left unnamed in answers and leak evidence (no symbol, or not resolved within
+    /// the deadline), since start.
+    #[serde(default)]
+    pub frames_unsymbolized: u64,
     /// Distinct stacks held now.
     pub distinct: u64,
     /// Processes whose binaries are pinned for symbolization.

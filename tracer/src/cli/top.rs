@@ -124,6 +124,10 @@ fn top(report: &TopReport) -> String {
             row.growth,
             clip(notes.trim(), 24)
         );
+        // The code behind the alert, from its evidence's largest stack group.
+        if let Some(function) = &row.leading_function {
+            let _ = writeln!(out, "{:>7} leaking from {function}", "");
+        }
     }
     let _ = writeln!(
         out,
@@ -206,6 +210,7 @@ mod tests {
             idle: 0,
             unread: 0,
             alerts: Vec::new(),
+            leading_function: None,
         }
     }
 

@@ -5,9 +5,9 @@ use std::{collections::HashMap, net::SocketAddr, time::Duration};
 use tracer_common::tcp_state;
 
 use crate::{
-    detect::{Alert, Change, ConnBrief, DetectorConfig, ProcessSample},
+    detect::{Alert, Change, ConnBrief, DetectorConfig, ProcessSample, Rule},
     health::{self, HealthSettings},
-    table::{ConnectionTable, Phase, ProcessKey},
+    table::{ConnView, ConnectionTable, Phase, ProcessKey},
 };
 
 /// Everything the leak rules need besides the detector's own settings.
@@ -48,6 +48,30 @@ impl Default for LeakSettings {
 /// A duration in nanoseconds, saturating (a u64 holds 584 years of them).
 pub fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Whether open connection `view` is one of those behind `rule` (its evidence's stacks): for
+/// `growth`, opened within the rule's window; for `close_wait` and `held_closed`, stale in that
+/// state; for `age`, past the threshold; none for `unread` and `idle`.
+pub fn behind_rule(rule: Rule, settings: &LeakSettings, view: &ConnView<'_>, now_ns: u64) -> bool {
+    let conn = view.conn;
+    let in_state = now_ns.saturating_sub(conn.state_since_ns);
+    match rule {
+        Rule::Growth => {
+            let samples = u32::try_from(settings.detector.window_samples).unwrap_or(u32::MAX);
+            conn.age_ns(now_ns) <= nanos(settings.interval.saturating_mul(samples))
+        }
+        Rule::CloseWait => {
+            conn.state == tcp_state::CLOSE_WAIT && in_state >= settings.close_wait_after_ns
+        }
+        Rule::HeldClosed => {
+            conn.state == tcp_state::CLOSE && in_state >= settings.held_closed_after_ns
+        }
+        Rule::Age => settings.age_threshold_ns.is_some_and(|t| conn.age_ns(now_ns) >= t),
+        // Which connections are unread or idle is known from the dump, not from the table:
+        // their evidence names them (`unread_connections`, `idle_connections`) without stacks.
+        Rule::Unread | Rule::Idle => false,
+    }
 }
 
 /// How many connections and remotes an alert's evidence names.
@@ -167,5 +191,65 @@ pub fn log_change(change: &Change) {
             event, pid, comm = comm.as_str(), rule, open;
             "connection leak alert resolved"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::{Direction, ScannedHolder, ScannedSocket, TableConfig};
+
+    const SEC: u64 = 1_000_000_000;
+
+    fn socket(cookie: u64, state: u8) -> ScannedSocket {
+        ScannedSocket {
+            netns: 1,
+            inode: cookie,
+            cookie,
+            local: format!("127.0.0.1:{}", 40_000 + cookie).parse().expect("local"),
+            remote: "127.0.0.1:80".parse().expect("remote"),
+            state,
+            direction: Direction::Outbound,
+            holders: vec![ScannedHolder { key: ProcessKey::new(7, 1), comm: [b'a'; 16] }],
+        }
+    }
+
+    /// Which of the table's connections (by local port) are behind `rule` at `now_ns`.
+    fn behind(table: &ConnectionTable, rule: Rule, settings: &LeakSettings, now: u64) -> Vec<u16> {
+        let mut ports: Vec<u16> = table
+            .connections()
+            .filter(|view| behind_rule(rule, settings, view, now))
+            .map(|view| view.conn.local().port())
+            .collect();
+        ports.sort_unstable();
+        ports
+    }
+
+    #[test]
+    fn the_connections_behind_a_rule_are_those_it_is_about() {
+        let mut table = ConnectionTable::new(TableConfig::default());
+        table.load_existing(
+            &[socket(1, tcp_state::ESTABLISHED), socket(2, tcp_state::CLOSE_WAIT)],
+            0,
+        );
+        table.load_existing(&[socket(3, tcp_state::ESTABLISHED)], 5 * SEC);
+        let mut settings = LeakSettings {
+            interval: Duration::from_secs(1),
+            close_wait_after_ns: 2 * SEC,
+            ..LeakSettings::default()
+        };
+        settings.detector.window_samples = 4;
+        // growth: opened within the window (4 s), not the process's older pool.
+        assert_eq!(behind(&table, Rule::Growth, &settings, 6 * SEC), [40_003]);
+        assert_eq!(behind(&table, Rule::Growth, &settings, 9 * SEC), [40_003]);
+        assert_eq!(behind(&table, Rule::Growth, &settings, 10 * SEC), [0u16; 0]);
+        // close_wait: stale in CLOSE_WAIT only, once past the threshold.
+        assert_eq!(behind(&table, Rule::CloseWait, &settings, SEC), [0u16; 0]);
+        assert_eq!(behind(&table, Rule::CloseWait, &settings, 6 * SEC), [40_002]);
+        assert_eq!(behind(&table, Rule::HeldClosed, &settings, 6 * SEC), [0u16; 0]);
+        // age: off without a threshold; with one, the connections past it.
+        assert_eq!(behind(&table, Rule::Age, &settings, 6 * SEC), [0u16; 0]);
+        settings.age_threshold_ns = Some(3 * SEC);
+        assert_eq!(behind(&table, Rule::Age, &settings, 6 * SEC), [40_001, 40_002]);
     }
 }

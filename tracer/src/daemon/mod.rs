@@ -20,19 +20,22 @@ use tokio::{
 };
 
 use crate::{
+    api::answers::AlertStacks,
     api::{
         protocol::Request,
         server::{self, Query},
     },
     clock::{BootClock, Clock},
-    detect::Detector,
+    detect::{Change, Detector, Rule},
     error::{Error, Result},
     events,
-    export::{self, BuildInfo, Metrics, MetricsInput, RingFill, Scrape, Webhook, WebhookUrl},
+    export::{
+        self, BuildInfo, Metrics, MetricsInput, RingFill, Scrape, StackMetrics, Webhook, WebhookUrl,
+    },
     ground_truth,
     pipeline::EventSource,
     probes::{KernelCounters, LoadOptions, Probes, preflight},
-    table::{ConnectionTable, Reconciler, ScannedSocket, TableConfig},
+    table::{ConnectionTable, ProcessKey, Reconciler, ScannedSocket, TableConfig},
 };
 
 fn every(period: Duration) -> tokio::time::Interval {
@@ -110,6 +113,16 @@ pub(crate) struct Daemon {
     kernel: String,
     stacks: stacks::StackCapture,
     health: health::PoolHealth,
+    /// Where the tasks that symbolize a raised alert's stacks send them back.
+    evidence_tx: mpsc::UnboundedSender<SymbolizedEvidence>,
+}
+
+/// The stacks of a raised alert, symbolized off the event loop.
+struct SymbolizedEvidence {
+    process: ProcessKey,
+    rule: Rule,
+    since_ns: u64,
+    stacks: AlertStacks,
 }
 
 pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
@@ -118,7 +131,8 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     preflight::check()?;
     let listener = server::bind(&options.socket)?;
     let metrics_listener = options.metrics_addr.map(export::bind).transpose()?;
-    let mut daemon = Daemon::start(&options)?;
+    let (evidence_tx, mut evidence_rx) = mpsc::unbounded_channel::<SymbolizedEvidence>();
+    let mut daemon = Daemon::start(&options, evidence_tx)?;
     daemon.metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     let (scrape_tx, mut scrape_rx) = mpsc::channel::<Scrape>(8);
     let metrics_server = metrics_listener.map(|l| tokio::spawn(export::serve(l, scrape_tx)));
@@ -193,6 +207,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
                 daemon.log_summary();
             }
             _ = leak_check.tick() => scans.evaluation_due(&mut reconcile),
+            Some(evidence) = evidence_rx.recv() => daemon.attach_evidence(evidence),
             Some(scrape) = scrape_rx.recv() => {
                 daemon.drain_now();
                 let _ = scrape.reply.send(daemon.render_metrics());
@@ -223,7 +238,10 @@ impl Daemon {
     /// Attaches the probes, then loads the connections that already exist: the events of
     /// anything that changes meanwhile wait in the ring buffer, so nothing falls between the
     /// two (docs/architecture.md, "Start-up").
-    fn start(options: &DaemonOptions) -> Result<Self> {
+    fn start(
+        options: &DaemonOptions,
+        evidence_tx: mpsc::UnboundedSender<SymbolizedEvidence>,
+    ) -> Result<Self> {
         memory::configure_allocator();
         let mut probes = Probes::load(&options.load)?;
         let source = EventSource::new(probes.take_events()?).map_err(Error::EventRing)?;
@@ -246,6 +264,7 @@ impl Daemon {
             kernel: preflight::kernel_release(),
             stacks,
             health: health::PoolHealth::new(options.leaks.health.clone()),
+            evidence_tx,
         };
         daemon.drain_now();
         match ground_truth::scan_all() {
@@ -297,11 +316,50 @@ impl Daemon {
             leaks::samples(&self.table, &self.leak_settings, self.health.per_process(), now);
         for change in self.detector.evaluate(now, &samples) {
             leaks::log_change(&change);
+            if let Change::Raised(alert) = &change
+                && self.raise_with_stacks(alert, now)
+            {
+                // Its webhook waits for the symbolized stacks (attach_evidence).
+                continue;
+            }
             if let Some(webhook) = &self.webhook {
                 webhook.notify(&change);
             }
         }
         self.stacks.mark_suspects(&self.detector);
+    }
+
+    /// Attaches the stacks behind a raised alert at once (named as far as the symbolizer's
+    /// cache goes) and symbolizes them off the event loop, within a deadline. False when
+    /// capture is off.
+    fn raise_with_stacks(&mut self, alert: &crate::detect::Alert, now: u64) -> bool {
+        let settings = &self.leak_settings;
+        let behind =
+            |view: &crate::table::ConnView<'_>| leaks::behind_rule(alert.rule, settings, view, now);
+        let Some((first, draft)) = self.stacks.alert_evidence(&self.table, alert, now, behind)
+        else {
+            return false;
+        };
+        let process = ProcessKey::new(alert.pid, alert.start_time_ns);
+        let (rule, since_ns) = (alert.rule, alert.since_ns);
+        let mut stacks = first.clone();
+        self.detector.attach_stacks(process, rule, since_ns, first);
+        let tx = self.evidence_tx.clone();
+        tokio::spawn(async move {
+            stacks.groups = draft.finish().await;
+            let _ = tx.send(SymbolizedEvidence { process, rule, since_ns, stacks });
+        });
+        true
+    }
+
+    /// A raised alert's stacks are named: they stay with the alert, and its webhook goes.
+    fn attach_evidence(&mut self, evidence: SymbolizedEvidence) {
+        let SymbolizedEvidence { process, rule, since_ns, stacks } = evidence;
+        if let Some(alert) = self.detector.attach_stacks(process, rule, since_ns, stacks)
+            && let Some(webhook) = &self.webhook
+        {
+            webhook.notify(&Change::Raised(alert.clone()));
+        }
     }
 
     fn reconcile(&mut self, scan: &[ScannedSocket]) {
@@ -363,6 +421,7 @@ impl Daemon {
         let mode = self.probes.mode().to_string();
         let alerts: Vec<_> = self.detector.active().collect();
         let kprobes = self.probes.kprobe_misses();
+        let stacks = self.stacks.status(&kernel.clone().unwrap_or_default());
         let input = MetricsInput {
             table: &self.table,
             alerts: &alerts,
@@ -374,6 +433,11 @@ impl Daemon {
             ring: RingFill {
                 size_bytes: self.ring_bytes,
                 high_water_bytes: self.ring_high_water(kernel.as_ref()),
+            },
+            stacks: StackMetrics {
+                orphaned: stacks.orphaned,
+                frames_unsymbolized: stacks.frames_unsymbolized,
+                exited_before_pinning: stacks.exited_before_pinning,
             },
             build: BuildInfo {
                 version: env!("CARGO_PKG_VERSION"),

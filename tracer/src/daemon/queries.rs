@@ -58,10 +58,16 @@ impl Daemon {
             return Err(format!("unknown state {state:?}; one of: {}", STATE_NAMES.join(", ")));
         }
         let now = self.clock.now_ns();
-        Ok(self.table.conn_snapshots_where(now, |view| {
+        let keep = |view: &crate::table::ConnView<'_>| {
             pid.is_none_or(|p| view.pid() == Some(p))
                 && remote.is_none_or(|r| r.matches(view.remote()))
                 && state.is_none_or(|s| conn_state_label(view.phase(), view.state_name()) == s)
+        };
+        Ok(self.table.conn_snapshots_annotated(now, keep, |view, snapshot| {
+            match self.stacks.group_of(view) {
+                Ok(id) => snapshot.stack_group = Some(id.0),
+                Err(reason) => snapshot.no_stack = Some(reason),
+            }
         }))
     }
 
@@ -83,6 +89,7 @@ impl Daemon {
                 let key = ProcessKey { pid: process.pid, start_time_ns: process.start_time_ns };
                 let health = self.health.of(key);
                 TopRow {
+                    leading_function: self.leading_function_of(key),
                     growth: self.detector.growth_of(key),
                     idle: health.map_or(0, |h| h.idle),
                     unread: health.map_or(0, |h| h.unread),
@@ -103,6 +110,20 @@ impl Daemon {
             rows.truncate(limit);
         }
         TopReport { processes: rows, unattributed: self.table.unattributed() as u64 }
+    }
+
+    /// The leading function of the largest stack group behind an active alert of `key` (by
+    /// rule name, the first that names one).
+    fn leading_function_of(&self, key: ProcessKey) -> Option<String> {
+        let mut alerts: Vec<&Alert> = self
+            .detector
+            .active()
+            .filter(|a| a.pid == key.pid && a.start_time_ns == key.start_time_ns)
+            .collect();
+        alerts.sort_by_key(|a| a.rule);
+        alerts
+            .into_iter()
+            .find_map(|a| a.evidence.stacks.as_ref()?.groups.first()?.leading_function.clone())
     }
 
     fn top_remotes(&self, limit: Option<usize>) -> RemoteReport {

@@ -230,6 +230,12 @@ pub struct Evidence {
     pub oldest: Vec<ConnBrief>,
     /// Remote endpoints by its open connections, most first (at most 5).
     pub top_remotes: Vec<RemoteCount>,
+    /// The opener stacks of the connections behind the rule, taken and symbolized when the
+    /// alert raised and kept with it (so a resolved alert of an exited process still names
+    /// them); `null` with `--stacks off`, and for the moment between the raise and their
+    /// grouping.
+    #[serde(default)]
+    pub stacks: Option<crate::stacks::groups::AlertStacks>,
 }
 
 impl Evidence {
@@ -374,7 +380,10 @@ impl Detector {
                 active.clear_streak = 0;
                 active.alert.open = sample.open;
                 active.alert.comm.clone_from(&sample.comm);
+                // The stacks stay those of the raise: the daemon attached them then.
+                let stacks = active.alert.evidence.stacks.take();
                 active.alert.evidence = evidence.for_rule(rule);
+                active.alert.evidence.stacks = stacks;
             }
             (Some(active), false) => {
                 active.clear_streak += 1;
@@ -408,6 +417,30 @@ impl Detector {
         alert.resolved_ns = Some(now_ns);
         self.resolved.push_back(alert.clone());
         alert
+    }
+
+    /// Attaches the opener stacks the daemon took when the alert of `id` and `rule` raised at
+    /// `since_ns`, whether it is still active or resolved since. Returns the alert as it is
+    /// now, or `None` when it is no longer listed.
+    pub fn attach_stacks(
+        &mut self,
+        id: ProcessKey,
+        rule: Rule,
+        since_ns: u64,
+        stacks: crate::stacks::groups::AlertStacks,
+    ) -> Option<&Alert> {
+        let matches = |a: &Alert| {
+            a.pid == id.pid
+                && a.start_time_ns == id.start_time_ns
+                && a.rule == rule
+                && a.since_ns == since_ns
+        };
+        let alert = match self.active.get_mut(&(id, rule)) {
+            Some(active) if matches(&active.alert) => &mut active.alert,
+            _ => self.resolved.iter_mut().rev().find(|a| matches(a))?,
+        };
+        alert.evidence.stacks = Some(stacks);
+        Some(alert)
     }
 
     pub fn active(&self) -> impl Iterator<Item = &Alert> {
@@ -498,6 +531,7 @@ fn evidence(config: &DetectorConfig, history: &History, sample: &ProcessSample) 
             .iter()
             .map(|(remote, open)| RemoteCount { remote: remote.clone(), open: *open })
             .collect(),
+        stacks: None,
     }
 }
 

@@ -361,3 +361,34 @@ fn idle_is_off_unless_enabled_and_then_needs_k_connections() {
     assert_eq!(alert.evidence.idle, 20);
     assert!(alert.evidence.reading.as_deref().is_some_and(|r| r.contains("idle timeout")));
 }
+
+#[test]
+fn stacks_attached_at_raise_stay_while_the_alert_holds_and_after_it_resolves() {
+    let mut sim = Sim::new(small_window());
+    while sim.raised(Rule::Growth).is_empty() {
+        sim.open(5);
+        sim.tick();
+        assert!(sim.now < 20 * SEC, "growth never raised");
+    }
+    let since = sim.raised(Rule::Growth)[0].since_ns;
+    let stacks = crate::stacks::groups::AlertStacks { connections: 9, ..Default::default() };
+    assert!(sim.detector.attach_stacks(PID, Rule::Growth, since, stacks.clone()).is_some());
+    // A later raise time names another alert: nothing to attach to.
+    assert!(sim.detector.attach_stacks(PID, Rule::Growth, since + 1, stacks.clone()).is_none());
+    // Still growing: the evidence is refreshed, its stacks are the raise's.
+    sim.open(5);
+    sim.tick();
+    let active = sim.detector.active().next().expect("active");
+    assert!(active.evidence.opens_in_window > 0);
+    assert_eq!(active.evidence.stacks.as_ref(), Some(&stacks));
+    // The process exits: the resolved alert keeps them.
+    sim.sample.exited = true;
+    sim.tick();
+    let resolved = sim.detector.recently_resolved().next().expect("resolved");
+    assert_eq!(resolved.evidence.stacks.as_ref(), Some(&stacks));
+    // And stacks that arrive after the resolve still find it.
+    let later = crate::stacks::groups::AlertStacks { connections: 3, ..Default::default() };
+    assert!(sim.detector.attach_stacks(PID, Rule::Growth, since, later.clone()).is_some());
+    let resolved = sim.detector.recently_resolved().next().expect("resolved");
+    assert_eq!(resolved.evidence.stacks.as_ref(), Some(&later));
+}

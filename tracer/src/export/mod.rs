@@ -5,6 +5,6 @@ pub mod webhook;
 
 pub use metrics::{
     AGE_BOUNDS_NS, BuildInfo, DEFAULT_METRICS_ADDR, DEFAULT_TOP_N, Metrics, MetricsInput, RingFill,
-    Scrape, bind, serve,
+    Scrape, StackMetrics, bind, serve,
 };
 pub use webhook::{Webhook, WebhookUrl};

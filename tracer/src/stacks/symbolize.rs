@@ -95,6 +95,7 @@ pub struct Frame {
     pub function: Option<String>,
     /// The source file, as the debug information names it.
     pub file: Option<String>,
+    /// The line in `file`.
     pub line: Option<u32>,
     /// The binary, by the path the process sees (in its mount namespace), or a pseudo path
     /// (`[vdso]`); `None` when no pinned mapping holds the address.

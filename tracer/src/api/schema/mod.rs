@@ -128,9 +128,10 @@ mod tests {
     use super::*;
     use crate::{
         api::answers::{
-            AgesReport, AlertView, ConnBrief, ConnHealth, ConnRow, ConnSnapshot, Evidence,
-            KprobeStatus, RemoteCount, RemoteRow, TopRow,
+            AgesReport, AlertStacks, AlertView, ConnBrief, ConnHealth, ConnRow, ConnSnapshot,
+            Evidence, KprobeStatus, NoStack, RemoteCount, RemoteRow, StackGroup, TopRow, Unstacked,
         },
+        stacks::symbolize::Frame,
         table::{Direction, DirectionStats, Phase, ProcessSnapshot, StateCounts},
     };
 
@@ -186,6 +187,26 @@ mod tests {
                     age_seconds: 9,
                 }],
                 top_remotes: vec![RemoteCount { remote: "127.0.0.1:80".into(), open: 30 }],
+                stacks: Some(AlertStacks {
+                    connections: 30,
+                    groups: vec![StackGroup {
+                        id: 7,
+                        count: 26,
+                        direction: Direction::Outbound,
+                        oldest_age_seconds: 9,
+                        top_remotes: vec![RemoteCount { remote: "127.0.0.1:80".into(), open: 26 }],
+                        leading_function: Some("main.openDB".into()),
+                        frames: vec![Frame {
+                            function: Some("main.openDB".into()),
+                            file: Some("/src/main.go".into()),
+                            line: Some(12),
+                            module: Some("/app".into()),
+                            offset: 0x1234,
+                            inlined: false,
+                        }],
+                    }],
+                    unstacked: Unstacked { not_sampled: 4, ..Unstacked::default() },
+                }),
             },
             resolved_seconds_ago: resolved,
         }
@@ -193,7 +214,7 @@ mod tests {
 
     /// One value of each answer, with every optional part filled somewhere.
     fn samples() -> Vec<(String, Value)> {
-        let conn = |holders: Vec<u32>| ConnSnapshot {
+        let conn = |holders: Vec<u32>, stack_group: Option<u32>| ConnSnapshot {
             id: 1,
             pid: None,
             comm: None,
@@ -206,6 +227,8 @@ mod tests {
             netns: 4_026_531_840,
             preexisting: false,
             holders,
+            stack_group,
+            no_stack: stack_group.is_none().then_some(NoStack::NotSampled),
         };
         let status = StatusReport {
             probe_mode: "kprobe".into(),
@@ -223,6 +246,7 @@ mod tests {
                 idle: 3,
                 unread: 0,
                 alerts: vec!["close_wait".into()],
+                leading_function: Some("main.openDB".into()),
             }],
             unattributed: 1,
         };
@@ -239,7 +263,7 @@ mod tests {
         let conns = ConnsReport {
             connections: vec![
                 ConnRow {
-                    conn: conn(vec![]),
+                    conn: conn(vec![], Some(7)),
                     health: ConnHealth {
                         idle_seconds: Some(12),
                         bytes_received: Some(70_000),
@@ -251,7 +275,7 @@ mod tests {
                     },
                 },
                 ConnRow {
-                    conn: conn(vec![7, 8]),
+                    conn: conn(vec![7, 8], None),
                     health: ConnHealth::unavailable(crate::health::NOT_LISTED),
                 },
             ],

@@ -71,6 +71,17 @@ pub struct RingFill {
     pub high_water_bytes: u64,
 }
 
+/// Opener-stack counters kept in user space (the kernel's come with [`KernelCounters`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StackMetrics {
+    /// Stack records dropped because their connection never showed up.
+    pub orphaned: u64,
+    /// Frames left unnamed in answers and leak evidence.
+    pub frames_unsymbolized: u64,
+    /// Processes that exited before their binaries could be pinned.
+    pub exited_before_pinning: u64,
+}
+
 /// Everything a scrape reads, borrowed from the event loop for the duration of the scrape.
 #[derive(Clone, Copy, Debug)]
 pub struct MetricsInput<'a> {
@@ -89,6 +100,7 @@ pub struct MetricsInput<'a> {
     /// kprobe mode's per-probe hits and misses (empty in other modes).
     pub kprobes: &'a [crate::probes::ProbeMisses],
     pub ring: RingFill,
+    pub stacks: StackMetrics,
     pub build: BuildInfo<'a>,
     /// Each process's pool health at the latest leak evaluation (idle and unread connections).
     pub health: &'a crate::health::PerProcess,
@@ -299,7 +311,42 @@ impl Metrics {
             kprobe_missed.add_counter(&[("probe", &p.probe)], p.missed);
         }
 
+        let mut stacks_captured = FamilyBuilder::counter(
+            "tcp_tracer_stacks_captured_total",
+            "Opener stacks the kernel captured and wrote to the stack ring (--stacks).",
+        );
+        stacks_captured.add_counter(&[], kernel.stack_captured);
+        let mut stacks_lost = FamilyBuilder::counter(
+            "tcp_tracer_stacks_lost_total",
+            "Opener stacks wanted but lost: ringbuf_full (no room in the stack ring), \
+             unwind_failed (the kernel could not walk the user stack), orphaned (the daemon \
+             never saw the stack's connection and dropped it).",
+        );
+        for (reason, n) in [
+            ("ringbuf_full", kernel.stack_lost_ringbuf),
+            ("unwind_failed", kernel.stack_unwind_failed),
+            ("orphaned", input.stacks.orphaned),
+        ] {
+            stacks_lost.add_counter(&[("reason", reason)], n);
+        }
+        let mut unsymbolized = FamilyBuilder::counter(
+            "tcp_tracer_stack_frames_unsymbolized_total",
+            "Frames of opener stacks left unnamed (module+offset) in answers and leak evidence: \
+             no symbol, or not resolved within the deadline.",
+        );
+        unsymbolized.add_counter(&[], input.stacks.frames_unsymbolized);
+        let mut unpinned = FamilyBuilder::counter(
+            "tcp_tracer_stack_processes_exited_before_pinning_total",
+            "Processes that exited before the daemon could pin their binaries: their stacks \
+             stay unnamed.",
+        );
+        unpinned.add_counter(&[], input.stacks.exited_before_pinning);
+
         vec![
+            stacks_captured.finish(),
+            stacks_lost.finish(),
+            unsymbolized.finish(),
+            unpinned.finish(),
             events.finish(),
             lost.finish(),
             anomalies.finish(),

@@ -187,6 +187,7 @@ impl Sim {
                 reading: None,
                 oldest: Vec::new(),
                 top_remotes: Vec::new(),
+                stacks: None,
             },
             resolved_ns: None,
         });
@@ -208,6 +209,7 @@ impl Sim {
             reconcile_corrections: 3,
             kprobes: &kprobes,
             ring: RingFill { size_bytes: 8 << 20, high_water_bytes: 4096 },
+            stacks: StackMetrics { orphaned: 1, frames_unsymbolized: 2, exited_before_pinning: 3 },
             build: BuildInfo { version: "0.1.0", probe_mode: "fentry", kernel: "6.1.0-test" },
             health: &self.health,
             now_ns: self.now,
@@ -831,8 +833,21 @@ fn pipeline_counters_and_build_info() {
     kernel.lost_ringbuf[EventKind::Connect as usize] = 1;
     kernel.accept_unresolved = 6;
     kernel.held_closed_map_full = 7;
+    kernel.stack_captured = 11;
+    kernel.stack_lost_ringbuf = 12;
+    kernel.stack_unwind_failed = 13;
     sim.kernel = Some(kernel);
     let scraped = sim.scrape();
+    assert_eq!(scraped.value("tcp_tracer_stacks_captured_total", &[]), Some(11.0));
+    let stacks_lost = "tcp_tracer_stacks_lost_total";
+    assert_eq!(scraped.value(stacks_lost, &[("reason", "ringbuf_full")]), Some(12.0));
+    assert_eq!(scraped.value(stacks_lost, &[("reason", "unwind_failed")]), Some(13.0));
+    assert_eq!(scraped.value(stacks_lost, &[("reason", "orphaned")]), Some(1.0));
+    assert_eq!(scraped.value("tcp_tracer_stack_frames_unsymbolized_total", &[]), Some(2.0));
+    assert_eq!(
+        scraped.value("tcp_tracer_stack_processes_exited_before_pinning_total", &[]),
+        Some(3.0)
+    );
     assert_eq!(scraped.value("tcp_tracer_events_total", &[("kind", "connect")]), Some(1.0));
     assert_eq!(scraped.value("tcp_tracer_events_total", &[("kind", "established")]), Some(1.0));
     assert_eq!(scraped.series("tcp_tracer_events_total").len(), EventKind::COUNT);
@@ -860,6 +875,7 @@ fn pipeline_counters_and_build_info() {
     let scraped = sim.scrape();
     assert_eq!(scraped.value(lost, &[("reason", "ringbuf_full")]), Some(5.0));
     assert_eq!(scraped.value(lost, &[("reason", "accept_unresolved")]), Some(6.0));
+    assert_eq!(scraped.value("tcp_tracer_stacks_captured_total", &[]), Some(11.0));
 }
 
 #[test]
