@@ -23,6 +23,12 @@ pub const DEFAULT_STACK_RING_BYTES: u32 = 2 << 20;
 pub const MAX_STACK_DEPTH: u32 = 127;
 /// Frames captured by default.
 pub const DEFAULT_STACK_DEPTH: u32 = 32;
+/// Bytes of the user stack copied from `sp` up with each record ([`StackRecord::window`]):
+/// what userspace needs to unwind, with the C library's call-frame information, the frames a
+/// frame-pointer walk misses. Debian 12's glibc connect/accept wrappers use at most 48 bytes
+/// (their cancellation path); the rest leaves room for deeper wrappers (glibc 2.41's
+/// `__syscall_cancel` chain).
+pub const STACK_WINDOW_BYTES: usize = 256;
 /// Default sampling: every Nth connection of each process (the first one included).
 pub const DEFAULT_STACK_SAMPLE: u32 = 8;
 
@@ -67,12 +73,29 @@ pub struct StackRecord {
     pub _pad: [u8; 3],
     /// How many entries of `frames` are valid.
     pub depth: u32,
+    /// The thread's user registers at kernel entry (all 0 when they could not be read).
+    pub regs: UserRegs,
+    /// Valid bytes of `window`: [`STACK_WINDOW_BYTES`], or 0 when the read failed.
+    pub window_len: u32,
+    pub _pad2: u32,
+    /// The user stack from `regs.sp` up.
+    pub window: [u64; STACK_WINDOW_BYTES / 8],
     /// User-space instruction pointers, innermost first (`frames[0]` is where the thread
     /// entered the kernel; the rest are return addresses).
     pub frames: [u64; MAX_STACK_DEPTH as usize],
 }
 
+/// x86-64 user registers, as the kernel saved them at the syscall.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UserRegs {
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+}
+
 const _: () = assert!(size_of::<StackRecord>().is_multiple_of(8));
+const _: () = assert!(size_of::<UserRegs>() == 24);
 
 impl StackRecord {
     pub const SIZE: usize = size_of::<StackRecord>();
@@ -80,5 +103,10 @@ impl StackRecord {
     /// The valid frames.
     pub fn frames(&self) -> &[u64] {
         &self.frames[..(self.depth as usize).min(self.frames.len())]
+    }
+
+    /// The valid words of the stack window (from `regs.sp` up).
+    pub fn window(&self) -> &[u64] {
+        &self.window[..(self.window_len as usize / 8).min(self.window.len())]
     }
 }

@@ -18,7 +18,8 @@ use tracer_common::{
     EventKind, counters, flags,
     stacks::{
         DEFAULT_STACK_RING_BYTES, MAX_STACK_DEPTH, STACK_PROCESSES_CAPACITY, STACK_PROCESSES_MAP,
-        STACK_SCRATCH_MAP, STACKS_MAP, StackProcess, StackRecord, policy,
+        STACK_SCRATCH_MAP, STACK_WINDOW_BYTES, STACKS_MAP, StackProcess, StackRecord, UserRegs,
+        policy,
     },
 };
 
@@ -97,6 +98,7 @@ fn capture_stack(ctx: *mut c_void, sock: u64, netns: u32, kind: u8) -> u8 {
         let mut comm = [0u8; 16];
         core_shim::tracer_leader_identity(&raw mut (*record).start_time_ns, comm.as_mut_ptr());
     }
+    capture_unwind_state(record);
     // No wakeup: the daemon reads this ring on its drain timer and before every query.
     // SAFETY: `record` is valid (above); output copies it.
     let sent = unsafe { STACKS.output::<StackRecord>(&*record, u64::from(BPF_RB_NO_WAKEUP)) };
@@ -106,6 +108,35 @@ fn capture_stack(ctx: *mut c_void, sock: u64, netns: u32, kind: u8) -> u8 {
         bump(counters::STACK_LOST_RINGBUF);
     }
     flags::STACK_WANTED
+}
+
+/// The user registers and the stack window above `sp`, from which userspace unwinds the frames
+/// the frame-pointer walk misses (the caller of a C library wrapper). A failure is counted and
+/// leaves `window_len` 0; the frame-pointer stack is sent all the same.
+#[inline(always)]
+fn capture_unwind_state(record: *mut StackRecord) {
+    // SAFETY: `record` is this CPU's scratch slot (see capture_stack); the shim writes the
+    // three registers, bpf_probe_read_user at most STACK_WINDOW_BYTES into `window`, which
+    // holds that many, and zeroes them when the read fails.
+    unsafe {
+        (*record).window_len = 0;
+        (*record)._pad2 = 0;
+        if core_shim::tracer_user_regs(&raw mut (*record).regs) != 0 {
+            (*record).regs = UserRegs::default();
+            bump(counters::STACK_WINDOW_FAILED);
+            return;
+        }
+        let read = aya_ebpf::helpers::generated::bpf_probe_read_user(
+            (&raw mut (*record).window).cast(),
+            STACK_WINDOW_BYTES as u32,
+            (*record).regs.sp as *const c_void,
+        );
+        if read == 0 {
+            (*record).window_len = STACK_WINDOW_BYTES as u32;
+        } else {
+            bump(counters::STACK_WINDOW_FAILED);
+        }
+    }
 }
 
 /// The policy's verdict for the current process's next connection: every one (`all`), those

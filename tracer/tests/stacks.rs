@@ -15,10 +15,20 @@ use common::{Daemon, FAST_LEAKS, TempDir, num};
 use serde_json::Value;
 
 const PROGRAM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/programs/leaker_go");
+/// File names of the plain and the stripped build (xtask/src/vm/payload.rs builds the same).
+const LEAKER_NAMES: [&str; 2] = ["leaker", "leaker-stripped"];
 
-/// Builds tests/programs/leaker_go, stripped of symbols and DWARF if asked.
+/// Builds tests/programs/leaker_go, stripped of symbols and DWARF if asked. The VM guests have
+/// no Go: there `TRACER_TEST_GO_PROGRAMS` names a directory holding both builds, made on the host
+/// by `cargo xtask vm-test` ([`LEAKER_NAMES`]).
 fn build_leaker(dir: &Path, stripped: bool) -> PathBuf {
-    let out = dir.join(if stripped { "leaker-stripped" } else { "leaker" });
+    let name = LEAKER_NAMES[usize::from(stripped)];
+    if let Some(prebuilt) = std::env::var_os("TRACER_TEST_GO_PROGRAMS") {
+        let path = Path::new(&prebuilt).join(name);
+        assert!(path.is_file(), "TRACER_TEST_GO_PROGRAMS has no {name}: {}", path.display());
+        return path;
+    }
+    let out = dir.join(name);
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go");
     let mut cmd = Command::new("go");
     cmd.arg("build").arg("-o").arg(&out);

@@ -351,6 +351,12 @@ pub struct StacksStatus {
     pub lost_ringbuf: u64,
     /// Wanted stacks the kernel could not walk, since start.
     pub unwind_failed: u64,
+    /// Captured stacks without the user registers or stack window (their C library caller
+    /// cannot be recovered), since start.
+    pub window_failed: u64,
+    /// Captured stacks that got frames back from call-frame information (the caller a C
+    /// library wrapper hides from the frame-pointer walk), since start.
+    pub frames_recovered: u64,
     /// Stacks whose connection never showed up (dropped), since start.
     pub orphaned: u64,
     /// Processes that exited before their binaries could be pinned (their stacks stay

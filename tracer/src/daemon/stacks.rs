@@ -14,7 +14,10 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use serde_json::value::{RawValue, to_raw_value};
-use tracer_common::{ConnEvent, stacks::StackProcess};
+use tracer_common::{
+    ConnEvent,
+    stacks::{StackProcess, StackRecord},
+};
 
 use crate::{
     api::answers::{
@@ -27,6 +30,7 @@ use crate::{
         self,
         store::{Opener, OpenerStacks, StackId},
         symbolize::{AddressKind, SymbolizeError, Symbolizer, SymbolizerConfig},
+        unwind::Unwinder,
     },
     table::{Applied, ConnView, ConnectionTable, Direction, Phase, ProcessKey},
 };
@@ -53,6 +57,8 @@ pub(super) struct StackCapture {
     exited_before_pinning: u64,
     /// Frames left unnamed in answers and evidence (shared with the tasks that symbolize).
     frames_unsymbolized: Arc<AtomicU64>,
+    /// Recovers the caller a C library wrapper hides from the kernel's walk.
+    unwinder: Unwinder,
 }
 
 impl StackCapture {
@@ -73,6 +79,7 @@ impl StackCapture {
             pinned: HashSet::new(),
             exited_before_pinning: 0,
             frames_unsymbolized: Arc::new(AtomicU64::new(0)),
+            unwinder: Unwinder::default(),
         })
     }
 
@@ -86,11 +93,11 @@ impl StackCapture {
     }
 
     /// Reads the stack ring; pins the binaries of each process at its first stack, while it
-    /// still runs (its stacks stay readable after it exits).
+    /// still runs (its stacks stay readable after it exits), and recovers the frames its C
+    /// library's wrappers hid from the kernel's frame-pointer walk.
     pub(super) fn drain(&mut self, table: &ConnectionTable, now_ns: u64) {
-        let Self { source, store, symbolizer, pinned, exited_before_pinning, .. } = self;
+        let Self { source, store, symbolizer, pinned, exited_before_pinning, unwinder, .. } = self;
         source.drain(|record| {
-            store.on_stack(record, table, now_ns);
             let process = ProcessKey::new(record.tgid, record.start_time_ns);
             if pinned.insert(process)
                 && let Err(e) = symbolizer.pin(record.tgid)
@@ -99,6 +106,12 @@ impl StackCapture {
                     *exited_before_pinning += 1;
                 }
                 log::debug!("cannot pin pid {} for symbolization: {e}", record.tgid);
+            }
+            let recovered =
+                symbolizer.pinned(record.tgid).and_then(|p| unwinder.recover(&p, record));
+            match recovered {
+                Some(frames) => store.on_stack(&with_frames(record, &frames), table, now_ns),
+                None => store.on_stack(record, table, now_ns),
             }
         });
     }
@@ -122,6 +135,7 @@ impl StackCapture {
             self.pinned.remove(&process);
             self.symbolizer.forget(process.pid);
         }
+        self.unwinder.sweep();
     }
 
     /// Marks the detector's suspects in the kernel's map (every connection of theirs is then
@@ -154,6 +168,8 @@ impl StackCapture {
             captured: kernel.stack_captured,
             lost_ringbuf: kernel.stack_lost_ringbuf,
             unwind_failed: kernel.stack_unwind_failed,
+            window_failed: kernel.stack_window_failed,
+            frames_recovered: self.unwinder.counters().recovered,
             orphaned: counters.orphaned,
             exited_before_pinning: self.exited_before_pinning,
             frames_unsymbolized: self.frames_unsymbolized.load(Ordering::Relaxed),
@@ -350,6 +366,15 @@ impl GroupsDraft {
         }
         self.groups
     }
+}
+
+/// `record` with `frames` (innermost first) in place of its own, as many as it holds.
+fn with_frames(record: &StackRecord, frames: &[u64]) -> StackRecord {
+    let mut out = *record;
+    let n = frames.len().min(out.frames.len());
+    out.frames[..n].copy_from_slice(&frames[..n]);
+    out.depth = n as u32;
+    out
 }
 
 /// A `tracer stacks` answer whose frames are still addresses.

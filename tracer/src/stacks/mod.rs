@@ -6,6 +6,7 @@ pub mod gopclntab;
 pub mod groups;
 pub mod store;
 pub mod symbolize;
+pub mod unwind;
 
 use std::os::unix::fs::FileExt;
 

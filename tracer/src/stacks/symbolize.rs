@@ -934,6 +934,11 @@ impl Symbolizer {
         result
     }
 
+    /// The pinned mappings of process `pid`, if it is pinned.
+    pub fn pinned(&self, pid: u32) -> Option<Arc<PinnedProcess>> {
+        lock(&self.shared).processes.get(&pid).cloned()
+    }
+
     /// Forgets process `pid`: its cached frames, and its files once no other pinned process
     /// maps them (the thread then frees their parsed data and closes its descriptors).
     pub fn forget(&self, pid: u32) {
