@@ -306,4 +306,23 @@ fn a_client_holding_reset_connections_raises_held_closed() {
         .find(|a| a["rule"] == "held_closed")
         .expect("alert");
     assert_eq!(num(&alert["evidence"], "stale_held_closed"), 2);
+    // sock_diag no longer lists a reset socket: conns gives its health figures as null, with
+    // the reason, never as zeros.
+    let conns = daemon.json(&["conns", "--pid", &client.pid.to_string()]);
+    let rows = conns["connections"].as_array().expect("rows");
+    assert_eq!(rows.len(), 2, "{conns}");
+    for row in rows {
+        assert_eq!(row["state"], "close");
+        for field in [
+            "idle_seconds",
+            "bytes_received",
+            "bytes_acked",
+            "unread_bytes",
+            "unsent_bytes",
+            "rtt_us",
+        ] {
+            assert!(row[field].is_null(), "{field}: {row}");
+        }
+        assert!(row["health_unavailable"].as_str().is_some_and(|r| r.contains("state close")));
+    }
 }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::{
     detect::{ConnBrief, Evidence, RemoteCount},
+    health::{ConnHealth, HealthBrief},
     stacks::groups::{AlertStacks, NoStack, StackGroup, Unstacked},
     table::{ConnSnapshot, ProcessSnapshot, StateCounts},
 };
@@ -23,6 +24,14 @@ pub struct TopRow {
     pub growth: i64,
     /// Age of its oldest open connection, seconds (0 when it has none).
     pub oldest_age_seconds: u64,
+    /// Open connections with no data sent or received for longer than `--idle-after`, at the
+    /// latest leak evaluation's sock_diag dump.
+    #[serde(default)]
+    pub idle: u32,
+    /// Open connections holding unread data with no read progress for longer than
+    /// `--unread-after`, at the latest leak evaluation's dump (docs/leak-detection.md).
+    #[serde(default)]
+    pub unread: u32,
     /// Leak rules alerting for this process now, by name, sorted.
     #[schemars(extend("items" = {"type": "string", "enum": rule_names()}))]
     pub alerts: Vec<String>,
@@ -117,7 +126,17 @@ pub struct LeaksReport {
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct ConnsReport {
     /// Matching connections, oldest tracked first (by `id`).
-    pub connections: Vec<ConnSnapshot>,
+    pub connections: Vec<ConnRow>,
+}
+
+/// One `tracer conns` row: the table's connection and its health, from a sock_diag dump made
+/// for the answer.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct ConnRow {
+    #[serde(flatten)]
+    pub conn: ConnSnapshot,
+    #[serde(flatten)]
+    pub health: ConnHealth,
 }
 
 /// A `--remote` filter: an address, optionally with a port.
@@ -238,6 +257,13 @@ pub struct StatusReport {
     /// Opener stacks.
     #[serde(default)]
     pub stacks: StacksStatus,
+    /// sock_diag dumps with `tcp_info` made for pool health (one per leak evaluation, shared
+    /// with a reconcile due at the same time), since start; `conns` makes its own, not counted.
+    #[serde(default)]
+    pub health_scans: u64,
+    /// How long the latest of them took, microseconds (off the event loop; 0 before the first).
+    #[serde(default)]
+    pub health_scan_us: u64,
 }
 
 /// One kprobe's hits and the kernel's count of its misses (kprobe mode).

@@ -100,6 +100,12 @@ fn top(report: &TopReport) -> String {
         if p.connecting > 0 {
             notes = format!("{notes} syn={}", p.connecting);
         }
+        if row.unread > 0 {
+            notes = format!("{notes} unread={}", row.unread);
+        }
+        if row.idle > 0 {
+            notes = format!("{notes} idle={}", row.idle);
+        }
         if p.exited {
             notes = format!("{notes} [exited, held {}]", p.open_at_exit.unwrap_or(0));
         }
@@ -201,6 +207,8 @@ mod tests {
             },
             growth,
             oldest_age_seconds: 0,
+            idle: 0,
+            unread: 0,
             alerts: Vec::new(),
             leading_function: None,
         }

@@ -6,6 +6,7 @@ use tracer_common::tcp_state;
 
 use crate::{
     detect::{Alert, Change, ConnBrief, DetectorConfig, ProcessSample, Rule},
+    health::{self, HealthSettings},
     table::{ConnView, ConnectionTable, Phase, ProcessKey},
 };
 
@@ -20,6 +21,8 @@ pub struct LeakSettings {
     pub held_closed_after_ns: u64,
     /// `age`: the age threshold (the rule is off without one).
     pub age_threshold_ns: Option<u64>,
+    /// `idle` and `unread`: their thresholds (health/mod.rs counts them from sock_diag).
+    pub health: HealthSettings,
 }
 
 /// Seconds between leak evaluations by default.
@@ -37,6 +40,7 @@ impl Default for LeakSettings {
             close_wait_after_ns: nanos(DEFAULT_CLOSE_WAIT_AFTER),
             held_closed_after_ns: nanos(DEFAULT_HELD_CLOSED_AFTER),
             age_threshold_ns: None,
+            health: HealthSettings::default(),
         }
     }
 }
@@ -48,7 +52,7 @@ pub fn nanos(d: Duration) -> u64 {
 
 /// Whether open connection `view` is one of those behind `rule` (its evidence's stacks): for
 /// `growth`, opened within the rule's window; for `close_wait` and `held_closed`, stale in that
-/// state; for `age`, past the threshold.
+/// state; for `age`, past the threshold; none for `unread` and `idle`.
 pub fn behind_rule(rule: Rule, settings: &LeakSettings, view: &ConnView<'_>, now_ns: u64) -> bool {
     let conn = view.conn;
     let in_state = now_ns.saturating_sub(conn.state_since_ns);
@@ -64,6 +68,9 @@ pub fn behind_rule(rule: Rule, settings: &LeakSettings, view: &ConnView<'_>, now
             conn.state == tcp_state::CLOSE && in_state >= settings.held_closed_after_ns
         }
         Rule::Age => settings.age_threshold_ns.is_some_and(|t| conn.age_ns(now_ns) >= t),
+        // Which connections are unread or idle is known from the dump, not from the table:
+        // their evidence names them (`unread_connections`, `idle_connections`) without stacks.
+        Rule::Unread | Rule::Idle => false,
     }
 }
 
@@ -80,10 +87,12 @@ struct PerProcess {
     remotes: HashMap<SocketAddr, u32>,
 }
 
-/// One pass over the table's open connections, grouped by owner.
+/// One pass over the table's open connections, grouped by owner, with each owner's pool health
+/// from the scan of this evaluation (empty when it failed).
 pub fn samples(
     table: &ConnectionTable,
     settings: &LeakSettings,
+    health: &health::PerProcess,
     now_ns: u64,
 ) -> Vec<ProcessSample> {
     let mut per: HashMap<ProcessKey, PerProcess> = HashMap::new();
@@ -124,6 +133,7 @@ pub fn samples(
         .processes()
         .map(|p| {
             let acc = per.remove(&p.key).unwrap_or_default();
+            let pool = health.get(&p.key).cloned().unwrap_or_default();
             let mut remotes: Vec<(String, u32)> =
                 acc.remotes.into_iter().map(|(r, n)| (r.to_string(), n)).collect();
             remotes.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
@@ -137,6 +147,10 @@ pub fn samples(
                 stale_close_wait: acc.stale_close_wait,
                 stale_held_closed: acc.stale_held_closed,
                 aged: acc.aged,
+                unread: pool.unread,
+                idle_alerting: pool.idle_alerting,
+                unread_examples: pool.unread_examples,
+                idle_examples: pool.idle_examples,
                 exited: p.exited(),
                 oldest: acc.oldest.into_iter().map(|(_, c)| c).collect(),
                 top_remotes: remotes,
@@ -163,11 +177,14 @@ pub fn log_change(change: &Change) {
     let (growth, opens, closes) =
         (evidence.growth, evidence.opens_in_window, evidence.closes_in_window);
     let (close_wait, held_closed) = (evidence.stale_close_wait, evidence.stale_held_closed);
+    let (unread, idle) = (evidence.unread, evidence.idle);
+    let reading = evidence.reading.as_deref().unwrap_or("");
     match change {
         Change::Raised(_) => log::warn!(
             event, pid, comm = comm.as_str(), rule, open, growth, floors = floors.as_str(),
             opens_in_window = opens, closes_in_window = closes, stale_close_wait = close_wait,
-            stale_held_closed = held_closed, top_remotes = remotes.as_str();
+            stale_held_closed = held_closed, unread, idle, reading,
+            top_remotes = remotes.as_str();
             "connection leak suspected"
         ),
         Change::Resolved(_) => log::info!(

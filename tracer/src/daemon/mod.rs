@@ -2,6 +2,7 @@
 //!
 //! One task owns the table and everything derived from it. It drains the ring buffer in
 //! batches and answers API queries between batches, so the event path takes no lock.
+mod health;
 mod leaks;
 mod memory;
 mod queries;
@@ -111,6 +112,7 @@ pub(crate) struct Daemon {
     started_ns: u64,
     kernel: String,
     stacks: stacks::StackCapture,
+    health: health::PoolHealth,
     /// Where the tasks that symbolize a raised alert's stacks send them back.
     evidence_tx: mpsc::UnboundedSender<SymbolizedEvidence>,
 }
@@ -154,8 +156,8 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     let mut reconcile = every(options.reconcile_interval);
     let mut leak_check = every(options.leaks.interval);
     let mut drain = every(options.drain_interval);
-    let (scan_tx, mut scan_rx) = mpsc::channel::<std::io::Result<Vec<ScannedSocket>>>(1);
-    let mut scan_running = false;
+    // One sock_diag dump per leak evaluation, shared with a reconcile due at the same time.
+    let mut scans = health::Scans::new(options.leaks.interval, options.reconcile_interval);
     loop {
         tokio::select! {
             batch = daemon.next_batch() => { batch?; }
@@ -163,6 +165,19 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
                 // Answer from a table that includes everything the kernel has delivered.
                 daemon.drain_now();
                 match query.request {
+                    // Health figures come from a sock_diag dump made off the event loop.
+                    Request::Conns { pid, remote, state } => {
+                        match daemon.conn_rows(pid, remote.as_deref(), state.as_deref()) {
+                            Ok(rows) => {
+                                tokio::spawn(async move {
+                                    let _ = query.reply.send(health::conns_answer(rows).await);
+                                });
+                            }
+                            Err(e) => {
+                                let _ = query.reply.send(Err(e));
+                            }
+                        }
+                    }
                     // Symbols are resolved off the event loop, within a deadline.
                     Request::Stacks { pid } => {
                         match daemon.stacks.draft(&daemon.table, pid, daemon.clock.now_ns()) {
@@ -191,28 +206,21 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
                 daemon.drain_now();
                 daemon.log_summary();
             }
-            _ = leak_check.tick() => daemon.evaluate_leaks(),
+            _ = leak_check.tick() => scans.evaluation_due(&mut reconcile),
             Some(evidence) = evidence_rx.recv() => daemon.attach_evidence(evidence),
             Some(scrape) = scrape_rx.recv() => {
                 daemon.drain_now();
                 let _ = scrape.reply.send(daemon.render_metrics());
             }
-            _ = reconcile.tick(), if !scan_running => {
-                scan_running = true;
-                let tx = scan_tx.clone();
-                tokio::task::spawn_blocking(move || { let _ = tx.blocking_send(ground_truth::scan_kernel()); });
-            }
-            Some(scan) = scan_rx.recv() => {
-                scan_running = false;
-                match scan {
-                    Ok(scan) => daemon.reconcile(&scan),
-                    Err(e) => log::warn!("reconcile scan failed: {e}"),
-                }
-                memory::return_freed();
+            _ = reconcile.tick() => scans.reconcile_due(&mut leak_check),
+            Some(landed) = scans.rx.recv() => {
+                scans.landed();
+                daemon.scan_landed(landed);
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
+        scans.launch(|| BootClock.now_ns());
     }
     api.abort();
     if let Some(server) = metrics_server {
@@ -255,13 +263,18 @@ impl Daemon {
             clock,
             kernel: preflight::kernel_release(),
             stacks,
+            health: health::PoolHealth::new(options.leaks.health.clone()),
             evidence_tx,
         };
         daemon.drain_now();
-        match ground_truth::scan_kernel() {
-            Ok(scan) => {
+        match ground_truth::scan_all() {
+            Ok(sockets) => {
+                let scan = ground_truth::with_holders(&sockets);
                 let loaded = daemon.table.load_existing(&scan, daemon.clock.now_ns());
                 log::info!("loaded {loaded} connections that existed before start-up");
+                // The first reading of read progress.
+                let at_ns = daemon.clock.now_ns();
+                daemon.health.update(&daemon.table, &crate::health::HealthScan { at_ns, sockets });
             }
             Err(e) => log::warn!(
                 "cannot load existing connections (sock_diag): {e}; counting from now on"
@@ -271,10 +284,36 @@ impl Daemon {
         Ok(daemon)
     }
 
+    /// A sock_diag dump came back: reconcile if it was due, take in the health figures, then
+    /// evaluate the leak rules if that was due.
+    fn scan_landed(&mut self, landed: health::Landed) {
+        self.health.record_scan(landed.took);
+        match landed.scan {
+            Ok(scan) => {
+                if let Some(scanned) = &scan.reconcile {
+                    self.reconcile(scanned);
+                }
+                self.drain_now();
+                self.health.update(&self.table, &scan.health);
+            }
+            Err(e) => {
+                log::warn!(
+                    "sock_diag dump failed: {e}; idle and unread are unknown until the next"
+                );
+                self.health.forget_counts();
+            }
+        }
+        if landed.evaluate {
+            self.evaluate_leaks();
+        }
+        memory::return_freed();
+    }
+
     fn evaluate_leaks(&mut self) {
         self.drain_now();
         let now = self.clock.now_ns();
-        let samples = leaks::samples(&self.table, &self.leak_settings, now);
+        let samples =
+            leaks::samples(&self.table, &self.leak_settings, self.health.per_process(), now);
         for change in self.detector.evaluate(now, &samples) {
             leaks::log_change(&change);
             if let Change::Raised(alert) = &change
@@ -405,6 +444,7 @@ impl Daemon {
                 probe_mode: &mode,
                 kernel: &self.kernel,
             },
+            health: self.health.per_process(),
             now_ns: self.clock.now_ns(),
             top_n: self.metrics_top_n,
         };

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 pub use growth::sub_window_floors;
 
-pub use crate::table::ProcessKey;
+pub use crate::{health::HealthBrief, table::ProcessKey};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -26,11 +26,17 @@ pub enum Rule {
     HeldClosed,
     /// Connections older than a threshold (off by default).
     Age,
+    /// Connections hold unread data and the process has not read from them for longer than T:
+    /// responses not drained or not closed.
+    Unread,
+    /// Many connections idle longer than T: a pool without an idle timeout (off by default).
+    Idle,
 }
 
 impl Rule {
     /// Every rule (a new one goes here too: the API's schema lists these names).
-    pub const ALL: [Rule; 4] = [Rule::Growth, Rule::CloseWait, Rule::HeldClosed, Rule::Age];
+    pub const ALL: [Rule; 6] =
+        [Rule::Growth, Rule::CloseWait, Rule::HeldClosed, Rule::Age, Rule::Unread, Rule::Idle];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -38,6 +44,24 @@ impl Rule {
             Rule::CloseWait => "close_wait",
             Rule::HeldClosed => "held_closed",
             Rule::Age => "age",
+            Rule::Unread => "unread",
+            Rule::Idle => "idle",
+        }
+    }
+
+    /// What an alert of this rule means, in plain words (in its evidence); `None` for the
+    /// rules whose name says it.
+    pub fn reading(self) -> Option<&'static str> {
+        match self {
+            Rule::Unread => Some(
+                "the process stopped reading these connections: responses not drained or not \
+                 closed",
+            ),
+            Rule::Idle => Some(
+                "the process keeps these connections open and unused far longer than a pool \
+                 should: a pool without an idle timeout",
+            ),
+            _ => None,
         }
     }
 }
@@ -58,6 +82,12 @@ pub struct DetectorConfig {
     /// when the daemon counts them (the age rule is off unless a threshold is set).
     pub age_min: u32,
     pub age_enabled: bool,
+    /// `unread` fires with at least this many unread connections (default 5).
+    pub unread_min: u32,
+    /// `idle` fires with at least this many connections idle beyond its threshold (default
+    /// 20), when the daemon counts them (the idle rule is off unless a threshold is set).
+    pub idle_min: u32,
+    pub idle_enabled: bool,
     /// Consecutive clear evaluations before an alert resolves (default 4).
     pub resolve_after: u32,
 }
@@ -73,6 +103,8 @@ pub mod defaults {
     /// Not configurable: the age rule's threshold (`--age-threshold`) is its setting.
     pub const AGE_MIN: u32 = 1;
     pub const RESOLVE_AFTER: u32 = 4;
+    pub const UNREAD_MIN: u32 = 5;
+    pub const IDLE_MIN: u32 = 20;
 }
 
 impl Default for DetectorConfig {
@@ -85,6 +117,9 @@ impl Default for DetectorConfig {
             held_closed_min: defaults::HELD_CLOSED_MIN,
             age_min: defaults::AGE_MIN,
             age_enabled: false,
+            unread_min: defaults::UNREAD_MIN,
+            idle_min: defaults::IDLE_MIN,
+            idle_enabled: false,
             resolve_after: defaults::RESOLVE_AFTER,
         }
     }
@@ -102,6 +137,9 @@ impl DetectorConfig {
                 "window samples ({}) must be a positive multiple of sub-windows ({})",
                 self.window_samples, self.sub_windows
             ));
+        }
+        if self.unread_min == 0 || self.idle_min == 0 {
+            return Err("unread-min and idle-min must be at least 1".into());
         }
         if self.resolve_after == 0 {
             return Err("resolve-after must be at least 1".into());
@@ -138,6 +176,14 @@ pub struct ProcessSample {
     pub stale_held_closed: u32,
     /// Open connections older than the age threshold (0 when the age rule is off).
     pub aged: u32,
+    /// Open connections with unread data and no read progress for longer than `unread_after`.
+    pub unread: u32,
+    /// Open connections idle longer than the idle rule's threshold (0 when it is off).
+    pub idle_alerting: u32,
+    /// The unread connections with the most unread bytes (a handful).
+    pub unread_examples: Vec<HealthBrief>,
+    /// The longest-idle connections beyond the idle rule's threshold (a handful).
+    pub idle_examples: Vec<HealthBrief>,
     pub exited: bool,
     /// The oldest open connections, oldest first (a handful).
     pub oldest: Vec<ConnBrief>,
@@ -162,6 +208,24 @@ pub struct Evidence {
     pub stale_held_closed: u32,
     /// Open connections older than the age threshold (0 when the age rule is off).
     pub aged: u32,
+    /// Open connections holding unread data with no read progress for longer than the unread
+    /// threshold.
+    #[serde(default)]
+    pub unread: u32,
+    /// Open connections idle longer than the idle rule's threshold (0 when it is off).
+    #[serde(default)]
+    pub idle: u32,
+    /// The unread connections with the most unread bytes, most first (at most 5).
+    #[serde(default)]
+    pub unread_connections: Vec<HealthBrief>,
+    /// The longest-idle connections beyond the idle rule's threshold, longest first (at most
+    /// 5).
+    #[serde(default)]
+    pub idle_connections: Vec<HealthBrief>,
+    /// What the alert means, in plain words (`unread` and `idle` alerts; absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
+    pub reading: Option<String>,
     /// Its oldest open connections, oldest first (at most 5).
     pub oldest: Vec<ConnBrief>,
     /// Remote endpoints by its open connections, most first (at most 5).
@@ -172,6 +236,13 @@ pub struct Evidence {
     /// grouping.
     #[serde(default)]
     pub stacks: Option<crate::stacks::groups::AlertStacks>,
+}
+
+impl Evidence {
+    /// The evidence as an alert of `rule` carries it (with the rule's plain reading).
+    fn for_rule(&self, rule: Rule) -> Evidence {
+        Evidence { reading: rule.reading().map(str::to_owned), ..self.clone() }
+    }
 }
 
 /// Open connections of one process to one remote endpoint.
@@ -268,10 +339,9 @@ impl Detector {
                 self.config.window_samples,
             );
             let evidence = evidence(&self.config, history, sample);
-            let verdicts =
-                [Rule::Growth, Rule::CloseWait, Rule::HeldClosed, Rule::Age].map(|rule| {
-                    (rule, !sample.exited && rule_holds(&self.config, rule, history, sample))
-                });
+            let verdicts = Rule::ALL.map(|rule| {
+                (rule, !sample.exited && rule_holds(&self.config, rule, history, sample))
+            });
             for (rule, holds) in verdicts {
                 self.step(now_ns, id, rule, holds, sample, &evidence, &mut changes);
             }
@@ -312,7 +382,7 @@ impl Detector {
                 active.alert.comm.clone_from(&sample.comm);
                 // The stacks stay those of the raise: the daemon attached them then.
                 let stacks = active.alert.evidence.stacks.take();
-                active.alert.evidence = evidence.clone();
+                active.alert.evidence = evidence.for_rule(rule);
                 active.alert.evidence.stacks = stacks;
             }
             (Some(active), false) => {
@@ -333,7 +403,7 @@ impl Detector {
                     rule,
                     since_ns: now_ns,
                     open: sample.open,
-                    evidence: evidence.clone(),
+                    evidence: evidence.for_rule(rule),
                     resolved_ns: None,
                 };
                 changes.push(Change::Raised(alert.clone()));
@@ -392,7 +462,8 @@ impl Detector {
 
     /// Net change of the floor over the current window (0 until a sub-window is complete).
     /// Processes whose connections' opener stacks should all be captured: a `growth` alert is
-    /// active, or its floor is rising ([`growth::suspect`]). Other rules make no suspects.
+    /// active, or its floor is rising ([`growth::suspect`]). Other rules (`unread` and `idle`
+    /// included: their connections are not new) make no suspects.
     pub fn suspects(&self) -> impl Iterator<Item = ProcessKey> + '_ {
         self.history.iter().filter_map(|(id, history)| {
             let alerting = self.active.contains_key(&(*id, Rule::Growth));
@@ -430,6 +501,8 @@ fn rule_holds(
         Rule::CloseWait => sample.stale_close_wait >= config.close_wait_min,
         Rule::HeldClosed => sample.stale_held_closed >= config.held_closed_min,
         Rule::Age => config.age_enabled && sample.aged >= config.age_min,
+        Rule::Unread => sample.unread >= config.unread_min,
+        Rule::Idle => config.idle_enabled && sample.idle_alerting >= config.idle_min,
     }
 }
 
@@ -447,6 +520,11 @@ fn evidence(config: &DetectorConfig, history: &History, sample: &ProcessSample) 
         stale_close_wait: sample.stale_close_wait,
         stale_held_closed: sample.stale_held_closed,
         aged: sample.aged,
+        unread: sample.unread,
+        idle: sample.idle_alerting,
+        unread_connections: sample.unread_examples.clone(),
+        idle_connections: sample.idle_examples.clone(),
+        reading: None,
         oldest: sample.oldest.clone(),
         top_remotes: sample
             .top_remotes

@@ -319,6 +319,50 @@ fn a_plateaued_pool_is_no_suspect_and_an_active_growth_alert_is() {
 }
 
 #[test]
+fn unread_raises_at_k_connections_with_its_reading_and_resolves_after_the_clear_streak() {
+    let mut sim = Sim::new(DetectorConfig { resolve_after: 2, ..small_window() });
+    sim.sample.open = 10;
+    sim.sample.unread = 4;
+    sim.tick();
+    assert!(sim.raised(Rule::Unread).is_empty(), "below K = 5");
+    sim.sample.unread = 5;
+    sim.sample.unread_examples = vec![HealthBrief {
+        remote: "10.0.0.1:80".into(),
+        unread_bytes: 70_000,
+        idle_seconds: 90,
+        no_read_seconds: 80,
+    }];
+    sim.tick();
+    let alert = sim.raised(Rule::Unread)[0];
+    assert_eq!(alert.evidence.unread, 5);
+    assert_eq!(alert.evidence.unread_connections[0].unread_bytes, 70_000);
+    assert!(alert.evidence.reading.as_deref().is_some_and(|r| r.contains("stopped reading")));
+    assert!(sim.detector.suspects().next().is_none(), "unread makes no stack suspect");
+    sim.sample.unread = 0;
+    assert!(sim.tick().is_empty(), "one clear evaluation is not enough");
+    assert!(matches!(&sim.tick()[..], [Change::Resolved(a)] if a.rule == Rule::Unread));
+}
+
+#[test]
+fn idle_is_off_unless_enabled_and_then_needs_k_connections() {
+    let mut sim = Sim::new(small_window());
+    sim.sample.open = 40;
+    sim.sample.idle_alerting = 40;
+    sim.tick();
+    assert!(!sim.any_raised(), "off by default");
+    let mut sim = Sim::new(DetectorConfig { idle_enabled: true, ..small_window() });
+    sim.sample.open = 40;
+    sim.sample.idle_alerting = 19;
+    sim.tick();
+    assert!(!sim.any_raised(), "below K = 20");
+    sim.sample.idle_alerting = 20;
+    sim.tick();
+    let alert = sim.raised(Rule::Idle)[0];
+    assert_eq!(alert.evidence.idle, 20);
+    assert!(alert.evidence.reading.as_deref().is_some_and(|r| r.contains("idle timeout")));
+}
+
+#[test]
 fn stacks_attached_at_raise_stay_while_the_alert_holds_and_after_it_resolves() {
     let mut sim = Sim::new(small_window());
     while sim.raised(Rule::Growth).is_empty() {

@@ -6,9 +6,11 @@
 //! (`table::ConnectionTable::load_existing`, `table::Reconciler`).
 pub mod holders;
 pub mod sock_diag;
+pub mod tcp_info;
 
 pub use holders::{Holder, scan_holders};
 pub use sock_diag::{ExistingSocket, scan_namespace};
+pub use tcp_info::TcpInfo;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -60,7 +62,12 @@ pub fn scan_all() -> std::io::Result<Vec<ExistingSocket>> {
 
 /// One full scan. Blocking (it walks /proc): run it off the event loop.
 pub fn scan_kernel() -> std::io::Result<Vec<ScannedSocket>> {
-    let sockets = scan_all()?;
+    Ok(with_holders(&scan_all()?))
+}
+
+/// The sockets of a dump ([`scan_all`]) as the table's [`ScannedSocket`]s, with their holders
+/// from /proc (blocking: run it off the event loop). Listeners are left out.
+pub fn with_holders(sockets: &[ExistingSocket]) -> Vec<ScannedSocket> {
     let holders = scan_holders();
     let listening: HashSet<(u32, u16)> = sockets
         .iter()
@@ -80,8 +87,8 @@ pub fn scan_kernel() -> std::io::Result<Vec<ScannedSocket>> {
         list.sort_by_key(|h| h.key.pid);
         list
     };
-    Ok(sockets
-        .into_iter()
+    sockets
+        .iter()
         .filter(|s| s.state != tcp_state::LISTEN)
         .map(|s| ScannedSocket {
             netns: s.netns,
@@ -97,7 +104,7 @@ pub fn scan_kernel() -> std::io::Result<Vec<ScannedSocket>> {
             remote: s.remote,
             state: s.state,
         })
-        .collect())
+        .collect()
 }
 
 fn comm_bytes(comm: &str) -> [u8; 16] {

@@ -128,8 +128,8 @@ mod tests {
     use super::*;
     use crate::{
         api::answers::{
-            AgesReport, AlertStacks, AlertView, ConnBrief, ConnSnapshot, Evidence, KprobeStatus,
-            NoStack, RemoteCount, RemoteRow, StackGroup, TopRow, Unstacked,
+            AgesReport, AlertStacks, AlertView, ConnBrief, ConnHealth, ConnRow, ConnSnapshot,
+            Evidence, KprobeStatus, NoStack, RemoteCount, RemoteRow, StackGroup, TopRow, Unstacked,
         },
         stacks::symbolize::Frame,
         table::{Direction, DirectionStats, Phase, ProcessSnapshot, StateCounts},
@@ -170,6 +170,16 @@ mod tests {
                 stale_close_wait: 0,
                 stale_held_closed: 0,
                 aged: 0,
+                unread: 6,
+                idle: 0,
+                unread_connections: vec![crate::health::HealthBrief {
+                    remote: "127.0.0.1:80".into(),
+                    unread_bytes: 65536,
+                    idle_seconds: 70,
+                    no_read_seconds: 65,
+                }],
+                idle_connections: Vec::new(),
+                reading: crate::detect::Rule::Unread.reading().map(str::to_owned),
                 oldest: vec![ConnBrief {
                     local: "127.0.0.1:5000".into(),
                     remote: "127.0.0.1:80".into(),
@@ -233,6 +243,8 @@ mod tests {
                 process: process(),
                 growth: -2,
                 oldest_age_seconds: 5,
+                idle: 3,
+                unread: 0,
                 alerts: vec!["close_wait".into()],
                 leading_function: Some("main.openDB".into()),
             }],
@@ -248,8 +260,26 @@ mod tests {
             open: 3,
             buckets: vec![(Some(10), 2), (None, 1)],
         };
-        let conns =
-            ConnsReport { connections: vec![conn(vec![], Some(7)), conn(vec![7, 8], None)] };
+        let conns = ConnsReport {
+            connections: vec![
+                ConnRow {
+                    conn: conn(vec![], Some(7)),
+                    health: ConnHealth {
+                        idle_seconds: Some(12),
+                        bytes_received: Some(70_000),
+                        bytes_acked: Some(301),
+                        unread_bytes: Some(65_536),
+                        unsent_bytes: Some(0),
+                        rtt_us: Some(45),
+                        health_unavailable: None,
+                    },
+                },
+                ConnRow {
+                    conn: conn(vec![7, 8], None),
+                    health: ConnHealth::unavailable(crate::health::NOT_LISTED),
+                },
+            ],
+        };
         let leaks = LeaksReport { active: vec![alert(None)], resolved: vec![alert(Some(3))] };
         let to = |v: serde_json::Result<Value>| v.expect("serialise");
         vec![
@@ -309,13 +339,13 @@ mod tests {
         };
         assert_eq!(
             at("/$defs/AlertView/properties/rule/enum"),
-            json!(["growth", "close_wait", "held_closed", "age"])
+            json!(["growth", "close_wait", "held_closed", "age", "unread", "idle"])
         );
         assert_eq!(
             at("/$defs/StatusReport/properties/probe_mode/enum"),
             json!(["fentry", "kprobe", "tracepoint"])
         );
-        let states = at("/$defs/ConnSnapshot/properties/state/enum");
+        let states = at("/$defs/ConnRow/properties/state/enum");
         for state in crate::api::answers::STATE_NAMES.iter().filter(|s| **s != "connecting") {
             assert!(states.as_array().expect("enum").contains(&json!(state)), "{state}");
         }

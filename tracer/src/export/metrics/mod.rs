@@ -102,6 +102,8 @@ pub struct MetricsInput<'a> {
     pub ring: RingFill,
     pub stacks: StackMetrics,
     pub build: BuildInfo<'a>,
+    /// Each process's pool health at the latest leak evaluation (idle and unread connections).
+    pub health: &'a crate::health::PerProcess,
     /// CLOCK_BOOTTIME nanoseconds, the clock of the table (connection ages).
     pub now_ns: u64,
     /// Processes (and comms, for lifetimes) exported individually; see [`DEFAULT_TOP_N`].
@@ -147,8 +149,13 @@ impl Metrics {
         if let Some(kernel) = input.kernel {
             self.last_kernel.clone_from(kernel);
         }
-        let processes =
-            self.processes.collect(input.table, input.alerts, input.now_ns, input.top_n);
+        let processes = self.processes.collect(
+            input.table,
+            input.alerts,
+            input.health,
+            input.now_ns,
+            input.top_n,
+        );
         let lifetimes = self.lifetimes.collect(input.now_ns, input.top_n);
         let rows: Vec<&ProcessRow> =
             processes.rows.iter().chain(std::iter::once(&processes.other)).collect();
@@ -391,6 +398,16 @@ fn per_process_families(rows: &[&ProcessRow]) -> Vec<MetricFamily> {
         "tcp_tracer_connections_closed_total",
         "Open connections the process released (close of the last descriptor, or exit).",
     );
+    let mut idle = FamilyBuilder::gauge(
+        "tcp_tracer_idle_connections",
+        "Open connections of the process with no data sent or received for longer than \
+         --idle-after, at the latest leak evaluation.",
+    );
+    let mut unread = FamilyBuilder::gauge(
+        "tcp_tracer_unread_connections",
+        "Open connections of the process holding unread data with no read progress for longer \
+         than --unread-after, at the latest leak evaluation.",
+    );
     let mut failed = FamilyBuilder::counter(
         "tcp_tracer_connect_failures_total",
         "Outbound connects of the process that never reached ESTABLISHED (refused, timed out, \
@@ -404,6 +421,8 @@ fn per_process_families(rows: &[&ProcessRow]) -> Vec<MetricFamily> {
     for row in rows {
         let (pid, comm) = (row.pid.as_str(), row.comm.as_str());
         open.add_gauge(&[("pid", pid), ("comm", comm)], row.open as f64);
+        idle.add_gauge(&[("pid", pid), ("comm", comm)], row.idle as f64);
+        unread.add_gauge(&[("pid", pid), ("comm", comm)], row.unread as f64);
         for (&state, &count) in StateCounts::STATES.iter().zip(&row.states) {
             let name = crate::events::state_name(state);
             by_state.add_gauge(&[("pid", pid), ("comm", comm), ("state", name)], count as f64);
@@ -426,5 +445,7 @@ fn per_process_families(rows: &[&ProcessRow]) -> Vec<MetricFamily> {
         opened.finish(),
         closed.finish(),
         failed.finish(),
+        idle.finish(),
+        unread.finish(),
     ]
 }

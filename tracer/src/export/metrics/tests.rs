@@ -78,6 +78,7 @@ struct Sim {
     alerts: Vec<Alert>,
     kernel: Option<KernelCounters>,
     top_n: usize,
+    health: crate::health::PerProcess,
 }
 
 impl Sim {
@@ -91,6 +92,7 @@ impl Sim {
             alerts: Vec::new(),
             kernel: Some(KernelCounters::default()),
             top_n,
+            health: crate::health::PerProcess::default(),
         }
     }
 
@@ -178,6 +180,11 @@ impl Sim {
                 stale_close_wait: 0,
                 stale_held_closed: 0,
                 aged: 0,
+                unread: 0,
+                idle: 0,
+                unread_connections: Vec::new(),
+                idle_connections: Vec::new(),
+                reading: None,
                 oldest: Vec::new(),
                 top_remotes: Vec::new(),
                 stacks: None,
@@ -204,6 +211,7 @@ impl Sim {
             ring: RingFill { size_bytes: 8 << 20, high_water_bytes: 4096 },
             stacks: StackMetrics { orphaned: 1, frames_unsymbolized: 2, exited_before_pinning: 3 },
             build: BuildInfo { version: "0.1.0", probe_mode: "fentry", kernel: "6.1.0-test" },
+            health: &self.health,
             now_ns: self.now,
             top_n: self.top_n,
         };
@@ -991,9 +999,14 @@ fn scrape_of_every_family() -> Scraped {
         sim.release(p, sock);
     }
     // A match without a wildcard: a new rule does not compile until it is added here.
-    for rule in [Rule::Growth, Rule::CloseWait, Rule::HeldClosed, Rule::Age] {
+    for rule in Rule::ALL {
         match rule {
-            Rule::Growth | Rule::CloseWait | Rule::HeldClosed | Rule::Age => sim.alert(a, rule),
+            Rule::Growth
+            | Rule::CloseWait
+            | Rule::HeldClosed
+            | Rule::Age
+            | Rule::Unread
+            | Rule::Idle => sim.alert(a, rule),
         }
     }
     sim.scrape()
@@ -1226,4 +1239,27 @@ fn every_metric_name_in_the_docs_is_exported() {
         }
     }
     assert!(unknown.is_empty(), "metric names the exporter does not have:\n{}", unknown.join("\n"));
+}
+
+#[test]
+fn idle_and_unread_follow_the_exported_processes_and_the_rest_sum_under_other() {
+    let mut sim = Sim::new(1);
+    let (a, b) = (process(10, "pool"), process(11, "reader"));
+    for _ in 0..3 {
+        sim.open_outbound(a);
+    }
+    sim.open_outbound(b);
+    for (p, idle, unread) in [(a, 3, 1), (b, 1, 1)] {
+        let key = ProcessKey { pid: p.pid, start_time_ns: p.start };
+        let health = crate::health::ProcessHealth { idle, unread, ..Default::default() };
+        sim.health.insert(key, health);
+    }
+    let scraped = sim.scrape();
+    let at = |name: &str, pid: &str| scraped.value(name, &[("pid", pid)]);
+    assert_eq!(at("tcp_tracer_idle_connections", "10"), Some(3.0));
+    assert_eq!(at("tcp_tracer_unread_connections", "10"), Some(1.0));
+    // Process 11 is not in the top 1: its figures are in `other`.
+    assert_eq!(at("tcp_tracer_idle_connections", "11"), None);
+    assert_eq!(at("tcp_tracer_idle_connections", "other"), Some(1.0));
+    assert_eq!(at("tcp_tracer_unread_connections", "other"), Some(1.0));
 }
