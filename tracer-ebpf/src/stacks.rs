@@ -9,7 +9,9 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{BPF_F_USER_STACK, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
+    bindings::{
+        BPF_F_USER_STACK, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
+    },
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns},
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},

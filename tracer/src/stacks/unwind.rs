@@ -29,6 +29,9 @@ use super::symbolize::{PinnedFile, PinnedProcess};
 /// glibc) and a few helpers between it and the syscall, as newer glibc cancellation has.
 pub const MAX_RECOVERED: usize = 4;
 
+/// Call-site rules kept (about 40 bytes each); the cache starts over when full.
+const MAX_CACHED_RULES: usize = 16 * 1024;
+
 /// The largest `.eh_frame` (plus `.eh_frame_hdr`) read from one module.
 const MAX_CFI_BYTES: u64 = 64 << 20;
 
@@ -57,7 +60,7 @@ pub enum FrameRule {
 
 /// Whether an address is where the thread entered the kernel (the next instruction to run) or a
 /// return address (the call before it belongs to the caller's code).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AddressRole {
     Current,
     Return,
@@ -238,6 +241,8 @@ pub struct Unwinder {
     /// By the pinned file's address (its `Arc`): the file and what it held (`None`: no usable
     /// unwind information, asked once).
     modules: HashMap<usize, (Weak<PinnedFile>, Option<Arc<ModuleCfi>>)>,
+    /// Rules met, by (file, file offset, role).
+    rules: HashMap<(usize, u64, AddressRole), FrameRule>,
     counters: UnwindCounters,
 }
 
@@ -257,16 +262,34 @@ impl Unwinder {
             let lookup = if role == AddressRole::Return { pc.saturating_sub(1) } else { pc };
             let Some(mapping) = process.mapping_for(lookup) else { return FrameRule::Unknown };
             let Some(file) = &mapping.file else { return FrameRule::Unknown };
-            let Some(cfi) = self.module(file) else { return FrameRule::Unknown };
-            match cfi.vaddr_of_offset(mapping.file_offset(pc)) {
-                Some(vaddr) => cfi.rule_at(vaddr, role),
-                None => FrameRule::Unknown,
-            }
+            self.rule(file, mapping.file_offset(pc), role)
         });
         if frames.is_some() {
             self.counters.recovered += 1;
         }
         frames
+    }
+
+    /// The rule at file offset `offset` of `file`, from the cache when this call site was met
+    /// before: a process opens its connections from a few call sites, and a search of
+    /// `.eh_frame` costs microseconds on the event loop, a cache hit tens of nanoseconds.
+    fn rule(&mut self, file: &Arc<PinnedFile>, offset: u64, role: AddressRole) -> FrameRule {
+        let key = (Arc::as_ptr(file) as usize, offset, role);
+        if let Some(rule) = self.rules.get(&key) {
+            return *rule;
+        }
+        let rule = match self.module(file) {
+            Some(cfi) => match cfi.vaddr_of_offset(offset) {
+                Some(vaddr) => cfi.rule_at(vaddr, role),
+                None => FrameRule::Unknown,
+            },
+            None => FrameRule::Unknown,
+        };
+        if self.rules.len() >= MAX_CACHED_RULES {
+            self.rules.clear();
+        }
+        self.rules.insert(key, rule);
+        rule
     }
 
     fn module(&mut self, file: &Arc<PinnedFile>) -> Option<Arc<ModuleCfi>> {
@@ -287,7 +310,12 @@ impl Unwinder {
 
     /// Drops the modules no pinned process holds any more.
     pub fn sweep(&mut self) {
+        let before = self.modules.len();
         self.modules.retain(|_, (weak, _)| weak.strong_count() > 0);
+        if self.modules.len() != before {
+            // Keyed by file addresses, which a new file may reuse.
+            self.rules.clear();
+        }
     }
 }
 
