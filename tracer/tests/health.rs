@@ -14,23 +14,9 @@ use std::{
 use common::{Daemon, TempDir, num};
 use serde_json::Value;
 
-const PROGRAM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/programs/pool_go");
-
+/// Builds tests/programs/pool_go (the name matches xtask/src/vm/payload.rs's `GO_PROGRAMS`).
 fn build(dir: &Path) -> PathBuf {
-    let out = dir.join("pool");
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go");
-    let status = Command::new("go")
-        .args(["build", "-o"])
-        .arg(&out)
-        .arg("main.go")
-        .current_dir(PROGRAM)
-        .env("CGO_ENABLED", "0")
-        .env("GOCACHE", cache.join("cache"))
-        .env("GOPATH", cache.join("path"))
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run go ({e}): `cargo xtask setup` installs golang-go"));
-    assert!(status.success(), "go build failed");
-    out
+    common::go_program("pool_go", "pool", false, dir)
 }
 
 /// One role of the pool program; killed when dropped.

@@ -14,37 +14,11 @@ use std::{
 use common::{Daemon, FAST_LEAKS, TempDir, num};
 use serde_json::Value;
 
-const PROGRAM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/programs/leaker_go");
-/// File names of the plain and the stripped build (xtask/src/vm/payload.rs builds the same).
-const LEAKER_NAMES: [&str; 2] = ["leaker", "leaker-stripped"];
-
-/// Builds tests/programs/leaker_go, stripped of symbols and DWARF if asked. The VM guests have
-/// no Go: there `TRACER_TEST_GO_PROGRAMS` names a directory holding both builds, made on the host
-/// by `cargo xtask vm-test` ([`LEAKER_NAMES`]).
+/// Builds tests/programs/leaker_go, stripped of symbols and DWARF if asked (the names match
+/// xtask/src/vm/payload.rs's `GO_PROGRAMS`).
 fn build_leaker(dir: &Path, stripped: bool) -> PathBuf {
-    let name = LEAKER_NAMES[usize::from(stripped)];
-    if let Some(prebuilt) = std::env::var_os("TRACER_TEST_GO_PROGRAMS") {
-        let path = Path::new(&prebuilt).join(name);
-        assert!(path.is_file(), "TRACER_TEST_GO_PROGRAMS has no {name}: {}", path.display());
-        return path;
-    }
-    let out = dir.join(name);
-    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go");
-    let mut cmd = Command::new("go");
-    cmd.arg("build").arg("-o").arg(&out);
-    if stripped {
-        cmd.arg("-ldflags=-s -w");
-    }
-    let status = cmd
-        .arg("main.go")
-        .current_dir(PROGRAM)
-        .env("CGO_ENABLED", "0")
-        .env("GOCACHE", cache.join("cache"))
-        .env("GOPATH", cache.join("path"))
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run go ({e}): `cargo xtask setup` installs golang-go"));
-    assert!(status.success(), "go build failed");
-    out
+    let name = if stripped { "leaker-stripped" } else { "leaker" };
+    common::go_program("leaker_go", name, stripped, dir)
 }
 
 /// The leaker, driven over its stdin.

@@ -346,7 +346,7 @@ impl Daemon {
         self.detector.attach_stacks(process, rule, since_ns, first);
         let tx = self.evidence_tx.clone();
         tokio::spawn(async move {
-            stacks.groups = draft.finish().await;
+            stacks.groups = draft.finish(self::stacks::EVIDENCE_SYMBOLIZE_DEADLINE).await;
             let _ = tx.send(SymbolizedEvidence { process, rule, since_ns, stacks });
         });
         true

@@ -38,6 +38,10 @@ use crate::{
 /// The longest a `tracer stacks` answer waits for symbols; what is not ready by then shows as
 /// `module+0xoffset`, and is named in the next answer.
 const SYMBOLIZE_DEADLINE: Duration = Duration::from_millis(1500);
+/// The longest a raised alert's evidence waits for symbols. Nobody waits on it but the alert's
+/// webhook, and its names are kept for good: the first stack of a large Go binary takes tens
+/// of milliseconds here, seconds on a slow or loaded machine.
+pub(super) const EVIDENCE_SYMBOLIZE_DEADLINE: Duration = Duration::from_secs(30);
 /// Remote endpoints listed per group.
 const GROUP_REMOTES: usize = 3;
 /// Stack groups an alert's evidence keeps.
@@ -352,10 +356,10 @@ impl GroupsDraft {
         }
     }
 
-    /// Symbolizes every group's frames, waiting at most [`SYMBOLIZE_DEADLINE`] in all, and
-    /// counts the frames left unnamed.
-    pub(super) async fn finish(mut self) -> Vec<StackGroup> {
-        let deadline = tokio::time::Instant::now() + SYMBOLIZE_DEADLINE;
+    /// Symbolizes every group's frames, waiting at most `wait` in all, and counts the frames
+    /// left unnamed.
+    pub(super) async fn finish(mut self, wait: Duration) -> Vec<StackGroup> {
+        let deadline = tokio::time::Instant::now() + wait;
         for (group, addresses) in self.groups.iter_mut().zip(&self.addresses) {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let resolved = self.symbolizer.resolve_within(self.pid, addresses, KIND, left).await;
@@ -386,7 +390,7 @@ pub(super) struct StacksDraft {
 impl StacksDraft {
     /// Symbolizes every group's frames, waiting at most [`SYMBOLIZE_DEADLINE`] in all.
     pub(super) async fn finish(mut self) -> Result<Box<RawValue>, String> {
-        self.report.groups = self.groups.finish().await;
+        self.report.groups = self.groups.finish(SYMBOLIZE_DEADLINE).await;
         to_raw_value(&self.report).map_err(|e| format!("cannot encode the answer: {e}"))
     }
 }

@@ -487,3 +487,39 @@ pub fn assert_no_corrections(daemon: &Daemon) {
         corrections.join("\n")
     );
 }
+
+/// Builds the Go program tests/programs/`source` as `name` in `dir` (static, stripped of
+/// symbols and DWARF if asked). The VM guests have no Go: there `TRACER_TEST_GO_PROGRAMS` names
+/// a directory of the same programs built on the host by `cargo xtask vm-test`, under the same
+/// names.
+pub fn go_program(
+    source: &str,
+    name: &str,
+    stripped: bool,
+    dir: &std::path::Path,
+) -> std::path::PathBuf {
+    if let Some(prebuilt) = std::env::var_os("TRACER_TEST_GO_PROGRAMS") {
+        let path = std::path::Path::new(&prebuilt).join(name);
+        assert!(path.is_file(), "TRACER_TEST_GO_PROGRAMS has no {name}: {}", path.display());
+        return path;
+    }
+    let out = dir.join(name);
+    let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("go");
+    let mut cmd = Command::new("go");
+    cmd.arg("build").arg("-o").arg(&out);
+    if stripped {
+        cmd.arg("-ldflags=-s -w");
+    }
+    let status = cmd
+        .arg("main.go")
+        .current_dir(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs").join(source),
+        )
+        .env("CGO_ENABLED", "0")
+        .env("GOCACHE", cache.join("cache"))
+        .env("GOPATH", cache.join("path"))
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run go ({e}): `cargo xtask setup` installs golang-go"));
+    assert!(status.success(), "go build of tests/programs/{source} failed");
+    out
+}

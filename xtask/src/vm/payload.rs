@@ -73,8 +73,12 @@ pub fn build(root: &Path, cache: &Path, config: &RunConfig) -> Result<Payload> {
         stage_binary(path, &dir.join("examples").join(name))?;
     }
     stage_binary(&artifacts.tracer, &dir.join("tracer"))?;
-    if artifacts.tests.iter().any(|(name, _)| name == "stacks") {
-        build_go_leaker(root, &dir.join("programs"))?;
+    let wanted: Vec<&GoProgram> = GO_PROGRAMS
+        .iter()
+        .filter(|p| artifacts.tests.iter().any(|(name, _)| name == p.test))
+        .collect();
+    if !wanted.is_empty() {
+        build_go_programs(root, &dir.join("programs"), &wanted)?;
     }
     write_file(&dir.join("run-tests.sh"), RUN_TESTS, 0o755)?;
 
@@ -150,27 +154,49 @@ impl Artifacts {
     }
 }
 
-/// The guests have no Go: the opener-stack test's leaker (tracer/tests/programs/leaker_go) is
-/// built here, static (`CGO_ENABLED=0`), plain and stripped, under the names tests/stacks.rs
-/// looks for. Not stripped of DWARF by `stage_binary`: the guest symbolizes it.
-fn build_go_leaker(root: &Path, out: &Path) -> Result<()> {
+/// A Go program of the tests, built on the host for the guests (they have no Go).
+struct GoProgram {
+    /// The test executable that runs it.
+    test: &'static str,
+    /// Its source, under tracer/tests/programs.
+    source: &'static str,
+    /// The name tests/common's `go_program` looks for.
+    name: &'static str,
+    stripped: bool,
+}
+
+/// Every Go program a guest test runs: the opener-stack leaker, plain and stripped, and the
+/// pool-health HTTP server and clients.
+const GO_PROGRAMS: [GoProgram; 3] = [
+    GoProgram { test: "stacks", source: "leaker_go", name: "leaker", stripped: false },
+    GoProgram { test: "stacks", source: "leaker_go", name: "leaker-stripped", stripped: true },
+    GoProgram { test: "health", source: "pool_go", name: "pool", stripped: false },
+];
+
+/// Builds `programs`, static (`CGO_ENABLED=0`), into `out` under the names the tests look for
+/// (`TRACER_TEST_GO_PROGRAMS`). Not stripped of DWARF by `stage_binary`: the guest symbolizes
+/// them.
+fn build_go_programs(root: &Path, out: &Path, programs: &[&GoProgram]) -> Result<()> {
     let go = crate::setup::which("go").context(
-        "the stacks test needs Go on the host to build its leaker for the guests: run `cargo xtask setup` (golang-go), or --skip stacks",
+        "the stacks and health tests need Go on the host to build their programs for the guests: run `cargo xtask setup` (golang-go), or --skip stacks,health",
     )?;
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let cache = cache_of(root);
-    for (name, ldflags) in [("leaker", None), ("leaker-stripped", Some("-ldflags=-s -w"))] {
+    for program in programs {
+        let source = root.join("tracer/tests/programs").join(program.source);
         let mut cmd = Command::new(&go);
-        cmd.arg("build").arg("-o").arg(out.join(name));
-        cmd.args(ldflags);
+        cmd.arg("build").arg("-o").arg(out.join(program.name));
+        if program.stripped {
+            cmd.arg("-ldflags=-s -w");
+        }
         cmd.arg("main.go")
-            .current_dir(root.join("tracer/tests/programs/leaker_go"))
+            .current_dir(&source)
             .env("CGO_ENABLED", "0")
             .env("GOCACHE", cache.join("cache"))
             .env("GOPATH", cache.join("path"));
         let status = cmd.status().context("running go build")?;
         if !status.success() {
-            bail!("go build of tracer/tests/programs/leaker_go failed ({status})");
+            bail!("go build of {} failed ({status})", source.display());
         }
     }
     Ok(())
