@@ -10,6 +10,8 @@
 //!   its reconcile with the kernel's view;
 //! - [`ground_truth`]: that view: sock_diag in every network namespace, holders from /proc;
 //! - [`detect`]: the leak rules over per-process samples (pure, clock injected);
+//! - [`exhaustion`]: TIME_WAIT blamed on its closer, port pressure per destination, descriptors
+//!   against their limit (pure, clock injected);
 //! - outputs: [`api`] (answers over the Unix socket, for the CLI), [`export`] (Prometheus
 //!   metrics, alert webhook), [`logging`] (the daemon's log);
 //! - [`stacks`]: opener stacks: the user-space addresses the kernel captured, as functions,
@@ -25,6 +27,7 @@ pub mod daemon;
 pub mod detect;
 pub mod error;
 pub mod events;
+pub mod exhaustion;
 pub mod export;
 pub mod ground_truth;
 pub mod logging;

@@ -45,7 +45,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load the probes and run the daemon until SIGINT/SIGTERM.
-    Run(run::RunArgs),
+    // Boxed: the run flags outweigh every other command's by far.
+    Run(Box<run::RunArgs>),
     /// Processes by open connections.
     Top(top::TopArgs),
     /// Open and connecting connections, with filters.
@@ -77,7 +78,7 @@ pub fn run(cli: Cli) -> i32 {
     let result = match cli.command {
         Command::Run(args) => {
             logging::init(cli.log_level, args.log_format);
-            run::run(args, socket)
+            run::run(*args, socket)
         }
         command => {
             logging::init(cli.log_level, LogFormat::Logfmt);

@@ -41,6 +41,27 @@ impl Default for LeakSettings {
     }
 }
 
+/// The time thresholds the daemon applies when it counts a process's connections.
+#[derive(Clone, Copy, Debug)]
+pub struct StaleThresholds {
+    pub close_wait_after_ns: u64,
+    pub held_closed_after_ns: u64,
+    pub age_threshold_ns: Option<u64>,
+}
+
+impl LeakSettings {
+    /// These settings for a process named `comm`, after its workload override.
+    pub fn thresholds_for(&self, comm: &str) -> StaleThresholds {
+        let o = self.detector.overrides.iter().find(|o| o.matches(comm)).map(|o| o.thresholds);
+        let o = o.unwrap_or_default();
+        StaleThresholds {
+            close_wait_after_ns: o.close_wait_after_ns.unwrap_or(self.close_wait_after_ns),
+            held_closed_after_ns: o.held_closed_after_ns.unwrap_or(self.held_closed_after_ns),
+            age_threshold_ns: o.age_threshold_ns.or(self.age_threshold_ns),
+        }
+    }
+}
+
 /// A duration in nanoseconds, saturating (a u64 holds 584 years of them).
 pub fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
@@ -66,22 +87,22 @@ pub fn samples(
     now_ns: u64,
 ) -> Vec<ProcessSample> {
     let mut per: HashMap<ProcessKey, PerProcess> = HashMap::new();
+    // Each process's thresholds once (overrides match on its command name).
+    let thresholds: HashMap<ProcessKey, StaleThresholds> =
+        table.processes().map(|p| (p.key, settings.thresholds_for(&p.comm()))).collect();
     for view in table.connections() {
         let conn = view.conn;
         let (Phase::Open, Some(owner)) = (conn.phase(), conn.owner()) else { continue };
+        let t = thresholds.get(&owner).copied().unwrap_or_else(|| settings.thresholds_for(""));
         let acc = per.entry(owner).or_default();
         let in_state = now_ns.saturating_sub(conn.state_since_ns);
         match conn.state {
-            tcp_state::CLOSE_WAIT if in_state >= settings.close_wait_after_ns => {
-                acc.stale_close_wait += 1
-            }
-            tcp_state::CLOSE if in_state >= settings.held_closed_after_ns => {
-                acc.stale_held_closed += 1
-            }
+            tcp_state::CLOSE_WAIT if in_state >= t.close_wait_after_ns => acc.stale_close_wait += 1,
+            tcp_state::CLOSE if in_state >= t.held_closed_after_ns => acc.stale_held_closed += 1,
             _ => {}
         }
         let age = conn.age_ns(now_ns);
-        if settings.age_threshold_ns.is_some_and(|t| age >= t) {
+        if t.age_threshold_ns.is_some_and(|t| age >= t) {
             acc.aged += 1;
         }
         if acc.oldest.len() < EVIDENCE_ITEMS || acc.oldest.last().is_some_and(|(a, _)| *a < age) {
@@ -119,6 +140,8 @@ pub fn samples(
                 exited: p.exited(),
                 oldest: acc.oldest.into_iter().map(|(_, c)| c).collect(),
                 top_remotes: remotes,
+                port_hold: None,
+                fd: None,
             }
         })
         .collect()

@@ -2,6 +2,7 @@
 //!
 //! One task owns the table and everything derived from it. It drains the ring buffer in
 //! batches and answers API queries between batches, so the event path takes no lock.
+mod exhaustion;
 mod leaks;
 mod memory;
 mod queries;
@@ -108,6 +109,7 @@ pub(crate) struct Daemon {
     started_ns: u64,
     kernel: String,
     stacks: stacks::StackCapture,
+    exhaustion: exhaustion::Exhaustion,
 }
 
 pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
@@ -142,6 +144,8 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     let mut drain = every(options.drain_interval);
     let (scan_tx, mut scan_rx) = mpsc::channel::<std::io::Result<Vec<ScannedSocket>>>(1);
     let mut scan_running = false;
+    let (health_tx, mut health_rx) = mpsc::channel::<std::io::Result<exhaustion::ScanResult>>(1);
+    let mut health_running = false;
     loop {
         tokio::select! {
             batch = daemon.next_batch() => { batch?; }
@@ -177,7 +181,32 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
                 daemon.drain_now();
                 daemon.log_summary();
             }
-            _ = leak_check.tick() => daemon.evaluate_leaks(),
+            // Each evaluation follows a scan of the kernel's sockets (exhaustion rules); one
+            // still running when the next tick comes lets that evaluation go without it.
+            _ = leak_check.tick() => {
+                if health_running {
+                    daemon.evaluate_leaks();
+                } else {
+                    health_running = true;
+                    let request = daemon.exhaustion_request();
+                    let tx = health_tx.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let _ = tx.blocking_send(exhaustion::scan(request));
+                    });
+                }
+            }
+            Some(result) = health_rx.recv() => {
+                health_running = false;
+                match result {
+                    Ok(result) => {
+                        daemon.drain_now();
+                        let now = daemon.clock.now_ns();
+                        daemon.exhaustion.apply(result, &daemon.table, now);
+                    }
+                    Err(e) => log::warn!("exhaustion scan failed: {e}"),
+                }
+                daemon.evaluate_leaks();
+            }
             Some(scrape) = scrape_rx.recv() => {
                 daemon.drain_now();
                 let _ = scrape.reply.send(daemon.render_metrics());
@@ -237,6 +266,10 @@ impl Daemon {
             clock,
             kernel: preflight::kernel_release(),
             stacks,
+            exhaustion: exhaustion::Exhaustion::new(
+                nanos(options.leaks.interval)
+                    .saturating_mul(options.leaks.detector.window_samples as u64),
+            ),
         };
         daemon.drain_now();
         match ground_truth::scan_kernel() {
@@ -255,7 +288,8 @@ impl Daemon {
     fn evaluate_leaks(&mut self) {
         self.drain_now();
         let now = self.clock.now_ns();
-        let samples = leaks::samples(&self.table, &self.leak_settings, now);
+        let mut samples = leaks::samples(&self.table, &self.leak_settings, now);
+        self.exhaustion.fill(&mut samples);
         for change in self.detector.evaluate(now, &samples) {
             leaks::log_change(&change);
             if let Some(webhook) = &self.webhook {
@@ -263,6 +297,17 @@ impl Daemon {
             }
         }
         self.stacks.mark_suspects(&self.detector);
+    }
+
+    fn exhaustion_request(&self) -> exhaustion::ScanRequest {
+        exhaustion::ScanRequest {
+            started_ns: self.clock.now_ns(),
+            fd_processes: self.exhaustion.fd_candidates(
+                &self.table,
+                &self.detector,
+                self.metrics_top_n,
+            ),
+        }
     }
 
     fn reconcile(&mut self, scan: &[ScannedSocket]) {
@@ -284,7 +329,7 @@ impl Daemon {
     }
 
     async fn next_batch(&mut self) -> std::io::Result<usize> {
-        let Self { source, table, metrics, stacks, .. } = self;
+        let Self { source, table, metrics, stacks, exhaustion, .. } = self;
         let log_events = log::log_enabled!(log::Level::Debug);
         let n = source
             .next_batch(|event| {
@@ -294,6 +339,7 @@ impl Daemon {
                 let applied = table.apply(event);
                 metrics.observe(&applied, table);
                 stacks.on_event(event, &applied, table);
+                exhaustion.on_event(event, &applied, table);
             })
             .await?;
         self.stacks.drain(&self.table, self.clock.now_ns());
@@ -301,11 +347,12 @@ impl Daemon {
     }
 
     fn drain_now(&mut self) {
-        let Self { source, table, metrics, stacks, .. } = self;
+        let Self { source, table, metrics, stacks, exhaustion, .. } = self;
         source.drain_now(|event| {
             let applied = table.apply(event);
             metrics.observe(&applied, table);
             stacks.on_event(event, &applied, table);
+            exhaustion.on_event(event, &applied, table);
         });
         self.stacks.drain(&self.table, self.clock.now_ns());
     }
@@ -324,6 +371,7 @@ impl Daemon {
         let mode = self.probes.mode().to_string();
         let alerts: Vec<_> = self.detector.active().collect();
         let kprobes = self.probes.kprobe_misses();
+        let exhaustion = self.exhaustion.metrics_input();
         let input = MetricsInput {
             table: &self.table,
             alerts: &alerts,
@@ -343,6 +391,7 @@ impl Daemon {
             },
             now_ns: self.clock.now_ns(),
             top_n: self.metrics_top_n,
+            exhaustion: &exhaustion,
         };
         self.metrics.render(&input)
     }

@@ -6,6 +6,7 @@
 //! (`table::ConnectionTable::load_existing`, `table::Reconciler`).
 pub mod holders;
 pub mod sock_diag;
+pub mod sysctl;
 
 pub use holders::{Holder, scan_holders};
 pub use sock_diag::{ExistingSocket, scan_namespace};

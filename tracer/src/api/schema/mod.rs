@@ -176,6 +176,8 @@ mod tests {
                     age_seconds: 9,
                 }],
                 top_remotes: vec![RemoteCount { remote: "127.0.0.1:80".into(), open: 30 }],
+                port_pressure: None,
+                fds: None,
             },
             resolved_seconds_ago: resolved,
         }
@@ -211,11 +213,22 @@ mod tests {
                 growth: -2,
                 oldest_age_seconds: 5,
                 alerts: vec!["close_wait".into()],
+                time_wait_caused: 3,
+                time_wait_caused_total: 40,
+                fd_used: Some(60),
+                fd_limit: Some(1024),
+                fd_exhaustion_seconds: None,
             }],
             unattributed: 1,
         };
         let remotes = RemoteReport {
-            remotes: vec![RemoteRow { remote: "10.0.0.1:443".into(), open: 2, pids: vec![1, 2] }],
+            remotes: vec![RemoteRow {
+                remote: "10.0.0.1:443".into(),
+                open: 2,
+                pids: vec![1, 2],
+                ports_used: Some(120),
+                ports_available: Some(28232),
+            }],
             unattributed: 0,
         };
         let ages = AgesReport {
@@ -284,7 +297,14 @@ mod tests {
         };
         assert_eq!(
             at("/$defs/AlertView/properties/rule/enum"),
-            json!(["growth", "close_wait", "held_closed", "age"])
+            json!([
+                "growth",
+                "close_wait",
+                "held_closed",
+                "age",
+                "port_exhaustion",
+                "fd_exhaustion"
+            ])
         );
         assert_eq!(
             at("/$defs/StatusReport/properties/probe_mode/enum"),

@@ -1,0 +1,234 @@
+//! Daemon glue for [`crate::exhaustion`]: remembers active closes from the event stream, runs a
+//! scan at each leak evaluation off the event loop (sock_diag and sysctls of every namespace,
+//! descriptors of the processes worth reading), and feeds the results to the leak samples, `top`
+//! and /metrics. The scan is [`scan`], called from one place in daemon/mod.rs.
+use std::collections::{HashMap, HashSet};
+
+use tracer_common::{ConnEvent, EventKind, tcp_state};
+
+use crate::{
+    detect::{Detector, ProcessSample},
+    exhaustion::{
+        Closers, Destination, FdTracker, PortHold,
+        fds::{FdSample, read_process},
+        port_pressure, ports,
+    },
+    ground_truth::{
+        self, ExistingSocket,
+        holders::{clock_ticks_per_second, process_identity},
+        sysctl::{self, NetnsSysctls},
+    },
+    table::{Applied, ConnectionTable, Phase, ProcessKey, SocketKey, TupleKey},
+};
+
+/// What the event loop asks the scan for.
+pub(super) struct ScanRequest {
+    pub started_ns: u64,
+    /// Processes whose descriptors to read.
+    pub fd_processes: Vec<ProcessKey>,
+}
+
+/// What the scan found.
+pub(super) struct ScanResult {
+    pub started_ns: u64,
+    pub sockets: Vec<ExistingSocket>,
+    pub sysctls: HashMap<u32, NetnsSysctls>,
+    pub fds: Vec<(ProcessKey, FdSample)>,
+}
+
+/// The scan (blocking: netlink and /proc; run it with `spawn_blocking`).
+pub(super) fn scan(request: ScanRequest) -> std::io::Result<ScanResult> {
+    let mut sockets = Vec::new();
+    let mut sysctls = HashMap::new();
+    for ns in ground_truth::namespaces() {
+        match ground_truth::scan_namespace(&ns) {
+            Ok(found) => sockets.extend(found),
+            Err(e) => log::debug!("exhaustion scan: skipping netns {}: {e}", ns.inode),
+        }
+        match sysctl::read_namespace(&ns) {
+            Ok(values) => {
+                sysctls.insert(ns.inode, values);
+            }
+            Err(e) => log::debug!("exhaustion scan: sysctls of netns {}: {e}", ns.inode),
+        }
+    }
+    let ticks = clock_ticks_per_second();
+    let fds = request
+        .fd_processes
+        .into_iter()
+        .filter(|key| {
+            // The pid must still be this process, not a reuse of its number.
+            process_identity(key.pid, ticks)
+                .is_some_and(|h| ProcessKey::new(h.pid, h.start_time_ns) == *key)
+        })
+        .filter_map(|key| read_process(key.pid).map(|s| (key, s)))
+        .collect();
+    Ok(ScanResult { started_ns: request.started_ns, sockets, sysctls, fds })
+}
+
+/// Processes read per scan besides growing ones: the most connected, as /metrics exports.
+const MIN_FD_PROCESSES: usize = 10;
+
+pub(super) struct Exhaustion {
+    closers: Closers,
+    fds: FdTracker,
+    /// Processes read by the last scan (others show no descriptors).
+    fds_read: HashSet<ProcessKey>,
+    destinations: Vec<Destination>,
+    holds: HashMap<ProcessKey, PortHold>,
+    pub scans_total: u64,
+}
+
+impl Exhaustion {
+    pub fn new(window_ns: u64) -> Self {
+        Self {
+            closers: Closers::new(sysctl::read_current().max_tw_buckets as usize),
+            fds: FdTracker::new(window_ns),
+            fds_read: HashSet::new(),
+            destinations: Vec::new(),
+            holds: HashMap::new(),
+            scans_total: 0,
+        }
+    }
+
+    /// Remembers an active close (ESTABLISHED -> FIN_WAIT1 in close() or shutdown()). Called
+    /// for every event after the table applied it; all but two kinds return at once.
+    pub fn on_event(&mut self, event: &ConnEvent, applied: &Applied, table: &ConnectionTable) {
+        if !Closers::is_active_close(event.old_state, event.new_state) {
+            return;
+        }
+        let closer = match (event.kind(), applied) {
+            // close(): in the closing task's context. It may not be the owner (a child that
+            // inherited the descriptor); the table's owner stands in for a task it never saw.
+            (Some(EventKind::Release), Applied::Closed { owner, .. }) => {
+                ProcessKey::of(event).filter(|p| table.process(*p).is_some()).unwrap_or(*owner)
+            }
+            (Some(EventKind::Release), _) => {
+                match ProcessKey::of(event).filter(|p| table.process(*p).is_some()) {
+                    Some(p) => p,
+                    None => return,
+                }
+            }
+            // shutdown(): a plain state change of a connection the table knows.
+            (Some(EventKind::StateChange), Applied::StateChanged { .. }) => {
+                match table.connection(SocketKey::of(event)).and_then(|v| v.conn.owner()) {
+                    Some(owner) => owner,
+                    None => return,
+                }
+            }
+            _ => return,
+        };
+        let tuple = match table.connection(SocketKey::of(event)) {
+            Some(view) => view.conn.tuple_key(event.netns),
+            None => TupleKey::of(event),
+        };
+        self.closers.remember(tuple, closer, event.timestamp_ns);
+    }
+
+    /// Processes whose descriptors the next scan reads: the `top_n` most connected live ones,
+    /// and every one whose open count is growing.
+    pub fn fd_candidates(
+        &self,
+        table: &ConnectionTable,
+        detector: &Detector,
+        top_n: usize,
+    ) -> Vec<ProcessKey> {
+        let mut live: Vec<(u32, ProcessKey)> =
+            table.processes().filter(|p| !p.exited()).map(|p| (p.open, p.key)).collect();
+        live.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        let mut out: Vec<ProcessKey> =
+            live.iter().take(top_n.max(MIN_FD_PROCESSES)).map(|(_, k)| *k).collect();
+        let chosen: HashSet<ProcessKey> = out.iter().copied().collect();
+        out.extend(
+            live.iter()
+                .map(|(_, k)| *k)
+                .filter(|k| !chosen.contains(k) && detector.growth_of(*k) > 0),
+        );
+        out
+    }
+
+    /// Takes in a scan's results.
+    pub fn apply(&mut self, result: ScanResult, table: &ConnectionTable, now_ns: u64) {
+        self.scans_total += 1;
+        for (netns, values) in &result.sysctls {
+            self.closers.set_capacity(*netns, values.max_tw_buckets as usize);
+        }
+        self.closers.observe(
+            result.started_ns,
+            result
+                .sockets
+                .iter()
+                .map(|s| (TupleKey { netns: s.netns, local: s.local, remote: s.remote }, s.state)),
+        );
+        // Owners of connecting and open connections, by addresses (the scan has no kernel
+        // address to key on).
+        let owners: HashMap<TupleKey, ProcessKey> = table
+            .connections()
+            .filter(|v| matches!(v.conn.phase(), Phase::Open | Phase::Connecting))
+            .filter_map(|v| Some((v.conn.tuple_key(v.key.netns), v.conn.owner()?)))
+            .collect();
+        let closers = &self.closers;
+        self.destinations = port_pressure(&result.sockets, &result.sysctls, |tuple, state| {
+            if state == tcp_state::TIME_WAIT {
+                closers.closer_of(tuple)
+            } else {
+                owners.get(tuple).copied()
+            }
+        });
+        self.holds = ports::holds(&self.destinations);
+        self.fds_read = result.fds.iter().map(|(k, _)| *k).collect();
+        for (key, sample) in result.fds {
+            self.fds.record(key, now_ns, sample);
+        }
+        let read = &self.fds_read;
+        self.fds.retain(|k| read.contains(&k));
+        self.closers.retain_processes(|k| table.process(k).is_some());
+    }
+
+    /// Adds what the last scan found to the leak samples.
+    pub fn fill(&self, samples: &mut [ProcessSample]) {
+        for sample in samples {
+            let Some(id) = sample.id else { continue };
+            sample.port_hold = self.holds.get(&id).cloned();
+            sample.fd = self.fd_status(id);
+        }
+    }
+
+    pub fn time_wait_caused(&self, process: ProcessKey) -> u32 {
+        self.closers.time_wait_caused(process)
+    }
+
+    pub fn time_wait_caused_total(&self, process: ProcessKey) -> u64 {
+        self.closers.time_wait_caused_total(process)
+    }
+
+    /// What /metrics shows of the last scan.
+    pub fn metrics_input(&self) -> crate::export::ExhaustionInput {
+        crate::export::ExhaustionInput {
+            time_wait_caused: self.closers.caused_now().clone(),
+            time_wait_caused_total: self.closers.caused_total_all(),
+            remote_ports: self
+                .destinations
+                .iter()
+                .map(|d| (d.remote.to_string(), d.ratio()))
+                .collect(),
+        }
+    }
+
+    pub fn closes_remembered(&self) -> usize {
+        self.closers.len()
+    }
+
+    pub fn closes_overflowed(&self) -> u64 {
+        self.closers.overflow_total()
+    }
+
+    pub fn fd_status(&self, process: ProcessKey) -> Option<crate::exhaustion::FdStatus> {
+        self.fds_read.contains(&process).then(|| self.fds.status(process)).flatten()
+    }
+
+    /// Destinations by pressure, most pressed first, from the last scan.
+    pub fn destinations(&self) -> &[Destination] {
+        &self.destinations
+    }
+}
