@@ -178,3 +178,25 @@ pub fn log_change(change: &Change) {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_follow_the_first_matching_override() {
+        let mut settings = LeakSettings::default();
+        settings.detector.overrides = vec![
+            "backup-*:close-wait-after=600,age-threshold=30".parse().expect("override"),
+            "*:held-closed-after=5".parse().expect("override"),
+        ];
+        let backup = settings.thresholds_for("backup-agent");
+        assert_eq!(backup.close_wait_after_ns, 600 * 1_000_000_000);
+        assert_eq!(backup.held_closed_after_ns, settings.held_closed_after_ns, "first match only");
+        assert_eq!(backup.age_threshold_ns, Some(30 * 1_000_000_000));
+        let other = settings.thresholds_for("nginx");
+        assert_eq!(other.close_wait_after_ns, settings.close_wait_after_ns);
+        assert_eq!(other.held_closed_after_ns, 5 * 1_000_000_000);
+        assert_eq!(other.age_threshold_ns, None);
+    }
+}
