@@ -222,3 +222,18 @@ mod tests {
         assert!(!Closers::is_active_close(ESTABLISHED, CLOSE), "a reset leaves no TIME_WAIT");
     }
 }
+
+#[cfg(test)]
+mod size {
+    /// docs/leak-detection.md states the bytes per remembered close.
+    #[test]
+    fn a_remembered_close_takes_the_documented_bytes() {
+        let entry = size_of::<(super::TupleKey, super::Closed)>();
+        let doc = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/leak-detection.md"
+        ))
+        .expect("docs");
+        assert!(doc.contains(&format!("{entry} bytes per remembered close")), "{entry}");
+    }
+}
