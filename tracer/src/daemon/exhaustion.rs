@@ -11,10 +11,10 @@ use crate::{
     exhaustion::{
         Closers, Destination, FdTracker, PortHold,
         fds::{FdSample, read_process},
-        port_pressure, ports,
+        ports::{self, DestinationCount},
     },
     ground_truth::{
-        self, ExistingSocket,
+        self,
         holders::{clock_ticks_per_second, process_identity},
         sysctl::{self, NetnsSysctls},
     },
@@ -26,18 +26,24 @@ pub(super) struct ScanRequest {
     pub started_ns: u64,
     /// Processes whose descriptors to read.
     pub fd_processes: Vec<ProcessKey>,
+    /// Destinations at least this pressed (used / available) get their holders named.
+    pub attribute_from: f64,
 }
 
-/// What the scan found.
+/// What the scan found, already reduced off the event loop: the event loop only matches the
+/// closing sockets with its remembered closes and names the holders of pressed destinations.
 pub(super) struct ScanResult {
     pub started_ns: u64,
-    pub sockets: Vec<ExistingSocket>,
+    /// Sockets between an active close and the end of TIME_WAIT.
+    pub closing: Vec<(TupleKey, u8)>,
+    pub destinations: Vec<DestinationCount>,
     pub sysctls: HashMap<u32, NetnsSysctls>,
     pub fds: Vec<(ProcessKey, FdSample)>,
 }
 
 /// The scan (blocking: netlink and /proc; run it with `spawn_blocking`).
 pub(super) fn scan(request: ScanRequest) -> std::io::Result<ScanResult> {
+    let started = std::time::Instant::now();
     let mut sockets = Vec::new();
     let mut sysctls = HashMap::new();
     for ns in ground_truth::namespaces() {
@@ -53,7 +59,7 @@ pub(super) fn scan(request: ScanRequest) -> std::io::Result<ScanResult> {
         }
     }
     let ticks = clock_ticks_per_second();
-    let fds = request
+    let fds: Vec<(ProcessKey, FdSample)> = request
         .fd_processes
         .into_iter()
         .filter(|key| {
@@ -63,7 +69,34 @@ pub(super) fn scan(request: ScanRequest) -> std::io::Result<ScanResult> {
         })
         .filter_map(|key| read_process(key.pid).map(|s| (key, s)))
         .collect();
-    Ok(ScanResult { started_ns: request.started_ns, sockets, sysctls, fds })
+    let destinations = ports::count_ports(&sockets, &sysctls, request.attribute_from);
+    let closing = sockets
+        .iter()
+        .filter(|s| Closers::is_closing(s.state))
+        .map(|s| (TupleKey { netns: s.netns, local: s.local, remote: s.remote }, s.state))
+        .collect();
+    log::debug!(
+        "exhaustion scan: {} sockets, {} namespaces, {} processes' descriptors in {:?}",
+        sockets.len(),
+        sysctls.len(),
+        fds.len(),
+        started.elapsed()
+    );
+    Ok(ScanResult { started_ns: request.started_ns, closing, destinations, sysctls, fds })
+}
+
+/// Destinations whose holders are named: from half the lowest `port_exhaustion` threshold in
+/// force (daemon-wide or in an override), so that `top --by remote` names them before the rule
+/// fires; the rest are only counted.
+pub(super) fn attribute_from(config: &crate::detect::DetectorConfig) -> f64 {
+    let lowest = config
+        .overrides
+        .iter()
+        .filter_map(|o| o.thresholds.port_pressure_percent)
+        .chain([config.port_pressure_percent])
+        .min()
+        .unwrap_or(config.port_pressure_percent);
+    f64::from(lowest) / 200.0
 }
 
 /// Processes read per scan besides growing ones: the most connected, as /metrics exports.
@@ -149,26 +182,35 @@ impl Exhaustion {
 
     /// Takes in a scan's results.
     pub fn apply(&mut self, result: ScanResult, table: &ConnectionTable, now_ns: u64) {
+        let started = std::time::Instant::now();
         self.scans_total += 1;
         for (netns, values) in &result.sysctls {
             self.closers.set_capacity(*netns, values.max_tw_buckets as usize);
         }
-        self.closers.observe(
-            result.started_ns,
-            result
-                .sockets
-                .iter()
-                .map(|s| (TupleKey { netns: s.netns, local: s.local, remote: s.remote }, s.state)),
-        );
-        // Owners of connecting and open connections, by addresses (the scan has no kernel
-        // address to key on).
-        let owners: HashMap<TupleKey, ProcessKey> = table
-            .connections()
-            .filter(|v| matches!(v.conn.phase(), Phase::Open | Phase::Connecting))
-            .filter_map(|v| Some((v.conn.tuple_key(v.key.netns), v.conn.owner()?)))
+        self.closers.observe(result.started_ns, result.closing);
+        // Owners of the pressed destinations' connecting and open connections, by addresses
+        // (the scan has no kernel address to key on): one pass over the table, only if needed.
+        let wanted: HashSet<TupleKey> = result
+            .destinations
+            .iter()
+            .flat_map(|d| d.sockets.iter())
+            .filter(|(_, state)| *state != tcp_state::TIME_WAIT)
+            .map(|(tuple, _)| *tuple)
             .collect();
+        let owners: HashMap<TupleKey, ProcessKey> = if wanted.is_empty() {
+            HashMap::new()
+        } else {
+            table
+                .connections()
+                .filter(|v| matches!(v.conn.phase(), Phase::Open | Phase::Connecting))
+                .filter_map(|v| {
+                    let tuple = v.conn.tuple_key(v.key.netns);
+                    wanted.contains(&tuple).then_some((tuple, v.conn.owner()?))
+                })
+                .collect()
+        };
         let closers = &self.closers;
-        self.destinations = port_pressure(&result.sockets, &result.sysctls, |tuple, state| {
+        self.destinations = ports::attribute(result.destinations, |tuple, state| {
             if state == tcp_state::TIME_WAIT {
                 closers.closer_of(tuple)
             } else {
@@ -183,6 +225,7 @@ impl Exhaustion {
         let read = &self.fds_read;
         self.fds.retain(|k| read.contains(&k));
         self.closers.retain_processes(|k| table.process(k).is_some());
+        log::debug!("exhaustion scan applied on the event loop in {:?}", started.elapsed());
     }
 
     /// Adds what the last scan found to the leak samples.

@@ -307,6 +307,7 @@ impl Daemon {
                 &self.detector,
                 self.metrics_top_n,
             ),
+            attribute_from: exhaustion::attribute_from(&self.leak_settings.detector),
         }
     }
 

@@ -36,15 +36,16 @@ pub struct Closers {
     total_all: u64,
 }
 
-/// States a connection passes through between its active close and the end of TIME_WAIT.
-fn closing(state: u8) -> bool {
-    matches!(
-        state,
-        tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2 | tcp_state::CLOSING | tcp_state::TIME_WAIT
-    )
-}
-
 impl Closers {
+    /// States a connection passes through between its active close and the end of TIME_WAIT:
+    /// the only sockets of a scan [`Closers::observe`] needs.
+    pub fn is_closing(state: u8) -> bool {
+        matches!(
+            state,
+            tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2 | tcp_state::CLOSING | tcp_state::TIME_WAIT
+        )
+    }
+
     /// `default_capacity` bounds a namespace whose `tcp_max_tw_buckets` is not known yet.
     pub fn new(default_capacity: usize) -> Self {
         Self { default_capacity, ..Self::default() }
@@ -96,7 +97,7 @@ impl Closers {
         self.now.clear();
         let mut alive: HashSet<TupleKey> = HashSet::new();
         for (tuple, state) in sockets {
-            if !closing(state) {
+            if !Self::is_closing(state) {
                 continue;
             }
             let Some(closed) = self.entries.get_mut(&tuple) else { continue };

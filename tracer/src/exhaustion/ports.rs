@@ -70,6 +70,27 @@ fn holds_a_port(state: u8) -> bool {
     )
 }
 
+/// One destination's ports before attribution (the part of [`port_pressure`] that needs no
+/// table: the daemon runs it off its event loop).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DestinationCount {
+    pub netns: u32,
+    pub local: IpAddr,
+    pub remote: SocketAddr,
+    pub used: u32,
+    pub time_wait: u32,
+    pub available: u32,
+    /// The sockets holding its ports, `(addresses, state)`: kept only for destinations at
+    /// least as pressed as [`count_ports`] was asked, the only ones whose holders are named.
+    pub sockets: Vec<(TupleKey, u8)>,
+}
+
+impl DestinationCount {
+    fn ratio(&self) -> f64 {
+        if self.available == 0 { 1.0 } else { f64::from(self.used) / f64::from(self.available) }
+    }
+}
+
 /// Destinations by pressure, most pressed first. `owner_of` names the process a socket counts
 /// for (the table's owner, or the closer for TIME_WAIT). Sockets whose local port is outside the
 /// range, or one the namespace listens on (the server side of inbound connections), hold no
@@ -79,17 +100,54 @@ pub fn port_pressure(
     sysctls: &HashMap<u32, NetnsSysctls>,
     owner_of: impl Fn(&TupleKey, u8) -> Option<ProcessKey>,
 ) -> Vec<Destination> {
+    attribute(count_ports(sockets, sysctls, 0.0), owner_of)
+}
+
+/// Names the holders of each counted destination (those whose sockets were kept).
+pub fn attribute(
+    counts: Vec<DestinationCount>,
+    owner_of: impl Fn(&TupleKey, u8) -> Option<ProcessKey>,
+) -> Vec<Destination> {
+    counts
+        .into_iter()
+        .map(|c| {
+            let mut holders: HashMap<ProcessKey, u32> = HashMap::new();
+            for (tuple, state) in &c.sockets {
+                if let Some(owner) = owner_of(tuple, *state) {
+                    *holders.entry(owner).or_default() += 1;
+                }
+            }
+            let mut holders: Vec<(ProcessKey, u32)> = holders.into_iter().collect();
+            holders.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            holders.truncate(HOLDERS_LISTED);
+            Destination {
+                netns: c.netns,
+                local: c.local,
+                remote: c.remote,
+                used: c.used,
+                time_wait: c.time_wait,
+                available: c.available,
+                holders,
+            }
+        })
+        .collect()
+}
+
+/// Ports per destination, most pressed first; the sockets are kept for the destinations whose
+/// `used / available` is at least `keep_sockets_from` (naming holders costs a pass over the
+/// table, worth it only near the rule's threshold).
+pub fn count_ports(
+    sockets: &[ExistingSocket],
+    sysctls: &HashMap<u32, NetnsSysctls>,
+    keep_sockets_from: f64,
+) -> Vec<DestinationCount> {
     let listening: HashSet<(u32, u16)> = sockets
         .iter()
         .filter(|s| s.state == tcp_state::LISTEN)
         .map(|s| (s.netns, s.local.port()))
         .collect();
-    struct Acc {
-        used: u32,
-        time_wait: u32,
-        holders: HashMap<ProcessKey, u32>,
-    }
-    let mut by_dest: HashMap<(u32, IpAddr, SocketAddr), Acc> = HashMap::new();
+    let mut by_dest: HashMap<(u32, IpAddr, SocketAddr), (u32, u32)> = HashMap::new();
+    let mut counted: Vec<&ExistingSocket> = Vec::new();
     for s in sockets {
         let ns = sysctls.get(&s.netns).copied().unwrap_or_default();
         if !holds_a_port(s.state)
@@ -102,35 +160,37 @@ pub fn port_pressure(
         if time_wait && ns.reuses_time_wait(s.local.ip(), s.remote.ip()) {
             continue;
         }
-        let acc = by_dest.entry((s.netns, s.local.ip(), s.remote)).or_insert_with(|| Acc {
-            used: 0,
-            time_wait: 0,
-            holders: HashMap::new(),
-        });
-        acc.used += 1;
-        acc.time_wait += u32::from(time_wait);
-        let tuple = TupleKey { netns: s.netns, local: s.local, remote: s.remote };
-        if let Some(owner) = owner_of(&tuple, s.state) {
-            *acc.holders.entry(owner).or_default() += 1;
-        }
+        let (used, tw) = by_dest.entry((s.netns, s.local.ip(), s.remote)).or_default();
+        *used += 1;
+        *tw += u32::from(time_wait);
+        counted.push(s);
     }
-    let mut out: Vec<Destination> = by_dest
+    let mut out: Vec<DestinationCount> = by_dest
         .into_iter()
-        .map(|((netns, local, remote), acc)| {
-            let mut holders: Vec<(ProcessKey, u32)> = acc.holders.into_iter().collect();
-            holders.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-            holders.truncate(HOLDERS_LISTED);
-            Destination {
-                netns,
-                local,
-                remote,
-                used: acc.used,
-                time_wait: acc.time_wait,
-                available: sysctls.get(&netns).copied().unwrap_or_default().ports_available(),
-                holders,
-            }
+        .map(|((netns, local, remote), (used, time_wait))| DestinationCount {
+            netns,
+            local,
+            remote,
+            used,
+            time_wait,
+            available: sysctls.get(&netns).copied().unwrap_or_default().ports_available(),
+            sockets: Vec::new(),
         })
         .collect();
+    let kept: HashMap<(u32, IpAddr, SocketAddr), usize> = out
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| d.ratio() >= keep_sockets_from)
+        .map(|(i, d)| ((d.netns, d.local, d.remote), i))
+        .collect();
+    if !kept.is_empty() {
+        for s in counted {
+            if let Some(&i) = kept.get(&(s.netns, s.local.ip(), s.remote)) {
+                let tuple = TupleKey { netns: s.netns, local: s.local, remote: s.remote };
+                out[i].sockets.push((tuple, s.state));
+            }
+        }
+    }
     out.sort_by(|a, b| {
         b.ratio()
             .total_cmp(&a.ratio())
