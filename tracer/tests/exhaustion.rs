@@ -35,7 +35,19 @@ fn ss_time_wait(netns: Option<&str>) -> HashSet<(String, String)> {
 /// instead. Each count equals what `ss` shows for the process's tuples, sampled around it.
 #[test]
 fn time_wait_is_blamed_on_the_side_that_closed_first() {
-    let daemon = Daemon::start(&["--leak-interval", "0.5"]);
+    // An override for another command name changes nothing here; status lists it.
+    let daemon = Daemon::start(&[
+        "--leak-interval",
+        "0.5",
+        "--workload",
+        "postgres:fd_exhaustion=off,fd-headroom=20",
+    ]);
+    assert_eq!(
+        daemon.json(&["status"])["workload_overrides"],
+        serde_json::json!(["postgres:fd_exhaustion=off,fd-headroom=20"])
+    );
+    let text = daemon.try_cli(&["status"]).expect("status");
+    assert!(text.contains("  postgres:fd_exhaustion=off,fd-headroom=20"), "{text}");
     let mut server = Workload::spawn();
     let port = server.listen("127.0.0.1");
     let mut client = Workload::spawn();

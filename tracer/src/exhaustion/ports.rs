@@ -276,5 +276,12 @@ mod tests {
         let h = holds(&d);
         assert_eq!(h[&A].rank, 0);
         assert!(!h.contains_key(&B));
+        // Holders are named only for destinations at least as pressed as asked (2 of 100 are
+        // not 10%): the ports are still counted.
+        let counted = count_ports(&sockets, &ns(2), 0.1);
+        let to80 = counted.iter().find(|d| d.remote.port() == 80).unwrap();
+        assert_eq!((to80.used, to80.sockets.len()), (2, 0));
+        let named = attribute(count_ports(&sockets, &ns(2), 0.02), owner);
+        assert_eq!(named.iter().find(|d| d.remote.port() == 80).unwrap().holders, vec![(A, 2)]);
     }
 }
