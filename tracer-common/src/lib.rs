@@ -258,8 +258,11 @@ pub mod counters {
     pub const STACK_UNWIND_FAILED: u32 = STACK_LOST_RINGBUF + 1;
     /// Opener stacks: stack records written to the stack ring.
     pub const STACK_CAPTURED: u32 = STACK_UNWIND_FAILED + 1;
+    /// Opener stacks: the user registers or the stack window could not be read (the
+    /// frame-pointer stack was still sent; the C library's caller cannot be recovered).
+    pub const STACK_WINDOW_FAILED: u32 = STACK_CAPTURED + 1;
     /// Total number of slots.
-    pub const SLOTS: u32 = STACK_CAPTURED + 1;
+    pub const SLOTS: u32 = STACK_WINDOW_FAILED + 1;
 }
 
 /// Settings the loader writes into the kernel programs' read-only data before load.

@@ -23,6 +23,12 @@ pub const DEFAULT_STACK_RING_BYTES: u32 = 2 << 20;
 pub const MAX_STACK_DEPTH: u32 = 127;
 /// Frames captured by default.
 pub const DEFAULT_STACK_DEPTH: u32 = 32;
+/// Bytes of the user stack copied from `sp` up with each record ([`StackRecord::window`]):
+/// what userspace needs to unwind, with the C library's call-frame information, the frames a
+/// frame-pointer walk misses. Debian 12's glibc connect/accept wrappers use at most 48 bytes
+/// (their cancellation path); the rest leaves room for deeper wrappers (glibc 2.41's
+/// `__syscall_cancel` chain).
+pub const STACK_WINDOW_BYTES: usize = 256;
 /// Default sampling: every Nth connection of each process (the first one included).
 pub const DEFAULT_STACK_SAMPLE: u32 = 8;
 
@@ -67,18 +73,121 @@ pub struct StackRecord {
     pub _pad: [u8; 3],
     /// How many entries of `frames` are valid.
     pub depth: u32,
+    /// The thread's user registers at kernel entry (all 0 when they could not be read).
+    pub regs: UserRegs,
+    /// Valid bytes of `window`: [`STACK_WINDOW_BYTES`], or 0 when the read failed.
+    pub window_len: u32,
+    pub _pad2: u32,
+    /// The user stack from `regs.sp` up.
+    pub window: [u64; STACK_WINDOW_BYTES / 8],
     /// User-space instruction pointers, innermost first (`frames[0]` is where the thread
     /// entered the kernel; the rest are return addresses).
     pub frames: [u64; MAX_STACK_DEPTH as usize],
 }
 
+/// x86-64 user registers, as the kernel saved them at the syscall.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UserRegs {
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+}
+
 const _: () = assert!(size_of::<StackRecord>().is_multiple_of(8));
+const _: () = assert!(size_of::<UserRegs>() == 24);
 
 impl StackRecord {
+    /// The largest record: every frame slot filled.
     pub const SIZE: usize = size_of::<StackRecord>();
+    /// Everything before `frames`: a record in the ring is this plus `depth` frames.
+    pub const HEADER_SIZE: usize = core::mem::offset_of!(StackRecord, frames);
+
+    /// The record a ring entry of `bytes` holds: a header and whole frames, at most
+    /// [`Self::SIZE`]; frame slots past `depth` are zero. `None` for any other length.
+    pub fn from_bytes(bytes: &[u8]) -> Option<StackRecord> {
+        let frames = bytes.len().checked_sub(Self::HEADER_SIZE)?;
+        if bytes.len() > Self::SIZE || !frames.is_multiple_of(8) {
+            return None;
+        }
+        let mut record = StackRecord::EMPTY;
+        // SAFETY: StackRecord is plain data (any bytes are valid), `bytes` is no longer than
+        // it (checked), and the copy writes from its start.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                (&raw mut record).cast::<u8>(),
+                bytes.len(),
+            );
+        }
+        // A record whose depth disagrees with its length is not one the kernel wrote.
+        (record.depth as usize == frames / 8).then_some(record)
+    }
+
+    const EMPTY: StackRecord = StackRecord {
+        timestamp_ns: 0,
+        sock: 0,
+        start_time_ns: 0,
+        netns: 0,
+        tgid: 0,
+        kind: 0,
+        _pad: [0; 3],
+        depth: 0,
+        regs: UserRegs { ip: 0, sp: 0, bp: 0 },
+        window_len: 0,
+        _pad2: 0,
+        window: [0; STACK_WINDOW_BYTES / 8],
+        frames: [0; MAX_STACK_DEPTH as usize],
+    };
 
     /// The valid frames.
     pub fn frames(&self) -> &[u64] {
         &self.frames[..(self.depth as usize).min(self.frames.len())]
+    }
+
+    /// The valid words of the stack window (from `regs.sp` up).
+    pub fn window(&self) -> &[u64] {
+        &self.window[..(self.window_len as usize / 8).min(self.window.len())]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of(record: &StackRecord, depth: usize) -> &[u8] {
+        // SAFETY: a prefix of a plain-data struct, read as bytes.
+        unsafe {
+            core::slice::from_raw_parts(
+                (record as *const StackRecord).cast::<u8>(),
+                StackRecord::HEADER_SIZE + depth * 8,
+            )
+        }
+    }
+
+    #[test]
+    fn a_record_is_its_header_and_its_frames_only() {
+        let mut record = StackRecord::EMPTY;
+        record.tgid = 42;
+        record.depth = 3;
+        record.frames[..4].copy_from_slice(&[1, 2, 3, 99]);
+        let read = StackRecord::from_bytes(bytes_of(&record, 3)).expect("well formed");
+        assert_eq!(read.tgid, 42);
+        assert_eq!(read.frames(), &[1, 2, 3]);
+        // The slot past `depth` was not sent, so it reads as zero.
+        assert_eq!(read.frames[3], 0);
+        let full = StackRecord { depth: MAX_STACK_DEPTH, ..record };
+        assert!(StackRecord::from_bytes(bytes_of(&full, MAX_STACK_DEPTH as usize)).is_some());
+    }
+
+    #[test]
+    fn lengths_the_kernel_never_writes_are_refused() {
+        let mut record = StackRecord::EMPTY;
+        record.depth = 3;
+        let bytes = bytes_of(&record, 3);
+        assert!(StackRecord::from_bytes(&bytes[..StackRecord::HEADER_SIZE - 8]).is_none());
+        assert!(StackRecord::from_bytes(&bytes[..bytes.len() - 4]).is_none());
+        // Depth and length disagree.
+        assert!(StackRecord::from_bytes(&bytes[..bytes.len() - 8]).is_none());
     }
 }

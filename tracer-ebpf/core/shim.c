@@ -305,3 +305,51 @@ SHIM int tracer_current_group_dead(void)
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	return BPF_CORE_READ(task, signal, live.counter) == 0;
 }
+
+/* ---- The current task's user registers (x86-64), for unwinding the frames a frame-pointer
+ * walk misses (docs/stacks.md). */
+
+/* bpf_task_pt_regs() (5.15+) on the BTF-typed task; before, the registers sit at the top of
+ * the task's kernel stack: THREAD_SIZE (16 KiB on x86-64 without KASAN) past task->stack,
+ * less a struct pt_regs (x86-64 pads nothing there). A wrong guess there (a KASAN kernel)
+ * yields an ip that differs from the stack's first frame, which userspace checks. */
+#define TRACER_HAS_TASK_PT_REGS                                                      \
+	(TRACER_HAS_TASK_BTF && bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_task_pt_regs))
+#define TRACER_THREAD_SIZE 16384
+
+/* Mirrors tracer_common::stacks::UserRegs. */
+struct tracer_user_regs {
+	__u64 ip;
+	__u64 sp;
+	__u64 bp;
+};
+_Static_assert(sizeof(struct tracer_user_regs) == 24, "mirrors tracer_common::stacks::UserRegs");
+
+#define USER_REGS_FILL(S, regs, out)                                                 \
+	do {                                                                         \
+		(out)->ip = TRACER_READ(S, regs, ip);                                \
+		(out)->sp = TRACER_READ(S, regs, sp);                                \
+		(out)->bp = TRACER_READ(S, regs, bp);                                \
+	} while (0)
+
+/* Fills *out with the current task's user ip, sp and bp; 0 on success. */
+SHIM int tracer_user_regs(struct tracer_user_regs *out)
+{
+	struct task_struct *task;
+	struct pt_regs *regs;
+	void *stack;
+
+	if (TRACER_HAS_TASK_PT_REGS) {
+		regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+		USER_REGS_FILL(DIRECT, regs, out);
+		return 0;
+	}
+	task = (struct task_struct *)bpf_get_current_task();
+	stack = BPF_CORE_READ(task, stack);
+	if (!stack)
+		return -1;
+	regs = (struct pt_regs *)((char *)stack + TRACER_THREAD_SIZE -
+				  bpf_core_type_size(struct pt_regs));
+	USER_REGS_FILL(PROBE, regs, out);
+	return 0;
+}

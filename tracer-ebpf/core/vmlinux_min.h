@@ -113,6 +113,15 @@ struct task_struct {
 	struct files_struct *files;
 	__u64 start_boottime;
 	char comm[16];
+	/* Base of the kernel stack, whose top holds the user registers (x86-64). */
+	void *stack;
+};
+
+/* x86-64: the user registers saved at kernel entry. */
+struct pt_regs {
+	unsigned long bp;
+	unsigned long sp;
+	unsigned long ip;
 };
 
 #pragma clang attribute pop
@@ -121,6 +130,7 @@ struct task_struct {
  * The value is never used. */
 enum bpf_func_id {
 	BPF_FUNC_get_current_task_btf = 158,
+	BPF_FUNC_task_pt_regs = 175,
 };
 
 enum sock_flags {

@@ -80,7 +80,11 @@ pub fn inject_release_drop() -> bool {
 #[inline(always)]
 pub fn emit(kind: EventKind, sk: impl Sock, old_state: u8, new_state: u8, event_flags: u8) {
     let Some(mut entry) = reserve(kind) else { return };
-    let wakeup = wakeup_flags();
+    let wakeup = if event_flags & flags::STACK_WANTED != 0 && crate::stacks::needs_reader() {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        wakeup_flags()
+    };
     let event = entry.as_mut_ptr();
     // SAFETY: `event` points at a reserved, exclusively owned record of the right size; every
     // field is written before submit.

@@ -9,7 +9,9 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{BPF_F_USER_STACK, BPF_NOEXIST, BPF_RB_NO_WAKEUP},
+    bindings::{
+        BPF_F_USER_STACK, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
+    },
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns},
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
@@ -18,7 +20,8 @@ use tracer_common::{
     EventKind, counters, flags,
     stacks::{
         DEFAULT_STACK_RING_BYTES, MAX_STACK_DEPTH, STACK_PROCESSES_CAPACITY, STACK_PROCESSES_MAP,
-        STACK_SCRATCH_MAP, STACKS_MAP, StackProcess, StackRecord, policy,
+        STACK_SCRATCH_MAP, STACK_WINDOW_BYTES, STACKS_MAP, StackProcess, StackRecord, UserRegs,
+        policy,
     },
 };
 
@@ -85,9 +88,11 @@ fn capture_stack(ctx: *mut c_void, sock: u64, netns: u32, kind: u8) -> u8 {
         bump(counters::STACK_UNWIND_FAILED);
         return flags::STACK_WANTED;
     }
+    // Bounded again for the verifier, which sizes the ring copy below from it.
+    let frames = ((written as u32) / 8).min(MAX_STACK_DEPTH);
     // SAFETY: as above; every field is written before the copy into the ring.
     unsafe {
-        (*record).depth = (written as u32) / 8;
+        (*record).depth = frames;
         (*record).timestamp_ns = bpf_ktime_get_boot_ns();
         (*record).sock = sock;
         (*record).netns = netns;
@@ -97,15 +102,74 @@ fn capture_stack(ctx: *mut c_void, sock: u64, netns: u32, kind: u8) -> u8 {
         let mut comm = [0u8; 16];
         core_shim::tracer_leader_identity(&raw mut (*record).start_time_ns, comm.as_mut_ptr());
     }
-    // No wakeup: the daemon reads this ring on its drain timer and before every query.
-    // SAFETY: `record` is valid (above); output copies it.
-    let sent = unsafe { STACKS.output::<StackRecord>(&*record, u64::from(BPF_RB_NO_WAKEUP)) };
+    capture_unwind_state(record);
+    // Only the frames written travel: a Go stack of 20 frames is 520 bytes, not 1,344, so the
+    // ring holds two to three times more stacks through a burst, and the copy is shorter.
+    // No wakeup of its own: the daemon reads this ring whenever it reads the event ring, which
+    // `needs_reader` wakes when this one fills.
+    // SAFETY: `record` is valid (above); the length stays within it (`frames` is at most
+    // MAX_STACK_DEPTH), and output copies those bytes.
+    let sent = unsafe {
+        let bytes = core::slice::from_raw_parts(
+            record.cast::<u8>(),
+            StackRecord::HEADER_SIZE + frames as usize * 8,
+        );
+        STACKS.output::<[u8]>(bytes, u64::from(BPF_RB_NO_WAKEUP))
+    };
     if sent.is_ok() {
         bump(counters::STACK_CAPTURED);
     } else {
         bump(counters::STACK_LOST_RINGBUF);
     }
     flags::STACK_WANTED
+}
+
+/// True when the stack ring is over a quarter full: the event that carries
+/// [`flags::STACK_WANTED`] then wakes the daemon, which drains both rings, so a burst of stacks
+/// is read before the stack ring overflows even when the event ring is far from its own
+/// wakeup threshold. Only the first few records past each quarter wake it (as for the event
+/// ring: one wakeup per crossing, not one per record).
+#[inline(always)]
+pub fn needs_reader() -> bool {
+    let size = STACKS.query(u64::from(BPF_RB_RING_SIZE));
+    let quarter = size / 4;
+    if quarter == 0 {
+        return false;
+    }
+    let unread = STACKS.query(u64::from(BPF_RB_AVAIL_DATA));
+    unread >= quarter && unread % quarter < WAKEUP_WINDOW_STACKS * StackRecord::SIZE as u64
+}
+
+/// How many of the largest stack records past each quarter of the stack ring wake the reader.
+const WAKEUP_WINDOW_STACKS: u64 = 4;
+
+/// The user registers and the stack window above `sp`, from which userspace unwinds the frames
+/// the frame-pointer walk misses (the caller of a C library wrapper). A failure is counted and
+/// leaves `window_len` 0; the frame-pointer stack is sent all the same.
+#[inline(always)]
+fn capture_unwind_state(record: *mut StackRecord) {
+    // SAFETY: `record` is this CPU's scratch slot (see capture_stack); the shim writes the
+    // three registers, bpf_probe_read_user at most STACK_WINDOW_BYTES into `window`, which
+    // holds that many, and zeroes them when the read fails.
+    unsafe {
+        (*record).window_len = 0;
+        (*record)._pad2 = 0;
+        if core_shim::tracer_user_regs(&raw mut (*record).regs) != 0 {
+            (*record).regs = UserRegs::default();
+            bump(counters::STACK_WINDOW_FAILED);
+            return;
+        }
+        let read = aya_ebpf::helpers::generated::bpf_probe_read_user(
+            (&raw mut (*record).window).cast(),
+            STACK_WINDOW_BYTES as u32,
+            (*record).regs.sp as *const c_void,
+        );
+        if read == 0 {
+            (*record).window_len = STACK_WINDOW_BYTES as u32;
+        } else {
+            bump(counters::STACK_WINDOW_FAILED);
+        }
+    }
 }
 
 /// The policy's verdict for the current process's next connection: every one (`all`), those

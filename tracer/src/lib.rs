@@ -9,6 +9,8 @@
 //! - [`table`]: the connection table and per-process aggregates (pure, clock injected), and
 //!   its reconcile with the kernel's view;
 //! - [`ground_truth`]: that view: sock_diag in every network namespace, holders from /proc;
+//! - [`health`]: pool health per connection and per process (idle, unread data) from the
+//!   kernel's `tcp_info` and queues (pure, clock injected);
 //! - [`detect`]: the leak rules over per-process samples (pure, clock injected);
 //! - [`exhaustion`]: TIME_WAIT blamed on its closer, port pressure per destination, descriptors
 //!   against their limit (pure, clock injected);
@@ -30,6 +32,7 @@ pub mod events;
 pub mod exhaustion;
 pub mod export;
 pub mod ground_truth;
+pub mod health;
 pub mod logging;
 mod names;
 pub mod pipeline;

@@ -67,13 +67,10 @@ impl StackSource {
     pub fn drain(&mut self, mut sink: impl FnMut(&StackRecord)) -> usize {
         let mut n = 0;
         while let Some(item) = self.ring.next() {
-            if item.len() != StackRecord::SIZE {
+            let Some(record) = StackRecord::from_bytes(&item) else {
                 self.malformed += 1;
                 continue;
-            }
-            // SAFETY: the length is checked; StackRecord is plain data (any bytes are valid)
-            // and read unaligned.
-            let record = unsafe { item.as_ptr().cast::<StackRecord>().read_unaligned() };
+            };
             self.received += 1;
             sink(&record);
             n += 1;
@@ -85,7 +82,8 @@ impl StackSource {
         self.received
     }
 
-    /// Records of the wrong size: 0 unless the kernel object and the binary disagree.
+    /// Records whose length is no header plus whole frames: 0 unless the kernel object and the
+    /// binary disagree.
     pub fn malformed(&self) -> u64 {
         self.malformed
     }

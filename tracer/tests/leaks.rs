@@ -56,6 +56,18 @@ impl Receiver {
         Self { url, bodies }
     }
 
+    /// The body of the first `raised` POST of `pid`'s `rule` alert.
+    fn raised(&self, pid: u32, rule: &str) -> Option<Value> {
+        self.bodies
+            .lock()
+            .expect("lock")
+            .iter()
+            .find(|b| {
+                b["event"] == "raised" && b["alert"]["pid"] == pid && b["alert"]["rule"] == rule
+            })
+            .cloned()
+    }
+
     fn events_for(&self, pid: u32) -> Vec<(String, String)> {
         self.bodies
             .lock()
@@ -154,6 +166,20 @@ fn a_steady_leak_raises_growth_everywhere_and_resolves_when_the_process_exits() 
             Err("no POST yet".into())
         }
     });
+    // The payload carries the opener stacks behind the rule: the connections of the window,
+    // grouped, or counted by why they have none.
+    let body = receiver.raised(leaker.pid, "growth").expect("raised body");
+    let stacks = &body["alert"]["evidence"]["stacks"];
+    let connections = num(stacks, "connections");
+    assert!(connections >= 10, "{stacks:#}");
+    let grouped: u64 =
+        stacks["groups"].as_array().expect("groups").iter().map(|g| num(g, "count")).sum();
+    let unstacked: u64 =
+        ["opened_before_capture", "not_sampled", "stack_missing", "held_by_another_process"]
+            .iter()
+            .map(|f| num(stacks, f))
+            .sum();
+    assert!(grouped > 0 && grouped + unstacked <= connections, "{stacks:#}");
     // The process exits: the alert resolves.
     let pid = leaker.pid;
     leaker.exit();
@@ -280,4 +306,23 @@ fn a_client_holding_reset_connections_raises_held_closed() {
         .find(|a| a["rule"] == "held_closed")
         .expect("alert");
     assert_eq!(num(&alert["evidence"], "stale_held_closed"), 2);
+    // sock_diag no longer lists a reset socket: conns gives its health figures as null, with
+    // the reason, never as zeros.
+    let conns = daemon.json(&["conns", "--pid", &client.pid.to_string()]);
+    let rows = conns["connections"].as_array().expect("rows");
+    assert_eq!(rows.len(), 2, "{conns}");
+    for row in rows {
+        assert_eq!(row["state"], "close");
+        for field in [
+            "idle_seconds",
+            "bytes_received",
+            "bytes_acked",
+            "unread_bytes",
+            "unsent_bytes",
+            "rtt_us",
+        ] {
+            assert!(row[field].is_null(), "{field}: {row}");
+        }
+        assert!(row["health_unavailable"].as_str().is_some_and(|r| r.contains("state close")));
+    }
 }

@@ -42,6 +42,12 @@ fn connect_accept_close(accept_blocked_before_attach: bool) {
     });
     let finished = tracing.finish();
     let events: Vec<ConnEvent> = finished.events.iter().filter(|e| ours(e)).copied().collect();
+    // The default policy captured the first connect and accept of each process; each capture
+    // also read the user registers and the stack above sp (bpf_task_pt_regs, or the top of the
+    // kernel stack on 5.10-5.14): a wrong sp would fail that read.
+    let k = &finished.counters;
+    assert!(k.stack_captured >= 2, "stacks captured: {k:?}");
+    assert_eq!(k.stack_window_failed, 0, "user registers and stack window read: {k:?}");
 
     // Outbound: 20 connects in the client's own context, to the server's ports.
     let connects = of_kind(&events, EventKind::Connect);

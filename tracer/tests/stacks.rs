@@ -1,22 +1,34 @@
 //! Opener stacks end to end: a Go program that leaks from one function and dials tidily from
 //! another, traced by a real daemon; `tracer stacks` must name the leaking function for exactly
-//! the leaked connections, in every capture policy, stripped binaries included. Run as root.
+//! the leaked connections, in every capture policy, stripped binaries included; a leak alert
+//! carries the leaking function in its evidence, also once the process has exited. Run as root.
 mod common;
 
 use std::{
     io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    time::{Duration, Instant},
 };
 
-use common::{Daemon, TempDir, num};
+use common::{Daemon, FAST_LEAKS, TempDir, num};
 use serde_json::Value;
 
 const PROGRAM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/programs/leaker_go");
+/// File names of the plain and the stripped build (xtask/src/vm/payload.rs builds the same).
+const LEAKER_NAMES: [&str; 2] = ["leaker", "leaker-stripped"];
 
-/// Builds tests/programs/leaker_go, stripped of symbols and DWARF if asked.
+/// Builds tests/programs/leaker_go, stripped of symbols and DWARF if asked. The VM guests have
+/// no Go: there `TRACER_TEST_GO_PROGRAMS` names a directory holding both builds, made on the host
+/// by `cargo xtask vm-test` ([`LEAKER_NAMES`]).
 fn build_leaker(dir: &Path, stripped: bool) -> PathBuf {
-    let out = dir.join(if stripped { "leaker-stripped" } else { "leaker" });
+    let name = LEAKER_NAMES[usize::from(stripped)];
+    if let Some(prebuilt) = std::env::var_os("TRACER_TEST_GO_PROGRAMS") {
+        let path = Path::new(&prebuilt).join(name);
+        assert!(path.is_file(), "TRACER_TEST_GO_PROGRAMS has no {name}: {}", path.display());
+        return path;
+    }
+    let out = dir.join(name);
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go");
     let mut cmd = Command::new("go");
     cmd.arg("build").arg("-o").arg(&out);
@@ -188,4 +200,150 @@ fn stacks_of_an_unknown_pid_and_bad_settings_say_so() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains("1..=127"), "--stack-depth {depth}: {err}");
     }
+}
+
+/// The `growth` alert of `pid` in `list` (`active` or `resolved`) of `tracer leaks --json`.
+fn growth_alert(daemon: &Daemon, list: &str, pid: u32) -> Option<Value> {
+    daemon.json(&["leaks"])[list]
+        .as_array()?
+        .iter()
+        .find(|a| a["pid"] == pid && a["rule"] == "growth")
+        .cloned()
+}
+
+/// The leading functions of an alert's evidence groups.
+fn evidence_functions(alert: &Value) -> Vec<String> {
+    alert["evidence"]["stacks"]["groups"]
+        .as_array()
+        .map(|groups| {
+            groups
+                .iter()
+                .filter_map(|g| g["leading_function"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The value of an unlabelled counter in a /metrics exposition.
+fn counter(scrape: &str, name: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {scrape}"))
+}
+
+#[test]
+fn a_leak_alert_under_the_default_policy_names_the_leaking_function_and_keeps_it() {
+    let dir = TempDir::new("stacks-alert");
+    let binary = build_leaker(&dir.0, false);
+    // The default (sampled) policy, short leak windows: suspect after two rising sub-windows
+    // (1 s each), growth after a window of four.
+    let daemon = Daemon::start(FAST_LEAKS);
+    let mut leaker = Leaker::spawn(&binary);
+    let pid = leaker.pid();
+    // A steady leak until the alert is up with its stacks named.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let alert = loop {
+        leaker.cmd("leak 2");
+        let alert = growth_alert(&daemon, "active", pid);
+        if let Some(alert) = &alert
+            && evidence_functions(alert).iter().any(|f| f == "main.leakConnections")
+        {
+            break alert.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no alert naming the leak: {}",
+            alert.unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(150));
+    };
+    // (a) The evidence: the connections behind the rule, grouped, with frames, and the rest
+    // accounted for by reason.
+    let stacks = &alert["evidence"]["stacks"];
+    let groups = stacks["groups"].as_array().expect("groups");
+    assert!(groups.len() <= 3, "{stacks:#}");
+    let leak =
+        groups.iter().find(|g| g["leading_function"] == "main.leakConnections").expect("leak");
+    assert_eq!(leak["direction"], "outbound");
+    assert!(
+        leak["frames"]
+            .as_array()
+            .expect("frames")
+            .iter()
+            .any(|f| f["function"] == "main.leakConnections"
+                && f["file"].as_str().is_some_and(|file| file.ends_with("main.go"))
+                && f["line"].as_u64().is_some()),
+        "{leak:#}"
+    );
+    let grouped: u64 = groups.iter().map(|g| num(g, "count")).sum();
+    let unstacked: u64 =
+        ["opened_before_capture", "not_sampled", "stack_missing", "held_by_another_process"]
+            .iter()
+            .map(|f| num(stacks, f))
+            .sum();
+    assert!(grouped + unstacked <= num(stacks, "connections"), "{stacks:#}");
+    assert!(num(stacks, "not_sampled") > 0, "before it was a suspect, most were not sampled");
+    assert!(!stacks.to_string().contains("main.tidyConnections"));
+    let text = daemon.try_cli(&["leaks"]).expect("leaks");
+    assert!(text.contains("opened by main.leakConnections"), "{text}");
+    // top names the leading function of the alert's largest group.
+    let row = daemon.process(pid);
+    assert_eq!(row["leading_function"], groups[0]["leading_function"], "{row:#}");
+
+    // (c) conns: each leaked connection names its group as `tracer stacks` does; the others
+    // say why they have none. Quiet first, so that both answers see the same connections.
+    std::thread::sleep(Duration::from_millis(300));
+    let pid_arg = pid.to_string();
+    let conns = daemon.json(&["conns", "--pid", &pid_arg]);
+    let by_stacks = daemon.json(&["stacks", &pid_arg]);
+    let mut per_group: std::collections::BTreeMap<u64, u64> = Default::default();
+    let mut reasons: std::collections::BTreeMap<String, u64> = Default::default();
+    for conn in conns["connections"].as_array().expect("connections") {
+        match conn["stack_group"].as_u64() {
+            Some(id) => {
+                assert!(conn["no_stack"].is_null(), "{conn:#}");
+                *per_group.entry(id).or_default() += 1;
+            }
+            None => {
+                let reason = conn["no_stack"].as_str().expect("a reason").to_owned();
+                *reasons.entry(reason).or_default() += 1;
+            }
+        }
+    }
+    let expected: std::collections::BTreeMap<u64, u64> = by_stacks["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .map(|g| (num(g, "id"), num(g, "count")))
+        .collect();
+    assert_eq!(per_group, expected, "conns: {conns:#}\nstacks: {by_stacks:#}");
+    assert_eq!(reasons.get("not_sampled").copied().unwrap_or(0), num(&by_stacks, "not_sampled"));
+    assert!(reasons.get("not_sampled").is_some_and(|n| *n > 0), "{reasons:?}");
+    let leak_group = by_stacks["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .find(|g| g["leading_function"] == "main.leakConnections")
+        .expect("the leak's group");
+    assert!(num(leak_group, "count") > 0);
+
+    // (d) The counters on /metrics.
+    let scrape = daemon.scrape_metrics();
+    assert!(counter(&scrape, "tcp_tracer_stacks_captured_total") > 0.0, "{scrape}");
+    assert!(scrape.contains("tcp_tracer_stacks_lost_total{reason=\"ringbuf_full\"}"));
+    assert!(scrape.contains("tcp_tracer_stack_processes_exited_before_pinning_total"));
+
+    // (b) The process exits, the alert resolves, its evidence still names the function.
+    drop(leaker);
+    daemon.eventually("resolved with its stacks", |d| {
+        let alert = growth_alert(d, "resolved", pid).ok_or("not resolved yet")?;
+        if evidence_functions(&alert).iter().any(|f| f == "main.leakConnections") {
+            Ok(())
+        } else {
+            Err(format!("resolved without the function: {alert:#}"))
+        }
+    });
+    let text = daemon.try_cli(&["leaks"]).expect("leaks");
+    assert!(text.contains("opened by main.leakConnections"), "{text}");
 }

@@ -250,7 +250,15 @@ pub fn build_release_tracer() -> Result<std::path::PathBuf> {
         "--bin",
         "tracer",
     ]))?;
-    Ok(root.join("target/release/tracer"))
+    Ok(target_dir(&root).join("release/tracer"))
+}
+
+/// Where cargo puts its builds: `CARGO_TARGET_DIR` (relative to the workspace) or `target/`.
+pub fn target_dir(root: &std::path::Path) -> std::path::PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    if target.is_absolute() { target } else { root.join(target) }
 }
 
 pub fn which(program: &str) -> Option<std::path::PathBuf> {

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::{
     detect::{ConnBrief, Evidence, RemoteCount},
+    health::{ConnHealth, HealthBrief},
+    stacks::groups::{AlertStacks, NoStack, StackGroup, Unstacked},
     table::{ConnSnapshot, ProcessSnapshot, StateCounts},
 };
 
@@ -22,6 +24,14 @@ pub struct TopRow {
     pub growth: i64,
     /// Age of its oldest open connection, seconds (0 when it has none).
     pub oldest_age_seconds: u64,
+    /// Open connections with no data sent or received for longer than `--idle-after`, at the
+    /// latest leak evaluation's sock_diag dump.
+    #[serde(default)]
+    pub idle: u32,
+    /// Open connections holding unread data with no read progress for longer than
+    /// `--unread-after`, at the latest leak evaluation's dump (docs/leak-detection.md).
+    #[serde(default)]
+    pub unread: u32,
     /// Leak rules alerting for this process now, by name, sorted.
     #[schemars(extend("items" = {"type": "string", "enum": rule_names()}))]
     pub alerts: Vec<String>,
@@ -40,6 +50,10 @@ pub struct TopRow {
     /// Seconds until the rise of `fd_used` seen over the leak window reaches `fd_limit`;
     /// `null` when the count did not rise or there is no limit.
     pub fd_exhaustion_seconds: Option<u64>,
+    /// While an alert is active: the leading function of the largest stack group behind it
+    /// (from the alert's evidence); `null` otherwise, or when no stack of it is named.
+    #[serde(default)]
+    pub leading_function: Option<String>,
 }
 
 /// `tracer top`: alerting processes first, then by open connections.
@@ -134,7 +148,17 @@ pub struct LeaksReport {
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct ConnsReport {
     /// Matching connections, oldest tracked first (by `id`).
-    pub connections: Vec<ConnSnapshot>,
+    pub connections: Vec<ConnRow>,
+}
+
+/// One `tracer conns` row: the table's connection and its health, from a sock_diag dump made
+/// for the answer.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct ConnRow {
+    #[serde(flatten)]
+    pub conn: ConnSnapshot,
+    #[serde(flatten)]
+    pub health: ConnHealth,
 }
 
 /// A `--remote` filter: an address, optionally with a port.
@@ -267,6 +291,13 @@ pub struct StatusReport {
     /// them already, since start.
     #[serde(default)]
     pub time_wait_closes_overflowed: u64,
+    /// sock_diag dumps with `tcp_info` made for pool health (one per leak evaluation, shared
+    /// with a reconcile due at the same time), since start; `conns` makes its own, not counted.
+    #[serde(default)]
+    pub health_scans: u64,
+    /// How long the latest of them took, microseconds (off the event loop; 0 before the first).
+    #[serde(default)]
+    pub health_scan_us: u64,
 }
 
 /// One kprobe's hits and the kernel's count of its misses (kprobe mode).
@@ -339,34 +370,8 @@ pub struct StacksReport {
     /// The capture policy in force (`--stacks`).
     pub policy: String,
     pub groups: Vec<StackGroup>,
-    /// Open before capture began (older than the daemon, or found by a scan).
-    pub opened_before_capture: u32,
-    /// Opened while the policy did not sample this process's connection.
-    pub not_sampled: u32,
-    /// Wanted, but no stack arrived: lost in the kernel (see `stacks` in `tracer status`) or
-    /// still in the stack ring.
-    pub stack_missing: u32,
-    /// Held by this process but opened by another (a parent before fork, a passed descriptor):
-    /// their stacks are that process's.
-    pub held_by_another_process: u32,
-}
-
-/// Open connections that one stack opened.
-#[derive(Debug, Serialize, Deserialize, JsonSchema)]
-pub struct StackGroup {
-    /// Open connections opened by this stack.
-    pub count: u32,
-    pub direction: crate::table::Direction,
-    /// Age of the oldest of them, seconds.
-    pub oldest_age_seconds: u64,
-    /// Their remote endpoints, most connections first (at most 3).
-    pub top_remotes: Vec<RemoteCount>,
-    /// The first frame outside the language runtime, the standard library and the C library
-    /// (`main.openDB`, not `syscall.connect`); `null` when no frame qualifies or none is named
-    /// yet.
-    pub leading_function: Option<String>,
-    /// The stack, innermost first (inlined functions as frames of their own).
-    pub frames: Vec<crate::stacks::symbolize::Frame>,
+    #[serde(flatten)]
+    pub unstacked: Unstacked,
 }
 
 /// Opener-stack capture and symbolization, for `tracer status`.
@@ -380,8 +385,22 @@ pub struct StacksStatus {
     pub lost_ringbuf: u64,
     /// Wanted stacks the kernel could not walk, since start.
     pub unwind_failed: u64,
+    /// Captured stacks without the user registers or stack window (their C library caller
+    /// cannot be recovered), since start.
+    pub window_failed: u64,
+    /// Captured stacks that got frames back from call-frame information (the caller a C
+    /// library wrapper hides from the frame-pointer walk), since start.
+    pub frames_recovered: u64,
     /// Stacks whose connection never showed up (dropped), since start.
     pub orphaned: u64,
+    /// Processes that exited before their binaries could be pinned (their stacks stay
+    /// `module+0xoffset` or unnamed), since start.
+    #[serde(default)]
+    pub exited_before_pinning: u64,
+    /// Frames left unnamed in answers and leak evidence (no symbol, or not resolved within
+    /// the deadline), since start.
+    #[serde(default)]
+    pub frames_unsymbolized: u64,
     /// Distinct stacks held now.
     pub distinct: u64,
     /// Processes whose binaries are pinned for symbolization.

@@ -44,10 +44,14 @@ fn conns(report: &ConnsReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:>7} {:<10} {:<3} {:<21} {:<21} {:<11} {:>4}",
-        "PID", "COMM", "DIR", "LOCAL", "REMOTE", "STATE", "AGE"
+        "{:>7} {:<10} {:<3} {:<21} {:<21} {:<11} {:>4} {:>4} {:>8}",
+        "PID", "COMM", "DIR", "LOCAL", "REMOTE", "STATE", "AGE", "IDLE", "UNREAD"
     );
-    for c in &report.connections {
+    for row in &report.connections {
+        let c = &row.conn;
+        // `-` where the kernel gave no figure (conns --json says why).
+        let idle = row.health.idle_seconds.map_or_else(|| "-".to_owned(), age);
+        let unread = row.health.unread_bytes.map_or_else(|| "-".to_owned(), bytes);
         let pid = c.pid.map_or_else(|| "-".to_owned(), |p| p.to_string());
         let dir = match c.direction {
             tracer::table::Direction::Outbound => "out",
@@ -56,18 +60,29 @@ fn conns(report: &ConnsReport) -> String {
         let state = conn_state_label(c.phase, state_static(&c.state));
         let _ = writeln!(
             out,
-            "{:>7} {:<10} {:<3} {:<21} {:<21} {:<11} {:>4}",
+            "{:>7} {:<10} {:<3} {:<21} {:<21} {:<11} {:>4} {:>4} {:>8}",
             pid,
             clip(c.comm.as_deref().unwrap_or("-"), 10),
             dir,
             c.local.to_string(),
             c.remote.to_string(),
             state,
-            age(c.age_seconds)
+            age(c.age_seconds),
+            idle,
+            unread
         );
     }
     let _ = writeln!(out, "{} connection(s)", report.connections.len());
     out
+}
+
+/// A byte count, short: `0`, `512`, `64K`, `3.2M`.
+fn bytes(n: u64) -> String {
+    match n {
+        0..1024 => n.to_string(),
+        1024..1_048_576 => format!("{}K", n / 1024),
+        _ => format!("{:.1}M", n as f64 / 1_048_576.0),
+    }
 }
 
 /// The state names come from a fixed set; map back to a static str for the label helper.

@@ -68,6 +68,28 @@ fn leaks(report: &LeaksReport) -> String {
             for r in &e.top_remotes {
                 let _ = writeln!(out, "    to {:<40} {} open", r.remote, r.open);
             }
+            if let Some(stacks) = &e.stacks {
+                for g in &stacks.groups {
+                    let _ = writeln!(
+                        out,
+                        "    {} opened by {}",
+                        g.count,
+                        g.leading_function.as_deref().unwrap_or("?")
+                    );
+                }
+                let u = &stacks.unstacked;
+                if u.total() > 0 {
+                    let _ = writeln!(
+                        out,
+                        "    no stack: {} opened before capture, {} not sampled, {} missing, {} \
+                         held by another process",
+                        u.opened_before_capture,
+                        u.not_sampled,
+                        u.stack_missing,
+                        u.held_by_another_process
+                    );
+                }
+            }
             for c in e.oldest.iter().take(3) {
                 let _ = writeln!(
                     out,

@@ -45,7 +45,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load the probes and run the daemon until SIGINT/SIGTERM.
-    // Boxed: the run flags outweigh every other command's by far.
+    // Boxed: its flags make it several times larger than every other command.
     Run(Box<run::RunArgs>),
     /// Processes by open connections.
     Top(top::TopArgs),

@@ -11,6 +11,7 @@ use tracer::{
     },
     detect::{DetectorConfig, WorkloadOverride, defaults as leak_defaults},
     export::{self, DEFAULT_METRICS_ADDR, WebhookUrl},
+    health::{DEFAULT_IDLE_AFTER, DEFAULT_UNREAD_AFTER, HealthSettings},
     logging::LogFormat,
     probes::{DEFAULT_WAKEUP_BYTES, LoadOptions, ProbeMode, StackOptions, StackPolicy},
     table::{DEFAULT_EXITED_GRACE_NS, TableConfig},
@@ -151,6 +152,24 @@ pub struct LeakArgs {
     /// age: alert on connections older than this many seconds (off unless set).
     #[arg(long, value_parser = parse_seconds)]
     pub age_threshold: Option<Seconds>,
+    /// unread and top's `unread`: seconds a connection may hold unread data without any read
+    /// progress before it counts as unread (checked at each evaluation's sock_diag dump).
+    #[arg(long, value_parser = parse_positive_seconds, default_value_t = Seconds::of(DEFAULT_UNREAD_AFTER))]
+    pub unread_after: Seconds,
+    /// unread: how many unread connections a process must hold.
+    #[arg(long, default_value_t = leak_defaults::UNREAD_MIN, value_parser = clap::value_parser!(u32).range(1..))]
+    pub unread_min: u32,
+    /// top's `idle`: seconds without data sent or received before an open connection counts
+    /// as idle.
+    #[arg(long, value_parser = parse_positive_seconds, default_value_t = Seconds::of(DEFAULT_IDLE_AFTER))]
+    pub idle_after: Seconds,
+    /// idle: alert on processes holding many connections idle longer than this many seconds
+    /// (a pool without an idle timeout; off unless set).
+    #[arg(long, value_parser = parse_positive_seconds)]
+    pub idle_alert_after: Option<Seconds>,
+    /// idle: how many connections must be idle beyond --idle-alert-after.
+    #[arg(long, default_value_t = leak_defaults::IDLE_MIN, value_parser = clap::value_parser!(u32).range(1..))]
+    pub idle_min: u32,
     /// Consecutive clear evaluations before an alert resolves.
     #[arg(long, default_value_t = leak_defaults::RESOLVE_AFTER)]
     pub leak_resolve_after: u32,
@@ -180,6 +199,9 @@ impl LeakArgs {
             growth_min: self.leak_growth_min,
             close_wait_min: self.close_wait_min,
             age_enabled: self.age_threshold.is_some(),
+            unread_min: self.unread_min,
+            idle_min: self.idle_min,
+            idle_enabled: self.idle_alert_after.is_some(),
             resolve_after: self.leak_resolve_after,
             port_pressure_percent: self.port_pressure,
             fd_headroom_percent: self.fd_headroom,
@@ -194,6 +216,11 @@ impl LeakArgs {
             close_wait_after_ns: nanos(self.close_wait_after.0),
             held_closed_after_ns: nanos(self.held_closed_after.0),
             age_threshold_ns: self.age_threshold.map(|t| nanos(t.0)),
+            health: HealthSettings {
+                idle_after_ns: nanos(self.idle_after.0),
+                unread_after_ns: nanos(self.unread_after.0),
+                idle_alert_after_ns: self.idle_alert_after.map(|t| nanos(t.0)),
+            },
         })
     }
 }

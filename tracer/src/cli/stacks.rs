@@ -41,9 +41,10 @@ fn stacks(report: &StacksReport) -> String {
             .collect::<Vec<_>>();
         let _ = writeln!(
             out,
-            "\n{:>6} {direction} by {}  (oldest {}; {})",
+            "\n{:>6} {direction} by {}  (group {}; oldest {}; {})",
             group.count,
             group.leading_function.as_deref().unwrap_or("?"),
+            group.id,
             age(group.oldest_age_seconds),
             remotes.join(", ")
         );
@@ -54,10 +55,10 @@ fn stacks(report: &StacksReport) -> String {
     let _ = writeln!(
         out,
         "\nopened before capture: {}  not sampled: {}  stack missing: {}  held by another process: {}",
-        report.opened_before_capture,
-        report.not_sampled,
-        report.stack_missing,
-        report.held_by_another_process
+        report.unstacked.opened_before_capture,
+        report.unstacked.not_sampled,
+        report.unstacked.stack_missing,
+        report.unstacked.held_by_another_process
     );
     out
 }

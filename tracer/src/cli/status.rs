@@ -71,6 +71,19 @@ fn status(s: &StatusReport) -> String {
             let _ = writeln!(out, "  {:<22} {} {}", p.probe, p.hits, p.missed);
         }
     }
+    let k = &s.stacks;
+    let _ = writeln!(
+        out,
+        "opener stacks:       {} policy; captured {}, lost {} (ring full) {} (unwind failed), \
+         orphaned {}, processes exited before pinning {}, frames unsymbolized {}",
+        k.policy,
+        k.captured,
+        k.lost_ringbuf,
+        k.unwind_failed,
+        k.orphaned,
+        k.exited_before_pinning,
+        k.frames_unsymbolized
+    );
     let _ = writeln!(
         out,
         "metrics:             {}",

@@ -100,6 +100,12 @@ fn top(report: &TopReport) -> String {
         if p.connecting > 0 {
             notes = format!("{notes} syn={}", p.connecting);
         }
+        if row.unread > 0 {
+            notes = format!("{notes} unread={}", row.unread);
+        }
+        if row.idle > 0 {
+            notes = format!("{notes} idle={}", row.idle);
+        }
         if p.exited {
             notes = format!("{notes} [exited, held {}]", p.open_at_exit.unwrap_or(0));
         }
@@ -127,6 +133,10 @@ fn top(report: &TopReport) -> String {
             row.growth,
             clip(notes.trim(), 24)
         );
+        // The code behind the alert, from its evidence's largest stack group.
+        if let Some(function) = &row.leading_function {
+            let _ = writeln!(out, "{:>7} leaking from {function}", "");
+        }
     }
     let _ = writeln!(
         out,
@@ -217,12 +227,15 @@ mod tests {
             },
             growth,
             oldest_age_seconds: 0,
+            idle: 0,
+            unread: 0,
             alerts: Vec::new(),
             time_wait_caused: 0,
             time_wait_caused_total: 0,
             fd_used: None,
             fd_limit: None,
             fd_exhaustion_seconds: None,
+            leading_function: None,
         }
     }
 

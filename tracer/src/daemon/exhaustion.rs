@@ -1,7 +1,8 @@
-//! Daemon glue for [`crate::exhaustion`]: remembers active closes from the event stream, runs a
-//! scan at each leak evaluation off the event loop (sock_diag and sysctls of every namespace,
-//! descriptors of the processes worth reading), and feeds the results to the leak samples, `top`
-//! and /metrics. The scan is [`scan`], called from one place in daemon/mod.rs.
+//! Daemon glue for [`crate::exhaustion`]: remembers active closes from the event stream, reduces
+//! the sock_diag dump each leak evaluation shares with pool health (daemon/health.rs: the
+//! sysctls of every namespace are read in the dump's walk, the descriptors of the processes
+//! worth reading in its blocking task, see [`reduce`]), and feeds the results to the leak
+//! samples, `top` and /metrics.
 use std::collections::{HashMap, HashSet};
 
 use tracer_common::{ConnEvent, EventKind, tcp_state};
@@ -14,7 +15,7 @@ use crate::{
         ports::{self, DestinationCount},
     },
     ground_truth::{
-        self,
+        self, ExistingSocket,
         holders::{clock_ticks_per_second, process_identity},
         sysctl::{self, NetnsSysctls},
     },
@@ -41,23 +42,28 @@ pub(super) struct ScanResult {
     pub fds: Vec<(ProcessKey, FdSample)>,
 }
 
-/// The scan (blocking: netlink and /proc; run it with `spawn_blocking`).
-pub(super) fn scan(request: ScanRequest) -> std::io::Result<ScanResult> {
-    let started = std::time::Instant::now();
-    let mut sockets = Vec::new();
-    let mut sysctls = HashMap::new();
-    for ns in ground_truth::namespaces() {
-        match ground_truth::scan_namespace(&ns) {
-            Ok(found) => sockets.extend(found),
-            Err(e) => log::debug!("exhaustion scan: skipping netns {}: {e}", ns.inode),
+/// Reads one namespace's sysctls into `into`, during the shared dump's walk of the namespaces
+/// (blocking: it enters the namespace).
+pub(super) fn read_sysctls(ns: &ground_truth::Namespace, into: &mut HashMap<u32, NetnsSysctls>) {
+    match sysctl::read_namespace(ns) {
+        Ok(values) => {
+            into.insert(ns.inode, values);
         }
-        match sysctl::read_namespace(&ns) {
-            Ok(values) => {
-                sysctls.insert(ns.inode, values);
-            }
-            Err(e) => log::debug!("exhaustion scan: sysctls of netns {}: {e}", ns.inode),
-        }
+        Err(e) => log::debug!("exhaustion: sysctls of netns {}: {e}", ns.inode),
     }
+}
+
+/// Reduces the evaluation's shared dump (every socket of every namespace, with the sysctls read
+/// in the same walk) for the exhaustion rules, and reads the descriptors of the processes asked
+/// for. Blocking (/proc): runs in the dump's `spawn_blocking` task, so the event loop only
+/// matches the closing sockets with its remembered closes and names the pressed destinations'
+/// holders.
+pub(super) fn reduce(
+    request: ScanRequest,
+    sockets: &[ExistingSocket],
+    sysctls: HashMap<u32, NetnsSysctls>,
+) -> ScanResult {
+    let started = std::time::Instant::now();
     let ticks = clock_ticks_per_second();
     let fds: Vec<(ProcessKey, FdSample)> = request
         .fd_processes
@@ -69,20 +75,20 @@ pub(super) fn scan(request: ScanRequest) -> std::io::Result<ScanResult> {
         })
         .filter_map(|key| read_process(key.pid).map(|s| (key, s)))
         .collect();
-    let destinations = ports::count_ports(&sockets, &sysctls, request.attribute_from);
+    let destinations = ports::count_ports(sockets, &sysctls, request.attribute_from);
     let closing = sockets
         .iter()
         .filter(|s| Closers::is_closing(s.state))
         .map(|s| (TupleKey { netns: s.netns, local: s.local, remote: s.remote }, s.state))
         .collect();
     log::debug!(
-        "exhaustion scan: {} sockets, {} namespaces, {} processes' descriptors in {:?}",
+        "exhaustion: {} sockets, {} namespaces, {} processes' descriptors reduced in {:?}",
         sockets.len(),
         sysctls.len(),
         fds.len(),
         started.elapsed()
     );
-    Ok(ScanResult { started_ns: request.started_ns, closing, destinations, sysctls, fds })
+    ScanResult { started_ns: request.started_ns, closing, destinations, sysctls, fds }
 }
 
 /// Destinations whose holders are named: from half the lowest `port_exhaustion` threshold in
@@ -109,7 +115,6 @@ pub(super) struct Exhaustion {
     fds_read: HashSet<ProcessKey>,
     destinations: Vec<Destination>,
     holds: HashMap<ProcessKey, PortHold>,
-    pub scans_total: u64,
 }
 
 impl Exhaustion {
@@ -120,7 +125,6 @@ impl Exhaustion {
             fds_read: HashSet::new(),
             destinations: Vec::new(),
             holds: HashMap::new(),
-            scans_total: 0,
         }
     }
 
@@ -183,7 +187,6 @@ impl Exhaustion {
     /// Takes in a scan's results.
     pub fn apply(&mut self, result: ScanResult, table: &ConnectionTable, now_ns: u64) {
         let started = std::time::Instant::now();
-        self.scans_total += 1;
         for (netns, values) in &result.sysctls {
             self.closers.set_capacity(*netns, values.max_tw_buckets as usize);
         }
@@ -225,7 +228,7 @@ impl Exhaustion {
         let read = &self.fds_read;
         self.fds.retain(|k| read.contains(&k));
         self.closers.retain_processes(|k| table.process(k).is_some());
-        log::debug!("exhaustion scan applied on the event loop in {:?}", started.elapsed());
+        log::debug!("exhaustion: dump applied on the event loop in {:?}", started.elapsed());
     }
 
     /// Adds what the last scan found to the leak samples.

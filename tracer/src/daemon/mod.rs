@@ -3,6 +3,7 @@
 //! One task owns the table and everything derived from it. It drains the ring buffer in
 //! batches and answers API queries between batches, so the event path takes no lock.
 mod exhaustion;
+mod health;
 mod leaks;
 mod memory;
 mod queries;
@@ -20,19 +21,22 @@ use tokio::{
 };
 
 use crate::{
+    api::answers::AlertStacks,
     api::{
         protocol::Request,
         server::{self, Query},
     },
     clock::{BootClock, Clock},
-    detect::Detector,
+    detect::{Change, Detector, Rule},
     error::{Error, Result},
     events,
-    export::{self, BuildInfo, Metrics, MetricsInput, RingFill, Scrape, Webhook, WebhookUrl},
+    export::{
+        self, BuildInfo, Metrics, MetricsInput, RingFill, Scrape, StackMetrics, Webhook, WebhookUrl,
+    },
     ground_truth,
     pipeline::EventSource,
     probes::{KernelCounters, LoadOptions, Probes, preflight},
-    table::{ConnectionTable, Reconciler, ScannedSocket, TableConfig},
+    table::{ConnectionTable, ProcessKey, Reconciler, ScannedSocket, TableConfig},
 };
 
 fn every(period: Duration) -> tokio::time::Interval {
@@ -110,6 +114,17 @@ pub(crate) struct Daemon {
     kernel: String,
     stacks: stacks::StackCapture,
     exhaustion: exhaustion::Exhaustion,
+    health: health::PoolHealth,
+    /// Where the tasks that symbolize a raised alert's stacks send them back.
+    evidence_tx: mpsc::UnboundedSender<SymbolizedEvidence>,
+}
+
+/// The stacks of a raised alert, symbolized off the event loop.
+struct SymbolizedEvidence {
+    process: ProcessKey,
+    rule: Rule,
+    since_ns: u64,
+    stacks: AlertStacks,
 }
 
 pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
@@ -118,7 +133,8 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     preflight::check()?;
     let listener = server::bind(&options.socket)?;
     let metrics_listener = options.metrics_addr.map(export::bind).transpose()?;
-    let mut daemon = Daemon::start(&options)?;
+    let (evidence_tx, mut evidence_rx) = mpsc::unbounded_channel::<SymbolizedEvidence>();
+    let mut daemon = Daemon::start(&options, evidence_tx)?;
     daemon.metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     let (scrape_tx, mut scrape_rx) = mpsc::channel::<Scrape>(8);
     let metrics_server = metrics_listener.map(|l| tokio::spawn(export::serve(l, scrape_tx)));
@@ -142,10 +158,8 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     let mut reconcile = every(options.reconcile_interval);
     let mut leak_check = every(options.leaks.interval);
     let mut drain = every(options.drain_interval);
-    let (scan_tx, mut scan_rx) = mpsc::channel::<std::io::Result<Vec<ScannedSocket>>>(1);
-    let mut scan_running = false;
-    let (health_tx, mut health_rx) = mpsc::channel::<std::io::Result<exhaustion::ScanResult>>(1);
-    let mut health_running = false;
+    // One sock_diag dump per leak evaluation, shared with a reconcile due at the same time.
+    let mut scans = health::Scans::new(options.leaks.interval, options.reconcile_interval);
     loop {
         tokio::select! {
             batch = daemon.next_batch() => { batch?; }
@@ -153,6 +167,19 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
                 // Answer from a table that includes everything the kernel has delivered.
                 daemon.drain_now();
                 match query.request {
+                    // Health figures come from a sock_diag dump made off the event loop.
+                    Request::Conns { pid, remote, state } => {
+                        match daemon.conn_rows(pid, remote.as_deref(), state.as_deref()) {
+                            Ok(rows) => {
+                                tokio::spawn(async move {
+                                    let _ = query.reply.send(health::conns_answer(rows).await);
+                                });
+                            }
+                            Err(e) => {
+                                let _ = query.reply.send(Err(e));
+                            }
+                        }
+                    }
                     // Symbols are resolved off the event loop, within a deadline.
                     Request::Stacks { pid } => {
                         match daemon.stacks.draft(&daemon.table, pid, daemon.clock.now_ns()) {
@@ -181,52 +208,21 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
                 daemon.drain_now();
                 daemon.log_summary();
             }
-            // Each evaluation follows a scan of the kernel's sockets (exhaustion rules); one
-            // still running when the next tick comes lets that evaluation go without it.
-            _ = leak_check.tick() => {
-                if health_running {
-                    daemon.evaluate_leaks();
-                } else {
-                    health_running = true;
-                    let request = daemon.exhaustion_request();
-                    let tx = health_tx.clone();
-                    tokio::task::spawn_blocking(move || {
-                        let _ = tx.blocking_send(exhaustion::scan(request));
-                    });
-                }
-            }
-            Some(result) = health_rx.recv() => {
-                health_running = false;
-                match result {
-                    Ok(result) => {
-                        daemon.drain_now();
-                        let now = daemon.clock.now_ns();
-                        daemon.exhaustion.apply(result, &daemon.table, now);
-                    }
-                    Err(e) => log::warn!("exhaustion scan failed: {e}"),
-                }
-                daemon.evaluate_leaks();
-            }
+            _ = leak_check.tick() => scans.evaluation_due(&mut reconcile),
+            Some(evidence) = evidence_rx.recv() => daemon.attach_evidence(evidence),
             Some(scrape) = scrape_rx.recv() => {
                 daemon.drain_now();
                 let _ = scrape.reply.send(daemon.render_metrics());
             }
-            _ = reconcile.tick(), if !scan_running => {
-                scan_running = true;
-                let tx = scan_tx.clone();
-                tokio::task::spawn_blocking(move || { let _ = tx.blocking_send(ground_truth::scan_kernel()); });
-            }
-            Some(scan) = scan_rx.recv() => {
-                scan_running = false;
-                match scan {
-                    Ok(scan) => daemon.reconcile(&scan),
-                    Err(e) => log::warn!("reconcile scan failed: {e}"),
-                }
-                memory::return_freed();
+            _ = reconcile.tick() => scans.reconcile_due(&mut leak_check),
+            Some(landed) = scans.rx.recv() => {
+                scans.landed();
+                daemon.scan_landed(landed);
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
+        scans.launch(|| BootClock.now_ns(), || daemon.exhaustion_request());
     }
     api.abort();
     if let Some(server) = metrics_server {
@@ -244,7 +240,10 @@ impl Daemon {
     /// Attaches the probes, then loads the connections that already exist: the events of
     /// anything that changes meanwhile wait in the ring buffer, so nothing falls between the
     /// two (docs/architecture.md, "Start-up").
-    fn start(options: &DaemonOptions) -> Result<Self> {
+    fn start(
+        options: &DaemonOptions,
+        evidence_tx: mpsc::UnboundedSender<SymbolizedEvidence>,
+    ) -> Result<Self> {
         memory::configure_allocator();
         let mut probes = Probes::load(&options.load)?;
         let source = EventSource::new(probes.take_events()?).map_err(Error::EventRing)?;
@@ -270,12 +269,19 @@ impl Daemon {
                 nanos(options.leaks.interval)
                     .saturating_mul(options.leaks.detector.window_samples as u64),
             ),
+            health: health::PoolHealth::new(options.leaks.health.clone()),
+            evidence_tx,
         };
         daemon.drain_now();
-        match ground_truth::scan_kernel() {
-            Ok(scan) => {
+        match ground_truth::scan_all() {
+            Ok(sockets) => {
+                let scan = ground_truth::with_holders(&sockets);
                 let loaded = daemon.table.load_existing(&scan, daemon.clock.now_ns());
                 log::info!("loaded {loaded} connections that existed before start-up");
+                // The first reading of read progress.
+                let at_ns = daemon.clock.now_ns();
+                let scan = crate::health::HealthScan { at_ns, sockets };
+                daemon.health.update(&daemon.table, &scan, &daemon.leak_settings);
             }
             Err(e) => log::warn!(
                 "cannot load existing connections (sock_diag): {e}; counting from now on"
@@ -285,13 +291,50 @@ impl Daemon {
         Ok(daemon)
     }
 
+    /// A sock_diag dump came back: reconcile if it was due, take in the health figures, then
+    /// evaluate the leak rules if that was due.
+    fn scan_landed(&mut self, landed: health::Landed) {
+        self.health.record_scan(landed.took);
+        match landed.scan {
+            Ok(scan) => {
+                if let Some(scanned) = &scan.reconcile {
+                    self.reconcile(scanned);
+                }
+                self.drain_now();
+                self.health.update(&self.table, &scan.health, &self.leak_settings);
+                // The exhaustion rules' share of the same dump, reduced off the event loop.
+                if let Some(result) = scan.exhaustion {
+                    let now = self.clock.now_ns();
+                    self.exhaustion.apply(result, &self.table, now);
+                }
+            }
+            Err(e) => {
+                log::warn!(
+                    "sock_diag dump failed: {e}; idle and unread are unknown until the next"
+                );
+                self.health.forget_counts();
+            }
+        }
+        if landed.evaluate {
+            self.evaluate_leaks();
+        }
+        memory::return_freed();
+    }
+
     fn evaluate_leaks(&mut self) {
         self.drain_now();
         let now = self.clock.now_ns();
-        let mut samples = leaks::samples(&self.table, &self.leak_settings, now);
+        let mut samples =
+            leaks::samples(&self.table, &self.leak_settings, self.health.per_process(), now);
         self.exhaustion.fill(&mut samples);
         for change in self.detector.evaluate(now, &samples) {
             leaks::log_change(&change);
+            if let Change::Raised(alert) = &change
+                && self.raise_with_stacks(alert, now)
+            {
+                // Its webhook waits for the symbolized stacks (attach_evidence).
+                continue;
+            }
             if let Some(webhook) = &self.webhook {
                 webhook.notify(&change);
             }
@@ -308,6 +351,41 @@ impl Daemon {
                 self.metrics_top_n,
             ),
             attribute_from: exhaustion::attribute_from(&self.leak_settings.detector),
+        }
+    }
+
+    /// Attaches the stacks behind a raised alert at once (named as far as the symbolizer's
+    /// cache goes) and symbolizes them off the event loop, within a deadline. False when
+    /// capture is off.
+    fn raise_with_stacks(&mut self, alert: &crate::detect::Alert, now: u64) -> bool {
+        let settings = &self.leak_settings;
+        let thresholds = settings.thresholds_for(&alert.comm);
+        let behind = |view: &crate::table::ConnView<'_>| {
+            leaks::behind_rule(alert.rule, settings, &thresholds, view, now)
+        };
+        let Some((first, draft)) = self.stacks.alert_evidence(&self.table, alert, now, behind)
+        else {
+            return false;
+        };
+        let process = ProcessKey::new(alert.pid, alert.start_time_ns);
+        let (rule, since_ns) = (alert.rule, alert.since_ns);
+        let mut stacks = first.clone();
+        self.detector.attach_stacks(process, rule, since_ns, first);
+        let tx = self.evidence_tx.clone();
+        tokio::spawn(async move {
+            stacks.groups = draft.finish().await;
+            let _ = tx.send(SymbolizedEvidence { process, rule, since_ns, stacks });
+        });
+        true
+    }
+
+    /// A raised alert's stacks are named: they stay with the alert, and its webhook goes.
+    fn attach_evidence(&mut self, evidence: SymbolizedEvidence) {
+        let SymbolizedEvidence { process, rule, since_ns, stacks } = evidence;
+        if let Some(alert) = self.detector.attach_stacks(process, rule, since_ns, stacks)
+            && let Some(webhook) = &self.webhook
+        {
+            webhook.notify(&Change::Raised(alert.clone()));
         }
     }
 
@@ -373,6 +451,7 @@ impl Daemon {
         let alerts: Vec<_> = self.detector.active().collect();
         let kprobes = self.probes.kprobe_misses();
         let exhaustion = self.exhaustion.metrics_input();
+        let stacks = self.stacks.status(&kernel.clone().unwrap_or_default());
         let input = MetricsInput {
             table: &self.table,
             alerts: &alerts,
@@ -385,11 +464,17 @@ impl Daemon {
                 size_bytes: self.ring_bytes,
                 high_water_bytes: self.ring_high_water(kernel.as_ref()),
             },
+            stacks: StackMetrics {
+                orphaned: stacks.orphaned,
+                frames_unsymbolized: stacks.frames_unsymbolized,
+                exited_before_pinning: stacks.exited_before_pinning,
+            },
             build: BuildInfo {
                 version: env!("CARGO_PKG_VERSION"),
                 probe_mode: &mode,
                 kernel: &self.kernel,
             },
+            health: self.health.per_process(),
             now_ns: self.clock.now_ns(),
             top_n: self.metrics_top_n,
             exhaustion: &exhaustion,

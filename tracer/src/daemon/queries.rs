@@ -9,16 +9,15 @@ use super::Daemon;
 use crate::{
     api::{
         answers::{
-            AgesReport, AlertView, ConnsReport, KprobeStatus, LeaksReport, RemoteFilter,
-            RemoteReport, RemoteRow, STATE_NAMES, StatusReport, TopReport, TopRow,
-            conn_state_label,
+            AgesReport, AlertView, KprobeStatus, LeaksReport, RemoteFilter, RemoteReport,
+            RemoteRow, STATE_NAMES, StatusReport, TopReport, TopRow, conn_state_label,
         },
         protocol::{API_VERSION, Request, TopBy},
     },
     clock::Clock,
     detect::Alert,
     pipeline::LostEvents,
-    table::{Phase, ProcessKey},
+    table::{ConnSnapshot, Phase, ProcessKey},
 };
 
 impl Daemon {
@@ -37,28 +36,39 @@ impl Daemon {
             Request::Stacks { .. } => {
                 return Err("internal: stacks are answered by the event loop".into());
             }
-            Request::Conns { pid, remote, state } => {
-                let remote = remote.as_deref().map(str::parse::<RemoteFilter>).transpose()?;
-                if let Some(state) = &state
-                    && !STATE_NAMES.contains(&state.as_str())
-                {
-                    return Err(format!(
-                        "unknown state {state:?}; one of: {}",
-                        STATE_NAMES.join(", ")
-                    ));
-                }
-                let now = self.clock.now_ns();
-                let connections = self.table.conn_snapshots_where(now, |view| {
-                    pid.is_none_or(|p| view.pid() == Some(p))
-                        && remote.is_none_or(|r| r.matches(view.remote()))
-                        && state
-                            .as_deref()
-                            .is_none_or(|s| conn_state_label(view.phase(), view.state_name()) == s)
-                });
-                to_raw_value(&ConnsReport { connections })
+            // The event loop answers it asynchronously, with a sock_diag dump (daemon/health.rs).
+            Request::Conns { .. } => {
+                return Err("internal: conns are answered by the event loop".into());
             }
         };
         value.map_err(|e| format!("cannot encode the answer: {e}"))
+    }
+
+    /// The `conns` rows the table has, filtered (their health figures come from a dump).
+    pub(super) fn conn_rows(
+        &self,
+        pid: Option<u32>,
+        remote: Option<&str>,
+        state: Option<&str>,
+    ) -> Result<Vec<ConnSnapshot>, String> {
+        let remote = remote.map(str::parse::<RemoteFilter>).transpose()?;
+        if let Some(state) = state
+            && !STATE_NAMES.contains(&state)
+        {
+            return Err(format!("unknown state {state:?}; one of: {}", STATE_NAMES.join(", ")));
+        }
+        let now = self.clock.now_ns();
+        let keep = |view: &crate::table::ConnView<'_>| {
+            pid.is_none_or(|p| view.pid() == Some(p))
+                && remote.is_none_or(|r| r.matches(view.remote()))
+                && state.is_none_or(|s| conn_state_label(view.phase(), view.state_name()) == s)
+        };
+        Ok(self.table.conn_snapshots_annotated(now, keep, |view, snapshot| {
+            match self.stacks.group_of(view) {
+                Ok(id) => snapshot.stack_group = Some(id.0),
+                Err(reason) => snapshot.no_stack = Some(reason),
+            }
+        }))
     }
 
     fn top(&self, limit: Option<usize>) -> TopReport {
@@ -78,13 +88,17 @@ impl Daemon {
             .map(|process| {
                 let key = ProcessKey { pid: process.pid, start_time_ns: process.start_time_ns };
                 let fd = self.exhaustion.fd_status(key);
+                let health = self.health.of(key);
                 TopRow {
+                    leading_function: self.leading_function_of(key),
                     time_wait_caused: self.exhaustion.time_wait_caused(key),
                     time_wait_caused_total: self.exhaustion.time_wait_caused_total(key),
                     fd_used: fd.map(|f| f.used),
                     fd_limit: fd.and_then(|f| f.limit),
                     fd_exhaustion_seconds: fd.and_then(|f| f.exhaustion_seconds),
                     growth: self.detector.growth_of(key),
+                    idle: health.map_or(0, |h| h.idle),
+                    unread: health.map_or(0, |h| h.unread),
                     oldest_age_seconds: oldest.get(&key).copied().unwrap_or(0),
                     alerts: self
                         .detector
@@ -102,6 +116,20 @@ impl Daemon {
             rows.truncate(limit);
         }
         TopReport { processes: rows, unattributed: self.table.unattributed() as u64 }
+    }
+
+    /// The leading function of the largest stack group behind an active alert of `key` (by
+    /// rule name, the first that names one).
+    fn leading_function_of(&self, key: ProcessKey) -> Option<String> {
+        let mut alerts: Vec<&Alert> = self
+            .detector
+            .active()
+            .filter(|a| a.pid == key.pid && a.start_time_ns == key.start_time_ns)
+            .collect();
+        alerts.sort_by_key(|a| a.rule);
+        alerts
+            .into_iter()
+            .find_map(|a| a.evidence.stacks.as_ref()?.groups.first()?.leading_function.clone())
     }
 
     fn top_remotes(&self, limit: Option<usize>) -> RemoteReport {
@@ -245,6 +273,8 @@ impl Daemon {
                 .collect(),
             time_wait_closes_remembered: self.exhaustion.closes_remembered() as u64,
             time_wait_closes_overflowed: self.exhaustion.closes_overflowed(),
+            health_scans: self.health.scans(),
+            health_scan_us: self.health.last_scan_us(),
         }
     }
 }

@@ -4,25 +4,35 @@
 //! deadline).
 use std::{
     collections::{HashMap, HashSet},
-    sync::Arc,
+    io,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use serde_json::value::{RawValue, to_raw_value};
-use tracer_common::{ConnEvent, stacks::StackProcess};
+use tracer_common::{
+    ConnEvent,
+    stacks::{StackProcess, StackRecord},
+};
 
 use crate::{
-    api::answers::{RemoteCount, StackGroup, StacksReport, StacksStatus},
-    detect::Detector,
+    api::answers::{
+        AlertStacks, NoStack, RemoteCount, StackGroup, StacksReport, StacksStatus, Unstacked,
+    },
+    detect::{Alert, Detector},
     pipeline::StackSource,
     probes::{KernelCounters, Probes, StackPolicy},
     stacks::{
         self,
         store::{Opener, OpenerStacks, StackId},
-        symbolize::{AddressKind, Symbolizer, SymbolizerConfig},
+        symbolize::{AddressKind, SymbolizeError, Symbolizer, SymbolizerConfig},
+        unwind::Unwinder,
     },
-    table::{Applied, ConnectionTable, Direction, Phase, ProcessKey},
+    table::{Applied, ConnView, ConnectionTable, Direction, Phase, ProcessKey},
 };
 
 /// The longest a `tracer stacks` answer waits for symbols; what is not ready by then shows as
@@ -30,6 +40,8 @@ use crate::{
 const SYMBOLIZE_DEADLINE: Duration = Duration::from_millis(1500);
 /// Remote endpoints listed per group.
 const GROUP_REMOTES: usize = 3;
+/// Stack groups an alert's evidence keeps.
+const ALERT_GROUPS: usize = 3;
 
 pub(super) struct StackCapture {
     policy: StackPolicy,
@@ -41,6 +53,12 @@ pub(super) struct StackCapture {
     symbolizer: Arc<Symbolizer>,
     /// Processes whose binaries are pinned (at their first stack, while they run).
     pinned: HashSet<ProcessKey>,
+    /// Processes that had exited by the time their first stack was read.
+    exited_before_pinning: u64,
+    /// Frames left unnamed in answers and evidence (shared with the tasks that symbolize).
+    frames_unsymbolized: Arc<AtomicU64>,
+    /// Recovers the caller a C library wrapper hides from the kernel's walk.
+    unwinder: Unwinder,
 }
 
 impl StackCapture {
@@ -59,6 +77,9 @@ impl StackCapture {
             suspects: HashSet::new(),
             symbolizer: Arc::new(symbolizer),
             pinned: HashSet::new(),
+            exited_before_pinning: 0,
+            frames_unsymbolized: Arc::new(AtomicU64::new(0)),
+            unwinder: Unwinder::default(),
         })
     }
 
@@ -72,16 +93,25 @@ impl StackCapture {
     }
 
     /// Reads the stack ring; pins the binaries of each process at its first stack, while it
-    /// still runs (its stacks stay readable after it exits).
+    /// still runs (its stacks stay readable after it exits), and recovers the frames its C
+    /// library's wrappers hid from the kernel's frame-pointer walk.
     pub(super) fn drain(&mut self, table: &ConnectionTable, now_ns: u64) {
-        let Self { source, store, symbolizer, pinned, .. } = self;
+        let Self { source, store, symbolizer, pinned, exited_before_pinning, unwinder, .. } = self;
         source.drain(|record| {
-            store.on_stack(record, table, now_ns);
             let process = ProcessKey::new(record.tgid, record.start_time_ns);
             if pinned.insert(process)
                 && let Err(e) = symbolizer.pin(record.tgid)
             {
+                if exited(&e) {
+                    *exited_before_pinning += 1;
+                }
                 log::debug!("cannot pin pid {} for symbolization: {e}", record.tgid);
+            }
+            let recovered =
+                symbolizer.pinned(record.tgid).and_then(|p| unwinder.recover(&p, record));
+            match recovered {
+                Some(frames) => store.on_stack(&with_frames(record, &frames), table, now_ns),
+                None => store.on_stack(record, table, now_ns),
             }
         });
     }
@@ -105,6 +135,7 @@ impl StackCapture {
             self.pinned.remove(&process);
             self.symbolizer.forget(process.pid);
         }
+        self.unwinder.sweep();
     }
 
     /// Marks the detector's suspects in the kernel's map (every connection of theirs is then
@@ -137,12 +168,100 @@ impl StackCapture {
             captured: kernel.stack_captured,
             lost_ringbuf: kernel.stack_lost_ringbuf,
             unwind_failed: kernel.stack_unwind_failed,
+            window_failed: kernel.stack_window_failed,
+            frames_recovered: self.unwinder.counters().recovered,
             orphaned: counters.orphaned,
+            exited_before_pinning: self.exited_before_pinning,
+            frames_unsymbolized: self.frames_unsymbolized.load(Ordering::Relaxed),
             distinct: self.store.stack_count() as u64,
             pinned_processes: symbolizer.pinned_processes as u64,
             pinned_files: symbolizer.pinned_files as u64,
             symbol_cache_bytes: symbolizer.cached_bytes as u64,
         }
+    }
+
+    /// Connection `view`'s stack group, or why it has none.
+    pub(super) fn group_of(&self, view: &ConnView<'_>) -> Result<StackId, NoStack> {
+        match self.store.opener(view.conn.id, view.conn.preexisting) {
+            Opener::BeforeCapture => Err(NoStack::OpenedBeforeCapture),
+            Opener::NotSampled => Err(NoStack::NotSampled),
+            Opener::Wanted => Err(NoStack::StackMissing),
+            Opener::Stack(id) => match self.store.stack(id) {
+                Some(stack) if Some(stack.process) == view.conn.owner() => Ok(id),
+                _ => Err(NoStack::HeldByAnotherProcess),
+            },
+        }
+    }
+
+    /// The open connections of `process` that `behind` selects, grouped by opener stack (most
+    /// connections first), with how many of them were selected.
+    fn group(
+        &self,
+        table: &ConnectionTable,
+        process: ProcessKey,
+        now_ns: u64,
+        mut behind: impl FnMut(&ConnView<'_>) -> bool,
+    ) -> (GroupsDraft, Unstacked, u32) {
+        struct Acc {
+            count: u32,
+            direction: Direction,
+            oldest_ns: u64,
+            remotes: HashMap<String, u32>,
+        }
+        let mut unstacked = Unstacked::default();
+        let mut selected = 0;
+        let mut groups: HashMap<StackId, Acc> = HashMap::new();
+        for view in table.connections() {
+            let conn = view.conn;
+            if conn.phase() != Phase::Open || conn.owner() != Some(process) || !behind(&view) {
+                continue;
+            }
+            selected += 1;
+            match self.group_of(&view) {
+                Err(reason) => unstacked.count(reason),
+                Ok(id) => {
+                    let acc = groups.entry(id).or_insert(Acc {
+                        count: 0,
+                        direction: conn.direction,
+                        oldest_ns: 0,
+                        remotes: HashMap::new(),
+                    });
+                    acc.count += 1;
+                    acc.oldest_ns = acc.oldest_ns.max(conn.age_ns(now_ns));
+                    *acc.remotes.entry(conn.remote().to_string()).or_default() += 1;
+                }
+            }
+        }
+        let mut groups: Vec<(StackId, Acc)> = groups.into_iter().collect();
+        groups.sort_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(&b.0)));
+        let mut draft = GroupsDraft {
+            pid: process.pid,
+            groups: Vec::with_capacity(groups.len()),
+            addresses: Vec::with_capacity(groups.len()),
+            symbolizer: Arc::clone(&self.symbolizer),
+            unsymbolized: Arc::clone(&self.frames_unsymbolized),
+        };
+        for (id, acc) in groups {
+            let mut remotes: Vec<(String, u32)> = acc.remotes.into_iter().collect();
+            remotes.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            remotes.truncate(GROUP_REMOTES);
+            draft.groups.push(StackGroup {
+                id: id.0,
+                count: acc.count,
+                direction: acc.direction,
+                oldest_age_seconds: acc.oldest_ns / 1_000_000_000,
+                top_remotes: remotes
+                    .into_iter()
+                    .map(|(remote, open)| RemoteCount { remote, open })
+                    .collect(),
+                leading_function: None,
+                frames: Vec::new(),
+            });
+            draft
+                .addresses
+                .push(self.store.stack(id).map(|s| s.frames.to_vec()).unwrap_or_default());
+        }
+        (draft, unstacked, selected)
     }
 
     /// `tracer stacks PID` with the frames left to resolve.
@@ -162,96 +281,112 @@ impl StackCapture {
                      it exited longer ago than --exited-grace)"
                 )
             })?;
-        let mut report = StacksReport {
+        let (groups, unstacked, _) = self.group(table, process.key, now_ns, |_| true);
+        let report = StacksReport {
             pid,
             comm: process.comm().into_owned(),
             open: process.open,
             policy: self.policy.to_string(),
             groups: Vec::new(),
-            opened_before_capture: 0,
-            not_sampled: 0,
-            stack_missing: 0,
-            held_by_another_process: 0,
+            unstacked,
         };
-        struct Acc {
-            count: u32,
-            direction: Direction,
-            oldest_ns: u64,
-            remotes: HashMap<String, u32>,
-        }
-        let mut groups: HashMap<StackId, Acc> = HashMap::new();
-        for view in table.connections() {
-            let conn = view.conn;
-            if conn.phase() != Phase::Open || conn.owner() != Some(process.key) {
-                continue;
-            }
-            match self.store.opener(conn.id, conn.preexisting) {
-                Opener::BeforeCapture => report.opened_before_capture += 1,
-                Opener::NotSampled => report.not_sampled += 1,
-                Opener::Wanted => report.stack_missing += 1,
-                Opener::Stack(id) => {
-                    if self.store.stack(id).is_none_or(|s| s.process != process.key) {
-                        report.held_by_another_process += 1;
-                        continue;
-                    }
-                    let acc = groups.entry(id).or_insert(Acc {
-                        count: 0,
-                        direction: conn.direction,
-                        oldest_ns: 0,
-                        remotes: HashMap::new(),
-                    });
-                    acc.count += 1;
-                    acc.oldest_ns = acc.oldest_ns.max(conn.age_ns(now_ns));
-                    *acc.remotes.entry(conn.remote().to_string()).or_default() += 1;
-                }
-            }
-        }
-        let mut groups: Vec<(StackId, Acc)> = groups.into_iter().collect();
-        groups.sort_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(&b.0)));
-        let mut addresses = Vec::with_capacity(groups.len());
-        for (id, acc) in groups {
-            let mut remotes: Vec<(String, u32)> = acc.remotes.into_iter().collect();
-            remotes.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-            remotes.truncate(GROUP_REMOTES);
-            report.groups.push(StackGroup {
-                count: acc.count,
-                direction: acc.direction,
-                oldest_age_seconds: acc.oldest_ns / 1_000_000_000,
-                top_remotes: remotes
-                    .into_iter()
-                    .map(|(remote, open)| RemoteCount { remote, open })
-                    .collect(),
-                leading_function: None,
-                frames: Vec::new(),
-            });
-            addresses.push(self.store.stack(id).map(|s| s.frames.to_vec()).unwrap_or_default());
-        }
-        Ok(StacksDraft { report, addresses, symbolizer: Arc::clone(&self.symbolizer) })
+        Ok(StacksDraft { report, groups })
     }
+
+    /// The stacks behind an alert that just raised: the largest groups of the connections
+    /// `behind` selects, named as far as the symbolizer's cache goes (no wait), and what is
+    /// left to symbolize. `None` when capture is off.
+    pub(super) fn alert_evidence(
+        &self,
+        table: &ConnectionTable,
+        alert: &Alert,
+        now_ns: u64,
+        behind: impl FnMut(&ConnView<'_>) -> bool,
+    ) -> Option<(AlertStacks, GroupsDraft)> {
+        if self.policy == StackPolicy::Off {
+            return None;
+        }
+        let process = ProcessKey::new(alert.pid, alert.start_time_ns);
+        let (mut draft, unstacked, connections) = self.group(table, process, now_ns, behind);
+        draft.groups.truncate(ALERT_GROUPS);
+        draft.addresses.truncate(ALERT_GROUPS);
+        let mut now = AlertStacks { connections, groups: draft.groups.clone(), unstacked };
+        draft.fill_cached(&mut now.groups);
+        Some((now, draft))
+    }
+}
+
+/// Whether pinning failed because the process was gone.
+fn exited(error: &SymbolizeError) -> bool {
+    let gone = |e: &io::Error| e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(3);
+    match error {
+        SymbolizeError::ReadMaps { source, .. } | SymbolizeError::NothingPinned { source, .. } => {
+            gone(source)
+        }
+        _ => false,
+    }
+}
+
+/// Stack groups whose frames are still addresses.
+pub(super) struct GroupsDraft {
+    pid: u32,
+    groups: Vec<StackGroup>,
+    /// Per group, its stack's addresses, innermost first.
+    addresses: Vec<Vec<u64>>,
+    symbolizer: Arc<Symbolizer>,
+    unsymbolized: Arc<AtomicU64>,
+}
+
+// Return addresses all but the first, which is where the thread entered the kernel: looking
+// both up one byte back stays inside their functions.
+const KIND: AddressKind = AddressKind::Return;
+
+impl GroupsDraft {
+    /// Names `groups` (this draft's, in order) from the symbolizer's cache, without waiting:
+    /// the rest shows as `module+0xoffset`.
+    fn fill_cached(&self, groups: &mut [StackGroup]) {
+        for (group, addresses) in groups.iter_mut().zip(&self.addresses) {
+            let resolved = self.symbolizer.cached(self.pid, addresses, KIND);
+            group.frames = resolved.into_iter().flat_map(|r| r.frames).collect();
+            group.leading_function = stacks::leading_function(&group.frames);
+        }
+    }
+
+    /// Symbolizes every group's frames, waiting at most [`SYMBOLIZE_DEADLINE`] in all, and
+    /// counts the frames left unnamed.
+    pub(super) async fn finish(mut self) -> Vec<StackGroup> {
+        let deadline = tokio::time::Instant::now() + SYMBOLIZE_DEADLINE;
+        for (group, addresses) in self.groups.iter_mut().zip(&self.addresses) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let resolved = self.symbolizer.resolve_within(self.pid, addresses, KIND, left).await;
+            group.frames = resolved.into_iter().flat_map(|r| r.frames).collect();
+            group.leading_function = stacks::leading_function(&group.frames);
+            let unnamed = group.frames.iter().filter(|f| f.function.is_none()).count();
+            self.unsymbolized.fetch_add(unnamed as u64, Ordering::Relaxed);
+        }
+        self.groups
+    }
+}
+
+/// `record` with `frames` (innermost first) in place of its own, as many as it holds.
+fn with_frames(record: &StackRecord, frames: &[u64]) -> StackRecord {
+    let mut out = *record;
+    let n = frames.len().min(out.frames.len());
+    out.frames[..n].copy_from_slice(&frames[..n]);
+    out.depth = n as u32;
+    out
 }
 
 /// A `tracer stacks` answer whose frames are still addresses.
 pub(super) struct StacksDraft {
     report: StacksReport,
-    /// Per group, its stack's addresses, innermost first.
-    addresses: Vec<Vec<u64>>,
-    symbolizer: Arc<Symbolizer>,
+    groups: GroupsDraft,
 }
 
 impl StacksDraft {
     /// Symbolizes every group's frames, waiting at most [`SYMBOLIZE_DEADLINE`] in all.
     pub(super) async fn finish(mut self) -> Result<Box<RawValue>, String> {
-        let pid = self.report.pid;
-        let deadline = tokio::time::Instant::now() + SYMBOLIZE_DEADLINE;
-        for (group, addresses) in self.report.groups.iter_mut().zip(&self.addresses) {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            // Return addresses all but the first, which is where the thread entered the
-            // kernel: looking both up one byte back stays inside their functions.
-            let resolved =
-                self.symbolizer.resolve_within(pid, addresses, AddressKind::Return, left).await;
-            group.frames = resolved.into_iter().flat_map(|r| r.frames).collect();
-            group.leading_function = stacks::leading_function(&group.frames);
-        }
+        self.report.groups = self.groups.finish().await;
         to_raw_value(&self.report).map_err(|e| format!("cannot encode the answer: {e}"))
     }
 }

@@ -17,7 +17,7 @@ pub use overrides::{Thresholds, WorkloadOverride};
 
 use crate::exhaustion::{FdStatus, PortHold};
 
-pub use crate::table::ProcessKey;
+pub use crate::{health::HealthBrief, table::ProcessKey};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -30,6 +30,11 @@ pub enum Rule {
     HeldClosed,
     /// Connections older than a threshold (off by default).
     Age,
+    /// Connections hold unread data and the process has not read from them for longer than T:
+    /// responses not drained or not closed.
+    Unread,
+    /// Many connections idle longer than T: a pool without an idle timeout (off by default).
+    Idle,
     /// A destination's ephemeral ports are nearly all in use: raised for the processes holding
     /// the most of them (TIME_WAIT included).
     PortExhaustion,
@@ -40,11 +45,13 @@ pub enum Rule {
 
 impl Rule {
     /// Every rule (a new one goes here too: the API's schema lists these names).
-    pub const ALL: [Rule; 6] = [
+    pub const ALL: [Rule; 8] = [
         Rule::Growth,
         Rule::CloseWait,
         Rule::HeldClosed,
         Rule::Age,
+        Rule::Unread,
+        Rule::Idle,
         Rule::PortExhaustion,
         Rule::FdExhaustion,
     ];
@@ -55,8 +62,26 @@ impl Rule {
             Rule::CloseWait => "close_wait",
             Rule::HeldClosed => "held_closed",
             Rule::Age => "age",
+            Rule::Unread => "unread",
+            Rule::Idle => "idle",
             Rule::PortExhaustion => "port_exhaustion",
             Rule::FdExhaustion => "fd_exhaustion",
+        }
+    }
+
+    /// What an alert of this rule means, in plain words (in its evidence); `None` for the
+    /// rules whose name says it.
+    pub fn reading(self) -> Option<&'static str> {
+        match self {
+            Rule::Unread => Some(
+                "the process stopped reading these connections: responses not drained or not \
+                 closed",
+            ),
+            Rule::Idle => Some(
+                "the process keeps these connections open and unused far longer than a pool \
+                 should: a pool without an idle timeout",
+            ),
+            _ => None,
         }
     }
 }
@@ -77,6 +102,12 @@ pub struct DetectorConfig {
     /// when the daemon counts them (the age rule is off unless a threshold is set).
     pub age_min: u32,
     pub age_enabled: bool,
+    /// `unread` fires with at least this many unread connections (default 5).
+    pub unread_min: u32,
+    /// `idle` fires with at least this many connections idle beyond its threshold (default
+    /// 20), when the daemon counts them (the idle rule is off unless a threshold is set).
+    pub idle_min: u32,
+    pub idle_enabled: bool,
     /// Consecutive clear evaluations before an alert resolves (default 4).
     pub resolve_after: u32,
     /// `port_exhaustion`: a destination with more than this percentage of its ephemeral ports
@@ -102,6 +133,8 @@ pub mod defaults {
     /// Not configurable: the age rule's threshold (`--age-threshold`) is its setting.
     pub const AGE_MIN: u32 = 1;
     pub const RESOLVE_AFTER: u32 = 4;
+    pub const UNREAD_MIN: u32 = 5;
+    pub const IDLE_MIN: u32 = 20;
     pub const PORT_PRESSURE_PERCENT: u32 = 80;
     pub const FD_HEADROOM_PERCENT: u32 = 10;
     pub const FD_EXHAUSTION_WITHIN_SECONDS: u64 = 600;
@@ -119,6 +152,9 @@ impl Default for DetectorConfig {
             held_closed_min: defaults::HELD_CLOSED_MIN,
             age_min: defaults::AGE_MIN,
             age_enabled: false,
+            unread_min: defaults::UNREAD_MIN,
+            idle_min: defaults::IDLE_MIN,
+            idle_enabled: false,
             resolve_after: defaults::RESOLVE_AFTER,
             port_pressure_percent: defaults::PORT_PRESSURE_PERCENT,
             fd_headroom_percent: defaults::FD_HEADROOM_PERCENT,
@@ -144,19 +180,27 @@ impl DetectorConfig {
             fd_exhaustion_within_ns: t
                 .fd_exhaustion_within_ns
                 .unwrap_or(self.fd_exhaustion_within_ns),
+            unread_min: t.unread_min.unwrap_or(self.unread_min),
+            idle_min: t.idle_min.unwrap_or(self.idle_min),
             age_enabled: self.age_enabled || t.age_threshold_ns.is_some(),
+            idle_enabled: self.idle_enabled || t.idle_alert_after_ns.is_some(),
             overrides: Vec::new(),
             ..self.clone()
         })
     }
 
     /// Whether `rule` runs for `comm`: an override's on/off, else the daemon-wide setting.
+    /// The rules off by default (`age`, `idle`) are on with a threshold, daemon-wide or in the
+    /// override.
     pub fn rule_enabled(&self, rule: Rule, comm: &str) -> bool {
+        let found = overrides::find(&self.overrides, comm);
+        let t = found.map(|o| o.thresholds).unwrap_or_default();
         let default = match rule {
-            Rule::Age => self.age_enabled,
+            Rule::Age => self.age_enabled || t.age_threshold_ns.is_some(),
+            Rule::Idle => self.idle_enabled || t.idle_alert_after_ns.is_some(),
             _ => true,
         };
-        overrides::find(&self.overrides, comm).and_then(|o| o.rule(rule)).unwrap_or(default)
+        found.and_then(|o| o.rule(rule)).unwrap_or(default)
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -170,6 +214,9 @@ impl DetectorConfig {
                 "window samples ({}) must be a positive multiple of sub-windows ({})",
                 self.window_samples, self.sub_windows
             ));
+        }
+        if self.unread_min == 0 || self.idle_min == 0 {
+            return Err("unread-min and idle-min must be at least 1".into());
         }
         if self.resolve_after == 0 {
             return Err("resolve-after must be at least 1".into());
@@ -214,6 +261,14 @@ pub struct ProcessSample {
     pub stale_held_closed: u32,
     /// Open connections older than the age threshold (0 when the age rule is off).
     pub aged: u32,
+    /// Open connections with unread data and no read progress for longer than `unread_after`.
+    pub unread: u32,
+    /// Open connections idle longer than the idle rule's threshold (0 when it is off).
+    pub idle_alerting: u32,
+    /// The unread connections with the most unread bytes (a handful).
+    pub unread_examples: Vec<HealthBrief>,
+    /// The longest-idle connections beyond the idle rule's threshold (a handful).
+    pub idle_examples: Vec<HealthBrief>,
     pub exited: bool,
     /// The oldest open connections, oldest first (a handful).
     pub oldest: Vec<ConnBrief>,
@@ -242,6 +297,24 @@ pub struct Evidence {
     pub stale_held_closed: u32,
     /// Open connections older than the age threshold (0 when the age rule is off).
     pub aged: u32,
+    /// Open connections holding unread data with no read progress for longer than the unread
+    /// threshold.
+    #[serde(default)]
+    pub unread: u32,
+    /// Open connections idle longer than the idle rule's threshold (0 when it is off).
+    #[serde(default)]
+    pub idle: u32,
+    /// The unread connections with the most unread bytes, most first (at most 5).
+    #[serde(default)]
+    pub unread_connections: Vec<HealthBrief>,
+    /// The longest-idle connections beyond the idle rule's threshold, longest first (at most
+    /// 5).
+    #[serde(default)]
+    pub idle_connections: Vec<HealthBrief>,
+    /// What the alert means, in plain words (`unread` and `idle` alerts; absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
+    pub reading: Option<String>,
     /// Its oldest open connections, oldest first (at most 5).
     pub oldest: Vec<ConnBrief>,
     /// Remote endpoints by its open connections, most first (at most 5).
@@ -252,6 +325,12 @@ pub struct Evidence {
     /// Its descriptors, when the daemon read them (exported or growing processes).
     #[serde(default)]
     pub fds: Option<FdEvidence>,
+    /// The opener stacks of the connections behind the rule, taken and symbolized when the
+    /// alert raised and kept with it (so a resolved alert of an exited process still names
+    /// them); `null` with `--stacks off`, and for the moment between the raise and their
+    /// grouping.
+    #[serde(default)]
+    pub stacks: Option<crate::stacks::groups::AlertStacks>,
 }
 
 /// A destination's ephemeral ports, as `port_exhaustion` saw them.
@@ -277,6 +356,13 @@ pub struct FdEvidence {
     pub limit: Option<u64>,
     /// Seconds until the rise seen over the window reaches the limit; `null` without a rise.
     pub exhaustion_seconds: Option<u64>,
+}
+
+impl Evidence {
+    /// The evidence as an alert of `rule` carries it (with the rule's plain reading).
+    fn for_rule(&self, rule: Rule) -> Evidence {
+        Evidence { reading: rule.reading().map(str::to_owned), ..self.clone() }
+    }
 }
 
 /// Open connections of one process to one remote endpoint.
@@ -419,7 +505,10 @@ impl Detector {
                 active.clear_streak = 0;
                 active.alert.open = sample.open;
                 active.alert.comm.clone_from(&sample.comm);
-                active.alert.evidence = evidence.clone();
+                // The stacks stay those of the raise: the daemon attached them then.
+                let stacks = active.alert.evidence.stacks.take();
+                active.alert.evidence = evidence.for_rule(rule);
+                active.alert.evidence.stacks = stacks;
             }
             (Some(active), false) => {
                 active.clear_streak += 1;
@@ -439,7 +528,7 @@ impl Detector {
                     rule,
                     since_ns: now_ns,
                     open: sample.open,
-                    evidence: evidence.clone(),
+                    evidence: evidence.for_rule(rule),
                     resolved_ns: None,
                 };
                 changes.push(Change::Raised(alert.clone()));
@@ -453,6 +542,30 @@ impl Detector {
         alert.resolved_ns = Some(now_ns);
         self.resolved.push_back(alert.clone());
         alert
+    }
+
+    /// Attaches the opener stacks the daemon took when the alert of `id` and `rule` raised at
+    /// `since_ns`, whether it is still active or resolved since. Returns the alert as it is
+    /// now, or `None` when it is no longer listed.
+    pub fn attach_stacks(
+        &mut self,
+        id: ProcessKey,
+        rule: Rule,
+        since_ns: u64,
+        stacks: crate::stacks::groups::AlertStacks,
+    ) -> Option<&Alert> {
+        let matches = |a: &Alert| {
+            a.pid == id.pid
+                && a.start_time_ns == id.start_time_ns
+                && a.rule == rule
+                && a.since_ns == since_ns
+        };
+        let alert = match self.active.get_mut(&(id, rule)) {
+            Some(active) if matches(&active.alert) => &mut active.alert,
+            _ => self.resolved.iter_mut().rev().find(|a| matches(a))?,
+        };
+        alert.evidence.stacks = Some(stacks);
+        Some(alert)
     }
 
     pub fn active(&self) -> impl Iterator<Item = &Alert> {
@@ -474,7 +587,8 @@ impl Detector {
 
     /// Net change of the floor over the current window (0 until a sub-window is complete).
     /// Processes whose connections' opener stacks should all be captured: a `growth` alert is
-    /// active, or its floor is rising ([`growth::suspect`]). Other rules make no suspects.
+    /// active, or its floor is rising ([`growth::suspect`]). Other rules (`unread` and `idle`
+    /// included: their connections are not new) make no suspects.
     pub fn suspects(&self) -> impl Iterator<Item = ProcessKey> + '_ {
         self.history.iter().filter_map(|(id, history)| {
             let alerting = self.active.contains_key(&(*id, Rule::Growth));
@@ -512,6 +626,8 @@ fn rule_holds(
         Rule::CloseWait => sample.stale_close_wait >= config.close_wait_min,
         Rule::HeldClosed => sample.stale_held_closed >= config.held_closed_min,
         Rule::Age => sample.aged >= config.age_min,
+        Rule::Unread => sample.unread >= config.unread_min,
+        Rule::Idle => sample.idle_alerting >= config.idle_min,
         Rule::PortExhaustion => sample.port_hold.as_ref().is_some_and(|h| {
             h.rank < defaults::PORT_HOLDERS_NAMED
                 && h.held > 0
@@ -545,6 +661,11 @@ fn evidence(config: &DetectorConfig, history: &History, sample: &ProcessSample) 
         stale_close_wait: sample.stale_close_wait,
         stale_held_closed: sample.stale_held_closed,
         aged: sample.aged,
+        unread: sample.unread,
+        idle: sample.idle_alerting,
+        unread_connections: sample.unread_examples.clone(),
+        idle_connections: sample.idle_examples.clone(),
+        reading: None,
         oldest: sample.oldest.clone(),
         top_remotes: sample
             .top_remotes
@@ -562,6 +683,7 @@ fn evidence(config: &DetectorConfig, history: &History, sample: &ProcessSample) 
             limit: fd.limit,
             exhaustion_seconds: fd.exhaustion_seconds,
         }),
+        stacks: None,
     }
 }
 

@@ -18,12 +18,26 @@ pub struct Thresholds {
     pub port_pressure_percent: Option<u32>,
     pub fd_headroom_percent: Option<u32>,
     pub fd_exhaustion_within_ns: Option<u64>,
+    pub unread_min: Option<u32>,
+    pub idle_min: Option<u32>,
+    pub unread_after_ns: Option<u64>,
+    pub idle_after_ns: Option<u64>,
+    /// Turns the `idle` rule on for the matching processes, as `--idle-alert-after` does.
+    pub idle_alert_after_ns: Option<u64>,
 }
 
 /// Keys that take a count or a percentage, then keys that take seconds.
-const COUNT_KEYS: [&str; 4] = ["leak-growth-min", "close-wait-min", "port-pressure", "fd-headroom"];
-const SECONDS_KEYS: [&str; 4] =
-    ["close-wait-after", "held-closed-after", "age-threshold", "fd-exhaustion-within"];
+const COUNT_KEYS: [&str; 6] =
+    ["leak-growth-min", "close-wait-min", "port-pressure", "fd-headroom", "unread-min", "idle-min"];
+const SECONDS_KEYS: [&str; 7] = [
+    "close-wait-after",
+    "held-closed-after",
+    "age-threshold",
+    "fd-exhaustion-within",
+    "unread-after",
+    "idle-after",
+    "idle-alert-after",
+];
 
 /// One `--workload` entry.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -106,10 +120,15 @@ impl FromStr for WorkloadOverride {
                 "close-wait-min" => t.close_wait_min = Some(count()?),
                 "port-pressure" => t.port_pressure_percent = Some(percent(key, count()?)?),
                 "fd-headroom" => t.fd_headroom_percent = Some(percent(key, count()?)?),
+                "unread-min" => t.unread_min = Some(at_least_one(key, count()?)?),
+                "idle-min" => t.idle_min = Some(at_least_one(key, count()?)?),
                 "close-wait-after" => t.close_wait_after_ns = Some(seconds_ns(key, value)?),
                 "held-closed-after" => t.held_closed_after_ns = Some(seconds_ns(key, value)?),
                 "age-threshold" => t.age_threshold_ns = Some(seconds_ns(key, value)?),
                 "fd-exhaustion-within" => t.fd_exhaustion_within_ns = Some(seconds_ns(key, value)?),
+                "unread-after" => t.unread_after_ns = Some(positive_ns(key, value)?),
+                "idle-after" => t.idle_after_ns = Some(positive_ns(key, value)?),
+                "idle-alert-after" => t.idle_alert_after_ns = Some(positive_ns(key, value)?),
                 _ => {
                     let rules: Vec<&str> = Rule::ALL.iter().map(|r| r.name()).collect();
                     return Err(format!(
@@ -122,6 +141,18 @@ impl FromStr for WorkloadOverride {
             }
         }
         Ok(out)
+    }
+}
+
+fn at_least_one(key: &str, value: u32) -> Result<u32, String> {
+    if value >= 1 { Ok(value) } else { Err(format!("{key}={value}: expected at least 1")) }
+}
+
+/// Seconds that must be above zero, as their `tracer run` flags require.
+fn positive_ns(key: &str, value: &str) -> Result<u64, String> {
+    match seconds_ns(key, value)? {
+        0 => Err(format!("{key}={value}: expected more than 0 seconds")),
+        ns => Ok(ns),
     }
 }
 
@@ -143,8 +174,14 @@ impl fmt::Display for WorkloadOverride {
             .collect();
         let t = &self.thresholds;
         let secs = |ns: u64| ns as f64 / 1e9;
-        let counts =
-            [t.growth_min, t.close_wait_min, t.port_pressure_percent, t.fd_headroom_percent];
+        let counts = [
+            t.growth_min,
+            t.close_wait_min,
+            t.port_pressure_percent,
+            t.fd_headroom_percent,
+            t.unread_min,
+            t.idle_min,
+        ];
         for (key, value) in COUNT_KEYS.iter().zip(counts) {
             if let Some(v) = value {
                 parts.push(format!("{key}={v}"));
@@ -155,6 +192,9 @@ impl fmt::Display for WorkloadOverride {
             t.held_closed_after_ns,
             t.age_threshold_ns,
             t.fd_exhaustion_within_ns,
+            t.unread_after_ns,
+            t.idle_after_ns,
+            t.idle_alert_after_ns,
         ];
         for (key, value) in SECONDS_KEYS.iter().zip(durations) {
             if let Some(v) = value {
@@ -178,6 +218,28 @@ mod tests {
         assert_eq!(o.thresholds.close_wait_after_ns, Some(600_000_000_000));
         assert_eq!(o.to_string(), "backup-*:age=off,fd-headroom=20,close-wait-after=600");
         assert_eq!(o.to_string().parse::<WorkloadOverride>(), Ok(o));
+    }
+
+    #[test]
+    fn idle_and_unread_are_rules_and_have_thresholds() {
+        let o: WorkloadOverride =
+            "backup-agent:unread-after=900,idle=off,unread-min=10".parse().unwrap();
+        assert_eq!(o.rule(Rule::Idle), Some(false));
+        assert_eq!(o.rule(Rule::Unread), None);
+        assert_eq!(o.thresholds.unread_after_ns, Some(900_000_000_000));
+        assert_eq!(o.thresholds.unread_min, Some(10));
+        assert_eq!(o.to_string(), "backup-agent:idle=off,unread-min=10,unread-after=900");
+        assert_eq!(o.to_string().parse::<WorkloadOverride>(), Ok(o));
+        let o: WorkloadOverride =
+            "pool*:idle-alert-after=120,idle-min=30,idle-after=60".parse().unwrap();
+        assert_eq!(o.thresholds.idle_alert_after_ns, Some(120_000_000_000));
+        assert_eq!(
+            (o.thresholds.idle_min, o.thresholds.idle_after_ns),
+            (Some(30), Some(60_000_000_000))
+        );
+        assert!("x:unread-after=0".parse::<WorkloadOverride>().is_err());
+        assert!("x:idle-min=0".parse::<WorkloadOverride>().is_err());
+        assert!("x:unread=off".parse::<WorkloadOverride>().is_ok());
     }
 
     #[test]

@@ -406,3 +406,119 @@ fn workload_overrides_switch_rules_and_thresholds_by_command_name() {
     sim.tick();
     assert_eq!(sim.raised(Rule::Age).len(), 1);
 }
+
+#[test]
+fn workload_overrides_reach_the_idle_and_unread_rules() {
+    // idle: off daemon-wide, on for `app` through its own threshold, with its own K.
+    let mut config = small_window();
+    config.overrides = vec!["app:idle-alert-after=60,idle-min=3".parse().expect("override")];
+    let mut sim = Sim::new(config.clone());
+    sim.sample.idle_alerting = 3;
+    sim.tick();
+    assert_eq!(sim.raised(Rule::Idle).len(), 1, "on for app at K = 3");
+    let mut sim = Sim::new(config);
+    sim.sample.comm = "postgres".into();
+    sim.sample.idle_alerting = 30;
+    sim.tick();
+    assert!(sim.raised(Rule::Idle).is_empty(), "still off for others");
+
+    // unread: on daemon-wide, off for `app`, a higher K for `ap*` elsewhere.
+    let mut config = small_window();
+    config.overrides = vec!["app:unread=off".parse().expect("override")];
+    let mut sim = Sim::new(config);
+    sim.sample.unread = 50;
+    sim.tick();
+    assert!(sim.raised(Rule::Unread).is_empty(), "off for app");
+    let mut config = small_window();
+    config.overrides = vec!["ap*:unread-min=8".parse().expect("override")];
+    let mut sim = Sim::new(config);
+    sim.sample.unread = 7;
+    sim.tick();
+    assert!(sim.raised(Rule::Unread).is_empty(), "7 < 8 for app");
+    sim.sample.unread = 8;
+    sim.tick();
+    assert_eq!(sim.raised(Rule::Unread).len(), 1);
+
+    // A daemon-wide idle rule turned off for one workload.
+    let mut config = DetectorConfig { idle_enabled: true, ..small_window() };
+    config.overrides = vec!["app:idle=off".parse().expect("override")];
+    let mut sim = Sim::new(config);
+    sim.sample.idle_alerting = 40;
+    sim.tick();
+    assert!(sim.raised(Rule::Idle).is_empty(), "off for app");
+}
+
+#[test]
+fn unread_raises_at_k_connections_with_its_reading_and_resolves_after_the_clear_streak() {
+    let mut sim = Sim::new(DetectorConfig { resolve_after: 2, ..small_window() });
+    sim.sample.open = 10;
+    sim.sample.unread = 4;
+    sim.tick();
+    assert!(sim.raised(Rule::Unread).is_empty(), "below K = 5");
+    sim.sample.unread = 5;
+    sim.sample.unread_examples = vec![HealthBrief {
+        remote: "10.0.0.1:80".into(),
+        unread_bytes: 70_000,
+        idle_seconds: 90,
+        no_read_seconds: 80,
+    }];
+    sim.tick();
+    let alert = sim.raised(Rule::Unread)[0];
+    assert_eq!(alert.evidence.unread, 5);
+    assert_eq!(alert.evidence.unread_connections[0].unread_bytes, 70_000);
+    assert!(alert.evidence.reading.as_deref().is_some_and(|r| r.contains("stopped reading")));
+    assert!(sim.detector.suspects().next().is_none(), "unread makes no stack suspect");
+    sim.sample.unread = 0;
+    assert!(sim.tick().is_empty(), "one clear evaluation is not enough");
+    assert!(matches!(&sim.tick()[..], [Change::Resolved(a)] if a.rule == Rule::Unread));
+}
+
+#[test]
+fn idle_is_off_unless_enabled_and_then_needs_k_connections() {
+    let mut sim = Sim::new(small_window());
+    sim.sample.open = 40;
+    sim.sample.idle_alerting = 40;
+    sim.tick();
+    assert!(!sim.any_raised(), "off by default");
+    let mut sim = Sim::new(DetectorConfig { idle_enabled: true, ..small_window() });
+    sim.sample.open = 40;
+    sim.sample.idle_alerting = 19;
+    sim.tick();
+    assert!(!sim.any_raised(), "below K = 20");
+    sim.sample.idle_alerting = 20;
+    sim.tick();
+    let alert = sim.raised(Rule::Idle)[0];
+    assert_eq!(alert.evidence.idle, 20);
+    assert!(alert.evidence.reading.as_deref().is_some_and(|r| r.contains("idle timeout")));
+}
+
+#[test]
+fn stacks_attached_at_raise_stay_while_the_alert_holds_and_after_it_resolves() {
+    let mut sim = Sim::new(small_window());
+    while sim.raised(Rule::Growth).is_empty() {
+        sim.open(5);
+        sim.tick();
+        assert!(sim.now < 20 * SEC, "growth never raised");
+    }
+    let since = sim.raised(Rule::Growth)[0].since_ns;
+    let stacks = crate::stacks::groups::AlertStacks { connections: 9, ..Default::default() };
+    assert!(sim.detector.attach_stacks(PID, Rule::Growth, since, stacks.clone()).is_some());
+    // A later raise time names another alert: nothing to attach to.
+    assert!(sim.detector.attach_stacks(PID, Rule::Growth, since + 1, stacks.clone()).is_none());
+    // Still growing: the evidence is refreshed, its stacks are the raise's.
+    sim.open(5);
+    sim.tick();
+    let active = sim.detector.active().next().expect("active");
+    assert!(active.evidence.opens_in_window > 0);
+    assert_eq!(active.evidence.stacks.as_ref(), Some(&stacks));
+    // The process exits: the resolved alert keeps them.
+    sim.sample.exited = true;
+    sim.tick();
+    let resolved = sim.detector.recently_resolved().next().expect("resolved");
+    assert_eq!(resolved.evidence.stacks.as_ref(), Some(&stacks));
+    // And stacks that arrive after the resolve still find it.
+    let later = crate::stacks::groups::AlertStacks { connections: 3, ..Default::default() };
+    assert!(sim.detector.attach_stacks(PID, Rule::Growth, since, later.clone()).is_some());
+    let resolved = sim.detector.recently_resolved().next().expect("resolved");
+    assert_eq!(resolved.evidence.stacks.as_ref(), Some(&later));
+}

@@ -231,6 +231,9 @@ mod tests {
             inode: 0,
             uid: 0,
             cookie: 0,
+            rqueue: 0,
+            wqueue: 0,
+            info: None,
         }
     }
 

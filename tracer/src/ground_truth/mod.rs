@@ -7,9 +7,11 @@
 pub mod holders;
 pub mod sock_diag;
 pub mod sysctl;
+pub mod tcp_info;
 
 pub use holders::{Holder, scan_holders};
 pub use sock_diag::{ExistingSocket, scan_namespace};
+pub use tcp_info::TcpInfo;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -49,19 +51,31 @@ pub fn namespaces() -> Vec<Namespace> {
 /// All TCP sockets of all namespaces, tagged with their namespace inode. Namespaces that
 /// vanish mid-scan are skipped.
 pub fn scan_all() -> std::io::Result<Vec<ExistingSocket>> {
+    scan_all_and(|_| {})
+}
+
+/// [`scan_all`], calling `also` on each namespace in the same walk (for readings that ride
+/// along with the dump, such as per-namespace sysctls).
+pub fn scan_all_and(mut also: impl FnMut(&Namespace)) -> std::io::Result<Vec<ExistingSocket>> {
     let mut all = Vec::new();
     for ns in namespaces() {
         match scan_namespace(&ns) {
             Ok(sockets) => all.extend(sockets),
             Err(e) => log::debug!("skipping netns {} ({}): {e}", ns.inode, ns.path.display()),
         }
+        also(&ns);
     }
     Ok(all)
 }
 
 /// One full scan. Blocking (it walks /proc): run it off the event loop.
 pub fn scan_kernel() -> std::io::Result<Vec<ScannedSocket>> {
-    let sockets = scan_all()?;
+    Ok(with_holders(&scan_all()?))
+}
+
+/// The sockets of a dump ([`scan_all`]) as the table's [`ScannedSocket`]s, with their holders
+/// from /proc (blocking: run it off the event loop). Listeners are left out.
+pub fn with_holders(sockets: &[ExistingSocket]) -> Vec<ScannedSocket> {
     let holders = scan_holders();
     let listening: HashSet<(u32, u16)> = sockets
         .iter()
@@ -81,8 +95,8 @@ pub fn scan_kernel() -> std::io::Result<Vec<ScannedSocket>> {
         list.sort_by_key(|h| h.key.pid);
         list
     };
-    Ok(sockets
-        .into_iter()
+    sockets
+        .iter()
         .filter(|s| s.state != tcp_state::LISTEN)
         .map(|s| ScannedSocket {
             netns: s.netns,
@@ -98,7 +112,7 @@ pub fn scan_kernel() -> std::io::Result<Vec<ScannedSocket>> {
             remote: s.remote,
             state: s.state,
         })
-        .collect())
+        .collect()
 }
 
 fn comm_bytes(comm: &str) -> [u8; 16] {

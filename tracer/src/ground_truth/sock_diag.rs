@@ -1,5 +1,6 @@
 //! A minimal NETLINK_SOCK_DIAG client: dumps the TCP sockets (IPv4 and IPv6, every state) of
-//! one network namespace. Hand-written over libc: two fixed structs and one dump loop do not
+//! one network namespace, each with its queues and (for full sockets) its `tcp_info`.
+//! Hand-written over libc: two fixed structs, one attribute walk and one dump loop do not
 //! justify a netlink dependency.
 use std::{
     io,
@@ -8,12 +9,15 @@ use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
-use super::Namespace;
+use super::{Namespace, tcp_info::TcpInfo};
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLMSG_DONE: u16 = 3;
 const NLMSG_ERROR: u16 = 2;
 const ALL_STATES: u32 = 0xfff;
+/// `INET_DIAG_INFO`: the attribute carrying `struct tcp_info`; requested with bit (type - 1)
+/// of the request's `ext`.
+const INET_DIAG_INFO: u16 = 2;
 
 /// One socket as the kernel's diag interface reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,6 +32,12 @@ pub struct ExistingSocket {
     pub inode: u64,
     pub uid: u32,
     pub cookie: u64,
+    /// Receive queue: bytes received and not yet read by the application (`ss` Recv-Q).
+    pub rqueue: u32,
+    /// Send queue: bytes written and not yet acknowledged by the peer (`ss` Send-Q).
+    pub wqueue: u32,
+    /// The kernel's `tcp_info`; `None` for TIME_WAIT and request sockets, which carry none.
+    pub info: Option<TcpInfo>,
 }
 
 #[repr(C)]
@@ -125,6 +135,7 @@ fn dump(family: u8, netns: u32) -> io::Result<Vec<ExistingSocket>> {
         body: InetDiagReqV2 {
             family,
             protocol: libc::IPPROTO_TCP as u8,
+            ext: 1 << (INET_DIAG_INFO - 1),
             states: ALL_STATES,
             ..InetDiagReqV2::default()
         },
@@ -167,7 +178,8 @@ fn dump(family: u8, netns: u32) -> io::Result<Vec<ExistingSocket>> {
                         // SAFETY: length checked; plain data.
                         let msg: InetDiagMsg =
                             unsafe { std::ptr::read_unaligned(payload.as_ptr().cast()) };
-                        sockets.push(convert(&msg, netns));
+                        let attrs = &payload[size_of::<InetDiagMsg>()..];
+                        sockets.push(convert(&msg, netns, info_attribute(attrs)));
                     }
                 }
                 _ => {}
@@ -179,7 +191,24 @@ fn dump(family: u8, netns: u32) -> io::Result<Vec<ExistingSocket>> {
     }
 }
 
-fn convert(msg: &InetDiagMsg, netns: u32) -> ExistingSocket {
+/// The payload of the `INET_DIAG_INFO` attribute among those following `inet_diag_msg`
+/// (each a 4-byte `rtattr` header, length then type, padded to 4 bytes).
+fn info_attribute(mut attrs: &[u8]) -> Option<TcpInfo> {
+    while attrs.len() >= 4 {
+        let len = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
+        let kind = u16::from_ne_bytes([attrs[2], attrs[3]]);
+        if len < 4 || len > attrs.len() {
+            return None;
+        }
+        if kind == INET_DIAG_INFO {
+            return Some(TcpInfo::parse(&attrs[4..len]));
+        }
+        attrs = attrs.get((len + 3) & !3..).unwrap_or(&[]);
+    }
+    None
+}
+
+fn convert(msg: &InetDiagMsg, netns: u32, info: Option<TcpInfo>) -> ExistingSocket {
     let ip = |raw: &[u8; 16]| -> IpAddr {
         if msg.family == libc::AF_INET as u8 {
             IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
@@ -196,6 +225,9 @@ fn convert(msg: &InetDiagMsg, netns: u32) -> ExistingSocket {
         inode: u64::from(msg.inode),
         uid: msg.uid,
         cookie: u64::from(msg.id.cookie[0]) | (u64::from(msg.id.cookie[1]) << 32),
+        rqueue: msg.rqueue,
+        wqueue: msg.wqueue,
+        info,
     }
 }
 
@@ -203,6 +235,66 @@ fn convert(msg: &InetDiagMsg, netns: u32) -> ExistingSocket {
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    fn own_namespace() -> Namespace {
+        let ns_path = std::path::PathBuf::from("/proc/self/ns/net");
+        Namespace { inode: std::fs::metadata(&ns_path).expect("ns").ino() as u32, path: ns_path }
+    }
+
+    #[test]
+    fn attributes_are_walked_to_the_info_one() {
+        let mut attrs = Vec::new();
+        // An unrelated 5-byte attribute (padded to 8), then INET_DIAG_INFO with 136 bytes.
+        attrs.extend(9u16.to_ne_bytes());
+        attrs.extend(1u16.to_ne_bytes());
+        attrs.extend([7, 7, 7, 7, 7, 0, 0, 0]);
+        let mut info = vec![0u8; 136];
+        info[128..136].copy_from_slice(&77u64.to_ne_bytes());
+        attrs.extend((4 + info.len() as u16).to_ne_bytes());
+        attrs.extend(INET_DIAG_INFO.to_ne_bytes());
+        attrs.extend(&info);
+        assert_eq!(info_attribute(&attrs).and_then(|i| i.bytes_received), Some(77));
+        assert_eq!(info_attribute(&attrs[..12]), None, "no info attribute");
+        assert_eq!(info_attribute(&attrs[..20]), None, "a truncated attribute is not read");
+    }
+
+    /// Unsent and unread data on a real loopback connection, as the dump reports it.
+    #[test]
+    fn reports_queues_and_tcp_info_of_a_live_connection() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut client = std::net::TcpStream::connect(addr).expect("connect");
+        let (mut server, _) = listener.accept().expect("accept");
+        // The server reads 1000 of 5000 bytes: 4000 wait unread in its receive queue.
+        client.write_all(&[1u8; 5000]).expect("write");
+        let mut got = [0u8; 1000];
+        server.read_exact(&mut got).expect("read");
+        let client_local = client.local_addr().expect("local");
+        let find = |sockets: &[ExistingSocket], local, remote| {
+            sockets.iter().find(|s| s.local == local && s.remote == remote).cloned()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let (client_side, server_side) = loop {
+            let sockets = scan_namespace(&own_namespace()).expect("dump");
+            let c = find(&sockets, client_local, addr).expect("client listed");
+            let s = find(&sockets, addr, client_local).expect("server listed");
+            // Wait for the ack of all 5000 bytes (loopback: immediate, but not synchronous).
+            if c.wqueue == 0 || std::time::Instant::now() > deadline {
+                break (c, s);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        assert_eq!(server_side.rqueue, 4000, "unread bytes");
+        let s = server_side.info.expect("tcp_info of a full socket");
+        assert_eq!(s.bytes_received, Some(5000));
+        assert_eq!(client_side.wqueue, 0);
+        let c = client_side.info.expect("tcp_info");
+        // bytes_acked counts the SYN's sequence number too (the kernel starts it at 1).
+        assert_eq!(c.bytes_acked.map(|b| b.saturating_sub(1)), Some(5000));
+        assert!(c.rtt_us.is_some_and(|r| r > 0));
+        assert!(c.idle_ms().is_some_and(|ms| ms < 5000));
+    }
 
     #[test]
     fn finds_a_live_connection_with_its_inode_and_state() {

@@ -175,6 +175,8 @@ pub struct KernelCounters {
     pub stack_lost_ringbuf: u64,
     /// Wanted stacks the kernel could not walk.
     pub stack_unwind_failed: u64,
+    /// Captured stacks without the user registers or stack window (no C library recovery).
+    pub stack_window_failed: u64,
 }
 
 impl KernelCounters {
@@ -357,6 +359,7 @@ impl Probes {
         out.stack_captured = read(counters::STACK_CAPTURED)?;
         out.stack_lost_ringbuf = read(counters::STACK_LOST_RINGBUF)?;
         out.stack_unwind_failed = read(counters::STACK_UNWIND_FAILED)?;
+        out.stack_window_failed = read(counters::STACK_WINDOW_FAILED)?;
         Ok(out)
     }
 }

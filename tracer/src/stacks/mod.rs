@@ -1,9 +1,12 @@
 //! Opener stacks: the user-space code that opened each connection, as frames.
 //! [`symbolize`] pins a process's binaries and names addresses (blazesym); [`gopclntab`] reads
-//! Go's own symbol table, which names functions in stripped Go binaries.
+//! Go's own symbol table, which names functions in stripped Go binaries; [`groups`] is what
+//! answers and leak evidence show of connections grouped by stack.
 pub mod gopclntab;
+pub mod groups;
 pub mod store;
 pub mod symbolize;
+pub mod unwind;
 
 use std::os::unix::fs::FileExt;
 

@@ -115,12 +115,12 @@ impl OpenerStacks {
             && matches!(event.kind(), Some(EventKind::Connect | EventKind::Accept));
         match *applied {
             Applied::Connecting { id, .. } | Applied::Opened { id, .. } if wanted => {
-                self.wanted(id, SocketKey::of(event));
+                self.wanted(id, event);
             }
             // kprobe mode captures connect's stack apart from its event, which then carries no
             // flag: a stack that came first still belongs to it.
             Applied::Connecting { id, .. } if !self.pending.is_empty() => {
-                if let Some((stack, _)) = self.pending.remove(&SocketKey::of(event)) {
+                if let Some(stack) = self.take_pending(event) {
                     self.counters.attached += 1;
                     self.set(id, Opener::Stack(stack));
                 }
@@ -131,7 +131,7 @@ impl OpenerStacks {
                 if let Some(view) = table.connection(SocketKey::of(event))
                     && !self.by_connection.contains_key(&view.id())
                 {
-                    self.wanted(view.id(), SocketKey::of(event));
+                    self.wanted(view.id(), event);
                 }
             }
             Applied::Closed { id, .. }
@@ -203,9 +203,26 @@ impl OpenerStacks {
     }
 
     /// Connection `id` (socket `key`) wants its stack: it may be waiting already.
-    fn wanted(&mut self, id: u64, key: SocketKey) {
-        let opener = match self.pending.remove(&key) {
-            Some((stack, _)) => {
+    /// The stack waiting for `event`'s socket, unless another process captured it: a freed
+    /// socket's address is reused, and the stack of an earlier socket there (read after that
+    /// socket's connection had closed) must not pass for the new one's. Events without an
+    /// owner take any.
+    fn take_pending(&mut self, event: &ConnEvent) -> Option<StackId> {
+        let (stack, _) = self.pending.remove(&SocketKey::of(event))?;
+        let owner = ProcessKey::new(event.tgid, event.start_time_ns);
+        if event.flags & flags::OWNER_CONTEXT == 0
+            || self.stacks.get(&stack).is_some_and(|s| s.process == owner)
+        {
+            return Some(stack);
+        }
+        self.release_stack(stack);
+        self.counters.orphaned += 1;
+        None
+    }
+
+    fn wanted(&mut self, id: u64, event: &ConnEvent) {
+        let opener = match self.take_pending(event) {
+            Some(stack) => {
                 self.counters.attached += 1;
                 Opener::Stack(stack)
             }

@@ -95,6 +95,7 @@ pub struct Frame {
     pub function: Option<String>,
     /// The source file, as the debug information names it.
     pub file: Option<String>,
+    /// The line in `file`.
     pub line: Option<u32>,
     /// The binary, by the path the process sees (in its mount namespace), or a pseudo path
     /// (`[vdso]`); `None` when no pinned mapping holds the address.
@@ -931,6 +932,11 @@ impl Symbolizer {
             self.counters.pin_failures.fetch_add(1, Ordering::Relaxed);
         }
         result
+    }
+
+    /// The pinned mappings of process `pid`, if it is pinned.
+    pub fn pinned(&self, pid: u32) -> Option<Arc<PinnedProcess>> {
+        lock(&self.shared).processes.get(&pid).cloned()
     }
 
     /// Forgets process `pid`: its cached frames, and its files once no other pinned process

@@ -84,6 +84,9 @@ impl ConnView<'_> {
             netns: self.netns(),
             preexisting: self.conn.preexisting,
             holders: self.holders.to_vec(),
+            // The daemon fills these in from its opener stacks (the table knows none).
+            stack_group: None,
+            no_stack: None,
         }
     }
 }
@@ -176,6 +179,13 @@ pub struct ConnSnapshot {
     /// Pids of every process holding it, when a scan found more than one (absent otherwise).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub holders: Vec<u32>,
+    /// The id of its opener stack's group (as `tracer stacks` of its owner lists it); `null`
+    /// when it has none, and `no_stack` says why.
+    #[serde(default)]
+    pub stack_group: Option<u32>,
+    /// Why `stack_group` is `null`; `null` when it is not.
+    #[serde(default)]
+    pub no_stack: Option<crate::stacks::groups::NoStack>,
 }
 
 /// Table-wide numbers for `tracer status` and exporters.
@@ -206,13 +216,28 @@ impl ConnectionTable {
     pub fn conn_snapshots_where(
         &self,
         now_ns: u64,
+        keep: impl FnMut(&ConnView<'_>) -> bool,
+    ) -> Vec<ConnSnapshot> {
+        self.conn_snapshots_annotated(now_ns, keep, |_, _| {})
+    }
+
+    /// [`Self::conn_snapshots_where`], with `annotate` filling in what other stages know of
+    /// each connection (its opener stack).
+    pub fn conn_snapshots_annotated(
+        &self,
+        now_ns: u64,
         mut keep: impl FnMut(&ConnView<'_>) -> bool,
+        mut annotate: impl FnMut(&ConnView<'_>, &mut ConnSnapshot),
     ) -> Vec<ConnSnapshot> {
         let mut out: Vec<ConnSnapshot> = self
             .connections()
             // A failed connect still held is a socket, not a connection anyone lists.
             .filter(|view| view.phase() != Phase::Failed && keep(view))
-            .map(|view| view.snapshot(now_ns))
+            .map(|view| {
+                let mut snapshot = view.snapshot(now_ns);
+                annotate(&view, &mut snapshot);
+                snapshot
+            })
             .collect();
         out.sort_by_key(|c| c.id);
         out

@@ -7,6 +7,7 @@ mod micro;
 mod procfs;
 mod report;
 mod scale;
+mod stacks;
 mod stats;
 mod tracers;
 
@@ -58,6 +59,12 @@ pub struct BenchArgs {
     /// Do not wait for running qemu VMs (their load skews every number).
     #[arg(long)]
     pub no_wait: bool,
+    /// Only the opener-stack part: `--stacks off`, `sampled` and `all` side by side (`--pairs`
+    /// rounds), daemon memory per tracked socket with `all` against `off` (at
+    /// `--scale-connections`), and the symbolizer on a Go binary. Prints the section and writes
+    /// target/bench/stacks.md; the full run adds the same section to docs/performance.md.
+    #[arg(long)]
+    pub stacks_only: bool,
     /// Skip the criterion micro-benchmarks.
     #[arg(long)]
     pub skip_micro: bool,
@@ -282,6 +289,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let date = report::utc_now();
     let load_before = procfs::loadavg();
 
+    if ctx.args.stacks_only {
+        // The wait above is all it needs: it runs right away.
+        return stacks_only(&ctx, pairs);
+    }
+
     let micro = if ctx.args.skip_micro {
         None
     } else {
@@ -289,18 +301,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Some(micro::run(&ctx.root, smoke)?)
     };
 
-    // Which probe modes start here, and why the others do not.
-    let mut modes = Vec::new();
-    let mut skipped = Vec::new();
-    for mode in MODES {
-        match Daemon::start(&ctx.bin, mode, &ctx.dir).and_then(Daemon::stop) {
-            Ok(()) => modes.push(mode.to_owned()),
-            Err(e) => {
-                eprintln!("bench: probe mode {mode} skipped: {e:#}");
-                skipped.push((mode.to_owned(), format!("{e:#}")));
-            }
-        }
-    }
+    let (modes, skipped) = probe_modes(&ctx);
     let variants: Vec<Tracer> = match modes.first() {
         Some(best) => ctx
             .args
@@ -401,12 +402,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
 
     let scale_spec = if smoke {
-        scale::ScaleSpec { connections: 2_000, processes: 50, repeats: 2 }
+        scale::ScaleSpec { connections: 2_000, processes: 50, repeats: 2, count_stacks: false }
     } else {
         scale::ScaleSpec {
             connections: ctx.args.scale_connections,
             processes: ctx.args.scale_processes,
             repeats: 5,
+            count_stacks: false,
         }
     };
     let (diagnostics, scale) = if ctx.args.loads_only {
@@ -420,6 +422,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let scale = scale::run(&daemon, &scale_spec)?;
         daemon.stop()?;
         (diagnostics, scale)
+    };
+    let stacks = if ctx.args.loads_only {
+        None
+    } else {
+        eprintln!("bench: opener stacks ({best})");
+        Some(stacks::run(&ctx, &best, pairs, smoke)?)
     };
 
     let doc = report::Report {
@@ -446,6 +454,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         runs_with_qemu,
     }
     .render();
+    let doc = match &stacks {
+        Some(stacks) => format!("{doc}\n{}", stacks.render()),
+        None => doc,
+    };
     print!("{}", report::summary_for_terminal(&doc));
     let out_dir = ctx.root.join("target/bench");
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
@@ -462,6 +474,49 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "bench: smoke or partial run: wrote target/bench/performance.md only (--write to update docs/performance.md)"
         );
     }
+    Ok(())
+}
+
+/// Which probe modes start here (in `MODES` order), and why the others do not.
+fn probe_modes(ctx: &Bench) -> (Vec<String>, Vec<(String, String)>) {
+    let mut modes = Vec::new();
+    let mut skipped = Vec::new();
+    for mode in MODES {
+        match Daemon::start(&ctx.bin, mode, &ctx.dir).and_then(Daemon::stop) {
+            Ok(()) => modes.push(mode.to_owned()),
+            Err(e) => {
+                eprintln!("bench: probe mode {mode} skipped: {e:#}");
+                skipped.push((mode.to_owned(), format!("{e:#}")));
+            }
+        }
+    }
+    (modes, skipped)
+}
+
+/// `--stacks-only`: the opener-stack part alone, in the best probe mode.
+fn stacks_only(ctx: &Bench, rounds: usize) -> Result<()> {
+    let (modes, skipped) = probe_modes(ctx);
+    let Some(best) = modes.first() else {
+        bail!("no probe mode starts on this machine: {skipped:?}");
+    };
+    let started = Instant::now();
+    let part = stacks::run(ctx, best, rounds, ctx.args.smoke)?;
+    let machine = procfs::Machine::read()?;
+    let doc = format!(
+        "{}\nMeasured {} on {} ({} CPUs, kernel {}) at commit {} in {:.0} s.\n",
+        part.render(),
+        report::utc_now(),
+        machine.cpu_model,
+        machine.cpus,
+        machine.kernel,
+        git_commit(&ctx.root),
+        started.elapsed().as_secs_f64()
+    );
+    print!("{doc}");
+    let out_dir = ctx.root.join("target/bench");
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    std::fs::write(out_dir.join("stacks.md"), &doc).context("writing target/bench/stacks.md")?;
+    eprintln!("bench: wrote target/bench/stacks.md");
     Ok(())
 }
 

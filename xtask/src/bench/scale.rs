@@ -51,6 +51,9 @@ pub struct ScaleSpec {
     pub processes: usize,
     /// Repetitions of each timed query.
     pub repeats: usize,
+    /// Also ask `tracer stacks` about every holder after the first step (the stack part of the
+    /// bench: how many held sockets have their opener stack).
+    pub count_stacks: bool,
 }
 
 /// Median and maximum of a timed query, with the size of its answer.
@@ -76,6 +79,9 @@ pub struct ScaleStep {
     pub events_lost: u64,
     /// Where the daemon's RSS is (smaps_rollup), in bytes.
     pub smaps: Vec<(String, u64)>,
+    /// With `count_stacks`: the holders' sockets in a stack group, and those whose stack was
+    /// wanted but is missing (lost in the kernel), from `tracer stacks PID --json`.
+    pub stacks_held: Option<(u64, u64)>,
 }
 
 /// Forked children, killed and reaped on drop.
@@ -363,7 +369,24 @@ fn measure(
         metrics,
         events_lost: field(&status, "events_lost"),
         smaps: procfs::smaps_rollup(daemon.pid),
+        stacks_held: None,
     })
+}
+
+/// (sockets in a stack group, sockets whose stack is missing) over the holders. Asked after the
+/// memory was read: the answer symbolizes the holders' stacks, which costs memory of its own.
+fn holder_stacks(daemon: &Daemon, pids: &[libc::pid_t]) -> Result<(u64, u64)> {
+    let (mut held, mut missing) = (0, 0);
+    for pid in pids {
+        let (_, out) = daemon.timed_cli(&["stacks", &pid.to_string(), "--json"])?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&out).context("parsing `tracer stacks --json`")?;
+        held += v["groups"]
+            .as_array()
+            .map_or(0, |groups| groups.iter().map(|g| field(g, "count")).sum::<u64>());
+        missing += field(&v, "stack_missing");
+    }
+    Ok((held, missing))
 }
 
 /// Runs both steps against a fresh daemon; the daemon is stopped by the caller.
@@ -425,7 +448,11 @@ pub fn run(daemon: &Daemon, spec: &ScaleSpec) -> Result<Vec<ScaleStep>> {
         super::report::thousands(2 * spec.connections as u64),
         holders
     );
-    steps.push(measure(daemon, spec, &label, holder_pids[0], base_rss, base_tracked)?);
+    let mut step = measure(daemon, spec, &label, holder_pids[0], base_rss, base_tracked)?;
+    if spec.count_stacks {
+        step.stacks_held = Some(holder_stacks(daemon, &holder_pids)?);
+    }
+    steps.push(step);
 
     // Step 2: many processes, each holding one connection accepted by one more process.
     if spec.processes > 0 {

@@ -5,6 +5,7 @@
 //! vmtest/deps/<test>       integration test executables
 //! vmtest/examples/<name>   what tests/common::example_path() finds (<exe dir>/../examples)
 //! vmtest/tracer            TRACER_BIN
+//! vmtest/programs/<name>   Go test programs built on the host (TRACER_TEST_GO_PROGRAMS)
 //! vmtest/run-tests.sh      runs every test in every mode, prints the markers guest.rs reads
 //! vmtest/config.sh         this run's modes, filter and timeout
 //! ```
@@ -72,6 +73,9 @@ pub fn build(root: &Path, cache: &Path, config: &RunConfig) -> Result<Payload> {
         stage_binary(path, &dir.join("examples").join(name))?;
     }
     stage_binary(&artifacts.tracer, &dir.join("tracer"))?;
+    if artifacts.tests.iter().any(|(name, _)| name == "stacks") {
+        build_go_leaker(root, &dir.join("programs"))?;
+    }
     write_file(&dir.join("run-tests.sh"), RUN_TESTS, 0o755)?;
 
     let tests: Vec<String> = artifacts.tests.into_iter().map(|(name, _)| name).collect();
@@ -146,6 +150,37 @@ impl Artifacts {
     }
 }
 
+/// The guests have no Go: the opener-stack test's leaker (tracer/tests/programs/leaker_go) is
+/// built here, static (`CGO_ENABLED=0`), plain and stripped, under the names tests/stacks.rs
+/// looks for. Not stripped of DWARF by `stage_binary`: the guest symbolizes it.
+fn build_go_leaker(root: &Path, out: &Path) -> Result<()> {
+    let go = crate::setup::which("go").context(
+        "the stacks test needs Go on the host to build its leaker for the guests: run `cargo xtask setup` (golang-go), or --skip stacks",
+    )?;
+    fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let cache = cache_of(root);
+    for (name, ldflags) in [("leaker", None), ("leaker-stripped", Some("-ldflags=-s -w"))] {
+        let mut cmd = Command::new(&go);
+        cmd.arg("build").arg("-o").arg(out.join(name));
+        cmd.args(ldflags);
+        cmd.arg("main.go")
+            .current_dir(root.join("tracer/tests/programs/leaker_go"))
+            .env("CGO_ENABLED", "0")
+            .env("GOCACHE", cache.join("cache"))
+            .env("GOPATH", cache.join("path"));
+        let status = cmd.status().context("running go build")?;
+        if !status.success() {
+            bail!("go build of tracer/tests/programs/leaker_go failed ({status})");
+        }
+    }
+    Ok(())
+}
+
+/// Go's build cache for the guests' programs, beside the VM cache.
+fn cache_of(root: &Path) -> PathBuf {
+    super::cache_dir(root).join("go")
+}
+
 /// Copies without debug info: it is most of each executable's size, and the initramfs is read
 /// into guest memory whole. Falls back to a plain copy where `strip` is missing.
 fn stage_binary(from: &Path, to: &Path) -> Result<()> {
@@ -191,6 +226,7 @@ ROOT=${VMTEST_ROOT:-/vmtest}
 . "$ROOT/config.sh"
 # Emulated guests are slow: give the tests' waits more room than on real hardware.
 export TRACER_BIN="$ROOT/tracer" RUST_BACKTRACE=1 TRACER_TEST_WAIT_SECS=120
+[ -d "$ROOT/programs" ] && export TRACER_TEST_GO_PROGRAMS="$ROOT/programs"
 [ "$FAULT" != 0 ] && export TRACER_TEST_FAULT_DROP_RELEASE="$FAULT"
 set --
 [ -n "$FILTER" ] && set -- "$FILTER"

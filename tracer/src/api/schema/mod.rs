@@ -128,9 +128,10 @@ mod tests {
     use super::*;
     use crate::{
         api::answers::{
-            AgesReport, AlertView, ConnBrief, ConnSnapshot, Evidence, KprobeStatus, RemoteCount,
-            RemoteRow, TopRow,
+            AgesReport, AlertStacks, AlertView, ConnBrief, ConnHealth, ConnRow, ConnSnapshot,
+            Evidence, KprobeStatus, NoStack, RemoteCount, RemoteRow, StackGroup, TopRow, Unstacked,
         },
+        stacks::symbolize::Frame,
         table::{Direction, DirectionStats, Phase, ProcessSnapshot, StateCounts},
     };
 
@@ -169,6 +170,16 @@ mod tests {
                 stale_close_wait: 0,
                 stale_held_closed: 0,
                 aged: 0,
+                unread: 6,
+                idle: 0,
+                unread_connections: vec![crate::health::HealthBrief {
+                    remote: "127.0.0.1:80".into(),
+                    unread_bytes: 65536,
+                    idle_seconds: 70,
+                    no_read_seconds: 65,
+                }],
+                idle_connections: Vec::new(),
+                reading: crate::detect::Rule::Unread.reading().map(str::to_owned),
                 oldest: vec![ConnBrief {
                     local: "127.0.0.1:5000".into(),
                     remote: "127.0.0.1:80".into(),
@@ -178,6 +189,26 @@ mod tests {
                 top_remotes: vec![RemoteCount { remote: "127.0.0.1:80".into(), open: 30 }],
                 port_pressure: None,
                 fds: None,
+                stacks: Some(AlertStacks {
+                    connections: 30,
+                    groups: vec![StackGroup {
+                        id: 7,
+                        count: 26,
+                        direction: Direction::Outbound,
+                        oldest_age_seconds: 9,
+                        top_remotes: vec![RemoteCount { remote: "127.0.0.1:80".into(), open: 26 }],
+                        leading_function: Some("main.openDB".into()),
+                        frames: vec![Frame {
+                            function: Some("main.openDB".into()),
+                            file: Some("/src/main.go".into()),
+                            line: Some(12),
+                            module: Some("/app".into()),
+                            offset: 0x1234,
+                            inlined: false,
+                        }],
+                    }],
+                    unstacked: Unstacked { not_sampled: 4, ..Unstacked::default() },
+                }),
             },
             resolved_seconds_ago: resolved,
         }
@@ -185,7 +216,7 @@ mod tests {
 
     /// One value of each answer, with every optional part filled somewhere.
     fn samples() -> Vec<(String, Value)> {
-        let conn = |holders: Vec<u32>| ConnSnapshot {
+        let conn = |holders: Vec<u32>, stack_group: Option<u32>| ConnSnapshot {
             id: 1,
             pid: None,
             comm: None,
@@ -198,6 +229,8 @@ mod tests {
             netns: 4_026_531_840,
             preexisting: false,
             holders,
+            stack_group,
+            no_stack: stack_group.is_none().then_some(NoStack::NotSampled),
         };
         let status = StatusReport {
             probe_mode: "kprobe".into(),
@@ -212,12 +245,15 @@ mod tests {
                 process: process(),
                 growth: -2,
                 oldest_age_seconds: 5,
+                idle: 3,
+                unread: 0,
                 alerts: vec!["close_wait".into()],
                 time_wait_caused: 3,
                 time_wait_caused_total: 40,
                 fd_used: Some(60),
                 fd_limit: Some(1024),
                 fd_exhaustion_seconds: None,
+                leading_function: Some("main.openDB".into()),
             }],
             unattributed: 1,
         };
@@ -237,7 +273,26 @@ mod tests {
             open: 3,
             buckets: vec![(Some(10), 2), (None, 1)],
         };
-        let conns = ConnsReport { connections: vec![conn(vec![]), conn(vec![7, 8])] };
+        let conns = ConnsReport {
+            connections: vec![
+                ConnRow {
+                    conn: conn(vec![], Some(7)),
+                    health: ConnHealth {
+                        idle_seconds: Some(12),
+                        bytes_received: Some(70_000),
+                        bytes_acked: Some(301),
+                        unread_bytes: Some(65_536),
+                        unsent_bytes: Some(0),
+                        rtt_us: Some(45),
+                        health_unavailable: None,
+                    },
+                },
+                ConnRow {
+                    conn: conn(vec![7, 8], None),
+                    health: ConnHealth::unavailable(crate::health::NOT_LISTED),
+                },
+            ],
+        };
         let leaks = LeaksReport { active: vec![alert(None)], resolved: vec![alert(Some(3))] };
         let to = |v: serde_json::Result<Value>| v.expect("serialise");
         vec![
@@ -302,6 +357,8 @@ mod tests {
                 "close_wait",
                 "held_closed",
                 "age",
+                "unread",
+                "idle",
                 "port_exhaustion",
                 "fd_exhaustion"
             ])
@@ -310,7 +367,7 @@ mod tests {
             at("/$defs/StatusReport/properties/probe_mode/enum"),
             json!(["fentry", "kprobe", "tracepoint"])
         );
-        let states = at("/$defs/ConnSnapshot/properties/state/enum");
+        let states = at("/$defs/ConnRow/properties/state/enum");
         for state in crate::api::answers::STATE_NAMES.iter().filter(|s| **s != "connecting") {
             assert!(states.as_array().expect("enum").contains(&json!(state)), "{state}");
         }

@@ -71,6 +71,17 @@ pub struct RingFill {
     pub high_water_bytes: u64,
 }
 
+/// Opener-stack counters kept in user space (the kernel's come with [`KernelCounters`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StackMetrics {
+    /// Stack records dropped because their connection never showed up.
+    pub orphaned: u64,
+    /// Frames left unnamed in answers and leak evidence.
+    pub frames_unsymbolized: u64,
+    /// Processes that exited before their binaries could be pinned.
+    pub exited_before_pinning: u64,
+}
+
 /// Everything a scrape reads, borrowed from the event loop for the duration of the scrape.
 #[derive(Clone, Copy, Debug)]
 pub struct MetricsInput<'a> {
@@ -89,7 +100,10 @@ pub struct MetricsInput<'a> {
     /// kprobe mode's per-probe hits and misses (empty in other modes).
     pub kprobes: &'a [crate::probes::ProbeMisses],
     pub ring: RingFill,
+    pub stacks: StackMetrics,
     pub build: BuildInfo<'a>,
+    /// Each process's pool health at the latest leak evaluation (idle and unread connections).
+    pub health: &'a crate::health::PerProcess,
     /// CLOCK_BOOTTIME nanoseconds, the clock of the table (connection ages).
     pub now_ns: u64,
     /// Processes (and comms, for lifetimes) exported individually; see [`DEFAULT_TOP_N`].
@@ -98,7 +112,7 @@ pub struct MetricsInput<'a> {
     pub exhaustion: &'a ExhaustionInput,
 }
 
-/// What the exhaustion scan found, for /metrics.
+/// What the exhaustion rules found in the latest dump, for /metrics.
 #[derive(Clone, Debug, Default)]
 pub struct ExhaustionInput {
     /// TIME_WAIT sockets alive at the last scan, by the process that closed first.
@@ -148,8 +162,13 @@ impl Metrics {
         if let Some(kernel) = input.kernel {
             self.last_kernel.clone_from(kernel);
         }
-        let processes =
-            self.processes.collect(input.table, input.alerts, input.now_ns, input.top_n);
+        let processes = self.processes.collect(
+            input.table,
+            input.alerts,
+            input.health,
+            input.now_ns,
+            input.top_n,
+        );
         let lifetimes = self.lifetimes.collect(input.now_ns, input.top_n);
         let rows: Vec<&ProcessRow> =
             processes.rows.iter().chain(std::iter::once(&processes.other)).collect();
@@ -306,7 +325,42 @@ impl Metrics {
             kprobe_missed.add_counter(&[("probe", &p.probe)], p.missed);
         }
 
+        let mut stacks_captured = FamilyBuilder::counter(
+            "tcp_tracer_stacks_captured_total",
+            "Opener stacks the kernel captured and wrote to the stack ring (--stacks).",
+        );
+        stacks_captured.add_counter(&[], kernel.stack_captured);
+        let mut stacks_lost = FamilyBuilder::counter(
+            "tcp_tracer_stacks_lost_total",
+            "Opener stacks wanted but lost: ringbuf_full (no room in the stack ring), \
+             unwind_failed (the kernel could not walk the user stack), orphaned (the daemon \
+             never saw the stack's connection and dropped it).",
+        );
+        for (reason, n) in [
+            ("ringbuf_full", kernel.stack_lost_ringbuf),
+            ("unwind_failed", kernel.stack_unwind_failed),
+            ("orphaned", input.stacks.orphaned),
+        ] {
+            stacks_lost.add_counter(&[("reason", reason)], n);
+        }
+        let mut unsymbolized = FamilyBuilder::counter(
+            "tcp_tracer_stack_frames_unsymbolized_total",
+            "Frames of opener stacks left unnamed (module+offset) in answers and leak evidence: \
+             no symbol, or not resolved within the deadline.",
+        );
+        unsymbolized.add_counter(&[], input.stacks.frames_unsymbolized);
+        let mut unpinned = FamilyBuilder::counter(
+            "tcp_tracer_stack_processes_exited_before_pinning_total",
+            "Processes that exited before the daemon could pin their binaries: their stacks \
+             stay unnamed.",
+        );
+        unpinned.add_counter(&[], input.stacks.exited_before_pinning);
+
         vec![
+            stacks_captured.finish(),
+            stacks_lost.finish(),
+            unsymbolized.finish(),
+            unpinned.finish(),
             events.finish(),
             lost.finish(),
             anomalies.finish(),
@@ -411,6 +465,16 @@ fn per_process_families(rows: &[&ProcessRow]) -> Vec<MetricFamily> {
         "tcp_tracer_connections_closed_total",
         "Open connections the process released (close of the last descriptor, or exit).",
     );
+    let mut idle = FamilyBuilder::gauge(
+        "tcp_tracer_idle_connections",
+        "Open connections of the process with no data sent or received for longer than \
+         --idle-after, at the latest leak evaluation.",
+    );
+    let mut unread = FamilyBuilder::gauge(
+        "tcp_tracer_unread_connections",
+        "Open connections of the process holding unread data with no read progress for longer \
+         than --unread-after, at the latest leak evaluation.",
+    );
     let mut failed = FamilyBuilder::counter(
         "tcp_tracer_connect_failures_total",
         "Outbound connects of the process that never reached ESTABLISHED (refused, timed out, \
@@ -424,6 +488,8 @@ fn per_process_families(rows: &[&ProcessRow]) -> Vec<MetricFamily> {
     for row in rows {
         let (pid, comm) = (row.pid.as_str(), row.comm.as_str());
         open.add_gauge(&[("pid", pid), ("comm", comm)], row.open as f64);
+        idle.add_gauge(&[("pid", pid), ("comm", comm)], row.idle as f64);
+        unread.add_gauge(&[("pid", pid), ("comm", comm)], row.unread as f64);
         for (&state, &count) in StateCounts::STATES.iter().zip(&row.states) {
             let name = crate::events::state_name(state);
             by_state.add_gauge(&[("pid", pid), ("comm", comm), ("state", name)], count as f64);
@@ -446,5 +512,7 @@ fn per_process_families(rows: &[&ProcessRow]) -> Vec<MetricFamily> {
         opened.finish(),
         closed.finish(),
         failed.finish(),
+        idle.finish(),
+        unread.finish(),
     ]
 }

@@ -25,6 +25,7 @@ use std::collections::{HashMap, HashSet};
 use super::{AGE_BOUNDS_NS, OTHER};
 use crate::{
     detect::Alert,
+    health::PerProcess,
     table::{ConnectionTable, Direction, Phase, ProcessKey, ProcessStats, StateCounts},
 };
 
@@ -91,11 +92,18 @@ pub(super) struct ProcessRow {
     pub ages_le: [u64; AGE_BOUNDS_NS.len()],
     /// Open connections seen in the connection scan (the `+Inf` age bucket).
     pub ages_total: u64,
+    /// Idle and unread open connections at the latest leak evaluation.
+    pub idle: u64,
+    pub unread: u64,
 }
 
 impl ProcessRow {
-    fn add_gauges(&mut self, p: &ProcessStats) {
+    fn add_gauges(&mut self, p: &ProcessStats, health: &PerProcess) {
         self.open += u64::from(p.open);
+        if let Some(h) = health.get(&p.key) {
+            self.idle += u64::from(h.idle);
+            self.unread += u64::from(h.unread);
+        }
         for (slot, state) in self.states.iter_mut().zip(StateCounts::STATES) {
             *slot += u64::from(p.states.get(state));
         }
@@ -148,6 +156,7 @@ impl ProcessExport {
         &mut self,
         table: &ConnectionTable,
         alerts: &[&Alert],
+        health: &PerProcess,
         now_ns: u64,
         top_n: usize,
     ) -> ProcessSeries {
@@ -189,7 +198,7 @@ impl ProcessExport {
                 totals: self.series.get(series_labels).map(|s| s.value).unwrap_or_default(),
                 ..ProcessRow::default()
             };
-            row.add_gauges(p);
+            row.add_gauges(p, health);
             labels.insert(p.key, (row.pid.clone(), row.comm.clone()));
             row_of.insert(p.key, rows.len());
             rows.push(row);
@@ -201,7 +210,7 @@ impl ProcessExport {
             ..ProcessRow::default()
         };
         for (p, _) in processes.iter().filter(|(p, _)| !exported.contains(&p.key)) {
-            other.add_gauges(p);
+            other.add_gauges(p, health);
         }
 
         // Ages: one pass over the connections; only open, attributed ones count.

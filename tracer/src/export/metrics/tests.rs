@@ -79,6 +79,7 @@ struct Sim {
     kernel: Option<KernelCounters>,
     top_n: usize,
     exhaustion: ExhaustionInput,
+    health: crate::health::PerProcess,
 }
 
 impl Sim {
@@ -93,6 +94,7 @@ impl Sim {
             kernel: Some(KernelCounters::default()),
             top_n,
             exhaustion: ExhaustionInput::default(),
+            health: crate::health::PerProcess::default(),
         }
     }
 
@@ -180,10 +182,16 @@ impl Sim {
                 stale_close_wait: 0,
                 stale_held_closed: 0,
                 aged: 0,
+                unread: 0,
+                idle: 0,
+                unread_connections: Vec::new(),
+                idle_connections: Vec::new(),
+                reading: None,
                 oldest: Vec::new(),
                 top_remotes: Vec::new(),
                 port_pressure: None,
                 fds: None,
+                stacks: None,
             },
             resolved_ns: None,
         });
@@ -206,7 +214,9 @@ impl Sim {
             reconcile_corrections: 3,
             kprobes: &kprobes,
             ring: RingFill { size_bytes: 8 << 20, high_water_bytes: 4096 },
+            stacks: StackMetrics { orphaned: 1, frames_unsymbolized: 2, exited_before_pinning: 3 },
             build: BuildInfo { version: "0.1.0", probe_mode: "fentry", kernel: "6.1.0-test" },
+            health: &self.health,
             now_ns: self.now,
             top_n: self.top_n,
         };
@@ -331,13 +341,15 @@ impl Scraped {
     }
 }
 
-const PER_PROCESS: [&str; 7] = [
+const PER_PROCESS: [&str; 9] = [
     "tcp_tracer_open_connections",
     "tcp_tracer_connections",
     "tcp_tracer_open_connections_by_age",
     "tcp_tracer_connections_opened_total",
     "tcp_tracer_connections_closed_total",
     "tcp_tracer_connect_failures_total",
+    "tcp_tracer_idle_connections",
+    "tcp_tracer_unread_connections",
     "tcp_tracer_time_wait_caused",
 ];
 
@@ -371,9 +383,10 @@ fn three_thousand_processes_give_top_n_series_plus_other_with_exact_sums() {
         0.0
     );
     assert_eq!(scraped.value("tcp_tracer_tracked_processes", &[]), Some(3_000.0));
-    // Per-process series in all: 101 rows x (1 open + 8 states + 8 ages + 2 + 2 + 1 + 1).
+    // Per-process series in all: 101 rows x (1 open + 8 states + 8 ages + 2 opened + 2 closed
+    // + 1 connect failures + 1 idle + 1 unread + 1 TIME_WAIT caused).
     let per_process: usize = PER_PROCESS.iter().map(|n| scraped.series(n).len()).sum();
-    assert_eq!(per_process, 101 * 23);
+    assert_eq!(per_process, 101 * 25);
 }
 
 #[test]
@@ -829,8 +842,21 @@ fn pipeline_counters_and_build_info() {
     kernel.lost_ringbuf[EventKind::Connect as usize] = 1;
     kernel.accept_unresolved = 6;
     kernel.held_closed_map_full = 7;
+    kernel.stack_captured = 11;
+    kernel.stack_lost_ringbuf = 12;
+    kernel.stack_unwind_failed = 13;
     sim.kernel = Some(kernel);
     let scraped = sim.scrape();
+    assert_eq!(scraped.value("tcp_tracer_stacks_captured_total", &[]), Some(11.0));
+    let stacks_lost = "tcp_tracer_stacks_lost_total";
+    assert_eq!(scraped.value(stacks_lost, &[("reason", "ringbuf_full")]), Some(12.0));
+    assert_eq!(scraped.value(stacks_lost, &[("reason", "unwind_failed")]), Some(13.0));
+    assert_eq!(scraped.value(stacks_lost, &[("reason", "orphaned")]), Some(1.0));
+    assert_eq!(scraped.value("tcp_tracer_stack_frames_unsymbolized_total", &[]), Some(2.0));
+    assert_eq!(
+        scraped.value("tcp_tracer_stack_processes_exited_before_pinning_total", &[]),
+        Some(3.0)
+    );
     assert_eq!(scraped.value("tcp_tracer_events_total", &[("kind", "connect")]), Some(1.0));
     assert_eq!(scraped.value("tcp_tracer_events_total", &[("kind", "established")]), Some(1.0));
     assert_eq!(scraped.series("tcp_tracer_events_total").len(), EventKind::COUNT);
@@ -858,6 +884,7 @@ fn pipeline_counters_and_build_info() {
     let scraped = sim.scrape();
     assert_eq!(scraped.value(lost, &[("reason", "ringbuf_full")]), Some(5.0));
     assert_eq!(scraped.value(lost, &[("reason", "accept_unresolved")]), Some(6.0));
+    assert_eq!(scraped.value("tcp_tracer_stacks_captured_total", &[]), Some(11.0));
 }
 
 #[test]
@@ -987,6 +1014,8 @@ fn scrape_of_every_family() -> Scraped {
             | Rule::CloseWait
             | Rule::HeldClosed
             | Rule::Age
+            | Rule::Unread
+            | Rule::Idle
             | Rule::PortExhaustion
             | Rule::FdExhaustion => sim.alert(a, rule),
         }
@@ -1225,4 +1254,27 @@ fn every_metric_name_in_the_docs_is_exported() {
         }
     }
     assert!(unknown.is_empty(), "metric names the exporter does not have:\n{}", unknown.join("\n"));
+}
+
+#[test]
+fn idle_and_unread_follow_the_exported_processes_and_the_rest_sum_under_other() {
+    let mut sim = Sim::new(1);
+    let (a, b) = (process(10, "pool"), process(11, "reader"));
+    for _ in 0..3 {
+        sim.open_outbound(a);
+    }
+    sim.open_outbound(b);
+    for (p, idle, unread) in [(a, 3, 1), (b, 1, 1)] {
+        let key = ProcessKey { pid: p.pid, start_time_ns: p.start };
+        let health = crate::health::ProcessHealth { idle, unread, ..Default::default() };
+        sim.health.insert(key, health);
+    }
+    let scraped = sim.scrape();
+    let at = |name: &str, pid: &str| scraped.value(name, &[("pid", pid)]);
+    assert_eq!(at("tcp_tracer_idle_connections", "10"), Some(3.0));
+    assert_eq!(at("tcp_tracer_unread_connections", "10"), Some(1.0));
+    // Process 11 is not in the top 1: its figures are in `other`.
+    assert_eq!(at("tcp_tracer_idle_connections", "11"), None);
+    assert_eq!(at("tcp_tracer_idle_connections", "other"), Some(1.0));
+    assert_eq!(at("tcp_tracer_unread_connections", "other"), Some(1.0));
 }

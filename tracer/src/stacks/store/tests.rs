@@ -1,7 +1,7 @@
 //! The store against hand-built events and stack records, in both arrival orders.
 use tracer_common::{
     AF_INET, ConnEvent, EventKind, Tuple, flags,
-    stacks::{MAX_STACK_DEPTH, StackRecord},
+    stacks::{MAX_STACK_DEPTH, STACK_WINDOW_BYTES, StackRecord},
     tcp_state::*,
 };
 
@@ -55,6 +55,10 @@ fn record(sock: u64, frames: &[u64]) -> StackRecord {
         kind: EventKind::Connect as u8,
         _pad: [0; 3],
         depth: frames.len() as u32,
+        regs: Default::default(),
+        window_len: 0,
+        _pad2: 0,
+        window: [0; STACK_WINDOW_BYTES / 8],
         frames: out,
     }
 }
@@ -167,6 +171,23 @@ fn same_addresses_in_two_processes_are_two_stacks() {
     other.tgid = PID + 1;
     w.stacks.on_stack(&other, &w.table, 0);
     assert_eq!(w.stacks.stack_count(), 2, "a non-PIE binary run twice: two code paths");
+}
+
+#[test]
+fn a_stale_stack_of_another_process_at_a_reused_socket_address_is_not_taken() {
+    let mut w = World::new();
+    // Another process's connection at 0x1000 closed before its stack was read; the address
+    // then went to this process's next socket.
+    let mut stale = record(0x1000, &[9, 9]);
+    stale.tgid = PID + 1;
+    w.stacks.on_stack(&stale, &w.table, 0);
+    let id = w.open(0x1000, 40_001, true);
+    assert_eq!(w.stacks.opener(id, false), Opener::Wanted, "not the other process's stack");
+    assert_eq!(w.stacks.counters().orphaned, 1);
+    w.stack(0x1000, &[1, 2]);
+    let Opener::Stack(own) = w.stacks.opener(id, false) else { panic!("its own stack") };
+    assert_eq!(w.stacks.stack(own).map(|s| &*s.frames), Some(&[1, 2][..]));
+    assert_eq!(w.stacks.stack_count(), 1, "the stale stack is freed");
 }
 
 #[test]

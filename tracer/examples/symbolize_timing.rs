@@ -1,0 +1,109 @@
+//! Times the daemon's symbolizer service (tracer::stacks::symbolize::Symbolizer) on a real
+//! program, for `cargo xtask bench`: the first stack of a process (its binaries read and
+//! indexed) and the same stack again (answered from the cache). Needs root (map_files).
+//!
+//! ```text
+//! symbolize_timing PROGRAM
+//! ```
+//!
+//! PROGRAM prints `name 0xaddress` lines, then `ready`, and waits on its stdin, as
+//! tracer/tests/programs/opener_go does. Prints one JSON object: the binary's size, the times in
+//! nanoseconds, and how many of the addresses resolved to the name the program printed (a timing
+//! of a wrong answer would be worthless, so the exit status is 1 unless all of them did).
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, ExitCode, Stdio},
+    time::{Duration, Instant},
+};
+
+use tracer::stacks::symbolize::{AddressKind, ResolveState, Symbolizer, SymbolizerConfig};
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("symbolize_timing: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run() -> Result<bool, String> {
+    let program = std::env::args().nth(1).ok_or("usage: symbolize_timing PROGRAM")?;
+    let size = std::fs::metadata(&program).map_err(|e| format!("{program}: {e}"))?.len();
+    let mut child = Command::new(&program)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting {program}: {e}"))?;
+    let result = measure(&mut child, size);
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+fn measure(child: &mut std::process::Child, size: u64) -> Result<bool, String> {
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let mut names = Vec::new();
+    let mut addresses = Vec::new();
+    loop {
+        let line = lines
+            .next()
+            .ok_or("the program exited before `ready`")?
+            .map_err(|e| format!("reading the program: {e}"))?;
+        let (name, value) =
+            line.trim().split_once(' ').ok_or_else(|| format!("not `name value`: {line}"))?;
+        if name == "ready" {
+            break;
+        }
+        let address = u64::from_str_radix(value.trim_start_matches("0x"), 16)
+            .map_err(|e| format!("{value}: {e}"))?;
+        names.push(name.to_owned());
+        addresses.push(address);
+    }
+    let pid = child.id();
+    let symbolizer =
+        Symbolizer::start(SymbolizerConfig::default()).map_err(|e| format!("symbolizer: {e}"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    let started = Instant::now();
+    symbolizer.pin(pid).map_err(|e| format!("pinning {pid}: {e}"))?;
+    let pin_ns = started.elapsed().as_nanos();
+    let resolve = || {
+        let started = Instant::now();
+        let out = rt.block_on(symbolizer.resolve_within(
+            pid,
+            &addresses,
+            AddressKind::Exact,
+            Duration::from_secs(30),
+        ));
+        (started.elapsed().as_nanos(), out)
+    };
+    let (first_ns, first) = resolve();
+    let (cached_ns, _) = resolve();
+    let named = first
+        .iter()
+        .zip(&names)
+        .filter(|(r, name)| {
+            r.state == ResolveState::Symbolized
+                && r.frames.last().and_then(|f| f.function.as_deref()) == Some(name.as_str())
+        })
+        .count();
+    symbolizer.shutdown();
+    println!(
+        "{}",
+        serde_json::json!({
+            "binary_bytes": size,
+            "addresses": addresses.len(),
+            "named": named,
+            "pin_ns": pin_ns as u64,
+            "first_stack_ns": first_ns as u64,
+            "cached_stack_ns": cached_ns as u64,
+        })
+    );
+    Ok(named == addresses.len())
+}
