@@ -50,20 +50,23 @@ named!(STACK_SCRATCH, STACK_SCRATCH_MAP);
 /// `ctx` is the running program's context. Call only in the opener's own context.
 #[inline(always)]
 pub fn capture(ctx: *mut c_void, sk: impl Sock, kind: EventKind) -> u8 {
-    if config().stack_policy == policy::OFF {
+    let cfg = config();
+    if cfg.stack_policy == policy::OFF {
+        return 0;
+    }
+    // The policy first: the socket's namespace costs two kernel reads in tracepoint mode, paid
+    // only for the connections whose stack is taken.
+    if !wanted(cfg.stack_policy, cfg.stack_sample_every) {
         return 0;
     }
     capture_stack(ctx, sk.ptr() as u64, sk.netns(), kind as u8)
 }
 
-/// The capture itself, a BPF-to-BPF call of its own: inlined, its locals would join those of the
-/// kprobe programs, whose socket copy already takes most of the 512-byte stack.
+/// The capture of a wanted stack, a BPF-to-BPF call of its own: inlined, its locals would join
+/// those of the kprobe programs, whose socket copy already takes most of the 512-byte stack.
 #[inline(never)]
 fn capture_stack(ctx: *mut c_void, sock: u64, netns: u32, kind: u8) -> u8 {
     let cfg = config();
-    if !wanted(cfg.stack_policy, cfg.stack_sample_every) {
-        return 0;
-    }
     let Some(record) = STACK_SCRATCH.get_ptr_mut(0) else {
         bump(counters::STACK_UNWIND_FAILED);
         return flags::STACK_WANTED;
