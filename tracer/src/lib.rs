@@ -12,6 +12,8 @@
 //! - [`health`]: pool health per connection and per process (idle, unread data) from the
 //!   kernel's `tcp_info` and queues (pure, clock injected);
 //! - [`detect`]: the leak rules over per-process samples (pure, clock injected);
+//! - [`exhaustion`]: TIME_WAIT blamed on its closer, port pressure per destination, descriptors
+//!   against their limit (pure, clock injected);
 //! - outputs: [`api`] (answers over the Unix socket, for the CLI), [`export`] (Prometheus
 //!   metrics, alert webhook), [`logging`] (the daemon's log);
 //! - [`stacks`]: opener stacks: the user-space addresses the kernel captured, as functions,
@@ -27,6 +29,7 @@ pub mod daemon;
 pub mod detect;
 pub mod error;
 pub mod events;
+pub mod exhaustion;
 pub mod export;
 pub mod ground_truth;
 pub mod health;

@@ -35,6 +35,21 @@ pub struct TopRow {
     /// Leak rules alerting for this process now, by name, sorted.
     #[schemars(extend("items" = {"type": "string", "enum": rule_names()}))]
     pub alerts: Vec<String>,
+    /// TIME_WAIT sockets alive at the last scan that this process caused by closing first.
+    /// They are released connections, never part of `open` (unlike an open connection in
+    /// state `time_wait`, counted in `states`).
+    pub time_wait_caused: u32,
+    /// TIME_WAIT sockets it caused since the daemon started, each counted when a scan first
+    /// found it (with a leak interval under 60 s, every one is found).
+    pub time_wait_caused_total: u64,
+    /// Open descriptors (/proc/PID/fd) at the last scan; `null` when not read (only the most
+    /// connected and the growing processes are read).
+    pub fd_used: Option<u32>,
+    /// Its soft RLIMIT_NOFILE (/proc/PID/limits); `null` when unlimited or not read.
+    pub fd_limit: Option<u64>,
+    /// Seconds until the rise of `fd_used` seen over the leak window reaches `fd_limit`;
+    /// `null` when the count did not rise or there is no limit.
+    pub fd_exhaustion_seconds: Option<u64>,
     /// While an alert is active: the leading function of the largest stack group behind it
     /// (from the alert's evidence); `null` otherwise, or when no stack of it is named.
     #[serde(default)]
@@ -59,8 +74,15 @@ pub struct RemoteRow {
     pub remote: String,
     /// Open connections to it, over every process.
     pub open: u32,
-    /// Pids holding connections to it (at most 8 listed), most connections first.
+    /// Pids holding connections to it (at most 8 listed), most connections first; then pids
+    /// holding only ephemeral ports towards it (TIME_WAIT they caused).
     pub pids: Vec<u32>,
+    /// Ephemeral ports in use towards it at the last scan (connecting, open, and TIME_WAIT
+    /// unless `tcp_tw_reuse` frees them for this destination), for its most pressed local
+    /// address; `null` when none.
+    pub ports_used: Option<u32>,
+    /// The size of `ip_local_port_range` of its namespace; `null` with `ports_used`.
+    pub ports_available: Option<u32>,
 }
 
 /// `tracer top --by remote`: remote endpoints by open connections, most first (then by
@@ -257,6 +279,18 @@ pub struct StatusReport {
     /// Opener stacks.
     #[serde(default)]
     pub stacks: StacksStatus,
+    /// Per-workload overrides (`--workload`), in the order they are tried, as
+    /// `GLOB:KEY=VALUE,...`.
+    #[serde(default)]
+    pub workload_overrides: Vec<String>,
+    /// Active closes remembered now, to blame TIME_WAIT sockets on the process that closed
+    /// first.
+    #[serde(default)]
+    pub time_wait_closes_remembered: u64,
+    /// Active closes not remembered because their namespace held `tcp_max_tw_buckets` of
+    /// them already, since start.
+    #[serde(default)]
+    pub time_wait_closes_overflowed: u64,
     /// sock_diag dumps with `tcp_info` made for pool health (one per leak evaluation, shared
     /// with a reconcile due at the same time), since start; `conns` makes its own, not counted.
     #[serde(default)]

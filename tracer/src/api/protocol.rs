@@ -49,7 +49,7 @@ pub struct RequestEnvelope {
     pub request: Request,
 }
 
-/// `{"version":1,"result":ANSWER}` or `{"version":1,"error":"MESSAGE"}` (docs/api.md).
+/// `{"version":2,"result":ANSWER}` or `{"version":2,"error":"MESSAGE"}` (docs/api.md).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ResponseEnvelope {
     pub version: u32,

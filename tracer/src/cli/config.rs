@@ -50,6 +50,10 @@ pub fn args_from_file(path: &Path) -> Result<Vec<String>, ConfigError> {
             message,
         };
         let entry: Vec<String> = match value {
+            // [workload."GLOB"] tables: one --workload GLOB:KEY=VALUE,... each.
+            toml::Value::Table(workloads) if flag == "workload" => {
+                workload_args(workloads).map_err(bad)?
+            }
             toml::Value::Boolean(true) => vec![format!("--{flag}")],
             toml::Value::Boolean(false) => Vec::new(),
             toml::Value::String(s) => vec![format!("--{flag}"), s.clone()],
@@ -71,6 +75,37 @@ pub fn args_from_file(path: &Path) -> Result<Vec<String>, ConfigError> {
             return Err(bad(first));
         }
         args.extend(entry);
+    }
+    Ok(args)
+}
+
+/// `[workload."GLOB"]` tables as `--workload` arguments, in file order.
+fn workload_args(workloads: &toml::Table) -> Result<Vec<String>, String> {
+    let mut args = Vec::new();
+    for (glob, settings) in workloads {
+        let toml::Value::Table(settings) = settings else {
+            return Err(format!(
+                "[workload.{glob:?}] must be a table of settings (e.g. age = \"off\")"
+            ));
+        };
+        let mut parts = Vec::new();
+        for (key, value) in settings {
+            let value = match value {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(on) => if *on { "on" } else { "off" }.to_owned(),
+                other => {
+                    return Err(format!(
+                        "{glob}.{key}: expected a value, found {}",
+                        other.type_str()
+                    ));
+                }
+            };
+            parts.push(format!("{}={value}", key.replace('_', "-")));
+        }
+        args.push("--workload".to_owned());
+        args.push(format!("{glob}:{}", parts.join(",")));
     }
     Ok(args)
 }
@@ -152,6 +187,26 @@ mod tests {
         assert_eq!(run.probe, tracer::probes::ProbeMode::Tracepoint);
         assert_eq!(run.leaks.leak_interval.0, std::time::Duration::from_secs(2), "the flag wins");
         assert!(run.metrics_addr.0.is_none());
+    }
+
+    #[test]
+    fn workload_tables_become_overrides_checked_by_the_flags_parser() {
+        let f = write(
+            "[workload.postgres]\nage = \"off\"\n[workload.\"backup-*\"]\nclose-wait-after = 600\n",
+        );
+        let args = args_from_file(&f.0).expect("valid");
+        assert_eq!(
+            args,
+            ["--workload", "postgres:age=off", "--workload", "backup-*:close-wait-after=600"]
+        );
+        let argv = ["tracer", "run"].iter().map(|s| s.to_string()).chain(args);
+        let cli = Cli::try_parse_from(argv).expect("parses");
+        let super::super::Command::Run(run) = cli.command else { panic!("run") };
+        assert_eq!(run.leaks.workload.len(), 2);
+        assert_eq!(run.leaks.workload[1].to_string(), "backup-*:close-wait-after=600");
+        let f = write("[workload.x]\nbogus = 1\n");
+        let e = args_from_file(&f.0).unwrap_err().to_string();
+        assert!(e.contains("workload") && e.contains("bogus"), "{e}");
     }
 
     #[test]

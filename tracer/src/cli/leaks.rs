@@ -51,6 +51,20 @@ fn leaks(report: &LeaksReport) -> String {
                     e.stale_close_wait, e.stale_held_closed
                 );
             }
+            if let Some(p) = &e.port_pressure {
+                let _ = writeln!(
+                    out,
+                    "    ephemeral ports to {}: {}/{} in use, {} of them held by this process",
+                    p.remote, p.ports_used, p.ports_available, p.held
+                );
+            }
+            if let Some(f) = &e.fds {
+                let limit = f.limit.map_or_else(|| "unlimited".to_owned(), |l| l.to_string());
+                let eta = f.exhaustion_seconds.map_or_else(String::new, |s| {
+                    format!(", limit reached in {} at this rise", age(s))
+                });
+                let _ = writeln!(out, "    descriptors: {} of {limit}{eta}", f.used);
+            }
             for r in &e.top_remotes {
                 let _ = writeln!(out, "    to {:<40} {} open", r.remote, r.open);
             }

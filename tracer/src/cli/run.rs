@@ -9,7 +9,7 @@ use tracer::{
         DEFAULT_LEAK_INTERVAL, DEFAULT_RECONCILE_INTERVAL, DEFAULT_SUMMARY_INTERVAL, DaemonOptions,
         LeakSettings, nanos,
     },
-    detect::{DetectorConfig, defaults as leak_defaults},
+    detect::{DetectorConfig, WorkloadOverride, defaults as leak_defaults},
     export::{self, DEFAULT_METRICS_ADDR, WebhookUrl},
     health::{DEFAULT_IDLE_AFTER, DEFAULT_UNREAD_AFTER, HealthSettings},
     logging::LogFormat,
@@ -173,6 +173,22 @@ pub struct LeakArgs {
     /// Consecutive clear evaluations before an alert resolves.
     #[arg(long, default_value_t = leak_defaults::RESOLVE_AFTER)]
     pub leak_resolve_after: u32,
+    /// port_exhaustion: percentage of a destination's ephemeral ports in use above which its
+    /// top holders are alerted (TIME_WAIT included unless tcp_tw_reuse frees it).
+    #[arg(long, value_name = "PERCENT", default_value_t = leak_defaults::PORT_PRESSURE_PERCENT)]
+    pub port_pressure: u32,
+    /// fd_exhaustion: alert within this percentage of the soft descriptor limit.
+    #[arg(long, value_name = "PERCENT", default_value_t = leak_defaults::FD_HEADROOM_PERCENT)]
+    pub fd_headroom: u32,
+    /// fd_exhaustion: alert when the descriptor rise seen over the window reaches the limit
+    /// within this many seconds, while growth holds.
+    #[arg(long, value_parser = parse_positive_seconds, default_value_t = Seconds(Duration::from_secs(leak_defaults::FD_EXHAUSTION_WITHIN_SECONDS)))]
+    pub fd_exhaustion_within: Seconds,
+    /// Per-workload override, GLOB:KEY=VALUE[,KEY=VALUE...] over the command name (repeatable;
+    /// the first match applies): a rule on/off (`postgres:age=off`) or a threshold by its flag
+    /// name (`backup-*:close-wait-after=600`). In a config file: [workload."GLOB"] tables.
+    #[arg(long, value_name = "GLOB:SETTINGS")]
+    pub workload: Vec<WorkloadOverride>,
 }
 
 impl LeakArgs {
@@ -187,6 +203,10 @@ impl LeakArgs {
             idle_min: self.idle_min,
             idle_enabled: self.idle_alert_after.is_some(),
             resolve_after: self.leak_resolve_after,
+            port_pressure_percent: self.port_pressure,
+            fd_headroom_percent: self.fd_headroom,
+            fd_exhaustion_within_ns: nanos(self.fd_exhaustion_within.0),
+            overrides: self.workload.clone(),
             ..DetectorConfig::default()
         };
         detector.validate().map_err(|e| anyhow::anyhow!("leak detection settings: {e}"))?;

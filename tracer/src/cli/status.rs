@@ -50,6 +50,19 @@ fn status(s: &StatusReport) -> String {
     let _ = writeln!(out, "reconcile corrections: {}", s.reconcile_corrections);
     let _ = writeln!(out, "leak evaluations:    {}", s.leak_evaluations);
     let _ = writeln!(out, "holder changes:      {}", s.holder_changes);
+    let _ = writeln!(
+        out,
+        "TIME_WAIT closes:    {} remembered, {} over tcp_max_tw_buckets",
+        s.time_wait_closes_remembered, s.time_wait_closes_overflowed
+    );
+    if s.workload_overrides.is_empty() {
+        let _ = writeln!(out, "workload overrides:  none");
+    } else {
+        let _ = writeln!(out, "workload overrides (first match applies):");
+        for o in &s.workload_overrides {
+            let _ = writeln!(out, "  {o}");
+        }
+    }
     if !s.kprobes.is_empty() {
         // A missed accept return is covered by the accept syscall's exit; a missed entry
         // probe is a lost event (and shows as a reconcile correction).

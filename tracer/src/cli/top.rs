@@ -109,6 +109,15 @@ fn top(report: &TopReport) -> String {
         if p.exited {
             notes = format!("{notes} [exited, held {}]", p.open_at_exit.unwrap_or(0));
         }
+        // Released connections it left in TIME_WAIT, and descriptors near their limit.
+        if row.time_wait_caused > 0 {
+            notes = format!("{notes} tw-caused={}", row.time_wait_caused);
+        }
+        if let (Some(used), Some(limit)) = (row.fd_used, row.fd_limit)
+            && u64::from(used) * 2 >= limit
+        {
+            notes = format!("{notes} fd={used}/{limit}");
+        }
         if !row.alerts.is_empty() {
             notes = format!("LEAK({}) {notes}", row.alerts.join(","));
         }
@@ -139,10 +148,21 @@ fn top(report: &TopReport) -> String {
 
 fn remotes(report: &RemoteReport) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{:<46} {:>6}  PIDS", "REMOTE", "OPEN");
+    let _ = writeln!(out, "{:<46} {:>6} {:>13}  PIDS", "REMOTE", "OPEN", "PORTS");
     for r in &report.remotes {
         let pids = r.pids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
-        let _ = writeln!(out, "{:<46} {:>6}  {}", clip(&r.remote, 46), r.open, clip(&pids, 24));
+        let ports = match (r.ports_used, r.ports_available) {
+            (Some(used), Some(available)) => format!("{used}/{available}"),
+            _ => "-".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<46} {:>6} {:>13}  {}",
+            clip(&r.remote, 46),
+            r.open,
+            ports,
+            clip(&pids, 24)
+        );
     }
     let _ = writeln!(
         out,
@@ -210,6 +230,11 @@ mod tests {
             idle: 0,
             unread: 0,
             alerts: Vec::new(),
+            time_wait_caused: 0,
+            time_wait_caused_total: 0,
+            fd_used: None,
+            fd_limit: None,
+            fd_exhaustion_seconds: None,
             leading_function: None,
         }
     }

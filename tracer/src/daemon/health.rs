@@ -1,9 +1,10 @@
 //! Pool health in the daemon: when sock_diag is dumped (with `tcp_info`), and what is done
-//! with the dump. One dump serves each leak evaluation; when a reconcile is due at the same
-//! time, the same dump serves it too (only the /proc walk for holders is added). `tracer conns`
+//! with the dump. One dump serves each leak evaluation, its pool health and its exhaustion
+//! rules (daemon/exhaustion.rs reduces it in the same blocking task); when a reconcile is due
+//! at the same time, the same dump serves it too (only the /proc walk for holders is added). `tracer conns`
 //! gets its own dump, on demand. Every dump runs off the event loop; nothing is added to the
 //! per-event path.
-use std::{io, time::Duration};
+use std::{collections::HashMap, io, time::Duration};
 
 use serde_json::value::{RawValue, to_raw_value};
 use tokio::{
@@ -21,6 +22,9 @@ use crate::{
     table::{ConnSnapshot, ConnectionTable, ProcessKey, ScannedSocket, TupleKey},
 };
 
+use super::{exhaustion, leaks::LeakSettings};
+use crate::ground_truth::sysctl::NetnsSysctls;
+
 /// What one dump was for, and what it found.
 pub(super) struct Landed {
     /// A leak evaluation waits for it.
@@ -35,6 +39,8 @@ pub(super) struct KernelScan {
     pub health: HealthScan,
     /// The same sockets with their holders, when a reconcile was due.
     pub reconcile: Option<Vec<ScannedSocket>>,
+    /// The same sockets reduced for the exhaustion rules, when an evaluation was due.
+    pub exhaustion: Option<exhaustion::ScanResult>,
 }
 
 /// One of the two periodic jobs a dump serves: when it last ran and how often it runs.
@@ -109,20 +115,28 @@ impl Scans {
     }
 
     /// Starts a dump for whatever is due, unless one is running (what comes due meanwhile
-    /// waits for the next).
-    pub fn launch(&mut self, now_ns: impl Fn() -> u64 + Send + 'static) {
+    /// waits for the next). An evaluation's dump also serves the exhaustion rules: `exhaustion`
+    /// says what they want of it (asked only then).
+    pub fn launch(
+        &mut self,
+        now_ns: impl Fn() -> u64 + Send + 'static,
+        exhaustion: impl FnOnce() -> exhaustion::ScanRequest,
+    ) {
         if self.running || !(self.want_evaluate || self.want_reconcile) {
             return;
         }
         let (evaluate, reconcile) = (self.want_evaluate, self.want_reconcile);
         (self.want_evaluate, self.want_reconcile, self.running) = (false, false, true);
+        let request = evaluate.then(exhaustion);
         let tx = self.tx.clone();
         tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
-            let dumped = dump(now_ns);
+            let mut sysctls = HashMap::new();
+            let dumped = dump(now_ns, request.is_some().then_some(&mut sysctls));
             let took = started.elapsed();
             let scan = dumped.map(|health| KernelScan {
                 reconcile: reconcile.then(|| ground_truth::with_holders(&health.sockets)),
+                exhaustion: request.map(|r| exhaustion::reduce(r, &health.sockets, sysctls)),
                 health,
             });
             let _ = tx.blocking_send(Landed { evaluate, scan, took });
@@ -134,9 +148,17 @@ impl Scans {
     }
 }
 
-/// One sock_diag dump of every namespace, stamped with the clock (blocking).
-fn dump(now_ns: impl Fn() -> u64) -> io::Result<HealthScan> {
-    let sockets = ground_truth::scan_all()?;
+/// One sock_diag dump of every namespace, stamped with the clock (blocking); with `sysctls`,
+/// each namespace's sysctls are read in the same walk.
+fn dump(
+    now_ns: impl Fn() -> u64,
+    mut sysctls: Option<&mut HashMap<u32, NetnsSysctls>>,
+) -> io::Result<HealthScan> {
+    let sockets = ground_truth::scan_all_and(|ns| {
+        if let Some(into) = sysctls.as_deref_mut() {
+            exhaustion::read_sysctls(ns, into);
+        }
+    })?;
     Ok(HealthScan { at_ns: now_ns(), sockets })
 }
 
@@ -174,10 +196,19 @@ impl PoolHealth {
         u64::try_from(self.last_scan.as_micros()).unwrap_or(u64::MAX)
     }
 
-    /// Takes in a dump: read progress, then each process's counts against the table.
-    pub fn update(&mut self, table: &ConnectionTable, scan: &HealthScan) {
+    /// Takes in a dump: read progress, then each process's counts against the table, with
+    /// its workload override's thresholds (`leak`).
+    pub fn update(&mut self, table: &ConnectionTable, scan: &HealthScan, leak: &LeakSettings) {
         self.reads.observe(scan);
-        self.latest = health::per_process(table, scan, &self.reads, &self.settings);
+        let settings = &self.settings;
+        self.latest = if leak.detector.overrides.is_empty() {
+            health::per_process(table, scan, &self.reads, settings)
+        } else {
+            health::per_process_with(table, scan, &self.reads, |owner| match table.process(owner) {
+                Some(p) => leak.thresholds_for(&p.comm()).health,
+                None => settings.clone(),
+            })
+        };
     }
 
     /// A failed dump: counts are unknown until the next one.

@@ -45,6 +45,34 @@ impl Default for LeakSettings {
     }
 }
 
+/// The time thresholds the daemon applies when it counts a process's connections.
+#[derive(Clone, Debug)]
+pub struct StaleThresholds {
+    pub close_wait_after_ns: u64,
+    pub held_closed_after_ns: u64,
+    pub age_threshold_ns: Option<u64>,
+    /// `idle` and `unread` (counted from the dump, health/mod.rs).
+    pub health: HealthSettings,
+}
+
+impl LeakSettings {
+    /// These settings for a process named `comm`, after its workload override.
+    pub fn thresholds_for(&self, comm: &str) -> StaleThresholds {
+        let o = self.detector.overrides.iter().find(|o| o.matches(comm)).map(|o| o.thresholds);
+        let o = o.unwrap_or_default();
+        StaleThresholds {
+            close_wait_after_ns: o.close_wait_after_ns.unwrap_or(self.close_wait_after_ns),
+            held_closed_after_ns: o.held_closed_after_ns.unwrap_or(self.held_closed_after_ns),
+            age_threshold_ns: o.age_threshold_ns.or(self.age_threshold_ns),
+            health: HealthSettings {
+                idle_after_ns: o.idle_after_ns.unwrap_or(self.health.idle_after_ns),
+                unread_after_ns: o.unread_after_ns.unwrap_or(self.health.unread_after_ns),
+                idle_alert_after_ns: o.idle_alert_after_ns.or(self.health.idle_alert_after_ns),
+            },
+        }
+    }
+}
+
 /// A duration in nanoseconds, saturating (a u64 holds 584 years of them).
 pub fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
@@ -53,24 +81,33 @@ pub fn nanos(d: Duration) -> u64 {
 /// Whether open connection `view` is one of those behind `rule` (its evidence's stacks): for
 /// `growth`, opened within the rule's window; for `close_wait` and `held_closed`, stale in that
 /// state; for `age`, past the threshold; none for `unread` and `idle`.
-pub fn behind_rule(rule: Rule, settings: &LeakSettings, view: &ConnView<'_>, now_ns: u64) -> bool {
+/// `fd_exhaustion` is about the same connections as `growth` (what fills the descriptors);
+/// `port_exhaustion` about none: its evidence names the destination, mostly TIME_WAIT.
+/// `thresholds` are the process's, after its workload override.
+pub fn behind_rule(
+    rule: Rule,
+    settings: &LeakSettings,
+    thresholds: &StaleThresholds,
+    view: &ConnView<'_>,
+    now_ns: u64,
+) -> bool {
     let conn = view.conn;
     let in_state = now_ns.saturating_sub(conn.state_since_ns);
     match rule {
-        Rule::Growth => {
+        Rule::Growth | Rule::FdExhaustion => {
             let samples = u32::try_from(settings.detector.window_samples).unwrap_or(u32::MAX);
             conn.age_ns(now_ns) <= nanos(settings.interval.saturating_mul(samples))
         }
         Rule::CloseWait => {
-            conn.state == tcp_state::CLOSE_WAIT && in_state >= settings.close_wait_after_ns
+            conn.state == tcp_state::CLOSE_WAIT && in_state >= thresholds.close_wait_after_ns
         }
         Rule::HeldClosed => {
-            conn.state == tcp_state::CLOSE && in_state >= settings.held_closed_after_ns
+            conn.state == tcp_state::CLOSE && in_state >= thresholds.held_closed_after_ns
         }
-        Rule::Age => settings.age_threshold_ns.is_some_and(|t| conn.age_ns(now_ns) >= t),
+        Rule::Age => thresholds.age_threshold_ns.is_some_and(|t| conn.age_ns(now_ns) >= t),
         // Which connections are unread or idle is known from the dump, not from the table:
         // their evidence names them (`unread_connections`, `idle_connections`) without stacks.
-        Rule::Unread | Rule::Idle => false,
+        Rule::Unread | Rule::Idle | Rule::PortExhaustion => false,
     }
 }
 
@@ -96,22 +133,29 @@ pub fn samples(
     now_ns: u64,
 ) -> Vec<ProcessSample> {
     let mut per: HashMap<ProcessKey, PerProcess> = HashMap::new();
+    // Each process's thresholds once (overrides match on its command name).
+    let thresholds: HashMap<ProcessKey, StaleThresholds> =
+        table.processes().map(|p| (p.key, settings.thresholds_for(&p.comm()))).collect();
     for view in table.connections() {
         let conn = view.conn;
         let (Phase::Open, Some(owner)) = (conn.phase(), conn.owner()) else { continue };
+        let fallback;
+        let t = match thresholds.get(&owner) {
+            Some(t) => t,
+            None => {
+                fallback = settings.thresholds_for("");
+                &fallback
+            }
+        };
         let acc = per.entry(owner).or_default();
         let in_state = now_ns.saturating_sub(conn.state_since_ns);
         match conn.state {
-            tcp_state::CLOSE_WAIT if in_state >= settings.close_wait_after_ns => {
-                acc.stale_close_wait += 1
-            }
-            tcp_state::CLOSE if in_state >= settings.held_closed_after_ns => {
-                acc.stale_held_closed += 1
-            }
+            tcp_state::CLOSE_WAIT if in_state >= t.close_wait_after_ns => acc.stale_close_wait += 1,
+            tcp_state::CLOSE if in_state >= t.held_closed_after_ns => acc.stale_held_closed += 1,
             _ => {}
         }
         let age = conn.age_ns(now_ns);
-        if settings.age_threshold_ns.is_some_and(|t| age >= t) {
+        if t.age_threshold_ns.is_some_and(|t| age >= t) {
             acc.aged += 1;
         }
         if acc.oldest.len() < EVIDENCE_ITEMS || acc.oldest.last().is_some_and(|(a, _)| *a < age) {
@@ -154,6 +198,8 @@ pub fn samples(
                 exited: p.exited(),
                 oldest: acc.oldest.into_iter().map(|(_, c)| c).collect(),
                 top_remotes: remotes,
+                port_hold: None,
+                fd: None,
             }
         })
         .collect()
@@ -197,6 +243,42 @@ pub fn log_change(change: &Change) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thresholds_follow_the_first_matching_override() {
+        let mut settings = LeakSettings::default();
+        settings.detector.overrides = vec![
+            "backup-*:close-wait-after=600,age-threshold=30".parse().expect("override"),
+            "*:held-closed-after=5".parse().expect("override"),
+        ];
+        let backup = settings.thresholds_for("backup-agent");
+        assert_eq!(backup.close_wait_after_ns, 600 * 1_000_000_000);
+        assert_eq!(backup.held_closed_after_ns, settings.held_closed_after_ns, "first match only");
+        assert_eq!(backup.age_threshold_ns, Some(30 * 1_000_000_000));
+        let other = settings.thresholds_for("nginx");
+        assert_eq!(other.close_wait_after_ns, settings.close_wait_after_ns);
+        assert_eq!(other.held_closed_after_ns, 5 * 1_000_000_000);
+        assert_eq!(other.age_threshold_ns, None);
+    }
+
+    #[test]
+    fn idle_and_unread_thresholds_follow_the_override() {
+        let mut settings = LeakSettings::default();
+        settings.health.idle_alert_after_ns = Some(600 * SEC);
+        settings.detector.overrides = vec![
+            "backup-agent:unread-after=900,idle-after=30".parse().expect("override"),
+            "pool*:idle-alert-after=120".parse().expect("override"),
+        ];
+        let backup = settings.thresholds_for("backup-agent").health;
+        assert_eq!(backup.unread_after_ns, 900 * SEC);
+        assert_eq!(backup.idle_after_ns, 30 * SEC);
+        assert_eq!(backup.idle_alert_after_ns, Some(600 * SEC), "daemon-wide when not set");
+        let pool = settings.thresholds_for("poolclient").health;
+        assert_eq!(pool.idle_alert_after_ns, Some(120 * SEC));
+        assert_eq!(pool.unread_after_ns, settings.health.unread_after_ns);
+        assert_eq!(settings.thresholds_for("nginx").health, settings.health);
+    }
+
     use crate::table::{Direction, ScannedHolder, ScannedSocket, TableConfig};
 
     const SEC: u64 = 1_000_000_000;
@@ -218,7 +300,7 @@ mod tests {
     fn behind(table: &ConnectionTable, rule: Rule, settings: &LeakSettings, now: u64) -> Vec<u16> {
         let mut ports: Vec<u16> = table
             .connections()
-            .filter(|view| behind_rule(rule, settings, view, now))
+            .filter(|view| behind_rule(rule, settings, &settings.thresholds_for(""), view, now))
             .map(|view| view.conn.local().port())
             .collect();
         ports.sort_unstable();

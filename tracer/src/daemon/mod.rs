@@ -2,6 +2,7 @@
 //!
 //! One task owns the table and everything derived from it. It drains the ring buffer in
 //! batches and answers API queries between batches, so the event path takes no lock.
+mod exhaustion;
 mod health;
 mod leaks;
 mod memory;
@@ -112,6 +113,7 @@ pub(crate) struct Daemon {
     started_ns: u64,
     kernel: String,
     stacks: stacks::StackCapture,
+    exhaustion: exhaustion::Exhaustion,
     health: health::PoolHealth,
     /// Where the tasks that symbolize a raised alert's stacks send them back.
     evidence_tx: mpsc::UnboundedSender<SymbolizedEvidence>,
@@ -220,7 +222,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
-        scans.launch(|| BootClock.now_ns());
+        scans.launch(|| BootClock.now_ns(), || daemon.exhaustion_request());
     }
     api.abort();
     if let Some(server) = metrics_server {
@@ -263,6 +265,10 @@ impl Daemon {
             clock,
             kernel: preflight::kernel_release(),
             stacks,
+            exhaustion: exhaustion::Exhaustion::new(
+                nanos(options.leaks.interval)
+                    .saturating_mul(options.leaks.detector.window_samples as u64),
+            ),
             health: health::PoolHealth::new(options.leaks.health.clone()),
             evidence_tx,
         };
@@ -274,7 +280,8 @@ impl Daemon {
                 log::info!("loaded {loaded} connections that existed before start-up");
                 // The first reading of read progress.
                 let at_ns = daemon.clock.now_ns();
-                daemon.health.update(&daemon.table, &crate::health::HealthScan { at_ns, sockets });
+                let scan = crate::health::HealthScan { at_ns, sockets };
+                daemon.health.update(&daemon.table, &scan, &daemon.leak_settings);
             }
             Err(e) => log::warn!(
                 "cannot load existing connections (sock_diag): {e}; counting from now on"
@@ -294,7 +301,12 @@ impl Daemon {
                     self.reconcile(scanned);
                 }
                 self.drain_now();
-                self.health.update(&self.table, &scan.health);
+                self.health.update(&self.table, &scan.health, &self.leak_settings);
+                // The exhaustion rules' share of the same dump, reduced off the event loop.
+                if let Some(result) = scan.exhaustion {
+                    let now = self.clock.now_ns();
+                    self.exhaustion.apply(result, &self.table, now);
+                }
             }
             Err(e) => {
                 log::warn!(
@@ -312,8 +324,9 @@ impl Daemon {
     fn evaluate_leaks(&mut self) {
         self.drain_now();
         let now = self.clock.now_ns();
-        let samples =
+        let mut samples =
             leaks::samples(&self.table, &self.leak_settings, self.health.per_process(), now);
+        self.exhaustion.fill(&mut samples);
         for change in self.detector.evaluate(now, &samples) {
             leaks::log_change(&change);
             if let Change::Raised(alert) = &change
@@ -329,13 +342,27 @@ impl Daemon {
         self.stacks.mark_suspects(&self.detector);
     }
 
+    fn exhaustion_request(&self) -> exhaustion::ScanRequest {
+        exhaustion::ScanRequest {
+            started_ns: self.clock.now_ns(),
+            fd_processes: self.exhaustion.fd_candidates(
+                &self.table,
+                &self.detector,
+                self.metrics_top_n,
+            ),
+            attribute_from: exhaustion::attribute_from(&self.leak_settings.detector),
+        }
+    }
+
     /// Attaches the stacks behind a raised alert at once (named as far as the symbolizer's
     /// cache goes) and symbolizes them off the event loop, within a deadline. False when
     /// capture is off.
     fn raise_with_stacks(&mut self, alert: &crate::detect::Alert, now: u64) -> bool {
         let settings = &self.leak_settings;
-        let behind =
-            |view: &crate::table::ConnView<'_>| leaks::behind_rule(alert.rule, settings, view, now);
+        let thresholds = settings.thresholds_for(&alert.comm);
+        let behind = |view: &crate::table::ConnView<'_>| {
+            leaks::behind_rule(alert.rule, settings, &thresholds, view, now)
+        };
         let Some((first, draft)) = self.stacks.alert_evidence(&self.table, alert, now, behind)
         else {
             return false;
@@ -381,7 +408,7 @@ impl Daemon {
     }
 
     async fn next_batch(&mut self) -> std::io::Result<usize> {
-        let Self { source, table, metrics, stacks, .. } = self;
+        let Self { source, table, metrics, stacks, exhaustion, .. } = self;
         let log_events = log::log_enabled!(log::Level::Debug);
         let n = source
             .next_batch(|event| {
@@ -391,6 +418,7 @@ impl Daemon {
                 let applied = table.apply(event);
                 metrics.observe(&applied, table);
                 stacks.on_event(event, &applied, table);
+                exhaustion.on_event(event, &applied, table);
             })
             .await?;
         self.stacks.drain(&self.table, self.clock.now_ns());
@@ -398,11 +426,12 @@ impl Daemon {
     }
 
     fn drain_now(&mut self) {
-        let Self { source, table, metrics, stacks, .. } = self;
+        let Self { source, table, metrics, stacks, exhaustion, .. } = self;
         source.drain_now(|event| {
             let applied = table.apply(event);
             metrics.observe(&applied, table);
             stacks.on_event(event, &applied, table);
+            exhaustion.on_event(event, &applied, table);
         });
         self.stacks.drain(&self.table, self.clock.now_ns());
     }
@@ -421,6 +450,7 @@ impl Daemon {
         let mode = self.probes.mode().to_string();
         let alerts: Vec<_> = self.detector.active().collect();
         let kprobes = self.probes.kprobe_misses();
+        let exhaustion = self.exhaustion.metrics_input();
         let stacks = self.stacks.status(&kernel.clone().unwrap_or_default());
         let input = MetricsInput {
             table: &self.table,
@@ -447,6 +477,7 @@ impl Daemon {
             health: self.health.per_process(),
             now_ns: self.clock.now_ns(),
             top_n: self.metrics_top_n,
+            exhaustion: &exhaustion,
         };
         self.metrics.render(&input)
     }

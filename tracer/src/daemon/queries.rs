@@ -87,9 +87,15 @@ impl Daemon {
             .into_iter()
             .map(|process| {
                 let key = ProcessKey { pid: process.pid, start_time_ns: process.start_time_ns };
+                let fd = self.exhaustion.fd_status(key);
                 let health = self.health.of(key);
                 TopRow {
                     leading_function: self.leading_function_of(key),
+                    time_wait_caused: self.exhaustion.time_wait_caused(key),
+                    time_wait_caused_total: self.exhaustion.time_wait_caused_total(key),
+                    fd_used: fd.map(|f| f.used),
+                    fd_limit: fd.and_then(|f| f.limit),
+                    fd_exhaustion_seconds: fd.and_then(|f| f.exhaustion_seconds),
                     growth: self.detector.growth_of(key),
                     idle: health.map_or(0, |h| h.idle),
                     unread: health.map_or(0, |h| h.unread),
@@ -133,15 +139,31 @@ impl Daemon {
                 *by_remote.entry(view.remote()).or_default().entry(pid).or_default() += 1;
             }
         }
+        // The most pressed destination of each remote (destinations come most pressed first).
+        let mut pressure: HashMap<SocketAddr, &crate::exhaustion::Destination> = HashMap::new();
+        for d in self.exhaustion.destinations() {
+            pressure.entry(d.remote).or_insert(d);
+            by_remote.entry(d.remote).or_default();
+        }
         let mut remotes: Vec<RemoteRow> = by_remote
             .into_iter()
             .map(|(remote, pids)| {
                 let mut pids: Vec<(u32, u32)> = pids.into_iter().collect();
                 pids.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+                let open = pids.iter().map(|(_, n)| n).sum();
+                let mut pids: Vec<u32> = pids.into_iter().take(8).map(|(pid, _)| pid).collect();
+                let ports = pressure.get(&remote);
+                for (holder, _) in ports.map(|d| d.holders.as_slice()).unwrap_or_default() {
+                    if pids.len() < 8 && !pids.contains(&holder.pid) {
+                        pids.push(holder.pid);
+                    }
+                }
                 RemoteRow {
                     remote: remote.to_string(),
-                    open: pids.iter().map(|(_, n)| n).sum(),
-                    pids: pids.into_iter().take(8).map(|(pid, _)| pid).collect(),
+                    open,
+                    pids,
+                    ports_used: ports.map(|d| d.used),
+                    ports_available: ports.map(|d| d.available),
                 }
             })
             .collect();
@@ -242,6 +264,15 @@ impl Daemon {
             ring_bytes: self.ring_bytes,
             ring_high_water_bytes: self.ring_high_water(Some(&kernel)),
             stacks: self.stacks.status(&kernel),
+            workload_overrides: self
+                .leak_settings
+                .detector
+                .overrides
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            time_wait_closes_remembered: self.exhaustion.closes_remembered() as u64,
+            time_wait_closes_overflowed: self.exhaustion.closes_overflowed(),
             health_scans: self.health.scans(),
             health_scan_us: self.health.last_scan_us(),
         }

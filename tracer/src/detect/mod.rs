@@ -5,6 +5,7 @@
 //! [`Detector::evaluate`]; the detector keeps the history the rules need and returns the alerts
 //! that were raised or resolved.
 mod growth;
+mod overrides;
 
 use std::collections::{HashMap, VecDeque};
 
@@ -12,6 +13,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use growth::sub_window_floors;
+pub use overrides::{Thresholds, WorkloadOverride};
+
+use crate::exhaustion::{FdStatus, PortHold};
 
 pub use crate::{health::HealthBrief, table::ProcessKey};
 
@@ -31,12 +35,26 @@ pub enum Rule {
     Unread,
     /// Many connections idle longer than T: a pool without an idle timeout (off by default).
     Idle,
+    /// A destination's ephemeral ports are nearly all in use: raised for the processes holding
+    /// the most of them (TIME_WAIT included).
+    PortExhaustion,
+    /// Descriptors near the soft RLIMIT_NOFILE, or projected to reach it soon while `growth`
+    /// holds.
+    FdExhaustion,
 }
 
 impl Rule {
     /// Every rule (a new one goes here too: the API's schema lists these names).
-    pub const ALL: [Rule; 6] =
-        [Rule::Growth, Rule::CloseWait, Rule::HeldClosed, Rule::Age, Rule::Unread, Rule::Idle];
+    pub const ALL: [Rule; 8] = [
+        Rule::Growth,
+        Rule::CloseWait,
+        Rule::HeldClosed,
+        Rule::Age,
+        Rule::Unread,
+        Rule::Idle,
+        Rule::PortExhaustion,
+        Rule::FdExhaustion,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -46,6 +64,8 @@ impl Rule {
             Rule::Age => "age",
             Rule::Unread => "unread",
             Rule::Idle => "idle",
+            Rule::PortExhaustion => "port_exhaustion",
+            Rule::FdExhaustion => "fd_exhaustion",
         }
     }
 
@@ -90,6 +110,16 @@ pub struct DetectorConfig {
     pub idle_enabled: bool,
     /// Consecutive clear evaluations before an alert resolves (default 4).
     pub resolve_after: u32,
+    /// `port_exhaustion`: a destination with more than this percentage of its ephemeral ports
+    /// in use (default 80).
+    pub port_pressure_percent: u32,
+    /// `fd_exhaustion`: descriptors within this percentage of the limit (default 10).
+    pub fd_headroom_percent: u32,
+    /// `fd_exhaustion`: projected to reach the limit within this time while `growth` holds
+    /// (default 10 minutes).
+    pub fd_exhaustion_within_ns: u64,
+    /// Per-workload overrides, first match wins (empty by default).
+    pub overrides: Vec<WorkloadOverride>,
 }
 
 /// Defaults of the leak rules (docs/leak-detection.md), shared by `Default` and the CLI flags.
@@ -105,6 +135,11 @@ pub mod defaults {
     pub const RESOLVE_AFTER: u32 = 4;
     pub const UNREAD_MIN: u32 = 5;
     pub const IDLE_MIN: u32 = 20;
+    pub const PORT_PRESSURE_PERCENT: u32 = 80;
+    pub const FD_HEADROOM_PERCENT: u32 = 10;
+    pub const FD_EXHAUSTION_WITHIN_SECONDS: u64 = 600;
+    /// `port_exhaustion` names this many of a destination's top holders.
+    pub const PORT_HOLDERS_NAMED: usize = 3;
 }
 
 impl Default for DetectorConfig {
@@ -121,11 +156,53 @@ impl Default for DetectorConfig {
             idle_min: defaults::IDLE_MIN,
             idle_enabled: false,
             resolve_after: defaults::RESOLVE_AFTER,
+            port_pressure_percent: defaults::PORT_PRESSURE_PERCENT,
+            fd_headroom_percent: defaults::FD_HEADROOM_PERCENT,
+            fd_exhaustion_within_ns: defaults::FD_EXHAUSTION_WITHIN_SECONDS * 1_000_000_000,
+            overrides: Vec::new(),
         }
     }
 }
 
 impl DetectorConfig {
+    /// The settings that apply to a process with command name `comm`: the first matching
+    /// override's thresholds over these (borrowed when no override matches).
+    pub fn for_comm(&self, comm: &str) -> std::borrow::Cow<'_, DetectorConfig> {
+        let Some(o) = overrides::find(&self.overrides, comm) else {
+            return std::borrow::Cow::Borrowed(self);
+        };
+        let t = &o.thresholds;
+        std::borrow::Cow::Owned(DetectorConfig {
+            growth_min: t.growth_min.unwrap_or(self.growth_min),
+            close_wait_min: t.close_wait_min.unwrap_or(self.close_wait_min),
+            port_pressure_percent: t.port_pressure_percent.unwrap_or(self.port_pressure_percent),
+            fd_headroom_percent: t.fd_headroom_percent.unwrap_or(self.fd_headroom_percent),
+            fd_exhaustion_within_ns: t
+                .fd_exhaustion_within_ns
+                .unwrap_or(self.fd_exhaustion_within_ns),
+            unread_min: t.unread_min.unwrap_or(self.unread_min),
+            idle_min: t.idle_min.unwrap_or(self.idle_min),
+            age_enabled: self.age_enabled || t.age_threshold_ns.is_some(),
+            idle_enabled: self.idle_enabled || t.idle_alert_after_ns.is_some(),
+            overrides: Vec::new(),
+            ..self.clone()
+        })
+    }
+
+    /// Whether `rule` runs for `comm`: an override's on/off, else the daemon-wide setting.
+    /// The rules off by default (`age`, `idle`) are on with a threshold, daemon-wide or in the
+    /// override.
+    pub fn rule_enabled(&self, rule: Rule, comm: &str) -> bool {
+        let found = overrides::find(&self.overrides, comm);
+        let t = found.map(|o| o.thresholds).unwrap_or_default();
+        let default = match rule {
+            Rule::Age => self.age_enabled || t.age_threshold_ns.is_some(),
+            Rule::Idle => self.idle_enabled || t.idle_alert_after_ns.is_some(),
+            _ => true,
+        };
+        found.and_then(|o| o.rule(rule)).unwrap_or(default)
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.sub_windows < 2 {
             return Err(format!("sub-windows must be at least 2 (got {})", self.sub_windows));
@@ -143,6 +220,14 @@ impl DetectorConfig {
         }
         if self.resolve_after == 0 {
             return Err("resolve-after must be at least 1".into());
+        }
+        for (name, value) in [
+            ("port-pressure", self.port_pressure_percent),
+            ("fd-headroom", self.fd_headroom_percent),
+        ] {
+            if !(1..=100).contains(&value) {
+                return Err(format!("{name} must be a percentage from 1 to 100 (got {value})"));
+            }
         }
         Ok(())
     }
@@ -189,6 +274,10 @@ pub struct ProcessSample {
     pub oldest: Vec<ConnBrief>,
     /// Remote endpoints by number of open connections, most first (a handful).
     pub top_remotes: Vec<(String, u32)>,
+    /// Its share of the most pressed destination it holds ports towards (when a scan ran).
+    pub port_hold: Option<PortHold>,
+    /// Its descriptors (when the daemon read them).
+    pub fd: Option<FdStatus>,
 }
 
 /// What the detector saw in a process when an alert raised (docs/leak-detection.md).
@@ -230,12 +319,43 @@ pub struct Evidence {
     pub oldest: Vec<ConnBrief>,
     /// Remote endpoints by its open connections, most first (at most 5).
     pub top_remotes: Vec<RemoteCount>,
+    /// The most pressed destination it holds ephemeral ports towards, when a scan found one.
+    #[serde(default)]
+    pub port_pressure: Option<PortPressureEvidence>,
+    /// Its descriptors, when the daemon read them (exported or growing processes).
+    #[serde(default)]
+    pub fds: Option<FdEvidence>,
     /// The opener stacks of the connections behind the rule, taken and symbolized when the
     /// alert raised and kept with it (so a resolved alert of an exited process still names
     /// them); `null` with `--stacks off`, and for the moment between the raise and their
     /// grouping.
     #[serde(default)]
     pub stacks: Option<crate::stacks::groups::AlertStacks>,
+}
+
+/// A destination's ephemeral ports, as `port_exhaustion` saw them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PortPressureEvidence {
+    /// Remote endpoint, `ip:port` (IPv6 as `[ip]:port`).
+    pub remote: String,
+    /// Ephemeral ports in use towards it, over every process (TIME_WAIT included unless
+    /// `tcp_tw_reuse` frees them for this destination).
+    pub ports_used: u32,
+    /// The size of the namespace's `ip_local_port_range`.
+    pub ports_available: u32,
+    /// Of those in use, the ones this process holds (TIME_WAIT it caused included).
+    pub held: u32,
+}
+
+/// Descriptors of a process, as `fd_exhaustion` saw them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct FdEvidence {
+    /// Open descriptors (/proc/PID/fd).
+    pub used: u32,
+    /// Soft RLIMIT_NOFILE (/proc/PID/limits); `null` when unlimited.
+    pub limit: Option<u64>,
+    /// Seconds until the rise seen over the window reaches the limit; `null` without a rise.
+    pub exhaustion_seconds: Option<u64>,
 }
 
 impl Evidence {
@@ -339,8 +459,13 @@ impl Detector {
                 self.config.window_samples,
             );
             let evidence = evidence(&self.config, history, sample);
+            let config = self.config.for_comm(&sample.comm);
+            let growth = growth::holds(&history.open, &config);
             let verdicts = Rule::ALL.map(|rule| {
-                (rule, !sample.exited && rule_holds(&self.config, rule, history, sample))
+                let holds = !sample.exited
+                    && self.config.rule_enabled(rule, &sample.comm)
+                    && rule_holds(&config, rule, sample, growth);
+                (rule, holds)
             });
             for (rule, holds) in verdicts {
                 self.step(now_ns, id, rule, holds, sample, &evidence, &mut changes);
@@ -493,16 +618,32 @@ fn floor_growth(floors: &[u32]) -> i64 {
 fn rule_holds(
     config: &DetectorConfig,
     rule: Rule,
-    history: &History,
     sample: &ProcessSample,
+    growth_holds: bool,
 ) -> bool {
     match rule {
-        Rule::Growth => growth::holds(&history.open, config),
+        Rule::Growth => growth_holds,
         Rule::CloseWait => sample.stale_close_wait >= config.close_wait_min,
         Rule::HeldClosed => sample.stale_held_closed >= config.held_closed_min,
-        Rule::Age => config.age_enabled && sample.aged >= config.age_min,
+        Rule::Age => sample.aged >= config.age_min,
         Rule::Unread => sample.unread >= config.unread_min,
-        Rule::Idle => config.idle_enabled && sample.idle_alerting >= config.idle_min,
+        Rule::Idle => sample.idle_alerting >= config.idle_min,
+        Rule::PortExhaustion => sample.port_hold.as_ref().is_some_and(|h| {
+            h.rank < defaults::PORT_HOLDERS_NAMED
+                && h.held > 0
+                && u64::from(h.used) * 100
+                    > u64::from(h.available) * u64::from(config.port_pressure_percent)
+        }),
+        Rule::FdExhaustion => sample.fd.is_some_and(|fd| {
+            let Some(limit) = fd.limit else { return false };
+            let near = u64::from(fd.used) * 100
+                >= limit * u64::from(100 - config.fd_headroom_percent.min(100));
+            let soon = growth_holds
+                && fd.exhaustion_seconds.is_some_and(|s| {
+                    u128::from(s) * 1_000_000_000 <= u128::from(config.fd_exhaustion_within_ns)
+                });
+            near || soon
+        }),
     }
 }
 
@@ -531,6 +672,17 @@ fn evidence(config: &DetectorConfig, history: &History, sample: &ProcessSample) 
             .iter()
             .map(|(remote, open)| RemoteCount { remote: remote.clone(), open: *open })
             .collect(),
+        port_pressure: sample.port_hold.as_ref().map(|h| PortPressureEvidence {
+            remote: h.remote.to_string(),
+            ports_used: h.used,
+            ports_available: h.available,
+            held: h.held,
+        }),
+        fds: sample.fd.map(|fd| FdEvidence {
+            used: fd.used,
+            limit: fd.limit,
+            exhaustion_seconds: fd.exhaustion_seconds,
+        }),
         stacks: None,
     }
 }

@@ -318,6 +318,136 @@ fn a_plateaued_pool_is_no_suspect_and_an_active_growth_alert_is() {
     assert!(sim.detector.suspects().any(|id| id == PID), "alerting processes stay suspects");
 }
 
+fn hold(rank: usize, used: u32) -> crate::exhaustion::PortHold {
+    crate::exhaustion::PortHold {
+        remote: "10.0.0.5:5432".parse().expect("addr"),
+        used,
+        available: 100,
+        held: used,
+        rank,
+    }
+}
+
+#[test]
+fn port_exhaustion_names_the_top_holders_above_the_pressure_only() {
+    let mut sim = Sim::new(small_window());
+    sim.sample.port_hold = Some(hold(0, 80));
+    sim.tick();
+    assert!(sim.raised(Rule::PortExhaustion).is_empty(), "80% is not above 80%");
+    sim.sample.port_hold = Some(hold(3, 81));
+    sim.tick();
+    assert!(sim.raised(Rule::PortExhaustion).is_empty(), "only the top 3 holders are named");
+    sim.sample.port_hold = Some(hold(0, 81));
+    sim.tick();
+    let raised = sim.raised(Rule::PortExhaustion);
+    let evidence = raised[0].evidence.port_pressure.as_ref().expect("evidence");
+    assert_eq!((evidence.ports_used, evidence.ports_available), (81, 100));
+}
+
+#[test]
+fn fd_exhaustion_near_the_limit_or_projected_while_growth_holds() {
+    let fd = |used, exhaustion_seconds| crate::exhaustion::FdStatus {
+        used,
+        limit: Some(100),
+        exhaustion_seconds,
+    };
+    let mut sim = Sim::new(small_window());
+    // Projected in 60 s, but no growth: no alert; 90 of 100 is within 10%: alert.
+    sim.sample.fd = Some(fd(50, Some(60)));
+    sim.tick();
+    assert!(sim.raised(Rule::FdExhaustion).is_empty());
+    sim.sample.fd = Some(fd(90, None));
+    sim.tick();
+    assert_eq!(sim.raised(Rule::FdExhaustion).len(), 1);
+
+    // A growing process far from its limit, projected to reach it within 10 minutes.
+    let mut sim = Sim::new(small_window());
+    for _ in 0..8 {
+        sim.open(5);
+        sim.sample.fd = Some(fd(20, Some(300)));
+        sim.tick();
+    }
+    assert_eq!(sim.raised(Rule::Growth).len(), 1);
+    assert_eq!(sim.raised(Rule::FdExhaustion).len(), 1, "raised with growth");
+    assert_eq!(sim.raised(Rule::FdExhaustion)[0].evidence.fds.as_ref().map(|f| f.used), Some(20));
+}
+
+#[test]
+fn workload_overrides_switch_rules_and_thresholds_by_command_name() {
+    let mut config = small_window();
+    config.overrides = vec![
+        "app:close_wait=off".parse().expect("override"),
+        "other:close-wait-min=1".parse().expect("override"),
+    ];
+    let mut sim = Sim::new(config.clone());
+    sim.sample.stale_close_wait = 3;
+    sim.tick();
+    assert!(sim.raised(Rule::CloseWait).is_empty(), "off for app");
+
+    // A higher K for this comm only; everyone else keeps K = 1.
+    config.overrides = vec!["ap?:close-wait-min=5".parse().expect("override")];
+    let mut sim = Sim::new(config.clone());
+    sim.sample.stale_close_wait = 3;
+    sim.tick();
+    assert!(sim.raised(Rule::CloseWait).is_empty(), "3 < 5 for app");
+    sim.sample.stale_close_wait = 5;
+    sim.tick();
+    assert_eq!(sim.raised(Rule::CloseWait).len(), 1);
+    let mut sim = Sim::new(config.clone());
+    sim.sample.comm = "nginx".into();
+    sim.sample.stale_close_wait = 1;
+    sim.tick();
+    assert_eq!(sim.raised(Rule::CloseWait).len(), 1, "the daemon-wide K for others");
+
+    // The age rule, off daemon-wide, on for one comm.
+    config.overrides = vec!["app:age=on".parse().expect("override")];
+    let mut sim = Sim::new(config);
+    sim.sample.aged = 1;
+    sim.tick();
+    assert_eq!(sim.raised(Rule::Age).len(), 1);
+}
+
+#[test]
+fn workload_overrides_reach_the_idle_and_unread_rules() {
+    // idle: off daemon-wide, on for `app` through its own threshold, with its own K.
+    let mut config = small_window();
+    config.overrides = vec!["app:idle-alert-after=60,idle-min=3".parse().expect("override")];
+    let mut sim = Sim::new(config.clone());
+    sim.sample.idle_alerting = 3;
+    sim.tick();
+    assert_eq!(sim.raised(Rule::Idle).len(), 1, "on for app at K = 3");
+    let mut sim = Sim::new(config);
+    sim.sample.comm = "postgres".into();
+    sim.sample.idle_alerting = 30;
+    sim.tick();
+    assert!(sim.raised(Rule::Idle).is_empty(), "still off for others");
+
+    // unread: on daemon-wide, off for `app`, a higher K for `ap*` elsewhere.
+    let mut config = small_window();
+    config.overrides = vec!["app:unread=off".parse().expect("override")];
+    let mut sim = Sim::new(config);
+    sim.sample.unread = 50;
+    sim.tick();
+    assert!(sim.raised(Rule::Unread).is_empty(), "off for app");
+    let mut config = small_window();
+    config.overrides = vec!["ap*:unread-min=8".parse().expect("override")];
+    let mut sim = Sim::new(config);
+    sim.sample.unread = 7;
+    sim.tick();
+    assert!(sim.raised(Rule::Unread).is_empty(), "7 < 8 for app");
+    sim.sample.unread = 8;
+    sim.tick();
+    assert_eq!(sim.raised(Rule::Unread).len(), 1);
+
+    // A daemon-wide idle rule turned off for one workload.
+    let mut config = DetectorConfig { idle_enabled: true, ..small_window() };
+    config.overrides = vec!["app:idle=off".parse().expect("override")];
+    let mut sim = Sim::new(config);
+    sim.sample.idle_alerting = 40;
+    sim.tick();
+    assert!(sim.raised(Rule::Idle).is_empty(), "off for app");
+}
+
 #[test]
 fn unread_raises_at_k_connections_with_its_reading_and_resolves_after_the_clear_streak() {
     let mut sim = Sim::new(DetectorConfig { resolve_after: 2, ..small_window() });

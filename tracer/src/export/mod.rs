@@ -4,7 +4,7 @@ pub mod metrics;
 pub mod webhook;
 
 pub use metrics::{
-    AGE_BOUNDS_NS, BuildInfo, DEFAULT_METRICS_ADDR, DEFAULT_TOP_N, Metrics, MetricsInput, RingFill,
-    Scrape, StackMetrics, bind, serve,
+    AGE_BOUNDS_NS, BuildInfo, DEFAULT_METRICS_ADDR, DEFAULT_TOP_N, ExhaustionInput, Metrics,
+    MetricsInput, RingFill, Scrape, StackMetrics, bind, serve,
 };
 pub use webhook::{Webhook, WebhookUrl};

@@ -6,6 +6,7 @@
 //! (`table::ConnectionTable::load_existing`, `table::Reconciler`).
 pub mod holders;
 pub mod sock_diag;
+pub mod sysctl;
 pub mod tcp_info;
 
 pub use holders::{Holder, scan_holders};
@@ -50,12 +51,19 @@ pub fn namespaces() -> Vec<Namespace> {
 /// All TCP sockets of all namespaces, tagged with their namespace inode. Namespaces that
 /// vanish mid-scan are skipped.
 pub fn scan_all() -> std::io::Result<Vec<ExistingSocket>> {
+    scan_all_and(|_| {})
+}
+
+/// [`scan_all`], calling `also` on each namespace in the same walk (for readings that ride
+/// along with the dump, such as per-namespace sysctls).
+pub fn scan_all_and(mut also: impl FnMut(&Namespace)) -> std::io::Result<Vec<ExistingSocket>> {
     let mut all = Vec::new();
     for ns in namespaces() {
         match scan_namespace(&ns) {
             Ok(sockets) => all.extend(sockets),
             Err(e) => log::debug!("skipping netns {} ({}): {e}", ns.inode, ns.path.display()),
         }
+        also(&ns);
     }
     Ok(all)
 }

@@ -239,15 +239,28 @@ pub fn per_process(
     reads: &ReadTracker,
     settings: &HealthSettings,
 ) -> PerProcess {
+    per_process_with(table, scan, reads, |_| settings.clone())
+}
+
+/// [`per_process`] with each process's own settings (its workload override), asked once per
+/// process.
+pub fn per_process_with(
+    table: &ConnectionTable,
+    scan: &HealthScan,
+    reads: &ReadTracker,
+    mut settings_of: impl FnMut(ProcessKey) -> HealthSettings,
+) -> PerProcess {
     let index = scan.index();
     let now = scan.at_ns;
     let mut out = PerProcess::default();
+    let mut settings_by: Map<ProcessKey, HealthSettings> = Map::default();
     for view in table.connections() {
         let (Phase::Open, Some(owner)) = (view.phase(), view.owner_key()) else { continue };
         let Some(socket) = index.get(&view.conn.tuple_key(view.netns())) else { continue };
         let Some(idle_ms) = socket.info.and_then(|i| i.idle_ms()) else { continue };
         let idle_ns = u64::from(idle_ms) * 1_000_000;
         let stalled_ns = reads.stalled_ns(socket, now).unwrap_or(0);
+        let settings = settings_by.entry(owner).or_insert_with(|| settings_of(owner));
         let acc = out.entry(owner).or_default();
         let brief = || HealthBrief {
             remote: remote_text(view.remote()),

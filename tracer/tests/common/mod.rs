@@ -49,6 +49,14 @@ impl Workload {
         Self::spawn_with(cmd)
     }
 
+    /// Runs the workload with a soft and hard descriptor limit (`ulimit -n`).
+    pub fn spawn_with_nofile(limit: u32) -> Self {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", &format!("ulimit -n {limit} && exec \"$0\"")])
+            .arg(example_path("workload"));
+        Self::spawn_with(cmd)
+    }
+
     fn spawn_with(mut cmd: Command) -> Self {
         let mut child =
             cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("spawn workload");
@@ -60,6 +68,19 @@ impl Workload {
         stdout.read_line(&mut reply).expect("read pid");
         let pid = reply.trim().strip_prefix("ok ").and_then(|p| p.parse().ok()).expect("pid reply");
         Self { child, stdin, stdout, pid }
+    }
+
+    /// Sends one command: Ok(text after `ok`) or Err(text after `err`).
+    pub fn try_cmd(&mut self, line: &str) -> Result<String, String> {
+        writeln!(self.stdin, "{line}").expect("write command");
+        self.stdin.flush().expect("flush");
+        let mut reply = String::new();
+        self.stdout.read_line(&mut reply).expect("read reply");
+        let reply = reply.trim_end();
+        match reply.strip_prefix("ok") {
+            Some(rest) => Ok(rest.trim_start().to_owned()),
+            None => Err(reply.trim_start_matches("err").trim().to_owned()),
+        }
     }
 
     /// Sends one command and returns the text after `ok`; panics on `err`.

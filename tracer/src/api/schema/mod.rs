@@ -187,6 +187,8 @@ mod tests {
                     age_seconds: 9,
                 }],
                 top_remotes: vec![RemoteCount { remote: "127.0.0.1:80".into(), open: 30 }],
+                port_pressure: None,
+                fds: None,
                 stacks: Some(AlertStacks {
                     connections: 30,
                     groups: vec![StackGroup {
@@ -246,12 +248,23 @@ mod tests {
                 idle: 3,
                 unread: 0,
                 alerts: vec!["close_wait".into()],
+                time_wait_caused: 3,
+                time_wait_caused_total: 40,
+                fd_used: Some(60),
+                fd_limit: Some(1024),
+                fd_exhaustion_seconds: None,
                 leading_function: Some("main.openDB".into()),
             }],
             unattributed: 1,
         };
         let remotes = RemoteReport {
-            remotes: vec![RemoteRow { remote: "10.0.0.1:443".into(), open: 2, pids: vec![1, 2] }],
+            remotes: vec![RemoteRow {
+                remote: "10.0.0.1:443".into(),
+                open: 2,
+                pids: vec![1, 2],
+                ports_used: Some(120),
+                ports_available: Some(28232),
+            }],
             unattributed: 0,
         };
         let ages = AgesReport {
@@ -339,7 +352,16 @@ mod tests {
         };
         assert_eq!(
             at("/$defs/AlertView/properties/rule/enum"),
-            json!(["growth", "close_wait", "held_closed", "age", "unread", "idle"])
+            json!([
+                "growth",
+                "close_wait",
+                "held_closed",
+                "age",
+                "unread",
+                "idle",
+                "port_exhaustion",
+                "fd_exhaustion"
+            ])
         );
         assert_eq!(
             at("/$defs/StatusReport/properties/probe_mode/enum"),

@@ -108,6 +108,19 @@ pub struct MetricsInput<'a> {
     pub now_ns: u64,
     /// Processes (and comms, for lifetimes) exported individually; see [`DEFAULT_TOP_N`].
     pub top_n: usize,
+    /// TIME_WAIT blame and port pressure (docs/leak-detection.md).
+    pub exhaustion: &'a ExhaustionInput,
+}
+
+/// What the exhaustion rules found in the latest dump, for /metrics.
+#[derive(Clone, Debug, Default)]
+pub struct ExhaustionInput {
+    /// TIME_WAIT sockets alive at the last scan, by the process that closed first.
+    pub time_wait_caused: std::collections::HashMap<ProcessKey, u32>,
+    /// TIME_WAIT sockets caused since start, over every process.
+    pub time_wait_caused_total: u64,
+    /// `(remote, used / available)` of the most pressed destinations, most pressed first.
+    pub remote_ports: Vec<(String, f64)>,
 }
 
 /// The exporter's state: lifetime histograms filled from the event path, and what it needs to
@@ -203,6 +216,7 @@ impl Metrics {
             }
         }
         families.push(leaks.finish());
+        families.extend(exhaustion_families(input.exhaustion, &processes.labels, input.top_n));
 
         let mut unattributed = FamilyBuilder::gauge(
             "tcp_tracer_unattributed_connections",
@@ -368,6 +382,59 @@ fn build_info(build: &BuildInfo<'_>) -> MetricFamily {
         1.0,
     );
     family.finish()
+}
+
+/// TIME_WAIT caused per exported process (the rest summed under pid="other"), its total, and
+/// the port pressure of the top N destinations.
+fn exhaustion_families(
+    input: &ExhaustionInput,
+    labels: &std::collections::HashMap<ProcessKey, (String, String)>,
+    top_n: usize,
+) -> Vec<MetricFamily> {
+    let mut caused = FamilyBuilder::gauge(
+        "tcp_tracer_time_wait_caused",
+        "TIME_WAIT sockets alive at the last scan that the process caused by closing first \
+         (released connections, not part of open), per exported process; pid=\"other\" sums \
+         the rest.",
+    );
+    let mut exported: Vec<(&(String, String), u32)> = labels
+        .iter()
+        .map(|(key, l)| (l, input.time_wait_caused.get(key).copied().unwrap_or(0)))
+        .collect();
+    exported.sort();
+    exported.dedup_by(|a, b| a.0 == b.0);
+    let mut other = 0u64;
+    for (key, n) in &input.time_wait_caused {
+        if !labels.contains_key(key) {
+            other += u64::from(*n);
+        }
+    }
+    for ((pid, comm), n) in exported {
+        caused.add_gauge(&[("pid", pid), ("comm", comm)], f64::from(n));
+    }
+    caused.add_gauge(&[("pid", OTHER), ("comm", OTHER)], other as f64);
+    let mut total = FamilyBuilder::counter(
+        "tcp_tracer_time_wait_caused_total",
+        "TIME_WAIT sockets blamed on the process that closed first since start, over every \
+         process, each counted when a scan first found it.",
+    );
+    total.add_counter(&[], input.time_wait_caused_total);
+    let mut ports = FamilyBuilder::gauge(
+        "tcp_tracer_remote_ports_used_ratio",
+        "Ephemeral ports in use towards a remote endpoint (connecting, open, and TIME_WAIT \
+         unless tcp_tw_reuse frees them) over the size of ip_local_port_range, for the top N \
+         destinations by this ratio.",
+    );
+    let mut seen = HashSet::new();
+    for (remote, ratio) in &input.remote_ports {
+        if seen.len() >= top_n {
+            break;
+        }
+        if seen.insert(remote.as_str()) {
+            ports.add_gauge(&[("remote", remote)], *ratio);
+        }
+    }
+    vec![caused.finish(), total.finish(), ports.finish()]
 }
 
 /// The families with `pid` and `comm` labels, one series per row (exported processes, then

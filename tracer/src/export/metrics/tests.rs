@@ -78,6 +78,7 @@ struct Sim {
     alerts: Vec<Alert>,
     kernel: Option<KernelCounters>,
     top_n: usize,
+    exhaustion: ExhaustionInput,
     health: crate::health::PerProcess,
 }
 
@@ -92,6 +93,7 @@ impl Sim {
             alerts: Vec::new(),
             kernel: Some(KernelCounters::default()),
             top_n,
+            exhaustion: ExhaustionInput::default(),
             health: crate::health::PerProcess::default(),
         }
     }
@@ -187,6 +189,8 @@ impl Sim {
                 reading: None,
                 oldest: Vec::new(),
                 top_remotes: Vec::new(),
+                port_pressure: None,
+                fds: None,
                 stacks: None,
             },
             resolved_ns: None,
@@ -201,6 +205,7 @@ impl Sim {
             missed: 4,
         }];
         let input = MetricsInput {
+            exhaustion: &self.exhaustion,
             table: &self.table,
             alerts: &alerts,
             kernel: self.kernel.as_ref(),
@@ -336,13 +341,16 @@ impl Scraped {
     }
 }
 
-const PER_PROCESS: [&str; 6] = [
+const PER_PROCESS: [&str; 9] = [
     "tcp_tracer_open_connections",
     "tcp_tracer_connections",
     "tcp_tracer_open_connections_by_age",
     "tcp_tracer_connections_opened_total",
     "tcp_tracer_connections_closed_total",
     "tcp_tracer_connect_failures_total",
+    "tcp_tracer_idle_connections",
+    "tcp_tracer_unread_connections",
+    "tcp_tracer_time_wait_caused",
 ];
 
 #[test]
@@ -375,9 +383,10 @@ fn three_thousand_processes_give_top_n_series_plus_other_with_exact_sums() {
         0.0
     );
     assert_eq!(scraped.value("tcp_tracer_tracked_processes", &[]), Some(3_000.0));
-    // Per-process series in all: 101 rows x (1 open + 8 states + 8 ages + 2 + 2 + 1).
+    // Per-process series in all: 101 rows x (1 open + 8 states + 8 ages + 2 opened + 2 closed
+    // + 1 connect failures + 1 idle + 1 unread + 1 TIME_WAIT caused).
     let per_process: usize = PER_PROCESS.iter().map(|n| scraped.series(n).len()).sum();
-    assert_eq!(per_process, 101 * 22);
+    assert_eq!(per_process, 101 * 25);
 }
 
 #[test]
@@ -1006,16 +1015,20 @@ fn scrape_of_every_family() -> Scraped {
             | Rule::HeldClosed
             | Rule::Age
             | Rule::Unread
-            | Rule::Idle => sim.alert(a, rule),
+            | Rule::Idle
+            | Rule::PortExhaustion
+            | Rule::FdExhaustion => sim.alert(a, rule),
         }
     }
+    sim.exhaustion.remote_ports = vec![("127.0.0.1:80".into(), 0.5)];
+    sim.exhaustion.time_wait_caused.insert(ProcessKey { pid: 1, start_time_ns: a.start }, 2);
     sim.scrape()
 }
 
 /// Labels that name things (processes, versions, kernels, probes): their values are not a
 /// fixed set the table could list.
-const OPEN_ENDED_LABELS: [&str; 7] =
-    ["pid", "comm", "le", "version", "probe_mode", "kernel", "probe"];
+const OPEN_ENDED_LABELS: [&str; 8] =
+    ["pid", "comm", "le", "version", "probe_mode", "kernel", "probe", "remote"];
 
 /// docs/metrics.md's table is the exporter's families: names, types, labels, and for each label
 /// with a fixed set of values (`state`, `reason`, `kind`, ...), the values its meaning lists.
@@ -1183,6 +1196,8 @@ fn docs_cardinality_counts_are_the_exporters() {
             f.get_metric().iter().all(|m| m.get_label().iter().all(|l| l.name() != "pid"))
                 && f.get_field_type() != MetricType::HISTOGRAM
                 && f.name() != "tcp_tracer_leak_suspected"
+                // Per destination, bounded apart (at most N).
+                && f.name() != "tcp_tracer_remote_ports_used_ratio"
         })
         .map(|f| f.get_metric().len() as u64)
         .sum::<u64>()

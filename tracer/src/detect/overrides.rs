@@ -1,0 +1,263 @@
+//! Per-workload overrides: a rule's thresholds, or the rule itself, set for the processes whose
+//! command name matches a glob (`postgres:idle=off`, `backup-*:close-wait-after=600`). The
+//! first override whose glob matches a process applies to it; every setting it leaves out keeps
+//! the daemon-wide value. Written on the command line as `--workload GLOB:KEY=VALUE,...` and in
+//! the config file as a `[workload."GLOB"]` table (docs/leak-detection.md).
+use std::{fmt, str::FromStr};
+
+use super::Rule;
+
+/// The settings an override can change, by the `tracer run` flag that sets them daemon-wide.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Thresholds {
+    pub growth_min: Option<u32>,
+    pub close_wait_min: Option<u32>,
+    pub close_wait_after_ns: Option<u64>,
+    pub held_closed_after_ns: Option<u64>,
+    pub age_threshold_ns: Option<u64>,
+    pub port_pressure_percent: Option<u32>,
+    pub fd_headroom_percent: Option<u32>,
+    pub fd_exhaustion_within_ns: Option<u64>,
+    pub unread_min: Option<u32>,
+    pub idle_min: Option<u32>,
+    pub unread_after_ns: Option<u64>,
+    pub idle_after_ns: Option<u64>,
+    /// Turns the `idle` rule on for the matching processes, as `--idle-alert-after` does.
+    pub idle_alert_after_ns: Option<u64>,
+}
+
+/// Keys that take a count or a percentage, then keys that take seconds.
+const COUNT_KEYS: [&str; 6] =
+    ["leak-growth-min", "close-wait-min", "port-pressure", "fd-headroom", "unread-min", "idle-min"];
+const SECONDS_KEYS: [&str; 7] = [
+    "close-wait-after",
+    "held-closed-after",
+    "age-threshold",
+    "fd-exhaustion-within",
+    "unread-after",
+    "idle-after",
+    "idle-alert-after",
+];
+
+/// One `--workload` entry.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WorkloadOverride {
+    /// Glob over the command name (`*` any run of characters, `?` one character).
+    pub pattern: String,
+    /// Rules turned on or off, in the order given.
+    pub rules: Vec<(Rule, bool)>,
+    pub thresholds: Thresholds,
+}
+
+impl WorkloadOverride {
+    pub fn matches(&self, comm: &str) -> bool {
+        glob_match(self.pattern.as_bytes(), comm.as_bytes())
+    }
+
+    /// Whether it turns `rule` on (`Some(true)`) or off, or leaves it alone.
+    pub fn rule(&self, rule: Rule) -> Option<bool> {
+        self.rules.iter().rev().find(|(r, _)| *r == rule).map(|(_, on)| *on)
+    }
+}
+
+/// The first override matching `comm`.
+pub fn find<'a>(overrides: &'a [WorkloadOverride], comm: &str) -> Option<&'a WorkloadOverride> {
+    overrides.iter().find(|o| o.matches(comm))
+}
+
+fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    match (pattern.first(), text.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => {
+            glob_match(&pattern[1..], text) || (!text.is_empty() && glob_match(pattern, &text[1..]))
+        }
+        (Some(b'?'), Some(_)) => glob_match(&pattern[1..], &text[1..]),
+        (Some(p), Some(t)) if p == t => glob_match(&pattern[1..], &text[1..]),
+        _ => false,
+    }
+}
+
+fn seconds_ns(key: &str, value: &str) -> Result<u64, String> {
+    let secs: f64 = value
+        .parse()
+        .ok()
+        .filter(|s: &f64| s.is_finite() && (0.0..=31_536_000.0).contains(s))
+        .ok_or_else(|| format!("{key}={value}: expected a number of seconds from 0 to 31536000"))?;
+    Ok((secs * 1e9) as u64)
+}
+
+impl FromStr for WorkloadOverride {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (pattern, settings) = text.split_once(':').ok_or_else(|| {
+            format!("{text:?}: expected GLOB:KEY=VALUE[,KEY=VALUE...], e.g. postgres:age=off")
+        })?;
+        if pattern.is_empty() {
+            return Err(format!("{text:?}: the command-name glob before `:` is empty"));
+        }
+        let mut out = WorkloadOverride { pattern: pattern.to_owned(), ..Default::default() };
+        for setting in settings.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (key, value) = setting
+                .split_once('=')
+                .ok_or_else(|| format!("{setting:?}: expected KEY=VALUE"))?;
+            let (key, value) = (key.trim(), value.trim());
+            if let Some(rule) = Rule::ALL.into_iter().find(|r| r.name() == key) {
+                let on = match value {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(format!("{key}={value}: a rule is `on` or `off`")),
+                };
+                out.rules.push((rule, on));
+                continue;
+            }
+            let count = || -> Result<u32, String> {
+                value.parse().map_err(|_| format!("{key}={value}: expected a whole number"))
+            };
+            let t = &mut out.thresholds;
+            match key {
+                "leak-growth-min" => t.growth_min = Some(count()?),
+                "close-wait-min" => t.close_wait_min = Some(count()?),
+                "port-pressure" => t.port_pressure_percent = Some(percent(key, count()?)?),
+                "fd-headroom" => t.fd_headroom_percent = Some(percent(key, count()?)?),
+                "unread-min" => t.unread_min = Some(at_least_one(key, count()?)?),
+                "idle-min" => t.idle_min = Some(at_least_one(key, count()?)?),
+                "close-wait-after" => t.close_wait_after_ns = Some(seconds_ns(key, value)?),
+                "held-closed-after" => t.held_closed_after_ns = Some(seconds_ns(key, value)?),
+                "age-threshold" => t.age_threshold_ns = Some(seconds_ns(key, value)?),
+                "fd-exhaustion-within" => t.fd_exhaustion_within_ns = Some(seconds_ns(key, value)?),
+                "unread-after" => t.unread_after_ns = Some(positive_ns(key, value)?),
+                "idle-after" => t.idle_after_ns = Some(positive_ns(key, value)?),
+                "idle-alert-after" => t.idle_alert_after_ns = Some(positive_ns(key, value)?),
+                _ => {
+                    let rules: Vec<&str> = Rule::ALL.iter().map(|r| r.name()).collect();
+                    return Err(format!(
+                        "unknown key {key:?}: one of the rules ({}) with on/off, or {}, {}",
+                        rules.join(", "),
+                        COUNT_KEYS.join(", "),
+                        SECONDS_KEYS.join(", ")
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn at_least_one(key: &str, value: u32) -> Result<u32, String> {
+    if value >= 1 { Ok(value) } else { Err(format!("{key}={value}: expected at least 1")) }
+}
+
+/// Seconds that must be above zero, as their `tracer run` flags require.
+fn positive_ns(key: &str, value: &str) -> Result<u64, String> {
+    match seconds_ns(key, value)? {
+        0 => Err(format!("{key}={value}: expected more than 0 seconds")),
+        ns => Ok(ns),
+    }
+}
+
+fn percent(key: &str, value: u32) -> Result<u32, String> {
+    if (1..=100).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("{key}={value}: expected a percentage from 1 to 100"))
+    }
+}
+
+/// The canonical form, as `tracer status` lists it.
+impl fmt::Display for WorkloadOverride {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts: Vec<String> = self
+            .rules
+            .iter()
+            .map(|(r, on)| format!("{}={}", r.name(), if *on { "on" } else { "off" }))
+            .collect();
+        let t = &self.thresholds;
+        let secs = |ns: u64| ns as f64 / 1e9;
+        let counts = [
+            t.growth_min,
+            t.close_wait_min,
+            t.port_pressure_percent,
+            t.fd_headroom_percent,
+            t.unread_min,
+            t.idle_min,
+        ];
+        for (key, value) in COUNT_KEYS.iter().zip(counts) {
+            if let Some(v) = value {
+                parts.push(format!("{key}={v}"));
+            }
+        }
+        let durations = [
+            t.close_wait_after_ns,
+            t.held_closed_after_ns,
+            t.age_threshold_ns,
+            t.fd_exhaustion_within_ns,
+            t.unread_after_ns,
+            t.idle_after_ns,
+            t.idle_alert_after_ns,
+        ];
+        for (key, value) in SECONDS_KEYS.iter().zip(durations) {
+            if let Some(v) = value {
+                parts.push(format!("{key}={}", secs(v)));
+            }
+        }
+        write!(f, "{}:{}", self.pattern, parts.join(","))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_rules_and_thresholds_and_prints_them_back() {
+        let o: WorkloadOverride =
+            "backup-*:age=off,close-wait-after=600,fd-headroom=20".parse().unwrap();
+        assert_eq!(o.rule(Rule::Age), Some(false));
+        assert_eq!(o.rule(Rule::Growth), None);
+        assert_eq!(o.thresholds.close_wait_after_ns, Some(600_000_000_000));
+        assert_eq!(o.to_string(), "backup-*:age=off,fd-headroom=20,close-wait-after=600");
+        assert_eq!(o.to_string().parse::<WorkloadOverride>(), Ok(o));
+    }
+
+    #[test]
+    fn idle_and_unread_are_rules_and_have_thresholds() {
+        let o: WorkloadOverride =
+            "backup-agent:unread-after=900,idle=off,unread-min=10".parse().unwrap();
+        assert_eq!(o.rule(Rule::Idle), Some(false));
+        assert_eq!(o.rule(Rule::Unread), None);
+        assert_eq!(o.thresholds.unread_after_ns, Some(900_000_000_000));
+        assert_eq!(o.thresholds.unread_min, Some(10));
+        assert_eq!(o.to_string(), "backup-agent:idle=off,unread-min=10,unread-after=900");
+        assert_eq!(o.to_string().parse::<WorkloadOverride>(), Ok(o));
+        let o: WorkloadOverride =
+            "pool*:idle-alert-after=120,idle-min=30,idle-after=60".parse().unwrap();
+        assert_eq!(o.thresholds.idle_alert_after_ns, Some(120_000_000_000));
+        assert_eq!(
+            (o.thresholds.idle_min, o.thresholds.idle_after_ns),
+            (Some(30), Some(60_000_000_000))
+        );
+        assert!("x:unread-after=0".parse::<WorkloadOverride>().is_err());
+        assert!("x:idle-min=0".parse::<WorkloadOverride>().is_err());
+        assert!("x:unread=off".parse::<WorkloadOverride>().is_ok());
+    }
+
+    #[test]
+    fn refuses_unknown_keys_naming_the_known_ones() {
+        let e = "x:bogus=1".parse::<WorkloadOverride>().unwrap_err();
+        assert!(e.contains("growth") && e.contains("close-wait-after"), "{e}");
+        assert!("x:growth=maybe".parse::<WorkloadOverride>().is_err());
+        assert!(":growth=off".parse::<WorkloadOverride>().is_err());
+        assert!("x:port-pressure=0".parse::<WorkloadOverride>().is_err());
+    }
+
+    #[test]
+    fn globs_match_whole_command_names_and_the_first_match_wins() {
+        let list: Vec<WorkloadOverride> =
+            ["post*:age=on", "*:age=off"].iter().map(|s| s.parse().unwrap()).collect();
+        assert_eq!(find(&list, "postgres").and_then(|o| o.rule(Rule::Age)), Some(true));
+        assert_eq!(find(&list, "nginx").and_then(|o| o.rule(Rule::Age)), Some(false));
+        assert!(glob_match(b"a?c", b"abc") && !glob_match(b"a?c", b"abbc"));
+        assert!(!glob_match(b"post", b"postgres"));
+    }
+}

@@ -1,0 +1,209 @@
+//! Exhaustion end to end (docs/leak-detection.md): TIME_WAIT blamed on the process that closed
+//! first, port pressure in a namespace with a narrowed port range, descriptors against a low
+//! `ulimit -n`. Real workloads, the real daemon, ground truth from `ss` and /proc.
+mod common;
+
+use std::{collections::HashSet, process::Command};
+
+use common::{Daemon, Workload, num};
+use serde_json::Value;
+
+fn alerts_of(daemon: &Daemon, pid: u32, rule: &str) -> Vec<Value> {
+    daemon.json(&["leaks"])["active"]
+        .as_array()
+        .map(|a| a.iter().filter(|x| x["pid"] == pid && x["rule"] == rule).cloned().collect())
+        .unwrap_or_default()
+}
+
+/// `(local, peer)` of every TIME_WAIT socket `ss` shows in the namespace `netns` (None: ours).
+fn ss_time_wait(netns: Option<&str>) -> HashSet<(String, String)> {
+    let mut cmd = Command::new("ss");
+    if let Some(ns) = netns {
+        cmd.args(["-N", ns]);
+    }
+    let out = cmd.args(["-Htan", "state", "time-wait"]).output().expect("ss");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 4).then(|| (f[f.len() - 2].to_owned(), f[f.len() - 1].to_owned()))
+        })
+        .collect()
+}
+
+/// A client that closes first gets the TIME_WAIT sockets; a server that closes first gets them
+/// instead. Each count equals what `ss` shows for the process's tuples, sampled around it.
+#[test]
+fn time_wait_is_blamed_on_the_side_that_closed_first() {
+    // An override for another command name changes nothing here; status lists it.
+    let daemon = Daemon::start(&[
+        "--leak-interval",
+        "0.5",
+        "--workload",
+        "postgres:fd_exhaustion=off,fd-headroom=20",
+    ]);
+    assert_eq!(
+        daemon.json(&["status"])["workload_overrides"],
+        serde_json::json!(["postgres:fd_exhaustion=off,fd-headroom=20"])
+    );
+    let text = daemon.try_cli(&["status"]).expect("status");
+    assert!(text.contains("  postgres:fd_exhaustion=off,fd-headroom=20"), "{text}");
+    let mut server = Workload::spawn();
+    let port = server.listen("127.0.0.1");
+    let mut client = Workload::spawn();
+    let server_addr = format!("127.0.0.1:{port}");
+
+    // The client closes first: TIME_WAIT on its side.
+    let first = client.connect(&server_addr, 5);
+    server.cmd("accept 0 5");
+    client.cmd("close 5");
+    server.cmd("close 5");
+    // The server closes first: TIME_WAIT on the server's side.
+    let second = client.connect(&server_addr, 4);
+    server.cmd("accept 0 4");
+    server.cmd("close 4");
+    client.cmd("close 4");
+
+    let client_tuples: HashSet<(String, String)> =
+        first.iter().map(|p| (format!("127.0.0.1:{p}"), server_addr.clone())).collect();
+    let server_tuples: HashSet<(String, String)> =
+        second.iter().map(|p| (server_addr.clone(), format!("127.0.0.1:{p}"))).collect();
+    daemon.eventually("TIME_WAIT blamed on both closers", |d| {
+        // Only our tuples: other programs on the host churn loopback connections too.
+        let ours = |all: HashSet<(String, String)>| -> HashSet<(String, String)> {
+            all.into_iter()
+                .filter(|(l, r)| {
+                    let back = (r.clone(), l.clone());
+                    [&client_tuples, &server_tuples]
+                        .iter()
+                        .any(|t| t.contains(&(l.clone(), r.clone())) || t.contains(&back))
+                })
+                .collect()
+        };
+        let before = ours(ss_time_wait(None));
+        let (c, s) = (d.process(client.pid), d.process(server.pid));
+        let after = ours(ss_time_wait(None));
+        // Sampled together: `ss` agreed with itself around the daemon's answer.
+        if before != after {
+            return Err("our TIME_WAIT sockets changed while sampling".into());
+        }
+        let want_client = before.intersection(&client_tuples).count() as u64;
+        let want_server = before.intersection(&server_tuples).count() as u64;
+        // Nothing of the other side's tuples is in TIME_WAIT: the passive side has none.
+        let stray = before.iter().filter(|(l, r)| client_tuples.contains(&(r.clone(), l.clone())));
+        if stray.count() > 0 {
+            return Err("the server side of the client's closes is in TIME_WAIT".into());
+        }
+        if want_client != 5 || want_server != 4 {
+            return Err(format!("ss: {want_client} client, {want_server} server TIME_WAIT"));
+        }
+        common::expect_eq("client time_wait_caused", num(&c, "time_wait_caused"), want_client)?;
+        common::expect_eq("server time_wait_caused", num(&s, "time_wait_caused"), want_server)?;
+        common::expect_eq("client total", num(&c, "time_wait_caused_total"), 5)?;
+        common::expect_eq("server total", num(&s, "time_wait_caused_total"), 4)?;
+        // Released: none of them counts as open.
+        common::expect_eq("client open", num(&c, "open"), 0)
+    });
+    let metrics = daemon.scrape_metrics();
+    let total = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tcp_tracer_time_wait_caused_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .expect("tcp_tracer_time_wait_caused_total");
+    assert!(total >= 9.0, "metric total {total} < 9");
+}
+
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "delete", &self.0]).status();
+    }
+}
+
+fn run(args: &[&str]) {
+    let status = Command::new(args[0]).args(&args[1..]).status().expect(args[0]);
+    assert!(status.success(), "{args:?}: {status}");
+}
+
+/// 100 ephemeral ports and no TIME_WAIT reuse: a client churning short connections that it
+/// closes first raises `port_exhaustion` before its connects fail with EADDRNOTAVAIL.
+#[test]
+fn port_exhaustion_raises_before_connects_fail() {
+    let ns = Netns(format!("tracer-ports-{}", std::process::id()));
+    run(&["ip", "netns", "add", &ns.0]);
+    run(&["ip", "-n", &ns.0, "link", "set", "lo", "up"]);
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        &ns.0,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_local_port_range=40000 40099",
+    ]);
+    run(&["ip", "netns", "exec", &ns.0, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=0"]);
+    let daemon = Daemon::start(&["--leak-interval", "0.5"]);
+    let mut server = Workload::spawn_in(&ns.0);
+    server.cmd("listen 127.0.0.1 128 18080");
+    server.cmd("serve-churn 0 1000");
+    let mut client = Workload::spawn_in(&ns.0);
+    // 85 of 100 ports held in TIME_WAIT by the client: above the default 80%.
+    client.cmd("churn 127.0.0.1:18080 85");
+    daemon.eventually("port_exhaustion against the client", |d| {
+        let alerts = alerts_of(d, client.pid, "port_exhaustion");
+        let Some(alert) = alerts.first() else { return Err("no alert yet".into()) };
+        let p = &alert["evidence"]["port_pressure"];
+        common::expect_eq("ports_available", num(p, "ports_available"), 100)?;
+        let tw = ss_time_wait(Some(&ns.0)).len() as u64;
+        common::expect_eq("ports_used (ss TIME_WAIT)", num(p, "ports_used"), tw)?;
+        common::expect_eq("held by the client", num(p, "held"), tw)
+    });
+    assert!(alerts_of(&daemon, server.pid, "port_exhaustion").is_empty(), "not the server");
+    let remotes = daemon.json(&["top", "--by", "remote"]);
+    let row = remotes["remotes"]
+        .as_array()
+        .and_then(|r| r.iter().find(|x| x["remote"] == "127.0.0.1:18080").cloned())
+        .expect("a remote row for the destination");
+    assert_eq!(row["ports_available"], 100, "{row}");
+    assert!(row["pids"].as_array().is_some_and(|p| p.contains(&client.pid.into())), "{row}");
+    // Only now do the ports run out.
+    let failed = client.try_cmd("churn 127.0.0.1:18080 30").expect_err("the port range runs out");
+    assert!(failed.contains("os error 99"), "EADDRNOTAVAIL expected: {failed}");
+}
+
+/// A process under `ulimit -n 64` leaking a connection every 200 ms: `fd_exhaustion` raises
+/// while its descriptors are still below the limit.
+#[test]
+fn fd_exhaustion_raises_before_the_limit() {
+    let daemon = Daemon::start(&[
+        "--leak-interval",
+        "0.5",
+        "--leak-window",
+        "4",
+        "--leak-sub-windows",
+        "2",
+        "--leak-growth-min",
+        "2",
+    ]);
+    let mut server = Workload::spawn();
+    let port = server.listen("127.0.0.1");
+    server.cmd("serve-bg 0 hold");
+    let mut leaker = Workload::spawn_with_nofile(64);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", leaker.pid)).expect("limits");
+    assert!(limits.lines().any(|l| l.starts_with("Max open files") && l.contains(" 64 ")));
+    leaker.cmd(&format!("trickle-bg 127.0.0.1:{port} 200"));
+    daemon.eventually("fd_exhaustion against the leaker", |d| {
+        let alerts = alerts_of(d, leaker.pid, "fd_exhaustion");
+        let Some(alert) = alerts.first() else { return Err("no alert yet".into()) };
+        let fds = &alert["evidence"]["fds"];
+        common::expect_eq("fd limit", num(fds, "limit"), 64)?;
+        let used = num(fds, "used");
+        assert!(used < 64, "raised only at the limit: {alert}");
+        Ok(())
+    });
+    // Ground truth now: the leaker's descriptors as /proc lists them, against `top`'s reading.
+    let row = daemon.process(leaker.pid);
+    assert_eq!(row["fd_limit"], 64, "{row}");
+    assert!(num(&row, "fd_used") <= 64, "{row}");
+}
