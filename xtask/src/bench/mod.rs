@@ -402,13 +402,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
 
     let scale_spec = if smoke {
-        scale::ScaleSpec { connections: 2_000, processes: 50, repeats: 2, count_stacks: false }
+        scale::ScaleSpec {
+            connections: 2_000,
+            processes: 50,
+            repeats: 2,
+            count_stacks: false,
+            health_cost: false,
+        }
     } else {
         scale::ScaleSpec {
             connections: ctx.args.scale_connections,
             processes: ctx.args.scale_processes,
             repeats: 5,
             count_stacks: false,
+            health_cost: true,
         }
     };
     let (diagnostics, scale) = if ctx.args.loads_only {

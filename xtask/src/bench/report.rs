@@ -474,6 +474,21 @@ impl Report {
         }
         let _ = writeln!(o);
         for s in &self.scale {
+            if let Some(h) = &s.health {
+                let _ = writeln!(
+                    o,
+                    "- Pool health at \"{}\": one sock_diag dump with tcp_info took {:.0} ms \
+                     (`health_scan_us`); the otherwise idle daemon used {:.2}% of one core over \
+                     {:.0} s at the default 15 s leak interval ({} dumps; target: under 1%).",
+                    s.label,
+                    h.scan_us as f64 / 1e3,
+                    100.0 * h.daemon_core_share,
+                    h.span_s,
+                    h.scans
+                );
+            }
+        }
+        for s in &self.scale {
             if !s.smaps.is_empty() {
                 let text: Vec<String> =
                     s.smaps.iter().map(|(k, v)| format!("{k} {}", mib(*v))).collect();

@@ -54,6 +54,24 @@ pub struct ScaleSpec {
     /// Also ask `tracer stacks` about every holder after the first step (the stack part of the
     /// bench: how many held sockets have their opener stack).
     pub count_stacks: bool,
+    /// Also price the pool-health scans after the first step: two leak evaluations' dumps
+    /// (about 30 s at the default 15 s interval).
+    pub health_cost: bool,
+}
+
+/// What the pool-health dumps (sock_diag with tcp_info, one per leak evaluation) cost while
+/// the first step's sockets are held and nothing else happens.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HealthCost {
+    /// Wall time of the latest dump (`health_scan_us`), microseconds.
+    pub scan_us: u64,
+    /// Dumps over the measured span.
+    pub scans: u64,
+    /// The idle daemon's CPU over that span (every thread: the dumps, their matching on the
+    /// event loop, timers), as a share of one core.
+    pub daemon_core_share: f64,
+    /// The span, seconds: from one dump's landing to a later one's.
+    pub span_s: f64,
 }
 
 /// Median and maximum of a timed query, with the size of its answer.
@@ -82,6 +100,8 @@ pub struct ScaleStep {
     /// With `count_stacks`: the holders' sockets in a stack group, and those whose stack was
     /// wanted but is missing (lost in the kernel), from `tracer stacks PID --json`.
     pub stacks_held: Option<(u64, u64)>,
+    /// With `health_cost`.
+    pub health: Option<HealthCost>,
 }
 
 /// Forked children, killed and reaped on drop.
@@ -370,6 +390,28 @@ fn measure(
         events_lost: field(&status, "events_lost"),
         smaps: procfs::smaps_rollup(daemon.pid),
         stacks_held: None,
+        health: None,
+    })
+}
+
+/// Waits for a dump to land, then for `scans` more, and prices the span between: the daemon's
+/// CPU (all threads) per second of it, and the latest dump's duration.
+fn health_cost(daemon: &Daemon, scans: u64) -> Result<HealthCost> {
+    let interval = Duration::from_secs(60);
+    let first = field(&daemon.status()?, "health_scans");
+    let start =
+        wait_status(daemon, interval, "a pool-health dump", |s| field(s, "health_scans") > first)?;
+    let (cpu0, t0) = (procfs::process_cpu_ns(daemon.pid)?, Instant::now());
+    let base = field(&start, "health_scans");
+    let end = wait_status(daemon, interval * scans as u32, "more pool-health dumps", |s| {
+        field(s, "health_scans") >= base + scans
+    })?;
+    let (cpu1, span) = (procfs::process_cpu_ns(daemon.pid)?, t0.elapsed());
+    Ok(HealthCost {
+        scan_us: field(&end, "health_scan_us"),
+        scans: field(&end, "health_scans") - base,
+        daemon_core_share: cpu1.saturating_sub(cpu0) as f64 / span.as_nanos().max(1) as f64,
+        span_s: span.as_secs_f64(),
     })
 }
 
@@ -451,6 +493,18 @@ pub fn run(daemon: &Daemon, spec: &ScaleSpec) -> Result<Vec<ScaleStep>> {
     let mut step = measure(daemon, spec, &label, holder_pids[0], base_rss, base_tracked)?;
     if spec.count_stacks {
         step.stacks_held = Some(holder_stacks(daemon, &holder_pids)?);
+    }
+    if spec.health_cost {
+        let cost = health_cost(daemon, 2)?;
+        eprintln!(
+            "bench: scale: pool-health dump {:.0} ms at {} sockets; idle daemon {:.2}% of a core over {:.0} s ({} dumps)",
+            cost.scan_us as f64 / 1e3,
+            step.tracked,
+            100.0 * cost.daemon_core_share,
+            cost.span_s,
+            cost.scans
+        );
+        step.health = Some(cost);
     }
     steps.push(step);
 

@@ -200,6 +200,7 @@ pub fn run(ctx: &Bench, mode: &str, rounds: usize, smoke: bool) -> Result<Stacks
         processes: 0,
         repeats: 1,
         count_stacks: true,
+        health_cost: false,
     };
     let order: &[&str] = if smoke { &["off", "all"] } else { &["off", "all", "all", "off"] };
     for policy in order {
