@@ -65,6 +65,10 @@ pub struct BenchArgs {
     /// target/bench/stacks.md; the full run adds the same section to docs/performance.md.
     #[arg(long)]
     pub stacks_only: bool,
+    /// Only the scale step: daemon memory and query latencies at `--scale-connections` held
+    /// connections, and what the pool-health dumps cost at that size. Prints the step.
+    #[arg(long, conflicts_with = "stacks_only")]
+    pub scale_only: bool,
     /// Skip the criterion micro-benchmarks.
     #[arg(long)]
     pub skip_micro: bool,
@@ -292,6 +296,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if ctx.args.stacks_only {
         // The wait above is all it needs: it runs right away.
         return stacks_only(&ctx, pairs);
+    }
+    if ctx.args.scale_only {
+        return scale_only(&ctx);
     }
 
     let micro = if ctx.args.skip_micro {
@@ -524,6 +531,31 @@ fn stacks_only(ctx: &Bench, rounds: usize) -> Result<()> {
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     std::fs::write(out_dir.join("stacks.md"), &doc).context("writing target/bench/stacks.md")?;
     eprintln!("bench: wrote target/bench/stacks.md");
+    Ok(())
+}
+
+/// `--scale-only`: the full bench's scale step alone, in the best probe mode.
+fn scale_only(ctx: &Bench) -> Result<()> {
+    let (modes, skipped) = probe_modes(ctx);
+    let Some(best) = modes.first() else {
+        bail!("no probe mode starts on this machine: {skipped:?}");
+    };
+    let spec = scale::ScaleSpec {
+        connections: ctx.args.scale_connections,
+        processes: 0,
+        repeats: 3,
+        count_stacks: false,
+        health_cost: true,
+    };
+    let daemon = Daemon::start(&ctx.bin, best, &ctx.dir).context("starting the daemon")?;
+    let steps = scale::run(&daemon, &spec)?;
+    daemon.stop()?;
+    for step in &steps {
+        eprintln!(
+            "bench: scale ({best}): {} tracked sockets, {:.1} bytes per socket, top {:?}, conns {:?}",
+            step.tracked, step.bytes_per_socket, step.top.median, step.conns.median
+        );
+    }
     Ok(())
 }
 
