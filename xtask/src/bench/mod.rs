@@ -9,6 +9,7 @@ mod report;
 mod scale;
 mod stacks;
 mod stats;
+mod time_wait;
 mod tracers;
 
 use std::{
@@ -66,7 +67,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub stacks_only: bool,
     /// Only the scale step: daemon memory and query latencies at `--scale-connections` held
-    /// connections, and what the pool-health dumps cost at that size. Prints the step.
+    /// connections, and what the pool-health dumps cost at that size; then TIME_WAIT blame at
+    /// the saturation rate (a max-rate churn until the host's TIME_WAIT table is full).
     #[arg(long, conflicts_with = "stacks_only")]
     pub scale_only: bool,
     /// Skip the criterion micro-benchmarks.
@@ -550,6 +552,21 @@ fn scale_only(ctx: &Bench) -> Result<()> {
     let daemon = Daemon::start(&ctx.bin, best, &ctx.dir).context("starting the daemon")?;
     let steps = scale::run(&daemon, &spec)?;
     daemon.stop()?;
+    let daemon = Daemon::start(&ctx.bin, best, &ctx.dir).context("starting the daemon")?;
+    let tw = time_wait::run(&daemon, 8)?;
+    daemon.stop()?;
+    eprintln!(
+        "bench: TIME_WAIT at saturation ({best}): {} connections in {:.1} s; {} closes remembered, {} over the bound (tcp_max_tw_buckets {}); daemon RSS {:+.1} MiB; after the next scan {} blamed on the load, {} TIME_WAIT sockets of the churn listed by the kernel; {} events lost",
+        tw.connections,
+        tw.seconds,
+        tw.remembered,
+        tw.overflowed,
+        tw.max_tw_buckets,
+        tw.rss_growth as f64 / f64::from(1 << 20),
+        tw.caused,
+        tw.time_wait_now,
+        tw.events_lost
+    );
     for step in &steps {
         eprintln!(
             "bench: scale ({best}): {} tracked sockets, {:.1} bytes per socket, top {:?}, conns {:?}",
