@@ -39,8 +39,13 @@ pub struct Destination {
 impl Destination {
     /// `used / available` (1.0 when the range is empty).
     pub fn ratio(&self) -> f64 {
-        if self.available == 0 { 1.0 } else { f64::from(self.used) / f64::from(self.available) }
+        used_ratio(self.used, self.available)
     }
+}
+
+/// `used / available` ports, 1.0 when the range is empty (nothing left to take).
+fn used_ratio(used: u32, available: u32) -> f64 {
+    if available == 0 { 1.0 } else { f64::from(used) / f64::from(available) }
 }
 
 /// A process's share of its most pressed destination.
@@ -87,7 +92,7 @@ pub struct DestinationCount {
 
 impl DestinationCount {
     fn ratio(&self) -> f64 {
-        if self.available == 0 { 1.0 } else { f64::from(self.used) / f64::from(self.available) }
+        used_ratio(self.used, self.available)
     }
 }
 
