@@ -70,6 +70,10 @@
 #define SK_STATE(S, sk) TRACER_READ(S, sk, __sk_common.skc_state)
 #define SK_LOCAL_PORT(S, sk) TRACER_READ(S, sk, __sk_common.skc_num)
 #define SK_REMOTE_PORT_BE(S, sk) TRACER_READ(S, sk, __sk_common.skc_dport)
+/* skc_num is zeroed once a socket in CLOSE gives its port back (a reset, a failed connect);
+ * inet_sport keeps it, in network order. Always a probe read: it lies past struct sock, where
+ * the verifier refuses a BTF-typed socket's loads (and the path is rare). */
+#define SK_SOURCE_PORT(S, sk) __builtin_bswap16(TRACER_READ(PROBE, (struct inet_sock *)(sk), inet_sport))
 #define SK_LOCAL_ADDR4(S, sk) TRACER_READ(S, sk, __sk_common.skc_rcv_saddr)
 #define SK_REMOTE_ADDR4(S, sk) TRACER_READ(S, sk, __sk_common.skc_daddr)
 #define SK_LOCAL_ADDR6_INTO(S, dst, sk) TRACER_READ_INTO(S, dst, sk, __sk_common.skc_v6_rcv_saddr)
@@ -194,6 +198,7 @@ TRACER_SK_ACCESSOR(int, file_released, SK_FILE_RELEASED)
 TRACER_SK_ACCESSOR(__u8, state, SK_STATE)
 TRACER_SK_ACCESSOR(int, has_peer, SK_HAS_PEER)
 TRACER_SK_ACCESSOR(__u32, netns, SK_NETNS)
+TRACER_SK_ACCESSOR(__u16, source_port, SK_SOURCE_PORT)
 TRACER_SK_FILLER(struct tracer_tuple, tuple, TRACER_FILL_TUPLE)
 
 /* Mirrors core_shim::SockSummary (#[repr(C)], no padding). */

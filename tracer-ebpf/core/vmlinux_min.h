@@ -64,6 +64,12 @@ struct sock {
 	struct socket *sk_socket;
 };
 
+/* The socket's bound port, kept when the kernel unhashes a socket that reached CLOSE (and
+ * zeroes skc_num). */
+struct inet_sock {
+	__be16 inet_sport;
+};
+
 /* Older kernels (5.10 among them) have sk_flags in struct sock itself. */
 struct sock___flags_in_sock {
 	unsigned long sk_flags;

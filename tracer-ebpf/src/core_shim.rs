@@ -90,6 +90,14 @@ impl FromShim for u8 {
     }
 }
 
+impl FromShim for u16 {
+    type C = u16;
+    #[inline(always)]
+    fn from_shim(raw: u16) -> u16 {
+        raw
+    }
+}
+
 impl FromShim for u32 {
     type C = u32;
     #[inline(always)]
@@ -206,4 +214,7 @@ sock_reads! {
     /// It ever had a peer (a bound-only socket has none).
     fn has_peer() -> bool, copied |s| s.tuple.remote_port != 0;
     fn netns() -> u32, copied |s| s.netns;
+    /// The bound port (host order), from where the kernel keeps it after giving the port back:
+    /// the tuple's local port reads 0 for a socket that reached CLOSE while still held.
+    fn source_port() -> u16;
 }

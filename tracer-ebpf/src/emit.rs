@@ -92,6 +92,12 @@ pub fn emit(kind: EventKind, sk: impl Sock, old_state: u8, new_state: u8, event_
         (*event).sock = sk.ptr() as u64;
         (*event).netns = sk.netns();
         sk.tuple(&raw mut (*event).tuple);
+        // A held socket that reached CLOSE (reset by its peer) has given its port back by the
+        // time it is released: its number survives elsewhere. Only releases meet this; a
+        // connect's port is not chosen yet and stays 0.
+        if kind as u8 == EventKind::Release as u8 && (*event).tuple.local_port == 0 {
+            (*event).tuple.local_port = sk.source_port();
+        }
         fill_common(event, kind, old_state, new_state, event_flags);
     }
     entry.submit(wakeup);

@@ -122,6 +122,45 @@ fn accept_already_blocked_when_probes_attach_is_attributed() {
     connect_accept_close(true);
 }
 
+/// A connection reset by its peer stays held in CLOSE, and the kernel has already given its port
+/// back (the socket's bound port number reads 0): its holder's release must still name both
+/// ends, or a live trace and the port-blame see a connection from port 0.
+#[test]
+fn a_reset_connections_release_still_names_both_ends() {
+    let mut server = Workload::spawn();
+    let port = server.listen("127.0.0.1");
+    let tracing = Tracing::start();
+    let mut client = Workload::spawn();
+    let client_ports: BTreeSet<u16> =
+        client.connect(&format!("127.0.0.1:{port}"), 3).into_iter().collect();
+    server.cmd("accept 0 3");
+    // SO_LINGER 0: the client's close sends RST; the server's sockets go to CLOSE, still held.
+    client.cmd("reset 3");
+    server.cmd("close 3");
+    let releases_by = |events: &[ConnEvent], pid: u32| {
+        of_kind(events, EventKind::Release)
+            .into_iter()
+            .filter(|e| e.tgid == pid)
+            .collect::<Vec<_>>()
+    };
+    tracing.wait_for(common::wait_limit(), "3 releases by each side", |events| {
+        releases_by(events, server.pid).len() >= 3 && releases_by(events, client.pid).len() >= 3
+    });
+    let finished = tracing.finish();
+    let server_side = releases_by(&finished.events, server.pid);
+    let client_side = releases_by(&finished.events, client.pid);
+    assert_eq!(server_side.len(), 3, "{server_side:#?}");
+    for e in &server_side {
+        assert_eq!(e.tuple.local_port, port, "server release: {e:?}");
+        assert!(client_ports.contains(&e.tuple.remote_port), "server release: {e:?}");
+    }
+    assert_eq!(client_side.len(), 3, "{client_side:#?}");
+    for e in &client_side {
+        assert!(client_ports.contains(&e.tuple.local_port), "client release: {e:?}");
+        assert_eq!(e.tuple.remote_port, port, "client release: {e:?}");
+    }
+}
+
 #[test]
 fn emitted_equals_received_plus_lost_over_10000_fast_connections() {
     const N: usize = 10_000;
