@@ -16,6 +16,7 @@
 //!   against their limit (pure, clock injected);
 //! - outputs: [`api`] (answers over the Unix socket, for the CLI), [`export`] (Prometheus
 //!   metrics, alert webhook), [`logging`] (the daemon's log);
+//! - [`containers`]: the container, pod and namespace of each process, from its cgroup id;
 //! - [`stacks`]: opener stacks: the user-space addresses the kernel captured, as functions,
 //!   files and lines (blazesym; Go's pclntab for stripped Go binaries), also after the process
 //!   exited;
@@ -25,6 +26,7 @@
 //! `names` (enums whose variants are words users type).
 pub mod api;
 pub mod clock;
+pub mod containers;
 pub mod daemon;
 pub mod detect;
 pub mod error;

@@ -115,6 +115,9 @@ pub(crate) struct Daemon {
     stacks: stacks::StackCapture,
     exhaustion: exhaustion::Exhaustion,
     health: health::PoolHealth,
+    /// The container, pod and namespace of each cgroup id resolved so far.
+    #[expect(dead_code, reason = "the resolver and the views that use it are being built")]
+    containers: crate::containers::Directory,
     /// Where the tasks that symbolize a raised alert's stacks send them back.
     evidence_tx: mpsc::UnboundedSender<SymbolizedEvidence>,
 }
@@ -270,6 +273,7 @@ impl Daemon {
                     .saturating_mul(options.leaks.detector.window_samples as u64),
             ),
             health: health::PoolHealth::new(options.leaks.health.clone()),
+            containers: crate::containers::Directory::default(),
             evidence_tx,
         };
         daemon.drain_now();
