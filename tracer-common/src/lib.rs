@@ -304,5 +304,4 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::stacks::StackRecord {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::stacks::StackProcess {}
 }

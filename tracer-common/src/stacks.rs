@@ -8,14 +8,22 @@
 
 /// Ring buffer of [`StackRecord`]s.
 pub const STACKS_MAP: &str = "STACKS";
-/// Hash map, tgid -> [`StackProcess`]: per-process capture state, written by the kernel
-/// (`opened`) and by the daemon (`suspect`).
-pub const STACK_PROCESSES_MAP: &str = "STACK_PROCESSES";
+/// Per-CPU array of [`SamplingSlot`]s, indexed by tgid modulo [`STACK_SAMPLING_SLOTS`]: the
+/// `sampled` policy's counters, written by the kernel only.
+pub const STACK_SAMPLING_MAP: &str = "STACK_SAMPLING";
+/// Hash map, tgid -> 1: the processes the daemon marked suspect (every connection captured).
+pub const STACK_SUSPECTS_MAP: &str = "STACK_SUSPECTS";
+/// Array of one `u32`: how many entries [`STACK_SUSPECTS_MAP`] holds, written by the daemon.
+/// While it is 0 (a healthy host) the kernel skips the suspects lookup.
+pub const STACK_SUSPECT_COUNT_MAP: &str = "STACK_SUSPECT_COUNT";
 /// Per-CPU scratch record the kernel fills before copying it into the ring.
 pub const STACK_SCRATCH_MAP: &str = "STACK_SCRATCH";
-/// How many processes the kernel keeps capture state for (an LRU: the least recently seen
-/// process starts counting afresh).
-pub const STACK_PROCESSES_CAPACITY: u32 = 16_384;
+/// Sampling slots per CPU. Two processes whose tgids are equal modulo this count and that open
+/// connections on one CPU in turn share a slot: each takeover restarts the count, so both are
+/// sampled more often than every Nth, never less.
+pub const STACK_SAMPLING_SLOTS: u32 = 4096;
+/// Most processes marked suspect at once.
+pub const STACK_SUSPECTS_CAPACITY: u32 = 4096;
 /// Default size of the stack ring buffer, bytes.
 pub const DEFAULT_STACK_RING_BYTES: u32 = 2 << 20;
 
@@ -44,14 +52,13 @@ pub mod policy {
     pub const ALL: u32 = 3;
 }
 
-/// Per-process capture state, keyed by tgid.
+/// One CPU's sampling counter of the process that last used the slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StackProcess {
-    /// Connections this process opened since its entry was created (the sampling counter).
+pub struct SamplingSlot {
+    pub tgid: u32,
+    /// Connections `tgid` opened on this CPU since it took the slot.
     pub opened: u32,
-    /// Non-zero: capture every connection (set by the daemon for suspects).
-    pub suspect: u32,
 }
 
 /// One captured stack: the user-space return addresses at the moment `tgid` opened the

@@ -9,19 +9,17 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{
-        BPF_F_USER_STACK, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
-    },
+    bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns},
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
     EventKind, counters, flags,
     stacks::{
-        DEFAULT_STACK_RING_BYTES, MAX_STACK_DEPTH, STACK_PROCESSES_CAPACITY, STACK_PROCESSES_MAP,
-        STACK_SCRATCH_MAP, STACK_WINDOW_BYTES, STACKS_MAP, StackProcess, StackRecord, UserRegs,
-        policy,
+        DEFAULT_STACK_RING_BYTES, MAX_STACK_DEPTH, STACK_SAMPLING_MAP, STACK_SAMPLING_SLOTS,
+        STACK_SCRATCH_MAP, STACK_SUSPECT_COUNT_MAP, STACK_SUSPECTS_CAPACITY, STACK_SUSPECTS_MAP,
+        STACK_WINDOW_BYTES, STACKS_MAP, SamplingSlot, StackRecord, UserRegs, policy,
     },
 };
 
@@ -35,10 +33,22 @@ use crate::{
 static STACKS: RingBuf = RingBuf::with_byte_size(DEFAULT_STACK_RING_BYTES, 0);
 named!(STACKS, STACKS_MAP);
 
+/// The sampling counters: per CPU, because a counter shared by the CPUs of a busy process moved
+/// its cache line between them on every connect and accept; direct-mapped by tgid, because an
+/// array slot is an address computation where a hash map lookup hashed, walked and compared
+/// (the two together were most of what the default policy cost per connection).
 #[map]
-static STACK_PROCESSES: LruHashMap<u32, StackProcess> =
-    LruHashMap::with_max_entries(STACK_PROCESSES_CAPACITY, 0);
-named!(STACK_PROCESSES, STACK_PROCESSES_MAP);
+static STACK_SAMPLING: PerCpuArray<SamplingSlot> =
+    PerCpuArray::with_max_entries(STACK_SAMPLING_SLOTS, 0);
+named!(STACK_SAMPLING, STACK_SAMPLING_MAP);
+
+#[map]
+static STACK_SUSPECTS: HashMap<u32, u8> = HashMap::with_max_entries(STACK_SUSPECTS_CAPACITY, 0);
+named!(STACK_SUSPECTS, STACK_SUSPECTS_MAP);
+
+#[map]
+static STACK_SUSPECT_COUNT: Array<u32> = Array::with_max_entries(1, 0);
+named!(STACK_SUSPECT_COUNT, STACK_SUSPECT_COUNT_MAP);
 
 /// One record per CPU: too large for the BPF stack, and `bpf_get_stack` writes into it.
 #[map]
@@ -176,28 +186,43 @@ fn capture_unwind_state(record: *mut StackRecord) {
 }
 
 /// The policy's verdict for the current process's next connection: every one (`all`), those
-/// of suspects, and under `sampled` also its 1st, (N+1)th, (2N+1)th, ... connection. The
-/// count is per process; threads of one process opening at the same instant on two CPUs may
-/// count one connection less (no atomic read-modify-write on Linux 5.10), never more.
+/// of suspects, and under `sampled` also its 1st, (N+1)th, (2N+1)th, ... connection on this
+/// CPU. The count is per process and per CPU (see `STACK_SAMPLING`): a process is sampled at
+/// 1/N overall, its first connection on each CPU always.
 #[inline(always)]
 fn wanted(policy: u32, every: u32) -> bool {
     if policy == policy::ALL {
         return true;
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if STACK_PROCESSES.get_ptr_mut(tgid).is_none() {
-        // A race with another thread's insert is harmless: BPF_NOEXIST keeps the first.
-        let _ = STACK_PROCESSES.insert(tgid, StackProcess::default(), u64::from(BPF_NOEXIST));
+    if is_suspect(tgid) {
+        return true;
     }
-    let Some(state) = STACK_PROCESSES.get_ptr_mut(tgid) else {
-        // The LRU map always makes room; nothing to count a failure against.
-        return policy == policy::SAMPLED;
+    if policy != policy::SAMPLED || every == 0 {
+        return false;
+    }
+    let Some(slot) = STACK_SAMPLING.get_ptr_mut(tgid % STACK_SAMPLING_SLOTS) else {
+        return true;
     };
-    // SAFETY: a pointer into the map's value, valid while the program runs.
-    let (seen, suspect) = unsafe {
-        let seen = (*state).opened;
-        (*state).opened = seen.wrapping_add(1);
-        (seen, (*state).suspect != 0)
-    };
-    suspect || (policy == policy::SAMPLED && every != 0 && seen % every == 0)
+    // SAFETY: this CPU's slot, valid while the program runs. Another program on this CPU may
+    // interleave only by preemption inside this one: at worst a count is lost.
+    unsafe {
+        if (*slot).tgid != tgid {
+            (*slot).tgid = tgid;
+            (*slot).opened = 0;
+        }
+        let seen = (*slot).opened;
+        (*slot).opened = seen.wrapping_add(1);
+        seen % every == 0
+    }
+}
+
+/// Marked suspect by the daemon; the map is only looked into while it has entries.
+#[inline(always)]
+fn is_suspect(tgid: u32) -> bool {
+    if STACK_SUSPECT_COUNT.get(0).is_none_or(|count| *count == 0) {
+        return false;
+    }
+    // SAFETY: the value is not read, only its presence.
+    unsafe { STACK_SUSPECTS.get(tgid) }.is_some()
 }

@@ -232,6 +232,18 @@ fn a_leak_alert_under_the_default_policy_names_the_leaking_function_and_keeps_it
         );
         std::thread::sleep(Duration::from_millis(150));
     };
+    // A suspect has every connection captured, not every 8th: 16 more leaked connections add
+    // 16 to its stacked ones.
+    let pid_arg = pid.to_string();
+    let stacked = |d: &Daemon| -> u64 {
+        outbound_groups(&d.json(&["stacks", &pid_arg])).iter().map(|g| num(g, "count")).sum()
+    };
+    let before = stacked(&daemon);
+    leaker.cmd("leak 16");
+    daemon.eventually("every connection of a suspect stacked", |d| {
+        let now = stacked(d);
+        if now == before + 16 { Ok(()) } else { Err(format!("stacked {before} -> {now}")) }
+    });
     // (a) The evidence: the connections behind the rule, grouped, with frames, and the rest
     // accounted for by reason.
     let stacks = &alert["evidence"]["stacks"];
@@ -268,7 +280,6 @@ fn a_leak_alert_under_the_default_policy_names_the_leaking_function_and_keeps_it
     // (c) conns: each leaked connection names its group as `tracer stacks` does; the others
     // say why they have none. Quiet first, so that both answers see the same connections.
     std::thread::sleep(Duration::from_millis(300));
-    let pid_arg = pid.to_string();
     let conns = daemon.json(&["conns", "--pid", &pid_arg]);
     let by_stacks = daemon.json(&["stacks", &pid_arg]);
     let mut per_group: std::collections::BTreeMap<u64, u64> = Default::default();

@@ -12,12 +12,8 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{HashMap as BpfHashMap, MapData};
 use serde_json::value::{RawValue, to_raw_value};
-use tracer_common::{
-    ConnEvent,
-    stacks::{StackProcess, StackRecord},
-};
+use tracer_common::{ConnEvent, stacks::StackRecord};
 
 use crate::{
     api::answers::{
@@ -25,7 +21,7 @@ use crate::{
     },
     detect::{Alert, Detector},
     pipeline::StackSource,
-    probes::{KernelCounters, Probes, StackPolicy},
+    probes::{KernelCounters, Probes, StackPolicy, StackSuspectMaps},
     stacks::{
         self,
         store::{Opener, OpenerStacks, StackId},
@@ -51,7 +47,7 @@ pub(super) struct StackCapture {
     policy: StackPolicy,
     source: StackSource,
     store: OpenerStacks,
-    processes: BpfHashMap<MapData, u32, StackProcess>,
+    suspect_maps: StackSuspectMaps,
     /// Pids marked suspect in the kernel's map.
     suspects: HashSet<u32>,
     symbolizer: Arc<Symbolizer>,
@@ -68,7 +64,7 @@ pub(super) struct StackCapture {
 impl StackCapture {
     pub(super) fn start(probes: &mut Probes, policy: StackPolicy) -> crate::Result<Self> {
         let source = StackSource::new(probes.take_stacks()?);
-        let processes = probes.take_stack_processes()?;
+        let suspect_maps = probes.take_stack_suspects()?;
         let symbolizer = Symbolizer::start(SymbolizerConfig {
             fallback: Some(stacks::go_fallback()),
             ..SymbolizerConfig::default()
@@ -77,7 +73,7 @@ impl StackCapture {
             policy,
             source,
             store: OpenerStacks::default(),
-            processes,
+            suspect_maps,
             suspects: HashSet::new(),
             symbolizer: Arc::new(symbolizer),
             pinned: HashSet::new(),
@@ -143,23 +139,30 @@ impl StackCapture {
     }
 
     /// Marks the detector's suspects in the kernel's map (every connection of theirs is then
-    /// captured) and unmarks those that are no longer.
+    /// captured) and unmarks those that are no longer. The count the kernel checks first is
+    /// raised after the entries appear and lowered after they go.
     pub(super) fn mark_suspects(&mut self, detector: &Detector) {
         if self.policy == StackPolicy::Off || self.policy == StackPolicy::All {
             return;
         }
         let now: HashSet<u32> = detector.suspects().map(|p| p.pid).collect();
-        for (pid, suspect) in now
-            .difference(&self.suspects)
-            .map(|pid| (*pid, 1))
-            .chain(self.suspects.difference(&now).map(|pid| (*pid, 0)))
-            .collect::<Vec<_>>()
-        {
-            let mut state = self.processes.get(&pid, 0).unwrap_or_default();
-            state.suspect = suspect;
-            if let Err(e) = self.processes.insert(pid, state, 0) {
-                log::debug!("cannot mark pid {pid} as suspect={suspect}: {e}");
+        if now == self.suspects {
+            return;
+        }
+        let maps = &mut self.suspect_maps;
+        for pid in now.difference(&self.suspects) {
+            if let Err(e) = maps.set.insert(pid, 1, 0) {
+                log::debug!("cannot mark pid {pid} as a suspect: {e}");
             }
+        }
+        for pid in self.suspects.difference(&now) {
+            if let Err(e) = maps.set.remove(pid) {
+                log::debug!("cannot unmark pid {pid} as a suspect: {e}");
+            }
+        }
+        let count = maps.set.keys().count() as u32;
+        if let Err(e) = maps.count.set(0, count, 0) {
+            log::debug!("cannot set the suspect count to {count}: {e}");
         }
         self.suspects = now;
     }

@@ -12,11 +12,11 @@ pub use kprobe::ProbeMisses;
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
 };
 use tracer_common::{
     CONFIG_GLOBAL, COUNTERS_MAP, Config, DEFAULT_RING_BYTES, EVENTS_MAP, EventKind, counters,
-    stacks::{STACK_PROCESSES_MAP, STACKS_MAP, StackProcess},
+    stacks::{STACK_SUSPECT_COUNT_MAP, STACK_SUSPECTS_MAP, STACKS_MAP},
 };
 
 use error::Result;
@@ -188,6 +188,12 @@ impl KernelCounters {
     }
 }
 
+/// The kernel's suspect set (tgid -> 1) and its size, which the kernel reads first.
+pub struct StackSuspectMaps {
+    pub set: HashMap<MapData, u32, u8>,
+    pub count: Array<MapData, u32>,
+}
+
 impl Probes {
     /// Loads and attaches the programs of `options.mode`; for `auto`, of the best mode that
     /// actually loads and attaches here (fentry, then kprobe, then tracepoint).
@@ -311,14 +317,17 @@ impl Probes {
         Ok(RingBuf::try_from(map)?)
     }
 
-    /// The per-process capture state, where the daemon marks suspects; can be taken once.
-    pub fn take_stack_processes(&mut self) -> Result<HashMap<MapData, u32, StackProcess>> {
-        let map = self
-            .ebpf
-            .as_mut()
-            .and_then(|ebpf| ebpf.take_map(STACK_PROCESSES_MAP))
-            .ok_or(ProbeError::MissingMap(STACK_PROCESSES_MAP))?;
-        Ok(HashMap::try_from(map)?)
+    /// Where the daemon marks suspects: the set and its size; can be taken once.
+    pub fn take_stack_suspects(&mut self) -> Result<StackSuspectMaps> {
+        let mut take = |name: &'static str| {
+            self.ebpf
+                .as_mut()
+                .and_then(|ebpf| ebpf.take_map(name))
+                .ok_or(ProbeError::MissingMap(name))
+        };
+        let set = take(STACK_SUSPECTS_MAP)?;
+        let count = take(STACK_SUSPECT_COUNT_MAP)?;
+        Ok(StackSuspectMaps { set: HashMap::try_from(set)?, count: Array::try_from(count)? })
     }
 
     /// Forwards pending kernel-side log messages to the daemon's log (rare, diagnostic).
