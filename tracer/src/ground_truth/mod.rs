@@ -90,6 +90,7 @@ pub fn with_holders(sockets: &[ExistingSocket]) -> Vec<ScannedSocket> {
             .map(|h| ScannedHolder {
                 key: ProcessKey::new(h.pid, h.start_time_ns),
                 comm: comm_bytes(&h.comm),
+                cgroup_id: 0,
             })
             .collect();
         list.sort_by_key(|h| h.key.pid);
@@ -113,6 +114,14 @@ pub fn with_holders(sockets: &[ExistingSocket]) -> Vec<ScannedSocket> {
             state: s.state,
         })
         .collect()
+}
+
+/// Gives each holder of `scan` its cgroup v2 id from a run of the task iterator. A holder the
+/// run did not see (started after it, or a pid reused since) keeps 0, unknown.
+pub fn set_cgroup_ids(scan: &mut [ScannedSocket], ids: &crate::probes::CgroupIds) {
+    for holder in scan.iter_mut().flat_map(|s| s.holders.iter_mut()) {
+        holder.cgroup_id = ids.get(&holder.key).copied().unwrap_or(0);
+    }
 }
 
 fn comm_bytes(comm: &str) -> [u8; 16] {
