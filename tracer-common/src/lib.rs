@@ -53,7 +53,25 @@ pub mod programs {
     pub const TCP_CLOSE_KPROBE: &str = "tcp_close_kprobe";
     /// kretprobe `inet_csk_accept` (kprobe mode).
     pub const INET_CSK_ACCEPT_KRETPROBE: &str = "inet_csk_accept_kretprobe";
+    /// `iter/task`: one [`crate::TaskCgroup`] per process (every mode, loaded apart from the
+    /// hooks: a kernel that refuses it only loses the cgroup ids of scanned processes).
+    pub const TASK_CGROUPS: &str = "task_cgroups";
 }
+
+/// What the `task_cgroups` iterator writes for each thread-group leader: its pid (in the
+/// initial pid namespace, as events name it), start time (CLOCK_BOOTTIME ns, as events carry
+/// it) and the id of its cgroup v2 (`kernfs_node.id`, what `bpf_get_current_cgroup_id()`
+/// returns in its context: the inode number of the cgroup's directory). Native byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskCgroup {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub start_time_ns: u64,
+    pub cgroup_id: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<TaskCgroup>() == 24);
 
 /// `a == b` where a constant is needed: the kernel crate checks the names of its programs, maps
 /// and globals against this crate's constants at build time.

@@ -358,3 +358,35 @@ SHIM int tracer_user_regs(struct tracer_user_regs *out)
 	USER_REGS_FILL(PROBE, regs, out);
 	return 0;
 }
+
+/* ---- The task iterator (iter/task): the v2 cgroup of each process. */
+
+/* Mirrors tracer_common::TaskCgroup. */
+struct tracer_task_cgroup {
+	__u32 tgid;
+	__u32 pad;
+	__u64 start_time_ns;
+	__u64 cgroup_id;
+};
+_Static_assert(sizeof(struct tracer_task_cgroup) == 24, "mirrors tracer_common::TaskCgroup");
+
+/* Writes one record for each thread-group leader the iterator visits (it visits every thread).
+ * The id is task->cgroups->dfl_cgrp->kn->id, what bpf_get_current_cgroup_id() reads in the
+ * task's own context: no cgroup namespace is involved. Probe reads throughout: cgroups is an
+ * RCU pointer, which direct loads handle differently across 5.8..6.x verifiers. */
+SHIM int tracer_task_cgroup_iter(struct bpf_iter__task *ctx)
+{
+	struct seq_file *seq = ctx->meta->seq;
+	struct task_struct *task = ctx->task;
+	struct tracer_task_cgroup out = {};
+
+	if (!task)
+		return 0;
+	out.tgid = BPF_CORE_READ(task, tgid);
+	if (BPF_CORE_READ(task, pid) != (int)out.tgid)
+		return 0;
+	out.start_time_ns = BPF_CORE_READ(task, start_boottime);
+	out.cgroup_id = BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
+	bpf_seq_write(seq, &out, sizeof(out));
+	return 0;
+}

@@ -112,8 +112,36 @@ struct signal_struct {
 	atomic_t live;
 };
 
+/* The v2 cgroup id is its directory's kernfs node id: a u64 since 5.5 (a union kernfs_node_id
+ * before), so on every kernel with task iterators (5.8+). */
+struct kernfs_node {
+	__u64 id;
+};
+
+struct cgroup {
+	struct kernfs_node *kn;
+};
+
+struct css_set {
+	struct cgroup *dfl_cgrp;
+};
+
+struct seq_file;
+
+struct bpf_iter_meta {
+	struct seq_file *seq;
+};
+
+/* The context of an iter/task program (the kernel wraps each member in a union). */
+struct bpf_iter__task {
+	struct bpf_iter_meta *meta;
+	struct task_struct *task;
+};
+
 struct task_struct {
+	int pid;
 	int tgid;
+	struct css_set *cgroups;
 	struct signal_struct *signal;
 	struct task_struct *group_leader;
 	struct files_struct *files;

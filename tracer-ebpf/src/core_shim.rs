@@ -21,6 +21,7 @@ unsafe extern "C" {
     pub fn tracer_leader_identity(start_time: *mut u64, comm: *mut u8);
     pub fn tracer_current_group_dead() -> i32;
     pub fn tracer_user_regs(out: *mut tracer_common::stacks::UserRegs) -> i32;
+    pub fn tracer_task_cgroup_iter(ctx: *mut c_void) -> i32;
 }
 
 /// The BTF-typed socket argument of a tp_btf, fentry or fexit program.

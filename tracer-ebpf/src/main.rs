@@ -10,6 +10,9 @@
 //! - `tp_btf/sched_process_exit` and `tp_btf/sched_process_exec` ([`process`]): a process's
 //!   end (before its fds are closed) and its new command name.
 //!
+//! - `iter/task` ([`task_cgroups`]): run on demand, not a hook: the v2 cgroup id of every
+//!   process, for those known only from scans.
+//!
 //! Where the opener's own stack is current (connect start, accept syscall exit), [`stacks`]
 //! captures it when the opener-stacks policy wants it.
 //!
@@ -41,6 +44,7 @@ mod lifecycle;
 mod process;
 mod stacks;
 mod state_change;
+mod task_cgroups;
 
 #[cfg(not(test))]
 #[panic_handler]

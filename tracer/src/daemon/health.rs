@@ -114,13 +114,20 @@ impl Scans {
         }
     }
 
+    /// The next [`Scans::launch`] starts a dump that serves a reconcile.
+    pub fn will_reconcile(&self) -> bool {
+        !self.running && self.want_reconcile
+    }
+
     /// Starts a dump for whatever is due, unless one is running (what comes due meanwhile
     /// waits for the next). An evaluation's dump also serves the exhaustion rules: `exhaustion`
-    /// says what they want of it (asked only then).
+    /// says what they want of it (asked only then). A reconcile's holders take their cgroup
+    /// ids from `cgroups`, a started task-iterator run (see [`Scans::will_reconcile`]).
     pub fn launch(
         &mut self,
         now_ns: impl Fn() -> u64 + Send + 'static,
         exhaustion: impl FnOnce() -> exhaustion::ScanRequest,
+        cgroups: Option<std::fs::File>,
     ) {
         if self.running || !(self.want_evaluate || self.want_reconcile) {
             return;
@@ -135,7 +142,11 @@ impl Scans {
             let dumped = dump(now_ns, request.is_some().then_some(&mut sysctls));
             let took = started.elapsed();
             let scan = dumped.map(|health| KernelScan {
-                reconcile: reconcile.then(|| ground_truth::with_holders(&health.sockets)),
+                reconcile: reconcile.then(|| {
+                    let mut scan = ground_truth::with_holders(&health.sockets);
+                    super::scan_cgroups::apply(cgroups, &mut scan);
+                    scan
+                }),
                 exhaustion: request.map(|r| exhaustion::reduce(r, &health.sockets, sysctls)),
                 health,
             });

@@ -292,7 +292,11 @@ mod tests {
             remote: "127.0.0.1:80".parse().expect("remote"),
             state,
             direction: Direction::Outbound,
-            holders: vec![ScannedHolder { key: ProcessKey::new(7, 1), comm: [b'a'; 16] }],
+            holders: vec![ScannedHolder {
+                key: ProcessKey::new(7, 1),
+                comm: [b'a'; 16],
+                cgroup_id: 0,
+            }],
         }
     }
 

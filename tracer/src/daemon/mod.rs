@@ -7,6 +7,7 @@ mod health;
 mod leaks;
 mod memory;
 mod queries;
+mod scan_cgroups;
 mod stacks;
 
 pub use leaks::{
@@ -225,7 +226,8 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
-        scans.launch(|| BootClock.now_ns(), || daemon.exhaustion_request());
+        let cgroups = scans.will_reconcile().then(|| scan_cgroups::start(&mut daemon.probes));
+        scans.launch(|| BootClock.now_ns(), || daemon.exhaustion_request(), cgroups.flatten());
     }
     api.abort();
     if let Some(server) = metrics_server {
@@ -277,9 +279,14 @@ impl Daemon {
             evidence_tx,
         };
         daemon.drain_now();
+        scan_cgroups::log_status(&daemon.probes);
         match ground_truth::scan_all() {
             Ok(sockets) => {
-                let scan = ground_truth::with_holders(&sockets);
+                // The kernel runs the iterator as its file is read, after the /proc walk;
+                // both name processes by pid and start time, so a reused pid never matches.
+                let run = scan_cgroups::start(&mut daemon.probes);
+                let mut scan = ground_truth::with_holders(&sockets);
+                scan_cgroups::apply(run, &mut scan);
                 let loaded = daemon.table.load_existing(&scan, daemon.clock.now_ns());
                 log::info!("loaded {loaded} connections that existed before start-up");
                 // The first reading of read progress.

@@ -90,6 +90,7 @@ pub fn with_holders(sockets: &[ExistingSocket]) -> Vec<ScannedSocket> {
             .map(|h| ScannedHolder {
                 key: ProcessKey::new(h.pid, h.start_time_ns),
                 comm: comm_bytes(&h.comm),
+                cgroup_id: 0,
             })
             .collect();
         list.sort_by_key(|h| h.key.pid);
@@ -115,10 +116,52 @@ pub fn with_holders(sockets: &[ExistingSocket]) -> Vec<ScannedSocket> {
         .collect()
 }
 
+/// Gives each holder of `scan` its cgroup v2 id from a run of the task iterator. A holder the
+/// run did not see (started after it, or a pid reused since) keeps 0, unknown.
+pub fn set_cgroup_ids(scan: &mut [ScannedSocket], ids: &crate::probes::CgroupIds) {
+    for holder in scan.iter_mut().flat_map(|s| s.holders.iter_mut()) {
+        holder.cgroup_id = ids.get(&holder.key).copied().unwrap_or(0);
+    }
+}
+
 fn comm_bytes(comm: &str) -> [u8; 16] {
     let mut out = [0u8; 16];
     let bytes = comm.as_bytes();
     let n = bytes.len().min(15);
     out[..n].copy_from_slice(&bytes[..n]);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probes::CgroupIds;
+
+    fn socket(holders: &[ProcessKey]) -> ScannedSocket {
+        ScannedSocket {
+            netns: 1,
+            inode: 10,
+            cookie: 10,
+            local: "127.0.0.1:40000".parse().unwrap(),
+            remote: "127.0.0.1:80".parse().unwrap(),
+            state: tcp_state::ESTABLISHED,
+            direction: Direction::Outbound,
+            holders: holders
+                .iter()
+                .map(|&key| ScannedHolder { key, comm: [0; 16], cgroup_id: 5 })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn holders_take_the_cgroup_of_the_very_process_a_reused_pid_none() {
+        let (a, b) = (ProcessKey::new(100, 1_000_000_000), ProcessKey::new(200, 2_000_000_000));
+        // The run saw pid 200 as another process (started at another time): a reused pid.
+        let ids: CgroupIds =
+            [(a, 4321), (ProcessKey::new(200, 9_000_000_000), 99)].into_iter().collect();
+        let mut scan = vec![socket(&[a, b])];
+        set_cgroup_ids(&mut scan, &ids);
+        let got: Vec<u64> = scan[0].holders.iter().map(|h| h.cgroup_id).collect();
+        assert_eq!(got, [4321, 0], "an unseen holder is unknown (0), never another's id");
+    }
 }

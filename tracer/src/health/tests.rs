@@ -66,7 +66,11 @@ fn a_reader_that_stops_counts_only_after_the_threshold_and_a_steady_one_never() 
         remote: s.remote,
         state: s.state,
         direction: Direction::Outbound,
-        holders: vec![ScannedHolder { key: OWNER, comm: *b"client\0\0\0\0\0\0\0\0\0\0" }],
+        holders: vec![ScannedHolder {
+            key: OWNER,
+            comm: *b"client\0\0\0\0\0\0\0\0\0\0",
+            cgroup_id: 0,
+        }],
     };
     let last = scan(5 * SEC, vec![socket(1, 100_000, 90_000, 10), socket(2, 7000, 500, 10)]);
     let loaded: Vec<ScannedSocket> = last.sockets.iter().map(held).collect();
@@ -122,7 +126,7 @@ fn idle_counts_the_later_of_sent_and_received_against_each_threshold() {
             remote: s.remote,
             state: s.state,
             direction: Direction::Outbound,
-            holders: vec![ScannedHolder { key: OWNER, comm: [b'x'; 16] }],
+            holders: vec![ScannedHolder { key: OWNER, comm: [b'x'; 16], cgroup_id: 0 }],
         })
         .collect();
     table.load_existing(&loaded, 0);

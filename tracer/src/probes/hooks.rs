@@ -28,6 +28,9 @@ pub enum HookKind {
     KProbe,
     /// The same, on the function's return.
     KRetProbe,
+    /// A BPF iterator over kernel objects of `target`, run on demand rather than attached to
+    /// an event; loaded apart from the hooks (task_cgroups.rs), and never fatal.
+    Iter,
 }
 
 /// A hook attached only on kernels whose BTF says so: one program per signature of a function
@@ -180,6 +183,15 @@ pub const HOOKS: &[Hook] = &[
         requires: None,
         reports: "accept (owner)",
     },
+    Hook {
+        program: programs::TASK_CGROUPS,
+        kind: HookKind::Iter,
+        target: "task",
+        modes: EVERY_MODE,
+        requires: None,
+        reports: "the v2 cgroup id of every process, run at start-up and reconcile for \
+                  processes known only from scans; optional: a refusal leaves them at cgroup id 0",
+    },
 ];
 
 /// The hooks `mode` attaches on the kernel described by `btf`, in attach order.
@@ -229,6 +241,8 @@ pub(super) fn attach(ebpf: &mut Ebpf, btf: &Btf, mode: ProbeMode) -> Result<Opti
                 let is_return = hook.kind == HookKind::KRetProbe;
                 set.attach(ebpf, name, hook.target, is_return)?;
             }
+            // Loaded by Probes::load_mode after the hooks, where its failure is not fatal.
+            HookKind::Iter => {}
         }
     }
     Ok(kprobes)
@@ -252,6 +266,7 @@ pub fn docs_table() -> String {
             HookKind::FExit => format!("fexit `{}`", hook.target),
             HookKind::KProbe => format!("kprobe `{}`", hook.target),
             HookKind::KRetProbe => format!("kretprobe `{}`", hook.target),
+            HookKind::Iter => format!("iter `{}`", hook.target),
         };
         match hook.requires {
             Some(Requires::Struct { name, note }) => {
@@ -289,6 +304,7 @@ mod tests {
             // The function is given to the tracefs probe, not to the macro.
             HookKind::KProbe => "kprobe".to_owned(),
             HookKind::KRetProbe => "kretprobe".to_owned(),
+            HookKind::Iter => format!("iter/{}", hook.target),
         }
     }
 

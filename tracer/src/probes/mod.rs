@@ -5,10 +5,14 @@ mod error;
 pub mod hooks;
 mod kprobe;
 pub mod preflight;
+mod task_cgroups;
 mod tracepoint;
 
 pub use error::ProbeError;
 pub use kprobe::ProbeMisses;
+pub use task_cgroups::{
+    CgroupIds, TaskCgroupsError, parse as parse_task_cgroups, read as read_task_cgroups,
+};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
@@ -159,6 +163,8 @@ pub struct Probes {
     kernel_log: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     /// kprobe mode's probes, which live outside `ebpf` (see kprobe.rs).
     kprobes: Option<kprobe::Kprobes>,
+    /// Why the task iterator did not load (`None`: it did).
+    task_cgroups_unavailable: Option<String>,
 }
 
 /// Per-kind counters summed over CPUs, as the kernel programs kept them.
@@ -270,6 +276,11 @@ impl Probes {
         }
         let btf = Btf::from_sys_fs()?;
         let kprobes = hooks::attach(&mut ebpf, &btf, mode)?;
+        // Not a hook of the mode: a refusal costs only the cgroup ids of scanned processes.
+        let task_cgroups_unavailable = task_cgroups::load(&mut ebpf, &btf).err().map(|e| match e {
+            TaskCgroupsError::Unavailable(reason) => reason,
+            other => other.to_string(),
+        });
         let counters = PerCpuArray::try_from(
             ebpf.take_map(COUNTERS_MAP).ok_or(ProbeError::MissingMap(COUNTERS_MAP))?,
         )?;
@@ -280,6 +291,7 @@ impl Probes {
             counters,
             kernel_log,
             kprobes,
+            task_cgroups_unavailable,
         })
     }
 
@@ -328,6 +340,24 @@ impl Probes {
         let set = take(STACK_SUSPECTS_MAP)?;
         let count = take(STACK_SUSPECT_COUNT_MAP)?;
         Ok(StackSuspectMaps { set: HashMap::try_from(set)?, count: Array::try_from(count)? })
+    }
+
+    /// Starts a run of the task iterator: read the file with [`read_task_cgroups`] (blocking,
+    /// off the event loop).
+    pub fn start_task_cgroups(&mut self) -> Result<std::fs::File, TaskCgroupsError> {
+        if let Some(reason) = &self.task_cgroups_unavailable {
+            return Err(TaskCgroupsError::Unavailable(reason.clone()));
+        }
+        let ebpf = self
+            .ebpf
+            .as_mut()
+            .ok_or_else(|| TaskCgroupsError::Unavailable("the probes are detached".into()))?;
+        task_cgroups::start(ebpf)
+    }
+
+    /// Why the task iterator is unavailable here (`None`: it loaded).
+    pub fn task_cgroups_unavailable(&self) -> Option<&str> {
+        self.task_cgroups_unavailable.as_deref()
     }
 
     /// Forwards pending kernel-side log messages to the daemon's log (rare, diagnostic).

@@ -22,6 +22,8 @@ use super::{
 pub struct ScannedHolder {
     pub key: ProcessKey,
     pub comm: [u8; 16],
+    /// Its cgroup v2 id from the task iterator (probes::task_cgroups); 0 when unknown.
+    pub cgroup_id: u64,
 }
 
 /// A TCP socket found by a scan.
@@ -325,10 +327,13 @@ impl ConnectionTable {
     }
 
     fn touch_holder(&mut self, holder: &ScannedHolder, now_ns: u64) -> ProcessKey {
-        self.aggregates
-            .processes
-            .entry(holder.key)
-            .or_insert_with(|| ProcessStats::new(holder.key, holder.comm, 0, now_ns));
+        let p = self.aggregates.processes.entry(holder.key).or_insert_with(|| {
+            ProcessStats::new(holder.key, holder.comm, holder.cgroup_id, now_ns)
+        });
+        // A scan's id is as fresh as an event's; an unknown one (0) never overwrites.
+        if holder.cgroup_id != 0 {
+            p.cgroup_id = holder.cgroup_id;
+        }
         holder.key
     }
 }

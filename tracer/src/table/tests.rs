@@ -830,7 +830,7 @@ fn scanned(
         direction,
         holders: holders
             .iter()
-            .map(|p| ScannedHolder { key: p.key(), comm: comm(p.comm) })
+            .map(|p| ScannedHolder { key: p.key(), comm: comm(p.comm), cgroup_id: 0 })
             .collect(),
     }
 }
@@ -1041,4 +1041,32 @@ fn a_connection_scanned_between_its_connect_and_its_handshake_counts_once() {
 fn connection_map_entry_stays_small() {
     let entry = size_of::<(SocketKey, Connection)>();
     assert!(entry <= 96, "a table entry grew to {entry} bytes: memory per socket grows with it");
+}
+
+#[test]
+fn scanned_holders_bring_their_cgroup_and_an_unknown_one_never_overwrites_it() {
+    let clock = ManualClock::new(SEC);
+    let mut t = table();
+    let with_cgroup = |mut s: ScannedSocket, id: u64| {
+        s.holders.iter_mut().for_each(|h| h.cgroup_id = id);
+        s
+    };
+    let first = scanned(v4(40_000, 80), 1000, ESTABLISHED, Direction::Outbound, &[CLIENT]);
+    t.load_existing(&[with_cgroup(first, 4321)], clock.now_ns());
+    assert_eq!(stats(&t, CLIENT).cgroup_id, 4321, "a process known only from a scan");
+    // Another connection of the same process, scanned without an id (the iterator failed).
+    let second = scanned(v4(40_001, 80), 1001, ESTABLISHED, Direction::Outbound, &[CLIENT]);
+    t.load_existing(&[second], clock.now_ns());
+    assert_eq!(stats(&t, CLIENT).cgroup_id, 4321);
+    // The process moved to another cgroup: the next scan says so.
+    let third = scanned(v4(40_002, 80), 1002, ESTABLISHED, Direction::Outbound, &[CLIENT]);
+    t.load_existing(&[with_cgroup(third, 99)], clock.now_ns());
+    assert_eq!(stats(&t, CLIENT).cgroup_id, 99);
+    // A holder found by reconcile (a passed descriptor) gets its id too.
+    let mut r = Reconciler::default();
+    let passed = scanned(v4(40_000, 80), 1000, ESTABLISHED, Direction::Outbound, &[SERVER]);
+    let report = r.check(&mut t, &[with_cgroup(passed, 777)], clock.now_ns());
+    assert_eq!(report.holder_changes, 1);
+    assert_eq!(stats(&t, SERVER).cgroup_id, 777);
+    assert_consistent(&t);
 }

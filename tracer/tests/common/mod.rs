@@ -298,11 +298,18 @@ impl Drop for TempDir {
 
 impl Daemon {
     pub fn start(extra: &[&str]) -> Self {
+        Self::start_with(extra, |_| {})
+    }
+
+    /// [`Daemon::start`], with `prepare` adjusting the command before it is spawned (a
+    /// `pre_exec` that moves the daemon into another cgroup or namespace, say).
+    pub fn start_with(extra: &[&str], prepare: impl FnOnce(&mut Command)) -> Self {
         let dir = TempDir::new("daemon");
         let socket = dir.0.join("tracer.sock");
         let log = dir.0.join("daemon.log");
         let mode = probe_mode().to_string();
-        let child = Command::new(tracer_bin())
+        let mut command = Command::new(tracer_bin());
+        command
             // Reconcile every second, so every test also proves it finds nothing to correct.
             .args(["run", "--summary-interval", "0", "--reconcile-interval", "1", "--probe", &mode])
             // Any free port: tests read the bound address from `status`.
@@ -312,9 +319,9 @@ impl Daemon {
             .arg(&socket)
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn tracer run");
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        prepare(&mut command);
+        let child = command.spawn().expect("spawn tracer run");
         let mut daemon = Self { child: Some(child), socket, log, _dir: dir };
         let deadline = Instant::now() + wait_limit().max(Duration::from_secs(60));
         loop {

@@ -133,13 +133,20 @@ impl Args {
     /// What `cargo xtask test` (and so CI) runs: the three Debian kernels in every mode, with
     /// the event pipeline, the exact-count scenarios of the table (edge cases included) and
     /// what each mode adds (kprobe misses and clean-up), and opener stacks captured and named
-    /// from a leaking Go program (25-45 s per cell).
+    /// from a leaking Go program (25-45 s per cell), and the cgroup ids of scanned processes
+    /// with the daemon in a private cgroup namespace, on the guests' pure cgroup v2.
     /// About 12 minutes on 2 cores; the host's own kernel is covered by `cargo test` itself.
     pub fn ci() -> Self {
         Self {
             kernels: vec![Target::Bullseye, Target::Bookworm, Target::Trixie],
             modes: vec![Mode::Auto, Mode::Fentry, Mode::Kprobe, Mode::Tracepoint],
-            tests: vec!["pipeline".into(), "table".into(), "probes".into(), "stacks".into()],
+            tests: vec![
+                "pipeline".into(),
+                "table".into(),
+                "probes".into(),
+                "stacks".into(),
+                "cgroup_ids".into(),
+            ],
             skip: vec!["real_peers".into(), "prometheus".into(), "symbolize".into()],
             filter: None,
             test_timeout: 300,
