@@ -63,10 +63,11 @@ impl Resolution {
         }
     }
 
-    /// Hands the work due to a blocking task, unless one is out already.
-    pub(super) fn launch(&mut self, table: &ConnectionTable, directory: &Directory) {
+    /// Hands the work due to a blocking task, unless one is out already or nothing is due.
+    /// True when a task was launched.
+    pub(super) fn launch(&mut self, table: &ConnectionTable, directory: &Directory) -> bool {
         if self.resolver.is_none() {
-            return;
+            return false;
         }
         let used: HashSet<u64> =
             table.processes().map(|p| p.cgroup_id).filter(|id| *id != 0).collect();
@@ -83,9 +84,9 @@ impl Resolution {
             .map(|(id, p)| (id, p.cgroup.is_none()))
             .collect();
         if ids.is_empty() && unused.is_empty() {
-            return;
+            return false;
         }
-        let Some(mut resolver) = self.resolver.take() else { return };
+        let Some(mut resolver) = self.resolver.take() else { return false };
         let tx = self.tx.clone();
         tokio::task::spawn_blocking(move || {
             let placements = resolver.resolve_many(&ids);
@@ -98,6 +99,7 @@ impl Resolution {
             resolver.forget_gone();
             let _ = tx.send(Landed { resolver, placements, gone });
         });
+        true
     }
 
     /// Takes a task's result into the directory. A gone id is dropped only if no process took
@@ -150,5 +152,83 @@ impl Resolution {
                 })
                 .count() as u64,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use tracer_common::{ConnEvent, EventKind, flags, tcp_state};
+
+    use super::*;
+    use crate::table::TableConfig;
+
+    /// A process of `cgroup_id` starting a connect: the table now counts it.
+    fn connect_from(table: &mut ConnectionTable, pid: u32, cgroup_id: u64) {
+        let event = ConnEvent {
+            timestamp_ns: 1,
+            sock: u64::from(pid),
+            start_time_ns: 1,
+            cgroup_id,
+            netns: 1,
+            tgid: pid,
+            tid: pid,
+            tuple: tracer_common::Tuple::default(),
+            kind: EventKind::Connect as u8,
+            flags: flags::OWNER_CONTEXT,
+            old_state: tcp_state::CLOSE,
+            new_state: tcp_state::SYN_SENT,
+            comm: [b'x'; 16],
+            _pad: [0; 2],
+        };
+        table.apply(&event);
+    }
+
+    async fn round(
+        resolution: &mut Resolution,
+        rx: &mut mpsc::UnboundedReceiver<Landed>,
+        table: &ConnectionTable,
+        directory: &mut Directory,
+    ) {
+        assert!(resolution.launch(table, directory), "work was due");
+        let landed = rx.recv().await.expect("the task reports back");
+        resolution.landed(landed, table, directory);
+    }
+
+    #[tokio::test]
+    async fn resolves_new_ids_off_the_loop_and_drops_unused_gone_ones() {
+        // A directory tree stands in for the cgroup2 mount (ids are inode numbers).
+        let root = std::env::temp_dir().join(format!("tracer-resolution-{}", std::process::id()));
+        let (used_dir, gone_dir) = (root.join("system.slice/a.service"), root.join("b.scope"));
+        std::fs::create_dir_all(&used_dir).unwrap();
+        std::fs::create_dir_all(&gone_dir).unwrap();
+        let ino = |p: &std::path::Path| std::fs::metadata(p).unwrap().ino();
+        let (used, gone) = (ino(&used_dir), ino(&gone_dir));
+        let sources = Sources { cgroup_root: Some(root.clone()), ..Sources::default() };
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut resolution = Resolution::start(&sources, tx);
+        let mut table = ConnectionTable::new(TableConfig::default());
+        let mut directory = Directory::default();
+        connect_from(&mut table, 10, used);
+        connect_from(&mut table, 11, gone);
+        round(&mut resolution, &mut rx, &table, &mut directory).await;
+        let placement = directory.get(used).expect("resolved");
+        assert_eq!(placement.cgroup.as_deref(), Some("/system.slice/a.service"));
+        assert_eq!(placement.unit.as_deref(), Some("a.service"));
+        assert!(directory.contains(gone));
+        let status = resolution.status(&directory);
+        assert_eq!((status.resolved, status.misses, status.walks, status.cached), (2, 0, 1, 2));
+
+        // Its directory goes, but a process still has the id: nothing to do.
+        std::fs::remove_dir(&gone_dir).unwrap();
+        assert!(!resolution.launch(&table, &directory));
+        // No process has it any more: dropped.
+        let table = ConnectionTable::new(TableConfig::default());
+        round(&mut resolution, &mut rx, &table, &mut directory).await;
+        assert!(!directory.contains(gone));
+        assert!(directory.contains(used), "an unused id stays while its directory exists");
+        assert_eq!(resolution.status(&directory).cached, 1);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }
