@@ -145,6 +145,15 @@ fn is_sandbox(dir: &Path, links: &[String], pod: &str, namespace: &str) -> bool 
 
 #[cfg(test)]
 mod tests {
+    /// Removes the test's directory tree, also when the test fails.
+    struct Cleanup(std::path::PathBuf);
+
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
     use super::*;
 
     const ID: &str = "4e7e3a1b9c2d4f5a8b6c7d8e9f0a1b2c3d4e5f60718293a4b5c6d7e8f9012345";
@@ -180,6 +189,7 @@ mod tests {
     #[test]
     fn reads_a_kubelet_layout_with_a_sidecar_and_docker_configs() {
         let root = std::env::temp_dir().join(format!("tracer-names-{}", std::process::id()));
+        let _cleanup = Cleanup(root.clone());
         let dirs = NameDirs {
             pod_logs: root.join("pods"),
             container_logs: root.join("containers"),
@@ -227,6 +237,5 @@ mod tests {
         std::fs::create_dir_all(&bad).unwrap();
         std::fs::write(bad.join("config.v2.json"), "{not json").unwrap();
         assert_eq!(dirs.lookup(&id, None), Found::default());
-        std::fs::remove_dir_all(&root).unwrap();
     }
 }

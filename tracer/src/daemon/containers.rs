@@ -157,6 +157,15 @@ impl Resolution {
 
 #[cfg(test)]
 mod tests {
+    /// Removes the test's directory tree, also when the test fails.
+    struct Cleanup(std::path::PathBuf);
+
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
     use std::os::unix::fs::MetadataExt;
 
     use tracer_common::{ConnEvent, EventKind, flags, tcp_state};
@@ -200,6 +209,7 @@ mod tests {
     async fn resolves_new_ids_off_the_loop_and_drops_unused_gone_ones() {
         // A directory tree stands in for the cgroup2 mount (ids are inode numbers).
         let root = std::env::temp_dir().join(format!("tracer-resolution-{}", std::process::id()));
+        let _cleanup = Cleanup(root.clone());
         let (used_dir, gone_dir) = (root.join("system.slice/a.service"), root.join("b.scope"));
         std::fs::create_dir_all(&used_dir).unwrap();
         std::fs::create_dir_all(&gone_dir).unwrap();
@@ -229,6 +239,5 @@ mod tests {
         assert!(!directory.contains(gone));
         assert!(directory.contains(used), "an unused id stays while its directory exists");
         assert_eq!(resolution.status(&directory).cached, 1);
-        std::fs::remove_dir_all(&root).unwrap();
     }
 }
