@@ -298,6 +298,9 @@ pub struct StatusReport {
     /// How long the latest of them took, microseconds (off the event loop; 0 before the first).
     #[serde(default)]
     pub health_scan_us: u64,
+    /// Container resolution: cgroup ids resolved and missed, walks, placements held.
+    #[serde(default)]
+    pub containers: crate::containers::ResolverStatus,
 }
 
 /// One kprobe's hits and the kernel's count of its misses (kprobe mode).

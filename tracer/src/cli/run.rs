@@ -4,6 +4,10 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::Args;
 use tracer::{
+    containers::{
+        Sources,
+        names::{DEFAULT_CONTAINER_LOGS_DIR, DEFAULT_DOCKER_DIR, DEFAULT_POD_LOGS_DIR, NameDirs},
+    },
     daemon::{
         self, DEFAULT_CLOSE_WAIT_AFTER, DEFAULT_DRAIN_INTERVAL, DEFAULT_HELD_CLOSED_AFTER,
         DEFAULT_LEAK_INTERVAL, DEFAULT_RECONCILE_INTERVAL, DEFAULT_SUMMARY_INTERVAL, DaemonOptions,
@@ -97,9 +101,44 @@ pub struct RunArgs {
     /// POST each alert raise and resolve as JSON to this http:// URL.
     #[arg(long)]
     pub alert_webhook: Option<String>,
+    #[command(flatten)]
+    pub containers: ContainerArgs,
     /// Test only: drop every Nth release in the kernel, to prove tests catch wrong counts.
     #[arg(long, default_value_t = 0, hide = true)]
     pub fault_drop_every_nth_release: u32,
+}
+
+/// Where container identities are read (docs/containers.md).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Containers")]
+pub struct ContainerArgs {
+    /// The cgroup2 mount to resolve cgroup ids in (default: found in /proc/self/mountinfo;
+    /// give the host's when a pod mounts it elsewhere).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup_root: Option<PathBuf>,
+    /// The kubelet's pod log directories (`<namespace>_<pod>_<uid>/`): pod names by UID.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_POD_LOGS_DIR)]
+    pub pod_logs_dir: PathBuf,
+    /// The kubelet's container log links (`<pod>_<namespace>_<container>-<id>.log`):
+    /// container names by id.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_CONTAINER_LOGS_DIR)]
+    pub container_logs_dir: PathBuf,
+    /// docker's data root (`containers/<id>/config.v2.json`): docker container names.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_DOCKER_DIR)]
+    pub docker_dir: PathBuf,
+}
+
+impl ContainerArgs {
+    fn sources(&self) -> Sources {
+        Sources {
+            cgroup_root: self.cgroup_root.clone(),
+            names: NameDirs {
+                pod_logs: self.pod_logs_dir.clone(),
+                container_logs: self.container_logs_dir.clone(),
+                docker: self.docker_dir.clone(),
+            },
+        }
+    }
 }
 
 /// `--metrics-addr`: an address, or `off`.
@@ -250,6 +289,7 @@ pub fn run(args: RunArgs, socket: PathBuf) -> anyhow::Result<()> {
         metrics_addr: args.metrics_addr.0,
         metrics_top_n: args.metrics_top,
         drain_interval: Duration::from_millis(args.drain_interval_ms),
+        containers: args.containers.sources(),
     };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

@@ -2,6 +2,7 @@
 //!
 //! One task owns the table and everything derived from it. It drains the ring buffer in
 //! batches and answers API queries between batches, so the event path takes no lock.
+mod containers;
 mod exhaustion;
 mod health;
 mod leaks;
@@ -75,6 +76,8 @@ pub struct DaemonOptions {
     /// How often to drain the ring buffer without a wakeup (with a wakeup threshold, events
     /// wait at most this long).
     pub drain_interval: Duration,
+    /// Where container names and cgroup paths are read (docs/containers.md).
+    pub containers: crate::containers::Sources,
 }
 
 /// The daemon's defaults (`tracer run` without flags).
@@ -91,6 +94,7 @@ impl Default for DaemonOptions {
             metrics_addr: Some(export::DEFAULT_METRICS_ADDR),
             metrics_top_n: export::DEFAULT_TOP_N,
             drain_interval: DEFAULT_DRAIN_INTERVAL,
+            containers: crate::containers::Sources::default(),
         }
     }
 }
@@ -117,8 +121,9 @@ pub(crate) struct Daemon {
     exhaustion: exhaustion::Exhaustion,
     health: health::PoolHealth,
     /// The container, pod and namespace of each cgroup id resolved so far.
-    #[expect(dead_code, reason = "the resolver and the views that use it are being built")]
     containers: crate::containers::Directory,
+    /// What fills `containers`, off the event loop.
+    resolution: containers::Resolution,
     /// Where the tasks that symbolize a raised alert's stacks send them back.
     evidence_tx: mpsc::UnboundedSender<SymbolizedEvidence>,
 }
@@ -138,7 +143,8 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     let listener = server::bind(&options.socket)?;
     let metrics_listener = options.metrics_addr.map(export::bind).transpose()?;
     let (evidence_tx, mut evidence_rx) = mpsc::unbounded_channel::<SymbolizedEvidence>();
-    let mut daemon = Daemon::start(&options, evidence_tx)?;
+    let (resolved_tx, mut resolved_rx) = mpsc::unbounded_channel::<containers::Landed>();
+    let mut daemon = Daemon::start(&options, evidence_tx, resolved_tx)?;
     daemon.metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     let (scrape_tx, mut scrape_rx) = mpsc::channel::<Scrape>(8);
     let metrics_server = metrics_listener.map(|l| tokio::spawn(export::serve(l, scrape_tx)));
@@ -207,6 +213,11 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
                 daemon.table.expire(daemon.clock.now_ns());
                 daemon.stacks.housekeeping(&daemon.table, daemon.clock.now_ns());
                 daemon.probes.flush_kernel_log();
+                daemon.resolution.launch(&daemon.table, &daemon.containers);
+            }
+            Some(landed) = resolved_rx.recv() => {
+                let Daemon { resolution, table, containers, .. } = &mut daemon;
+                resolution.landed(landed, table, containers);
             }
             _ = summary.tick() => {
                 daemon.drain_now();
@@ -248,6 +259,7 @@ impl Daemon {
     fn start(
         options: &DaemonOptions,
         evidence_tx: mpsc::UnboundedSender<SymbolizedEvidence>,
+        resolved_tx: mpsc::UnboundedSender<containers::Landed>,
     ) -> Result<Self> {
         memory::configure_allocator();
         let mut probes = Probes::load(&options.load)?;
@@ -276,6 +288,7 @@ impl Daemon {
             ),
             health: health::PoolHealth::new(options.leaks.health.clone()),
             containers: crate::containers::Directory::default(),
+            resolution: containers::Resolution::start(&options.containers, resolved_tx),
             evidence_tx,
         };
         daemon.drain_now();
@@ -351,6 +364,7 @@ impl Daemon {
             }
         }
         self.stacks.mark_suspects(&self.detector);
+        self.resolution.launch(&self.table, &self.containers);
     }
 
     fn exhaustion_request(&self) -> exhaustion::ScanRequest {

@@ -275,6 +275,7 @@ impl Daemon {
             time_wait_closes_overflowed: self.exhaustion.closes_overflowed(),
             health_scans: self.health.scans(),
             health_scan_us: self.health.last_scan_us(),
+            containers: self.resolution.status(&self.containers),
         }
     }
 }
