@@ -9,6 +9,7 @@ use tracer::api::{
 
 use super::{
     output,
+    placement::{self, Column, PlacementArgs},
     text::{age, clip},
 };
 
@@ -24,6 +25,8 @@ pub struct ConnsArgs {
     /// fin_wait2, closing, last_ack, time_wait, close).
     #[arg(long)]
     pub state: Option<String>,
+    #[command(flatten)]
+    pub placement: PlacementArgs,
     /// Machine-readable output (the API's answer, docs/api.md).
     #[arg(long)]
     pub json: bool,
@@ -34,18 +37,38 @@ pub fn run(socket: &Path, args: ConnsArgs) -> anyhow::Result<()> {
     if let Some(remote) = &args.remote {
         remote.parse::<RemoteFilter>().map_err(anyhow::Error::msg)?;
     }
-    let request = Request::Conns { pid: args.pid, remote: args.remote, state: args.state };
+    let placement = args.placement.filter()?;
+    let request =
+        Request::Conns { pid: args.pid, remote: args.remote, state: args.state, placement };
     let text = output::answer::<ConnsReport>(socket, request, args.json, conns)?;
     output::emit(&text)?;
     Ok(())
 }
 
+/// Placement column width: keeps a row within 120 columns (IPv4 endpoints).
+const PLACEMENT_WIDTH: usize = 22;
+
 fn conns(report: &ConnsReport) -> String {
     let mut out = String::new();
+    let column =
+        Column::new(report.connections.iter().map(|r| r.container.as_ref()), PLACEMENT_WIDTH);
+    // The namespace only when some connection is outside the host's.
+    let foreign = |netns: u32| report.host_netns.is_some_and(|host| host != netns);
+    let netns_column = report.connections.iter().any(|r| foreign(r.conn.netns));
     let _ = writeln!(
         out,
-        "{:>7} {:<10} {:<3} {:<21} {:<21} {:<11} {:>4} {:>4} {:>8}",
-        "PID", "COMM", "DIR", "LOCAL", "REMOTE", "STATE", "AGE", "IDLE", "UNREAD"
+        "{:>7} {:<10}{} {:<3} {:<21} {:<21} {:<11} {:>4} {:>4} {:>8}{}",
+        "PID",
+        "COMM",
+        placement::header(&column),
+        "DIR",
+        "LOCAL",
+        "REMOTE",
+        "STATE",
+        "AGE",
+        "IDLE",
+        "UNREAD",
+        if netns_column { format!(" {:>10}", "NETNS") } else { String::new() }
     );
     for row in &report.connections {
         let c = &row.conn;
@@ -58,18 +81,25 @@ fn conns(report: &ConnsReport) -> String {
             tracer::table::Direction::Inbound => "in",
         };
         let state = conn_state_label(c.phase, state_static(&c.state));
+        let netns = match (netns_column, foreign(c.netns)) {
+            (false, _) => String::new(),
+            (true, true) => format!(" {:>10}", c.netns),
+            (true, false) => format!(" {:>10}", "host"),
+        };
         let _ = writeln!(
             out,
-            "{:>7} {:<10} {:<3} {:<21} {:<21} {:<11} {:>4} {:>4} {:>8}",
+            "{:>7} {:<10}{} {:<3} {:<21} {:<21} {:<11} {:>4} {:>4} {:>8}{}",
             pid,
             clip(c.comm.as_deref().unwrap_or("-"), 10),
+            placement::cell_of(&column, row.container.as_ref()),
             dir,
             c.local.to_string(),
             c.remote.to_string(),
             state,
             age(c.age_seconds),
             idle,
-            unread
+            unread,
+            netns
         );
     }
     let _ = writeln!(out, "{} connection(s)", report.connections.len());

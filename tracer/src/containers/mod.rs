@@ -7,6 +7,8 @@
 //! directory whose inode is the id, parse its path, read the names the node keeps on disk).
 use std::{collections::HashMap, sync::Arc};
 
+pub mod views;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +31,7 @@ pub struct Container {
     pub id: String,
     /// Its name: the Kubernetes container name, or docker's name.
     pub name: Option<String>,
+    /// The runtime that runs it (from its cgroup path).
     pub runtime: Runtime,
     /// Kubernetes pod name.
     pub pod: Option<String>,

@@ -116,8 +116,10 @@ pub(crate) struct Daemon {
     exhaustion: exhaustion::Exhaustion,
     health: health::PoolHealth,
     /// The container, pod and namespace of each cgroup id resolved so far.
-    #[expect(dead_code, reason = "the resolver and the views that use it are being built")]
     containers: crate::containers::Directory,
+    /// The host's network namespace (inode of /proc/1/ns/net), for `conns` to tell
+    /// containers' namespaces apart; `None` when unreadable.
+    host_netns: Option<u32>,
     /// Where the tasks that symbolize a raised alert's stacks send them back.
     evidence_tx: mpsc::UnboundedSender<SymbolizedEvidence>,
 }
@@ -171,11 +173,19 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
                 daemon.drain_now();
                 match query.request {
                     // Health figures come from a sock_diag dump made off the event loop.
-                    Request::Conns { pid, remote, state } => {
-                        match daemon.conn_rows(pid, remote.as_deref(), state.as_deref()) {
+                    Request::Conns { pid, remote, state, placement } => {
+                        let rows = daemon.conn_rows(
+                            pid,
+                            remote.as_deref(),
+                            state.as_deref(),
+                            &placement,
+                        );
+                        match rows {
                             Ok(rows) => {
+                                let host_netns = daemon.host_netns;
                                 tokio::spawn(async move {
-                                    let _ = query.reply.send(health::conns_answer(rows).await);
+                                    let answer = health::conns_answer(rows, host_netns).await;
+                                    let _ = query.reply.send(answer);
                                 });
                             }
                             Err(e) => {
@@ -185,7 +195,12 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
                     }
                     // Symbols are resolved off the event loop, within a deadline.
                     Request::Stacks { pid } => {
-                        match daemon.stacks.draft(&daemon.table, pid, daemon.clock.now_ns()) {
+                        match daemon.stacks.draft(
+                            &daemon.table,
+                            &daemon.containers,
+                            pid,
+                            daemon.clock.now_ns(),
+                        ) {
                             Ok(draft) => {
                                 tokio::spawn(async move {
                                     let _ = query.reply.send(draft.finish().await);
@@ -239,6 +254,20 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The inode of init's network namespace: the host's, when the daemon sees the host's pids.
+fn host_netns() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    match std::fs::metadata("/proc/1/ns/net") {
+        Ok(m) => u32::try_from(m.ino()).ok(),
+        Err(e) => {
+            log::warn!(
+                "cannot read /proc/1/ns/net ({e}): conns will not mark container namespaces"
+            );
+            None
+        }
+    }
+}
+
 impl Daemon {
     /// Attaches the probes, then loads the connections that already exist: the events of
     /// anything that changes meanwhile wait in the ring buffer, so nothing falls between the
@@ -274,6 +303,7 @@ impl Daemon {
             ),
             health: health::PoolHealth::new(options.leaks.health.clone()),
             containers: crate::containers::Directory::default(),
+            host_netns: host_netns(),
             evidence_tx,
         };
         daemon.drain_now();
@@ -285,7 +315,12 @@ impl Daemon {
                 // The first reading of read progress.
                 let at_ns = daemon.clock.now_ns();
                 let scan = crate::health::HealthScan { at_ns, sockets };
-                daemon.health.update(&daemon.table, &scan, &daemon.leak_settings);
+                daemon.health.update(
+                    &daemon.table,
+                    &scan,
+                    &daemon.leak_settings,
+                    &daemon.containers,
+                );
             }
             Err(e) => log::warn!(
                 "cannot load existing connections (sock_diag): {e}; counting from now on"
@@ -305,7 +340,12 @@ impl Daemon {
                     self.reconcile(scanned);
                 }
                 self.drain_now();
-                self.health.update(&self.table, &scan.health, &self.leak_settings);
+                self.health.update(
+                    &self.table,
+                    &scan.health,
+                    &self.leak_settings,
+                    &self.containers,
+                );
                 // The exhaustion rules' share of the same dump, reduced off the event loop.
                 if let Some(result) = scan.exhaustion {
                     let now = self.clock.now_ns();
@@ -328,8 +368,13 @@ impl Daemon {
     fn evaluate_leaks(&mut self) {
         self.drain_now();
         let now = self.clock.now_ns();
-        let mut samples =
-            leaks::samples(&self.table, &self.leak_settings, self.health.per_process(), now);
+        let mut samples = leaks::samples(
+            &self.table,
+            &self.leak_settings,
+            self.health.per_process(),
+            &self.containers,
+            now,
+        );
         self.exhaustion.fill(&mut samples);
         for change in self.detector.evaluate(now, &samples) {
             leaks::log_change(&change);
@@ -363,7 +408,11 @@ impl Daemon {
     /// capture is off.
     fn raise_with_stacks(&mut self, alert: &crate::detect::Alert, now: u64) -> bool {
         let settings = &self.leak_settings;
-        let thresholds = settings.thresholds_for(&alert.comm);
+        let workload = crate::detect::overrides::Workload {
+            comm: &alert.comm,
+            container: alert.container.as_ref(),
+        };
+        let thresholds = settings.thresholds_for(workload);
         let behind = |view: &crate::table::ConnView<'_>| {
             leaks::behind_rule(alert.rule, settings, &thresholds, view, now)
         };

@@ -171,6 +171,7 @@ impl Sim {
             pid: p.pid,
             start_time_ns: p.start,
             comm: crate::events::comm_str(&p.comm).into_owned(),
+            container: None,
             rule,
             since_ns: self.now,
             open: 0,
