@@ -531,6 +531,7 @@ impl Daemon {
             now_ns: self.clock.now_ns(),
             top_n: self.metrics_top_n,
             exhaustion: &exhaustion,
+            containers: &self.containers,
         };
         self.metrics.render(&input)
     }
