@@ -124,3 +124,77 @@ fn state_static(state: &str) -> &'static str {
         .copied()
         .unwrap_or("unknown")
 }
+
+#[cfg(test)]
+mod tests {
+    use tracer::{
+        api::answers::{ConnHealth, ConnRow, ConnSnapshot},
+        table::{Direction, Phase},
+    };
+
+    use super::*;
+
+    const HOST_NETNS: u32 = 4_026_531_840;
+
+    fn row(pid: u32, netns: u32, container: Option<tracer::containers::Container>) -> ConnRow {
+        ConnRow {
+            conn: ConnSnapshot {
+                id: u64::from(pid),
+                pid: Some(pid),
+                comm: Some("client".into()),
+                direction: Direction::Outbound,
+                phase: Phase::Open,
+                local: "10.200.0.2:40000".parse().expect("addr"),
+                remote: "10.200.0.1:8080".parse().expect("addr"),
+                state: "established".into(),
+                age_seconds: 5,
+                netns,
+                preexisting: false,
+                holders: Vec::new(),
+                stack_group: None,
+                no_stack: None,
+            },
+            health: ConnHealth::unavailable("test"),
+            container,
+        }
+    }
+
+    #[test]
+    fn containers_and_foreign_namespaces_get_columns_only_when_present() {
+        let host = ConnsReport {
+            connections: vec![row(1, HOST_NETNS, None)],
+            host_netns: Some(HOST_NETNS),
+        };
+        let text = conns(&host);
+        assert!(!text.contains("POD/CONTAINER") && !text.contains("NETNS"), "{text}");
+
+        let web = tracer::containers::Container {
+            id: "fedcba9876543210".into(),
+            name: Some("web".into()),
+            runtime: tracer::containers::Runtime::Docker,
+            pod: None,
+            namespace: None,
+            pod_uid: None,
+            cgroup: "/system.slice/docker-fedcba9876543210.scope".into(),
+        };
+        let mixed = ConnsReport {
+            connections: vec![row(1, HOST_NETNS, None), row(2, 4_026_532_999, Some(web))],
+            host_netns: Some(HOST_NETNS),
+        };
+        let text = conns(&mixed);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].contains("NS/POD/CONTAINER") && lines[0].ends_with("NETNS"), "{text}");
+        assert!(lines[1].contains(" host ") && lines[1].trim_end().ends_with("host"), "{text}");
+        assert!(lines[2].contains(" web ") && lines[2].ends_with("4026532999"), "{text}");
+        // Without the namespace column a row fits 120 columns.
+        let no_netns = ConnsReport { host_netns: Some(4_026_532_999), ..mixed };
+        let text = conns(&no_netns);
+        assert!(text.contains("NETNS"), "the host's own namespace differs from the first row's");
+        let one = ConnsReport {
+            connections: no_netns.connections.into_iter().skip(1).collect(),
+            host_netns: Some(4_026_532_999),
+        };
+        let text = conns(&one);
+        assert!(text.lines().all(|l| l.chars().count() <= 120), "{text}");
+    }
+}

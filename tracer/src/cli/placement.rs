@@ -45,7 +45,9 @@ impl Column {
     }
 
     pub fn header(&self) -> String {
-        format!(" {:<w$}", "NAMESPACE/POD/CONTAINER", w = self.width)
+        const LONG: &str = "NAMESPACE/POD/CONTAINER";
+        let title = if self.width >= LONG.len() { LONG } else { "NS/POD/CONTAINER" };
+        format!(" {:<w$}", title, w = self.width)
     }
 
     pub fn cell(&self, c: Option<&Container>) -> String {

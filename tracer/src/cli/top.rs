@@ -291,6 +291,73 @@ mod tests {
         }
     }
 
+    fn shop(name: &str, pod: &str) -> tracer::containers::Container {
+        tracer::containers::Container {
+            id: format!("{name}0123456789abcdef"),
+            name: Some(name.to_owned()),
+            runtime: tracer::containers::Runtime::Containerd,
+            pod: Some(pod.to_owned()),
+            namespace: Some("shop".to_owned()),
+            pod_uid: None,
+            cgroup: "/kubepods.slice/x".to_owned(),
+        }
+    }
+
+    #[test]
+    fn the_placement_column_shows_only_with_containers_and_fits_120_columns() {
+        let host_only = TopReport {
+            processes: vec![row(1, "nginx", [1, 1, 0, 0], StateCounts::default(), 0)],
+            unattributed: 0,
+        };
+        assert!(
+            !top(&host_only).contains("NAMESPACE/POD/CONTAINER"),
+            "no column without containers"
+        );
+
+        let mut leaking = row(
+            2,
+            "java",
+            [40, 40, 0, 0],
+            StateCounts { established: 40, close_wait: 3, ..StateCounts::default() },
+            30,
+        );
+        leaking.alerts = vec!["growth".to_owned(), "close_wait".to_owned()];
+        leaking.container = Some(shop("api", "checkout-7d9f8b6c5-x2x9z-with-a-very-long-name"));
+        let report = TopReport {
+            processes: vec![leaking, row(3, "nginx", [1, 1, 0, 0], StateCounts::default(), 0)],
+            unattributed: 0,
+        };
+        let text = top(&report);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].contains("NAMESPACE/POD/CONTAINER"), "{text}");
+        assert!(lines.iter().all(|l| l.chars().count() <= 120), "{text}");
+        // Both ends of a clipped cell survive; host processes say so.
+        assert!(lines[1].contains("shop/checkout") && lines[1].contains("/api "), "{text}");
+        assert!(lines[2].contains(" host "), "{text}");
+        // The columns after it stay aligned with the header.
+        let at = |line: &str, word: &str| line.find(word).map(|i| line[..i].chars().count());
+        let open_end = at(lines[0], "OPEN").map(|i| i + 4);
+        let forty = at(lines[1], " 40 ").map(|i| i + 3);
+        assert_eq!(open_end, forty, "{text}");
+    }
+
+    #[test]
+    fn groups_fit_100_columns() {
+        let groups = tracer::containers::views::group(
+            [
+                (
+                    Some(&shop("api", "checkout-7d9f8b6c5-x2x9z-with-a-very-long-name")),
+                    Default::default(),
+                ),
+                (None, Default::default()),
+            ],
+            false,
+        );
+        let text = super::groups(&GroupReport { groups, unattributed: 2 });
+        assert!(text.lines().all(|l| l.chars().count() <= 100), "{text}");
+        assert!(text.contains("host") && text.contains("/api"), "{text}");
+    }
+
     /// The fenced block of `markdown` whose first line starts (after spaces) with `start`.
     fn code_block(markdown: &str, start: &str) -> Option<String> {
         let mut blocks = markdown.split("```").skip(1).step_by(2);
