@@ -169,8 +169,9 @@ pub struct LeaksReport {
 pub struct ConnsReport {
     /// Matching connections, oldest tracked first (by `id`).
     pub connections: Vec<ConnRow>,
-    /// The host's network namespace (the daemon's initial one, `/proc/1/ns/net`), to tell
-    /// connections in containers' namespaces apart; `null` when it cannot be read.
+    /// The host's network namespace (init's, `/proc/1/ns/net`; the daemon's own when init's is
+    /// not readable), to tell connections in containers' namespaces apart; `null` when neither
+    /// can be read.
     #[serde(default)]
     pub host_netns: Option<u32>,
 }

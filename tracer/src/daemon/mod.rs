@@ -254,16 +254,20 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The inode of init's network namespace: the host's, when the daemon sees the host's pids.
+/// The host's network namespace: init's, else the daemon's own (a host service, or a
+/// DaemonSet pod with hostNetwork, runs in the host's; init's can be unreadable even to root
+/// when the daemon is not allowed to trace it).
 fn host_netns() -> Option<u32> {
     use std::os::unix::fs::MetadataExt as _;
-    match std::fs::metadata("/proc/1/ns/net") {
-        Ok(m) => u32::try_from(m.ino()).ok(),
+    let inode = |path: &str| std::fs::metadata(path).map(|m| u32::try_from(m.ino()).ok());
+    match inode("/proc/1/ns/net") {
+        Ok(found) => found,
         Err(e) => {
-            log::warn!(
-                "cannot read /proc/1/ns/net ({e}): conns will not mark container namespaces"
+            log::info!(
+                "cannot read /proc/1/ns/net ({e}): conns takes the daemon's own network namespace \
+                 for the host's"
             );
-            None
+            inode("/proc/self/ns/net").ok().flatten()
         }
     }
 }
