@@ -80,7 +80,9 @@ impl Daemon {
             pid.is_none_or(|p| view.pid() == Some(p))
                 && remote.is_none_or(|r| r.matches(view.remote()))
                 && state.is_none_or(|s| conn_state_label(view.phase(), view.state_name()) == s)
-                && (placement.is_empty() || placement.matches(self.container_of_view(view)))
+                // A placement filter selects processes: unattributed connections have none.
+                && (placement.is_empty()
+                    || (view.owner.is_some() && placement.matches(self.container_of_view(view))))
         };
         let mut containers: HashMap<u64, Container> = HashMap::new();
         let snapshots = self.table.conn_snapshots_annotated(now, keep, |view, snapshot| {
