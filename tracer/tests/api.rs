@@ -13,13 +13,13 @@ use std::{
 
 use common::{Daemon, FAST_LEAKS, Workload, tracer_bin};
 use serde_json::{Value, json};
-use tracer::api::schema::Schemas;
+use tracer::api::{protocol::API_VERSION, schema::Schemas};
 
 /// One request on the socket, by hand as docs/api.md shows it; the whole answer envelope.
 fn raw(daemon: &Daemon, request: Value) -> Value {
     let mut stream = UnixStream::connect(&daemon.socket).expect("connect");
     stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
-    let line = json!({ "version": 2, "request": request }).to_string() + "\n";
+    let line = json!({ "version": API_VERSION, "request": request }).to_string() + "\n";
     stream.write_all(line.as_bytes()).expect("write");
     let mut reply = String::new();
     BufReader::new(stream).read_line(&mut reply).expect("read");
@@ -32,7 +32,7 @@ fn answer(daemon: &Daemon, request: Value) -> Value {
     let envelope = raw(daemon, request.clone());
     let keys: Vec<&String> = envelope.as_object().expect("envelope").keys().collect();
     assert_eq!(keys, ["version", "result"], "{request}: {envelope}");
-    assert_eq!(envelope["version"], 2);
+    assert_eq!(envelope["version"], API_VERSION);
     envelope["result"].clone()
 }
 
@@ -169,6 +169,19 @@ fn every_answer_of_a_live_daemon_matches_the_documented_schema() {
             vec!["conns", "--state", "close_wait"],
         ),
         ("LeaksReport", json!({"leaks": {}}), vec!["leaks"]),
+        (
+            "GroupReport",
+            json!({"top": {"limit": null, "by": "container"}}),
+            vec!["top", "--by", "container"],
+        ),
+        ("GroupReport", json!({"top": {"by": "pod"}}), vec!["top", "--by", "pod"]),
+        ("TopReport", json!({"top": {"container": "host"}}), vec!["top", "--container", "host"]),
+        (
+            "ConnsReport",
+            json!({"conns": {"namespace": "shop"}}),
+            vec!["conns", "--namespace", "shop"],
+        ),
+        ("LeaksReport", json!({"leaks": {"pod": "checkout"}}), vec!["leaks", "--pod", "checkout"]),
     ];
     for (name, request, args) in &cases {
         let api = answer(&daemon, request.clone());
@@ -187,6 +200,24 @@ fn every_answer_of_a_live_daemon_matches_the_documented_schema() {
     assert!(conns.iter().any(|c| c["local"].as_str().is_some_and(|l| l.starts_with("[::1]"))));
     let leaks = answer(&daemon, json!({"leaks": {}}));
     assert!(leaks["active"].as_array().is_some_and(|a| !a.is_empty()), "{leaks}");
+    // No resolver runs in this daemon: every process is a host process, in every view.
+    let top = answer(&daemon, json!({"top": {}}));
+    let rows = top["processes"].as_array().expect("processes");
+    assert!(!rows.is_empty() && rows.iter().all(|r| r["container"].is_null()), "{top}");
+    daemon.eventually("--container host keeps every (host) process", |d| {
+        let rows = |request: Value| answer(d, request)["processes"].as_array().map_or(0, Vec::len);
+        let all = rows(json!({"top": {}})) as u64;
+        common::expect_eq("host rows", rows(json!({"top": {"container": "host"}})) as u64, all)
+    });
+    let shop = answer(&daemon, json!({"conns": {"namespace": "shop"}}));
+    assert_eq!(shop["connections"].as_array().map(Vec::len), Some(0), "{shop}");
+    assert!(shop["host_netns"].is_u64(), "{shop}");
+    let groups = answer(&daemon, json!({"top": {"by": "container"}}));
+    let groups = groups["groups"].as_array().expect("groups");
+    assert_eq!(groups.len(), 1, "one host group: {groups:?}");
+    assert_eq!(groups[0]["group"], "host");
+    assert!(groups[0]["processes"].as_u64().is_some_and(|n| n >= 1), "{groups:?}");
+    assert!(leaks["active"].as_array().expect("active").iter().all(|a| a["container"].is_null()));
     assert!(leaks["resolved"][0]["resolved_seconds_ago"].is_u64(), "{leaks}");
     daemon.eventually("the client's ages count its 7 connections", |d| {
         let ages = answer(d, json!({"ages": {"pid": client.pid}}));
@@ -211,8 +242,11 @@ fn errors_keep_the_envelope_and_the_cli_convention() {
     let mut stream = UnixStream::connect(&daemon.socket).expect("connect");
     stream
         .write_all(
-            b"{\"version\":2,\"request\":{\"conns\":{\"state\":\"sleepy\"}}}\n\
-              {\"version\":2,\"request\":{\"status\":{}}}\n",
+            format!(
+                "{{\"version\":{API_VERSION},\"request\":{{\"conns\":{{\"state\":\"sleepy\"}}}}}}\n\
+                 {{\"version\":{API_VERSION},\"request\":{{\"status\":{{}}}}}}\n"
+            )
+            .as_bytes(),
         )
         .expect("write");
     let mut lines = BufReader::new(stream).lines();
@@ -223,7 +257,10 @@ fn errors_keep_the_envelope_and_the_cli_convention() {
     assert!(refused["error"].as_str().is_some_and(|e| e.contains("close_wait")), "{refused}");
     let next: Value =
         serde_json::from_str(&lines.next().expect("line").expect("read")).expect("JSON");
-    assert!(next["result"]["api_version"] == 2, "{next}");
+    assert!(next["result"]["api_version"] == API_VERSION, "{next}");
+    // A placement filter that cannot match anything is refused, naming the fix.
+    let refused = raw(&daemon, json!({"top": {"container": "host", "pod": "checkout"}}));
+    assert!(refused["error"].as_str().is_some_and(|e| e.contains("--container host")), "{refused}");
 
     // The CLI: nothing on stdout, one `tracer: ` line on stderr, exit 1, --json or not.
     for args in

@@ -195,8 +195,14 @@ fn a_bad_config_file_names_the_key_and_line_and_nothing_starts() {
 fn a_config_file_sets_flags_and_the_command_line_overrides_them() {
     let dir = TempDir::new("config-ok");
     let config = dir.0.join("tracer.toml");
-    std::fs::write(&config, "leak-interval = 0.5\nmetrics-top = 5\nmetrics-addr = \"off\"\n")
-        .expect("write");
+    // Two overrides: one by container (nothing here runs in one), one by command name.
+    std::fs::write(
+        &config,
+        "leak-interval = 0.5\nmetrics-top = 5\nmetrics-addr = \"off\"\n\
+         [workload.\"namespace=shop,container=api\"]\nidle = \"off\"\n\
+         [workload.workload]\nage-threshold = 3600\n",
+    )
+    .expect("write");
     let config_arg = config.to_str().expect("utf-8").to_owned();
     // The common daemon passes --metrics-addr 127.0.0.1:0 after the file: it must win.
     let daemon = Daemon::start(&["--config", &config_arg]);
@@ -216,4 +222,21 @@ fn a_config_file_sets_flags_and_the_command_line_overrides_them() {
     assert_eq!(ages["buckets"][0][1], 3, "all three are younger than 10 s: {ages}");
     let text = daemon.try_cli(&["top", "--ages", &client.pid.to_string()]).expect("ages");
     assert!(text.contains("3 open connections by age"), "{text}");
+
+    // status shows what each override applies to: the container one nothing, the command
+    // name one both workload processes (first match wins).
+    let status = daemon.json(&["status"]);
+    let matches = status["workload_override_matches"].as_array().expect("matches");
+    assert_eq!(matches.len(), 2, "{status}");
+    assert_eq!(matches[0]["selector"], "namespace=shop,container=api");
+    assert_eq!(matches[0]["processes"], 0, "{status}");
+    assert!(matches[1]["processes"].as_u64().is_some_and(|n| n >= 2), "{status}");
+    let examples = matches[1]["examples"].as_array().expect("examples");
+    let client_pid = client.pid.to_string();
+    assert!(
+        examples.iter().any(|e| e.as_str().is_some_and(|e| e.starts_with(&client_pid))),
+        "{status}"
+    );
+    let text = daemon.try_cli(&["status"]).expect("status");
+    assert!(text.contains("applies to 0 process(es)"), "{text}");
 }

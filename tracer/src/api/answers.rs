@@ -8,6 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use crate::{
+    containers::{Container, Runtime, views::GroupRow},
     detect::{ConnBrief, Evidence, RemoteCount},
     health::{ConnHealth, HealthBrief},
     stacks::groups::{AlertStacks, NoStack, StackGroup, Unstacked},
@@ -19,6 +20,10 @@ pub use crate::{
 pub struct TopRow {
     #[serde(flatten)]
     pub process: ProcessSnapshot,
+    /// The container it runs in (from its cgroup); `null` for a host process, or while its
+    /// cgroup is not resolved.
+    #[serde(default)]
+    pub container: Option<Container>,
     /// Net change of the open count's floor over the leak detector's window (connections; 0
     /// until a sub-window is complete).
     pub growth: i64,
@@ -85,6 +90,17 @@ pub struct RemoteRow {
     pub ports_available: Option<u32>,
 }
 
+/// `tracer top --by container` and `--by pod`: processes grouped by their container (or pod),
+/// host processes (and those whose cgroup is not resolved) together as `host`; alerting groups
+/// first, then by open connections, then by name.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct GroupReport {
+    /// At most `limit` rows.
+    pub groups: Vec<GroupRow>,
+    /// Open connections no process is counted for (as in `top`).
+    pub unattributed: u64,
+}
+
 /// `tracer top --by remote`: remote endpoints by open connections, most first (then by
 /// endpoint).
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
@@ -118,6 +134,10 @@ pub struct AlertView {
     pub pid: u32,
     /// Its command name.
     pub comm: String,
+    /// Its container, as resolved when the alert was raised (or later, while it was active);
+    /// `null` for a host process.
+    #[serde(default)]
+    pub container: Option<Container>,
     /// The rule that raised it (docs/leak-detection.md).
     #[schemars(extend("enum" = rule_names()))]
     pub rule: String,
@@ -149,6 +169,11 @@ pub struct LeaksReport {
 pub struct ConnsReport {
     /// Matching connections, oldest tracked first (by `id`).
     pub connections: Vec<ConnRow>,
+    /// The host's network namespace (init's, `/proc/1/ns/net`; the daemon's own when init's is
+    /// not readable), to tell connections in containers' namespaces apart; `null` when neither
+    /// can be read.
+    #[serde(default)]
+    pub host_netns: Option<u32>,
 }
 
 /// One `tracer conns` row: the table's connection and its health, from a sock_diag dump made
@@ -159,6 +184,9 @@ pub struct ConnRow {
     pub conn: ConnSnapshot,
     #[serde(flatten)]
     pub health: ConnHealth,
+    /// Its owner's container; `null` for a host process or an unattributed connection.
+    #[serde(default)]
+    pub container: Option<Container>,
 }
 
 /// A `--remote` filter: an address, optionally with a port.
@@ -283,6 +311,10 @@ pub struct StatusReport {
     /// `GLOB:KEY=VALUE,...`.
     #[serde(default)]
     pub workload_overrides: Vec<String>,
+    /// The processes each override applies to now (first match wins), in the order of
+    /// `workload_overrides`.
+    #[serde(default)]
+    pub workload_override_matches: Vec<OverrideMatches>,
     /// Active closes remembered now, to blame TIME_WAIT sockets on the process that closed
     /// first.
     #[serde(default)]
@@ -301,6 +333,18 @@ pub struct StatusReport {
     /// Container resolution: cgroup ids resolved and missed, walks, placements held.
     #[serde(default)]
     pub containers: crate::containers::ResolverStatus,
+}
+
+/// The processes one workload override applies to, for `tracer status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OverrideMatches {
+    /// The override's selector, as written (`postgres`, `namespace=shop,container=api`).
+    pub selector: String,
+    /// Processes in the table it applies to now.
+    pub processes: u32,
+    /// A few of them, as `PID COMM` followed by ` in NAMESPACE/POD/CONTAINER` (or the
+    /// container's name) for processes in containers.
+    pub examples: Vec<String>,
 }
 
 /// One kprobe's hits and the kernel's count of its misses (kprobe mode).
@@ -368,6 +412,9 @@ mod tests {
 pub struct StacksReport {
     pub pid: u32,
     pub comm: String,
+    /// Its container; `null` for a host process.
+    #[serde(default)]
+    pub container: Option<Container>,
     /// The process's open connections (as `top` counts them).
     pub open: u32,
     /// The capture policy in force (`--stacks`).

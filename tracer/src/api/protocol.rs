@@ -2,7 +2,7 @@
 //! [`super::answers`].
 use serde::{Deserialize, Serialize};
 
-use crate::names::named_enum;
+use crate::{containers::views::PlacementFilter, names::named_enum};
 
 /// Bumped on any incompatible change to requests or payloads.
 pub const API_VERSION: u32 = 3;
@@ -15,13 +15,21 @@ pub enum Request {
         limit: Option<usize>,
         #[serde(default)]
         by: TopBy,
+        /// Only processes in these containers, pods, namespaces (API 3).
+        #[serde(default, flatten)]
+        placement: PlacementFilter,
     },
     Conns {
         pid: Option<u32>,
         remote: Option<String>,
         state: Option<String>,
+        #[serde(default, flatten)]
+        placement: PlacementFilter,
     },
-    Leaks {},
+    Leaks {
+        #[serde(default, flatten)]
+        placement: PlacementFilter,
+    },
     /// The age distribution of one process's open connections.
     Ages {
         pid: u32,
@@ -40,6 +48,8 @@ named_enum! {
         #[default]
         Process => "process",
         Remote => "remote",
+        Container => "container",
+        Pod => "pod",
     }
 }
 
@@ -49,7 +59,7 @@ pub struct RequestEnvelope {
     pub request: Request,
 }
 
-/// `{"version":2,"result":ANSWER}` or `{"version":2,"error":"MESSAGE"}` (docs/api.md).
+/// `{"version":3,"result":ANSWER}` or `{"version":3,"error":"MESSAGE"}` (docs/api.md).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ResponseEnvelope {
     pub version: u32,

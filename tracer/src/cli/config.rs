@@ -204,6 +204,14 @@ mod tests {
         let super::super::Command::Run(run) = cli.command else { panic!("run") };
         assert_eq!(run.leaks.workload.len(), 2);
         assert_eq!(run.leaks.workload[1].to_string(), "backup-*:close-wait-after=600");
+        // A container selector is a quoted table name, as a glob is.
+        let f = write("[workload.\"namespace=shop,container=api\"]\nidle = \"off\"\n");
+        let args = args_from_file(&f.0).expect("valid");
+        assert_eq!(args, ["--workload", "namespace=shop,container=api:idle=off"]);
+        let argv = ["tracer", "run"].iter().map(|s| s.to_string()).chain(args);
+        let cli = Cli::try_parse_from(argv).expect("parses");
+        let super::super::Command::Run(run) = cli.command else { panic!("run") };
+        assert!(run.leaks.workload[0].by_placement());
         let f = write("[workload.x]\nbogus = 1\n");
         let e = args_from_file(&f.0).unwrap_err().to_string();
         assert!(e.contains("workload") && e.contains("bogus"), "{e}");

@@ -4,17 +4,20 @@ use std::{fmt::Write as _, path::Path};
 use clap::Args;
 use tracer::api::{answers::LeaksReport, protocol::Request};
 
-use super::{output, text::age};
+use super::{output, placement::PlacementArgs, text::age};
 
 #[derive(Debug, Args)]
 pub struct LeaksArgs {
+    #[command(flatten)]
+    pub placement: PlacementArgs,
     /// Machine-readable output (the API's answer, docs/api.md).
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(socket: &Path, args: LeaksArgs) -> anyhow::Result<()> {
-    let text = output::answer::<LeaksReport>(socket, Request::Leaks {}, args.json, leaks)?;
+    let request = Request::Leaks { placement: args.placement.filter()? };
+    let text = output::answer::<LeaksReport>(socket, request, args.json, leaks)?;
     output::emit(&text)?;
     Ok(())
 }
@@ -38,6 +41,9 @@ fn leaks(report: &LeaksReport) -> String {
                 "  pid {} ({}) rule {} since {} ({}s ago), open {}",
                 a.pid, a.comm, a.rule, a.since, a.since_seconds, a.open
             );
+            if let Some(c) = &a.container {
+                let _ = writeln!(out, "    in {}", placement_words(c));
+            }
             let floors = e.floors.iter().map(u32::to_string).collect::<Vec<_>>().join(" -> ");
             let _ = writeln!(
                 out,
@@ -103,4 +109,21 @@ fn leaks(report: &LeaksReport) -> String {
         }
     }
     out
+}
+
+/// `namespace shop, pod checkout-7d9f, container api (containerd 0123456789ab)`: what is known.
+fn placement_words(c: &tracer::containers::Container) -> String {
+    let mut parts = Vec::new();
+    if let Some(ns) = &c.namespace {
+        parts.push(format!("namespace {ns}"));
+    }
+    if let Some(pod) = c.pod.as_ref().or(c.pod_uid.as_ref()) {
+        parts.push(format!("pod {pod}"));
+    }
+    let runtime = serde_json::to_value(c.runtime)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    parts.push(format!("container {} ({runtime} {})", c.label(), c.short_id()));
+    parts.join(", ")
 }

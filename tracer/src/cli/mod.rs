@@ -7,6 +7,7 @@ mod conns;
 mod docs;
 mod leaks;
 mod output;
+mod placement;
 mod run;
 mod stacks;
 mod status;

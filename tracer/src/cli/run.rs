@@ -223,10 +223,12 @@ pub struct LeakArgs {
     /// within this many seconds, while growth holds.
     #[arg(long, value_parser = parse_positive_seconds, default_value_t = Seconds(Duration::from_secs(leak_defaults::FD_EXHAUSTION_WITHIN_SECONDS)))]
     pub fd_exhaustion_within: Seconds,
-    /// Per-workload override, GLOB:KEY=VALUE[,KEY=VALUE...] over the command name (repeatable;
-    /// the first match applies): a rule on/off (`postgres:age=off`) or a threshold by its flag
-    /// name (`backup-*:close-wait-after=600`). In a config file: [workload."GLOB"] tables.
-    #[arg(long, value_name = "GLOB:SETTINGS")]
+    /// Per-workload override, SELECTOR:KEY=VALUE[,KEY=VALUE...] (repeatable; the first match
+    /// applies): a rule on/off (`postgres:age=off`) or a threshold by its flag name
+    /// (`backup-*:close-wait-after=600`). SELECTOR is a command-name glob, or FIELD=GLOB,...
+    /// over comm, container, pod, namespace (`namespace=shop,container=api:idle=off`). In a
+    /// config file: [workload."SELECTOR"] tables.
+    #[arg(long, value_name = "SELECTOR:SETTINGS")]
     pub workload: Vec<WorkloadOverride>,
 }
 

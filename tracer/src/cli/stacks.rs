@@ -24,9 +24,13 @@ pub fn run(socket: &Path, args: StacksArgs) -> anyhow::Result<()> {
 
 fn stacks(report: &StacksReport) -> String {
     let mut out = String::new();
+    let placement = report
+        .container
+        .as_ref()
+        .map_or_else(String::new, |c| format!(" in {}", tracer::containers::views::cell(Some(c))));
     let _ = writeln!(
         out,
-        "pid {} ({}): {} open connections, opener stacks ({} policy)",
+        "pid {} ({}){placement}: {} open connections, opener stacks ({} policy)",
         report.pid, report.comm, report.open, report.policy
     );
     for group in &report.groups {

@@ -59,8 +59,19 @@ fn status(s: &StatusReport) -> String {
         let _ = writeln!(out, "workload overrides:  none");
     } else {
         let _ = writeln!(out, "workload overrides (first match applies):");
-        for o in &s.workload_overrides {
+        for (i, o) in s.workload_overrides.iter().enumerate() {
             let _ = writeln!(out, "  {o}");
+            // Older daemons send no matches: print the overrides alone.
+            if let Some(m) = s.workload_override_matches.get(i) {
+                let more = if m.processes as usize > m.examples.len() { ", ..." } else { "" };
+                let _ = writeln!(
+                    out,
+                    "    applies to {} process(es){}{}{more}",
+                    m.processes,
+                    if m.examples.is_empty() { "" } else { ": " },
+                    m.examples.join(", ")
+                );
+            }
         }
     }
     if !s.kprobes.is_empty() {

@@ -4,12 +4,13 @@ use std::{fmt::Write as _, path::Path};
 
 use clap::Args;
 use tracer::api::{
-    answers::{AgesReport, RemoteReport, StateCounts, TopReport},
+    answers::{AgesReport, GroupReport, RemoteReport, StateCounts, TopReport},
     protocol::{Request, TopBy},
 };
 
 use super::{
     output,
+    placement::{self, Column, PlacementArgs},
     text::{age, clip},
     values::{Choice, Seconds, parse_positive_seconds},
     watch,
@@ -20,12 +21,14 @@ pub struct TopArgs {
     /// Show at most N rows.
     #[arg(long)]
     pub limit: Option<usize>,
-    /// Group open connections by process (default) or by remote endpoint.
+    /// Group open connections by process (default), remote endpoint, container or pod.
     #[arg(long, value_parser = TopBy::parser(), default_value_t = TopBy::Process)]
     pub by: TopBy,
     /// Show the age distribution of one process's open connections instead.
-    #[arg(long, value_name = "PID", conflicts_with = "by")]
+    #[arg(long, value_name = "PID", conflicts_with_all = ["by", "container", "pod", "namespace"])]
     pub ages: Option<u32>,
+    #[command(flatten)]
+    pub placement: PlacementArgs,
     /// Redraw every SECS seconds (default 2) until q or Ctrl-C; with --json, print one answer
     /// every SECS seconds instead.
     #[arg(
@@ -46,10 +49,14 @@ pub fn run(socket: &Path, args: TopArgs) -> anyhow::Result<()> {
         if let Some(pid) = args.ages {
             return output::answer::<AgesReport>(socket, Request::Ages { pid }, args.json, ages);
         }
-        let request = Request::Top { limit: args.limit, by: args.by };
+        let placement = args.placement.clone().filter()?;
+        let request = Request::Top { limit: args.limit, by: args.by, placement };
         match args.by {
             TopBy::Process => output::answer::<TopReport>(socket, request, args.json, top),
             TopBy::Remote => output::answer::<RemoteReport>(socket, request, args.json, remotes),
+            TopBy::Container | TopBy::Pod => {
+                output::answer::<GroupReport>(socket, request, args.json, groups)
+            }
         }
     };
     match args.watch {
@@ -87,12 +94,24 @@ fn states_summary(states: &StateCounts) -> String {
         .join(" ")
 }
 
+/// Placement column width: with it a row stays within 115 columns.
+const PLACEMENT_WIDTH: usize = 29;
+
 fn top(report: &TopReport) -> String {
     let mut out = String::new();
+    let column =
+        Column::new(report.processes.iter().map(|r| r.container.as_ref()), PLACEMENT_WIDTH);
     let _ = writeln!(
         out,
-        "{:>7} {:<15} {:>6} {:>7} {:>7} {:>5} {:>6}  STATES / ALERTS",
-        "PID", "COMM", "OPEN", "OPENED", "CLOSED", "FAIL", "GROWTH"
+        "{:>7} {:<15}{} {:>6} {:>7} {:>7} {:>5} {:>6}  STATES / ALERTS",
+        "PID",
+        "COMM",
+        placement::header(&column),
+        "OPEN",
+        "OPENED",
+        "CLOSED",
+        "FAIL",
+        "GROWTH"
     );
     for row in &report.processes {
         let p = &row.process;
@@ -123,9 +142,10 @@ fn top(report: &TopReport) -> String {
         }
         let _ = writeln!(
             out,
-            "{:>7} {:<15} {:>6} {:>7} {:>7} {:>5} {:>+6}  {}",
+            "{:>7} {:<15}{} {:>6} {:>7} {:>7} {:>5} {:>+6}  {}",
             p.pid,
             clip(&p.comm, 15),
+            placement::cell_of(&column, row.container.as_ref()),
             p.open,
             p.opened_total,
             p.closed_total,
@@ -137,6 +157,37 @@ fn top(report: &TopReport) -> String {
         if let Some(function) = &row.leading_function {
             let _ = writeln!(out, "{:>7} leaking from {function}", "");
         }
+    }
+    let _ = writeln!(
+        out,
+        "unattributed (not yet accepted, or accepted unseen): {}",
+        report.unattributed
+    );
+    out
+}
+
+/// Group column width: a row stays within 100 columns.
+const GROUP_WIDTH: usize = 44;
+
+fn groups(report: &GroupReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<44} {:>5} {:>6} {:>7} {:>7} {:>6} {:>6}",
+        "GROUP", "PROCS", "OPEN", "OPENED", "CLOSED", "GROWTH", "ALERTS"
+    );
+    for g in &report.groups {
+        let _ = writeln!(
+            out,
+            "{:<44} {:>5} {:>6} {:>7} {:>7} {:>+6} {:>6}",
+            tracer::containers::views::clip_middle(&g.group, GROUP_WIDTH),
+            g.processes,
+            g.open,
+            g.opened_total,
+            g.closed_total,
+            g.growth,
+            g.alerts
+        );
     }
     let _ = writeln!(
         out,
@@ -225,6 +276,7 @@ mod tests {
                 exited: false,
                 open_at_exit: None,
             },
+            container: None,
             growth,
             oldest_age_seconds: 0,
             idle: 0,
@@ -237,6 +289,73 @@ mod tests {
             fd_exhaustion_seconds: None,
             leading_function: None,
         }
+    }
+
+    fn shop(name: &str, pod: &str) -> tracer::containers::Container {
+        tracer::containers::Container {
+            id: format!("{name}0123456789abcdef"),
+            name: Some(name.to_owned()),
+            runtime: tracer::containers::Runtime::Containerd,
+            pod: Some(pod.to_owned()),
+            namespace: Some("shop".to_owned()),
+            pod_uid: None,
+            cgroup: "/kubepods.slice/x".to_owned(),
+        }
+    }
+
+    #[test]
+    fn the_placement_column_shows_only_with_containers_and_fits_120_columns() {
+        let host_only = TopReport {
+            processes: vec![row(1, "nginx", [1, 1, 0, 0], StateCounts::default(), 0)],
+            unattributed: 0,
+        };
+        assert!(
+            !top(&host_only).contains("NAMESPACE/POD/CONTAINER"),
+            "no column without containers"
+        );
+
+        let mut leaking = row(
+            2,
+            "java",
+            [40, 40, 0, 0],
+            StateCounts { established: 40, close_wait: 3, ..StateCounts::default() },
+            30,
+        );
+        leaking.alerts = vec!["growth".to_owned(), "close_wait".to_owned()];
+        leaking.container = Some(shop("api", "checkout-7d9f8b6c5-x2x9z-with-a-very-long-name"));
+        let report = TopReport {
+            processes: vec![leaking, row(3, "nginx", [1, 1, 0, 0], StateCounts::default(), 0)],
+            unattributed: 0,
+        };
+        let text = top(&report);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].contains("NAMESPACE/POD/CONTAINER"), "{text}");
+        assert!(lines.iter().all(|l| l.chars().count() <= 120), "{text}");
+        // Both ends of a clipped cell survive; host processes say so.
+        assert!(lines[1].contains("shop/checkout") && lines[1].contains("/api "), "{text}");
+        assert!(lines[2].contains(" host "), "{text}");
+        // The columns after it stay aligned with the header.
+        let at = |line: &str, word: &str| line.find(word).map(|i| line[..i].chars().count());
+        let open_end = at(lines[0], "OPEN").map(|i| i + 4);
+        let forty = at(lines[1], " 40 ").map(|i| i + 3);
+        assert_eq!(open_end, forty, "{text}");
+    }
+
+    #[test]
+    fn groups_fit_100_columns() {
+        let groups = tracer::containers::views::group(
+            [
+                (
+                    Some(&shop("api", "checkout-7d9f8b6c5-x2x9z-with-a-very-long-name")),
+                    Default::default(),
+                ),
+                (None, Default::default()),
+            ],
+            false,
+        );
+        let text = super::groups(&GroupReport { groups, unattributed: 2 });
+        assert!(text.lines().all(|l| l.chars().count() <= 100), "{text}");
+        assert!(text.contains("host") && text.contains("/api"), "{text}");
     }
 
     /// The fenced block of `markdown` whose first line starts (after spaces) with `start`.

@@ -16,6 +16,8 @@ pub mod parse;
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
+pub mod views;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +40,7 @@ pub struct Container {
     pub id: String,
     /// Its name: the Kubernetes container name, or docker's name.
     pub name: Option<String>,
+    /// The runtime that runs it (from its cgroup path).
     pub runtime: Runtime,
     /// Kubernetes pod name.
     pub pod: Option<String>,

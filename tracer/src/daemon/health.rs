@@ -209,14 +209,28 @@ impl PoolHealth {
 
     /// Takes in a dump: read progress, then each process's counts against the table, with
     /// its workload override's thresholds (`leak`).
-    pub fn update(&mut self, table: &ConnectionTable, scan: &HealthScan, leak: &LeakSettings) {
+    pub fn update(
+        &mut self,
+        table: &ConnectionTable,
+        scan: &HealthScan,
+        leak: &LeakSettings,
+        containers: &crate::containers::Directory,
+    ) {
         self.reads.observe(scan);
         let settings = &self.settings;
         self.latest = if leak.detector.overrides.is_empty() {
             health::per_process(table, scan, &self.reads, settings)
         } else {
             health::per_process_with(table, scan, &self.reads, |owner| match table.process(owner) {
-                Some(p) => leak.thresholds_for(&p.comm()).health,
+                Some(p) => {
+                    let comm = p.comm();
+                    let container = containers.container(p.cgroup_id);
+                    leak.thresholds_for(crate::detect::overrides::Workload {
+                        comm: &comm,
+                        container,
+                    })
+                    .health
+                }
                 None => settings.clone(),
             })
         };
@@ -241,7 +255,10 @@ const CONNS_DEADLINE: Duration = Duration::from_secs(10);
 
 /// `tracer conns`: the rows the table gave, with each connection's health from a fresh dump
 /// (made off the event loop).
-pub(super) async fn conns_answer(rows: Vec<ConnSnapshot>) -> Result<Box<RawValue>, String> {
+pub(super) async fn conns_answer(
+    rows: Vec<(ConnSnapshot, Option<crate::containers::Container>)>,
+    host_netns: Option<u32>,
+) -> Result<Box<RawValue>, String> {
     let dump = tokio::task::spawn_blocking(ground_truth::scan_all);
     let sockets = match tokio::time::timeout(CONNS_DEADLINE, dump).await {
         Ok(Ok(Ok(sockets))) => Some(HealthScan { at_ns: 0, sockets }),
@@ -254,7 +271,7 @@ pub(super) async fn conns_answer(rows: Vec<ConnSnapshot>) -> Result<Box<RawValue
     let index = sockets.as_ref().map(HealthScan::index);
     let connections = rows
         .into_iter()
-        .map(|conn| {
+        .map(|(conn, container)| {
             let health = match &index {
                 None => ConnHealth::unavailable(SCAN_FAILED),
                 Some(index) => {
@@ -266,10 +283,11 @@ pub(super) async fn conns_answer(rows: Vec<ConnSnapshot>) -> Result<Box<RawValue
                     )
                 }
             };
-            ConnRow { conn, health }
+            ConnRow { conn, health, container }
         })
         .collect();
-    to_raw_value(&ConnsReport { connections }).map_err(|e| format!("cannot encode the answer: {e}"))
+    to_raw_value(&ConnsReport { connections, host_netns })
+        .map_err(|e| format!("cannot encode the answer: {e}"))
 }
 
 #[cfg(test)]

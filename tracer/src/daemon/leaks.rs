@@ -5,7 +5,8 @@ use std::{collections::HashMap, net::SocketAddr, time::Duration};
 use tracer_common::tcp_state;
 
 use crate::{
-    detect::{Alert, Change, ConnBrief, DetectorConfig, ProcessSample, Rule},
+    containers::Directory,
+    detect::{Alert, Change, ConnBrief, DetectorConfig, ProcessSample, Rule, overrides::Workload},
     health::{self, HealthSettings},
     table::{ConnView, ConnectionTable, Phase, ProcessKey},
 };
@@ -56,9 +57,14 @@ pub struct StaleThresholds {
 }
 
 impl LeakSettings {
-    /// These settings for a process named `comm`, after its workload override.
-    pub fn thresholds_for(&self, comm: &str) -> StaleThresholds {
-        let o = self.detector.overrides.iter().find(|o| o.matches(comm)).map(|o| o.thresholds);
+    /// These settings for a process (a command name, or a name and container), after its
+    /// workload override.
+    pub fn thresholds_for<'w>(
+        &self,
+        workload: impl Into<crate::detect::overrides::Workload<'w>>,
+    ) -> StaleThresholds {
+        let o = crate::detect::overrides::find(&self.detector.overrides, workload)
+            .map(|o| o.thresholds);
         let o = o.unwrap_or_default();
         StaleThresholds {
             close_wait_after_ns: o.close_wait_after_ns.unwrap_or(self.close_wait_after_ns),
@@ -130,12 +136,19 @@ pub fn samples(
     table: &ConnectionTable,
     settings: &LeakSettings,
     health: &health::PerProcess,
+    containers: &Directory,
     now_ns: u64,
 ) -> Vec<ProcessSample> {
     let mut per: HashMap<ProcessKey, PerProcess> = HashMap::new();
-    // Each process's thresholds once (overrides match on its command name).
-    let thresholds: HashMap<ProcessKey, StaleThresholds> =
-        table.processes().map(|p| (p.key, settings.thresholds_for(&p.comm()))).collect();
+    // Each process's thresholds once (overrides match on its command name and container).
+    let thresholds: HashMap<ProcessKey, StaleThresholds> = table
+        .processes()
+        .map(|p| {
+            let comm = p.comm();
+            let workload = Workload { comm: &comm, container: containers.container(p.cgroup_id) };
+            (p.key, settings.thresholds_for(workload))
+        })
+        .collect();
     for view in table.connections() {
         let conn = view.conn;
         let (Phase::Open, Some(owner)) = (conn.phase(), conn.owner()) else { continue };
@@ -200,6 +213,7 @@ pub fn samples(
                 top_remotes: remotes,
                 port_hold: None,
                 fd: None,
+                container: containers.container(p.cgroup_id).cloned(),
             }
         })
         .collect()
@@ -211,7 +225,14 @@ pub fn log_change(change: &Change) {
         Change::Raised(a) => (a, "leak_raised"),
         Change::Resolved(a) => (a, "leak_resolved"),
     };
-    let Alert { pid, comm, rule, open, evidence, .. } = alert;
+    let Alert { pid, comm, rule, open, evidence, container, .. } = alert;
+    // Empty strings for host processes: the log's fields stay the same for every alert.
+    let (container_name, pod, namespace) = match container {
+        Some(c) => {
+            (c.label(), c.pod.as_deref().unwrap_or(""), c.namespace.as_deref().unwrap_or(""))
+        }
+        None => ("", "", ""),
+    };
     let floors = evidence.floors.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
     let remotes = evidence
         .top_remotes
@@ -227,14 +248,16 @@ pub fn log_change(change: &Change) {
     let reading = evidence.reading.as_deref().unwrap_or("");
     match change {
         Change::Raised(_) => log::warn!(
-            event, pid, comm = comm.as_str(), rule, open, growth, floors = floors.as_str(),
+            event, pid, comm = comm.as_str(), container = container_name, pod, namespace,
+            rule, open, growth, floors = floors.as_str(),
             opens_in_window = opens, closes_in_window = closes, stale_close_wait = close_wait,
             stale_held_closed = held_closed, unread, idle, reading,
             top_remotes = remotes.as_str();
             "connection leak suspected"
         ),
         Change::Resolved(_) => log::info!(
-            event, pid, comm = comm.as_str(), rule, open;
+            event, pid, comm = comm.as_str(), container = container_name, pod, namespace,
+            rule, open;
             "connection leak alert resolved"
         ),
     }

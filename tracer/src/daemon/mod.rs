@@ -124,6 +124,9 @@ pub(crate) struct Daemon {
     containers: crate::containers::Directory,
     /// What fills `containers`, off the event loop.
     resolution: containers::Resolution,
+    /// The host's network namespace (inode of /proc/1/ns/net), for `conns` to tell
+    /// containers' namespaces apart; `None` when unreadable.
+    host_netns: Option<u32>,
     /// Where the tasks that symbolize a raised alert's stacks send them back.
     evidence_tx: mpsc::UnboundedSender<SymbolizedEvidence>,
 }
@@ -178,11 +181,19 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
                 daemon.drain_now();
                 match query.request {
                     // Health figures come from a sock_diag dump made off the event loop.
-                    Request::Conns { pid, remote, state } => {
-                        match daemon.conn_rows(pid, remote.as_deref(), state.as_deref()) {
+                    Request::Conns { pid, remote, state, placement } => {
+                        let rows = daemon.conn_rows(
+                            pid,
+                            remote.as_deref(),
+                            state.as_deref(),
+                            &placement,
+                        );
+                        match rows {
                             Ok(rows) => {
+                                let host_netns = daemon.host_netns;
                                 tokio::spawn(async move {
-                                    let _ = query.reply.send(health::conns_answer(rows).await);
+                                    let answer = health::conns_answer(rows, host_netns).await;
+                                    let _ = query.reply.send(answer);
                                 });
                             }
                             Err(e) => {
@@ -192,7 +203,12 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
                     }
                     // Symbols are resolved off the event loop, within a deadline.
                     Request::Stacks { pid } => {
-                        match daemon.stacks.draft(&daemon.table, pid, daemon.clock.now_ns()) {
+                        match daemon.stacks.draft(
+                            &daemon.table,
+                            &daemon.containers,
+                            pid,
+                            daemon.clock.now_ns(),
+                        ) {
                             Ok(draft) => {
                                 tokio::spawn(async move {
                                     let _ = query.reply.send(draft.finish().await);
@@ -252,6 +268,24 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The host's network namespace: init's, else the daemon's own (a host service, or a
+/// DaemonSet pod with hostNetwork, runs in the host's; init's can be unreadable even to root
+/// when the daemon is not allowed to trace it).
+fn host_netns() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let inode = |path: &str| std::fs::metadata(path).map(|m| u32::try_from(m.ino()).ok());
+    match inode("/proc/1/ns/net") {
+        Ok(found) => found,
+        Err(e) => {
+            log::info!(
+                "cannot read /proc/1/ns/net ({e}): conns takes the daemon's own network namespace \
+                 for the host's"
+            );
+            inode("/proc/self/ns/net").ok().flatten()
+        }
+    }
+}
+
 impl Daemon {
     /// Attaches the probes, then loads the connections that already exist: the events of
     /// anything that changes meanwhile wait in the ring buffer, so nothing falls between the
@@ -289,6 +323,7 @@ impl Daemon {
             health: health::PoolHealth::new(options.leaks.health.clone()),
             containers: crate::containers::Directory::default(),
             resolution: containers::Resolution::start(&options.containers, resolved_tx),
+            host_netns: host_netns(),
             evidence_tx,
         };
         daemon.drain_now();
@@ -305,7 +340,12 @@ impl Daemon {
                 // The first reading of read progress.
                 let at_ns = daemon.clock.now_ns();
                 let scan = crate::health::HealthScan { at_ns, sockets };
-                daemon.health.update(&daemon.table, &scan, &daemon.leak_settings);
+                daemon.health.update(
+                    &daemon.table,
+                    &scan,
+                    &daemon.leak_settings,
+                    &daemon.containers,
+                );
             }
             Err(e) => log::warn!(
                 "cannot load existing connections (sock_diag): {e}; counting from now on"
@@ -325,7 +365,12 @@ impl Daemon {
                     self.reconcile(scanned);
                 }
                 self.drain_now();
-                self.health.update(&self.table, &scan.health, &self.leak_settings);
+                self.health.update(
+                    &self.table,
+                    &scan.health,
+                    &self.leak_settings,
+                    &self.containers,
+                );
                 // The exhaustion rules' share of the same dump, reduced off the event loop.
                 if let Some(result) = scan.exhaustion {
                     let now = self.clock.now_ns();
@@ -348,8 +393,13 @@ impl Daemon {
     fn evaluate_leaks(&mut self) {
         self.drain_now();
         let now = self.clock.now_ns();
-        let mut samples =
-            leaks::samples(&self.table, &self.leak_settings, self.health.per_process(), now);
+        let mut samples = leaks::samples(
+            &self.table,
+            &self.leak_settings,
+            self.health.per_process(),
+            &self.containers,
+            now,
+        );
         self.exhaustion.fill(&mut samples);
         for change in self.detector.evaluate(now, &samples) {
             leaks::log_change(&change);
@@ -384,7 +434,11 @@ impl Daemon {
     /// capture is off.
     fn raise_with_stacks(&mut self, alert: &crate::detect::Alert, now: u64) -> bool {
         let settings = &self.leak_settings;
-        let thresholds = settings.thresholds_for(&alert.comm);
+        let workload = crate::detect::overrides::Workload {
+            comm: &alert.comm,
+            container: alert.container.as_ref(),
+        };
+        let thresholds = settings.thresholds_for(workload);
         let behind = |view: &crate::table::ConnView<'_>| {
             leaks::behind_rule(alert.rule, settings, &thresholds, view, now)
         };
@@ -503,6 +557,7 @@ impl Daemon {
             now_ns: self.clock.now_ns(),
             top_n: self.metrics_top_n,
             exhaustion: &exhaustion,
+            containers: &self.containers,
         };
         self.metrics.render(&input)
     }

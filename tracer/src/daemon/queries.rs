@@ -9,13 +9,18 @@ use super::Daemon;
 use crate::{
     api::{
         answers::{
-            AgesReport, AlertView, KprobeStatus, LeaksReport, RemoteFilter, RemoteReport,
-            RemoteRow, STATE_NAMES, StatusReport, TopReport, TopRow, conn_state_label,
+            AgesReport, AlertView, GroupReport, KprobeStatus, LeaksReport, OverrideMatches,
+            RemoteFilter, RemoteReport, RemoteRow, STATE_NAMES, StatusReport, TopReport, TopRow,
+            conn_state_label,
         },
         protocol::{API_VERSION, Request, TopBy},
     },
     clock::Clock,
-    detect::Alert,
+    containers::{
+        Container,
+        views::{self, Member, PlacementFilter},
+    },
+    detect::{Alert, overrides::Workload},
     pipeline::LostEvents,
     table::{ConnSnapshot, Phase, ProcessKey},
 };
@@ -27,9 +32,20 @@ impl Daemon {
     pub(super) fn answer(&self, request: Request) -> Result<Box<RawValue>, String> {
         let value = match request {
             Request::Status {} => to_raw_value(&self.status()),
-            Request::Top { limit, by: TopBy::Process } => to_raw_value(&self.top(limit)),
-            Request::Top { limit, by: TopBy::Remote } => to_raw_value(&self.top_remotes(limit)),
-            Request::Leaks {} => to_raw_value(&self.leaks()),
+            Request::Top { limit, by, placement } => {
+                placement.validate()?;
+                match by {
+                    TopBy::Process => to_raw_value(&self.top(limit, &placement)),
+                    TopBy::Remote => to_raw_value(&self.top_remotes(limit, &placement)),
+                    TopBy::Container | TopBy::Pod => {
+                        to_raw_value(&self.top_groups(limit, by == TopBy::Pod, &placement))
+                    }
+                }
+            }
+            Request::Leaks { placement } => {
+                placement.validate()?;
+                to_raw_value(&self.leaks(&placement))
+            }
             Request::Ages { pid } => to_raw_value(&self.ages(pid)?),
             // The event loop answers it asynchronously (daemon/stacks.rs); here, for
             // completeness, the same answer would need the symbolizer's wait.
@@ -50,7 +66,9 @@ impl Daemon {
         pid: Option<u32>,
         remote: Option<&str>,
         state: Option<&str>,
-    ) -> Result<Vec<ConnSnapshot>, String> {
+        placement: &PlacementFilter,
+    ) -> Result<Vec<(ConnSnapshot, Option<Container>)>, String> {
+        placement.validate()?;
         let remote = remote.map(str::parse::<RemoteFilter>).transpose()?;
         if let Some(state) = state
             && !STATE_NAMES.contains(&state)
@@ -62,16 +80,60 @@ impl Daemon {
             pid.is_none_or(|p| view.pid() == Some(p))
                 && remote.is_none_or(|r| r.matches(view.remote()))
                 && state.is_none_or(|s| conn_state_label(view.phase(), view.state_name()) == s)
+                // A placement filter selects processes: unattributed connections have none.
+                && (placement.is_empty()
+                    || (view.owner.is_some() && placement.matches(self.container_of_view(view))))
         };
-        Ok(self.table.conn_snapshots_annotated(now, keep, |view, snapshot| {
+        let mut containers: HashMap<u64, Container> = HashMap::new();
+        let snapshots = self.table.conn_snapshots_annotated(now, keep, |view, snapshot| {
             match self.stacks.group_of(view) {
                 Ok(id) => snapshot.stack_group = Some(id.0),
                 Err(reason) => snapshot.no_stack = Some(reason),
             }
-        }))
+            if let Some(c) = self.container_of_view(view) {
+                containers.insert(snapshot.id, c.clone());
+            }
+        });
+        Ok(snapshots
+            .into_iter()
+            .map(|s| {
+                let container = containers.remove(&s.id);
+                (s, container)
+            })
+            .collect())
     }
 
-    fn top(&self, limit: Option<usize>) -> TopReport {
+    /// The container of a connection's owner (`None`: host, unresolved, or unattributed).
+    fn container_of_view(&self, view: &crate::table::ConnView<'_>) -> Option<&Container> {
+        view.owner.and_then(|p| self.containers.container(p.cgroup_id))
+    }
+
+    /// `top --by container|pod`: the `top` rows, grouped.
+    fn top_groups(
+        &self,
+        limit: Option<usize>,
+        by_pod: bool,
+        placement: &PlacementFilter,
+    ) -> GroupReport {
+        let rows = self.top(None, placement).processes;
+        let members = rows.iter().map(|r| {
+            let m = Member {
+                open: r.process.open,
+                opened_total: r.process.opened_total,
+                closed_total: r.process.closed_total,
+                growth: r.growth,
+                alerts: r.alerts.len() as u32,
+            };
+            (r.container.as_ref(), m)
+        });
+        let mut groups = views::group(members, by_pod);
+        if let Some(limit) = limit {
+            groups.truncate(limit);
+        }
+        GroupReport { groups, unattributed: self.table.unattributed() as u64 }
+    }
+
+    fn top(&self, limit: Option<usize>, placement: &PlacementFilter) -> TopReport {
         let now = self.clock.now_ns();
         let mut oldest: HashMap<ProcessKey, u64> = HashMap::new();
         for view in self.table.connections() {
@@ -85,11 +147,17 @@ impl Daemon {
             .table
             .process_snapshots()
             .into_iter()
-            .map(|process| {
+            .filter_map(|process| {
+                let container = self.containers.container(process.cgroup_id);
+                if !placement.matches(container) {
+                    return None;
+                }
+                let container = container.cloned();
                 let key = ProcessKey { pid: process.pid, start_time_ns: process.start_time_ns };
                 let fd = self.exhaustion.fd_status(key);
                 let health = self.health.of(key);
-                TopRow {
+                Some(TopRow {
+                    container,
                     leading_function: self.leading_function_of(key),
                     time_wait_caused: self.exhaustion.time_wait_caused(key),
                     time_wait_caused_total: self.exhaustion.time_wait_caused_total(key),
@@ -107,7 +175,7 @@ impl Daemon {
                         .map(|r| r.name().to_owned())
                         .collect(),
                     process,
-                }
+                })
             })
             .collect();
         // Alerting first, then most open (the table's order within each group is kept).
@@ -132,10 +200,12 @@ impl Daemon {
             .find_map(|a| a.evidence.stacks.as_ref()?.groups.first()?.leading_function.clone())
     }
 
-    fn top_remotes(&self, limit: Option<usize>) -> RemoteReport {
+    fn top_remotes(&self, limit: Option<usize>, placement: &PlacementFilter) -> RemoteReport {
         let mut by_remote: HashMap<SocketAddr, HashMap<u32, u32>> = HashMap::new();
         for view in self.table.connections() {
-            if let (Phase::Open, Some(pid)) = (view.conn.phase(), view.pid()) {
+            if let (Phase::Open, Some(pid)) = (view.conn.phase(), view.pid())
+                && (placement.is_empty() || placement.matches(self.container_of_view(&view)))
+            {
                 *by_remote.entry(view.remote()).or_default().entry(pid).or_default() += 1;
             }
         }
@@ -143,7 +213,11 @@ impl Daemon {
         let mut pressure: HashMap<SocketAddr, &crate::exhaustion::Destination> = HashMap::new();
         for d in self.exhaustion.destinations() {
             pressure.entry(d.remote).or_insert(d);
-            by_remote.entry(d.remote).or_default();
+            // Destinations without connections of the selected containers are theirs only
+            // when no filter is given.
+            if placement.is_empty() {
+                by_remote.entry(d.remote).or_default();
+            }
         }
         let mut remotes: Vec<RemoteRow> = by_remote
             .into_iter()
@@ -198,7 +272,7 @@ impl Daemon {
         Ok(AgesReport { pid, comm: process.comm().into_owned(), open: process.open, buckets })
     }
 
-    fn leaks(&self) -> LeaksReport {
+    fn leaks(&self, placement: &PlacementFilter) -> LeaksReport {
         let now = self.clock.now_ns();
         let wall_now = std::time::SystemTime::now();
         let view = |a: &Alert| {
@@ -207,6 +281,7 @@ impl Daemon {
             AlertView {
                 pid: a.pid,
                 comm: a.comm.clone(),
+                container: a.container.clone(),
                 rule: a.rule.name().to_owned(),
                 since: crate::logging::rfc3339(since),
                 since_seconds,
@@ -215,9 +290,41 @@ impl Daemon {
                 resolved_seconds_ago: a.resolved_ns.map(|t| now.saturating_sub(t) / 1_000_000_000),
             }
         };
-        let mut active: Vec<AlertView> = self.detector.active().map(view).collect();
+        // Alerts keep the container they were raised in, so the filter reads theirs.
+        let keep = |a: &&Alert| placement.matches(a.container.as_ref());
+        let mut active: Vec<AlertView> = self.detector.active().filter(keep).map(view).collect();
         active.sort_by(|a, b| b.since_seconds.cmp(&a.since_seconds).then(a.pid.cmp(&b.pid)));
-        LeaksReport { active, resolved: self.detector.recently_resolved().map(view).collect() }
+        let resolved = self.detector.recently_resolved().filter(keep).map(view).collect();
+        LeaksReport { active, resolved }
+    }
+
+    /// Which processes each workload override applies to (first match wins).
+    fn override_matches(&self) -> Vec<OverrideMatches> {
+        const EXAMPLES: usize = 4;
+        let overrides = &self.leak_settings.detector.overrides;
+        let mut out: Vec<OverrideMatches> = overrides
+            .iter()
+            .map(|o| OverrideMatches { selector: o.pattern.clone(), ..Default::default() })
+            .collect();
+        if overrides.is_empty() {
+            return out;
+        }
+        let mut processes: Vec<_> = self.table.processes().collect();
+        processes.sort_by_key(|p| p.key);
+        for p in processes {
+            let comm = p.comm();
+            let container = self.containers.container(p.cgroup_id);
+            let workload = Workload { comm: &comm, container };
+            let Some(i) = overrides.iter().position(|o| o.matches(workload)) else { continue };
+            let slot = &mut out[i];
+            slot.processes += 1;
+            if slot.examples.len() < EXAMPLES {
+                let place =
+                    container.map_or_else(String::new, |c| format!(" in {}", views::cell(Some(c))));
+                slot.examples.push(format!("{} {comm}{place}", p.pid()));
+            }
+        }
+        out
     }
 
     fn status(&self) -> StatusReport {
@@ -271,6 +378,7 @@ impl Daemon {
                 .iter()
                 .map(ToString::to_string)
                 .collect(),
+            workload_override_matches: self.override_matches(),
             time_wait_closes_remembered: self.exhaustion.closes_remembered() as u64,
             time_wait_closes_overflowed: self.exhaustion.closes_overflowed(),
             health_scans: self.health.scans(),

@@ -275,6 +275,7 @@ impl StackCapture {
     pub(super) fn draft(
         &self,
         table: &ConnectionTable,
+        containers: &crate::containers::Directory,
         pid: u32,
         now_ns: u64,
     ) -> Result<StacksDraft, String> {
@@ -292,6 +293,7 @@ impl StackCapture {
         let report = StacksReport {
             pid,
             comm: process.comm().into_owned(),
+            container: containers.container(process.cgroup_id).cloned(),
             open: process.open,
             policy: self.policy.to_string(),
             groups: Vec::new(),

@@ -5,7 +5,7 @@
 //! [`Detector::evaluate`]; the detector keeps the history the rules need and returns the alerts
 //! that were raised or resolved.
 mod growth;
-mod overrides;
+pub mod overrides;
 
 use std::collections::{HashMap, VecDeque};
 
@@ -167,8 +167,11 @@ impl Default for DetectorConfig {
 impl DetectorConfig {
     /// The settings that apply to a process with command name `comm`: the first matching
     /// override's thresholds over these (borrowed when no override matches).
-    pub fn for_comm(&self, comm: &str) -> std::borrow::Cow<'_, DetectorConfig> {
-        let Some(o) = overrides::find(&self.overrides, comm) else {
+    pub fn for_comm<'w>(
+        &self,
+        workload: impl Into<overrides::Workload<'w>>,
+    ) -> std::borrow::Cow<'_, DetectorConfig> {
+        let Some(o) = overrides::find(&self.overrides, workload) else {
             return std::borrow::Cow::Borrowed(self);
         };
         let t = &o.thresholds;
@@ -192,8 +195,12 @@ impl DetectorConfig {
     /// Whether `rule` runs for `comm`: an override's on/off, else the daemon-wide setting.
     /// The rules off by default (`age`, `idle`) are on with a threshold, daemon-wide or in the
     /// override.
-    pub fn rule_enabled(&self, rule: Rule, comm: &str) -> bool {
-        let found = overrides::find(&self.overrides, comm);
+    pub fn rule_enabled<'w>(
+        &self,
+        rule: Rule,
+        workload: impl Into<overrides::Workload<'w>>,
+    ) -> bool {
+        let found = overrides::find(&self.overrides, workload);
         let t = found.map(|o| o.thresholds).unwrap_or_default();
         let default = match rule {
             Rule::Age => self.age_enabled || t.age_threshold_ns.is_some(),
@@ -278,6 +285,15 @@ pub struct ProcessSample {
     pub port_hold: Option<PortHold>,
     /// Its descriptors (when the daemon read them).
     pub fd: Option<FdStatus>,
+    /// Its container (`None` for a host process, or while its cgroup is not resolved).
+    pub container: Option<crate::containers::Container>,
+}
+
+impl ProcessSample {
+    /// What workload overrides match it by.
+    pub fn workload(&self) -> overrides::Workload<'_> {
+        overrides::Workload { comm: &self.comm, container: self.container.as_ref() }
+    }
 }
 
 /// What the detector saw in a process when an alert raised (docs/leak-detection.md).
@@ -379,6 +395,10 @@ pub struct Alert {
     pub pid: u32,
     pub start_time_ns: u64,
     pub comm: String,
+    /// Its container when it raised, or as first resolved while it was active; kept after the
+    /// container is gone, so a resolved alert still names it. `None` for a host process.
+    #[serde(default)]
+    pub container: Option<crate::containers::Container>,
     pub rule: Rule,
     /// Clock time (ns) of the evaluation that raised it.
     pub since_ns: u64,
@@ -459,11 +479,11 @@ impl Detector {
                 self.config.window_samples,
             );
             let evidence = evidence(&self.config, history, sample);
-            let config = self.config.for_comm(&sample.comm);
+            let config = self.config.for_comm(sample.workload());
             let growth = growth::holds(&history.open, &config);
             let verdicts = Rule::ALL.map(|rule| {
                 let holds = !sample.exited
-                    && self.config.rule_enabled(rule, &sample.comm)
+                    && self.config.rule_enabled(rule, sample.workload())
                     && rule_holds(&config, rule, sample, growth);
                 (rule, holds)
             });
@@ -505,6 +525,9 @@ impl Detector {
                 active.clear_streak = 0;
                 active.alert.open = sample.open;
                 active.alert.comm.clone_from(&sample.comm);
+                if active.alert.container.is_none() {
+                    active.alert.container.clone_from(&sample.container);
+                }
                 // The stacks stay those of the raise: the daemon attached them then.
                 let stacks = active.alert.evidence.stacks.take();
                 active.alert.evidence = evidence.for_rule(rule);
@@ -525,6 +548,7 @@ impl Detector {
                     pid: id.pid,
                     start_time_ns: id.start_time_ns,
                     comm: sample.comm.clone(),
+                    container: sample.container.clone(),
                     rule,
                     since_ns: now_ns,
                     open: sample.open,

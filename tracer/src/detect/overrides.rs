@@ -1,11 +1,69 @@
 //! Per-workload overrides: a rule's thresholds, or the rule itself, set for the processes whose
-//! command name matches a glob (`postgres:idle=off`, `backup-*:close-wait-after=600`). The
-//! first override whose glob matches a process applies to it; every setting it leaves out keeps
-//! the daemon-wide value. Written on the command line as `--workload GLOB:KEY=VALUE,...` and in
-//! the config file as a `[workload."GLOB"]` table (docs/leak-detection.md).
+//! command name matches a glob (`postgres:idle=off`, `backup-*:close-wait-after=600`), or whose
+//! container, pod and namespace do (`namespace=shop,container=api:idle=off`). The first
+//! override whose selector matches a process applies to it; every setting it leaves out keeps
+//! the daemon-wide value. Written on the command line as `--workload SELECTOR:KEY=VALUE,...`
+//! and in the config file as a `[workload."SELECTOR"]` table (docs/leak-detection.md).
 use std::{fmt, str::FromStr};
 
 use super::Rule;
+use crate::containers::Container;
+
+/// What an override is matched against: a process's command name and its container (`None`
+/// for a host process, or while its cgroup is not resolved).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Workload<'a> {
+    pub comm: &'a str,
+    pub container: Option<&'a Container>,
+}
+
+impl<'a> From<&'a str> for Workload<'a> {
+    fn from(comm: &'a str) -> Self {
+        Self { comm, container: None }
+    }
+}
+
+impl<'a> From<&'a String> for Workload<'a> {
+    fn from(comm: &'a String) -> Self {
+        Self { comm, container: None }
+    }
+}
+
+/// The parts of a process a selector can name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Field {
+    Comm,
+    /// The container's name, or its id.
+    Container,
+    Pod,
+    Namespace,
+}
+
+impl Field {
+    const ALL: [Field; 4] = [Field::Comm, Field::Container, Field::Pod, Field::Namespace];
+
+    fn name(self) -> &'static str {
+        match self {
+            Field::Comm => "comm",
+            Field::Container => "container",
+            Field::Pod => "pod",
+            Field::Namespace => "namespace",
+        }
+    }
+
+    /// Whether `glob` matches this part of `w`; a part the process does not have (a host
+    /// process's pod) never matches.
+    fn matches(self, glob: &str, w: &Workload<'_>) -> bool {
+        let g = |text: &str| glob_match(glob.as_bytes(), text.as_bytes());
+        match (self, w.container) {
+            (Field::Comm, _) => g(w.comm),
+            (_, None) => false,
+            (Field::Container, Some(c)) => c.name.as_deref().is_some_and(g) || g(&c.id),
+            (Field::Pod, Some(c)) => c.pod.as_deref().is_some_and(g),
+            (Field::Namespace, Some(c)) => c.namespace.as_deref().is_some_and(g),
+        }
+    }
+}
 
 /// The settings an override can change, by the `tracer run` flag that sets them daemon-wide.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -42,16 +100,25 @@ const SECONDS_KEYS: [&str; 7] = [
 /// One `--workload` entry.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct WorkloadOverride {
-    /// Glob over the command name (`*` any run of characters, `?` one character).
+    /// The selector as written: a glob over the command name (`*` any run of characters, `?`
+    /// one character), or `FIELD=GLOB,...` over `comm`, `container`, `pod`, `namespace`.
     pub pattern: String,
+    /// The selector, parsed: every (field, glob) must match.
+    pub selector: Vec<(Field, String)>,
     /// Rules turned on or off, in the order given.
     pub rules: Vec<(Rule, bool)>,
     pub thresholds: Thresholds,
 }
 
 impl WorkloadOverride {
-    pub fn matches(&self, comm: &str) -> bool {
-        glob_match(self.pattern.as_bytes(), comm.as_bytes())
+    pub fn matches<'w>(&self, workload: impl Into<Workload<'w>>) -> bool {
+        let w = workload.into();
+        self.selector.iter().all(|(field, glob)| field.matches(glob, &w))
+    }
+
+    /// Whether the selector names a container, pod or namespace (not only the command name).
+    pub fn by_placement(&self) -> bool {
+        self.selector.iter().any(|(f, _)| *f != Field::Comm)
     }
 
     /// Whether it turns `rule` on (`Some(true)`) or off, or leaves it alone.
@@ -60,9 +127,38 @@ impl WorkloadOverride {
     }
 }
 
-/// The first override matching `comm`.
-pub fn find<'a>(overrides: &'a [WorkloadOverride], comm: &str) -> Option<&'a WorkloadOverride> {
-    overrides.iter().find(|o| o.matches(comm))
+/// The first override matching `workload` (a command name, or a [`Workload`]).
+pub fn find<'a, 'w>(
+    overrides: &'a [WorkloadOverride],
+    workload: impl Into<Workload<'w>>,
+) -> Option<&'a WorkloadOverride> {
+    let w = workload.into();
+    overrides.iter().find(|o| o.matches(w))
+}
+
+/// `GLOB` (a command name) or `FIELD=GLOB,FIELD=GLOB...`.
+fn parse_selector(text: &str) -> Result<Vec<(Field, String)>, String> {
+    if !text.contains('=') {
+        return Ok(vec![(Field::Comm, text.to_owned())]);
+    }
+    let names: Vec<&str> = Field::ALL.iter().map(|f| f.name()).collect();
+    let mut out: Vec<(Field, String)> = Vec::new();
+    for part in text.split(',').map(str::trim) {
+        let (key, glob) = part.split_once('=').ok_or_else(|| {
+            format!("selector {text:?}: {part:?} is not FIELD=GLOB (fields: {})", names.join(", "))
+        })?;
+        let field = Field::ALL.into_iter().find(|f| f.name() == key.trim()).ok_or_else(|| {
+            format!("selector {text:?}: unknown field {key:?}; one of {}", names.join(", "))
+        })?;
+        if glob.trim().is_empty() {
+            return Err(format!("selector {text:?}: {key}= has no glob"));
+        }
+        if out.iter().any(|(f, _)| *f == field) {
+            return Err(format!("selector {text:?}: {key} is given twice"));
+        }
+        out.push((field, glob.trim().to_owned()));
+    }
+    Ok(out)
 }
 
 fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
@@ -91,12 +187,17 @@ impl FromStr for WorkloadOverride {
 
     fn from_str(text: &str) -> Result<Self, String> {
         let (pattern, settings) = text.split_once(':').ok_or_else(|| {
-            format!("{text:?}: expected GLOB:KEY=VALUE[,KEY=VALUE...], e.g. postgres:age=off")
+            format!(
+                "{text:?}: expected SELECTOR:KEY=VALUE[,KEY=VALUE...], e.g. postgres:age=off or \
+                 namespace=shop,container=api:idle=off"
+            )
         })?;
         if pattern.is_empty() {
-            return Err(format!("{text:?}: the command-name glob before `:` is empty"));
+            return Err(format!("{text:?}: the selector before `:` is empty"));
         }
-        let mut out = WorkloadOverride { pattern: pattern.to_owned(), ..Default::default() };
+        let selector = parse_selector(pattern)?;
+        let mut out =
+            WorkloadOverride { pattern: pattern.to_owned(), selector, ..Default::default() };
         for setting in settings.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let (key, value) = setting
                 .split_once('=')
@@ -259,5 +360,54 @@ mod tests {
         assert_eq!(find(&list, "nginx").and_then(|o| o.rule(Rule::Age)), Some(false));
         assert!(glob_match(b"a?c", b"abc") && !glob_match(b"a?c", b"abbc"));
         assert!(!glob_match(b"post", b"postgres"));
+    }
+
+    fn api_container() -> Container {
+        Container {
+            id: "0123456789abcdef".into(),
+            name: Some("api".into()),
+            runtime: crate::containers::Runtime::Containerd,
+            pod: Some("checkout-7d9f".into()),
+            namespace: Some("shop".into()),
+            pod_uid: None,
+            cgroup: "/kubepods.slice/x".into(),
+        }
+    }
+
+    #[test]
+    fn selectors_match_container_pod_and_namespace() {
+        let api = api_container();
+        let in_api = Workload { comm: "java", container: Some(&api) };
+        let host = Workload { comm: "java", container: None };
+        let o: WorkloadOverride = "namespace=shop,container=api:idle=off".parse().unwrap();
+        assert!(o.matches(in_api) && !o.matches(host) && o.by_placement());
+        assert_eq!(o.to_string(), "namespace=shop,container=api:idle=off");
+        assert_eq!(o.to_string().parse::<WorkloadOverride>(), Ok(o));
+
+        let o: WorkloadOverride = "pod=checkout-*,comm=ja*:age=on".parse().unwrap();
+        assert!(o.matches(in_api));
+        assert!(!o.matches(Workload { comm: "python", container: Some(&api) }), "all must match");
+        let o: WorkloadOverride = "container=0123*:age=on".parse().unwrap();
+        assert!(o.matches(in_api), "a container id glob");
+        assert!(!"namespace=other:age=on".parse::<WorkloadOverride>().unwrap().matches(in_api));
+        // The old form is a command-name glob, matching host and container processes alike.
+        let o: WorkloadOverride = "ja*:age=on".parse().unwrap();
+        assert!(o.matches(in_api) && o.matches(host) && !o.by_placement());
+        // A host process has no pod: `pod=*` selects processes in pods only.
+        assert!(!"pod=*:age=on".parse::<WorkloadOverride>().unwrap().matches(host));
+
+        let list: Vec<WorkloadOverride> =
+            ["namespace=shop:age=on", "java:age=off"].iter().map(|s| s.parse().unwrap()).collect();
+        assert_eq!(find(&list, in_api).and_then(|o| o.rule(Rule::Age)), Some(true));
+        assert_eq!(find(&list, host).and_then(|o| o.rule(Rule::Age)), Some(false));
+    }
+
+    #[test]
+    fn selectors_refuse_unknown_fields_and_empty_globs() {
+        let e = "ns=shop:age=on".parse::<WorkloadOverride>().unwrap_err();
+        assert!(e.contains("namespace") && e.contains("container"), "{e}");
+        assert!("namespace=:age=on".parse::<WorkloadOverride>().is_err());
+        assert!("pod=a,pod=b:age=on".parse::<WorkloadOverride>().is_err());
+        assert!("namespace=shop,api:age=on".parse::<WorkloadOverride>().is_err());
     }
 }

@@ -522,3 +522,59 @@ fn stacks_attached_at_raise_stay_while_the_alert_holds_and_after_it_resolves() {
     let resolved = sim.detector.recently_resolved().next().expect("resolved");
     assert_eq!(resolved.evidence.stacks.as_ref(), Some(&later));
 }
+
+fn shop_api() -> crate::containers::Container {
+    crate::containers::Container {
+        id: "0123456789abcdef".into(),
+        name: Some("api".into()),
+        runtime: crate::containers::Runtime::Containerd,
+        pod: Some("checkout-7d9f".into()),
+        namespace: Some("shop".into()),
+        pod_uid: None,
+        cgroup: "/kubepods.slice/x".into(),
+    }
+}
+
+#[test]
+fn workload_overrides_select_by_container_pod_and_namespace() {
+    let mut config = small_window();
+    config.overrides =
+        vec!["namespace=shop,container=api:close_wait=off".parse().expect("override")];
+    let mut sim = Sim::new(config.clone());
+    sim.sample.container = Some(shop_api());
+    sim.sample.stale_close_wait = 3;
+    sim.tick();
+    assert!(sim.raised(Rule::CloseWait).is_empty(), "off for shop's api container");
+    // The same command name on the host: the override does not apply.
+    let mut sim = Sim::new(config);
+    sim.sample.stale_close_wait = 3;
+    sim.tick();
+    assert_eq!(sim.raised(Rule::CloseWait).len(), 1);
+}
+
+#[test]
+fn an_alert_keeps_its_container_after_the_container_is_gone() {
+    let mut sim = Sim::new(small_window());
+    sim.sample.stale_close_wait = 3;
+    // Not resolved yet at the raise: the alert takes the container once it is known.
+    sim.tick();
+    assert_eq!(sim.raised(Rule::CloseWait)[0].container, None);
+    sim.sample.container = Some(shop_api());
+    sim.tick();
+    let active: Vec<&Alert> = sim.detector.active().collect();
+    assert_eq!(active[0].container.as_ref().and_then(|c| c.name.as_deref()), Some("api"));
+    // The pod is deleted: its process exits, the directory forgets the cgroup.
+    sim.sample.container = None;
+    sim.sample.exited = true;
+    sim.sample.stale_close_wait = 0;
+    sim.tick();
+    let resolved: Vec<&Alert> = sim.detector.recently_resolved().collect();
+    assert_eq!(resolved.len(), 1);
+    let c = resolved[0].container.as_ref().expect("still named");
+    assert_eq!((c.namespace.as_deref(), c.pod.as_deref()), (Some("shop"), Some("checkout-7d9f")));
+    let resolved_change = sim.changes.iter().find_map(|c| match c {
+        Change::Resolved(a) => Some(a),
+        _ => None,
+    });
+    assert!(resolved_change.is_some_and(|a| a.container.is_some()), "the webhook's copy too");
+}

@@ -12,7 +12,9 @@ use schemars::{
 };
 use serde_json::{Map, Value, json};
 
-use super::answers::{AgesReport, ConnsReport, LeaksReport, RemoteReport, StatusReport, TopReport};
+use super::answers::{
+    AgesReport, ConnsReport, GroupReport, LeaksReport, RemoteReport, StatusReport, TopReport,
+};
 
 mod validate;
 
@@ -35,12 +37,16 @@ const fn answer<T: JsonSchema>(request: &'static str, command: &'static str) -> 
 }
 
 /// Every answer of the API, in the order docs/api.md documents them.
-pub const ANSWERS: [Answer; 6] = [
+pub const ANSWERS: [Answer; 7] = [
     answer::<StatusReport>(r#"{"status":{}}"#, "tracer status --json"),
     answer::<TopReport>(r#"{"top":{"limit":null,"by":"process"}}"#, "tracer top --json"),
     answer::<RemoteReport>(
         r#"{"top":{"limit":null,"by":"remote"}}"#,
         "tracer top --by remote --json",
+    ),
+    answer::<GroupReport>(
+        r#"{"top":{"limit":null,"by":"container","namespace":"shop"}}"#,
+        "tracer top --by container --namespace shop --json",
     ),
     answer::<AgesReport>(r#"{"ages":{"pid":1234}}"#, "tracer top --ages 1234 --json"),
     answer::<ConnsReport>(
@@ -154,10 +160,25 @@ mod tests {
         }
     }
 
+    fn container() -> crate::containers::Container {
+        crate::containers::Container {
+            id: "0123456789abcdef".repeat(4),
+            name: Some("api".into()),
+            runtime: crate::containers::Runtime::Containerd,
+            pod: Some("checkout-7d9f".into()),
+            namespace: Some("shop".into()),
+            pod_uid: Some("5f0c3a1e-0d7e-4c55-9a3b-2b1f6f1d2e3a".into()),
+            cgroup: "/kubepods.slice/kubepods-pod5f0c3a1e_0d7e_4c55_9a3b_2b1f6f1d2e3a.slice/\
+                     cri-containerd-0123.scope"
+                .into(),
+        }
+    }
+
     fn alert(resolved: Option<u64>) -> AlertView {
         AlertView {
             pid: 42,
             comm: "curl".into(),
+            container: resolved.is_none().then(container),
             rule: "growth".into(),
             since: "2026-11-24T04:07:00.123Z".into(),
             since_seconds: 12,
@@ -238,11 +259,18 @@ mod tests {
             events_lost_by_reason: [("ringbuf_full".to_owned(), 0)].into(),
             metrics_addr: Some("127.0.0.1:9464".into()),
             kprobes: vec![KprobeStatus { probe: "tcp_connect".into(), hits: 3, missed: 0 }],
+            workload_overrides: vec!["namespace=shop,container=api:idle=off".into()],
+            workload_override_matches: vec![crate::api::answers::OverrideMatches {
+                selector: "namespace=shop,container=api".into(),
+                processes: 1,
+                examples: vec!["42 java in shop/checkout-7d9f/api".into()],
+            }],
             ..StatusReport::default()
         };
         let top = TopReport {
             processes: vec![TopRow {
                 process: process(),
+                container: Some(container()),
                 growth: -2,
                 oldest_age_seconds: 5,
                 idle: 3,
@@ -286,12 +314,25 @@ mod tests {
                         rtt_us: Some(45),
                         health_unavailable: None,
                     },
+                    container: Some(container()),
                 },
                 ConnRow {
                     conn: conn(vec![7, 8], None),
                     health: ConnHealth::unavailable(crate::health::NOT_LISTED),
+                    container: None,
                 },
             ],
+            host_netns: Some(4_026_531_840),
+        };
+        let groups = GroupReport {
+            groups: crate::containers::views::group(
+                [
+                    (Some(&container()), crate::containers::views::Member::default()),
+                    (None, Default::default()),
+                ],
+                false,
+            ),
+            unattributed: 0,
         };
         let leaks = LeaksReport { active: vec![alert(None)], resolved: vec![alert(Some(3))] };
         let to = |v: serde_json::Result<Value>| v.expect("serialise");
@@ -299,6 +340,7 @@ mod tests {
             ("StatusReport".into(), to(serde_json::to_value(status))),
             ("TopReport".into(), to(serde_json::to_value(top))),
             ("RemoteReport".into(), to(serde_json::to_value(remotes))),
+            ("GroupReport".into(), to(serde_json::to_value(groups))),
             ("AgesReport".into(), to(serde_json::to_value(ages))),
             ("ConnsReport".into(), to(serde_json::to_value(conns))),
             ("LeaksReport".into(), to(serde_json::to_value(leaks))),

@@ -11,6 +11,7 @@
 //! every alerting process, lifetime histograms only for the top N comms; the rest is summed
 //! into `pid="other"` / `comm="other"` series whose counters never go down (see
 //! `processes.rs` and `lifetimes.rs` for how).
+mod containers;
 mod families;
 mod http;
 mod lifetimes;
@@ -110,6 +111,8 @@ pub struct MetricsInput<'a> {
     pub top_n: usize,
     /// TIME_WAIT blame and port pressure (docs/leak-detection.md).
     pub exhaustion: &'a ExhaustionInput,
+    /// The containers of the processes' cgroups (workload labels, per-container series).
+    pub containers: &'a crate::containers::Directory,
 }
 
 /// What the exhaustion rules found in the latest dump, for /metrics.
@@ -129,6 +132,7 @@ pub struct ExhaustionInput {
 pub struct Metrics {
     lifetimes: LifetimeHistograms,
     processes: ProcessExport,
+    containers: containers::ContainerExport,
     last_kernel: KernelCounters,
     /// Size of the previous exposition, to allocate the next one in one go.
     last_len: usize,
@@ -166,9 +170,12 @@ impl Metrics {
             input.table,
             input.alerts,
             input.health,
+            input.containers,
             input.now_ns,
             input.top_n,
         );
+        let container_rows =
+            self.containers.collect(input.table, input.containers, input.alerts, input.top_n);
         let lifetimes = self.lifetimes.collect(input.now_ns, input.top_n);
         let rows: Vec<&ProcessRow> =
             processes.rows.iter().chain(std::iter::once(&processes.other)).collect();
@@ -176,6 +183,7 @@ impl Metrics {
         let mut families = Vec::with_capacity(16);
         families.push(build_info(&input.build));
         families.extend(per_process_families(&rows));
+        families.extend(per_container_families(&container_rows));
 
         let mut lifetime = FamilyBuilder::histogram(
             "tcp_tracer_connection_lifetime_seconds",
@@ -212,11 +220,25 @@ impl Metrics {
             let rule = alert.rule.name();
             // One series per label set, even if two processes shared pid and comm.
             if seen.insert((pid.clone(), comm.clone(), rule)) {
-                leaks.add_gauge(&[("pid", &pid), ("comm", &comm), ("rule", rule)], 1.0);
+                // The exported process's workload labels, else those the alert kept.
+                let workload = processes
+                    .workloads
+                    .get(&key)
+                    .cloned()
+                    .unwrap_or_else(|| containers::workload_labels(alert.container.as_ref()));
+                let mut labels = vec![("pid", pid.as_str()), ("comm", comm.as_str())];
+                labels.extend(workload.iter().map(|(k, v)| (*k, v.as_str())));
+                labels.push(("rule", rule));
+                leaks.add_gauge(&labels, 1.0);
             }
         }
         families.push(leaks.finish());
-        families.extend(exhaustion_families(input.exhaustion, &processes.labels, input.top_n));
+        families.extend(exhaustion_families(
+            input.exhaustion,
+            &processes.labels,
+            &processes.workloads,
+            input.top_n,
+        ));
 
         let mut unattributed = FamilyBuilder::gauge(
             "tcp_tracer_unattributed_connections",
@@ -389,6 +411,7 @@ fn build_info(build: &BuildInfo<'_>) -> MetricFamily {
 fn exhaustion_families(
     input: &ExhaustionInput,
     labels: &std::collections::HashMap<ProcessKey, (String, String)>,
+    workloads: &std::collections::HashMap<ProcessKey, containers::LabelValues>,
     top_n: usize,
 ) -> Vec<MetricFamily> {
     let mut caused = FamilyBuilder::gauge(
@@ -397,9 +420,13 @@ fn exhaustion_families(
          (released connections, not part of open), per exported process; pid=\"other\" sums \
          the rest.",
     );
-    let mut exported: Vec<(&(String, String), u32)> = labels
+    let no_workload = Vec::new();
+    let mut exported: Vec<(&(String, String), u32, &containers::LabelValues)> = labels
         .iter()
-        .map(|(key, l)| (l, input.time_wait_caused.get(key).copied().unwrap_or(0)))
+        .map(|(key, l)| {
+            let workload = workloads.get(key).unwrap_or(&no_workload);
+            (l, input.time_wait_caused.get(key).copied().unwrap_or(0), workload)
+        })
         .collect();
     exported.sort();
     exported.dedup_by(|a, b| a.0 == b.0);
@@ -409,8 +436,10 @@ fn exhaustion_families(
             other += u64::from(*n);
         }
     }
-    for ((pid, comm), n) in exported {
-        caused.add_gauge(&[("pid", pid), ("comm", comm)], f64::from(n));
+    for ((pid, comm), n, workload) in exported {
+        let mut series = vec![("pid", pid.as_str()), ("comm", comm.as_str())];
+        series.extend(workload.iter().map(|(k, v)| (*k, v.as_str())));
+        caused.add_gauge(&series, f64::from(n));
     }
     caused.add_gauge(&[("pid", OTHER), ("comm", OTHER)], other as f64);
     let mut total = FamilyBuilder::counter(
@@ -486,24 +515,35 @@ fn per_process_families(rows: &[&ProcessRow]) -> Vec<MetricFamily> {
         .chain([bound_label(f64::INFINITY)])
         .collect();
     for row in rows {
-        let (pid, comm) = (row.pid.as_str(), row.comm.as_str());
-        open.add_gauge(&[("pid", pid), ("comm", comm)], row.open as f64);
-        idle.add_gauge(&[("pid", pid), ("comm", comm)], row.idle as f64);
-        unread.add_gauge(&[("pid", pid), ("comm", comm)], row.unread as f64);
+        // pid, comm, the workload labels, then the family's own label.
+        let mut base: Vec<(&str, &str)> = vec![("pid", &row.pid), ("comm", &row.comm)];
+        base.extend(row.workload.iter().map(|(k, v)| (*k, v.as_str())));
+        fn and<'a>(
+            base: &[(&'a str, &'a str)],
+            name: &'a str,
+            value: &'a str,
+        ) -> Vec<(&'a str, &'a str)> {
+            let mut labels = base.to_vec();
+            labels.push((name, value));
+            labels
+        }
+        open.add_gauge(&base, row.open as f64);
+        idle.add_gauge(&base, row.idle as f64);
+        unread.add_gauge(&base, row.unread as f64);
         for (&state, &count) in StateCounts::STATES.iter().zip(&row.states) {
             let name = crate::events::state_name(state);
-            by_state.add_gauge(&[("pid", pid), ("comm", comm), ("state", name)], count as f64);
+            by_state.add_gauge(&and(&base, "state", name), count as f64);
         }
         let ages = row.ages_le.iter().chain([&row.ages_total]);
         for (age_le, &count) in age_labels.iter().zip(ages) {
-            by_age.add_gauge(&[("pid", pid), ("comm", comm), ("age_le", age_le)], count as f64);
+            by_age.add_gauge(&and(&base, "age_le", age_le), count as f64);
         }
         for (i, direction) in DIRECTIONS.iter().enumerate() {
-            let labels = [("pid", pid), ("comm", comm), ("direction", direction_name(*direction))];
+            let labels = and(&base, "direction", direction_name(*direction));
             opened.add_counter(&labels, row.totals.opened[i]);
             closed.add_counter(&labels, row.totals.closed[i]);
         }
-        failed.add_counter(&[("pid", pid), ("comm", comm)], row.totals.connect_failed);
+        failed.add_counter(&base, row.totals.connect_failed);
     }
     vec![
         open.finish(),
@@ -515,4 +555,34 @@ fn per_process_families(rows: &[&ProcessRow]) -> Vec<MetricFamily> {
         idle.finish(),
         unread.finish(),
     ]
+}
+
+/// The `tcp_tracer_container_*` families: the top N containers plus `other` (containers.rs).
+fn per_container_families(rows: &[containers::ContainerRow]) -> Vec<MetricFamily> {
+    let mut open = FamilyBuilder::gauge(
+        "tcp_tracer_container_open_connections",
+        "Connections open now, per container: the top N containers by open count and every \
+         container with an alert; container_id=\"other\" sums the rest. Host processes are not \
+         counted here.",
+    );
+    let mut opened = FamilyBuilder::counter(
+        "tcp_tracer_container_connections_opened_total",
+        "Connections that became open for the processes of the container (both directions).",
+    );
+    let mut closed = FamilyBuilder::counter(
+        "tcp_tracer_container_connections_closed_total",
+        "Open connections the processes of the container released.",
+    );
+    let mut alerts = FamilyBuilder::gauge(
+        "tcp_tracer_container_leak_alerts",
+        "Leak alerts active now for the processes of the container (one per process and rule).",
+    );
+    for row in rows {
+        let labels: Vec<(&str, &str)> = row.labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        open.add_gauge(&labels, row.open as f64);
+        opened.add_counter(&labels, row.opened);
+        closed.add_counter(&labels, row.closed);
+        alerts.add_gauge(&labels, row.alerts as f64);
+    }
+    vec![open.finish(), opened.finish(), closed.finish(), alerts.finish()]
 }

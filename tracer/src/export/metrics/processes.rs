@@ -22,8 +22,9 @@
 //! the table drops it.
 use std::collections::{HashMap, HashSet};
 
-use super::{AGE_BOUNDS_NS, OTHER};
+use super::{AGE_BOUNDS_NS, OTHER, containers::workload_labels};
 use crate::{
+    containers::Directory,
     detect::Alert,
     health::PerProcess,
     table::{ConnectionTable, Direction, Phase, ProcessKey, ProcessStats, StateCounts},
@@ -49,7 +50,7 @@ pub(super) struct ProcessTotals {
 }
 
 impl ProcessTotals {
-    fn of(p: &ProcessStats) -> Self {
+    pub(super) fn of(p: &ProcessStats) -> Self {
         Self {
             opened: DIRECTIONS.map(|d| p.direction(d).opened_total),
             closed: DIRECTIONS.map(|d| p.direction(d).closed_total),
@@ -59,7 +60,7 @@ impl ProcessTotals {
 
     /// What was added since `earlier`. Saturating: table totals never go back, and if one ever
     /// did, nothing must be taken away from a series.
-    fn since(&self, earlier: &Self) -> Self {
+    pub(super) fn since(&self, earlier: &Self) -> Self {
         let sub = |now: [u64; 2], then: [u64; 2]| {
             [now[0].saturating_sub(then[0]), now[1].saturating_sub(then[1])]
         };
@@ -84,6 +85,10 @@ impl ProcessTotals {
 pub(super) struct ProcessRow {
     pub pid: String,
     pub comm: String,
+    /// `k8s_namespace`, `k8s_pod`, `k8s_container` as known (none for host processes and
+    /// `other`). Not part of the series' identity: a process whose container resolves after
+    /// its first scrape keeps its counter values under the new label set.
+    pub workload: Vec<(&'static str, String)>,
     pub totals: ProcessTotals,
     pub open: u64,
     /// Open connections by state, in [`StateCounts::STATES`] order.
@@ -127,6 +132,8 @@ pub(super) struct ProcessSeries {
     pub other: ProcessRow,
     /// `(pid, comm)` labels of every exported process, for the alert series.
     pub labels: HashMap<ProcessKey, (String, String)>,
+    /// The workload labels of every exported process.
+    pub workloads: HashMap<ProcessKey, Vec<(&'static str, String)>>,
 }
 
 /// A series' identity: its `pid` and `comm` labels.
@@ -157,6 +164,7 @@ impl ProcessExport {
         table: &ConnectionTable,
         alerts: &[&Alert],
         health: &PerProcess,
+        containers: &Directory,
         now_ns: u64,
         top_n: usize,
     ) -> ProcessSeries {
@@ -190,11 +198,15 @@ impl ProcessExport {
         let mut rows = Vec::with_capacity(chosen.len());
         let mut row_of: HashMap<ProcessKey, usize> = HashMap::with_capacity(chosen.len());
         let mut labels = HashMap::with_capacity(chosen.len());
+        let mut workloads = HashMap::with_capacity(chosen.len());
         for &i in &chosen {
             let (p, series_labels) = &processes[i];
+            let workload = workload_labels(containers.container(p.cgroup_id));
+            workloads.insert(p.key, workload.clone());
             let mut row = ProcessRow {
                 pid: p.pid().to_string(),
                 comm: series_labels.1.clone(),
+                workload,
                 totals: self.series.get(series_labels).map(|s| s.value).unwrap_or_default(),
                 ..ProcessRow::default()
             };
@@ -227,7 +239,7 @@ impl ProcessExport {
                 None => other.add_age(age_ns),
             }
         }
-        ProcessSeries { rows, other, labels }
+        ProcessSeries { rows, other, labels, workloads }
     }
 
     /// Indices into `processes` of the top `top_n` by open count plus every alerting process,

@@ -19,6 +19,8 @@ struct Proc {
     pid: u32,
     start: u64,
     comm: [u8; 16],
+    /// Its cgroup id (0: none, as events of scanned processes have).
+    cgroup: u64,
 }
 
 fn comm(name: &[u8]) -> [u8; 16] {
@@ -29,7 +31,7 @@ fn comm(name: &[u8]) -> [u8; 16] {
 }
 
 fn process(pid: u32, name: &str) -> Proc {
-    Proc { pid, start: u64::from(pid) * SEC, comm: comm(name.as_bytes()) }
+    Proc { pid, start: u64::from(pid) * SEC, comm: comm(name.as_bytes()), cgroup: 0 }
 }
 
 fn tuple() -> Tuple {
@@ -65,6 +67,7 @@ fn by(mut e: ConnEvent, p: Proc) -> ConnEvent {
     e.tid = p.pid;
     e.start_time_ns = p.start;
     e.comm = p.comm;
+    e.cgroup_id = p.cgroup;
     e
 }
 
@@ -80,6 +83,7 @@ struct Sim {
     top_n: usize,
     exhaustion: ExhaustionInput,
     health: crate::health::PerProcess,
+    containers: crate::containers::Directory,
 }
 
 impl Sim {
@@ -95,6 +99,7 @@ impl Sim {
             top_n,
             exhaustion: ExhaustionInput::default(),
             health: crate::health::PerProcess::default(),
+            containers: crate::containers::Directory::default(),
         }
     }
 
@@ -171,6 +176,7 @@ impl Sim {
             pid: p.pid,
             start_time_ns: p.start,
             comm: crate::events::comm_str(&p.comm).into_owned(),
+            container: None,
             rule,
             since_ns: self.now,
             open: 0,
@@ -219,6 +225,7 @@ impl Sim {
             health: &self.health,
             now_ns: self.now,
             top_n: self.top_n,
+            containers: &self.containers,
         };
         f(&mut self.metrics, &input)
     }
@@ -812,8 +819,8 @@ fn series_of_an_exited_process_disappear_when_the_table_drops_it() {
 #[test]
 fn a_reused_pid_with_the_same_comm_continues_the_series() {
     let mut sim = Sim::new(10);
-    let old = Proc { pid: 500, start: SEC, comm: comm(b"svc") };
-    let new = Proc { pid: 500, start: 2 * SEC, comm: comm(b"svc") };
+    let old = Proc { pid: 500, start: SEC, comm: comm(b"svc"), cgroup: 0 };
+    let new = Proc { pid: 500, start: 2 * SEC, comm: comm(b"svc"), cgroup: 0 };
     let socks: Vec<u64> = (0..5).map(|_| sim.open_outbound(old)).collect();
     let opened = "tcp_tracer_connections_opened_total";
     let labels = [("pid", "500"), ("comm", "svc"), ("direction", "outbound")];
@@ -909,8 +916,8 @@ fn exposition_passes_promtool_check_metrics() {
     };
 
     let mut sim = Sim::new(3);
-    let odd = Proc { pid: 42, start: 42 * SEC, comm: comm(b"we\"ird\\n\nme") };
-    let binary = Proc { pid: 43, start: 43 * SEC, comm: comm(&[0xff, 0xfe, b'x']) };
+    let odd = Proc { pid: 42, start: 42 * SEC, comm: comm(b"we\"ird\\n\nme"), cgroup: 0 };
+    let binary = Proc { pid: 43, start: 43 * SEC, comm: comm(&[0xff, 0xfe, b'x']), cgroup: 0 };
     for p in [odd, binary, process(44, "other"), process(45, "a"), process(46, "b")] {
         let sock = sim.open_outbound(p);
         sim.accept_inbound(p);
@@ -999,7 +1006,9 @@ fn doc_metrics(doc: &str) -> Vec<DocMetric> {
 /// an alert of every rule; the kprobe counters of `Sim::with_input`.
 fn scrape_of_every_family() -> Scraped {
     let mut sim = Sim::new(DEFAULT_TOP_N);
-    let (a, b) = (process(1, "a"), process(2, "b"));
+    // b runs in a Kubernetes container: its series carry the workload labels.
+    sim.containers.insert(100, k8s("shop", "checkout-7d9f", "api", "aaaa000011112222"));
+    let (a, b) = (process(1, "a"), in_cgroup(process(2, "b"), 100));
     for p in [a, b] {
         let sock = sim.open_outbound(p);
         sim.accept_inbound(p);
@@ -1020,6 +1029,7 @@ fn scrape_of_every_family() -> Scraped {
             | Rule::FdExhaustion => sim.alert(a, rule),
         }
     }
+    sim.alert(b, Rule::Growth);
     sim.exhaustion.remote_ports = vec![("127.0.0.1:80".into(), 0.5)];
     sim.exhaustion.time_wait_caused.insert(ProcessKey { pid: 1, start_time_ns: a.start }, 2);
     sim.scrape()
@@ -1027,8 +1037,20 @@ fn scrape_of_every_family() -> Scraped {
 
 /// Labels that name things (processes, versions, kernels, probes): their values are not a
 /// fixed set the table could list.
-const OPEN_ENDED_LABELS: [&str; 8] =
-    ["pid", "comm", "le", "version", "probe_mode", "kernel", "probe", "remote"];
+const OPEN_ENDED_LABELS: [&str; 12] = [
+    "pid",
+    "comm",
+    "le",
+    "version",
+    "probe_mode",
+    "kernel",
+    "probe",
+    "remote",
+    "k8s_namespace",
+    "k8s_pod",
+    "k8s_container",
+    "container_id",
+];
 
 /// docs/metrics.md's table is the exporter's families: names, types, labels, and for each label
 /// with a fixed set of values (`state`, `reason`, `kind`, ...), the values its meaning lists.
@@ -1198,18 +1220,36 @@ fn docs_cardinality_counts_are_the_exporters() {
                 && f.name() != "tcp_tracer_leak_suspected"
                 // Per destination, bounded apart (at most N).
                 && f.name() != "tcp_tracer_remote_ports_used_ratio"
+                // Per container, bounded apart (N plus other).
+                && !f.name().starts_with("tcp_tracer_container_")
         })
         .map(|f| f.get_metric().len() as u64)
         .sum::<u64>()
         + kprobes;
+    // Per container: one series per family for each exported container.
+    let per_container = scraped
+        .0
+        .iter()
+        .filter(|f| f.name().starts_with("tcp_tracer_container_"))
+        .map(|f| {
+            f.get_metric()
+                .iter()
+                .filter(|m| labels_of(m).get("container_id").map(String::as_str) == Some("other"))
+                .count() as u64
+        })
+        .sum::<u64>();
+    assert_eq!(number_after(section, "Each exported container has"), per_container);
     let rows = DEFAULT_TOP_N as u64 + 1;
-    let formula = format!("{rows} × {per_process} + {rows} × {} + {host_wide} ≈", buckets + 2);
+    let formula = format!(
+        "{rows} × {per_process} + {rows} × {} + {rows} × {per_container} + {host_wide} ≈",
+        buckets + 2
+    );
     assert!(
         section.contains(&formula),
         "docs/metrics.md's Cardinality should state \"{formula}\" (exported rows × series each, \
          comms × series each, host-wide series)"
     );
-    let total = rows * per_process + rows * (buckets + 2) + host_wide;
+    let total = rows * per_process + rows * (buckets + 2) + rows * per_container + host_wide;
     assert_eq!(number_after(section, "≈"), (total + 50) / 100 * 100, "≈ the total, rounded");
     assert_eq!(number_after(section, "N = "), DEFAULT_TOP_N as u64);
     assert_eq!(number_after(section, "tracks at most"), lifetimes::MAX_TRACKED_COMMS as u64);
@@ -1277,4 +1317,163 @@ fn idle_and_unread_follow_the_exported_processes_and_the_rest_sum_under_other() 
     assert_eq!(at("tcp_tracer_idle_connections", "11"), None);
     assert_eq!(at("tcp_tracer_idle_connections", "other"), Some(1.0));
     assert_eq!(at("tcp_tracer_unread_connections", "other"), Some(1.0));
+}
+
+fn k8s(ns: &str, pod: &str, name: &str, id: &str) -> crate::containers::Placement {
+    crate::containers::Placement {
+        cgroup: Some(format!("/kubepods.slice/cri-containerd-{id}.scope")),
+        container: Some(crate::containers::Container {
+            id: id.to_owned(),
+            name: Some(name.to_owned()),
+            runtime: crate::containers::Runtime::Containerd,
+            pod: Some(pod.to_owned()),
+            namespace: Some(ns.to_owned()),
+            pod_uid: None,
+            cgroup: format!("/kubepods.slice/cri-containerd-{id}.scope"),
+        }),
+        unit: None,
+        role: crate::containers::Role::Workload,
+    }
+}
+
+fn host_unit(unit: &str) -> crate::containers::Placement {
+    crate::containers::Placement {
+        cgroup: Some(format!("/system.slice/{unit}")),
+        container: None,
+        unit: Some(unit.to_owned()),
+        role: crate::containers::Role::Workload,
+    }
+}
+
+fn in_cgroup(mut p: Proc, cgroup: u64) -> Proc {
+    p.cgroup = cgroup;
+    p
+}
+
+/// The labels Prometheus' Kubernetes discovery attaches to tracer's own pod.
+const TARGET_LABELS: [&str; 8] =
+    ["namespace", "pod", "container", "service", "endpoint", "node", "instance", "job"];
+
+#[test]
+fn processes_in_containers_carry_workload_labels_and_host_ones_none() {
+    let mut sim = Sim::new(10);
+    sim.containers.insert(100, k8s("shop", "checkout-7d9f", "api", "aaaa000011112222"));
+    sim.containers.insert(200, host_unit("nginx.service"));
+    let api = in_cgroup(process(10, "java"), 100);
+    let nginx = in_cgroup(process(11, "nginx"), 200);
+    let unresolved = in_cgroup(process(12, "curl"), 300);
+    for p in [api, api, nginx, unresolved] {
+        sim.open_outbound(p);
+    }
+    sim.alert(api, Rule::Growth);
+    let scraped = sim.scrape();
+    let open = scraped.series("tcp_tracer_open_connections");
+    let of = |pid: &str| {
+        open.iter().find(|(l, _)| l.get("pid").map(String::as_str) == Some(pid)).cloned()
+    };
+    let (labels, value) = of("10").expect("api's series");
+    assert_eq!(value, 2.0);
+    assert_eq!(labels.get("k8s_namespace").map(String::as_str), Some("shop"));
+    assert_eq!(labels.get("k8s_pod").map(String::as_str), Some("checkout-7d9f"));
+    assert_eq!(labels.get("k8s_container").map(String::as_str), Some("api"));
+    for pid in ["11", "12", "other"] {
+        let (labels, _) = of(pid).expect("series");
+        assert!(labels.keys().all(|k| !k.starts_with("k8s_")), "{pid}: {labels:?}");
+    }
+    // Every per-process family has them, the alert's too.
+    for name in ["tcp_tracer_connections_opened_total", "tcp_tracer_leak_suspected"] {
+        assert!(scraped.sum(name, &[("pid", "10"), ("k8s_pod", "checkout-7d9f")]) > 0.0, "{name}");
+    }
+    // Never a label Kubernetes discovery sets on tracer's own target.
+    for family in &scraped.0 {
+        for m in family.get_metric() {
+            for l in m.get_label() {
+                assert!(!TARGET_LABELS.contains(&l.name()), "{} has {}", family.name(), l.name());
+            }
+        }
+    }
+}
+
+#[test]
+fn a_placement_resolved_later_keeps_the_series_counts() {
+    let mut sim = Sim::new(10);
+    let api = in_cgroup(process(10, "java"), 100);
+    sim.open_outbound(api);
+    sim.open_outbound(api);
+    let before = sim.scrape();
+    let opened = "tcp_tracer_connections_opened_total";
+    let outbound = [("pid", "10"), ("direction", "outbound")];
+    assert_eq!(before.value(opened, &outbound), Some(2.0));
+    sim.containers.insert(100, k8s("shop", "checkout-7d9f", "api", "aaaa000011112222"));
+    sim.open_outbound(api);
+    let after = sim.scrape();
+    // One series per process at any scrape, now labelled, continuing from the same count.
+    let series: Vec<_> =
+        after.series(opened).into_iter().filter(|(l, _)| matches(l, &outbound)).collect();
+    assert_eq!(series.len(), 1, "{series:?}");
+    assert_eq!(series[0].1, 3.0);
+    assert_eq!(series[0].0.get("k8s_container").map(String::as_str), Some("api"));
+}
+
+#[test]
+fn container_series_are_the_top_n_plus_other_and_never_go_down() {
+    let mut sim = Sim::new(1);
+    sim.containers.insert(100, k8s("shop", "checkout", "api", "aaaa000011112222"));
+    sim.containers.insert(200, k8s("shop", "cart", "api", "bbbb000011112222"));
+    sim.containers.insert(300, k8s("shop", "search", "api", "cccc000011112222"));
+    let (a, a2) = (in_cgroup(process(10, "java"), 100), in_cgroup(process(11, "envoy"), 100));
+    let b = in_cgroup(process(20, "java"), 200);
+    let c = in_cgroup(process(30, "java"), 300);
+    let host = process(40, "curl");
+    for p in [a, a, a2, b, host, host, host, host, host] {
+        sim.open_outbound(p);
+    }
+    let open = "tcp_tracer_container_open_connections";
+    let first = sim.scrape();
+    assert_eq!(first.value(open, &[("container_id", "aaaa00001111")]), Some(3.0), "two processes");
+    assert_eq!(first.value(open, &[("k8s_pod", "checkout"), ("k8s_container", "api")]), Some(3.0));
+    assert_eq!(first.value(open, &[("container_id", "bbbb00001111")]), None, "beyond the top 1");
+    assert_eq!(first.value(open, &[("container_id", "other")]), Some(1.0));
+    assert_eq!(first.sum(open, &[]), 4.0, "host processes are not counted");
+
+    // b overtakes a; c alerts: both exported, a's counts go to other from now on.
+    for _ in 0..4 {
+        sim.open_outbound(b);
+    }
+    sim.open_outbound(c);
+    sim.alert(c, Rule::Growth);
+    let second = sim.scrape();
+    assert_eq!(second.value(open, &[("container_id", "bbbb00001111")]), Some(5.0));
+    assert_eq!(second.value(open, &[("container_id", "cccc00001111")]), Some(1.0));
+    assert_eq!(
+        second.value("tcp_tracer_container_leak_alerts", &[("k8s_pod", "search")]),
+        Some(1.0)
+    );
+    assert_eq!(second.value(open, &[("container_id", "aaaa00001111")]), None);
+    assert_eq!(second.value(open, &[("container_id", "other")]), Some(3.0));
+    let opened = "tcp_tracer_container_connections_opened_total";
+    // Every open counted once: in the series exported now, or in a's, standing still while
+    // it is folded into other.
+    let a_before = first.value(opened, &[("container_id", "aaaa00001111")]).unwrap_or(0.0);
+    assert_eq!(a_before, 3.0);
+    assert_eq!(second.sum(opened, &[]) + a_before, 9.0);
+    for (key, value) in first.counters() {
+        if let Some(now) = second.counters().get(&key) {
+            assert!(*now >= value, "{key} went down: {value} -> {now}");
+        }
+    }
+    assert!(second.value(opened, &[("container_id", "other")]).is_some_and(|v| v >= 1.0));
+
+    // A container whose processes left the table loses its series.
+    sim.alerts.clear();
+    sim.exit(c);
+    sim.now += 3_600 * SEC;
+    sim.table.expire(sim.now);
+    let third = sim.scrape();
+    assert!(
+        third
+            .series(open)
+            .iter()
+            .all(|(l, _)| l.get("k8s_pod").map(String::as_str) != Some("search"))
+    );
 }
