@@ -19,7 +19,7 @@ use tracer::api::schema::Schemas;
 fn raw(daemon: &Daemon, request: Value) -> Value {
     let mut stream = UnixStream::connect(&daemon.socket).expect("connect");
     stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
-    let line = json!({ "version": 2, "request": request }).to_string() + "\n";
+    let line = json!({ "version": 4, "request": request }).to_string() + "\n";
     stream.write_all(line.as_bytes()).expect("write");
     let mut reply = String::new();
     BufReader::new(stream).read_line(&mut reply).expect("read");
@@ -32,7 +32,7 @@ fn answer(daemon: &Daemon, request: Value) -> Value {
     let envelope = raw(daemon, request.clone());
     let keys: Vec<&String> = envelope.as_object().expect("envelope").keys().collect();
     assert_eq!(keys, ["version", "result"], "{request}: {envelope}");
-    assert_eq!(envelope["version"], 2);
+    assert_eq!(envelope["version"], 4);
     envelope["result"].clone()
 }
 
@@ -211,8 +211,8 @@ fn errors_keep_the_envelope_and_the_cli_convention() {
     let mut stream = UnixStream::connect(&daemon.socket).expect("connect");
     stream
         .write_all(
-            b"{\"version\":2,\"request\":{\"conns\":{\"state\":\"sleepy\"}}}\n\
-              {\"version\":2,\"request\":{\"status\":{}}}\n",
+            b"{\"version\":4,\"request\":{\"conns\":{\"state\":\"sleepy\"}}}\n\
+              {\"version\":4,\"request\":{\"status\":{}}}\n",
         )
         .expect("write");
     let mut lines = BufReader::new(stream).lines();
@@ -223,7 +223,7 @@ fn errors_keep_the_envelope_and_the_cli_convention() {
     assert!(refused["error"].as_str().is_some_and(|e| e.contains("close_wait")), "{refused}");
     let next: Value =
         serde_json::from_str(&lines.next().expect("line").expect("read")).expect("JSON");
-    assert!(next["result"]["api_version"] == 2, "{next}");
+    assert!(next["result"]["api_version"] == 4, "{next}");
 
     // The CLI: nothing on stdout, one `tracer: ` line on stderr, exit 1, --json or not.
     for args in
