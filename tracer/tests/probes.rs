@@ -85,3 +85,61 @@ fn kprobe_mode_reports_kernel_hit_and_miss_counts_and_removes_its_probes() {
     next.stop();
     assert!(our_kprobe_events().is_empty(), "{:?}", our_kprobe_events());
 }
+
+/// Every program the mode loaded is listed with the runs the kernel skipped (a program already
+/// running on that CPU), read from the kernel's own program info: the one trace such a lost
+/// event leaves (docs/semantics.md, "Kernel-side misses").
+#[test]
+fn every_loaded_program_reports_the_runs_the_kernel_skipped() {
+    let daemon = Daemon::start(&[]);
+    let mut server = Workload::spawn();
+    let port = server.listen("127.0.0.1");
+    let mut client = Workload::spawn();
+    client.connect(&format!("127.0.0.1:{port}"), 3);
+    server.cmd("accept 0 3");
+    client.cmd("close 3");
+    daemon.eventually("three connections closed", |d| {
+        common::expect_eq("client closed", num(&d.process(client.pid), "closed_total"), 3)
+    });
+    let status = daemon.json(&["status"]);
+    let mode = match status["probe_mode"].as_str() {
+        Some("fentry") => ProbeMode::Fentry,
+        Some("kprobe") => ProbeMode::Kprobe,
+        Some("tracepoint") => ProbeMode::Tracepoint,
+        other => panic!("probe mode {other:?}"),
+    };
+    // The programs this kernel's BTF makes the mode attach: the ground truth of the list.
+    let btf = aya::Btf::from_sys_fs().expect("kernel BTF");
+    // The task iterator is optional (a kernel may refuse it) and runs on demand: left out.
+    let optional = |name: &str| {
+        tracer::probes::hooks::HOOKS
+            .iter()
+            .any(|hook| hook.program == name && hook.kind == tracer::probes::hooks::HookKind::Iter)
+    };
+    let mut expected: Vec<&str> = tracer::probes::hooks::of_mode(mode, &btf)
+        .map(|hook| hook.program)
+        .filter(|name| !optional(name))
+        .collect();
+    expected.sort_unstable();
+    let listed = status["program_misses"].as_array().cloned().unwrap_or_default();
+    let names: Vec<&str> = listed
+        .iter()
+        .filter_map(|p| p["program"].as_str())
+        .filter(|name| !optional(name))
+        .collect();
+    assert_eq!(names, expected, "{status}");
+    let sum: u64 = listed.iter().map(|p| num(p, "missed")).sum();
+    assert_eq!(num(&status, "program_misses_total"), sum, "{status}");
+    let metrics = daemon.scrape_metrics();
+    for name in &expected {
+        let missed = listed.iter().find(|p| p["program"] == *name).map_or(0, |p| num(p, "missed"));
+        // A scrape after the status: the count can only have grown.
+        let line = format!("tcp_tracer_bpf_program_missed_total{{program=\"{name}\"}} ");
+        let scraped: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {line} in {metrics}"));
+        assert!(scraped >= missed, "{name}: scraped {scraped} < status {missed}");
+    }
+}

@@ -255,6 +255,7 @@ fn four_clients_two_thousand_each_exact_totals_and_no_loss() {
     let high_water = num(&status, "ring_high_water_bytes");
     assert!(high_water >= record && high_water < num(&status, "ring_bytes"), "{status}");
     assert_no_corrections(&daemon);
+    common::assert_inferred_handshakes_explained(&daemon);
     drop(clients);
     drop(server);
     let (emitted, received, lost) = final_summary(&daemon.stop());

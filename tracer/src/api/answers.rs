@@ -297,6 +297,18 @@ pub struct StatusReport {
     /// kprobe mode: each probe's hits and the kernel's count of misses (empty in other modes).
     #[serde(default)]
     pub kprobes: Vec<KprobeStatus>,
+    /// Every loaded kernel program with the runs the kernel skipped because that program was
+    /// already running on the CPU (an interrupt's softirq landing on it): events never
+    /// reported, so never in `events_lost`. 0 before Linux 5.12, which does not count them.
+    #[serde(default)]
+    pub program_misses: Vec<ProgramMissesStatus>,
+    /// The sum of `program_misses`' counts.
+    #[serde(default)]
+    pub program_misses_total: u64,
+    /// Outbound connections counted as opened without their handshake-completion event (a
+    /// kernel-side miss), because a later event showed them past it, since start.
+    #[serde(default)]
+    pub established_inferred: u64,
     /// Size of the ring buffer, bytes (`--ring-bytes`).
     #[serde(default)]
     pub ring_bytes: u64,
@@ -355,6 +367,15 @@ pub struct KprobeStatus {
     /// Times the program ran, since the probes were attached.
     pub hits: u64,
     /// Calls the kernel could not hand to the program, since the probes were attached.
+    pub missed: u64,
+}
+
+/// One loaded kernel program and the runs the kernel skipped (`bpf_prog_info.recursion_misses`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ProgramMissesStatus {
+    /// The program's name in the kernel object.
+    pub program: String,
+    /// Runs skipped because the program was already running on that CPU, since it was loaded.
     pub missed: u64,
 }
 

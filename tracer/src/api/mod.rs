@@ -2,7 +2,7 @@
 //!
 //! One request line, one response line, both carrying [`protocol::API_VERSION`]. The CLI
 //! refuses a daemon that speaks another version. `socat - UNIX:/run/tracer/tracer.sock` and
-//! `{"version":2,"request":{"status":{}}}` are enough to talk to it by hand.
+//! `{"version":4,"request":{"status":{}}}` are enough to talk to it by hand.
 pub mod answers;
 pub mod client;
 pub mod protocol;

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::{containers::views::PlacementFilter, names::named_enum};
 
 /// Bumped on any incompatible change to requests or payloads.
-pub const API_VERSION: u32 = 3;
+pub const API_VERSION: u32 = 4;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -59,7 +59,7 @@ pub struct RequestEnvelope {
     pub request: Request,
 }
 
-/// `{"version":3,"result":ANSWER}` or `{"version":3,"error":"MESSAGE"}` (docs/api.md).
+/// `{"version":4,"result":ANSWER}` or `{"version":4,"error":"MESSAGE"}` (docs/api.md).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ResponseEnvelope {
     pub version: u32,

@@ -82,6 +82,20 @@ fn status(s: &StatusReport) -> String {
             let _ = writeln!(out, "  {:<22} {} {}", p.probe, p.hits, p.missed);
         }
     }
+    // Runs the kernel skipped never reach the ring: the only trace of those lost events.
+    let _ = writeln!(
+        out,
+        "program runs skipped: {} (a program already running on the CPU){}",
+        s.program_misses_total,
+        if s.established_inferred > 0 {
+            format!("; {} handshakes inferred from later events", s.established_inferred)
+        } else {
+            String::new()
+        }
+    );
+    for p in s.program_misses.iter().filter(|p| p.missed > 0) {
+        let _ = writeln!(out, "  {:<30} {}", p.program, p.missed);
+    }
     let k = &s.stacks;
     let _ = writeln!(
         out,

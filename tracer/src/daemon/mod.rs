@@ -529,6 +529,7 @@ impl Daemon {
         let mode = self.probes.mode().to_string();
         let alerts: Vec<_> = self.detector.active().collect();
         let kprobes = self.probes.kprobe_misses();
+        let program_misses = self.probes.program_misses();
         let exhaustion = self.exhaustion.metrics_input();
         let stacks = self.stacks.status(&kernel.clone().unwrap_or_default());
         let input = MetricsInput {
@@ -539,6 +540,7 @@ impl Daemon {
             malformed: self.source.malformed(),
             reconcile_corrections: self.reconciler.corrections_total,
             kprobes: &kprobes,
+            program_misses: &program_misses,
             ring: RingFill {
                 size_bytes: self.ring_bytes,
                 high_water_bytes: self.ring_high_water(kernel.as_ref()),

@@ -10,7 +10,8 @@ use crate::{
     api::{
         answers::{
             AgesReport, AlertView, GroupReport, KprobeStatus, LeaksReport, OverrideMatches,
-            RemoteFilter, RemoteReport, RemoteRow, STATE_NAMES, StatusReport, TopReport, TopRow,
+            ProgramMissesStatus, RemoteFilter, RemoteReport, RemoteRow, STATE_NAMES, StatusReport,
+            TopReport, TopRow,
             conn_state_label,
         },
         protocol::{API_VERSION, Request, TopBy},
@@ -332,6 +333,7 @@ impl Daemon {
         let received = self.source.received();
         let summary = self.table.summary();
         let lost = LostEvents::new(&kernel, self.source.malformed());
+        let program_misses = self.probes.program_misses();
         StatusReport {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             api_version: API_VERSION,
@@ -368,6 +370,12 @@ impl Daemon {
                 .into_iter()
                 .map(|m| KprobeStatus { probe: m.probe, hits: m.hits, missed: m.missed })
                 .collect(),
+            program_misses_total: program_misses.iter().map(|m| m.missed).sum(),
+            program_misses: program_misses
+                .into_iter()
+                .map(|m| ProgramMissesStatus { program: m.program, missed: m.missed })
+                .collect(),
+            established_inferred: summary.counters.established_inferred,
             ring_bytes: self.ring_bytes,
             ring_high_water_bytes: self.ring_high_water(Some(&kernel)),
             stacks: self.stacks.status(&kernel),

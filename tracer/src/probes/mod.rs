@@ -5,11 +5,13 @@ mod error;
 pub mod hooks;
 mod kprobe;
 pub mod preflight;
+mod recursion;
 mod task_cgroups;
 mod tracepoint;
 
 pub use error::ProbeError;
 pub use kprobe::ProbeMisses;
+pub use recursion::ProgramMisses;
 pub use task_cgroups::{
     CgroupIds, TaskCgroupsError, parse as parse_task_cgroups, read as read_task_cgroups,
 };
@@ -381,6 +383,12 @@ impl Probes {
             log::debug!("cannot read kprobe_profile: {e}");
             Vec::new()
         })
+    }
+
+    /// Runs the kernel skipped per loaded program because that program was already running on
+    /// the CPU (0 before Linux 5.12; empty once detached). See recursion.rs.
+    pub fn program_misses(&self) -> Vec<ProgramMisses> {
+        self.ebpf.as_ref().map(recursion::misses).unwrap_or_default()
     }
 
     pub fn counters(&self) -> Result<KernelCounters> {

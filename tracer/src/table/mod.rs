@@ -26,6 +26,21 @@ pub use model::{
 pub use reconcile::{ReconcileReport, Reconciler, ScannedHolder, ScannedSocket};
 pub use snapshot::{ConnSnapshot, ConnView, ProcessSnapshot, TableSummary};
 
+/// States only a connection past its handshake reaches (CLOSE and SYN_SENT are not: a failed
+/// connect has them too).
+fn past_handshake(state: u8) -> bool {
+    matches!(
+        state,
+        tcp_state::ESTABLISHED
+            | tcp_state::CLOSE_WAIT
+            | tcp_state::FIN_WAIT1
+            | tcp_state::FIN_WAIT2
+            | tcp_state::CLOSING
+            | tcp_state::LAST_ACK
+            | tcp_state::TIME_WAIT
+    )
+}
+
 /// How long an exited process stays listed by default.
 pub const DEFAULT_EXITED_GRACE_NS: u64 = 60 * 1_000_000_000;
 
@@ -65,6 +80,11 @@ pub struct TableCounters {
     pub released_unattributed: u64,
     /// Records with an event kind this build does not know.
     pub invalid_events: u64,
+    /// Outbound connections whose Established event never came (the kernel skipped the
+    /// program, see probes/recursion.rs) but whose later events showed them past the
+    /// handshake: counted as opened then, not as failed connects.
+    #[serde(default)]
+    pub established_inferred: u64,
 }
 
 /// What one event did, for callers that react to transitions (lifetime histograms, exporters).
@@ -475,7 +495,11 @@ impl ConnectionTable {
     }
 
     fn on_state_change(&mut self, e: &ConnEvent) -> Applied {
-        let Some(conn) = self.connections.get_mut(&SocketKey::of(e)) else {
+        let key = SocketKey::of(e);
+        if let Some(applied) = self.infer_established(key, e) {
+            return applied;
+        }
+        let Some(conn) = self.connections.get_mut(&key) else {
             self.counters.unknown_socket_events += 1;
             return Applied::UnknownSocket;
         };
@@ -489,6 +513,9 @@ impl ConnectionTable {
     }
 
     fn on_release(&mut self, e: &ConnEvent) -> Applied {
+        // A connect whose Established was missed and that is released past the handshake was
+        // a connection: opened, then closed (not a failed connect).
+        self.infer_established(SocketKey::of(e), e);
         // The releasing process may not be the owner (an fd passed on, or inherited by a
         // child): the socket is gone either way, and the owner is the one that held it.
         let Some(conn) = self.remove(SocketKey::of(e)) else {
@@ -517,6 +544,50 @@ impl ConnectionTable {
             // Its failure was counted when it happened.
             (Phase::Failed, _) => Applied::Ignored,
         }
+    }
+
+    /// An outbound entry still connecting that `e` shows past the handshake (its state before
+    /// or after is one only an established connection reaches): its Established event was
+    /// never delivered (the kernel skips a program already running on the CPU: an interrupt's
+    /// softirq completing a handshake while the program runs in process context). It is
+    /// opened as of `e`, counted for its owner, and the miss counted; the state change `e`
+    /// carries is applied too. `None` when `e` is no such evidence.
+    fn infer_established(&mut self, key: SocketKey, e: &ConnEvent) -> Option<Applied> {
+        if !(past_handshake(e.old_state) || past_handshake(e.new_state)) {
+            return None;
+        }
+        // The connect's event may lack the local port (tracepoint mode); this one has it,
+        // unless a reset already freed it (then the release carries it).
+        let tuple = (e.tuple.local_port != 0).then_some(e.tuple);
+        self.open_missed_handshake(key, e.new_state, e.timestamp_ns, tuple)
+    }
+
+    /// Opens the outbound entry `key`, still connecting, whose handshake completed unreported,
+    /// in `state` as of `at_ns`; counts it for its owner and as inferred. `None` when the entry
+    /// is not an outbound connect in progress.
+    pub(super) fn open_missed_handshake(
+        &mut self,
+        key: SocketKey,
+        state: u8,
+        at_ns: u64,
+        tuple: Option<tracer_common::Tuple>,
+    ) -> Option<Applied> {
+        let conn = self.connections.get_mut(&key)?;
+        if conn.phase() != Phase::Connecting || conn.direction != Direction::Outbound {
+            return None;
+        }
+        let before = Contribution::of(conn);
+        conn.open(at_ns);
+        conn.set_state(state, at_ns);
+        if let Some(tuple) = tuple {
+            conn.tuple = tuple;
+        }
+        let (id, owner, after) = (conn.id, conn.owner(), Contribution::of(conn));
+        self.aggregates.withdraw(before);
+        self.aggregates.add(after);
+        self.aggregates.count_opened(owner, Direction::Outbound);
+        self.counters.established_inferred += 1;
+        Some(Applied::Opened { id, owner, direction: Direction::Outbound })
     }
 
     fn on_process_exit(&mut self, e: &ConnEvent) -> Applied {

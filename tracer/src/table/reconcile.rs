@@ -158,14 +158,29 @@ impl Reconciler {
             scan.iter().map(|s| (s.tuple_key(), s)).collect();
         for difference in differences.intersection(&self.pending) {
             let done = match *difference {
-                Difference::Missing { tuple, .. } => {
-                    by_tuple.get(&tuple).and_then(|s| table.insert_scanned(s, now_ns)).map(|_| {
-                        format!(
-                            "added a connection the events missed: {} -> {} (netns {})",
-                            tuple.local, tuple.remote, tuple.netns
-                        )
-                    })
-                }
+                Difference::Missing { tuple, .. } => match table.connecting_at(tuple) {
+                    // A connect whose handshake completion was never reported (a run the
+                    // kernel skipped): the table has it, still connecting, at these addresses.
+                    Some(key) => {
+                        let state =
+                            by_tuple.get(&tuple).map_or(tcp_state::ESTABLISHED, |s| s.state);
+                        table.open_missed_handshake(key, state, now_ns, None).map(|_| {
+                            format!(
+                                "opened a connect whose handshake the events missed: {} -> {} \
+                                 (netns {})",
+                                tuple.local, tuple.remote, tuple.netns
+                            )
+                        })
+                    }
+                    None => by_tuple.get(&tuple).and_then(|s| table.insert_scanned(s, now_ns)).map(
+                        |_| {
+                            format!(
+                                "added a connection the events missed: {} -> {} (netns {})",
+                                tuple.local, tuple.remote, tuple.netns
+                            )
+                        },
+                    ),
+                },
                 Difference::Stale { key, id } => table.drop_stale(key, id).map(|c| {
                     format!(
                         "removed a connection the kernel no longer has: {} -> {} (a lost release)",
@@ -211,6 +226,20 @@ impl ConnectionTable {
             .filter(|s| s.is_connection() && !known.contains(&s.tuple_key()))
             .filter_map(|s| self.insert_scanned(s, now_ns))
             .count()
+    }
+
+    /// The outbound entry still connecting with exactly these addresses (its connect event
+    /// carried its local port: fentry and kprobe modes), if any.
+    fn connecting_at(&self, tuple: TupleKey) -> Option<SocketKey> {
+        self.connections
+            .iter()
+            .find(|(key, c)| {
+                c.phase() == Phase::Connecting
+                    && c.direction == Direction::Outbound
+                    && c.tuple.local_port != 0
+                    && c.tuple_key(key.netns) == tuple
+            })
+            .map(|(&key, _)| key)
     }
 
     /// Extra pids holding `key` (empty unless a scan found several holders).

@@ -100,6 +100,8 @@ pub struct MetricsInput<'a> {
     pub reconcile_corrections: u64,
     /// kprobe mode's per-probe hits and misses (empty in other modes).
     pub kprobes: &'a [crate::probes::ProbeMisses],
+    /// Every loaded kernel program's skipped runs (`Probes::program_misses`).
+    pub program_misses: &'a [crate::probes::ProgramMisses],
     pub ring: RingFill,
     pub stacks: StackMetrics,
     pub build: BuildInfo<'a>,
@@ -326,6 +328,7 @@ impl Metrics {
             ("stale_replaced", counters.stale_replaced),
             ("released_unattributed", counters.released_unattributed),
             ("invalid_kind", counters.invalid_events),
+            ("established_inferred", counters.established_inferred),
         ] {
             anomalies.add_counter(&[("reason", reason)], value);
         }
@@ -345,6 +348,16 @@ impl Metrics {
         );
         for p in input.kprobes {
             kprobe_missed.add_counter(&[("probe", &p.probe)], p.missed);
+        }
+
+        let mut program_missed = FamilyBuilder::counter(
+            "tcp_tracer_bpf_program_missed_total",
+            "Runs the kernel skipped, per loaded kernel program, because that program was \
+             already running on the CPU (an interrupt's softirq landing on it): events never \
+             emitted, so never counted as lost. Always 0 before Linux 5.12.",
+        );
+        for p in input.program_misses {
+            program_missed.add_counter(&[("program", &p.program)], p.missed);
         }
 
         let mut stacks_captured = FamilyBuilder::counter(
@@ -388,6 +401,7 @@ impl Metrics {
             anomalies.finish(),
             corrections.finish(),
             kprobe_missed.finish(),
+            program_missed.finish(),
             ring_size.finish(),
             ring_high_water.finish(),
         ]

@@ -210,7 +210,17 @@ impl Sim {
             hits: 10,
             missed: 4,
         }];
+        // The programs fentry mode loads on a 6.10+ kernel, the most any mode loads.
+        let program_misses: Vec<crate::probes::ProgramMisses> = crate::probes::hooks::HOOKS
+            .iter()
+            .filter(|h| h.modes.contains(&crate::probes::ProbeMode::Fentry))
+            .filter(|h| {
+                !matches!(h.requires, Some(crate::probes::hooks::Requires::NoStruct { .. }))
+            })
+            .map(|h| crate::probes::ProgramMisses { program: h.program.into(), missed: 1 })
+            .collect();
         let input = MetricsInput {
+            program_misses: &program_misses,
             exhaustion: &self.exhaustion,
             table: &self.table,
             alerts: &alerts,
@@ -880,6 +890,10 @@ fn pipeline_counters_and_build_info() {
         Some(4.0)
     );
     assert_eq!(
+        scraped.value("tcp_tracer_bpf_program_missed_total", &[("program", "inet_sock_set_state")]),
+        Some(1.0)
+    );
+    assert_eq!(
         scraped.value(
             "tcp_tracer_build_info",
             &[("version", "0.1.0"), ("probe_mode", "fentry"), ("kernel", "6.1.0-test")]
@@ -903,7 +917,7 @@ fn table_anomalies_are_counted() {
     let scraped = sim.scrape();
     let anomalies = "tcp_tracer_table_anomalies_total";
     assert_eq!(scraped.value(anomalies, &[("reason", "unmatched_release")]), Some(1.0));
-    assert_eq!(scraped.series(anomalies).len(), 5);
+    assert_eq!(scraped.series(anomalies).len(), 6);
 }
 
 /// `promtool check metrics` lints the exposition as Prometheus' own tooling does (naming,
@@ -1035,9 +1049,9 @@ fn scrape_of_every_family() -> Scraped {
     sim.scrape()
 }
 
-/// Labels that name things (processes, versions, kernels, probes): their values are not a
+/// Labels that name things (processes, versions, kernels, probes, programs): their values are not a
 /// fixed set the table could list.
-const OPEN_ENDED_LABELS: [&str; 12] = [
+const OPEN_ENDED_LABELS: [&str; 13] = [
     "pid",
     "comm",
     "le",
@@ -1045,6 +1059,7 @@ const OPEN_ENDED_LABELS: [&str; 12] = [
     "probe_mode",
     "kernel",
     "probe",
+    "program",
     "remote",
     "k8s_namespace",
     "k8s_pod",
