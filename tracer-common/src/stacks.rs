@@ -156,7 +156,29 @@ impl StackRecord {
     pub fn window(&self) -> &[u64] {
         &self.window[..(self.window_len as usize / 8).min(self.window.len())]
     }
+
+    /// Whether `regs.bp` can start a frame-pointer chain: a frame pointer of the thread's own
+    /// stack lies above `sp`, within [`FRAME_CHAIN_SPAN`], 8-byte aligned, and the frame it
+    /// points at, when the window holds it, links further up (or ends the chain with 0). Code
+    /// built without frame pointers (most C and C++ at -O2, Rust release builds) leaves any
+    /// value in rbp: walking it reads junk as return addresses, slowly (the kernel reads on
+    /// until a read faults or the depth runs out), so the kernel takes one frame then and
+    /// userspace recovers the caller from the window.
+    pub fn frame_chain_plausible(&self) -> bool {
+        let UserRegs { sp, bp, .. } = self.regs;
+        if bp < sp || bp - sp >= FRAME_CHAIN_SPAN || bp % 8 != 0 {
+            return false;
+        }
+        let index = ((bp - sp) / 8) as usize;
+        match self.window().get(index) {
+            Some(&next) => next == 0 || next > bp,
+            None => true,
+        }
+    }
 }
+
+/// How far above `sp` the first frame pointer may lie (the default main thread stack is 8 MiB).
+pub const FRAME_CHAIN_SPAN: u64 = 8 << 20;
 
 #[cfg(test)]
 mod tests {
@@ -196,5 +218,32 @@ mod tests {
         assert!(StackRecord::from_bytes(&bytes[..bytes.len() - 4]).is_none());
         // Depth and length disagree.
         assert!(StackRecord::from_bytes(&bytes[..bytes.len() - 8]).is_none());
+    }
+
+    #[test]
+    fn only_a_frame_pointer_of_the_threads_own_stack_starts_a_walk() {
+        let sp = 0x7ffd_0000_1000;
+        let with = |bp: u64, link: Option<u64>| {
+            let mut record = StackRecord::EMPTY;
+            record.regs = UserRegs { ip: 0x40_1000, sp, bp };
+            record.window_len = STACK_WINDOW_BYTES as u32;
+            if let Some(link) = link {
+                record.window[((bp - sp) / 8) as usize] = link;
+            }
+            record.frame_chain_plausible()
+        };
+        // A frame just above sp that links further up, or ends the chain.
+        assert!(with(sp + 0x40, Some(sp + 0x90)));
+        assert!(with(sp + 0x40, Some(0)));
+        // Past the window: nothing to check the link against.
+        assert!(with(sp + 0x1000, None));
+        // What code without frame pointers leaves in rbp: a heap address, a small integer, a
+        // misaligned or far address, or a "frame" whose link goes down.
+        assert!(!with(0x5555_5555_a000, None));
+        assert!(!with(3, None));
+        assert!(!with(sp + 0x41, None));
+        assert!(!with(sp + FRAME_CHAIN_SPAN, None));
+        assert!(!with(sp + 0x40, Some(sp + 0x10)));
+        assert!(!with(sp + 0x40, Some(sp + 0x40)));
     }
 }

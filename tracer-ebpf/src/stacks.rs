@@ -86,6 +86,15 @@ fn capture_stack(ctx: *mut c_void, sock: u64, netns: u32, kind: u8) -> u8 {
     } else {
         cfg.stack_depth
     };
+    // The registers and the window first: they say whether the frame-pointer walk can go
+    // anywhere past the first frame (see `StackRecord::frame_chain_plausible`).
+    capture_unwind_state(record);
+    // SAFETY: `record` is valid (above) and its registers and window are written.
+    let depth = if unsafe { (*record).regs.sp != 0 && !(*record).frame_chain_plausible() } {
+        1
+    } else {
+        depth
+    };
     // SAFETY: `record` is this CPU's scratch slot, valid and exclusive while the program runs;
     // bpf_get_stack writes at most `depth * 8` bytes into `frames`, which holds
     // MAX_STACK_DEPTH entries.
@@ -115,7 +124,6 @@ fn capture_stack(ctx: *mut c_void, sock: u64, netns: u32, kind: u8) -> u8 {
         let mut comm = [0u8; 16];
         core_shim::tracer_leader_identity(&raw mut (*record).start_time_ns, comm.as_mut_ptr());
     }
-    capture_unwind_state(record);
     // Only the frames written travel: a Go stack of 20 frames is 520 bytes, not 1,344, so the
     // ring holds two to three times more stacks through a burst, and the copy is shorter.
     // No wakeup of its own: the daemon reads this ring whenever it reads the event ring, which
