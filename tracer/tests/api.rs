@@ -200,24 +200,35 @@ fn every_answer_of_a_live_daemon_matches_the_documented_schema() {
     assert!(conns.iter().any(|c| c["local"].as_str().is_some_and(|l| l.starts_with("[::1]"))));
     let leaks = answer(&daemon, json!({"leaks": {}}));
     assert!(leaks["active"].as_array().is_some_and(|a| !a.is_empty()), "{leaks}");
-    // No resolver runs in this daemon: every process is a host process, in every view.
+    // The test's own processes run in the host's cgroups: host processes, in every view.
     let top = answer(&daemon, json!({"top": {}}));
     let rows = top["processes"].as_array().expect("processes");
-    assert!(!rows.is_empty() && rows.iter().all(|r| r["container"].is_null()), "{top}");
-    daemon.eventually("--container host keeps every (host) process", |d| {
-        let rows = |request: Value| answer(d, request)["processes"].as_array().map_or(0, Vec::len);
-        let all = rows(json!({"top": {}})) as u64;
-        common::expect_eq("host rows", rows(json!({"top": {"container": "host"}})) as u64, all)
+    let ours: Vec<_> = rows.iter().filter(|r| r["pid"] == holder.pid).collect();
+    assert!(!ours.is_empty() && ours.iter().all(|r| r["container"].is_null()), "{top}");
+    // Containers of other workloads on the machine may show up too: compare with what the rows
+    // themselves say.
+    daemon.eventually("--container host keeps every host process", |d| {
+        let rows = |request: Value| answer(d, request)["processes"].as_array().cloned();
+        let all = rows(json!({"top": {}})).unwrap_or_default();
+        let host = all.iter().filter(|r| r["container"].is_null()).count() as u64;
+        let kept = rows(json!({"top": {"container": "host"}})).unwrap_or_default();
+        common::expect_eq("host rows", kept.len() as u64, host)
     });
-    let shop = answer(&daemon, json!({"conns": {"namespace": "shop"}}));
+    let shop = answer(&daemon, json!({"conns": {"namespace": "no-such-namespace-7f3a"}}));
     assert_eq!(shop["connections"].as_array().map(Vec::len), Some(0), "{shop}");
     assert!(shop["host_netns"].is_u64(), "{shop}");
     let groups = answer(&daemon, json!({"top": {"by": "container"}}));
     let groups = groups["groups"].as_array().expect("groups");
-    assert_eq!(groups.len(), 1, "one host group: {groups:?}");
-    assert_eq!(groups[0]["group"], "host");
-    assert!(groups[0]["processes"].as_u64().is_some_and(|n| n >= 1), "{groups:?}");
-    assert!(leaks["active"].as_array().expect("active").iter().all(|a| a["container"].is_null()));
+    let host = groups.iter().find(|g| g["group"] == "host").expect("a host group");
+    assert!(host["processes"].as_u64().is_some_and(|n| n >= 1), "{groups:?}");
+    assert!(
+        leaks["active"]
+            .as_array()
+            .expect("active")
+            .iter()
+            .filter(|a| a["pid"] == holder.pid || a["pid"] == quitter_pid)
+            .all(|a| a["container"].is_null())
+    );
     assert!(leaks["resolved"][0]["resolved_seconds_ago"].is_u64(), "{leaks}");
     daemon.eventually("the client's ages count its 7 connections", |d| {
         let ages = answer(d, json!({"ages": {"pid": client.pid}}));

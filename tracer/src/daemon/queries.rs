@@ -11,8 +11,7 @@ use crate::{
         answers::{
             AgesReport, AlertView, GroupReport, KprobeStatus, LeaksReport, OverrideMatches,
             ProgramMissesStatus, RemoteFilter, RemoteReport, RemoteRow, STATE_NAMES, StatusReport,
-            TopReport, TopRow,
-            conn_state_label,
+            TopReport, TopRow, conn_state_label,
         },
         protocol::{API_VERSION, Request, TopBy},
     },
