@@ -136,7 +136,8 @@ impl Args {
     /// from a leaking Go program (25-45 s per cell), and the cgroup ids of scanned processes
     /// with the daemon in a private cgroup namespace, and container attribution of every
     /// cgroup path shape, both on the guests' pure cgroup v2.
-    /// About 12 minutes on 2 cores; the host's own kernel is covered by `cargo test` itself.
+    /// About 12 minutes on 2 cores before `containers`, which adds about 7 (400 s for its 12
+    /// cells); the host's own kernel is covered by `cargo test` itself.
     pub fn ci() -> Self {
         Self {
             kernels: vec![Target::Bullseye, Target::Bookworm, Target::Trixie],
