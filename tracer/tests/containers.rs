@@ -1,16 +1,23 @@
 //! Container resolution against real cgroups: for every path shape of docs/containers.md the
-//! test makes the cgroup directories under the real cgroup2 mount, moves a real workload process
-//! into the leaf, lays out a kubelet log tree (a pod with a sidecar) and a docker config, and
-//! checks the exact placement the resolver gives for the directory's id; then that the id a
-//! daemon's events carry is that directory's inode, and that the daemon resolved them.
+//! test makes the cgroup directories under the real cgroup2 mount (`/sys/fs/cgroup/unified` on
+//! hybrid hosts, `/sys/fs/cgroup` in the VM matrix's pure cgroup v2 guests), moves a real
+//! workload process into the leaf, lays out a kubelet log tree (a pod with a sidecar) and a
+//! docker config, and checks the exact placement the resolver gives for the directory's id;
+//! then, through one daemon, what users see: the id its events carry is that directory's inode,
+//! `top`, `conns` and `leaks --json` carry the exact container object, `top --by container|pod`
+//! rows and the placement filters select exactly the matching shapes, /metrics labels each
+//! process (and container) with its workload, and a leak in the pod with a sidecar raises an
+//! alert naming the leaking container, its pod and namespace.
 mod common;
 
 use std::{
+    collections::BTreeSet,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
 
-use common::{Daemon, TempDir, Workload, num};
+use common::{Daemon, FAST_LEAKS, TempDir, Workload, num};
+use serde_json::Value;
 use tracer::containers::{
     Container, Directory, Placement, Resolver, Role, Runtime, cgroupfs, names::NameDirs,
 };
@@ -55,7 +62,19 @@ impl Drop for Cgroups {
             for pid in procs.lines() {
                 let _ = std::fs::write(self.root.join("cgroup.procs"), pid);
             }
-            let _ = std::fs::remove_dir(dir);
+            // A process just moved out (or killed) may keep the cgroup busy for a moment.
+            let mut tries = 0;
+            while let Err(e) = std::fs::remove_dir(dir) {
+                tries += 1;
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    break;
+                }
+                if tries == 50 {
+                    eprintln!("cgroup {} not removed: {e}", dir.display());
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
         }
     }
 }
@@ -64,9 +83,12 @@ fn inode(path: &Path) -> u64 {
     std::fs::metadata(path).expect("stat cgroup").ino()
 }
 
-/// A 64-hex container id unique to this run.
+/// A 64-hex container id unique to this run, whose first 12 digits (the short id that
+/// `--container` prefixes match) differ between shapes, as real ids do.
 fn container_id(n: u32) -> String {
-    format!("{:032x}{:032x}", u128::from(std::process::id()), 0xc0de_0000_u128 + u128::from(n))
+    let spread = 0x9e37_79b9_7f4a_7c15_u64.wrapping_mul(u64::from(n) + 1);
+    let tail = 0xc0de_0000_u128 + u128::from(n);
+    format!("{spread:016x}{:016x}{tail:032x}", u64::from(std::process::id()))
 }
 
 fn pod_uid(n: u32) -> String {
@@ -344,9 +366,13 @@ fn every_path_shape_resolves_to_its_exact_placement() {
     // The daemon: the id its events carry is the directory's inode, and it resolves them.
     let mut flags = kubelet.flags();
     flags.extend(["--cgroup-root".to_owned(), cgroups.root.display().to_string()]);
+    // Every process its own series (the machine's other processes must not crowd ours out).
+    flags.extend(["--metrics-top".to_owned(), "1000".to_owned()]);
+    flags.extend(FAST_LEAKS.iter().map(|s| (*s).to_owned()));
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let daemon = Daemon::start(&flags);
     let before = daemon.json(&["status"]);
+    server.cmd("serve-bg 0 echo");
     for (_, workload) in &mut placed {
         workload.connect(&format!("127.0.0.1:{port}"), 1);
     }
@@ -375,11 +401,335 @@ fn every_path_shape_resolves_to_its_exact_placement() {
     let status = daemon.json(&["status"]);
     assert_eq!(status["containers"]["cgroup_root"], cgroups.root.display().to_string());
     assert!(num(&status["containers"], "cached") >= cases.len() as u64);
+
+    // What users see: each workload holds exactly the one connection it made.
+    let shapes: Vec<Shape<'_>> =
+        cases.iter().zip(&placed).map(|(case, (_, w))| Shape { case, pid: w.pid }).collect();
+    views_name_every_shape(&daemon, &shapes, server.pid);
+    groups_and_filters(&daemon, &shapes);
+    metrics_label_every_shape(&daemon, &shapes);
+
+    // A leak in the pod with a sidecar: the alert names the leaking container, not its sidecar.
+    let api = shapes.iter().position(|s| container_name(s) == Some("api")).expect("api shape");
+    let leaker = shapes[api].pid;
+    placed[api].1.cmd(&format!("trickle-bg 127.0.0.1:{port} 200"));
+    leak_names_its_container(&daemon, &shapes[api]);
+    for shape in shapes.iter().filter(|s| s.pid != leaker) {
+        let alerts = alerts_of(&daemon, shape.pid);
+        assert!(alerts.iter().all(|a| a["rule"] != "growth"), "{}: {alerts:?}", shape.case.path);
+    }
+
     drop(daemon);
     for (_, workload) in placed {
         workload.exit();
     }
     server.exit();
+}
+
+/// A shape and the pid of the workload the test moved into it.
+struct Shape<'a> {
+    case: &'a Case,
+    pid: u32,
+}
+
+impl Shape<'_> {
+    fn container(&self) -> Option<&Container> {
+        self.case.want.container.as_ref()
+    }
+
+    /// The `container` object the JSON answers must carry for it (null for host shapes).
+    fn json(&self) -> Value {
+        serde_json::to_value(self.container()).expect("container to JSON")
+    }
+}
+
+fn container_name<'a>(shape: &'a Shape<'_>) -> Option<&'a str> {
+    shape.container().and_then(|c| c.name.as_deref())
+}
+
+/// `top --json`'s and `conns --json`'s exact container object for every shape; the host server
+/// (which accepted every connection) stays a host process.
+fn views_name_every_shape(daemon: &Daemon, shapes: &[Shape<'_>], server: u32) {
+    daemon.eventually("top and conns name every shape", |d| {
+        let top = d.json(&["top"]);
+        let conns = d.json(&["conns"]);
+        for shape in shapes {
+            let path = &shape.case.path;
+            let row = rows(&top, "processes").into_iter().find(|r| r["pid"] == shape.pid);
+            let row = row.ok_or_else(|| format!("{path}: pid {} not in top", shape.pid))?;
+            if row["container"] != shape.json() {
+                return Err(format!(
+                    "{path}: top says {}, want {}",
+                    row["container"],
+                    shape.json()
+                ));
+            }
+            if row["open"] != 1 {
+                return Err(format!("{path}: open {} in top, want 1", row["open"]));
+            }
+            let mine: Vec<Value> = rows(&conns, "connections")
+                .into_iter()
+                .filter(|c| c["pid"] == shape.pid && c["phase"] == "open")
+                .collect();
+            if mine.len() != 1 || mine[0]["container"] != shape.json() {
+                let got: Vec<&Value> = mine.iter().map(|c| &c["container"]).collect();
+                return Err(format!("{path}: conns {got:?}, want one with {}", shape.json()));
+            }
+        }
+        let served: Vec<Value> =
+            rows(&conns, "connections").into_iter().filter(|c| c["pid"] == server).collect();
+        if served.len() < shapes.len() || served.iter().any(|c| !c["container"].is_null()) {
+            return Err(format!(
+                "the host server's {} connections must be host ones",
+                served.len()
+            ));
+        }
+        Ok(())
+    });
+}
+
+/// `top --by container|pod` rows and the `--container/--pod/--namespace` filters of top and
+/// conns, against the placements the test laid out.
+fn groups_and_filters(daemon: &Daemon, shapes: &[Shape<'_>]) {
+    let by_container = daemon.json(&["top", "--by", "container"]);
+    let groups = rows(&by_container, "groups");
+    for shape in shapes.iter().filter(|s| s.container().is_some()) {
+        let group = groups.iter().find(|g| g["container"] == shape.json());
+        let group = group.unwrap_or_else(|| panic!("{}: no --by container row", shape.case.path));
+        assert_eq!((num(group, "processes"), num(group, "open")), (1, 1), "{group}");
+        let c = shape.container().expect("container");
+        let label = c.name.clone().unwrap_or_else(|| c.id[..12].to_owned());
+        let want = match (&c.namespace, &c.pod) {
+            (Some(ns), Some(pod)) => format!("{ns}/{pod}/{label}"),
+            _ => label,
+        };
+        assert_eq!(group["group"], want.as_str());
+    }
+    let host = groups.iter().find(|g| g["group"] == "host").expect("a host group");
+    let hosts = shapes.iter().filter(|s| s.container().is_none()).count() as u64;
+    assert!(num(host, "processes") >= hosts, "{host}");
+
+    // By pod: the pod with a sidecar is one row (api, envoy and its sandbox); CRI-O's conmon is
+    // a host process, not in its pod.
+    let by_pod = daemon.json(&["top", "--by", "pod"]);
+    for (pod, processes) in [
+        ("shop/checkout-7d9f", 3),
+        ("jobs/batch-1", 1),
+        ("jobs/db-0", 1),
+        ("web/front-1", 1),
+        ("crio-ns/cache-0", 1),
+    ] {
+        let rows = rows(&by_pod, "groups");
+        let row = rows.iter().find(|g| g["group"] == pod).unwrap_or_else(|| panic!("no {pod}"));
+        assert_eq!((num(row, "processes"), num(row, "open")), (processes, processes), "{row}");
+        assert!(row["container"].is_null());
+    }
+
+    // Filters select exactly the shapes whose placement matches (among the test's processes).
+    let ours: BTreeSet<u32> = shapes.iter().map(|s| s.pid).collect();
+    let select = |pred: fn(&Container) -> bool| -> BTreeSet<u32> {
+        shapes.iter().filter(|s| s.container().is_some_and(pred)).map(|s| s.pid).collect()
+    };
+    let docker_id = shapes
+        .iter()
+        .find_map(|s| s.container().filter(|c| c.name.as_deref() == Some("web")))
+        .map(|c| c.id[..12].to_owned())
+        .expect("the named docker container");
+    let hosts: BTreeSet<u32> =
+        shapes.iter().filter(|s| s.container().is_none()).map(|s| s.pid).collect();
+    let filters: Vec<(Vec<&str>, BTreeSet<u32>)> = vec![
+        (vec!["--namespace", "shop"], select(|c| c.namespace.as_deref() == Some("shop"))),
+        (vec!["--namespace", "jobs"], select(|c| c.namespace.as_deref() == Some("jobs"))),
+        (vec!["--pod", "checkout-7d9f"], select(|c| c.pod.as_deref() == Some("checkout-7d9f"))),
+        (vec!["--container", "api"], select(|c| c.name.as_deref() == Some("api"))),
+        (
+            vec!["--namespace", "shop", "--container", "envoy"],
+            select(|c| c.name.as_deref() == Some("envoy")),
+        ),
+        (vec!["--container", docker_id.as_str()], select(|c| c.name.as_deref() == Some("web"))),
+        (vec!["--container", "host"], hosts),
+    ];
+    for (args, want) in filters {
+        assert!(!want.is_empty(), "{args:?} selects some of the test's processes");
+        let top = daemon.json(&[&["top"][..], &args].concat());
+        let got: BTreeSet<u32> = rows(&top, "processes")
+            .iter()
+            .filter_map(|r| r["pid"].as_u64().map(|p| p as u32))
+            .filter(|p| ours.contains(p))
+            .collect();
+        assert_eq!(got, want, "top {args:?}");
+        let conns = daemon.json(&[&["conns"][..], &args].concat());
+        let got: BTreeSet<u32> = rows(&conns, "connections")
+            .iter()
+            .filter_map(|r| r["pid"].as_u64().map(|p| p as u32))
+            .filter(|p| ours.contains(p))
+            .collect();
+        assert_eq!(got, want, "conns {args:?}");
+    }
+}
+
+/// Per-process series carry `k8s_namespace`/`k8s_pod`/`k8s_container` as known for container
+/// shapes and none for host ones; each container has its `tcp_tracer_container_*` series.
+fn metrics_label_every_shape(daemon: &Daemon, shapes: &[Shape<'_>]) {
+    let text = daemon.scrape_metrics();
+    let series = samples(&text);
+    for shape in shapes {
+        let pid = shape.pid.to_string();
+        let open: Vec<&Sample> = series
+            .iter()
+            .filter(|s| s.name == "tcp_tracer_open_connections" && s.label("pid") == Some(&pid))
+            .collect();
+        assert_eq!(open.len(), 1, "{}: one open series for pid {pid}", shape.case.path);
+        let got: Vec<(&str, &str)> = open[0]
+            .labels
+            .iter()
+            .filter(|(k, _)| k.starts_with("k8s_"))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let want = workload_labels(shape.container());
+        let want: Vec<(&str, &str)> = want.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert_eq!(got, want, "{} labels: {:?}", shape.case.path, open[0]);
+        assert_eq!(open[0].value, 1.0, "{}", shape.case.path);
+        // Kubernetes' own target labels are never set by tracer on workload series.
+        for taken in ["namespace", "pod", "container"] {
+            assert!(open[0].label(taken).is_none(), "{taken} on {:?}", open[0]);
+        }
+        let Some(c) = shape.container() else { continue };
+        let short = &c.id[..12];
+        let per_container: Vec<&Sample> = series
+            .iter()
+            .filter(|s| {
+                s.name == "tcp_tracer_container_open_connections"
+                    && s.label("container_id") == Some(short)
+            })
+            .collect();
+        assert_eq!(per_container.len(), 1, "{}: {short}", shape.case.path);
+        assert_eq!(per_container[0].value, 1.0, "{:?}", per_container[0]);
+        let labels: Vec<(&str, &str)> = per_container[0]
+            .labels
+            .iter()
+            .filter(|(k, _)| k.starts_with("k8s_"))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(labels, want, "{:?}", per_container[0]);
+    }
+}
+
+/// The workload labels the test expects: those known, namespace, pod, container (name or short
+/// id); none for a host process.
+fn workload_labels(c: Option<&Container>) -> Vec<(&'static str, String)> {
+    let Some(c) = c else { return Vec::new() };
+    let mut out = Vec::new();
+    if let Some(ns) = &c.namespace {
+        out.push(("k8s_namespace", ns.clone()));
+    }
+    if let Some(pod) = &c.pod {
+        out.push(("k8s_pod", pod.clone()));
+    }
+    out.push(("k8s_container", c.name.clone().unwrap_or_else(|| c.id[..12].to_owned())));
+    out
+}
+
+/// The leaking container's growth alert: in `leaks --json` with its exact container, under its
+/// namespace's filter and not its neighbours', on its `--by container` row, in the log line
+/// and on /metrics.
+fn leak_names_its_container(daemon: &Daemon, shape: &Shape<'_>) {
+    daemon.eventually("growth raised in the api container", |d| {
+        if alerts_of(d, shape.pid).iter().any(|a| a["rule"] == "growth") {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    });
+    let alert = alerts_of(daemon, shape.pid).into_iter().find(|a| a["rule"] == "growth");
+    let alert = alert.expect("growth alert");
+    assert_eq!(alert["container"], shape.json());
+    let alerted = |args: &[&str]| {
+        let leaks = daemon.json(&[&["leaks"][..], args].concat());
+        rows(&leaks, "active").iter().any(|a| a["pid"] == shape.pid)
+    };
+    assert!(alerted(&["--namespace", "shop"]));
+    assert!(alerted(&["--pod", "checkout-7d9f", "--container", "api"]));
+    assert!(!alerted(&["--container", "envoy"]));
+    assert!(!alerted(&["--namespace", "jobs"]));
+    assert!(!alerted(&["--container", "host"]));
+    let log = daemon.log_text();
+    let pid = format!("pid={}", shape.pid);
+    assert!(
+        log.lines().any(|l| l.contains("event=leak_raised")
+            && l.contains(&pid)
+            && l.contains("container=api")
+            && l.contains("pod=checkout-7d9f")
+            && l.contains("namespace=shop")),
+        "log: {log}"
+    );
+    let by_container = daemon.json(&["top", "--by", "container", "--namespace", "shop"]);
+    let row = rows(&by_container, "groups")
+        .into_iter()
+        .find(|g| g["group"] == "shop/checkout-7d9f/api")
+        .expect("api row");
+    assert!(num(&row, "alerts") >= 1 && row["growth"].as_i64() >= Some(10), "{row}");
+    let metrics = samples(&daemon.scrape_metrics());
+    let alerts = metrics.iter().find(|s| {
+        s.name == "tcp_tracer_container_leak_alerts" && s.label("k8s_container") == Some("api")
+    });
+    assert!(alerts.is_some_and(|s| s.value >= 1.0), "{alerts:?}");
+}
+
+fn alerts_of(daemon: &Daemon, pid: u32) -> Vec<Value> {
+    rows(&daemon.json(&["leaks"]), "active").into_iter().filter(|a| a["pid"] == pid).collect()
+}
+
+fn rows(answer: &Value, list: &str) -> Vec<Value> {
+    answer[list].as_array().cloned().unwrap_or_default()
+}
+
+/// One sample of the Prometheus text format.
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: Vec<(String, String)>,
+    value: f64,
+}
+
+impl Sample {
+    fn label(&self, name: &str) -> Option<&str> {
+        self.labels.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// The samples of a scrape (HTTP headers and comments skipped).
+fn samples(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|l| l.starts_with("tcp_tracer_"))
+        .filter_map(|line| {
+            let (head, value) = line.rsplit_once(' ')?;
+            let value = value.parse().ok()?;
+            let Some((name, rest)) = head.split_once('{') else {
+                return Some(Sample { name: head.to_owned(), labels: Vec::new(), value });
+            };
+            let mut labels = Vec::new();
+            let mut rest = rest.strip_suffix('}')?;
+            while let Some((key, after)) = rest.split_once("=\"") {
+                let mut value = String::new();
+                let mut chars = after.char_indices();
+                let mut end = after.len();
+                while let Some((i, ch)) = chars.next() {
+                    match ch {
+                        '\\' => value.extend(chars.next().map(|(_, c)| c)),
+                        '"' => {
+                            end = i + 1;
+                            break;
+                        }
+                        c => value.push(c),
+                    }
+                }
+                labels.push((key.trim_start_matches(',').to_owned(), value));
+                rest = &after[end..];
+            }
+            Some(Sample { name: name.to_owned(), labels, value })
+        })
+        .collect()
 }
 
 /// Counts live heap bytes, to measure what the directory holds per container.

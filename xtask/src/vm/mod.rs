@@ -134,8 +134,10 @@ impl Args {
     /// the event pipeline, the exact-count scenarios of the table (edge cases included) and
     /// what each mode adds (kprobe misses and clean-up), and opener stacks captured and named
     /// from a leaking Go program (25-45 s per cell), and the cgroup ids of scanned processes
-    /// with the daemon in a private cgroup namespace, on the guests' pure cgroup v2.
-    /// About 12 minutes on 2 cores; the host's own kernel is covered by `cargo test` itself.
+    /// with the daemon in a private cgroup namespace, and container attribution of every
+    /// cgroup path shape, both on the guests' pure cgroup v2.
+    /// About 12 minutes on 2 cores before `containers`, which adds about 7 (400 s for its 12
+    /// cells); the host's own kernel is covered by `cargo test` itself.
     pub fn ci() -> Self {
         Self {
             kernels: vec![Target::Bullseye, Target::Bookworm, Target::Trixie],
@@ -146,6 +148,7 @@ impl Args {
                 "probes".into(),
                 "stacks".into(),
                 "cgroup_ids".into(),
+                "containers".into(),
             ],
             skip: vec!["real_peers".into(), "prometheus".into(), "symbolize".into()],
             filter: None,
