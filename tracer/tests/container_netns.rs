@@ -100,8 +100,8 @@ fn netns_inode(pid: u32) -> u64 {
 }
 
 /// `ss -tanp` inside `pid`'s network namespace: per TCP state (tracer's names), the connections
-/// that process holds (orphans it closed have no holder and are not listed). `/proc` stays the host's (only the network namespace is entered), so `ss`
-/// names holders by their host pids.
+/// that process holds (orphans it closed have no holder and are not listed). `/proc` stays the
+/// host's (only the network namespace is entered), so `ss` names holders by their host pids.
 fn ss_states(pid: u32) -> BTreeMap<String, u64> {
     let net = format!("--net=/proc/{pid}/ns/net");
     let text = run(&["nsenter", &net, "ss", "-tanpH"]);
@@ -234,7 +234,8 @@ fn container_from_kernel_parts_counts_what_ss_sees_in_its_namespace() {
         Ok(())
     });
 
-    // The host server keeps what it accepted (half of them now in close_wait), as a host process.
+    // The host server keeps all it accepted (those the client closed in close_wait), as a host
+    // process.
     daemon.eventually("the server stays the host's", |d| {
         let row = d.process(server.pid);
         if !row["container"].is_null() {

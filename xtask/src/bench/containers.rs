@@ -58,6 +58,8 @@ pub struct ContainersReport {
     pub mode: String,
     pub threads: usize,
     pub duration: Duration,
+    /// The fixed rate (`--rate`), or None for the maximum rate.
+    pub rate: Option<f64>,
     pub rounds: Vec<Vec<Run>>,
 }
 
@@ -65,7 +67,8 @@ pub struct ContainersReport {
 /// its own cgroup and the directory is removed (also when the run fails).
 struct ContainerCgroup {
     home: PathBuf,
-    dir: PathBuf,
+    /// The directories made, parents first.
+    made: Vec<PathBuf>,
 }
 
 impl ContainerCgroup {
@@ -75,12 +78,18 @@ impl ContainerCgroup {
             bail!("no cgroup v2 line in /proc/self/cgroup");
         };
         let home = root.join(own.trim_start_matches('/'));
-        let dir = root.join("system.slice").join(format!("docker-{id}.scope"));
-        std::fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
-        let cgroup = Self { home, dir };
+        let mut cgroup = Self { home, made: Vec::new() };
+        let mut dir = root.to_owned();
+        for part in ["system.slice".to_owned(), format!("docker-{id}.scope")] {
+            dir.push(part);
+            if !dir.exists() {
+                std::fs::create_dir(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
+                cgroup.made.push(dir.clone());
+            }
+        }
         // cgroup.procs moves every thread of the process: the load's threads start after this.
-        std::fs::write(cgroup.dir.join("cgroup.procs"), std::process::id().to_string())
-            .with_context(|| format!("moving the bench into {}", cgroup.dir.display()))?;
+        std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
+            .with_context(|| format!("moving the bench into {}", dir.display()))?;
         Ok(cgroup)
     }
 }
@@ -88,7 +97,9 @@ impl ContainerCgroup {
 impl Drop for ContainerCgroup {
     fn drop(&mut self) {
         let _ = std::fs::write(self.home.join("cgroup.procs"), std::process::id().to_string());
-        let _ = std::fs::remove_dir(&self.dir);
+        for dir in self.made.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
 
@@ -128,6 +139,7 @@ pub fn run(ctx: &Bench, mode: &str, rounds: usize) -> Result<ContainersReport> {
         mode: mode.to_owned(),
         threads: ctx.threads,
         duration: ctx.duration,
+        rate: ctx.args.rate,
         rounds: Vec::new(),
     };
     let _stats = bpf::StatsEnabled::new()?;
@@ -203,15 +215,15 @@ impl ContainersReport {
         summarize(&v).unwrap_or_default()
     }
 
-    /// Per round: the container run's daemon ns per connection minus the host run's.
-    fn delta(&self) -> Summary {
+    /// Per round: the container run's `value` per connection minus the host run's.
+    fn delta(&self, value: impl Fn(&Run) -> u64) -> Summary {
         let v: Vec<f64> = self
             .rounds
             .iter()
             .filter_map(|r| {
                 let of = |p| r.iter().find(|run| run.placement == p);
                 let (c, h) = (of(Placement::Container)?, of(Placement::Host)?);
-                Some(c.per_conn(c.daemon_ns) - h.per_conn(h.daemon_ns))
+                Some(c.per_conn(value(c)) - h.per_conn(value(h)))
             })
             .collect();
         summarize(&v).unwrap_or_default()
@@ -222,9 +234,10 @@ impl ContainersReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "### Container resolution, side by side\n\n{} rounds of a {:.0} s IPv4 load on {} threads ({} mode), the load process in a docker-shaped cgroup (`/system.slice/docker-<id>.scope`, resolved and named) or in the bench's own cgroup, order alternating; medians (min–max).\n",
+            "### Container resolution, side by side\n\n{} rounds of a {:.0} s IPv4 load ({}) on {} threads ({} mode), the load process in a docker-shaped cgroup (`/system.slice/docker-<id>.scope`, resolved and named) or in the bench's own cgroup, order alternating; medians (min–max).\n",
             self.rounds.len(),
             self.duration.as_secs_f64(),
+            self.rate.map_or("at its maximum rate".to_owned(), |r| format!("at {r:.0} conn/s")),
             self.threads,
             self.mode
         );
@@ -243,8 +256,9 @@ impl ContainersReport {
         }
         let _ = writeln!(
             out,
-            "\nDaemon CPU per connection, container − host in the same round: {}.",
-            show(self.delta())
+            "\nPer connection, container − host in the same round: daemon CPU {} ns; BPF run time {} ns (the same programs run either way: that spread is the machine's noise).",
+            show(self.delta(|r| r.daemon_ns)),
+            show(self.delta(|r| r.bpf_ns))
         );
         out
     }

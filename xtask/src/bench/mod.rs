@@ -76,6 +76,7 @@ pub struct BenchArgs {
     /// docker-shaped cgroup (resolved to a container) against the load in the bench's own
     /// cgroup, side by side (`--pairs` rounds, alternating). Prints the section and writes
     /// target/bench/containers.md; the full run adds the same section to docs/performance.md.
+    /// Give a fixed `--rate`: at the maximum rate the daemon batches differently per rate.
     #[arg(long, conflicts_with_all = ["stacks_only", "scale_only"])]
     pub containers_only: bool,
     /// Skip the criterion micro-benchmarks.
