@@ -18,7 +18,9 @@ use tracer::containers::cgroupfs;
 
 /// Runs a command, panicking with its output when it fails.
 fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().expect("spawn");
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| {
+        panic!("{}: {e} (the test needs iproute2, util-linux's unshare and nsenter)", args[0])
+    });
     assert!(
         out.status.success(),
         "{args:?}: {}{}",
@@ -234,6 +236,18 @@ fn container_from_kernel_parts_counts_what_ss_sees_in_its_namespace() {
         Ok(())
     });
 
+    // The placement filters select by the name the docker config gave, and `host` the server.
+    let pids = |args: &[&str]| -> Vec<u64> {
+        let conns = daemon.json(&[&["conns"], args].concat());
+        conns["connections"].as_array().expect("list").iter().map(|c| num(c, "pid")).collect()
+    };
+    let ours = pids(&["--container", &name]);
+    assert_eq!(ours, vec![u64::from(client.pid); OPENED - CLOSED], "--container {name}");
+    let host = pids(&["--container", "host"]);
+    let server_rows = host.iter().filter(|p| **p == u64::from(server.pid)).count();
+    assert_eq!(server_rows, OPENED, "--container host lists the server's connections");
+    assert!(!host.contains(&u64::from(client.pid)), "--container host lists the client");
+
     // The host server keeps all it accepted (those the client closed in close_wait), as a host
     // process.
     daemon.eventually("the server stays the host's", |d| {
@@ -317,9 +331,20 @@ impl Drop for Podman {
             let _ = std::fs::remove_dir_all(path);
         }
         if self.made_parent {
-            for mount in cgroup_mounts() {
-                let _ = std::fs::remove_dir(mount.join("libpod_parent/conmon"));
-                let _ = std::fs::remove_dir(mount.join("libpod_parent"));
+            // conmon outlives `podman run` by a moment: retry while its cgroup is busy.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                let mut left = false;
+                for mount in cgroup_mounts() {
+                    for dir in ["libpod_parent/conmon", "libpod_parent"] {
+                        let dir = mount.join(dir);
+                        left |= std::fs::remove_dir(&dir).is_err() && dir.exists();
+                    }
+                }
+                if !left || std::time::Instant::now() > deadline {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
             }
         }
     }
