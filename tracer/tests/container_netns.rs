@@ -2,8 +2,9 @@
 //! mount, UTS and network namespaces (`unshare`), a veth pair to the host on a private /30, and
 //! a docker config naming it. A client inside opens connections to a server on the host; the
 //! daemon must attribute the client to its container, list its connections in the container's
-//! network namespace, and count exactly what `ss` run inside that namespace shows. Then, when a
-//! real container runtime works on this machine, the same against a container it runs.
+//! network namespace, and count exactly what `ss` run inside that namespace shows. Then real
+//! containers, run by podman and by a private dockerd from an image imported from a local root
+//! filesystem, when they work on this machine (otherwise those tests print why and skip).
 mod common;
 
 use std::{
@@ -475,6 +476,185 @@ fn real_podman_container_is_attributed_when_a_runtime_works() {
         let c = &row["container"];
         if c["id"] != id.as_str() || c["runtime"] != "podman" || c["cgroup"] != cgroup.as_str() {
             return Err(format!("container {c}, want podman {id} in {cgroup}"));
+        }
+        Ok(())
+    });
+    drop(daemon);
+    inside.exit();
+}
+
+/// A private docker daemon (Debian's docker.io): data, state and socket under a temp directory,
+/// vfs storage (no mounts), no bridge or iptables, the cgroupfs driver (systemd is not PID 1 on
+/// the development machines). On drop: its containers removed, the daemon stopped, and what it
+/// made outside the temp directory removed.
+struct Dockerd {
+    dir: TempDir,
+    child: Option<std::process::Child>,
+    containers: Vec<String>,
+    /// Paths dockerd writes outside its roots that did not exist before the test.
+    made_paths: Vec<PathBuf>,
+    made_cgroup: bool,
+}
+
+/// Paths dockerd writes outside `--data-root` and `--exec-root`.
+const DOCKERD_FIXED_PATHS: [&str; 3] = ["/run/docker", "/run/containerd", "/etc/docker/key.json"];
+
+impl Dockerd {
+    /// Starts it; Err(its log) when it does not come up.
+    fn start() -> Result<Self, String> {
+        let made_paths =
+            DOCKERD_FIXED_PATHS.iter().map(PathBuf::from).filter(|p| !p.exists()).collect();
+        let root = cgroupfs::find_cgroup2_mount().expect("a cgroup2 mount");
+        let mut dockerd = Self {
+            dir: TempDir::new("dockerd"),
+            child: None,
+            containers: Vec::new(),
+            made_paths,
+            made_cgroup: !root.join("docker").exists(),
+        };
+        let d = &dockerd.dir.0;
+        let log = std::fs::File::create(d.join("log")).map_err(|e| e.to_string())?;
+        let child = Command::new("dockerd")
+            .arg("--data-root")
+            .arg(d.join("root"))
+            .arg("--exec-root")
+            .arg(d.join("exec"))
+            .arg("--pidfile")
+            .arg(d.join("pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", d.join("sock").display()))
+            .args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
+            .args(["--storage-driver", "vfs", "--exec-opt", "native.cgroupdriver=cgroupfs"])
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("dockerd: {e}"))?;
+        dockerd.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while dockerd.run(&["info"]).is_err() {
+            if std::time::Instant::now() > deadline {
+                let log = std::fs::read_to_string(d.join("log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(3).collect();
+                return Err(format!("dockerd did not answer in 30 s: {tail:?}"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        Ok(dockerd)
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new("docker");
+        cmd.arg("-H").arg(format!("unix://{}", self.dir.0.join("sock").display()));
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Result<String, String> {
+        let out = self.command().args(args).output().map_err(|e| format!("docker: {e}"))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+        }
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        for name in &self.containers {
+            let _ = self.command().args(["rm", "-f", name]).output();
+        }
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: a signal to our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+        for path in &self.made_paths {
+            let _ = std::fs::remove_dir_all(path).or_else(|_| std::fs::remove_file(path));
+        }
+        if self.made_cgroup {
+            for mount in cgroup_mounts() {
+                let _ = std::fs::remove_dir(mount.join("docker"));
+            }
+        }
+    }
+}
+
+/// One real docker container, run by a private docker daemon from an image imported from a
+/// local root filesystem, when dockerd runs here; otherwise the test prints why and skips. Its
+/// cgroup is docker's cgroupfs shape (`/docker/<id>`), its name comes from the daemon's own
+/// `config.v2.json` (`--docker-dir` set to the daemon's data root).
+#[test]
+fn real_docker_container_is_attributed_and_named_when_dockerd_works() {
+    if Command::new("dockerd").arg("--version").output().is_err() {
+        eprintln!("SKIP: no dockerd on this machine (`apt-get install docker.io`)");
+        return;
+    }
+    let mut dockerd = match Dockerd::start() {
+        Ok(d) => d,
+        Err(why) => {
+            eprintln!("SKIP: the docker daemon does not run here: {why}");
+            return;
+        }
+    };
+    let rootfs = TempDir::new("rootfs");
+    let workload = workload_rootfs(&rootfs.0);
+    let tarball = dockerd.dir.0.join("rootfs.tar");
+    run(&[
+        "tar",
+        "-C",
+        &rootfs.0.display().to_string(),
+        "-cf",
+        &tarball.display().to_string(),
+        ".",
+    ]);
+    let image = format!("tracer-test-workload:{}", std::process::id());
+    dockerd.run(&["import", &tarball.display().to_string(), &image]).expect("docker import");
+    let name = format!("tracer-test-{}", std::process::id());
+    dockerd.containers.push(name.clone());
+    let mut cmd = dockerd.command();
+    cmd.args(["run", "-i", "--rm", "--name", &name, "--network", "none", &image]).arg(&workload);
+    let Some(mut inside) = Workload::try_spawn_command(cmd) else {
+        let mut args = vec!["run", "--rm", "--network", "none", &image];
+        let workload = workload.display().to_string();
+        args.push(&workload);
+        let why = dockerd.run(&args).err().unwrap_or_default();
+        eprintln!("SKIP: dockerd runs but not a container: {why}");
+        return;
+    };
+    let pid: u32 = dockerd
+        .run(&["inspect", "--format", "{{.State.Pid}}", &name])
+        .expect("docker inspect")
+        .parse()
+        .expect("pid");
+    inside.pid = pid;
+    let id = dockerd.run(&["inspect", "--format", "{{.Id}}", &name]).expect("docker inspect");
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+    let cgroup = cgroup.lines().find_map(|l| l.strip_prefix("0::")).expect("v2 line").to_owned();
+    assert!(cgroup.contains(&id), "docker put {pid} in {cgroup}, not a cgroup naming {id}");
+
+    let root = cgroupfs::find_cgroup2_mount().expect("cgroup2").display().to_string();
+    let data_root = dockerd.dir.0.join("root").display().to_string();
+    let daemon = Daemon::start(&["--cgroup-root", &root, "--docker-dir", &data_root]);
+    let port = inside.listen("127.0.0.1");
+    inside.cmd("accept-bg 0 2");
+    inside.connect(&format!("127.0.0.1:{port}"), 2);
+    inside.cmd("wait-bg");
+    daemon.eventually("the docker container is attributed, named and counted", |d| {
+        let before = ss_states(pid);
+        let row = d.process(pid);
+        let after = ss_states(pid);
+        if before != after {
+            return Err(format!("ss moved while sampling: {before:?} -> {after:?}"));
+        }
+        expect_eq("open", num(&row, "open"), after.values().sum())?;
+        expect_eq("open", num(&row, "open"), 4)?;
+        let c = &row["container"];
+        if c["id"] != id.as_str()
+            || c["name"] != name.as_str()
+            || c["runtime"] != "docker"
+            || c["cgroup"] != cgroup.as_str()
+        {
+            return Err(format!("container {c}, want docker {name} {id} in {cgroup}"));
         }
         Ok(())
     });
