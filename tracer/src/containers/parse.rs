@@ -35,6 +35,8 @@ const fn rule(prefix: &'static str, suffix: &'static str, runtime: Runtime, role
 const RULES: &[Rule] = &[
     rule("libpod-conmon-", ".scope", Runtime::Podman, Role::Monitor),
     rule("libpod-", ".scope", Runtime::Podman, Role::Workload),
+    // podman's cgroupfs manager (hosts where systemd is not PID 1): `/libpod_parent/libpod-<id>`.
+    rule("libpod-", "", Runtime::Podman, Role::Workload),
     rule("crio-conmon-", ".scope", Runtime::CriO, Role::Monitor),
     rule("crio-conmon-", "", Runtime::CriO, Role::Monitor),
     rule("crio-", ".scope", Runtime::CriO, Role::Workload),
@@ -210,6 +212,8 @@ mod tests {
                 ),
                 container(Runtime::Podman, None),
             ),
+            // podman's cgroupfs manager (measured: podman 4.3 with runc on a hybrid host)
+            (format!("/libpod_parent/libpod-{ID}"), container(Runtime::Podman, None)),
             // systemd services and user sessions
             ("/system.slice/nginx.service".to_owned(), host(Some("nginx.service"))),
             (

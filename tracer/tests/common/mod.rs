@@ -57,17 +57,37 @@ impl Workload {
         Self::spawn_with(cmd)
     }
 
-    fn spawn_with(mut cmd: Command) -> Self {
-        let mut child =
-            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("spawn workload");
-        let stdin = child.stdin.take().expect("stdin");
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    /// Runs `cmd` (which must end up running the workload example) as the workload.
+    pub fn spawn_command(cmd: Command) -> Self {
+        Self::spawn_with(cmd)
+    }
+
+    /// The pid of the process spawned (a wrapper's, when `cmd` wraps the workload).
+    pub fn child_pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn spawn_with(cmd: Command) -> Self {
+        Self::try_spawn_command(cmd).expect("workload started and answered `pid`")
+    }
+
+    /// [`Workload::spawn_command`], or None when the command does not start the workload (a
+    /// container runtime that fails): its stderr goes to the test's.
+    pub fn try_spawn_command(mut cmd: Command) -> Option<Self> {
+        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().ok()?;
+        let stdin = child.stdin.take()?;
+        let mut stdout = BufReader::new(child.stdout.take()?);
         // Ask rather than trust child.id(): a wrapper (ip netns exec) execs, but ask anyway.
-        writeln!(&stdin, "pid").expect("write pid");
         let mut reply = String::new();
-        stdout.read_line(&mut reply).expect("read pid");
-        let pid = reply.trim().strip_prefix("ok ").and_then(|p| p.parse().ok()).expect("pid reply");
-        Self { child, stdin, stdout, pid }
+        let asked = writeln!(&stdin, "pid").and_then(|()| stdout.read_line(&mut reply));
+        let pid = reply.trim().strip_prefix("ok ").and_then(|p| p.parse().ok());
+        let mut workload = Self { child, stdin, stdout, pid: pid.unwrap_or(0) };
+        if asked.is_err() || pid.is_none() {
+            let _ = workload.child.kill();
+            let _ = workload.child.wait();
+            return None;
+        }
+        Some(workload)
     }
 
     /// Sends one command: Ok(text after `ok`) or Err(text after `err`).

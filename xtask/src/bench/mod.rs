@@ -2,6 +2,7 @@
 //! bpftrace script a user would otherwise pick; what the daemon costs in CPU and memory; how its
 //! queries behave at 100,000 sockets. Writes docs/performance.md (see that file for the method).
 mod bpf;
+mod containers;
 mod load;
 mod micro;
 mod procfs;
@@ -71,6 +72,13 @@ pub struct BenchArgs {
     /// the saturation rate (a max-rate churn until the host's TIME_WAIT table is full).
     #[arg(long, conflicts_with = "stacks_only")]
     pub scale_only: bool,
+    /// Only the container-resolution part: the daemon's CPU per connection with the load in a
+    /// docker-shaped cgroup (resolved to a container) against the load in the bench's own
+    /// cgroup, side by side (`--pairs` rounds, alternating). Prints the section and writes
+    /// target/bench/containers.md; the full run adds the same section to docs/performance.md.
+    /// Give a fixed `--rate`: at the maximum rate the daemon batches differently per rate.
+    #[arg(long, conflicts_with_all = ["stacks_only", "scale_only"])]
+    pub containers_only: bool,
     /// Skip the criterion micro-benchmarks.
     #[arg(long)]
     pub skip_micro: bool,
@@ -302,6 +310,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if ctx.args.scale_only {
         return scale_only(&ctx);
     }
+    if ctx.args.containers_only {
+        return containers_only(&ctx, pairs);
+    }
 
     let micro = if ctx.args.skip_micro {
         None
@@ -445,6 +456,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         eprintln!("bench: opener stacks ({best})");
         Some(stacks::run(&ctx, &best, pairs, smoke)?)
     };
+    let containers = if ctx.args.loads_only {
+        None
+    } else {
+        eprintln!("bench: container resolution ({best})");
+        Some(containers::run(&ctx, &best, pairs)?)
+    };
 
     let doc = report::Report {
         machine,
@@ -472,6 +489,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     .render();
     let doc = match &stacks {
         Some(stacks) => format!("{doc}\n{}", stacks.render()),
+        None => doc,
+    };
+    let doc = match &containers {
+        Some(containers) => format!("{doc}\n{}", containers.render()),
         None => doc,
     };
     print!("{}", report::summary_for_terminal(&doc));
@@ -533,6 +554,34 @@ fn stacks_only(ctx: &Bench, rounds: usize) -> Result<()> {
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     std::fs::write(out_dir.join("stacks.md"), &doc).context("writing target/bench/stacks.md")?;
     eprintln!("bench: wrote target/bench/stacks.md");
+    Ok(())
+}
+
+/// `--containers-only`: the container-resolution part alone, in the best probe mode.
+fn containers_only(ctx: &Bench, rounds: usize) -> Result<()> {
+    let (modes, skipped) = probe_modes(ctx);
+    let Some(best) = modes.first() else {
+        bail!("no probe mode starts on this machine: {skipped:?}");
+    };
+    let started = Instant::now();
+    let part = containers::run(ctx, best, rounds)?;
+    let machine = procfs::Machine::read()?;
+    let doc = format!(
+        "{}\nMeasured {} on {} ({} CPUs, kernel {}) at commit {} in {:.0} s.\n",
+        part.render(),
+        report::utc_now(),
+        machine.cpu_model,
+        machine.cpus,
+        machine.kernel,
+        git_commit(&ctx.root),
+        started.elapsed().as_secs_f64()
+    );
+    print!("{doc}");
+    let out_dir = ctx.root.join("target/bench");
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    std::fs::write(out_dir.join("containers.md"), &doc)
+        .context("writing target/bench/containers.md")?;
+    eprintln!("bench: wrote target/bench/containers.md");
     Ok(())
 }
 

@@ -30,9 +30,13 @@ impl Daemon {
     /// Starts the daemon with extra `tracer run` flags.
     pub fn start_with(bin: &Path, mode: &str, extra: &[String], dir: &Path) -> Result<Self> {
         let socket = dir.join("t.sock");
-        // One log per variant, so that a variant's run does not overwrite the plain run's log.
-        let variant: String =
-            extra.iter().map(|a| a.trim_start_matches('-')).collect::<Vec<_>>().join("_");
+        // One log per variant, so that a variant's run does not overwrite the plain run's log
+        // (path arguments flattened: a file name has no `/`).
+        let variant: String = extra
+            .iter()
+            .map(|a| a.trim_start_matches('-').replace('/', "_"))
+            .collect::<Vec<_>>()
+            .join("_");
         let log = dir.join(if variant.is_empty() {
             format!("daemon-{mode}.log")
         } else {
