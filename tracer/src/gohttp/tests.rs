@@ -1,7 +1,9 @@
 //! Tests of the Go binary reader: hand-made build-info blobs, and real Go HTTP clients built
 //! from tests/programs/gohttp/main.go with Debian's Go (1.19) and the newer releases that
 //! `cargo xtask setup` installs, plain and with `-ldflags=-s -w`. The DWARF of each plain build
-//! is the ground truth the offset tables are checked against.
+//! is the ground truth the offset tables are checked against; the running program, which
+//! reports its idle connections' `*persistConn` addresses and descriptors, is the ground truth
+//! for the chain (read through /proc/PID/mem of the test's own child).
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -374,5 +376,75 @@ fn mutated_dwarf_never_panics() {
             bad[at] = rng.next() as u8;
         }
         let _ = inspect(&bad);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The chain in a live process.
+
+/// A running test program, killed and its directory removed on drop (also when a test fails).
+struct Running {
+    child: std::process::Child,
+    dir: PathBuf,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `elf` and follows the chain from each idle *persistConn it reports, in its memory,
+/// with the offsets `inspect` gave: the descriptor found must be the one the program reports.
+fn check_chain_live(label: &str, elf: &[u8]) {
+    use std::io::BufRead;
+    use std::os::unix::fs::{FileExt, PermissionsExt};
+
+    let offsets = inspect(elf).unwrap_or_else(|e| panic!("{label}: {e}")).offsets;
+    let dir =
+        std::env::temp_dir().join(format!("tracer-gohttp-live-{}-{label}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let exe = dir.join("prog");
+    std::fs::write(&exe, elf).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let child = Command::new(&exe)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut running = Running { child, dir };
+    let pid = running.child.id();
+    let stdout = std::io::BufReader::new(running.child.stdout.take().unwrap());
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let read = |addr: u64| {
+        let mut word = [0u8; 8];
+        mem.read_exact_at(&mut word, addr).ok().map(|()| u64::from_le_bytes(word))
+    };
+    let mut kinds = Vec::new();
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        if line == "ready" {
+            break;
+        }
+        let f: Vec<&str> = line.split(' ').collect();
+        assert_eq!((f.len(), f[0]), (4, "conn"), "{label}: {line}");
+        let pconn = u64::from_str_radix(f[2], 16).unwrap();
+        let fd: i64 = f[3].parse().unwrap();
+        // The program's own descriptor is a socket (ground truth from /proc).
+        let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
+        assert!(target.to_string_lossy().starts_with("socket:["), "{label}: {target:?}");
+        assert_eq!(offsets.follow(pconn, read), Some(fd), "{label}: {line}");
+        kinds.push(f[1].to_string());
+    }
+    assert_eq!(kinds, ["plain", "tls"], "{label}: the program did not report both connections");
+}
+
+#[test]
+fn the_chain_reaches_the_socket_in_a_live_process() {
+    for (label, b) in go_binaries() {
+        check_chain_live(&format!("{label}-plain"), &b.plain);
+        check_chain_live(&format!("{label}-stripped"), &b.stripped);
     }
 }
