@@ -144,6 +144,8 @@ struct Built {
     plain: Vec<u8>,
     /// Built with `-ldflags=-s -w`: no symbol table, no DWARF.
     stripped: Vec<u8>,
+    /// Built with `-ldflags=-w`: the symbol table, no DWARF.
+    no_dwarf: Vec<u8>,
 }
 
 fn go_build(go: &Path, label: &str, flags: &[&str]) -> Vec<u8> {
@@ -197,7 +199,8 @@ fn go_binaries() -> &'static HashMap<String, Built> {
                 let stripped = go_build(&go, &format!("{label}-stripped"), &["-ldflags=-s -w"]);
                 (plain.join().unwrap(), stripped)
             });
-            built.insert(label, Built { go_version, plain, stripped });
+            let no_dwarf = go_build(&go, &format!("{label}-no-dwarf"), &["-ldflags=-w"]);
+            built.insert(label, Built { go_version, plain, stripped, no_dwarf });
         }
         built
     })
@@ -239,6 +242,14 @@ fn check_release(label: &str) {
     );
     assert_eq!(stripped.offsets, plain.offsets, "{label} -s -w");
     assert_eq!(stripped.functions, plain.functions, "{label} -s -w");
+
+    // Without DWARF but with symbols (`-w`): the table's offsets, the entry from the symbols.
+    let file = object::File::parse(&*b.no_dwarf).unwrap();
+    assert!(file.symbols().count() > 0, "{label}: -w dropped the symbols");
+    let no_dwarf = inspect(&b.no_dwarf).unwrap_or_else(|e| panic!("{label} -w: {e}"));
+    assert_eq!(no_dwarf.offsets_source, OffsetsSource::Table { dwarf: "no DWARF".into() });
+    assert_eq!(no_dwarf.offsets, plain.offsets, "{label} -w");
+    assert_eq!(no_dwarf.functions, plain.functions, "{label} -w");
 
     // Build info found by scanning the segments when the section headers are gone.
     let bare = without_section_headers(&b.stripped);
