@@ -20,6 +20,8 @@
 //! - [`stacks`]: opener stacks: the user-space addresses the kernel captured, as functions,
 //!   files and lines (blazesym; Go's pclntab for stripped Go binaries), also after the process
 //!   exited;
+//! - [`gohttp`]: Go `net/http` clients: build info, the object chain from a request to its
+//!   socket's descriptor and its offsets (DWARF or per-version tables), probed functions;
 //! - [`daemon`]: wires the stages together and runs until a signal.
 //!
 //! Shared by several stages: [`clock`] (the injected clock), [`error`] (errors a user can meet),
@@ -33,6 +35,7 @@ pub mod error;
 pub mod events;
 pub mod exhaustion;
 pub mod export;
+pub mod gohttp;
 pub mod ground_truth;
 pub mod health;
 pub mod logging;

@@ -519,13 +519,32 @@ impl GoPclntab {
                 hi = mid;
             }
         }
-        let off = add(self.hdr.funcdata, self.functab_field(add(mul(lo, 2)?, 1)?)?)?;
+        self.func_at(lo).map(Some)
+    }
+
+    /// The i'th function of the table (i < nfunc).
+    fn func_at(&self, i: u64) -> Result<Func> {
+        let off = add(self.hdr.funcdata, self.functab_field(add(mul(i, 2)?, 1)?)?)?;
         let entry = if self.hdr.version >= GoPclntabVersion::Go118 {
             add(u64::from(self.reader().u32(off, "function record")?), self.text_start)?
         } else {
             self.reader().word(off, self.hdr.ptr_size, "function record")?
         };
-        Ok(Some(Func { off, entry }))
+        Ok(Func { off, entry })
+    }
+
+    /// The entry (a virtual address as in the ELF file) of the function named `name`, as Go
+    /// prints it (e.g. `net/http.(*persistConn).roundTrip`): how the function addresses of a
+    /// stripped binary are found. A scan of the whole table; `None` when no function has the
+    /// name.
+    pub fn function_entry(&self, name: &str) -> Result<Option<u64>> {
+        for i in 0..self.hdr.nfunc {
+            let func = self.func_at(i)?;
+            if self.func_name(func)? == name {
+                return Ok(Some(func.entry));
+            }
+        }
+        Ok(None)
     }
 
     /// Field n (1-based, 32-bit) of a `_func` record after its entry: 1 nameOff, 5 pcfile,

@@ -1,0 +1,173 @@
+//! Go `net/http` request stacks, the foundation (issue 16, part 1): what a uprobe on a Go HTTP
+//! client needs to know about the binary, read without running it. Nothing here attaches
+//! probes yet.
+//!
+//! - [`buildinfo`]: recognises a Go executable and its toolchain version;
+//! - [`layout`]: the chain of fields from the probed function's receiver (`*persistConn`) to
+//!   the socket's descriptor, plain TCP and through `*tls.Conn`, and per-version offset tables
+//!   for binaries without DWARF;
+//! - [`dwarf`]: the same offsets from the binary's DWARF;
+//! - [`inspect`]: all of it for one executable, with the probed functions' entry addresses
+//!   (ELF symbols, or the `.gopclntab` for stripped binaries).
+//!
+//! HTTP/2 is out of scope: its requests go through `persistConn.alt`, never
+//! `(*persistConn).roundTrip`.
+
+pub mod buildinfo;
+pub mod dwarf;
+pub mod layout;
+
+use object::{Object, ObjectSymbol};
+
+use crate::stacks::gopclntab::{GoPclntab, GoPclntabError};
+use buildinfo::{BuildInfoError, GoVersion};
+use layout::ConnOffsets;
+
+/// The function probed at entry: `Transport.roundTrip` calls it on the requesting goroutine
+/// for every HTTP/1 request (plain or TLS) with the pooled or freshly dialed connection as
+/// receiver, so the goroutine's stack there names the caller and the receiver names the
+/// connection.
+pub const ROUND_TRIP: &str = "net/http.(*persistConn).roundTrip";
+
+/// The functions to probe, in order.
+pub const PROBED_FUNCTIONS: &[&str] = &[ROUND_TRIP];
+
+/// The first Go release with the register ABI on amd64 (receiver and arguments in registers).
+pub const FIRST_REGISTER_ABI: GoVersion = GoVersion { major: 1, minor: 17, patch: 0 };
+
+/// The register holding the receiver at a Go function's entry (register ABI, amd64): the first
+/// integer argument register.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Register {
+    Rax,
+}
+
+/// Why a binary cannot be probed for requests.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GoHttpError {
+    #[error("not a readable ELF file: {0}")]
+    Elf(String),
+    #[error(transparent)]
+    BuildInfo(#[from] BuildInfoError),
+    #[error("Go version string {0:?} names no Go release")]
+    UnknownVersion(String),
+    #[error(
+        "only amd64 Go binaries are supported (this one is {0}): the receiver's register and the \
+         offsets are those of amd64"
+    )]
+    Architecture(String),
+    #[error(
+        "{version} predates Go's register ABI (Go 1.17): the receiver is on the stack, which is \
+         not supported"
+    )]
+    StackAbi { version: GoVersion },
+    #[error(
+        "{version} has no offset table and the binary has no usable DWARF ({dwarf}): build it \
+         without -w, or add the version's table (docs/stacks.md, \"Go net/http request stacks\")"
+    )]
+    NoOffsetTable { version: GoVersion, dwarf: String },
+    #[error("function {0} is not in the binary (the program makes no HTTP/1 client requests)")]
+    FunctionMissing(&'static str),
+    #[error("the binary has no symbol table and its pclntab is unreadable: {0}")]
+    Pclntab(#[from] GoPclntabError),
+}
+
+/// Where the offsets came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OffsetsSource {
+    Dwarf,
+    /// The table for this version (the binary has no DWARF, or it lacked a field: the reason).
+    Table {
+        dwarf: String,
+    },
+}
+
+/// A probed function and its entry, a virtual address as in the ELF file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbedFunction {
+    pub name: &'static str,
+    pub entry: u64,
+}
+
+/// What probing a Go HTTP client binary needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoHttpBinary {
+    /// The version string of the build information, e.g. `go1.22.10`.
+    pub version_string: String,
+    pub version: GoVersion,
+    pub offsets: ConnOffsets,
+    pub offsets_source: OffsetsSource,
+    pub functions: Vec<ProbedFunction>,
+    /// Where the receiver is at each function's entry.
+    pub receiver: Register,
+}
+
+/// Reads everything about an executable's bytes; an error says why it cannot be probed.
+pub fn inspect(elf: &[u8]) -> Result<GoHttpBinary, GoHttpError> {
+    let info = buildinfo::read_elf(elf)?;
+    let version = GoVersion::parse(&info.version)
+        .ok_or_else(|| GoHttpError::UnknownVersion(info.version.clone()))?;
+    let file = object::File::parse(elf).map_err(|e| GoHttpError::Elf(e.to_string()))?;
+    if file.architecture() != object::Architecture::X86_64 {
+        return Err(GoHttpError::Architecture(format!("{:?}", file.architecture())));
+    }
+    if version < FIRST_REGISTER_ABI {
+        return Err(GoHttpError::StackAbi { version });
+    }
+    let (offsets, offsets_source) = match dwarf::offsets(&file) {
+        Ok(Some(offsets)) => (offsets, OffsetsSource::Dwarf),
+        other => {
+            let why = match other {
+                Ok(_) => "no DWARF".to_string(),
+                Err(e) => e.to_string(),
+            };
+            let offsets = layout::table_for(version)
+                .ok_or_else(|| GoHttpError::NoOffsetTable { version, dwarf: why.clone() })?;
+            (offsets, OffsetsSource::Table { dwarf: why })
+        }
+    };
+    Ok(GoHttpBinary {
+        version_string: info.version,
+        version,
+        offsets,
+        offsets_source,
+        functions: function_entries(&file, elf)?,
+        receiver: Register::Rax,
+    })
+}
+
+/// The entries of [`PROBED_FUNCTIONS`]: from the ELF symbol table, else from the pclntab.
+fn function_entries(
+    file: &object::File<'_>,
+    elf: &[u8],
+) -> Result<Vec<ProbedFunction>, GoHttpError> {
+    let from_symbols: Vec<Option<u64>> = PROBED_FUNCTIONS
+        .iter()
+        .map(|name| {
+            file.symbols()
+                .find(|s| s.name() == Ok(name) && s.kind() == object::SymbolKind::Text)
+                .map(|s| s.address())
+        })
+        .collect();
+    let mut pclntab: Option<GoPclntab> = None;
+    let mut out = Vec::new();
+    for (&name, sym) in PROBED_FUNCTIONS.iter().zip(from_symbols) {
+        let entry = match sym {
+            Some(entry) => entry,
+            None => {
+                let tab = match pclntab.take() {
+                    Some(tab) => tab,
+                    None => GoPclntab::from_elf(elf)?,
+                };
+                let entry = tab.function_entry(name)?;
+                pclntab = Some(tab);
+                entry.ok_or(GoHttpError::FunctionMissing(name))?
+            }
+        };
+        out.push(ProbedFunction { name, entry });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;
