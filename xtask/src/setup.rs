@@ -36,6 +36,11 @@ const TEST_PACKAGES: &[&str] = &[
     // C programs the tests build, and cgo's C compiler and linker
     "gcc",
     "libc6-dev",
+    // real container runtimes (tracer/tests/container_netns.rs): podman with runc (crun refuses
+    // hybrid cgroups), and docker's daemon run privately by the test
+    "podman",
+    "runc",
+    "docker.io",
 ];
 /// Go releases newer than Debian's for the same tests, installed into `TEST_GO_DIR/<version>`:
 /// 1.20 changed the pclntab format (magic 0xfffffff1), and later releases stopped recording
