@@ -132,6 +132,10 @@ fn scanned_processes_get_their_v2_cgroup_id_with_the_daemon_in_a_private_cgroup_
         common::expect_eq("cgroup_id", num(&row, "cgroup_id"), app_id)
     });
     assert!(daemon.log_text().contains("cgroup ids of scanned processes: from the task iterator"));
+    let status = daemon.json(&["status"]);
+    assert!(status["containers"]["scanned_cgroup_ids_unavailable"].is_null(), "{status}");
+    let text = daemon.try_cli(&["status"]).expect("status");
+    assert!(text.contains("scanned processes' cgroup ids: from the task iterator"), "{text}");
 
     // A process of the same cgroup that connects after start: the id its events carry.
     let mut new = Workload::spawn();

@@ -109,6 +109,19 @@ fn status(s: &StatusReport) -> String {
         k.exited_before_pinning,
         k.frames_unsymbolized
     );
+    let c = &s.containers;
+    let _ = writeln!(
+        out,
+        "containers:          {} cgroups resolved ({} in containers, {} not found), cgroup2 at {}; \
+         scanned processes' cgroup ids: {}",
+        c.resolved,
+        c.containers,
+        c.misses,
+        c.cgroup_root.as_deref().unwrap_or("(not found)"),
+        c.scanned_cgroup_ids_unavailable
+            .as_deref()
+            .map_or("from the task iterator".to_owned(), |why| format!("unknown ({why})"))
+    );
     let _ = writeln!(
         out,
         "metrics:             {}",

@@ -138,6 +138,9 @@ pub struct ResolverStatus {
     pub cached: u64,
     /// Containers whose names are still being looked for now.
     pub names_pending: u64,
+    /// Why processes known only from scans (older than the daemon, new holders) have cgroup
+    /// id 0 (unknown), or `null` when the kernel's task iterator gives them theirs.
+    pub scanned_cgroup_ids_unavailable: Option<String>,
 }
 
 /// Where the resolver looks: the cgroup2 mount and the node's name directories.

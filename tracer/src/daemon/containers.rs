@@ -151,6 +151,8 @@ impl Resolution {
                         && self.name_attempts.get(id).copied().unwrap_or(0) < NAME_ATTEMPTS
                 })
                 .count() as u64,
+            // The probes know it; the status query fills it in.
+            scanned_cgroup_ids_unavailable: None,
         }
     }
 }

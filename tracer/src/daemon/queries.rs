@@ -390,7 +390,13 @@ impl Daemon {
             time_wait_closes_overflowed: self.exhaustion.closes_overflowed(),
             health_scans: self.health.scans(),
             health_scan_us: self.health.last_scan_us(),
-            containers: self.resolution.status(&self.containers),
+            containers: crate::containers::ResolverStatus {
+                scanned_cgroup_ids_unavailable: self
+                    .probes
+                    .task_cgroups_unavailable()
+                    .map(str::to_owned),
+                ..self.resolution.status(&self.containers)
+            },
         }
     }
 }
