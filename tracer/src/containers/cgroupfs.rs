@@ -153,14 +153,6 @@ impl CgroupFs {
 
 #[cfg(test)]
 mod tests {
-    /// Removes the test's directory tree, also when the test fails.
-    struct Cleanup(std::path::PathBuf);
-
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 
     use super::*;
 
@@ -189,7 +181,7 @@ mod tests {
     fn maps_inodes_to_paths_and_forgets_removed_directories() {
         // Any directory tree stands in for the cgroup mount: ids are inode numbers.
         let root = std::env::temp_dir().join(format!("tracer-cgroupfs-{}", std::process::id()));
-        let _cleanup = Cleanup(root.clone());
+        let _cleanup = crate::containers::TempTree(root.clone());
         let leaf = root.join("kubepods.slice/pod.slice/leaf.scope");
         std::fs::create_dir_all(&leaf).unwrap();
         let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();

@@ -278,3 +278,14 @@ impl Directory {
         self.resolved.iter().map(|(id, p)| (*id, p))
     }
 }
+
+/// Removes a unit test's directory tree, also when the test fails.
+#[cfg(test)]
+pub(crate) struct TempTree(pub std::path::PathBuf);
+
+#[cfg(test)]
+impl Drop for TempTree {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -145,14 +145,6 @@ fn is_sandbox(dir: &Path, links: &[String], pod: &str, namespace: &str) -> bool 
 
 #[cfg(test)]
 mod tests {
-    /// Removes the test's directory tree, also when the test fails.
-    struct Cleanup(std::path::PathBuf);
-
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 
     use super::*;
 
@@ -189,7 +181,7 @@ mod tests {
     #[test]
     fn reads_a_kubelet_layout_with_a_sidecar_and_docker_configs() {
         let root = std::env::temp_dir().join(format!("tracer-names-{}", std::process::id()));
-        let _cleanup = Cleanup(root.clone());
+        let _cleanup = crate::containers::TempTree(root.clone());
         let dirs = NameDirs {
             pod_logs: root.join("pods"),
             container_logs: root.join("containers"),

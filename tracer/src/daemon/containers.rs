@@ -159,14 +159,6 @@ impl Resolution {
 
 #[cfg(test)]
 mod tests {
-    /// Removes the test's directory tree, also when the test fails.
-    struct Cleanup(std::path::PathBuf);
-
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 
     use std::os::unix::fs::MetadataExt;
 
@@ -211,7 +203,7 @@ mod tests {
     async fn resolves_new_ids_off_the_loop_and_drops_unused_gone_ones() {
         // A directory tree stands in for the cgroup2 mount (ids are inode numbers).
         let root = std::env::temp_dir().join(format!("tracer-resolution-{}", std::process::id()));
-        let _cleanup = Cleanup(root.clone());
+        let _cleanup = crate::containers::TempTree(root.clone());
         let (used_dir, gone_dir) = (root.join("system.slice/a.service"), root.join("b.scope"));
         std::fs::create_dir_all(&used_dir).unwrap();
         std::fs::create_dir_all(&gone_dir).unwrap();
