@@ -532,43 +532,27 @@ fn probe_modes(ctx: &Bench) -> (Vec<String>, Vec<(String, String)>) {
 
 /// `--stacks-only`: the opener-stack part alone, in the best probe mode.
 fn stacks_only(ctx: &Bench, rounds: usize) -> Result<()> {
-    let (modes, skipped) = probe_modes(ctx);
-    let Some(best) = modes.first() else {
-        bail!("no probe mode starts on this machine: {skipped:?}");
-    };
-    let started = Instant::now();
-    let part = stacks::run(ctx, best, rounds, ctx.args.smoke)?;
-    let machine = procfs::Machine::read()?;
-    let doc = format!(
-        "{}\nMeasured {} on {} ({} CPUs, kernel {}) at commit {} in {:.0} s.\n",
-        part.render(),
-        report::utc_now(),
-        machine.cpu_model,
-        machine.cpus,
-        machine.kernel,
-        git_commit(&ctx.root),
-        started.elapsed().as_secs_f64()
-    );
-    print!("{doc}");
-    let out_dir = ctx.root.join("target/bench");
-    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    std::fs::write(out_dir.join("stacks.md"), &doc).context("writing target/bench/stacks.md")?;
-    eprintln!("bench: wrote target/bench/stacks.md");
-    Ok(())
+    one_part(ctx, "stacks", |best| Ok(stacks::run(ctx, best, rounds, ctx.args.smoke)?.render()))
 }
 
 /// `--containers-only`: the container-resolution part alone, in the best probe mode.
 fn containers_only(ctx: &Bench, rounds: usize) -> Result<()> {
+    one_part(ctx, "containers", |best| Ok(containers::run(ctx, best, rounds)?.render()))
+}
+
+/// Runs one part of the bench alone in the best probe mode (`run` gets the mode and renders
+/// the part), prints it with the machine and commit, and writes target/bench/NAME.md.
+fn one_part(ctx: &Bench, name: &str, run: impl FnOnce(&str) -> Result<String>) -> Result<()> {
     let (modes, skipped) = probe_modes(ctx);
     let Some(best) = modes.first() else {
         bail!("no probe mode starts on this machine: {skipped:?}");
     };
     let started = Instant::now();
-    let part = containers::run(ctx, best, rounds)?;
+    let rendered = run(best)?;
     let machine = procfs::Machine::read()?;
     let doc = format!(
         "{}\nMeasured {} on {} ({} CPUs, kernel {}) at commit {} in {:.0} s.\n",
-        part.render(),
+        rendered,
         report::utc_now(),
         machine.cpu_model,
         machine.cpus,
@@ -579,9 +563,10 @@ fn containers_only(ctx: &Bench, rounds: usize) -> Result<()> {
     print!("{doc}");
     let out_dir = ctx.root.join("target/bench");
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    std::fs::write(out_dir.join("containers.md"), &doc)
-        .context("writing target/bench/containers.md")?;
-    eprintln!("bench: wrote target/bench/containers.md");
+    let file = format!("{name}.md");
+    std::fs::write(out_dir.join(&file), &doc)
+        .with_context(|| format!("writing target/bench/{file}"))?;
+    eprintln!("bench: wrote target/bench/{file}");
     Ok(())
 }
 
