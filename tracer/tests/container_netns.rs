@@ -312,12 +312,7 @@ impl Podman {
     }
 
     fn run(&self, args: &[&str]) -> Result<String, String> {
-        let out = self.command().args(args).output().map_err(|e| format!("podman: {e}"))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-        }
+        run_tool(self.command().args(args), "podman")
     }
 }
 
@@ -549,12 +544,7 @@ impl Dockerd {
     }
 
     fn run(&self, args: &[&str]) -> Result<String, String> {
-        let out = self.command().args(args).output().map_err(|e| format!("docker: {e}"))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-        }
+        run_tool(self.command().args(args), "docker")
     }
 }
 
@@ -660,4 +650,14 @@ fn real_docker_container_is_attributed_and_named_when_dockerd_works() {
     });
     drop(daemon);
     inside.exit();
+}
+
+/// A runtime's command: its trimmed stdout, or its stderr (the runtime's own words) on failure.
+fn run_tool(cmd: &mut Command, tool: &str) -> Result<String, String> {
+    let out = cmd.output().map_err(|e| format!("{tool}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
 }
