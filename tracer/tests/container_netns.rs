@@ -368,11 +368,12 @@ fn workload_rootfs(dir: &Path) -> PathBuf {
 
 /// `--ulimit NAME=N:N` with N our own soft limit of `resource`, at most `cap`: podman's
 /// defaults raise limits, which needs CAP_SYS_RESOURCE (refused here); lowering never does. (runc
-/// still refused RLIMIT_NPROC at exactly our own limit here, hence the cap.)
-fn ulimit(name: &str, resource: libc::__rlimit_resource_t, cap: u64) -> String {
+/// still refused RLIMIT_NPROC at exactly our own limit here, hence the cap.) `resource` is an
+/// `i32` because glibc and musl (the VM matrix's static build) type it differently.
+fn ulimit(name: &str, resource: i32, cap: u64) -> String {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit fills a struct on our stack.
-    assert_eq!(unsafe { libc::getrlimit(resource, &mut limit) }, 0, "getrlimit");
+    assert_eq!(unsafe { libc::getrlimit(resource as _, &mut limit) }, 0, "getrlimit");
     let n = limit.rlim_cur.min(cap);
     format!("{name}={n}:{n}")
 }
@@ -413,8 +414,10 @@ fn real_podman_container_is_attributed_when_a_runtime_works() {
     assert!(imported.status.success(), "{}", String::from_utf8_lossy(&imported.stderr));
 
     // Try each runtime: the first that runs the workload serves the test.
-    let limits =
-        [ulimit("nofile", libc::RLIMIT_NOFILE, 65_536), ulimit("nproc", libc::RLIMIT_NPROC, 4_096)];
+    let limits = [
+        ulimit("nofile", libc::RLIMIT_NOFILE as i32, 65_536),
+        ulimit("nproc", libc::RLIMIT_NPROC as i32, 4_096),
+    ];
     let mut errors = Vec::new();
     let mut started = None;
     for runtime in ["crun", "runc"] {
