@@ -102,6 +102,27 @@ fn netns_inode(pid: u32) -> u64 {
     std::fs::metadata(format!("/proc/{pid}/ns/net")).expect("ns/net").ino()
 }
 
+/// What `read` returns, with `ss_states(pid)` taken before and after it: an error if `ss` moved
+/// meanwhile, so that the two are compared at one moment.
+fn with_steady_ss<T>(
+    pid: u32,
+    read: impl FnOnce() -> T,
+) -> Result<(T, BTreeMap<String, u64>), String> {
+    let before = ss_states(pid);
+    let value = read();
+    let after = ss_states(pid);
+    if before != after {
+        return Err(format!("ss moved while sampling: {before:?} -> {after:?}"));
+    }
+    Ok((value, after))
+}
+
+/// `pid`'s cgroup v2 path, as /proc shows it.
+fn v2_cgroup_of(pid: u32) -> String {
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+    cgroup.lines().find_map(|l| l.strip_prefix("0::")).expect("v2 line").to_owned()
+}
+
 /// `ss -tanp` inside `pid`'s network namespace: per TCP state (tracer's names), the connections
 /// that process holds (orphans it closed have no holder and are not listed). `/proc` stays the
 /// host's (only the network namespace is entered), so `ss` names holders by their host pids.
@@ -189,13 +210,9 @@ fn container_from_kernel_parts_counts_what_ss_sees_in_its_namespace() {
     client.cmd(&format!("close {CLOSED}"));
 
     daemon.eventually("the client's counts equal ss in its namespace", |d| {
-        let before = ss_states(client.pid);
-        let row = d.process(client.pid);
-        let conns = d.json(&["conns", "--pid", &client.pid.to_string()]);
-        let after = ss_states(client.pid);
-        if before != after {
-            return Err(format!("ss moved while sampling: {before:?} -> {after:?}"));
-        }
+        let ((row, conns), after) = with_steady_ss(client.pid, || {
+            (d.process(client.pid), d.json(&["conns", "--pid", &client.pid.to_string()]))
+        })?;
         let rows = conns["connections"].as_array().cloned().unwrap_or_default();
         let listed: BTreeMap<String, u64> = rows.iter().fold(BTreeMap::new(), |mut m, c| {
             *m.entry(c["state"].as_str().unwrap_or("?").to_owned()).or_default() += 1;
@@ -452,8 +469,7 @@ fn real_podman_container_is_attributed_when_a_runtime_works() {
         .expect("pid");
     inside.pid = pid;
     let id = podman.run(&["inspect", "--format", "{{.Id}}", &name]).expect("podman inspect");
-    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
-    let cgroup = cgroup.lines().find_map(|l| l.strip_prefix("0::")).expect("v2 line").to_owned();
+    let cgroup = v2_cgroup_of(pid);
     assert!(cgroup.contains(&id), "podman put {pid} in {cgroup}, not a cgroup naming {id}");
 
     let root = cgroupfs::find_cgroup2_mount().expect("cgroup2").display().to_string();
@@ -463,12 +479,7 @@ fn real_podman_container_is_attributed_when_a_runtime_works() {
     inside.connect(&format!("127.0.0.1:{port}"), 3);
     inside.cmd("wait-bg");
     daemon.eventually("the podman container is attributed and counted", |d| {
-        let before = ss_states(pid);
-        let row = d.process(pid);
-        let after = ss_states(pid);
-        if before != after {
-            return Err(format!("ss moved while sampling: {before:?} -> {after:?}"));
-        }
+        let (row, after) = with_steady_ss(pid, || d.process(pid))?;
         expect_eq("open", num(&row, "open"), after.values().sum())?;
         expect_eq("open", num(&row, "open"), 6)?;
         let c = &row["container"];
@@ -621,8 +632,7 @@ fn real_docker_container_is_attributed_and_named_when_dockerd_works() {
         .expect("pid");
     inside.pid = pid;
     let id = dockerd.run(&["inspect", "--format", "{{.Id}}", &name]).expect("docker inspect");
-    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
-    let cgroup = cgroup.lines().find_map(|l| l.strip_prefix("0::")).expect("v2 line").to_owned();
+    let cgroup = v2_cgroup_of(pid);
     assert!(cgroup.contains(&id), "docker put {pid} in {cgroup}, not a cgroup naming {id}");
 
     let root = cgroupfs::find_cgroup2_mount().expect("cgroup2").display().to_string();
@@ -633,12 +643,7 @@ fn real_docker_container_is_attributed_and_named_when_dockerd_works() {
     inside.connect(&format!("127.0.0.1:{port}"), 2);
     inside.cmd("wait-bg");
     daemon.eventually("the docker container is attributed, named and counted", |d| {
-        let before = ss_states(pid);
-        let row = d.process(pid);
-        let after = ss_states(pid);
-        if before != after {
-            return Err(format!("ss moved while sampling: {before:?} -> {after:?}"));
-        }
+        let (row, after) = with_steady_ss(pid, || d.process(pid))?;
         expect_eq("open", num(&row, "open"), after.values().sum())?;
         expect_eq("open", num(&row, "open"), 4)?;
         let c = &row["container"];
