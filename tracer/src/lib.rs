@@ -44,5 +44,7 @@ pub mod pipeline;
 pub mod probes;
 pub mod stacks;
 pub mod table;
+#[cfg(test)]
+mod test_support;
 
 pub use error::{Error, Result};

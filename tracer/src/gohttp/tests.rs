@@ -316,19 +316,7 @@ fn a_version_without_a_table_is_reported_never_guessed() {
 // ---------------------------------------------------------------------------------------------
 // Hostile input.
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+use crate::test_support::Rng;
 
 #[test]
 fn truncated_and_mutated_build_info_never_panics() {

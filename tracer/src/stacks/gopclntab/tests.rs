@@ -611,20 +611,7 @@ fn found_without_section_headers() {
 // ---------------------------------------------------------------------------------------------
 // Hostile input: truncated and mutated copies of a real table never panic.
 
-/// xorshift64*: deterministic, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+use crate::test_support::Rng;
 
 /// The table's bytes (from its section) and pcs to look up, of a real Go 1.19 and Go 1.27
 /// binary.
