@@ -122,6 +122,10 @@
 		tracer_file_ ? FILE_RELEASED(S, tracer_file_) : 0;                   \
 	})
 
+/* 1 when a process holds the socket through a struct socket: it was created by socket() or
+ * handed out by accept(). A child still in its listener's queue has none. */
+#define SK_HELD(S, sk) (SK_SOCKET(S, sk) != 0)
+
 /* 1 when the socket ever had a peer: a never-connected socket (bound, or just created) has a
  * zero destination port, a reset or failed connection keeps its peer's. */
 #define SK_HAS_PEER(S, sk) (SK_REMOTE_PORT_BE(S, sk) != 0)
@@ -195,6 +199,7 @@ static __always_inline void tracer_put_v4(__u8 field[16], __be32 addr)
 TRACER_SK_ACCESSOR(int, is_tcp, SK_IS_TCP)
 TRACER_SK_ACCESSOR(int, orphaned, SK_ORPHANED)
 TRACER_SK_ACCESSOR(int, file_released, SK_FILE_RELEASED)
+TRACER_SK_ACCESSOR(int, held, SK_HELD)
 TRACER_SK_ACCESSOR(__u8, state, SK_STATE)
 TRACER_SK_ACCESSOR(int, has_peer, SK_HAS_PEER)
 TRACER_SK_ACCESSOR(__u32, netns, SK_NETNS)

@@ -211,6 +211,9 @@ sock_reads! {
     fn orphaned() -> bool;
     /// Its file dropped the last reference: we are inside the release.
     fn file_released() -> bool;
+    /// A process holds it (socket() made it, or accept() handed it out): a child still queued
+    /// on its listener, or one that lost the race to be created, does not.
+    fn held() -> bool;
     fn state() -> u8, copied |s| s.state;
     /// It ever had a peer (a bound-only socket has none).
     fn has_peer() -> bool, copied |s| s.tuple.remote_port != 0;

@@ -5,6 +5,11 @@
 //! once, inside the holder's close() (or exit). So the one hook that sees that release is the
 //! destroy tracepoint, and it must only count sockets remembered here: every other socket is
 //! destroyed later, orphaned, from a timer, long after its release was reported.
+//!
+//! "Held" is exact: a socket is remembered when it reaches CLOSE with a process holding it, or
+//! when accept() hands out one that was reset in the queue. A child that never left its
+//! listener's queue, or that lost the race to be created (two CPUs completing one handshake:
+//! the loser is closed and destroyed at once, in softirq), is never released by anyone.
 // The map calls take references on purpose: `&0` is a promoted constant (passed by value, it
 // becomes a stack store per insert), and one `&key` serves both the lookup and the delete.
 #![allow(clippy::needless_borrows_for_generic_args)]

@@ -5,7 +5,12 @@ use core::ffi::c_void;
 
 use tracer_common::{EventKind, flags, tcp_state};
 
-use crate::{core_shim::Sock, emit::emit, stacks, state_change::release};
+use crate::{
+    core_shim::Sock,
+    emit::{config, emit},
+    held_closed, stacks,
+    state_change::release,
+};
 
 /// `tcp_connect(sk)`: inside connect(), after CLOSE -> SYN_SENT and before the SYN leaves: the
 /// connecting code's stack is current. `stack_ctx`, the program's context, captures it (kprobe
@@ -45,5 +50,10 @@ pub fn on_accept_return(sk: impl Sock, stack_ctx: Option<*mut c_void>) {
     }
     let stack = stack_ctx.map_or(0, |ctx| stacks::capture(ctx, sk, EventKind::Accept));
     let state = sk.state();
+    // Reset while it waited in the queue: its release comes from its destruction (tracepoint
+    // mode, see held_closed), which only counts sockets remembered as held.
+    if state == tcp_state::CLOSE && config().lifecycle_from_state_changes != 0 {
+        held_closed::remember(sk.ptr());
+    }
     emit(EventKind::Accept, sk, state, state, flags::OWNER_CONTEXT | flags::INBOUND | stack);
 }

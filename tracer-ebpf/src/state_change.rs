@@ -52,7 +52,11 @@ fn on_state_change(ctx: *mut c_void, sk: BtfSock, old: u8, new: u8) {
             return;
         }
     }
-    if own_lifecycle && new == CLOSE {
+    // Only a socket a process holds: a child that reaches CLOSE before accept() took it is
+    // remembered at the accept (if it ever comes), and one that never entered the queue (the
+    // loser of two CPUs creating the same child, which the kernel closes and destroys at once
+    // in softirq) is no connection at all.
+    if own_lifecycle && new == CLOSE && sk.held() {
         held_closed::remember(sk.ptr());
     }
     match (old, new) {

@@ -7,6 +7,49 @@ use std::collections::BTreeSet;
 use common::{Tracing, Workload, of_kind, touches_port};
 use tracer_common::{AF_INET, AF_INET6, ConnEvent, EventKind, tcp_state};
 
+/// When the release count is off: every socket address whose opens and releases do not
+/// alternate (in time order: open, release, open, ...; addresses are reused thousands of times
+/// here), with its events around the first mismatch (kind, owner, states, ends, time), so a
+/// failure names the path that emitted them.
+fn surplus_releases(events: &[ConnEvent]) -> String {
+    use std::collections::BTreeMap;
+    let mut by_sock: BTreeMap<u64, Vec<&ConnEvent>> = BTreeMap::new();
+    for e in events {
+        by_sock.entry(e.sock).or_default().push(e);
+    }
+    let mut out = String::new();
+    for (sock, mut evs) in by_sock {
+        evs.sort_by_key(|e| e.timestamp_ns);
+        let mut open = 0i64;
+        let Some(bad) = evs.iter().position(|e| {
+            match e.kind() {
+                Some(EventKind::Connect | EventKind::Accept) => open += 1,
+                Some(EventKind::Release) => open -= 1,
+                _ => {}
+            }
+            !(0..=1).contains(&open)
+        }) else {
+            continue;
+        };
+        out += &format!("sock {sock:#x}:\n");
+        for e in &evs[bad.saturating_sub(4)..(bad + 3).min(evs.len())] {
+            out += &format!(
+                "  {:>13} {:?} tgid {} tid {} {}->{} {}->{} flags {:#x}\n",
+                e.timestamp_ns,
+                e.kind().map(EventKind::name),
+                e.tgid,
+                e.tid,
+                e.old_state,
+                e.new_state,
+                e.tuple.local_port,
+                e.tuple.remote_port,
+                e.flags
+            );
+        }
+    }
+    out
+}
+
 fn socks(events: &[ConnEvent]) -> BTreeSet<u64> {
     events.iter().map(|e| e.sock).collect()
 }
@@ -161,6 +204,61 @@ fn a_reset_connections_release_still_names_both_ends() {
     }
 }
 
+/// Connections reset by their client while they waited in the server's accept queue: the
+/// server takes them afterwards (accept() hands out a closed socket) and closes them, so each
+/// is released once, by the server, naming both ends; the same connections left in the queue
+/// of a server that exits without accepting them were never its connections, and nobody
+/// releases them (a child that never reached a process is no connection).
+#[test]
+fn connections_reset_in_the_accept_queue_are_released_only_once_accepted() {
+    let releases_by = |events: &[ConnEvent], pid: u32| {
+        of_kind(events, EventKind::Release)
+            .into_iter()
+            .filter(|e| e.tgid == pid)
+            .collect::<Vec<_>>()
+    };
+    let mut accepting = Workload::spawn();
+    let accepting_port = accepting.listen("127.0.0.1");
+    let mut leaving = Workload::spawn();
+    let leaving_port = leaving.listen("127.0.0.1");
+    let tracing = Tracing::start();
+    let mut client = Workload::spawn();
+    let mut client_ports: BTreeSet<u16> =
+        client.connect(&format!("127.0.0.1:{accepting_port}"), 3).into_iter().collect();
+    client_ports.extend(client.connect(&format!("127.0.0.1:{leaving_port}"), 3));
+    // SO_LINGER 0: RST to the six children still queued; on loopback it is processed inside
+    // the client's close().
+    client.cmd("reset 6");
+    accepting.cmd("accept 0 3");
+    accepting.cmd("close 3");
+    let leaving_pid = leaving.pid;
+    leaving.exit();
+    tracing.wait_for(
+        common::wait_limit(),
+        "3 releases by the acceptor, 6 by the client",
+        |events| {
+            releases_by(events, accepting.pid).len() >= 3
+                && releases_by(events, client.pid).len() >= 6
+        },
+    );
+    let finished = tracing.finish();
+    let accepted = releases_by(&finished.events, accepting.pid);
+    assert_eq!(accepted.len(), 3, "{accepted:#?}");
+    for e in &accepted {
+        assert_eq!(e.tuple.local_port, accepting_port, "acceptor's release: {e:?}");
+        assert!(client_ports.contains(&e.tuple.remote_port), "acceptor's release: {e:?}");
+    }
+    assert_eq!(releases_by(&finished.events, client.pid).len(), 6);
+    let never_accepted: Vec<_> = of_kind(&finished.events, EventKind::Release)
+        .into_iter()
+        .filter(|e| touches_port(e, leaving_port) && e.tgid != client.pid)
+        .collect();
+    assert!(
+        never_accepted.is_empty(),
+        "the exiting server (pid {leaving_pid}) released queued children: {never_accepted:#?}"
+    );
+}
+
 #[test]
 fn emitted_equals_received_plus_lost_over_10000_fast_connections() {
     const N: usize = 10_000;
@@ -197,11 +295,12 @@ fn emitted_equals_received_plus_lost_over_10000_fast_connections() {
     assert_eq!(finished.malformed, 0);
     let events: Vec<_> = finished.events.iter().filter(|e| ours(e)).copied().collect();
     assert_eq!(of_kind(&events, EventKind::Connect).len(), N);
-    assert_eq!(of_kind(&events, EventKind::Release).len(), 2 * N);
+    let releases = of_kind(&events, EventKind::Release);
+    assert_eq!(releases.len(), 2 * N, "{}", surplus_releases(&events));
     assert!(
-        of_kind(&events, EventKind::Release)
-            .iter()
-            .all(|e| e.tgid == client.pid || e.tgid == server.pid)
+        releases.iter().all(|e| e.tgid == client.pid || e.tgid == server.pid),
+        "{}",
+        surplus_releases(&events)
     );
     // Through the real table: every connection opened and closed once on each side (accepts
     // may be reported twice in the function-probe modes; the table counts each socket once).
