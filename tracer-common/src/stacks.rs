@@ -156,31 +156,21 @@ impl StackRecord {
     pub fn window(&self) -> &[u64] {
         &self.window[..(self.window_len as usize / 8).min(self.window.len())]
     }
-
-    /// Whether `regs.bp` can start a frame-pointer chain: a frame pointer of the thread's own
-    /// stack lies above `sp`, within [`FRAME_CHAIN_SPAN`], 8-byte aligned, and the frame it
-    /// points at, when the window holds it, links further up (or ends the chain with 0). Code
-    /// built without frame pointers (most C and C++ at -O2, Rust release builds) leaves any
-    /// value in rbp: walking it reads junk as return addresses, slowly (the kernel reads on
-    /// until a read faults or the depth runs out), so the kernel takes one frame then and
-    /// userspace recovers the caller from the window.
-    pub fn frame_chain_plausible(&self) -> bool {
-        let UserRegs { sp, bp, .. } = self.regs;
-        if bp < sp || bp - sp >= FRAME_CHAIN_SPAN || bp % 8 != 0 {
-            return false;
-        }
-        // The bound against the array's constant length first, then the bytes read: the BPF
-        // verifier of Linux 5.10 learns an index's range only from a comparison with a constant.
-        let index = ((bp - sp) / 8) as usize;
-        if index >= self.window.len() || index >= self.window_len as usize / 8 {
-            return true;
-        }
-        let next = self.window[index];
-        next == 0 || next > bp
-    }
 }
 
-/// How far above `sp` the first frame pointer may lie (the default main thread stack is 8 MiB).
+/// Whether the frame at `bp`, whose saved frame pointer is `link`, belongs to the frame-pointer
+/// chain of a thread whose stack pointer was `sp`: it lies above `sp`, within
+/// [`FRAME_CHAIN_SPAN`], 8-byte aligned, and links further up (callers' frames are at higher
+/// addresses) or ends the chain with 0. The kernel program walks a stack by this rule, one
+/// 16-byte read per frame, and stops at the first frame that fails it: code built without frame
+/// pointers (most C and C++ at -O2, Rust release builds, Debian's C library) leaves any value in
+/// rbp, and the helper's walk would read on through junk until a read faulted or the depth ran
+/// out. Userspace then recovers the missing callers from the stack window.
+pub fn frame_links_up(sp: u64, bp: u64, link: u64) -> bool {
+    bp >= sp && bp - sp < FRAME_CHAIN_SPAN && bp.is_multiple_of(8) && (link == 0 || link > bp)
+}
+
+/// How far above `sp` a frame of the chain may lie (the default main thread stack is 8 MiB).
 pub const FRAME_CHAIN_SPAN: u64 = 8 << 20;
 
 #[cfg(test)]
@@ -224,29 +214,20 @@ mod tests {
     }
 
     #[test]
-    fn only_a_frame_pointer_of_the_threads_own_stack_starts_a_walk() {
+    fn only_frames_of_the_threads_own_stack_that_link_upwards_are_walked() {
         let sp = 0x7ffd_0000_1000;
-        let with = |bp: u64, link: Option<u64>| {
-            let mut record = StackRecord::EMPTY;
-            record.regs = UserRegs { ip: 0x40_1000, sp, bp };
-            record.window_len = STACK_WINDOW_BYTES as u32;
-            if let Some(link) = link {
-                record.window[((bp - sp) / 8) as usize] = link;
-            }
-            record.frame_chain_plausible()
-        };
         // A frame just above sp that links further up, or ends the chain.
-        assert!(with(sp + 0x40, Some(sp + 0x90)));
-        assert!(with(sp + 0x40, Some(0)));
-        // Past the window: nothing to check the link against.
-        assert!(with(sp + 0x1000, None));
+        assert!(frame_links_up(sp, sp + 0x40, sp + 0x90));
+        assert!(frame_links_up(sp, sp + 0x40, 0));
+        assert!(frame_links_up(sp, sp, sp + 0x10));
         // What code without frame pointers leaves in rbp: a heap address, a small integer, a
-        // misaligned or far address, or a "frame" whose link goes down.
-        assert!(!with(0x5555_5555_a000, None));
-        assert!(!with(3, None));
-        assert!(!with(sp + 0x41, None));
-        assert!(!with(sp + FRAME_CHAIN_SPAN, None));
-        assert!(!with(sp + 0x40, Some(sp + 0x10)));
-        assert!(!with(sp + 0x40, Some(sp + 0x40)));
+        // misaligned or far address, or a "frame" whose link goes down or loops.
+        assert!(!frame_links_up(sp, 0x5555_5555_a000, 0));
+        assert!(!frame_links_up(sp, 3, 0));
+        assert!(!frame_links_up(sp, sp + 0x41, 0));
+        assert!(!frame_links_up(sp, sp + FRAME_CHAIN_SPAN, 0));
+        assert!(!frame_links_up(sp, sp - 8, sp + 0x40));
+        assert!(!frame_links_up(sp, sp + 0x40, sp + 0x10));
+        assert!(!frame_links_up(sp, sp + 0x40, sp + 0x40));
     }
 }
