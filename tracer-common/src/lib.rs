@@ -56,6 +56,9 @@ pub mod programs {
     /// `iter/task`: one [`crate::TaskCgroup`] per process (every mode, loaded apart from the
     /// hooks: a kernel that refuses it only loses the cgroup ids of scanned processes).
     pub const TASK_CGROUPS: &str = "task_cgroups";
+    /// uprobe at the entry of Go's `net/http.(*persistConn).roundTrip`, attached per Go
+    /// process on demand: the requesting goroutine's stack and the request's connection.
+    pub const GO_ROUND_TRIP: &str = "go_round_trip";
 }
 
 /// What the `task_cgroups` iterator writes for each thread-group leader: its pid (in the
@@ -322,4 +325,5 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::stacks::StackRecord {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::stacks::GoHttpTarget {}
 }

@@ -40,6 +40,25 @@ pub const STACK_WINDOW_BYTES: usize = 256;
 /// Default sampling: every Nth connection of each process (the first one included).
 pub const DEFAULT_STACK_SAMPLE: u32 = 8;
 
+/// [`StackRecord::kind`] of a Go HTTP request's stack: captured by the uprobe at the entry of
+/// `net/http.(*persistConn).roundTrip`, on the requesting goroutine, for the connection the
+/// request goes out on. No connection event carries it (it is not an [`crate::EventKind`]).
+pub const KIND_GO_REQUEST: u8 = 0x80;
+/// Hash map, tgid -> [`GoHttpTarget`]: the Go HTTP clients whose requests the uprobe follows,
+/// written by the daemon when it attaches to one.
+pub const GO_HTTP_TARGETS_MAP: &str = "GO_HTTP_TARGETS";
+/// Most Go processes followed at once.
+pub const GO_HTTP_TARGETS_CAPACITY: u32 = 1024;
+
+/// How to get from `roundTrip`'s receiver (a `*persistConn`, in RAX) to the socket's
+/// descriptor in one process: the byte offsets of the chain's fields, in the order of
+/// `tracer::gohttp::layout::FIELDS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoHttpTarget {
+    pub offsets: [u64; 8],
+}
+
 /// Which connections' stacks the kernel captures ([`crate::Config::stack_policy`]).
 pub mod policy {
     /// None.

@@ -12,6 +12,8 @@
 //!
 //! - `iter/task` ([`task_cgroups`]): run on demand, not a hook: the v2 cgroup id of every
 //!   process, for those known only from scans.
+//! - `uprobe` on Go's `net/http.(*persistConn).roundTrip` ([`go_requests`]): attached per Go
+//!   process on demand: a request's goroutine stack and its connection's socket.
 //!
 //! Where the opener's own stack is current (connect start, accept syscall exit), [`stacks`]
 //! captures it when the opener-stacks policy wants it.
@@ -38,6 +40,7 @@ mod accept;
 mod core_shim;
 mod emit;
 mod fentry;
+mod go_requests;
 mod held_closed;
 mod kprobe;
 mod lifecycle;

@@ -53,7 +53,7 @@ named!(STACK_SUSPECT_COUNT, STACK_SUSPECT_COUNT_MAP);
 
 /// One record per CPU: too large for the BPF stack, and `bpf_get_stack` writes into it.
 #[map]
-static STACK_SCRATCH: PerCpuArray<StackRecord> = PerCpuArray::with_max_entries(1, 0);
+pub static STACK_SCRATCH: PerCpuArray<StackRecord> = PerCpuArray::with_max_entries(1, 0);
 named!(STACK_SCRATCH, STACK_SCRATCH_MAP);
 
 /// Captures the current task's user stack for the connection `sk` it is opening (`Connect`) or
@@ -112,9 +112,25 @@ fn capture_stack(ctx: *mut c_void, sock: u64, netns: u32, kind: u8) -> u8 {
         bump(counters::STACK_UNWIND_FAILED);
         return flags::STACK_WANTED;
     }
+    // SAFETY: `record` is valid (above), its registers, window and frames written.
+    if unsafe { send(record, written as u32 / 8, sock, netns, kind) } {
+        bump(counters::STACK_CAPTURED);
+    } else {
+        bump(counters::STACK_LOST_RINGBUF);
+    }
+    flags::STACK_WANTED
+}
+
+/// Completes the scratch record (identity, time, what it belongs to) and copies its first
+/// `frames` frames into the stack ring; false when the ring had no room.
+///
+/// # Safety
+/// `record` is this CPU's scratch slot, its registers, window and `frames` frames written.
+#[inline(always)]
+pub unsafe fn send(record: *mut StackRecord, frames: u32, sock: u64, netns: u32, kind: u8) -> bool {
     // Bounded again for the verifier, which sizes the ring copy below from it.
-    let frames = ((written as u32) / 8).min(MAX_STACK_DEPTH);
-    // SAFETY: as above; every field is written before the copy into the ring.
+    let frames = frames.min(MAX_STACK_DEPTH);
+    // SAFETY: guaranteed by the caller; every field is written before the copy into the ring.
     unsafe {
         (*record).depth = frames;
         (*record).timestamp_ns = bpf_ktime_get_boot_ns();
@@ -130,21 +146,15 @@ fn capture_stack(ctx: *mut c_void, sock: u64, netns: u32, kind: u8) -> u8 {
     // ring holds two to three times more stacks through a burst, and the copy is shorter.
     // No wakeup of its own: the daemon reads this ring whenever it reads the event ring, which
     // `needs_reader` wakes when this one fills.
-    // SAFETY: `record` is valid (above); the length stays within it (`frames` is at most
-    // MAX_STACK_DEPTH), and output copies those bytes.
-    let sent = unsafe {
+    // SAFETY: `record` is valid (the caller's contract); the length stays within it (`frames`
+    // is at most MAX_STACK_DEPTH), and output copies those bytes.
+    unsafe {
         let bytes = core::slice::from_raw_parts(
             record.cast::<u8>(),
             StackRecord::HEADER_SIZE + frames as usize * 8,
         );
-        STACKS.output::<[u8]>(bytes, u64::from(BPF_RB_NO_WAKEUP))
-    };
-    if sent.is_ok() {
-        bump(counters::STACK_CAPTURED);
-    } else {
-        bump(counters::STACK_LOST_RINGBUF);
+        STACKS.output::<[u8]>(bytes, u64::from(BPF_RB_NO_WAKEUP)).is_ok()
     }
-    flags::STACK_WANTED
 }
 
 /// True when the stack ring is over a quarter full: the event that carries
@@ -177,14 +187,29 @@ const WAKEUP_WINDOW_STACKS: u64 = 4;
 /// # Safety
 /// `record` is this CPU's scratch slot, with `regs` written.
 #[inline(always)]
-unsafe fn walk_frame_pointers(record: *mut StackRecord, depth: u32) -> u32 {
+pub unsafe fn walk_frame_pointers(record: *mut StackRecord, depth: u32) -> u32 {
     // SAFETY: guaranteed by the caller.
-    let UserRegs { ip, sp, mut bp } = unsafe { (*record).regs };
+    let UserRegs { ip, sp, bp } = unsafe { (*record).regs };
     // SAFETY: as above; index 0 exists.
     unsafe { (*record).frames[0] = ip };
-    let mut written = 1;
+    // SAFETY: as above.
+    unsafe { walk_from(record, depth, 1, sp, bp) }
+}
+
+/// The walk from frame `first` on (the frames before it written), starting at frame pointer
+/// `bp`; returns the frames written in all.
+///
+/// # Safety
+/// `record` is this CPU's scratch slot.
+#[inline(always)]
+pub unsafe fn walk_from(record: *mut StackRecord, depth: u32, first: u32, sp: u64, bp: u64) -> u32 {
+    let mut bp = bp;
+    let mut written = first;
     // A constant bound for the verifier (5.10 unrolls it), the configured depth inside.
     for i in 1..MAX_STACK_DEPTH as usize {
+        if (i as u32) < first {
+            continue;
+        }
         if i as u32 >= depth {
             break;
         }
@@ -219,7 +244,7 @@ unsafe fn walk_frame_pointers(record: *mut StackRecord, depth: u32) -> u32 {
 /// the frame-pointer walk misses (the caller of a C library wrapper). A failure is counted and
 /// leaves `window_len` 0; the frame-pointer stack is sent all the same.
 #[inline(always)]
-fn capture_unwind_state(record: *mut StackRecord) {
+pub fn capture_unwind_state(record: *mut StackRecord) {
     // SAFETY: `record` is this CPU's scratch slot (see capture_stack); the shim writes the
     // three registers, bpf_probe_read_user at most STACK_WINDOW_BYTES into `window`, which
     // holds that many, and zeroes them when the read fails.

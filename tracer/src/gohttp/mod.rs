@@ -87,6 +87,8 @@ pub enum OffsetsSource {
 pub struct ProbedFunction {
     pub name: &'static str,
     pub entry: u64,
+    /// Where the entry's instruction is in the file: what a uprobe attaches to.
+    pub file_offset: u64,
 }
 
 /// What probing a Go HTTP client binary needs.
@@ -164,9 +166,20 @@ fn function_entries(
                 entry.ok_or(GoHttpError::FunctionMissing(name))?
             }
         };
-        out.push(ProbedFunction { name, entry });
+        let file_offset = file_offset(file, entry).ok_or(GoHttpError::FunctionMissing(name))?;
+        out.push(ProbedFunction { name, entry, file_offset });
     }
     Ok(out)
+}
+
+/// The file offset of virtual address `address`: inside the section that holds it.
+fn file_offset(file: &object::File<'_>, address: u64) -> Option<u64> {
+    use object::ObjectSection;
+    file.sections().find_map(|section| {
+        let start = section.address();
+        let (offset, size) = section.file_range()?;
+        (start <= address && address - start < size).then(|| offset + (address - start))
+    })
 }
 
 #[cfg(test)]

@@ -31,6 +31,9 @@ pub enum HookKind {
     /// A BPF iterator over kernel objects of `target`, run on demand rather than attached to
     /// an event; loaded apart from the hooks (task_cgroups.rs), and never fatal.
     Iter,
+    /// A uprobe at the entry of `target`, a function of the programs it follows: loaded on
+    /// first use and attached per process on demand (go_requests.rs), never by a mode.
+    UProbe,
 }
 
 /// A hook attached only on kernels whose BTF says so: one program per signature of a function
@@ -192,6 +195,15 @@ pub const HOOKS: &[Hook] = &[
         reports: "the v2 cgroup id of every process, run at start-up and reconcile for \
                   processes known only from scans; optional: a refusal leaves them at cgroup id 0",
     },
+    Hook {
+        program: programs::GO_ROUND_TRIP,
+        kind: HookKind::UProbe,
+        target: "net/http.(*persistConn).roundTrip",
+        modes: EVERY_MODE,
+        requires: None,
+        reports: "a Go HTTP/1 request's goroutine stack and its connection's socket; attached \
+                  per Go process on demand (not yet by the daemon)",
+    },
 ];
 
 /// The hooks `mode` attaches on the kernel described by `btf`, in attach order.
@@ -243,6 +255,8 @@ pub(super) fn attach(ebpf: &mut Ebpf, btf: &Btf, mode: ProbeMode) -> Result<Opti
             }
             // Loaded by Probes::load_mode after the hooks, where its failure is not fatal.
             HookKind::Iter => {}
+            // Attached per process, on demand (Probes::attach_go_requests).
+            HookKind::UProbe => {}
         }
     }
     Ok(kprobes)
@@ -267,6 +281,7 @@ pub fn docs_table() -> String {
             HookKind::KProbe => format!("kprobe `{}`", hook.target),
             HookKind::KRetProbe => format!("kretprobe `{}`", hook.target),
             HookKind::Iter => format!("iter `{}`", hook.target),
+            HookKind::UProbe => format!("uprobe `{}`", hook.target),
         };
         match hook.requires {
             Some(Requires::Struct { name, note }) => {
@@ -305,6 +320,8 @@ mod tests {
             HookKind::KProbe => "kprobe".to_owned(),
             HookKind::KRetProbe => "kretprobe".to_owned(),
             HookKind::Iter => format!("iter/{}", hook.target),
+            // The binary and offset are given at attach, not to the macro.
+            HookKind::UProbe => "uprobe".to_owned(),
         }
     }
 

@@ -2,6 +2,7 @@
 //!
 //! [`hooks`] lists which hook each mode uses; docs/kernels.md says why.
 mod error;
+mod go_requests;
 pub mod hooks;
 mod kprobe;
 pub mod preflight;
@@ -10,6 +11,7 @@ mod task_cgroups;
 mod tracepoint;
 
 pub use error::ProbeError;
+pub use go_requests::{GoRequestProbe, GoRequestsError};
 pub use kprobe::ProbeMisses;
 pub use recursion::ProgramMisses;
 pub use task_cgroups::{
@@ -319,6 +321,28 @@ impl Probes {
             .and_then(|ebpf| ebpf.take_map(EVENTS_MAP))
             .ok_or(ProbeError::MissingMap(EVENTS_MAP))?;
         Ok(RingBuf::try_from(map)?)
+    }
+
+    /// Follows the HTTP/1 requests of Go process `pid` (running `binary`, described by `go`):
+    /// each request's stack arrives on the stack ring with kind
+    /// [`tracer_common::stacks::KIND_GO_REQUEST`] and the socket it goes out on.
+    pub fn attach_go_requests(
+        &mut self,
+        pid: u32,
+        binary: &std::path::Path,
+        go: &crate::gohttp::GoHttpBinary,
+    ) -> std::result::Result<GoRequestProbe, GoRequestsError> {
+        let ebpf = self.ebpf.as_mut().ok_or(GoRequestsError::Missing)?;
+        go_requests::attach(ebpf, pid, binary, go)
+    }
+
+    /// Undoes [`Probes::attach_go_requests`].
+    pub fn detach_go_requests(
+        &mut self,
+        probe: GoRequestProbe,
+    ) -> std::result::Result<(), GoRequestsError> {
+        let ebpf = self.ebpf.as_mut().ok_or(GoRequestsError::Missing)?;
+        go_requests::detach(ebpf, probe)
     }
 
     /// The opener-stack ring buffer; can be taken once, before [`Probes::detach`].

@@ -1,0 +1,113 @@
+//! `uprobe` at the entry of Go's `net/http.(*persistConn).roundTrip`: the stack of the goroutine
+//! that makes an HTTP/1 request, and the connection it goes out on.
+//!
+//! The Transport dials on a goroutine of its own, so a leaked response body's connection has an
+//! opener stack that ends in the Transport: the request's stack is the one that names the code.
+//! The daemon attaches this per Go process and writes the process's field offsets
+//! ([`GoHttpTarget`]) first; the receiver (`*persistConn`, in RAX under Go's register ABI) leads
+//! through `net.Conn` (and `*tls.Conn` for HTTPS) to the descriptor, and the descriptor to the
+//! socket, as the accept path resolves one. Entry only: a return probe would corrupt goroutine
+//! stacks, which Go moves.
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_probe_read_user},
+    macros::{map, uprobe},
+    maps::HashMap,
+    programs::ProbeContext,
+};
+use tracer_common::{
+    programs,
+    stacks::{GO_HTTP_TARGETS_CAPACITY, GoHttpTarget, KIND_GO_REQUEST, UserRegs},
+};
+
+use crate::{
+    core_shim::{self, Sock},
+    emit::config,
+    stacks::{STACK_SCRATCH, capture_unwind_state, send, walk_from},
+};
+
+#[map]
+static GO_HTTP_TARGETS: HashMap<u32, GoHttpTarget> =
+    HashMap::with_max_entries(GO_HTTP_TARGETS_CAPACITY, 0);
+named!(GO_HTTP_TARGETS, tracer_common::stacks::GO_HTTP_TARGETS_MAP);
+
+#[uprobe]
+pub fn go_round_trip(ctx: ProbeContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: the value is copied out at once.
+    let Some(target) = (unsafe { GO_HTTP_TARGETS.get(tgid) }).copied() else {
+        return 0;
+    };
+    // SAFETY: a uprobe's context is the thread's user registers.
+    let receiver = unsafe { (*ctx.regs).rax };
+    let Some(fd) = descriptor(receiver, &target.offsets) else {
+        return 0;
+    };
+    // SAFETY: the shim validates the fd against the task's fd table and the file's back pointer.
+    let sk = unsafe { core_shim::tracer_fd_sock(fd) };
+    if sk.is_null() {
+        return 0;
+    }
+    let sock = core_shim::AnySock::read(sk);
+    if !sock.is_tcp() {
+        return 0;
+    }
+    capture(sk as u64, sock.netns());
+    0
+}
+
+named!(go_round_trip, programs::GO_ROUND_TRIP);
+
+/// Follows the chain of `tracer::gohttp::layout::ConnOffsets` from the receiver to the
+/// descriptor (`offsets` in its FIELDS order).
+#[inline(always)]
+fn descriptor(persist_conn: u64, offsets: &[u64; 8]) -> Option<u32> {
+    let [pc_conn, pc_tls_state, iface_data, tls_conn, tcp_conn, conn_fd, net_fd_pfd, sysfd] =
+        *offsets;
+    let mut conn = pointer(persist_conn.wrapping_add(pc_conn + iface_data))?;
+    if read_user(persist_conn.wrapping_add(pc_tls_state))? != 0 {
+        conn = pointer(conn.wrapping_add(tls_conn + iface_data))?;
+    }
+    let net_fd = pointer(conn.wrapping_add(tcp_conn + conn_fd))?;
+    let fd = read_user(net_fd.wrapping_add(net_fd_pfd + sysfd))?;
+    u32::try_from(fd).ok()
+}
+
+#[inline(always)]
+fn pointer(address: u64) -> Option<u64> {
+    read_user(address).filter(|&p| p != 0)
+}
+
+#[inline(always)]
+fn read_user(address: u64) -> Option<u64> {
+    let mut value = 0u64;
+    // SAFETY: reads 8 bytes of user memory into `value`; a fault returns an error.
+    let read = unsafe {
+        bpf_probe_read_user((&raw mut value).cast(), 8, address as *const core::ffi::c_void)
+    };
+    (read == 0).then_some(value)
+}
+
+/// The requesting goroutine's stack: at the function's entry its prologue has not run, so the
+/// caller's return address is at sp and rbp is still the caller's frame pointer.
+#[inline(never)]
+fn capture(sock: u64, netns: u32) {
+    let Some(record) = STACK_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    capture_unwind_state(record);
+    // SAFETY: this CPU's scratch slot, its registers and window written above.
+    unsafe {
+        let UserRegs { ip, sp, bp } = (*record).regs;
+        if sp == 0 {
+            return;
+        }
+        let Some(return_address) = read_user(sp) else {
+            return;
+        };
+        (*record).frames[0] = ip;
+        (*record).frames[1] = return_address;
+        let depth = config().stack_depth.clamp(2, tracer_common::stacks::MAX_STACK_DEPTH);
+        let frames = walk_from(record, depth, 2, sp, bp);
+        send(record, frames, sock, netns, KIND_GO_REQUEST);
+    }
+}
