@@ -97,6 +97,8 @@ impl StackCapture {
     /// library's wrappers hid from the kernel's frame-pointer walk.
     pub(super) fn drain(&mut self, table: &ConnectionTable, now_ns: u64) {
         let Self { source, store, symbolizer, pinned, exited_before_pinning, unwinder, .. } = self;
+        // Go request stacks read at the last drain before their connection's event was.
+        store.retry_requests(table);
         source.drain(|record| {
             let process = ProcessKey::new(record.tgid, record.start_time_ns);
             if pinned.insert(process)

@@ -8,12 +8,19 @@
 //! interned per process (two processes of one non-PIE Go binary produce the same addresses but
 //! are different code paths to the user: the key is (process, frames)), counted by the
 //! connections that use them, and dropped with the last one.
+//!
+//! It also keeps, per connection, the stack of the last Go HTTP request sent on it (the
+//! request probe's records, [`StackKind::GoRequest`]): each request replaces the previous one,
+//! so an older, tidy caller is never blamed for a newer leak.
 use std::{
     collections::{HashMap, hash_map::Entry},
     hash::{BuildHasher, Hash, Hasher},
 };
 
-use tracer_common::{ConnEvent, EventKind, flags, stacks::StackRecord};
+use tracer_common::{
+    ConnEvent, EventKind, flags,
+    stacks::{KIND_GO_REQUEST, StackRecord},
+};
 
 use crate::table::{Applied, ConnectionTable, ProcessKey, SocketKey};
 
@@ -23,14 +30,38 @@ type Map<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StackId(pub u32);
 
+/// Where a stack was captured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StackKind {
+    /// In connect: the code that opened an outbound connection.
+    Connect,
+    /// At accept's return: the code that took an inbound one.
+    Accept,
+    /// At a Go HTTP/1 request (`(*persistConn).roundTrip`'s entry): the code that sent a request
+    /// on the connection.
+    GoRequest,
+}
+
+impl StackKind {
+    /// The kind a stack record carries, if it is one of these.
+    pub fn of_record(kind: u8) -> Option<Self> {
+        match kind {
+            KIND_GO_REQUEST => Some(StackKind::GoRequest),
+            k if k == EventKind::Connect as u8 => Some(StackKind::Connect),
+            k if k == EventKind::Accept as u8 => Some(StackKind::Accept),
+            _ => None,
+        }
+    }
+}
+
 /// One distinct stack of one process.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stack {
     pub process: ProcessKey,
     /// User-space instruction pointers, innermost first.
     pub frames: Box<[u64]>,
-    /// Whether it was captured in connect (outbound) or accept (inbound).
-    pub kind: EventKind,
+    /// Where it was captured.
+    pub kind: StackKind,
     /// Open or connecting connections that carry it (and a pending record).
     connections: u32,
     /// Its key in `by_content`.
@@ -67,6 +98,11 @@ pub struct StackCounters {
     pub orphaned: u64,
     /// Records that were malformed (an unknown kind, no frame).
     pub malformed: u64,
+    /// Go request records received.
+    pub requests: u64,
+    /// Go request records whose connection was not (or not yet, within
+    /// [`PENDING_GRACE_NS`]) in the table as the requesting process's: dropped.
+    pub requests_unmatched: u64,
 }
 
 #[derive(Default)]
@@ -77,6 +113,11 @@ pub struct OpenerStacks {
     by_connection: Map<u64, Opener>,
     /// Stacks whose connection is not in the table yet: (stack, received at).
     pending: Map<SocketKey, (StackId, u64)>,
+    /// By table connection id: the stack of the last Go request sent on it.
+    last_request: Map<u64, StackId>,
+    /// Request stacks whose connection was not in the table when they were read (its connect
+    /// event was committed after the event ring's drain began): retried at the next drain.
+    pending_requests: Map<SocketKey, (StackId, u64)>,
     next_id: u32,
     counters: StackCounters,
 }
@@ -86,9 +127,9 @@ impl OpenerStacks {
         self.counters
     }
 
-    /// Connections whose stack was wanted (captured or not yet).
+    /// Connections whose stack was wanted (captured or not yet), plus those with a request.
     pub fn tracked_connections(&self) -> usize {
-        self.by_connection.len()
+        self.by_connection.len() + self.last_request.len()
     }
 
     /// Distinct stacks held now.
@@ -145,14 +186,24 @@ impl OpenerStacks {
     /// applied already.
     pub fn on_stack(&mut self, record: &StackRecord, table: &ConnectionTable, now_ns: u64) {
         self.counters.received += 1;
-        let kind = EventKind::from_u8(record.kind);
-        let (Some(kind @ (EventKind::Connect | EventKind::Accept)), false) =
-            (kind, record.frames().is_empty())
+        let (Some(kind), false) = (StackKind::of_record(record.kind), record.frames().is_empty())
         else {
             self.counters.malformed += 1;
             return;
         };
         let process = ProcessKey::new(record.tgid, record.start_time_ns);
+        if kind == StackKind::GoRequest {
+            self.counters.requests += 1;
+            let stack = self.intern(process, record.frames(), kind);
+            let key = SocketKey { netns: record.netns, sock: record.sock };
+            if !self.request_on(key, stack, table)
+                && let Some((old, _)) = self.pending_requests.insert(key, (stack, now_ns))
+            {
+                self.release_stack(old);
+                self.counters.requests_unmatched += 1;
+            }
+            return;
+        }
         let stack = self.intern(process, record.frames(), kind);
         let key = SocketKey { netns: record.netns, sock: record.sock };
         // Its connection waits for it, or (kprobe mode, see `on_event`) was reported without
@@ -177,8 +228,56 @@ impl OpenerStacks {
         }
     }
 
+    /// Pairs the request stacks that waited for their connection with the table as it is now.
+    pub fn retry_requests(&mut self, table: &ConnectionTable) {
+        if self.pending_requests.is_empty() {
+            return;
+        }
+        let waiting: Vec<(SocketKey, StackId)> =
+            self.pending_requests.iter().map(|(key, (stack, _))| (*key, *stack)).collect();
+        for (key, stack) in waiting {
+            if self.request_on(key, stack, table) {
+                self.pending_requests.remove(&key);
+            }
+        }
+    }
+
+    /// The last request on connection `id`, if a Go request probe saw one.
+    pub fn last_request(&self, id: u64) -> Option<StackId> {
+        self.last_request.get(&id).copied()
+    }
+
+    /// Records `stack` as the last request on the connection at `key` if the table holds it,
+    /// owned by the stack's process (its use then goes to the connection).
+    fn request_on(&mut self, key: SocketKey, stack: StackId, table: &ConnectionTable) -> bool {
+        let Some(process) = self.stacks.get(&stack).map(|s| s.process) else { return false };
+        let Some(id) = table
+            .connection(key)
+            .filter(|view| view.conn.owner() == Some(process))
+            .map(|view| view.id())
+        else {
+            return false;
+        };
+        if let Some(old) = self.last_request.insert(id, stack) {
+            self.release_stack(old);
+        }
+        true
+    }
+
     /// Drops stacks that waited longer than [`PENDING_GRACE_NS`] for their connection.
     pub fn expire(&mut self, now_ns: u64) {
+        let old: Vec<SocketKey> = self
+            .pending_requests
+            .iter()
+            .filter(|(_, (_, at))| now_ns.saturating_sub(*at) > PENDING_GRACE_NS)
+            .map(|(key, _)| *key)
+            .collect();
+        for key in old {
+            if let Some((stack, _)) = self.pending_requests.remove(&key) {
+                self.release_stack(stack);
+                self.counters.requests_unmatched += 1;
+            }
+        }
         let old: Vec<SocketKey> = self
             .pending
             .iter()
@@ -196,7 +295,13 @@ impl OpenerStacks {
     /// Forgets every connection the table no longer holds (after a reconcile corrected it, or
     /// it expired) so that their stacks go.
     pub fn retain_connections(&mut self, mut alive: impl FnMut(u64) -> bool) {
-        let gone: Vec<u64> = self.by_connection.keys().copied().filter(|id| !alive(*id)).collect();
+        let gone: Vec<u64> = self
+            .by_connection
+            .keys()
+            .chain(self.last_request.keys())
+            .copied()
+            .filter(|id| !alive(*id))
+            .collect();
         for id in gone {
             self.forget_connection(id);
         }
@@ -241,10 +346,13 @@ impl OpenerStacks {
         if let Some(Opener::Stack(stack)) = self.by_connection.remove(&id) {
             self.release_stack(stack);
         }
+        if let Some(stack) = self.last_request.remove(&id) {
+            self.release_stack(stack);
+        }
     }
 
     /// The id of `frames` for `process`, with one more use counted.
-    fn intern(&mut self, process: ProcessKey, frames: &[u64], kind: EventKind) -> StackId {
+    fn intern(&mut self, process: ProcessKey, frames: &[u64], kind: StackKind) -> StackId {
         let hash = {
             let mut hasher = rustc_hash::FxBuildHasher.build_hasher();
             frames.hash(&mut hasher);

@@ -214,3 +214,56 @@ fn kprobe_mode_stacks_pair_without_the_flag_in_either_order() {
     assert_eq!(w.stacks.counters().attached, 2);
     assert_eq!(w.stacks.stack_count(), 1);
 }
+
+fn request(sock: u64, pid: u32, frames: &[u64]) -> StackRecord {
+    StackRecord { kind: tracer_common::stacks::KIND_GO_REQUEST, tgid: pid, ..record(sock, frames) }
+}
+
+#[test]
+fn each_request_replaces_its_connections_last_request() {
+    let mut w = World::new();
+    let id = w.open(0x1000, 40_001, false);
+    assert_eq!(w.stacks.last_request(id), None);
+    w.stacks.on_stack(&request(0x1000, PID, &[7, 8, 9]), &w.table, 0);
+    let first = w.stacks.last_request(id).expect("recorded");
+    assert_eq!(w.stacks.stack(first).map(|s| s.kind), Some(StackKind::GoRequest));
+    // The same code again: one stack; other code: it replaces the first, which goes.
+    w.stacks.on_stack(&request(0x1000, PID, &[7, 8, 9]), &w.table, 0);
+    assert_eq!(w.stacks.last_request(id), Some(first));
+    w.stacks.on_stack(&request(0x1000, PID, &[7, 8, 10]), &w.table, 0);
+    let second = w.stacks.last_request(id).expect("recorded");
+    assert_ne!(second, first);
+    assert_eq!(w.stacks.stack(first), None, "no connection uses the first any more");
+    // A request stack is not an opener stack, even with the opener's frames.
+    assert_eq!(w.stacks.opener(id, false), Opener::NotSampled);
+    w.close(0x1000, 40_001);
+    assert_eq!(w.stacks.last_request(id), None);
+    assert_eq!(w.stacks.stack_count(), 0);
+    assert_eq!(w.stacks.counters().requests, 3);
+    assert_eq!(w.stacks.counters().requests_unmatched, 0);
+}
+
+#[test]
+fn a_request_read_before_its_connection_pairs_at_the_next_drain_or_expires() {
+    let mut w = World::new();
+    w.stacks.on_stack(&request(0x1000, PID, &[7, 8, 9]), &w.table, 0);
+    let id = w.open(0x1000, 40_001, false);
+    assert_eq!(w.stacks.last_request(id), None);
+    w.stacks.retry_requests(&w.table);
+    assert!(w.stacks.last_request(id).is_some());
+    // Another socket's request never finds its connection.
+    w.stacks.on_stack(&request(0x2000, PID, &[7, 8, 9]), &w.table, 0);
+    w.stacks.retry_requests(&w.table);
+    w.stacks.expire(PENDING_GRACE_NS + 1);
+    assert_eq!(w.stacks.counters().requests_unmatched, 1);
+    assert_eq!(w.stacks.stack_count(), 1, "the paired request's stack stays");
+}
+
+#[test]
+fn a_request_of_another_process_is_not_the_connections() {
+    let mut w = World::new();
+    let id = w.open(0x1000, 40_001, false);
+    w.stacks.on_stack(&request(0x1000, PID + 1, &[7, 8, 9]), &w.table, 0);
+    w.stacks.retry_requests(&w.table);
+    assert_eq!(w.stacks.last_request(id), None);
+}
