@@ -110,11 +110,13 @@ fn every_loaded_program_reports_the_runs_the_kernel_skipped() {
     };
     // The programs this kernel's BTF makes the mode attach: the ground truth of the list.
     let btf = aya::Btf::from_sys_fs().expect("kernel BTF");
-    // The task iterator is optional (a kernel may refuse it) and runs on demand: left out.
+    // Programs run or attached on demand are left out: the task iterator (optional: a kernel
+    // may refuse it) and the Go request uprobe (attached per Go process only).
     let optional = |name: &str| {
-        tracer::probes::hooks::HOOKS
-            .iter()
-            .any(|hook| hook.program == name && hook.kind == tracer::probes::hooks::HookKind::Iter)
+        use tracer::probes::hooks::{HOOKS, HookKind};
+        HOOKS.iter().any(|hook| {
+            hook.program == name && matches!(hook.kind, HookKind::Iter | HookKind::UProbe)
+        })
     };
     let mut expected: Vec<&str> = tracer::probes::hooks::of_mode(mode, &btf)
         .map(|hook| hook.program)
