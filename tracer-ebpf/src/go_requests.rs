@@ -104,7 +104,9 @@ fn capture(sock: u64, netns: u32) {
         let Some(return_address) = read_user(sp) else {
             return;
         };
-        (*record).frames[0] = ip;
+        // One byte into the function, as the other frames point one byte past their call:
+        // userspace looks every frame up one byte back.
+        (*record).frames[0] = ip + 1;
         (*record).frames[1] = return_address;
         let depth = config().stack_depth.clamp(2, tracer_common::stacks::MAX_STACK_DEPTH);
         let frames = walk_from(record, depth, 2, sp, bp);

@@ -41,6 +41,8 @@ fn each_request_names_the_function_that_made_it_and_its_connection() {
     let mut next = || lines.next().expect("a line").expect("readable");
     let server_port: u16 =
         next().strip_prefix("server ").and_then(|p| p.parse().ok()).expect("server <port>");
+    // The warm-up request, before the probe: not reported.
+    assert!(next().starts_with("warm "));
 
     let exe = format!("/proc/{pid}/exe");
     let go = gohttp::inspect(&std::fs::read(&exe).expect("read the binary")).expect("a Go client");
@@ -79,10 +81,9 @@ fn each_request_names_the_function_that_made_it_and_its_connection() {
         let port = *port_of.get(&record.sock).unwrap_or_else(|| {
             panic!("request on socket {:#x}, which no handshake of the client names", record.sock)
         });
-        // frames[0] is the function's entry; the rest are return addresses.
-        let frames = record.frames();
-        let mut names = resolver.symbolize(&pinned, &frames[..1], AddressKind::Exact);
-        names.extend(resolver.symbolize(&pinned, &frames[1..], AddressKind::Return));
+        // frames[0] is one byte into the function, the rest return addresses: all are looked
+        // up one byte back.
+        let names = resolver.symbolize(&pinned, record.frames(), AddressKind::Return);
         let functions: Vec<String> =
             names.iter().flat_map(|r| r.frames.iter().filter_map(|f| f.function.clone())).collect();
         assert_eq!(functions.first().map(String::as_str), Some(gohttp::ROUND_TRIP));
@@ -100,4 +101,104 @@ fn each_request_names_the_function_that_made_it_and_its_connection() {
         ports.sort_unstable();
     }
     assert_eq!(seen, said, "requests by calling function and local port: probe vs client");
+}
+
+/// Starts the Go client, reads its server port and warm-up line, and returns it with its pid.
+fn go_client(dir: &std::path::Path) -> GoClient {
+    let program = common::go_program("go_requests", "go-requests", false, dir);
+    let mut child = Command::new(&program)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the Go client");
+    let stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    assert!(lines.next().expect("server line").expect("readable").starts_with("server "));
+    assert!(lines.next().expect("warm line").expect("readable").starts_with("warm "));
+    GoClient { pid: child.id(), child, stdin: Some(stdin), lines }
+}
+
+struct GoClient {
+    pid: u32,
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl GoClient {
+    /// Makes the leaking and the tidy requests; waits until they are done.
+    fn run_requests(&mut self) {
+        writeln!(self.stdin.as_mut().expect("stdin"), "go").expect("start the requests");
+        loop {
+            let line = self.lines.next().expect("a line").expect("readable");
+            if line == "done" {
+                break;
+            }
+        }
+    }
+}
+
+impl Drop for GoClient {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The daemon with `--go-requests all` probes the client, and `tracer stacks` groups its open
+/// connections by their last request: the 4 still checked out by the leaking function (the
+/// warm-up connection, reused by the first of them, included) under it, the tidy function's
+/// pooled connection under it; the server side's connections (the same process) had none.
+#[test]
+fn tracer_stacks_names_the_function_whose_requests_hold_the_connections() {
+    let dir = common::TempDir::new("go-requests-daemon");
+    let daemon = common::Daemon::start(&["--go-requests", "all"]);
+    let mut client = go_client(&dir.0);
+    let pid = client.pid;
+    daemon.eventually("the client probed", |d| {
+        let status = d.json(&["status"]);
+        let probed = status["go_requests"]["probed_processes"].as_u64().unwrap_or(0);
+        common::expect_eq("probed processes", probed, 1)
+    });
+    client.run_requests();
+    daemon.eventually("4 connections under the leaking function, 1 under the tidy one", |d| {
+        let report = d.json(&["stacks", &pid.to_string()]);
+        let requests = &report["requests"];
+        let count = |function: &str| {
+            requests["groups"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|g| g["leading_function"] == function)
+                .map(|g| g["count"].as_u64().unwrap_or(0))
+                .sum::<u64>()
+        };
+        let got = [
+            count("main.leakRequests"),
+            count("main.tidyRequests"),
+            requests["before_probing"].as_u64().unwrap_or(0),
+            requests["no_request"].as_u64().unwrap_or(0),
+        ];
+        if got == [4, 1, 1, 4] {
+            Ok(())
+        } else {
+            Err(format!("(leak, tidy, before probing, no request) = {got:?}: {report}"))
+        }
+    });
+}
+
+/// Under the default policy a healthy Go client is no suspect: no probe, no request groups.
+#[test]
+fn a_go_client_that_is_no_suspect_is_not_probed() {
+    let dir = common::TempDir::new("go-requests-default");
+    let daemon = common::Daemon::start(&[]);
+    let mut client = go_client(&dir.0);
+    client.run_requests();
+    daemon.wait_for_more("leak_evaluations", 1);
+    let status = daemon.json(&["status"]);
+    assert_eq!(status["go_requests"]["policy"], "suspects", "{status}");
+    assert_eq!(status["go_requests"]["probed_processes"], 0, "{status}");
+    let report = daemon.json(&["stacks", &client.pid.to_string()]);
+    assert!(report["requests"].is_null(), "{report}");
 }

@@ -319,6 +319,9 @@ pub struct StatusReport {
     /// Opener stacks.
     #[serde(default)]
     pub stacks: StacksStatus,
+    /// Go HTTP request probing.
+    #[serde(default)]
+    pub go_requests: GoRequestsStatus,
     /// Per-workload overrides (`--workload`), in the order they are tried, as
     /// `GLOB:KEY=VALUE,...`.
     #[serde(default)]
@@ -443,6 +446,44 @@ pub struct StacksReport {
     pub groups: Vec<StackGroup>,
     #[serde(flatten)]
     pub unstacked: Unstacked,
+    /// A probed Go HTTP client's open connections grouped by the stack of the last request
+    /// sent on each (`--go-requests`); `null` when the process is not probed.
+    #[serde(default)]
+    pub requests: Option<RequestGroups>,
+}
+
+/// Open connections grouped by the stack of their last Go HTTP/1 request.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RequestGroups {
+    /// Seconds since the request probe was attached to the process.
+    pub probed_for_seconds: u64,
+    /// Most connections first; `direction` is that of the connections.
+    pub groups: Vec<StackGroup>,
+    /// Open connections with no request seen that were opened before the probe was attached
+    /// (their requests, if any, came before probing).
+    pub before_probing: u32,
+    /// Open connections opened since, with no request seen (a server's accepted connections,
+    /// or a client's not yet used; a request whose stack was lost in the kernel counts here).
+    pub no_request: u32,
+}
+
+/// Go HTTP request probing (`--go-requests`), for `tracer status`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+pub struct GoRequestsStatus {
+    /// Which Go processes are probed (`--go-requests`).
+    pub policy: String,
+    /// Processes with the request probe attached now.
+    pub probed_processes: u64,
+    /// Wanted processes that cannot be probed (not Go, no HTTP/1 client, a Go release without
+    /// offsets; the daemon's log says why), known now.
+    pub refused_processes: u64,
+    /// Attachments the kernel refused, since start.
+    pub attach_failed: u64,
+    /// Request stacks received, since start.
+    pub requests: u64,
+    /// Request stacks whose connection the table did not hold as the requester's, dropped,
+    /// since start.
+    pub requests_unmatched: u64,
 }
 
 /// Opener-stack capture and symbolization, for `tracer status`.

@@ -17,6 +17,7 @@ use tracer::{
     export::{self, DEFAULT_METRICS_ADDR, WebhookUrl},
     health::{DEFAULT_IDLE_AFTER, DEFAULT_UNREAD_AFTER, HealthSettings},
     logging::LogFormat,
+    gohttp::GoRequestPolicy,
     probes::{DEFAULT_WAKEUP_BYTES, LoadOptions, ProbeMode, StackOptions, StackPolicy},
     table::{DEFAULT_EXITED_GRACE_NS, TableConfig},
 };
@@ -87,6 +88,10 @@ pub struct RunArgs {
         value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_STACK_DEPTH))
     )]
     pub stack_depth: u32,
+    /// Which Go processes' HTTP requests to probe for the code behind each connection's last
+    /// request (docs/stacks.md).
+    #[arg(long, value_parser = GoRequestPolicy::parser(), default_value_t = GoRequestPolicy::default())]
+    pub go_requests: GoRequestPolicy,
     /// Log format of the daemon.
     #[arg(long, value_parser = LogFormat::parser(), default_value_t = LogFormat::default())]
     pub log_format: LogFormat,
@@ -292,6 +297,7 @@ pub fn run(args: RunArgs, socket: PathBuf) -> anyhow::Result<()> {
         metrics_top_n: args.metrics_top,
         drain_interval: Duration::from_millis(args.drain_interval_ms),
         containers: args.containers.sources(),
+        go_requests: args.go_requests,
     };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

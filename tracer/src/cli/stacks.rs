@@ -1,4 +1,5 @@
-//! `tracer stacks PID`: a process's open connections grouped by the stack that opened them.
+//! `tracer stacks PID`: a process's open connections grouped by the stack that opened them, and
+//! for a probed Go HTTP client by the stack of the last request sent on each.
 use std::{fmt::Write as _, path::Path};
 
 use clap::Args;
@@ -64,5 +65,30 @@ fn stacks(report: &StacksReport) -> String {
         report.unstacked.stack_missing,
         report.unstacked.held_by_another_process
     );
+    if let Some(requests) = &report.requests {
+        let _ = writeln!(
+            out,
+            "\nby the last HTTP request sent on each (probed for {}):",
+            age(requests.probed_for_seconds)
+        );
+        for group in &requests.groups {
+            let _ = writeln!(
+                out,
+                "\n{:>6} last requested by {}  (group {}; oldest {})",
+                group.count,
+                group.leading_function.as_deref().unwrap_or("?"),
+                group.id,
+                age(group.oldest_age_seconds)
+            );
+            for frame in &group.frames {
+                let _ = writeln!(out, "         {frame}");
+            }
+        }
+        let _ = writeln!(
+            out,
+            "\nrequests before probing: {}  no request: {}",
+            requests.before_probing, requests.no_request
+        );
+    }
     out
 }

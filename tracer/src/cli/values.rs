@@ -50,6 +50,16 @@ impl Choice for StackPolicy {
     }
 }
 
+impl Choice for tracer::gohttp::GoRequestPolicy {
+    const ALL: &'static [Self] = &tracer::gohttp::GoRequestPolicy::ALL;
+    fn name(&self) -> &'static str {
+        tracer::gohttp::GoRequestPolicy::name(*self)
+    }
+    fn about(&self) -> Option<&'static str> {
+        Some(tracer::gohttp::GoRequestPolicy::about(*self))
+    }
+}
+
 impl Choice for LogFormat {
     const ALL: &'static [Self] = &LogFormat::ALL;
     fn name(&self) -> &'static str {

@@ -4,6 +4,7 @@
 //! batches and answers API queries between batches, so the event path takes no lock.
 mod containers;
 mod exhaustion;
+mod go_requests;
 mod health;
 mod leaks;
 mod memory;
@@ -78,6 +79,8 @@ pub struct DaemonOptions {
     pub drain_interval: Duration,
     /// Where container names and cgroup paths are read (docs/containers.md).
     pub containers: crate::containers::Sources,
+    /// Which Go processes' HTTP requests are probed.
+    pub go_requests: crate::gohttp::GoRequestPolicy,
 }
 
 /// The daemon's defaults (`tracer run` without flags).
@@ -95,6 +98,7 @@ impl Default for DaemonOptions {
             metrics_top_n: export::DEFAULT_TOP_N,
             drain_interval: DEFAULT_DRAIN_INTERVAL,
             containers: crate::containers::Sources::default(),
+            go_requests: crate::gohttp::GoRequestPolicy::default(),
         }
     }
 }
@@ -118,6 +122,8 @@ pub(crate) struct Daemon {
     started_ns: u64,
     kernel: String,
     stacks: stacks::StackCapture,
+    /// The Go request probes, per process.
+    go_requests: go_requests::GoRequests,
     exhaustion: exhaustion::Exhaustion,
     health: health::PoolHealth,
     /// The container, pod and namespace of each cgroup id resolved so far.
@@ -206,6 +212,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
                         match daemon.stacks.draft(
                             &daemon.table,
                             &daemon.containers,
+                            &daemon.go_requests,
                             pid,
                             daemon.clock.now_ns(),
                         ) {
@@ -228,6 +235,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
             _ = housekeeping.tick() => {
                 daemon.table.expire(daemon.clock.now_ns());
                 daemon.stacks.housekeeping(&daemon.table, daemon.clock.now_ns());
+                daemon.update_go_requests();
                 daemon.probes.flush_kernel_log();
                 daemon.resolution.launch(&daemon.table, &daemon.containers);
             }
@@ -261,6 +269,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
         server.abort();
     }
     log::info!("detaching probes");
+    daemon.go_requests.detach_all(&mut daemon.probes);
     daemon.probes.detach();
     daemon.drain_now();
     daemon.log_summary();
@@ -316,6 +325,7 @@ impl Daemon {
             clock,
             kernel: preflight::kernel_release(),
             stacks,
+            go_requests: go_requests::GoRequests::new(options.go_requests),
             exhaustion: exhaustion::Exhaustion::new(
                 nanos(options.leaks.interval)
                     .saturating_mul(options.leaks.detector.window_samples as u64),
@@ -414,7 +424,15 @@ impl Daemon {
             }
         }
         self.stacks.mark_suspects(&self.detector);
+        self.update_go_requests();
         self.resolution.launch(&self.table, &self.containers);
+    }
+
+    /// Go request probes follow the suspects (or every process), and the binaries inspected
+    /// off the loop since the last call are attached.
+    fn update_go_requests(&mut self) {
+        let Self { go_requests, probes, table, detector, clock, .. } = self;
+        go_requests.update(probes, table, detector.suspects(), clock.now_ns());
     }
 
     fn exhaustion_request(&self) -> exhaustion::ScanRequest {

@@ -378,6 +378,7 @@ impl Daemon {
             ring_bytes: self.ring_bytes,
             ring_high_water_bytes: self.ring_high_water(Some(&kernel)),
             stacks: self.stacks.status(&kernel),
+            go_requests: self.go_requests.status(self.stacks.counters()),
             workload_overrides: self
                 .leak_settings
                 .detector

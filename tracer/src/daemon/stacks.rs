@@ -17,7 +17,8 @@ use tracer_common::{ConnEvent, stacks::StackRecord};
 
 use crate::{
     api::answers::{
-        AlertStacks, NoStack, RemoteCount, StackGroup, StacksReport, StacksStatus, Unstacked,
+        AlertStacks, NoStack, RemoteCount, RequestGroups, StackGroup, StacksReport, StacksStatus,
+        Unstacked,
     },
     detect::{Alert, Detector},
     pipeline::StackSource,
@@ -169,6 +170,11 @@ impl StackCapture {
         self.suspects = now;
     }
 
+    /// The store's counters (requests included).
+    pub(super) fn counters(&self) -> crate::stacks::store::StackCounters {
+        self.store.counters()
+    }
+
     pub(super) fn status(&self, kernel: &KernelCounters) -> StacksStatus {
         let counters = self.store.counters();
         let symbolizer = self.symbolizer.stats();
@@ -209,15 +215,38 @@ impl StackCapture {
         table: &ConnectionTable,
         process: ProcessKey,
         now_ns: u64,
-        mut behind: impl FnMut(&ConnView<'_>) -> bool,
+        behind: impl FnMut(&ConnView<'_>) -> bool,
     ) -> (GroupsDraft, Unstacked, u32) {
+        let mut unstacked = Unstacked::default();
+        let (draft, selected) = self.group_by(
+            table,
+            process,
+            now_ns,
+            behind,
+            |view| self.group_of(view),
+            |reason| unstacked.count(reason),
+        );
+        (draft, unstacked, selected)
+    }
+
+    /// The open connections of `process` that `behind` selects, grouped by the stack `key`
+    /// gives each (most connections first), with how many were selected; `unkeyed` counts
+    /// those that have none, by reason.
+    fn group_by<E>(
+        &self,
+        table: &ConnectionTable,
+        process: ProcessKey,
+        now_ns: u64,
+        mut behind: impl FnMut(&ConnView<'_>) -> bool,
+        key: impl Fn(&ConnView<'_>) -> Result<StackId, E>,
+        mut unkeyed: impl FnMut(E),
+    ) -> (GroupsDraft, u32) {
         struct Acc {
             count: u32,
             direction: Direction,
             oldest_ns: u64,
             remotes: HashMap<String, u32>,
         }
-        let mut unstacked = Unstacked::default();
         let mut selected = 0;
         let mut groups: HashMap<StackId, Acc> = HashMap::new();
         for view in table.connections() {
@@ -226,8 +255,8 @@ impl StackCapture {
                 continue;
             }
             selected += 1;
-            match self.group_of(&view) {
-                Err(reason) => unstacked.count(reason),
+            match key(&view) {
+                Err(reason) => unkeyed(reason),
                 Ok(id) => {
                     let acc = groups.entry(id).or_insert(Acc {
                         count: 0,
@@ -270,7 +299,41 @@ impl StackCapture {
                 .addresses
                 .push(self.store.stack(id).map(|s| s.frames.to_vec()).unwrap_or_default());
         }
-        (draft, unstacked, selected)
+        (draft, selected)
+    }
+
+    /// `process`'s open connections by the stack of their last Go request, if the request
+    /// probe was attached to it at `probed_since`.
+    fn request_groups(
+        &self,
+        table: &ConnectionTable,
+        process: ProcessKey,
+        probed_since: u64,
+        now_ns: u64,
+    ) -> (RequestGroups, GroupsDraft) {
+        let mut report = RequestGroups {
+            probed_for_seconds: now_ns.saturating_sub(probed_since) / 1_000_000_000,
+            ..RequestGroups::default()
+        };
+        let (draft, _) = self.group_by(
+            table,
+            process,
+            now_ns,
+            |_| true,
+            |view| {
+                self.store.last_request(view.conn.id).ok_or(
+                    view.conn.preexisting || view.conn.opened_at_ns().is_none_or(|at| at < probed_since),
+                )
+            },
+            |before| {
+                if before {
+                    report.before_probing += 1;
+                } else {
+                    report.no_request += 1;
+                }
+            },
+        );
+        (report, draft)
     }
 
     /// `tracer stacks PID` with the frames left to resolve.
@@ -278,6 +341,7 @@ impl StackCapture {
         &self,
         table: &ConnectionTable,
         containers: &crate::containers::Directory,
+        go_requests: &super::go_requests::GoRequests,
         pid: u32,
         now_ns: u64,
     ) -> Result<StacksDraft, String> {
@@ -292,6 +356,13 @@ impl StackCapture {
                 )
             })?;
         let (groups, unstacked, _) = self.group(table, process.key, now_ns, |_| true);
+        let requests = go_requests
+            .probed_since(process.key)
+            .map(|since| self.request_groups(table, process.key, since, now_ns));
+        let (requests, request_groups) = match requests {
+            Some((report, draft)) => (Some(report), Some(draft)),
+            None => (None, None),
+        };
         let report = StacksReport {
             pid,
             comm: process.comm().into_owned(),
@@ -300,8 +371,9 @@ impl StackCapture {
             policy: self.policy.to_string(),
             groups: Vec::new(),
             unstacked,
+            requests,
         };
-        Ok(StacksDraft { report, groups })
+        Ok(StacksDraft { report, groups, request_groups })
     }
 
     /// The stacks behind an alert that just raised: the largest groups of the connections
@@ -392,12 +464,17 @@ fn with_frames(record: &StackRecord, frames: &[u64]) -> StackRecord {
 pub(super) struct StacksDraft {
     report: StacksReport,
     groups: GroupsDraft,
+    request_groups: Option<GroupsDraft>,
 }
 
 impl StacksDraft {
-    /// Symbolizes every group's frames, waiting at most [`SYMBOLIZE_DEADLINE`] in all.
+    /// Symbolizes every group's frames, waiting at most [`SYMBOLIZE_DEADLINE`] for each kind.
     pub(super) async fn finish(mut self) -> Result<Box<RawValue>, String> {
         self.report.groups = self.groups.finish(SYMBOLIZE_DEADLINE).await;
+        if let (Some(requests), Some(draft)) = (self.report.requests.as_mut(), self.request_groups)
+        {
+            requests.groups = draft.finish(SYMBOLIZE_DEADLINE).await;
+        }
         to_raw_value(&self.report).map_err(|e| format!("cannot encode the answer: {e}"))
     }
 }

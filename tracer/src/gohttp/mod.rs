@@ -19,7 +19,10 @@ pub mod layout;
 
 use object::{Object, ObjectSymbol};
 
-use crate::stacks::gopclntab::{GoPclntab, GoPclntabError};
+use crate::{
+    names::named_enum,
+    stacks::gopclntab::{GoPclntab, GoPclntabError},
+};
 use buildinfo::{BuildInfoError, GoVersion};
 use layout::ConnOffsets;
 
@@ -31,6 +34,30 @@ pub const ROUND_TRIP: &str = "net/http.(*persistConn).roundTrip";
 
 /// The functions to probe, in order.
 pub const PROBED_FUNCTIONS: &[&str] = &[ROUND_TRIP];
+
+named_enum! {
+    /// Which Go processes' HTTP requests are probed (`--go-requests`).
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub enum GoRequestPolicy ("Go request policy") {
+        /// None.
+        Off => "off",
+        /// The processes the leak detector marks suspect, while they are.
+        #[default]
+        Suspects => "suspects",
+        /// Every Go process that holds a connection.
+        All => "all",
+    }
+}
+
+impl GoRequestPolicy {
+    pub fn about(self) -> &'static str {
+        match self {
+            GoRequestPolicy::Off => "probe no Go process",
+            GoRequestPolicy::Suspects => "Go processes whose open count is rising, while it is",
+            GoRequestPolicy::All => "every Go process that holds a connection",
+        }
+    }
+}
 
 /// The first Go release with the register ABI on amd64 (receiver and arguments in registers).
 pub const FIRST_REGISTER_ABI: GoVersion = GoVersion { major: 1, minor: 17, patch: 0 };

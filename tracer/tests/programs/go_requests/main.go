@@ -1,6 +1,9 @@
-// A Go HTTP client for the request-probe test. It serves HTTP on loopback and prints
+// A Go HTTP client for the request-probe tests. It serves HTTP on loopback, makes one tidy
+// request from warmUp (so that the process holds connections, and a daemon that probes every
+// Go process holding one finds it; the connection stays idle in the pool) and prints
 //
 //	server <port>
+//	warm <port>
 //
 // then waits for a line on standard input, makes 4 requests from leakRequests (bodies neither
 // read nor closed: each keeps its connection checked out) and then 4 from tidyRequests (bodies
@@ -31,6 +34,7 @@ func main() {
 	}))
 	defer server.Close()
 	fmt.Println("server", server.Listener.Addr().(*net.TCPAddr).Port)
+	warmUp(server.URL)
 	input := bufio.NewReader(os.Stdin)
 	input.ReadString('\n')
 	var leaked []*http.Response
@@ -64,6 +68,16 @@ func leakRequests(url string) *http.Response {
 		panic(err)
 	}
 	return resp
+}
+
+//go:noinline
+func warmUp(url string) {
+	resp, err := http.DefaultClient.Do(request("warm", url))
+	if err != nil {
+		panic(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
 }
 
 //go:noinline
