@@ -66,11 +66,13 @@ impl GoRequests {
         suspects: impl Iterator<Item = ProcessKey>,
         now_ns: u64,
     ) {
-        let wanted: HashSet<ProcessKey> = match self.policy {
+        let mut wanted: HashSet<ProcessKey> = match self.policy {
             GoRequestPolicy::Off => HashSet::new(),
             GoRequestPolicy::Suspects => suspects.collect(),
             GoRequestPolicy::All => table.processes().map(|p| p.key).collect(),
         };
+        // Not the daemon itself (never a Go client).
+        wanted.retain(|p| p.pid != std::process::id());
         while let Ok((process, binary, inspected)) = self.inspected_rx.try_recv() {
             self.inspecting.remove(&process);
             match inspected {
@@ -120,9 +122,7 @@ impl GoRequests {
             let tx = self.inspected_tx.clone();
             tokio::task::spawn_blocking(move || {
                 let binary = PathBuf::from(format!("/proc/{}/exe", process.pid));
-                let inspected = std::fs::read(&binary)
-                    .map_err(|e| format!("cannot read {}: {e}", binary.display()))
-                    .and_then(|elf| gohttp::inspect(&elf).map_err(|e| e.to_string()));
+                let inspected = gohttp::inspect_file(&binary).map_err(|e| e.to_string());
                 let _ = tx.send((process, binary, inspected));
             });
         }

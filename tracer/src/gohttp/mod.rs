@@ -131,6 +131,37 @@ pub struct GoHttpBinary {
     pub receiver: Register,
 }
 
+/// The largest executable [`inspect_file`] reads.
+pub const MAX_BINARY_BYTES: u64 = 512 << 20;
+
+/// [`inspect`] for the executable at `path`, which is only read whole when it is a Go binary:
+/// the headers say so first (a `.go.buildinfo` section; binaries without section headers are
+/// read and searched), so a daemon that probes every process does not read every binary.
+pub fn inspect_file(path: &std::path::Path) -> Result<GoHttpBinary, GoHttpError> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| GoHttpError::Elf(format!("cannot open {}: {e}", path.display())))?;
+    let size = file.metadata().map_err(|e| GoHttpError::Elf(e.to_string()))?.len();
+    if size > MAX_BINARY_BYTES {
+        return Err(GoHttpError::Elf(format!(
+            "{size} bytes, more than the {MAX_BINARY_BYTES} read"
+        )));
+    }
+    {
+        let cache = object::ReadCache::new(&file);
+        let headers =
+            object::File::parse(&cache).map_err(|e| GoHttpError::Elf(e.to_string()))?;
+        let has_sections = headers.sections().next().is_some();
+        if has_sections && headers.section_by_name(".go.buildinfo").is_none() {
+            return Err(BuildInfoError::NotFound.into());
+        }
+    }
+    // Positioned: the header reads above moved the file's offset.
+    let mut bytes = vec![0u8; usize::try_from(size).map_err(|e| GoHttpError::Elf(e.to_string()))?];
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, 0)
+        .map_err(|e| GoHttpError::Elf(format!("cannot read {}: {e}", path.display())))?;
+    inspect(&bytes)
+}
+
 /// Reads everything about an executable's bytes; an error says why it cannot be probed.
 pub fn inspect(elf: &[u8]) -> Result<GoHttpBinary, GoHttpError> {
     let info = buildinfo::read_elf(elf)?;

@@ -120,6 +120,24 @@ fn a_program_without_go_is_not_go() {
 }
 
 #[test]
+fn a_file_reads_as_its_bytes_and_a_binary_without_go_is_refused_from_its_headers() {
+    assert_eq!(
+        inspect_file(Path::new("/bin/true")),
+        Err(GoHttpError::BuildInfo(BuildInfoError::NotFound))
+    );
+    let b = &go_binaries()["1.19"];
+    let dir = std::env::temp_dir().join(format!("tracer-gohttp-file-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, bytes) in [("plain", &b.plain), ("stripped", &b.stripped)] {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        assert_eq!(inspect_file(&path), inspect(bytes), "{name}");
+        assert!(inspect_file(&path).is_ok(), "{name}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn tables_do_not_overlap() {
     for (i, (a, _)) in TABLES.iter().enumerate() {
         assert!(a.first <= a.last, "{a:?}");
