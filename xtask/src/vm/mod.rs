@@ -149,6 +149,7 @@ impl Args {
                 "stacks".into(),
                 "cgroup_ids".into(),
                 "containers".into(),
+                "go_requests".into(),
             ],
             skip: vec!["real_peers".into(), "prometheus".into(), "symbolize".into()],
             filter: None,
