@@ -15,9 +15,9 @@ use tracer::{
     },
     detect::{DetectorConfig, WorkloadOverride, defaults as leak_defaults},
     export::{self, DEFAULT_METRICS_ADDR, WebhookUrl},
+    gohttp::GoRequestPolicy,
     health::{DEFAULT_IDLE_AFTER, DEFAULT_UNREAD_AFTER, HealthSettings},
     logging::LogFormat,
-    gohttp::GoRequestPolicy,
     probes::{DEFAULT_WAKEUP_BYTES, LoadOptions, ProbeMode, StackOptions, StackPolicy},
     table::{DEFAULT_EXITED_GRACE_NS, TableConfig},
 };

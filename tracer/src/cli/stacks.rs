@@ -3,7 +3,10 @@
 use std::{fmt::Write as _, path::Path};
 
 use clap::Args;
-use tracer::api::{answers::StacksReport, protocol::Request};
+use tracer::api::{
+    answers::{StackGroup, StacksReport},
+    protocol::Request,
+};
 
 use super::{output, text::age};
 
@@ -44,18 +47,12 @@ fn stacks(report: &StacksReport) -> String {
             .iter()
             .map(|r| format!("{}={}", r.remote, r.open))
             .collect::<Vec<_>>();
-        let _ = writeln!(
-            out,
-            "\n{:>6} {direction} by {}  (group {}; oldest {}; {})",
-            group.count,
-            group.leading_function.as_deref().unwrap_or("?"),
-            group.id,
-            age(group.oldest_age_seconds),
-            remotes.join(", ")
+        write_group(
+            &mut out,
+            group,
+            &format!("{direction} by"),
+            &format!("; {}", remotes.join(", ")),
         );
-        for frame in &group.frames {
-            let _ = writeln!(out, "         {frame}");
-        }
     }
     let _ = writeln!(
         out,
@@ -72,17 +69,7 @@ fn stacks(report: &StacksReport) -> String {
             age(requests.probed_for_seconds)
         );
         for group in &requests.groups {
-            let _ = writeln!(
-                out,
-                "\n{:>6} last requested by {}  (group {}; oldest {})",
-                group.count,
-                group.leading_function.as_deref().unwrap_or("?"),
-                group.id,
-                age(group.oldest_age_seconds)
-            );
-            for frame in &group.frames {
-                let _ = writeln!(out, "         {frame}");
-            }
+            write_group(&mut out, group, "last requested by", "");
         }
         let _ = writeln!(
             out,
@@ -91,4 +78,19 @@ fn stacks(report: &StacksReport) -> String {
         );
     }
     out
+}
+
+/// One group: its count, `verb` and leading function, id, age and `extra`, then its frames.
+fn write_group(out: &mut String, group: &StackGroup, verb: &str, extra: &str) {
+    let _ = writeln!(
+        out,
+        "\n{:>6} {verb} {}  (group {}; oldest {}{extra})",
+        group.count,
+        group.leading_function.as_deref().unwrap_or("?"),
+        group.id,
+        age(group.oldest_age_seconds),
+    );
+    for frame in &group.frames {
+        let _ = writeln!(out, "         {frame}");
+    }
 }

@@ -89,7 +89,10 @@ impl GoRequests {
                         }
                         Err(e) => {
                             self.attach_failed += 1;
-                            log::warn!("cannot probe the HTTP requests of pid {}: {e}", process.pid);
+                            log::warn!(
+                                "cannot probe the HTTP requests of pid {}: {e}",
+                                process.pid
+                            );
                             self.refused.insert(process, e.to_string());
                         }
                     }

@@ -322,7 +322,8 @@ impl StackCapture {
             |_| true,
             |view| {
                 self.store.last_request(view.conn.id).ok_or(
-                    view.conn.preexisting || view.conn.opened_at_ns().is_none_or(|at| at < probed_since),
+                    view.conn.preexisting
+                        || view.conn.opened_at_ns().is_none_or(|at| at < probed_since),
                 )
             },
             |before| {

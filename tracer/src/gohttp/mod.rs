@@ -148,8 +148,7 @@ pub fn inspect_file(path: &std::path::Path) -> Result<GoHttpBinary, GoHttpError>
     }
     {
         let cache = object::ReadCache::new(&file);
-        let headers =
-            object::File::parse(&cache).map_err(|e| GoHttpError::Elf(e.to_string()))?;
+        let headers = object::File::parse(&cache).map_err(|e| GoHttpError::Elf(e.to_string()))?;
         let has_sections = headers.sections().next().is_some();
         if has_sections && headers.section_by_name(".go.buildinfo").is_none() {
             return Err(BuildInfoError::NotFound.into());

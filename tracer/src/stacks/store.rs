@@ -266,29 +266,13 @@ impl OpenerStacks {
 
     /// Drops stacks that waited longer than [`PENDING_GRACE_NS`] for their connection.
     pub fn expire(&mut self, now_ns: u64) {
-        let old: Vec<SocketKey> = self
-            .pending_requests
-            .iter()
-            .filter(|(_, (_, at))| now_ns.saturating_sub(*at) > PENDING_GRACE_NS)
-            .map(|(key, _)| *key)
-            .collect();
-        for key in old {
-            if let Some((stack, _)) = self.pending_requests.remove(&key) {
-                self.release_stack(stack);
-                self.counters.requests_unmatched += 1;
-            }
+        for stack in take_expired(&mut self.pending_requests, now_ns) {
+            self.release_stack(stack);
+            self.counters.requests_unmatched += 1;
         }
-        let old: Vec<SocketKey> = self
-            .pending
-            .iter()
-            .filter(|(_, (_, at))| now_ns.saturating_sub(*at) > PENDING_GRACE_NS)
-            .map(|(key, _)| *key)
-            .collect();
-        for key in old {
-            if let Some((stack, _)) = self.pending.remove(&key) {
-                self.release_stack(stack);
-                self.counters.orphaned += 1;
-            }
+        for stack in take_expired(&mut self.pending, now_ns) {
+            self.release_stack(stack);
+            self.counters.orphaned += 1;
         }
     }
 
@@ -393,6 +377,19 @@ impl OpenerStacks {
             }
         }
     }
+}
+
+/// Removes the stacks of `waiting` received longer than [`PENDING_GRACE_NS`] before `now_ns`.
+fn take_expired(waiting: &mut Map<SocketKey, (StackId, u64)>, now_ns: u64) -> Vec<StackId> {
+    let mut expired = Vec::new();
+    waiting.retain(|_, (stack, at)| {
+        let keep = now_ns.saturating_sub(*at) <= PENDING_GRACE_NS;
+        if !keep {
+            expired.push(*stack);
+        }
+        keep
+    });
+    expired
 }
 
 #[cfg(test)]
