@@ -298,7 +298,7 @@ impl OpenerStacks {
     /// owner take any.
     fn take_pending(&mut self, event: &ConnEvent) -> Option<StackId> {
         let (stack, _) = self.pending.remove(&SocketKey::of(event))?;
-        let owner = ProcessKey::new(event.tgid, event.start_time_ns);
+        let owner = owner_of(event);
         if event.flags & flags::OWNER_CONTEXT == 0
             || self.stacks.get(&stack).is_some_and(|s| s.process == owner)
         {
@@ -315,9 +315,21 @@ impl OpenerStacks {
                 self.counters.attached += 1;
                 Opener::Stack(stack)
             }
+            // An accepted connection is in the table before its accept (the handshake's event
+            // put it in the backlog), and the kernel writes the accept's stack before the
+            // accept's event: a stack read between the two found the connection and is its own.
+            None if self.stack_of(id).is_some_and(|s| s.process == owner_of(event)) => return,
             None => Opener::Wanted,
         };
         self.set(id, opener);
+    }
+
+    /// Connection `id`'s captured stack.
+    fn stack_of(&self, id: u64) -> Option<&Stack> {
+        match self.by_connection.get(&id) {
+            Some(Opener::Stack(stack)) => self.stacks.get(stack),
+            _ => None,
+        }
     }
 
     fn set(&mut self, id: u64, opener: Opener) {
@@ -377,6 +389,11 @@ impl OpenerStacks {
             }
         }
     }
+}
+
+/// The process an event names (meaningful only in its owner's context).
+fn owner_of(event: &ConnEvent) -> ProcessKey {
+    ProcessKey::new(event.tgid, event.start_time_ns)
 }
 
 /// Removes the stacks of `waiting` received longer than [`PENDING_GRACE_NS`] before `now_ns`.

@@ -267,3 +267,25 @@ fn a_request_of_another_process_is_not_the_connections() {
     w.stacks.retry_requests(&w.table);
     assert_eq!(w.stacks.last_request(id), None);
 }
+
+#[test]
+fn an_accepts_stack_read_before_its_event_stays_with_the_connection() {
+    let mut w = World::new();
+    // The handshake's completion puts the connection in the backlog (softirq: no owner).
+    let mut established = event(EventKind::Established, 0x1000, 8080, false);
+    (established.old_state, established.flags) = (SYN_RECV, flags::INBOUND);
+    assert!(matches!(w.apply(established), Applied::Backlogged { .. }));
+    // The accept's stack, written before the accept's event, is read first.
+    let accept_stack = StackRecord { kind: EventKind::Accept as u8, ..record(0x1000, &[4, 5, 6]) };
+    w.stacks.on_stack(&accept_stack, &w.table, 0);
+    let mut accept = event(EventKind::Accept, 0x1000, 8080, true);
+    (accept.tgid, accept.tid, accept.start_time_ns) = (PID, PID, START);
+    accept.flags = flags::OWNER_CONTEXT | flags::INBOUND | flags::STACK_WANTED;
+    accept.old_state = ESTABLISHED;
+    accept.new_state = ESTABLISHED;
+    let Applied::Opened { id, .. } = w.apply(accept) else { panic!("accepted") };
+    let Opener::Stack(stack) = w.stacks.opener(id, false) else {
+        panic!("the stack read first is kept: {:?}", w.stacks.opener(id, false))
+    };
+    assert_eq!(w.stacks.stack(stack).map(|s| &*s.frames), Some(&[4, 5, 6][..]));
+}
