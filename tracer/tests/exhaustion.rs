@@ -31,6 +31,17 @@ fn ss_time_wait(netns: Option<&str>) -> HashSet<(String, String)> {
         .collect()
 }
 
+/// Every TCP socket `ss` shows with `port` at either end, whatever its state (diagnostics).
+fn ss_lines_with_port(port: u16) -> String {
+    let out = Command::new("ss").args(["-Htan"]).output().expect("ss");
+    let needle = format!(":{port} ");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| format!("{l} ").contains(&needle))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// A client that closes first gets the TIME_WAIT sockets; a server that closes first gets them
 /// instead. Each count equals what `ss` shows for the process's tuples, sampled around it.
 #[test]
@@ -94,13 +105,29 @@ fn time_wait_is_blamed_on_the_side_that_closed_first() {
         if stray.count() > 0 {
             return Err("the server side of the client's closes is in TIME_WAIT".into());
         }
-        if want_client != 5 || want_server != 4 {
-            return Err(format!("ss: {want_client} client, {want_server} server TIME_WAIT"));
+        // The kernel decides which sockets reach TIME_WAIT: on a loaded host it may drop the odd
+        // one (CI once saw 3 of the server's 4, and the daemon agreed). Each side must have
+        // some, and the daemon must match what `ss` shows, not a figure assumed here.
+        if want_client == 0 || want_server == 0 {
+            return Err(format!(
+                "ss: {want_client} client, {want_server} server TIME_WAIT; our sockets in any \
+                 state:\n{}",
+                ss_lines_with_port(port)
+            ));
         }
         common::expect_eq("client time_wait_caused", num(&c, "time_wait_caused"), want_client)?;
         common::expect_eq("server time_wait_caused", num(&s, "time_wait_caused"), want_server)?;
-        common::expect_eq("client total", num(&c, "time_wait_caused_total"), 5)?;
-        common::expect_eq("server total", num(&s, "time_wait_caused_total"), 4)?;
+        // Totals count each socket once when a scan first saw it in TIME_WAIT: at least those
+        // alive now, at most one per close.
+        let (client_total, server_total) =
+            (num(&c, "time_wait_caused_total"), num(&s, "time_wait_caused_total"));
+        if !(want_client..=5).contains(&client_total) || !(want_server..=4).contains(&server_total)
+        {
+            return Err(format!(
+                "totals {client_total} client, {server_total} server; ss now {want_client}, \
+                 {want_server}"
+            ));
+        }
         // Released: none of them counts as open.
         common::expect_eq("client open", num(&c, "open"), 0)
     });
@@ -110,7 +137,10 @@ fn time_wait_is_blamed_on_the_side_that_closed_first() {
         .find_map(|l| l.strip_prefix("tcp_tracer_time_wait_caused_total "))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .expect("tcp_tracer_time_wait_caused_total");
-    assert!(total >= 9.0, "metric total {total} < 9");
+    // Host-wide: at least what our two processes caused (other programs may add theirs).
+    let ours = num(&daemon.process(client.pid), "time_wait_caused_total")
+        + num(&daemon.process(server.pid), "time_wait_caused_total");
+    assert!(total >= ours as f64, "metric total {total} < {ours}, our processes' sum");
 }
 
 struct Netns(String);
