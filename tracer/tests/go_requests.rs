@@ -20,58 +20,78 @@ use tracer::{
 };
 use tracer_common::{EventKind, stacks::KIND_GO_REQUEST};
 
+/// Every way of making the request the issue names: `http.Get` on the default Transport, a
+/// custom `http.Client`, `NewRequestWithContext` + `Do`, HTTPS to a local TLS server; and the
+/// first again built with `-s -w` (offsets from the version's table, entries from the
+/// pclntab).
 #[test]
 fn each_request_names_the_function_that_made_it_and_its_connection() {
     let dir = common::TempDir::new("go-requests");
-    let program = common::go_program("go_requests", "go-requests", false, &dir.0);
+    let plain = common::go_program("go_requests", "go-requests", false, &dir.0);
+    let stripped = common::go_program("go_requests", "go-requests-stripped", true, &dir.0);
     let mut probes =
         Probes::load(&LoadOptions { mode: common::probe_mode(), ..LoadOptions::default() })
             .expect("probes load");
     let mut events = probes.take_events().expect("event ring");
     let mut stacks = StackSource::new(probes.take_stacks().expect("stack ring"));
+    for (program, mode) in [
+        (&plain, "get"),
+        (&plain, "custom"),
+        (&plain, "context"),
+        (&plain, "https"),
+        (&stripped, "get"),
+    ] {
+        let what = format!("{} {mode}", program.display());
+        let go = requests_probed(&mut probes, &mut events, &mut stacks, program, mode, &what);
+        let from_table = matches!(go.offsets_source, gohttp::OffsetsSource::Table { .. });
+        assert_eq!(
+            from_table,
+            program == &stripped,
+            "{what}: offsets from {:?}",
+            go.offsets_source
+        );
+    }
+}
 
-    let mut child = Command::new(&program)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the Go client");
-    let pid = child.id();
-    let mut stdin = child.stdin.take().expect("stdin");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut next = || lines.next().expect("a line").expect("readable");
-    let server_port: u16 =
-        next().strip_prefix("server ").and_then(|p| p.parse().ok()).expect("server <port>");
-    // The warm-up request, before the probe: not reported.
-    assert!(next().starts_with("warm "));
-
+/// Runs the client in `mode` with the probe attached for its 8 requests; asserts that each
+/// request's record names its calling function and the socket the server saw it on.
+fn requests_probed(
+    probes: &mut Probes,
+    events: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    stacks: &mut StackSource,
+    program: &Path,
+    mode: &str,
+    what: &str,
+) -> gohttp::GoHttpBinary {
+    let mut client = GoClient::start(program, mode);
+    let pid = client.pid;
     let exe = format!("/proc/{pid}/exe");
     let go = gohttp::inspect(&std::fs::read(&exe).expect("read the binary")).expect("a Go client");
+    assert!(!client.breakpoint_set(&go), "{what}: probed before attaching");
     let probe = probes.attach_go_requests(pid, Path::new(&exe), &go).expect("attach");
-    writeln!(stdin, "go").expect("start the requests");
-    // Which function's request went out on which local port, as the client saw it.
+    assert!(client.breakpoint_set(&go), "{what}: no breakpoint at the probed entry");
+    // Which function's request went out on which client port, as the server saw it.
     let mut said: BTreeMap<&str, Vec<u16>> = BTreeMap::new();
-    loop {
-        let line = next();
-        if line == "done" {
-            break;
-        }
-        let (kind, port) = line.split_once(' ').expect("<kind> <port>");
+    for (kind, port) in client.run_requests() {
         let kind = if kind == "leak" { "main.leakRequests" } else { "main.tidyRequests" };
-        said.entry(kind).or_default().push(port.parse().expect("port"));
+        said.entry(kind).or_default().push(port);
     }
-    assert_eq!(said.values().map(Vec::len).sum::<usize>(), 8, "{said:?}");
-    assert_eq!(said["main.leakRequests"].iter().collect::<BTreeSet<_>>().len(), 4);
+    assert_eq!(said.values().map(Vec::len).sum::<usize>(), 8, "{what}: {said:?}");
+    assert_eq!(said["main.leakRequests"].iter().collect::<BTreeSet<_>>().len(), 4, "{what}");
 
     // The client's sockets by kernel address: the handshake completion names the local port.
     let mut port_of: HashMap<u64, u16> = HashMap::new();
     while let Some(item) = events.next() {
         let Some(event) = tracer::events::decode(&item) else { continue };
-        if event.kind() == Some(EventKind::Established) && event.tuple.remote_port == server_port {
+        if event.kind() == Some(EventKind::Established)
+            && event.tuple.remote_port == client.server_port
+        {
             port_of.insert(event.sock, event.tuple.local_port);
         }
     }
     let pinned = pin_process(pid).expect("pin the client");
-    let mut resolver = Resolver::default();
+    // The stripped binary's names come from its pclntab, as the daemon reads them.
+    let mut resolver = Resolver::with_fallback(tracer::stacks::go_fallback());
     // Per request record: the local port of its socket, and the main.* function on its stack.
     let mut seen: BTreeMap<&str, Vec<u16>> = BTreeMap::new();
     stacks.drain(|record| {
@@ -79,61 +99,105 @@ fn each_request_names_the_function_that_made_it_and_its_connection() {
             return;
         }
         let port = *port_of.get(&record.sock).unwrap_or_else(|| {
-            panic!("request on socket {:#x}, which no handshake of the client names", record.sock)
+            panic!("{what}: request on socket {:#x}, which no handshake names", record.sock)
         });
         // frames[0] is one byte into the function, the rest return addresses: all are looked
         // up one byte back.
         let names = resolver.symbolize(&pinned, record.frames(), AddressKind::Return);
         let functions: Vec<String> =
             names.iter().flat_map(|r| r.frames.iter().filter_map(|f| f.function.clone())).collect();
-        assert_eq!(functions.first().map(String::as_str), Some(gohttp::ROUND_TRIP));
+        assert_eq!(functions.first().map(String::as_str), Some(gohttp::ROUND_TRIP), "{what}");
         let caller = ["main.leakRequests", "main.tidyRequests"]
             .into_iter()
             .find(|f| functions.iter().any(|g| g == f))
-            .unwrap_or_else(|| panic!("no main.* caller in {functions:#?}"));
+            .unwrap_or_else(|| panic!("{what}: no main.* caller in {functions:#?}"));
         seen.entry(caller).or_default().push(port);
     });
     probes.detach_go_requests(probe).expect("detach");
-    drop(stdin);
-    let _ = child.wait();
+    assert!(!client.breakpoint_set(&go), "{what}: the breakpoint outlived the detach");
+    drop(client);
 
     for ports in said.values_mut().chain(seen.values_mut()) {
         ports.sort_unstable();
     }
-    assert_eq!(seen, said, "requests by calling function and local port: probe vs client");
-}
-
-/// Starts the Go client, reads its server port and warm-up line, and returns it with its pid.
-fn go_client(dir: &std::path::Path) -> GoClient {
-    let program = common::go_program("go_requests", "go-requests", false, dir);
-    let mut child = Command::new(&program)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the Go client");
-    let stdin = child.stdin.take().expect("stdin");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    assert!(lines.next().expect("server line").expect("readable").starts_with("server "));
-    assert!(lines.next().expect("warm line").expect("readable").starts_with("warm "));
-    GoClient { pid: child.id(), child, stdin: Some(stdin), lines }
+    assert_eq!(seen, said, "{what}: requests by calling function and client port: probe vs server");
+    go
 }
 
 struct GoClient {
     pid: u32,
+    server_port: u16,
     child: std::process::Child,
     stdin: Option<std::process::ChildStdin>,
     lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
 }
 
 impl GoClient {
-    /// Makes the leaking and the tidy requests; waits until they are done.
-    fn run_requests(&mut self) {
+    /// Starts `program` in `mode` (tests/programs/go_requests) and waits for its warm-up
+    /// request.
+    fn start(program: &Path, mode: &str) -> Self {
+        let mut child = Command::new(program)
+            .arg(mode)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the Go client");
+        let stdin = child.stdin.take();
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let mut next = || lines.next().expect("a line").expect("readable");
+        let server_port =
+            next().strip_prefix("server ").and_then(|p| p.parse().ok()).expect("server <port>");
+        assert!(next().starts_with("warm "));
+        GoClient { pid: child.id(), server_port, child, stdin, lines }
+    }
+
+    fn inspect(&self) -> gohttp::GoHttpBinary {
+        let exe = std::fs::read(format!("/proc/{}/exe", self.pid)).expect("read the binary");
+        gohttp::inspect(&exe).expect("a Go client")
+    }
+
+    /// Whether a uprobe is attached to the process's `(*persistConn).roundTrip`: the kernel
+    /// writes its breakpoint (int3) over the entry's first byte in the process's copy of the
+    /// page, which /proc/PID/mem shows. The file mapping that holds the entry's file offset
+    /// gives its address.
+    fn breakpoint_set(&self, go: &gohttp::GoHttpBinary) -> bool {
+        use std::os::unix::fs::FileExt;
+        let offset = go.functions[0].file_offset;
+        let exe = std::fs::read_link(format!("/proc/{}/exe", self.pid)).expect("exe");
+        let maps = std::fs::read_to_string(format!("/proc/{}/maps", self.pid)).expect("maps");
+        let address = maps
+            .lines()
+            .find_map(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let (range, perms, file_offset) = (f[0], f[1], u64::from_str_radix(f[2], 16).ok()?);
+                let (start, end) = range.split_once('-')?;
+                let (start, end) =
+                    (u64::from_str_radix(start, 16).ok()?, u64::from_str_radix(end, 16).ok()?);
+                (f.len() >= 6
+                    && Path::new(f[5]) == exe
+                    && perms.contains('x')
+                    && (file_offset..file_offset + (end - start)).contains(&offset))
+                .then(|| start + (offset - file_offset))
+            })
+            .expect("the probed entry is mapped");
+        let mem = std::fs::File::open(format!("/proc/{}/mem", self.pid)).expect("open mem");
+        let mut byte = [0u8];
+        mem.read_exact_at(&mut byte, address).expect("read the entry");
+        byte[0] == 0xcc
+    }
+
+    /// Makes the leaking and the tidy requests; returns what the server saw of each: the
+    /// function's kind (`leak`, `tidy`) and the client's port.
+    fn run_requests(&mut self) -> Vec<(String, u16)> {
         writeln!(self.stdin.as_mut().expect("stdin"), "go").expect("start the requests");
+        let mut seen = Vec::new();
         loop {
             let line = self.lines.next().expect("a line").expect("readable");
             if line == "done" {
-                break;
+                return seen;
             }
+            let (kind, port) = line.split_once(' ').expect("<kind> <port>");
+            seen.push((kind.to_owned(), port.parse().expect("port")));
         }
     }
 }
@@ -154,7 +218,8 @@ impl Drop for GoClient {
 fn tracer_stacks_names_the_function_whose_requests_hold_the_connections() {
     let dir = common::TempDir::new("go-requests-daemon");
     let daemon = common::Daemon::start(&["--go-requests", "all"]);
-    let mut client = go_client(&dir.0);
+    let program = common::go_program("go_requests", "go-requests", false, &dir.0);
+    let mut client = GoClient::start(&program, "get");
     let pid = client.pid;
     daemon.eventually("the client probed", |d| {
         let status = d.json(&["status"]);
@@ -186,6 +251,21 @@ fn tracer_stacks_names_the_function_whose_requests_hold_the_connections() {
             Err(format!("(leak, tidy, before probing, no request) = {got:?}: {report}"))
         }
     });
+    // A daemon killed outright leaves no probe behind: the kernel removes a uprobe with the
+    // last descriptor of its perf event, so there is nothing stale for the next start to find.
+    let go = client.inspect();
+    assert!(client.breakpoint_set(&go), "probed while the daemon runs");
+    daemon.kill_hard();
+    assert!(!client.breakpoint_set(&go), "the breakpoint outlived the daemon's SIGKILL");
+    // The next daemon probes the same, still running, client again.
+    let daemon = common::Daemon::start(&["--go-requests", "all"]);
+    daemon.eventually("the client probed again", |d| {
+        let probed = d.json(&["status"])["go_requests"]["probed_processes"].as_u64();
+        common::expect_eq("probed processes", probed.unwrap_or(0), 1)
+    });
+    assert!(client.breakpoint_set(&go), "probed by the next daemon");
+    drop(daemon);
+    assert!(!client.breakpoint_set(&go), "the breakpoint outlived the daemon's stop");
 }
 
 /// Under the default policy a healthy Go client is no suspect: no probe, no request groups.
@@ -193,7 +273,8 @@ fn tracer_stacks_names_the_function_whose_requests_hold_the_connections() {
 fn a_go_client_that_is_no_suspect_is_not_probed() {
     let dir = common::TempDir::new("go-requests-default");
     let daemon = common::Daemon::start(&[]);
-    let mut client = go_client(&dir.0);
+    let program = common::go_program("go_requests", "go-requests", false, &dir.0);
+    let mut client = GoClient::start(&program, "get");
     client.run_requests();
     daemon.wait_for_more("leak_evaluations", 1);
     let status = daemon.json(&["status"]);
@@ -201,4 +282,5 @@ fn a_go_client_that_is_no_suspect_is_not_probed() {
     assert_eq!(status["go_requests"]["probed_processes"], 0, "{status}");
     let report = daemon.json(&["stacks", &client.pid.to_string()]);
     assert!(report["requests"].is_null(), "{report}");
+    assert!(!client.breakpoint_set(&client.inspect()), "a uprobe on a non-suspect");
 }

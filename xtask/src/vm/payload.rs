@@ -167,11 +167,17 @@ struct GoProgram {
 
 /// Every Go program a guest test runs: the opener-stack leaker, plain and stripped, and the
 /// pool-health HTTP server and clients.
-const GO_PROGRAMS: [GoProgram; 4] = [
+const GO_PROGRAMS: [GoProgram; 5] = [
     GoProgram { test: "stacks", source: "leaker_go", name: "leaker", stripped: false },
     GoProgram { test: "stacks", source: "leaker_go", name: "leaker-stripped", stripped: true },
     GoProgram { test: "health", source: "pool_go", name: "pool", stripped: false },
     GoProgram { test: "go_requests", source: "go_requests", name: "go-requests", stripped: false },
+    GoProgram {
+        test: "go_requests",
+        source: "go_requests",
+        name: "go-requests-stripped",
+        stripped: true,
+    },
 ];
 
 /// Builds `programs`, static (`CGO_ENABLED=0`), into `out` under the names the tests look for

@@ -1,91 +1,172 @@
-// A Go HTTP client for the request-probe tests. It serves HTTP on loopback, makes one tidy
-// request from warmUp (so that the process holds connections, and a daemon that probes every
-// Go process holding one finds it; the connection stays idle in the pool) and prints
+// A Go HTTP client for the request-probe tests, with its own server on loopback. The server
+// is the ground truth: for every request it prints which client function sent it (the URL
+// path) and the client's port, before it answers:
 //
 //	server <port>
 //	warm <port>
 //
-// then waits for a line on standard input, makes 4 requests from leakRequests (bodies neither
-// read nor closed: each keeps its connection checked out) and then 4 from tidyRequests (bodies
-// drained and closed: they share one pooled connection), all through the default Transport,
-// printing for each the local port of the connection it went out on:
+// warmUp's tidy request comes first (so that the process holds a connection, idle in the
+// pool, and a daemon probing every Go process holding one finds it). Then, per line read on
+// standard input, the program makes 4 requests from leakRequests (bodies neither read nor
+// closed: each keeps its connection checked out) and 4 from tidyRequests (bodies drained and
+// closed: they share one pooled connection), printing `leak <port>` / `tidy <port>` and then
+// `done`. It exits when its standard input is closed.
 //
-//	leak <port>
-//	tidy <port>
-//	done
+// The first argument picks how the client makes its requests (default `get`):
 //
-// and waits until its standard input is closed.
+//	get      http.Get, the default Transport
+//	custom   a custom http.Client with its own Transport
+//	context  http.NewRequestWithContext and client.Do
+//	https    a TLS server (HTTP/1.1) and the client httptest configures for it
+//	bench N  no server output: N tidy requests, then `rps <requests per second>`, per line
 package main
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/http/httptrace"
 	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+var (
+	client = http.DefaultClient
+	mode   = "get"
+	quiet  bool
 )
 
 func main() {
-	server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	if len(os.Args) > 1 {
+		mode = os.Args[1]
+	}
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !quiet {
+			_, port, _ := net.SplitHostPort(r.RemoteAddr)
+			fmt.Println(strings.TrimPrefix(r.URL.Path, "/"), port)
+		}
 		io.WriteString(w, "hello")
-	}))
+	})
+	var server *httptest.Server
+	switch mode {
+	case "get", "context", "bench":
+	case "custom":
+		client = &http.Client{
+			Transport: &http.Transport{MaxIdleConnsPerHost: 8, IdleConnTimeout: time.Minute},
+			Timeout:   time.Minute,
+		}
+	case "https":
+		// httptest leaves HTTP/2 off unless asked: the requests are HTTP/1.1 over TLS.
+		server = httptest.NewTLSServer(handler)
+		client = server.Client()
+	default:
+		fmt.Fprintln(os.Stderr, "unknown mode", mode)
+		os.Exit(2)
+	}
+	if server == nil {
+		server = httptest.NewServer(handler)
+	}
 	defer server.Close()
 	fmt.Println("server", server.Listener.Addr().(*net.TCPAddr).Port)
-	warmUp(server.URL)
 	input := bufio.NewReader(os.Stdin)
-	input.ReadString('\n')
+	if mode == "bench" {
+		quiet = true
+		n, _ := strconv.Atoi(os.Args[2])
+		bench(server.URL, n, input)
+		return
+	}
+	warmUp(server.URL + "/warm")
 	var leaked []*http.Response
-	for i := 0; i < 4; i++ {
-		leaked = append(leaked, leakRequests(server.URL))
+	for {
+		if _, err := input.ReadString('\n'); err != nil {
+			break
+		}
+		for i := 0; i < 4; i++ {
+			leaked = append(leaked, leakRequests(server.URL+"/leak"))
+		}
+		for i := 0; i < 4; i++ {
+			tidyRequests(server.URL + "/tidy")
+		}
+		fmt.Println("done")
 	}
-	for i := 0; i < 4; i++ {
-		tidyRequests(server.URL)
-	}
-	fmt.Println("done")
-	io.Copy(io.Discard, input)
 	fmt.Fprintln(io.Discard, len(leaked))
 }
 
-// request builds a GET of url that prints "<kind> <local port>" once it has its connection.
-func request(kind, url string) *http.Request {
-	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
-		fmt.Println(kind, info.Conn.LocalAddr().(*net.TCPAddr).Port)
-	}}
-	req, err := http.NewRequest("GET", url, nil)
-	if err != nil {
-		panic(err)
-	}
-	return req.WithContext(httptrace.WithClientTrace(req.Context(), trace))
-}
+// Each request function makes its GET the way the mode says itself: a helper between them and
+// net/http would be the innermost function of the program on the request's stack, and so the
+// one tracer names.
 
 //go:noinline
 func leakRequests(url string) *http.Response {
-	resp, err := http.DefaultClient.Do(request("leak", url))
-	if err != nil {
-		panic(err)
+	var resp *http.Response
+	var err error
+	switch mode {
+	case "get":
+		resp, err = http.Get(url)
+	case "context":
+		var req *http.Request
+		if req, err = http.NewRequestWithContext(context.Background(), "GET", url, nil); err == nil {
+			resp, err = client.Do(req)
+		}
+	default:
+		resp, err = client.Get(url)
 	}
+	check(err)
 	return resp
 }
 
 //go:noinline
+func tidyRequests(url string) {
+	var resp *http.Response
+	var err error
+	switch mode {
+	case "get":
+		resp, err = http.Get(url)
+	case "context":
+		var req *http.Request
+		if req, err = http.NewRequestWithContext(context.Background(), "GET", url, nil); err == nil {
+			resp, err = client.Do(req)
+		}
+	default:
+		resp, err = client.Get(url)
+	}
+	check(err)
+	drain(resp)
+}
+
+//go:noinline
 func warmUp(url string) {
-	resp, err := http.DefaultClient.Do(request("warm", url))
+	resp, err := client.Get(url)
+	check(err)
+	drain(resp)
+}
+
+func check(err error) {
 	if err != nil {
 		panic(err)
 	}
+}
+
+func drain(resp *http.Response) {
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 }
 
-//go:noinline
-func tidyRequests(url string) {
-	resp, err := http.DefaultClient.Do(request("tidy", url))
-	if err != nil {
-		panic(err)
+// bench makes n tidy requests on one kept-alive connection per input line and prints the rate.
+func bench(url string, n int, input *bufio.Reader) {
+	for {
+		if _, err := input.ReadString('\n'); err != nil {
+			return
+		}
+		start := time.Now()
+		for i := 0; i < n; i++ {
+			tidyRequests(url)
+		}
+		fmt.Printf("rps %.0f\n", float64(n)/time.Since(start).Seconds())
 	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
 }
