@@ -186,6 +186,12 @@ impl GoClient {
         byte[0] == 0xcc
     }
 
+    /// Makes `n` leaking requests alone; waits until they are done.
+    fn leak(&mut self, n: u32) {
+        writeln!(self.stdin.as_mut().expect("stdin"), "leak {n}").expect("ask for leaks");
+        while self.lines.next().expect("a line").expect("readable") != "done" {}
+    }
+
     /// Makes the leaking and the tidy requests; returns what the server saw of each: the
     /// function's kind (`leak`, `tidy`) and the client's port.
     fn run_requests(&mut self) -> Vec<(String, u16)> {
@@ -283,4 +289,67 @@ fn a_go_client_that_is_no_suspect_is_not_probed() {
     let report = daemon.json(&["stacks", &client.pid.to_string()]);
     assert!(report["requests"].is_null(), "{report}");
     assert!(!client.breakpoint_set(&client.inspect()), "a uprobe on a non-suspect");
+}
+
+/// Under the default policy a Go client that starts leaking while it runs becomes a suspect,
+/// is probed then, and its growth alert's evidence names the function whose requests hold
+/// the leaked connections (its opener stacks end in the Transport); `tracer leaks` and `top`
+/// say so. The connections it leaked before it was probed are counted as such.
+#[test]
+fn a_client_that_becomes_a_suspect_is_probed_and_its_alert_names_the_leaking_function() {
+    let dir = common::TempDir::new("go-requests-suspect");
+    let daemon = common::Daemon::start(common::FAST_LEAKS);
+    let program = common::go_program("go_requests", "go-requests", false, &dir.0);
+    let mut client = GoClient::start(&program, "get");
+    let go = client.inspect();
+    assert!(!client.breakpoint_set(&go), "no suspect yet, no probe");
+    let pid = client.pid;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    let alert = loop {
+        client.leak(2);
+        let active = daemon.json(&["leaks"])["active"].clone();
+        let alert = active
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["pid"] == pid && a["rule"] == "growth")
+            .cloned();
+        let named = alert.as_ref().is_some_and(|a| {
+            a["evidence"]["stacks"]["requests"]["groups"]
+                .as_array()
+                .is_some_and(|g| g.iter().any(|g| g["leading_function"] == "main.leakRequests"))
+        });
+        if named {
+            break alert.expect("alert");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no growth alert naming main.leakRequests: {active:#}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(150));
+    };
+    assert!(client.breakpoint_set(&go), "the suspect is probed");
+    let stacks = &alert["evidence"]["stacks"];
+    let requests = &stacks["requests"];
+    let groups = requests["groups"].as_array().expect("groups");
+    assert!(
+        groups.iter().all(|g| g["leading_function"] != "main.tidyRequests"),
+        "only the leaking function requested: {stacks:#}"
+    );
+    // Leaked before the probe was attached: the client started leaking before it was a suspect.
+    assert!(common::num(requests, "before_probing") > 0, "{stacks:#}");
+    // Every connection behind the rule is in a request group or counted without one (the
+    // evidence keeps the 3 largest groups).
+    let grouped: u64 = groups.iter().map(|g| common::num(g, "count")).sum();
+    let accounted =
+        grouped + common::num(requests, "before_probing") + common::num(requests, "no_request");
+    let connections = common::num(stacks, "connections");
+    assert!(
+        accounted == connections || (groups.len() == 3 && accounted < connections),
+        "{accounted} of {connections} accounted for: {stacks:#}"
+    );
+    let text = daemon.try_cli(&["leaks"]).expect("tracer leaks");
+    assert!(text.contains("last requested by main.leakRequests"), "{text}");
+    let top = daemon.try_cli(&["top"]).expect("tracer top");
+    assert!(top.contains("leaking from main.leakRequests"), "{top}");
 }

@@ -11,7 +11,7 @@ pub use crate::{
     containers::{Container, Runtime, views::GroupRow},
     detect::{ConnBrief, Evidence, RemoteCount},
     health::{ConnHealth, HealthBrief},
-    stacks::groups::{AlertStacks, NoStack, StackGroup, Unstacked},
+    stacks::groups::{AlertStacks, NoStack, RequestGroups, StackGroup, Unstacked},
     table::{ConnSnapshot, ProcessSnapshot, StateCounts},
 };
 
@@ -450,21 +450,6 @@ pub struct StacksReport {
     /// sent on each (`--go-requests`); `null` when the process is not probed.
     #[serde(default)]
     pub requests: Option<RequestGroups>,
-}
-
-/// Open connections grouped by the stack of their last Go HTTP/1 request.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct RequestGroups {
-    /// Seconds since the request probe was attached to the process.
-    pub probed_for_seconds: u64,
-    /// Most connections first; `direction` is that of the connections.
-    pub groups: Vec<StackGroup>,
-    /// Open connections with no request seen that were opened before the probe was attached
-    /// (their requests, if any, came before probing).
-    pub before_probing: u32,
-    /// Open connections opened since, with no request seen (a server's accepted connections,
-    /// or a client's not yet used; a request whose stack was lost in the kernel counts here).
-    pub no_request: u32,
 }
 
 /// Go HTTP request probing (`--go-requests`), for `tracer status`.

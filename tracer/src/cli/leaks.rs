@@ -83,6 +83,23 @@ fn leaks(report: &LeaksReport) -> String {
                         g.leading_function.as_deref().unwrap_or("?")
                     );
                 }
+                if let Some(requests) = &stacks.requests {
+                    for g in &requests.groups {
+                        let _ = writeln!(
+                            out,
+                            "    {} last requested by {}",
+                            g.count,
+                            g.leading_function.as_deref().unwrap_or("?")
+                        );
+                    }
+                    if requests.before_probing + requests.no_request > 0 {
+                        let _ = writeln!(
+                            out,
+                            "    no request seen: {} before probing, {} since",
+                            requests.before_probing, requests.no_request
+                        );
+                    }
+                }
                 let u = &stacks.unstacked;
                 if u.total() > 0 {
                     let _ = writeln!(

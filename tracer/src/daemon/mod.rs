@@ -460,17 +460,19 @@ impl Daemon {
         let behind = |view: &crate::table::ConnView<'_>| {
             leaks::behind_rule(alert.rule, settings, &thresholds, view, now)
         };
-        let Some((first, draft)) = self.stacks.alert_evidence(&self.table, alert, now, behind)
+        let process = ProcessKey::new(alert.pid, alert.start_time_ns);
+        let probed_since = self.go_requests.probed_since(process);
+        let Some((first, draft)) =
+            self.stacks.alert_evidence(&self.table, alert, now, probed_since, behind)
         else {
             return false;
         };
-        let process = ProcessKey::new(alert.pid, alert.start_time_ns);
         let (rule, since_ns) = (alert.rule, alert.since_ns);
         let mut stacks = first.clone();
         self.detector.attach_stacks(process, rule, since_ns, first);
         let tx = self.evidence_tx.clone();
         tokio::spawn(async move {
-            stacks.groups = draft.finish(self::stacks::EVIDENCE_SYMBOLIZE_DEADLINE).await;
+            draft.finish(&mut stacks, self::stacks::EVIDENCE_SYMBOLIZE_DEADLINE).await;
             let _ = tx.send(SymbolizedEvidence { process, rule, since_ns, stacks });
         });
         true

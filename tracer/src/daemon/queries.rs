@@ -195,9 +195,15 @@ impl Daemon {
             .filter(|a| a.pid == key.pid && a.start_time_ns == key.start_time_ns)
             .collect();
         alerts.sort_by_key(|a| a.rule);
-        alerts
-            .into_iter()
-            .find_map(|a| a.evidence.stacks.as_ref()?.groups.first()?.leading_function.clone())
+        alerts.into_iter().find_map(|a| {
+            // A Go client's opener stack ends in its Transport (no function of its own):
+            // its last request's stack names the code.
+            let stacks = a.evidence.stacks.as_ref()?;
+            let first = |groups: &[crate::stacks::groups::StackGroup]| {
+                groups.first().and_then(|g| g.leading_function.clone())
+            };
+            first(&stacks.groups).or_else(|| first(&stacks.requests.as_ref()?.groups))
+        })
     }
 
     fn top_remotes(&self, limit: Option<usize>, placement: &PlacementFilter) -> RemoteReport {

@@ -310,6 +310,7 @@ impl StackCapture {
         process: ProcessKey,
         probed_since: u64,
         now_ns: u64,
+        behind: impl FnMut(&ConnView<'_>) -> bool,
     ) -> (RequestGroups, GroupsDraft) {
         let mut report = RequestGroups {
             probed_for_seconds: now_ns.saturating_sub(probed_since) / 1_000_000_000,
@@ -319,7 +320,7 @@ impl StackCapture {
             table,
             process,
             now_ns,
-            |_| true,
+            behind,
             |view| {
                 self.store.last_request(view.conn.id).ok_or(
                     view.conn.preexisting
@@ -359,7 +360,7 @@ impl StackCapture {
         let (groups, unstacked, _) = self.group(table, process.key, now_ns, |_| true);
         let requests = go_requests
             .probed_since(process.key)
-            .map(|since| self.request_groups(table, process.key, since, now_ns));
+            .map(|since| self.request_groups(table, process.key, since, now_ns, |_| true));
         let (requests, request_groups) = match requests {
             Some((report, draft)) => (Some(report), Some(draft)),
             None => (None, None),
@@ -378,25 +379,53 @@ impl StackCapture {
     }
 
     /// The stacks behind an alert that just raised: the largest groups of the connections
-    /// `behind` selects, named as far as the symbolizer's cache goes (no wait), and what is
-    /// left to symbolize. `None` when capture is off.
+    /// `behind` selects, by opener stack and, when the process's Go requests are probed (since
+    /// `probed_since`), by last request; named as far as the symbolizer's cache goes (no wait),
+    /// with what is left to symbolize. `None` when capture is off.
     pub(super) fn alert_evidence(
         &self,
         table: &ConnectionTable,
         alert: &Alert,
         now_ns: u64,
-        behind: impl FnMut(&ConnView<'_>) -> bool,
-    ) -> Option<(AlertStacks, GroupsDraft)> {
+        probed_since: Option<u64>,
+        behind: impl Fn(&ConnView<'_>) -> bool + Copy,
+    ) -> Option<(AlertStacks, EvidenceDraft)> {
         if self.policy == StackPolicy::Off {
             return None;
         }
         let process = ProcessKey::new(alert.pid, alert.start_time_ns);
         let (mut draft, unstacked, connections) = self.group(table, process, now_ns, behind);
-        draft.groups.truncate(ALERT_GROUPS);
-        draft.addresses.truncate(ALERT_GROUPS);
-        let mut now = AlertStacks { connections, groups: draft.groups.clone(), unstacked };
+        draft.truncate(ALERT_GROUPS);
+        let mut now =
+            AlertStacks { connections, groups: draft.groups.clone(), unstacked, requests: None };
         draft.fill_cached(&mut now.groups);
-        Some((now, draft))
+        let requests = probed_since.map(|since| {
+            let (mut report, mut draft) =
+                self.request_groups(table, process, since, now_ns, behind);
+            draft.truncate(ALERT_GROUPS);
+            report.groups = draft.groups.clone();
+            draft.fill_cached(&mut report.groups);
+            now.requests = Some(report);
+            draft
+        });
+        Some((now, EvidenceDraft { openers: draft, requests }))
+    }
+}
+
+/// An alert's stack groups whose frames are still addresses: by opener, and by last request.
+pub(super) struct EvidenceDraft {
+    openers: GroupsDraft,
+    requests: Option<GroupsDraft>,
+}
+
+impl EvidenceDraft {
+    /// Names `stacks`' groups (those this draft was made with), waiting at most `wait` for
+    /// each kind.
+    pub(super) async fn finish(self, stacks: &mut AlertStacks, wait: Duration) {
+        stacks.groups = self.openers.finish(wait).await;
+        if let (Some(draft), Some(requests)) = (self.requests, stacks.requests.as_mut()) {
+            requests.groups = draft.finish(wait).await;
+        }
     }
 }
 
@@ -426,6 +455,11 @@ pub(super) struct GroupsDraft {
 const KIND: AddressKind = AddressKind::Return;
 
 impl GroupsDraft {
+    fn truncate(&mut self, groups: usize) {
+        self.groups.truncate(groups);
+        self.addresses.truncate(groups);
+    }
+
     /// Names `groups` (this draft's, in order) from the symbolizer's cache, without waiting:
     /// the rest shows as `module+0xoffset`.
     fn fill_cached(&self, groups: &mut [StackGroup]) {

@@ -89,4 +89,24 @@ pub struct AlertStacks {
     /// Those of them without a stack, by reason.
     #[serde(flatten)]
     pub unstacked: Unstacked,
+    /// The same connections by the stack of their last Go HTTP/1 request, when the process's
+    /// requests were probed as the alert raised (`--go-requests`); `null` otherwise. A Go
+    /// client's opener stack ends in its Transport: this names the code that requested.
+    #[serde(default)]
+    pub requests: Option<RequestGroups>,
+}
+
+/// Open connections grouped by the stack of their last Go HTTP/1 request.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RequestGroups {
+    /// Seconds since the request probe was attached to the process.
+    pub probed_for_seconds: u64,
+    /// Most connections first; `direction` is that of the connections.
+    pub groups: Vec<StackGroup>,
+    /// Open connections with no request seen that were opened before the probe was attached
+    /// (their requests, if any, came before probing).
+    pub before_probing: u32,
+    /// Open connections opened since, with no request seen (a server's accepted connections,
+    /// or a client's not yet used; a request whose stack was lost in the kernel counts here).
+    pub no_request: u32,
 }

@@ -135,7 +135,8 @@ mod tests {
     use crate::{
         api::answers::{
             AgesReport, AlertStacks, AlertView, ConnBrief, ConnHealth, ConnRow, ConnSnapshot,
-            Evidence, KprobeStatus, NoStack, RemoteCount, RemoteRow, StackGroup, TopRow, Unstacked,
+            Evidence, KprobeStatus, NoStack, RemoteCount, RemoteRow, RequestGroups, StackGroup,
+            TopRow, Unstacked,
         },
         stacks::symbolize::Frame,
         table::{Direction, DirectionStats, Phase, ProcessSnapshot, StateCounts},
@@ -229,6 +230,30 @@ mod tests {
                         }],
                     }],
                     unstacked: Unstacked { not_sampled: 4, ..Unstacked::default() },
+                    requests: Some(RequestGroups {
+                        probed_for_seconds: 40,
+                        groups: vec![StackGroup {
+                            id: 9,
+                            count: 20,
+                            direction: Direction::Outbound,
+                            oldest_age_seconds: 8,
+                            top_remotes: vec![RemoteCount {
+                                remote: "127.0.0.1:80".into(),
+                                open: 20,
+                            }],
+                            leading_function: Some("main.fetchUser".into()),
+                            frames: vec![Frame {
+                                function: Some("main.fetchUser".into()),
+                                file: Some("/src/users.go".into()),
+                                line: Some(30),
+                                module: Some("/app".into()),
+                                offset: 0x2345,
+                                inlined: false,
+                            }],
+                        }],
+                        before_probing: 6,
+                        no_request: 4,
+                    }),
                 }),
             },
             resolved_seconds_ago: resolved,

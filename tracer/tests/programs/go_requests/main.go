@@ -10,7 +10,8 @@
 // standard input, the program makes 4 requests from leakRequests (bodies neither read nor
 // closed: each keeps its connection checked out) and 4 from tidyRequests (bodies drained and
 // closed: they share one pooled connection), printing `leak <port>` / `tidy <port>` and then
-// `done`. It exits when its standard input is closed.
+// `done`; a line `leak N` makes N leaking requests alone. It exits when its standard input is
+// closed.
 //
 // The first argument picks how the client makes its requests (default `get`):
 //
@@ -83,13 +84,18 @@ func main() {
 	warmUp(server.URL + "/warm")
 	var leaked []*http.Response
 	for {
-		if _, err := input.ReadString('\n'); err != nil {
+		line, err := input.ReadString('\n')
+		if err != nil {
 			break
 		}
-		for i := 0; i < 4; i++ {
+		leaks, tidy := 4, 4
+		if n, err := strconv.Atoi(strings.TrimPrefix(strings.TrimSpace(line), "leak ")); err == nil {
+			leaks, tidy = n, 0
+		}
+		for i := 0; i < leaks; i++ {
 			leaked = append(leaked, leakRequests(server.URL+"/leak"))
 		}
-		for i := 0; i < 4; i++ {
+		for i := 0; i < tidy; i++ {
 			tidyRequests(server.URL + "/tidy")
 		}
 		fmt.Println("done")
