@@ -326,4 +326,6 @@ mod pod {
     unsafe impl aya::Pod for super::stacks::StackRecord {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::stacks::GoHttpTarget {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::stacks::LostRequest {}
 }

@@ -50,6 +50,26 @@ pub const GO_HTTP_TARGETS_MAP: &str = "GO_HTTP_TARGETS";
 /// Most Go processes followed at once.
 pub const GO_HTTP_TARGETS_CAPACITY: u32 = 1024;
 
+/// LRU hash map, `struct sock` address -> [`LostRequest`]: requests whose stack the probe
+/// could not send (the stack ring was full, or the goroutine's stack was unreadable), latest
+/// per socket. The daemon takes the entries after each stack drain and marks the connections'
+/// last request unknown, so an older request is never blamed for a newer one.
+pub const LOST_REQUESTS_MAP: &str = "LOST_REQUESTS";
+/// Sockets remembered between two drains (the least recently written go first).
+pub const LOST_REQUESTS_CAPACITY: u32 = 4096;
+
+/// A request whose stack was lost, on one socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LostRequest {
+    /// CLOCK_BOOTTIME, nanoseconds (as [`StackRecord::timestamp_ns`]).
+    pub timestamp_ns: u64,
+    /// Start time of the requesting process's thread-group leader.
+    pub start_time_ns: u64,
+    pub netns: u32,
+    pub tgid: u32,
+}
+
 /// How to get from `roundTrip`'s receiver (a `*persistConn`, in RAX) to the socket's
 /// descriptor in one process: the byte offsets of the chain's fields, in the order of
 /// `tracer::gohttp::layout::FIELDS`.

@@ -9,19 +9,22 @@
 //! socket, as the accept path resolves one. Entry only: a return probe would corrupt goroutine
 //! stacks, which Go moves.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, generated::bpf_probe_read_user},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, generated::bpf_probe_read_user},
     macros::{map, uprobe},
-    maps::HashMap,
+    maps::{HashMap, LruHashMap},
     programs::ProbeContext,
 };
 use tracer_common::{
-    programs,
-    stacks::{GO_HTTP_TARGETS_CAPACITY, GoHttpTarget, KIND_GO_REQUEST, UserRegs},
+    counters, programs,
+    stacks::{
+        GO_HTTP_TARGETS_CAPACITY, GoHttpTarget, KIND_GO_REQUEST, LOST_REQUESTS_CAPACITY,
+        LostRequest, UserRegs,
+    },
 };
 
 use crate::{
     core_shim::{self, Sock},
-    emit::config,
+    emit::{bump, config},
     stacks::{STACK_SCRATCH, capture_unwind_state, send, walk_from},
 };
 
@@ -29,6 +32,11 @@ use crate::{
 static GO_HTTP_TARGETS: HashMap<u32, GoHttpTarget> =
     HashMap::with_max_entries(GO_HTTP_TARGETS_CAPACITY, 0);
 named!(GO_HTTP_TARGETS, tracer_common::stacks::GO_HTTP_TARGETS_MAP);
+
+#[map]
+static LOST_REQUESTS: LruHashMap<u64, LostRequest> =
+    LruHashMap::with_max_entries(LOST_REQUESTS_CAPACITY, 0);
+named!(LOST_REQUESTS, tracer_common::stacks::LOST_REQUESTS_MAP);
 
 #[uprobe]
 pub fn go_round_trip(ctx: ProbeContext) -> u32 {
@@ -51,7 +59,24 @@ pub fn go_round_trip(ctx: ProbeContext) -> u32 {
     if !sock.is_tcp() {
         return 0;
     }
-    capture(sk as u64, sock.netns());
+    let netns = sock.netns();
+    if !capture(sk as u64, netns) {
+        // The socket is known, its request's stack is not: the daemon must not keep showing
+        // the previous request's.
+        let mut lost = LostRequest {
+            // SAFETY: a helper without arguments.
+            timestamp_ns: unsafe { bpf_ktime_get_boot_ns() },
+            netns,
+            tgid,
+            ..LostRequest::default()
+        };
+        let mut comm = [0u8; 16];
+        // SAFETY: writes the current task's leader start time and name into the locals.
+        unsafe {
+            core_shim::tracer_leader_identity(&raw mut lost.start_time_ns, comm.as_mut_ptr())
+        };
+        let _ = LOST_REQUESTS.insert(sk as u64, lost, 0);
+    }
     0
 }
 
@@ -88,21 +113,20 @@ fn read_user(address: u64) -> Option<u64> {
 }
 
 /// The requesting goroutine's stack: at the function's entry its prologue has not run, so the
-/// caller's return address is at sp and rbp is still the caller's frame pointer.
+/// caller's return address is at sp and rbp is still the caller's frame pointer. False when it
+/// could not be sent.
 #[inline(never)]
-fn capture(sock: u64, netns: u32) {
+fn capture(sock: u64, netns: u32) -> bool {
     let Some(record) = STACK_SCRATCH.get_ptr_mut(0) else {
-        return;
+        return false;
     };
     capture_unwind_state(record);
     // SAFETY: this CPU's scratch slot, its registers and window written above.
     unsafe {
         let UserRegs { ip, sp, bp } = (*record).regs;
-        if sp == 0 {
-            return;
-        }
-        let Some(return_address) = read_user(sp) else {
-            return;
+        let Some(return_address) = (sp != 0).then(|| read_user(sp)).flatten() else {
+            bump(counters::STACK_UNWIND_FAILED);
+            return false;
         };
         // One byte into the function, as the other frames point one byte past their call:
         // userspace looks every frame up one byte back.
@@ -110,6 +134,8 @@ fn capture(sock: u64, netns: u32) {
         (*record).frames[1] = return_address;
         let depth = config().stack_depth.clamp(2, tracer_common::stacks::MAX_STACK_DEPTH);
         let frames = walk_from(record, depth, 2, sp, bp);
-        send(record, frames, sock, netns, KIND_GO_REQUEST);
+        let sent = send(record, frames, sock, netns, KIND_GO_REQUEST);
+        bump(if sent { counters::STACK_CAPTURED } else { counters::STACK_LOST_RINGBUF });
+        sent
     }
 }

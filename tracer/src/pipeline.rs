@@ -4,7 +4,10 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
-use tracer_common::{ConnEvent, EventKind, stacks::StackRecord};
+use tracer_common::{
+    ConnEvent, EventKind,
+    stacks::{LostRequest, StackRecord},
+};
 
 use crate::{events, probes::KernelCounters};
 
@@ -86,6 +89,29 @@ impl StackSource {
     /// binary disagree.
     pub fn malformed(&self) -> u64 {
         self.malformed
+    }
+}
+
+/// The Go request probe's lost requests (`LOST_REQUESTS`): read after each stack drain, so a
+/// request's record, if it was sent, is read first.
+pub struct LostRequestSource {
+    map: aya::maps::HashMap<MapData, u64, LostRequest>,
+}
+
+impl LostRequestSource {
+    pub fn new(map: aya::maps::HashMap<MapData, u64, LostRequest>) -> Self {
+        Self { map }
+    }
+
+    /// Takes every entry out of the map: (`struct sock` address, the request lost on it).
+    pub fn take(&mut self) -> Vec<(u64, LostRequest)> {
+        let entries: Vec<(u64, LostRequest)> = self.map.iter().filter_map(Result::ok).collect();
+        for (sock, _) in &entries {
+            // A request lost again on the socket between the read and this removal goes with it
+            // (two requests on one connection within microseconds, the ring full at both).
+            let _ = self.map.remove(sock);
+        }
+        entries
     }
 }
 

@@ -188,8 +188,21 @@ impl GoClient {
 
     /// Makes `n` leaking requests alone; waits until they are done.
     fn leak(&mut self, n: u32) {
-        writeln!(self.stdin.as_mut().expect("stdin"), "leak {n}").expect("ask for leaks");
-        while self.lines.next().expect("a line").expect("readable") != "done" {}
+        self.only("leak", n);
+    }
+
+    /// Makes `n` requests of `kind` (`leak`, `tidy`) alone; returns the client ports the
+    /// server saw.
+    fn only(&mut self, kind: &str, n: u32) -> Vec<u16> {
+        writeln!(self.stdin.as_mut().expect("stdin"), "{kind} {n}").expect("ask for requests");
+        let mut ports = Vec::new();
+        loop {
+            let line = self.lines.next().expect("a line").expect("readable");
+            if line == "done" {
+                return ports;
+            }
+            ports.extend(line.split_once(' ').and_then(|(_, p)| p.parse::<u16>().ok()));
+        }
     }
 
     /// Makes the leaking and the tidy requests; returns what the server saw of each: the
@@ -352,4 +365,55 @@ fn a_client_that_becomes_a_suspect_is_probed_and_its_alert_names_the_leaking_fun
     assert!(text.contains("last requested by main.leakRequests"), "{text}");
     let top = daemon.try_cli(&["top"]).expect("tracer top");
     assert!(top.contains("leaking from main.leakRequests"), "{top}");
+}
+
+/// A request whose stack cannot be sent (the stack ring is full: here nobody reads it) is
+/// reported on its socket in the lost-request map, with its process, so that the daemon shows
+/// the connection's last request as lost rather than an earlier one's.
+#[test]
+fn a_request_whose_stack_is_lost_is_reported_on_its_socket() {
+    let dir = common::TempDir::new("go-requests-lost");
+    let program = common::go_program("go_requests", "go-requests", false, &dir.0);
+    let mut probes =
+        Probes::load(&LoadOptions { mode: common::probe_mode(), ..LoadOptions::default() })
+            .expect("probes load");
+    let mut events = probes.take_events().expect("event ring");
+    let _unread_stacks = probes.take_stacks().expect("stack ring");
+    let mut lost = probes.take_lost_requests().expect("lost-request map");
+    let mut client = GoClient::start(&program, "get");
+    let pid = client.pid;
+    let go = client.inspect();
+    let exe = format!("/proc/{pid}/exe");
+    let probe = probes.attach_go_requests(pid, Path::new(&exe), &go).expect("attach");
+    // Tidy requests on one pooled connection until the ring is full (about 4,000 records of
+    // 500 bytes in 2 MiB, fewer when other processes' stacks share it).
+    let mut sent = 0;
+    while lost.take().is_empty() {
+        assert!(sent < 40_000, "{sent} requests and the stack ring never filled");
+        client.only("tidy", 500);
+        sent += 500;
+    }
+    // The ring is still full: the next 4 requests, the first on the tidy connection, are lost.
+    let leaked: BTreeSet<u16> = client.only("leak", 4).into_iter().collect();
+    assert_eq!(leaked.len(), 4, "{leaked:?}");
+    let mut port_of: HashMap<u64, u16> = HashMap::new();
+    while let Some(item) = events.next() {
+        let Some(event) = tracer::events::decode(&item) else { continue };
+        if event.kind() == Some(EventKind::Established)
+            && event.tuple.remote_port == client.server_port
+        {
+            port_of.insert(event.sock, event.tuple.local_port);
+        }
+    }
+    let reported: BTreeSet<u16> = lost
+        .take()
+        .into_iter()
+        .inspect(|(_, request)| {
+            assert_eq!(request.tgid, pid, "{request:?}");
+            assert!(request.start_time_ns > 0 && request.timestamp_ns > 0, "{request:?}");
+        })
+        .filter_map(|(sock, _)| port_of.get(&sock).copied())
+        .collect();
+    probes.detach_go_requests(probe).expect("detach");
+    assert_eq!(reported, leaked, "lost requests' sockets by client port vs the server's");
 }

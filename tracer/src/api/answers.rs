@@ -469,6 +469,9 @@ pub struct GoRequestsStatus {
     /// Request stacks whose connection the table did not hold as the requester's, dropped,
     /// since start.
     pub requests_unmatched: u64,
+    /// Requests whose stack the kernel could not send (the stack ring was full), since start:
+    /// their connections' last request shows as lost.
+    pub requests_lost: u64,
 }
 
 /// Opener-stack capture and symbolization, for `tracer status`.

@@ -92,11 +92,12 @@ fn leaks(report: &LeaksReport) -> String {
                             g.leading_function.as_deref().unwrap_or("?")
                         );
                     }
-                    if requests.before_probing + requests.no_request > 0 {
+                    if requests.before_probing + requests.no_request + requests.request_lost > 0 {
                         let _ = writeln!(
                             out,
-                            "    no request seen: {} before probing, {} since",
-                            requests.before_probing, requests.no_request
+                            "    no request seen: {} before probing, {} since; {} request \
+                             stacks lost",
+                            requests.before_probing, requests.no_request, requests.request_lost
                         );
                     }
                 }

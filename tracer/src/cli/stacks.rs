@@ -73,8 +73,8 @@ fn stacks(report: &StacksReport) -> String {
         }
         let _ = writeln!(
             out,
-            "\nrequests before probing: {}  no request: {}",
-            requests.before_probing, requests.no_request
+            "\nrequests before probing: {}  no request: {}  request stack lost: {}",
+            requests.before_probing, requests.no_request, requests.request_lost
         );
     }
     out

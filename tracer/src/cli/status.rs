@@ -109,6 +109,19 @@ fn status(s: &StatusReport) -> String {
         k.exited_before_pinning,
         k.frames_unsymbolized
     );
+    let g = &s.go_requests;
+    let _ = writeln!(
+        out,
+        "go requests:         {} policy; {} processes probed, {} refused, {} attaches failed; \
+         {} request stacks, {} unmatched, {} lost (ring full)",
+        g.policy,
+        g.probed_processes,
+        g.refused_processes,
+        g.attach_failed,
+        g.requests,
+        g.requests_unmatched,
+        g.requests_lost
+    );
     let c = &s.containers;
     let _ = writeln!(
         out,

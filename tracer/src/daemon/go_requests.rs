@@ -140,6 +140,7 @@ impl GoRequests {
             attach_failed: self.attach_failed,
             requests: counters.requests,
             requests_unmatched: counters.requests_unmatched,
+            requests_lost: counters.requests_lost,
         }
     }
 

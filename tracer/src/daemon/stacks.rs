@@ -21,15 +21,15 @@ use crate::{
         Unstacked,
     },
     detect::{Alert, Detector},
-    pipeline::StackSource,
+    pipeline::{LostRequestSource, StackSource},
     probes::{KernelCounters, Probes, StackPolicy, StackSuspectMaps},
     stacks::{
         self,
-        store::{Opener, OpenerStacks, StackId},
+        store::{Opener, OpenerStacks, RequestSeen, StackId},
         symbolize::{AddressKind, SymbolizeError, Symbolizer, SymbolizerConfig},
         unwind::Unwinder,
     },
-    table::{Applied, ConnView, ConnectionTable, Direction, Phase, ProcessKey},
+    table::{Applied, ConnView, ConnectionTable, Direction, Phase, ProcessKey, SocketKey},
 };
 
 /// The longest a `tracer stacks` answer waits for symbols; what is not ready by then shows as
@@ -47,6 +47,7 @@ const ALERT_GROUPS: usize = 3;
 pub(super) struct StackCapture {
     policy: StackPolicy,
     source: StackSource,
+    lost_requests: LostRequestSource,
     store: OpenerStacks,
     suspect_maps: StackSuspectMaps,
     /// Pids marked suspect in the kernel's map.
@@ -65,6 +66,7 @@ pub(super) struct StackCapture {
 impl StackCapture {
     pub(super) fn start(probes: &mut Probes, policy: StackPolicy) -> crate::Result<Self> {
         let source = StackSource::new(probes.take_stacks()?);
+        let lost_requests = probes.take_lost_requests()?;
         let suspect_maps = probes.take_stack_suspects()?;
         let symbolizer = Symbolizer::start(SymbolizerConfig {
             fallback: Some(stacks::go_fallback()),
@@ -73,6 +75,7 @@ impl StackCapture {
         Ok(Self {
             policy,
             source,
+            lost_requests,
             store: OpenerStacks::default(),
             suspect_maps,
             suspects: HashSet::new(),
@@ -97,7 +100,16 @@ impl StackCapture {
     /// still runs (its stacks stay readable after it exits), and recovers the frames its C
     /// library's wrappers hid from the kernel's frame-pointer walk.
     pub(super) fn drain(&mut self, table: &ConnectionTable, now_ns: u64) {
-        let Self { source, store, symbolizer, pinned, exited_before_pinning, unwinder, .. } = self;
+        let Self {
+            source,
+            lost_requests,
+            store,
+            symbolizer,
+            pinned,
+            exited_before_pinning,
+            unwinder,
+            ..
+        } = self;
         // Go request stacks read at the last drain before their connection's event was.
         store.retry_requests(table);
         source.drain(|record| {
@@ -117,6 +129,10 @@ impl StackCapture {
                 None => store.on_stack(record, table, now_ns),
             }
         });
+        // After the ring: a request sent before its socket's loss was read above.
+        for (sock, lost) in lost_requests.take() {
+            store.on_lost_request(SocketKey { netns: lost.netns, sock }, &lost, table);
+        }
     }
 
     /// After a reconcile corrected the table: connections it dropped without a release event
@@ -321,18 +337,20 @@ impl StackCapture {
             process,
             now_ns,
             behind,
-            |view| {
-                self.store.last_request(view.conn.id).ok_or(
-                    view.conn.preexisting
-                        || view.conn.opened_at_ns().is_none_or(|at| at < probed_since),
-                )
-            },
-            |before| {
-                if before {
-                    report.before_probing += 1;
-                } else {
-                    report.no_request += 1;
+            |view| match self.store.last_request(view.conn.id) {
+                Some(RequestSeen::Stack(stack)) => Ok(stack),
+                Some(RequestSeen::Lost) => Err(NoRequest::Lost),
+                None if view.conn.preexisting
+                    || view.conn.opened_at_ns().is_none_or(|at| at < probed_since) =>
+                {
+                    Err(NoRequest::BeforeProbing)
                 }
+                None => Err(NoRequest::NotSeen),
+            },
+            |why| match why {
+                NoRequest::BeforeProbing => report.before_probing += 1,
+                NoRequest::NotSeen => report.no_request += 1,
+                NoRequest::Lost => report.request_lost += 1,
             },
         );
         (report, draft)
@@ -427,6 +445,13 @@ impl EvidenceDraft {
             requests.groups = draft.finish(wait).await;
         }
     }
+}
+
+/// Why a connection is in no request group.
+enum NoRequest {
+    BeforeProbing,
+    NotSeen,
+    Lost,
 }
 
 /// Whether pinning failed because the process was gone.

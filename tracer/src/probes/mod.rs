@@ -24,7 +24,7 @@ use aya::{
 };
 use tracer_common::{
     CONFIG_GLOBAL, COUNTERS_MAP, Config, DEFAULT_RING_BYTES, EVENTS_MAP, EventKind, counters,
-    stacks::{STACK_SUSPECT_COUNT_MAP, STACK_SUSPECTS_MAP, STACKS_MAP},
+    stacks::{LOST_REQUESTS_MAP, STACK_SUSPECT_COUNT_MAP, STACK_SUSPECTS_MAP, STACKS_MAP},
 };
 
 use error::Result;
@@ -353,6 +353,16 @@ impl Probes {
             .and_then(|ebpf| ebpf.take_map(STACKS_MAP))
             .ok_or(ProbeError::MissingMap(STACKS_MAP))?;
         Ok(RingBuf::try_from(map)?)
+    }
+
+    /// The Go request probe's lost requests; can be taken once.
+    pub fn take_lost_requests(&mut self) -> Result<crate::pipeline::LostRequestSource> {
+        let map = self
+            .ebpf
+            .as_mut()
+            .and_then(|ebpf| ebpf.take_map(LOST_REQUESTS_MAP))
+            .ok_or(ProbeError::MissingMap(LOST_REQUESTS_MAP))?;
+        Ok(crate::pipeline::LostRequestSource::new(aya::maps::HashMap::try_from(map)?))
     }
 
     /// Where the daemon marks suspects: the set and its size; can be taken once.

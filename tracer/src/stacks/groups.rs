@@ -107,6 +107,9 @@ pub struct RequestGroups {
     /// (their requests, if any, came before probing).
     pub before_probing: u32,
     /// Open connections opened since, with no request seen (a server's accepted connections,
-    /// or a client's not yet used; a request whose stack was lost in the kernel counts here).
+    /// or a client's not yet used).
     pub no_request: u32,
+    /// Open connections whose last request's stack was lost in the kernel (the stack ring was
+    /// full): unknown, never blamed on an earlier request.
+    pub request_lost: u32,
 }

@@ -19,7 +19,7 @@ use std::{
 
 use tracer_common::{
     ConnEvent, EventKind, flags,
-    stacks::{KIND_GO_REQUEST, StackRecord},
+    stacks::{KIND_GO_REQUEST, LostRequest, StackRecord},
 };
 
 use crate::table::{Applied, ConnectionTable, ProcessKey, SocketKey};
@@ -103,6 +103,25 @@ pub struct StackCounters {
     /// Go request records whose connection was not (or not yet, within
     /// [`PENDING_GRACE_NS`]) in the table as the requesting process's: dropped.
     pub requests_unmatched: u64,
+    /// Go requests whose stack the kernel could not send (the stack ring was full): their
+    /// connections' last request became unknown.
+    pub requests_lost: u64,
+}
+
+/// The last Go request on a connection: when it was sent, and its stack unless the kernel
+/// lost it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct LastRequest {
+    at_ns: u64,
+    stack: Option<StackId>,
+}
+
+/// What is known of a connection's last Go request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestSeen {
+    Stack(StackId),
+    /// Its stack was lost in the kernel: unknown, never an older request's.
+    Lost,
 }
 
 #[derive(Default)]
@@ -113,11 +132,12 @@ pub struct OpenerStacks {
     by_connection: Map<u64, Opener>,
     /// Stacks whose connection is not in the table yet: (stack, received at).
     pending: Map<SocketKey, (StackId, u64)>,
-    /// By table connection id: the stack of the last Go request sent on it.
-    last_request: Map<u64, StackId>,
+    /// By table connection id: the last Go request sent on it.
+    last_request: Map<u64, LastRequest>,
     /// Request stacks whose connection was not in the table when they were read (its connect
-    /// event was committed after the event ring's drain began): retried at the next drain.
-    pending_requests: Map<SocketKey, (StackId, u64)>,
+    /// event was committed after the event ring's drain began), with their request's time:
+    /// retried at the next drain.
+    pending_requests: Map<SocketKey, ((StackId, u64), u64)>,
     next_id: u32,
     counters: StackCounters,
 }
@@ -196,8 +216,10 @@ impl OpenerStacks {
             self.counters.requests += 1;
             let stack = self.intern(process, record.frames(), kind);
             let key = SocketKey { netns: record.netns, sock: record.sock };
-            if !self.request_on(key, stack, table)
-                && let Some((old, _)) = self.pending_requests.insert(key, (stack, now_ns))
+            let at_ns = record.timestamp_ns;
+            if !self.request_on(key, process, at_ns, Some(stack), table)
+                && let Some(((old, _), _)) =
+                    self.pending_requests.insert(key, ((stack, at_ns), now_ns))
             {
                 self.release_stack(old);
                 self.counters.requests_unmatched += 1;
@@ -233,24 +255,47 @@ impl OpenerStacks {
         if self.pending_requests.is_empty() {
             return;
         }
-        let waiting: Vec<(SocketKey, StackId)> =
-            self.pending_requests.iter().map(|(key, (stack, _))| (*key, *stack)).collect();
-        for (key, stack) in waiting {
-            if self.request_on(key, stack, table) {
+        let waiting: Vec<(SocketKey, StackId, u64)> = self
+            .pending_requests
+            .iter()
+            .map(|(key, ((stack, at_ns), _))| (*key, *stack, *at_ns))
+            .collect();
+        for (key, stack, at_ns) in waiting {
+            let Some(process) = self.stacks.get(&stack).map(|s| s.process) else { continue };
+            if self.request_on(key, process, at_ns, Some(stack), table) {
                 self.pending_requests.remove(&key);
             }
         }
     }
 
-    /// The last request on connection `id`, if a Go request probe saw one.
-    pub fn last_request(&self, id: u64) -> Option<StackId> {
-        self.last_request.get(&id).copied()
+    /// A Go request on the socket at `key` whose stack the kernel lost (the probe's lost map):
+    /// the connection's last request becomes unknown unless a later one is known.
+    pub fn on_lost_request(&mut self, key: SocketKey, lost: &LostRequest, table: &ConnectionTable) {
+        self.counters.requests_lost += 1;
+        let process = ProcessKey::new(lost.tgid, lost.start_time_ns);
+        self.request_on(key, process, lost.timestamp_ns, None, table);
     }
 
-    /// Records `stack` as the last request on the connection at `key` if the table holds it,
-    /// owned by the stack's process (its use then goes to the connection).
-    fn request_on(&mut self, key: SocketKey, stack: StackId, table: &ConnectionTable) -> bool {
-        let Some(process) = self.stacks.get(&stack).map(|s| s.process) else { return false };
+    /// The last request on connection `id`, if a Go request probe saw one.
+    pub fn last_request(&self, id: u64) -> Option<RequestSeen> {
+        self.last_request
+            .get(&id)
+            .map(|last| last.stack.map_or(RequestSeen::Lost, RequestSeen::Stack))
+    }
+
+    /// Records a request of `process` sent at `at_ns` (with `stack`, or lost) as the last
+    /// request on the connection at `key` if the table holds it as `process`'s and no later
+    /// request is recorded there (the lost map is read after the ring, so their order is the
+    /// requests' times). The stack's use goes to the connection, or is released. False when
+    /// the table does not hold the connection.
+    fn request_on(
+        &mut self,
+        key: SocketKey,
+        process: ProcessKey,
+        at_ns: u64,
+        stack: Option<StackId>,
+        table: &ConnectionTable,
+    ) -> bool {
         let Some(id) = table
             .connection(key)
             .filter(|view| view.conn.owner() == Some(process))
@@ -258,7 +303,13 @@ impl OpenerStacks {
         else {
             return false;
         };
-        if let Some(old) = self.last_request.insert(id, stack) {
+        let incoming = LastRequest { at_ns, stack };
+        // The one not kept: the incoming request when a later one is recorded, else the old.
+        let dropped = match self.last_request.get(&id) {
+            Some(last) if last.at_ns > at_ns => Some(incoming),
+            _ => self.last_request.insert(id, incoming),
+        };
+        if let Some(LastRequest { stack: Some(old), .. }) = dropped {
             self.release_stack(old);
         }
         true
@@ -266,7 +317,7 @@ impl OpenerStacks {
 
     /// Drops stacks that waited longer than [`PENDING_GRACE_NS`] for their connection.
     pub fn expire(&mut self, now_ns: u64) {
-        for stack in take_expired(&mut self.pending_requests, now_ns) {
+        for (stack, _) in take_expired(&mut self.pending_requests, now_ns) {
             self.release_stack(stack);
             self.counters.requests_unmatched += 1;
         }
@@ -342,7 +393,7 @@ impl OpenerStacks {
         if let Some(Opener::Stack(stack)) = self.by_connection.remove(&id) {
             self.release_stack(stack);
         }
-        if let Some(stack) = self.last_request.remove(&id) {
+        if let Some(LastRequest { stack: Some(stack), .. }) = self.last_request.remove(&id) {
             self.release_stack(stack);
         }
     }
@@ -397,12 +448,12 @@ fn owner_of(event: &ConnEvent) -> ProcessKey {
 }
 
 /// Removes the stacks of `waiting` received longer than [`PENDING_GRACE_NS`] before `now_ns`.
-fn take_expired(waiting: &mut Map<SocketKey, (StackId, u64)>, now_ns: u64) -> Vec<StackId> {
+fn take_expired<V: Copy>(waiting: &mut Map<SocketKey, (V, u64)>, now_ns: u64) -> Vec<V> {
     let mut expired = Vec::new();
-    waiting.retain(|_, (stack, at)| {
+    waiting.retain(|_, (value, at)| {
         let keep = now_ns.saturating_sub(*at) <= PENDING_GRACE_NS;
         if !keep {
-            expired.push(*stack);
+            expired.push(*value);
         }
         keep
     });

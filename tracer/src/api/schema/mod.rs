@@ -253,6 +253,7 @@ mod tests {
                         }],
                         before_probing: 6,
                         no_request: 4,
+                        request_lost: 0,
                     }),
                 }),
             },

@@ -225,13 +225,13 @@ fn each_request_replaces_its_connections_last_request() {
     let id = w.open(0x1000, 40_001, false);
     assert_eq!(w.stacks.last_request(id), None);
     w.stacks.on_stack(&request(0x1000, PID, &[7, 8, 9]), &w.table, 0);
-    let first = w.stacks.last_request(id).expect("recorded");
+    let Some(RequestSeen::Stack(first)) = w.stacks.last_request(id) else { panic!("recorded") };
     assert_eq!(w.stacks.stack(first).map(|s| s.kind), Some(StackKind::GoRequest));
     // The same code again: one stack; other code: it replaces the first, which goes.
     w.stacks.on_stack(&request(0x1000, PID, &[7, 8, 9]), &w.table, 0);
-    assert_eq!(w.stacks.last_request(id), Some(first));
+    assert_eq!(w.stacks.last_request(id), Some(RequestSeen::Stack(first)));
     w.stacks.on_stack(&request(0x1000, PID, &[7, 8, 10]), &w.table, 0);
-    let second = w.stacks.last_request(id).expect("recorded");
+    let Some(RequestSeen::Stack(second)) = w.stacks.last_request(id) else { panic!("recorded") };
     assert_ne!(second, first);
     assert_eq!(w.stacks.stack(first), None, "no connection uses the first any more");
     // A request stack is not an opener stack, even with the opener's frames.
@@ -257,6 +257,49 @@ fn a_request_read_before_its_connection_pairs_at_the_next_drain_or_expires() {
     w.stacks.expire(PENDING_GRACE_NS + 1);
     assert_eq!(w.stacks.counters().requests_unmatched, 1);
     assert_eq!(w.stacks.stack_count(), 1, "the paired request's stack stays");
+}
+
+fn lost(sock: u64, at_ns: u64) -> (SocketKey, LostRequest) {
+    let r = record(sock, &[1]);
+    let lost = LostRequest {
+        timestamp_ns: at_ns,
+        start_time_ns: r.start_time_ns,
+        netns: r.netns,
+        tgid: PID,
+    };
+    (SocketKey { netns: r.netns, sock }, lost)
+}
+
+#[test]
+fn a_lost_request_makes_the_last_request_unknown_in_time_order() {
+    let mut w = World::new();
+    let id = w.open(0x1000, 40_001, false);
+    let at = |ns: u64| StackRecord { timestamp_ns: ns, ..request(0x1000, PID, &[7, 8, 9]) };
+    w.stacks.on_stack(&at(100), &w.table, 0);
+    // A request lost before the recorded one changes nothing.
+    let (key, early) = lost(0x1000, 50);
+    w.stacks.on_lost_request(key, &early, &w.table);
+    assert!(matches!(w.stacks.last_request(id), Some(RequestSeen::Stack(_))));
+    // A later one makes it unknown, and its stack goes: the tidy caller is not blamed.
+    let (key, later) = lost(0x1000, 200);
+    w.stacks.on_lost_request(key, &later, &w.table);
+    assert_eq!(w.stacks.last_request(id), Some(RequestSeen::Lost));
+    assert_eq!(w.stacks.stack_count(), 0);
+    // A record sent before the loss but read after it stays behind it.
+    w.stacks.on_stack(&at(150), &w.table, 0);
+    assert_eq!(w.stacks.last_request(id), Some(RequestSeen::Lost));
+    assert_eq!(w.stacks.stack_count(), 0, "the older record's stack is released");
+    // The next request known again.
+    w.stacks.on_stack(&at(300), &w.table, 0);
+    assert!(matches!(w.stacks.last_request(id), Some(RequestSeen::Stack(_))));
+    assert_eq!(w.stacks.counters().requests_lost, 2);
+    // Another socket's loss, or another process's, touches nothing here.
+    let (key, other) = lost(0x2000, 400);
+    w.stacks.on_lost_request(key, &other, &w.table);
+    let (key, mut foreign) = lost(0x1000, 500);
+    foreign.tgid = PID + 1;
+    w.stacks.on_lost_request(key, &foreign, &w.table);
+    assert!(matches!(w.stacks.last_request(id), Some(RequestSeen::Stack(_))));
 }
 
 #[test]

@@ -10,7 +10,7 @@
 // standard input, the program makes 4 requests from leakRequests (bodies neither read nor
 // closed: each keeps its connection checked out) and 4 from tidyRequests (bodies drained and
 // closed: they share one pooled connection), printing `leak <port>` / `tidy <port>` and then
-// `done`; a line `leak N` makes N leaking requests alone. It exits when its standard input is
+// `done`; a line `leak N` (`tidy N`) makes N leaking (tidy) requests alone. It exits when its standard input is
 // closed.
 //
 // The first argument picks how the client makes its requests (default `get`):
@@ -89,8 +89,13 @@ func main() {
 			break
 		}
 		leaks, tidy := 4, 4
-		if n, err := strconv.Atoi(strings.TrimPrefix(strings.TrimSpace(line), "leak ")); err == nil {
-			leaks, tidy = n, 0
+		if words := strings.Fields(line); len(words) == 2 {
+			n, _ := strconv.Atoi(words[1])
+			if words[0] == "leak" {
+				leaks, tidy = n, 0
+			} else {
+				leaks, tidy = 0, n
+			}
 		}
 		for i := 0; i < leaks; i++ {
 			leaked = append(leaked, leakRequests(server.URL+"/leak"))
