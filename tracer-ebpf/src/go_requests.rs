@@ -25,7 +25,7 @@ use tracer_common::{
 use crate::{
     core_shim::{self, Sock},
     emit::{bump, config},
-    stacks::{STACK_SCRATCH, capture_unwind_state, send, walk_from},
+    stacks::{STACK_SCRATCH, send, walk_from},
 };
 
 #[map]
@@ -46,7 +46,10 @@ pub fn go_round_trip(ctx: ProbeContext) -> u32 {
         return 0;
     };
     // SAFETY: a uprobe's context is the thread's user registers.
-    let receiver = unsafe { (*ctx.regs).rax };
+    let (receiver, regs) = unsafe {
+        let r = &*ctx.regs;
+        (r.rax, UserRegs { ip: r.rip, sp: r.rsp, bp: r.rbp })
+    };
     let Some(fd) = descriptor(receiver, &target.offsets) else {
         return 0;
     };
@@ -60,7 +63,7 @@ pub fn go_round_trip(ctx: ProbeContext) -> u32 {
         return 0;
     }
     let netns = sock.netns();
-    if !capture(sk as u64, netns) {
+    if !capture(regs, sk as u64, netns) {
         // The socket is known, its request's stack is not: the daemon must not keep showing
         // the previous request's.
         let mut lost = LostRequest {
@@ -113,21 +116,24 @@ fn read_user(address: u64) -> Option<u64> {
 }
 
 /// The requesting goroutine's stack: at the function's entry its prologue has not run, so the
-/// caller's return address is at sp and rbp is still the caller's frame pointer. False when it
-/// could not be sent.
+/// caller's return address is at sp and rbp is still the caller's frame pointer. Go keeps
+/// frame pointers everywhere, so the walk needs no stack window for userspace to unwind (the
+/// connect path's 256-byte copy is skipped). False when it could not be sent.
 #[inline(never)]
-fn capture(sock: u64, netns: u32) -> bool {
+fn capture(regs: UserRegs, sock: u64, netns: u32) -> bool {
     let Some(record) = STACK_SCRATCH.get_ptr_mut(0) else {
         return false;
     };
-    capture_unwind_state(record);
-    // SAFETY: this CPU's scratch slot, its registers and window written above.
+    let UserRegs { ip, sp, bp } = regs;
+    let Some(return_address) = (sp != 0).then(|| read_user(sp)).flatten() else {
+        bump(counters::STACK_UNWIND_FAILED);
+        return false;
+    };
+    // SAFETY: this CPU's scratch slot, written whole before `send` copies it.
     unsafe {
-        let UserRegs { ip, sp, bp } = (*record).regs;
-        let Some(return_address) = (sp != 0).then(|| read_user(sp)).flatten() else {
-            bump(counters::STACK_UNWIND_FAILED);
-            return false;
-        };
+        (*record).regs = regs;
+        (*record).window_len = 0;
+        (*record)._pad2 = 0;
         // One byte into the function, as the other frames point one byte past their call:
         // userspace looks every frame up one byte back.
         (*record).frames[0] = ip + 1;

@@ -3,6 +3,7 @@
 //! queries behave at 100,000 sockets. Writes docs/performance.md (see that file for the method).
 mod bpf;
 mod containers;
+mod go_requests;
 mod load;
 mod micro;
 mod procfs;
@@ -79,6 +80,12 @@ pub struct BenchArgs {
     /// Give a fixed `--rate`: at the maximum rate the daemon batches differently per rate.
     #[arg(long, conflicts_with_all = ["stacks_only", "scale_only"])]
     pub containers_only: bool,
+    /// Only the Go request probe's cost: a Go HTTP client's requests per second under a daemon
+    /// with `--go-requests all` and `off`, side by side (`--pairs` rounds, alternating). Prints
+    /// the section and writes target/bench/go-requests.md; the full run adds the same section
+    /// to docs/performance.md.
+    #[arg(long, conflicts_with_all = ["stacks_only", "scale_only", "containers_only"])]
+    pub go_requests_only: bool,
     /// Skip the criterion micro-benchmarks.
     #[arg(long)]
     pub skip_micro: bool,
@@ -313,6 +320,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if ctx.args.containers_only {
         return containers_only(&ctx, pairs);
     }
+    if ctx.args.go_requests_only {
+        return one_part(&ctx, "go-requests", |best| {
+            Ok(go_requests::run(&ctx, best, pairs, smoke)?.render())
+        });
+    }
 
     let micro = if ctx.args.skip_micro {
         None
@@ -462,6 +474,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         eprintln!("bench: container resolution ({best})");
         Some(containers::run(&ctx, &best, pairs)?)
     };
+    let go_requests = if ctx.args.loads_only {
+        None
+    } else {
+        eprintln!("bench: Go request probe ({best})");
+        Some(go_requests::run(&ctx, &best, pairs, smoke)?)
+    };
 
     let doc = report::Report {
         machine,
@@ -493,6 +511,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     let doc = match &containers {
         Some(containers) => format!("{doc}\n{}", containers.render()),
+        None => doc,
+    };
+    let doc = match &go_requests {
+        Some(go_requests) => format!("{doc}\n{}", go_requests.render()),
         None => doc,
     };
     print!("{}", report::summary_for_terminal(&doc));
