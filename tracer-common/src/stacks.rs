@@ -70,6 +70,10 @@ pub struct LostRequest {
     pub tgid: u32,
 }
 
+/// Where a Go itab keeps its first method on amd64: after `inter`, `_type` and the 4-byte
+/// hash and its padding (`runtime.itab`, `internal/abi.ITab` since Go 1.22: the same layout).
+pub const GO_ITAB_FIRST_METHOD: u64 = 24;
+
 /// How to get from `roundTrip`'s receiver (a `*persistConn`, in RAX) to the socket's
 /// descriptor in one process: the byte offsets of the chain's fields, in the order of
 /// `tracer::gohttp::layout::FIELDS`.
@@ -77,6 +81,9 @@ pub struct LostRequest {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GoHttpTarget {
     pub offsets: [u64; 8],
+    /// Where `net.(*TCPConn).Close` is in the process: the first method of the itab of every
+    /// `net.Conn` the chain may follow (one of another type is skipped).
+    pub tcp_conn_close: u64,
 }
 
 /// Which connections' stacks the kernel captures ([`crate::Config::stack_policy`]).

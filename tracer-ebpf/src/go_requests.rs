@@ -17,8 +17,8 @@ use aya_ebpf::{
 use tracer_common::{
     counters, programs,
     stacks::{
-        GO_HTTP_TARGETS_CAPACITY, GoHttpTarget, KIND_GO_REQUEST, LOST_REQUESTS_CAPACITY,
-        LostRequest, UserRegs,
+        GO_HTTP_TARGETS_CAPACITY, GO_ITAB_FIRST_METHOD, GoHttpTarget, KIND_GO_REQUEST,
+        LOST_REQUESTS_CAPACITY, LostRequest, UserRegs,
     },
 };
 
@@ -50,7 +50,7 @@ pub fn go_round_trip(ctx: ProbeContext) -> u32 {
         let r = &*ctx.regs;
         (r.rax, UserRegs { ip: r.rip, sp: r.rsp, bp: r.rbp })
     };
-    let Some(fd) = descriptor(receiver, &target.offsets) else {
+    let Some(fd) = descriptor(receiver, &target) else {
         return 0;
     };
     // SAFETY: the shim validates the fd against the task's fd table and the file's back pointer.
@@ -86,15 +86,23 @@ pub fn go_round_trip(ctx: ProbeContext) -> u32 {
 named!(go_round_trip, programs::GO_ROUND_TRIP);
 
 /// Follows the chain of `tracer::gohttp::layout::ConnOffsets` from the receiver to the
-/// descriptor (`offsets` in its FIELDS order).
+/// descriptor, checking that each `net.Conn` on the way is a `*net.TCPConn` (its itab's first
+/// method is `target.tcp_conn_close`): a custom dialer's wrapper is skipped, never read with
+/// the wrong offsets.
 #[inline(always)]
-fn descriptor(persist_conn: u64, offsets: &[u64; 8]) -> Option<u32> {
+fn descriptor(persist_conn: u64, target: &GoHttpTarget) -> Option<u32> {
     let [pc_conn, pc_tls_state, iface_data, tls_conn, tcp_conn, conn_fd, net_fd_pfd, sysfd] =
-        *offsets;
-    let mut conn = pointer(persist_conn.wrapping_add(pc_conn + iface_data))?;
+        target.offsets;
+    let mut iface = persist_conn.wrapping_add(pc_conn);
     if read_user(persist_conn.wrapping_add(pc_tls_state))? != 0 {
-        conn = pointer(conn.wrapping_add(tls_conn + iface_data))?;
+        let tls = pointer(iface.wrapping_add(iface_data))?;
+        iface = tls.wrapping_add(tls_conn);
     }
+    let itab = pointer(iface)?;
+    if read_user(itab.wrapping_add(GO_ITAB_FIRST_METHOD))? != target.tcp_conn_close {
+        return None;
+    }
+    let conn = pointer(iface.wrapping_add(iface_data))?;
     let net_fd = pointer(conn.wrapping_add(tcp_conn + conn_fd))?;
     let fd = read_user(net_fd.wrapping_add(net_fd_pfd + sysfd))?;
     u32::try_from(fd).ok()

@@ -417,3 +417,35 @@ fn a_request_whose_stack_is_lost_is_reported_on_its_socket() {
     probes.detach_go_requests(probe).expect("detach");
     assert_eq!(reported, leaked, "lost requests' sockets by client port vs the server's");
 }
+
+/// A Transport whose dialer returns a connection type of the program's own (an instrumenting
+/// wrapper around the `*net.TCPConn`): the probe checks each `net.Conn`'s method table and skips
+/// such requests rather than reading the wrapper with `*net.TCPConn`'s offsets. They show as
+/// `no_request`, never as another connection's request. (This wrapper's first word leads to a
+/// number that is its socket's descriptor: without the check the probe would follow it.)
+#[test]
+fn a_connection_of_another_type_is_skipped_not_misread() {
+    let dir = common::TempDir::new("go-requests-wrapped");
+    let program = common::go_program("go_requests", "go-requests", false, &dir.0);
+    let mut probes =
+        Probes::load(&LoadOptions { mode: common::probe_mode(), ..LoadOptions::default() })
+            .expect("probes load");
+    let mut stacks = StackSource::new(probes.take_stacks().expect("stack ring"));
+    let mut lost = probes.take_lost_requests().expect("lost-request map");
+    let mut client = GoClient::start(&program, "wrapped");
+    let pid = client.pid;
+    let go = client.inspect();
+    let exe = format!("/proc/{pid}/exe");
+    let probe = probes.attach_go_requests(pid, Path::new(&exe), &go).expect("attach");
+    let said = client.run_requests();
+    assert_eq!(said.len(), 8, "{said:?}");
+    let mut records = 0;
+    stacks.drain(|record| {
+        if record.kind == KIND_GO_REQUEST && record.tgid == pid {
+            records += 1;
+        }
+    });
+    let lost_ours = lost.take().into_iter().filter(|(_, r)| r.tgid == pid).count();
+    probes.detach_go_requests(probe).expect("detach");
+    assert_eq!((records, lost_ours), (0, 0), "requests on wrapped connections were followed");
+}

@@ -97,14 +97,27 @@ impl ConnOffsets {
         }
     }
 
-    /// Follows the chain in a process's memory from the receiver `persist_conn`: `read(addr)`
-    /// reads one 8-byte little-endian word. `None` when a read fails or a pointer is nil.
-    pub fn follow(&self, persist_conn: u64, read: impl Fn(u64) -> Option<u64>) -> Option<i64> {
+    /// Follows the chain in a process's memory from the receiver `persist_conn`, as the probe
+    /// does: each `net.Conn` on the way must be a `*net.TCPConn` (its itab's first method at
+    /// `tcp_conn_close`). `read(addr)` reads one 8-byte little-endian word. `None` when a read
+    /// fails, a pointer is nil or a connection is of another type.
+    pub fn follow(
+        &self,
+        persist_conn: u64,
+        tcp_conn_close: u64,
+        read: impl Fn(u64) -> Option<u64>,
+    ) -> Option<i64> {
         let deref = |addr: u64| read(addr).filter(|&p| p != 0);
-        let mut conn = deref(persist_conn.checked_add(self.persist_conn_conn + self.iface_data)?)?;
+        let mut iface = persist_conn.checked_add(self.persist_conn_conn)?;
         if read(persist_conn.checked_add(self.persist_conn_tls_state)?)? != 0 {
-            conn = deref(conn.checked_add(self.tls_conn_conn + self.iface_data)?)?;
+            let tls = deref(iface.checked_add(self.iface_data)?)?;
+            iface = tls.checked_add(self.tls_conn_conn)?;
         }
+        let itab = deref(iface)?;
+        if read(itab.checked_add(tracer_common::stacks::GO_ITAB_FIRST_METHOD)?)? != tcp_conn_close {
+            return None;
+        }
+        let conn = deref(iface.checked_add(self.iface_data)?)?;
         let fd = deref(conn.checked_add(self.tcp_conn_conn + self.conn_fd)?)?;
         read(fd.checked_add(self.net_fd_pfd + self.poll_fd_sysfd)?).map(|v| v as i64)
     }

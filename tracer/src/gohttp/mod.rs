@@ -35,6 +35,12 @@ pub const ROUND_TRIP: &str = "net/http.(*persistConn).roundTrip";
 /// The functions to probe, in order.
 pub const PROBED_FUNCTIONS: &[&str] = &[ROUND_TRIP];
 
+/// The first method of `*net.TCPConn`'s `net.Conn` method table (the interface's methods in
+/// name order: `Close` first). The probe checks that each `net.Conn` it follows has this
+/// method there, so a connection of another type (a custom dialer's wrapper) is skipped
+/// rather than read with `*net.TCPConn`'s offsets.
+pub const TCP_CONN_CLOSE: &str = "net.(*TCPConn).Close";
+
 named_enum! {
     /// Which Go processes' HTTP requests are probed (`--go-requests`).
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -127,6 +133,13 @@ pub struct GoHttpBinary {
     pub offsets: ConnOffsets,
     pub offsets_source: OffsetsSource,
     pub functions: Vec<ProbedFunction>,
+    /// The entry of [`TCP_CONN_CLOSE`], a virtual address as in the ELF file.
+    pub tcp_conn_close: u64,
+    /// Position-independent (ET_DYN): its addresses move by the load bias of each process.
+    pub position_independent: bool,
+    /// The page-aligned address of the loadable segment at file offset 0: where a
+    /// position-independent binary's mapping of offset 0 starts, less the load bias.
+    pub first_segment: u64,
     /// Where the receiver is at each function's entry.
     pub receiver: Register,
 }
@@ -185,48 +198,78 @@ pub fn inspect(elf: &[u8]) -> Result<GoHttpBinary, GoHttpError> {
             (offsets, OffsetsSource::Table { dwarf: why })
         }
     };
+    let mut entries = Entries { file: &file, elf, pclntab: None };
+    let mut functions = Vec::new();
+    for &name in PROBED_FUNCTIONS {
+        let entry = entries.entry(name)?;
+        let file_offset = file_offset(&file, entry).ok_or(GoHttpError::FunctionMissing(name))?;
+        functions.push(ProbedFunction { name, entry, file_offset });
+    }
     Ok(GoHttpBinary {
         version_string: info.version,
         version,
         offsets,
         offsets_source,
-        functions: function_entries(&file, elf)?,
+        functions,
+        tcp_conn_close: entries.entry(TCP_CONN_CLOSE)?,
+        position_independent: file.kind() == object::ObjectKind::Dynamic,
+        first_segment: {
+            use object::ObjectSegment;
+            file.segments()
+                .find(|seg| seg.file_range().0 == 0)
+                .map_or(0, |seg| seg.address() & !0xfff)
+        },
         receiver: Register::Rax,
     })
 }
 
-/// The entries of [`PROBED_FUNCTIONS`]: from the ELF symbol table, else from the pclntab.
-fn function_entries(
-    file: &object::File<'_>,
-    elf: &[u8],
-) -> Result<Vec<ProbedFunction>, GoHttpError> {
-    let from_symbols: Vec<Option<u64>> = PROBED_FUNCTIONS
-        .iter()
-        .map(|name| {
-            file.symbols()
-                .find(|s| s.name() == Ok(name) && s.kind() == object::SymbolKind::Text)
-                .map(|s| s.address())
-        })
-        .collect();
-    let mut pclntab: Option<GoPclntab> = None;
-    let mut out = Vec::new();
-    for (&name, sym) in PROBED_FUNCTIONS.iter().zip(from_symbols) {
-        let entry = match sym {
-            Some(entry) => entry,
-            None => {
-                let tab = match pclntab.take() {
-                    Some(tab) => tab,
-                    None => GoPclntab::from_elf(elf)?,
-                };
-                let entry = tab.function_entry(name)?;
-                pclntab = Some(tab);
-                entry.ok_or(GoHttpError::FunctionMissing(name))?
-            }
-        };
-        let file_offset = file_offset(file, entry).ok_or(GoHttpError::FunctionMissing(name))?;
-        out.push(ProbedFunction { name, entry, file_offset });
+impl GoHttpBinary {
+    /// Where [`TCP_CONN_CLOSE`] is in process `pid`, which runs this binary from `path` (as
+    /// /proc/PID/maps names it): its address as in the file, moved by the process's load bias
+    /// when the binary is position-independent. `None` when the mapping is not found.
+    pub fn tcp_conn_close_in(&self, maps: &str, path: &std::path::Path) -> Option<u64> {
+        if !self.position_independent {
+            return Some(self.tcp_conn_close);
+        }
+        // The mapping of file offset 0: its start is the first segment's address plus the bias.
+        let start = maps.lines().find_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (range, offset) = (f.first()?, f.get(2)?);
+            (f.len() >= 6
+                && std::path::Path::new(f[5]) == path
+                && u64::from_str_radix(offset, 16).ok()? == 0)
+                .then(|| u64::from_str_radix(range.split_once('-')?.0, 16).ok())
+                .flatten()
+        })?;
+        Some(self.tcp_conn_close.wrapping_add(start.wrapping_sub(self.first_segment)))
     }
-    Ok(out)
+}
+
+/// Function entries: from the ELF symbol table, else from the pclntab (read once).
+struct Entries<'a, 'data> {
+    file: &'a object::File<'data>,
+    elf: &'data [u8],
+    pclntab: Option<GoPclntab>,
+}
+
+impl Entries<'_, '_> {
+    fn entry(&mut self, name: &'static str) -> Result<u64, GoHttpError> {
+        let from_symbols = self
+            .file
+            .symbols()
+            .find(|s| s.name() == Ok(name) && s.kind() == object::SymbolKind::Text)
+            .map(|s| s.address());
+        if let Some(entry) = from_symbols {
+            return Ok(entry);
+        }
+        let tab = match self.pclntab.take() {
+            Some(tab) => tab,
+            None => GoPclntab::from_elf(self.elf)?,
+        };
+        let entry = tab.function_entry(name)?;
+        self.pclntab = Some(tab);
+        entry.ok_or(GoHttpError::FunctionMissing(name))
+    }
 }
 
 /// The file offset of virtual address `address`: inside the section that holds it.

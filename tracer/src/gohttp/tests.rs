@@ -260,6 +260,8 @@ fn check_release(label: &str) {
     );
     assert_eq!(stripped.offsets, plain.offsets, "{label} -s -w");
     assert_eq!(stripped.functions, plain.functions, "{label} -s -w");
+    assert_eq!(stripped.tcp_conn_close, plain.tcp_conn_close, "{label} -s -w");
+    assert!(!plain.position_independent, "{label}: Go's default build is not PIE");
 
     // Without DWARF but with symbols (`-w`): the table's offsets, the entry from the symbols.
     let file = object::File::parse(&*b.no_dwarf).unwrap();
@@ -419,7 +421,8 @@ fn check_chain_live(label: &str, elf: &[u8]) {
     use std::io::BufRead;
     use std::os::unix::fs::{FileExt, PermissionsExt};
 
-    let offsets = inspect(elf).unwrap_or_else(|e| panic!("{label}: {e}")).offsets;
+    let go = inspect(elf).unwrap_or_else(|e| panic!("{label}: {e}"));
+    let offsets = go.offsets;
     let dir =
         std::env::temp_dir().join(format!("tracer-gohttp-live-{}-{label}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -435,13 +438,18 @@ fn check_chain_live(label: &str, elf: &[u8]) {
     let pid = running.child.id();
     let stdout = std::io::BufReader::new(running.child.stdout.take().unwrap());
     let mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    // Where Close is in this process (moved by the load bias when the build is PIE): the maps
+    // are complete once the program has written its first line.
+    let mut stdout = stdout.lines();
+    let first = stdout.next().unwrap().unwrap();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let close = go.tcp_conn_close_in(&maps, &exe).unwrap_or_else(|| panic!("{label}: {maps}"));
     let read = |addr: u64| {
         let mut word = [0u8; 8];
         mem.read_exact_at(&mut word, addr).ok().map(|()| u64::from_le_bytes(word))
     };
     let mut kinds = Vec::new();
-    for line in stdout.lines() {
-        let line = line.unwrap();
+    for line in std::iter::once(first).chain(stdout.map(Result::unwrap)) {
         if line == "ready" {
             break;
         }
@@ -452,7 +460,10 @@ fn check_chain_live(label: &str, elf: &[u8]) {
         // The program's own descriptor is a socket (ground truth from /proc).
         let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
         assert!(target.to_string_lossy().starts_with("socket:["), "{label}: {target:?}");
-        assert_eq!(offsets.follow(pconn, read), Some(fd), "{label}: {line}");
+        // Each connection is a *net.TCPConn, whose itab starts with the Close found by inspect:
+        // with any other first method the chain refuses.
+        assert_eq!(offsets.follow(pconn, close, read), Some(fd), "{label}: {line}");
+        assert_eq!(offsets.follow(pconn, close + 1, read), None, "{label}: {line}");
         kinds.push(f[1].to_string());
     }
     assert_eq!(kinds, ["plain", "tls"], "{label}: the program did not report both connections");
@@ -464,4 +475,14 @@ fn the_chain_reaches_the_socket_in_a_live_process() {
         check_chain_live(&format!("{label}-plain"), &b.plain);
         check_chain_live(&format!("{label}-stripped"), &b.stripped);
     }
+}
+
+/// A position-independent build (`-buildmode=pie`, as some distributions build Go programs)
+/// loads at a random address: the method the chain checks is placed by the process's bias.
+#[test]
+fn a_position_independent_build_is_followed_at_its_load_address() {
+    let pie = go_build(Path::new("go"), "1.19-pie", &["-buildmode=pie"]);
+    let go = inspect(&pie).unwrap();
+    assert!(go.position_independent);
+    check_chain_live("1.19-pie", &pie);
 }

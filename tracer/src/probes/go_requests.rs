@@ -29,6 +29,8 @@ pub enum GoRequestsError {
     Program(#[from] aya::programs::ProgramError),
     #[error("cannot record the process's field offsets for the probe: {0}")]
     Map(#[from] aya::maps::MapError),
+    #[error("cannot place the position-independent binary in the process: {0}")]
+    Layout(String),
 }
 
 /// The attachments to one process, to detach together.
@@ -55,7 +57,18 @@ pub(super) fn attach(
     let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(GoRequestsError::NoPid)?);
     let mut targets: HashMap<&mut MapData, u32, GoHttpTarget> =
         HashMap::try_from(ebpf.map_mut(GO_HTTP_TARGETS_MAP).ok_or(GoRequestsError::Missing)?)?;
-    targets.insert(pid, GoHttpTarget { offsets: go.offsets.to_array() }, 0)?;
+    let tcp_conn_close = if go.position_independent {
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+            .map_err(|e| GoRequestsError::Layout(format!("/proc/{pid}/maps: {e}")))?;
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .map_err(|e| GoRequestsError::Layout(format!("/proc/{pid}/exe: {e}")))?;
+        go.tcp_conn_close_in(&maps, &exe).ok_or_else(|| {
+            GoRequestsError::Layout(format!("no mapping of {} in /proc/{pid}/maps", exe.display()))
+        })?
+    } else {
+        go.tcp_conn_close
+    };
+    targets.insert(pid, GoHttpTarget { offsets: go.offsets.to_array(), tcp_conn_close }, 0)?;
     let program: &mut UProbe = ebpf
         .program_mut(GO_ROUND_TRIP)
         .ok_or(GoRequestsError::Missing)?

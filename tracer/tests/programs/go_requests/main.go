@@ -19,6 +19,7 @@
 //	custom   a custom http.Client with its own Transport
 //	context  http.NewRequestWithContext and client.Do
 //	https    a TLS server (HTTP/1.1) and the client httptest configures for it
+//	wrapped  a Transport whose dialer wraps each *net.TCPConn in a type of its own
 //	bench N  no server output: N tidy requests, then `rps <requests per second>`, per line
 package main
 
@@ -61,6 +62,23 @@ func main() {
 			Transport: &http.Transport{MaxIdleConnsPerHost: 8, IdleConnTimeout: time.Minute},
 			Timeout:   time.Minute,
 		}
+	case "wrapped":
+		dialer := &net.Dialer{}
+		client = &http.Client{Transport: &http.Transport{
+			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				conn, err := dialer.DialContext(ctx, network, addr)
+				if err != nil {
+					return nil, err
+				}
+				stats := &connStats{}
+				// The descriptor, kept as instrumentation might: read with *net.TCPConn's
+				// offsets, this wrapper leads to a real socket's number.
+				if raw, err := conn.(*net.TCPConn).SyscallConn(); err == nil {
+					raw.Control(func(fd uintptr) { stats.fd = int64(fd) })
+				}
+				return &countingConn{stats: stats, Conn: conn}, nil
+			},
+		}}
 	case "https":
 		// httptest leaves HTTP/2 off unless asked: the requests are HTTP/1.1 over TLS.
 		server = httptest.NewTLSServer(handler)
@@ -161,6 +179,23 @@ func check(err error) {
 	if err != nil {
 		panic(err)
 	}
+}
+
+// countingConn is a connection type of the program's own, as instrumenting dialers return.
+type countingConn struct {
+	stats *connStats
+	net.Conn
+}
+
+type connStats struct {
+	reads, bytes, fd int64
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.stats.reads++
+	c.stats.bytes += int64(n)
+	return n, err
 }
 
 func drain(resp *http.Response) {
