@@ -31,6 +31,7 @@ pub mod clock;
 pub mod containers;
 pub mod daemon;
 pub mod detect;
+pub mod duration;
 pub mod error;
 pub mod events;
 pub mod exhaustion;

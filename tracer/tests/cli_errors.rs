@@ -39,6 +39,28 @@ fn bad_flags_are_rejected_by_name() {
     assert!(stderr.contains("ADDR:PORT"), "{stderr}");
 }
 
+/// Durations take units (`90`, `30s`, `1h30m`); a bad one is refused naming the forms, in a
+/// flag and in a per-workload setting alike.
+#[test]
+fn bad_durations_name_the_accepted_forms() {
+    for args in [
+        &["run", "--leak-interval", "5y"][..],
+        &["run", "--close-wait-after", "1h30"],
+        &["run", "--workload", "backup-*:close-wait-after=5 minutes"],
+        &["top", "--watch", "0s"],
+    ] {
+        let (code, stderr) = run(args);
+        assert_ne!(code, 0, "{args:?}");
+        assert!(stderr.contains("500ms, 30s, 5m, 1h30m"), "{args:?}: {stderr}");
+    }
+    // Defaults are shown with units.
+    let (_, help) = {
+        let out = Command::new(tracer_bin()).args(["run", "--help"]).output().expect("help");
+        (out.status, String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    assert!(help.contains("[default: 15s]") && help.contains("[default: 1m]"), "{help}");
+}
+
 #[test]
 fn bad_ring_size_names_the_rule() {
     let dir = TempDir::new("ring");

@@ -187,6 +187,18 @@ mod tests {
         assert_eq!(run.probe, tracer::probes::ProbeMode::Tracepoint);
         assert_eq!(run.leaks.leak_interval.0, std::time::Duration::from_secs(2), "the flag wins");
         assert!(run.metrics_addr.0.is_none());
+        // Durations take units in the file as on the command line.
+        let f = write("close-wait-after = \"1h30m\"\n[workload.pg]\nclose-wait-after = \"5m\"\n");
+        let argv = ["tracer", "run"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(args_from_file(&f.0).expect("valid"));
+        let cli = Cli::try_parse_from(argv).expect("parses");
+        let super::super::Command::Run(run) = cli.command else { panic!("run") };
+        assert_eq!(run.leaks.close_wait_after.0, std::time::Duration::from_secs(5_400));
+        let f = write("close-wait-after = \"1h30\"\n");
+        let e = args_from_file(&f.0).unwrap_err().to_string();
+        assert!(e.contains("line 1") && e.contains("1h30m"), "{e}");
     }
 
     #[test]

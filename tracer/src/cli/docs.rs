@@ -11,7 +11,7 @@
 //! - README.md names the pinned toolchain and tools `cargo xtask setup` installs.
 //!
 //! A default is read where the docs state one in one of these forms, right after the flag:
-//! `` `--ring-bytes N` (8 MiB) ``, `` `--reconcile-interval` (60 s by default) ``,
+//! `` `--ring-bytes N` (8 MiB) ``, `` `--reconcile-interval` (1m by default) ``,
 //! `` (`--drain-interval-ms`, 100 ms) ``, `` `--metrics-addr …` (default `127.0.0.1:9855`) ``,
 //! `` `--probe auto` (the default) ``, and in the default column of a table whose first column
 //! names the flags (docs/leak-detection.md's tuning table).

@@ -80,11 +80,8 @@ impl Choice for TopBy {
     }
 }
 
-/// The longest duration any flag takes: a year. Longer values are refused rather than left to
-/// overflow a deadline or a nanosecond count.
-pub const MAX_SECONDS: u64 = 365 * 86_400;
-
-/// A duration given in seconds (fractions allowed), shown in `--help` as seconds.
+/// A duration flag's value: seconds or a duration with units ([`tracer::duration`]), shown in
+/// `--help` with units.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Seconds(pub Duration);
 
@@ -96,25 +93,20 @@ impl Seconds {
 
 impl fmt::Display for Seconds {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0.as_secs_f64())
+        f.write_str(&tracer::duration::format(self.0))
     }
 }
 
-/// A number of seconds from 0 to [`MAX_SECONDS`].
+/// A duration from 0 to a year ([`tracer::duration::parse`]).
 pub fn parse_seconds(text: &str) -> Result<Seconds, String> {
-    let range = || format!("expected a number of seconds from 0 to {MAX_SECONDS} (a year)");
-    let value: f64 = text.trim().parse().map_err(|_| format!("{text:?}: {}", range()))?;
-    if !(0.0..=MAX_SECONDS as f64).contains(&value) {
-        return Err(format!("{text}: {}", range()));
-    }
-    Duration::try_from_secs_f64(value).map(Seconds).map_err(|_| range())
+    tracer::duration::parse(text).map(Seconds)
 }
 
 /// Like [`parse_seconds`], but more than zero.
 pub fn parse_positive_seconds(text: &str) -> Result<Seconds, String> {
     let seconds = parse_seconds(text)?;
     if seconds.0.is_zero() {
-        return Err(format!("{text}: expected more than 0 seconds (at most {MAX_SECONDS})"));
+        return Err(format!("{text}: expected more than 0 ({})", tracer::duration::ACCEPTED));
     }
     Ok(seconds)
 }
@@ -124,15 +116,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn seconds_take_fractions_and_refuse_what_would_overflow() {
+    fn seconds_take_fractions_and_units_and_refuse_what_would_overflow() {
         assert_eq!(parse_seconds("1.5"), Ok(Seconds(Duration::from_millis(1500))));
         assert_eq!(parse_seconds("0"), Ok(Seconds(Duration::ZERO)));
-        for bad in ["-1", "nan", "inf", "1e30", "31536001", "18446744073709551615", "x"] {
+        assert_eq!(parse_seconds("1h30m"), Ok(Seconds(Duration::from_secs(5_400))));
+        for bad in ["-1", "nan", "inf", "1e30", "31536001", "18446744073709551615", "x", "5y"] {
             let e = parse_seconds(bad).expect_err(bad);
-            assert!(e.contains("from 0 to 31536000"), "{bad}: {e}");
+            assert!(e.contains("from 0 to a year"), "{bad}: {e}");
         }
         assert!(parse_positive_seconds("0").is_err());
-        assert_eq!(Seconds(Duration::from_secs(15)).to_string(), "15");
+        assert!(parse_positive_seconds("0s").is_err());
+        assert_eq!(Seconds(Duration::from_secs(15)).to_string(), "15s");
+        assert_eq!(Seconds(Duration::from_secs(300)).to_string(), "5m");
     }
 
     #[test]

@@ -173,13 +173,10 @@ fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
     }
 }
 
+/// A duration setting ([`crate::duration::parse`]: seconds, or with units), in nanoseconds.
 fn seconds_ns(key: &str, value: &str) -> Result<u64, String> {
-    let secs: f64 = value
-        .parse()
-        .ok()
-        .filter(|s: &f64| s.is_finite() && (0.0..=31_536_000.0).contains(s))
-        .ok_or_else(|| format!("{key}={value}: expected a number of seconds from 0 to 31536000"))?;
-    Ok((secs * 1e9) as u64)
+    let d = crate::duration::parse(value).map_err(|e| format!("{key}={e}"))?;
+    Ok(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 impl FromStr for WorkloadOverride {
