@@ -5,6 +5,7 @@ mod config;
 mod conns;
 #[cfg(test)]
 mod docs;
+mod generate;
 mod leaks;
 mod output;
 mod placement;
@@ -58,6 +59,10 @@ pub enum Command {
     Leaks(leaks::LeaksArgs),
     /// A process's open connections grouped by the code (user-space stack) that opened them.
     Stacks(stacks::StacksArgs),
+    /// Print the shell completion script for bash, zsh or fish.
+    Completions(generate::CompletionsArgs),
+    /// Print the tracer(1) man page, or write every command's page into a directory.
+    Man(generate::ManArgs),
 }
 
 /// Parses the process's arguments (expanding `--config`) and runs the command; returns the
@@ -89,6 +94,8 @@ pub fn run(cli: Cli) -> i32 {
                 Command::Status(args) => status::run(&socket, args),
                 Command::Leaks(args) => leaks::run(&socket, args),
                 Command::Stacks(args) => stacks::run(&socket, args),
+                Command::Completions(args) => generate::run_completions(&args),
+                Command::Man(args) => generate::run_man(&args),
                 Command::Run(_) => Ok(()),
             }
         }
