@@ -280,9 +280,13 @@ fn a_leak_alert_under_the_default_policy_names_the_leaking_function_and_keeps_it
     assert!(!stacks.to_string().contains("main.tidyConnections"));
     let text = daemon.try_cli(&["leaks"]).expect("leaks");
     assert!(text.contains("opened by main.leakConnections"), "{text}");
-    // top names the leading function of the alert's largest group.
+    // top names the leading function of the alert's largest group while the alert is active
+    // (the leak stopped above: on a slow guest it may have resolved by now, and then top names
+    // nothing).
     let row = daemon.process(pid);
-    assert_eq!(row["leading_function"], groups[0]["leading_function"], "{row:#}");
+    let active = row["alerts"].as_array().is_some_and(|a| a.iter().any(|r| r == "growth"));
+    let want = if active { groups[0]["leading_function"].clone() } else { Value::Null };
+    assert_eq!(row["leading_function"], want, "{row:#}");
 
     // (c) conns: each leaked connection names its group as `tracer stacks` does; the others
     // say why they have none. Quiet first, so that both answers see the same connections.

@@ -425,7 +425,47 @@ impl Daemon {
         }
         self.stacks.mark_suspects(&self.detector);
         self.update_go_requests();
+        self.refresh_request_evidence(now);
         self.resolution.launch(&self.table, &self.containers);
+    }
+
+    /// The Go request groups of active alerts whose process is probed, taken again: a process
+    /// is probed once a suspect, and on a slow host its alert may raise before the probe is
+    /// attached or has seen a request; the evidence then names the code as soon as it is known.
+    /// Names come from the symbolizer's cache, warmed off the loop for the next evaluation.
+    fn refresh_request_evidence(&mut self, now: u64) {
+        let probed: Vec<(ProcessKey, crate::detect::Rule, u64, u64)> = self
+            .detector
+            .active()
+            .filter(|a| a.evidence.stacks.is_some())
+            .filter_map(|a| {
+                let process = ProcessKey::new(a.pid, a.start_time_ns);
+                let since = self.go_requests.probed_since(process)?;
+                Some((process, a.rule, a.since_ns, since))
+            })
+            .collect();
+        for (process, rule, raised_ns, probed_since) in probed {
+            let Some(alert) = self
+                .detector
+                .active()
+                .find(|a| a.rule == rule && ProcessKey::new(a.pid, a.start_time_ns) == process)
+            else {
+                continue;
+            };
+            let settings = &self.leak_settings;
+            let workload = crate::detect::overrides::Workload {
+                comm: &alert.comm,
+                container: alert.container.as_ref(),
+            };
+            let thresholds = settings.thresholds_for(workload);
+            let behind = |view: &crate::table::ConnView<'_>| {
+                leaks::behind_rule(rule, settings, &thresholds, view, now)
+            };
+            let (requests, draft) =
+                self.stacks.request_evidence(&self.table, process, probed_since, now, behind);
+            self.detector.refresh_requests(process, rule, raised_ns, requests);
+            tokio::spawn(draft.warm(self::stacks::EVIDENCE_SYMBOLIZE_DEADLINE));
+        }
     }
 
     /// Go request probes follow the suspects (or every process), and the binaries inspected

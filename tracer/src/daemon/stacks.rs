@@ -418,15 +418,29 @@ impl StackCapture {
             AlertStacks { connections, groups: draft.groups.clone(), unstacked, requests: None };
         draft.fill_cached(&mut now.groups);
         let requests = probed_since.map(|since| {
-            let (mut report, mut draft) =
-                self.request_groups(table, process, since, now_ns, behind);
-            draft.truncate(ALERT_GROUPS);
-            report.groups = draft.groups.clone();
-            draft.fill_cached(&mut report.groups);
+            let (report, draft) = self.request_evidence(table, process, since, now_ns, behind);
             now.requests = Some(report);
             draft
         });
         Some((now, EvidenceDraft { openers: draft, requests }))
+    }
+
+    /// The request groups of an alert's evidence: the connections `behind` selects by last
+    /// request, the largest groups named as far as the symbolizer's cache goes.
+    pub(super) fn request_evidence(
+        &self,
+        table: &ConnectionTable,
+        process: ProcessKey,
+        probed_since: u64,
+        now_ns: u64,
+        behind: impl Fn(&ConnView<'_>) -> bool,
+    ) -> (RequestGroups, GroupsDraft) {
+        let (mut report, mut draft) =
+            self.request_groups(table, process, probed_since, now_ns, behind);
+        draft.truncate(ALERT_GROUPS);
+        report.groups = draft.groups.clone();
+        draft.fill_cached(&mut report.groups);
+        (report, draft)
     }
 }
 
@@ -492,6 +506,16 @@ impl GroupsDraft {
             let resolved = self.symbolizer.cached(self.pid, addresses, KIND);
             group.frames = resolved.into_iter().flat_map(|r| r.frames).collect();
             group.leading_function = stacks::leading_function(&group.frames);
+        }
+    }
+
+    /// Has the symbolizer name every group's frames (for a later [`Self::fill_cached`]),
+    /// waiting at most `wait` in all; counts nothing.
+    pub(super) async fn warm(self, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
+        for addresses in &self.addresses {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let _ = self.symbolizer.resolve_within(self.pid, addresses, KIND, left).await;
         }
     }
 

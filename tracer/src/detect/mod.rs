@@ -592,6 +592,30 @@ impl Detector {
         Some(alert)
     }
 
+    /// Replaces the Go request groups of the active alert of `id` and `rule` raised at
+    /// `since_ns` (its opener stacks stay as they were at the raise). False when that alert is
+    /// not active, or carries no stacks.
+    pub fn refresh_requests(
+        &mut self,
+        id: ProcessKey,
+        rule: Rule,
+        since_ns: u64,
+        requests: crate::stacks::groups::RequestGroups,
+    ) -> bool {
+        match self.active.get_mut(&(id, rule)) {
+            Some(active) if active.alert.since_ns == since_ns => {
+                match active.alert.evidence.stacks.as_mut() {
+                    Some(stacks) => {
+                        stacks.requests = Some(requests);
+                        true
+                    }
+                    None => false,
+                }
+            }
+            _ => false,
+        }
+    }
+
     pub fn active(&self) -> impl Iterator<Item = &Alert> {
         self.active.values().map(|a| &a.alert)
     }

@@ -511,6 +511,16 @@ fn stacks_attached_at_raise_stay_while_the_alert_holds_and_after_it_resolves() {
     let active = sim.detector.active().next().expect("active");
     assert!(active.evidence.opens_in_window > 0);
     assert_eq!(active.evidence.stacks.as_ref(), Some(&stacks));
+    // Go request groups taken again while it is active replace only themselves, and only for
+    // this raise.
+    let requests = crate::stacks::groups::RequestGroups { before_probing: 4, ..Default::default() };
+    assert!(!sim.detector.refresh_requests(PID, Rule::Growth, since + 1, requests.clone()));
+    assert!(sim.detector.refresh_requests(PID, Rule::Growth, since, requests.clone()));
+    let active = sim.detector.active().next().expect("active");
+    let with_requests = active.evidence.stacks.clone().expect("stacks");
+    assert_eq!(with_requests.requests.as_ref(), Some(&requests));
+    assert_eq!(with_requests.connections, stacks.connections);
+    let stacks = with_requests;
     // The process exits: the resolved alert keeps them.
     sim.sample.exited = true;
     sim.tick();
