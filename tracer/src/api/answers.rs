@@ -24,9 +24,13 @@ pub struct TopRow {
     /// cgroup is not resolved.
     #[serde(default)]
     pub container: Option<Container>,
-    /// Net change of the open count's floor over the leak detector's window (connections; 0
-    /// until a sub-window is complete).
+    /// Net change of the open count's floor over the leak detector's window (connections); while
+    /// the process's first window is still filling, over its samples so far (`growth_partial`).
     pub growth: i64,
+    /// `growth` covers less than a window: the process is newer than the leak window, or the
+    /// daemon is.
+    #[serde(default)]
+    pub growth_partial: bool,
     /// Age of its oldest open connection, seconds (0 when it has none).
     pub oldest_age_seconds: u64,
     /// Open connections with no data sent or received for longer than `--idle-after`, at the

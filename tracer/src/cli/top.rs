@@ -142,7 +142,7 @@ fn top(report: &TopReport) -> String {
         }
         let _ = writeln!(
             out,
-            "{:>7} {:<15}{} {:>6} {:>7} {:>7} {:>5} {:>+6}  {}",
+            "{:>7} {:<15}{} {:>6} {:>7} {:>7} {:>5} {:>6}  {}",
             p.pid,
             clip(&p.comm, 15),
             placement::cell_of(&column, row.container.as_ref()),
@@ -150,7 +150,7 @@ fn top(report: &TopReport) -> String {
             p.opened_total,
             p.closed_total,
             p.connect_failed,
-            row.growth,
+            growth_cell(row.growth, row.growth_partial),
             clip(notes.trim(), 24)
         );
         // The code behind the alert, from its evidence's largest stack group.
@@ -158,12 +158,20 @@ fn top(report: &TopReport) -> String {
             let _ = writeln!(out, "{:>7} leaking from {function}", "");
         }
     }
+    if report.processes.iter().any(|r| r.growth_partial) {
+        let _ = writeln!(out, "* growth over the samples so far: the first leak window is filling");
+    }
     let _ = writeln!(
         out,
         "unattributed (not yet accepted, or accepted unseen): {}",
         report.unattributed
     );
     out
+}
+
+/// `+624`, or `+624*` while the first window is filling.
+fn growth_cell(growth: i64, partial: bool) -> String {
+    format!("{growth:+}{}", if partial { "*" } else { "" })
 }
 
 /// Group column width: a row stays within 100 columns.
@@ -278,6 +286,7 @@ mod tests {
             },
             container: None,
             growth,
+            growth_partial: false,
             oldest_age_seconds: 0,
             idle: 0,
             unread: 0,
@@ -370,6 +379,23 @@ mod tests {
 
     /// README.md's example of `tracer top` is this function's output for the rows it shows:
     /// header, column widths, alert and state notes, the unattributed line.
+    #[test]
+    fn a_growth_over_less_than_a_window_is_marked_and_explained() {
+        let mut new = row(77, "leaker", [600, 600, 0, 0], StateCounts::default(), 624);
+        new.growth_partial = true;
+        let old = row(78, "pool", [10, 10, 0, 0], StateCounts::default(), -3);
+        let text = top(&TopReport { processes: vec![new, old], unattributed: 0 });
+        let line = |pid: &str| text.lines().find(|l| l.trim_start().starts_with(pid)).unwrap();
+        assert!(line("77 ").contains(" +624*"), "{text}");
+        assert!(line("78 ").contains(" -3") && !line("78 ").contains('*'), "{text}");
+        assert!(text.contains("* growth over the samples so far"), "{text}");
+        let settled = top(&TopReport {
+            processes: vec![row(78, "pool", [10, 10, 0, 0], StateCounts::default(), 0)],
+            unattributed: 0,
+        });
+        assert!(!settled.contains("samples so far"), "{settled}");
+    }
+
     #[test]
     fn readme_top_example_is_the_real_output() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");

@@ -179,7 +179,7 @@ impl Exhaustion {
         out.extend(
             live.iter()
                 .map(|(_, k)| *k)
-                .filter(|k| !chosen.contains(k) && detector.growth_of(*k) > 0),
+                .filter(|k| !chosen.contains(k) && detector.growth_of(*k).0 > 0),
         );
         out
     }

@@ -21,6 +21,30 @@ pub fn sub_window_floors(open: &VecDeque<u32>, config: &DetectorConfig) -> Vec<u
     samples.chunks(per).map(|chunk| chunk.iter().copied().min().unwrap_or(0)).collect()
 }
 
+/// The rise of the floor shown to users (`top`'s `growth`), and whether it is partial. Over a
+/// full window: the last complete sub-window's floor less the first's. While the first window
+/// is still filling: the floor of the newest samples less that of the oldest, each as many as a
+/// sub-window holds or half the samples so far, whichever is fewer; a process leaking 5
+/// connections a second shows its rise from the start, not 0 for the length of a window.
+pub fn so_far(open: &VecDeque<u32>, config: &DetectorConfig) -> (i64, bool) {
+    let floor_rise = |floors: &[u32]| match (floors.first(), floors.last()) {
+        (Some(first), Some(last)) if floors.len() >= 2 => i64::from(*last) - i64::from(*first),
+        _ => 0,
+    };
+    if open.len() >= config.window_samples {
+        return (floor_rise(&sub_window_floors(open, config)), false);
+    }
+    let per = (config.window_samples / config.sub_windows.max(1)).max(1);
+    let half = per.min(open.len() / 2);
+    if half == 0 {
+        return (0, true);
+    }
+    let floor = |samples: &mut dyn Iterator<Item = &u32>| samples.min().copied().unwrap_or(0);
+    let oldest = floor(&mut open.iter().take(half));
+    let newest = floor(&mut open.iter().skip(open.len() - half));
+    (i64::from(newest) - i64::from(oldest), true)
+}
+
 /// True when a full window shows a strictly rising floor with a total rise of at least G.
 pub fn holds(open: &VecDeque<u32>, config: &DetectorConfig) -> bool {
     if open.len() < config.window_samples {

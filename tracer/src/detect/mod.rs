@@ -644,8 +644,10 @@ impl Detector {
         })
     }
 
-    pub fn growth_of(&self, id: ProcessKey) -> i64 {
-        self.history.get(&id).map_or(0, |h| floor_growth(&sub_window_floors(&h.open, &self.config)))
+    /// The rise of `id`'s floor as `top` shows it, and whether it is partial (the first window
+    /// still filling: [`growth::so_far`]).
+    pub fn growth_of(&self, id: ProcessKey) -> (i64, bool) {
+        self.history.get(&id).map_or((0, false), |h| growth::so_far(&h.open, &self.config))
     }
 }
 

@@ -588,3 +588,27 @@ fn an_alert_keeps_its_container_after_the_container_is_gone() {
     });
     assert!(resolved_change.is_some_and(|a| a.container.is_some()), "the webhook's copy too");
 }
+
+#[test]
+fn growth_so_far_shows_a_new_leak_before_the_first_window_is_full() {
+    // A window of 40 samples in 4 sub-windows of 10.
+    let config = DetectorConfig { window_samples: 40, sub_windows: 4, ..DetectorConfig::default() };
+    let samples = |counts: &[u32]| counts.iter().copied().collect::<VecDeque<u32>>();
+    assert_eq!(growth::so_far(&samples(&[]), &config), (0, true));
+    assert_eq!(growth::so_far(&samples(&[7]), &config), (0, true));
+    // Leaking 5 a sample for 8 samples: the newest 4's floor less the oldest 4's.
+    let leak: Vec<u32> = (0..8).map(|i| 5 * i).collect();
+    assert_eq!(growth::so_far(&samples(&leak), &config), (20, true));
+    // 30 samples: a sub-window (10) from each end.
+    let leak: Vec<u32> = (0..30).map(|i| 5 * i).collect();
+    assert_eq!(growth::so_far(&samples(&leak), &config), (100, true));
+    // A pool churning between 10 and 20 shows no rise.
+    let churn: Vec<u32> = (0..30).map(|i| if i % 2 == 0 { 10 } else { 20 }).collect();
+    assert_eq!(growth::so_far(&samples(&churn), &config), (0, true));
+    // A full window: complete sub-windows, not partial, as the rule sees them.
+    let leak: Vec<u32> = (0..40).map(|i| 5 * i).collect();
+    let full = samples(&leak);
+    let floors = growth::sub_window_floors(&full, &config);
+    let want = i64::from(floors[3]) - i64::from(floors[0]);
+    assert_eq!(growth::so_far(&full, &config), (want, false));
+}

@@ -298,6 +298,7 @@ mod tests {
                 process: process(),
                 container: Some(container()),
                 growth: -2,
+                growth_partial: true,
                 oldest_age_seconds: 5,
                 idle: 3,
                 unread: 0,
