@@ -47,5 +47,6 @@ pub mod stacks;
 pub mod table;
 #[cfg(test)]
 mod test_support;
+pub mod trace;
 
 pub use error::{Error, Result};

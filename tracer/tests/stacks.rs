@@ -219,7 +219,10 @@ fn a_leak_alert_under_the_default_policy_names_the_leaking_function_and_keeps_it
     let binary = build_leaker(&dir.0, false);
     // The default (sampled) policy, short leak windows: suspect after two rising sub-windows
     // (1 s each), growth after a window of four.
-    let daemon = Daemon::start(FAST_LEAKS);
+    // The alert must hold while the test pauses the leak to query (seconds on a loaded guest):
+    // 20 clear evaluations before it resolves; the process's exit resolves it at once.
+    let flags = [FAST_LEAKS, &["--leak-resolve-after", "20"]].concat();
+    let daemon = Daemon::start(&flags);
     let mut leaker = Leaker::spawn(&binary);
     let pid = leaker.pid();
     // A steady leak until the alert is up with its stacks named.

@@ -326,6 +326,9 @@ pub struct StatusReport {
     /// Go HTTP request probing.
     #[serde(default)]
     pub go_requests: GoRequestsStatus,
+    /// `tracer trace` streams.
+    #[serde(default)]
+    pub trace: TraceStatus,
     /// Per-workload overrides (`--workload`), in the order they are tried, as
     /// `GLOB:KEY=VALUE,...`.
     #[serde(default)]
@@ -454,6 +457,16 @@ pub struct StacksReport {
     /// sent on each (`--go-requests`); `null` when the process is not probed.
     #[serde(default)]
     pub requests: Option<RequestGroups>,
+}
+
+/// `tracer trace` streams, for `tracer status`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+pub struct TraceStatus {
+    /// Streams open now.
+    pub subscribers: u64,
+    /// Records not delivered to a stream whose reader fell behind (each stream is told its
+    /// own count), since start.
+    pub dropped: u64,
 }
 
 /// Go HTTP request probing (`--go-requests`), for `tracer status`.

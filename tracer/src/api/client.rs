@@ -50,10 +50,45 @@ pub fn request_value(socket: &Path, request: Request) -> Result<serde_json::Valu
     serde_json::from_str(result.get()).map_err(|e| ClientError::Malformed(e.to_string()))
 }
 
+/// Sends a streaming `request` (`trace`) and hands each line of the stream to `on_line` until
+/// the daemon closes it or `on_line` returns false.
+pub fn stream<T: DeserializeOwned>(
+    socket: &Path,
+    request: Request,
+    mut on_line: impl FnMut(T) -> bool,
+) -> Result<(), ClientError> {
+    let (_stream, mut reader) = send(socket, request, None)?;
+    read_answer(socket, &mut reader)?;
+    let io_err = |source| ClientError::Io { path: socket.to_owned(), source };
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).map_err(io_err)? == 0 {
+            return Ok(());
+        }
+        let item =
+            serde_json::from_str(&line).map_err(|e| ClientError::Malformed(e.to_string()))?;
+        if !on_line(item) {
+            return Ok(());
+        }
+    }
+}
+
 fn request_raw(
     socket: &Path,
     request: Request,
 ) -> Result<Box<serde_json::value::RawValue>, ClientError> {
+    let (_stream, mut reader) = send(socket, request, Some(Duration::from_secs(30)))?;
+    read_answer(socket, &mut reader)
+}
+
+/// Connects (reads time out after `timeout`; a stream waits as long as it takes) and sends
+/// `request`; returns the connection and a reader of what comes back.
+fn send(
+    socket: &Path,
+    request: Request,
+    timeout: Option<Duration>,
+) -> Result<(UnixStream, BufReader<UnixStream>), ClientError> {
     let io_err = |source: std::io::Error| match source.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
             ClientError::NotRunning { path: socket.to_owned() }
@@ -64,13 +99,23 @@ fn request_raw(
         _ => ClientError::Io { path: socket.to_owned(), source },
     };
     let mut stream = UnixStream::connect(socket).map_err(io_err)?;
-    stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(io_err)?;
+    stream.set_read_timeout(timeout).map_err(io_err)?;
     let mut line = serde_json::to_string(&RequestEnvelope { version: API_VERSION, request })
         .map_err(|e| ClientError::Malformed(e.to_string()))?;
     line.push('\n');
     stream.write_all(line.as_bytes()).map_err(io_err)?;
+    let reader = BufReader::new(stream.try_clone().map_err(io_err)?);
+    Ok((stream, reader))
+}
+
+/// Reads the answer's envelope: its result, or the error it carries.
+fn read_answer(
+    socket: &Path,
+    reader: &mut BufReader<UnixStream>,
+) -> Result<Box<serde_json::value::RawValue>, ClientError> {
+    let io_err = |source| ClientError::Io { path: socket.to_owned(), source };
     let mut reply = String::new();
-    BufReader::new(stream).read_line(&mut reply).map_err(io_err)?;
+    reader.read_line(&mut reply).map_err(io_err)?;
     let envelope: ResponseEnvelope =
         serde_json::from_str(&reply).map_err(|e| ClientError::Malformed(e.to_string()))?;
     if envelope.version != API_VERSION {

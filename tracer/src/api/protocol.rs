@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::{containers::views::PlacementFilter, names::named_enum};
 
 /// Bumped on any incompatible change to requests or payloads.
-pub const API_VERSION: u32 = 5;
+pub const API_VERSION: u32 = 6;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -37,6 +37,12 @@ pub enum Request {
     /// One process's open connections grouped by the stack that opened them.
     Stacks {
         pid: u32,
+    },
+    /// The live stream of connection events (API 6): an answer `{"streaming":true}`, then one
+    /// line per [`crate::trace::TraceLine`] until either side closes.
+    Trace {
+        #[serde(default, flatten)]
+        filter: crate::trace::TraceFilter,
     },
 }
 

@@ -18,7 +18,13 @@ use super::protocol::{API_VERSION, Request, RequestEnvelope, ResponseEnvelope};
 pub struct Query {
     pub request: Request,
     pub reply: oneshot::Sender<Result<Box<serde_json::value::RawValue>, String>>,
+    /// For [`Request::Trace`]: where the event loop sends the stream's lines (bounded: a full
+    /// queue is the subscriber's loss, counted in the stream, never the daemon's wait).
+    pub stream: Option<mpsc::Sender<crate::trace::TraceLine>>,
 }
+
+/// Lines a trace subscriber may have waiting before it starts to miss some.
+pub const TRACE_QUEUE: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
@@ -73,15 +79,45 @@ async fn handle(stream: UnixStream, queries: mpsc::Sender<Query>) -> io::Result<
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
     while let Some(line) = lines.next_line().await? {
-        let response = answer(&line, &queries).await;
+        let (tx, mut rx) = mpsc::channel(TRACE_QUEUE);
+        let response = answer(&line, &queries, tx).await;
+        let streaming = response.error.is_none() && is_trace(&line);
         let mut out = serde_json::to_vec(&response).map_err(io::Error::other)?;
         out.push(b'\n');
         write.write_all(&out).await?;
+        if streaming {
+            // Until the client goes (EOF or a failed write) or the daemon stops: dropping
+            // `rx` tells the event loop, whose next send to it fails.
+            loop {
+                tokio::select! {
+                    line = rx.recv() => {
+                        let Some(line) = line else { return Ok(()) };
+                        let mut out = serde_json::to_vec(&line).map_err(io::Error::other)?;
+                        out.push(b'\n');
+                        write.write_all(&out).await?;
+                    }
+                    read = lines.next_line() => {
+                        if read?.is_none() {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
     }
     Ok(())
 }
 
-async fn answer(line: &str, queries: &mpsc::Sender<Query>) -> ResponseEnvelope {
+fn is_trace(line: &str) -> bool {
+    serde_json::from_str::<RequestEnvelope>(line)
+        .is_ok_and(|e| matches!(e.request, Request::Trace { .. }))
+}
+
+async fn answer(
+    line: &str,
+    queries: &mpsc::Sender<Query>,
+    stream: mpsc::Sender<crate::trace::TraceLine>,
+) -> ResponseEnvelope {
     let fail =
         |error: String| ResponseEnvelope { version: API_VERSION, error: Some(error), result: None };
     // Check the version before the request shape, so that an old or new client gets a version
@@ -101,7 +137,8 @@ async fn answer(line: &str, queries: &mpsc::Sender<Query>) -> ResponseEnvelope {
         Err(e) => return fail(format!("malformed request: {e}")),
     };
     let (reply, answer) = oneshot::channel();
-    if queries.send(Query { request: envelope.request, reply }).await.is_err() {
+    let stream = matches!(envelope.request, Request::Trace { .. }).then_some(stream);
+    if queries.send(Query { request: envelope.request, reply, stream }).await.is_err() {
         return fail("the daemon is shutting down".into());
     }
     match answer.await {

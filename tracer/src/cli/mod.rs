@@ -14,6 +14,7 @@ mod stacks;
 mod status;
 mod text;
 mod top;
+mod trace;
 mod values;
 mod watch;
 
@@ -59,6 +60,8 @@ pub enum Command {
     Leaks(leaks::LeaksArgs),
     /// A process's open connections grouped by the code (user-space stack) that opened them.
     Stacks(stacks::StacksArgs),
+    /// Connections opening and closing, failed connects and leak alerts, live, filtered.
+    Trace(trace::TraceArgs),
     /// Print the shell completion script for bash, zsh or fish.
     Completions(generate::CompletionsArgs),
     /// Print the tracer(1) man page, or write every command's page into a directory.
@@ -94,6 +97,7 @@ pub fn run(cli: Cli) -> i32 {
                 Command::Status(args) => status::run(&socket, args),
                 Command::Leaks(args) => leaks::run(&socket, args),
                 Command::Stacks(args) => stacks::run(&socket, args),
+                Command::Trace(args) => trace::run(&socket, args),
                 Command::Completions(args) => generate::run_completions(&args),
                 Command::Man(args) => generate::run_man(&args),
                 Command::Run(_) => Ok(()),

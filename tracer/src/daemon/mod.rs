@@ -11,6 +11,7 @@ mod memory;
 mod queries;
 mod scan_cgroups;
 mod stacks;
+mod trace;
 
 pub use leaks::{
     DEFAULT_CLOSE_WAIT_AFTER, DEFAULT_HELD_CLOSED_AFTER, DEFAULT_LEAK_INTERVAL, LeakSettings, nanos,
@@ -135,6 +136,8 @@ pub(crate) struct Daemon {
     host_netns: Option<u32>,
     /// Where the tasks that symbolize a raised alert's stacks send them back.
     evidence_tx: mpsc::UnboundedSender<SymbolizedEvidence>,
+    /// `tracer trace` subscribers.
+    trace: trace::Subscribers,
 }
 
 /// The stacks of a raised alert, symbolized off the event loop.
@@ -225,6 +228,20 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
                                 let _ = query.reply.send(Err(e));
                             }
                         }
+                    }
+                    Request::Trace { filter } => {
+                        let answer = match (filter.validate(), query.stream) {
+                            (Err(e), _) => Err(e),
+                            (Ok(()), None) => Err("a trace needs a stream".to_owned()),
+                            (Ok(()), Some(tx)) => {
+                                daemon.trace.add(filter, tx);
+                                serde_json::value::to_raw_value(&serde_json::json!({
+                                    "streaming": true
+                                }))
+                                .map_err(|e| e.to_string())
+                            }
+                        };
+                        let _ = query.reply.send(answer);
                     }
                     request => {
                         let _ = query.reply.send(daemon.answer(request));
@@ -335,6 +352,7 @@ impl Daemon {
             resolution: containers::Resolution::start(&options.containers, resolved_tx),
             host_netns: host_netns(),
             evidence_tx,
+            trace: trace::Subscribers::default(),
         };
         daemon.drain_now();
         scan_cgroups::log_status(&daemon.probes);
@@ -413,6 +431,7 @@ impl Daemon {
         self.exhaustion.fill(&mut samples);
         for change in self.detector.evaluate(now, &samples) {
             leaks::log_change(&change);
+            self.trace.on_alert(&change);
             if let Change::Raised(alert) = &change
                 && self.raise_with_stacks(alert, now)
             {
@@ -547,17 +566,19 @@ impl Daemon {
     }
 
     async fn next_batch(&mut self) -> std::io::Result<usize> {
-        let Self { source, table, metrics, stacks, exhaustion, .. } = self;
+        let Self { source, table, metrics, stacks, exhaustion, trace, containers, .. } = self;
         let log_events = log::log_enabled!(log::Level::Debug);
         let n = source
             .next_batch(|event| {
                 if log_events {
                     log::debug!("{}", events::Display(event));
                 }
+                let before = trace.endpoints_before(event, table);
                 let applied = table.apply(event);
                 metrics.observe(&applied, table);
                 stacks.on_event(event, &applied, table);
                 exhaustion.on_event(event, &applied, table);
+                trace.on_applied(event, &applied, before, table, containers);
             })
             .await?;
         self.stacks.drain(&self.table, self.clock.now_ns());
@@ -565,12 +586,14 @@ impl Daemon {
     }
 
     fn drain_now(&mut self) {
-        let Self { source, table, metrics, stacks, exhaustion, .. } = self;
+        let Self { source, table, metrics, stacks, exhaustion, trace, containers, .. } = self;
         source.drain_now(|event| {
+            let before = trace.endpoints_before(event, table);
             let applied = table.apply(event);
             metrics.observe(&applied, table);
             stacks.on_event(event, &applied, table);
             exhaustion.on_event(event, &applied, table);
+            trace.on_applied(event, &applied, before, table, containers);
         });
         self.stacks.drain(&self.table, self.clock.now_ns());
     }

@@ -56,6 +56,10 @@ impl Daemon {
             Request::Conns { .. } => {
                 return Err("internal: conns are answered by the event loop".into());
             }
+            // A stream: the event loop subscribes it (daemon/trace.rs).
+            Request::Trace { .. } => {
+                return Err("internal: traces are subscribed by the event loop".into());
+            }
         };
         value.map_err(|e| format!("cannot encode the answer: {e}"))
     }
@@ -386,6 +390,10 @@ impl Daemon {
             ring_high_water_bytes: self.ring_high_water(Some(&kernel)),
             stacks: self.stacks.status(&kernel),
             go_requests: self.go_requests.status(self.stacks.counters()),
+            trace: crate::api::answers::TraceStatus {
+                subscribers: self.trace.count() as u64,
+                dropped: self.trace.dropped_total(),
+            },
             workload_overrides: self
                 .leak_settings
                 .detector

@@ -332,7 +332,7 @@ impl StackCapture {
             probed_for_seconds: now_ns.saturating_sub(probed_since) / 1_000_000_000,
             ..RequestGroups::default()
         };
-        let (draft, _) = self.group_by(
+        let (draft, selected) = self.group_by(
             table,
             process,
             now_ns,
@@ -353,6 +353,7 @@ impl StackCapture {
                 NoRequest::Lost => report.request_lost += 1,
             },
         );
+        report.connections = selected;
         (report, draft)
     }
 

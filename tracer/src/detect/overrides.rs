@@ -161,7 +161,7 @@ fn parse_selector(text: &str) -> Result<Vec<(Field, String)>, String> {
     Ok(out)
 }
 
-fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+pub(crate) fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
     match (pattern.first(), text.first()) {
         (None, None) => true,
         (Some(b'*'), _) => {

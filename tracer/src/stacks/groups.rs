@@ -101,6 +101,10 @@ pub struct AlertStacks {
 pub struct RequestGroups {
     /// Seconds since the request probe was attached to the process.
     pub probed_for_seconds: u64,
+    /// The connections grouped: the process's open ones (`tracer stacks`), or those behind the
+    /// alert's rule when the groups were taken (evidence).
+    #[serde(default)]
+    pub connections: u32,
     /// Most connections first; `direction` is that of the connections.
     pub groups: Vec<StackGroup>,
     /// Open connections with no request seen that were opened before the probe was attached

@@ -232,6 +232,7 @@ mod tests {
                     unstacked: Unstacked { not_sampled: 4, ..Unstacked::default() },
                     requests: Some(RequestGroups {
                         probed_for_seconds: 40,
+                        connections: 30,
                         groups: vec![StackGroup {
                             id: 9,
                             count: 20,

@@ -1,0 +1,275 @@
+//! `tracer trace`: the live stream of connection lifecycle events, derived from the table's
+//! transitions (a connection became open, was closed, a connect failed) and the leak
+//! detector's alerts, never from raw kernel records (the function-probe modes report an
+//! accept twice; the table applies it once). The one definition of a trace record, its filter
+//! and its text line; the daemon's subscribers are in `daemon/trace.rs`.
+use std::net::SocketAddr;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    containers::{Container, views::PlacementFilter},
+    table::Direction,
+};
+
+/// What happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TraceKind {
+    /// A connection became open: ESTABLISHED for a connect, the accept for an inbound one.
+    Open,
+    /// Its owner released an open connection.
+    Close,
+    /// An outbound connect ended before ESTABLISHED.
+    ConnectFailed,
+    /// A leak alert raised.
+    AlertRaised,
+    /// A leak alert resolved.
+    AlertResolved,
+}
+
+impl TraceKind {
+    fn word(self) -> &'static str {
+        match self {
+            TraceKind::Open => "open",
+            TraceKind::Close => "close",
+            TraceKind::ConnectFailed => "connect_failed",
+            TraceKind::AlertRaised => "alert_raised",
+            TraceKind::AlertResolved => "alert_resolved",
+        }
+    }
+}
+
+/// One line of `tracer trace`: the text view's columns, named the same in `--json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TraceRecord {
+    /// When it happened (UTC, milliseconds).
+    pub time: String,
+    pub kind: TraceKind,
+    pub pid: u32,
+    pub comm: String,
+    /// `namespace/pod/container`, a container's name, or `host` (as `top` shows it).
+    pub placement: String,
+    /// `outbound` (connected) or `inbound` (accepted); `null` for alerts.
+    pub direction: Option<Direction>,
+    /// `null` for alerts.
+    pub local: Option<SocketAddr>,
+    /// `null` for alerts.
+    pub remote: Option<SocketAddr>,
+    /// How long the connection was open, seconds (`close` only; a lower bound for a
+    /// connection older than the daemon).
+    pub lifetime_seconds: Option<f64>,
+    /// The leak rule (alerts only).
+    pub rule: Option<String>,
+}
+
+/// What a subscriber missed: its queue was full (it read too slowly), counted since its last
+/// line. Sent in the stream as soon as there is room again, never silently.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Dropped {
+    pub dropped: u64,
+}
+
+/// A line of the stream: a record, or what was dropped before it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TraceLine {
+    Record(TraceRecord),
+    Dropped(Dropped),
+}
+
+/// Which records a subscriber gets (every field set must match).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceFilter {
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// A glob on the command name (`*`, `?`).
+    #[serde(default)]
+    pub comm: Option<String>,
+    /// Either side's port.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// `ADDR`, `ADDR/PREFIX`, `ADDR:PORT` or `[V6]/PREFIX:PORT`: the remote endpoint.
+    #[serde(default)]
+    pub remote: Option<String>,
+    #[serde(default)]
+    pub direction: Option<Direction>,
+    /// Closes of connections open at least this long (other kinds pass).
+    #[serde(default)]
+    pub min_lifetime_ms: Option<u64>,
+    #[serde(default, flatten)]
+    pub placement: PlacementFilter,
+}
+
+/// A parsed `--remote`: an address or network, and maybe a port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RemoteMatch {
+    network: std::net::IpAddr,
+    prefix: u8,
+    port: Option<u16>,
+}
+
+impl RemoteMatch {
+    /// `10.0.0.5`, `10.0.0.0/8`, `10.0.0.5:5432`, `10.0.0.0/8:5432`, `[::1]:80`, `[fd00::]/8:80`,
+    /// `fd00::/8`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "{text:?}: expected ADDR, ADDR/PREFIX, ADDR:PORT or ADDR/PREFIX:PORT (IPv6 in \
+                 brackets with a port: [::1]:80)"
+            )
+        };
+        let (address, port) = if let Some(rest) = text.strip_prefix('[') {
+            let (inside, after) = rest.split_once(']').ok_or_else(bad)?;
+            let (prefix, port) = match after.split_once(':') {
+                Some((p, port)) => (p, Some(port.parse::<u16>().map_err(|_| bad())?)),
+                None => (after, None),
+            };
+            (format!("{inside}{prefix}"), port)
+        } else if text.matches(':').count() == 1 {
+            let (a, port) = text.split_once(':').ok_or_else(bad)?;
+            (a.to_owned(), Some(port.parse::<u16>().map_err(|_| bad())?))
+        } else {
+            (text.to_owned(), None)
+        };
+        let (addr, prefix) = match address.split_once('/') {
+            Some((a, p)) => (a, Some(p.parse::<u8>().map_err(|_| bad())?)),
+            None => (address.as_str(), None),
+        };
+        let network: std::net::IpAddr = addr.parse().map_err(|_| bad())?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        if prefix > max {
+            return Err(bad());
+        }
+        Ok(Self { network, prefix, port })
+    }
+
+    pub fn matches(&self, remote: SocketAddr) -> bool {
+        if self.port.is_some_and(|p| p != remote.port()) {
+            return false;
+        }
+        // A v4-mapped v6 peer matches a v4 network.
+        let ip = match remote.ip() {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(remote.ip(), Into::into),
+            v4 => v4,
+        };
+        let bits = |ip: std::net::IpAddr| -> Option<u128> {
+            match (ip, self.network) {
+                (std::net::IpAddr::V4(a), std::net::IpAddr::V4(_)) => {
+                    Some(u128::from(u32::from(a)) << 96)
+                }
+                (std::net::IpAddr::V6(a), std::net::IpAddr::V6(_)) => Some(u128::from(a)),
+                _ => None,
+            }
+        };
+        let (Some(have), Some(want)) = (bits(ip), bits(self.network)) else {
+            return false;
+        };
+        let mask = if self.prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(self.prefix)) };
+        have & mask == want & mask
+    }
+}
+
+impl TraceFilter {
+    /// Rejects what can never match, naming the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(remote) = &self.remote {
+            RemoteMatch::parse(remote).map_err(|e| format!("--remote {e}"))?;
+        }
+        self.placement.validate()
+    }
+
+    /// Whether `record`, of a process in `container`, passes.
+    pub fn matches(&self, record: &TraceRecord, container: Option<&Container>) -> bool {
+        let is_alert = matches!(record.kind, TraceKind::AlertRaised | TraceKind::AlertResolved);
+        self.pid.is_none_or(|p| p == record.pid)
+            && self.comm.as_deref().is_none_or(|g| {
+                crate::detect::overrides::glob_match(g.as_bytes(), record.comm.as_bytes())
+            })
+            && self.port.is_none_or(|p| {
+                !is_alert
+                    && (record.local.is_some_and(|a| a.port() == p)
+                        || record.remote.is_some_and(|a| a.port() == p))
+            })
+            && self.remote.as_deref().is_none_or(|r| {
+                let Ok(m) = RemoteMatch::parse(r) else { return false };
+                record.remote.is_some_and(|a| m.matches(a))
+            })
+            && self.direction.is_none_or(|d| record.direction == Some(d))
+            && self.min_lifetime_ms.is_none_or(|min| {
+                record.kind != TraceKind::Close
+                    || record.lifetime_seconds.is_some_and(|s| s * 1e3 >= min as f64)
+            })
+            && self.placement.matches(container)
+    }
+}
+
+/// The text view's columns: the JSON fields' names, upper-cased, in the same order.
+const COLUMNS: [&str; 10] = [
+    "TIME",
+    "KIND",
+    "PID",
+    "COMM",
+    "PLACEMENT",
+    "DIRECTION",
+    "LOCAL",
+    "REMOTE",
+    "LIFETIME_SECONDS",
+    "RULE",
+];
+
+/// One row: widths fit IPv6 endpoints (`[8 groups]:port`, 47 characters) and a clipped
+/// placement.
+fn row(cells: [&str; 10]) -> String {
+    let [time, kind, pid, comm, placement, direction, local, remote, lifetime, rule] = cells;
+    format!(
+        "{time:<24} {kind:<14} {pid:>7} {comm:<15} {placement:<22} {direction:<9} {local:<47} \
+         {remote:<47} {lifetime:>16} {rule}"
+    )
+}
+
+/// The text view's header.
+pub fn header() -> String {
+    row(COLUMNS)
+}
+
+/// One record as a text line (a null shows as `-`), or what was dropped.
+pub fn text_line(line: &TraceLine) -> String {
+    let record = match line {
+        TraceLine::Dropped(d) => {
+            return format!("--- {} records dropped: this reader fell behind ---", d.dropped);
+        }
+        TraceLine::Record(r) => r,
+    };
+    let endpoint = |a: Option<SocketAddr>| a.map_or_else(|| "-".to_owned(), |a| a.to_string());
+    let direction = match record.direction {
+        Some(Direction::Outbound) => "outbound",
+        Some(Direction::Inbound) => "inbound",
+        None => "-",
+    };
+    let lifetime = record.lifetime_seconds.map_or_else(|| "-".to_owned(), |s| format!("{s:.3}"));
+    let comm: String = record.comm.chars().take(15).collect();
+    let placement = crate::containers::views::clip_middle(&record.placement, 22);
+    row([
+        &record.time,
+        record.kind.word(),
+        &record.pid.to_string(),
+        &comm,
+        &placement,
+        direction,
+        &endpoint(record.local),
+        &endpoint(record.remote),
+        &lifetime,
+        record.rule.as_deref().unwrap_or("-"),
+    ])
+}
+
+/// CLOCK_REALTIME now, as `time` fields show it.
+pub fn now_text() -> String {
+    crate::logging::rfc3339(std::time::SystemTime::now())
+}
+
+#[cfg(test)]
+mod tests;
