@@ -311,7 +311,10 @@ fn a_go_client_that_is_no_suspect_is_not_probed() {
 #[test]
 fn a_client_that_becomes_a_suspect_is_probed_and_its_alert_names_the_leaking_function() {
     let dir = common::TempDir::new("go-requests-suspect");
-    let daemon = common::Daemon::start(common::FAST_LEAKS);
+    // The alert must hold while the test pauses the leak to query (seconds on a loaded guest):
+    // 20 clear evaluations before it resolves.
+    let flags = [common::FAST_LEAKS, &["--leak-resolve-after", "20"]].concat();
+    let daemon = common::Daemon::start(&flags);
     let program = common::go_program("go_requests", "go-requests", false, &dir.0);
     let mut client = GoClient::start(&program, "get");
     let go = client.inspect();
