@@ -57,6 +57,14 @@ pub struct StaleThresholds {
 }
 
 impl LeakSettings {
+    /// [`Self::thresholds_for`] the process an alert is about.
+    pub fn thresholds_for_alert(&self, alert: &crate::detect::Alert) -> StaleThresholds {
+        self.thresholds_for(crate::detect::overrides::Workload {
+            comm: &alert.comm,
+            container: alert.container.as_ref(),
+        })
+    }
+
     /// These settings for a process (a command name, or a name and container), after its
     /// workload override.
     pub fn thresholds_for<'w>(

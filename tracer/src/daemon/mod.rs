@@ -472,11 +472,7 @@ impl Daemon {
                 continue;
             };
             let settings = &self.leak_settings;
-            let workload = crate::detect::overrides::Workload {
-                comm: &alert.comm,
-                container: alert.container.as_ref(),
-            };
-            let thresholds = settings.thresholds_for(workload);
+            let thresholds = settings.thresholds_for_alert(alert);
             let behind = |view: &crate::table::ConnView<'_>| {
                 leaks::behind_rule(rule, settings, &thresholds, view, now)
             };
@@ -511,11 +507,7 @@ impl Daemon {
     /// capture is off.
     fn raise_with_stacks(&mut self, alert: &crate::detect::Alert, now: u64) -> bool {
         let settings = &self.leak_settings;
-        let workload = crate::detect::overrides::Workload {
-            comm: &alert.comm,
-            container: alert.container.as_ref(),
-        };
-        let thresholds = settings.thresholds_for(workload);
+        let thresholds = settings.thresholds_for_alert(alert);
         let behind = |view: &crate::table::ConnView<'_>| {
             leaks::behind_rule(alert.rule, settings, &thresholds, view, now)
         };
