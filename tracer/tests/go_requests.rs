@@ -29,9 +29,7 @@ fn each_request_names_the_function_that_made_it_and_its_connection() {
     let dir = common::TempDir::new("go-requests");
     let plain = common::go_program("go_requests", "go-requests", false, &dir.0);
     let stripped = common::go_program("go_requests", "go-requests-stripped", true, &dir.0);
-    let mut probes =
-        Probes::load(&LoadOptions { mode: common::probe_mode(), ..LoadOptions::default() })
-            .expect("probes load");
+    let mut probes = load_probes();
     let mut events = probes.take_events().expect("event ring");
     let mut stacks = StackSource::new(probes.take_stacks().expect("stack ring"));
     for (program, mode) in [
@@ -80,15 +78,7 @@ fn requests_probed(
     assert_eq!(said["main.leakRequests"].iter().collect::<BTreeSet<_>>().len(), 4, "{what}");
 
     // The client's sockets by kernel address: the handshake completion names the local port.
-    let mut port_of: HashMap<u64, u16> = HashMap::new();
-    while let Some(item) = events.next() {
-        let Some(event) = tracer::events::decode(&item) else { continue };
-        if event.kind() == Some(EventKind::Established)
-            && event.tuple.remote_port == client.server_port
-        {
-            port_of.insert(event.sock, event.tuple.local_port);
-        }
-    }
+    let port_of = client_ports(events, client.server_port);
     let pinned = pin_process(pid).expect("pin the client");
     // The stripped binary's names come from its pclntab, as the daemon reads them.
     let mut resolver = Resolver::with_fallback(tracer::stacks::go_fallback());
@@ -122,6 +112,28 @@ fn requests_probed(
     }
     assert_eq!(seen, said, "{what}: requests by calling function and client port: probe vs server");
     go
+}
+
+/// The probes, loaded in the mode the tests run in.
+fn load_probes() -> Probes {
+    Probes::load(&LoadOptions { mode: common::probe_mode(), ..LoadOptions::default() })
+        .expect("probes load")
+}
+
+/// The client's sockets by kernel address, from the events read so far: each handshake's
+/// completion to `server_port` names the socket's local port.
+fn client_ports(
+    events: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    server_port: u16,
+) -> HashMap<u64, u16> {
+    let mut port_of = HashMap::new();
+    while let Some(item) = events.next() {
+        let Some(event) = tracer::events::decode(&item) else { continue };
+        if event.kind() == Some(EventKind::Established) && event.tuple.remote_port == server_port {
+            port_of.insert(event.sock, event.tuple.local_port);
+        }
+    }
+    port_of
 }
 
 struct GoClient {
@@ -381,9 +393,7 @@ fn a_client_that_becomes_a_suspect_is_probed_and_its_alert_names_the_leaking_fun
 fn a_request_whose_stack_is_lost_is_reported_on_its_socket() {
     let dir = common::TempDir::new("go-requests-lost");
     let program = common::go_program("go_requests", "go-requests", false, &dir.0);
-    let mut probes =
-        Probes::load(&LoadOptions { mode: common::probe_mode(), ..LoadOptions::default() })
-            .expect("probes load");
+    let mut probes = load_probes();
     let mut events = probes.take_events().expect("event ring");
     let _unread_stacks = probes.take_stacks().expect("stack ring");
     let mut lost = probes.take_lost_requests().expect("lost-request map");
@@ -403,15 +413,7 @@ fn a_request_whose_stack_is_lost_is_reported_on_its_socket() {
     // The ring is still full: the next 4 requests, the first on the tidy connection, are lost.
     let leaked: BTreeSet<u16> = client.only("leak", 4).into_iter().collect();
     assert_eq!(leaked.len(), 4, "{leaked:?}");
-    let mut port_of: HashMap<u64, u16> = HashMap::new();
-    while let Some(item) = events.next() {
-        let Some(event) = tracer::events::decode(&item) else { continue };
-        if event.kind() == Some(EventKind::Established)
-            && event.tuple.remote_port == client.server_port
-        {
-            port_of.insert(event.sock, event.tuple.local_port);
-        }
-    }
+    let port_of = client_ports(&mut events, client.server_port);
     let reported: BTreeSet<u16> = lost
         .take()
         .into_iter()
@@ -434,9 +436,7 @@ fn a_request_whose_stack_is_lost_is_reported_on_its_socket() {
 fn a_connection_of_another_type_is_skipped_not_misread() {
     let dir = common::TempDir::new("go-requests-wrapped");
     let program = common::go_program("go_requests", "go-requests", false, &dir.0);
-    let mut probes =
-        Probes::load(&LoadOptions { mode: common::probe_mode(), ..LoadOptions::default() })
-            .expect("probes load");
+    let mut probes = load_probes();
     let mut stacks = StackSource::new(probes.take_stacks().expect("stack ring"));
     let mut lost = probes.take_lost_requests().expect("lost-request map");
     let mut client = GoClient::start(&program, "wrapped");

@@ -9,7 +9,7 @@
 use std::{
     fmt::Write as _,
     io::{BufRead, BufReader, Write},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -60,7 +60,8 @@ pub struct GoRequestsReport {
 }
 
 pub fn run(ctx: &Bench, mode: &str, rounds: usize, smoke: bool) -> Result<GoRequestsReport> {
-    let program = build_client(ctx)?;
+    // Static, with DWARF: the daemon reads the client's offsets there.
+    let program = super::build_go_program(ctx, "go_requests", "go-requests")?;
     // Run time statistics on for the whole part: they cost every run alike.
     let _stats = bpf::StatsEnabled::new()?;
     let batches = if smoke { 1 } else { BATCHES };
@@ -84,26 +85,6 @@ pub fn run(ctx: &Bench, mode: &str, rounds: usize, smoke: bool) -> Result<GoRequ
         report.rounds.push(runs);
     }
     Ok(report)
-}
-
-/// Builds the client (static, with DWARF: the daemon reads its offsets there).
-fn build_client(ctx: &Bench) -> Result<PathBuf> {
-    let go = crate::setup::which("go")
-        .context("no `go` on the host to build the Go client: run `cargo xtask setup`")?;
-    let program = ctx.dir.join("go-requests");
-    let go_cache = crate::setup::target_dir(&ctx.root).join("bench-go");
-    crate::setup::run_cmd(
-        Command::new(go)
-            .args(["build", "-o"])
-            .arg(&program)
-            .arg("main.go")
-            .current_dir(ctx.root.join("tracer/tests/programs/go_requests"))
-            .env("CGO_ENABLED", "0")
-            .env("GOCACHE", go_cache.join("cache"))
-            .env("GOPATH", go_cache.join("path")),
-    )
-    .context("building tracer/tests/programs/go_requests")?;
-    Ok(program)
 }
 
 fn go_version() -> Option<String> {

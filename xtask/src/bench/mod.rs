@@ -552,6 +552,27 @@ fn probe_modes(ctx: &Bench) -> (Vec<String>, Vec<(String, String)>) {
     (modes, skipped)
 }
 
+/// Builds tracer/tests/programs/SOURCE (static, with its symbols and DWARF) into the bench's
+/// directory as NAME, with a Go cache under target/ that later runs reuse.
+fn build_go_program(ctx: &Bench, source: &str, name: &str) -> Result<PathBuf> {
+    let go = crate::setup::which("go")
+        .context("no `go` on the host to build the Go program: run `cargo xtask setup`")?;
+    let program = ctx.dir.join(name);
+    let go_cache = crate::setup::target_dir(&ctx.root).join("bench-go");
+    crate::setup::run_cmd(
+        std::process::Command::new(go)
+            .args(["build", "-o"])
+            .arg(&program)
+            .arg("main.go")
+            .current_dir(ctx.root.join("tracer/tests/programs").join(source))
+            .env("CGO_ENABLED", "0")
+            .env("GOCACHE", go_cache.join("cache"))
+            .env("GOPATH", go_cache.join("path")),
+    )
+    .with_context(|| format!("building tracer/tests/programs/{source}"))?;
+    Ok(program)
+}
+
 /// `--stacks-only`: the opener-stack part alone, in the best probe mode.
 fn stacks_only(ctx: &Bench, rounds: usize) -> Result<()> {
     one_part(ctx, "stacks", |best| Ok(stacks::run(ctx, best, rounds, ctx.args.smoke)?.render()))

@@ -309,21 +309,7 @@ fn by_name(progs: &[bpf::ProgStats]) -> BTreeMap<String, (u64, u64)> {
 /// Builds tracer/tests/programs/opener_go (a Go binary the size of a real service's) and the
 /// timing example, then times a fresh symbolizer on `samples` fresh processes of it.
 fn symbolize_timing(ctx: &Bench, samples: usize) -> Result<SymbolizeTiming> {
-    let go = crate::setup::which("go")
-        .context("no `go` on the host to build the Go program: run `cargo xtask setup`")?;
-    let program = ctx.dir.join("opener-go");
-    let go_cache = crate::setup::target_dir(&ctx.root).join("bench-go");
-    crate::setup::run_cmd(
-        Command::new(go)
-            .args(["build", "-o"])
-            .arg(&program)
-            .arg("main.go")
-            .current_dir(ctx.root.join("tracer/tests/programs/opener_go"))
-            .env("CGO_ENABLED", "0")
-            .env("GOCACHE", go_cache.join("cache"))
-            .env("GOPATH", go_cache.join("path")),
-    )
-    .context("building tracer/tests/programs/opener_go")?;
+    let program = super::build_go_program(ctx, "opener_go", "opener-go")?;
     crate::setup::run_cmd(Command::new("cargo").current_dir(&ctx.root).args([
         "build",
         "--release",
