@@ -230,8 +230,12 @@ pub struct ConnEvent {
     pub old_state: u8,
     pub new_state: u8,
     pub tuple: Tuple,
+    /// [`EventKind::ConnectFailed`] only: the errno the kernel failed the connect with (the
+    /// socket's `sk_err`: ECONNREFUSED, ETIMEDOUT, EHOSTUNREACH, ...), 0 when it set none.
+    /// Zero for every other kind.
+    pub error: u8,
     /// Explicit so that no byte of a record is left uninitialised.
-    pub _pad: [u8; 2],
+    pub _pad: u8,
 }
 
 // The kernel side writes `comm` as two u64 and the addresses as u32 words.

@@ -82,6 +82,8 @@
 /* A bitfield before 5.6; far past the copy. */
 #define SK_PROTOCOL(S, sk) TRACER_READ_BITFIELD(S, sk, sk_protocol)
 #define SK_SOCKET(S, sk) TRACER_READ(S, sk, sk_socket)
+/* A positive errno once the kernel failed the socket (0 when none). */
+#define SK_ERR(S, sk) ((__u32)TRACER_READ(S, sk, sk_err))
 /* Older kernels (5.10 among them) have sk_flags in struct sock, newer ones skc_flags in
  * struct sock_common. */
 #define SK_FLAGS(S, sk)                                                              \
@@ -204,6 +206,7 @@ TRACER_SK_ACCESSOR(__u8, state, SK_STATE)
 TRACER_SK_ACCESSOR(int, has_peer, SK_HAS_PEER)
 TRACER_SK_ACCESSOR(__u32, netns, SK_NETNS)
 TRACER_SK_ACCESSOR(__u16, source_port, SK_SOURCE_PORT)
+TRACER_SK_ACCESSOR(__u32, error, SK_ERR)
 TRACER_SK_FILLER(struct tracer_tuple, tuple, TRACER_FILL_TUPLE)
 
 /* Mirrors core_shim::SockSummary (#[repr(C)], no padding). */

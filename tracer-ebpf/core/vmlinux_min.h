@@ -62,6 +62,7 @@ struct sock {
 	/* A bitfield before 5.6: read it with BPF_CORE_READ_BITFIELD_PROBED only. */
 	__u16 sk_protocol;
 	struct socket *sk_socket;
+	int sk_err;
 };
 
 /* The socket's bound port, kept when the kernel unhashes a socket that reached CLOSE (and

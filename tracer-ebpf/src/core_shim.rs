@@ -221,4 +221,6 @@ sock_reads! {
     /// The bound port (host order), from where the kernel keeps it after giving the port back:
     /// the tuple's local port reads 0 for a socket that reached CLOSE while still held.
     fn source_port() -> u16;
+    /// `sk_err`: the errno the kernel failed the socket with, 0 when none.
+    fn error() -> u32;
 }

@@ -99,6 +99,13 @@ pub fn emit(kind: EventKind, sk: impl Sock, old_state: u8, new_state: u8, event_
             (*event).tuple.local_port = sk.source_port();
         }
         fill_common(event, kind, old_state, new_state, event_flags);
+        // Why a connect failed: the kernel sets the socket's error before it moves the socket
+        // to CLOSE (tcp_reset, tcp_write_err, an ICMP error), and the connecting task cannot
+        // take it until the softirq making this change lets go of the socket.
+        if kind as u8 == EventKind::ConnectFailed as u8 {
+            let error = sk.error();
+            (*event).error = if error < 256 { error as u8 } else { 0 };
+        }
     }
     entry.submit(wakeup);
 }
@@ -197,7 +204,8 @@ unsafe fn fill_common(
         (*event).flags = event_flags;
         (*event).old_state = old_state;
         (*event).new_state = new_state;
-        (&raw mut (*event)._pad).cast::<u16>().write_volatile(0);
+        // `error` and `_pad` in one store.
+        (&raw mut (*event).error).cast::<u16>().write_volatile(0);
         if event_flags & flags::OWNER_CONTEXT != 0 {
             let pid_tgid = bpf_get_current_pid_tgid();
             (*event).tgid = (pid_tgid >> 32) as u32;

@@ -105,7 +105,8 @@ impl Gen {
             old_state: old,
             new_state: new,
             comm,
-            _pad: [0; 2],
+            error: 0,
+            _pad: 0,
         });
     }
 

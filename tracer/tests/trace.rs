@@ -86,8 +86,9 @@ fn of_kind<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
 }
 
 /// Each open and close of a workload's connections appears exactly once, with its pid,
-/// direction, endpoints and lifetime; `--pid`, `--port`, `--direction`, `--comm`, `--remote`
-/// and `--min-lifetime` select exactly what they promise.
+/// direction, endpoints, lifetime and the side that closed first; `--pid`, `--port`,
+/// `--direction`, `--comm`, `--remote` and `--min-lifetime` select exactly what they promise,
+/// and `--states` adds the state changes; a failed connect names the kernel's reason.
 #[test]
 fn every_open_and_close_appears_once_and_filters_select_what_they_promise() {
     let daemon = Daemon::start(&[]);
@@ -100,11 +101,14 @@ fn every_open_and_close_appears_once_and_filters_select_what_they_promise() {
     let by_remote = Trace::start(&daemon, &["--comm", "work*", "--remote", &addr]);
     let long_lived = Trace::start(&daemon, &["--port", &port.to_string(), "--min-lifetime", "1s"]);
     let nobody = Trace::start(&daemon, &["--comm", "no-such-command"]);
+    let states = Trace::start(&daemon, &["--states", "--pid", &server.pid.to_string()]);
 
     let ports = client.connect(&addr, 3);
     server.cmd("accept 0 3");
     std::thread::sleep(Duration::from_millis(300));
+    // The client closes first: its FINs put the server's ends in CLOSE_WAIT.
     client.cmd("close 3");
+    std::thread::sleep(Duration::from_millis(100));
     server.cmd("close 3");
 
     let want_client: BTreeMap<u16, ()> = ports.iter().map(|p| (*p, ())).collect();
@@ -125,6 +129,7 @@ fn every_open_and_close_appears_once_and_filters_select_what_they_promise() {
             if kind == "close" {
                 let lifetime = l["lifetime_seconds"].as_f64().expect("a close has a lifetime");
                 assert!((0.3..30.0).contains(&lifetime), "{l}");
+                assert_eq!(l["closed_first"], "local", "the client closed first: {l}");
             } else {
                 assert!(l["lifetime_seconds"].is_null(), "{l}");
             }
@@ -145,6 +150,27 @@ fn every_open_and_close_appears_once_and_filters_select_what_they_promise() {
             (Some(server.pid.into()), Some("inbound")),
             "{l}"
         );
+        let remote: std::net::SocketAddr = l["remote"].as_str().unwrap().parse().unwrap();
+        assert!(want_client.contains_key(&remote.port()), "{l}");
+        if l["kind"] == "close" {
+            assert_eq!(l["closed_first"], "remote", "the client closed first: {l}");
+        }
+    }
+
+    // --states: the same 6 lines, plus each server end entering CLOSE_WAIT once (its own
+    // close is its release, not a state change; what follows concerns no process).
+    let lines = states.until("3 opens, 3 state changes, 3 closes", |l| {
+        of_kind(l, "close").len() >= 3 && of_kind(l, "state_change").len() >= 3
+    });
+    let lines = [lines, states.more(Duration::from_millis(500))].concat();
+    assert_eq!(lines.len(), 9, "{lines:#?}");
+    for l in of_kind(&lines, "state_change") {
+        assert_eq!(
+            (l["old_state"].as_str(), l["new_state"].as_str()),
+            (Some("established"), Some("close_wait")),
+            "{l}"
+        );
+        assert_eq!(l["direction"], "inbound", "{l}");
         let remote: std::net::SocketAddr = l["remote"].as_str().unwrap().parse().unwrap();
         assert!(want_client.contains_key(&remote.port()), "{l}");
     }
@@ -168,6 +194,7 @@ fn every_open_and_close_appears_once_and_filters_select_what_they_promise() {
     let lines = failed.until("a failed connect", |l| !of_kind(l, "connect_failed").is_empty());
     let f = of_kind(&lines, "connect_failed")[0];
     assert_eq!(f["remote"], format!("127.0.0.1:{dead}").as_str(), "{f}");
+    assert_eq!(f["reason"], "ECONNREFUSED", "the kernel's reason: {f}");
 }
 
 /// A subscriber that stops reading gets a `dropped` line when it reads again, never a silent

@@ -3,7 +3,7 @@ use std::{fmt::Write as _, path::Path};
 
 use clap::Args;
 use tracer::api::{
-    answers::{ConnsReport, RemoteFilter, STATE_NAMES, conn_state_label},
+    answers::{ConnRow, ConnsReport, RemoteFilter, STATE_NAMES, conn_state_label},
     protocol::Request,
 };
 
@@ -48,16 +48,21 @@ pub fn run(socket: &Path, args: ConnsArgs) -> anyhow::Result<()> {
 /// Placement column width: keeps a row within 120 columns (IPv4 endpoints).
 const PLACEMENT_WIDTH: usize = 22;
 
-fn conns(report: &ConnsReport) -> String {
+pub(super) fn conns(report: &ConnsReport) -> String {
     let mut out = String::new();
     let column =
         Column::new(report.connections.iter().map(|r| r.container.as_ref()), PLACEMENT_WIDTH);
     // The namespace only when some connection is outside the host's.
     let foreign = |netns: u32| report.host_netns.is_some_and(|host| host != netns);
     let netns_column = report.connections.iter().any(|r| foreign(r.conn.netns));
+    // Endpoints as wide as the longest (IPv6 ones reach 47 characters), at least an IPv4 one.
+    let width = |side: fn(&ConnRow) -> std::net::SocketAddr| {
+        report.connections.iter().map(|r| side(r).to_string().len()).max().unwrap_or(0).max(21)
+    };
+    let (local_width, remote_width) = (width(|r| r.conn.local), width(|r| r.conn.remote));
     let _ = writeln!(
         out,
-        "{:>7} {:<10}{} {:<3} {:<21} {:<21} {:<11} {:>4} {:>4} {:>8}{}",
+        "{:>7} {:<10}{} {:<3} {:<local_width$} {:<remote_width$} {:<11} {:>4} {:>4} {:>8}{}",
         "PID",
         "COMM",
         placement::header(&column),
@@ -88,7 +93,7 @@ fn conns(report: &ConnsReport) -> String {
         };
         let _ = writeln!(
             out,
-            "{:>7} {:<10}{} {:<3} {:<21} {:<21} {:<11} {:>4} {:>4} {:>8}{}",
+            "{:>7} {:<10}{} {:<3} {:<local_width$} {:<remote_width$} {:<11} {:>4} {:>4} {:>8}{}",
             pid,
             clip(c.comm.as_deref().unwrap_or("-"), 10),
             placement::cell_of(&column, row.container.as_ref()),

@@ -22,7 +22,7 @@ pub fn run(socket: &Path, args: LeaksArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn leaks(report: &LeaksReport) -> String {
+pub(super) fn leaks(report: &LeaksReport) -> String {
     let mut out = String::new();
     if report.active.is_empty() {
         let _ = writeln!(out, "no active leak alerts");
@@ -71,8 +71,10 @@ fn leaks(report: &LeaksReport) -> String {
                 });
                 let _ = writeln!(out, "    descriptors: {} of {limit}{eta}", f.used);
             }
+            // As wide as the longest remote (an IPv6 one reaches 47 characters).
+            let width = e.top_remotes.iter().map(|r| r.remote.len()).max().unwrap_or(0).max(21);
             for r in &e.top_remotes {
-                let _ = writeln!(out, "    to {:<40} {} open", r.remote, r.open);
+                let _ = writeln!(out, "    to {:<width$} {:>6} open", r.remote, r.open);
             }
             if let Some(stacks) = &e.stacks {
                 for g in &stacks.groups {

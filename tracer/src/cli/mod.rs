@@ -6,6 +6,8 @@ mod conns;
 #[cfg(test)]
 mod docs;
 mod generate;
+#[cfg(test)]
+mod golden;
 mod leaks;
 mod output;
 mod placement;

@@ -11,7 +11,7 @@ use tracer::api::{
 use super::{
     output,
     placement::{self, Column, PlacementArgs},
-    text::{age, clip},
+    text::{age, clip, wrap},
     values::{Choice, Seconds, parse_positive_seconds},
     watch,
 };
@@ -96,8 +96,10 @@ fn states_summary(states: &StateCounts) -> String {
 
 /// Placement column width: with it a row stays within 115 columns.
 const PLACEMENT_WIDTH: usize = 29;
+/// The notes (last) column's width; longer notes continue on the next lines.
+const NOTES_WIDTH: usize = 24;
 
-fn top(report: &TopReport) -> String {
+pub(super) fn top(report: &TopReport) -> String {
     let mut out = String::new();
     let column =
         Column::new(report.processes.iter().map(|r| r.container.as_ref()), PLACEMENT_WIDTH);
@@ -140,6 +142,7 @@ fn top(report: &TopReport) -> String {
         if !row.alerts.is_empty() {
             notes = format!("LEAK({}) {notes}", row.alerts.join(","));
         }
+        let notes = wrap(&notes, NOTES_WIDTH);
         let _ = writeln!(
             out,
             "{:>7} {:<15}{} {:>6} {:>7} {:>7} {:>5} {:>6}  {}",
@@ -151,8 +154,13 @@ fn top(report: &TopReport) -> String {
             p.closed_total,
             p.connect_failed,
             growth_cell(row.growth, row.growth_partial),
-            clip(notes.trim(), 24)
+            notes[0]
         );
+        // The rest of the notes under the first, so that none is lost to the width.
+        let indent = 7 + 1 + 15 + placement::header(&column).chars().count() + 38;
+        for more in &notes[1..] {
+            let _ = writeln!(out, "{:indent$}{more}", "");
+        }
         // The code behind the alert, from its evidence's largest stack group.
         if let Some(function) = &row.leading_function {
             let _ = writeln!(out, "{:>7} leaking from {function}", "");
@@ -342,7 +350,7 @@ mod tests {
         assert!(lines.iter().all(|l| l.chars().count() <= 120), "{text}");
         // Both ends of a clipped cell survive; host processes say so.
         assert!(lines[1].contains("shop/checkout") && lines[1].contains("/api "), "{text}");
-        assert!(lines[2].contains(" host "), "{text}");
+        assert!(text.lines().any(|l| l.contains("nginx") && l.contains(" host ")), "{text}");
         // The columns after it stay aligned with the header.
         let at = |line: &str, word: &str| line.find(word).map(|i| line[..i].chars().count());
         let open_end = at(lines[0], "OPEN").map(|i| i + 4);

@@ -46,6 +46,9 @@ pub struct TraceArgs {
     pub min_lifetime: Option<Seconds>,
     #[command(flatten)]
     pub placement: PlacementArgs,
+    /// Also every TCP state change of an owned connection (ESTABLISHED -> CLOSE_WAIT, ...).
+    #[arg(long)]
+    pub states: bool,
     /// One JSON object per line (the text view's fields, named the same).
     #[arg(long)]
     pub json: bool,
@@ -63,6 +66,7 @@ pub fn run(socket: &Path, args: TraceArgs) -> anyhow::Result<()> {
         }),
         min_lifetime_ms: args.min_lifetime.map(|s| s.0.as_millis() as u64),
         placement: args.placement.filter()?,
+        states: args.states,
     };
     // Checked here too, so that a typo never needs a running daemon to be reported.
     filter.validate().map_err(anyhow::Error::msg)?;

@@ -183,7 +183,8 @@ mod tests {
             old_state: tcp_state::CLOSE,
             new_state: tcp_state::SYN_SENT,
             comm: [b'x'; 16],
-            _pad: [0; 2],
+            error: 0,
+            _pad: 0,
         };
         table.apply(&event);
     }

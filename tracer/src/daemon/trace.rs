@@ -4,13 +4,14 @@
 use std::net::SocketAddr;
 
 use tokio::sync::mpsc::{Sender, error::TrySendError};
-use tracer_common::ConnEvent;
+use tracer_common::{ConnEvent, EventKind};
 
 use crate::{
     containers::{Container, Directory, views::cell},
     detect::{Alert, Change},
+    events::state_name,
     table::{Applied, ConnectionTable, ProcessKey, SocketKey},
-    trace::{Dropped, TraceFilter, TraceKind, TraceLine, TraceRecord, now_text},
+    trace::{Dropped, TraceFilter, TraceKind, TraceLine, TraceRecord, connect_failure_reason},
 };
 
 struct Subscriber {
@@ -58,7 +59,8 @@ impl Subscribers {
         table.connection(SocketKey::of(event)).map(|v| (v.conn.local(), v.conn.remote()))
     }
 
-    /// The record of a table transition: opens, closes and failed connects of known owners.
+    /// The record of a table transition: opens, closes, failed connects and (for subscribers
+    /// that asked) state changes of known owners.
     pub fn on_applied(
         &mut self,
         event: &ConnEvent,
@@ -70,21 +72,44 @@ impl Subscribers {
         if self.is_empty() {
             return;
         }
-        let (kind, owner, direction, lifetime_ns) = match *applied {
+        let mut record = TraceRecord::new(TraceKind::Open, 0, String::new(), String::new());
+        let owner = match *applied {
             Applied::Opened { owner: Some(owner), direction, .. } => {
-                (TraceKind::Open, owner, Some(direction), None)
+                record.direction = Some(direction);
+                owner
             }
-            Applied::Closed { owner, direction, lifetime_ns, .. } => {
-                (TraceKind::Close, owner, Some(direction), Some(lifetime_ns))
+            Applied::Closed { owner, direction, lifetime_ns, closed_first, .. } => {
+                record.kind = TraceKind::Close;
+                record.direction = Some(direction);
+                record.lifetime_seconds = Some(lifetime_ns as f64 / 1e9);
+                record.closed_first = closed_first;
+                owner
             }
             Applied::ConnectFailed { owner: Some(owner), .. } => {
-                (TraceKind::ConnectFailed, owner, Some(crate::table::Direction::Outbound), None)
+                record.kind = TraceKind::ConnectFailed;
+                record.direction = Some(crate::table::Direction::Outbound);
+                let released = event.kind() == Some(EventKind::Release);
+                record.reason = connect_failure_reason(event.error, released);
+                owner
+            }
+            Applied::StateChanged { old_state, new_state, .. } => {
+                // Built only when someone asked: state changes are most of the events.
+                if !self.list.iter().any(|s| s.filter.states) {
+                    return;
+                }
+                let Some(view) = table.connection(SocketKey::of(event)) else { return };
+                let Some(owner) = view.conn.owner() else { return };
+                record.kind = TraceKind::StateChange;
+                record.direction = Some(view.conn.direction);
+                record.old_state = Some(state_name(old_state).to_owned());
+                record.new_state = Some(state_name(new_state).to_owned());
+                owner
             }
             _ => return,
         };
-        let endpoints = match kind {
-            // Open: the table's own endpoints for the connection.
-            TraceKind::Open => table
+        let endpoints = match record.kind {
+            // Open and state changes: the table's own endpoints for the connection.
+            TraceKind::Open | TraceKind::StateChange => table
                 .connection(SocketKey::of(event))
                 .map(|v| (v.conn.local(), v.conn.remote()))
                 .or(before),
@@ -96,18 +121,11 @@ impl Subscribers {
             }),
         };
         let (comm, container) = identity(owner, table, containers);
-        let record = TraceRecord {
-            time: now_text(),
-            kind,
-            pid: owner.pid,
-            comm,
-            placement: cell(container.as_ref()),
-            direction,
-            local: endpoints.map(|e| e.0),
-            remote: endpoints.map(|e| e.1),
-            lifetime_seconds: lifetime_ns.map(|ns| ns as f64 / 1e9),
-            rule: None,
-        };
+        record.pid = owner.pid;
+        record.comm = comm;
+        record.placement = cell(container.as_ref());
+        record.local = endpoints.map(|e| e.0);
+        record.remote = endpoints.map(|e| e.1);
         self.publish(record, container.as_ref());
     }
 
@@ -120,18 +138,9 @@ impl Subscribers {
             Change::Raised(a) => (TraceKind::AlertRaised, a),
             Change::Resolved(a) => (TraceKind::AlertResolved, a),
         };
-        let record = TraceRecord {
-            time: now_text(),
-            kind,
-            pid: alert.pid,
-            comm: alert.comm.clone(),
-            placement: cell(alert.container.as_ref()),
-            direction: None,
-            local: None,
-            remote: None,
-            lifetime_seconds: None,
-            rule: Some(alert.rule.name().to_owned()),
-        };
+        let mut record =
+            TraceRecord::new(kind, alert.pid, alert.comm.clone(), cell(alert.container.as_ref()));
+        record.rule = Some(alert.rule.name().to_owned());
         self.publish(record, alert.container.as_ref());
     }
 
@@ -152,7 +161,7 @@ impl Subscribers {
                     Err(TrySendError::Closed(_)) => return false,
                 }
             }
-            match s.tx.try_send(TraceLine::Record(record.clone())) {
+            match s.tx.try_send(TraceLine::Record(Box::new(record.clone()))) {
                 Ok(()) => true,
                 Err(TrySendError::Full(_)) => {
                     s.dropped += 1;

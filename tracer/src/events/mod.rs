@@ -126,7 +126,8 @@ mod tests {
             old_state: tcp_state::SYN_SENT,
             new_state: tcp_state::ESTABLISHED,
             comm: [0; 16],
-            _pad: [0; 2],
+            error: 0,
+            _pad: 0,
         }
     }
 

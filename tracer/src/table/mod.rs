@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tracer_common::{ConnEvent, EventKind, tcp_state};
 
 pub use model::{
-    Connection, Direction, DirectionStats, Phase, ProcessKey, ProcessStats,
+    ClosedFirst, Connection, Direction, DirectionStats, Phase, ProcessKey, ProcessStats,
     START_TIME_RESOLUTION_NS, SocketKey, StateCounts, TupleKey,
 };
 pub use reconcile::{ReconcileReport, Reconciler, ScannedHolder, ScannedSocket};
@@ -122,6 +122,8 @@ pub enum Applied {
         direction: Direction,
         lifetime_ns: u64,
         preexisting: bool,
+        /// The side that began closing it, when its states showed one.
+        closed_first: Option<ClosedFirst>,
     },
     /// A connection nobody was known to own went away.
     ReleasedUnattributed {
@@ -531,6 +533,7 @@ impl ConnectionTable {
                     direction: conn.direction,
                     lifetime_ns: conn.age_ns(e.timestamp_ns),
                     preexisting: conn.preexisting,
+                    closed_first: conn.closed_first(),
                 }
             }
             (Phase::Connecting, owner) => {

@@ -77,6 +77,49 @@ pub enum Direction {
     Inbound,
 }
 
+/// Which side of a connection began closing it, as its TCP states show.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ClosedFirst {
+    /// This host's process: it closed or shut down its side while the peer's was open
+    /// (ESTABLISHED -> FIN_WAIT1, or a release while ESTABLISHED).
+    Local,
+    /// The peer: its FIN came first (ESTABLISHED -> CLOSE_WAIT).
+    Remote,
+    /// Neither: a reset ended it while both sides were open (ESTABLISHED -> CLOSE).
+    Reset,
+}
+
+impl ClosedFirst {
+    /// What a connection's being in `state` shows, alone (a scanned socket has no history).
+    pub fn implied_by(state: u8) -> Option<Self> {
+        match state {
+            tcp_state::FIN_WAIT1
+            | tcp_state::FIN_WAIT2
+            | tcp_state::CLOSING
+            | tcp_state::TIME_WAIT => Some(Self::Local),
+            tcp_state::CLOSE_WAIT | tcp_state::LAST_ACK => Some(Self::Remote),
+            _ => None,
+        }
+    }
+
+    /// What the change from `old` to `new` shows.
+    pub fn from_change(old: u8, new: u8) -> Option<Self> {
+        match (old, new) {
+            (tcp_state::ESTABLISHED | tcp_state::SYN_RECV, tcp_state::CLOSE) => Some(Self::Reset),
+            _ => Self::implied_by(new),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Remote => "remote",
+            Self::Reset => "reset",
+        }
+    }
+}
+
 /// Where an entry is in its life, which decides what it counts towards.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
@@ -125,6 +168,8 @@ pub struct Connection {
     pub state_since_ns: u64,
     /// Found already open when the daemon started: its open time is a lower bound.
     pub preexisting: bool,
+    /// The side that began closing it, from the first state change that shows one.
+    closed_first: Option<ClosedFirst>,
 }
 
 impl Connection {
@@ -149,6 +194,7 @@ impl Connection {
             age_from_ns: at_ns,
             state_since_ns: at_ns,
             preexisting: false,
+            closed_first: ClosedFirst::implied_by(state),
         };
         conn.set_owner(owner);
         conn
@@ -219,7 +265,17 @@ impl Connection {
         now_ns.saturating_sub(self.age_from_ns)
     }
 
+    /// The side that began closing it, as a release now would record it: one still
+    /// ESTABLISHED when its owner releases it is closed by that release.
+    pub fn closed_first(&self) -> Option<ClosedFirst> {
+        self.closed_first
+            .or_else(|| (self.state == tcp_state::ESTABLISHED).then_some(ClosedFirst::Local))
+    }
+
     pub(super) fn set_state(&mut self, state: u8, at_ns: u64) {
+        if self.closed_first.is_none() {
+            self.closed_first = ClosedFirst::from_change(self.state, state);
+        }
         if self.state != state {
             self.state = state;
             self.state_since_ns = at_ns;

@@ -43,7 +43,8 @@ fn ev(kind: EventKind, sock: u64, at: u64) -> Ev {
         old_state: 0,
         new_state: 0,
         comm: [0; 16],
-        _pad: [0; 2],
+        error: 0,
+        _pad: 0,
     })
 }
 
@@ -263,14 +264,14 @@ fn outbound_lifecycle() {
     assert_eq!(view.pid, Some(CLIENT.pid));
 
     clock.advance(5 * SEC);
-    let Applied::Closed { id: closed, owner, direction, lifetime_ns, preexisting } =
+    let Applied::Closed { id: closed, owner, direction, lifetime_ns, preexisting, closed_first } =
         k.release(CLIENT, 0xa, ESTABLISHED, FIN_WAIT1)
     else {
         panic!()
     };
     assert_eq!(
-        (closed, owner, direction, preexisting),
-        (id, CLIENT.key(), Direction::Outbound, false)
+        (closed, owner, direction, preexisting, closed_first),
+        (id, CLIENT.key(), Direction::Outbound, false, Some(ClosedFirst::Local))
     );
     assert!((5 * SEC..6 * SEC).contains(&lifetime_ns));
     let s = stats(&t, CLIENT);
@@ -279,6 +280,42 @@ fn outbound_lifecycle() {
     assert_eq!(s.states, StateCounts::default());
     assert_eq!(t.tracked_connections(), 0);
     assert_consistent(&t);
+}
+
+/// A close names the side that began closing: the first state change that shows one wins,
+/// and a release of a connection still ESTABLISHED is its owner's close.
+#[test]
+fn a_close_names_the_side_that_closed_first() {
+    let clock = ManualClock::new(100 * SEC);
+    let mut t = table();
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    let closed_first = |applied: Applied| match applied {
+        Applied::Closed { closed_first, .. } => closed_first,
+        other => panic!("not a close: {other:?}"),
+    };
+    // The peer's FIN first: the server's end goes to CLOSE_WAIT, then LAST_ACK at its close.
+    k.full_connection(0xa, 0xb, v4(40_000, 8080));
+    k.change(0xb, ESTABLISHED, CLOSE_WAIT);
+    assert_eq!(
+        closed_first(k.release(SERVER, 0xb, CLOSE_WAIT, LAST_ACK)),
+        Some(ClosedFirst::Remote)
+    );
+    // The client shut down its side before it released the socket: its own close.
+    k.change(0xa, ESTABLISHED, FIN_WAIT1);
+    k.change(0xa, FIN_WAIT1, FIN_WAIT2);
+    assert_eq!(
+        closed_first(k.release(CLIENT, 0xa, FIN_WAIT2, FIN_WAIT2)),
+        Some(ClosedFirst::Local)
+    );
+    // A reset while both were open: neither; what follows does not change it.
+    k.full_connection(0xc, 0xd, v4(40_001, 8080));
+    k.change(0xc, ESTABLISHED, CLOSE);
+    assert_eq!(closed_first(k.release(CLIENT, 0xc, CLOSE, CLOSE)), Some(ClosedFirst::Reset));
+    // A release while ESTABLISHED is the owner's close.
+    assert_eq!(
+        closed_first(k.release(SERVER, 0xd, ESTABLISHED, FIN_WAIT1)),
+        Some(ClosedFirst::Local)
+    );
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! `tracer trace`: the live stream of connection lifecycle events, derived from the table's
-//! transitions (a connection became open, was closed, a connect failed) and the leak
+//! transitions (a connection became open, was closed, a connect failed, changed state) and the leak
 //! detector's alerts, never from raw kernel records (the function-probe modes report an
 //! accept twice; the table applies it once). The one definition of a trace record, its filter
 //! and its text line; the daemon's subscribers are in `daemon/trace.rs`.
@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     containers::{Container, views::PlacementFilter},
-    table::Direction,
+    table::{ClosedFirst, Direction},
 };
 
 /// What happened.
@@ -23,6 +23,8 @@ pub enum TraceKind {
     Close,
     /// An outbound connect ended before ESTABLISHED.
     ConnectFailed,
+    /// An owned connection changed TCP state (with `--states` only).
+    StateChange,
     /// A leak alert raised.
     AlertRaised,
     /// A leak alert resolved.
@@ -35,6 +37,7 @@ impl TraceKind {
             TraceKind::Open => "open",
             TraceKind::Close => "close",
             TraceKind::ConnectFailed => "connect_failed",
+            TraceKind::StateChange => "state_change",
             TraceKind::AlertRaised => "alert_raised",
             TraceKind::AlertResolved => "alert_resolved",
         }
@@ -60,8 +63,41 @@ pub struct TraceRecord {
     /// How long the connection was open, seconds (`close` only; a lower bound for a
     /// connection older than the daemon).
     pub lifetime_seconds: Option<f64>,
+    /// Which side began closing it (`close` only): `local` (this process), `remote` (the
+    /// peer's FIN came first) or `reset`; `null` when its states did not show it.
+    pub closed_first: Option<ClosedFirst>,
+    /// The state it left (`state_change` only), named as `tracer conns` names states.
+    pub old_state: Option<String>,
+    /// The state it entered (`state_change` only).
+    pub new_state: Option<String>,
+    /// Why a connect failed (`connect_failed` only): the kernel's errno (`ECONNREFUSED`,
+    /// `ETIMEDOUT`, `EHOSTUNREACH`, ...), or `closed_by_owner` when the process released the
+    /// socket before the handshake completed; `null` when the kernel gave none.
+    pub reason: Option<String>,
     /// The leak rule (alerts only).
     pub rule: Option<String>,
+}
+
+impl TraceRecord {
+    /// A record of `kind` with only the common fields to fill (every optional one `null`).
+    pub fn new(kind: TraceKind, pid: u32, comm: String, placement: String) -> Self {
+        Self {
+            time: now_text(),
+            kind,
+            pid,
+            comm,
+            placement,
+            direction: None,
+            local: None,
+            remote: None,
+            lifetime_seconds: None,
+            closed_first: None,
+            old_state: None,
+            new_state: None,
+            reason: None,
+            rule: None,
+        }
+    }
 }
 
 /// What a subscriber missed: its queue was full (it read too slowly), counted since its last
@@ -75,7 +111,7 @@ pub struct Dropped {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum TraceLine {
-    Record(TraceRecord),
+    Record(Box<TraceRecord>),
     Dropped(Dropped),
 }
 
@@ -98,6 +134,9 @@ pub struct TraceFilter {
     /// Closes of connections open at least this long (other kinds pass).
     #[serde(default)]
     pub min_lifetime_ms: Option<u64>,
+    /// State changes of owned connections too (`--states`); off, none are sent.
+    #[serde(default)]
+    pub states: bool,
     #[serde(default, flatten)]
     pub placement: PlacementFilter,
 }
@@ -184,7 +223,8 @@ impl TraceFilter {
     /// Whether `record`, of a process in `container`, passes.
     pub fn matches(&self, record: &TraceRecord, container: Option<&Container>) -> bool {
         let is_alert = matches!(record.kind, TraceKind::AlertRaised | TraceKind::AlertResolved);
-        self.pid.is_none_or(|p| p == record.pid)
+        (self.states || record.kind != TraceKind::StateChange)
+            && self.pid.is_none_or(|p| p == record.pid)
             && self.comm.as_deref().is_none_or(|g| {
                 crate::detect::overrides::glob_match(g.as_bytes(), record.comm.as_bytes())
             })
@@ -207,7 +247,7 @@ impl TraceFilter {
 }
 
 /// The text view's columns: the JSON fields' names, upper-cased, in the same order.
-const COLUMNS: [&str; 10] = [
+const COLUMNS: [&str; 14] = [
     "TIME",
     "KIND",
     "PID",
@@ -217,16 +257,36 @@ const COLUMNS: [&str; 10] = [
     "LOCAL",
     "REMOTE",
     "LIFETIME_SECONDS",
+    "CLOSED_FIRST",
+    "OLD_STATE",
+    "NEW_STATE",
+    "REASON",
     "RULE",
 ];
 
-/// One row: widths fit IPv6 endpoints (`[8 groups]:port`, 47 characters) and a clipped
-/// placement.
-fn row(cells: [&str; 10]) -> String {
-    let [time, kind, pid, comm, placement, direction, local, remote, lifetime, rule] = cells;
+/// One row: widths fit IPv6 endpoints (`[8 groups]:port`, 47 characters), every kind, state
+/// and errno name, and a clipped placement.
+fn row(cells: [&str; 14]) -> String {
+    let [
+        time,
+        kind,
+        pid,
+        comm,
+        placement,
+        direction,
+        local,
+        remote,
+        lifetime,
+        closed_first,
+        old_state,
+        new_state,
+        reason,
+        rule,
+    ] = cells;
     format!(
         "{time:<24} {kind:<14} {pid:>7} {comm:<15} {placement:<22} {direction:<9} {local:<47} \
-         {remote:<47} {lifetime:>16} {rule}"
+         {remote:<47} {lifetime:>16} {closed_first:<12} {old_state:<11} {new_state:<11} \
+         {reason:<15} {rule}"
     )
 }
 
@@ -250,6 +310,7 @@ pub fn text_line(line: &TraceLine) -> String {
         None => "-",
     };
     let lifetime = record.lifetime_seconds.map_or_else(|| "-".to_owned(), |s| format!("{s:.3}"));
+    let or_dash = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".to_owned());
     let comm: String = record.comm.chars().take(15).collect();
     let placement = crate::containers::views::clip_middle(&record.placement, 22);
     row([
@@ -262,8 +323,37 @@ pub fn text_line(line: &TraceLine) -> String {
         &endpoint(record.local),
         &endpoint(record.remote),
         &lifetime,
+        record.closed_first.map_or("-", ClosedFirst::name),
+        &or_dash(&record.old_state),
+        &or_dash(&record.new_state),
+        &or_dash(&record.reason),
         record.rule.as_deref().unwrap_or("-"),
     ])
+}
+
+/// Why a connect failed: `error` is the event's errno (0: the kernel set none), `released`
+/// whether the failure was the owner's release of the still-connecting socket.
+pub fn connect_failure_reason(error: u8, released: bool) -> Option<String> {
+    if released {
+        return Some("closed_by_owner".to_owned());
+    }
+    let name = match i32::from(error) {
+        0 => return None,
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::EHOSTUNREACH => "EHOSTUNREACH",
+        libc::ENETUNREACH => "ENETUNREACH",
+        libc::EHOSTDOWN => "EHOSTDOWN",
+        libc::ENETDOWN => "ENETDOWN",
+        libc::ECONNRESET => "ECONNRESET",
+        libc::ECONNABORTED => "ECONNABORTED",
+        libc::EPROTO => "EPROTO",
+        libc::EACCES => "EACCES",
+        libc::EPERM => "EPERM",
+        libc::ENOPROTOOPT => "ENOPROTOOPT",
+        other => return Some(format!("errno {other}")),
+    };
+    Some(name.to_owned())
 }
 
 /// CLOCK_REALTIME now, as `time` fields show it.

@@ -1,18 +1,16 @@
 use super::*;
 
 fn record(kind: TraceKind, comm: &str, local: &str, remote: &str) -> TraceRecord {
-    TraceRecord {
-        time: "2026-11-30T01:02:03.456Z".into(),
-        kind,
-        pid: 4242,
-        comm: comm.into(),
-        placement: "host".into(),
-        direction: Some(Direction::Outbound),
-        local: Some(local.parse().unwrap()),
-        remote: Some(remote.parse().unwrap()),
-        lifetime_seconds: (kind == TraceKind::Close).then_some(2.5),
-        rule: None,
+    let mut record = TraceRecord::new(kind, 4242, comm.into(), "host".into());
+    record.time = "2026-11-30T01:02:03.456Z".into();
+    record.direction = Some(Direction::Outbound);
+    record.local = Some(local.parse().unwrap());
+    record.remote = Some(remote.parse().unwrap());
+    if kind == TraceKind::Close {
+        record.lifetime_seconds = Some(2.5);
+        record.closed_first = Some(ClosedFirst::Remote);
     }
+    record
 }
 
 #[test]
@@ -63,6 +61,10 @@ fn filters_select_exactly_what_they_promise() {
         ..Default::default()
     };
     assert!(pass(host, &open));
+    // State changes only for subscribers that asked.
+    let change = record(TraceKind::StateChange, "api-server", "10.0.0.1:40000", "10.0.0.9:5432");
+    assert!(!pass(TraceFilter::default(), &change));
+    assert!(pass(TraceFilter { states: true, ..Default::default() }, &change));
     let pod = TraceFilter {
         placement: PlacementFilter { pod: Some("web-1".into()), ..Default::default() },
         ..Default::default()
@@ -80,7 +82,7 @@ fn text_lines_align_ipv6_and_clip_long_names_and_json_uses_the_same_names() {
         "[2001:db8:aaaa:bbbb:cccc:dddd:eeee:2]:443",
     );
     let lines: Vec<String> =
-        [&v4, &v6].iter().map(|r| text_line(&TraceLine::Record((*r).clone()))).collect();
+        [&v4, &v6].iter().map(|r| text_line(&TraceLine::Record(Box::new((*r).clone())))).collect();
     let head = header();
     // Every column starts where the header's does, IPv6 endpoints included.
     for (column, value) in [
@@ -108,4 +110,16 @@ fn text_lines_align_ipv6_and_clip_long_names_and_json_uses_the_same_names() {
     assert!(dropped.contains("7 records dropped"), "{dropped}");
     let json = serde_json::to_string(&TraceLine::Dropped(Dropped { dropped: 7 })).unwrap();
     assert_eq!(json, r#"{"dropped":7}"#);
+}
+
+#[test]
+fn a_failed_connect_names_the_kernels_errno_or_the_owners_close() {
+    assert_eq!(
+        connect_failure_reason(libc::ECONNREFUSED as u8, false).as_deref(),
+        Some("ECONNREFUSED")
+    );
+    assert_eq!(connect_failure_reason(libc::ETIMEDOUT as u8, false).as_deref(), Some("ETIMEDOUT"));
+    assert_eq!(connect_failure_reason(200, false).as_deref(), Some("errno 200"));
+    assert_eq!(connect_failure_reason(0, false), None, "the kernel set none");
+    assert_eq!(connect_failure_reason(0, true).as_deref(), Some("closed_by_owner"));
 }

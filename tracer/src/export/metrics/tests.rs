@@ -57,7 +57,8 @@ fn event(kind: EventKind, sock: u64, at: u64, old: u8, new: u8) -> ConnEvent {
         old_state: old,
         new_state: new,
         comm: [0; 16],
-        _pad: [0; 2],
+        error: 0,
+        _pad: 0,
     }
 }
 

@@ -39,7 +39,8 @@ fn event(kind: EventKind, sock: u64, port: u16, wanted: bool) -> ConnEvent {
         old_state,
         new_state,
         tuple,
-        _pad: [0; 2],
+        error: 0,
+        _pad: 0,
     }
 }
 
