@@ -17,7 +17,8 @@ use serde_json::Value;
 /// `tracer trace --json ARGS` in the background, its lines collected by a thread.
 struct Trace {
     child: Child,
-    lines: std::sync::mpsc::Receiver<Value>,
+    /// Each line, or why it is not a record the schema allows.
+    lines: std::sync::mpsc::Receiver<Result<Value, String>>,
 }
 
 impl Trace {
@@ -33,8 +34,15 @@ impl Trace {
         let out = BufReader::new(child.stdout.take().expect("stdout"));
         let (tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            let schemas = tracer::api::schema::Schemas::generate();
             for line in out.lines().map_while(Result::ok) {
-                let _ = tx.send(serde_json::from_str(&line).expect("a JSON line"));
+                let value: Value = serde_json::from_str(&line).expect("a JSON line");
+                // Every record has exactly the documented fields (docs/api.md, TraceRecord).
+                let checked = match value.get("dropped") {
+                    Some(_) => Ok(()),
+                    None => schemas.validate_named("TraceRecord", &value),
+                };
+                let _ = tx.send(checked.map(|()| value).map_err(|e| format!("{line}: {e:?}")));
             }
         });
         let trace = Self { child, lines };
@@ -53,7 +61,7 @@ impl Trace {
         while !done(&got) {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(line) => got.push(line),
+                Ok(line) => got.push(line.unwrap_or_else(|e| panic!("{e}"))),
                 Err(_) => panic!("{what}: got {got:#?}"),
             }
         }
@@ -64,7 +72,7 @@ impl Trace {
     fn more(&self, quiet: Duration) -> Vec<Value> {
         let mut got = Vec::new();
         while let Ok(line) = self.lines.recv_timeout(quiet) {
-            got.push(line);
+            got.push(line.unwrap_or_else(|e| panic!("{e}")));
         }
         got
     }

@@ -1,6 +1,11 @@
 //! `tracer top`: processes by open connections, or remote endpoints (`--by remote`), or one
 //! process's connections by age (`--ages PID`); `--watch` redraws it.
-use std::{fmt::Write as _, path::Path};
+use std::{
+    collections::{HashMap, HashSet},
+    fmt::Write as _,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use clap::Args;
 use tracer::api::{
@@ -45,13 +50,19 @@ pub struct TopArgs {
 }
 
 pub fn run(socket: &Path, args: TopArgs) -> anyhow::Result<()> {
-    let frame = || -> anyhow::Result<String> {
+    let mut new_alerts = NewAlerts::default();
+    let redrawn = args.watch.is_some() && !args.json;
+    let mut frame = || -> anyhow::Result<String> {
         if let Some(pid) = args.ages {
             return output::answer::<AgesReport>(socket, Request::Ages { pid }, args.json, ages);
         }
         let placement = args.placement.clone().filter()?;
         let request = Request::Top { limit: args.limit, by: args.by, placement };
         match args.by {
+            // Redrawn: rows whose alerts just raised stand out.
+            TopBy::Process if redrawn => output::answer::<TopReport>(socket, request, false, |r| {
+                top_marked(r, &new_alerts.update(r, Instant::now()))
+            }),
             TopBy::Process => output::answer::<TopReport>(socket, request, args.json, top),
             TopBy::Remote => output::answer::<RemoteReport>(socket, request, args.json, remotes),
             TopBy::Container | TopBy::Pod => {
@@ -100,6 +111,47 @@ const PLACEMENT_WIDTH: usize = 29;
 const NOTES_WIDTH: usize = 24;
 
 pub(super) fn top(report: &TopReport) -> String {
+    top_marked(report, &HashSet::new())
+}
+
+/// How long `top --watch` highlights the row of a process whose alert it saw raise.
+const HIGHLIGHT_FOR: Duration = Duration::from_secs(10);
+
+/// `top --watch`'s memory of alerts: when it first saw each (process, rule), so that rows
+/// whose alerts raised while it watched stand out for [`HIGHLIGHT_FOR`]. Alerts already active
+/// in the first frame did not just raise and are not marked.
+#[derive(Default)]
+struct NewAlerts {
+    /// `None` for the alerts of the first frame.
+    first_seen: HashMap<(u32, String), Option<Instant>>,
+    started: bool,
+}
+
+impl NewAlerts {
+    /// The pids to highlight in `report`, seen at `now`.
+    fn update(&mut self, report: &TopReport, now: Instant) -> HashSet<u32> {
+        let current: HashSet<(u32, String)> = report
+            .processes
+            .iter()
+            .flat_map(|r| r.alerts.iter().map(|a| (r.process.pid, a.clone())))
+            .collect();
+        // A resolved alert that raises again is new again.
+        self.first_seen.retain(|key, _| current.contains(key));
+        let seen_now = self.started.then_some(now);
+        for key in current {
+            self.first_seen.entry(key).or_insert(seen_now);
+        }
+        self.started = true;
+        self.first_seen
+            .iter()
+            .filter(|(_, seen)| seen.is_some_and(|at| now.duration_since(at) < HIGHLIGHT_FOR))
+            .map(|((pid, _), _)| *pid)
+            .collect()
+    }
+}
+
+/// `top`, with the rows of `marked` processes in reverse video (`--watch` draws on a terminal).
+fn top_marked(report: &TopReport, marked: &HashSet<u32>) -> String {
     let mut out = String::new();
     let column =
         Column::new(report.processes.iter().map(|r| r.container.as_ref()), PLACEMENT_WIDTH);
@@ -143,9 +195,10 @@ pub(super) fn top(report: &TopReport) -> String {
             notes = format!("LEAK({}) {notes}", row.alerts.join(","));
         }
         let notes = wrap(&notes, NOTES_WIDTH);
+        let (on, off) = if marked.contains(&p.pid) { ("\x1b[7m", "\x1b[0m") } else { ("", "") };
         let _ = writeln!(
             out,
-            "{:>7} {:<15}{} {:>6} {:>7} {:>7} {:>5} {:>6}  {}",
+            "{on}{:>7} {:<15}{} {:>6} {:>7} {:>7} {:>5} {:>6}  {}{off}",
             p.pid,
             clip(&p.comm, 15),
             placement::cell_of(&column, row.container.as_ref()),
@@ -356,6 +409,49 @@ mod tests {
         let open_end = at(lines[0], "OPEN").map(|i| i + 4);
         let forty = at(lines[1], " 40 ").map(|i| i + 3);
         assert_eq!(open_end, forty, "{text}");
+    }
+
+    /// `--watch` marks a row whose alert raised while it watched, for ten seconds; alerts of
+    /// the first frame are old news, and an alert that resolves and raises again is new again.
+    #[test]
+    fn watch_highlights_alerts_that_just_raised() {
+        let report = |alerting: &[(u32, &str)]| TopReport {
+            processes: [1, 2]
+                .into_iter()
+                .map(|pid| {
+                    let mut r = row(pid, "svc", [1, 1, 0, 0], StateCounts::default(), 0);
+                    r.alerts = alerting
+                        .iter()
+                        .filter(|(p, _)| *p == pid)
+                        .map(|(_, a)| (*a).to_owned())
+                        .collect();
+                    r
+                })
+                .collect(),
+            unattributed: 0,
+        };
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut alerts = NewAlerts::default();
+        assert!(alerts.update(&report(&[(1, "growth")]), at(0)).is_empty(), "first frame");
+        let marked = alerts.update(&report(&[(1, "growth"), (2, "close_wait")]), at(2));
+        assert_eq!(marked, HashSet::from([2]));
+        let text = top_marked(&report(&[(1, "growth"), (2, "close_wait")]), &marked);
+        let line = |pid: &str| text.lines().find(|l| l.contains(pid)).unwrap().to_owned();
+        assert!(
+            line("      2 svc").starts_with("\x1b[7m") && line("      2 svc").ends_with("\x1b[0m")
+        );
+        assert!(!line("      1 svc").contains('\x1b'), "{text:?}");
+        assert_eq!(
+            alerts.update(&report(&[(1, "growth"), (2, "close_wait")]), at(11)),
+            HashSet::from([2])
+        );
+        assert!(alerts.update(&report(&[(1, "growth"), (2, "close_wait")]), at(12)).is_empty());
+        alerts.update(&report(&[(1, "growth")]), at(14));
+        assert_eq!(
+            alerts.update(&report(&[(1, "growth"), (2, "close_wait")]), at(16)),
+            HashSet::from([2])
+        );
     }
 
     #[test]

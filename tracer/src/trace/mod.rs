@@ -49,10 +49,14 @@ impl TraceKind {
 pub struct TraceRecord {
     /// When it happened (UTC, milliseconds).
     pub time: String,
+    /// What happened.
     pub kind: TraceKind,
+    /// The owning process (the one an alert is about).
     pub pid: u32,
+    /// Its command name.
     pub comm: String,
-    /// `namespace/pod/container`, a container's name, or `host` (as `top` shows it).
+    /// Where the process runs, as `top` shows it: namespace, pod and container joined by
+    /// slashes for Kubernetes, a container's name, or `host`.
     pub placement: String,
     /// `outbound` (connected) or `inbound` (accepted); `null` for alerts.
     pub direction: Option<Direction>,

@@ -243,6 +243,31 @@ mod tests {
         assert!(seen > 0, "docs/api.md shows no request line");
     }
 
+    /// The version the page states, and the envelopes of its examples (but the one showing an
+    /// older client refused), are the API's.
+    #[test]
+    fn the_doc_speaks_the_current_api_version() {
+        let doc = std::fs::read_to_string(doc_path()).expect("docs/api.md");
+        let version = crate::api::protocol::API_VERSION;
+        assert!(
+            doc.contains(&format!("The API version is **{version}**")),
+            "docs/api.md does not say the API version is {version}"
+        );
+        let lines: Vec<&str> = doc.lines().collect();
+        let current = format!("{{\"version\":{version},");
+        let stale: Vec<&str> = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.contains("{\"version\":") && !l.contains(&current))
+            // The example of an older client: its request, answered with the refusal.
+            .filter(|(i, _)| {
+                !lines.get(i + 1).is_some_and(|next| next.contains("unsupported API version"))
+            })
+            .map(|(_, l)| *l)
+            .collect();
+        assert!(stale.is_empty(), "docs/api.md shows envelopes of another version: {stale:#?}");
+    }
+
     #[test]
     fn the_ages_buckets_description_lists_the_real_bounds() {
         let schemas = Schemas::generate();

@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 use super::answers::{
     AgesReport, ConnsReport, GroupReport, LeaksReport, RemoteReport, StatusReport, TopReport,
 };
+use crate::trace::TraceRecord;
 
 mod validate;
 
@@ -37,7 +38,7 @@ const fn answer<T: JsonSchema>(request: &'static str, command: &'static str) -> 
 }
 
 /// Every answer of the API, in the order docs/api.md documents them.
-pub const ANSWERS: [Answer; 7] = [
+pub const ANSWERS: [Answer; 8] = [
     answer::<StatusReport>(r#"{"status":{}}"#, "tracer status --json"),
     answer::<TopReport>(r#"{"top":{"limit":null,"by":"process"}}"#, "tracer top --json"),
     answer::<RemoteReport>(
@@ -54,6 +55,8 @@ pub const ANSWERS: [Answer; 7] = [
         "tracer conns --json",
     ),
     answer::<LeaksReport>(r#"{"leaks":{}}"#, "tracer leaks --json"),
+    // A stream: `{"streaming":true}`, then one record per line (or `{"dropped":N}`).
+    answer::<TraceRecord>(r#"{"trace":{"states":true}}"#, "tracer trace --json"),
 ];
 
 /// The schema document of every answer: one JSON Schema (draft 2020-12) whose `$defs` hold each
@@ -363,6 +366,17 @@ mod tests {
             unattributed: 0,
         };
         let leaks = LeaksReport { active: vec![alert(None)], resolved: vec![alert(Some(3))] };
+        let mut trace = TraceRecord::new(
+            crate::trace::TraceKind::Close,
+            42,
+            "curl".into(),
+            "shop/checkout-7d9f/api".into(),
+        );
+        trace.direction = Some(Direction::Outbound);
+        trace.local = Some("[::1]:5000".parse().expect("addr"));
+        trace.remote = Some("[::1]:80".parse().expect("addr"));
+        trace.lifetime_seconds = Some(2.5);
+        trace.closed_first = Some(crate::table::ClosedFirst::Remote);
         let to = |v: serde_json::Result<Value>| v.expect("serialise");
         vec![
             ("StatusReport".into(), to(serde_json::to_value(status))),
@@ -372,6 +386,7 @@ mod tests {
             ("AgesReport".into(), to(serde_json::to_value(ages))),
             ("ConnsReport".into(), to(serde_json::to_value(conns))),
             ("LeaksReport".into(), to(serde_json::to_value(leaks))),
+            ("TraceRecord".into(), to(serde_json::to_value(trace))),
         ]
     }
 
