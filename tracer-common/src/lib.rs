@@ -236,11 +236,19 @@ pub struct ConnEvent {
     pub error: u8,
     /// Explicit so that no byte of a record is left uninitialised.
     pub _pad: u8,
+    /// [`EventKind::Release`] only: bytes received from the peer until the release (the
+    /// kernel's `tcpi_bytes_received`, a FIN counting as one). Zero for every other kind.
+    pub bytes_received: u64,
+    /// [`EventKind::Release`] only: bytes the peer acknowledged until the release
+    /// (`tcpi_bytes_acked`, which counts the SYN too, as `ss` shows it). Zero for every other
+    /// kind.
+    pub bytes_acked: u64,
 }
 
 // The kernel side writes `comm` as two u64 and the addresses as u32 words.
 const _: () = assert!(core::mem::offset_of!(ConnEvent, comm) % 8 == 0);
 const _: () = assert!(core::mem::offset_of!(ConnEvent, tuple) % 4 == 0);
+const _: () = assert!(core::mem::offset_of!(ConnEvent, bytes_received) % 8 == 0);
 
 impl ConnEvent {
     pub const SIZE: usize = core::mem::size_of::<ConnEvent>();

@@ -82,6 +82,9 @@
 /* A bitfield before 5.6; far past the copy. */
 #define SK_PROTOCOL(S, sk) TRACER_READ_BITFIELD(S, sk, sk_protocol)
 #define SK_SOCKET(S, sk) TRACER_READ(S, sk, sk_socket)
+/* struct tcp_sock's byte counters: probe reads, like SK_SOURCE_PORT (past struct sock). */
+#define TCP_BYTES_RECEIVED(S, sk) TRACER_READ(PROBE, (struct tcp_sock *)(sk), bytes_received)
+#define TCP_BYTES_ACKED(S, sk) TRACER_READ(PROBE, (struct tcp_sock *)(sk), bytes_acked)
 /* A positive errno once the kernel failed the socket (0 when none). */
 #define SK_ERR(S, sk) ((__u32)TRACER_READ(S, sk, sk_err))
 /* Older kernels (5.10 among them) have sk_flags in struct sock, newer ones skc_flags in
@@ -207,6 +210,8 @@ TRACER_SK_ACCESSOR(int, has_peer, SK_HAS_PEER)
 TRACER_SK_ACCESSOR(__u32, netns, SK_NETNS)
 TRACER_SK_ACCESSOR(__u16, source_port, SK_SOURCE_PORT)
 TRACER_SK_ACCESSOR(__u32, error, SK_ERR)
+TRACER_SK_ACCESSOR(__u64, bytes_received, TCP_BYTES_RECEIVED)
+TRACER_SK_ACCESSOR(__u64, bytes_acked, TCP_BYTES_ACKED)
 TRACER_SK_FILLER(struct tracer_tuple, tuple, TRACER_FILL_TUPLE)
 
 /* Mirrors core_shim::SockSummary (#[repr(C)], no padding). */

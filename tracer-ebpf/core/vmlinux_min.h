@@ -65,6 +65,12 @@ struct sock {
 	int sk_err;
 };
 
+/* What went through a TCP connection (struct tcp_sock begins with struct sock). */
+struct tcp_sock {
+	__u64 bytes_received;
+	__u64 bytes_acked;
+};
+
 /* The socket's bound port, kept when the kernel unhashes a socket that reached CLOSE (and
  * zeroes skc_num). */
 struct inet_sock {

@@ -91,6 +91,14 @@ impl FromShim for u8 {
     }
 }
 
+impl FromShim for u64 {
+    type C = u64;
+    #[inline(always)]
+    fn from_shim(raw: u64) -> u64 {
+        raw
+    }
+}
+
 impl FromShim for u16 {
     type C = u16;
     #[inline(always)]
@@ -223,4 +231,8 @@ sock_reads! {
     fn source_port() -> u16;
     /// `sk_err`: the errno the kernel failed the socket with, 0 when none.
     fn error() -> u32;
+    /// A TCP socket's `bytes_received` (`tcpi_bytes_received`).
+    fn bytes_received() -> u64;
+    /// A TCP socket's `bytes_acked` (`tcpi_bytes_acked`).
+    fn bytes_acked() -> u64;
 }

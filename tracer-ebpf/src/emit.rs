@@ -106,6 +106,14 @@ pub fn emit(kind: EventKind, sk: impl Sock, old_state: u8, new_state: u8, event_
             let error = sk.error();
             (*event).error = if error < 256 { error as u8 } else { 0 };
         }
+        // What went through the connection, for its close record.
+        let (received, acked) = if kind as u8 == EventKind::Release as u8 {
+            (sk.bytes_received(), sk.bytes_acked())
+        } else {
+            (0, 0)
+        };
+        (&raw mut (*event).bytes_received).write_volatile(received);
+        (&raw mut (*event).bytes_acked).write_volatile(acked);
     }
     entry.submit(wakeup);
 }
@@ -126,6 +134,8 @@ pub fn emit_process(kind: EventKind) {
             zero_u32(tuple.add(i));
         }
         (&raw mut (*event).tuple.family).write_volatile(0);
+        zero(&raw mut (*event).bytes_received);
+        zero(&raw mut (*event).bytes_acked);
         fill_common(event, kind, 0, 0, flags::OWNER_CONTEXT);
     }
     entry.submit(wakeup);

@@ -107,6 +107,8 @@ impl Gen {
             comm,
             error: 0,
             _pad: 0,
+            bytes_received: 0,
+            bytes_acked: 0,
         });
     }
 

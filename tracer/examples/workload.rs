@@ -17,6 +17,7 @@
 //! churn <ip:port> <n>         -> ok                  connect, write 1 byte, close; n times
 //! close <n>                   -> ok                  close the n oldest held connections
 //! shutdown-wr <n>             -> ok                  shutdown(SHUT_WR) on the n oldest
+//! send <n> <bytes>            -> ok                  write that many bytes on each of the n oldest
 //! reset <n>                   -> ok                  SO_LINGER 0 + close the n oldest (peer gets RST)
 //! held                        -> ok <count>
 //!
@@ -179,6 +180,14 @@ impl Workload {
             "close" => {
                 let n = arg::<usize>(words, 1)?.min(self.held.len());
                 self.held.drain(..n);
+                Ok(String::new())
+            }
+            "send" => {
+                let data = vec![b'x'; arg(words, 2)?];
+                for s in self.held.iter().take(arg(words, 1)?) {
+                    let mut s: &Socket = s;
+                    s.write_all(&data)?;
+                }
                 Ok(String::new())
             }
             "shutdown-wr" => {

@@ -113,6 +113,7 @@ fn every_open_and_close_appears_once_and_filters_select_what_they_promise() {
 
     let ports = client.connect(&addr, 3);
     server.cmd("accept 0 3");
+    client.cmd("send 3 1000");
     std::thread::sleep(Duration::from_millis(300));
     // The client closes first: its FINs put the server's ends in CLOSE_WAIT.
     client.cmd("close 3");
@@ -138,6 +139,12 @@ fn every_open_and_close_appears_once_and_filters_select_what_they_promise() {
                 let lifetime = l["lifetime_seconds"].as_f64().expect("a close has a lifetime");
                 assert!((0.3..30.0).contains(&lifetime), "{l}");
                 assert_eq!(l["closed_first"], "local", "the client closed first: {l}");
+                // The peer acknowledged the SYN and the 1,000 bytes; it sent nothing.
+                assert_eq!(
+                    (l["bytes_acked"].as_u64(), l["bytes_received"].as_u64()),
+                    (Some(1001), Some(0)),
+                    "{l}"
+                );
             } else {
                 assert!(l["lifetime_seconds"].is_null(), "{l}");
             }
@@ -162,6 +169,8 @@ fn every_open_and_close_appears_once_and_filters_select_what_they_promise() {
         assert!(want_client.contains_key(&remote.port()), "{l}");
         if l["kind"] == "close" {
             assert_eq!(l["closed_first"], "remote", "the client closed first: {l}");
+            // The 1,000 bytes and the client's FIN (a sequence number, as `ss` counts it).
+            assert_eq!(l["bytes_received"].as_u64(), Some(1001), "{l}");
         }
     }
 

@@ -185,6 +185,8 @@ mod tests {
             comm: [b'x'; 16],
             error: 0,
             _pad: 0,
+            bytes_received: 0,
+            bytes_acked: 0,
         };
         table.apply(&event);
     }

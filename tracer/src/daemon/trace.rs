@@ -83,6 +83,8 @@ impl Subscribers {
                 record.direction = Some(direction);
                 record.lifetime_seconds = Some(lifetime_ns as f64 / 1e9);
                 record.closed_first = closed_first;
+                record.bytes_received = Some(event.bytes_received);
+                record.bytes_acked = Some(event.bytes_acked);
                 owner
             }
             Applied::ConnectFailed { owner: Some(owner), .. } => {

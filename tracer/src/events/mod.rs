@@ -128,6 +128,8 @@ mod tests {
             comm: [0; 16],
             error: 0,
             _pad: 0,
+            bytes_received: 0,
+            bytes_acked: 0,
         }
     }
 

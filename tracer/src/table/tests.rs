@@ -45,6 +45,8 @@ fn ev(kind: EventKind, sock: u64, at: u64) -> Ev {
         comm: [0; 16],
         error: 0,
         _pad: 0,
+        bytes_received: 0,
+        bytes_acked: 0,
     })
 }
 

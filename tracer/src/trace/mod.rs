@@ -67,6 +67,13 @@ pub struct TraceRecord {
     /// How long the connection was open, seconds (`close` only; a lower bound for a
     /// connection older than the daemon).
     pub lifetime_seconds: Option<f64>,
+    /// Bytes received from the peer until the release (`close` only; the kernel's
+    /// `tcpi_bytes_received`, which counts a FIN received as one, as `ss` shows it).
+    pub bytes_received: Option<u64>,
+    /// Bytes the peer acknowledged until the release (`close` only; `tcpi_bytes_acked`, which
+    /// counts the SYN as one, as `ss` shows it; data still unacknowledged at the release is not
+    /// in it).
+    pub bytes_acked: Option<u64>,
     /// Which side began closing it (`close` only): `local` (this process), `remote` (the
     /// peer's FIN came first) or `reset`; `null` when its states did not show it.
     pub closed_first: Option<ClosedFirst>,
@@ -95,6 +102,8 @@ impl TraceRecord {
             local: None,
             remote: None,
             lifetime_seconds: None,
+            bytes_received: None,
+            bytes_acked: None,
             closed_first: None,
             old_state: None,
             new_state: None,
@@ -251,7 +260,7 @@ impl TraceFilter {
 }
 
 /// The text view's columns: the JSON fields' names, upper-cased, in the same order.
-const COLUMNS: [&str; 14] = [
+const COLUMNS: [&str; 16] = [
     "TIME",
     "KIND",
     "PID",
@@ -261,6 +270,8 @@ const COLUMNS: [&str; 14] = [
     "LOCAL",
     "REMOTE",
     "LIFETIME_SECONDS",
+    "BYTES_RECEIVED",
+    "BYTES_ACKED",
     "CLOSED_FIRST",
     "OLD_STATE",
     "NEW_STATE",
@@ -270,7 +281,7 @@ const COLUMNS: [&str; 14] = [
 
 /// One row: widths fit IPv6 endpoints (`[8 groups]:port`, 47 characters), every kind, state
 /// and errno name, and a clipped placement.
-fn row(cells: [&str; 14]) -> String {
+fn row(cells: [&str; 16]) -> String {
     let [
         time,
         kind,
@@ -281,6 +292,8 @@ fn row(cells: [&str; 14]) -> String {
         local,
         remote,
         lifetime,
+        received,
+        acked,
         closed_first,
         old_state,
         new_state,
@@ -289,7 +302,7 @@ fn row(cells: [&str; 14]) -> String {
     ] = cells;
     format!(
         "{time:<24} {kind:<14} {pid:>7} {comm:<15} {placement:<22} {direction:<9} {local:<47} \
-         {remote:<47} {lifetime:>16} {closed_first:<12} {old_state:<11} {new_state:<11} \
+         {remote:<47} {lifetime:>16} {received:>14} {acked:>14} {closed_first:<12} {old_state:<11} {new_state:<11} \
          {reason:<15} {rule}"
     )
 }
@@ -315,6 +328,7 @@ pub fn text_line(line: &TraceLine) -> String {
     };
     let lifetime = record.lifetime_seconds.map_or_else(|| "-".to_owned(), |s| format!("{s:.3}"));
     let or_dash = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".to_owned());
+    let count = |n: Option<u64>| n.map_or_else(|| "-".to_owned(), |n| n.to_string());
     let comm: String = record.comm.chars().take(15).collect();
     let placement = crate::containers::views::clip_middle(&record.placement, 22);
     row([
@@ -327,6 +341,8 @@ pub fn text_line(line: &TraceLine) -> String {
         &endpoint(record.local),
         &endpoint(record.remote),
         &lifetime,
+        &count(record.bytes_received),
+        &count(record.bytes_acked),
         record.closed_first.map_or("-", ClosedFirst::name),
         &or_dash(&record.old_state),
         &or_dash(&record.new_state),

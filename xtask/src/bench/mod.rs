@@ -111,6 +111,15 @@ pub struct BenchArgs {
     /// while the reader is idle); `--variant ""` runs none.
     #[arg(long, value_name = "FLAGS", default_values_t = [String::from("--wakeup-bytes 0 --drain-interval-ms 10")])]
     pub variant: Vec<String>,
+    /// Also run this other tracer binary (best mode, default flags) in every pair: a change's
+    /// cost side by side with the build before it (build that one from a worktree of the
+    /// earlier commit).
+    #[arg(long, value_name = "PATH")]
+    pub baseline_bin: Option<PathBuf>,
+    /// Also run the daemon (best mode) with a `tracer trace --json --states` subscriber reading
+    /// every record, in every pair: the live stream's cost (its CPU counts as the tracer's).
+    #[arg(long)]
+    pub trace_subscriber: bool,
 }
 
 /// Who traces during a run.
@@ -120,6 +129,10 @@ pub enum Tracer {
     Daemon(String),
     /// The daemon in a mode with extra `tracer run` flags (`--variant`).
     Variant(String, Vec<String>),
+    /// Another build of the daemon in a mode (`--baseline-bin`).
+    Baseline(String, PathBuf),
+    /// The daemon in a mode with a `tracer trace` subscriber (`--trace-subscriber`).
+    Subscribed(String),
     Bpftrace,
 }
 
@@ -129,6 +142,8 @@ impl Tracer {
             Tracer::None => "untraced".into(),
             Tracer::Daemon(mode) => format!("tracer ({mode})"),
             Tracer::Variant(mode, args) => format!("tracer ({mode}, {})", args.join(" ")),
+            Tracer::Baseline(mode, bin) => format!("baseline ({mode}, {})", bin.display()),
+            Tracer::Subscribed(mode) => format!("tracer ({mode}) + tracer trace"),
             Tracer::Bpftrace => "bpftrace tcplife.bt".into(),
         }
     }
@@ -343,6 +358,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .map(|v| {
                 Tracer::Variant(best.clone(), v.split_whitespace().map(str::to_owned).collect())
             })
+            .chain(
+                ctx.args.baseline_bin.iter().map(|bin| Tracer::Baseline(best.clone(), bin.clone())),
+            )
+            .chain(ctx.args.trace_subscriber.then(|| Tracer::Subscribed(best.clone())))
             .collect(),
         None => Vec::new(),
     };
@@ -678,20 +697,39 @@ fn one_run(ctx: &Bench, scenario: &Scenario, tracer: &Tracer) -> Result<Run> {
                 wakeups: None,
             })
         }
-        Tracer::Daemon(_) | Tracer::Variant(..) => {
+        Tracer::Daemon(_) | Tracer::Variant(..) | Tracer::Baseline(..) | Tracer::Subscribed(_) => {
             let daemon = match tracer {
+                Tracer::Subscribed(mode) => Daemon::start(&ctx.bin, mode, &ctx.dir)?,
                 Tracer::Variant(mode, args) => Daemon::start_with(&ctx.bin, mode, args, &ctx.dir)?,
                 Tracer::Daemon(mode) => Daemon::start(&ctx.bin, mode, &ctx.dir)?,
+                Tracer::Baseline(mode, bin) => Daemon::start_with(bin, mode, &[], &ctx.dir)?,
                 _ => unreachable!("matched above"),
+            };
+            let mut subscriber = match tracer {
+                Tracer::Subscribed(_) => Some(daemon.subscribe()?),
+                _ => None,
             };
             let before = daemon.status()?;
             let wake0 = voluntary_switches(daemon.pid);
             let cpu0 = procfs::process_cpu_ns(daemon.pid)?;
+            let sub_cpu0 = match &subscriber {
+                Some(s) => procfs::process_cpu_ns(s.id())?,
+                None => 0,
+            };
             let busy = procfs::BusyClock::start()?;
             let load = load::run(&spec)?;
             let system_ns = busy.busy_ns()?;
             let after = daemon.wait_drained(Duration::from_secs(30))?;
-            let tracer_ns = procfs::process_cpu_ns(daemon.pid)?.saturating_sub(cpu0);
+            // The subscriber's own CPU counts as the tracer's: it is what watching costs.
+            let sub_ns = match &subscriber {
+                Some(s) => procfs::process_cpu_ns(s.id())?.saturating_sub(sub_cpu0),
+                None => 0,
+            };
+            if let Some(s) = subscriber.as_mut() {
+                let _ = s.kill();
+                let _ = s.wait();
+            }
+            let tracer_ns = procfs::process_cpu_ns(daemon.pid)?.saturating_sub(cpu0) + sub_ns;
             let wakeups = voluntary_switches(daemon.pid).saturating_sub(wake0);
             let hwm = procfs::status_bytes(daemon.pid, "VmHWM")?;
             daemon.stop()?;

@@ -665,6 +665,8 @@ fn short(t: &Tracer) -> String {
         Tracer::None => "untraced".into(),
         Tracer::Daemon(m) => m.clone(),
         Tracer::Variant(m, args) => format!("{m} {}", args.join(" ")),
+        Tracer::Baseline(m, _) => format!("{m} baseline"),
+        Tracer::Subscribed(m) => format!("{m} + trace"),
         Tracer::Bpftrace => "bpftrace".into(),
     }
 }

@@ -37,10 +37,12 @@ impl Daemon {
             .map(|a| a.trim_start_matches('-').replace('/', "_"))
             .collect::<Vec<_>>()
             .join("_");
+        // Another build (`--baseline-bin`) logs apart too.
+        let build = if bin.file_name().is_some_and(|n| n == "tracer") { "" } else { "-baseline" };
         let log = dir.join(if variant.is_empty() {
-            format!("daemon-{mode}.log")
+            format!("daemon-{mode}{build}.log")
         } else {
-            format!("daemon-{mode}-{variant}.log")
+            format!("daemon-{mode}{build}-{variant}.log")
         });
         let _ = std::fs::remove_file(&socket);
         let log_file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
@@ -105,6 +107,28 @@ impl Daemon {
             );
         }
         Ok((elapsed, out.stdout))
+    }
+
+    /// A `tracer trace --json` subscriber reading every record into /dev/null (the live
+    /// stream's cost: the daemon builds and queues a record per transition for it).
+    pub fn subscribe(&self) -> Result<Child> {
+        let before = self.status()?["trace"]["subscribers"].as_u64().unwrap_or(0);
+        let child = Command::new(&self.bin)
+            .args(["trace", "--json", "--states", "--socket"])
+            .arg(&self.socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting tracer trace")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.status()?["trace"]["subscribers"].as_u64().unwrap_or(0) <= before {
+            if Instant::now() > deadline {
+                bail!("the trace subscriber did not subscribe within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(child)
     }
 
     pub fn status(&self) -> Result<serde_json::Value> {

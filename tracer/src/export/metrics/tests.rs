@@ -59,6 +59,8 @@ fn event(kind: EventKind, sock: u64, at: u64, old: u8, new: u8) -> ConnEvent {
         comm: [0; 16],
         error: 0,
         _pad: 0,
+        bytes_received: 0,
+        bytes_acked: 0,
     }
 }
 

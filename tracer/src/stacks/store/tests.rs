@@ -41,6 +41,8 @@ fn event(kind: EventKind, sock: u64, port: u16, wanted: bool) -> ConnEvent {
         tuple,
         error: 0,
         _pad: 0,
+        bytes_received: 0,
+        bytes_acked: 0,
     }
 }
 
