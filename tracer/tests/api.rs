@@ -341,3 +341,120 @@ fn top_json_watch_streams_answers_and_stops_when_its_reader_goes() {
     };
     assert!(status.success(), "{status}");
 }
+
+/// One answer line read from `stream` within the wait limit.
+fn answer_line(stream: &UnixStream) -> String {
+    stream.set_read_timeout(Some(common::wait_limit())).expect("timeout");
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).expect("an answer line");
+    line
+}
+
+/// Hostile clients cannot starve the API (docs/api.md, "Limits"): 1,000 idle connections
+/// (more than its 128 slots), a 1 MiB request, bytes that are not UTF-8, a half-closed socket,
+/// a client that never reads its answers. Meanwhile a new client gets its answer at once, and
+/// the daemon keeps counting exactly.
+#[test]
+fn hostile_clients_cannot_starve_the_api_and_counts_stay_exact() {
+    let daemon = Daemon::start(&[]);
+    let mut server = Workload::spawn();
+    let port = server.listen("127.0.0.1");
+    let mut client = Workload::spawn();
+    let addr = format!("127.0.0.1:{port}");
+
+    // 1,000 clients that connect and say nothing: the newest keep their slots, the oldest are
+    // closed for them, and a new client is answered at once.
+    let idle: Vec<UnixStream> =
+        (0..1000).map(|_| UnixStream::connect(&daemon.socket).expect("connect")).collect();
+    let started = std::time::Instant::now();
+    let status = daemon.json(&["status"]);
+    assert!(started.elapsed() < Duration::from_secs(5), "answered in {:?}", started.elapsed());
+    let evicted = status["api"]["evicted"].as_u64().unwrap_or(0);
+    assert!(evicted >= 1000 - 128, "{}", status["api"]);
+    // The first idle client was closed (end of file), the last one still holds its slot.
+    let mut byte = [0u8; 1];
+    idle[0].set_read_timeout(Some(common::wait_limit())).expect("timeout");
+    assert_eq!((&idle[0]).read(&mut byte).expect("read"), 0, "the oldest idle client is closed");
+    idle[999].set_nonblocking(true).expect("nonblocking");
+    let kept = (&idle[999]).read(&mut byte);
+    assert!(
+        kept.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+        "the newest idle client keeps its slot: {kept:?}"
+    );
+    drop(idle);
+
+    // A 1 MiB request without a newline: refused once 64 KiB are in, the connection closed.
+    let huge = UnixStream::connect(&daemon.socket).expect("connect");
+    let writer = {
+        let mut huge = huge.try_clone().expect("clone");
+        std::thread::spawn(move || huge.write_all(&vec![b'a'; 1 << 20]))
+    };
+    let line = answer_line(&huge);
+    assert!(line.contains("longer than 65536 bytes"), "{line}");
+    assert!(writer.join().expect("writer").is_err(), "the daemon closed the connection");
+
+    // Bytes that are not UTF-8: refused, naming why.
+    let mut bad = UnixStream::connect(&daemon.socket).expect("connect");
+    bad.write_all(b"\xff\xfe{\"version\":1}\n").expect("send");
+    assert!(answer_line(&bad).contains("not UTF-8"));
+
+    // Half-closed: the request, then the end of the client's writing; the answer still comes.
+    let mut half = UnixStream::connect(&daemon.socket).expect("connect");
+    let request = json!({"version": API_VERSION, "request": {"status": {}}});
+    half.write_all(format!("{request}\n").as_bytes()).expect("send");
+    half.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    let line = answer_line(&half);
+    assert!(line.contains("\"result\""), "{line}");
+
+    // A client that asks and never reads: its answers fill its socket; others are still served.
+    let mut deaf = UnixStream::connect(&daemon.socket).expect("connect");
+    deaf.set_write_timeout(Some(Duration::from_secs(2))).expect("timeout");
+    let request = json!({"version": API_VERSION, "request": {"status": {}}});
+    for _ in 0..2000 {
+        if deaf.write_all(format!("{request}\n").as_bytes()).is_err() {
+            break;
+        }
+    }
+    // And the daemon counted exactly throughout.
+    client.connect(&addr, 20);
+    server.cmd("accept 0 20");
+    daemon.eventually("the 20 connections counted", |d| {
+        common::expect_eq("open", common::num(&d.process(client.pid), "open"), 20)
+    });
+    let status = daemon.json(&["status"]);
+    assert!(status["api"]["clients"].as_u64().is_some_and(|n| n <= 128), "{}", status["api"]);
+    drop(deaf);
+}
+
+/// `--socket-group`: a member of the group queries the daemon; another user is refused with a
+/// message that says how to fix it. The users are a uid and gids alone: no account is made.
+#[test]
+fn a_socket_group_member_may_query_and_another_user_is_refused() {
+    use std::os::unix::{fs::MetadataExt, process::CommandExt};
+    // A gid nobody on the machine has.
+    const GID: u32 = 4242;
+    let daemon = Daemon::start(&["--socket-group", &GID.to_string()]);
+    let meta = std::fs::metadata(&daemon.socket).expect("the socket");
+    assert_eq!((meta.mode() & 0o777, meta.gid()), (0o660, GID));
+    // The binary where any user may run it (the clone can be under a private home).
+    let dir = common::TempDir::new("socket-group");
+    let bin = dir.0.join("tracer");
+    std::fs::copy(tracer_bin(), &bin).expect("copy tracer");
+    let as_user = |gid: u32| {
+        Command::new(&bin)
+            .args(["status", "--json", "--socket"])
+            .arg(&daemon.socket)
+            .uid(65534)
+            .gid(gid)
+            .output()
+            .expect("tracer status as uid 65534")
+    };
+    let member = as_user(GID);
+    assert!(member.status.success(), "{}", String::from_utf8_lossy(&member.stderr));
+    let status: Value = serde_json::from_slice(&member.stdout).expect("status JSON");
+    assert_eq!(status["api_version"], API_VERSION);
+    let other = as_user(65534);
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert!(!other.status.success(), "a non-member was answered");
+    assert!(stderr.contains("permission denied") && stderr.contains("--socket-group"), "{stderr}");
+}

@@ -329,6 +329,9 @@ pub struct StatusReport {
     /// `tracer trace` streams.
     #[serde(default)]
     pub trace: TraceStatus,
+    /// Clients of the API socket.
+    #[serde(default)]
+    pub api: ApiStatus,
     /// Per-workload overrides (`--workload`), in the order they are tried, as
     /// `GLOB:KEY=VALUE,...`.
     #[serde(default)]
@@ -467,6 +470,18 @@ pub struct TraceStatus {
     /// Records not delivered to a stream whose reader fell behind (each stream is told its
     /// own count), since start.
     pub dropped: u64,
+}
+
+/// Clients of the API socket, for `tracer status` (docs/api.md, "Limits").
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+pub struct ApiStatus {
+    /// Clients connected now (at most 128; this query's included).
+    pub clients: u64,
+    /// Clients closed to give their slot to a newer one, the idle longest first, since start.
+    pub evicted: u64,
+    /// Clients refused because every slot was busy being answered or streamed to, since
+    /// start.
+    pub refused: u64,
 }
 
 /// Go HTTP request probing (`--go-requests`), for `tracer status`.

@@ -19,8 +19,9 @@ pub enum ClientError {
     )]
     NotRunning { path: PathBuf },
     #[error(
-        "permission denied on {path}: the daemon's socket is root-only (mode 0600); run this \
-         command with sudo",
+        "permission denied on {path}: the daemon's socket admits root only (mode 0600), or the \
+         members of the group given to `tracer run --socket-group GROUP` (mode 0660); run this \
+         command with sudo, or as a member of that group",
         path = path.display()
     )]
     PermissionDenied { path: PathBuf },
@@ -55,7 +56,7 @@ pub fn request_value(socket: &Path, request: Request) -> Result<serde_json::Valu
 pub fn stream<T: DeserializeOwned>(
     socket: &Path,
     request: Request,
-    mut on_line: impl FnMut(T) -> bool,
+    mut on_line: impl FnMut(T, bool) -> bool,
 ) -> Result<(), ClientError> {
     let (_stream, mut reader) = send(socket, request, None)?;
     read_answer(socket, &mut reader)?;
@@ -68,7 +69,9 @@ pub fn stream<T: DeserializeOwned>(
         }
         let item =
             serde_json::from_str(&line).map_err(|e| ClientError::Malformed(e.to_string()))?;
-        if !on_line(item) {
+        // Whether more lines are already here: a caller can write them out in one go.
+        let more = !reader.buffer().is_empty();
+        if !on_line(item, more) {
             return Ok(());
         }
     }

@@ -1,15 +1,23 @@
 //! The daemon side: accepts clients and forwards each request to the event loop, which owns
 //! the table and answers between two ring buffer batches (no lock on the event path).
+//!
+//! Every client is treated as hostile: a request line is at most [`MAX_REQUEST_BYTES`], at
+//! most [`MAX_CLIENTS`] are served at once (a new client takes the slot of the one idle
+//! longest), and an answer the client does not read within [`WRITE_TIMEOUT`] ends the
+//! connection, so no client can hold the daemon's memory, descriptors or answers hostage.
 use std::{
+    collections::HashMap,
     io,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
-    sync::{mpsc, oneshot},
+    sync::{Notify, mpsc, oneshot},
 };
 
 use super::protocol::{API_VERSION, Request, RequestEnvelope, ResponseEnvelope};
@@ -26,6 +34,18 @@ pub struct Query {
 /// Lines a trace subscriber may have waiting before it starts to miss some.
 pub const TRACE_QUEUE: usize = 4096;
 
+/// The longest request line, newline included: every request is a small JSON object.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Clients served at once. When all slots are taken, the client idle longest (waiting for a
+/// request line) is closed for the new one; when none is idle (every one is being answered or
+/// streamed to), the new one is told so and closed.
+pub const MAX_CLIENTS: usize = 128;
+
+/// How long writing an answer may wait for a client that does not read it (a trace stream
+/// never waits: its queue drops and counts instead).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
     #[error(
@@ -38,8 +58,31 @@ pub enum BindError {
     Io { path: PathBuf, source: io::Error },
 }
 
-/// Binds `path` (mode 0600), replacing a stale socket but never a live daemon's.
-pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
+/// The gid of `group`: a group name, or a numeric gid (which need not be named).
+pub fn resolve_group(group: &str) -> Result<u32, String> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    let name = std::ffi::CString::new(group).map_err(|_| format!("{group:?}: not a group name"))?;
+    // SAFETY: zeroed plain data, filled by getgrnam_r.
+    let mut entry: libc::group = unsafe { std::mem::zeroed() };
+    let mut buffer = vec![0 as libc::c_char; 16 * 1024];
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; the buffer's length is passed.
+    let rc = unsafe {
+        libc::getgrnam_r(name.as_ptr(), &mut entry, buffer.as_mut_ptr(), buffer.len(), &mut found)
+    };
+    if rc != 0 || found.is_null() {
+        return Err(format!(
+            "{group:?}: no such group (create it with `groupadd {group}`, or give a numeric gid)"
+        ));
+    }
+    Ok(entry.gr_gid)
+}
+
+/// Binds `path`, replacing a stale socket but never a live daemon's: mode 0600 (root only), or
+/// 0660 owned by `group` so that its members may query too.
+pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, BindError> {
     let io_err = |source| BindError::Io { path: path.to_owned(), source };
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -51,19 +94,136 @@ pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
         std::fs::create_dir_all(dir).map_err(io_err)?;
     }
     let listener = UnixListener::bind(path).map_err(io_err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+    let mode = match group {
+        Some(gid) => {
+            std::os::unix::fs::chown(path, None, Some(gid)).map_err(io_err)?;
+            0o660
+        }
+        None => 0o600,
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err)?;
     Ok(listener)
 }
 
+/// A served client, as the slot table knows it.
+struct Slot {
+    /// Since when it has been waiting for a request line; `None` while it is answered or
+    /// streamed to.
+    idle_since: Option<Instant>,
+    /// Wakes its task to close it (it lost its slot).
+    evict: Arc<Notify>,
+}
+
+/// The slots of [`MAX_CLIENTS`].
+#[derive(Default)]
+struct Slots {
+    next_id: u64,
+    clients: HashMap<u64, Slot>,
+    /// Clients closed for a newer one, and clients refused (no idle one to close), since start.
+    evicted: u64,
+    refused: u64,
+}
+
+type SharedSlots = Arc<Mutex<Slots>>;
+
+/// The API's clients as `tracer status` shows them: a handle on the server's slots.
+#[derive(Clone, Default)]
+pub struct Clients(SharedSlots);
+
+impl Clients {
+    /// Clients connected now, clients closed for a newer one and clients refused (every slot
+    /// busy), the last two since start.
+    pub fn counts(&self) -> (usize, u64, u64) {
+        self.0.lock().map_or((0, 0, 0), |s| (s.clients.len(), s.evicted, s.refused))
+    }
+}
+
+impl Slots {
+    /// A slot for a new client (closing the one idle longest when all are taken), or `None`
+    /// when every slot is busy.
+    fn take(&mut self, capacity: usize) -> Option<(u64, Arc<Notify>)> {
+        if self.clients.len() >= capacity {
+            let oldest = self
+                .clients
+                .iter()
+                .filter_map(|(id, s)| s.idle_since.map(|t| (t, *id)))
+                .min()
+                .map(|(_, id)| id);
+            match oldest.and_then(|id| self.clients.remove(&id)) {
+                Some(slot) => {
+                    slot.evict.notify_one();
+                    self.evicted += 1;
+                }
+                None => {
+                    self.refused += 1;
+                    return None;
+                }
+            }
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let evict = Arc::new(Notify::new());
+        self.clients
+            .insert(id, Slot { idle_since: Some(Instant::now()), evict: Arc::clone(&evict) });
+        Some((id, evict))
+    }
+
+    fn set_idle(&mut self, id: u64, idle: bool) {
+        if let Some(slot) = self.clients.get_mut(&id) {
+            slot.idle_since =
+                if idle { Some(slot.idle_since.unwrap_or_else(Instant::now)) } else { None };
+        }
+    }
+}
+
+/// Frees a client's slot when its task ends, however it ends.
+struct SlotGuard {
+    slots: SharedSlots,
+    id: u64,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        if let Ok(mut slots) = self.slots.lock() {
+            slots.clients.remove(&self.id);
+        }
+    }
+}
+
 /// Serves clients until the listener fails; each client on its own task.
-pub async fn serve(listener: UnixListener, queries: mpsc::Sender<Query>) {
+pub async fn serve(listener: UnixListener, queries: mpsc::Sender<Query>, clients: Clients) {
+    serve_with(listener, queries, clients, MAX_CLIENTS).await;
+}
+
+async fn serve_with(
+    listener: UnixListener,
+    queries: mpsc::Sender<Query>,
+    Clients(slots): Clients,
+    capacity: usize,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
+                let taken = slots.lock().ok().and_then(|mut s| s.take(capacity));
+                let Some((id, evict)) = taken else {
+                    // Told why, without waiting for it to read: the answer fits the buffer.
+                    let mut line = refusal(&format!(
+                        "the daemon serves {capacity} clients at once and none is idle; try again"
+                    ));
+                    line.push(b'\n');
+                    let _ = stream.try_write(&line);
+                    continue;
+                };
                 let queries = queries.clone();
+                let guard = SlotGuard { slots: Arc::clone(&slots), id };
                 tokio::spawn(async move {
-                    if let Err(e) = handle(stream, queries).await {
-                        log::debug!("api client: {e}");
+                    tokio::select! {
+                        result = handle(stream, queries, &guard) => {
+                            if let Err(e) = result {
+                                log::debug!("api client: {e}");
+                            }
+                        }
+                        () = evict.notified() => log::debug!("api client: closed for a newer one (idle longest)"),
                     }
                 });
             }
@@ -75,16 +235,109 @@ pub async fn serve(listener: UnixListener, queries: mpsc::Sender<Query>) {
     }
 }
 
-async fn handle(stream: UnixStream, queries: mpsc::Sender<Query>) -> io::Result<()> {
+/// A request line as read: the text, or why it is refused.
+enum RequestLine {
+    Text(String),
+    TooLong,
+    NotUtf8,
+}
+
+/// Reads one line of at most `limit` bytes (newline included); `None` at the end of input. A
+/// longer line is refused as soon as `limit` bytes are in, without buffering the rest.
+async fn read_request(
+    reader: &mut (impl AsyncBufRead + Unpin),
+    limit: usize,
+) -> io::Result<Option<RequestLine>> {
+    let mut line = Vec::new();
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            // A last line without its newline is still a request.
+            return Ok((!line.is_empty()).then(|| text(line)));
+        }
+        let (take, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(at) => (at + 1, true),
+            None => (available.len(), false),
+        };
+        if line.len() + take > limit {
+            return Ok(Some(RequestLine::TooLong));
+        }
+        line.extend_from_slice(&available[..take]);
+        reader.consume(take);
+        if done {
+            line.pop();
+            return Ok(Some(text(line)));
+        }
+    }
+}
+
+fn text(line: Vec<u8>) -> RequestLine {
+    match String::from_utf8(line) {
+        Ok(mut s) => {
+            if s.ends_with('\r') {
+                s.pop();
+            }
+            RequestLine::Text(s)
+        }
+        Err(_) => RequestLine::NotUtf8,
+    }
+}
+
+/// An error envelope, serialised.
+fn refusal(error: &str) -> Vec<u8> {
+    let envelope =
+        ResponseEnvelope { version: API_VERSION, error: Some(error.to_owned()), result: None };
+    serde_json::to_vec(&envelope).unwrap_or_default()
+}
+
+async fn handle(
+    stream: UnixStream,
+    queries: mpsc::Sender<Query>,
+    slot: &SlotGuard,
+) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    while let Some(line) = lines.next_line().await? {
+    let mut reader = BufReader::new(read);
+    let set_idle = |idle: bool| {
+        if let Ok(mut slots) = slot.slots.lock() {
+            slots.set_idle(slot.id, idle);
+        }
+    };
+    loop {
+        set_idle(true);
+        let Some(request) = read_request(&mut reader, MAX_REQUEST_BYTES).await? else {
+            return Ok(());
+        };
+        set_idle(false);
+        let line = match request {
+            RequestLine::Text(line) => line,
+            // The rest of such a line cannot be told from the next request: answer, then close.
+            RequestLine::TooLong | RequestLine::NotUtf8 => {
+                let why = match request {
+                    RequestLine::TooLong => {
+                        format!("malformed request: longer than {MAX_REQUEST_BYTES} bytes; closing")
+                    }
+                    _ => "malformed request: not UTF-8; closing".to_owned(),
+                };
+                let mut out = refusal(&why);
+                out.push(b'\n');
+                let _ = tokio::time::timeout(WRITE_TIMEOUT, write.write_all(&out)).await;
+                return Ok(());
+            }
+        };
         let (tx, mut rx) = mpsc::channel(TRACE_QUEUE);
         let response = answer(&line, &queries, tx).await;
         let streaming = response.error.is_none() && is_trace(&line);
         let mut out = serde_json::to_vec(&response).map_err(io::Error::other)?;
         out.push(b'\n');
-        write.write_all(&out).await?;
+        match tokio::time::timeout(WRITE_TIMEOUT, write.write_all(&out)).await {
+            Ok(written) => written?,
+            Err(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client did not read its answer",
+                ));
+            }
+        }
         if streaming {
             // Until the client goes (EOF or a failed write) or the daemon stops: dropping
             // `rx` tells the event loop, whose next send to it fails.
@@ -92,20 +345,28 @@ async fn handle(stream: UnixStream, queries: mpsc::Sender<Query>) -> io::Result<
                 tokio::select! {
                     line = rx.recv() => {
                         let Some(line) = line else { return Ok(()) };
-                        let mut out = serde_json::to_vec(&line).map_err(io::Error::other)?;
-                        out.push(b'\n');
+                        // With the lines already queued behind it: one write per batch.
+                        let mut out = Vec::with_capacity(16 * 1024);
+                        let mut next = Some(line);
+                        while let Some(line) = next {
+                            serde_json::to_writer(&mut out, &line).map_err(io::Error::other)?;
+                            out.push(b'\n');
+                            next = if out.len() < 64 * 1024 { rx.try_recv().ok() } else { None };
+                        }
                         write.write_all(&out).await?;
                     }
-                    read = lines.next_line() => {
-                        if read?.is_none() {
+                    // Anything the client sends now ends nothing; its hang-up ends the stream.
+                    read = reader.fill_buf() => {
+                        let n = read?.len();
+                        if n == 0 {
                             return Ok(());
                         }
+                        reader.consume(n);
                     }
                 }
             }
         }
     }
-    Ok(())
 }
 
 fn is_trace(line: &str) -> bool {
@@ -147,5 +408,81 @@ async fn answer(
         }
         Ok(Err(error)) => fail(error),
         Err(_) => fail("the daemon is shutting down".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_client_takes_the_slot_of_the_one_idle_longest_or_is_refused() {
+        let mut slots = Slots::default();
+        let (a, evict_a) = slots.take(3).expect("a slot");
+        let (b, _) = slots.take(3).expect("a slot");
+        let (c, _) = slots.take(3).expect("a slot");
+        // `a` is being answered: not idle, so `b`, idle longest, goes.
+        slots.set_idle(a, false);
+        let (d, _) = slots.take(3).expect("b's slot");
+        assert!(!slots.clients.contains_key(&b) && slots.clients.contains_key(&d));
+        assert_eq!(slots.evicted, 1);
+        // Nobody idle: refused, counted.
+        for id in [a, c, d] {
+            slots.set_idle(id, false);
+        }
+        assert!(slots.take(3).is_none());
+        assert_eq!(slots.refused, 1);
+        // `a` idle again: it goes, and is told to close.
+        slots.set_idle(a, true);
+        assert!(slots.take(3).is_some());
+        assert!(!slots.clients.contains_key(&a));
+        let notified = evict_a.notified();
+        tokio::pin!(notified);
+        assert!(futures_ready(notified.as_mut()), "the evicted client's task is woken to close");
+    }
+
+    /// Whether `future` is ready at its first poll.
+    fn futures_ready<F: std::future::Future>(future: std::pin::Pin<&mut F>) -> bool {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        future.poll(&mut cx).is_ready()
+    }
+
+    fn read_all(input: &[u8], limit: usize) -> Vec<String> {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        runtime.block_on(async {
+            let mut reader = BufReader::with_capacity(7, input);
+            let mut got = Vec::new();
+            while let Some(line) = read_request(&mut reader, limit).await.expect("read") {
+                got.push(match line {
+                    RequestLine::Text(t) => t,
+                    RequestLine::TooLong => "<too long>".into(),
+                    RequestLine::NotUtf8 => "<not utf-8>".into(),
+                });
+                if got.last().is_some_and(|l| l.starts_with('<')) {
+                    break;
+                }
+            }
+            got
+        })
+    }
+
+    #[test]
+    fn groups_resolve_by_name_or_number_and_an_unknown_name_says_how_to_fix_it() {
+        assert_eq!(resolve_group("root"), Ok(0));
+        assert_eq!(resolve_group("4242"), Ok(4242));
+        let e = resolve_group("no-such-group-here").expect_err("unknown");
+        assert!(e.contains("groupadd no-such-group-here") && e.contains("numeric gid"), "{e}");
+    }
+
+    #[test]
+    fn request_lines_are_bounded_and_utf8() {
+        assert_eq!(read_all(b"one\ntwo\r\nlast", 64), ["one", "two", "last"]);
+        // The limit counts the newline; reading stops there, whatever follows.
+        assert_eq!(read_all(b"0123456789\n", 11), ["0123456789"]);
+        assert_eq!(read_all(b"0123456789\n", 10), ["<too long>"]);
+        assert_eq!(read_all(&[b'a'; 1 << 20], 64), ["<too long>"]);
+        assert_eq!(read_all(b"ok\n\xff\xfe\nnever", 64), ["ok", "<not utf-8>"]);
+        assert!(read_all(b"", 64).is_empty());
     }
 }

@@ -37,6 +37,10 @@ pub struct RunArgs {
     /// override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Let the members of GROUP (a name or a numeric gid) query the daemon: its API socket
+    /// becomes mode 0660 owned by that group. Without it only root may (mode 0600).
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
     /// Probe mode: auto picks the best one this kernel loads.
     #[arg(long, value_parser = ProbeMode::parser(), default_value_t = ProbeMode::default())]
     pub probe: ProbeMode,
@@ -289,6 +293,12 @@ pub fn run(args: RunArgs, socket: PathBuf) -> anyhow::Result<()> {
             ..TableConfig::default()
         },
         socket,
+        socket_group: args
+            .socket_group
+            .as_deref()
+            .map(tracer::api::server::resolve_group)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--socket-group {e}"))?,
         summary_interval: args.summary_interval.0,
         reconcile_interval: args.reconcile_interval.0,
         leaks: args.leaks.settings()?,

@@ -52,6 +52,16 @@ fn status(s: &StatusReport) -> String {
     let _ = writeln!(out, "holder changes:      {}", s.holder_changes);
     let _ = writeln!(
         out,
+        "trace streams:       {} open, {} records dropped for slow readers",
+        s.trace.subscribers, s.trace.dropped
+    );
+    let _ = writeln!(
+        out,
+        "API clients:         {} connected, {} closed for newer ones, {} refused",
+        s.api.clients, s.api.evicted, s.api.refused
+    );
+    let _ = writeln!(
+        out,
         "TIME_WAIT closes:    {} remembered, {} over tcp_max_tw_buckets",
         s.time_wait_closes_remembered, s.time_wait_closes_overflowed
     );

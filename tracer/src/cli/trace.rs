@@ -2,6 +2,8 @@
 //! from the running daemon (docs/trace.md), filtered, as text or NDJSON.
 use std::{io::Write, path::Path};
 
+use serde_json::value::RawValue;
+
 use clap::{Args, ValueEnum};
 use tracer::{
     api::{client, protocol::Request},
@@ -77,10 +79,19 @@ pub fn run(socket: &Path, args: TraceArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut failed = None;
-    client::stream(socket, Request::Trace { filter }, |line: TraceLine| {
-        let text =
-            if json { serde_json::to_string(&line).unwrap_or_default() } else { text_line(&line) };
-        match writeln!(out, "{text}").and_then(|()| out.flush()) {
+    // JSON lines go out as the daemon wrote them (checked to be JSON, not rebuilt); output is
+    // flushed whenever no more lines are waiting, so a busy stream costs one write per batch.
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+    client::stream(socket, Request::Trace { filter }, |line: Box<RawValue>, more| {
+        let written = if json {
+            writeln!(out, "{}", line.get())
+        } else {
+            match serde_json::from_str::<TraceLine>(line.get()) {
+                Ok(line) => writeln!(out, "{}", text_line(&line)),
+                Err(e) => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+            }
+        };
+        match written.and_then(|()| if more { Ok(()) } else { out.flush() }) {
             Ok(()) => true,
             // `| head`: the reader is gone, which ends the trace without an error.
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => false,

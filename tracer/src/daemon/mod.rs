@@ -65,6 +65,8 @@ pub struct DaemonOptions {
     pub table: TableConfig,
     /// API socket path.
     pub socket: PathBuf,
+    /// The group whose members may query the API (`--socket-group`); root only when `None`.
+    pub socket_group: Option<u32>,
     /// How often to log a one-line summary (zero: never).
     pub summary_interval: Duration,
     /// How often to compare the table with sock_diag and /proc (zero: never).
@@ -91,6 +93,7 @@ impl Default for DaemonOptions {
             load: LoadOptions::default(),
             table: TableConfig::default(),
             socket: PathBuf::from(crate::api::DEFAULT_SOCKET),
+            socket_group: None,
             summary_interval: DEFAULT_SUMMARY_INTERVAL,
             reconcile_interval: DEFAULT_RECONCILE_INTERVAL,
             leaks: LeakSettings::default(),
@@ -138,6 +141,8 @@ pub(crate) struct Daemon {
     evidence_tx: mpsc::UnboundedSender<SymbolizedEvidence>,
     /// `tracer trace` subscribers.
     trace: trace::Subscribers,
+    /// The API server's client slots, for `status`.
+    api_clients: server::Clients,
 }
 
 /// The stacks of a raised alert, symbolized off the event loop.
@@ -148,11 +153,34 @@ struct SymbolizedEvidence {
     stacks: AlertStacks,
 }
 
+/// Raises the soft limit on open files to the hard one: the API's clients, the metrics
+/// server's, /proc scans and the symbolizer's files all take descriptors, and a daemon that
+/// runs out fails at whatever it was doing then.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit fills the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        // SAFETY: a valid rlimit; raising the soft limit up to the hard one needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            log::debug!(
+                "open files: soft limit raised from {} to {}",
+                limit.rlim_cur,
+                limit.rlim_max
+            );
+        }
+    }
+}
+
 pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     // Privileges and kernel first (nothing else can work without them), then the socket: a
     // second daemon must fail before it loads anything.
     preflight::check()?;
-    let listener = server::bind(&options.socket)?;
+    raise_open_file_limit();
+    let listener = server::bind(&options.socket, options.socket_group)?;
     let metrics_listener = options.metrics_addr.map(export::bind).transpose()?;
     let (evidence_tx, mut evidence_rx) = mpsc::unbounded_channel::<SymbolizedEvidence>();
     let (resolved_tx, mut resolved_rx) = mpsc::unbounded_channel::<containers::Landed>();
@@ -171,7 +199,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
         options.socket.display()
     );
     let (query_tx, mut query_rx) = mpsc::channel::<Query>(64);
-    let api = tokio::spawn(server::serve(listener, query_tx));
+    let api = tokio::spawn(server::serve(listener, query_tx, daemon.api_clients.clone()));
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -353,6 +381,7 @@ impl Daemon {
             host_netns: host_netns(),
             evidence_tx,
             trace: trace::Subscribers::default(),
+            api_clients: server::Clients::default(),
         };
         daemon.drain_now();
         scan_cgroups::log_status(&daemon.probes);

@@ -394,6 +394,10 @@ impl Daemon {
                 subscribers: self.trace.count() as u64,
                 dropped: self.trace.dropped_total(),
             },
+            api: {
+                let (clients, evicted, refused) = self.api_clients.counts();
+                crate::api::answers::ApiStatus { clients: clients as u64, evicted, refused }
+            },
             workload_overrides: self
                 .leak_settings
                 .detector
