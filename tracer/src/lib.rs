@@ -43,6 +43,7 @@ pub mod logging;
 mod names;
 pub mod pipeline;
 pub mod probes;
+pub mod slots;
 pub mod stacks;
 pub mod table;
 #[cfg(test)]

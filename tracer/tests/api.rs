@@ -458,3 +458,41 @@ fn a_socket_group_member_may_query_and_another_user_is_refused() {
     assert!(!other.status.success(), "a non-member was answered");
     assert!(stderr.contains("permission denied") && stderr.contains("--socket-group"), "{stderr}");
 }
+
+/// `/metrics` under the same abuse (docs/metrics.md): more idle connections than its 32 slots
+/// (opened and silent, or after one request) while a real scrape is answered at once, and a
+/// request with a 1 MiB header refused without taking the daemon down.
+#[test]
+fn idle_metrics_clients_never_make_a_scrape_wait() {
+    use std::net::TcpStream;
+    let daemon = Daemon::start(&[]);
+    let addr = daemon.json(&["status"])["metrics_addr"].as_str().expect("metrics_addr").to_owned();
+    // 20 that never send a request, 20 that sent one and keep the connection alive.
+    let mut idle: Vec<TcpStream> =
+        (0..20).map(|_| TcpStream::connect(&addr).expect("connect")).collect();
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(&addr).expect("connect");
+        write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").expect("request");
+        s.set_read_timeout(Some(common::wait_limit())).expect("timeout");
+        let mut first = [0u8; 12];
+        s.read_exact(&mut first).expect("an answer");
+        assert_eq!(&first, b"HTTP/1.1 200", "a kept-alive scrape");
+        idle.push(s);
+    }
+    let started = std::time::Instant::now();
+    let body = daemon.scrape_metrics();
+    assert!(started.elapsed() < Duration::from_secs(5), "waited {:?}", started.elapsed());
+    assert!(body.starts_with("HTTP/1.1 200") && body.contains("tcp_tracer_"), "{body:.200}");
+
+    // A 1 MiB header: refused (431), and the daemon scrapes on.
+    let mut huge = TcpStream::connect(&addr).expect("connect");
+    let header =
+        format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nX-Junk: {}\r\n\r\n", "a".repeat(1 << 20));
+    let _ = huge.write_all(header.as_bytes());
+    huge.set_read_timeout(Some(common::wait_limit())).expect("timeout");
+    let mut answer = String::new();
+    let _ = huge.read_to_string(&mut answer);
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 431"), "{answer:.200}");
+    assert!(daemon.scrape_metrics().starts_with("HTTP/1.1 200"));
+    drop(idle);
+}

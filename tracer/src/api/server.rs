@@ -6,21 +6,21 @@
 //! longest), and an answer the client does not read within [`WRITE_TIMEOUT`] ends the
 //! connection, so no client can hold the daemon's memory, descriptors or answers hostage.
 use std::{
-    collections::HashMap,
     io,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use tokio::{
     io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
-    sync::{Notify, mpsc, oneshot},
+    sync::{mpsc, oneshot},
 };
 
 use super::protocol::{API_VERSION, Request, RequestEnvelope, ResponseEnvelope};
+pub use crate::slots::Clients;
+use crate::slots::SlotGuard;
 
 /// A request on its way to the event loop, with where to send the answer.
 pub struct Query {
@@ -105,91 +105,6 @@ pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, BindError> 
     Ok(listener)
 }
 
-/// A served client, as the slot table knows it.
-struct Slot {
-    /// Since when it has been waiting for a request line; `None` while it is answered or
-    /// streamed to.
-    idle_since: Option<Instant>,
-    /// Wakes its task to close it (it lost its slot).
-    evict: Arc<Notify>,
-}
-
-/// The slots of [`MAX_CLIENTS`].
-#[derive(Default)]
-struct Slots {
-    next_id: u64,
-    clients: HashMap<u64, Slot>,
-    /// Clients closed for a newer one, and clients refused (no idle one to close), since start.
-    evicted: u64,
-    refused: u64,
-}
-
-type SharedSlots = Arc<Mutex<Slots>>;
-
-/// The API's clients as `tracer status` shows them: a handle on the server's slots.
-#[derive(Clone, Default)]
-pub struct Clients(SharedSlots);
-
-impl Clients {
-    /// Clients connected now, clients closed for a newer one and clients refused (every slot
-    /// busy), the last two since start.
-    pub fn counts(&self) -> (usize, u64, u64) {
-        self.0.lock().map_or((0, 0, 0), |s| (s.clients.len(), s.evicted, s.refused))
-    }
-}
-
-impl Slots {
-    /// A slot for a new client (closing the one idle longest when all are taken), or `None`
-    /// when every slot is busy.
-    fn take(&mut self, capacity: usize) -> Option<(u64, Arc<Notify>)> {
-        if self.clients.len() >= capacity {
-            let oldest = self
-                .clients
-                .iter()
-                .filter_map(|(id, s)| s.idle_since.map(|t| (t, *id)))
-                .min()
-                .map(|(_, id)| id);
-            match oldest.and_then(|id| self.clients.remove(&id)) {
-                Some(slot) => {
-                    slot.evict.notify_one();
-                    self.evicted += 1;
-                }
-                None => {
-                    self.refused += 1;
-                    return None;
-                }
-            }
-        }
-        let id = self.next_id;
-        self.next_id += 1;
-        let evict = Arc::new(Notify::new());
-        self.clients
-            .insert(id, Slot { idle_since: Some(Instant::now()), evict: Arc::clone(&evict) });
-        Some((id, evict))
-    }
-
-    fn set_idle(&mut self, id: u64, idle: bool) {
-        if let Some(slot) = self.clients.get_mut(&id) {
-            slot.idle_since =
-                if idle { Some(slot.idle_since.unwrap_or_else(Instant::now)) } else { None };
-        }
-    }
-}
-
-/// Frees a client's slot when its task ends, however it ends.
-struct SlotGuard {
-    slots: SharedSlots,
-    id: u64,
-}
-
-impl Drop for SlotGuard {
-    fn drop(&mut self) {
-        if let Ok(mut slots) = self.slots.lock() {
-            slots.clients.remove(&self.id);
-        }
-    }
-}
-
 /// Serves clients until the listener fails; each client on its own task.
 pub async fn serve(listener: UnixListener, queries: mpsc::Sender<Query>, clients: Clients) {
     serve_with(listener, queries, clients, MAX_CLIENTS).await;
@@ -198,14 +113,13 @@ pub async fn serve(listener: UnixListener, queries: mpsc::Sender<Query>, clients
 async fn serve_with(
     listener: UnixListener,
     queries: mpsc::Sender<Query>,
-    Clients(slots): Clients,
+    clients: Clients,
     capacity: usize,
 ) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let taken = slots.lock().ok().and_then(|mut s| s.take(capacity));
-                let Some((id, evict)) = taken else {
+                let Some((guard, evict)) = clients.take(capacity) else {
                     // Told why, without waiting for it to read: the answer fits the buffer.
                     let mut line = refusal(&format!(
                         "the daemon serves {capacity} clients at once and none is idle; try again"
@@ -215,7 +129,6 @@ async fn serve_with(
                     continue;
                 };
                 let queries = queries.clone();
-                let guard = SlotGuard { slots: Arc::clone(&slots), id };
                 tokio::spawn(async move {
                     tokio::select! {
                         result = handle(stream, queries, &guard) => {
@@ -297,11 +210,7 @@ async fn handle(
 ) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
-    let set_idle = |idle: bool| {
-        if let Ok(mut slots) = slot.slots.lock() {
-            slots.set_idle(slot.id, idle);
-        }
-    };
+    let set_idle = |idle: bool| slot.set_idle(idle);
     loop {
         set_idle(true);
         let Some(request) = read_request(&mut reader, MAX_REQUEST_BYTES).await? else {
@@ -414,39 +323,6 @@ async fn answer(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_new_client_takes_the_slot_of_the_one_idle_longest_or_is_refused() {
-        let mut slots = Slots::default();
-        let (a, evict_a) = slots.take(3).expect("a slot");
-        let (b, _) = slots.take(3).expect("a slot");
-        let (c, _) = slots.take(3).expect("a slot");
-        // `a` is being answered: not idle, so `b`, idle longest, goes.
-        slots.set_idle(a, false);
-        let (d, _) = slots.take(3).expect("b's slot");
-        assert!(!slots.clients.contains_key(&b) && slots.clients.contains_key(&d));
-        assert_eq!(slots.evicted, 1);
-        // Nobody idle: refused, counted.
-        for id in [a, c, d] {
-            slots.set_idle(id, false);
-        }
-        assert!(slots.take(3).is_none());
-        assert_eq!(slots.refused, 1);
-        // `a` idle again: it goes, and is told to close.
-        slots.set_idle(a, true);
-        assert!(slots.take(3).is_some());
-        assert!(!slots.clients.contains_key(&a));
-        let notified = evict_a.notified();
-        tokio::pin!(notified);
-        assert!(futures_ready(notified.as_mut()), "the evicted client's task is woken to close");
-    }
-
-    /// Whether `future` is ready at its first poll.
-    fn futures_ready<F: std::future::Future>(future: std::pin::Pin<&mut F>) -> bool {
-        let waker = std::task::Waker::noop();
-        let mut cx = std::task::Context::from_waker(waker);
-        future.poll(&mut cx).is_ready()
-    }
 
     fn read_all(input: &[u8], limit: usize) -> Vec<String> {
         let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");

@@ -9,7 +9,6 @@ use std::{
     convert::Infallible,
     io,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
-    sync::Arc,
     time::Duration,
 };
 
@@ -25,8 +24,10 @@ use hyper::{
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::{Semaphore, mpsc, oneshot},
+    sync::{mpsc, oneshot},
 };
+
+use crate::slots::{Clients, SlotGuard};
 
 /// Default port of `--metrics-addr`. The Prometheus exporter range 9100-9999 is fully
 /// allocated on the project wiki's list, so every port there belongs to some exporter; this
@@ -40,8 +41,10 @@ pub const DEFAULT_METRICS_ADDR: SocketAddr =
 /// How long a request waits for the event loop to render a scrape before answering 503.
 pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Connections served at once; further ones wait in the listen backlog.
-const MAX_CONNECTIONS: usize = 32;
+/// Connections served at once. When all are taken, a new one gets the slot of the connection
+/// idle longest (between requests, or yet to send one), which is closed: idle clients never
+/// make a real scrape wait.
+pub const MAX_CONNECTIONS: usize = 32;
 /// Request line plus headers, in bytes (hyper's minimum buffer; a scrape request is ~200).
 const MAX_REQUEST_BYTES: usize = 8 * 1024;
 /// Also closes idle keep-alive connections after this long without a new request.
@@ -99,20 +102,27 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
 
 /// Serves `/metrics` until the task is aborted; each connection on its own task.
 pub async fn serve(listener: TcpListener, scrapes: mpsc::Sender<Scrape>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let clients = Clients::default();
     loop {
-        // Wait for a free slot before accepting: excess clients queue in the kernel.
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-            return;
-        };
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let Some((slot, evict)) = clients.take(MAX_CONNECTIONS) else {
+                    // Every slot is answering a scrape right now: closed at once.
+                    log::debug!("metrics client {peer}: refused, {MAX_CONNECTIONS} busy");
+                    continue;
+                };
                 let scrapes = scrapes.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve_connection(stream, scrapes).await {
-                        log::debug!("metrics client {peer}: {e}");
+                    tokio::select! {
+                        result = serve_connection(stream, scrapes, &slot) => {
+                            if let Err(e) = result {
+                                log::debug!("metrics client {peer}: {e}");
+                            }
+                        }
+                        () = evict.notified() => {
+                            log::debug!("metrics client {peer}: closed for a newer one (idle longest)");
+                        }
                     }
-                    drop(slot);
                 });
             }
             Err(e) => {
@@ -124,10 +134,21 @@ pub async fn serve(listener: TcpListener, scrapes: mpsc::Sender<Scrape>) {
     }
 }
 
-async fn serve_connection(stream: TcpStream, scrapes: mpsc::Sender<Scrape>) -> hyper::Result<()> {
+async fn serve_connection(
+    stream: TcpStream,
+    scrapes: mpsc::Sender<Scrape>,
+    slot: &SlotGuard,
+) -> hyper::Result<()> {
     let service = service_fn(move |request| {
         let scrapes = scrapes.clone();
-        async move { Ok::<_, Infallible>(respond(&request, &scrapes).await) }
+        async move {
+            // Busy while it is answered: only a connection between requests can be closed
+            // for a newer one.
+            slot.set_idle(false);
+            let response = respond(&request, &scrapes).await;
+            slot.set_idle(true);
+            Ok::<_, Infallible>(response)
+        }
     });
     http1::Builder::new()
         .timer(TokioTimer::new())
