@@ -42,6 +42,7 @@ pub mod health;
 pub mod logging;
 mod names;
 pub mod pipeline;
+pub mod privileges;
 pub mod probes;
 pub mod slots;
 pub mod stacks;

@@ -86,6 +86,13 @@ fn alerts(daemon: &Daemon, list: &str, pid: u32) -> usize {
 fn every_answer_of_a_live_daemon_matches_the_documented_schema() {
     let schemas = Schemas::generate();
     let daemon = Daemon::start(FAST_LEAKS);
+    // What it runs with, as /proc says of it (docs/security.md): root, with what BPF needs.
+    let privileges = &daemon.json(&["status"])["privileges"];
+    let proc_status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid())).unwrap();
+    let truth = tracer::privileges::Privileges::parse(&proc_status).expect("its /proc status");
+    assert_eq!(privileges["uid"], truth.effective_uid, "{privileges}");
+    assert_eq!(privileges["effective_capabilities"], json!(truth.names()), "{privileges}");
+    assert!(truth.has(tracer::privileges::CAP_BPF), "{privileges}");
 
     // Connections of every kind the answers show: IPv4 and IPv6, held by their owners, waiting
     // unaccepted in a backlog (unattributed: pid and comm null), held by two processes at once.

@@ -332,6 +332,9 @@ pub struct StatusReport {
     /// Clients of the API socket.
     #[serde(default)]
     pub api: ApiStatus,
+    /// What the daemon runs with (docs/security.md).
+    #[serde(default)]
+    pub privileges: PrivilegesStatus,
     /// Per-workload overrides (`--workload`), in the order they are tried, as
     /// `GLOB:KEY=VALUE,...`.
     #[serde(default)]
@@ -470,6 +473,15 @@ pub struct TraceStatus {
     /// Records not delivered to a stream whose reader fell behind (each stream is told its
     /// own count), since start.
     pub dropped: u64,
+}
+
+/// The daemon's privileges, for `tracer status`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+pub struct PrivilegesStatus {
+    /// Its effective uid.
+    pub uid: u32,
+    /// Its effective capabilities (`cap_bpf`, `cap_sys_admin`, ...), in the kernel's order.
+    pub effective_capabilities: Vec<String>,
 }
 
 /// Clients of the API socket, for `tracer status` (docs/api.md, "Limits").

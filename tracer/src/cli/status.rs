@@ -60,6 +60,14 @@ fn status(s: &StatusReport) -> String {
         "API clients:         {} connected, {} closed for newer ones, {} refused",
         s.api.clients, s.api.evicted, s.api.refused
     );
+    let caps = &s.privileges.effective_capabilities;
+    let _ = writeln!(
+        out,
+        "privileges:          uid {}, {} effective capabilities{}",
+        s.privileges.uid,
+        caps.len(),
+        if caps.is_empty() { String::new() } else { format!(" ({})", caps.join(" ")) }
+    );
     let _ = writeln!(
         out,
         "TIME_WAIT closes:    {} remembered, {} over tcp_max_tw_buckets",

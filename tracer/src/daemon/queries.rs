@@ -394,6 +394,12 @@ impl Daemon {
                 subscribers: self.trace.count() as u64,
                 dropped: self.trace.dropped_total(),
             },
+            privileges: crate::privileges::Privileges::of_self()
+                .map(|p| crate::api::answers::PrivilegesStatus {
+                    uid: p.effective_uid,
+                    effective_capabilities: p.names(),
+                })
+                .unwrap_or_default(),
             api: {
                 let (clients, evicted, refused) = self.api_clients.counts();
                 crate::api::answers::ApiStatus { clients: clients as u64, evicted, refused }

@@ -39,16 +39,10 @@ pub fn check() -> Result<()> {
     ensure_tracefs()
 }
 
-/// CAP_BPF (39) and CAP_PERFMON (38) in the effective set, read from /proc/self/status.
+/// CAP_BPF and CAP_PERFMON in the effective set.
 fn has_bpf_capabilities() -> bool {
-    const CAP_PERFMON: u32 = 38;
-    const CAP_BPF: u32 = 39;
-    let Ok(status) = fs::read_to_string("/proc/self/status") else { return false };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .is_some_and(|caps| caps & (1 << CAP_BPF) != 0 && caps & (1 << CAP_PERFMON) != 0)
+    use crate::privileges::{CAP_BPF, CAP_PERFMON, Privileges};
+    Privileges::of_self().is_some_and(|p| p.has(CAP_BPF) && p.has(CAP_PERFMON))
 }
 
 /// aya attaches classic tracepoints through tracefs ids; some hosts (this project's CI VMs
