@@ -5,9 +5,7 @@
 //! `TRACER_CHURN_SEED=N cargo xtask test -- churn`.
 mod common;
 
-use std::process::Command;
-
-use common::{Daemon, Workload, num};
+use common::{Daemon, Workload, num, ss_count};
 
 /// xorshift64*: small, deterministic, good enough to pick actions.
 struct Rng(u64);
@@ -31,16 +29,6 @@ struct Held {
     opened: u64,
     closed: u64,
     refused: u64,
-}
-
-/// Sockets `pid` holds according to `ss` (every non-listening, non-SYN_SENT socket).
-fn ss_count(pid: u32) -> u64 {
-    let out = Command::new("ss").args(["-tanpH"]).output().expect("ss");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.starts_with("LISTEN") && !l.starts_with("SYN-SENT"))
-        .filter(|l| l.contains(&format!("pid={pid},")))
-        .count() as u64
 }
 
 fn run_seed(seed: u64) {

@@ -3,19 +3,9 @@
 //! Ground truth: `ss` and what the workloads did. Run as root.
 mod common;
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
-use common::{Daemon, Workload, expect_eq, num};
-
-/// Sockets `pid` holds according to `ss` (every non-listening, non-SYN_SENT socket).
-fn ss_count(pid: u32) -> u64 {
-    let out = Command::new("ss").args(["-tanpH"]).output().expect("ss");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.starts_with("LISTEN") && !l.starts_with("SYN-SENT"))
-        .filter(|l| l.contains(&format!("pid={pid},")))
-        .count() as u64
-}
+use common::{Daemon, Workload, expect_eq, num, ss_count};
 
 /// `pid`'s open connections in the daemon equal `want` and `ss`'s count.
 fn agrees_with_ss(daemon: &Daemon, pid: u32, want: u64) {

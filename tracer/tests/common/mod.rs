@@ -492,6 +492,16 @@ pub fn final_summary(log: &str) -> (u64, u64, u64) {
     (field("emitted"), field("received"), field("lost"))
 }
 
+/// Sockets `pid` holds according to `ss` (every non-listening, non-SYN_SENT socket).
+pub fn ss_count(pid: u32) -> u64 {
+    let out = Command::new("ss").args(["-tanpH"]).output().expect("ss");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with("LISTEN") && !l.starts_with("SYN-SENT"))
+        .filter(|l| l.contains(&format!("pid={pid},")))
+        .count() as u64
+}
+
 /// Reads a JSON number field as u64 (panics with the field name if absent).
 pub fn num(value: &serde_json::Value, field: &str) -> u64 {
     value[field].as_u64().unwrap_or_else(|| panic!("field {field} missing in {value}"))
