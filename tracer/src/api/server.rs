@@ -210,13 +210,12 @@ async fn handle(
 ) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
-    let set_idle = |idle: bool| slot.set_idle(idle);
     loop {
-        set_idle(true);
+        slot.set_idle(true);
         let Some(request) = read_request(&mut reader, MAX_REQUEST_BYTES).await? else {
             return Ok(());
         };
-        set_idle(false);
+        slot.set_idle(false);
         let line = match request {
             RequestLine::Text(line) => line,
             // The rest of such a line cannot be told from the next request: answer, then close.

@@ -72,27 +72,29 @@ impl Subscribers {
         if self.is_empty() {
             return;
         }
-        let mut record = TraceRecord::new(TraceKind::Open, 0, String::new(), String::new());
-        let owner = match *applied {
+        // Made only in the arms that publish: the rest of the events cost no record.
+        let blank = |kind| TraceRecord::new(kind, 0, String::new(), String::new());
+        let (owner, mut record) = match *applied {
             Applied::Opened { owner: Some(owner), direction, .. } => {
+                let mut record = blank(TraceKind::Open);
                 record.direction = Some(direction);
-                owner
+                (owner, record)
             }
             Applied::Closed { owner, direction, lifetime_ns, closed_first, .. } => {
-                record.kind = TraceKind::Close;
+                let mut record = blank(TraceKind::Close);
                 record.direction = Some(direction);
                 record.lifetime_seconds = Some(lifetime_ns as f64 / 1e9);
                 record.closed_first = closed_first;
                 record.bytes_received = Some(event.bytes_received);
                 record.bytes_acked = Some(event.bytes_acked);
-                owner
+                (owner, record)
             }
             Applied::ConnectFailed { owner: Some(owner), .. } => {
-                record.kind = TraceKind::ConnectFailed;
+                let mut record = blank(TraceKind::ConnectFailed);
                 record.direction = Some(crate::table::Direction::Outbound);
                 let released = event.kind() == Some(EventKind::Release);
                 record.reason = connect_failure_reason(event.error, released);
-                owner
+                (owner, record)
             }
             Applied::StateChanged { old_state, new_state, .. } => {
                 // Built only when someone asked: state changes are most of the events.
@@ -101,11 +103,11 @@ impl Subscribers {
                 }
                 let Some(view) = table.connection(SocketKey::of(event)) else { return };
                 let Some(owner) = view.conn.owner() else { return };
-                record.kind = TraceKind::StateChange;
+                let mut record = blank(TraceKind::StateChange);
                 record.direction = Some(view.conn.direction);
                 record.old_state = Some(state_name(old_state).to_owned());
                 record.new_state = Some(state_name(new_state).to_owned());
-                owner
+                (owner, record)
             }
             _ => return,
         };
