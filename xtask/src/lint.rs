@@ -10,6 +10,7 @@ use crate::setup::{self, EBPF_TOOLCHAIN};
 pub fn run() -> Result<()> {
     let root = crate::workspace_root();
     library_without_clap(&root)?;
+    root_tests_are_gated(&root)?;
     eprintln!("lint: rustfmt");
     setup::run_cmd(Command::new("cargo").args(["fmt", "--all", "--check"]).current_dir(&root))?;
     eprintln!("lint: clippy (host crates, all targets)");
@@ -63,4 +64,67 @@ fn library_without_clap(root: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Every integration test of the tracer crate needs root and BPF, so each must be declared with
+/// `required-features = ["root-tests"]`: otherwise a plain `cargo test` without root builds and
+/// runs it, and it fails for want of privileges rather than for a defect.
+fn root_tests_are_gated(root: &Path) -> Result<()> {
+    let manifest_path = root.join("tracer/Cargo.toml");
+    let manifest = std::fs::read_to_string(&manifest_path)
+        .with_context(|| format!("reading {}", manifest_path.display()))?;
+    let gated = gated_tests(&manifest);
+    let tests_dir = root.join("tracer/tests");
+    let mut missing = Vec::new();
+    for entry in
+        std::fs::read_dir(&tests_dir).with_context(|| format!("reading {}", tests_dir.display()))?
+    {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "rs")
+            && let Some(name) = path.file_stem().and_then(|s| s.to_str())
+            && !gated.iter().any(|g| g == name)
+        {
+            missing.push(name.to_owned());
+        }
+    }
+    missing.sort();
+    if !missing.is_empty() {
+        bail!(
+            "tracer/tests/{{{}}}.rs: add a [[test]] with required-features = [\"root-tests\"] to \
+             tracer/Cargo.toml for each",
+            missing.join(",")
+        );
+    }
+    Ok(())
+}
+
+/// Names of the `[[test]]` tables of a manifest that require the `root-tests` feature.
+fn gated_tests(manifest: &str) -> Vec<String> {
+    let mut gated = Vec::new();
+    for table in manifest.split("[[test]]").skip(1) {
+        let body = table.split("\n[").next().unwrap_or(table);
+        let name = body.lines().find_map(|line| {
+            let value = line.trim().strip_prefix("name")?.trim_start().strip_prefix('=')?;
+            Some(value.trim().trim_matches('"').to_owned())
+        });
+        if let Some(name) = name
+            && body.contains("required-features = [\"root-tests\"]")
+        {
+            gated.push(name);
+        }
+    }
+    gated
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gated_tests;
+
+    #[test]
+    fn reads_the_gated_test_tables_only() {
+        let manifest = "[package]\nname = \"tracer\"\n\n[[test]]\nname = \"api\"\n\
+                        required-features = [\"root-tests\"]\n\n[[test]]\nname = \"open\"\n\n\
+                        [[bench]]\nname = \"pipeline\"\nrequired-features = [\"root-tests\"]\n";
+        assert_eq!(gated_tests(manifest), vec!["api".to_owned()]);
+    }
 }
