@@ -145,6 +145,19 @@ fn time_wait_is_blamed_on_the_side_that_closed_first() {
 
 struct Netns(String);
 
+impl Netns {
+    /// A test network namespace with loopback up and `sysctls` (`KEY=VALUE`) set in it.
+    fn new(tag: &str, sysctls: &[&str]) -> Self {
+        let ns = Netns(format!("tracer-{tag}-{}", std::process::id()));
+        run(&["ip", "netns", "add", &ns.0]);
+        run(&["ip", "-n", &ns.0, "link", "set", "lo", "up"]);
+        for setting in sysctls {
+            run(&["ip", "netns", "exec", &ns.0, "sysctl", "-qw", setting]);
+        }
+        ns
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "delete", &self.0]).status();
@@ -156,23 +169,68 @@ fn run(args: &[&str]) {
     assert!(status.success(), "{args:?}: {status}");
 }
 
+/// `net.ipv4.tcp_max_tw_buckets` of 20 in a namespace whose client closes 60 connections first:
+/// the daemon remembers no more of those closes than the bound (the kernel keeps no more
+/// TIME_WAIT sockets), counts the other 40 in status, and still blames on the client exactly the
+/// TIME_WAIT sockets `ss` shows there.
+#[test]
+fn time_wait_memory_is_bounded_by_tcp_max_tw_buckets() {
+    const BOUND: u64 = 20;
+    const CLOSES: u64 = 60;
+    let ns = Netns::new("tw", &[&format!("net.ipv4.tcp_max_tw_buckets={BOUND}")]);
+    let daemon = Daemon::start(&["--leak-interval", "0.5"]);
+    let mut server = Workload::spawn_in(&ns.0);
+    server.cmd("listen 127.0.0.1 128 18080");
+    server.cmd(&format!("serve-churn 0 {CLOSES}"));
+    let mut client = Workload::spawn_in(&ns.0);
+    // A scan that started after the server listened in the namespace has read its bound.
+    daemon.wait_for_more("health_scans", 2);
+    let overflowed_before = num(&daemon.json(&["status"]), "time_wait_closes_overflowed");
+    client.cmd(&format!("churn 127.0.0.1:18080 {CLOSES}"));
+    // The client's side of each connection: the server never closes first.
+    let client_tw = || {
+        ss_time_wait(Some(&ns.0)).into_iter().filter(|(l, _)| !l.ends_with(":18080")).count() as u64
+    };
+    daemon.eventually("the closes over the bound counted, TIME_WAIT blamed as ss shows", |d| {
+        let status = d.json(&["status"]);
+        // Each close is either remembered or counted as over the bound: 40 over means the
+        // namespace's remembered closes are exactly its 20 (the daemon-wide figure adds the
+        // host's own closes).
+        let overflowed = num(&status, "time_wait_closes_overflowed") - overflowed_before;
+        common::expect_eq("closes over tcp_max_tw_buckets", overflowed, CLOSES - BOUND)?;
+        let remembered = num(&status, "time_wait_closes_remembered");
+        if remembered < BOUND {
+            return Err(format!("{remembered} closes remembered, fewer than the namespace's"));
+        }
+        let before = client_tw();
+        let caused = num(&d.process(client.pid), "time_wait_caused");
+        let after = client_tw();
+        if before != after {
+            return Err(format!("ss changed while sampling: {before} then {after}"));
+        }
+        // The kernel caps the namespace's TIME_WAIT sockets at the bound too.
+        assert!(before <= BOUND, "ss shows {before} TIME_WAIT sockets, above the bound");
+        if before == 0 {
+            return Err("ss shows no TIME_WAIT socket yet".into());
+        }
+        common::expect_eq("client time_wait_caused (ss)", caused, before)
+    });
+    let text = daemon.try_cli(&["status"]).expect("status");
+    let line = format!("{} over tcp_max_tw_buckets", overflowed_before + CLOSES - BOUND);
+    assert!(
+        text.lines().any(|l| l.starts_with("TIME_WAIT closes:") && l.ends_with(&line)),
+        "{text}"
+    );
+}
+
 /// 100 ephemeral ports and no TIME_WAIT reuse: a client churning short connections that it
 /// closes first raises `port_exhaustion` before its connects fail with EADDRNOTAVAIL.
 #[test]
 fn port_exhaustion_raises_before_connects_fail() {
-    let ns = Netns(format!("tracer-ports-{}", std::process::id()));
-    run(&["ip", "netns", "add", &ns.0]);
-    run(&["ip", "-n", &ns.0, "link", "set", "lo", "up"]);
-    run(&[
-        "ip",
-        "netns",
-        "exec",
-        &ns.0,
-        "sysctl",
-        "-qw",
-        "net.ipv4.ip_local_port_range=40000 40099",
-    ]);
-    run(&["ip", "netns", "exec", &ns.0, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=0"]);
+    let ns = Netns::new(
+        "ports",
+        &["net.ipv4.ip_local_port_range=40000 40099", "net.ipv4.tcp_tw_reuse=0"],
+    );
     let daemon = Daemon::start(&["--leak-interval", "0.5"]);
     let mut server = Workload::spawn_in(&ns.0);
     server.cmd("listen 127.0.0.1 128 18080");
