@@ -1,6 +1,6 @@
-//! Pool health end to end: Go HTTP clients whose pools sit idle or whose responses are never
-//! read, a Go server, the real daemon with short thresholds; `top`, `conns` and `leaks` checked
-//! against `ss` sampled in the same test. Run as root.
+//! Pool health end to end: Go HTTP clients whose pools sit idle, or whose responses are never
+//! read or read slowly, a Go server, the real daemon with short thresholds; `top`, `conns` and
+//! `leaks` checked against `ss` sampled in the same test. Run as root.
 mod common;
 
 use std::{
@@ -113,7 +113,7 @@ fn key(c: &Value) -> (String, String) {
 const UNREAD: usize = 6;
 
 #[test]
-fn responses_never_read_raise_unread_against_the_client_and_draining_never_does() {
+fn responses_never_read_raise_unread_against_the_client_and_draining_or_slow_reading_never_does() {
     let dir = TempDir::new("health");
     let binary = build(&dir.0);
     let daemon = Daemon::start(&[
@@ -130,9 +130,17 @@ fn responses_never_read_raise_unread_against_the_client_and_draining_never_does(
     let n = UNREAD.to_string();
     let lazy = Go::start(&binary, &["unread", &addr, &n]);
     let tidy = Go::start(&binary, &["drain", &addr, &n]);
+    // Takes 8 KiB of each response every 400 ms (an evaluation every 500 ms): data always
+    // waits in its receive queue, yet its read progress moves between every two dumps.
+    let slow = Go::start(&binary, &["slow", &addr, &n, "400", "8192"]);
     assert_eq!((lazy.first_line.as_str(), tidy.first_line.as_str()), ("ok", "ok"));
+    assert_eq!(slow.first_line, "ok");
     let started = std::time::Instant::now();
     daemon.eventually("unread raised for the lazy client", |d| {
+        // Polled all along: the slow reader never counts as unread, nor raises.
+        let slow_row = d.process(slow.pid());
+        assert_eq!(num(&slow_row, "unread"), 0, "slow reader counted as unread: {slow_row}");
+        assert!(!rules_of(d, slow.pid()).contains(&"unread".to_owned()), "slow reader raised");
         if rules_of(d, lazy.pid()).contains(&"unread".to_owned()) {
             Ok(())
         } else {
@@ -191,8 +199,35 @@ fn responses_never_read_raise_unread_against_the_client_and_draining_never_does(
         assert!(num(c, "unsent_bytes") > 0);
         assert_eq!(num(c, "unread_bytes"), 0);
     }
-    // The draining client and the server: several evaluations beyond the threshold, no alert.
+    // The slow reader's receive queues are never empty (ss, around the query), while what it
+    // took out of them grows between two queries a second apart.
+    let progress = |conns: &[Value]| -> HashMap<(String, String), u64> {
+        conns.iter().map(|c| (key(c), num(c, "bytes_received") - num(c, "unread_bytes"))).collect()
+    };
+    let before = ss(port);
+    let slow_conns = conns_of(&daemon, slow.pid());
+    let after = ss(port);
+    assert_eq!(slow_conns.len(), UNREAD);
+    for c in &slow_conns {
+        assert!(before[&key(c)].0 > 0 && after[&key(c)].0 > 0, "ss: empty receive queue {c}");
+        assert!(num(c, "unread_bytes") > 0, "{c}");
+    }
+    let first = progress(&slow_conns);
+    std::thread::sleep(Duration::from_secs(1));
+    let second = progress(&conns_of(&daemon, slow.pid()));
+    for (k, read) in &first {
+        assert!(second[k] > *read, "no read progress on {k:?}: {read} then {}", second[k]);
+    }
+    // The draining client, the slow reader and the server: several evaluations beyond the
+    // threshold, no alert.
     daemon.wait_for_more("leak_evaluations", 6);
+    assert!(!rules_of(&daemon, slow.pid()).contains(&"unread".to_owned()));
+    assert_eq!(num(&daemon.process(slow.pid()), "unread"), 0);
+    let resolved = daemon.json(&["leaks"])["resolved"].clone();
+    assert!(
+        !resolved.as_array().expect("resolved").iter().any(|a| a["pid"] == slow.pid()),
+        "the slow reader never raised: {resolved}"
+    );
     assert!(!rules_of(&daemon, tidy.pid()).contains(&"unread".to_owned()));
     assert_eq!(num(&daemon.process(tidy.pid()), "unread"), 0);
     assert!(!rules_of(&daemon, srv.pid()).contains(&"unread".to_owned()));
