@@ -15,6 +15,28 @@ fn alerts_of(daemon: &Daemon, pid: u32, rule: &str) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// The value of `name`'s series for `pid` in a /metrics scrape (None: no such series).
+fn metric_of_pid(metrics: &str, name: &str, pid: u32) -> Option<f64> {
+    let (prefix, label) = (format!("{name}{{"), format!("pid=\"{pid}\""));
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&prefix) && l.contains(&label))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Sockets `ss` shows in the namespace `netns` whose local port is in `ports`, listeners left
+/// out: the ephemeral ports in use there, whatever the state.
+fn ss_local_ports_in(netns: &str, ports: std::ops::RangeInclusive<u16>) -> u64 {
+    let out = Command::new("ss").args(["-N", netns, "-Htan"]).output().expect("ss");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with("LISTEN"))
+        .filter_map(|l| l.split_whitespace().nth(3)?.rsplit(':').next()?.parse::<u16>().ok())
+        .filter(|p| ports.contains(p))
+        .count() as u64
+}
+
 /// `(local, peer)` of every TIME_WAIT socket `ss` shows in the namespace `netns` (None: ours).
 fn ss_time_wait(netns: Option<&str>) -> HashSet<(String, String)> {
     let mut cmd = Command::new("ss");
@@ -132,6 +154,13 @@ fn time_wait_is_blamed_on_the_side_that_closed_first() {
         common::expect_eq("client open", num(&c, "open"), 0)
     });
     let metrics = daemon.scrape_metrics();
+    // Per process, the same figures as `top` (nothing changes any more: every socket is in
+    // TIME_WAIT for a minute).
+    for (who, pid) in [("client", client.pid), ("server", server.pid)] {
+        let got = metric_of_pid(&metrics, "tcp_tracer_time_wait_caused", pid);
+        let want = num(&daemon.process(pid), "time_wait_caused") as f64;
+        assert_eq!(got, Some(want), "{who}'s tcp_tracer_time_wait_caused");
+    }
     let total = metrics
         .lines()
         .find_map(|l| l.strip_prefix("tcp_tracer_time_wait_caused_total "))
@@ -255,6 +284,36 @@ fn port_exhaustion_raises_before_connects_fail() {
         .expect("a remote row for the destination");
     assert_eq!(row["ports_available"], 100, "{row}");
     assert!(row["pids"].as_array().is_some_and(|p| p.contains(&client.pid.into())), "{row}");
+    // ports_used against every socket ss shows on a port of the range, sampled around the
+    // query; the metric carries the same figure as a ratio.
+    daemon.eventually("top --by remote's ports_used equals ss", |d| {
+        let before = ss_local_ports_in(&ns.0, 40000..=40099);
+        let remotes = d.json(&["top", "--by", "remote"]);
+        let after = ss_local_ports_in(&ns.0, 40000..=40099);
+        if before != after {
+            return Err(format!("ss changed while sampling: {before} then {after}"));
+        }
+        let row = remotes["remotes"]
+            .as_array()
+            .and_then(|r| r.iter().find(|x| x["remote"] == "127.0.0.1:18080").cloned())
+            .ok_or("no remote row")?;
+        common::expect_eq("ports_used (ss)", num(&row, "ports_used"), before)
+    });
+    let metrics = daemon.scrape_metrics();
+    let remotes = daemon.json(&["top", "--by", "remote"]);
+    let row = remotes["remotes"]
+        .as_array()
+        .and_then(|r| r.iter().find(|x| x["remote"] == "127.0.0.1:18080").cloned())
+        .expect("a remote row for the destination");
+    let ratio = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("tcp_tracer_remote_ports_used_ratio{remote=\"127.0.0.1:18080\"} ")
+        })
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .expect("tcp_tracer_remote_ports_used_ratio for the destination");
+    let want = num(&row, "ports_used") as f64 / num(&row, "ports_available") as f64;
+    assert!((ratio - want).abs() < 1e-9, "metric ratio {ratio}, top --by remote {row}");
     // Only now do the ports run out.
     let failed = client.try_cmd("churn 127.0.0.1:18080 30").expect_err("the port range runs out");
     assert!(failed.contains("os error 99"), "EADDRNOTAVAIL expected: {failed}");
@@ -288,6 +347,24 @@ fn fd_exhaustion_raises_before_the_limit() {
         common::expect_eq("fd limit", num(fds, "limit"), 64)?;
         let used = num(fds, "used");
         assert!(used < 64, "raised only at the limit: {alert}");
+        Ok(())
+    });
+    // While it grows: a projection to the limit, and fd_used against /proc/PID/fd counted
+    // around the query. fd_used is from the last scan (one every 0.5 s): it may trail the
+    // count by the 5 descriptors a second the leaker adds.
+    let fd_dir = format!("/proc/{}/fd", leaker.pid);
+    let count = || std::fs::read_dir(&fd_dir).expect("fd dir").count() as u64;
+    daemon.eventually("fd_used against /proc while growing", |d| {
+        let before = count();
+        let row = d.process(leaker.pid);
+        let after = count();
+        if row["fd_exhaustion_seconds"].as_f64().is_none() {
+            return Err(format!("no projection for the growing process: {row}"));
+        }
+        let used = num(&row, "fd_used");
+        if used > after || used + 5 < before {
+            return Err(format!("fd_used {used}, /proc {before} then {after}"));
+        }
         Ok(())
     });
     // Ground truth now: the leaker's descriptors as /proc lists them, against `top`'s reading.
