@@ -240,9 +240,13 @@ fn responses_never_read_raise_unread_against_the_client_and_draining_or_slow_rea
 }
 
 #[test]
-fn a_pool_without_idle_timeout_raises_idle_and_one_with_a_short_timeout_never_does() {
+fn a_pool_without_idle_timeout_raises_idle_and_one_with_a_short_timeout_or_an_override_never_does()
+{
     let dir = TempDir::new("health");
     let binary = build(&dir.0);
+    // The same program under another command name, which a per-workload override exempts.
+    let exempt_binary = dir.0.join("pool-exempt");
+    std::fs::copy(&binary, &exempt_binary).expect("copy the pool program");
     let daemon = Daemon::start(&[
         "--leak-interval",
         "0.5",
@@ -252,18 +256,25 @@ fn a_pool_without_idle_timeout_raises_idle_and_one_with_a_short_timeout_never_do
         "3",
         "--idle-min",
         "20",
+        "--workload",
+        "pool-exempt:idle=off",
     ]);
     let (_srv, addr) = server(&binary);
     let keeper = Go::start(&binary, &["pool", &addr, "40", "0"]);
     // Its pool closes connections idle for 1 s: shorter than the 3 s threshold.
     let tidy = Go::start(&binary, &["pool", &addr, "40", "1000"]);
+    // The keeper's twin, with `idle` off for its command name.
+    let exempt = Go::start(&exempt_binary, &["pool", &addr, "40", "0"]);
     assert_eq!((keeper.first_line.as_str(), tidy.first_line.as_str()), ("ok", "ok"));
+    assert_eq!(exempt.first_line, "ok");
     assert_eq!(num(&daemon.process(keeper.pid()), "open"), 40, "40 pooled connections");
     daemon.eventually("idle counts the whole pool", |d| {
         let idle = num(&d.process(keeper.pid()), "idle");
         if idle == 40 { Ok(()) } else { Err(format!("idle {idle}")) }
     });
     daemon.eventually("idle raised for the pool without timeout", |d| {
+        // Polled all along: the exempt twin, as idle as the keeper, never raises.
+        assert!(!rules_of(d, exempt.pid()).contains(&"idle".to_owned()), "the override ignored");
         if rules_of(d, keeper.pid()).contains(&"idle".to_owned()) {
             Ok(())
         } else {
@@ -281,6 +292,12 @@ fn a_pool_without_idle_timeout_raises_idle_and_one_with_a_short_timeout_never_do
         assert!(got >= 3 && got + 1 >= lo / 1000 && got <= hi / 1000 + 1, "{got}: {lo}..{hi}");
         assert_eq!((num(c, "unread_bytes"), num(c, "unsent_bytes")), (0, 0), "{c}");
     }
+    // The same count on /metrics.
+    let metrics = daemon.scrape_metrics();
+    let idle = num(&daemon.process(keeper.pid()), "idle");
+    let line =
+        format!("tcp_tracer_idle_connections{{pid=\"{}\",comm=\"pool\"}} {idle}", keeper.pid());
+    assert!(metrics.lines().any(|l| l == line), "{line} not in:\n{metrics}");
     // The pool with an idle timeout emptied itself and never alerted.
     daemon.eventually("the short-timeout pool closed its connections", |d| {
         let open = num(&d.process(tidy.pid()), "open");
@@ -288,6 +305,14 @@ fn a_pool_without_idle_timeout_raises_idle_and_one_with_a_short_timeout_never_do
     });
     daemon.wait_for_more("leak_evaluations", 4);
     assert!(!rules_of(&daemon, tidy.pid()).contains(&"idle".to_owned()));
+    // The exempt twin: its whole pool idle like the keeper's, the override applied to it (and
+    // to nothing else), and no alert in all that time.
+    let twin = daemon.process(exempt.pid());
+    assert_eq!((num(&twin, "open"), num(&twin, "idle")), (40, 40), "{twin}");
+    let matches = daemon.json(&["status"])["workload_override_matches"].clone();
+    assert_eq!(matches[0]["selector"], "pool-exempt", "{matches}");
+    assert_eq!(matches[0]["processes"], 1, "{matches}");
+    assert!(!rules_of(&daemon, exempt.pid()).contains(&"idle".to_owned()));
     // Every evaluation had its dump, and reconciles due at the same time (every second,
     // evaluations every half second) shared one instead of making their own.
     let status = daemon.json(&["status"]);
@@ -298,8 +323,10 @@ fn a_pool_without_idle_timeout_raises_idle_and_one_with_a_short_timeout_never_do
     assert!(scans < evaluations + reconciles, "no dump was shared: {status}");
     assert!(num(&status, "health_scan_us") > 0);
     let resolved = daemon.json(&["leaks"])["resolved"].clone();
-    assert!(
-        !resolved.as_array().expect("resolved").iter().any(|a| a["pid"] == tidy.pid()),
-        "never raised: {resolved}"
-    );
+    for pid in [tidy.pid(), exempt.pid()] {
+        assert!(
+            !resolved.as_array().expect("resolved").iter().any(|a| a["pid"] == pid),
+            "never raised: {resolved}"
+        );
+    }
 }
