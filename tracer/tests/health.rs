@@ -96,6 +96,51 @@ fn ss(port: &str) -> HashMap<(String, String), (u64, u64, Option<u64>)> {
     rows
 }
 
+/// `ss -tni`'s info fields (`rtt:0.015/0.007` as `rtt` → `0.015/0.007`) for the sockets of
+/// `port` (either end), per (local, remote).
+fn ss_info(port: &str) -> HashMap<(String, String), HashMap<String, String>> {
+    let filter = format!("( sport = :{port} or dport = :{port} )");
+    let out = Command::new("ss").args(["-tniH", "state", "established", &filter]).output();
+    let text = String::from_utf8_lossy(&out.expect("ss").stdout).into_owned();
+    let mut rows = HashMap::new();
+    let mut last: Option<(String, String)> = None;
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if !line.starts_with(char::is_whitespace) && fields.len() >= 4 {
+            last = Some((fields[2].to_owned(), fields[3].to_owned()));
+        } else if let Some(key) = last.take() {
+            let info = fields
+                .iter()
+                .filter_map(|f| f.split_once(':'))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+            rows.insert(key, info);
+        }
+    }
+    rows
+}
+
+/// `conns`'s `rtt_us`, `bytes_acked` and `bytes_received` of a connection that carries no data
+/// any more against `ss -ti` sampled before and after the query: both samples agree, the bytes
+/// exactly (ss leaves out a count of 0), the round-trip time within the microsecond ss rounds
+/// its milliseconds to.
+fn assert_tcp_info_as_ss(
+    c: &Value,
+    before: &HashMap<(String, String), HashMap<String, String>>,
+    after: &HashMap<(String, String), HashMap<String, String>>,
+) {
+    let (b, a) = (&before[&key(c)], &after[&key(c)]);
+    for field in ["bytes_acked", "bytes_received"] {
+        let want = b.get(field).map_or(0, |v| v.parse::<u64>().expect("ss byte count"));
+        assert_eq!(a.get(field), b.get(field), "{field} changed while sampling: {c}");
+        assert_eq!(num(c, field), want, "{field} vs ss {b:?}: {c}");
+    }
+    assert_eq!(a.get("rtt"), b.get("rtt"), "rtt changed while sampling: {c}");
+    let srtt_ms: f64 = b["rtt"].split('/').next().and_then(|v| v.parse().ok()).expect("ss rtt");
+    let rtt_us = c["rtt_us"].as_f64().expect("rtt_us");
+    assert!((rtt_us - srtt_ms * 1000.0).abs() <= 1.0, "rtt_us {rtt_us} vs ss {srtt_ms} ms: {c}");
+}
+
 fn conns_of(daemon: &Daemon, pid: u32) -> Vec<Value> {
     daemon.json(&["conns", "--pid", &pid.to_string()])["connections"]
         .as_array()
@@ -170,11 +215,12 @@ fn responses_never_read_raise_unread_against_the_client_and_draining_or_slow_rea
     // receive buffer and the server's send buffer are full), so the queues must match exactly;
     // idle within a second plus the time between the two samples.
     let port = addr.rsplit(':').next().expect("port");
-    let before = ss(port);
+    let (before, info_before) = (ss(port), ss_info(port));
     let conns = conns_of(&daemon, lazy.pid());
-    let after = ss(port);
+    let (after, info_after) = (ss(port), ss_info(port));
     assert_eq!(conns.len(), UNREAD);
     for c in &conns {
+        assert_tcp_info_as_ss(c, &info_before, &info_after);
         let (rq, sq, idle) = before[&key(c)];
         assert_eq!(after[&key(c)].0, rq, "receive queue stable");
         assert_eq!(num(c, "unread_bytes"), rq, "{c}");
@@ -282,11 +328,12 @@ fn a_pool_without_idle_timeout_raises_idle_and_one_with_a_short_timeout_or_an_ov
         }
     });
     let port = addr.rsplit(':').next().expect("port");
-    let before = ss(port);
+    let (before, info_before) = (ss(port), ss_info(port));
     let conns = conns_of(&daemon, keeper.pid());
-    let after = ss(port);
+    let (after, info_after) = (ss(port), ss_info(port));
     assert_eq!(conns.len(), 40);
     for c in &conns {
+        assert_tcp_info_as_ss(c, &info_before, &info_after);
         let (lo, hi) = (before[&key(c)].2.expect("idle"), after[&key(c)].2.expect("idle"));
         let got = num(c, "idle_seconds");
         assert!(got >= 3 && got + 1 >= lo / 1000 && got <= hi / 1000 + 1, "{got}: {lo}..{hi}");
