@@ -15,6 +15,28 @@ fn alerts_of(daemon: &Daemon, pid: u32, rule: &str) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// The value of `name`'s series for `pid` in a /metrics scrape (None: no such series).
+fn metric_of_pid(metrics: &str, name: &str, pid: u32) -> Option<f64> {
+    let (prefix, label) = (format!("{name}{{"), format!("pid=\"{pid}\""));
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&prefix) && l.contains(&label))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Sockets `ss` shows in the namespace `netns` whose local port is in `ports`, listeners left
+/// out: the ephemeral ports in use there, whatever the state.
+fn ss_local_ports_in(netns: &str, ports: std::ops::RangeInclusive<u16>) -> u64 {
+    let out = Command::new("ss").args(["-N", netns, "-Htan"]).output().expect("ss");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with("LISTEN"))
+        .filter_map(|l| l.split_whitespace().nth(3)?.rsplit(':').next()?.parse::<u16>().ok())
+        .filter(|p| ports.contains(p))
+        .count() as u64
+}
+
 /// `(local, peer)` of every TIME_WAIT socket `ss` shows in the namespace `netns` (None: ours).
 fn ss_time_wait(netns: Option<&str>) -> HashSet<(String, String)> {
     let mut cmd = Command::new("ss");
@@ -132,6 +154,13 @@ fn time_wait_is_blamed_on_the_side_that_closed_first() {
         common::expect_eq("client open", num(&c, "open"), 0)
     });
     let metrics = daemon.scrape_metrics();
+    // Per process, the same figures as `top` (nothing changes any more: every socket is in
+    // TIME_WAIT for a minute).
+    for (who, pid) in [("client", client.pid), ("server", server.pid)] {
+        let got = metric_of_pid(&metrics, "tcp_tracer_time_wait_caused", pid);
+        let want = num(&daemon.process(pid), "time_wait_caused") as f64;
+        assert_eq!(got, Some(want), "{who}'s tcp_tracer_time_wait_caused");
+    }
     let total = metrics
         .lines()
         .find_map(|l| l.strip_prefix("tcp_tracer_time_wait_caused_total "))
@@ -145,6 +174,19 @@ fn time_wait_is_blamed_on_the_side_that_closed_first() {
 
 struct Netns(String);
 
+impl Netns {
+    /// A test network namespace with loopback up and `sysctls` (`KEY=VALUE`) set in it.
+    fn new(tag: &str, sysctls: &[&str]) -> Self {
+        let ns = Netns(format!("tracer-{tag}-{}", std::process::id()));
+        run(&["ip", "netns", "add", &ns.0]);
+        run(&["ip", "-n", &ns.0, "link", "set", "lo", "up"]);
+        for setting in sysctls {
+            run(&["ip", "netns", "exec", &ns.0, "sysctl", "-qw", setting]);
+        }
+        ns
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "delete", &self.0]).status();
@@ -156,23 +198,68 @@ fn run(args: &[&str]) {
     assert!(status.success(), "{args:?}: {status}");
 }
 
+/// `net.ipv4.tcp_max_tw_buckets` of 20 in a namespace whose client closes 60 connections first:
+/// the daemon remembers no more of those closes than the bound (the kernel keeps no more
+/// TIME_WAIT sockets), counts the other 40 in status, and still blames on the client exactly the
+/// TIME_WAIT sockets `ss` shows there.
+#[test]
+fn time_wait_memory_is_bounded_by_tcp_max_tw_buckets() {
+    const BOUND: u64 = 20;
+    const CLOSES: u64 = 60;
+    let ns = Netns::new("tw", &[&format!("net.ipv4.tcp_max_tw_buckets={BOUND}")]);
+    let daemon = Daemon::start(&["--leak-interval", "0.5"]);
+    let mut server = Workload::spawn_in(&ns.0);
+    server.cmd("listen 127.0.0.1 128 18080");
+    server.cmd(&format!("serve-churn 0 {CLOSES}"));
+    let mut client = Workload::spawn_in(&ns.0);
+    // A scan that started after the server listened in the namespace has read its bound.
+    daemon.wait_for_more("health_scans", 2);
+    let overflowed_before = num(&daemon.json(&["status"]), "time_wait_closes_overflowed");
+    client.cmd(&format!("churn 127.0.0.1:18080 {CLOSES}"));
+    // The client's side of each connection: the server never closes first.
+    let client_tw = || {
+        ss_time_wait(Some(&ns.0)).into_iter().filter(|(l, _)| !l.ends_with(":18080")).count() as u64
+    };
+    daemon.eventually("the closes over the bound counted, TIME_WAIT blamed as ss shows", |d| {
+        let status = d.json(&["status"]);
+        // Each close is either remembered or counted as over the bound: 40 over means the
+        // namespace's remembered closes are exactly its 20 (the daemon-wide figure adds the
+        // host's own closes).
+        let overflowed = num(&status, "time_wait_closes_overflowed") - overflowed_before;
+        common::expect_eq("closes over tcp_max_tw_buckets", overflowed, CLOSES - BOUND)?;
+        let remembered = num(&status, "time_wait_closes_remembered");
+        if remembered < BOUND {
+            return Err(format!("{remembered} closes remembered, fewer than the namespace's"));
+        }
+        let before = client_tw();
+        let caused = num(&d.process(client.pid), "time_wait_caused");
+        let after = client_tw();
+        if before != after {
+            return Err(format!("ss changed while sampling: {before} then {after}"));
+        }
+        // The kernel caps the namespace's TIME_WAIT sockets at the bound too.
+        assert!(before <= BOUND, "ss shows {before} TIME_WAIT sockets, above the bound");
+        if before == 0 {
+            return Err("ss shows no TIME_WAIT socket yet".into());
+        }
+        common::expect_eq("client time_wait_caused (ss)", caused, before)
+    });
+    let text = daemon.try_cli(&["status"]).expect("status");
+    let line = format!("{} over tcp_max_tw_buckets", overflowed_before + CLOSES - BOUND);
+    assert!(
+        text.lines().any(|l| l.starts_with("TIME_WAIT closes:") && l.ends_with(&line)),
+        "{text}"
+    );
+}
+
 /// 100 ephemeral ports and no TIME_WAIT reuse: a client churning short connections that it
 /// closes first raises `port_exhaustion` before its connects fail with EADDRNOTAVAIL.
 #[test]
 fn port_exhaustion_raises_before_connects_fail() {
-    let ns = Netns(format!("tracer-ports-{}", std::process::id()));
-    run(&["ip", "netns", "add", &ns.0]);
-    run(&["ip", "-n", &ns.0, "link", "set", "lo", "up"]);
-    run(&[
-        "ip",
-        "netns",
-        "exec",
-        &ns.0,
-        "sysctl",
-        "-qw",
-        "net.ipv4.ip_local_port_range=40000 40099",
-    ]);
-    run(&["ip", "netns", "exec", &ns.0, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=0"]);
+    let ns = Netns::new(
+        "ports",
+        &["net.ipv4.ip_local_port_range=40000 40099", "net.ipv4.tcp_tw_reuse=0"],
+    );
     let daemon = Daemon::start(&["--leak-interval", "0.5"]);
     let mut server = Workload::spawn_in(&ns.0);
     server.cmd("listen 127.0.0.1 128 18080");
@@ -197,6 +284,36 @@ fn port_exhaustion_raises_before_connects_fail() {
         .expect("a remote row for the destination");
     assert_eq!(row["ports_available"], 100, "{row}");
     assert!(row["pids"].as_array().is_some_and(|p| p.contains(&client.pid.into())), "{row}");
+    // ports_used against every socket ss shows on a port of the range, sampled around the
+    // query; the metric carries the same figure as a ratio.
+    daemon.eventually("top --by remote's ports_used equals ss", |d| {
+        let before = ss_local_ports_in(&ns.0, 40000..=40099);
+        let remotes = d.json(&["top", "--by", "remote"]);
+        let after = ss_local_ports_in(&ns.0, 40000..=40099);
+        if before != after {
+            return Err(format!("ss changed while sampling: {before} then {after}"));
+        }
+        let row = remotes["remotes"]
+            .as_array()
+            .and_then(|r| r.iter().find(|x| x["remote"] == "127.0.0.1:18080").cloned())
+            .ok_or("no remote row")?;
+        common::expect_eq("ports_used (ss)", num(&row, "ports_used"), before)
+    });
+    let metrics = daemon.scrape_metrics();
+    let remotes = daemon.json(&["top", "--by", "remote"]);
+    let row = remotes["remotes"]
+        .as_array()
+        .and_then(|r| r.iter().find(|x| x["remote"] == "127.0.0.1:18080").cloned())
+        .expect("a remote row for the destination");
+    let ratio = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("tcp_tracer_remote_ports_used_ratio{remote=\"127.0.0.1:18080\"} ")
+        })
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .expect("tcp_tracer_remote_ports_used_ratio for the destination");
+    let want = num(&row, "ports_used") as f64 / num(&row, "ports_available") as f64;
+    assert!((ratio - want).abs() < 1e-9, "metric ratio {ratio}, top --by remote {row}");
     // Only now do the ports run out.
     let failed = client.try_cmd("churn 127.0.0.1:18080 30").expect_err("the port range runs out");
     assert!(failed.contains("os error 99"), "EADDRNOTAVAIL expected: {failed}");
@@ -230,6 +347,24 @@ fn fd_exhaustion_raises_before_the_limit() {
         common::expect_eq("fd limit", num(fds, "limit"), 64)?;
         let used = num(fds, "used");
         assert!(used < 64, "raised only at the limit: {alert}");
+        Ok(())
+    });
+    // While it grows: a projection to the limit, and fd_used against /proc/PID/fd counted
+    // around the query. fd_used is from the last scan (one every 0.5 s): it may trail the
+    // count by the 5 descriptors a second the leaker adds.
+    let fd_dir = format!("/proc/{}/fd", leaker.pid);
+    let count = || std::fs::read_dir(&fd_dir).expect("fd dir").count() as u64;
+    daemon.eventually("fd_used against /proc while growing", |d| {
+        let before = count();
+        let row = d.process(leaker.pid);
+        let after = count();
+        if row["fd_exhaustion_seconds"].as_f64().is_none() {
+            return Err(format!("no projection for the growing process: {row}"));
+        }
+        let used = num(&row, "fd_used");
+        if used > after || used + 5 < before {
+            return Err(format!("fd_used {used}, /proc {before} then {after}"));
+        }
         Ok(())
     });
     // Ground truth now: the leaker's descriptors as /proc lists them, against `top`'s reading.

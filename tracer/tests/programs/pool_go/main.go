@@ -8,6 +8,8 @@
 //	unread ADDR N          GET /large on N connections, never read nor close the bodies
 //	drain ADDR N           GET /large on N connections, read every body to the end and close
 //	                       it, again and again
+//	slow ADDR N MS BYTES   GET /large on N connections, then every MS milliseconds read BYTES
+//	                       more of each body (a slow, steady consumer; 4 MiB outlasts the tests)
 //
 // Clients print "ok" once their requests are done (drain: after the first round).
 package main
@@ -74,7 +76,7 @@ func main() {
 		})
 		fmt.Printf("port %d\n", l.Addr().(*net.TCPAddr).Port)
 		panic(http.Serve(l, nil))
-	case "pool", "unread", "drain":
+	case "pool", "unread", "drain", "slow":
 		addr := os.Args[2]
 		n, _ := strconv.Atoi(os.Args[3])
 		switch os.Args[1] {
@@ -89,6 +91,24 @@ func main() {
 				keptMu.Unlock()
 			})
 			fmt.Println("ok")
+		case "slow":
+			ms, _ := strconv.Atoi(os.Args[4])
+			size, _ := strconv.Atoi(os.Args[5])
+			fetch(client(n, 0), "http://"+addr+"/large", n, func(r *http.Response) {
+				keptMu.Lock()
+				kept = append(kept, r)
+				keptMu.Unlock()
+			})
+			fmt.Println("ok")
+			buf := make([]byte, size)
+			for {
+				time.Sleep(time.Duration(ms) * time.Millisecond)
+				for _, r := range kept {
+					if _, err := io.ReadFull(r.Body, buf); err != nil {
+						panic(err)
+					}
+				}
+			}
 		case "drain":
 			c := client(n, 0)
 			fetch(c, "http://"+addr+"/large", n, drain)
