@@ -1348,6 +1348,7 @@ fn k8s(ns: &str, pod: &str, name: &str, id: &str) -> crate::containers::Placemen
             namespace: Some(ns.to_owned()),
             pod_uid: None,
             cgroup: format!("/kubepods.slice/cri-containerd-{id}.scope"),
+            role: crate::containers::Role::Workload,
         }),
         unit: None,
         role: crate::containers::Role::Workload,
