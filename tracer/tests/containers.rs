@@ -370,6 +370,8 @@ fn every_path_shape_resolves_to_its_exact_placement() {
     // Every process its own series (the machine's other processes must not crowd ours out).
     flags.extend(["--metrics-top".to_owned(), "1000".to_owned()]);
     flags.extend(FAST_LEAKS.iter().map(|s| (*s).to_owned()));
+    // Every connection's opener stack, so `tracer stacks PID` has groups to show.
+    flags.extend(["--stacks".to_owned(), "all".to_owned()]);
     let receiver = Receiver::start();
     flags.extend(["--alert-webhook".to_owned(), receiver.url.clone()]);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
@@ -411,6 +413,7 @@ fn every_path_shape_resolves_to_its_exact_placement() {
     views_name_every_shape(&daemon, &shapes, server.pid);
     groups_and_filters(&daemon, &shapes);
     metrics_label_every_shape(&daemon, &shapes);
+    stacks_name_every_shape(&daemon, &shapes);
 
     // A leak in the pod with a sidecar: the alert names the leaking container, not its sidecar.
     let api = shapes.iter().position(|s| container_name(s) == Some("api")).expect("api shape");
@@ -589,6 +592,42 @@ fn groups_and_filters(daemon: &Daemon, shapes: &[Shape<'_>]) {
             .filter(|p| ours.contains(p))
             .collect();
         assert_eq!(got, want, "conns {args:?}");
+    }
+}
+
+/// `tracer stacks PID --json` carries each shape's exact container object and its one
+/// connection's stack; the text header names the placement (`in <namespace>/<pod>/<container>`,
+/// `(sandbox)` for the pause process, nothing for a host process).
+fn stacks_name_every_shape(daemon: &Daemon, shapes: &[Shape<'_>]) {
+    for shape in shapes {
+        let pid = shape.pid.to_string();
+        let path = &shape.case.path;
+        let answer = daemon.json(&["stacks", &pid]);
+        assert_eq!(answer["container"], shape.json(), "{path}: {answer:#}");
+        assert_eq!(num(&answer, "open"), 1, "{path}: {answer:#}");
+        let grouped: u64 = rows(&answer, "groups").iter().map(|g| num(g, "count")).sum();
+        assert_eq!(grouped, 1, "{path}: its connection's stack: {answer:#}");
+        let text = daemon.try_cli(&["stacks", &pid]).expect("stacks text");
+        let header = text.lines().next().unwrap_or_default().to_owned();
+        let c = shape.container();
+        let want = match c {
+            None => format!("pid {pid} (workload): "),
+            Some(c) => {
+                let label = match (c.role, &c.name) {
+                    (Role::Sandbox, _) => "(sandbox)".to_owned(),
+                    (_, Some(name)) => name.clone(),
+                    (_, None) => c.id[..12].to_owned(),
+                };
+                match (&c.namespace, &c.pod) {
+                    (Some(ns), Some(pod)) => format!(" in {ns}/{pod}/{label}: "),
+                    _ => format!(" in {label}: "),
+                }
+            }
+        };
+        assert!(header.contains(&want), "{path}: {header:?} lacks {want:?}");
+        if c.is_none() {
+            assert!(!header.contains(" in "), "{path}: a host process: {header:?}");
+        }
     }
 }
 
