@@ -282,6 +282,53 @@ fn cases(kubelet: &Kubelet) -> Vec<Case> {
         },
         Role::Workload,
     ));
+    // The kubelet's cgroupfs driver, Guaranteed (no QoS level in the path).
+    let uid = pod_uid(13);
+    kubelet.container("web", "static-0", &uid, "httpd", &id(13));
+    cases.push(contained(
+        format!("/kubepods/pod{uid}/{}", id(13)),
+        Runtime::Containerd,
+        &id(13),
+        Names {
+            name: Some("httpd"),
+            pod: Some("static-0"),
+            namespace: Some("web"),
+            pod_uid: Some(&uid),
+        },
+        Role::Workload,
+    ));
+    // cri-dockerd: the cgroupfs driver's bare id, which docker keeps a config for (its name is
+    // docker's `k8s_...` one; the kubelet's name wins).
+    let uid = pod_uid(16);
+    kubelet.container("legacy", "shim-0", &uid, "app", &id(16));
+    kubelet.docker(&id(16), &format!("k8s_app_shim-0_legacy_{uid}_0"));
+    cases.push(contained(
+        format!("/kubepods/burstable/pod{uid}/{}", id(16)),
+        Runtime::Docker,
+        &id(16),
+        Names {
+            name: Some("app"),
+            pod: Some("shim-0"),
+            namespace: Some("legacy"),
+            pod_uid: Some(&uid),
+        },
+        Role::Workload,
+    ));
+    // CRI-O under the cgroupfs driver.
+    let uid = pod_uid(14);
+    kubelet.container("crio-ns", "queue-0", &uid, "rabbit", &id(14));
+    cases.push(contained(
+        format!("/kubepods/burstable/pod{uid}/crio-{}", id(14)),
+        Runtime::CriO,
+        &id(14),
+        Names {
+            name: Some("rabbit"),
+            pod: Some("queue-0"),
+            namespace: Some("crio-ns"),
+            pod_uid: Some(&uid),
+        },
+        Role::Workload,
+    ));
     // CRI-O, and its conmon.
     let uid = pod_uid(9);
     let u = uid.replace('-', "_");
@@ -314,6 +361,14 @@ fn cases(kubelet: &Kubelet) -> Vec<Case> {
         format!("/machine.slice/libpod-{}.scope/container", id(11)),
         Runtime::Podman,
         &id(11),
+        NO_NAMES,
+        Role::Workload,
+    ));
+    // Rootless podman: under the user's systemd instance.
+    cases.push(contained(
+        format!("/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{}.scope", id(15)),
+        Runtime::Podman,
+        &id(15),
         NO_NAMES,
         Role::Workload,
     ));
@@ -544,7 +599,10 @@ fn groups_and_filters(daemon: &Daemon, shapes: &[Shape<'_>]) {
         ("jobs/batch-1", 1),
         ("jobs/db-0", 1),
         ("web/front-1", 1),
+        ("web/static-0", 1),
+        ("legacy/shim-0", 1),
         ("crio-ns/cache-0", 1),
+        ("crio-ns/queue-0", 1),
     ] {
         let rows = rows(&by_pod, "groups");
         let row = rows.iter().find(|g| g["group"] == pod).unwrap_or_else(|| panic!("no {pod}"));
