@@ -1,5 +1,5 @@
-//! A "container" built from kernel parts: a docker-shaped cgroup v2 directory, its own PID,
-//! mount, UTS and network namespaces (`unshare`), a veth pair to the host on a private /30, and
+//! A "container" built from kernel parts: a docker-shaped cgroup v2 directory, its own cgroup
+//! (rooted at that directory), PID, mount, UTS and network namespaces (`unshare`), a veth pair to the host on a private /30, and
 //! a docker config naming it. A client inside opens connections to a server on the host; the
 //! daemon must attribute the client to its container, list its connections in the container's
 //! network namespace, and count exactly what `ss` run inside that namespace shows. Then real
@@ -53,11 +53,6 @@ impl Cgroup {
         }
         Self { root, made, dir }
     }
-
-    fn enter(&self, pid: u32) {
-        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string())
-            .unwrap_or_else(|e| panic!("move {pid} into {}: {e}", self.dir.display()));
-    }
 }
 
 impl Drop for Cgroup {
@@ -82,12 +77,17 @@ impl Drop for Veth {
     }
 }
 
-/// The "container": the workload example as PID 1 of new PID, mount, UTS and network
+/// The "container": the workload example as PID 1 of new cgroup, PID, mount, UTS and network
 /// namespaces (`unshare --kill-child`, so that killing the wrapper kills it), with `pid` set to
-/// its pid as the host sees it.
-fn spawn_container() -> Workload {
-    let mut cmd = Command::new("unshare");
-    cmd.args(["--pid", "--fork", "--kill-child", "--mount", "--mount-proc", "--uts", "--net"])
+/// its pid as the host sees it. The wrapper moves itself into `cgroup` before `unshare`, so the
+/// container's cgroup namespace is rooted at its own cgroup, as a runtime's is.
+fn spawn_container(cgroup: &Cgroup) -> Workload {
+    let procs = cgroup.dir.join("cgroup.procs");
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#"echo $$ > "$1" && exec unshare --cgroup --pid --fork --kill-child --mount --mount-proc --uts --net "$2""#)
+        .arg("sh")
+        .arg(&procs)
         .arg(example_path("workload"));
     let mut workload = Workload::spawn_command(cmd);
     assert_eq!(workload.pid, 1, "the workload is PID 1 of its own PID namespace");
@@ -176,8 +176,16 @@ fn container_from_kernel_parts_counts_what_ss_sees_in_its_namespace() {
     let cgroup = Cgroup::make(&format!("/system.slice/docker-{id}.scope"));
 
     // The container, in its cgroup, with a veth pair to the host on a private /30.
-    let mut client = spawn_container();
-    cgroup.enter(client.pid);
+    let mut client = spawn_container(&cgroup);
+    // In its cgroup (the host sees the full path), in its own cgroup namespace rooted there
+    // (inside, its cgroup is `/`).
+    let path = format!("/system.slice/docker-{id}.scope");
+    assert_eq!(v2_cgroup_of(client.pid), path, "moved into its cgroup before unshare");
+    let ns = |pid: u32| std::fs::metadata(format!("/proc/{pid}/ns/cgroup")).expect("ns").ino();
+    assert_ne!(ns(client.pid), ns(std::process::id()), "its own cgroup namespace");
+    let pid = client.pid.to_string();
+    let inside = run(&["nsenter", "-t", &pid, "--cgroup", "--mount", "cat", "/proc/1/cgroup"]);
+    assert!(inside.lines().any(|l| l == "0::/"), "inside its cgroup namespace: {inside}");
     let (host_if, peer_if) = (format!("tvh{tag}"), format!("tvc{tag}"));
     let subnet = format!("10.{}.{}", 200 + tag % 50, (tag / 50) % 256);
     let (host_ip, peer_ip) = (format!("{subnet}.1"), format!("{subnet}.2"));

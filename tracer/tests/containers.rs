@@ -16,7 +16,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use common::{Daemon, FAST_LEAKS, TempDir, Workload, num};
+use common::{Daemon, FAST_LEAKS, Receiver, TempDir, Workload, num};
 use serde_json::Value;
 use tracer::containers::{
     Container, Directory, Placement, Resolver, Role, Runtime, cgroupfs, names::NameDirs,
@@ -181,6 +181,7 @@ fn contained(path: String, runtime: Runtime, id: &str, names: Names<'_>, role: R
                 namespace: owned(names.namespace),
                 pod_uid: owned(names.pod_uid),
                 cgroup: path.clone(),
+                role,
             }),
             unit: None,
             role,
@@ -281,6 +282,53 @@ fn cases(kubelet: &Kubelet) -> Vec<Case> {
         },
         Role::Workload,
     ));
+    // The kubelet's cgroupfs driver, Guaranteed (no QoS level in the path).
+    let uid = pod_uid(13);
+    kubelet.container("web", "static-0", &uid, "httpd", &id(13));
+    cases.push(contained(
+        format!("/kubepods/pod{uid}/{}", id(13)),
+        Runtime::Containerd,
+        &id(13),
+        Names {
+            name: Some("httpd"),
+            pod: Some("static-0"),
+            namespace: Some("web"),
+            pod_uid: Some(&uid),
+        },
+        Role::Workload,
+    ));
+    // cri-dockerd: the cgroupfs driver's bare id, which docker keeps a config for (its name is
+    // docker's `k8s_...` one; the kubelet's name wins).
+    let uid = pod_uid(16);
+    kubelet.container("legacy", "shim-0", &uid, "app", &id(16));
+    kubelet.docker(&id(16), &format!("k8s_app_shim-0_legacy_{uid}_0"));
+    cases.push(contained(
+        format!("/kubepods/burstable/pod{uid}/{}", id(16)),
+        Runtime::Docker,
+        &id(16),
+        Names {
+            name: Some("app"),
+            pod: Some("shim-0"),
+            namespace: Some("legacy"),
+            pod_uid: Some(&uid),
+        },
+        Role::Workload,
+    ));
+    // CRI-O under the cgroupfs driver.
+    let uid = pod_uid(14);
+    kubelet.container("crio-ns", "queue-0", &uid, "rabbit", &id(14));
+    cases.push(contained(
+        format!("/kubepods/burstable/pod{uid}/crio-{}", id(14)),
+        Runtime::CriO,
+        &id(14),
+        Names {
+            name: Some("rabbit"),
+            pod: Some("queue-0"),
+            namespace: Some("crio-ns"),
+            pod_uid: Some(&uid),
+        },
+        Role::Workload,
+    ));
     // CRI-O, and its conmon.
     let uid = pod_uid(9);
     let u = uid.replace('-', "_");
@@ -313,6 +361,14 @@ fn cases(kubelet: &Kubelet) -> Vec<Case> {
         format!("/machine.slice/libpod-{}.scope/container", id(11)),
         Runtime::Podman,
         &id(11),
+        NO_NAMES,
+        Role::Workload,
+    ));
+    // Rootless podman: under the user's systemd instance.
+    cases.push(contained(
+        format!("/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{}.scope", id(15)),
+        Runtime::Podman,
+        &id(15),
         NO_NAMES,
         Role::Workload,
     ));
@@ -369,6 +425,10 @@ fn every_path_shape_resolves_to_its_exact_placement() {
     // Every process its own series (the machine's other processes must not crowd ours out).
     flags.extend(["--metrics-top".to_owned(), "1000".to_owned()]);
     flags.extend(FAST_LEAKS.iter().map(|s| (*s).to_owned()));
+    // Every connection's opener stack, so `tracer stacks PID` has groups to show.
+    flags.extend(["--stacks".to_owned(), "all".to_owned()]);
+    let receiver = Receiver::start();
+    flags.extend(["--alert-webhook".to_owned(), receiver.url.clone()]);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let daemon = Daemon::start(&flags);
     let before = daemon.json(&["status"]);
@@ -408,16 +468,31 @@ fn every_path_shape_resolves_to_its_exact_placement() {
     views_name_every_shape(&daemon, &shapes, server.pid);
     groups_and_filters(&daemon, &shapes);
     metrics_label_every_shape(&daemon, &shapes);
+    stacks_name_every_shape(&daemon, &shapes);
 
     // A leak in the pod with a sidecar: the alert names the leaking container, not its sidecar.
     let api = shapes.iter().position(|s| container_name(s) == Some("api")).expect("api shape");
     let leaker = shapes[api].pid;
     placed[api].1.cmd(&format!("trickle-bg 127.0.0.1:{port} 200"));
-    leak_names_its_container(&daemon, &shapes[api]);
+    leak_names_its_container(&daemon, &shapes[api], &receiver);
     for shape in shapes.iter().filter(|s| s.pid != leaker) {
         let alerts = alerts_of(&daemon, shape.pid);
         assert!(alerts.iter().all(|a| a["rule"] != "growth"), "{}: {alerts:?}", shape.case.path);
     }
+
+    // Every shape's alerts carry its placement: each workload serves, the host server connects
+    // to it and closes, so each holds one CLOSE_WAIT connection past --close-wait-after.
+    let mut ports = Vec::new();
+    for (_, workload) in &mut placed {
+        let port = workload.listen("127.0.0.1");
+        workload.cmd("serve-bg 0 hold");
+        ports.push(port);
+    }
+    for port in &ports {
+        server.connect(&format!("127.0.0.1:{port}"), 1);
+    }
+    server.cmd(&format!("close {}", ports.len()));
+    close_wait_names_every_shape(&daemon, &shapes);
 
     drop(daemon);
     for (_, workload) in placed {
@@ -494,6 +569,13 @@ fn groups_and_filters(daemon: &Daemon, shapes: &[Shape<'_>]) {
     let by_container = daemon.json(&["top", "--by", "container"]);
     let groups = rows(&by_container, "groups");
     for shape in shapes.iter().filter(|s| s.container().is_some()) {
+        let c = shape.container().expect("container");
+        if c.role == Role::Sandbox {
+            // Not a container of its own: no row (not even a nameless one).
+            let id = c.id.as_str();
+            assert!(groups.iter().all(|g| g["container"]["id"] != id), "sandbox row: {groups:?}");
+            continue;
+        }
         let group = groups.iter().find(|g| g["container"] == shape.json());
         let group = group.unwrap_or_else(|| panic!("{}: no --by container row", shape.case.path));
         assert_eq!((num(group, "processes"), num(group, "open")), (1, 1), "{group}");
@@ -509,15 +591,18 @@ fn groups_and_filters(daemon: &Daemon, shapes: &[Shape<'_>]) {
     let hosts = shapes.iter().filter(|s| s.container().is_none()).count() as u64;
     assert!(num(host, "processes") >= hosts, "{host}");
 
-    // By pod: the pod with a sidecar is one row (api, envoy and its sandbox); CRI-O's conmon is
-    // a host process, not in its pod.
+    // By pod: the pod with a sidecar is one row of api and envoy (its sandbox owns no
+    // application traffic: not counted); CRI-O's conmon is a host process, not in its pod.
     let by_pod = daemon.json(&["top", "--by", "pod"]);
     for (pod, processes) in [
-        ("shop/checkout-7d9f", 3),
+        ("shop/checkout-7d9f", 2),
         ("jobs/batch-1", 1),
         ("jobs/db-0", 1),
         ("web/front-1", 1),
+        ("web/static-0", 1),
+        ("legacy/shim-0", 1),
         ("crio-ns/cache-0", 1),
+        ("crio-ns/queue-0", 1),
     ] {
         let rows = rows(&by_pod, "groups");
         let row = rows.iter().find(|g| g["group"] == pod).unwrap_or_else(|| panic!("no {pod}"));
@@ -568,6 +653,42 @@ fn groups_and_filters(daemon: &Daemon, shapes: &[Shape<'_>]) {
     }
 }
 
+/// `tracer stacks PID --json` carries each shape's exact container object and its one
+/// connection's stack; the text header names the placement (`in <namespace>/<pod>/<container>`,
+/// `(sandbox)` for the pause process, nothing for a host process).
+fn stacks_name_every_shape(daemon: &Daemon, shapes: &[Shape<'_>]) {
+    for shape in shapes {
+        let pid = shape.pid.to_string();
+        let path = &shape.case.path;
+        let answer = daemon.json(&["stacks", &pid]);
+        assert_eq!(answer["container"], shape.json(), "{path}: {answer:#}");
+        assert_eq!(num(&answer, "open"), 1, "{path}: {answer:#}");
+        let grouped: u64 = rows(&answer, "groups").iter().map(|g| num(g, "count")).sum();
+        assert_eq!(grouped, 1, "{path}: its connection's stack: {answer:#}");
+        let text = daemon.try_cli(&["stacks", &pid]).expect("stacks text");
+        let header = text.lines().next().unwrap_or_default().to_owned();
+        let c = shape.container();
+        let want = match c {
+            None => format!("pid {pid} (workload): "),
+            Some(c) => {
+                let label = match (c.role, &c.name) {
+                    (Role::Sandbox, _) => "(sandbox)".to_owned(),
+                    (_, Some(name)) => name.clone(),
+                    (_, None) => c.id[..12].to_owned(),
+                };
+                match (&c.namespace, &c.pod) {
+                    (Some(ns), Some(pod)) => format!(" in {ns}/{pod}/{label}: "),
+                    _ => format!(" in {label}: "),
+                }
+            }
+        };
+        assert!(header.contains(&want), "{path}: {header:?} lacks {want:?}");
+        if c.is_none() {
+            assert!(!header.contains(" in "), "{path}: a host process: {header:?}");
+        }
+    }
+}
+
 /// Per-process series carry `k8s_namespace`/`k8s_pod`/`k8s_container` as known for container
 /// shapes and none for host ones; each container has its `tcp_tracer_container_*` series.
 fn metrics_label_every_shape(daemon: &Daemon, shapes: &[Shape<'_>]) {
@@ -596,6 +717,13 @@ fn metrics_label_every_shape(daemon: &Daemon, shapes: &[Shape<'_>]) {
         }
         let Some(c) = shape.container() else { continue };
         let short = &c.id[..12];
+        let of_container = |s: &&Sample| s.label("container_id") == Some(short);
+        if c.role == Role::Sandbox {
+            // A pod's sandbox has no per-container series.
+            let found: Vec<&Sample> = series.iter().filter(of_container).collect();
+            assert!(found.is_empty(), "{}: {found:?}", shape.case.path);
+            continue;
+        }
         let per_container: Vec<&Sample> = series
             .iter()
             .filter(|s| {
@@ -616,7 +744,7 @@ fn metrics_label_every_shape(daemon: &Daemon, shapes: &[Shape<'_>]) {
 }
 
 /// The workload labels the test expects: those known, namespace, pod, container (name or short
-/// id); none for a host process.
+/// id; none for a pod's sandbox); none for a host process.
 fn workload_labels(c: Option<&Container>) -> Vec<(&'static str, String)> {
     let Some(c) = c else { return Vec::new() };
     let mut out = Vec::new();
@@ -626,14 +754,16 @@ fn workload_labels(c: Option<&Container>) -> Vec<(&'static str, String)> {
     if let Some(pod) = &c.pod {
         out.push(("k8s_pod", pod.clone()));
     }
-    out.push(("k8s_container", c.name.clone().unwrap_or_else(|| c.id[..12].to_owned())));
+    if c.role != Role::Sandbox {
+        out.push(("k8s_container", c.name.clone().unwrap_or_else(|| c.id[..12].to_owned())));
+    }
     out
 }
 
 /// The leaking container's growth alert: in `leaks --json` with its exact container, under its
 /// namespace's filter and not its neighbours', on its `--by container` row, in the log line
 /// and on /metrics.
-fn leak_names_its_container(daemon: &Daemon, shape: &Shape<'_>) {
+fn leak_names_its_container(daemon: &Daemon, shape: &Shape<'_>, receiver: &Receiver) {
     daemon.eventually("growth raised in the api container", |d| {
         if alerts_of(d, shape.pid).iter().any(|a| a["rule"] == "growth") {
             Ok(())
@@ -674,6 +804,38 @@ fn leak_names_its_container(daemon: &Daemon, shape: &Shape<'_>) {
         s.name == "tcp_tracer_container_leak_alerts" && s.label("k8s_container") == Some("api")
     });
     assert!(alerts.is_some_and(|s| s.value >= 1.0), "{alerts:?}");
+    // The webhook's payload names the container, its pod and namespace.
+    daemon.eventually("the webhook got the growth alert", |_| {
+        receiver.raised(shape.pid, "growth").map(|_| ()).ok_or_else(|| "no POST yet".to_owned())
+    });
+    let body = receiver.raised(shape.pid, "growth").expect("raised body");
+    assert_eq!(body["alert"]["container"], shape.json(), "{body:#}");
+    let c = &body["alert"]["container"];
+    let names = [&c["name"], &c["pod"], &c["namespace"]].map(|v| v.as_str().unwrap_or_default());
+    assert_eq!(names, ["api", "checkout-7d9f", "shop"], "{body:#}");
+}
+
+/// Each shape's `close_wait` alert in `leaks --json` carries its exact container object (null
+/// for host shapes), and names the stale connection.
+fn close_wait_names_every_shape(daemon: &Daemon, shapes: &[Shape<'_>]) {
+    daemon.eventually("close_wait raised in every shape", |d| {
+        let active = rows(&d.json(&["leaks"]), "active");
+        let missing: Vec<&str> = shapes
+            .iter()
+            .filter(|s| !active.iter().any(|a| a["pid"] == s.pid && a["rule"] == "close_wait"))
+            .map(|s| s.case.path.as_str())
+            .collect();
+        if missing.is_empty() { Ok(()) } else { Err(format!("none yet for {missing:?}")) }
+    });
+    let active = rows(&daemon.json(&["leaks"]), "active");
+    for shape in shapes {
+        let alert = active
+            .iter()
+            .find(|a| a["pid"] == shape.pid && a["rule"] == "close_wait")
+            .expect("close_wait alert");
+        assert_eq!(alert["container"], shape.json(), "{}", shape.case.path);
+        assert_eq!(num(&alert["evidence"], "stale_close_wait"), 1, "{}", shape.case.path);
+    }
 }
 
 fn alerts_of(daemon: &Daemon, pid: u32) -> Vec<Value> {

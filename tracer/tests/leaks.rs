@@ -2,14 +2,9 @@
 //! windows, alerts checked in `leaks --json`, `top --json`, the log and a webhook receiver.
 mod common;
 
-use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::TcpListener,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::time::Duration;
 
-use common::{Daemon, FAST_LEAKS, Workload, num};
+use common::{Daemon, FAST_LEAKS, Receiver, Workload, num};
 use serde_json::Value;
 
 fn alerts_of(daemon: &Daemon, list: &str, pid: u32) -> Vec<Value> {
@@ -17,71 +12,6 @@ fn alerts_of(daemon: &Daemon, list: &str, pid: u32) -> Vec<Value> {
         .as_array()
         .map(|a| a.iter().filter(|x| x["pid"] == pid).cloned().collect())
         .unwrap_or_default()
-}
-
-/// A minimal HTTP receiver recording every POSTed JSON body.
-struct Receiver {
-    url: String,
-    bodies: Arc<Mutex<Vec<Value>>>,
-}
-
-impl Receiver {
-    fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
-        let bodies = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&bodies);
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let mut reader = BufReader::new(stream);
-                let mut length = 0usize;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        length = v.trim().parse().unwrap_or(0);
-                    }
-                }
-                let mut body = vec![0u8; length];
-                if reader.read_exact(&mut body).is_ok()
-                    && let Ok(v) = serde_json::from_slice(&body)
-                {
-                    sink.lock().expect("lock").push(v);
-                }
-                let _ = reader.get_mut().write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
-            }
-        });
-        Self { url, bodies }
-    }
-
-    /// The body of the first `raised` POST of `pid`'s `rule` alert.
-    fn raised(&self, pid: u32, rule: &str) -> Option<Value> {
-        self.bodies
-            .lock()
-            .expect("lock")
-            .iter()
-            .find(|b| {
-                b["event"] == "raised" && b["alert"]["pid"] == pid && b["alert"]["rule"] == rule
-            })
-            .cloned()
-    }
-
-    fn events_for(&self, pid: u32) -> Vec<(String, String)> {
-        self.bodies
-            .lock()
-            .expect("lock")
-            .iter()
-            .filter(|b| b["alert"]["pid"] == pid)
-            .map(|b| {
-                (
-                    b["event"].as_str().unwrap_or("").to_owned(),
-                    b["alert"]["rule"].as_str().unwrap_or("").to_owned(),
-                )
-            })
-            .collect()
-    }
 }
 
 #[test]

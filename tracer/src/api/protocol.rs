@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::{containers::views::PlacementFilter, names::named_enum};
 
 /// Bumped on any incompatible change to requests or payloads.
-pub const API_VERSION: u32 = 6;
+pub const API_VERSION: u32 = 7;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]

@@ -181,6 +181,7 @@ mod tests {
             namespace: None,
             pod_uid: None,
             cgroup: "/system.slice/docker-fedcba9876543210.scope".into(),
+            role: tracer::containers::Role::Workload,
         };
         let mixed = ConnsReport {
             connections: vec![row(1, HOST_NETNS, None), row(2, 4_026_532_999, Some(web))],

@@ -370,6 +370,7 @@ mod tests {
             namespace: Some("shop".to_owned()),
             pod_uid: None,
             cgroup: "/kubepods.slice/x".to_owned(),
+            role: tracer::containers::Role::Workload,
         }
     }
 

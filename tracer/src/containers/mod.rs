@@ -25,10 +25,15 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Runtime {
+    /// Docker (`docker-<id>.scope`, `/docker/<id>`; a bare id under a pod when docker's config
+    /// names it: cri-dockerd).
     Docker,
+    /// containerd (`cri-containerd-<id>.scope`, a bare id under a pod).
     Containerd,
+    /// CRI-O (`crio-<id>.scope`, `crio-<id>`).
     #[serde(rename = "cri-o")]
     CriO,
+    /// podman (`libpod-<id>.scope`, `libpod-<id>`).
     Podman,
 }
 
@@ -50,6 +55,11 @@ pub struct Container {
     pub pod_uid: Option<String>,
     /// The cgroup v2 path, from the cgroup2 mount's root.
     pub cgroup: String,
+    /// `sandbox` for a pod's sandbox (pause): it is no container of its own (no name, in no
+    /// `top --by container|pod` row and no per-container series on /metrics) but belongs to its
+    /// pod (`--pod`, `--namespace` select it). Absent for a workload container.
+    #[serde(default, skip_serializing_if = "Role::is_workload")]
+    pub role: Role,
 }
 
 impl Container {
@@ -61,6 +71,11 @@ impl Container {
     /// The name to print: the container's name, else its short id.
     pub fn label(&self) -> &str {
         self.name.as_deref().unwrap_or_else(|| self.short_id())
+    }
+
+    /// A pod's sandbox (pause), which owns no application traffic.
+    pub fn is_sandbox(&self) -> bool {
+        self.role == Role::Sandbox
     }
 }
 
@@ -103,10 +118,13 @@ impl Placement {
     }
 }
 
-/// See [`Placement::role`].
+/// What a cgroup's processes are to their container (see [`Placement::role`]). In a
+/// `container` object only `sandbox` is sent: a monitor is a host process (no `container`), and
+/// a workload container omits the field.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// A container's own processes, or a host process.
     #[default]
     Workload,
     /// conmon (`libpod-conmon-<id>.scope`, `crio-conmon-<id>.scope`).
@@ -231,6 +249,7 @@ impl Resolver {
             namespace: found.namespace,
             pod_uid: parsed.pod_uid,
             cgroup: path,
+            role: placement.role,
         });
         placement
     }

@@ -115,16 +115,21 @@ impl GroupKey {
 }
 
 /// The text cell of a process's placement: `namespace/pod/container` for Kubernetes,
-/// the container's name (or short id) otherwise, `host` outside containers. Parts not known
-/// are `?`, never guessed.
+/// the container's name (or short id) otherwise (`(sandbox)` for a pod's sandbox), `host`
+/// outside containers. Parts not known are `?`, never guessed.
 pub fn cell(c: Option<&Container>) -> String {
     let Some(c) = c else { return HOST.to_owned() };
     if c.pod.is_none() && c.namespace.is_none() && c.pod_uid.is_none() {
         return c.label().to_owned();
     }
     let pod = c.pod.as_deref().or(c.pod_uid.as_deref()).unwrap_or("?");
-    format!("{}/{pod}/{}", c.namespace.as_deref().unwrap_or("?"), c.label())
+    let label = if c.is_sandbox() { SANDBOX } else { c.label() };
+    format!("{}/{pod}/{label}", c.namespace.as_deref().unwrap_or("?"))
 }
+
+/// What the text cell says in place of a pod sandbox's container name (it has none; `(` never
+/// starts a Kubernetes name).
+pub const SANDBOX: &str = "(sandbox)";
 
 /// `s` cut to `width` characters keeping both ends (`shop/checkout-7d…/api`): the namespace
 /// and the container are what people scan for, the pod's hash suffix least.
@@ -182,13 +187,18 @@ pub struct Member {
 }
 
 /// Groups processes (`(their container, their numbers)`), alerting groups first, then most
-/// open, then by name; `by_pod` selects `--by pod`.
+/// open, then by name; `by_pod` selects `--by pod`. Sandboxes are left out.
 pub fn group<'a>(
     members: impl IntoIterator<Item = (Option<&'a Container>, Member)>,
     by_pod: bool,
 ) -> Vec<GroupRow> {
     let mut groups: std::collections::BTreeMap<GroupKey, GroupRow> = Default::default();
     for (c, m) in members {
+        // A pod's sandbox (pause) owns no application traffic: no row of its own, and not
+        // counted in its pod's.
+        if c.is_some_and(Container::is_sandbox) {
+            continue;
+        }
         let key = if by_pod { GroupKey::pod(c) } else { GroupKey::container(c) };
         let row = groups.entry(key.clone()).or_insert_with(|| GroupRow {
             group: match (by_pod, c) {
@@ -227,7 +237,7 @@ pub fn group<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::containers::Runtime;
+    use crate::containers::{Role, Runtime};
 
     pub(crate) fn k8s(ns: &str, pod: &str, name: &str, id: &str) -> Container {
         Container {
@@ -238,6 +248,7 @@ mod tests {
             namespace: Some(ns.to_owned()),
             pod_uid: Some(format!("{pod}-uid-0000")),
             cgroup: format!("/kubepods.slice/{id}"),
+            role: Role::Workload,
         }
     }
 
@@ -250,6 +261,7 @@ mod tests {
             namespace: None,
             pod_uid: None,
             cgroup: format!("/system.slice/docker-{id}.scope"),
+            role: Role::Workload,
         }
     }
 
@@ -309,6 +321,10 @@ mod tests {
         unnamed.pod = None;
         unnamed.namespace = None;
         assert_eq!(cell(Some(&unnamed)), "?/p-uid-0000/abcdef012345", "unknown stays `?`");
+        let mut pause = k8s("shop", "checkout-7d9f", "api", "abcdef012345678");
+        pause.name = None;
+        pause.role = Role::Sandbox;
+        assert_eq!(cell(Some(&pause)), "shop/checkout-7d9f/(sandbox)");
 
         assert_eq!(clip_middle("shop/checkout-7d9f8b6c5-x2x9z/api", 16), "shop/che…x9z/api");
         assert_eq!(clip_middle("shop/checkout-7d9f8b6c5-x2x9z/api", 16).chars().count(), 16);
@@ -321,6 +337,9 @@ mod tests {
         let sidecar = k8s("shop", "checkout", "envoy", "bbbb2222");
         let other = k8s("shop", "cart", "api", "cccc3333");
         let web = docker("dddd4444", Some("web"));
+        let mut pause = k8s("shop", "checkout", "api", "eeee5555");
+        pause.name = None;
+        pause.role = Role::Sandbox;
         let m = |open, growth, alerts| Member {
             open,
             opened_total: u64::from(open) * 2,
@@ -337,6 +356,7 @@ mod tests {
                 (Some(&web), m(1, 0, 0)),
                 (None, m(4, -1, 0)),
                 (None, m(3, 0, 0)),
+                (Some(&pause), m(1, 1, 1)),
             ]
         };
         let by_container = group(members(), false);
@@ -363,8 +383,11 @@ mod tests {
         assert_eq!((by_pod[0].processes, by_pod[0].open, by_pod[0].alerts), (3, 20, 1));
         assert_eq!(by_pod[0].pod.as_deref(), Some("checkout"));
         assert!(by_pod.iter().all(|r| r.container.is_none()));
-        // Every process lands in exactly one group.
-        let total: u32 = by_pod.iter().map(|r| r.open).sum();
-        assert_eq!(total, members().iter().map(|(_, m)| m.open).sum::<u32>());
+        // Every process but the sandbox lands in exactly one group; the sandbox in none.
+        for rows in [&by_container, &by_pod] {
+            let total: u32 = rows.iter().map(|r| r.open).sum();
+            assert_eq!(total, members().iter().map(|(_, m)| m.open).sum::<u32>() - 1);
+            assert!(rows.iter().all(|r| r.container.as_ref().is_none_or(|c| c.id != "eeee5555")));
+        }
     }
 }

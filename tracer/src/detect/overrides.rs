@@ -368,6 +368,7 @@ mod tests {
             namespace: Some("shop".into()),
             pod_uid: None,
             cgroup: "/kubepods.slice/x".into(),
+            role: crate::containers::Role::Workload,
         }
     }
 

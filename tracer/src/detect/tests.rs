@@ -542,6 +542,7 @@ fn shop_api() -> crate::containers::Container {
         namespace: Some("shop".into()),
         pod_uid: None,
         cgroup: "/kubepods.slice/x".into(),
+        role: crate::containers::Role::Workload,
     }
 }
 

@@ -3,7 +3,8 @@
 #![allow(dead_code)]
 
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpListener,
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
     sync::{Arc, Mutex, mpsc},
     thread::JoinHandle,
@@ -599,4 +600,69 @@ pub fn go_program(
         .unwrap_or_else(|e| panic!("cannot run go ({e}): `cargo xtask setup` installs golang-go"));
     assert!(status.success(), "go build of tests/programs/{source} failed");
     out
+}
+
+/// A minimal HTTP receiver recording every POSTed JSON body (`--alert-webhook`).
+pub struct Receiver {
+    pub url: String,
+    bodies: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Receiver {
+    pub fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&bodies);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream);
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0u8; length];
+                if reader.read_exact(&mut body).is_ok()
+                    && let Ok(v) = serde_json::from_slice(&body)
+                {
+                    sink.lock().expect("lock").push(v);
+                }
+                let _ = reader.get_mut().write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+            }
+        });
+        Self { url, bodies }
+    }
+
+    /// The body of the first `raised` POST of `pid`'s `rule` alert.
+    pub fn raised(&self, pid: u32, rule: &str) -> Option<serde_json::Value> {
+        self.bodies
+            .lock()
+            .expect("lock")
+            .iter()
+            .find(|b| {
+                b["event"] == "raised" && b["alert"]["pid"] == pid && b["alert"]["rule"] == rule
+            })
+            .cloned()
+    }
+
+    pub fn events_for(&self, pid: u32) -> Vec<(String, String)> {
+        self.bodies
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|b| b["alert"]["pid"] == pid)
+            .map(|b| {
+                (
+                    b["event"].as_str().unwrap_or("").to_owned(),
+                    b["alert"]["rule"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect()
+    }
 }

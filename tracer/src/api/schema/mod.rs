@@ -175,6 +175,7 @@ mod tests {
             cgroup: "/kubepods.slice/kubepods-pod5f0c3a1e_0d7e_4c55_9a3b_2b1f6f1d2e3a.slice/\
                      cri-containerd-0123.scope"
                 .into(),
+            role: crate::containers::Role::Workload,
         }
     }
 

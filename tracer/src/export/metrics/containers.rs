@@ -10,7 +10,8 @@
 //! `container_id="other"`; counters credited by increments since the previous scrape, so they
 //! never go down as containers move in and out of the exported set. A container's series go
 //! away when no process of it is left in the table: one exit grace period after its last
-//! process exited. Host processes are not in these families (their per-process series are).
+//! process exited. Host processes and pod sandboxes (pause) are not in these families (their
+//! per-process series are).
 use std::collections::{HashMap, HashSet};
 
 use super::{OTHER, processes::ProcessTotals};
@@ -30,7 +31,7 @@ pub(super) const CONTAINER_ID: &str = "container_id";
 pub(super) type LabelValues = Vec<(&'static str, String)>;
 
 /// The workload labels of a process in `container`: those known, in a fixed order; none for a
-/// host process.
+/// host process, no `k8s_container` for a pod's sandbox (it is no container of its own).
 pub(super) fn workload_labels(container: Option<&Container>) -> LabelValues {
     let Some(c) = container else { return Vec::new() };
     let mut out = Vec::with_capacity(3);
@@ -40,7 +41,9 @@ pub(super) fn workload_labels(container: Option<&Container>) -> LabelValues {
     if let Some(pod) = &c.pod {
         out.push((POD, pod.clone()));
     }
-    out.push((CONTAINER, c.label().to_owned()));
+    if !c.is_sandbox() {
+        out.push((CONTAINER, c.label().to_owned()));
+    }
     out
 }
 
@@ -95,7 +98,9 @@ impl ContainerExport {
         });
         let mut present = HashSet::new();
         for p in table.processes() {
-            let Some(c) = containers.container(p.cgroup_id) else { continue };
+            let Some(c) = containers.container(p.cgroup_id).filter(|c| !c.is_sandbox()) else {
+                continue;
+            };
             present.insert(p.key);
             let now = ProcessTotals::of(p);
             let seen = self.seen.entry(p.key).or_default();

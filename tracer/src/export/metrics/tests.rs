@@ -1348,6 +1348,7 @@ fn k8s(ns: &str, pod: &str, name: &str, id: &str) -> crate::containers::Placemen
             namespace: Some(ns.to_owned()),
             pod_uid: None,
             cgroup: format!("/kubepods.slice/cri-containerd-{id}.scope"),
+            role: crate::containers::Role::Workload,
         }),
         unit: None,
         role: crate::containers::Role::Workload,
@@ -1494,4 +1495,77 @@ fn container_series_are_the_top_n_plus_other_and_never_go_down() {
             .iter()
             .all(|(l, _)| l.get("k8s_pod").map(String::as_str) != Some("search"))
     );
+}
+
+#[test]
+fn a_gone_containers_series_stay_until_the_exit_grace_period_ends_then_go() {
+    let mut sim = Sim::new(10);
+    sim.containers.insert(100, k8s("shop", "checkout", "api", "aaaa000011112222"));
+    let api = in_cgroup(process(10, "java"), 100);
+    let sock = sim.open_outbound(api);
+    sim.release(api, sock);
+    // Its last process exits: the container is gone.
+    sim.exit(api);
+    let exited_at = sim.now;
+    let grace = TableConfig::default().exited_grace_ns;
+    let open = "tcp_tracer_container_open_connections";
+    let opened = "tcp_tracer_container_connections_opened_total";
+    let id = [("container_id", "aaaa00001111")];
+
+    // Just before the grace period ends: still exported, with what it did.
+    sim.now = exited_at + grace - 1;
+    sim.table.expire(sim.now);
+    let before = sim.scrape();
+    assert_eq!(before.value(open, &id), Some(0.0));
+    assert_eq!(before.value(opened, &id), Some(1.0));
+    assert_eq!(
+        before.value(opened, &[("k8s_pod", "checkout"), ("k8s_container", "api")]),
+        Some(1.0)
+    );
+
+    // Just after: the table dropped the process, and the container's series are gone.
+    sim.now = exited_at + grace;
+    sim.table.expire(sim.now);
+    let after = sim.scrape();
+    for name in [open, opened, "tcp_tracer_container_connections_closed_total"] {
+        assert!(
+            after
+                .series(name)
+                .iter()
+                .all(|(l, _)| l.get("k8s_pod").map(String::as_str) != Some("checkout")),
+            "{name} still exported"
+        );
+    }
+}
+
+#[test]
+fn a_pod_sandbox_has_pod_labels_but_no_container_series() {
+    let mut sim = Sim::new(10);
+    let mut pause = k8s("shop", "checkout", "api", "eeee000011112222");
+    if let Some(c) = pause.container.as_mut() {
+        c.name = None;
+        c.role = crate::containers::Role::Sandbox;
+    }
+    pause.role = crate::containers::Role::Sandbox;
+    sim.containers.insert(300, pause);
+    sim.containers.insert(100, k8s("shop", "checkout", "api", "aaaa000011112222"));
+    let sandbox = in_cgroup(process(30, "pause"), 300);
+    let api = in_cgroup(process(10, "java"), 100);
+    sim.open_outbound(sandbox);
+    sim.open_outbound(api);
+    let scraped = sim.scrape();
+    let open = scraped.series("tcp_tracer_open_connections");
+    let (labels, value) = open
+        .iter()
+        .find(|(l, _)| l.get("pid").map(String::as_str) == Some("30"))
+        .cloned()
+        .expect("the sandbox's process series");
+    assert_eq!(value, 1.0);
+    assert_eq!(labels.get("k8s_namespace").map(String::as_str), Some("shop"));
+    assert_eq!(labels.get("k8s_pod").map(String::as_str), Some("checkout"));
+    assert_eq!(labels.get("k8s_container"), None, "{labels:?}");
+    let containers = "tcp_tracer_container_open_connections";
+    assert_eq!(scraped.value(containers, &[("container_id", "eeee00001111")]), None);
+    assert_eq!(scraped.value(containers, &[("container_id", "aaaa00001111")]), Some(1.0));
+    assert_eq!(scraped.sum(containers, &[]), 1.0, "the sandbox's connection is in no container");
 }
