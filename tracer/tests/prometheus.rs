@@ -24,6 +24,11 @@ struct Prometheus {
 
 impl Prometheus {
     fn start(target: &str) -> Self {
+        Self::start_jobs(&[("tracer", target, "")])
+    }
+
+    /// One scrape job per (name, target, extra YAML lines of the job, indented by 4).
+    fn start_jobs(jobs: &[(&str, &str, &str)]) -> Self {
         let dir = TempDir::new("prometheus");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .expect("bind")
@@ -31,11 +36,15 @@ impl Prometheus {
             .expect("addr")
             .port();
         let config = dir.0.join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: tracer\n    static_configs:\n      - targets: [\"{target}\"]\n"),
-        )
-        .expect("config");
+        let mut text =
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n"
+                .to_owned();
+        for (name, target, extra) in jobs {
+            text += &format!(
+                "  - job_name: {name}\n    static_configs:\n      - targets: [\"{target}\"]\n{extra}"
+            );
+        }
+        std::fs::write(&config, text).expect("config");
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))
             .arg(format!("--storage.tsdb.path={}", dir.0.join("data").display()))
@@ -239,4 +248,122 @@ fn a_config_file_sets_flags_and_the_command_line_overrides_them() {
     );
     let text = daemon.try_cli(&["status"]).expect("status");
     assert!(text.contains("applies to 0 process(es)"), "{text}");
+}
+
+/// A self-signed certificate for 127.0.0.1, and its key, made by openssl in `dir`.
+fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+    let status = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"])
+        .args(["-days", "1", "-subj", "/CN=tracer-test", "-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl (cargo xtask setup installs it)");
+    assert!(status.success(), "openssl req failed");
+    (cert, key)
+}
+
+#[test]
+fn a_real_prometheus_scrapes_over_tls_with_basic_auth_and_wrong_credentials_get_401() {
+    let dir = TempDir::new("web-config");
+    let (cert, _) = self_signed(&dir.0);
+    let hash = bcrypt::hash("scrape-secret", 6).expect("bcrypt");
+    let web = dir.0.join("web.yml");
+    std::fs::write(
+        &web,
+        format!(
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n\
+             basic_auth_users:\n  prometheus: {hash}\n"
+        ),
+    )
+    .expect("web config");
+    let daemon = Daemon::start(&["--web-config", web.to_str().expect("utf-8 path")]);
+    let status = daemon.json(&["status"]);
+    assert_eq!(
+        (status["metrics_tls"].as_bool(), status["metrics_basic_auth"].as_bool()),
+        (Some(true), Some(true))
+    );
+    let addr = metrics_addr(&daemon);
+    let text = daemon.try_cli(&["status"]).expect("status");
+    assert!(text.contains(&format!("https://{addr}/metrics (basic auth)")), "{text}");
+
+    let tls = format!("    scheme: https\n    tls_config:\n      ca_file: {}\n", cert.display());
+    let right = format!(
+        "{tls}    basic_auth:\n      username: prometheus\n      password: scrape-secret\n"
+    );
+    let wrong =
+        format!("{tls}    basic_auth:\n      username: prometheus\n      password: guess\n");
+    let plain = "    scheme: http\n    basic_auth:\n      username: prometheus\n      password: scrape-secret\n";
+    let prometheus = Prometheus::start_jobs(&[
+        ("tls", &addr, &right),
+        ("wrong", &addr, &wrong),
+        ("plain", &addr, plain),
+    ]);
+    let mut steady = Workload::spawn();
+    let mut server = Workload::spawn();
+    let port = server.listen("127.0.0.1");
+    server.cmd("serve-bg 0 echo");
+    steady.connect(&format!("127.0.0.1:{port}"), 3);
+    daemon.eventually("Prometheus scrapes over TLS with the right password", |_| match prometheus
+        .query(&format!("tcp_tracer_open_connections{{job=\"tls\",pid=\"{}\"}}", steady.pid))
+    {
+        Some(3.0) => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+    daemon.eventually("the wrong password and plain HTTP scrape nothing", |_| {
+        match (prometheus.query("up{job=\"wrong\"}"), prometheus.query("up{job=\"plain\"}")) {
+            (Some(0.0), Some(0.0)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    assert_eq!(prometheus.query("up{job=\"tls\"}"), Some(1.0));
+    assert_eq!(prometheus.query("count(tcp_tracer_build_info{job=\"wrong\"})"), None);
+    // What the wrong password got: 401, and a challenge for basic credentials.
+    let out = Command::new("curl")
+        .args(["-s", "-D", "-", "-o", "/dev/null", "-u", "prometheus:guess", "--cacert"])
+        .arg(&cert)
+        .arg(format!("https://{addr}/metrics"))
+        .output()
+        .expect("curl");
+    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 401"), "{head}");
+    assert!(head.contains("www-authenticate: basic"), "{head}");
+    // The daemon kept counting through it all.
+    assert_eq!(num(&daemon.process(steady.pid), "open"), 3);
+}
+
+#[test]
+fn a_bad_web_config_is_refused_at_start_up_with_the_key_named() {
+    let dir = TempDir::new("web-config-bad");
+    let socket = dir.0.join("t.sock");
+    let web = dir.0.join("web.yml");
+    for (text, expected) in [
+        (
+            "basic_auth_users:\n  prometheus: hunter2\n",
+            "basic_auth_users.prometheus: not a bcrypt hash",
+        ),
+        ("tls_server_config:\n  cert_file: missing.crt\n  key_file: missing.key\n", "cert_file"),
+        ("tls_server_confg:\n  cert_file: a\n", "unknown field `tls_server_confg`"),
+    ] {
+        std::fs::write(&web, text).expect("write");
+        let out = Command::new(tracer_bin())
+            .args(["run", "--web-config"])
+            .arg(&web)
+            .arg("--socket")
+            .arg(&socket)
+            .output()
+            .expect("tracer");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{text}");
+        assert!(
+            stderr.contains("--web-config") && stderr.contains(expected),
+            "{text}\n=> {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(!socket.exists(), "nothing started");
+    }
 }

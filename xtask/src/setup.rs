@@ -28,6 +28,8 @@ const TEST_PACKAGES: &[&str] = &[
     "nginx-light",
     "curl",
     "wrk",
+    // certificates for the TLS tests of --web-config
+    "openssl",
     // a real Prometheus server and promtool
     "prometheus",
     // Go 1.19 (pclntab magic 0xfffffff0): test programs of the Go pclntab reader

@@ -298,6 +298,12 @@ pub struct StatusReport {
     pub holder_changes: u64,
     /// Where /metrics is served (`ip:port`), or `null` when it is off.
     pub metrics_addr: Option<String>,
+    /// /metrics is served over TLS (`--web-config`).
+    #[serde(default)]
+    pub metrics_tls: bool,
+    /// /metrics asks for a user and password (`--web-config`).
+    #[serde(default)]
+    pub metrics_basic_auth: bool,
     /// kprobe mode: each probe's hits and the kernel's count of misses (empty in other modes).
     #[serde(default)]
     pub kprobes: Vec<KprobeStatus>,

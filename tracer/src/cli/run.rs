@@ -104,6 +104,10 @@ pub struct RunArgs {
     /// Serve Prometheus metrics on ADDR:PORT (`off` to disable).
     #[arg(long, default_value_t = MetricsAddr(Some(DEFAULT_METRICS_ADDR)), value_parser = parse_metrics_addr)]
     pub metrics_addr: MetricsAddr,
+    /// TLS and basic authentication for the metrics endpoint, from a web config file in the
+    /// format Prometheus exporters share (tls_server_config, basic_auth_users).
+    #[arg(long, value_name = "FILE")]
+    pub web_config: Option<PathBuf>,
     /// Processes with their own metric series (the rest are summed under pid="other").
     #[arg(long, default_value_t = export::DEFAULT_TOP_N)]
     pub metrics_top: usize,
@@ -304,6 +308,12 @@ pub fn run(args: RunArgs, socket: PathBuf) -> anyhow::Result<()> {
         leaks: args.leaks.settings()?,
         webhook: args.alert_webhook.as_deref().map(str::parse::<WebhookUrl>).transpose()?,
         metrics_addr: args.metrics_addr.0,
+        web_config: args
+            .web_config
+            .as_deref()
+            .map(tracer::export::WebConfig::load)
+            .transpose()?
+            .unwrap_or_default(),
         metrics_top_n: args.metrics_top,
         drain_interval: Duration::from_millis(args.drain_interval_ms),
         containers: args.containers.sources(),

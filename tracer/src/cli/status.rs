@@ -156,7 +156,9 @@ fn status(s: &StatusReport) -> String {
     let _ = writeln!(
         out,
         "metrics:             {}",
-        s.metrics_addr.as_deref().map_or("off".to_owned(), |a| format!("http://{a}/metrics"))
+        s.metrics_addr.as_deref().map_or("off".to_owned(), |a| {
+            tracer::export::metrics_url(a, s.metrics_tls, s.metrics_basic_auth)
+        })
     );
     out
 }

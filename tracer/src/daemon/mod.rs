@@ -75,6 +75,8 @@ pub struct DaemonOptions {
     pub webhook: Option<WebhookUrl>,
     /// Where to serve /metrics (None: not at all).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// TLS and basic authentication for /metrics (`--web-config`).
+    pub web_config: export::WebConfig,
     /// Processes exported individually; the rest are summed under pid="other".
     pub metrics_top_n: usize,
     /// How often to drain the ring buffer without a wakeup (with a wakeup threshold, events
@@ -99,6 +101,7 @@ impl Default for DaemonOptions {
             leaks: LeakSettings::default(),
             webhook: None,
             metrics_addr: Some(export::DEFAULT_METRICS_ADDR),
+            web_config: export::WebConfig::default(),
             metrics_top_n: export::DEFAULT_TOP_N,
             drain_interval: DEFAULT_DRAIN_INTERVAL,
             containers: crate::containers::Sources::default(),
@@ -122,6 +125,8 @@ pub(crate) struct Daemon {
     ring_bytes: u64,
     /// The address /metrics is served on (with the port the kernel chose for port 0).
     metrics_addr: Option<std::net::SocketAddr>,
+    /// What /metrics asks of its clients, for `status`.
+    metrics_web: export::WebConfig,
     clock: BootClock,
     started_ns: u64,
     kernel: String,
@@ -187,9 +192,11 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     let mut daemon = Daemon::start(&options, evidence_tx, resolved_tx)?;
     daemon.metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     let (scrape_tx, mut scrape_rx) = mpsc::channel::<Scrape>(8);
-    let metrics_server = metrics_listener.map(|l| tokio::spawn(export::serve(l, scrape_tx)));
+    let web = options.web_config.clone();
+    let metrics_server = metrics_listener.map(|l| tokio::spawn(export::serve(l, scrape_tx, web)));
     if let Some(addr) = daemon.metrics_addr {
-        log::info!("metrics on http://{addr}/metrics");
+        let (tls, auth) = (options.web_config.tls.is_some(), options.web_config.auth.is_some());
+        log::info!("metrics on {}", export::metrics_url(&addr.to_string(), tls, auth));
     }
     log::info!(
         "probes attached: mode={} ({}), kernel {}; API on {}",
@@ -366,6 +373,7 @@ impl Daemon {
             metrics_top_n: options.metrics_top_n,
             ring_bytes: u64::from(options.load.ring_bytes),
             metrics_addr: None,
+            metrics_web: options.web_config.clone(),
             started_ns: clock.now_ns(),
             clock,
             kernel: preflight::kernel_release(),

@@ -373,6 +373,8 @@ impl Daemon {
             reconcile_corrections: self.reconciler.corrections_total,
             leak_evaluations: self.detector.evaluations(),
             metrics_addr: self.metrics_addr.map(|a| a.to_string()),
+            metrics_tls: self.metrics_web.tls.is_some(),
+            metrics_basic_auth: self.metrics_web.auth.is_some(),
             holder_changes: self.reconciler.holder_changes_total,
             kprobes: self
                 .probes

@@ -5,6 +5,7 @@ pub mod webhook;
 
 pub use metrics::{
     AGE_BOUNDS_NS, BuildInfo, DEFAULT_METRICS_ADDR, DEFAULT_TOP_N, ExhaustionInput, Metrics,
-    MetricsInput, RingFill, Scrape, StackMetrics, bind, serve,
+    MetricsInput, RingFill, Scrape, StackMetrics, WebConfig, WebConfigError, bind, metrics_url,
+    serve,
 };
 pub use webhook::{Webhook, WebhookUrl};

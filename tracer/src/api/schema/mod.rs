@@ -289,6 +289,8 @@ mod tests {
             events_by_kind: [("connect".to_owned(), 3)].into(),
             events_lost_by_reason: [("ringbuf_full".to_owned(), 0)].into(),
             metrics_addr: Some("127.0.0.1:9464".into()),
+            metrics_tls: false,
+            metrics_basic_auth: false,
             kprobes: vec![KprobeStatus { probe: "tcp_connect".into(), hits: 3, missed: 0 }],
             workload_overrides: vec!["namespace=shop,container=api:idle=off".into()],
             workload_override_matches: vec![crate::api::answers::OverrideMatches {

@@ -9,6 +9,7 @@ use std::{
     convert::Infallible,
     io,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    sync::Arc,
     time::Duration,
 };
 
@@ -17,7 +18,7 @@ use http_body_util::Full;
 use hyper::{
     Method, Request, Response, StatusCode,
     body::Incoming,
-    header::{ALLOW, CONTENT_TYPE, HeaderValue},
+    header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE},
     server::conn::http1,
     service::service_fn,
 };
@@ -27,6 +28,9 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
+use tokio_rustls::TlsAcceptor;
+
+use super::web_config::{BasicAuth, WebConfig};
 use crate::slots::{Clients, SlotGuard};
 
 /// Default port of `--metrics-addr`. The Prometheus exporter range 9100-9999 is fully
@@ -100,9 +104,11 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
     TcpListener::from_std(listener).map_err(|source| BindError::Io { addr, source })
 }
 
-/// Serves `/metrics` until the task is aborted; each connection on its own task.
-pub async fn serve(listener: TcpListener, scrapes: mpsc::Sender<Scrape>) {
+/// Serves `/metrics` until the task is aborted; each connection on its own task. `web` adds TLS
+/// and basic authentication (`--web-config`).
+pub async fn serve(listener: TcpListener, scrapes: mpsc::Sender<Scrape>, web: WebConfig) {
     let clients = Clients::default();
+    let tls = web.tls.map(TlsAcceptor::from);
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -112,9 +118,10 @@ pub async fn serve(listener: TcpListener, scrapes: mpsc::Sender<Scrape>) {
                     continue;
                 };
                 let scrapes = scrapes.clone();
+                let (tls, auth) = (tls.clone(), web.auth.clone());
                 tokio::spawn(async move {
                     tokio::select! {
-                        result = serve_connection(stream, scrapes, &slot) => {
+                        result = serve_client(stream, tls, auth, scrapes, &slot) => {
                             if let Err(e) = result {
                                 log::debug!("metrics client {peer}: {e}");
                             }
@@ -134,18 +141,50 @@ pub async fn serve(listener: TcpListener, scrapes: mpsc::Sender<Scrape>) {
     }
 }
 
-async fn serve_connection(
+/// One client: its TLS handshake first when TLS is on (bounded like a request's headers; the
+/// slot stays idle meanwhile, so a stalled handshake makes way for a real scrape).
+async fn serve_client(
     stream: TcpStream,
+    tls: Option<TlsAcceptor>,
+    auth: Option<Arc<BasicAuth>>,
     scrapes: mpsc::Sender<Scrape>,
     slot: &SlotGuard,
-) -> hyper::Result<()> {
+) -> Result<(), String> {
+    match tls {
+        None => serve_connection(stream, auth, scrapes, slot).await.map_err(|e| e.to_string()),
+        Some(acceptor) => {
+            let stream = tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream))
+                .await
+                .map_err(|_| "TLS handshake timed out".to_owned())?
+                .map_err(|e| format!("TLS handshake: {e}"))?;
+            serve_connection(stream, auth, scrapes, slot).await.map_err(|e| e.to_string())
+        }
+    }
+}
+
+async fn serve_connection<S>(
+    stream: S,
+    auth: Option<Arc<BasicAuth>>,
+    scrapes: mpsc::Sender<Scrape>,
+    slot: &SlotGuard,
+) -> hyper::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let service = service_fn(move |request| {
-        let scrapes = scrapes.clone();
+        let (scrapes, auth) = (scrapes.clone(), auth.clone());
         async move {
             // Busy while it is answered: only a connection between requests can be closed
             // for a newer one.
             slot.set_idle(false);
-            let response = respond(&request, &scrapes).await;
+            let allowed = match &auth {
+                None => true,
+                Some(auth) => {
+                    auth.allows(request.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes))
+                        .await
+                }
+            };
+            let response = if allowed { respond(&request, &scrapes).await } else { unauthorized() };
             slot.set_idle(true);
             Ok::<_, Infallible>(response)
         }
@@ -156,6 +195,15 @@ async fn serve_connection(
         .max_buf_size(MAX_REQUEST_BYTES)
         .serve_connection(TokioIo::new(stream), service)
         .await
+}
+
+fn unauthorized() -> Response<Full<Bytes>> {
+    let mut response =
+        reply(StatusCode::UNAUTHORIZED, "text/plain; charset=utf-8", "Unauthorized\n".to_owned());
+    response
+        .headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"tracer\""));
+    response
 }
 
 const INDEX_PAGE: &str = "<!DOCTYPE html>\n<html><head><title>tracer</title></head><body>\n\
@@ -251,7 +299,7 @@ mod tests {
             // The event loop is gone.
             None => drop(rx),
         }
-        tokio::spawn(serve(listener, tx));
+        tokio::spawn(serve(listener, tx, WebConfig::default()));
         addr
     }
 
@@ -392,6 +440,79 @@ mod tests {
         let err = bind(foreign).expect_err("not local");
         assert!(matches!(err, BindError::NotLocal { .. }), "{err:?}");
         assert!(err.to_string().contains("--metrics-addr"));
+    }
+
+    /// curl's response headers and status code for `url`, with extra arguments (off the test's
+    /// runtime thread, which serves the request); status 0 when no HTTP exchange happened.
+    async fn curl(url: String, args: Vec<String>) -> (String, u16) {
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new("curl")
+                .args(["-s", "-D", "-", "-o", "/dev/null", "-w", "\n%{http_code}"])
+                .args(["--max-time", "10"])
+                .args(&args)
+                .arg(&url)
+                .output()
+                .expect("curl");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let status = text.lines().last().and_then(|l| l.trim().parse().ok()).unwrap_or(0);
+            (text, status)
+        })
+        .await
+        .expect("curl task")
+    }
+
+    async fn curl_status(url: String, args: Vec<String>) -> u16 {
+        curl(url, args).await.1
+    }
+
+    #[tokio::test]
+    async fn tls_and_basic_auth_from_a_web_config() {
+        use super::super::web_config::tests::{self_signed, temp_dir};
+        let dir = temp_dir("webcfg-serve");
+        let (cert, _) = self_signed(&dir, "server");
+        let (other_ca, _) = self_signed(&dir, "other");
+        let hash = bcrypt::hash("secret", 4).expect("hash");
+        let config = dir.join("web.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n\
+                 basic_auth_users:\n  prometheus: {hash}\n"
+            ),
+        )
+        .expect("write web config");
+        let web = WebConfig::load(&config).expect("valid web config");
+
+        let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let (tx, mut rx) = mpsc::channel::<Scrape>(4);
+        tokio::spawn(async move {
+            while let Some(scrape) = rx.recv().await {
+                let _ = scrape.reply.send("x 1\n".to_owned());
+            }
+        });
+        tokio::spawn(serve(listener, tx, web));
+
+        let https = format!("https://127.0.0.1:{}/metrics", addr.port());
+        let trusted = ["--cacert".to_owned(), cert.display().to_string()];
+        let with = |extra: &[&str]| {
+            trusted.iter().cloned().chain(extra.iter().map(|s| (*s).to_owned())).collect()
+        };
+        assert_eq!(curl_status(https.clone(), with(&["-u", "prometheus:secret"])).await, 200);
+        assert_eq!(curl_status(https.clone(), with(&[])).await, 401, "no credentials");
+        assert_eq!(curl_status(https.clone(), with(&["-u", "prometheus:wrong"])).await, 401);
+        assert_eq!(curl_status(https.clone(), with(&["-u", "nobody:secret"])).await, 401);
+        // A certificate the client does not trust, and plain HTTP: no HTTP exchange at all.
+        let untrusted = vec!["--cacert".to_owned(), other_ca.display().to_string()];
+        assert_eq!(curl_status(https.clone(), untrusted).await, 0);
+        let http = format!("http://127.0.0.1:{}/metrics", addr.port());
+        assert_eq!(curl_status(http, vec!["-u".into(), "prometheus:secret".into()]).await, 0);
+
+        // The 401 asks for basic credentials.
+        let (head, _) = curl(https, with(&[])).await;
+        let head = head.to_ascii_lowercase();
+        assert!(head.contains("www-authenticate: basic realm=\"tracer\""), "{head}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

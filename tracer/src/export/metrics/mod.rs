@@ -18,10 +18,12 @@ mod lifetimes;
 mod processes;
 #[cfg(test)]
 mod tests;
+mod web_config;
 
 pub use http::{
     BindError, DEFAULT_METRICS_ADDR, DEFAULT_METRICS_PORT, SCRAPE_TIMEOUT, Scrape, bind, serve,
 };
+pub use web_config::{WebConfig, WebConfigError, metrics_url};
 
 use std::collections::HashSet;
 
