@@ -183,6 +183,71 @@ fn stacks_of_an_unknown_pid_and_bad_settings_say_so() {
     }
 }
 
+#[test]
+fn stacks_of_a_pid_that_exited_past_the_grace_period_say_so() {
+    let daemon = Daemon::start(&["--stacks", "all", "--exited-grace", "3"]);
+    let mut workload = common::Workload::spawn();
+    let pid = workload.pid;
+    let port = workload.listen("127.0.0.1");
+    workload.connect(&format!("127.0.0.1:{port}"), 2);
+    daemon.eventually("its 2 connections open", |d| {
+        common::expect_eq("open", num(&d.process(pid), "open"), 2)
+    });
+    assert!(daemon.try_cli(&["stacks", &pid.to_string()]).is_ok(), "stacks while it runs");
+    workload.exit();
+    // Listed for the grace period (holding no open connection), then dropped.
+    let err = daemon.try_cli(&["stacks", &pid.to_string()]).expect_err("no open connection");
+    assert!(
+        err.contains("(workload) has no captured stacks: it holds no open connection"),
+        "{err}"
+    );
+    daemon.eventually("the pid dropped past its grace period", |d| {
+        if d.process(pid).is_null() { Ok(()) } else { Err("still listed".into()) }
+    });
+    let err = daemon.try_cli(&["stacks", &pid.to_string()]).expect_err("an error exit");
+    assert!(
+        err.contains(&format!("process {pid} (workload) exited"))
+            && err.contains("longer ago than --exited-grace (3s)"),
+        "{err}"
+    );
+    assert!(!err.contains("no process"), "not the unknown pid's message: {err}");
+}
+
+/// `tracer stacks PID` of a workload with 2 connections to its own listener (unaccepted: 2 open), traced by a
+/// daemon with `flags`: the CLI's exit status and its stderr.
+fn stacks_of_a_workload(flags: &[&str]) -> (bool, String) {
+    let daemon = Daemon::start(flags);
+    let mut workload = common::Workload::spawn();
+    let pid = workload.pid;
+    let port = workload.listen("127.0.0.1");
+    workload.connect(&format!("127.0.0.1:{port}"), 2);
+    daemon.eventually("its 2 connections open", |d| {
+        common::expect_eq("open", num(&d.process(pid), "open"), 2)
+    });
+    let out = Command::new(common::tracer_bin())
+        .args(["stacks", &pid.to_string(), "--socket"])
+        .arg(&daemon.socket)
+        .output()
+        .expect("run tracer");
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn stacks_of_a_process_without_captured_stacks_say_why_and_how_to_get_them() {
+    // Not a suspect under --stacks suspects: none of its connections is captured.
+    let (ok, err) = stacks_of_a_workload(&["--stacks", "suspects"]);
+    assert!(!ok, "an error exit: {err}");
+    assert!(err.contains("(workload) has no captured stacks"), "{err}");
+    assert!(err.contains("of its 2 open connections, 2 not sampled"), "{err}");
+    assert!(err.contains("--stacks suspects captures only"), "{err}");
+    assert!(err.contains("--stacks all"), "how to get them: {err}");
+    // Capture off.
+    let (ok, err) = stacks_of_a_workload(&["--stacks", "off"]);
+    assert!(!ok, "an error exit: {err}");
+    assert!(err.contains("has no captured stacks: stack capture is off (--stacks off)"), "{err}");
+    assert!(err.contains("--stacks sampled"), "how to get them: {err}");
+}
+
 /// The `growth` alert of `pid` in `list` (`active` or `resolved`) of `tracer leaks --json`.
 fn growth_alert(daemon: &Daemon, list: &str, pid: u32) -> Option<Value> {
     daemon.json(&["leaks"])[list]

@@ -370,12 +370,7 @@ impl StackCapture {
             .processes()
             .filter(|p| p.pid() == pid)
             .max_by_key(|p| p.start_time_ns())
-            .ok_or_else(|| {
-                format!(
-                    "no process {pid} in the table (it holds no connection tracer has seen, or \
-                     it exited longer ago than --exited-grace)"
-                )
-            })?;
+            .ok_or_else(|| gone_message(table, pid, now_ns))?;
         let (groups, unstacked, _) = self.group(table, process.key, now_ns, |_| true);
         let requests = go_requests
             .probed_since(process.key)
@@ -384,6 +379,16 @@ impl StackCapture {
             Some((report, draft)) => (Some(report), Some(draft)),
             None => (None, None),
         };
+        let no_requests = request_groups.as_ref().is_none_or(|d| d.groups.is_empty());
+        if groups.groups.is_empty() && no_requests {
+            return Err(no_stacks_message(
+                pid,
+                &process.comm(),
+                process.open,
+                self.policy,
+                &unstacked,
+            ));
+        }
         let report = StacksReport {
             pid,
             comm: process.comm().into_owned(),
@@ -467,6 +472,92 @@ enum NoRequest {
     BeforeProbing,
     NotSeen,
     Lost,
+}
+
+/// Why `tracer stacks PID` has nothing for a `pid` the table does not hold: it exited longer
+/// ago than `--exited-grace` (the table remembers the last processes it dropped), or tracer
+/// never saw it.
+fn gone_message(table: &ConnectionTable, pid: u32, now_ns: u64) -> String {
+    let secs = |ns: u64| ns / 1_000_000_000;
+    match table.forgotten(pid) {
+        Some(gone) => format!(
+            "process {pid} ({}) exited {}s ago, longer ago than --exited-grace ({}s): its \
+             connections and stacks were dropped {}s ago (stacks of its leak alerts stay in \
+             `tracer leaks`)",
+            gone.comm(),
+            secs(now_ns.saturating_sub(gone.exited_at_ns)),
+            secs(table.config().exited_grace_ns),
+            secs(now_ns.saturating_sub(gone.forgotten_at_ns)),
+        ),
+        None => format!(
+            "no process {pid} in the table (it holds no connection tracer has seen, or it \
+             exited longer ago than --exited-grace and was forgotten since)"
+        ),
+    }
+}
+
+/// Why a process the table holds has no stack group: each reason its open connections have
+/// none, with how to get stacks next time.
+fn no_stacks_message(
+    pid: u32,
+    comm: &str,
+    open: u32,
+    policy: StackPolicy,
+    unstacked: &Unstacked,
+) -> String {
+    let head = format!("process {pid} ({comm}) has no captured stacks");
+    if policy == StackPolicy::Off {
+        return format!(
+            "{head}: stack capture is off (--stacks off); start the daemon with --stacks \
+             sampled (the default) or --stacks all to capture the stacks of new connections"
+        );
+    }
+    if open == 0 {
+        return format!(
+            "{head}: it holds no open connection (stacks are shown for open connections only)"
+        );
+    }
+    let mut reasons = Vec::new();
+    if unstacked.not_sampled > 0 {
+        let how = match policy {
+            StackPolicy::Suspects => {
+                "--stacks suspects captures only the connections of \
+                                      processes the leak detector suspects, and this one is \
+                                      not one"
+            }
+            _ => {
+                "--stacks sampled captures every --stack-sample'th connection of each \
+                  process, and none of these was one"
+            }
+        };
+        reasons.push(format!(
+            "{} not sampled ({how}; its new connections are all captured once its open \
+             count keeps rising and it becomes a suspect, or with --stacks all)",
+            unstacked.not_sampled
+        ));
+    }
+    if unstacked.opened_before_capture > 0 {
+        reasons.push(format!(
+            "{} opened before capture began (before the daemon started, or found by a scan): \
+             only connections opened from then on have stacks",
+            unstacked.opened_before_capture
+        ));
+    }
+    if unstacked.stack_missing > 0 {
+        reasons.push(format!(
+            "{} with their stack lost (stacks.lost_ringbuf and stacks.unwind_failed in \
+             `tracer status`)",
+            unstacked.stack_missing
+        ));
+    }
+    if unstacked.held_by_another_process > 0 {
+        reasons.push(format!(
+            "{} opened by another process (a parent before fork, or a passed descriptor): \
+             ask `tracer stacks` of the process that opened them",
+            unstacked.held_by_another_process
+        ));
+    }
+    format!("{head}: of its {open} open connections, {}", reasons.join("; "))
 }
 
 /// Whether pinning failed because the process was gone.
