@@ -248,6 +248,45 @@ fn stacks_of_a_process_without_captured_stacks_say_why_and_how_to_get_them() {
     assert!(err.contains("--stacks sampled"), "how to get them: {err}");
 }
 
+#[test]
+fn a_process_that_exits_before_its_first_stack_is_read_is_counted_unpinned() {
+    // Nothing drains the stack ring on its own for a minute: no drain timer, no event-ring
+    // wakeup (1 MiB), no leak check, reconcile or summary. A query drains first.
+    let daemon = Daemon::start(&[
+        "--stacks",
+        "all",
+        "--drain-interval-ms",
+        "60000",
+        "--leak-interval",
+        "1h",
+        "--reconcile-interval",
+        "1h",
+        "--summary-interval",
+        "0",
+    ]);
+    let unpinned = |d: &Daemon| num(&d.json(&["status"])["stacks"], "exited_before_pinning");
+    let before = unpinned(&daemon);
+    // A process whose stack is read while it runs is pinned.
+    let mut pinned = common::Workload::spawn();
+    let port = pinned.listen("127.0.0.1");
+    pinned.connect(&format!("127.0.0.1:{port}"), 1);
+    let status = daemon.json(&["status"]);
+    assert!(num(&status["stacks"], "pinned_processes") >= 1, "{status:#}");
+    // One that connects and exits before the next drain cannot be pinned any more.
+    let mut gone = common::Workload::spawn();
+    let port = gone.listen("127.0.0.1");
+    gone.connect(&format!("127.0.0.1:{port}"), 1);
+    gone.exit();
+    let after = unpinned(&daemon);
+    assert!(after > before, "exited_before_pinning {before} -> {after}");
+    let scrape = daemon.scrape_metrics();
+    assert!(
+        counter(&scrape, "tcp_tracer_stack_processes_exited_before_pinning_total") >= after as f64,
+        "{scrape}"
+    );
+    drop(pinned);
+}
+
 /// The `growth` alert of `pid` in `list` (`active` or `resolved`) of `tracer leaks --json`.
 fn growth_alert(daemon: &Daemon, list: &str, pid: u32) -> Option<Value> {
     daemon.json(&["leaks"])[list]

@@ -541,6 +541,14 @@ pub struct StacksStatus {
     /// `module+0xoffset` or unnamed), since start.
     #[serde(default)]
     pub exited_before_pinning: u64,
+    /// Processes whose binaries the symbolizer's limits (pinned processes or files) refused to
+    /// pin: their stacks stay `module+0xoffset`, since start.
+    #[serde(default)]
+    pub pins_refused: u64,
+    /// Suspects the kernel's suspect map refused (full, or a map error): their connections
+    /// were captured as sampled only, not every one, since start.
+    #[serde(default)]
+    pub suspects_unmarked: u64,
     /// Frames left unnamed in answers and leak evidence (no symbol, or not resolved within
     /// the deadline), since start.
     #[serde(default)]

@@ -118,13 +118,16 @@ fn status(s: &StatusReport) -> String {
     let _ = writeln!(
         out,
         "opener stacks:       {} policy; captured {}, lost {} (ring full) {} (unwind failed), \
-         orphaned {}, processes exited before pinning {}, frames unsymbolized {}",
+         orphaned {}, processes exited before pinning {}, pins refused {}, suspects unmarked \
+         {}, frames unsymbolized {}",
         k.policy,
         k.captured,
         k.lost_ringbuf,
         k.unwind_failed,
         k.orphaned,
         k.exited_before_pinning,
+        k.pins_refused,
+        k.suspects_unmarked,
         k.frames_unsymbolized
     );
     let g = &s.go_requests;

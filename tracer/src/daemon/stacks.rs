@@ -57,6 +57,11 @@ pub(super) struct StackCapture {
     pinned: HashSet<ProcessKey>,
     /// Processes that had exited by the time their first stack was read.
     exited_before_pinning: u64,
+    /// Processes whose pinning the symbolizer's limits refused (their stacks stay
+    /// `module+0xoffset`).
+    pins_refused: u64,
+    /// Suspects the kernel's map refused (their connections stay sampled only).
+    suspects_unmarked: u64,
     /// Frames left unnamed in answers and evidence (shared with the tasks that symbolize).
     frames_unsymbolized: Arc<AtomicU64>,
     /// Recovers the caller a C library wrapper hides from the kernel's walk.
@@ -82,6 +87,8 @@ impl StackCapture {
             symbolizer: Arc::new(symbolizer),
             pinned: HashSet::new(),
             exited_before_pinning: 0,
+            pins_refused: 0,
+            suspects_unmarked: 0,
             frames_unsymbolized: Arc::new(AtomicU64::new(0)),
             unwinder: Unwinder::default(),
         })
@@ -107,6 +114,7 @@ impl StackCapture {
             symbolizer,
             pinned,
             exited_before_pinning,
+            pins_refused,
             unwinder,
             ..
         } = self;
@@ -119,6 +127,8 @@ impl StackCapture {
             {
                 if exited(&e) {
                     *exited_before_pinning += 1;
+                } else if matches!(e, SymbolizeError::Limit { .. }) {
+                    *pins_refused += 1;
                 }
                 log::debug!("cannot pin pid {} for symbolization: {e}", record.tgid);
             }
@@ -171,6 +181,7 @@ impl StackCapture {
         let maps = &mut self.suspect_maps;
         for pid in now.difference(&self.suspects) {
             if let Err(e) = maps.set.insert(pid, 1, 0) {
+                self.suspects_unmarked += 1;
                 log::debug!("cannot mark pid {pid} as a suspect: {e}");
             }
         }
@@ -203,6 +214,8 @@ impl StackCapture {
             frames_recovered: self.unwinder.counters().recovered,
             orphaned: counters.orphaned,
             exited_before_pinning: self.exited_before_pinning,
+            pins_refused: self.pins_refused,
+            suspects_unmarked: self.suspects_unmarked,
             frames_unsymbolized: self.frames_unsymbolized.load(Ordering::Relaxed),
             distinct: self.store.stack_count() as u64,
             pinned_processes: symbolizer.pinned_processes as u64,
