@@ -287,6 +287,42 @@ fn a_process_that_exits_before_its_first_stack_is_read_is_counted_unpinned() {
     drop(pinned);
 }
 
+#[test]
+fn a_capture_the_kernel_refuses_leaves_the_daemon_running_with_stacks_off_and_says_why() {
+    // The fault makes the capture code read through a plain number: the verifier refuses every
+    // program that can reach it, and the daemon loads them again without it.
+    let daemon = Daemon::start(&["--stacks", "all", "--fault-refuse-stacks"]);
+    let status = daemon.json(&["status"]);
+    let stacks = &status["stacks"];
+    assert_eq!(stacks["policy"], "all", "{stacks:#}");
+    assert_eq!(stacks["capture"], "off", "{stacks:#}");
+    let reason = stacks["capture_off_reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("the kernel refused the stack capture in"), "{stacks:#}");
+    let text = daemon.try_cli(&["status"]).expect("status");
+    assert!(text.contains("capture off (the kernel refused the stack capture"), "{text}");
+    // The daemon still traces: exact counts, and no stack.
+    let mut workload = common::Workload::spawn();
+    let pid = workload.pid;
+    let port = workload.listen("127.0.0.1");
+    workload.connect(&format!("127.0.0.1:{port}"), 2);
+    daemon.eventually("its 2 connections open", |d| {
+        common::expect_eq("open", num(&d.process(pid), "open"), 2)
+    });
+    assert_eq!(num(&daemon.json(&["status"])["stacks"], "captured"), 0);
+    let err = daemon.try_cli(&["stacks", &pid.to_string()]).expect_err("no stacks");
+    assert!(err.contains("stack capture is off in this probe mode (the kernel refused"), "{err}");
+    drop(daemon);
+    // Without the fault, the same policy captures: on, no reason; --stacks off says so.
+    let daemon = Daemon::start(&["--stacks", "all"]);
+    let stacks = &daemon.json(&["status"])["stacks"];
+    assert_eq!((&stacks["capture"], &stacks["capture_off_reason"]), (&"on".into(), &Value::Null));
+    drop(daemon);
+    let daemon = Daemon::start(&["--stacks", "off"]);
+    let stacks = &daemon.json(&["status"])["stacks"];
+    assert_eq!(stacks["capture"], "off", "{stacks:#}");
+    assert_eq!(stacks["capture_off_reason"], "the policy is off (--stacks off)", "{stacks:#}");
+}
+
 /// The `growth` alert of `pid` in `list` (`active` or `resolved`) of `tracer leaks --json`.
 fn growth_alert(daemon: &Daemon, list: &str, pid: u32) -> Option<Value> {
     daemon.json(&["leaks"])[list]

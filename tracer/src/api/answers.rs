@@ -523,6 +523,14 @@ pub struct GoRequestsStatus {
 pub struct StacksStatus {
     /// The capture policy (`--stacks`).
     pub policy: String,
+    /// `on` when the kernel captures stacks, `off` when it does not: the policy is `off`, or
+    /// the kernel refused the capture code in this probe mode (the daemon then runs without
+    /// it).
+    #[serde(default)]
+    pub capture: String,
+    /// Why `capture` is `off`; `null` when it is on.
+    #[serde(default)]
+    pub capture_off_reason: Option<String>,
     /// Stacks the kernel wrote to the stack ring, since start.
     pub captured: u64,
     /// Wanted stacks that found no room in the stack ring, since start.

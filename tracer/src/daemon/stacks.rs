@@ -45,7 +45,11 @@ const GROUP_REMOTES: usize = 3;
 const ALERT_GROUPS: usize = 3;
 
 pub(super) struct StackCapture {
+    /// The policy asked for (`--stacks`).
     policy: StackPolicy,
+    /// Why nothing is captured although the policy asks for stacks: the kernel refused the
+    /// capture code in this probe mode, and the programs were loaded without it.
+    refused: Option<String>,
     source: StackSource,
     lost_requests: LostRequestSource,
     store: OpenerStacks,
@@ -73,12 +77,14 @@ impl StackCapture {
         let source = StackSource::new(probes.take_stacks()?);
         let lost_requests = probes.take_lost_requests()?;
         let suspect_maps = probes.take_stack_suspects()?;
+        let refused = probes.stacks_refused().map(str::to_owned);
         let symbolizer = Symbolizer::start(SymbolizerConfig {
             fallback: Some(stacks::go_fallback()),
             ..SymbolizerConfig::default()
         })?;
         Ok(Self {
             policy,
+            refused,
             source,
             lost_requests,
             store: OpenerStacks::default(),
@@ -171,7 +177,7 @@ impl StackCapture {
     /// captured) and unmarks those that are no longer. The count the kernel checks first is
     /// raised after the entries appear and lowered after they go.
     pub(super) fn mark_suspects(&mut self, detector: &Detector) {
-        if self.policy == StackPolicy::Off || self.policy == StackPolicy::All {
+        if !self.capturing() || self.policy == StackPolicy::All {
             return;
         }
         let now: HashSet<u32> = detector.suspects().map(|p| p.pid).collect();
@@ -197,6 +203,21 @@ impl StackCapture {
         self.suspects = now;
     }
 
+    /// Whether the kernel captures stacks: the policy asks for some, and the kernel took the
+    /// capture code.
+    fn capturing(&self) -> bool {
+        self.policy != StackPolicy::Off && self.refused.is_none()
+    }
+
+    /// `tracer status`'s `capture` and its reason when off.
+    fn capture_state(&self) -> (&'static str, Option<String>) {
+        match (&self.refused, self.policy) {
+            (Some(reason), _) => ("off", Some(reason.clone())),
+            (None, StackPolicy::Off) => ("off", Some("the policy is off (--stacks off)".into())),
+            (None, _) => ("on", None),
+        }
+    }
+
     /// The store's counters (requests included).
     pub(super) fn counters(&self) -> crate::stacks::store::StackCounters {
         self.store.counters()
@@ -205,8 +226,11 @@ impl StackCapture {
     pub(super) fn status(&self, kernel: &KernelCounters) -> StacksStatus {
         let counters = self.store.counters();
         let symbolizer = self.symbolizer.stats();
+        let (capture, capture_off_reason) = self.capture_state();
         StacksStatus {
             policy: self.policy.to_string(),
+            capture: capture.to_owned(),
+            capture_off_reason,
             captured: kernel.stack_captured,
             lost_ringbuf: kernel.stack_lost_ringbuf,
             unwind_failed: kernel.stack_unwind_failed,
@@ -399,6 +423,7 @@ impl StackCapture {
                 &process.comm(),
                 process.open,
                 self.policy,
+                self.refused.as_deref(),
                 &unstacked,
             ));
         }
@@ -427,7 +452,7 @@ impl StackCapture {
         probed_since: Option<u64>,
         behind: impl Fn(&ConnView<'_>) -> bool + Copy,
     ) -> Option<(AlertStacks, EvidenceDraft)> {
-        if self.policy == StackPolicy::Off {
+        if !self.capturing() {
             return None;
         }
         let process = ProcessKey::new(alert.pid, alert.start_time_ns);
@@ -516,9 +541,16 @@ fn no_stacks_message(
     comm: &str,
     open: u32,
     policy: StackPolicy,
+    refused: Option<&str>,
     unstacked: &Unstacked,
 ) -> String {
     let head = format!("process {pid} ({comm}) has no captured stacks");
+    if let Some(reason) = refused {
+        return format!(
+            "{head}: stack capture is off in this probe mode ({reason}); the daemon runs \
+             without it (`tracer status` says so), see docs/stacks.md"
+        );
+    }
     if policy == StackPolicy::Off {
         return format!(
             "{head}: stack capture is off (--stacks off); start the daemon with --stacks \
