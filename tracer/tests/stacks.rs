@@ -30,11 +30,13 @@ struct Leaker {
 
 impl Leaker {
     fn spawn(binary: &Path) -> Self {
-        let mut child = Command::new(binary)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn leaker");
+        Self::spawn_command(Command::new(binary))
+    }
+
+    /// Runs `cmd`, which must exec into the leaker.
+    fn spawn_command(mut cmd: Command) -> Self {
+        let mut child =
+            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("spawn leaker");
         let stdin = child.stdin.take().expect("stdin");
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let mut line = String::new();
@@ -321,6 +323,47 @@ fn a_capture_the_kernel_refuses_leaves_the_daemon_running_with_stacks_off_and_sa
     let stacks = &daemon.json(&["status"])["stacks"];
     assert_eq!(stacks["capture"], "off", "{stacks:#}");
     assert_eq!(stacks["capture_off_reason"], "the policy is off (--stacks off)", "{stacks:#}");
+}
+
+#[test]
+fn a_process_whose_binary_only_its_own_mount_namespace_sees_is_named() {
+    let dir = TempDir::new("stacks-mntns");
+    let binary = build_leaker(&dir.0, false);
+    let daemon = Daemon::start(&["--stacks", "all"]);
+    let (cmd, inside) = common::in_private_mount_namespace(&binary, &dir.0.join("hidden"), &[]);
+    let mut leaker = Leaker::spawn_command(cmd);
+    assert!(!inside.exists(), "{} is visible from the host mount namespace", inside.display());
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", leaker.pid())).expect("maps");
+    let inside = inside.to_str().expect("a UTF-8 path");
+    assert!(maps.contains(inside), "runs as {inside}: {maps}");
+    leaker.cmd("leak 5");
+    let pid = leaker.pid();
+    daemon.eventually("5 leaked connections open", |d| {
+        common::expect_eq("outbound", num(&d.process(pid)["outbound"], "open"), 5)
+    });
+    let mut answer = Value::Null;
+    daemon.eventually("the leak named", |d| {
+        answer = d.json(&["stacks", &pid.to_string()]);
+        let outbound = outbound_groups(&answer);
+        if outbound.len() == 1 && outbound[0]["leading_function"] == "main.leakConnections" {
+            Ok(())
+        } else {
+            Err(format!("{answer:#}"))
+        }
+    });
+    let leak = outbound_groups(&answer)[0].clone();
+    assert_eq!(num(&leak, "count"), 5, "{answer:#}");
+    let frame = leak["frames"]
+        .as_array()
+        .expect("frames")
+        .iter()
+        .find(|f| f["function"] == "main.leakConnections")
+        .cloned()
+        .expect("the leaking frame");
+    assert_eq!(frame["module"], inside, "the module as the process sees it: {frame:#}");
+    assert!(frame["file"].as_str().is_some_and(|f| f.ends_with("main.go")), "{frame:#}");
+    let text = daemon.try_cli(&["stacks", &pid.to_string()]).expect("text view");
+    assert!(text.contains("opened by main.leakConnections"), "{text}");
 }
 
 /// The `growth` alert of `pid` in `list` (`active` or `resolved`) of `tracer leaks --json`.
