@@ -366,6 +366,44 @@ fn a_process_whose_binary_only_its_own_mount_namespace_sees_is_named() {
     assert!(text.contains("opened by main.leakConnections"), "{text}");
 }
 
+#[test]
+fn a_close_wait_alert_carries_the_stacks_of_the_stale_connections() {
+    let dir = TempDir::new("stacks-close-wait");
+    let binary = build_leaker(&dir.0, false);
+    let flags = [FAST_LEAKS, &["--stacks", "all"]].concat();
+    let daemon = Daemon::start(&flags);
+    let mut leaker = Leaker::spawn(&binary);
+    let pid = leaker.pid();
+    // 5 leaked connections that stay established (not what close_wait is about), then 4 whose
+    // peer hangs up at once: they sit in CLOSE_WAIT, opened by main.leakCloseWait.
+    leaker.cmd("leak 5");
+    leaker.cmd("stale 4");
+    daemon.eventually("the close_wait alert with its stacks named", |d| {
+        let leaks = d.json(&["leaks"]);
+        let alert = leaks["active"]
+            .as_array()
+            .and_then(|a| a.iter().find(|a| a["pid"] == pid && a["rule"] == "close_wait"))
+            .ok_or("no close_wait alert yet")?;
+        if evidence_functions(alert).is_empty() {
+            return Err(format!("evidence not named yet: {alert:#}"));
+        }
+        let stacks = &alert["evidence"]["stacks"];
+        let groups = stacks["groups"].as_array().expect("groups");
+        // Exactly the stale connections: one group, the 4 of them, from the function that
+        // opened them; none of the established leaked ones.
+        assert_eq!(num(&alert["evidence"], "stale_close_wait"), 4, "{alert:#}");
+        assert_eq!(num(stacks, "connections"), 4, "{alert:#}");
+        assert_eq!(groups.len(), 1, "{alert:#}");
+        assert_eq!(groups[0]["leading_function"], "main.leakCloseWait", "{alert:#}");
+        assert_eq!(num(&groups[0], "count"), 4, "{alert:#}");
+        assert_eq!(groups[0]["direction"], "outbound");
+        assert!(!stacks.to_string().contains("main.leakConnections"), "{alert:#}");
+        Ok(())
+    });
+    let text = daemon.try_cli(&["leaks"]).expect("leaks");
+    assert!(text.contains("opened by main.leakCloseWait"), "{text}");
+}
+
 /// The `growth` alert of `pid` in `list` (`active` or `resolved`) of `tracer leaks --json`.
 fn growth_alert(daemon: &Daemon, list: &str, pid: u32) -> Option<Value> {
     daemon.json(&["leaks"])[list]
