@@ -322,7 +322,11 @@ pub struct Config {
     /// SYN_SENT, inside connect() too), because the `tcp_connect` kprobe's own stack frame
     /// leaves no room for the capture; its event then carries no `STACK_WANTED` flag.
     pub stack_at_state_change: u32,
-    pub _reserved: u32,
+    /// Test-only: 1 makes the stack capture code read through a plain number, which the
+    /// verifier refuses; it is checked only where a stack is captured, so loading with the
+    /// policy `off` (capture code unreachable, pruned by the verifier) still succeeds. Proves
+    /// the daemon's fallback when the kernel refuses the capture.
+    pub fault_refuse_stacks: u32,
 }
 
 /// Name of the global holding [`Config`] in the kernel object.

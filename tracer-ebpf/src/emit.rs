@@ -32,7 +32,7 @@ static TRACER_CONFIG: Config = Config {
     stack_sample_every: 1,
     stack_depth: 1,
     stack_at_state_change: 0,
-    _reserved: 0,
+    fault_refuse_stacks: 0,
 };
 named!(TRACER_CONFIG, CONFIG_GLOBAL);
 

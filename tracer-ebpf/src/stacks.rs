@@ -78,6 +78,15 @@ pub fn capture(ctx: *mut c_void, sk: impl Sock, kind: EventKind) -> u8 {
 #[inline(never)]
 fn capture_stack(ctx: *mut c_void, sock: u64, netns: u32, kind: u8) -> u8 {
     let cfg = config();
+    if cfg.fault_refuse_stacks != 0 {
+        // Test only (`Config::fault_refuse_stacks`): a read through a number, which the
+        // verifier refuses in every program that can reach this capture.
+        // SAFETY: never runs: the verifier refuses the program before it can.
+        let bad = unsafe { core::ptr::read_volatile(u64::from(cfg.stack_depth) as *const u64) };
+        if bad == 0 {
+            return 0;
+        }
+    }
     let Some(record) = STACK_SCRATCH.get_ptr_mut(0) else {
         bump(counters::STACK_UNWIND_FAILED);
         return flags::STACK_WANTED;

@@ -30,11 +30,13 @@ struct Leaker {
 
 impl Leaker {
     fn spawn(binary: &Path) -> Self {
-        let mut child = Command::new(binary)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn leaker");
+        Self::spawn_command(Command::new(binary))
+    }
+
+    /// Runs `cmd`, which must exec into the leaker.
+    fn spawn_command(mut cmd: Command) -> Self {
+        let mut child =
+            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("spawn leaker");
         let stdin = child.stdin.take().expect("stdin");
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let mut line = String::new();
@@ -181,6 +183,225 @@ fn stacks_of_an_unknown_pid_and_bad_settings_say_so() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains("1..=127"), "--stack-depth {depth}: {err}");
     }
+}
+
+#[test]
+fn stacks_of_a_pid_that_exited_past_the_grace_period_say_so() {
+    let daemon = Daemon::start(&["--stacks", "all", "--exited-grace", "3"]);
+    let mut workload = common::Workload::spawn();
+    let pid = workload.pid;
+    let port = workload.listen("127.0.0.1");
+    workload.connect(&format!("127.0.0.1:{port}"), 2);
+    daemon.eventually("its 2 connections open", |d| {
+        common::expect_eq("open", num(&d.process(pid), "open"), 2)
+    });
+    assert!(daemon.try_cli(&["stacks", &pid.to_string()]).is_ok(), "stacks while it runs");
+    workload.exit();
+    // Listed for the grace period (holding no open connection), then dropped.
+    let err = daemon.try_cli(&["stacks", &pid.to_string()]).expect_err("no open connection");
+    assert!(
+        err.contains("(workload) has no captured stacks: it holds no open connection"),
+        "{err}"
+    );
+    daemon.eventually("the pid dropped past its grace period", |d| {
+        if d.process(pid).is_null() { Ok(()) } else { Err("still listed".into()) }
+    });
+    let err = daemon.try_cli(&["stacks", &pid.to_string()]).expect_err("an error exit");
+    assert!(
+        err.contains(&format!("process {pid} (workload) exited"))
+            && err.contains("longer ago than --exited-grace (3s)"),
+        "{err}"
+    );
+    assert!(!err.contains("no process"), "not the unknown pid's message: {err}");
+}
+
+/// `tracer stacks PID` of a workload with 2 connections to its own listener (unaccepted: 2 open), traced by a
+/// daemon with `flags`: the CLI's exit status and its stderr.
+fn stacks_of_a_workload(flags: &[&str]) -> (bool, String) {
+    let daemon = Daemon::start(flags);
+    let mut workload = common::Workload::spawn();
+    let pid = workload.pid;
+    let port = workload.listen("127.0.0.1");
+    workload.connect(&format!("127.0.0.1:{port}"), 2);
+    daemon.eventually("its 2 connections open", |d| {
+        common::expect_eq("open", num(&d.process(pid), "open"), 2)
+    });
+    let out = Command::new(common::tracer_bin())
+        .args(["stacks", &pid.to_string(), "--socket"])
+        .arg(&daemon.socket)
+        .output()
+        .expect("run tracer");
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn stacks_of_a_process_without_captured_stacks_say_why_and_how_to_get_them() {
+    // Not a suspect under --stacks suspects: none of its connections is captured.
+    let (ok, err) = stacks_of_a_workload(&["--stacks", "suspects"]);
+    assert!(!ok, "an error exit: {err}");
+    assert!(err.contains("(workload) has no captured stacks"), "{err}");
+    assert!(err.contains("of its 2 open connections, 2 not sampled"), "{err}");
+    assert!(err.contains("--stacks suspects captures only"), "{err}");
+    assert!(err.contains("--stacks all"), "how to get them: {err}");
+    // Capture off.
+    let (ok, err) = stacks_of_a_workload(&["--stacks", "off"]);
+    assert!(!ok, "an error exit: {err}");
+    assert!(err.contains("has no captured stacks: stack capture is off (--stacks off)"), "{err}");
+    assert!(err.contains("--stacks sampled"), "how to get them: {err}");
+}
+
+#[test]
+fn a_process_that_exits_before_its_first_stack_is_read_is_counted_unpinned() {
+    // Nothing drains the stack ring on its own for a minute: no drain timer, no event-ring
+    // wakeup (1 MiB), no leak check, reconcile or summary. A query drains first.
+    let daemon = Daemon::start(&[
+        "--stacks",
+        "all",
+        "--drain-interval-ms",
+        "60000",
+        "--leak-interval",
+        "1h",
+        "--reconcile-interval",
+        "1h",
+        "--summary-interval",
+        "0",
+    ]);
+    let unpinned = |d: &Daemon| num(&d.json(&["status"])["stacks"], "exited_before_pinning");
+    let before = unpinned(&daemon);
+    // A process whose stack is read while it runs is pinned.
+    let mut pinned = common::Workload::spawn();
+    let port = pinned.listen("127.0.0.1");
+    pinned.connect(&format!("127.0.0.1:{port}"), 1);
+    let status = daemon.json(&["status"]);
+    assert!(num(&status["stacks"], "pinned_processes") >= 1, "{status:#}");
+    // One that connects and exits before the next drain cannot be pinned any more.
+    let mut gone = common::Workload::spawn();
+    let port = gone.listen("127.0.0.1");
+    gone.connect(&format!("127.0.0.1:{port}"), 1);
+    gone.exit();
+    let after = unpinned(&daemon);
+    assert!(after > before, "exited_before_pinning {before} -> {after}");
+    let scrape = daemon.scrape_metrics();
+    assert!(
+        counter(&scrape, "tcp_tracer_stack_processes_exited_before_pinning_total") >= after as f64,
+        "{scrape}"
+    );
+    drop(pinned);
+}
+
+#[test]
+fn a_capture_the_kernel_refuses_leaves_the_daemon_running_with_stacks_off_and_says_why() {
+    // The fault makes the capture code read through a plain number: the verifier refuses every
+    // program that can reach it, and the daemon loads them again without it.
+    let daemon = Daemon::start(&["--stacks", "all", "--fault-refuse-stacks"]);
+    let status = daemon.json(&["status"]);
+    let stacks = &status["stacks"];
+    assert_eq!(stacks["policy"], "all", "{stacks:#}");
+    assert_eq!(stacks["capture"], "off", "{stacks:#}");
+    let reason = stacks["capture_off_reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("the kernel refused the stack capture in"), "{stacks:#}");
+    let text = daemon.try_cli(&["status"]).expect("status");
+    assert!(text.contains("capture off (the kernel refused the stack capture"), "{text}");
+    // The daemon still traces: exact counts, and no stack.
+    let mut workload = common::Workload::spawn();
+    let pid = workload.pid;
+    let port = workload.listen("127.0.0.1");
+    workload.connect(&format!("127.0.0.1:{port}"), 2);
+    daemon.eventually("its 2 connections open", |d| {
+        common::expect_eq("open", num(&d.process(pid), "open"), 2)
+    });
+    assert_eq!(num(&daemon.json(&["status"])["stacks"], "captured"), 0);
+    let err = daemon.try_cli(&["stacks", &pid.to_string()]).expect_err("no stacks");
+    assert!(err.contains("stack capture is off in this probe mode (the kernel refused"), "{err}");
+    drop(daemon);
+    // Without the fault, the same policy captures: on, no reason; --stacks off says so.
+    let daemon = Daemon::start(&["--stacks", "all"]);
+    let stacks = &daemon.json(&["status"])["stacks"];
+    assert_eq!((&stacks["capture"], &stacks["capture_off_reason"]), (&"on".into(), &Value::Null));
+    drop(daemon);
+    let daemon = Daemon::start(&["--stacks", "off"]);
+    let stacks = &daemon.json(&["status"])["stacks"];
+    assert_eq!(stacks["capture"], "off", "{stacks:#}");
+    assert_eq!(stacks["capture_off_reason"], "the policy is off (--stacks off)", "{stacks:#}");
+}
+
+#[test]
+fn a_process_whose_binary_only_its_own_mount_namespace_sees_is_named() {
+    let dir = TempDir::new("stacks-mntns");
+    let binary = build_leaker(&dir.0, false);
+    let daemon = Daemon::start(&["--stacks", "all"]);
+    let (cmd, inside) = common::in_private_mount_namespace(&binary, &dir.0.join("hidden"), &[]);
+    let mut leaker = Leaker::spawn_command(cmd);
+    assert!(!inside.exists(), "{} is visible from the host mount namespace", inside.display());
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", leaker.pid())).expect("maps");
+    let inside = inside.to_str().expect("a UTF-8 path");
+    assert!(maps.contains(inside), "runs as {inside}: {maps}");
+    leaker.cmd("leak 5");
+    let pid = leaker.pid();
+    daemon.eventually("5 leaked connections open", |d| {
+        common::expect_eq("outbound", num(&d.process(pid)["outbound"], "open"), 5)
+    });
+    let mut answer = Value::Null;
+    daemon.eventually("the leak named", |d| {
+        answer = d.json(&["stacks", &pid.to_string()]);
+        let outbound = outbound_groups(&answer);
+        if outbound.len() == 1 && outbound[0]["leading_function"] == "main.leakConnections" {
+            Ok(())
+        } else {
+            Err(format!("{answer:#}"))
+        }
+    });
+    let leak = outbound_groups(&answer)[0].clone();
+    assert_eq!(num(&leak, "count"), 5, "{answer:#}");
+    let frame = leak["frames"]
+        .as_array()
+        .expect("frames")
+        .iter()
+        .find(|f| f["function"] == "main.leakConnections")
+        .cloned()
+        .expect("the leaking frame");
+    assert_eq!(frame["module"], inside, "the module as the process sees it: {frame:#}");
+    assert!(frame["file"].as_str().is_some_and(|f| f.ends_with("main.go")), "{frame:#}");
+    let text = daemon.try_cli(&["stacks", &pid.to_string()]).expect("text view");
+    assert!(text.contains("opened by main.leakConnections"), "{text}");
+}
+
+#[test]
+fn a_close_wait_alert_carries_the_stacks_of_the_stale_connections() {
+    let dir = TempDir::new("stacks-close-wait");
+    let binary = build_leaker(&dir.0, false);
+    let flags = [FAST_LEAKS, &["--stacks", "all"]].concat();
+    let daemon = Daemon::start(&flags);
+    let mut leaker = Leaker::spawn(&binary);
+    let pid = leaker.pid();
+    // 5 leaked connections that stay established (not what close_wait is about), then 4 whose
+    // peer hangs up at once: they sit in CLOSE_WAIT, opened by main.leakCloseWait.
+    leaker.cmd("leak 5");
+    leaker.cmd("stale 4");
+    daemon.eventually("the close_wait alert with its stacks named", |d| {
+        let leaks = d.json(&["leaks"]);
+        let alert = leaks["active"]
+            .as_array()
+            .and_then(|a| a.iter().find(|a| a["pid"] == pid && a["rule"] == "close_wait"))
+            .ok_or("no close_wait alert yet")?;
+        if evidence_functions(alert).is_empty() {
+            return Err(format!("evidence not named yet: {alert:#}"));
+        }
+        let stacks = &alert["evidence"]["stacks"];
+        let groups = stacks["groups"].as_array().expect("groups");
+        // Exactly the stale connections: one group, the 4 of them, from the function that
+        // opened them; none of the established leaked ones.
+        assert_eq!(num(&alert["evidence"], "stale_close_wait"), 4, "{alert:#}");
+        assert_eq!(num(stacks, "connections"), 4, "{alert:#}");
+        assert_eq!(groups.len(), 1, "{alert:#}");
+        assert_eq!(groups[0]["leading_function"], "main.leakCloseWait", "{alert:#}");
+        assert_eq!(num(&groups[0], "count"), 4, "{alert:#}");
+        assert_eq!(groups[0]["direction"], "outbound");
+        assert!(!stacks.to_string().contains("main.leakConnections"), "{alert:#}");
+        Ok(())
+    });
+    let text = daemon.try_cli(&["leaks"]).expect("leaks");
+    assert!(text.contains("opened by main.leakCloseWait"), "{text}");
 }
 
 /// The `growth` alert of `pid` in `list` (`active` or `resolved`) of `tracer leaks --json`.

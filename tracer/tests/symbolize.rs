@@ -5,6 +5,8 @@
 //! from another mount namespace, and after the process exited and its binary was deleted.
 //! Needs root (map_files needs CAP_SYS_ADMIN), `cc` and `go` (`cargo xtask setup`). The
 //! timings are printed (`--nocapture`), not asserted.
+mod common;
+
 use std::{
     cell::RefCell,
     collections::HashMap,
@@ -299,17 +301,8 @@ fn a_binary_visible_only_in_another_mount_namespace() {
     let binary = build_c(&dir);
     // Inside a private mount namespace, a tmpfs over `hidden` holds the copy that runs: from
     // here `hidden` is empty.
-    let hidden = dir.join("hidden");
-    std::fs::create_dir_all(&hidden).unwrap();
-    let program = Program::spawn(
-        Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "sh", "-c"])
-            .arg(r#"mount -t tmpfs tmpfs "$1" && cp "$2" "$1/opener" && exec "$1/opener""#)
-            .arg("sh")
-            .arg(&hidden)
-            .arg(&binary),
-    );
-    let inside = hidden.join("opener");
+    let (mut cmd, inside) = common::in_private_mount_namespace(&binary, &dir.join("hidden"), &[]);
+    let program = Program::spawn(&mut cmd);
     assert!(!inside.exists(), "{} is visible from the host mount namespace", inside.display());
     let pinned = pin_process(program.pid).unwrap();
     let path = inside.to_str().unwrap();

@@ -529,6 +529,14 @@ pub struct GoRequestsStatus {
 pub struct StacksStatus {
     /// The capture policy (`--stacks`).
     pub policy: String,
+    /// `on` when the kernel captures stacks, `off` when it does not: the policy is `off`, or
+    /// the kernel refused the capture code in this probe mode (the daemon then runs without
+    /// it).
+    #[serde(default)]
+    pub capture: String,
+    /// Why `capture` is `off`; `null` when it is on.
+    #[serde(default)]
+    pub capture_off_reason: Option<String>,
     /// Stacks the kernel wrote to the stack ring, since start.
     pub captured: u64,
     /// Wanted stacks that found no room in the stack ring, since start.
@@ -547,6 +555,14 @@ pub struct StacksStatus {
     /// `module+0xoffset` or unnamed), since start.
     #[serde(default)]
     pub exited_before_pinning: u64,
+    /// Processes whose binaries the symbolizer's limits (pinned processes or files) refused to
+    /// pin: their stacks stay `module+0xoffset`, since start.
+    #[serde(default)]
+    pub pins_refused: u64,
+    /// Suspects the kernel's suspect map refused (full, or a map error): their connections
+    /// were captured as sampled only, not every one, since start.
+    #[serde(default)]
+    pub suspects_unmarked: u64,
     /// Frames left unnamed in answers and leak evidence (no symbol, or not resolved within
     /// the deadline), since start.
     #[serde(default)]

@@ -119,6 +119,10 @@ pub struct RunArgs {
     /// Test only: drop every Nth release in the kernel, to prove tests catch wrong counts.
     #[arg(long, default_value_t = 0, hide = true)]
     pub fault_drop_every_nth_release: u32,
+    /// Test only: make the kernel refuse the stack capture code, to prove the daemon then runs
+    /// with stacks off and says why.
+    #[arg(long, hide = true)]
+    pub fault_refuse_stacks: bool,
 }
 
 /// Where container identities are read (docs/containers.md).
@@ -290,6 +294,7 @@ pub fn run(args: RunArgs, socket: PathBuf) -> anyhow::Result<()> {
                 policy: args.stacks,
                 sample_every: args.stack_sample,
                 depth: args.stack_depth,
+                fault_refuse: args.fault_refuse_stacks,
             },
         },
         table: TableConfig {

@@ -117,14 +117,21 @@ fn status(s: &StatusReport) -> String {
     let k = &s.stacks;
     let _ = writeln!(
         out,
-        "opener stacks:       {} policy; captured {}, lost {} (ring full) {} (unwind failed), \
-         orphaned {}, processes exited before pinning {}, frames unsymbolized {}",
+        "opener stacks:       {} policy, capture {}; captured {}, lost {} (ring full) {} (unwind failed), \
+         orphaned {}, processes exited before pinning {}, pins refused {}, suspects unmarked \
+         {}, frames unsymbolized {}",
         k.policy,
+        match &k.capture_off_reason {
+            Some(reason) => format!("{} ({reason})", k.capture),
+            None => k.capture.clone(),
+        },
         k.captured,
         k.lost_ringbuf,
         k.unwind_failed,
         k.orphaned,
         k.exited_before_pinning,
+        k.pins_refused,
+        k.suspects_unmarked,
         k.frames_unsymbolized
     );
     let g = &s.go_requests;

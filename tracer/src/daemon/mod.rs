@@ -661,6 +661,8 @@ impl Daemon {
                 orphaned: stacks.orphaned,
                 frames_unsymbolized: stacks.frames_unsymbolized,
                 exited_before_pinning: stacks.exited_before_pinning,
+                pins_refused: stacks.pins_refused,
+                suspects_unmarked: stacks.suspects_unmarked,
             },
             build: BuildInfo {
                 version: env!("CARGO_PKG_VERSION"),

@@ -45,7 +45,11 @@ const GROUP_REMOTES: usize = 3;
 const ALERT_GROUPS: usize = 3;
 
 pub(super) struct StackCapture {
+    /// The policy asked for (`--stacks`).
     policy: StackPolicy,
+    /// Why nothing is captured although the policy asks for stacks: the kernel refused the
+    /// capture code in this probe mode, and the programs were loaded without it.
+    refused: Option<String>,
     source: StackSource,
     lost_requests: LostRequestSource,
     store: OpenerStacks,
@@ -57,6 +61,11 @@ pub(super) struct StackCapture {
     pinned: HashSet<ProcessKey>,
     /// Processes that had exited by the time their first stack was read.
     exited_before_pinning: u64,
+    /// Processes whose pinning the symbolizer's limits refused (their stacks stay
+    /// `module+0xoffset`).
+    pins_refused: u64,
+    /// Suspects the kernel's map refused (their connections stay sampled only).
+    suspects_unmarked: u64,
     /// Frames left unnamed in answers and evidence (shared with the tasks that symbolize).
     frames_unsymbolized: Arc<AtomicU64>,
     /// Recovers the caller a C library wrapper hides from the kernel's walk.
@@ -68,12 +77,14 @@ impl StackCapture {
         let source = StackSource::new(probes.take_stacks()?);
         let lost_requests = probes.take_lost_requests()?;
         let suspect_maps = probes.take_stack_suspects()?;
+        let refused = probes.stacks_refused().map(str::to_owned);
         let symbolizer = Symbolizer::start(SymbolizerConfig {
             fallback: Some(stacks::go_fallback()),
             ..SymbolizerConfig::default()
         })?;
         Ok(Self {
             policy,
+            refused,
             source,
             lost_requests,
             store: OpenerStacks::default(),
@@ -82,6 +93,8 @@ impl StackCapture {
             symbolizer: Arc::new(symbolizer),
             pinned: HashSet::new(),
             exited_before_pinning: 0,
+            pins_refused: 0,
+            suspects_unmarked: 0,
             frames_unsymbolized: Arc::new(AtomicU64::new(0)),
             unwinder: Unwinder::default(),
         })
@@ -107,6 +120,7 @@ impl StackCapture {
             symbolizer,
             pinned,
             exited_before_pinning,
+            pins_refused,
             unwinder,
             ..
         } = self;
@@ -119,6 +133,8 @@ impl StackCapture {
             {
                 if exited(&e) {
                     *exited_before_pinning += 1;
+                } else if matches!(e, SymbolizeError::Limit { .. }) {
+                    *pins_refused += 1;
                 }
                 log::debug!("cannot pin pid {} for symbolization: {e}", record.tgid);
             }
@@ -161,7 +177,7 @@ impl StackCapture {
     /// captured) and unmarks those that are no longer. The count the kernel checks first is
     /// raised after the entries appear and lowered after they go.
     pub(super) fn mark_suspects(&mut self, detector: &Detector) {
-        if self.policy == StackPolicy::Off || self.policy == StackPolicy::All {
+        if !self.capturing() || self.policy == StackPolicy::All {
             return;
         }
         let now: HashSet<u32> = detector.suspects().map(|p| p.pid).collect();
@@ -171,6 +187,7 @@ impl StackCapture {
         let maps = &mut self.suspect_maps;
         for pid in now.difference(&self.suspects) {
             if let Err(e) = maps.set.insert(pid, 1, 0) {
+                self.suspects_unmarked += 1;
                 log::debug!("cannot mark pid {pid} as a suspect: {e}");
             }
         }
@@ -186,6 +203,21 @@ impl StackCapture {
         self.suspects = now;
     }
 
+    /// Whether the kernel captures stacks: the policy asks for some, and the kernel took the
+    /// capture code.
+    fn capturing(&self) -> bool {
+        self.policy != StackPolicy::Off && self.refused.is_none()
+    }
+
+    /// `tracer status`'s `capture` and its reason when off.
+    fn capture_state(&self) -> (&'static str, Option<String>) {
+        match (&self.refused, self.policy) {
+            (Some(reason), _) => ("off", Some(reason.clone())),
+            (None, StackPolicy::Off) => ("off", Some("the policy is off (--stacks off)".into())),
+            (None, _) => ("on", None),
+        }
+    }
+
     /// The store's counters (requests included).
     pub(super) fn counters(&self) -> crate::stacks::store::StackCounters {
         self.store.counters()
@@ -194,8 +226,11 @@ impl StackCapture {
     pub(super) fn status(&self, kernel: &KernelCounters) -> StacksStatus {
         let counters = self.store.counters();
         let symbolizer = self.symbolizer.stats();
+        let (capture, capture_off_reason) = self.capture_state();
         StacksStatus {
             policy: self.policy.to_string(),
+            capture: capture.to_owned(),
+            capture_off_reason,
             captured: kernel.stack_captured,
             lost_ringbuf: kernel.stack_lost_ringbuf,
             unwind_failed: kernel.stack_unwind_failed,
@@ -203,6 +238,8 @@ impl StackCapture {
             frames_recovered: self.unwinder.counters().recovered,
             orphaned: counters.orphaned,
             exited_before_pinning: self.exited_before_pinning,
+            pins_refused: self.pins_refused,
+            suspects_unmarked: self.suspects_unmarked,
             frames_unsymbolized: self.frames_unsymbolized.load(Ordering::Relaxed),
             distinct: self.store.stack_count() as u64,
             pinned_processes: symbolizer.pinned_processes as u64,
@@ -370,12 +407,7 @@ impl StackCapture {
             .processes()
             .filter(|p| p.pid() == pid)
             .max_by_key(|p| p.start_time_ns())
-            .ok_or_else(|| {
-                format!(
-                    "no process {pid} in the table (it holds no connection tracer has seen, or \
-                     it exited longer ago than --exited-grace)"
-                )
-            })?;
+            .ok_or_else(|| gone_message(table, pid, now_ns))?;
         let (groups, unstacked, _) = self.group(table, process.key, now_ns, |_| true);
         let requests = go_requests
             .probed_since(process.key)
@@ -384,6 +416,17 @@ impl StackCapture {
             Some((report, draft)) => (Some(report), Some(draft)),
             None => (None, None),
         };
+        let no_requests = request_groups.as_ref().is_none_or(|d| d.groups.is_empty());
+        if groups.groups.is_empty() && no_requests {
+            return Err(no_stacks_message(
+                pid,
+                &process.comm(),
+                process.open,
+                self.policy,
+                self.refused.as_deref(),
+                &unstacked,
+            ));
+        }
         let report = StacksReport {
             pid,
             comm: process.comm().into_owned(),
@@ -409,7 +452,7 @@ impl StackCapture {
         probed_since: Option<u64>,
         behind: impl Fn(&ConnView<'_>) -> bool + Copy,
     ) -> Option<(AlertStacks, EvidenceDraft)> {
-        if self.policy == StackPolicy::Off {
+        if !self.capturing() {
             return None;
         }
         let process = ProcessKey::new(alert.pid, alert.start_time_ns);
@@ -467,6 +510,99 @@ enum NoRequest {
     BeforeProbing,
     NotSeen,
     Lost,
+}
+
+/// Why `tracer stacks PID` has nothing for a `pid` the table does not hold: it exited longer
+/// ago than `--exited-grace` (the table remembers the last processes it dropped), or tracer
+/// never saw it.
+fn gone_message(table: &ConnectionTable, pid: u32, now_ns: u64) -> String {
+    let secs = |ns: u64| ns / 1_000_000_000;
+    match table.forgotten(pid) {
+        Some(gone) => format!(
+            "process {pid} ({}) exited {}s ago, longer ago than --exited-grace ({}s): its \
+             connections and stacks were dropped {}s ago (stacks of its leak alerts stay in \
+             `tracer leaks`)",
+            gone.comm(),
+            secs(now_ns.saturating_sub(gone.exited_at_ns)),
+            secs(table.config().exited_grace_ns),
+            secs(now_ns.saturating_sub(gone.forgotten_at_ns)),
+        ),
+        None => format!(
+            "no process {pid} in the table (it holds no connection tracer has seen, or it \
+             exited longer ago than --exited-grace and was forgotten since)"
+        ),
+    }
+}
+
+/// Why a process the table holds has no stack group: each reason its open connections have
+/// none, with how to get stacks next time.
+fn no_stacks_message(
+    pid: u32,
+    comm: &str,
+    open: u32,
+    policy: StackPolicy,
+    refused: Option<&str>,
+    unstacked: &Unstacked,
+) -> String {
+    let head = format!("process {pid} ({comm}) has no captured stacks");
+    if let Some(reason) = refused {
+        return format!(
+            "{head}: stack capture is off in this probe mode ({reason}); the daemon runs \
+             without it (`tracer status` says so), see docs/stacks.md"
+        );
+    }
+    if policy == StackPolicy::Off {
+        return format!(
+            "{head}: stack capture is off (--stacks off); start the daemon with --stacks \
+             sampled (the default) or --stacks all to capture the stacks of new connections"
+        );
+    }
+    if open == 0 {
+        return format!(
+            "{head}: it holds no open connection (stacks are shown for open connections only)"
+        );
+    }
+    let mut reasons = Vec::new();
+    if unstacked.not_sampled > 0 {
+        let how = match policy {
+            StackPolicy::Suspects => {
+                "--stacks suspects captures only the connections of \
+                                      processes the leak detector suspects, and this one is \
+                                      not one"
+            }
+            _ => {
+                "--stacks sampled captures every --stack-sample'th connection of each \
+                  process, and none of these was one"
+            }
+        };
+        reasons.push(format!(
+            "{} not sampled ({how}; its new connections are all captured once its open \
+             count keeps rising and it becomes a suspect, or with --stacks all)",
+            unstacked.not_sampled
+        ));
+    }
+    if unstacked.opened_before_capture > 0 {
+        reasons.push(format!(
+            "{} opened before capture began (before the daemon started, or found by a scan): \
+             only connections opened from then on have stacks",
+            unstacked.opened_before_capture
+        ));
+    }
+    if unstacked.stack_missing > 0 {
+        reasons.push(format!(
+            "{} with their stack lost (stacks.lost_ringbuf and stacks.unwind_failed in \
+             `tracer status`)",
+            unstacked.stack_missing
+        ));
+    }
+    if unstacked.held_by_another_process > 0 {
+        reasons.push(format!(
+            "{} opened by another process (a parent before fork, or a passed descriptor): \
+             ask `tracer stacks` of the process that opened them",
+            unstacked.held_by_another_process
+        ));
+    }
+    format!("{head}: of its {open} open connections, {}", reasons.join("; "))
 }
 
 /// Whether pinning failed because the process was gone.

@@ -126,6 +126,8 @@ pub struct StackOptions {
     pub sample_every: u32,
     /// Frames captured, 1 to [`tracer_common::stacks::MAX_STACK_DEPTH`].
     pub depth: u32,
+    /// Test only: make the kernel refuse the capture code (`Config::fault_refuse_stacks`).
+    pub fault_refuse: bool,
 }
 
 impl Default for StackOptions {
@@ -134,6 +136,7 @@ impl Default for StackOptions {
             policy: StackPolicy::default(),
             sample_every: tracer_common::stacks::DEFAULT_STACK_SAMPLE,
             depth: tracer_common::stacks::DEFAULT_STACK_DEPTH,
+            fault_refuse: false,
         }
     }
 }
@@ -169,6 +172,9 @@ pub struct Probes {
     kprobes: Option<kprobe::Kprobes>,
     /// Why the task iterator did not load (`None`: it did).
     task_cgroups_unavailable: Option<String>,
+    /// Why the programs were loaded without the stack capture: the kernel refused them with it
+    /// (`None`: it did not, or the policy is `off`).
+    stacks_refused: Option<String>,
 }
 
 /// Per-kind counters summed over CPUs, as the kernel programs kept them.
@@ -242,17 +248,47 @@ impl Probes {
         Err(ProbeError::NoModeWorks { reasons: rejected.join("; ") })
     }
 
+    /// Loads `mode` with the stack capture the policy asks for; if the kernel refuses that,
+    /// loads it again without the capture code (unreachable with the policy `off`, so the
+    /// verifier prunes it) and keeps why: the mode then runs with stacks off.
     fn load_mode(mode: ProbeMode, options: &LoadOptions) -> Result<Self> {
+        if options.stacks.policy == StackPolicy::Off {
+            return Self::load_mode_with(mode, options, false);
+        }
+        match Self::load_mode_with(mode, options, true) {
+            Ok(probes) => Ok(probes),
+            Err(with_stacks) => match Self::load_mode_with(mode, options, false) {
+                Ok(mut probes) => {
+                    let reason = format!(
+                        "the kernel refused the stack capture in {mode} mode: {}",
+                        first_line(&with_stacks)
+                    );
+                    log::warn!("opener stacks are off: {reason}");
+                    log::debug!(
+                        "loading {mode} with the stack capture failed in full: {with_stacks}"
+                    );
+                    probes.stacks_refused = Some(reason);
+                    Ok(probes)
+                }
+                // Not the capture's fault: the mode does not load either way.
+                Err(_) => Err(with_stacks),
+            },
+        }
+    }
+
+    fn load_mode_with(mode: ProbeMode, options: &LoadOptions, capture: bool) -> Result<Self> {
+        let stack_policy =
+            if capture { options.stacks.policy.abi() } else { StackPolicy::Off.abi() };
         let config = Config {
             drop_every_nth_release: options.drop_every_nth_release,
             lifecycle_from_state_changes: u32::from(mode == ProbeMode::Tracepoint),
             // At least four wakeup points per ring's worth of data (see tracer-ebpf's emit.rs).
             wakeup_threshold_bytes: options.wakeup_threshold_bytes.min(options.ring_bytes / 4),
-            stack_policy: options.stacks.policy.abi(),
+            stack_policy,
             stack_sample_every: options.stacks.sample_every.max(1),
             stack_depth: options.stacks.depth.clamp(1, tracer_common::stacks::MAX_STACK_DEPTH),
             stack_at_state_change: u32::from(mode == ProbeMode::Kprobe),
-            _reserved: 0,
+            fault_refuse_stacks: u32::from(options.stacks.fault_refuse),
         };
         // Kernel log statements above the daemon's level are constants the verifier prunes.
         let kernel_log_level = match log::max_level() {
@@ -296,6 +332,7 @@ impl Probes {
             kernel_log,
             kprobes,
             task_cgroups_unavailable,
+            stacks_refused: None,
         })
     }
 
@@ -392,6 +429,12 @@ impl Probes {
     }
 
     /// Why the task iterator is unavailable here (`None`: it loaded).
+    /// Why the stack capture is off although the policy asked for it: the kernel refused the
+    /// capture code in this mode (`None`: it did not, or the policy is `off`).
+    pub fn stacks_refused(&self) -> Option<&str> {
+        self.stacks_refused.as_deref()
+    }
+
     pub fn task_cgroups_unavailable(&self) -> Option<&str> {
         self.task_cgroups_unavailable.as_deref()
     }

@@ -14,7 +14,7 @@ mod snapshot;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use tracer_common::{ConnEvent, EventKind, tcp_state};
@@ -259,6 +259,29 @@ pub struct ConnectionTable {
     scanned: Map<TupleKey, SocketKey>,
     /// Every process holding a socket, where a scan found more than one.
     shared_holders: Map<SocketKey, Vec<u32>>,
+    /// The last [`FORGOTTEN_KEPT`] processes [`Self::expire`] dropped, oldest first: so that a
+    /// query can tell a pid that exited past the grace period from one never seen.
+    forgotten: VecDeque<Forgotten>,
+}
+
+/// How many expired processes the table remembers (pid, name and times: about 40 bytes each).
+pub const FORGOTTEN_KEPT: usize = 1024;
+
+/// A process [`ConnectionTable::expire`] dropped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Forgotten {
+    pub key: ProcessKey,
+    pub comm: [u8; 16],
+    /// When its ProcessExit event arrived.
+    pub exited_at_ns: u64,
+    /// When the table dropped it.
+    pub forgotten_at_ns: u64,
+}
+
+impl Forgotten {
+    pub fn comm(&self) -> std::borrow::Cow<'_, str> {
+        crate::events::comm_str(&self.comm)
+    }
 }
 
 impl Default for ConnectionTable {
@@ -277,6 +300,7 @@ impl ConnectionTable {
             next_id: 1,
             scanned: Map::default(),
             shared_holders: Map::default(),
+            forgotten: VecDeque::new(),
         }
     }
 
@@ -335,10 +359,24 @@ impl ConnectionTable {
         let closed_backlog = before - self.connections.len();
 
         let before = self.aggregates.processes.len();
+        let forgotten = &mut self.forgotten;
         self.aggregates.processes.retain(|_, p| {
-            let expired =
-                p.exited_at_ns.is_some_and(|at| now_ns.saturating_sub(at) >= exited_grace);
-            !(expired && p.holds_nothing())
+            let expired = p.exited_at_ns.filter(|at| now_ns.saturating_sub(*at) >= exited_grace);
+            match expired {
+                Some(exited_at_ns) if p.holds_nothing() => {
+                    if forgotten.len() == FORGOTTEN_KEPT {
+                        forgotten.pop_front();
+                    }
+                    forgotten.push_back(Forgotten {
+                        key: p.key,
+                        comm: p.comm,
+                        exited_at_ns,
+                        forgotten_at_ns: now_ns,
+                    });
+                    false
+                }
+                _ => true,
+            }
         });
         let processes = before - self.aggregates.processes.len();
 
@@ -372,6 +410,12 @@ impl ConnectionTable {
 
     pub fn process(&self, key: ProcessKey) -> Option<&ProcessStats> {
         self.aggregates.processes.get(&key)
+    }
+
+    /// The latest process with `pid` that [`Self::expire`] dropped, among the last
+    /// [`FORGOTTEN_KEPT`].
+    pub fn forgotten(&self, pid: u32) -> Option<&Forgotten> {
+        self.forgotten.iter().rev().find(|f| f.key.pid == pid)
     }
 
     /// Connections with their owner's record, in no particular order.

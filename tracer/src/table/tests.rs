@@ -705,8 +705,16 @@ fn process_exit_then_releases_then_grace_expiry() {
     let at = stats(k2.table, SERVER).exited_at_ns.unwrap_or(0);
     assert_eq!(t2.expire(at + 59 * SEC).processes, 0);
     assert!(t2.process(SERVER.key()).is_some());
+    assert!(t2.forgotten(SERVER.key().pid).is_none(), "still listed, not forgotten");
     assert_eq!(t2.expire(at + 60 * SEC).processes, 1);
     assert!(t2.process(SERVER.key()).is_none());
+    // Remembered as forgotten: when it exited and when it was dropped.
+    let forgotten = t2.forgotten(SERVER.key().pid).expect("remembered");
+    assert_eq!(
+        (forgotten.key, forgotten.exited_at_ns, forgotten.forgotten_at_ns),
+        (SERVER.key(), at, at + 60 * SEC)
+    );
+    assert!(t2.forgotten(CLIENT.key().pid).is_none(), "never expired");
 
     // The first table's process, released long after its grace, goes at the next expiry.
     assert!(clock.now_ns() - exited_at > 60 * SEC);
@@ -1203,4 +1211,25 @@ fn scanned_holders_bring_their_cgroup_and_an_unknown_one_never_overwrites_it() {
     assert_eq!(report.holder_changes, 1);
     assert_eq!(stats(&t, SERVER).cgroup_id, 777);
     assert_consistent(&t);
+}
+
+#[test]
+fn the_table_remembers_the_last_processes_it_forgot_and_no_more() {
+    let clock = ManualClock::new(SEC);
+    let mut t =
+        ConnectionTable::new(TableConfig { exited_grace_ns: SEC, ..TableConfig::default() });
+    let total = FORGOTTEN_KEPT as u32 + 1;
+    for i in 0..total {
+        let p = Proc { pid: 1000 + i, start: 10 * SEC, comm: "short" };
+        let mut k = Kernel { table: &mut t, clock: &clock };
+        k.connect(p, u64::from(i) + 1, v4(1, 2));
+        k.connect_failed(u64::from(i) + 1);
+        k.exit(p);
+        clock.advance(2 * SEC);
+        assert_eq!(t.expire(clock.now_ns()).processes, 1);
+    }
+    assert!(t.forgotten(1000).is_none(), "the oldest made room");
+    let last = t.forgotten(1000 + total - 1).expect("the latest is remembered");
+    assert_eq!(last.comm(), "short");
+    assert!(t.forgotten(1001).is_some());
 }

@@ -666,3 +666,26 @@ impl Receiver {
             .collect()
     }
 }
+
+/// A command that runs `binary` (with `args`) in a private mount namespace of its own, where a
+/// tmpfs mounted over `hidden` (created here, empty) holds the copy that runs: the process sees
+/// its binary as `hidden/<file name>`, which the host's mount namespace does not have. Returns
+/// the command and that path. The command execs into the program: its pid is the program's.
+pub fn in_private_mount_namespace(
+    binary: &std::path::Path,
+    hidden: &std::path::Path,
+    args: &[&str],
+) -> (Command, std::path::PathBuf) {
+    std::fs::create_dir_all(hidden).expect("create the directory to hide");
+    let name = binary.file_name().expect("a binary's file name");
+    let inside = hidden.join(name);
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"d=$1 && mount -t tmpfs tmpfs "$d" && cp "$2" "$3" && shift 3 && exec "$0" "$@""#)
+        .arg(&inside)
+        .arg(hidden)
+        .arg(binary)
+        .arg(&inside)
+        .args(args);
+    (cmd, inside)
+}

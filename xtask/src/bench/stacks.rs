@@ -25,6 +25,8 @@ const TARGET_CPU_SHARE: f64 = 0.01;
 const TARGET_BYTES_PER_SOCKET: f64 = 50.0;
 const TARGET_FIRST_SYMBOLIZATION: Duration = Duration::from_secs(1);
 const TARGET_CACHED_STACK: Duration = Duration::from_millis(1);
+/// The issue's first symbolization is of a Go binary of at least 10 MB.
+const MIN_GO_BINARY_BYTES: u64 = 10_000_000;
 
 /// One load run under one policy (`None`: untraced).
 #[derive(Clone, Debug, Default)]
@@ -310,6 +312,11 @@ fn by_name(progs: &[bpf::ProgStats]) -> BTreeMap<String, (u64, u64)> {
 /// timing example, then times a fresh symbolizer on `samples` fresh processes of it.
 fn symbolize_timing(ctx: &Bench, samples: usize) -> Result<SymbolizeTiming> {
     let program = super::build_go_program(ctx, "opener_go", "opener-go")?;
+    let size = std::fs::metadata(&program)
+        .with_context(|| format!("reading {}", program.display()))?
+        .len();
+    eprintln!("bench: stacks: symbolizing {} ({:.1} MB)", program.display(), size as f64 / 1e6);
+    check_go_binary_size(size)?;
     crate::setup::run_cmd(Command::new("cargo").current_dir(&ctx.root).args([
         "build",
         "--release",
@@ -347,6 +354,20 @@ fn symbolize_timing(ctx: &Bench, samples: usize) -> Result<SymbolizeTiming> {
     timing.first = summarize(&first).unwrap_or_default();
     timing.cached = summarize(&cached).unwrap_or_default();
     Ok(timing)
+}
+
+/// Refuses a Go binary smaller than the issue's 10 MB: its first symbolization would be
+/// timed on less than the target is about.
+fn check_go_binary_size(bytes: u64) -> Result<()> {
+    if bytes < MIN_GO_BINARY_BYTES {
+        bail!(
+            "the Go binary to symbolize is {:.1} MB, under the {:.0} MB the target is about: \
+             make tracer/tests/programs/opener_go use more packages",
+            bytes as f64 / 1e6,
+            MIN_GO_BINARY_BYTES as f64 / 1e6
+        );
+    }
+    Ok(())
 }
 
 fn verdict(met: bool) -> &'static str {
@@ -512,6 +533,34 @@ impl StacksReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_go_binary_under_10_mb_is_refused() {
+        assert!(check_go_binary_size(MIN_GO_BINARY_BYTES - 1).is_err());
+        assert!(check_go_binary_size(MIN_GO_BINARY_BYTES).is_ok());
+    }
+
+    /// The bench's Go program, built as the bench builds it, is big enough (needs `go`:
+    /// `cargo xtask setup`).
+    #[test]
+    fn the_go_program_the_bench_symbolizes_is_at_least_10_mb() {
+        let root = crate::workspace_root();
+        let dir = crate::setup::target_dir(&root).join("xtask-test-opener-go");
+        let go_cache = crate::setup::target_dir(&root).join("bench-go");
+        let status = Command::new("go")
+            .args(["build", "-o"])
+            .arg(dir.join("opener-go"))
+            .arg("main.go")
+            .current_dir(root.join("tracer/tests/programs/opener_go"))
+            .env("CGO_ENABLED", "0")
+            .env("GOCACHE", go_cache.join("cache"))
+            .env("GOPATH", go_cache.join("path"))
+            .status()
+            .expect("run go (cargo xtask setup installs it)");
+        assert!(status.success(), "go build of opener_go");
+        let size = std::fs::metadata(dir.join("opener-go")).expect("the binary").len();
+        assert!(check_go_binary_size(size).is_ok(), "{size} bytes");
+    }
 
     fn run(policy: Option<&str>, conns: u64, system: u64, bpf: u64, daemon: u64) -> PolicyRun {
         PolicyRun {

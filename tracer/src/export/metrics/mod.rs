@@ -83,6 +83,10 @@ pub struct StackMetrics {
     pub frames_unsymbolized: u64,
     /// Processes that exited before their binaries could be pinned.
     pub exited_before_pinning: u64,
+    /// Processes whose pinning the symbolizer's limits refused.
+    pub pins_refused: u64,
+    /// Suspects the kernel's suspect map refused.
+    pub suspects_unmarked: u64,
 }
 
 /// Everything a scrape reads, borrowed from the event loop for the duration of the scrape.
@@ -371,12 +375,18 @@ impl Metrics {
             "tcp_tracer_stacks_lost_total",
             "Opener stacks wanted but lost: ringbuf_full (no room in the stack ring), \
              unwind_failed (the kernel could not walk the user stack), orphaned (the daemon \
-             never saw the stack's connection and dropped it).",
+             never saw the stack's connection and dropped it); and the events that lose a \
+             process's stacks or their names, counted once each: suspect_unmarked (a suspect \
+             the kernel's suspect map refused: its connections stay sampled only), pin_refused \
+             (a process whose binaries the symbolizer's limits refused to pin: its stacks stay \
+             module+offset).",
         );
         for (reason, n) in [
             ("ringbuf_full", kernel.stack_lost_ringbuf),
             ("unwind_failed", kernel.stack_unwind_failed),
             ("orphaned", input.stacks.orphaned),
+            ("suspect_unmarked", input.stacks.suspects_unmarked),
+            ("pin_refused", input.stacks.pins_refused),
         ] {
             stacks_lost.add_counter(&[("reason", reason)], n);
         }

@@ -233,7 +233,13 @@ impl Sim {
             reconcile_corrections: 3,
             kprobes: &kprobes,
             ring: RingFill { size_bytes: 8 << 20, high_water_bytes: 4096 },
-            stacks: StackMetrics { orphaned: 1, frames_unsymbolized: 2, exited_before_pinning: 3 },
+            stacks: StackMetrics {
+                orphaned: 1,
+                frames_unsymbolized: 2,
+                exited_before_pinning: 3,
+                pins_refused: 4,
+                suspects_unmarked: 5,
+            },
             build: BuildInfo { version: "0.1.0", probe_mode: "fentry", kernel: "6.1.0-test" },
             health: &self.health,
             now_ns: self.now,
@@ -872,6 +878,8 @@ fn pipeline_counters_and_build_info() {
     assert_eq!(scraped.value(stacks_lost, &[("reason", "ringbuf_full")]), Some(12.0));
     assert_eq!(scraped.value(stacks_lost, &[("reason", "unwind_failed")]), Some(13.0));
     assert_eq!(scraped.value(stacks_lost, &[("reason", "orphaned")]), Some(1.0));
+    assert_eq!(scraped.value(stacks_lost, &[("reason", "pin_refused")]), Some(4.0));
+    assert_eq!(scraped.value(stacks_lost, &[("reason", "suspect_unmarked")]), Some(5.0));
     assert_eq!(scraped.value("tcp_tracer_stack_frames_unsymbolized_total", &[]), Some(2.0));
     assert_eq!(
         scraped.value("tcp_tracer_stack_processes_exited_before_pinning_total", &[]),

@@ -4,6 +4,8 @@
 //
 //	leak N   dial N connections and keep them
 //	tidy N   dial and close N connections
+//	stale N  dial N connections to a listener that hangs up at once, and keep them: the
+//	         peer's close leaves each in CLOSE_WAIT (leakCloseWait)
 //	exit
 //
 // Each command answers "ok" once done; the first line printed is "ready".
@@ -42,6 +44,30 @@ func tidyConnections(addr string, n int) {
 	}
 }
 
+var stale []net.Conn
+
+//go:noinline
+func leakCloseWait(addr string, n int) {
+	for i := 0; i < n; i++ {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			panic(err)
+		}
+		stale = append(stale, c)
+	}
+}
+
+// hangUp closes every connection it accepts.
+func hangUp(l net.Listener) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		c.Close()
+	}
+}
+
 //go:noinline
 func serve(l net.Listener) {
 	for {
@@ -64,6 +90,12 @@ func main() {
 	}
 	go serve(l)
 	addr := l.Addr().String()
+	h, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	go hangUp(h)
+	hangUpAddr := h.Addr().String()
 	fmt.Println("ready")
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
@@ -80,6 +112,8 @@ func main() {
 			leakConnections(addr, n)
 		case "tidy":
 			tidyConnections(addr, n)
+		case "stale":
+			leakCloseWait(hangUpAddr, n)
 		case "exit":
 			return
 		}
