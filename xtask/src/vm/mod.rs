@@ -135,7 +135,8 @@ impl Args {
     /// what each mode adds (kprobe misses and clean-up), and opener stacks captured and named
     /// from a leaking Go program (25-45 s per cell), and the cgroup ids of scanned processes
     /// with the daemon in a private cgroup namespace, and container attribution of every
-    /// cgroup path shape, both on the guests' pure cgroup v2.
+    /// cgroup path shape, both on the guests' pure cgroup v2, and TIME_WAIT, port and
+    /// descriptor exhaustion (30-45 s per cell).
     /// About 12 minutes on 2 cores before `containers`, which adds about 7 (400 s for its 12
     /// cells); the host's own kernel is covered by `cargo test` itself.
     pub fn ci() -> Self {
@@ -150,6 +151,7 @@ impl Args {
                 "cgroup_ids".into(),
                 "containers".into(),
                 "go_requests".into(),
+                "exhaustion".into(),
             ],
             skip: vec!["real_peers".into(), "prometheus".into(), "symbolize".into()],
             filter: None,

@@ -303,7 +303,7 @@ poweroff -f
 /// Host programs copied into the guest (with their shared libraries) when the host has them,
 /// because the tests run them and busybox lacks them or their options: `ss` (ground truth),
 /// `ip netns`, util-linux `setpriv`, and `python3` for the peer scripts in tracer/tests/peers.
-const HOST_TOOLS: &[&str] = &["ss", "ip", "setpriv", "python3"];
+const HOST_TOOLS: &[&str] = &["ss", "ip", "setpriv", "python3", "sysctl"];
 /// Only system directories: a PATH entry such as a pyenv shim is not a program to copy.
 const SYSTEM_BIN_DIRS: &[&str] = &["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
 /// Parts of the Python standard library that no test needs (about half its size).
