@@ -155,45 +155,70 @@ fn dump(family: u8, netns: u32) -> io::Result<Vec<ExistingSocket>> {
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        let mut rest = &buf[..n as usize];
-        while rest.len() >= size_of::<NlMsgHdr>() {
-            // SAFETY: length checked; read_unaligned copes with any alignment.
-            let header: NlMsgHdr = unsafe { std::ptr::read_unaligned(rest.as_ptr().cast()) };
-            let len = header.len as usize;
-            if len < size_of::<NlMsgHdr>() || len > rest.len() {
-                return Err(io::Error::other("truncated netlink message"));
-            }
-            match header.kind {
-                NLMSG_DONE => return Ok(sockets),
-                NLMSG_ERROR => {
-                    let code = rest
-                        .get(size_of::<NlMsgHdr>()..size_of::<NlMsgHdr>() + 4)
-                        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-                        .unwrap_or(0);
-                    return Err(io::Error::from_raw_os_error(-code));
-                }
-                SOCK_DIAG_BY_FAMILY => {
-                    let payload = &rest[size_of::<NlMsgHdr>()..len];
-                    if payload.len() >= size_of::<InetDiagMsg>() {
-                        // SAFETY: length checked; plain data.
-                        let msg: InetDiagMsg =
-                            unsafe { std::ptr::read_unaligned(payload.as_ptr().cast()) };
-                        let attrs = &payload[size_of::<InetDiagMsg>()..];
-                        sockets.push(convert(&msg, netns, info_attribute(attrs)));
-                    }
-                }
-                _ => {}
-            }
-            // Messages are 4-byte aligned.
-            let advance = (len + 3) & !3;
-            rest = rest.get(advance..).unwrap_or(&[]);
+        if parse_messages(&buf[..n as usize], netns, &mut sockets)? == Dump::Done {
+            return Ok(sockets);
         }
     }
 }
 
+/// Whether a dump goes on after one datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dump {
+    /// More datagrams follow.
+    More,
+    /// `NLMSG_DONE` came: the dump is complete.
+    Done,
+}
+
+/// Parses one datagram of a sock_diag dump (netlink messages, each 4-byte aligned), appending
+/// the sockets it reports to `sockets`; an `NLMSG_ERROR` or a truncated message is an error.
+pub fn parse_messages(
+    datagram: &[u8],
+    netns: u32,
+    sockets: &mut Vec<ExistingSocket>,
+) -> io::Result<Dump> {
+    let mut rest = datagram;
+    while rest.len() >= size_of::<NlMsgHdr>() {
+        // SAFETY: length checked; read_unaligned copes with any alignment.
+        let header: NlMsgHdr = unsafe { std::ptr::read_unaligned(rest.as_ptr().cast()) };
+        let len = header.len as usize;
+        if len < size_of::<NlMsgHdr>() || len > rest.len() {
+            return Err(io::Error::other("truncated netlink message"));
+        }
+        match header.kind {
+            NLMSG_DONE => return Ok(Dump::Done),
+            NLMSG_ERROR => {
+                let code = rest
+                    .get(size_of::<NlMsgHdr>()..size_of::<NlMsgHdr>() + 4)
+                    .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                    .unwrap_or(0);
+                return Err(io::Error::from_raw_os_error(-code));
+            }
+            SOCK_DIAG_BY_FAMILY => {
+                let payload = &rest[size_of::<NlMsgHdr>()..len];
+                if payload.len() >= size_of::<InetDiagMsg>() {
+                    // SAFETY: length checked; plain data.
+                    let msg: InetDiagMsg =
+                        unsafe { std::ptr::read_unaligned(payload.as_ptr().cast()) };
+                    let attrs = &payload[size_of::<InetDiagMsg>()..];
+                    sockets.push(convert(&msg, netns, info_attribute(attrs)));
+                }
+            }
+            _ => {}
+        }
+        // Messages are 4-byte aligned.
+        let advance = (len + 3) & !3;
+        rest = rest.get(advance..).unwrap_or(&[]);
+    }
+    Ok(Dump::More)
+}
+
+/// The smallest message that reports a socket: a netlink header and an `inet_diag_msg`.
+pub const INET_DIAG_MSG_BYTES: usize = size_of::<NlMsgHdr>() + size_of::<InetDiagMsg>();
+
 /// The payload of the `INET_DIAG_INFO` attribute among those following `inet_diag_msg`
 /// (each a 4-byte `rtattr` header, length then type, padded to 4 bytes).
-fn info_attribute(mut attrs: &[u8]) -> Option<TcpInfo> {
+pub fn info_attribute(mut attrs: &[u8]) -> Option<TcpInfo> {
     while attrs.len() >= 4 {
         let len = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
         let kind = u16::from_ne_bytes([attrs[2], attrs[3]]);

@@ -207,35 +207,9 @@ fn stats(t: &ConnectionTable, p: Proc) -> ProcessStats {
 
 /// Invariants every test checks at the end: the aggregates agree with the entries.
 fn assert_consistent(t: &ConnectionTable) {
-    let mut unattributed = 0;
-    for p in t.processes() {
-        let open: Vec<_> = t
-            .connections()
-            .filter(|v| v.conn.owner() == Some(p.key) && v.conn.phase() == Phase::Open)
-            .collect();
-        let connecting = t
-            .connections()
-            .filter(|v| v.conn.owner() == Some(p.key) && v.conn.phase() == Phase::Connecting)
-            .count();
-        assert_eq!(p.open as usize, open.len(), "open of {}", p.comm());
-        assert_eq!(p.connecting as usize, connecting, "connecting of {}", p.comm());
-        assert_eq!(p.outbound.open + p.inbound.open, p.open);
-        for state in StateCounts::STATES {
-            let n = open.iter().filter(|v| v.conn.state == state).count();
-            assert_eq!(p.states.get(state) as usize, n, "state {state} of {}", p.comm());
-        }
-        assert_eq!(p.outbound.opened_total + p.inbound.opened_total, p.opened_total);
-        assert_eq!(p.outbound.closed_total + p.inbound.closed_total, p.closed_total);
+    if let Err(e) = t.check_consistent() {
+        panic!("{e}");
     }
-    for v in t.connections() {
-        if v.conn.is_unattributed() {
-            unattributed += 1;
-        }
-        if let Some(owner) = v.conn.owner() {
-            assert!(t.process(owner).is_some(), "entry {} owned by a dropped process", v.id());
-        }
-    }
-    assert_eq!(t.unattributed(), unattributed);
 }
 
 #[test]

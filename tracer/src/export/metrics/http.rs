@@ -23,7 +23,8 @@ use hyper::{
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
-    net::{TcpListener, TcpStream},
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
     sync::{mpsc, oneshot},
 };
 
@@ -46,7 +47,7 @@ pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
 /// make a real scrape wait.
 pub const MAX_CONNECTIONS: usize = 32;
 /// Request line plus headers, in bytes (hyper's minimum buffer; a scrape request is ~200).
-const MAX_REQUEST_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_REQUEST_BYTES: usize = 8 * 1024;
 /// Also closes idle keep-alive connections after this long without a new request.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -134,8 +135,10 @@ pub async fn serve(listener: TcpListener, scrapes: mpsc::Sender<Scrape>) {
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+/// Serves one connection's requests until it closes (any byte stream: a TCP connection, or
+/// the in-memory one of `crate::fuzzing::metrics_http`).
+pub(crate) async fn serve_connection(
+    stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
     scrapes: mpsc::Sender<Scrape>,
     slot: &SlotGuard,
 ) -> hyper::Result<()> {
@@ -214,7 +217,10 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    use tokio::{
+        io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+        net::TcpStream,
+    };
 
     use super::*;
 

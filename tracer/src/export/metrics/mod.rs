@@ -13,7 +13,7 @@
 //! `processes.rs` and `lifetimes.rs` for how).
 mod containers;
 mod families;
-mod http;
+pub(crate) mod http;
 mod lifetimes;
 mod processes;
 #[cfg(test)]
