@@ -152,6 +152,8 @@ pub enum Applied {
 pub struct Expired {
     pub processes: usize,
     pub closed_backlog: usize,
+    /// Entries of failed connects whose (exited) process was dropped.
+    pub failed_of_exited: usize,
 }
 
 /// Per-process counts plus the unattributed count: everything an entry can contribute to.
@@ -315,8 +317,10 @@ impl ConnectionTable {
         applied
     }
 
-    /// Drops exited processes past the grace period that hold nothing any more, and unaccepted
-    /// connections that have sat in `close` longer than their grace period.
+    /// Drops exited processes past the grace period that hold nothing any more, with the
+    /// sockets of failed connects they still held (closed when they exited: their release was
+    /// lost), and unaccepted connections that have sat in `close` longer than their grace
+    /// period.
     pub fn expire(&mut self, now_ns: u64) -> Expired {
         let exited_grace = self.config.exited_grace_ns;
         let backlog_grace = self.config.closed_backlog_grace_ns;
@@ -342,7 +346,22 @@ impl ConnectionTable {
         });
         let processes = before - self.aggregates.processes.len();
 
-        Expired { processes, closed_backlog }
+        // A failed connect counts towards nothing, so it does not keep its process: an entry
+        // left of one whose process went would name a process the table no longer has.
+        let known = &self.aggregates.processes;
+        let failed: Vec<SocketKey> = self
+            .connections
+            .iter()
+            .filter(|(_, c)| {
+                c.phase() == Phase::Failed && c.owner().is_some_and(|o| !known.contains_key(&o))
+            })
+            .map(|(key, _)| *key)
+            .collect();
+        for key in &failed {
+            self.remove(*key);
+        }
+
+        Expired { processes, closed_backlog, failed_of_exited: failed.len() }
     }
 
     /// The aggregates agree with the entries: each process's open, connecting and per-state
