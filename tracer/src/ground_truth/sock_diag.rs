@@ -192,7 +192,10 @@ pub fn parse_messages(
                     .get(size_of::<NlMsgHdr>()..size_of::<NlMsgHdr>() + 4)
                     .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
                     .unwrap_or(0);
-                return Err(io::Error::from_raw_os_error(-code));
+                // A negative errno; anything else (an acknowledgement, or a value no errno
+                // negates to) is a protocol error, not a number to negate.
+                let errno = code.checked_neg().filter(|e| *e > 0).unwrap_or(libc::EPROTO);
+                return Err(io::Error::from_raw_os_error(errno));
             }
             SOCK_DIAG_BY_FAMILY => {
                 let payload = &rest[size_of::<NlMsgHdr>()..len];
@@ -264,6 +267,35 @@ mod tests {
     fn own_namespace() -> Namespace {
         let ns_path = std::path::PathBuf::from("/proc/self/ns/net");
         Namespace { inode: std::fs::metadata(&ns_path).expect("ns").ino() as u32, path: ns_path }
+    }
+
+    /// A netlink message header of `len` bytes and `kind`, then `payload`.
+    fn message(len: u32, kind: u16, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend(len.to_ne_bytes());
+        out.extend(kind.to_ne_bytes());
+        out.extend([0u8; 10]);
+        out.extend(payload);
+        out
+    }
+
+    #[test]
+    fn a_datagram_ends_the_dump_or_says_why_not() {
+        let mut sockets = Vec::new();
+        let done = message(20, NLMSG_DONE, &[0; 4]);
+        assert_eq!(parse_messages(&done, 1, &mut sockets).ok(), Some(Dump::Done));
+        let error = |code: i32| {
+            let m = message(20, NLMSG_ERROR, &code.to_ne_bytes());
+            parse_messages(&m, 1, &mut Vec::new()).err().and_then(|e| e.raw_os_error())
+        };
+        assert_eq!(error(-libc::EINVAL), Some(libc::EINVAL));
+        // An acknowledgement, or a code that negates to no errno (the fuzz target's find:
+        // `-i32::MIN` overflowed): a protocol error, never a panic.
+        assert_eq!(error(0), Some(libc::EPROTO));
+        assert_eq!(error(i32::MIN), Some(libc::EPROTO));
+        assert!(parse_messages(&message(64, NLMSG_DONE, &[]), 1, &mut sockets).is_err());
+        assert_eq!(parse_messages(&[], 1, &mut sockets).ok(), Some(Dump::More));
+        assert!(sockets.is_empty());
     }
 
     #[test]
