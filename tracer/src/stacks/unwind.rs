@@ -144,7 +144,8 @@ impl ModuleCfi {
         let file = object::File::parse(data)?;
         let eh_frame = file.section_by_name(".eh_frame").ok_or(UnwindError::NoEhFrame)?;
         let hdr = file.section_by_name(".eh_frame_hdr");
-        let size = eh_frame.size() + hdr.as_ref().map_or(0, ObjectSection::size);
+        // Sizes are the file's word: a hostile one must not overflow the sum.
+        let size = eh_frame.size().saturating_add(hdr.as_ref().map_or(0, ObjectSection::size));
         if size > MAX_CFI_BYTES {
             return Err(UnwindError::TooLarge(size));
         }
@@ -172,7 +173,7 @@ impl ModuleCfi {
         self.loads
             .iter()
             .find(|(start, _, size)| (*start..start.saturating_add(*size)).contains(&offset))
-            .map(|(start, vaddr, _)| vaddr + (offset - start))
+            .and_then(|(start, vaddr, _)| vaddr.checked_add(offset - start))
     }
 
     /// The rule at virtual address `vaddr`.
