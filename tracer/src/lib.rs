@@ -28,6 +28,7 @@
 //! `names` (enums whose variants are words users type).
 pub mod api;
 pub mod clock;
+pub mod config_file;
 pub mod containers;
 pub mod daemon;
 pub mod detect;
@@ -36,6 +37,8 @@ pub mod error;
 pub mod events;
 pub mod exhaustion;
 pub mod export;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gohttp;
 pub mod ground_truth;
 pub mod health;

@@ -1,5 +1,6 @@
-//! Project tasks: `cargo xtask setup | lint | run | test | vm-test | bench`.
+//! Project tasks: `cargo xtask setup | lint | run | test | vm-test | bench | fuzz`.
 mod bench;
+mod fuzz;
 mod lint;
 mod setup;
 mod vm;
@@ -45,6 +46,9 @@ enum Task {
     VmTest(vm::Args),
     /// Overhead and scale benchmarks; writes docs/performance.md (see `cargo xtask bench --help`).
     Bench(bench::BenchArgs),
+    /// Set up, then run every fuzz target (tracer/fuzz, cargo-fuzz with the pinned nightly) for
+    /// --seconds each, minimize each corpus and print executions and crashes per target.
+    Fuzz(fuzz::FuzzArgs),
     /// Development: only the benchmark's churn load, for profiling a tracer by hand.
     #[command(hide = true)]
     Load {
@@ -110,6 +114,10 @@ fn run(cli: Cli) -> Result<()> {
         Task::Bench(args) => {
             setup::run()?;
             bench::run(args)
+        }
+        Task::Fuzz(args) => {
+            setup::run()?;
+            fuzz::run(args)
         }
         Task::Load { seconds, threads, ipv6 } => bench::churn(seconds, threads, ipv6),
         Task::VmTest(args) => {

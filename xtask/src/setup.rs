@@ -246,6 +246,41 @@ fn bpf_linker() -> Result<()> {
     )
 }
 
+/// cargo-fuzz, for `cargo xtask fuzz`: installed once into [`cargo_fuzz_root`] (a cache
+/// outside the work tree, kept across checkouts), pinned like bpf-linker.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// Where cargo-fuzz is installed: `~/.cache/tracer/cargo-fuzz` (`$XDG_CACHE_HOME` if set).
+pub fn cargo_fuzz_root() -> std::path::PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    cache.join("tracer").join("cargo-fuzz")
+}
+
+/// The cargo-fuzz executable, installed first when it is missing or another version (a no-op
+/// of one `--version` call when it is there).
+pub fn cargo_fuzz() -> Result<std::path::PathBuf> {
+    let root = cargo_fuzz_root();
+    let binary = root.join("bin").join("cargo-fuzz");
+    let current = capture(Command::new(&binary).arg("--version")).unwrap_or_default();
+    if current.split_whitespace().any(|word| word == CARGO_FUZZ_VERSION) {
+        return Ok(binary);
+    }
+    eprintln!(
+        "setup: installing cargo-fuzz {CARGO_FUZZ_VERSION} into {} (a few minutes)",
+        root.display()
+    );
+    run_cmd(
+        Command::new("cargo")
+            .args(["install", "--locked", &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}")])
+            .arg("--root")
+            .arg(&root),
+    )?;
+    Ok(binary)
+}
+
 /// Builds the release `tracer` binary (the kernel programs embedded) and returns its path.
 pub fn build_release_tracer() -> Result<std::path::PathBuf> {
     let root = crate::workspace_root();

@@ -227,6 +227,23 @@ impl RemoteFilter {
     }
 }
 
+/// The filters of a `conns` request, checked as the daemon applies them: the remote parsed, an
+/// unknown state or an empty placement filter refused.
+pub fn conns_filter(
+    remote: Option<&str>,
+    state: Option<&str>,
+    placement: &crate::containers::views::PlacementFilter,
+) -> Result<Option<RemoteFilter>, String> {
+    placement.validate()?;
+    let remote = remote.map(str::parse::<RemoteFilter>).transpose()?;
+    if let Some(state) = state
+        && !STATE_NAMES.contains(&state)
+    {
+        return Err(format!("unknown state {state:?}; one of: {}", STATE_NAMES.join(", ")));
+    }
+    Ok(remote)
+}
+
 pub const STATE_NAMES: [&str; 9] = [
     "connecting",
     "established",

@@ -149,7 +149,7 @@ async fn serve_with(
 }
 
 /// A request line as read: the text, or why it is refused.
-enum RequestLine {
+pub(crate) enum RequestLine {
     Text(String),
     TooLong,
     NotUtf8,
@@ -157,7 +157,7 @@ enum RequestLine {
 
 /// Reads one line of at most `limit` bytes (newline included); `None` at the end of input. A
 /// longer line is refused as soon as `limit` bytes are in, without buffering the rest.
-async fn read_request(
+pub(crate) async fn read_request(
     reader: &mut (impl AsyncBufRead + Unpin),
     limit: usize,
 ) -> io::Result<Option<RequestLine>> {
@@ -282,6 +282,25 @@ fn is_trace(line: &str) -> bool {
         .is_ok_and(|e| matches!(e.request, Request::Trace { .. }))
 }
 
+/// The request a line carries, or the error the client is answered with. The version is
+/// checked before the request's shape, so that an old or new client gets a version error rather
+/// than a parse error.
+pub fn parse_request(line: &str) -> Result<Request, String> {
+    let version = serde_json::from_str::<serde_json::Value>(line)
+        .ok()
+        .and_then(|v| v.get("version").and_then(serde_json::Value::as_u64));
+    match version {
+        Some(v) if v == u64::from(API_VERSION) => {}
+        Some(v) => {
+            return Err(format!("unsupported API version {v}; this daemon speaks {API_VERSION}"));
+        }
+        None => return Err("malformed request: expected {\"version\":N,\"request\":...}".into()),
+    }
+    serde_json::from_str::<RequestEnvelope>(line)
+        .map(|envelope| envelope.request)
+        .map_err(|e| format!("malformed request: {e}"))
+}
+
 async fn answer(
     line: &str,
     queries: &mpsc::Sender<Query>,
@@ -289,25 +308,13 @@ async fn answer(
 ) -> ResponseEnvelope {
     let fail =
         |error: String| ResponseEnvelope { version: API_VERSION, error: Some(error), result: None };
-    // Check the version before the request shape, so that an old or new client gets a version
-    // error rather than a parse error.
-    let version = serde_json::from_str::<serde_json::Value>(line)
-        .ok()
-        .and_then(|v| v.get("version").and_then(serde_json::Value::as_u64));
-    match version {
-        Some(v) if v == u64::from(API_VERSION) => {}
-        Some(v) => {
-            return fail(format!("unsupported API version {v}; this daemon speaks {API_VERSION}"));
-        }
-        None => return fail("malformed request: expected {\"version\":N,\"request\":...}".into()),
-    }
-    let envelope: RequestEnvelope = match serde_json::from_str(line) {
-        Ok(e) => e,
-        Err(e) => return fail(format!("malformed request: {e}")),
+    let request = match parse_request(line) {
+        Ok(request) => request,
+        Err(error) => return fail(error),
     };
     let (reply, answer) = oneshot::channel();
-    let stream = matches!(envelope.request, Request::Trace { .. }).then_some(stream);
-    if queries.send(Query { request: envelope.request, reply, stream }).await.is_err() {
+    let stream = matches!(request, Request::Trace { .. }).then_some(stream);
+    if queries.send(Query { request, reply, stream }).await.is_err() {
         return fail("the daemon is shutting down".into());
     }
     match answer.await {

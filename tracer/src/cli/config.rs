@@ -1,124 +1,42 @@
 //! `tracer run --config FILE`: a TOML file whose keys are `tracer run`'s long flag names
 //! (`probe = "tracepoint"`, `leak-interval = 5`, `metrics-addr = "0.0.0.0:9855"`; `_` may stand
-//! for `-`). Every entry is checked by the same parser as the flag itself, so a bad key or
-//! value is reported with its line, and nothing starts half-configured. Flags given on the
-//! command line override the file.
+//! for `-`), read into arguments by the library (`tracer::config_file`). Every entry is checked
+//! here by the same parser as the flag itself, so a bad key or value is reported with its line,
+//! and nothing starts half-configured. Flags given on the command line override the file.
 use std::path::Path;
 
 use clap::{CommandFactory, Parser};
+use tracer::config_file::ConfigError;
 
 use super::Cli;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
-    #[error("config file {path}: {message}")]
-    Syntax { path: String, message: String },
-    #[error(
-        "config file {path}, line {line}: unknown key `{key}` (keys are `tracer run` flags: see `tracer run --help`)"
-    )]
-    UnknownKey { path: String, line: usize, key: String },
-    #[error("config file {path}, line {line}: bad value for `{key}`: {message}")]
-    BadValue { path: String, line: usize, key: String, message: String },
-}
 
 /// The arguments the file stands for, as `--flag value` pairs, in file order.
 pub fn args_from_file(path: &Path) -> Result<Vec<String>, ConfigError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
-        path: shown.clone(),
-        message: e.to_string(),
-    })?;
     let command = Cli::command();
     let run = command.find_subcommand("run").cloned().unwrap_or_default();
+    let is_flag = |flag: &str| run.get_arguments().any(|a| a.get_long() == Some(flag));
     let mut args = Vec::new();
-    for (key, value) in &table {
-        let flag = key.replace('_', "-");
-        let line = line_of(&text, key);
-        let known =
-            run.get_arguments().any(|a| a.get_long() == Some(flag.as_str()) && flag != "config");
-        if !known {
-            return Err(ConfigError::UnknownKey { path: shown.clone(), line, key: key.clone() });
-        }
-        let bad = |message: String| ConfigError::BadValue {
-            path: shown.clone(),
-            line,
-            key: key.clone(),
-            message,
-        };
-        let entry: Vec<String> = match value {
-            // [workload."GLOB"] tables: one --workload GLOB:KEY=VALUE,... each.
-            toml::Value::Table(workloads) if flag == "workload" => {
-                workload_args(workloads).map_err(bad)?
-            }
-            toml::Value::Boolean(true) => vec![format!("--{flag}")],
-            toml::Value::Boolean(false) => Vec::new(),
-            toml::Value::String(s) => vec![format!("--{flag}"), s.clone()],
-            toml::Value::Integer(i) => vec![format!("--{flag}"), i.to_string()],
-            toml::Value::Float(f) => vec![format!("--{flag}"), f.to_string()],
-            other => {
-                return Err(bad(format!(
-                    "expected a string, number or boolean, found {}",
-                    other.type_str()
-                )));
-            }
-        };
+    for entry in tracer::config_file::entries(&text, &shown, is_flag)? {
         // The flag's own parser decides, exactly as on the command line.
-        let probe = ["tracer", "run"].iter().map(|s| s.to_string()).chain(entry.iter().cloned());
+        let probe =
+            ["tracer", "run"].iter().map(|s| s.to_string()).chain(entry.args.iter().cloned());
         if let Err(e) = Cli::try_parse_from(probe) {
             let message = e.to_string();
             let first =
                 message.lines().next().unwrap_or_default().trim_start_matches("error: ").to_owned();
-            return Err(bad(first));
+            return Err(ConfigError::BadValue {
+                path: shown,
+                line: entry.line,
+                key: entry.key,
+                message: first,
+            });
         }
-        args.extend(entry);
+        args.extend(entry.args);
     }
     Ok(args)
-}
-
-/// `[workload."GLOB"]` tables as `--workload` arguments, in file order.
-fn workload_args(workloads: &toml::Table) -> Result<Vec<String>, String> {
-    let mut args = Vec::new();
-    for (glob, settings) in workloads {
-        let toml::Value::Table(settings) = settings else {
-            return Err(format!(
-                "[workload.{glob:?}] must be a table of settings (e.g. age = \"off\")"
-            ));
-        };
-        let mut parts = Vec::new();
-        for (key, value) in settings {
-            let value = match value {
-                toml::Value::String(s) => s.clone(),
-                toml::Value::Integer(i) => i.to_string(),
-                toml::Value::Float(f) => f.to_string(),
-                toml::Value::Boolean(on) => if *on { "on" } else { "off" }.to_owned(),
-                other => {
-                    return Err(format!(
-                        "{glob}.{key}: expected a value, found {}",
-                        other.type_str()
-                    ));
-                }
-            };
-            parts.push(format!("{}={value}", key.replace('_', "-")));
-        }
-        args.push("--workload".to_owned());
-        args.push(format!("{glob}:{}", parts.join(",")));
-    }
-    Ok(args)
-}
-
-fn line_of(text: &str, key: &str) -> usize {
-    text.lines()
-        .position(|l| {
-            let l = l.trim_start();
-            l.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('='))
-                || l.strip_prefix(&format!("\"{key}\""))
-                    .is_some_and(|rest| rest.trim_start().starts_with('='))
-        })
-        .map_or(0, |i| i + 1)
 }
 
 /// The command line with `--config FILE` replaced by the file's flags, placed before the

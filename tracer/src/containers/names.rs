@@ -119,11 +119,15 @@ impl NameDirs {
     /// A docker container's name (`"Name": "/web"` -> `web`), when docker keeps its config.
     fn docker_name(&self, id: &str) -> Option<String> {
         let path = self.docker.join("containers").join(id).join("config.v2.json");
-        let text = std::fs::read_to_string(path).ok()?;
-        let config: serde_json::Value = serde_json::from_str(&text).ok()?;
-        let name = config.get("Name")?.as_str()?.trim_start_matches('/');
-        (!name.is_empty()).then(|| name.to_owned())
+        docker_config_name(&std::fs::read_to_string(path).ok()?)
     }
+}
+
+/// The name in a docker `config.v2.json` (`"Name": "/web"` -> `web`), if it has one.
+pub fn docker_config_name(config: &str) -> Option<String> {
+    let config: serde_json::Value = serde_json::from_str(config).ok()?;
+    let name = config.get("Name")?.as_str()?.trim_start_matches('/');
+    (!name.is_empty()).then(|| name.to_owned())
 }
 
 /// Every container directory of the pod's log directory has a link (for another id): the id

@@ -10,8 +10,8 @@ use crate::{
     api::{
         answers::{
             AgesReport, AlertView, GroupReport, KprobeStatus, LeaksReport, OverrideMatches,
-            ProgramMissesStatus, RemoteFilter, RemoteReport, RemoteRow, STATE_NAMES, StatusReport,
-            TopReport, TopRow, conn_state_label,
+            ProgramMissesStatus, RemoteReport, RemoteRow, StatusReport, TopReport, TopRow,
+            conn_state_label, conns_filter,
         },
         protocol::{API_VERSION, Request, TopBy},
     },
@@ -72,13 +72,7 @@ impl Daemon {
         state: Option<&str>,
         placement: &PlacementFilter,
     ) -> Result<Vec<(ConnSnapshot, Option<Container>)>, String> {
-        placement.validate()?;
-        let remote = remote.map(str::parse::<RemoteFilter>).transpose()?;
-        if let Some(state) = state
-            && !STATE_NAMES.contains(&state)
-        {
-            return Err(format!("unknown state {state:?}; one of: {}", STATE_NAMES.join(", ")));
-        }
+        let remote = conns_filter(remote, state, placement)?;
         let now = self.clock.now_ns();
         let keep = |view: &crate::table::ConnView<'_>| {
             pid.is_none_or(|p| view.pid() == Some(p))

@@ -278,7 +278,9 @@ fn file_offset(file: &object::File<'_>, address: u64) -> Option<u64> {
     file.sections().find_map(|section| {
         let start = section.address();
         let (offset, size) = section.file_range()?;
-        (start <= address && address - start < size).then(|| offset + (address - start))
+        (start <= address && address - start < size)
+            .then(|| offset.checked_add(address - start))
+            .flatten()
     })
 }
 

@@ -25,14 +25,7 @@ pub fn scan_holders() -> HashMap<u64, Vec<Holder>> {
         let mut holder: Option<Holder> = None;
         for fd in fds.flatten() {
             let Ok(target) = fs::read_link(fd.path()) else { continue };
-            let Some(inode) = target
-                .to_str()
-                .and_then(|t| t.strip_prefix("socket:["))
-                .and_then(|t| t.strip_suffix(']'))
-                .and_then(|t| t.parse::<u64>().ok())
-            else {
-                continue;
-            };
+            let Some(inode) = target.to_str().and_then(socket_inode) else { continue };
             if holder.is_none() {
                 holder = process_identity(pid, ticks);
             }
@@ -48,9 +41,18 @@ pub fn scan_holders() -> HashMap<u64, Vec<Holder>> {
     map
 }
 
+/// The inode of a `/proc/<pid>/fd/*` link to a socket (`socket:[INODE]`).
+pub fn socket_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+}
+
 /// pid, start time and comm from /proc/<pid>/stat.
 pub fn process_identity(pid: u32, ticks_per_second: u64) -> Option<Holder> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(pid, &fs::read_to_string(format!("/proc/{pid}/stat")).ok()?, ticks_per_second)
+}
+
+/// pid, start time and comm from the text of /proc/<pid>/stat.
+pub fn parse_stat(pid: u32, stat: &str, ticks_per_second: u64) -> Option<Holder> {
     // comm is in parentheses and may contain spaces or parentheses: split at the last ')'.
     let open = stat.find('(')?;
     let close = stat.rfind(')')?;

@@ -155,45 +155,73 @@ fn dump(family: u8, netns: u32) -> io::Result<Vec<ExistingSocket>> {
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        let mut rest = &buf[..n as usize];
-        while rest.len() >= size_of::<NlMsgHdr>() {
-            // SAFETY: length checked; read_unaligned copes with any alignment.
-            let header: NlMsgHdr = unsafe { std::ptr::read_unaligned(rest.as_ptr().cast()) };
-            let len = header.len as usize;
-            if len < size_of::<NlMsgHdr>() || len > rest.len() {
-                return Err(io::Error::other("truncated netlink message"));
-            }
-            match header.kind {
-                NLMSG_DONE => return Ok(sockets),
-                NLMSG_ERROR => {
-                    let code = rest
-                        .get(size_of::<NlMsgHdr>()..size_of::<NlMsgHdr>() + 4)
-                        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-                        .unwrap_or(0);
-                    return Err(io::Error::from_raw_os_error(-code));
-                }
-                SOCK_DIAG_BY_FAMILY => {
-                    let payload = &rest[size_of::<NlMsgHdr>()..len];
-                    if payload.len() >= size_of::<InetDiagMsg>() {
-                        // SAFETY: length checked; plain data.
-                        let msg: InetDiagMsg =
-                            unsafe { std::ptr::read_unaligned(payload.as_ptr().cast()) };
-                        let attrs = &payload[size_of::<InetDiagMsg>()..];
-                        sockets.push(convert(&msg, netns, info_attribute(attrs)));
-                    }
-                }
-                _ => {}
-            }
-            // Messages are 4-byte aligned.
-            let advance = (len + 3) & !3;
-            rest = rest.get(advance..).unwrap_or(&[]);
+        if parse_messages(&buf[..n as usize], netns, &mut sockets)? == Dump::Done {
+            return Ok(sockets);
         }
     }
 }
 
+/// Whether a dump goes on after one datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dump {
+    /// More datagrams follow.
+    More,
+    /// `NLMSG_DONE` came: the dump is complete.
+    Done,
+}
+
+/// Parses one datagram of a sock_diag dump (netlink messages, each 4-byte aligned), appending
+/// the sockets it reports to `sockets`; an `NLMSG_ERROR` or a truncated message is an error.
+pub fn parse_messages(
+    datagram: &[u8],
+    netns: u32,
+    sockets: &mut Vec<ExistingSocket>,
+) -> io::Result<Dump> {
+    let mut rest = datagram;
+    while rest.len() >= size_of::<NlMsgHdr>() {
+        // SAFETY: length checked; read_unaligned copes with any alignment.
+        let header: NlMsgHdr = unsafe { std::ptr::read_unaligned(rest.as_ptr().cast()) };
+        let len = header.len as usize;
+        if len < size_of::<NlMsgHdr>() || len > rest.len() {
+            return Err(io::Error::other("truncated netlink message"));
+        }
+        match header.kind {
+            NLMSG_DONE => return Ok(Dump::Done),
+            NLMSG_ERROR => {
+                let code = rest
+                    .get(size_of::<NlMsgHdr>()..size_of::<NlMsgHdr>() + 4)
+                    .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                    .unwrap_or(0);
+                // A negative errno; anything else (an acknowledgement, or a value no errno
+                // negates to) is a protocol error, not a number to negate.
+                let errno = code.checked_neg().filter(|e| *e > 0).unwrap_or(libc::EPROTO);
+                return Err(io::Error::from_raw_os_error(errno));
+            }
+            SOCK_DIAG_BY_FAMILY => {
+                let payload = &rest[size_of::<NlMsgHdr>()..len];
+                if payload.len() >= size_of::<InetDiagMsg>() {
+                    // SAFETY: length checked; plain data.
+                    let msg: InetDiagMsg =
+                        unsafe { std::ptr::read_unaligned(payload.as_ptr().cast()) };
+                    let attrs = &payload[size_of::<InetDiagMsg>()..];
+                    sockets.push(convert(&msg, netns, info_attribute(attrs)));
+                }
+            }
+            _ => {}
+        }
+        // Messages are 4-byte aligned.
+        let advance = (len + 3) & !3;
+        rest = rest.get(advance..).unwrap_or(&[]);
+    }
+    Ok(Dump::More)
+}
+
+/// The smallest message that reports a socket: a netlink header and an `inet_diag_msg`.
+pub const INET_DIAG_MSG_BYTES: usize = size_of::<NlMsgHdr>() + size_of::<InetDiagMsg>();
+
 /// The payload of the `INET_DIAG_INFO` attribute among those following `inet_diag_msg`
 /// (each a 4-byte `rtattr` header, length then type, padded to 4 bytes).
-fn info_attribute(mut attrs: &[u8]) -> Option<TcpInfo> {
+pub fn info_attribute(mut attrs: &[u8]) -> Option<TcpInfo> {
     while attrs.len() >= 4 {
         let len = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
         let kind = u16::from_ne_bytes([attrs[2], attrs[3]]);
@@ -239,6 +267,35 @@ mod tests {
     fn own_namespace() -> Namespace {
         let ns_path = std::path::PathBuf::from("/proc/self/ns/net");
         Namespace { inode: std::fs::metadata(&ns_path).expect("ns").ino() as u32, path: ns_path }
+    }
+
+    /// A netlink message header of `len` bytes and `kind`, then `payload`.
+    fn message(len: u32, kind: u16, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend(len.to_ne_bytes());
+        out.extend(kind.to_ne_bytes());
+        out.extend([0u8; 10]);
+        out.extend(payload);
+        out
+    }
+
+    #[test]
+    fn a_datagram_ends_the_dump_or_says_why_not() {
+        let mut sockets = Vec::new();
+        let done = message(20, NLMSG_DONE, &[0; 4]);
+        assert_eq!(parse_messages(&done, 1, &mut sockets).ok(), Some(Dump::Done));
+        let error = |code: i32| {
+            let m = message(20, NLMSG_ERROR, &code.to_ne_bytes());
+            parse_messages(&m, 1, &mut Vec::new()).err().and_then(|e| e.raw_os_error())
+        };
+        assert_eq!(error(-libc::EINVAL), Some(libc::EINVAL));
+        // An acknowledgement, or a code that negates to no errno (the fuzz target's find:
+        // `-i32::MIN` overflowed): a protocol error, never a panic.
+        assert_eq!(error(0), Some(libc::EPROTO));
+        assert_eq!(error(i32::MIN), Some(libc::EPROTO));
+        assert!(parse_messages(&message(64, NLMSG_DONE, &[]), 1, &mut sockets).is_err());
+        assert_eq!(parse_messages(&[], 1, &mut sockets).ok(), Some(Dump::More));
+        assert!(sockets.is_empty());
     }
 
     #[test]

@@ -155,7 +155,7 @@ pub fn remove_stale_events() {
 
 /// Our events in a `kprobe_events` listing ("p:tracer/tracer_123_tcp_connect tcp_connect")
 /// whose pid does not run.
-fn stale_events(listing: &str, running: impl Fn(u32) -> bool) -> Vec<String> {
+pub(crate) fn stale_events(listing: &str, running: impl Fn(u32) -> bool) -> Vec<String> {
     listing
         .lines()
         .filter_map(|line| {
@@ -171,7 +171,7 @@ fn stale_events(listing: &str, running: impl Fn(u32) -> bool) -> Vec<String> {
 }
 
 /// `hits` and `missed` of `event` in a `kprobe_profile` listing ("  <event>  <hits>  <missed>").
-fn profile_line(profile: &str, event: &str) -> Option<(u64, u64)> {
+pub(crate) fn profile_line(profile: &str, event: &str) -> Option<(u64, u64)> {
     profile.lines().find_map(|line| {
         let mut fields = line.split_whitespace();
         if fields.next()? != event {

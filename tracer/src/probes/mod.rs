@@ -4,7 +4,7 @@
 mod error;
 mod go_requests;
 pub mod hooks;
-mod kprobe;
+pub(crate) mod kprobe;
 pub mod preflight;
 mod recursion;
 mod task_cgroups;

@@ -488,6 +488,13 @@ impl GoPclntab {
         Ok(Some(GoFrame { function, entry: func.entry, file, line, inlined }))
     }
 
+    /// The pcs of the first `limit` function-table entries and the end pc after them, as far
+    /// as they read (what the fuzz target looks up).
+    #[doc(hidden)]
+    pub fn table_pcs(&self, limit: u64) -> Vec<u64> {
+        (0..=self.hdr.nfunc.min(limit)).map_while(|i| self.functab_pc(i).ok()).collect()
+    }
+
     fn reader(&self) -> Reader<'_> {
         Reader { data: &self.data, big_endian: self.hdr.big_endian }
     }

@@ -29,8 +29,8 @@
 //! drops its cached frames unless every old mapping is still there. Code mapped without a file
 //! (JIT) and the vDSO are shown as `[vdso]+0xoffset` or the bare offset.
 
-mod elf;
-mod maps;
+pub(crate) mod elf;
+pub(crate) mod maps;
 
 use std::{
     collections::HashMap,

@@ -144,7 +144,8 @@ impl ModuleCfi {
         let file = object::File::parse(data)?;
         let eh_frame = file.section_by_name(".eh_frame").ok_or(UnwindError::NoEhFrame)?;
         let hdr = file.section_by_name(".eh_frame_hdr");
-        let size = eh_frame.size() + hdr.as_ref().map_or(0, ObjectSection::size);
+        // Sizes are the file's word: a hostile one must not overflow the sum.
+        let size = eh_frame.size().saturating_add(hdr.as_ref().map_or(0, ObjectSection::size));
         if size > MAX_CFI_BYTES {
             return Err(UnwindError::TooLarge(size));
         }
@@ -158,7 +159,8 @@ impl ModuleCfi {
                 Some(h.data()?.to_vec())
             }
             None => None,
-        };
+        }
+        .filter(|h| search_table_is_sound(h, &bases, eh_frame.address(), eh_frame.size()));
         let mut loads = Vec::new();
         for segment in file.segments() {
             let (offset, filesz) = segment.file_range();
@@ -172,7 +174,7 @@ impl ModuleCfi {
         self.loads
             .iter()
             .find(|(start, _, size)| (*start..start.saturating_add(*size)).contains(&offset))
-            .map(|(start, vaddr, _)| vaddr + (offset - start))
+            .and_then(|(start, vaddr, _)| vaddr.checked_add(offset - start))
     }
 
     /// The rule at virtual address `vaddr`.
@@ -224,6 +226,29 @@ impl ModuleCfi {
             Some(_) => return FrameRule::Unknown,
         };
         FrameRule::StackPointer { cfa_offset: offset, ra_offset, bp_offset }
+    }
+}
+
+/// Whether `.eh_frame_hdr` describes this `.eh_frame` and its search table points only into it.
+/// gimli follows an entry by subtracting the section's address from it, which overflows on an
+/// entry below it (a panic in debug builds, found by the `eh_frame` fuzz target): a table that
+/// is not sound is not used, and lookups search `.eh_frame` itself. Read once per module.
+fn search_table_is_sound(hdr: &[u8], bases: &BaseAddresses, eh_frame: u64, size: u64) -> bool {
+    let Ok(parsed) = EhFrameHdr::new(hdr, LittleEndian).parse(bases, 8) else { return false };
+    if parsed.eh_frame_ptr().direct().ok() != Some(eh_frame) {
+        return false;
+    }
+    let Some(table) = parsed.table() else { return true };
+    let mut entries = table.iter(bases);
+    loop {
+        match entries.next() {
+            Ok(Some((_, fde))) => match fde.direct() {
+                Ok(at) if at >= eh_frame && at - eh_frame < size => {}
+                _ => return false,
+            },
+            Ok(None) => return true,
+            Err(_) => return false,
+        }
     }
 }
 

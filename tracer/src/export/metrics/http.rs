@@ -24,6 +24,7 @@ use hyper::{
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
+    io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
     sync::{mpsc, oneshot},
 };
@@ -50,7 +51,7 @@ pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
 /// make a real scrape wait.
 pub const MAX_CONNECTIONS: usize = 32;
 /// Request line plus headers, in bytes (hyper's minimum buffer; a scrape request is ~200).
-const MAX_REQUEST_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_REQUEST_BYTES: usize = 8 * 1024;
 /// Also closes idle keep-alive connections after this long without a new request.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -162,14 +163,16 @@ async fn serve_client(
     }
 }
 
-async fn serve_connection<S>(
+/// Serves one connection's requests until it closes (any byte stream: a TCP connection, a TLS
+/// stream, or the in-memory one of `crate::fuzzing::metrics_http`).
+pub(crate) async fn serve_connection<S>(
     stream: S,
     auth: Option<Arc<BasicAuth>>,
     scrapes: mpsc::Sender<Scrape>,
     slot: &SlotGuard,
 ) -> hyper::Result<()>
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     let service = service_fn(move |request| {
         let (scrapes, auth) = (scrapes.clone(), auth.clone());
@@ -262,7 +265,10 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    use tokio::{
+        io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+        net::TcpStream,
+    };
 
     use super::*;
 

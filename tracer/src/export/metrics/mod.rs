@@ -13,12 +13,12 @@
 //! `processes.rs` and `lifetimes.rs` for how).
 mod containers;
 mod families;
-mod http;
+pub(crate) mod http;
 mod lifetimes;
 mod processes;
 #[cfg(test)]
 mod tests;
-mod web_config;
+pub(crate) mod web_config;
 
 pub use http::{
     BindError, DEFAULT_METRICS_ADDR, DEFAULT_METRICS_PORT, SCRAPE_TIMEOUT, Scrape, bind, serve,

@@ -136,6 +136,11 @@ pub fn metrics_url(addr: &str, tls: bool, basic_auth: bool) -> String {
     format!("{scheme}://{addr}/metrics{auth}")
 }
 
+/// [`WebConfig::parse`] for `crate::fuzzing::web_config`.
+pub(crate) fn parse_for_fuzzing(text: &str, base: &Path) -> Result<(), String> {
+    WebConfig::parse(text, base).map(drop)
+}
+
 fn unsupported(key: &str) -> String {
     format!("{key} is not supported by tracer; remove it (docs/security.md lists what is)")
 }
@@ -324,7 +329,7 @@ impl BasicAuth {
 }
 
 /// `Basic base64(user:password)` (the scheme name is case-insensitive).
-fn credentials(header: &str) -> Option<(String, String)> {
+pub(crate) fn credentials(header: &str) -> Option<(String, String)> {
     let (scheme, encoded) = header.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;

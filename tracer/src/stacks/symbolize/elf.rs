@@ -50,8 +50,31 @@ const MAX_SHSTRTAB: u64 = 1 << 20;
 const PT_LOAD: u32 = 1;
 const SHN_XINDEX: u64 = 0xffff;
 
+/// What [`read_layout`] reads from: a file, or bytes (the fuzz target's).
+pub trait ReadAt {
+    /// Fills `buf` from `offset`; an error when the input ends before.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+}
+
+impl ReadAt for File {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        FileExt::read_exact_at(self, buf, offset)
+    }
+}
+
+impl ReadAt for [u8] {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let bytes = usize::try_from(offset)
+            .ok()
+            .and_then(|start| self.get(start..start.checked_add(buf.len())?))
+            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        buf.copy_from_slice(bytes);
+        Ok(())
+    }
+}
+
 /// Reads the layout, or `None` when the file is not a little-endian ELF64 file.
-pub fn read_layout(file: &File) -> io::Result<Option<ElfLayout>> {
+pub fn read_layout(file: &(impl ReadAt + ?Sized)) -> io::Result<Option<ElfLayout>> {
     let mut ehdr = [0u8; 64];
     if read_at(file, &mut ehdr, 0).is_err() {
         return Ok(None);
@@ -128,7 +151,7 @@ pub fn read_layout(file: &File) -> io::Result<Option<ElfLayout>> {
     Ok(Some(layout))
 }
 
-fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+fn read_at(file: &(impl ReadAt + ?Sized), buf: &mut [u8], offset: u64) -> io::Result<()> {
     file.read_exact_at(buf, offset)
 }
 
