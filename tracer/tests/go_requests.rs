@@ -110,7 +110,28 @@ fn requests_probed(
     for ports in said.values_mut().chain(seen.values_mut()) {
         ports.sort_unstable();
     }
-    assert_eq!(seen, said, "{what}: requests by calling function and client port: probe vs server");
+    // Every request the server saw was probed, with its calling function and its connection.
+    // One request may be reported twice: seen in the VM matrix on 6.1 under TCG, twice in one
+    // run, each time one leak port twice. A signal that lands while the kernel single-steps the
+    // probed instruction makes it run the instruction, and the probe, again, and Go preempts
+    // goroutines with SIGURG. The daemon keeps each connection's last request, so a repeat
+    // changes no answer.
+    let distinct = |m: &BTreeMap<&str, Vec<u16>>| -> BTreeMap<String, BTreeSet<u16>> {
+        m.iter().map(|(f, ports)| ((*f).to_owned(), ports.iter().copied().collect())).collect()
+    };
+    assert_eq!(
+        distinct(&seen),
+        distinct(&said),
+        "{what}: connections by calling function: probe {seen:?} vs server {said:?}"
+    );
+    for (function, ports) in &said {
+        let probed = seen.get(function).map_or(0, Vec::len);
+        assert!(
+            probed >= ports.len() && probed <= ports.len() + 1,
+            "{what}: {function}: {probed} requests probed, the server saw {}: {seen:?} vs {said:?}",
+            ports.len()
+        );
+    }
     go
 }
 

@@ -389,14 +389,18 @@ fn a_close_wait_alert_carries_the_stacks_of_the_stale_connections() {
         }
         let stacks = &alert["evidence"]["stacks"];
         let groups = stacks["groups"].as_array().expect("groups");
-        // Exactly the stale connections: one group, the 4 of them, from the function that
-        // opened them; none of the established leaked ones.
+        // Exactly the stale connections: the 4 of them, all from the function that opened
+        // them, none of the established leaked ones. They may form more than one group: the
+        // first dial of a Go program can take another path through the runtime (seen in the
+        // VM matrix: 3 + 1), and the evidence keeps up to 3 groups.
         assert_eq!(num(&alert["evidence"], "stale_close_wait"), 4, "{alert:#}");
         assert_eq!(num(stacks, "connections"), 4, "{alert:#}");
-        assert_eq!(groups.len(), 1, "{alert:#}");
-        assert_eq!(groups[0]["leading_function"], "main.leakCloseWait", "{alert:#}");
-        assert_eq!(num(&groups[0], "count"), 4, "{alert:#}");
-        assert_eq!(groups[0]["direction"], "outbound");
+        assert!((1..=3).contains(&groups.len()), "{alert:#}");
+        for group in groups {
+            assert_eq!(group["leading_function"], "main.leakCloseWait", "{alert:#}");
+            assert_eq!(group["direction"], "outbound", "{alert:#}");
+        }
+        assert_eq!(groups.iter().map(|g| num(g, "count")).sum::<u64>(), 4, "{alert:#}");
         assert!(!stacks.to_string().contains("main.leakConnections"), "{alert:#}");
         Ok(())
     });
