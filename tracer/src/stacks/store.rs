@@ -22,7 +22,7 @@ use tracer_common::{
     stacks::{KIND_GO_REQUEST, LostRequest, StackRecord},
 };
 
-use crate::table::{Applied, ConnectionTable, ProcessKey, SocketKey};
+use crate::table::{Applied, ConnectionTable, Direction, ProcessKey, SocketKey};
 
 type Map<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
 
@@ -50,6 +50,15 @@ impl StackKind {
             k if k == EventKind::Connect as u8 => Some(StackKind::Connect),
             k if k == EventKind::Accept as u8 => Some(StackKind::Accept),
             _ => None,
+        }
+    }
+
+    /// The direction of the connections an opener stack of this kind opens.
+    fn opens(self) -> Option<Direction> {
+        match self {
+            StackKind::Connect => Some(Direction::Outbound),
+            StackKind::Accept => Some(Direction::Inbound),
+            StackKind::GoRequest => None,
         }
     }
 }
@@ -230,9 +239,12 @@ impl OpenerStacks {
         let key = SocketKey { netns: record.netns, sock: record.sock };
         // Its connection waits for it, or (kprobe mode, see `on_event`) was reported without
         // the flag: any stack that arrives for a connection the events opened is its own.
+        // A stack of the other direction is a previous lifecycle's of the same socket address
+        // (an accepted socket closed and freed, its address reused by a connect of the same
+        // process before the accept's stack was read): never this connection's.
         let waiting = table
             .connection(key)
-            .filter(|view| !view.conn.preexisting)
+            .filter(|view| !view.conn.preexisting && kind.opens() == Some(view.conn.direction))
             .map(|view| view.id())
             .filter(|id| matches!(self.by_connection.get(id), None | Some(Opener::Wanted)));
         // The use `intern` counted goes to the connection, or to the pending slot.
@@ -350,8 +362,16 @@ impl OpenerStacks {
     fn take_pending(&mut self, event: &ConnEvent) -> Option<StackId> {
         let (stack, _) = self.pending.remove(&SocketKey::of(event))?;
         let owner = owner_of(event);
-        if event.flags & flags::OWNER_CONTEXT == 0
-            || self.stacks.get(&stack).is_some_and(|s| s.process == owner)
+        let opens = match event.kind() {
+            Some(EventKind::Connect) => Some(StackKind::Connect),
+            Some(EventKind::Accept) => Some(StackKind::Accept),
+            _ => None,
+        };
+        let fits =
+            self.stacks.get(&stack).is_some_and(|s| opens.is_none() || Some(s.kind) == opens);
+        if fits
+            && (event.flags & flags::OWNER_CONTEXT == 0
+                || self.stacks.get(&stack).is_some_and(|s| s.process == owner))
         {
             return Some(stack);
         }

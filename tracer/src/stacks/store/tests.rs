@@ -335,3 +335,21 @@ fn an_accepts_stack_read_before_its_event_stays_with_the_connection() {
     };
     assert_eq!(w.stacks.stack(stack).map(|s| &*s.frames), Some(&[4, 5, 6][..]));
 }
+
+#[test]
+fn a_stack_of_the_other_direction_is_never_a_connections_own() {
+    // A process that accepts and dials (kprobe mode: no flag): an accept's stack read after
+    // its socket was freed and the address reused by one of its connects is not that
+    // connect's; and a connect's stack waiting for its event is not an accept's.
+    let mut w = World::new();
+    let id = w.open(0x1000, 40_001, false);
+    let mut accept = record(0x1000, &[5, 6]);
+    accept.kind = EventKind::Accept as u8;
+    w.stacks.on_stack(&accept, &w.table, 0);
+    assert_eq!(w.stacks.opener(id, false), Opener::NotSampled);
+    assert_eq!(w.stacks.counters().attached, 0);
+    // A stack that came first is taken only by a connection of its own direction.
+    w.stack(0x2000, &[1, 2]);
+    let second = w.open(0x2000, 40_002, false);
+    assert!(matches!(w.stacks.opener(second, false), Opener::Stack(_)));
+}
