@@ -38,7 +38,52 @@ pub struct Observed {
     pub problem: Option<String>,
     pub total: Duration,
     pub log: PathBuf,
+    /// The guest kernel's own report when it oopsed or panicked (first lines, call trace).
+    pub kernel_crash: Option<String>,
+    /// Steps during which the guest kernel crashed and that ran again in a new boot.
+    pub resumed_after: Vec<Resumed>,
 }
+
+impl Observed {
+    /// The step the guest kernel crashed in, when it did and the step never ended.
+    pub fn crashed_step(&self) -> Option<(&str, &str)> {
+        self.kernel_crash.as_ref()?;
+        let step = self.steps.last().filter(|s| s.rc.is_none())?;
+        Some((&step.mode, &step.test))
+    }
+
+    /// Folds in the run of a new boot that started again at the step this one crashed in.
+    pub fn resume_with(&mut self, again: Observed) {
+        if let (Some(step), Some(crash)) = (self.steps.pop(), self.kernel_crash.take()) {
+            self.resumed_after.push(Resumed {
+                step: format!("{} {}", step.mode, step.test),
+                crash,
+                log: self.log.clone(),
+            });
+        }
+        self.steps.extend(again.steps);
+        self.problem = again.problem;
+        self.kernel_crash = again.kernel_crash;
+        self.total += again.total;
+        self.log = again.log;
+    }
+}
+
+/// A guest kernel crash that a new boot got past.
+pub struct Resumed {
+    /// `MODE TEST` of the step that ran when the kernel crashed.
+    pub step: String,
+    /// The kernel's crash report.
+    pub crash: String,
+    /// The console log of the boot that crashed.
+    pub log: PathBuf,
+}
+
+/// Console lines that start a guest kernel's crash report.
+const CRASH_STARTS: &[&str] =
+    &["BUG:", "Oops:", "int3:", "general protection fault", "kernel BUG", "Kernel panic"];
+/// How many console lines of a crash report are kept for the summary.
+const CRASH_LINES: usize = 40;
 
 pub struct Limits {
     pub boot: Duration,
@@ -92,7 +137,10 @@ pub fn run(
         problem: None,
         total: Duration::ZERO,
         log: log.to_owned(),
+        kernel_crash: None,
+        resumed_after: Vec::new(),
     };
+    let mut crash: Vec<String> = Vec::new();
     let mut deadline = started + limits.boot;
     let mut step_started = started;
     let mut output: Vec<String> = Vec::new();
@@ -102,6 +150,11 @@ pub fn run(
         let wait = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(wait) {
             Ok(Line::Output(line)) => {
+                if (!crash.is_empty() || CRASH_STARTS.iter().any(|s| line.contains(s)))
+                    && crash.len() < CRASH_LINES
+                {
+                    crash.push(line.clone());
+                }
                 output.push(line.clone());
                 tail.push(line);
                 if tail.len() > 12 {
@@ -183,6 +236,9 @@ pub fn run(
         let _ = reader.join();
     }
     seen.total = started.elapsed();
+    if !crash.is_empty() && !done {
+        seen.kernel_crash = Some(crash.join("\n"));
+    }
     Ok(seen)
 }
 
@@ -275,6 +331,40 @@ mod tests {
             seen.steps[0].panics,
             vec!["thread 'a' panicked at src/x.rs:1:2: boom".to_owned()]
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_kernel_crash_names_its_step_and_a_new_boot_takes_over_from_it() {
+        let dir = std::env::temp_dir().join(format!("xtask-guest-crash-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let limits = Limits { boot: Duration::from_secs(10), step: Duration::from_secs(10) };
+        let crashing = "echo '@@VMTEST kernel 6'; echo '@@VMTEST begin auto a'; \
+                        echo '@@VMTEST end auto a 0'; echo '@@VMTEST begin kprobe a'; \
+                        echo '[  869.2] int3: 0000 [#1] PREEMPT SMP NOPTI'; \
+                        echo '[  869.2] RIP: 0010:tcp_rcv+0x2a/0x90'; \
+                        echo '[  869.2] Kernel panic - not syncing: Fatal exception in interrupt'";
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", crashing]);
+        let mut seen = run("t", cmd, &dir.join("first.log"), &limits, false).expect("run");
+        assert_eq!(seen.crashed_step(), Some(("kprobe", "a")));
+        let crash = seen.kernel_crash.clone().expect("the crash report");
+        assert!(crash.starts_with("[  869.2] int3:") && crash.contains("RIP:"), "{crash}");
+
+        let resumed = "echo '@@VMTEST kernel 6'; echo '@@VMTEST begin kprobe a'; \
+                       echo '@@VMTEST end kprobe a 0'; echo '@@VMTEST done'";
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", resumed]);
+        let again = run("t", cmd, &dir.join("second.log"), &limits, false).expect("run");
+        assert_eq!(again.crashed_step(), None);
+        seen.resume_with(again);
+        let steps: Vec<_> =
+            seen.steps.iter().map(|s| (s.mode.as_str(), s.test.as_str(), s.rc)).collect();
+        assert_eq!(steps, [("auto", "a", Some(0)), ("kprobe", "a", Some(0))]);
+        assert!(seen.problem.is_none() && seen.kernel_crash.is_none());
+        assert_eq!(seen.resumed_after.len(), 1);
+        assert_eq!(seen.resumed_after[0].step, "kprobe a");
+        assert_eq!(seen.resumed_after[0].log, dir.join("first.log"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -21,6 +21,8 @@ use clap::ValueEnum;
 use crate::setup;
 
 const QEMU: &str = "qemu-system-x86_64";
+/// panic=-1: a panic reboots at once, which -no-reboot turns into qemu exiting.
+const KERNEL_ARGS: &str = "console=ttyS0 panic=-1 quiet";
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -243,14 +245,28 @@ fn run_guests(
                     let label = format!("{} {}", target.name(), kernel.release);
                     eprintln!("vm-test: booting {label}");
                     let log = cache.join("logs").join(format!("{}.log", target.name()));
-                    let result = guest::run(
-                        target.name(),
-                        qemu(&kernel.vmlinuz, initrd),
-                        &log,
-                        limits,
-                        args.verbose,
-                    )
-                    .map(|seen| row(label, seen, modes, tests));
+                    let boot = |resume: Option<&str>, log: &Path| {
+                        let cmd = qemu(&kernel.vmlinuz, initrd, resume);
+                        guest::run(target.name(), cmd, log, limits, args.verbose)
+                    };
+                    let result = boot(None, &log)
+                        .and_then(|mut seen| {
+                            // One new boot per guest after a kernel crash: a crash there too
+                            // fails the step. The report shows every crash, passed or not.
+                            let Some((mode, test)) = seen.crashed_step() else {
+                                return Ok(seen);
+                            };
+                            let resume = format!("{mode}:{test}");
+                            eprintln!(
+                                "vm-test: {label}: the guest kernel crashed in {mode} {test} \
+                                 (log: {}); booting it again from that step",
+                                log.display()
+                            );
+                            let log = log.with_extension("resumed.log");
+                            seen.resume_with(boot(Some(&resume), &log)?);
+                            Ok(seen)
+                        })
+                        .map(|seen| row(label, seen, modes, tests));
                     if let Ok(mut done) = done.lock() {
                         done.push((i, result));
                     }
@@ -289,7 +305,8 @@ fn host_row(
     Ok(row(label, seen, modes, &payload.tests))
 }
 
-fn qemu(vmlinuz: &Path, initrd: &Path) -> Command {
+/// A guest of `vmlinuz`; `resume` (`MODE:TEST`) starts its tests at that step.
+fn qemu(vmlinuz: &Path, initrd: &Path, resume: Option<&str>) -> Command {
     let mut cmd = Command::new(QEMU);
     // No KVM: a KVM guest hung at boot on these machines. -nodefaults drops the VGA and NIC,
     // whose option ROMs would need more packages; the serial port is the console.
@@ -310,8 +327,11 @@ fn qemu(vmlinuz: &Path, initrd: &Path) -> Command {
     .arg(vmlinuz)
     .arg("-initrd")
     .arg(initrd)
-    // panic=-1: a panic reboots at once, which -no-reboot turns into qemu exiting.
-    .args(["-append", "console=ttyS0 panic=-1 quiet"]);
+    .arg("-append");
+    match resume {
+        Some(step) => cmd.arg(format!("{KERNEL_ARGS} vmtest.resume={step}")),
+        None => cmd.arg(KERNEL_ARGS),
+    };
     cmd
 }
 
@@ -325,9 +345,15 @@ fn row(label: String, seen: guest::Observed, modes: &[Mode], tests: &[String]) -
                 match step {
                     Some(s) if s.rc == Some(0) => {}
                     Some(s) => {
-                        let how = match s.rc {
-                            Some(rc) => format!("{test}: exit {rc}"),
-                            None => format!(
+                        let how = match (s.rc, &seen.kernel_crash) {
+                            (Some(rc), _) => format!("{test}: exit {rc}"),
+                            (None, Some(crash)) => {
+                                format!(
+                                    "{test}: the guest kernel crashed:\n    {}",
+                                    crash_head(crash)
+                                )
+                            }
+                            (None, None) => format!(
                                 "{test}: {}",
                                 seen.problem.as_deref().unwrap_or("did not finish")
                             ),
@@ -377,6 +403,20 @@ fn report(rows: &[Row], modes: &[Mode], elapsed: Duration) -> Result<()> {
     }
     if !failures.is_empty() {
         println!("{failures}");
+    }
+    // A crash the new boot got past still shows: it may be the emulator's, or ours.
+    for row in rows {
+        let Some(seen) = &row.observed else { continue };
+        for resumed in &seen.resumed_after {
+            println!(
+                "{}: the guest kernel crashed in {}; a new boot ran that step again and the \
+                 rest (full report in {}):\n    {}\n",
+                row.label,
+                resumed.step,
+                resumed.log.display(),
+                crash_head(&resumed.crash)
+            );
+        }
     }
 
     // Timings: boot, then each mode's steps summed, then the whole target.
@@ -434,6 +474,24 @@ fn report(rows: &[Row], modes: &[Mode], elapsed: Duration) -> Result<()> {
     Ok(())
 }
 
+/// The lines of a kernel crash report that say what and where: the first line, the faulting
+/// instruction and the call trace's first frames (without timestamps).
+fn crash_head(crash: &str) -> String {
+    let untimed = |line: &str| match line.trim_start().strip_prefix('[') {
+        Some(rest) => rest.split_once(']').map_or(line, |(_, text)| text).trim().to_owned(),
+        None => line.trim().to_owned(),
+    };
+    let lines: Vec<String> = crash.lines().map(untimed).collect();
+    let mut head: Vec<&str> = lines.first().map(String::as_str).into_iter().collect();
+    head.extend(lines.iter().filter(|l| l.starts_with("RIP:")).map(String::as_str).take(1));
+    if let Some(at) = lines.iter().position(|l| l.starts_with("Call Trace")) {
+        head.extend(lines[at..].iter().take(9).map(String::as_str));
+    }
+    head.extend(lines.iter().filter(|l| l.starts_with("Kernel panic")).map(String::as_str));
+    head.dedup();
+    head.join("\n    ")
+}
+
 fn print_aligned(table: &[Vec<String>]) {
     let columns = table.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
@@ -474,4 +532,27 @@ fn is_root() -> bool {
                 .and_then(|ids| ids.split_whitespace().nth(1).map(|id| id == "0"))
         })
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_crash_report_is_cut_to_what_and_where() {
+        let crash = "[  869.20] int3: 0000 [#1] PREEMPT SMP NOPTI\n\
+                     [  869.20] CPU: 1 UID: 0 PID: 0 Comm: swapper/1\n\
+                     [  869.20] RIP: 0010:tcp_v4_rcv+0x2a/0x90\n\
+                     [  869.20] Code: eb 02 eb 80\n\
+                     [  869.20] Call Trace:\n\
+                     [  869.20]  <IRQ>\n\
+                     [  869.20]  ip_local_deliver+0x10/0x20\n\
+                     [  869.21] Kernel panic - not syncing: Fatal exception in interrupt";
+        assert_eq!(
+            crash_head(crash),
+            "int3: 0000 [#1] PREEMPT SMP NOPTI\n    RIP: 0010:tcp_v4_rcv+0x2a/0x90\n    \
+             Call Trace:\n    <IRQ>\n    ip_local_deliver+0x10/0x20\n    \
+             Kernel panic - not syncing: Fatal exception in interrupt"
+        );
+    }
 }

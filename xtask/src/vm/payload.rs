@@ -264,8 +264,15 @@ export TRACER_BIN="$ROOT/tracer" RUST_BACKTRACE=1 TRACER_TEST_WAIT_SECS=120
 set --
 [ -n "$FILTER" ] && set -- "$FILTER"
 echo "@@VMTEST kernel $(uname -r)"
+# After a guest kernel crash the host boots the guest again with vmtest.resume=MODE:TEST
+# (see /init): the steps before that one have run already.
+RESUME=${VMTEST_RESUME:-}
 for mode in $MODES; do
   for t in $TESTS; do
+    if [ -n "$RESUME" ]; then
+      [ "$mode:$t" = "$RESUME" ] || continue
+      RESUME=
+    fi
     echo "@@VMTEST begin $mode $t"
     TRACER_TEST_PROBE=$mode timeout -s KILL "$TEST_TIMEOUT" "$ROOT/deps/$t" --test-threads 1 "$@"
     echo "@@VMTEST end $mode $t $?"
@@ -295,6 +302,9 @@ for m in $(cat /modules/order); do
   insmod "/modules/$m" || echo "vmtest: insmod $m failed"
 done
 busybox ip link set lo up
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in vmtest.resume=*) export VMTEST_RESUME="${arg#vmtest.resume=}" ;; esac
+done
 sh /vmtest/run-tests.sh
 sync
 poweroff -f
@@ -486,6 +496,44 @@ mod tests {
             vec![("workload".to_owned(), PathBuf::from("/t/examples/workload"))]
         );
         assert_eq!(a.tracer, PathBuf::from("/t/tracer"));
+    }
+
+    #[test]
+    fn the_test_script_resumes_at_the_step_a_crashed_boot_was_in() {
+        let root = std::env::temp_dir().join(format!("xtask-resume-{}", std::process::id()));
+        let deps = root.join("deps");
+        fs::create_dir_all(&deps).expect("temp dir");
+        let config = RunConfig {
+            only: &[],
+            skip: &[],
+            modes: &["auto", "kprobe"],
+            filter: None,
+            test_timeout_secs: 10,
+            fault_drop_every_nth_release: 0,
+        };
+        let tests = ["a".to_owned(), "b".to_owned()];
+        write_file(&root.join("config.sh"), &config_script(&tests, &config), 0o644)
+            .expect("config");
+        write_file(&root.join("run-tests.sh"), RUN_TESTS, 0o755).expect("script");
+        for t in &tests {
+            write_file(&deps.join(t), "#!/bin/sh\nexit 0\n", 0o755).expect("test");
+        }
+        let steps = |resume: &str| {
+            let out = std::process::Command::new("sh")
+                .arg(root.join("run-tests.sh"))
+                .env("VMTEST_ROOT", &root)
+                .env("VMTEST_RESUME", resume)
+                .output()
+                .expect("sh");
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| l.strip_prefix("@@VMTEST begin ").map(str::to_owned))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(steps(""), ["auto a", "auto b", "kprobe a", "kprobe b"]);
+        assert_eq!(steps("kprobe:a"), ["kprobe a", "kprobe b"]);
+        assert_eq!(steps("auto:b"), ["auto b", "kprobe a", "kprobe b"]);
+        let _ = fs::remove_dir_all(&root);
     }
 
     #[test]
