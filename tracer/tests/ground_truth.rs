@@ -14,11 +14,6 @@ fn open_of(daemon: &Daemon, pid: u32) -> u64 {
     daemon.process(pid)["open"].as_u64().unwrap_or(0)
 }
 
-fn no_corrections(daemon: &Daemon) {
-    let status = daemon.json(&["status"]);
-    assert_eq!(num(&status, "reconcile_corrections"), 0, "counts must come from events: {status}");
-}
-
 /// A Python peer from tests/peers, with its stdout lines.
 struct Peer {
     child: Child,
@@ -83,7 +78,7 @@ fn connections_older_than_the_daemon_are_counted_at_once_and_their_releases_matc
     assert_eq!(num(&status, "unmatched_releases"), 0, "{status}");
     // Two reconciles over the final state (a correction needs two scans to agree).
     daemon.wait_for_more("reconciles", 2);
-    no_corrections(&daemon);
+    common::assert_corrections_explained(&daemon);
 }
 
 #[test]
@@ -104,7 +99,7 @@ fn a_prefork_server_counts_each_connection_for_its_child() {
         expect_eq("parent open", open_of(d, parent), 0)
     });
     assert_eq!(num(&daemon.json(&["status"]), "holder_changes"), 5);
-    no_corrections(&daemon);
+    common::assert_corrections_explained(&daemon);
 }
 
 #[test]
@@ -121,7 +116,7 @@ fn a_descriptor_passed_over_a_unix_socket_counts_for_its_receiver() {
         expect_eq("receiver open", open_of(d, receiver), 4)?;
         expect_eq("opener open", open_of(d, opener), 0)
     });
-    no_corrections(&daemon);
+    common::assert_corrections_explained(&daemon);
 }
 
 /// Two namespaces with identical addresses: 127.0.0.1 and the same port in each.
@@ -179,7 +174,7 @@ fn two_network_namespaces_with_identical_addresses_never_mix() {
     assert_ne!(a, b, "the two servers' connections are in different namespaces");
     // Two reconciles over the final state (a correction needs two scans to agree).
     daemon.wait_for_more("reconciles", 2);
-    no_corrections(&daemon);
+    common::assert_corrections_explained(&daemon);
 }
 
 #[test]

@@ -149,11 +149,6 @@ fn wait_for_port(port: u16) {
     }
 }
 
-fn no_corrections(daemon: &Daemon) {
-    let status = daemon.json(&["status"]);
-    assert_eq!(status["reconcile_corrections"], 0, "{status}");
-}
-
 #[test]
 fn redis_under_redis_benchmark_with_and_without_keepalive() {
     let daemon = Daemon::start(&[]);
@@ -210,7 +205,7 @@ fn redis_under_redis_benchmark_with_and_without_keepalive() {
         let _ = bench.0.wait();
         exact_when_quiet(&daemon, port, &[redis.0.id()]);
     }
-    no_corrections(&daemon);
+    common::assert_corrections_explained(&daemon);
 }
 
 #[test]
@@ -281,5 +276,5 @@ fn nginx_under_wrk_and_curl() {
     let accepted: u64 =
         pids.iter().map(|p| daemon.process(*p)["opened_total"].as_u64().unwrap_or(0)).sum();
     assert!(accepted >= 30 + 16, "the workers accepted every wrk and curl connection: {accepted}");
-    no_corrections(&daemon);
+    common::assert_corrections_explained(&daemon);
 }

@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{Daemon, Workload, assert_no_corrections, expect_eq, final_summary, num};
+use common::{Daemon, Workload, assert_corrections_explained, expect_eq, final_summary, num};
 use serde_json::Value;
 use tracer_common::{ConnEvent, ring_record_bytes};
 
@@ -101,7 +101,7 @@ fn forty_connections_exact_counts_states_and_tuples() {
     assert_eq!(num(&c["states"], "close_wait"), 25);
     let status = daemon.json(&["status"]);
     assert_eq!(num(&status, "events_lost"), 0);
-    assert_no_corrections(&daemon);
+    assert_corrections_explained(&daemon);
     drop(client);
     drop(server);
     let (emitted, received, lost) = final_summary(&daemon.stop());
@@ -212,7 +212,7 @@ fn edge_cases_shutdown_reset_refused_connecting_and_exit() {
         expect_eq("open", num(&p, "open"), 0)?;
         expect_eq("closed_total", num(&p, "closed_total"), 3)
     });
-    assert_no_corrections(&daemon);
+    assert_corrections_explained(&daemon);
 }
 
 #[test]
@@ -254,7 +254,7 @@ fn four_clients_two_thousand_each_exact_totals_and_no_loss() {
     let record = ring_record_bytes(ConnEvent::SIZE);
     let high_water = num(&status, "ring_high_water_bytes");
     assert!(high_water >= record && high_water < num(&status, "ring_bytes"), "{status}");
-    assert_no_corrections(&daemon);
+    assert_corrections_explained(&daemon);
     common::assert_inferred_handshakes_explained(&daemon);
     drop(clients);
     drop(server);

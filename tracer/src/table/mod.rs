@@ -577,8 +577,9 @@ impl ConnectionTable {
                 let before = Contribution::of(conn);
                 conn.set_owner(owner);
                 conn.open(e.timestamp_ns);
-                // The peer may have hung up while it waited: the event carries the state now.
-                conn.set_state(e.new_state, e.timestamp_ns);
+                // The peer may have hung up while it waited: the event carries the state then,
+                // unless a state change the table has already applied is newer.
+                conn.advance_state(e.new_state, e.timestamp_ns);
                 conn.tuple = e.tuple;
                 let (id, after) = (conn.id, Contribution::of(conn));
                 self.aggregates.withdraw(before);

@@ -272,6 +272,16 @@ impl Connection {
             .or_else(|| (self.state == tcp_state::ESTABLISHED).then_some(ClosedFirst::Local))
     }
 
+    /// Takes `state` unless this connection is already past it. An accept reads the socket's
+    /// state in the accepting process, and the peer's FIN can change it in softirq after that
+    /// read and before the accept's record is reserved: the ring then holds the state change
+    /// first and the accept's older state after it.
+    pub(super) fn advance_state(&mut self, state: u8, at_ns: u64) {
+        if lifecycle_step(state) >= lifecycle_step(self.state) {
+            self.set_state(state, at_ns);
+        }
+    }
+
     pub(super) fn set_state(&mut self, state: u8, at_ns: u64) {
         if self.closed_first.is_none() {
             self.closed_first = ClosedFirst::from_change(self.state, state);
@@ -280,6 +290,20 @@ impl Connection {
             self.state = state;
             self.state_since_ns = at_ns;
         }
+    }
+}
+
+/// How far along its life a connection in `state` is: a connected socket only moves forward
+/// (ESTABLISHED, then one side's FIN, then the other's, then TIME_WAIT or CLOSE), so of two
+/// reports of its state the further one is the newer.
+fn lifecycle_step(state: u8) -> u8 {
+    match state {
+        tcp_state::SYN_SENT | tcp_state::SYN_RECV | tcp_state::NEW_SYN_RECV => 0,
+        tcp_state::ESTABLISHED => 1,
+        tcp_state::FIN_WAIT1 | tcp_state::CLOSE_WAIT => 2,
+        tcp_state::FIN_WAIT2 | tcp_state::CLOSING | tcp_state::LAST_ACK => 3,
+        tcp_state::TIME_WAIT => 4,
+        _ => 5,
     }
 }
 

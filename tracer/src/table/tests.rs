@@ -395,6 +395,25 @@ fn accept_after_peer_hung_up_reports_current_state() {
     assert_consistent(&t);
 }
 
+/// Found by the churn test on 5.10 (tracepoint mode): the accept read ESTABLISHED, the
+/// peer's FIN moved the socket to CLOSE_WAIT before the accept's record was reserved, and the
+/// table took the accept's older state over the change, which a reconcile then corrected.
+#[test]
+fn an_accept_reporting_an_older_state_than_the_table_has_keeps_the_newer() {
+    let clock = ManualClock::new(SEC);
+    let mut t = table();
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    k.established_in(0xc, v4(8080, 40_000));
+    k.change(0xc, ESTABLISHED, CLOSE_WAIT);
+    k.accept(SERVER, 0xc, v4(8080, 40_000), ESTABLISHED);
+    let s = stats(k.table, SERVER);
+    assert_eq!((s.open, s.states.close_wait, s.states.established), (1, 1, 0));
+    // The process's own close is then a change it knows how to follow.
+    k.release(SERVER, 0xc, CLOSE_WAIT, LAST_ACK);
+    assert_eq!(stats(&t, SERVER).open, 0);
+    assert_consistent(&t);
+}
+
 #[test]
 fn fast_open_accept_before_handshake_completes_keeps_the_owner() {
     let clock = ManualClock::new(SEC);

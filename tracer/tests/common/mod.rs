@@ -553,15 +553,35 @@ pub fn assert_inferred_handshakes_explained(daemon: &Daemon) {
     assert!(inferred <= skipped, "an inferred handshake no skipped run explains: {status}");
 }
 
-pub fn assert_no_corrections(daemon: &Daemon) {
+/// Counts come from the event stream: a reconcile correction is allowed only where the status
+/// counted a loss that explains it (issue: no correction without a counted loss). The counted
+/// losses are records the ring dropped, program runs the kernel skipped (recursion misses)
+/// and kprobe hits it could not hand over; a missed accept return loses nothing (the
+/// syscall exit reports the socket), so it explains nothing.
+pub fn assert_corrections_explained(daemon: &Daemon) {
     let status = daemon.json(&["status"]);
+    let kprobe_misses: u64 = status["kprobes"]
+        .as_array()
+        .map(|probes| {
+            probes
+                .iter()
+                .filter(|p| !p["probe"].as_str().unwrap_or_default().ends_with(":return"))
+                .map(|p| num(p, "missed"))
+                .sum()
+        })
+        .unwrap_or(0);
+    let losses = num(&status, "events_lost") + num(&status, "program_misses_total") + kprobe_misses;
     // The daemon logs each correction: show them, they say what differed.
     let log = daemon.log_text();
     let corrections: Vec<&str> = log.lines().filter(|l| l.contains("reconcile:")).collect();
-    assert_eq!(
-        num(&status, "reconcile_corrections"),
-        0,
-        "counts must come from events: {status}\n{}",
+    let corrected = num(&status, "reconcile_corrections");
+    if corrected > 0 {
+        eprintln!("{corrected} corrections, explained by {losses} counted losses");
+    }
+    assert!(
+        corrected <= losses,
+        "counts must come from events: {corrected} corrections, {losses} counted losses: \
+         {status}\n{}",
         corrections.join("\n")
     );
 }
