@@ -74,6 +74,11 @@ pub struct TopReport {
     /// Open connections no process is counted for: waiting in a listener's backlog, or
     /// accepted unseen.
     pub unattributed: u64,
+    /// A table limit refused connections or processes since the daemon started (`tracer run
+    /// --max-connections`, `--max-processes`): rows may be missing and counts are lower bounds
+    /// (exactly which processes lost connections: their `over_limit`).
+    #[serde(default)]
+    pub over_limit: bool,
 }
 
 /// One `tracer top --by remote` row: the open connections to one remote endpoint.
@@ -384,6 +389,35 @@ pub struct StatusReport {
     /// Container resolution: cgroup ids resolved and missed, walks, placements held.
     #[serde(default)]
     pub containers: crate::containers::ResolverStatus,
+    /// The table's memory bounds and what they refused (docs/security.md, "Memory bounds").
+    #[serde(default)]
+    pub limits: LimitsStatus,
+}
+
+/// The connection table's limits (`tracer run --max-connections`, `--max-processes`) and what
+/// they refused. A refused connection stays untracked for its life, even once there is room.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LimitsStatus {
+    /// Most sockets the table tracks at once (`--max-connections`).
+    pub max_connections: u64,
+    /// Most processes the table tracks at once (`--max-processes`).
+    pub max_processes: u64,
+    /// Connections refused because the table held `max_connections` sockets, since start.
+    pub connections_over_limit: u64,
+    /// Connections refused because their process was new and the table held `max_processes`
+    /// processes, since start.
+    pub processes_over_limit: u64,
+    /// Later events (state changes, accepts, releases) of refused connections, since start:
+    /// expected, and counted here instead of `unmatched_releases` or unknown sockets.
+    pub over_limit_events: u64,
+    /// Refused connections not released yet: live connections the table does not track.
+    pub refused_open: u64,
+    /// At the latest reconcile: connections the kernel had that the table lacked, left
+    /// uncorrected because refused connections were still open (they may be those).
+    pub untracked_at_reconcile: u64,
+    /// A limit refused something since start: counts are lower bounds (the processes that lost
+    /// connections say `over_limit` in `top`).
+    pub over_limit: bool,
 }
 
 /// The processes one workload override applies to, for `tracer status`.

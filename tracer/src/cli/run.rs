@@ -19,7 +19,10 @@ use tracer::{
     health::{DEFAULT_IDLE_AFTER, DEFAULT_UNREAD_AFTER, HealthSettings},
     logging::LogFormat,
     probes::{DEFAULT_WAKEUP_BYTES, LoadOptions, ProbeMode, StackOptions, StackPolicy},
-    table::{DEFAULT_EXITED_GRACE_NS, TableConfig},
+    table::{
+        DEFAULT_EXITED_GRACE_NS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PROCESSES,
+        MAX_CONNECTIONS_CEILING, MAX_PROCESSES_CEILING, TableConfig, check_limit,
+    },
 };
 use tracer_common::{
     DEFAULT_RING_BYTES,
@@ -72,6 +75,15 @@ pub struct RunArgs {
         default_value_t = Seconds::of(Duration::from_nanos(DEFAULT_EXITED_GRACE_NS))
     )]
     pub exited_grace: Seconds,
+    /// Most sockets tracked at once (1 to 100000000; about 200 bytes each): beyond, new
+    /// connections are refused and counted (tracer status, /metrics), so a host with millions of
+    /// sockets degrades visibly instead of running out of memory.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = parse_max_connections)]
+    pub max_connections: usize,
+    /// Most processes tracked at once (1 to 4194304): beyond, connections of new processes are
+    /// refused and counted.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_PROCESSES, value_parser = parse_max_processes)]
+    pub max_processes: usize,
     /// Seconds between reconciles with sock_diag and /proc (0 disables them).
     #[arg(long, value_parser = parse_seconds, default_value_t = Seconds::of(DEFAULT_RECONCILE_INTERVAL))]
     pub reconcile_interval: Seconds,
@@ -156,6 +168,24 @@ impl ContainerArgs {
             },
         }
     }
+}
+
+fn parse_limit(text: &str, flag: &str, ceiling: usize) -> Result<usize, String> {
+    let value: usize = text
+        .trim()
+        .replace('_', "")
+        .parse()
+        .map_err(|_| format!("expected a whole number from 1 to {ceiling}, got {text:?}"))?;
+    check_limit(flag, value, ceiling)?;
+    Ok(value)
+}
+
+fn parse_max_connections(text: &str) -> Result<usize, String> {
+    parse_limit(text, "max-connections", MAX_CONNECTIONS_CEILING)
+}
+
+fn parse_max_processes(text: &str) -> Result<usize, String> {
+    parse_limit(text, "max-processes", MAX_PROCESSES_CEILING)
 }
 
 /// `--metrics-addr`: an address, or `off`.
@@ -299,6 +329,8 @@ pub fn run(args: RunArgs, socket: PathBuf) -> anyhow::Result<()> {
         },
         table: TableConfig {
             exited_grace_ns: nanos(args.exited_grace.0),
+            max_connections: args.max_connections,
+            max_processes: args.max_processes,
             ..TableConfig::default()
         },
         socket,

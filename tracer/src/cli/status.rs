@@ -2,7 +2,10 @@
 use std::{fmt::Write as _, path::Path};
 
 use clap::Args;
-use tracer::api::{answers::StatusReport, protocol::Request};
+use tracer::api::{
+    answers::{LimitsStatus, StatusReport},
+    protocol::Request,
+};
 
 use super::output;
 
@@ -46,6 +49,7 @@ fn status(s: &StatusReport) -> String {
     let _ = writeln!(out, "unattributed:        {}", s.unattributed);
     let _ = writeln!(out, "processes:           {}", s.processes);
     let _ = writeln!(out, "unmatched releases:  {}", s.unmatched_releases);
+    limits(&mut out, &s.limits);
     let _ = writeln!(out, "reconciles:          {}", s.reconciles);
     let _ = writeln!(out, "reconcile corrections: {}", s.reconcile_corrections);
     let _ = writeln!(out, "leak evaluations:    {}", s.leak_evaluations);
@@ -168,4 +172,44 @@ fn status(s: &StatusReport) -> String {
         })
     );
     out
+}
+
+/// The table limits: one line while nothing was refused, and a clear one (which limit, how
+/// many, which flag raises it) once something was.
+fn limits(out: &mut String, l: &LimitsStatus) {
+    // An older daemon sends no limits.
+    if l.max_connections == 0 {
+        return;
+    }
+    if !l.over_limit {
+        let _ = writeln!(
+            out,
+            "table limits:        {} connections, {} processes (none reached)",
+            l.max_connections, l.max_processes
+        );
+        return;
+    }
+    let _ = writeln!(out, "TABLE LIMIT REACHED: counts are lower bounds");
+    if l.connections_over_limit > 0 {
+        let _ = writeln!(
+            out,
+            "  {} connections refused: the table held --max-connections {} (raise it to track \
+             them)",
+            l.connections_over_limit, l.max_connections
+        );
+    }
+    if l.processes_over_limit > 0 {
+        let _ = writeln!(
+            out,
+            "  {} connections of new processes refused: the table held --max-processes {} \
+             (raise it to track them)",
+            l.processes_over_limit, l.max_processes
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  {} refused still open (untracked for life); {} of their later events ignored; {} \
+         untracked at the last reconcile",
+        l.refused_open, l.over_limit_events, l.untracked_at_reconcile
+    );
 }

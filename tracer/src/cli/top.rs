@@ -182,6 +182,9 @@ fn top_marked(report: &TopReport, marked: &HashSet<u32>) -> String {
         if p.exited {
             notes = format!("{notes} [exited, held {}]", p.open_at_exit.unwrap_or(0));
         }
+        if p.over_limit {
+            notes = format!("{notes} over-limit");
+        }
         // Released connections it left in TIME_WAIT, and descriptors near their limit.
         if row.time_wait_caused > 0 {
             notes = format!("{notes} tw-caused={}", row.time_wait_caused);
@@ -227,6 +230,13 @@ fn top_marked(report: &TopReport, marked: &HashSet<u32>) -> String {
         "unattributed (not yet accepted, or accepted unseen): {}",
         report.unattributed
     );
+    if report.over_limit {
+        let _ = writeln!(
+            out,
+            "table limit reached: some connections are not tracked, counts are lower bounds \
+             (over-limit rows; see tracer status)"
+        );
+    }
     out
 }
 
@@ -344,6 +354,8 @@ mod tests {
                 inbound: DirectionStats::default(),
                 exited: false,
                 open_at_exit: None,
+                over_limit: false,
+                refused_connections: 0,
             },
             container: None,
             growth,
@@ -379,6 +391,7 @@ mod tests {
         let host_only = TopReport {
             processes: vec![row(1, "nginx", [1, 1, 0, 0], StateCounts::default(), 0)],
             unattributed: 0,
+            over_limit: false,
         };
         assert!(
             !top(&host_only).contains("NAMESPACE/POD/CONTAINER"),
@@ -397,6 +410,7 @@ mod tests {
         let report = TopReport {
             processes: vec![leaking, row(3, "nginx", [1, 1, 0, 0], StateCounts::default(), 0)],
             unattributed: 0,
+            over_limit: false,
         };
         let text = top(&report);
         let lines: Vec<&str> = text.lines().collect();
@@ -430,6 +444,7 @@ mod tests {
                 })
                 .collect(),
             unattributed: 0,
+            over_limit: false,
         };
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
@@ -489,7 +504,8 @@ mod tests {
         let mut new = row(77, "leaker", [600, 600, 0, 0], StateCounts::default(), 624);
         new.growth_partial = true;
         let old = row(78, "pool", [10, 10, 0, 0], StateCounts::default(), -3);
-        let text = top(&TopReport { processes: vec![new, old], unattributed: 0 });
+        let text =
+            top(&TopReport { processes: vec![new, old], unattributed: 0, over_limit: false });
         let line = |pid: &str| text.lines().find(|l| l.trim_start().starts_with(pid)).unwrap();
         assert!(line("77 ").contains(" +624*"), "{text}");
         assert!(line("78 ").contains(" -3") && !line("78 ").contains('*'), "{text}");
@@ -497,6 +513,7 @@ mod tests {
         let settled = top(&TopReport {
             processes: vec![row(78, "pool", [10, 10, 0, 0], StateCounts::default(), 0)],
             unattributed: 0,
+            over_limit: false,
         });
         assert!(!settled.contains("samples so far"), "{settled}");
     }
@@ -528,6 +545,7 @@ mod tests {
                 row(3310, "curl", [0, 3, 3, 2], StateCounts::default(), 0),
             ],
             unattributed: 0,
+            over_limit: false,
         };
         let real = top(&report);
         // Trailing spaces (a row without notes) are invisible, and editors drop them.

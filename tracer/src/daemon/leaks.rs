@@ -222,6 +222,7 @@ pub fn samples(
                 port_hold: None,
                 fd: None,
                 container: containers.container(p.cgroup_id).cloned(),
+                over_limit: p.over_limit(),
             }
         })
         .collect()

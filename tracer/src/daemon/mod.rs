@@ -116,6 +116,9 @@ pub(crate) struct Daemon {
     source: EventSource,
     table: ConnectionTable,
     reconciler: Reconciler,
+    /// The table refusals already logged (connections, processes): each limit's first refusal
+    /// is logged once, with the flag that raises it.
+    limits_logged: (bool, bool),
     detector: Detector,
     leak_settings: LeakSettings,
     webhook: Option<Webhook>,
@@ -366,6 +369,7 @@ impl Daemon {
             source,
             table: ConnectionTable::new(options.table),
             reconciler: Reconciler::default(),
+            limits_logged: (false, false),
             detector: Detector::new(options.leaks.detector.clone()),
             leak_settings: options.leaks.clone(),
             webhook: options.webhook.clone().map(Webhook::start),
@@ -592,6 +596,35 @@ impl Daemon {
                 report.holder_changes
             );
         }
+        if report.untracked_over_limit > 0 {
+            log::warn!(
+                "reconcile: {} connection(s) the kernel has are not tracked: connections \
+                 refused for a table limit are still open (not corrected; see tracer status)",
+                report.untracked_over_limit
+            );
+        }
+    }
+
+    /// Logs the first refusal of each table limit, naming the flag that raises it.
+    fn log_limits(&mut self) {
+        let counters = *self.table.counters();
+        let config = *self.table.config();
+        if counters.connections_over_limit > 0 && !self.limits_logged.0 {
+            self.limits_logged.0 = true;
+            log::warn!(
+                "connection table full: {} connections tracked, new ones are refused and \
+                 counted (raise --max-connections; counts of their processes are lower bounds)",
+                config.max_connections
+            );
+        }
+        if counters.processes_over_limit > 0 && !self.limits_logged.1 {
+            self.limits_logged.1 = true;
+            log::warn!(
+                "process table full: {} processes tracked, connections of new ones are refused \
+                 and counted (raise --max-processes)",
+                config.max_processes
+            );
+        }
     }
 
     async fn next_batch(&mut self) -> std::io::Result<usize> {
@@ -611,6 +644,7 @@ impl Daemon {
             })
             .await?;
         self.stacks.drain(&self.table, self.clock.now_ns());
+        self.log_limits();
         Ok(n)
     }
 
@@ -625,6 +659,7 @@ impl Daemon {
             trace.on_applied(event, &applied, before, table, containers);
         });
         self.stacks.drain(&self.table, self.clock.now_ns());
+        self.log_limits();
     }
 
     /// The ring's high-water fill: full once a reservation failed (the sampling at drain starts
@@ -691,6 +726,18 @@ impl Daemon {
                 self.table.process_count(),
             ),
             Err(e) => log::warn!("cannot read kernel counters: {e}"),
+        }
+        let c = self.table.counters();
+        if self.table.over_limit() {
+            log::warn!(
+                "over table limits: {} connections refused (--max-connections {}), {} for new \
+                 processes (--max-processes {}); {} refused still open",
+                c.connections_over_limit,
+                self.table.config().max_connections,
+                c.processes_over_limit,
+                self.table.config().max_processes,
+                self.table.refused_outstanding()
+            );
         }
     }
 }

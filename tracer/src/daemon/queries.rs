@@ -182,7 +182,11 @@ impl Daemon {
         if let Some(limit) = limit {
             rows.truncate(limit);
         }
-        TopReport { processes: rows, unattributed: self.table.unattributed() as u64 }
+        TopReport {
+            processes: rows,
+            unattributed: self.table.unattributed() as u64,
+            over_limit: self.table.over_limit(),
+        }
     }
 
     /// The leading function of the largest stack group behind an active alert of `key` (by
@@ -412,6 +416,16 @@ impl Daemon {
             time_wait_closes_overflowed: self.exhaustion.closes_overflowed(),
             health_scans: self.health.scans(),
             health_scan_us: self.health.last_scan_us(),
+            limits: crate::api::answers::LimitsStatus {
+                max_connections: self.table.config().max_connections as u64,
+                max_processes: self.table.config().max_processes as u64,
+                connections_over_limit: summary.counters.connections_over_limit,
+                processes_over_limit: summary.counters.processes_over_limit,
+                over_limit_events: summary.counters.over_limit_events,
+                refused_open: self.table.refused_outstanding(),
+                untracked_at_reconcile: self.reconciler.untracked_over_limit,
+                over_limit: self.table.over_limit(),
+            },
             containers: crate::containers::ResolverStatus {
                 scanned_cgroup_ids_unavailable: self
                     .probes

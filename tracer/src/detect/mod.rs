@@ -287,6 +287,10 @@ pub struct ProcessSample {
     pub fd: Option<FdStatus>,
     /// Its container (`None` for a host process, or while its cgroup is not resolved).
     pub container: Option<crate::containers::Container>,
+    /// A connection of it was refused for a table limit: `open` is a lower bound, whose rises
+    /// and falls may be the limit's (refusals while full, room again later), so the growth
+    /// rule neither raises nor resolves for it: an active alert stays active.
+    pub over_limit: bool,
 }
 
 impl ProcessSample {
@@ -488,6 +492,9 @@ impl Detector {
                 (rule, holds)
             });
             for (rule, holds) in verdicts {
+                if rule == Rule::Growth && sample.over_limit && !sample.exited {
+                    continue;
+                }
                 self.step(now_ns, id, rule, holds, sample, &evidence, &mut changes);
             }
         }

@@ -613,3 +613,45 @@ fn growth_so_far_shows_a_new_leak_before_the_first_window_is_full() {
     let want = i64::from(floors[3]) - i64::from(floors[0]);
     assert_eq!(growth::so_far(&full, &config), (want, false));
 }
+
+/// A process whose connections a table limit refused has an open count that is a lower bound:
+/// refusals while the table is full push it down and room later lets it back up, which is no
+/// leak. The growth rule then neither raises nor resolves for it (an active alert stays), and
+/// `top` says why (its `over_limit`).
+#[test]
+fn growth_holds_its_verdict_for_a_process_over_the_table_limit() {
+    // Steady at 50, the table full for a while (its count falls to 10 as refused connections
+    // replace tracked ones), then room again (back to 50): no alert.
+    let mut sim = Sim::new(small_window());
+    sim.open(50);
+    for _ in 0..8 {
+        sim.tick();
+    }
+    sim.sample.over_limit = true;
+    sim.close(40);
+    for _ in 0..4 {
+        sim.tick();
+    }
+    sim.open(40);
+    for _ in 0..12 {
+        sim.tick();
+    }
+    assert!(sim.raised(Rule::Growth).is_empty(), "{:?}", sim.changes);
+    // A leak raised before the table filled stays active while its count cannot be trusted.
+    let mut sim = Sim::new(small_window());
+    for _ in 0..8 {
+        sim.open(5);
+        sim.tick();
+    }
+    assert_eq!(sim.raised(Rule::Growth).len(), 1);
+    sim.sample.over_limit = true;
+    for _ in 0..20 {
+        sim.tick();
+    }
+    assert!(
+        !sim.changes.iter().any(|c| matches!(c, Change::Resolved(_))),
+        "resolved while over the limit: {:?}",
+        sim.changes
+    );
+    assert_eq!(sim.detector.active().count(), 1);
+}

@@ -14,7 +14,7 @@ mod snapshot;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use tracer_common::{ConnEvent, EventKind, tcp_state};
@@ -44,9 +44,20 @@ fn past_handshake(state: u8) -> bool {
 /// How long an exited process stays listed by default.
 pub const DEFAULT_EXITED_GRACE_NS: u64 = 60 * 1_000_000_000;
 
+/// Most connections the table tracks by default (`tracer run --max-connections`): about 0.2 GB
+/// of table at the measured cost per entry (docs/security.md, "Memory bounds").
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1_000_000;
+/// Most processes the table tracks by default (`tracer run --max-processes`).
+pub const DEFAULT_MAX_PROCESSES: usize = 100_000;
+/// The largest `--max-connections` accepted: 100 million entries would take about 20 GB.
+pub const MAX_CONNECTIONS_CEILING: usize = 100_000_000;
+/// The largest `--max-processes` accepted: Linux's own ceiling on pids (PID_MAX_LIMIT).
+pub const MAX_PROCESSES_CEILING: usize = 4_194_304;
+
 /// Fixed-key hashing: iteration order depends only on the events applied, so runs replay
 /// identically. Keys are kernel addresses and pids, which no remote peer chooses.
 type Map<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
+type Set<K> = HashSet<K, rustc_hash::FxBuildHasher>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TableConfig {
@@ -55,6 +66,13 @@ pub struct TableConfig {
     /// How long an unaccepted connection that reached `close` stays in the backlog view: it can
     /// still be accepted for a while, but a listener that closed never reports it again.
     pub closed_backlog_grace_ns: u64,
+    /// Most sockets tracked at once (entries in any phase); a new one beyond is refused and
+    /// counted in [`TableCounters::connections_over_limit`].
+    pub max_connections: usize,
+    /// Most processes tracked at once (alive, or exited within the grace period); a new one
+    /// beyond is refused, with its connection, and counted in
+    /// [`TableCounters::processes_over_limit`].
+    pub max_processes: usize,
 }
 
 impl Default for TableConfig {
@@ -62,8 +80,33 @@ impl Default for TableConfig {
         Self {
             exited_grace_ns: DEFAULT_EXITED_GRACE_NS,
             closed_backlog_grace_ns: DEFAULT_EXITED_GRACE_NS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_processes: DEFAULT_MAX_PROCESSES,
         }
     }
+}
+
+/// Checks a `--max-connections` or `--max-processes` value: at least 1 and at most `ceiling`,
+/// with an error that names the flag and the fix.
+pub fn check_limit(flag: &str, value: usize, ceiling: usize) -> Result<(), String> {
+    if value == 0 {
+        return Err(format!(
+            "--{flag} 0 would track nothing: give at least 1 (the default is {})",
+            if flag == "max-processes" { DEFAULT_MAX_PROCESSES } else { DEFAULT_MAX_CONNECTIONS }
+        ));
+    }
+    if value > ceiling {
+        let why = if flag == "max-processes" {
+            "Linux's own ceiling on pids"
+        } else {
+            "more than any host holds in memory"
+        };
+        return Err(format!(
+            "--{flag} {value} is beyond {ceiling} ({why}): give at most {ceiling} \
+             (docs/security.md, \"Memory bounds\", has the bytes per entry)"
+        ));
+    }
+    Ok(())
 }
 
 /// Events the table could not match to what it knows; each is a sign of a missed event or of
@@ -85,7 +128,32 @@ pub struct TableCounters {
     /// handshake: counted as opened then, not as failed connects.
     #[serde(default)]
     pub established_inferred: u64,
+    /// Connections not tracked because the table held `max_connections` entries (each counted
+    /// once, when refused; it stays untracked for its life).
+    #[serde(default)]
+    pub connections_over_limit: u64,
+    /// Connections not tracked because their process was new and the table held
+    /// `max_processes` processes (each refused connection counted once).
+    #[serde(default)]
+    pub processes_over_limit: u64,
+    /// Later events (state changes, accepts, releases) of connections refused for a limit:
+    /// expected, never counted as unmatched releases or unknown sockets.
+    #[serde(default)]
+    pub over_limit_events: u64,
 }
+
+/// Which limit refused a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// `--max-connections`.
+    Connections,
+    /// `--max-processes`: the connection's process could not be added.
+    Processes,
+}
+
+/// The process of an event could not be added: the table holds `max_processes`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ProcessRefused;
 
 /// What one event did, for callers that react to transitions (lifetime histograms, exporters).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,6 +199,8 @@ pub enum Applied {
     },
     /// Release of a socket the table did not know.
     UnmatchedRelease,
+    /// A connection refused for a limit, or a later event of one: not tracked.
+    OverLimit,
     /// State change of a socket the table did not know.
     UnknownSocket,
     ProcessExited {
@@ -264,6 +334,14 @@ pub struct ConnectionTable {
     /// The last [`FORGOTTEN_KEPT`] processes [`Self::expire`] dropped, oldest first: so that a
     /// query can tell a pid that exited past the grace period from one never seen.
     forgotten: VecDeque<Forgotten>,
+    /// Sockets refused for a limit whose release has not come yet: their events are the
+    /// limit's, not drift. At most `max_connections` of them (16 bytes each, plus the map's
+    /// slack); refusals beyond that are counted in `refused_unremembered`.
+    refused: Set<SocketKey>,
+    /// Refused connections not remembered by their kernel address (the set above full, or a
+    /// scanned socket, which has none): as many releases of sockets the table never knew are
+    /// taken as theirs, and while any is outstanding, unknown events count as the limit's.
+    refused_unremembered: u64,
 }
 
 /// How many expired processes the table remembers (pid, name and times: about 40 bytes each).
@@ -303,6 +381,8 @@ impl ConnectionTable {
             scanned: Map::default(),
             shared_holders: Map::default(),
             forgotten: VecDeque::new(),
+            refused: Set::default(),
+            refused_unremembered: 0,
         }
     }
 
@@ -316,6 +396,11 @@ impl ConnectionTable {
             self.counters.invalid_events += 1;
             return Applied::Invalid;
         };
+        if !self.refused.is_empty()
+            && let Some(applied) = self.on_refused_socket(kind, event)
+        {
+            return applied;
+        }
         if !self.scanned.is_empty()
             && !self.connections.contains_key(&SocketKey::of(event))
             && let Some(applied) = self.adopt_scanned(kind, event)
@@ -472,6 +557,17 @@ impl ConnectionTable {
         &self.counters
     }
 
+    /// Connections refused for a limit whose release has not come yet (those remembered by
+    /// address plus those counted only): how many live connections the table does not track.
+    pub fn refused_outstanding(&self) -> u64 {
+        self.refused.len() as u64 + self.refused_unremembered
+    }
+
+    /// A limit refused something since start: some counts are lower bounds.
+    pub fn over_limit(&self) -> bool {
+        self.counters.connections_over_limit + self.counters.processes_over_limit > 0
+    }
+
     /// Every tracked socket, in any phase.
     pub fn tracked_connections(&self) -> usize {
         self.connections.len()
@@ -522,18 +618,30 @@ impl ConnectionTable {
     // ---- event handlers ----
 
     fn on_connect(&mut self, e: &ConnEvent) -> Applied {
-        let owner = self.touch_process(e);
-        let id = self.insert_new(e, Direction::Outbound, Phase::Connecting, owner);
-        Applied::Connecting { id, owner }
+        let Ok(owner) = self.touch_process(e) else {
+            return self.refuse(SocketKey::of(e), Limit::Processes, None);
+        };
+        match self.insert_new(e, Direction::Outbound, Phase::Connecting, owner) {
+            Some(id) => Applied::Connecting { id, owner },
+            None => Applied::OverLimit,
+        }
     }
 
     fn on_outbound_established(&mut self, e: &ConnEvent) -> Applied {
         let key = SocketKey::of(e);
         let Some(conn) = self.connections.get_mut(&key).filter(|c| c.phase() == Phase::Connecting)
         else {
+            // A connect refused for a limit and not remembered by address: its handshake is
+            // the limit's too, not an unattributed connection.
+            if self.refused_unremembered > 0 && !self.connections.contains_key(&key) {
+                self.counters.over_limit_events += 1;
+                return Applied::OverLimit;
+            }
             // Never saw the connect (probes attached mid-handshake) or the entry is a previous
             // lifecycle: open, but nobody to attribute it to.
-            let id = self.insert_new(e, Direction::Outbound, Phase::Open, None);
+            let Some(id) = self.insert_new(e, Direction::Outbound, Phase::Open, None) else {
+                return Applied::OverLimit;
+            };
             return Applied::Opened { id, owner: None, direction: Direction::Outbound };
         };
         let before = Contribution::of(conn);
@@ -559,16 +667,27 @@ impl ConnectionTable {
         {
             return self.on_state_change(e);
         }
-        let id = self.insert_new(e, Direction::Inbound, Phase::Backlog, None);
-        Applied::Backlogged { id }
+        match self.insert_new(e, Direction::Inbound, Phase::Backlog, None) {
+            Some(id) => Applied::Backlogged { id },
+            None => Applied::OverLimit,
+        }
     }
 
     fn on_accept(&mut self, e: &ConnEvent) -> Applied {
         let key = SocketKey::of(e);
         let owner = self.touch_process(e);
         let existing = self.connections.get(&key).map(|c| (c.phase(), c.direction, c.owner()));
-        match existing {
+        if let Some((Phase::Open, Direction::Inbound, Some(_))) = existing {
             // Already accepted: a repeated report of the same socket.
+            return Applied::Ignored;
+        }
+        let Ok(owner) = owner else {
+            // Its process cannot be added: the connection leaves the table with it (from the
+            // backlog, where nobody counted it but `unattributed`).
+            self.remove(key);
+            return self.refuse(key, Limit::Processes, None);
+        };
+        match existing {
             Some((Phase::Open, Direction::Inbound, Some(_))) => Applied::Ignored,
             Some((Phase::Backlog, ..)) | Some((Phase::Open, Direction::Inbound, None)) => {
                 let Some(conn) = self.connections.get_mut(&key) else {
@@ -590,7 +709,9 @@ impl ConnectionTable {
             // No entry: the handshake completed before the probes attached (a server blocked
             // in accept()). Any other entry is a previous lifecycle of the address.
             _ => {
-                let id = self.insert_new(e, Direction::Inbound, Phase::Open, owner);
+                let Some(id) = self.insert_new(e, Direction::Inbound, Phase::Open, owner) else {
+                    return Applied::OverLimit;
+                };
                 self.aggregates.count_opened(owner, Direction::Inbound);
                 Applied::Opened { id, owner, direction: Direction::Inbound }
             }
@@ -600,10 +721,7 @@ impl ConnectionTable {
     fn on_connect_failed(&mut self, e: &ConnEvent) -> Applied {
         let key = SocketKey::of(e);
         match self.connections.get(&key).map(|c| c.phase()) {
-            None => {
-                self.counters.unknown_socket_events += 1;
-                Applied::UnknownSocket
-            }
+            None => self.unknown_socket(),
             Some(Phase::Connecting) => match self.connections.get_mut(&key) {
                 Some(conn) => {
                     let before = Contribution::of(conn);
@@ -630,8 +748,7 @@ impl ConnectionTable {
             return applied;
         }
         let Some(conn) = self.connections.get_mut(&key) else {
-            self.counters.unknown_socket_events += 1;
-            return Applied::UnknownSocket;
+            return self.unknown_socket();
         };
         let before = Contribution::of(conn);
         let old_state = conn.state;
@@ -649,6 +766,12 @@ impl ConnectionTable {
         // The releasing process may not be the owner (an fd passed on, or inherited by a
         // child): the socket is gone either way, and the owner is the one that held it.
         let Some(conn) = self.remove(SocketKey::of(e)) else {
+            // A connection refused for a limit and not remembered by address.
+            if self.refused_unremembered > 0 {
+                self.refused_unremembered -= 1;
+                self.counters.over_limit_events += 1;
+                return Applied::OverLimit;
+            }
             self.counters.unmatched_releases += 1;
             return Applied::UnmatchedRelease;
         };
@@ -747,8 +870,13 @@ impl ConnectionTable {
 
     /// The process an owner-context event names, created on first sight; its comm and cgroup
     /// are refreshed because the event carries the current ones.
-    fn touch_process(&mut self, e: &ConnEvent) -> Option<ProcessKey> {
-        let key = ProcessKey::of(e)?;
+    /// `Err` when the process is new and the table holds `max_processes` already (nothing
+    /// counted yet: the caller refuses the connection).
+    fn touch_process(&mut self, e: &ConnEvent) -> Result<Option<ProcessKey>, ProcessRefused> {
+        let Some(key) = ProcessKey::of(e) else { return Ok(None) };
+        if !self.room_for_process(key) {
+            return Err(ProcessRefused);
+        }
         let p = self
             .aggregates
             .processes
@@ -756,16 +884,97 @@ impl ConnectionTable {
             .or_insert_with(|| ProcessStats::new(key, e.comm, e.cgroup_id, e.timestamp_ns));
         p.comm = e.comm;
         p.cgroup_id = e.cgroup_id;
-        Some(key)
+        Ok(Some(key))
     }
 
+    /// `key` is tracked already, or there is room for one more process.
+    fn room_for_process(&self, key: ProcessKey) -> bool {
+        self.aggregates.processes.len() < self.config.max_processes
+            || self.aggregates.processes.contains_key(&key)
+    }
+
+    /// Refuses the connection `key` (an event's address) of `owner` for `limit`: counted,
+    /// remembered so that its later events are known as the limit's. Always
+    /// [`Applied::OverLimit`].
+    fn refuse(&mut self, key: SocketKey, limit: Limit, owner: Option<ProcessKey>) -> Applied {
+        self.count_refusal(limit, owner);
+        if self.refused.len() < self.config.max_connections {
+            self.refused.insert(key);
+        } else {
+            self.refused_unremembered += 1;
+        }
+        Applied::OverLimit
+    }
+
+    /// Counts one refused connection; its owner, if known and tracked, now has counts that
+    /// are lower bounds.
+    fn count_refusal(&mut self, limit: Limit, owner: Option<ProcessKey>) {
+        match limit {
+            Limit::Connections => self.counters.connections_over_limit += 1,
+            Limit::Processes => self.counters.processes_over_limit += 1,
+        }
+        if let Some(p) = owner.and_then(|o| self.aggregates.processes.get_mut(&o)) {
+            p.refused = p.refused.saturating_add(1);
+        }
+    }
+
+    /// An event of a socket the table does not know: a refused connection's while refusals
+    /// are outstanding that no address names, else an unknown socket.
+    fn unknown_socket(&mut self) -> Applied {
+        if self.refused_unremembered > 0 {
+            self.counters.over_limit_events += 1;
+            return Applied::OverLimit;
+        }
+        self.counters.unknown_socket_events += 1;
+        Applied::UnknownSocket
+    }
+
+    /// An event of a socket refused for a limit (`None` when `event` is about no such socket).
+    /// A connect starts a new connection on the address, which is tried afresh; a release ends
+    /// the refused one; anything else is one of its events, counted and otherwise ignored (it
+    /// stays untracked for its life, even once there is room).
+    fn on_refused_socket(&mut self, kind: EventKind, event: &ConnEvent) -> Option<Applied> {
+        if matches!(kind, EventKind::ProcessExit | EventKind::ProcessExec) {
+            return None;
+        }
+        let key = SocketKey::of(event);
+        if kind == EventKind::Connect {
+            self.refused.remove(&key);
+            return None;
+        }
+        if !self.refused.contains(&key) {
+            return None;
+        }
+        if kind == EventKind::Release {
+            self.refused.remove(&key);
+        }
+        if kind == EventKind::Accept
+            && let Ok(Some(owner)) = self.touch_process(event)
+            && let Some(p) = self.aggregates.processes.get_mut(&owner)
+        {
+            // It accepted a connection the table does not count for it.
+            p.refused = p.refused.saturating_add(1);
+        }
+        self.counters.over_limit_events += 1;
+        Some(Applied::OverLimit)
+    }
+
+    /// Adds a new entry for `e`'s socket; `None` (counted, remembered) when the table holds
+    /// `max_connections` entries and `e` names none of them.
     fn insert_new(
         &mut self,
         e: &ConnEvent,
         direction: Direction,
         phase: Phase,
         owner: Option<ProcessKey>,
-    ) -> u64 {
+    ) -> Option<u64> {
+        let key = SocketKey::of(e);
+        if self.connections.len() >= self.config.max_connections
+            && !self.connections.contains_key(&key)
+        {
+            self.refuse(key, Limit::Connections, owner);
+            return None;
+        }
         let id = self.next_id;
         self.next_id += 1;
         let conn =
@@ -777,7 +986,7 @@ impl ConnectionTable {
             self.aggregates.withdraw(Contribution::of(&stale));
             self.counters.stale_replaced += 1;
         }
-        id
+        Some(id)
     }
 
     fn remove(&mut self, key: SocketKey) -> Option<Connection> {

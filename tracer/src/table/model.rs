@@ -413,6 +413,10 @@ pub struct ProcessStats {
     pub exited_at_ns: Option<u64>,
     /// `open` at that moment: what it still held when it died.
     pub open_at_exit: Option<u32>,
+    /// Its connections refused for a limit (`--max-connections`), counted when refused (a
+    /// connect, a scanned socket) or when it accepted one refused in a backlog. Once not 0,
+    /// its counts are lower bounds, for its life.
+    pub refused: u32,
 }
 
 impl ProcessStats {
@@ -432,6 +436,7 @@ impl ProcessStats {
             inbound: DirectionStats::default(),
             exited_at_ns: None,
             open_at_exit: None,
+            refused: 0,
         }
     }
 
@@ -450,6 +455,11 @@ impl ProcessStats {
 
     pub fn exited(&self) -> bool {
         self.exited_at_ns.is_some()
+    }
+
+    /// A connection of it was refused for a limit: its counts are lower bounds.
+    pub fn over_limit(&self) -> bool {
+        self.refused > 0
     }
 
     /// Holds no socket the table knows of: nothing would dangle if the record went away.

@@ -13,8 +13,8 @@ use std::{
 use tracer_common::{AF_INET, AF_INET6, ConnEvent, EventKind, Tuple, tcp_state};
 
 use super::{
-    Applied, Connection, ConnectionTable, Contribution, Direction, Phase, ProcessKey, ProcessStats,
-    SocketKey, TupleKey,
+    Applied, Connection, ConnectionTable, Contribution, Direction, Limit, Phase, ProcessKey,
+    ProcessStats, SocketKey, TupleKey,
 };
 
 /// A process holding a socket, as /proc shows it.
@@ -73,6 +73,10 @@ pub struct ReconcileReport {
     pub holder_changes: u32,
     /// Differences seen once, to be confirmed (or not) by the next scan.
     pub pending: usize,
+    /// Connections the kernel has and the table lacks, not corrected because connections
+    /// refused for a limit are outstanding (they may be these: a refused connection stays
+    /// untracked for its life).
+    pub untracked_over_limit: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -94,6 +98,8 @@ pub struct Reconciler {
     pub checks_total: u64,
     pub corrections_total: u64,
     pub holder_changes_total: u64,
+    /// [`ReconcileReport::untracked_over_limit`] of the latest scan.
+    pub untracked_over_limit: u64,
 }
 
 impl Reconciler {
@@ -116,8 +122,15 @@ impl Reconciler {
             .collect();
         let mut seen = HashSet::with_capacity(known.len());
         let mut differences = HashSet::new();
+        // While connections refused for a limit are alive, the kernel's extra connections may
+        // be theirs: not a lost open, and not to be added back past the limit.
+        let refusals_outstanding = table.refused_outstanding() > 0;
         for socket in scan.iter().filter(|s| s.is_connection()) {
             let Some(&key) = known.get(&socket.tuple_key()) else {
+                if refusals_outstanding {
+                    report.untracked_over_limit += 1;
+                    continue;
+                }
                 differences.insert(Difference::Missing {
                     tuple: socket.tuple_key(),
                     cookie: socket.cookie,
@@ -134,7 +147,10 @@ impl Reconciler {
             if let Some(first) = socket.holders.first()
                 && owner.is_none_or(|o| !socket.holders.iter().any(|h| h.key == o))
             {
-                table.transfer(key, first, now_ns);
+                if !table.transfer(key, first, now_ns) {
+                    // Its holder could not be added (--max-processes): it left the table.
+                    continue;
+                }
                 report.holder_changes += 1;
             }
             if socket.holders.len() > 1 {
@@ -208,6 +224,7 @@ impl Reconciler {
         self.checks_total += 1;
         self.corrections_total += report.corrections.len() as u64;
         self.holder_changes_total += u64::from(report.holder_changes);
+        self.untracked_over_limit = report.untracked_over_limit as u64;
         report
     }
 }
@@ -249,12 +266,27 @@ impl ConnectionTable {
 
     /// Adds one scanned connection, open for its first holder (unattributed if none holds it).
     /// Its open time is unknown: it counts from `now_ns` and is marked `preexisting`.
+    /// `None` when a limit refuses it (counted; a scanned socket has no kernel address to be
+    /// remembered by, so it counts among the unremembered refusals).
     pub(super) fn insert_scanned(&mut self, s: &ScannedSocket, now_ns: u64) -> Option<u64> {
         let tuple_key = s.tuple_key();
         if self.scanned.contains_key(&tuple_key) {
             return None;
         }
-        let owner = s.holders.first().map(|h| self.touch_holder(h, now_ns));
+        let holder = s.holders.first();
+        let limit = if holder.is_some_and(|h| !self.room_for_process(h.key)) {
+            Some(Limit::Processes)
+        } else if self.connections.len() >= self.config.max_connections {
+            Some(Limit::Connections)
+        } else {
+            None
+        };
+        if let Some(limit) = limit {
+            self.count_refusal(limit, holder.map(|h| h.key));
+            self.refused_unremembered += 1;
+            return None;
+        }
+        let owner = holder.map(|h| self.touch_holder(h, now_ns));
         let phase = match (owner, s.direction) {
             (None, Direction::Inbound) => Phase::Backlog,
             _ => Phase::Open,
@@ -309,10 +341,16 @@ impl ConnectionTable {
     }
 
     /// Gives `key` to `holder`: the old owner closed it as far as it is concerned, the new one
-    /// opened it (so each process keeps open = opened_total - closed_total).
-    fn transfer(&mut self, key: SocketKey, holder: &ScannedHolder, now_ns: u64) {
+    /// opened it (so each process keeps open = opened_total - closed_total). When `holder` is
+    /// new and the table holds `max_processes`, the connection leaves the table instead
+    /// (closed for its old owner, refused for the limit): `false`.
+    fn transfer(&mut self, key: SocketKey, holder: &ScannedHolder, now_ns: u64) -> bool {
+        if !self.room_for_process(holder.key) {
+            self.refuse_entry(key);
+            return false;
+        }
         let new_owner = self.touch_holder(holder, now_ns);
-        let Some(conn) = self.connections.get_mut(&key) else { return };
+        let Some(conn) = self.connections.get_mut(&key) else { return true };
         let before = Contribution::of(conn);
         let (old_owner, was_open) = (conn.owner(), conn.phase() == Phase::Open);
         conn.set_owner(Some(new_owner));
@@ -326,6 +364,27 @@ impl ConnectionTable {
         }
         self.aggregates.add(after);
         self.aggregates.count_opened(Some(new_owner), direction);
+        true
+    }
+
+    /// Takes the entry `key` out of the table because its new holder is over the process
+    /// limit: its old owner closed it, and it is refused like a new connection would be.
+    fn refuse_entry(&mut self, key: SocketKey) {
+        let Some(conn) = self.connections.get(&key) else { return };
+        // An entry a scan found and no event named yet is keyed by its inode: no event will
+        // carry that key.
+        let by_address =
+            !(conn.preexisting && self.scanned.get(&conn.tuple_key(key.netns)) == Some(&key));
+        let Some(conn) = self.remove(key) else { return };
+        if let (Phase::Open, Some(owner)) = (conn.phase(), conn.owner()) {
+            self.aggregates.count_closed(owner, conn.direction);
+        }
+        if by_address {
+            self.refuse(key, Limit::Processes, None);
+        } else {
+            self.count_refusal(Limit::Processes, None);
+            self.refused_unremembered += 1;
+        }
     }
 
     fn drop_stale(&mut self, key: SocketKey, id: u64) -> Option<Connection> {

@@ -125,6 +125,15 @@ pub struct ProcessSnapshot {
     pub exited: bool,
     /// Connections it still held when it exited; `null` while it is alive.
     pub open_at_exit: Option<u32>,
+    /// A connection of it was not tracked because the table was full (`tracer run
+    /// --max-connections`): its counts are lower bounds, and the growth rule holds its verdict
+    /// (docs/security.md, "Memory bounds").
+    #[serde(default)]
+    pub over_limit: bool,
+    /// Its connections the table refused for `--max-connections` (connects, and connections it
+    /// accepted that were refused while waiting in a backlog), since the daemon started.
+    #[serde(default)]
+    pub refused_connections: u32,
 }
 
 impl From<&ProcessStats> for ProcessSnapshot {
@@ -144,6 +153,8 @@ impl From<&ProcessStats> for ProcessSnapshot {
             inbound: p.inbound,
             exited: p.exited(),
             open_at_exit: p.open_at_exit,
+            over_limit: p.over_limit(),
+            refused_connections: p.refused,
         }
     }
 }

@@ -1231,3 +1231,306 @@ fn the_table_remembers_the_last_processes_it_forgot_and_no_more() {
     assert_eq!(last.comm(), "short");
     assert!(t.forgotten(1001).is_some());
 }
+
+// ---- memory bounds: --max-connections and --max-processes ----
+
+fn limited(max_connections: usize, max_processes: usize) -> ConnectionTable {
+    ConnectionTable::new(TableConfig { max_connections, max_processes, ..TableConfig::default() })
+}
+
+/// A client's connection to port 80 from local port `port`, open (connect, then handshake).
+fn dial(k: &mut Kernel<'_>, p: Proc, sock: u64, port: u16) -> (Applied, Applied) {
+    let connect = k.connect(p, sock, v4(port, 80));
+    (connect, k.established_out(sock, v4(port, 80)))
+}
+
+#[test]
+fn connects_beyond_max_connections_are_refused_and_their_events_are_the_limits() {
+    let clock = ManualClock::new(SEC);
+    let mut t = limited(3, 100);
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    for i in 0..5u16 {
+        let (connect, open) = dial(&mut k, CLIENT, 0xa0 + u64::from(i), 40_000 + i);
+        if i < 3 {
+            assert!(matches!(connect, Applied::Connecting { .. }), "{i}: {connect:?}");
+            assert!(matches!(open, Applied::Opened { owner: Some(_), .. }), "{i}: {open:?}");
+        } else {
+            // Refused, and its handshake is not taken for an unattributed connection.
+            assert_eq!((connect, open), (Applied::OverLimit, Applied::OverLimit), "{i}");
+        }
+    }
+    let s = stats(&t, CLIENT);
+    assert_eq!((s.open, s.opened_total), (3, 3), "counts are lower bounds");
+    assert!(s.over_limit(), "the process says its counts are lower bounds");
+    assert_eq!(s.refused, 2);
+    assert!(t.over_limit());
+    assert_eq!(t.tracked_connections(), 3);
+    assert_eq!(t.unattributed(), 0);
+    assert_eq!(t.counters().connections_over_limit, 2, "each refused connection once");
+    assert_eq!(t.refused_outstanding(), 2);
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    // The refused connections live on: their state changes and releases are expected.
+    assert_eq!(k.change(0xa3, ESTABLISHED, CLOSE_WAIT), Applied::OverLimit);
+    assert_eq!(k.release(CLIENT, 0xa3, CLOSE_WAIT, LAST_ACK), Applied::OverLimit);
+    assert_eq!(k.release(CLIENT, 0xa4, ESTABLISHED, FIN_WAIT1), Applied::OverLimit);
+    let c = *t.counters();
+    assert_eq!((c.unmatched_releases, c.unknown_socket_events, c.stale_replaced), (0, 0, 0));
+    // 2 handshakes, 1 state change, 2 releases.
+    assert_eq!(c.over_limit_events, 5);
+    assert_eq!(t.refused_outstanding(), 0);
+    // The tracked ones are untouched.
+    assert_eq!(stats(&t, CLIENT).open, 3);
+    assert_consistent(&t);
+}
+
+/// The chosen semantics: a refused connection stays untracked for its life, even once there
+/// is room (counting it from the middle of its life would make opens and closes disagree);
+/// new connections are tracked again as soon as there is room.
+#[test]
+fn a_refused_connection_stays_untracked_for_life_and_new_ones_fit_once_there_is_room() {
+    let clock = ManualClock::new(SEC);
+    let mut t = limited(1, 100);
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    assert_eq!(
+        k.connect(CLIENT, 0xa, v4(40_000, 80)),
+        Applied::Connecting { id: 1, owner: Some(CLIENT.key()) }
+    );
+    assert_eq!(k.connect(CLIENT, 0xb, v4(40_001, 80)), Applied::OverLimit);
+    k.established_out(0xa, v4(40_000, 80));
+    assert!(matches!(k.release(CLIENT, 0xa, ESTABLISHED, FIN_WAIT1), Applied::Closed { .. }));
+    // Room now, but 0xb is the same connection: still the limit's.
+    assert_eq!(k.established_out(0xb, v4(40_001, 80)), Applied::OverLimit);
+    assert_eq!(k.change(0xb, ESTABLISHED, CLOSE_WAIT), Applied::OverLimit);
+    // A new connection fits.
+    let (connect, open) = dial(&mut k, CLIENT, 0xc, 40_002);
+    assert!(matches!(connect, Applied::Connecting { .. }));
+    assert!(matches!(open, Applied::Opened { .. }));
+    assert_eq!(k.release(CLIENT, 0xb, CLOSE_WAIT, LAST_ACK), Applied::OverLimit);
+    let s = stats(&t, CLIENT);
+    assert_eq!((s.open, s.opened_total, s.closed_total), (1, 2, 1));
+    assert!(s.over_limit(), "once over the limit, its totals stay lower bounds");
+    assert_eq!(t.counters().connections_over_limit, 1);
+    assert_eq!(t.counters().unmatched_releases, 0);
+    assert_eq!(t.refused_outstanding(), 0);
+    // A connect on a refused address whose release was never seen starts afresh.
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    k.release(CLIENT, 0xc, ESTABLISHED, FIN_WAIT1);
+    assert!(matches!(k.connect(CLIENT, 0xd, v4(40_003, 80)), Applied::Connecting { .. }));
+    assert_eq!(k.connect(CLIENT, 0xe, v4(40_004, 80)), Applied::OverLimit);
+    k.release(CLIENT, 0xd, SYN_SENT, CLOSE);
+    assert!(matches!(k.connect(CLIENT, 0xe, v4(40_004, 80)), Applied::Connecting { .. }));
+    assert_eq!(t.refused_outstanding(), 0);
+    assert_consistent(&t);
+}
+
+#[test]
+fn backlog_entries_and_accepts_at_the_connection_limit() {
+    let clock = ManualClock::new(SEC);
+    let mut t = limited(1, 100);
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    let tuple = v4(40_000, 80);
+    // The client's connect takes the only slot; the server's side is refused.
+    k.connect(CLIENT, 0xa, tuple);
+    assert_eq!(k.established_in(0xb, swap(tuple)), Applied::OverLimit);
+    k.established_out(0xa, tuple);
+    assert_eq!(k.accept(SERVER, 0xb, swap(tuple), ESTABLISHED), Applied::OverLimit);
+    let server = stats(&t, SERVER);
+    assert_eq!((server.open, server.opened_total), (0, 0));
+    assert!(server.over_limit(), "it accepted a connection nobody counts for it");
+    assert_eq!(server.refused, 1);
+    assert!(!stats(&t, CLIENT).over_limit(), "nothing of the client's was refused");
+    assert_eq!(t.unattributed(), 0);
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    assert_eq!(k.release(SERVER, 0xb, ESTABLISHED, FIN_WAIT1), Applied::OverLimit);
+    assert!(matches!(k.release(CLIENT, 0xa, FIN_WAIT2, TIME_WAIT), Applied::Closed { .. }));
+    // An accept with no entry (blocked before the probes attached) is refused too when full.
+    k.connect(CLIENT, 0xc, v4(40_001, 80));
+    assert_eq!(k.accept(SERVER, 0xd, swap(v4(40_001, 80)), ESTABLISHED), Applied::OverLimit);
+    assert_eq!(k.release(SERVER, 0xd, ESTABLISHED, FIN_WAIT1), Applied::OverLimit);
+    let c = *t.counters();
+    assert_eq!(
+        (c.connections_over_limit, c.unmatched_releases, c.unknown_socket_events),
+        (2, 0, 0)
+    );
+    assert_consistent(&t);
+}
+
+#[test]
+fn connections_of_processes_beyond_max_processes_are_refused() {
+    let clock = ManualClock::new(SEC);
+    let mut t = limited(100, 1);
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    let tuple = v4(40_000, 80);
+    k.full_connection(0xa, 0xb, tuple);
+    assert!(t.process(SERVER.key()).is_none(), "a second process does not fit");
+    assert_eq!(stats(&t, CLIENT).open, 1);
+    // Its backlog entry left the table with the refused accept: nobody counts it.
+    assert_eq!(t.unattributed(), 0);
+    assert_eq!(t.tracked_connections(), 1);
+    assert_eq!(t.counters().processes_over_limit, 1);
+    assert_eq!(t.counters().connections_over_limit, 0);
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    assert_eq!(k.change(0xb, ESTABLISHED, FIN_WAIT1), Applied::OverLimit);
+    assert_eq!(k.release(SERVER, 0xb, FIN_WAIT1, FIN_WAIT2), Applied::OverLimit);
+    // A connect of a new process is refused the same way.
+    assert_eq!(k.connect(SERVER, 0xc, v4(40_001, 81)), Applied::OverLimit);
+    assert_eq!(k.established_out(0xc, v4(40_001, 81)), Applied::OverLimit);
+    assert_eq!(k.release(SERVER, 0xc, ESTABLISHED, FIN_WAIT1), Applied::OverLimit);
+    assert_eq!(t.counters().processes_over_limit, 2);
+    // Room again once the first process is gone and forgotten.
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    k.release(CLIENT, 0xa, ESTABLISHED, FIN_WAIT1);
+    k.exit(CLIENT);
+    t.expire(clock.now_ns() + DEFAULT_EXITED_GRACE_NS);
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    assert!(matches!(k.connect(SERVER, 0xd, v4(40_002, 81)), Applied::Connecting { .. }));
+    let c = *t.counters();
+    assert_eq!((c.unmatched_releases, c.unknown_socket_events), (0, 0));
+    assert_eq!(t.refused_outstanding(), 0);
+    assert_consistent(&t);
+}
+
+#[test]
+fn a_start_up_scan_beyond_the_limits_loads_what_fits_and_counts_the_rest() {
+    let clock = ManualClock::new(SEC);
+    let mut t = limited(3, 100);
+    let scan: Vec<_> = (0..5u16)
+        .map(|i| {
+            scanned(
+                v4(40_000 + i, 80),
+                1000 + u64::from(i),
+                ESTABLISHED,
+                Direction::Outbound,
+                &[CLIENT],
+            )
+        })
+        .collect();
+    assert_eq!(t.load_existing(&scan, clock.now_ns()), 3);
+    assert_eq!(t.counters().connections_over_limit, 2);
+    assert_eq!(t.refused_outstanding(), 2);
+    assert!(stats(&t, CLIENT).over_limit());
+    // Their releases name no address the table knows: the limit's, not unmatched.
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    let release = |sock: u64, port: u16| {
+        ev(EventKind::Release, sock, clock.now_ns())
+            .by(CLIENT)
+            .tuple(v4(port, 80))
+            .states(ESTABLISHED, FIN_WAIT1)
+    };
+    assert_eq!(k.apply(release(0xa3, 40_003)), Applied::OverLimit);
+    assert_eq!(k.apply(release(0xa4, 40_004)), Applied::OverLimit);
+    assert_eq!(t.refused_outstanding(), 0);
+    // Once they are gone, an unknown release is drift again.
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    assert_eq!(k.apply(release(0xa9, 40_009)), Applied::UnmatchedRelease);
+    // A new process over --max-processes: its scanned connection is refused too.
+    let mut t2 = limited(100, 1);
+    let scan = [
+        scanned(v4(40_000, 80), 1, ESTABLISHED, Direction::Outbound, &[CLIENT]),
+        scanned(v4(40_001, 80), 2, ESTABLISHED, Direction::Outbound, &[SERVER]),
+    ];
+    assert_eq!(t2.load_existing(&scan, clock.now_ns()), 1);
+    assert_eq!(t2.counters().processes_over_limit, 1);
+    assert!(t2.process(SERVER.key()).is_none());
+    assert_consistent(&t);
+    assert_consistent(&t2);
+}
+
+#[test]
+fn reconcile_at_the_limit_neither_adds_refused_connections_back_nor_calls_them_drift() {
+    let clock = ManualClock::new(SEC);
+    let mut t = limited(2, 100);
+    let mut r = Reconciler::default();
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    for i in 0..3u16 {
+        dial(&mut k, CLIENT, 0xa0 + u64::from(i), 40_000 + i);
+    }
+    assert_eq!(t.counters().connections_over_limit, 1);
+    let all: Vec<_> = (0..3u16)
+        .map(|i| {
+            scanned(
+                v4(40_000 + i, 80),
+                1 + u64::from(i),
+                ESTABLISHED,
+                Direction::Outbound,
+                &[CLIENT],
+            )
+        })
+        .collect();
+    for _ in 0..3 {
+        let report = r.check(&mut t, &all, clock.now_ns());
+        assert!(report.corrections.is_empty(), "{report:?}");
+        assert_eq!((report.pending, report.untracked_over_limit), (0, 1), "{report:?}");
+    }
+    assert_eq!(r.untracked_over_limit, 1);
+    assert_eq!((r.corrections_total, t.counters().connections_over_limit), (0, 1), "counted once");
+    assert_eq!(stats(&t, CLIENT).open, 2);
+    // The refused one is released, and one tracked one too: room, and no refusal outstanding.
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    assert_eq!(k.release(CLIENT, 0xa2, ESTABLISHED, FIN_WAIT1), Applied::OverLimit);
+    k.release(CLIENT, 0xa1, ESTABLISHED, FIN_WAIT1);
+    // A genuinely lost open is corrected again, after two scans as always.
+    let scan = vec![
+        all[0].clone(),
+        scanned(v4(40_005, 80), 6, ESTABLISHED, Direction::Outbound, &[CLIENT]),
+    ];
+    assert!(r.check(&mut t, &scan, clock.now_ns()).corrections.is_empty());
+    let report = r.check(&mut t, &scan, clock.now_ns());
+    assert_eq!((report.corrections.len(), report.untracked_over_limit), (1, 0), "{report:?}");
+    assert_eq!(stats(&t, CLIENT).open, 2);
+    assert_eq!(r.untracked_over_limit, 0);
+    // Full again: a lost open the reconcile would add is refused and counted, not added.
+    let scan = vec![
+        all[0].clone(),
+        scanned(v4(40_005, 80), 6, ESTABLISHED, Direction::Outbound, &[CLIENT]),
+        scanned(v4(40_006, 80), 7, ESTABLISHED, Direction::Outbound, &[CLIENT]),
+    ];
+    r.check(&mut t, &scan, clock.now_ns());
+    let report = r.check(&mut t, &scan, clock.now_ns());
+    assert!(report.corrections.is_empty(), "{report:?}");
+    assert_eq!(t.counters().connections_over_limit, 2);
+    assert_eq!(t.tracked_connections(), 2);
+    assert_consistent(&t);
+}
+
+#[test]
+fn reconcile_never_hands_a_connection_to_a_process_over_the_limit() {
+    let clock = ManualClock::new(SEC);
+    let mut t = limited(100, 1);
+    let mut r = Reconciler::default();
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    dial(&mut k, CLIENT, 0xa, 40_000);
+    // The scan finds it held by another process (a passed descriptor), which does not fit.
+    let scan = [scanned(v4(40_000, 80), 1, ESTABLISHED, Direction::Outbound, &[SERVER])];
+    let report = r.check(&mut t, &scan, clock.now_ns());
+    assert_eq!(report.holder_changes, 0);
+    let s = stats(&t, CLIENT);
+    assert_eq!((s.open, s.opened_total, s.closed_total), (0, 1, 1), "closed for its old owner");
+    assert_eq!(t.counters().processes_over_limit, 1);
+    assert_eq!(t.tracked_connections(), 0);
+    // Its later events are the limit's.
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    assert_eq!(k.release(SERVER, 0xa, ESTABLISHED, FIN_WAIT1), Applied::OverLimit);
+    assert_eq!(t.counters().unmatched_releases, 0);
+    assert_consistent(&t);
+}
+
+#[test]
+fn limits_refuse_zero_and_absurd_values_naming_the_fix() {
+    let zero = check_limit("max-connections", 0, MAX_CONNECTIONS_CEILING).unwrap_err();
+    assert!(zero.contains("--max-connections 0") && zero.contains("at least 1"), "{zero}");
+    let huge =
+        check_limit("max-processes", MAX_PROCESSES_CEILING + 1, MAX_PROCESSES_CEILING).unwrap_err();
+    assert!(huge.contains("give at most 4194304"), "{huge}");
+    assert!(
+        check_limit("max-connections", DEFAULT_MAX_CONNECTIONS, MAX_CONNECTIONS_CEILING).is_ok()
+    );
+}
+
+/// The sizes docs/security.md ("Memory bounds") states: change them together.
+#[test]
+fn memory_bound_entry_sizes() {
+    assert_eq!(size_of::<(SocketKey, Connection)>(), 96);
+    assert_eq!(size_of::<(ProcessKey, ProcessStats)>(), 208);
+    assert_eq!(size_of::<SocketKey>(), 16);
+}

@@ -161,6 +161,8 @@ mod tests {
             inbound: DirectionStats::default(),
             exited: true,
             open_at_exit: Some(1),
+            over_limit: false,
+            refused_connections: 0,
         }
     }
 
@@ -318,6 +320,7 @@ mod tests {
                 leading_function: Some("main.openDB".into()),
             }],
             unattributed: 1,
+            over_limit: false,
         };
         let remotes = RemoteReport {
             remotes: vec![RemoteRow {

@@ -339,6 +339,24 @@ impl Metrics {
             anomalies.add_counter(&[("reason", reason)], value);
         }
 
+        let config = input.table.config();
+        let mut overflow = FamilyBuilder::counter(
+            "tcp_tracer_table_overflow_total",
+            "Connections the table refused because it was full: limit=connections (it held \
+             --max-connections sockets), limit=processes (their process was new and it held \
+             --max-processes). A refused connection stays untracked for its life; any \
+             increase means counts are lower bounds.",
+        );
+        overflow.add_counter(&[("limit", "connections")], counters.connections_over_limit);
+        overflow.add_counter(&[("limit", "processes")], counters.processes_over_limit);
+        let mut limits = FamilyBuilder::gauge(
+            "tcp_tracer_table_limit",
+            "The table's limits: limit=connections (--max-connections), limit=processes \
+             (--max-processes).",
+        );
+        limits.add_gauge(&[("limit", "connections")], config.max_connections as f64);
+        limits.add_gauge(&[("limit", "processes")], config.max_processes as f64);
+
         let mut corrections = FamilyBuilder::counter(
             "tcp_tracer_reconcile_corrections_total",
             "Corrections the periodic reconcile with the kernel's socket tables made to the \
@@ -411,6 +429,8 @@ impl Metrics {
             events.finish(),
             lost.finish(),
             anomalies.finish(),
+            overflow.finish(),
+            limits.finish(),
             corrections.finish(),
             kprobe_missed.finish(),
             program_missed.finish(),
