@@ -93,6 +93,17 @@ fn every_answer_of_a_live_daemon_matches_the_documented_schema() {
     assert_eq!(privileges["uid"], truth.effective_uid, "{privileges}");
     assert_eq!(privileges["effective_capabilities"], json!(truth.names()), "{privileges}");
     assert!(truth.has(tracer::privileges::CAP_BPF), "{privileges}");
+    // no_new_privs on every thread, as the kernel says of each (set before any started).
+    assert_eq!(privileges["no_new_privs"], true, "{privileges}");
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", daemon.pid())).expect("its threads");
+    let mut threads = 0;
+    for task in tasks.flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let Some(thread) = tracer::privileges::Privileges::parse(&status) else { continue };
+        assert!(thread.no_new_privs, "thread {:?} lacks no_new_privs", task.file_name());
+        threads += 1;
+    }
+    assert!(threads > 1, "the daemon runs several threads ({threads} seen)");
 
     // Connections of every kind the answers show: IPv4 and IPv6, held by their owners, waiting
     // unaccepted in a backlog (unattributed: pid and comm null), held by two processes at once.

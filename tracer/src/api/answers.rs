@@ -539,6 +539,9 @@ pub struct PrivilegesStatus {
     pub uid: u32,
     /// Its effective capabilities (`cap_bpf`, `cap_sys_admin`, ...), in the kernel's order.
     pub effective_capabilities: Vec<String>,
+    /// `no_new_privs` is set: no program it could execute gains privileges (set at start).
+    #[serde(default)]
+    pub no_new_privs: bool,
 }
 
 /// Clients of the API socket, for `tracer status` (docs/api.md, "Limits").

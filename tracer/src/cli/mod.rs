@@ -73,6 +73,11 @@ pub enum Command {
 /// Parses the process's arguments (expanding `--config`) and runs the command; returns the
 /// exit code.
 pub fn main() -> i32 {
+    // Before any thread starts, so that every thread has it (docs/security.md).
+    if let Err(e) = tracer::privileges::forbid_new_privileges() {
+        eprintln!("tracer: could not set no_new_privs (prctl PR_SET_NO_NEW_PRIVS): {e}");
+        return 1;
+    }
     let argv = match config::expand(std::env::args().collect()) {
         Ok(argv) => argv,
         Err(e) => {

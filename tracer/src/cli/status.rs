@@ -67,10 +67,11 @@ fn status(s: &StatusReport) -> String {
     let caps = &s.privileges.effective_capabilities;
     let _ = writeln!(
         out,
-        "privileges:          uid {}, {} effective capabilities{}",
+        "privileges:          uid {}, {} effective capabilities{}{}",
         s.privileges.uid,
         caps.len(),
-        if caps.is_empty() { String::new() } else { format!(" ({})", caps.join(" ")) }
+        if caps.is_empty() { String::new() } else { format!(" ({})", caps.join(" ")) },
+        if s.privileges.no_new_privs { ", no_new_privs" } else { "" }
     );
     let _ = writeln!(
         out,

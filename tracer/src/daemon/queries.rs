@@ -398,6 +398,7 @@ impl Daemon {
                 .map(|p| crate::api::answers::PrivilegesStatus {
                     uid: p.effective_uid,
                     effective_capabilities: p.names(),
+                    no_new_privs: p.no_new_privs,
                 })
                 .unwrap_or_default(),
             api: {
