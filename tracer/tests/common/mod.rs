@@ -398,17 +398,35 @@ impl Daemon {
     /// Polls `check` against fresh `top` rows until it returns Ok, or panics with its last
     /// complaint. Counts settle within milliseconds; softirq state changes may trail a reply.
     pub fn eventually(&self, what: &str, mut check: impl FnMut(&Self) -> Result<(), String>) {
-        let deadline = Instant::now() + wait_limit();
+        let started = Instant::now();
+        let deadline = started + wait_limit();
+        // Each different complaint with when it was first seen: the last one alone can hide
+        // the cause (a count that never settled, then its exited process forgotten).
+        let mut complaints: Vec<(Duration, String)> = Vec::new();
         loop {
             match check(self) {
                 Ok(()) => return,
-                Err(complaint) if Instant::now() >= deadline => {
-                    // The daemon's own account says where a count went (losses, unmatched
-                    // events, kprobe misses, corrections).
-                    let status = self.try_cli(&["status", "--json"]).unwrap_or_default();
-                    panic!("{what}: {complaint}\ndaemon status: {status}")
+                Err(complaint) => {
+                    if complaints.last().is_none_or(|(_, last)| *last != complaint)
+                        && complaints.len() < 8
+                    {
+                        complaints.push((started.elapsed(), complaint.clone()));
+                    }
+                    if Instant::now() >= deadline {
+                        let history: Vec<String> = complaints
+                            .iter()
+                            .map(|(at, c)| format!("  after {:.1}s: {c}", at.as_secs_f64()))
+                            .collect();
+                        // The daemon's own account says where a count went (losses, unmatched
+                        // events, kprobe misses, corrections).
+                        let status = self.try_cli(&["status", "--json"]).unwrap_or_default();
+                        panic!(
+                            "{what}: {complaint}\ncomplaints seen:\n{}\ndaemon status: {status}",
+                            history.join("\n")
+                        )
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
                 }
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
         }
     }
