@@ -20,11 +20,18 @@
 //! send <n> <bytes>            -> ok                  write that many bytes on each of the n oldest
 //! reset <n>                   -> ok                  SO_LINGER 0 + close the n oldest (peer gets RST)
 //! held                        -> ok <count>
+//! fork-hold <n>               -> ok <child pid>      fork a child that holds the n oldest held
+//!                                                     connections (and no other descriptor) until
+//!                                                     killed; they then have two holders
 //!
 //! Background patterns for the leak tests (each runs in its own thread until exit):
 //! serve-bg <listener> <mode>  -> ok   accept forever; mode `echo` closes when the peer does,
 //!                                     `hold` never closes (CLOSE_WAIT piles up),
 //!                                     `idle-close:<ms>:<k>` also closes its k oldest every ms
+//! close-served <k>            -> ok <count>  close the k oldest connections that serve-bg holds
+//!                                     (every listener's, in one list); count: those left
+//! served-peers                -> ok <fd>=<peer> ...  what serve-bg holds: descriptor, and the
+//!                                     peer's address as accept() returned it
 //! trickle-bg <ip:port> <ms>   -> ok   one new connection every ms, never closed (a leak)
 //! churn-leak-bg <ip:port> <ms> -> ok  every ms: open two, close one (a leak under churn)
 //! pool-bg <ip:port> <size> <ms> -> ok keep `size` connections, reopening any the peer closed
@@ -47,6 +54,8 @@ struct Workload {
     held: Vec<Socket>,
     background: Vec<JoinHandle<Vec<TcpStream>>>,
     bg_held: Vec<TcpStream>,
+    /// What serve-bg threads hold (hold and idle-close modes), oldest first.
+    served: Served,
 }
 
 fn main() {
@@ -204,11 +213,28 @@ impl Workload {
                 Ok(String::new())
             }
             "held" => Ok(self.held.len().to_string()),
+            "fork-hold" => fork_holder(&self.held[..arg::<usize>(words, 1)?.min(self.held.len())]),
             "serve-bg" => {
                 let listener = listener(&self.listeners, arg(words, 1)?)?.try_clone()?;
                 let mode: String = arg(words, 2)?;
-                std::thread::spawn(move || serve(listener, &mode));
+                let held = std::sync::Arc::clone(&self.served);
+                std::thread::spawn(move || serve(listener, &mode, held));
                 Ok(String::new())
+            }
+            "close-served" => {
+                let mut served =
+                    self.served.lock().map_err(|_| io::Error::other("a server thread panicked"))?;
+                let n = arg::<usize>(words, 1)?.min(served.len());
+                served.drain(..n);
+                Ok(served.len().to_string())
+            }
+            "served-peers" => {
+                use std::os::fd::AsRawFd;
+                let served =
+                    self.served.lock().map_err(|_| io::Error::other("a server thread panicked"))?;
+                let pairs: Vec<String> =
+                    served.iter().map(|(s, peer)| format!("{}={peer}", s.as_raw_fd())).collect();
+                Ok(pairs.join(" "))
             }
             "trickle-bg" | "churn-leak-bg" | "pool-bg" | "oscillate-bg" => {
                 let addr: SocketAddr = arg(words, 1)?;
@@ -222,17 +248,48 @@ impl Workload {
     }
 }
 
+/// Forks a child that keeps only `keep`'s descriptors and waits to be killed; its pid.
+fn fork_holder(keep: &[Socket]) -> io::Result<String> {
+    use std::os::fd::AsRawFd;
+    let keep: Vec<i32> = keep.iter().map(AsRawFd::as_raw_fd).collect();
+    // Everything open now (collected before the fork: the child only closes and waits).
+    let open: Vec<i32> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    // SAFETY: ignoring SIGCHLD makes the kernel reap our holders; nothing here waits for them.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+    // SAFETY: the child runs only async-signal-safe calls (close, pause) on memory allocated
+    // before the fork, then never returns.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => {
+            for fd in open.iter().filter(|fd| !keep.contains(fd)) {
+                // SAFETY: closing a descriptor of this (child) process.
+                unsafe { libc::close(*fd) };
+            }
+            loop {
+                // SAFETY: waits for a signal; the holder lives until killed.
+                unsafe { libc::pause() };
+            }
+        }
+        child => Ok(child.to_string()),
+    }
+}
+
 fn listener(listeners: &[TcpListener], index: usize) -> io::Result<&TcpListener> {
     listeners.get(index).ok_or_else(|| io::Error::other("no such listener"))
 }
 
 /// Accepts forever; see `serve-bg` in the module docs.
-fn serve(listener: TcpListener, mode: &str) {
+/// What serve-bg threads hold: each connection with its peer's address from accept() (a
+/// socket the peer reset no longer reports it).
+type Served = std::sync::Arc<std::sync::Mutex<Vec<(TcpStream, SocketAddr)>>>;
+
+fn serve(listener: TcpListener, mode: &str, held: Served) {
     let idle_close: Option<(u64, usize)> = mode
         .strip_prefix("idle-close:")
         .and_then(|rest| rest.split_once(':'))
         .and_then(|(ms, k)| Some((ms.parse().ok()?, k.parse().ok()?)));
-    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::<TcpStream>::new()));
     if let Some((every_ms, k)) = idle_close {
         let held = std::sync::Arc::clone(&held);
         std::thread::spawn(move || {
@@ -245,10 +302,11 @@ fn serve(listener: TcpListener, mode: &str) {
             }
         });
     }
-    for stream in listener.incoming().flatten() {
+    loop {
+        let Ok((stream, peer)) = listener.accept() else { continue };
         if mode == "hold" || idle_close.is_some() {
             if let Ok(mut list) = held.lock() {
-                list.push(stream);
+                list.push((stream, peer));
             }
         } else {
             // echo: close when the peer does.

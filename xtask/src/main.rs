@@ -1,8 +1,9 @@
-//! Project tasks: `cargo xtask setup | lint | run | test | vm-test | bench | fuzz`.
+//! Project tasks: `cargo xtask setup | lint | run | test | vm-test | bench | fuzz | soak`.
 mod bench;
 mod fuzz;
 mod lint;
 mod setup;
+mod soak;
 mod vm;
 
 use std::process::Command;
@@ -49,6 +50,10 @@ enum Task {
     /// Set up, then run every fuzz target (tracer/fuzz, cargo-fuzz with the pinned nightly) for
     /// --seconds each, minimize each corpus and print executions and crashes per target.
     Fuzz(fuzz::FuzzArgs),
+    /// Set up, then run the soak test (tracer/tests/soak.rs) for --minutes: randomized churn,
+    /// leaks, resets, holders and exits, counts checked against `ss` every minute; prints the
+    /// result table (--write puts it into docs/performance.md). Needs root.
+    Soak(soak::SoakArgs),
     /// Development: only the benchmark's churn load, for profiling a tracer by hand.
     #[command(hide = true)]
     Load {
@@ -118,6 +123,10 @@ fn run(cli: Cli) -> Result<()> {
         Task::Fuzz(args) => {
             setup::run()?;
             fuzz::run(args)
+        }
+        Task::Soak(args) => {
+            setup::run()?;
+            soak::run(args)
         }
         Task::Load { seconds, threads, ipv6 } => bench::churn(seconds, threads, ipv6),
         Task::VmTest(args) => {

@@ -545,6 +545,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let partial = ctx.args.only.is_some() || ctx.args.loads_only;
     if (!smoke || ctx.args.write) && !partial {
         let path = ctx.root.join("docs/performance.md");
+        // The soak's section (`cargo xtask soak --write`) is not the bench's: keep it.
+        let old = std::fs::read_to_string(&path).unwrap_or_default();
+        let doc = match crate::soak::existing_section(&old) {
+            Some(section) => crate::soak::replace_section(&doc, section),
+            None => doc,
+        };
         std::fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("bench: wrote {}", path.display());
     } else {
