@@ -275,6 +275,12 @@ pub struct BasicAuth {
     verifying: Semaphore,
 }
 
+/// The highest bcrypt cost accepted: each step doubles a check's CPU time, and a cost of 14
+/// already takes about a second a check. A higher one would let any client that sends wrong
+/// passwords hold the verification slots for many seconds each (found by the fuzzer: a cost
+/// of 17 in a web config took 12 s to read).
+const MAX_BCRYPT_COST: u32 = 14;
+
 impl BasicAuth {
     fn new(users: BTreeMap<String, String>) -> Result<Self, String> {
         let mut cost = bcrypt::DEFAULT_COST;
@@ -286,6 +292,15 @@ impl BasicAuth {
                 )
             })?;
             cost = parts.get_cost();
+            if cost > MAX_BCRYPT_COST {
+                return Err(format!(
+                    "basic_auth_users.{user}: bcrypt cost {cost} is above {MAX_BCRYPT_COST}: each \
+                     check of a password, and each wrong one a client sends, would take \
+                     {}x as long as at cost {MAX_BCRYPT_COST} (about a second); hash it again \
+                     with a lower cost (`htpasswd -nBC 10 \"\" | tr -d ':\\n'`)",
+                    1u64 << (cost - MAX_BCRYPT_COST)
+                ));
+            }
         }
         let decoy = bcrypt::hash("", cost).map_err(|e| format!("bcrypt: {e}"))?;
         Ok(Self {
@@ -413,6 +428,11 @@ pub(crate) mod tests {
             (&format!("{tls}  client_auth_type: RequireAnyClientCert\n"), "not supported"),
             (&format!("{tls}  client_auth_type: Sometimes\n"), "none of"),
             ("basic_auth_users:\n  prometheus: secret\n", "not a bcrypt hash"),
+            (
+                "basic_auth_users:\n  prometheus: \
+                 $2b$17$abcdefghijklmnopqrstuuABCDEFGHIJKLMNOPQRSTUWWXYZ61856\n",
+                "bcrypt cost 17 is above 14",
+            ),
             ("tls_config:\n  cert_file: x\n", "unknown field"),
             ("http_server_config:\n  headers:\n    X-Frame-Options: deny\n", "headers"),
             ("rate_limit:\n  interval: 1s\n", "rate_limit"),
