@@ -5,22 +5,7 @@
 //! `TRACER_CHURN_SEED=N cargo xtask test -- churn`.
 mod common;
 
-use common::{Daemon, Workload, num, ss_count};
-
-/// xorshift64*: small, deterministic, good enough to pick actions.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use common::{Daemon, Rng, Workload, num, ss_count};
 
 /// What the test knows one client holds, oldest first (the workload closes oldest first).
 #[derive(Default)]
@@ -34,7 +19,7 @@ struct Held {
 fn run_seed(seed: u64) {
     eprintln!("churn seed {seed} (reproduce: TRACER_CHURN_SEED={seed})");
     let daemon = Daemon::start(&[]);
-    let mut rng = Rng(seed.max(1));
+    let mut rng = Rng::raw(seed);
     let mut server = Workload::spawn();
     let port = server.listen("127.0.0.1");
     server.cmd("serve-bg 0 hold");

@@ -727,3 +727,34 @@ pub fn in_private_mount_namespace(
         .args(args);
     (cmd, inside)
 }
+
+/// xorshift64*: small, deterministic, good enough to pick the seeded tests' actions (churn,
+/// soak).
+pub struct Rng(u64);
+
+impl Rng {
+    /// The seed as the state itself (churn's seeds name their streams this way).
+    pub fn raw(seed: u64) -> Self {
+        Self(seed.max(1))
+    }
+    pub fn new(seed: u64) -> Self {
+        // splitmix64 of the seed: neighbouring seeds give unrelated streams.
+        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        Self((z ^ (z >> 31)).max(1))
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    /// 1..=n.
+    pub fn upto(&mut self, n: u64) -> u64 {
+        1 + self.below(n)
+    }
+}
