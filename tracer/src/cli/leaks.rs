@@ -85,6 +85,9 @@ pub(super) fn leaks(report: &LeaksReport) -> String {
                         g.leading_function.as_deref().unwrap_or("?")
                     );
                 }
+                if stacks.in_other_groups > 0 {
+                    let _ = writeln!(out, "    {} opened by other stacks", stacks.in_other_groups);
+                }
                 if let Some(requests) = &stacks.requests {
                     for g in &requests.groups {
                         let _ = writeln!(
@@ -92,6 +95,13 @@ pub(super) fn leaks(report: &LeaksReport) -> String {
                             "    {} last requested by {}",
                             g.count,
                             g.leading_function.as_deref().unwrap_or("?")
+                        );
+                    }
+                    if requests.in_other_groups > 0 {
+                        let _ = writeln!(
+                            out,
+                            "    {} last requested by other stacks",
+                            requests.in_other_groups
                         );
                     }
                     if requests.before_probing + requests.no_request + requests.request_lost > 0 {

@@ -457,9 +457,14 @@ impl StackCapture {
         }
         let process = ProcessKey::new(alert.pid, alert.start_time_ns);
         let (mut draft, unstacked, connections) = self.group(table, process, now_ns, behind);
-        draft.truncate(ALERT_GROUPS);
-        let mut now =
-            AlertStacks { connections, groups: draft.groups.clone(), unstacked, requests: None };
+        let in_other_groups = draft.truncate(ALERT_GROUPS);
+        let mut now = AlertStacks {
+            connections,
+            groups: draft.groups.clone(),
+            in_other_groups,
+            unstacked,
+            requests: None,
+        };
         draft.fill_cached(&mut now.groups);
         let requests = probed_since.map(|since| {
             let (report, draft) = self.request_evidence(table, process, since, now_ns, behind);
@@ -481,7 +486,7 @@ impl StackCapture {
     ) -> (RequestGroups, GroupsDraft) {
         let (mut report, mut draft) =
             self.request_groups(table, process, probed_since, now_ns, behind);
-        draft.truncate(ALERT_GROUPS);
+        report.in_other_groups = draft.truncate(ALERT_GROUPS);
         report.groups = draft.groups.clone();
         draft.fill_cached(&mut report.groups);
         (report, draft)
@@ -631,9 +636,12 @@ pub(super) struct GroupsDraft {
 const KIND: AddressKind = AddressKind::Return;
 
 impl GroupsDraft {
-    fn truncate(&mut self, groups: usize) {
+    /// Keeps the first `groups` groups; returns how many connections the others held.
+    fn truncate(&mut self, groups: usize) -> u32 {
+        let dropped = self.groups.iter().skip(groups).map(|g| g.count).sum();
         self.groups.truncate(groups);
         self.addresses.truncate(groups);
+        dropped
     }
 
     /// Names `groups` (this draft's, in order) from the symbolizer's cache, without waiting:

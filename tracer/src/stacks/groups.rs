@@ -86,6 +86,10 @@ pub struct AlertStacks {
     pub connections: u32,
     /// Their largest stack groups, most connections first (at most 3).
     pub groups: Vec<StackGroup>,
+    /// Those of them in the smaller groups not kept: with `groups` and the reasons below,
+    /// every one of `connections` is accounted for.
+    #[serde(default)]
+    pub in_other_groups: u32,
     /// Those of them without a stack, by reason.
     #[serde(flatten)]
     pub unstacked: Unstacked,
@@ -107,6 +111,10 @@ pub struct RequestGroups {
     pub connections: u32,
     /// Most connections first; `direction` is that of the connections.
     pub groups: Vec<StackGroup>,
+    /// Connections in the smaller groups that evidence does not keep (it keeps 3); always 0
+    /// in `tracer stacks`, which lists every group.
+    #[serde(default)]
+    pub in_other_groups: u32,
     /// Open connections with no request seen that were opened before the probe was attached
     /// (their requests, if any, came before probing).
     pub before_probing: u32,

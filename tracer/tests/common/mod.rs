@@ -526,6 +526,20 @@ pub fn num(value: &serde_json::Value, field: &str) -> u64 {
     value[field].as_u64().unwrap_or_else(|| panic!("field {field} missing in {value}"))
 }
 
+/// The connections a stacks answer (`tracer stacks`, or a leak alert's `evidence.stacks`)
+/// accounts for: those in its groups, in the groups it did not keep, and those without a stack
+/// by reason. Equal to its `open` (answer) or `connections` (evidence).
+pub fn stacks_accounted(stacks: &serde_json::Value) -> u64 {
+    let grouped: u64 =
+        stacks["groups"].as_array().expect("groups").iter().map(|g| num(g, "count")).sum();
+    let unstacked: u64 =
+        ["opened_before_capture", "not_sampled", "stack_missing", "held_by_another_process"]
+            .iter()
+            .map(|f| num(stacks, f))
+            .sum();
+    grouped + stacks["in_other_groups"].as_u64().unwrap_or(0) + unstacked
+}
+
 /// For `Daemon::eventually` checks: Ok when equal, else a complaint naming the value.
 pub fn expect_eq(what: &str, got: u64, want: u64) -> Result<(), String> {
     if got == want { Ok(()) } else { Err(format!("{what}: got {got}, want {want}")) }

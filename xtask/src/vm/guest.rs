@@ -275,20 +275,36 @@ fn forward(
     }
 }
 
-/// libtest prints "thread '...' panicked at file:line:col:" followed by the message.
+/// libtest prints "thread '...' panicked at file:line:col:" followed by the message; an
+/// `assert_eq!` ends its message with `left:` and `right:` lines, after whatever it printed
+/// (often a whole JSON document, which the log keeps in full). The summary is the header, the
+/// message's first line and those two lines, each cut short.
 fn panics(output: &[String]) -> Vec<String> {
+    fn cut(text: &str, chars: usize) -> String {
+        match text.char_indices().nth(chars) {
+            Some((at, _)) => format!("{} ...", &text[..at]),
+            None => text.to_owned(),
+        }
+    }
     let mut found = Vec::new();
     for (i, line) in output.iter().enumerate() {
-        if line.contains("panicked at") {
-            let message = output.get(i + 1).map(|m| m.trim()).unwrap_or_default();
-            let mut summary = format!("{} {message}", line.trim());
-            // Some assertions print a whole JSON document: the log has it in full.
-            if let Some((cut, _)) = summary.char_indices().nth(300) {
-                summary.truncate(cut);
-                summary.push_str(" ...");
-            }
-            found.push(summary);
+        if !line.contains("panicked at") {
+            continue;
         }
+        let message: Vec<&str> = output[i + 1..]
+            .iter()
+            .map(|m| m.trim())
+            .take_while(|m| !m.starts_with("note:") && !m.contains("panicked at"))
+            .collect();
+        let first = message.first().copied().unwrap_or_default();
+        let mut summary = cut(&format!("{} {first}", line.trim()), 300);
+        for side in
+            message.iter().skip(1).filter(|m| m.starts_with("left:") || m.starts_with("right:"))
+        {
+            summary.push_str(" | ");
+            summary.push_str(&cut(side, 120));
+        }
+        found.push(summary);
     }
     found.dedup();
     found.truncate(5);
@@ -311,6 +327,32 @@ fn stop(child: &mut Child, grace: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panic_summary_keeps_the_first_line_and_both_sides_of_an_assertion() {
+        let output: Vec<String> = [
+            "running 1 test",
+            "thread 'close_wait' (2567) panicked at tracer/tests/stacks.rs:403:9:",
+            "assertion `left == right` failed: groups [3], in other groups 0: {",
+            "  \"pid\": 7",
+            "}",
+            "  left: 3",
+            " right: 4",
+            "note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace",
+            "test close_wait ... FAILED",
+        ]
+        .iter()
+        .map(|l| (*l).to_owned())
+        .collect();
+        assert_eq!(
+            panics(&output),
+            vec![
+                "thread 'close_wait' (2567) panicked at tracer/tests/stacks.rs:403:9: assertion \
+                 `left == right` failed: groups [3], in other groups 0: { | left: 3 | right: 4"
+                    .to_owned()
+            ]
+        );
+    }
 
     #[test]
     fn follows_markers_and_failures_of_a_script() {

@@ -235,6 +235,7 @@ mod tests {
                             inlined: false,
                         }],
                     }],
+                    in_other_groups: 0,
                     unstacked: Unstacked { not_sampled: 4, ..Unstacked::default() },
                     requests: Some(RequestGroups {
                         probed_for_seconds: 40,
@@ -258,6 +259,7 @@ mod tests {
                                 inlined: false,
                             }],
                         }],
+                        in_other_groups: 0,
                         before_probing: 6,
                         no_request: 4,
                         request_lost: 0,
