@@ -243,12 +243,17 @@ pub struct ConnEvent {
     /// (`tcpi_bytes_acked`, which counts the SYN too, as `ss` shows it). Zero for every other
     /// kind.
     pub bytes_acked: u64,
+    /// [`EventKind::StateChange`] into CLOSE only: the socket's inode (`socket:[INODE]` in
+    /// /proc/PID/fd), 0 when no process holds it. Such a socket has left sock_diag's view;
+    /// the reconcile finds its holders by this number. Zero for every other kind.
+    pub socket_inode: u64,
 }
 
 // The kernel side writes `comm` as two u64 and the addresses as u32 words.
 const _: () = assert!(core::mem::offset_of!(ConnEvent, comm) % 8 == 0);
 const _: () = assert!(core::mem::offset_of!(ConnEvent, tuple) % 4 == 0);
 const _: () = assert!(core::mem::offset_of!(ConnEvent, bytes_received) % 8 == 0);
+const _: () = assert!(core::mem::offset_of!(ConnEvent, socket_inode) % 8 == 0);
 
 impl ConnEvent {
     pub const SIZE: usize = core::mem::size_of::<ConnEvent>();

@@ -131,6 +131,17 @@
  * handed out by accept(). A child still in its listener's queue has none. */
 #define SK_HELD(S, sk) (SK_SOCKET(S, sk) != 0)
 
+/* The inode number of the socket's file, as /proc/PID/fd shows it (`socket:[INODE]`); 0 when
+ * no process holds it. */
+#define SK_SOCKET_INODE(S, sk)                                                       \
+	({                                                                           \
+		struct socket *tracer_sock_ = SK_SOCKET(S, sk);                      \
+		struct file *tracer_file_ = tracer_sock_ ? SOCKET_FILE(S, tracer_sock_) : 0; \
+		struct inode *tracer_inode_ =                                        \
+			tracer_file_ ? TRACER_READ(S, tracer_file_, f_inode) : 0;    \
+		tracer_inode_ ? (__u64)TRACER_READ(S, tracer_inode_, i_ino) : 0;     \
+	})
+
 /* 1 when the socket ever had a peer: a never-connected socket (bound, or just created) has a
  * zero destination port, a reset or failed connection keeps its peer's. */
 #define SK_HAS_PEER(S, sk) (SK_REMOTE_PORT_BE(S, sk) != 0)
@@ -212,6 +223,7 @@ TRACER_SK_ACCESSOR(__u16, source_port, SK_SOURCE_PORT)
 TRACER_SK_ACCESSOR(__u32, error, SK_ERR)
 TRACER_SK_ACCESSOR(__u64, bytes_received, TCP_BYTES_RECEIVED)
 TRACER_SK_ACCESSOR(__u64, bytes_acked, TCP_BYTES_ACKED)
+TRACER_SK_ACCESSOR(__u64, socket_inode, SK_SOCKET_INODE)
 TRACER_SK_FILLER(struct tracer_tuple, tuple, TRACER_FILL_TUPLE)
 
 /* Mirrors core_shim::SockSummary (#[repr(C)], no padding). */

@@ -82,9 +82,14 @@ struct sock___flags_in_sock {
 	unsigned long sk_flags;
 };
 
+struct inode {
+	unsigned long i_ino;
+};
+
 struct file {
 	atomic_long_t f_count; /* up to 6.12 */
 	void *private_data;
+	struct inode *f_inode;
 };
 
 /* 6.13 replaced f_count by a file_ref_t; the ___ suffix makes this a second local view of

@@ -235,4 +235,6 @@ sock_reads! {
     fn bytes_received() -> u64;
     /// A TCP socket's `bytes_acked` (`tcpi_bytes_acked`).
     fn bytes_acked() -> u64;
+    /// Its file's inode number (`socket:[INODE]` in /proc/PID/fd); 0 when no process holds it.
+    fn socket_inode() -> u64;
 }

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     CONFIG_GLOBAL, COUNTERS_MAP, Config, ConnEvent, DEFAULT_RING_BYTES, EVENTS_MAP, EventKind,
-    counters, flags, ring_record_bytes,
+    counters, flags, ring_record_bytes, tcp_state::CLOSE,
 };
 
 use crate::core_shim::{self, Sock};
@@ -114,6 +114,14 @@ pub fn emit(kind: EventKind, sk: impl Sock, old_state: u8, new_state: u8, event_
         };
         (&raw mut (*event).bytes_received).write_volatile(received);
         (&raw mut (*event).bytes_acked).write_volatile(acked);
+        // A held socket leaving sock_diag's view (reset, or closed by the peer): how the
+        // reconcile still finds who holds it, in /proc's descriptors.
+        let inode = if kind as u8 == EventKind::StateChange as u8 && new_state == CLOSE {
+            sk.socket_inode()
+        } else {
+            0
+        };
+        (&raw mut (*event).socket_inode).write_volatile(inode);
     }
     entry.submit(wakeup);
 }

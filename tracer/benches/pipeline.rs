@@ -109,6 +109,7 @@ impl Gen {
             _pad: 0,
             bytes_received: 0,
             bytes_acked: 0,
+            socket_inode: 0,
         });
     }
 

@@ -72,7 +72,7 @@ pub const TARGETS: &[(&str, Entry)] = &[
 // ---- ring records ----
 
 /// `ConnEvent` has no padding: its fields add up to its size, so its bytes are all fields.
-const _: () = assert!(ConnEvent::SIZE == 8 * 4 + 16 + 4 * 3 + 4 + 38 + 2 + 8 * 2);
+const _: () = assert!(ConnEvent::SIZE == 8 * 4 + 16 + 4 * 3 + 4 + 38 + 2 + 8 * 3);
 
 /// The event ring: records of [`ConnEvent::SIZE`] bytes (the last one maybe short), decoded
 /// as the pipeline does ([`events::decode`]) and applied in order to a connection table, which

@@ -753,11 +753,8 @@ fn machine() -> String {
     format!("{cpus} CPUs, {model}, {:.1} GiB memory", mem_kib as f64 / (1024.0 * 1024.0))
 }
 
-// Ignored in the test command until the known gap in docs/semantics.md is closed: every run
-// finds a reset socket held only by a forked child still counted for its opener. `cargo xtask
-// soak` runs it (with --include-ignored).
+// Two minutes in the test command; `cargo xtask soak` runs it longer.
 #[test]
-#[ignore = "known gap: holders of sockets sock_diag cannot see (docs/semantics.md); run by cargo xtask soak"]
 fn randomized_churn_agrees_with_ss_at_every_checkpoint() {
     let cfg = config();
     eprintln!(

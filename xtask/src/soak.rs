@@ -51,8 +51,7 @@ pub fn run(args: SoakArgs) -> Result<()> {
     setup::run_cmd(Command::new("cargo").args(["build", "--package", "tracer", "--examples"]))?;
     let mut test = Command::new("cargo");
     test.args(["test", "--package", "tracer", "--features", "root-tests", "--test", "soak"])
-        // Ignored in the test command while it fails on a known gap (tests/soak.rs).
-        .args(["--", "--include-ignored", "--nocapture", "--test-threads", "1"])
+        .args(["--", "--nocapture", "--test-threads", "1"])
         .env("TRACER_SOAK_MINUTES", args.minutes.to_string())
         .env("TRACER_SOAK_SEED", seed.to_string())
         .env("TRACER_SOAK_WORKERS", args.workers.to_string())
@@ -94,8 +93,7 @@ fn section(report: &str, minutes: f64, verdict: &str) -> String {
     format!(
         "{SECTION}\n\n\
          Written by `sudo cargo xtask soak --minutes {minutes} --write` (tracer/tests/soak.rs; \
-         2 minutes by default, ignored by the test command while the known gap of \
-         docs/semantics.md stands). Worker processes churn (connect, \
+         2 minutes by default, as the test command runs it). Worker processes churn (connect, \
          write, close), leak, reset (SO_LINGER 0), half-close, get refused, fork holder children \
          that keep some of their connections (several holders, or only one the daemon never saw \
          open them) and exit, cleanly or by SIGKILL, while holding connections. At each \

@@ -19,7 +19,7 @@ use crate::{
         self, ConnHealth, HealthScan, HealthSettings, PerProcess, ProcessHealth, ReadTracker,
         SCAN_FAILED,
     },
-    table::{ConnSnapshot, ConnectionTable, ProcessKey, ScannedSocket, TupleKey},
+    table::{ConnSnapshot, ConnectionTable, KernelSockets, ProcessKey, TupleKey},
 };
 
 use super::{exhaustion, leaks::LeakSettings};
@@ -38,7 +38,7 @@ pub(super) struct KernelScan {
     /// Every socket of every namespace, TIME_WAIT included.
     pub health: HealthScan,
     /// The same sockets with their holders, when a reconcile was due.
-    pub reconcile: Option<Vec<ScannedSocket>>,
+    pub reconcile: Option<KernelSockets>,
     /// The same sockets reduced for the exhaustion rules, when an evaluation was due.
     pub exhaustion: Option<exhaustion::ScanResult>,
 }

@@ -40,7 +40,7 @@ use crate::{
     ground_truth,
     pipeline::EventSource,
     probes::{KernelCounters, LoadOptions, Probes, preflight},
-    table::{ConnectionTable, ProcessKey, Reconciler, ScannedSocket, TableConfig},
+    table::{ConnectionTable, KernelSockets, ProcessKey, Reconciler, TableConfig},
 };
 
 fn every(period: Duration) -> tokio::time::Interval {
@@ -404,7 +404,7 @@ impl Daemon {
                 let run = scan_cgroups::start(&mut daemon.probes);
                 let mut scan = ground_truth::with_holders(&sockets);
                 scan_cgroups::apply(run, &mut scan);
-                let loaded = daemon.table.load_existing(&scan, daemon.clock.now_ns());
+                let loaded = daemon.table.load_existing(&scan.listed, daemon.clock.now_ns());
                 log::info!("loaded {loaded} connections that existed before start-up");
                 // The first reading of read progress.
                 let at_ns = daemon.clock.now_ns();
@@ -580,7 +580,7 @@ impl Daemon {
         }
     }
 
-    fn reconcile(&mut self, scan: &[ScannedSocket]) {
+    fn reconcile(&mut self, scan: &KernelSockets) {
         // Compare with everything the kernel has delivered so far.
         self.drain_now();
         let report = self.reconciler.check(&mut self.table, scan, self.clock.now_ns());

@@ -6,7 +6,7 @@ use std::{fs::File, time::Instant};
 use crate::{
     ground_truth,
     probes::{Probes, TaskCgroupsError, read_task_cgroups},
-    table::ScannedSocket,
+    table::KernelSockets,
 };
 
 /// Starts a run; `None` (said in the log) when the iterator is unavailable or fails.
@@ -23,7 +23,7 @@ pub(super) fn start(probes: &mut Probes) -> Option<File> {
 }
 
 /// Reads a run (blocking) and gives the holders of `scan` their cgroup ids.
-pub(super) fn apply(run: Option<File>, scan: &mut [ScannedSocket]) {
+pub(super) fn apply(run: Option<File>, scan: &mut KernelSockets) {
     let Some(file) = run else { return };
     let started = Instant::now();
     match read_task_cgroups(file) {

@@ -130,6 +130,7 @@ mod tests {
             _pad: 0,
             bytes_received: 0,
             bytes_acked: 0,
+            socket_inode: 0,
         }
     }
 

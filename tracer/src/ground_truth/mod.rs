@@ -21,7 +21,7 @@ use std::{
 
 use tracer_common::tcp_state;
 
-use crate::table::{Direction, ProcessKey, ScannedHolder, ScannedSocket};
+use crate::table::{Direction, KernelSockets, ProcessKey, ScannedHolder, ScannedSocket};
 
 /// A network namespace, by inode, with a path that opens it.
 #[derive(Clone, Debug)]
@@ -69,24 +69,23 @@ pub fn scan_all_and(mut also: impl FnMut(&Namespace)) -> std::io::Result<Vec<Exi
 }
 
 /// One full scan. Blocking (it walks /proc): run it off the event loop.
-pub fn scan_kernel() -> std::io::Result<Vec<ScannedSocket>> {
+pub fn scan_kernel() -> std::io::Result<KernelSockets> {
     Ok(with_holders(&scan_all()?))
 }
 
 /// The sockets of a dump ([`scan_all`]) as the table's [`ScannedSocket`]s, with their holders
-/// from /proc (blocking: run it off the event loop). Listeners are left out.
-pub fn with_holders(sockets: &[ExistingSocket]) -> Vec<ScannedSocket> {
-    let holders = scan_holders();
+/// from /proc, and the holders of the sockets the dump did not list (blocking: run it off the
+/// event loop). Listeners are left out.
+pub fn with_holders(sockets: &[ExistingSocket]) -> KernelSockets {
+    let mut holders = scan_holders();
     let listening: HashSet<(u32, u16)> = sockets
         .iter()
         .filter(|s| s.state == tcp_state::LISTEN)
         .map(|s| (s.netns, s.local.port()))
         .collect();
-    let holders_of = |inode: u64, by_inode: &HashMap<u64, Vec<Holder>>| -> Vec<ScannedHolder> {
-        let mut list: Vec<ScannedHolder> = by_inode
-            .get(&inode)
+    let scanned = |list: Vec<Holder>| -> Vec<ScannedHolder> {
+        let mut list: Vec<ScannedHolder> = list
             .into_iter()
-            .flatten()
             .map(|h| ScannedHolder {
                 key: ProcessKey::new(h.pid, h.start_time_ns),
                 comm: comm_bytes(&h.comm),
@@ -96,7 +95,7 @@ pub fn with_holders(sockets: &[ExistingSocket]) -> Vec<ScannedSocket> {
         list.sort_by_key(|h| h.key.pid);
         list
     };
-    sockets
+    let listed = sockets
         .iter()
         .filter(|s| s.state != tcp_state::LISTEN)
         .map(|s| ScannedSocket {
@@ -108,18 +107,25 @@ pub fn with_holders(sockets: &[ExistingSocket]) -> Vec<ScannedSocket> {
             } else {
                 Direction::Outbound
             },
-            holders: if s.inode == 0 { Vec::new() } else { holders_of(s.inode, &holders) },
+            holders: match s.inode {
+                0 => Vec::new(),
+                inode => holders.remove(&inode).map(&scanned).unwrap_or_default(),
+            },
             local: s.local,
             remote: s.remote,
             state: s.state,
         })
-        .collect()
+        .collect();
+    // Listeners' inodes are still in `holders`: harmless, the table never asks for them.
+    let unlisted = holders.into_iter().map(|(inode, list)| (inode, scanned(list))).collect();
+    KernelSockets { listed, unlisted }
 }
 
 /// Gives each holder of `scan` its cgroup v2 id from a run of the task iterator. A holder the
 /// run did not see (started after it, or a pid reused since) keeps 0, unknown.
-pub fn set_cgroup_ids(scan: &mut [ScannedSocket], ids: &crate::probes::CgroupIds) {
-    for holder in scan.iter_mut().flat_map(|s| s.holders.iter_mut()) {
+pub fn set_cgroup_ids(scan: &mut KernelSockets, ids: &crate::probes::CgroupIds) {
+    let listed = scan.listed.iter_mut().flat_map(|s| s.holders.iter_mut());
+    for holder in listed.chain(scan.unlisted.values_mut().flatten()) {
         holder.cgroup_id = ids.get(&holder.key).copied().unwrap_or(0);
     }
 }
@@ -159,9 +165,9 @@ mod tests {
         // The run saw pid 200 as another process (started at another time): a reused pid.
         let ids: CgroupIds =
             [(a, 4321), (ProcessKey::new(200, 9_000_000_000), 99)].into_iter().collect();
-        let mut scan = vec![socket(&[a, b])];
+        let mut scan = KernelSockets { listed: vec![socket(&[a, b])], ..Default::default() };
         set_cgroup_ids(&mut scan, &ids);
-        let got: Vec<u64> = scan[0].holders.iter().map(|h| h.cgroup_id).collect();
+        let got: Vec<u64> = scan.listed[0].holders.iter().map(|h| h.cgroup_id).collect();
         assert_eq!(got, [4321, 0], "an unseen holder is unknown (0), never another's id");
     }
 }

@@ -23,7 +23,9 @@ pub use model::{
     ClosedFirst, Connection, Direction, DirectionStats, Phase, ProcessKey, ProcessStats,
     START_TIME_RESOLUTION_NS, SocketKey, StateCounts, TupleKey,
 };
-pub use reconcile::{ReconcileReport, Reconciler, ScannedHolder, ScannedSocket};
+pub use reconcile::{
+    KernelSockets, ReconcileReport, Reconciler, ScannedHolder, ScannedSocket, UnlistedHolders,
+};
 pub use snapshot::{ConnSnapshot, ConnView, ProcessSnapshot, TableSummary};
 
 /// States only a connection past its handshake reaches (CLOSE and SYN_SENT are not: a failed
@@ -331,6 +333,11 @@ pub struct ConnectionTable {
     scanned: Map<TupleKey, SocketKey>,
     /// Every process holding a socket, where a scan found more than one.
     shared_holders: Map<SocketKey, Vec<u32>>,
+    /// Socket inodes of the open connections that left sock_diag's view while held (reset, or
+    /// closed by the peer), from their state change into CLOSE: /proc's descriptors, the only
+    /// way left to their holders, name them by inode. Only those: an inode for every
+    /// connection would cost 8 bytes each.
+    inodes: Map<SocketKey, u64>,
     /// The last [`FORGOTTEN_KEPT`] processes [`Self::expire`] dropped, oldest first: so that a
     /// query can tell a pid that exited past the grace period from one never seen.
     forgotten: VecDeque<Forgotten>,
@@ -380,6 +387,7 @@ impl ConnectionTable {
             next_id: 1,
             scanned: Map::default(),
             shared_holders: Map::default(),
+            inodes: Map::default(),
             forgotten: VecDeque::new(),
             refused: Set::default(),
             refused_unremembered: 0,
@@ -753,9 +761,14 @@ impl ConnectionTable {
         let before = Contribution::of(conn);
         let old_state = conn.state;
         conn.set_state(e.new_state, e.timestamp_ns);
-        let (id, after) = (conn.id, Contribution::of(conn));
+        let (id, after, open) = (conn.id, Contribution::of(conn), conn.phase() == Phase::Open);
         self.aggregates.withdraw(before);
         self.aggregates.add(after);
+        // A held connection leaving sock_diag's view: its inode is how the reconcile still
+        // finds who holds it.
+        if e.socket_inode != 0 && open {
+            self.inodes.insert(key, e.socket_inode);
+        }
         Applied::StateChanged { id, old_state, new_state: e.new_state }
     }
 
@@ -985,6 +998,8 @@ impl ConnectionTable {
         if let Some(stale) = self.connections.insert(SocketKey::of(e), conn) {
             self.aggregates.withdraw(Contribution::of(&stale));
             self.counters.stale_replaced += 1;
+            self.shared_holders.remove(&SocketKey::of(e));
+            self.inodes.remove(&SocketKey::of(e));
         }
         Some(id)
     }
@@ -996,6 +1011,7 @@ impl ConnectionTable {
             self.scanned.remove(&conn.tuple_key(key.netns));
         }
         self.shared_holders.remove(&key);
+        self.inodes.remove(&key);
         Some(conn)
     }
 }

@@ -44,6 +44,19 @@ pub struct ScannedSocket {
     pub holders: Vec<ScannedHolder>,
 }
 
+/// Processes holding sockets that sock_diag did not list, by socket inode: among them the
+/// connections that left its view (reset, or closed by the peer) while still held. Every other
+/// kind of socket is in it too; only the inodes the table remembers are looked up.
+pub type UnlistedHolders = HashMap<u64, Vec<ScannedHolder>>;
+
+/// One scan for a reconcile: the TCP sockets sock_diag listed, with their holders, and the
+/// holders of the sockets it did not list.
+#[derive(Clone, Debug, Default)]
+pub struct KernelSockets {
+    pub listed: Vec<ScannedSocket>,
+    pub unlisted: UnlistedHolders,
+}
+
 impl ScannedSocket {
     fn tuple_key(&self) -> TupleKey {
         TupleKey { netns: self.netns, local: self.local, remote: self.remote }
@@ -106,18 +119,16 @@ impl Reconciler {
     pub fn check(
         &mut self,
         table: &mut ConnectionTable,
-        scan: &[ScannedSocket],
+        kernel: &KernelSockets,
         now_ns: u64,
     ) -> ReconcileReport {
+        let scan = &kernel.listed;
         let mut report = ReconcileReport::default();
-        // The table's connections that a scan can see: the kernel unhashes a socket when it
-        // reaches CLOSE, so held-after-reset sockets are invisible to sock_diag (and to ss).
+        // The table's connections that a scan can see.
         let known: HashMap<TupleKey, SocketKey> = table
             .connections
             .iter()
-            .filter(|(_, c)| {
-                matches!(c.phase(), Phase::Open | Phase::Backlog) && c.state != tcp_state::CLOSE
-            })
+            .filter(|(_, c)| listed_by_sock_diag(c))
             .map(|(&key, c)| (c.tuple_key(key.netns), key))
             .collect();
         let mut seen = HashSet::with_capacity(known.len());
@@ -144,21 +155,10 @@ impl Reconciler {
                 differences.insert(Difference::State { key, id, state: socket.state });
             }
             // Holders are a fact of this instant, not a lost event: follow them at once.
-            if let Some(first) = socket.holders.first()
-                && owner.is_none_or(|o| !socket.holders.iter().any(|h| h.key == o))
-            {
-                if !table.transfer(key, first, now_ns) {
-                    // Its holder could not be added (--max-processes): it left the table.
-                    continue;
-                }
-                report.holder_changes += 1;
-            }
-            if socket.holders.len() > 1 {
-                table
-                    .shared_holders
-                    .insert(key, socket.holders.iter().map(|h| h.key.pid).collect());
-            } else {
-                table.shared_holders.remove(&key);
+            match table.follow_holders(key, owner, &socket.holders, now_ns) {
+                // Its holder could not be added (--max-processes): it left the table.
+                None => continue,
+                Some(moved) => report.holder_changes += u32::from(moved),
             }
         }
         for (tuple, key) in &known {
@@ -219,6 +219,7 @@ impl Reconciler {
                 report.corrections.push(description);
             }
         }
+        report.holder_changes += table.follow_unlisted_holders(&kernel.unlisted, now_ns);
         self.pending = differences.difference(&self.pending).copied().collect();
         report.pending = self.pending.len();
         self.checks_total += 1;
@@ -320,6 +321,9 @@ impl ConnectionTable {
         if let Some(pids) = self.shared_holders.remove(&old_key) {
             self.shared_holders.insert(key, pids);
         }
+        if let Some(inode) = self.inodes.remove(&old_key) {
+            self.inodes.insert(key, inode);
+        }
         self.connections.insert(key, conn);
         (kind == EventKind::Established).then_some(Applied::Ignored)
     }
@@ -338,6 +342,64 @@ impl ConnectionTable {
         {
             self.aggregates.uncount_opened(owner, dup.direction);
         }
+    }
+
+    /// Counts `key` for one of `holders` (the lowest pid) unless its `owner` is among them,
+    /// and remembers them all when there are several. `Some(true)` when it moved, `None` when
+    /// it left the table instead (see [`Self::transfer`]).
+    fn follow_holders(
+        &mut self,
+        key: SocketKey,
+        owner: Option<ProcessKey>,
+        holders: &[ScannedHolder],
+        now_ns: u64,
+    ) -> Option<bool> {
+        let mut moved = false;
+        if let Some(first) = holders.first()
+            && owner.is_none_or(|o| !holders.iter().any(|h| h.key == o))
+        {
+            if !self.transfer(key, first, now_ns) {
+                return None;
+            }
+            moved = true;
+        }
+        if holders.len() > 1 {
+            self.shared_holders.insert(key, holders.iter().map(|h| h.key.pid).collect());
+        } else {
+            self.shared_holders.remove(&key);
+        }
+        Some(moved)
+    }
+
+    fn owner_of(&self, key: SocketKey) -> Option<ProcessKey> {
+        self.connections.get(&key).and_then(Connection::owner)
+    }
+
+    /// Follows the holders of the connections sock_diag no longer lists (reset, or closed by
+    /// the peer, and still held) by the inodes their state changes into CLOSE carried;
+    /// returns how many moved.
+    /// A remembered socket no process holds is left alone: its release is on its way.
+    fn follow_unlisted_holders(&mut self, unlisted: &UnlistedHolders, now_ns: u64) -> u32 {
+        let unlisted_held: Vec<(SocketKey, &[ScannedHolder])> = self
+            .inodes
+            .iter()
+            .filter(|(key, _)| {
+                self.connections
+                    .get(key)
+                    .is_some_and(|c| c.phase() == Phase::Open && !listed_by_sock_diag(c))
+            })
+            .filter_map(|(&key, inode)| {
+                Some((key, unlisted.get(inode).filter(|h| !h.is_empty())?.as_slice()))
+            })
+            .collect();
+        let mut moved = 0;
+        for (key, holders) in unlisted_held {
+            let owner = self.owner_of(key);
+            if self.follow_holders(key, owner, holders, now_ns) == Some(true) {
+                moved += 1;
+            }
+        }
+        moved
     }
 
     /// Gives `key` to `holder`: the old owner closed it as far as it is concerned, the new one
@@ -424,6 +486,12 @@ impl ConnectionTable {
         }
         holder.key
     }
+}
+
+/// Whether sock_diag lists `conn`'s socket: the kernel unhashes a socket when it reaches
+/// CLOSE, so a socket held after a reset is invisible to sock_diag (and to ss).
+fn listed_by_sock_diag(conn: &Connection) -> bool {
+    matches!(conn.phase(), Phase::Open | Phase::Backlog) && conn.state != tcp_state::CLOSE
 }
 
 fn tuple_of(local: SocketAddr, remote: SocketAddr) -> Tuple {

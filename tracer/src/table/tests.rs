@@ -5,6 +5,28 @@ use tracer_common::{AF_INET, AF_INET6, ConnEvent, EventKind, Tuple, flags, tcp_s
 use super::*;
 use crate::clock::{Clock, ManualClock};
 
+/// A reconcile of a scan that found only the sockets sock_diag lists (no unlisted holders).
+trait CheckListed {
+    fn check_listed(
+        &mut self,
+        table: &mut ConnectionTable,
+        listed: &[ScannedSocket],
+        now_ns: u64,
+    ) -> ReconcileReport;
+}
+
+impl CheckListed for Reconciler {
+    fn check_listed(
+        &mut self,
+        table: &mut ConnectionTable,
+        listed: &[ScannedSocket],
+        now_ns: u64,
+    ) -> ReconcileReport {
+        let kernel = KernelSockets { listed: listed.to_vec(), ..KernelSockets::default() };
+        self.check(table, &kernel, now_ns)
+    }
+}
+
 const SEC: u64 = 1_000_000_000;
 const NETNS: u32 = 4026531840;
 
@@ -47,6 +69,7 @@ fn ev(kind: EventKind, sock: u64, at: u64) -> Ev {
         _pad: 0,
         bytes_received: 0,
         bytes_acked: 0,
+        socket_inode: 0,
     })
 }
 
@@ -161,6 +184,13 @@ impl Kernel<'_> {
 
     fn change(&mut self, sock: u64, old: u8, new: u8) -> Applied {
         let e = ev(EventKind::StateChange, sock, self.now()).states(old, new);
+        self.apply(e)
+    }
+
+    /// A held socket reaching CLOSE (reset by its peer): the record carries its inode.
+    fn reset_held(&mut self, sock: u64, old: u8, inode: u64) -> Applied {
+        let mut e = ev(EventKind::StateChange, sock, self.now()).states(old, CLOSE);
+        e.0.socket_inode = inode;
         self.apply(e)
     }
 
@@ -1017,17 +1047,17 @@ fn reconcile_corrects_only_differences_seen_twice() {
         scanned(v4(40_000, 80), 1, ESTABLISHED, Direction::Outbound, &[CLIENT]),
         scanned(v4(40_002, 80), 3, ESTABLISHED, Direction::Outbound, &[CLIENT]),
     ];
-    let first = r.check(&mut t, &scan, clock.now_ns());
+    let first = r.check_listed(&mut t, &scan, clock.now_ns());
     assert!(first.corrections.is_empty(), "one scan proves nothing: {first:?}");
     assert_eq!(first.pending, 2);
     assert_eq!(stats(&t, CLIENT).open, 2);
-    let second = r.check(&mut t, &scan, clock.now_ns());
+    let second = r.check_listed(&mut t, &scan, clock.now_ns());
     assert_eq!(second.corrections.len(), 2, "{second:?}");
     let s = stats(&t, CLIENT);
     assert_eq!((s.open, s.opened_total, s.closed_total), (2, 3, 1));
     assert_eq!(r.corrections_total, 2);
     // Nothing left to correct.
-    assert!(r.check(&mut t, &scan, clock.now_ns()).corrections.is_empty());
+    assert!(r.check_listed(&mut t, &scan, clock.now_ns()).corrections.is_empty());
     assert_consistent(&t);
 }
 
@@ -1044,13 +1074,13 @@ fn reconcile_opens_a_connect_whose_handshake_was_missed() {
         ev(EventKind::Connect, 0xa, clock.now_ns()).by(CLIENT).states(CLOSE, SYN_SENT).tuple(tuple);
     let Applied::Connecting { id, .. } = t.apply(&connect.0) else { panic!() };
     let scan = vec![scanned(tuple, 1, ESTABLISHED, Direction::Outbound, &[CLIENT])];
-    assert!(r.check(&mut t, &scan, clock.now_ns()).corrections.is_empty());
-    let second = r.check(&mut t, &scan, clock.now_ns());
+    assert!(r.check_listed(&mut t, &scan, clock.now_ns()).corrections.is_empty());
+    let second = r.check_listed(&mut t, &scan, clock.now_ns());
     assert_eq!(second.corrections.len(), 1, "{second:?}");
     let s = stats(&t, CLIENT);
     assert_eq!((s.open, s.connecting, s.opened_total, s.states.established), (1, 0, 1, 1));
     assert_eq!((t.tracked_connections(), t.counters().established_inferred), (1, 1));
-    assert!(r.check(&mut t, &scan, clock.now_ns()).corrections.is_empty());
+    assert!(r.check_listed(&mut t, &scan, clock.now_ns()).corrections.is_empty());
     let release = ev(EventKind::Release, 0xa, clock.advance(SEC))
         .by(CLIENT)
         .states(ESTABLISHED, ESTABLISHED)
@@ -1070,14 +1100,14 @@ fn a_difference_that_goes_away_is_never_corrected() {
     k.connect(CLIENT, 0xa, v4(0, 80));
     k.established_out(0xa, v4(40_000, 80));
     // Mid-scan the peer hung up: the scan saw CLOSE_WAIT before the event arrived.
-    r.check(
+    r.check_listed(
         &mut t,
         &[scanned(v4(40_000, 80), 1, CLOSE_WAIT, Direction::Outbound, &[CLIENT])],
         clock.now_ns(),
     );
     let mut k = Kernel { table: &mut t, clock: &clock };
     k.change(0xa, ESTABLISHED, CLOSE_WAIT);
-    let report = r.check(
+    let report = r.check_listed(
         &mut t,
         &[scanned(v4(40_000, 80), 1, CLOSE_WAIT, Direction::Outbound, &[CLIENT])],
         clock.now_ns(),
@@ -1098,12 +1128,12 @@ fn two_short_lived_sockets_sharing_a_tuple_are_not_one_missing_connection() {
         cookie,
         ..scanned(swap(v4(40_000, 8080)), 0, CLOSE_WAIT, Direction::Inbound, &[])
     };
-    assert!(r.check(&mut t, &[in_backlog(4104)], clock.now_ns()).corrections.is_empty());
-    let second = r.check(&mut t, &[in_backlog(7197)], clock.now_ns());
+    assert!(r.check_listed(&mut t, &[in_backlog(4104)], clock.now_ns()).corrections.is_empty());
+    let second = r.check_listed(&mut t, &[in_backlog(7197)], clock.now_ns());
     assert!(second.corrections.is_empty(), "{second:?}");
     assert_eq!(t.unattributed(), 0);
     // The same socket seen twice is a lost open.
-    let third = r.check(&mut t, &[in_backlog(7197)], clock.now_ns());
+    let third = r.check_listed(&mut t, &[in_backlog(7197)], clock.now_ns());
     assert_eq!(third.corrections.len(), 1, "{third:?}");
     assert_eq!(t.unattributed(), 1);
     assert_consistent(&t);
@@ -1119,7 +1149,7 @@ fn reconcile_gives_a_forked_connection_to_its_real_holder() {
     k.full_connection(0xa, 0xb, v4(40_000, 8080));
     // The server accepted, forked, and closed its copy: only the child holds it now.
     let server_side = scanned(swap(v4(40_000, 8080)), 2, ESTABLISHED, Direction::Inbound, &[child]);
-    let report = r.check(&mut t, &[server_side], clock.now_ns());
+    let report = r.check_listed(&mut t, &[server_side], clock.now_ns());
     assert_eq!(report.holder_changes, 1);
     assert!(report.corrections.is_empty(), "a holder change is not a lost event");
     let (parent, kid) = (stats(&t, SERVER), stats(&t, child));
@@ -1142,10 +1172,77 @@ fn several_holders_keep_the_opener_and_list_the_others() {
     k.full_connection(0xa, 0xb, v4(40_000, 8080));
     let shared =
         scanned(swap(v4(40_000, 8080)), 2, ESTABLISHED, Direction::Inbound, &[SERVER, child]);
-    let report = r.check(&mut t, &[shared], clock.now_ns());
+    let report = r.check_listed(&mut t, &[shared], clock.now_ns());
     assert_eq!(report.holder_changes, 0);
     assert_eq!(stats(&t, SERVER).open, 1);
     assert_eq!(t.shared_holders(SocketKey { netns: NETNS, sock: 0xb }), &[SERVER.pid, child.pid]);
+    assert_consistent(&t);
+}
+
+/// The holders of `procs` as a scan of /proc lists them.
+fn holders_of(procs: &[Proc]) -> Vec<ScannedHolder> {
+    procs.iter().map(|p| ScannedHolder { key: p.key(), comm: comm(p.comm), cgroup_id: 0 }).collect()
+}
+
+#[test]
+fn a_reset_socket_held_only_by_a_forked_child_moves_to_it_by_its_inode() {
+    let clock = ManualClock::new(SEC);
+    let mut t = table();
+    let mut r = Reconciler::default();
+    let child = Proc { pid: 101, start: 11 * SEC, comm: "client" };
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    k.connect(CLIENT, 0xa, v4(0, 8080));
+    k.established_out(0xa, v4(40_000, 8080));
+    k.connect(CLIENT, 0xc, v4(0, 9090));
+    k.established_out(0xc, v4(40_001, 9090));
+    // The client forked, closed its copies (no release: the child still holds them), and the
+    // peers reset both before any scan: sock_diag never listed them held by the child. The
+    // state change of one carried its inode; the other's record had none (no file then).
+    k.reset_held(0xa, ESTABLISHED, 50);
+    k.change(0xc, ESTABLISHED, CLOSE);
+    let kernel = KernelSockets {
+        listed: Vec::new(),
+        unlisted: [(50, holders_of(&[child])), (51, holders_of(&[child])), (99, Vec::new())]
+            .into_iter()
+            .collect(),
+    };
+    let report = r.check(&mut t, &kernel, clock.now_ns());
+    assert_eq!(report.holder_changes, 1, "{report:?}");
+    assert!(report.corrections.is_empty(), "a holder change is not a lost event: {report:?}");
+    let (parent, kid) = (stats(&t, CLIENT), stats(&t, child));
+    assert_eq!((parent.open, parent.opened_total, parent.closed_total), (1, 2, 1));
+    assert_eq!((kid.open, kid.opened_total), (1, 1));
+    // A second scan changes nothing; the child's release closes it for the child, and the
+    // inode is forgotten with the connection.
+    assert_eq!(r.check(&mut t, &kernel, clock.now_ns()).holder_changes, 0);
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    k.release(child, 0xa, CLOSE, CLOSE);
+    assert_eq!((stats(&t, child).open, stats(&t, child).closed_total), (0, 1));
+    assert!(!t.inodes.contains_key(&SocketKey { netns: NETNS, sock: 0xa }), "forgotten");
+    assert_consistent(&t);
+}
+
+#[test]
+fn several_holders_of_a_reset_socket_keep_its_opener_while_it_holds_it() {
+    let clock = ManualClock::new(SEC);
+    let mut t = table();
+    let mut r = Reconciler::default();
+    let child = Proc { pid: 101, start: 11 * SEC, comm: "client" };
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    k.connect(CLIENT, 0xa, v4(0, 8080));
+    k.established_out(0xa, v4(40_000, 8080));
+    k.reset_held(0xa, ESTABLISHED, 50);
+    let both = KernelSockets {
+        listed: Vec::new(),
+        unlisted: [(50, holders_of(&[CLIENT, child]))].into_iter().collect(),
+    };
+    let report = r.check(&mut t, &both, clock.now_ns());
+    assert_eq!((report.holder_changes, stats(&t, CLIENT).open), (0, 1));
+    assert_eq!(t.shared_holders(SocketKey { netns: NETNS, sock: 0xa }), &[CLIENT.pid, child.pid]);
+    // Mid-release: no descriptor left, the release not drained yet. Nothing moves.
+    let report = r.check(&mut t, &KernelSockets::default(), clock.now_ns());
+    assert_eq!((report.holder_changes, report.corrections.len()), (0, 0));
+    assert_eq!(stats(&t, CLIENT).open, 1);
     assert_consistent(&t);
 }
 
@@ -1205,7 +1302,7 @@ fn scanned_holders_bring_their_cgroup_and_an_unknown_one_never_overwrites_it() {
     // A holder found by reconcile (a passed descriptor) gets its id too.
     let mut r = Reconciler::default();
     let passed = scanned(v4(40_000, 80), 1000, ESTABLISHED, Direction::Outbound, &[SERVER]);
-    let report = r.check(&mut t, &[with_cgroup(passed, 777)], clock.now_ns());
+    let report = r.check_listed(&mut t, &[with_cgroup(passed, 777)], clock.now_ns());
     assert_eq!(report.holder_changes, 1);
     assert_eq!(stats(&t, SERVER).cgroup_id, 777);
     assert_consistent(&t);
@@ -1458,7 +1555,7 @@ fn reconcile_at_the_limit_neither_adds_refused_connections_back_nor_calls_them_d
         })
         .collect();
     for _ in 0..3 {
-        let report = r.check(&mut t, &all, clock.now_ns());
+        let report = r.check_listed(&mut t, &all, clock.now_ns());
         assert!(report.corrections.is_empty(), "{report:?}");
         assert_eq!((report.pending, report.untracked_over_limit), (0, 1), "{report:?}");
     }
@@ -1474,8 +1571,8 @@ fn reconcile_at_the_limit_neither_adds_refused_connections_back_nor_calls_them_d
         all[0].clone(),
         scanned(v4(40_005, 80), 6, ESTABLISHED, Direction::Outbound, &[CLIENT]),
     ];
-    assert!(r.check(&mut t, &scan, clock.now_ns()).corrections.is_empty());
-    let report = r.check(&mut t, &scan, clock.now_ns());
+    assert!(r.check_listed(&mut t, &scan, clock.now_ns()).corrections.is_empty());
+    let report = r.check_listed(&mut t, &scan, clock.now_ns());
     assert_eq!((report.corrections.len(), report.untracked_over_limit), (1, 0), "{report:?}");
     assert_eq!(stats(&t, CLIENT).open, 2);
     assert_eq!(r.untracked_over_limit, 0);
@@ -1485,8 +1582,8 @@ fn reconcile_at_the_limit_neither_adds_refused_connections_back_nor_calls_them_d
         scanned(v4(40_005, 80), 6, ESTABLISHED, Direction::Outbound, &[CLIENT]),
         scanned(v4(40_006, 80), 7, ESTABLISHED, Direction::Outbound, &[CLIENT]),
     ];
-    r.check(&mut t, &scan, clock.now_ns());
-    let report = r.check(&mut t, &scan, clock.now_ns());
+    r.check_listed(&mut t, &scan, clock.now_ns());
+    let report = r.check_listed(&mut t, &scan, clock.now_ns());
     assert!(report.corrections.is_empty(), "{report:?}");
     assert_eq!(t.counters().connections_over_limit, 2);
     assert_eq!(t.tracked_connections(), 2);
@@ -1502,7 +1599,7 @@ fn reconcile_never_hands_a_connection_to_a_process_over_the_limit() {
     dial(&mut k, CLIENT, 0xa, 40_000);
     // The scan finds it held by another process (a passed descriptor), which does not fit.
     let scan = [scanned(v4(40_000, 80), 1, ESTABLISHED, Direction::Outbound, &[SERVER])];
-    let report = r.check(&mut t, &scan, clock.now_ns());
+    let report = r.check_listed(&mut t, &scan, clock.now_ns());
     assert_eq!(report.holder_changes, 0);
     let s = stats(&t, CLIENT);
     assert_eq!((s.open, s.opened_total, s.closed_total), (0, 1, 1), "closed for its old owner");

@@ -61,6 +61,7 @@ fn event(kind: EventKind, sock: u64, at: u64, old: u8, new: u8) -> ConnEvent {
         _pad: 0,
         bytes_received: 0,
         bytes_acked: 0,
+        socket_inode: 0,
     }
 }
 

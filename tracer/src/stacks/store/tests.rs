@@ -43,6 +43,7 @@ fn event(kind: EventKind, sock: u64, port: u16, wanted: bool) -> ConnEvent {
         _pad: 0,
         bytes_received: 0,
         bytes_acked: 0,
+        socket_inode: 0,
     }
 }
 
