@@ -968,10 +968,7 @@ fn scanned(
         remote: crate::events::remote_endpoint(&tuple),
         state,
         direction,
-        holders: holders
-            .iter()
-            .map(|p| ScannedHolder { key: p.key(), comm: comm(p.comm), cgroup_id: 0 })
-            .collect(),
+        holders: holders_of(holders),
     }
 }
 
