@@ -269,7 +269,26 @@ fn port_exhaustion_raises_before_connects_fail() {
     client.cmd("churn 127.0.0.1:18080 85");
     daemon.eventually("port_exhaustion against the client", |d| {
         let alerts = alerts_of(d, client.pid, "port_exhaustion");
-        let Some(alert) = alerts.first() else { return Err("no alert yet".into()) };
+        let Some(alert) = alerts.first() else {
+            // What the daemon saw of the destination, against ss: says which input was missing
+            // (the namespace's port range, the sockets, the closes that name the client).
+            let remotes = d.json(&["top", "--by", "remote"]);
+            let row = remotes["remotes"]
+                .as_array()
+                .and_then(|r| r.iter().find(|x| x["remote"] == "127.0.0.1:18080").cloned());
+            let tw = ss_time_wait(Some(&ns.0)).len();
+            let status = d.json(&["status"]);
+            let client_row = d.process(client.pid);
+            return Err(format!(
+                "no alert yet: destination row {}, ss TIME_WAIT {tw}, closes remembered {} \
+                 (overflowed {}), client's time_wait_caused {}, alerts {}",
+                row.map_or("missing".to_owned(), |r| r.to_string()),
+                status["time_wait_closes_remembered"],
+                status["time_wait_closes_overflowed"],
+                client_row["time_wait_caused"],
+                client_row["alerts"]
+            ));
+        };
         let p = &alert["evidence"]["port_pressure"];
         common::expect_eq("ports_available", num(p, "ports_available"), 100)?;
         let tw = ss_time_wait(Some(&ns.0)).len() as u64;

@@ -419,7 +419,10 @@ impl Daemon {
                             .collect();
                         // The daemon's own account says where a count went (losses, unmatched
                         // events, kprobe misses, corrections).
+                        // On one line: a CI summary keeps the line's start.
                         let status = self.try_cli(&["status", "--json"]).unwrap_or_default();
+                        let status = serde_json::from_str::<serde_json::Value>(&status)
+                            .map_or(status, |v| v.to_string());
                         panic!(
                             "{what}: {complaint}\ncomplaints seen:\n{}\ndaemon status: {status}",
                             history.join("\n")

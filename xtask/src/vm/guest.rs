@@ -298,11 +298,20 @@ fn panics(output: &[String]) -> Vec<String> {
             .collect();
         let first = message.first().copied().unwrap_or_default();
         let mut summary = cut(&format!("{} {first}", line.trim()), 300);
-        for side in
-            message.iter().skip(1).filter(|m| m.starts_with("left:") || m.starts_with("right:"))
-        {
+        // Both sides of an assertion, the complaints an `eventually` saw on the way (when each
+        // first showed) and the daemon's own account: what a failure in CI is diagnosed from.
+        for detail in message.iter().skip(1) {
+            let kept = if detail.starts_with("left:") || detail.starts_with("right:") {
+                cut(detail, 120)
+            } else if detail.starts_with("after ") && detail.contains("s: ") {
+                cut(detail, 300)
+            } else if detail.starts_with("daemon status:") {
+                cut(detail, 600)
+            } else {
+                continue;
+            };
             summary.push_str(" | ");
-            summary.push_str(&cut(side, 120));
+            summary.push_str(&kept);
         }
         found.push(summary);
     }
@@ -349,6 +358,30 @@ mod tests {
             vec![
                 "thread 'close_wait' (2567) panicked at tracer/tests/stacks.rs:403:9: assertion \
                  `left == right` failed: groups [3], in other groups 0: { | left: 3 | right: 4"
+                    .to_owned()
+            ]
+        );
+    }
+
+    #[test]
+    fn a_panic_summary_keeps_what_an_eventually_saw_and_the_daemon_status() {
+        let output: Vec<String> = [
+            "thread 'ports' (35) panicked at tracer/tests/common/mod.rs:423:25:",
+            "port_exhaustion against the client: no alert yet",
+            "complaints seen:",
+            "  after 0.0s: no alert yet",
+            "daemon status: {\"mode\":\"kprobe\"}",
+            "note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace",
+        ]
+        .iter()
+        .map(|l| (*l).to_owned())
+        .collect();
+        assert_eq!(
+            panics(&output),
+            vec![
+                "thread 'ports' (35) panicked at tracer/tests/common/mod.rs:423:25: \
+                 port_exhaustion against the client: no alert yet | after 0.0s: no alert yet | \
+                 daemon status: {\"mode\":\"kprobe\"}"
                     .to_owned()
             ]
         );
