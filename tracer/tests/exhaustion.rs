@@ -281,10 +281,11 @@ fn port_exhaustion_raises_before_connects_fail() {
             let client_row = d.process(client.pid);
             return Err(format!(
                 "no alert yet: destination row {}, ss TIME_WAIT {tw}, closes remembered {} \
-                 (overflowed {}), client's time_wait_caused {}, alerts {}",
+                 (overflowed {}), health scans {}, client's time_wait_caused {}, alerts {}",
                 row.map_or("missing".to_owned(), |r| r.to_string()),
                 status["time_wait_closes_remembered"],
                 status["time_wait_closes_overflowed"],
+                status["health_scans"],
                 client_row["time_wait_caused"],
                 client_row["alerts"]
             ));

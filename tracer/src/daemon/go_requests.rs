@@ -125,7 +125,12 @@ impl GoRequests {
             let tx = self.inspected_tx.clone();
             tokio::task::spawn_blocking(move || {
                 let binary = PathBuf::from(format!("/proc/{}/exe", process.pid));
-                let inspected = gohttp::inspect_file(&binary).map_err(|e| e.to_string());
+                // A binary the parser chokes on is refused like any other it cannot read,
+                // rather than left "being inspected" for good.
+                let inspected = std::panic::catch_unwind(|| {
+                    gohttp::inspect_file(&binary).map_err(|e| e.to_string())
+                })
+                .unwrap_or_else(|_| Err("its parser panicked (a bug: please report it)".into()));
                 let _ = tx.send((process, binary, inspected));
             });
         }

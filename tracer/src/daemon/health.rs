@@ -138,18 +138,24 @@ impl Scans {
         let tx = self.tx.clone();
         tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
-            let mut sysctls = HashMap::new();
-            let dumped = dump(now_ns, request.is_some().then_some(&mut sysctls));
-            let took = started.elapsed();
-            let scan = dumped.map(|health| KernelScan {
-                reconcile: reconcile.then(|| {
-                    let mut scan = ground_truth::with_holders(&health.sockets);
-                    super::scan_cgroups::apply(cgroups, &mut scan);
-                    scan
-                }),
-                exhaustion: request.map(|r| exhaustion::reduce(r, &health.sockets, sysctls)),
-                health,
-            });
+            let mut took = Duration::ZERO;
+            // A panic must still land: `running` would otherwise stay set and no dump, hence
+            // no reconcile and no evaluation's scan, would ever start again.
+            let scan = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut sysctls = HashMap::new();
+                let dumped = dump(now_ns, request.is_some().then_some(&mut sysctls));
+                took = started.elapsed();
+                dumped.map(|health| KernelScan {
+                    reconcile: reconcile.then(|| {
+                        let mut scan = ground_truth::with_holders(&health.sockets);
+                        super::scan_cgroups::apply(cgroups, &mut scan);
+                        scan
+                    }),
+                    exhaustion: request.map(|r| exhaustion::reduce(r, &health.sockets, sysctls)),
+                    health,
+                })
+            }))
+            .unwrap_or_else(|_| Err(io::Error::other("the kernel-state scan panicked")));
             let _ = tx.blocking_send(Landed { evaluate, scan, took });
         });
     }
