@@ -46,6 +46,7 @@ pub mod logging;
 mod names;
 pub mod pipeline;
 pub mod privileges;
+pub mod privsep;
 pub mod probes;
 pub mod slots;
 pub mod stacks;

@@ -514,3 +514,121 @@ fn idle_metrics_clients_never_make_a_scrape_wait() {
     assert!(daemon.scrape_metrics().starts_with("HTTP/1.1 200"));
     drop(idle);
 }
+
+/// `(uid fields, CapEff, CapPrm, CapBnd, NoNewPrivs, PPid)` of a process, from /proc.
+fn proc_credentials(pid: u32) -> (String, String, String, String, String, u32) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("its /proc status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"))
+    };
+    (
+        field("Uid:"),
+        field("CapEff:"),
+        field("CapPrm:"),
+        field("CapBnd:"),
+        field("NoNewPrivs:"),
+        field("PPid:").parse().expect("ppid"),
+    )
+}
+
+/// docs/security.md, "Two processes": the API socket and the metrics listener are held by a
+/// child of the daemon that runs as nobody with no capability in any set, and every query,
+/// scrape and trace line reaches clients through it. The daemon stops, saying why, when that
+/// part goes; it goes when the daemon does.
+#[test]
+fn clients_are_served_by_an_unprivileged_process_apart_from_the_daemon() {
+    let daemon = Daemon::start(&[]);
+    let status = daemon.json(&["status"]);
+    let part = &status["clients_part"];
+    let pid = u32::try_from(part["pid"].as_u64().expect("clients_part.pid")).expect("a pid");
+    let (uids, eff, prm, bnd, nnp, ppid) = proc_credentials(pid);
+    assert_eq!(ppid, daemon.pid(), "a child of the daemon");
+    assert_eq!(uids, "65534\t65534\t65534\t65534", "nobody in every uid field");
+    let none = "0000000000000000";
+    assert_eq!((eff.as_str(), prm.as_str(), bnd.as_str()), (none, none, none), "capabilities");
+    assert_eq!(nnp, "1");
+    assert_eq!(part["privileges"]["uid"], 65534, "{part}");
+    assert_eq!(part["privileges"]["effective_capabilities"], json!([]), "{part}");
+    assert_eq!(part["privileges"]["no_new_privs"], true, "{part}");
+
+    // The listeners are that process's alone: the privileged one holds neither.
+    let holders = |args: &[&str]| {
+        let out = Command::new("ss").args(args).output().expect("ss");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let api = holders(&["-Hxlp", "src", daemon.socket.to_str().expect("path")]);
+    let metrics_addr = status["metrics_addr"].as_str().expect("metrics_addr").to_owned();
+    let port = metrics_addr.rsplit(':').next().expect("port").to_owned();
+    let metrics = holders(&["-Htlpn", "sport", "=", &format!(":{port}")]);
+    for (what, list) in [("API socket", &api), ("metrics listener", &metrics)] {
+        assert!(list.contains(&format!("pid={pid},")), "{what} held by {pid}: {list}");
+        assert!(!list.contains(&format!("pid={},", daemon.pid())), "{what}: {list}");
+    }
+
+    // Answers, pages and a trace stream all pass through it.
+    let mut server = Workload::spawn();
+    let port = server.listen("127.0.0.1");
+    let mut trace = Command::new(tracer_bin())
+        .args(["trace", "--json", "--pid"])
+        .arg(server.pid.to_string())
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("tracer trace");
+    let mut client = Workload::spawn();
+    // The trace subscribes before the connections it must see.
+    daemon.eventually("the trace subscribed", |d| {
+        common::expect_eq(
+            "subscribers",
+            common::num(&d.json(&["status"])["trace"], "subscribers"),
+            1,
+        )
+    });
+    client.connect(&format!("127.0.0.1:{port}"), 2);
+    server.cmd("accept 0 2");
+    daemon.eventually("the server's two connections", |d| {
+        common::expect_eq("open", common::num(&d.process(server.pid), "open"), 2)
+    });
+    let page = daemon.scrape_metrics();
+    assert!(page.contains("tcp_tracer_build_info"), "{page}");
+    let mut lines = BufReader::new(trace.stdout.take().expect("stdout")).lines();
+    let opens = (0..2)
+        .map(|_| {
+            let line = lines.next().expect("a trace line").expect("read");
+            let record: Value = serde_json::from_str(&line).expect("a JSON record");
+            assert_eq!(record["pid"], server.pid, "{record}");
+            record["kind"].as_str().map(str::to_owned)
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(opens, [Some("open".to_owned()), Some("open".to_owned())]);
+    let _ = trace.kill();
+    let _ = trace.wait();
+
+    // That part killed: the daemon stops and says why, rather than run with nobody to answer.
+    // SAFETY: signalling the daemon's child, found above.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let log = daemon.wait_exit(Duration::from_secs(20));
+    assert!(log.contains("the part that serves API and metrics clients stopped"), "{log}");
+    assert!(log.contains("was killed by signal 9"), "{log}");
+}
+
+/// The other way round: the part that serves clients goes with the daemon, even killed.
+#[test]
+fn the_part_that_serves_clients_ends_with_the_daemon() {
+    let daemon = Daemon::start(&[]);
+    let pid = daemon.json(&["status"])["clients_part"]["pid"].as_u64().expect("pid") as u32;
+    let socket = daemon.socket.clone();
+    daemon.kill_hard();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(std::time::Instant::now() < deadline, "pid {pid} outlived the daemon");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Nobody answers on the socket any more: a new daemon can take it.
+    assert!(std::os::unix::net::UnixStream::connect(&socket).is_err());
+}

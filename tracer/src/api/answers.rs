@@ -360,9 +360,14 @@ pub struct StatusReport {
     /// Clients of the API socket.
     #[serde(default)]
     pub api: ApiStatus,
-    /// What the daemon runs with (docs/security.md).
+    /// What the daemon runs with (docs/security.md); with `--privsep on`, the privileged part
+    /// (the monitor).
     #[serde(default)]
     pub privileges: PrivilegesStatus,
+    /// The part that serves API and metrics clients, when it is a process of its own
+    /// (`--privsep on`, docs/security.md "Two processes").
+    #[serde(default)]
+    pub clients_part: Option<ClientsPartStatus>,
     /// Per-workload overrides (`--workload`), in the order they are tried, as
     /// `GLOB:KEY=VALUE,...`.
     #[serde(default)]
@@ -542,6 +547,15 @@ pub struct PrivilegesStatus {
     /// `no_new_privs` is set: no program it could execute gains privileges (set at start).
     #[serde(default)]
     pub no_new_privs: bool,
+}
+
+/// The process that serves clients apart from the privileged one, for `tracer status`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+pub struct ClientsPartStatus {
+    /// Its process id (a child of the daemon).
+    pub pid: u32,
+    /// What it runs with: not root, no capabilities.
+    pub privileges: PrivilegesStatus,
 }
 
 /// Clients of the API socket, for `tracer status` (docs/api.md, "Limits").

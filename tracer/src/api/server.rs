@@ -82,18 +82,35 @@ pub fn resolve_group(group: &str) -> Result<u32, String> {
 
 /// Binds `path`, replacing a stale socket but never a live daemon's: mode 0600 (root only), or
 /// 0660 owned by `group` so that its members may query too.
-pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, BindError> {
+/// How often a socket that answers is tried, 100 ms apart, before it is taken to be another
+/// daemon's.
+const IN_USE_CHECKS: u32 = 10;
+
+/// Binds the API socket (before any runtime or thread starts: the privileged part binds it,
+/// the part that serves clients may be another process). Non-blocking, ready for [`serve`].
+pub fn bind(
+    path: &Path,
+    group: Option<u32>,
+) -> Result<std::os::unix::net::UnixListener, BindError> {
     let io_err = |source| BindError::Io { path: path.to_owned(), source };
     if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(BindError::InUse { path: path.to_owned() });
+        // A daemon that was just killed may take a moment to be gone: the part that served
+        // its clients ends when it notices (crate::privsep).
+        let mut answered = 0;
+        while std::os::unix::net::UnixStream::connect(path).is_ok() {
+            answered += 1;
+            if answered == IN_USE_CHECKS {
+                return Err(BindError::InUse { path: path.to_owned() });
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
         std::fs::remove_file(path).map_err(io_err)?;
     }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io_err)?;
     }
-    let listener = UnixListener::bind(path).map_err(io_err)?;
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(io_err)?;
+    listener.set_nonblocking(true).map_err(io_err)?;
     let mode = match group {
         Some(gid) => {
             std::os::unix::fs::chown(path, None, Some(gid)).map_err(io_err)?;
@@ -106,8 +123,15 @@ pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, BindError> 
 }
 
 /// Serves clients until the listener fails; each client on its own task.
-pub async fn serve(listener: UnixListener, queries: mpsc::Sender<Query>, clients: Clients) {
-    serve_with(listener, queries, clients, MAX_CLIENTS).await;
+pub async fn serve(
+    listener: std::os::unix::net::UnixListener,
+    queries: mpsc::Sender<Query>,
+    clients: Clients,
+) {
+    match UnixListener::from_std(listener) {
+        Ok(listener) => serve_with(listener, queries, clients, MAX_CLIENTS).await,
+        Err(e) => log::error!("API socket: cannot serve it: {e}"),
+    }
 }
 
 async fn serve_with(

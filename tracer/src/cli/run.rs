@@ -11,13 +11,14 @@ use tracer::{
     daemon::{
         self, DEFAULT_CLOSE_WAIT_AFTER, DEFAULT_DRAIN_INTERVAL, DEFAULT_HELD_CLOSED_AFTER,
         DEFAULT_LEAK_INTERVAL, DEFAULT_RECONCILE_INTERVAL, DEFAULT_SUMMARY_INTERVAL, DaemonOptions,
-        LeakSettings, nanos,
+        LeakSettings, Serving, nanos,
     },
     detect::{DetectorConfig, WorkloadOverride, defaults as leak_defaults},
     export::{self, DEFAULT_METRICS_ADDR, WebhookUrl},
     gohttp::GoRequestPolicy,
     health::{DEFAULT_IDLE_AFTER, DEFAULT_UNREAD_AFTER, HealthSettings},
     logging::LogFormat,
+    privsep::{self, ClientsUser, Part, Privsep},
     probes::{DEFAULT_WAKEUP_BYTES, LoadOptions, ProbeMode, StackOptions, StackPolicy},
     table::{
         DEFAULT_EXITED_GRACE_NS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PROCESSES,
@@ -44,6 +45,14 @@ pub struct RunArgs {
     /// becomes mode 0660 owned by that group. Without it only root may (mode 0600).
     #[arg(long, value_name = "GROUP")]
     pub socket_group: Option<String>,
+    /// Serve API and metrics clients from a process of their own, with no capabilities and
+    /// running as --clients-user, so that the privileged daemon never parses a client's bytes
+    /// (docs/security.md, "Two processes").
+    #[arg(long, value_enum, default_value_t = Privsep::On)]
+    pub privsep: Privsep,
+    /// Who serves clients with --privsep on: a user name, or UID[:GID].
+    #[arg(long, value_name = "USER", default_value = privsep::DEFAULT_CLIENTS_USER)]
+    pub clients_user: String,
     /// Probe mode: auto picks the best one this kernel loads.
     #[arg(long, value_parser = ProbeMode::parser(), default_value_t = ProbeMode::default())]
     pub probe: ProbeMode,
@@ -314,6 +323,10 @@ impl LeakArgs {
 }
 
 pub fn run(args: RunArgs, socket: PathBuf) -> anyhow::Result<()> {
+    let clients_user = match args.privsep {
+        Privsep::On => Some(ClientsUser::resolve(&args.clients_user)?),
+        Privsep::Off => None,
+    };
     let options = DaemonOptions {
         load: LoadOptions {
             mode: args.probe,
@@ -356,7 +369,27 @@ pub fn run(args: RunArgs, socket: PathBuf) -> anyhow::Result<()> {
         containers: args.containers.sources(),
         go_requests: args.go_requests,
     };
+    // Before any thread starts: the part that serves clients may be forked off with the
+    // listeners.
+    let listeners = daemon::prepare(&options)?;
+    let serving = match clients_user {
+        None => Serving::Here(listeners),
+        Some(user) => {
+            let metrics_addr = listeners.metrics.as_ref().and_then(|l| l.local_addr().ok());
+            match privsep::split()? {
+                Part::Clients { link, monitor } => {
+                    let web = options.web_config.clone();
+                    let (api, metrics) = (listeners.api, listeners.metrics);
+                    return privsep::run_clients(link, monitor, &user, api, metrics, web);
+                }
+                Part::Monitor { link, child } => {
+                    drop(listeners);
+                    Serving::Relayed { link, child, metrics_addr }
+                }
+            }
+        }
+    };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    runtime.block_on(daemon::run(options))
+    runtime.block_on(daemon::run(options, serving))
 }

@@ -64,15 +64,25 @@ fn status(s: &StatusReport) -> String {
         "API clients:         {} connected, {} closed for newer ones, {} refused",
         s.api.clients, s.api.evicted, s.api.refused
     );
-    let caps = &s.privileges.effective_capabilities;
-    let _ = writeln!(
-        out,
-        "privileges:          uid {}, {} effective capabilities{}{}",
-        s.privileges.uid,
-        caps.len(),
-        if caps.is_empty() { String::new() } else { format!(" ({})", caps.join(" ")) },
-        if s.privileges.no_new_privs { ", no_new_privs" } else { "" }
-    );
+    let privileges = |p: &tracer::api::answers::PrivilegesStatus| {
+        let caps = &p.effective_capabilities;
+        format!(
+            "uid {}, {} effective capabilities{}{}",
+            p.uid,
+            caps.len(),
+            if caps.is_empty() { String::new() } else { format!(" ({})", caps.join(" ")) },
+            if p.no_new_privs { ", no_new_privs" } else { "" }
+        )
+    };
+    let _ = writeln!(out, "privileges:          {}", privileges(&s.privileges));
+    if let Some(part) = &s.clients_part {
+        let _ = writeln!(
+            out,
+            "clients served by:   pid {}, {}",
+            part.pid,
+            privileges(&part.privileges)
+        );
+    }
     let _ = writeln!(
         out,
         "TIME_WAIT closes:    {} remembered, {} over tcp_max_tw_buckets",

@@ -39,6 +39,7 @@ use crate::{
     },
     ground_truth,
     pipeline::EventSource,
+    privsep,
     probes::{KernelCounters, LoadOptions, Probes, preflight},
     table::{ConnectionTable, KernelSockets, ProcessKey, Reconciler, TableConfig},
 };
@@ -151,6 +152,8 @@ pub(crate) struct Daemon {
     trace: trace::Subscribers,
     /// The API server's client slots, for `status`.
     api_clients: server::Clients,
+    /// The part that serves clients, when it is another process (crate::privsep).
+    clients_part: Option<crate::privsep::monitor::SharedClientsPart>,
 }
 
 /// The stacks of a raised alert, symbolized off the event loop.
@@ -183,20 +186,62 @@ fn raise_open_file_limit() {
     }
 }
 
-pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
-    // Privileges and kernel first (nothing else can work without them), then the socket: a
-    // second daemon must fail before it loads anything.
+/// The listeners `tracer run` binds before any thread starts.
+pub struct Listeners {
+    pub api: std::os::unix::net::UnixListener,
+    pub metrics: Option<std::net::TcpListener>,
+}
+
+/// Privileges and kernel first (nothing else can work without them), then the sockets: a
+/// second daemon must fail before it loads anything. Runs before any thread starts, so that
+/// the part that serves clients can be forked off with the listeners (crate::privsep).
+pub fn prepare(options: &DaemonOptions) -> anyhow::Result<Listeners> {
     preflight::check()?;
     raise_open_file_limit();
-    let listener = server::bind(&options.socket, options.socket_group)?;
-    let metrics_listener = options.metrics_addr.map(export::bind).transpose()?;
+    let api = server::bind(&options.socket, options.socket_group)?;
+    let metrics = options.metrics_addr.map(export::bind).transpose()?;
+    Ok(Listeners { api, metrics })
+}
+
+/// Who serves the API and /metrics clients.
+pub enum Serving {
+    /// This process, on these listeners.
+    Here(Listeners),
+    /// The unprivileged part forked off with the listeners (crate::privsep), over `link`.
+    Relayed {
+        link: std::os::unix::net::UnixStream,
+        child: libc::pid_t,
+        metrics_addr: Option<std::net::SocketAddr>,
+    },
+}
+
+pub async fn run(options: DaemonOptions, serving: Serving) -> anyhow::Result<()> {
     let (evidence_tx, mut evidence_rx) = mpsc::unbounded_channel::<SymbolizedEvidence>();
     let (resolved_tx, mut resolved_rx) = mpsc::unbounded_channel::<containers::Landed>();
     let mut daemon = Daemon::start(&options, evidence_tx, resolved_tx)?;
-    daemon.metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     let (scrape_tx, mut scrape_rx) = mpsc::channel::<Scrape>(8);
-    let web = options.web_config.clone();
-    let metrics_server = metrics_listener.map(|l| tokio::spawn(export::serve(l, scrape_tx, web)));
+    let (query_tx, mut query_rx) = mpsc::channel::<Query>(64);
+    // The servers, or the relay to the part that serves; the relay ending means that part
+    // exited, which stops the daemon (a supervisor restarts both).
+    let (servers, mut relay, child) = match serving {
+        Serving::Here(Listeners { api, metrics }) => {
+            daemon.metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
+            let web = options.web_config.clone();
+            let mut servers =
+                vec![tokio::spawn(server::serve(api, query_tx, daemon.api_clients.clone()))];
+            servers.extend(metrics.map(|l| tokio::spawn(export::serve(l, scrape_tx, web))));
+            (servers, None, None)
+        }
+        Serving::Relayed { link, child, metrics_addr } => {
+            daemon.metrics_addr = metrics_addr;
+            let part = privsep::monitor::SharedClientsPart::default();
+            daemon.clients_part = Some(part.clone());
+            link.set_nonblocking(true)?;
+            let link = tokio::net::UnixStream::from_std(link)?;
+            let relay = tokio::spawn(privsep::monitor::relay(link, query_tx, scrape_tx, part));
+            (Vec::new(), Some(relay), Some(child))
+        }
+    };
     if let Some(addr) = daemon.metrics_addr {
         let (tls, auth) = (options.web_config.tls.is_some(), options.web_config.auth.is_some());
         log::info!("metrics on {}", export::metrics_url(&addr.to_string(), tls, auth));
@@ -208,8 +253,6 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
         daemon.kernel,
         options.socket.display()
     );
-    let (query_tx, mut query_rx) = mpsc::channel::<Query>(64);
-    let api = tokio::spawn(server::serve(listener, query_tx, daemon.api_clients.clone()));
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -220,6 +263,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     let mut drain = every(options.drain_interval);
     // One sock_diag dump per leak evaluation, shared with a reconcile due at the same time.
     let mut scans = health::Scans::new(options.leaks.interval, options.reconcile_interval);
+    let mut stopped_by: Option<anyhow::Error> = None;
     loop {
         tokio::select! {
             batch = daemon.next_batch() => { batch?; }
@@ -315,13 +359,38 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+            ended = async { relay.as_mut()?.await.ok() }, if relay.is_some() => {
+                relay = None;
+                let how = child.map(|c| privsep::reap(c, Duration::from_secs(2))).unwrap_or_default();
+                let why = match ended {
+                    Some(Err(e)) => format!("its link failed ({e}); it {how}"),
+                    _ => format!("it {how}"),
+                };
+                stopped_by = Some(anyhow::anyhow!(
+                    "the part that serves API and metrics clients stopped: {why}; the daemon \
+                     stops with it (a supervisor restarts both)"
+                ));
+                break;
+            }
         }
         let cgroups = scans.will_reconcile().then(|| scan_cgroups::start(&mut daemon.probes));
         scans.launch(|| BootClock.now_ns(), || daemon.exhaustion_request(), cgroups.flatten());
     }
-    api.abort();
-    if let Some(server) = metrics_server {
+    for server in servers {
         server.abort();
+    }
+    // Closing the link ends the part that serves clients.
+    if let Some(relay) = relay {
+        relay.abort();
+        let _ = relay.await;
+    }
+    if stopped_by.is_none()
+        && let Some(child) = child
+    {
+        log::debug!(
+            "the part that serves clients {}",
+            privsep::reap(child, Duration::from_secs(2))
+        );
     }
     log::info!("detaching probes");
     daemon.go_requests.detach_all(&mut daemon.probes);
@@ -329,7 +398,7 @@ pub async fn run(options: DaemonOptions) -> anyhow::Result<()> {
     daemon.drain_now();
     daemon.log_summary();
     let _ = std::fs::remove_file(&options.socket);
-    Ok(())
+    stopped_by.map_or(Ok(()), Err)
 }
 
 /// The host's network namespace: init's, else the daemon's own (a host service, or a
@@ -394,6 +463,7 @@ impl Daemon {
             evidence_tx,
             trace: trace::Subscribers::default(),
             api_clients: server::Clients::default(),
+            clients_part: None,
         };
         daemon.drain_now();
         scan_cgroups::log_status(&daemon.probes);

@@ -392,7 +392,13 @@ impl Daemon {
             go_requests: self.go_requests.status(self.stacks.counters()),
             trace: crate::api::answers::TraceStatus {
                 subscribers: self.trace.count() as u64,
-                dropped: self.trace.dropped_total(),
+                // With the records the part that serves clients dropped (crate::privsep).
+                dropped: self.trace.dropped_total()
+                    + self
+                        .clients_part
+                        .as_ref()
+                        .and_then(|p| p.lock().ok())
+                        .map_or(0, |p| p.trace_dropped),
             },
             privileges: crate::privileges::Privileges::of_self()
                 .map(|p| crate::api::answers::PrivilegesStatus {
@@ -401,10 +407,19 @@ impl Daemon {
                     no_new_privs: p.no_new_privs,
                 })
                 .unwrap_or_default(),
-            api: {
-                let (clients, evicted, refused) = self.api_clients.counts();
-                crate::api::answers::ApiStatus { clients: clients as u64, evicted, refused }
+            api: match self.clients_part.as_ref().and_then(|p| p.lock().ok()) {
+                Some(part) => part.api.clone(),
+                None => {
+                    let (clients, evicted, refused) = self.api_clients.counts();
+                    crate::api::answers::ApiStatus { clients: clients as u64, evicted, refused }
+                }
             },
+            clients_part: self.clients_part.as_ref().and_then(|p| p.lock().ok()).map(|part| {
+                crate::api::answers::ClientsPartStatus {
+                    pid: part.pid,
+                    privileges: part.privileges.clone(),
+                }
+            }),
             workload_overrides: self
                 .leak_settings
                 .detector

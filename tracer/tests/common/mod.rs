@@ -463,6 +463,22 @@ impl Daemon {
     }
 
     /// SIGKILL: the daemon gets no chance to clean up (a crash, an OOM kill).
+    /// Waits for the daemon to exit by itself (panics after `limit`); returns its log.
+    pub fn wait_exit(mut self, limit: Duration) -> String {
+        if let Some(mut child) = self.child.take() {
+            let deadline = Instant::now() + limit;
+            while matches!(child.try_wait(), Ok(None)) {
+                if Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("the daemon did not exit within {limit:?}: {}", self.log_text());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        self.log_text()
+    }
+
     pub fn kill_hard(mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

@@ -84,30 +84,31 @@ pub enum BindError {
     Io { addr: SocketAddr, source: io::Error },
 }
 
-/// Binds the metrics listener. Must run inside the tokio runtime (the daemon's `run` does).
-pub fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
+/// Binds the metrics listener, non-blocking, ready for [`serve`]; needs no runtime (the daemon
+/// binds before any thread starts).
+pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, BindError> {
     let classify = |source: io::Error| match source.kind() {
         io::ErrorKind::AddrInUse => BindError::InUse { addr },
         io::ErrorKind::AddrNotAvailable => BindError::NotLocal { addr },
         io::ErrorKind::PermissionDenied => BindError::PermissionDenied { addr },
         _ => BindError::Io { addr, source },
     };
-    // Outside a runtime tokio would panic on registration: report it instead.
-    if tokio::runtime::Handle::try_current().is_err() {
-        return Err(BindError::Io {
-            addr,
-            source: io::Error::other("metrics::bind called outside the tokio runtime"),
-        });
-    }
     // std sets SO_REUSEADDR on Unix: a restarted daemon rebinds despite TIME_WAIT.
     let listener = std::net::TcpListener::bind(addr).map_err(classify)?;
     listener.set_nonblocking(true).map_err(|source| BindError::Io { addr, source })?;
-    TcpListener::from_std(listener).map_err(|source| BindError::Io { addr, source })
+    Ok(listener)
 }
 
 /// Serves `/metrics` until the task is aborted; each connection on its own task. `web` adds TLS
 /// and basic authentication (`--web-config`).
-pub async fn serve(listener: TcpListener, scrapes: mpsc::Sender<Scrape>, web: WebConfig) {
+pub async fn serve(listener: std::net::TcpListener, scrapes: mpsc::Sender<Scrape>, web: WebConfig) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(e) => {
+            log::error!("metrics: cannot serve the listener: {e}");
+            return;
+        }
+    };
     let clients = Clients::default();
     let tls = web.tls.map(TlsAcceptor::from);
     loop {
@@ -522,9 +523,10 @@ mod tests {
     }
 
     #[test]
-    fn bind_outside_a_runtime_is_an_error_not_a_panic() {
-        let err = bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect_err("no runtime");
-        assert!(err.to_string().contains("tokio runtime"), "{err}");
+    fn bind_needs_no_runtime() {
+        // The daemon binds before any thread starts (it may fork the server off then).
+        let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+        assert!(listener.local_addr().is_ok_and(|a| a.ip().is_loopback()));
     }
 
     #[test]
