@@ -554,6 +554,10 @@ fn clients_are_served_by_an_unprivileged_process_apart_from_the_daemon() {
     assert_eq!(part["privileges"]["uid"], 65534, "{part}");
     assert_eq!(part["privileges"]["effective_capabilities"], json!([]), "{part}");
     assert_eq!(part["privileges"]["no_new_privs"], true, "{part}");
+    // Under its seccomp allow-list, as the kernel says (mode 2: filter).
+    let seccomp = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    assert!(seccomp.lines().any(|l| l == "Seccomp:\t2"), "{seccomp}");
+    assert_eq!(part["seccomp"], true, "{part}");
 
     // The listeners are that process's alone: the privileged one holds neither.
     let holders = |args: &[&str]| {

@@ -556,6 +556,9 @@ pub struct ClientsPartStatus {
     pub pid: u32,
     /// What it runs with: not root, no capabilities.
     pub privileges: PrivilegesStatus,
+    /// It runs under its seccomp allow-list (`--seccomp on`, the default).
+    #[serde(default)]
+    pub seccomp: bool,
 }
 
 /// Clients of the API socket, for `tracer status` (docs/api.md, "Limits").

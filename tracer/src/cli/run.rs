@@ -50,6 +50,10 @@ pub struct RunArgs {
     /// (docs/security.md, "Two processes").
     #[arg(long, value_enum, default_value_t = Privsep::On)]
     pub privsep: Privsep,
+    /// With --privsep on, confine the part that serves clients to the system calls a server
+    /// makes (a seccomp filter; any other call kills it, and the daemon stops saying so).
+    #[arg(long, value_enum, default_value_t = Privsep::On)]
+    pub seccomp: Privsep,
     /// Who serves clients with --privsep on: a user name, or UID[:GID].
     #[arg(long, value_name = "USER", default_value = privsep::DEFAULT_CLIENTS_USER)]
     pub clients_user: String,
@@ -323,6 +327,7 @@ impl LeakArgs {
 }
 
 pub fn run(args: RunArgs, socket: PathBuf) -> anyhow::Result<()> {
+    let args_seccomp = args.seccomp;
     let clients_user = match args.privsep {
         Privsep::On => Some(ClientsUser::resolve(&args.clients_user)?),
         Privsep::Off => None,
@@ -380,7 +385,8 @@ pub fn run(args: RunArgs, socket: PathBuf) -> anyhow::Result<()> {
                 Part::Clients { link, monitor } => {
                     let web = options.web_config.clone();
                     let (api, metrics) = (listeners.api, listeners.metrics);
-                    return privsep::run_clients(link, monitor, &user, api, metrics, web);
+                    let seccomp = args_seccomp;
+                    return privsep::run_clients(link, monitor, &user, api, metrics, web, seccomp);
                 }
                 Part::Monitor { link, child } => {
                     drop(listeners);

@@ -78,9 +78,10 @@ fn status(s: &StatusReport) -> String {
     if let Some(part) = &s.clients_part {
         let _ = writeln!(
             out,
-            "clients served by:   pid {}, {}",
+            "clients served by:   pid {}, {}{}",
             part.pid,
-            privileges(&part.privileges)
+            privileges(&part.privileges),
+            if part.seccomp { ", seccomp" } else { "" }
         );
     }
     let _ = writeln!(

@@ -418,6 +418,7 @@ impl Daemon {
                 crate::api::answers::ClientsPartStatus {
                     pid: part.pid,
                     privileges: part.privileges.clone(),
+                    seccomp: part.seccomp,
                 }
             }),
             workload_overrides: self

@@ -81,6 +81,7 @@ fn lines_in(line: &TraceLine) -> u64 {
 pub(super) async fn relay(
     link: UnixStream,
     privileges: PrivilegesStatus,
+    seccomp: bool,
     mut queries: mpsc::Receiver<Query>,
     mut scrapes: mpsc::Receiver<Scrape>,
     clients: Clients,
@@ -96,7 +97,7 @@ pub(super) async fn relay(
     // Frames are read in their own task: a read cut by select! would lose its place.
     let (down_tx, mut down) = mpsc::channel::<std::io::Result<Down>>(256);
     tokio::spawn(read_down(read, down_tx));
-    let _ = out.send(Up::Hello { pid: std::process::id(), privileges }).await;
+    let _ = out.send(Up::Hello { pid: std::process::id(), privileges, seccomp }).await;
 
     let mut next_id = 0u64;
     let mut answers: HashMap<u64, oneshot::Sender<Answer>> = HashMap::new();

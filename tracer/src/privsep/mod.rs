@@ -15,6 +15,7 @@
 //! goes (a supervisor restarts both).
 mod clients;
 pub mod monitor;
+mod seccomp;
 pub mod wire;
 
 use std::{
@@ -57,7 +58,8 @@ pub enum Error {
     StillPrivileged { uid: u32, caps: u32 },
 }
 
-/// Whether `tracer run` splits in two (`--privsep`).
+/// Whether `tracer run` splits in two (`--privsep`), and whether the part that serves clients
+/// runs under its seccomp filter (`--seccomp`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Privsep {
     On,
@@ -164,7 +166,8 @@ fn thread_count() -> usize {
         .unwrap_or(1)
 }
 
-/// The client part from the fork on: drops every privilege, then serves `api` and `metrics`
+/// The client part from the fork on: drops every privilege (and, with `seccomp`, every system
+/// call a server does not make), then serves `api` and `metrics`
 /// until the monitor closes the link. Terminal and service signals are the monitor's to act on:
 /// this part ignores them and ends with the link.
 pub fn run_clients(
@@ -174,6 +177,7 @@ pub fn run_clients(
     api: std::os::unix::net::UnixListener,
     metrics: Option<std::net::TcpListener>,
     web: WebConfig,
+    seccomp: Privsep,
 ) -> anyhow::Result<()> {
     for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
@@ -189,6 +193,9 @@ pub fn run_clients(
         return Ok(());
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    if seccomp == Privsep::On {
+        seccomp::install().map_err(|e| anyhow::anyhow!("installing the seccomp filter: {e}"))?;
+    }
     runtime.block_on(async move {
         let (query_tx, query_rx) = tokio::sync::mpsc::channel(64);
         let (scrape_tx, scrape_rx) = tokio::sync::mpsc::channel(8);
@@ -199,7 +206,8 @@ pub fn run_clients(
         }
         link.set_nonblocking(true)?;
         let link = tokio::net::UnixStream::from_std(link)?;
-        clients::relay(link, privileges, query_rx, scrape_rx, clients).await?;
+        let filtered = seccomp == Privsep::On;
+        clients::relay(link, privileges, filtered, query_rx, scrape_rx, clients).await?;
         Ok(())
     })
 }
@@ -276,6 +284,10 @@ pub fn reap(child: libc::pid_t, grace: Duration) -> String {
 pub fn describe(status: libc::c_int) -> String {
     if libc::WIFEXITED(status) {
         format!("exited with status {}", libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS {
+        "was killed by SIGSYS: it made a system call outside its seccomp allow-list (a bug: \
+         please report it with the daemon's kernel; --seccomp off runs without the filter)"
+            .to_owned()
     } else if libc::WIFSIGNALED(status) {
         format!("was killed by signal {}", libc::WTERMSIG(status))
     } else {

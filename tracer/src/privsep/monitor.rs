@@ -26,6 +26,8 @@ use crate::{
 pub struct ClientsPart {
     pub pid: u32,
     pub privileges: PrivilegesStatus,
+    /// Under its seccomp filter.
+    pub seccomp: bool,
     /// Its API clients, as of its latest query.
     pub api: ApiStatus,
     /// Trace records it dropped for slow readers, as of its latest query.
@@ -59,9 +61,9 @@ pub async fn relay(
         };
         streams.retain(|_, task| !task.is_finished());
         match frame {
-            Up::Hello { pid, privileges } => {
+            Up::Hello { pid, privileges, seccomp } => {
                 if let Ok(mut p) = part.lock() {
-                    (p.pid, p.privileges) = (pid, privileges);
+                    (p.pid, p.privileges, p.seccomp) = (pid, privileges, seccomp);
                 }
             }
             Up::Query { id, request, stream, api, trace_dropped } => {

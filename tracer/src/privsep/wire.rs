@@ -27,8 +27,8 @@ pub const MAX_DOWN_BYTES: usize = 1 << 30;
 /// From the client part to the monitor.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Up {
-    /// First frame: who the client part is, as it runs.
-    Hello { pid: u32, privileges: PrivilegesStatus },
+    /// First frame: who the client part is, as it runs, and whether its seccomp filter is on.
+    Hello { pid: u32, privileges: PrivilegesStatus, seccomp: bool },
     /// An API request that parsed; `stream` when it is a trace (lines follow its answer).
     /// For `status`: `api`, the client part's count of API clients, and `trace_dropped`, the
     /// trace records it dropped for slow readers since start.
