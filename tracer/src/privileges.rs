@@ -47,8 +47,136 @@ const NAMES: [&str; 41] = [
     "cap_checkpoint_restore",
 ];
 
+pub const CAP_DAC_READ_SEARCH: u32 = 2;
+pub const CAP_KILL: u32 = 5;
+pub const CAP_SYS_PTRACE: u32 = 19;
+pub const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_SYS_RESOURCE: u32 = 24;
 pub const CAP_PERFMON: u32 = 38;
 pub const CAP_BPF: u32 = 39;
+
+/// A capability the daemon keeps after start-up, and why (docs/security.md renders this table:
+/// a test compares them).
+pub struct Kept {
+    pub capability: u32,
+    /// What uses it after start-up.
+    pub used_by: &'static str,
+    /// What breaks without it.
+    pub without: &'static str,
+}
+
+/// Every capability the daemon keeps (in the kernel's order) once the part that serves clients is forked off; it drops
+/// the others from every set, the bounding set included (docs/security.md).
+pub const KEPT: &[Kept] = &[
+    Kept {
+        capability: CAP_DAC_READ_SEARCH,
+        used_by: "reading files other users own without read permission: binaries through \
+                  /proc/PID/root and map_files, container name sources, tracefs when not root",
+        without: "stacks of such programs stay unnamed; some container names stay unknown",
+    },
+    Kept {
+        capability: CAP_KILL,
+        used_by: "killing the part that serves clients (it runs as another uid) when it has \
+                  not exited 2 s after the daemon closed their link",
+        without: "the daemon's stop would wait on that child",
+    },
+    Kept {
+        capability: CAP_SYS_PTRACE,
+        used_by: "other users' /proc/PID/fd, exe, root, map_files and ns/net (holders, \
+                  descriptor counts, symbolization, Go binaries, namespaces to scan)",
+        without: "holders and descriptors of other users' processes go unseen: counts of \
+                  inherited sockets and fd_exhaustion miss them",
+    },
+    Kept {
+        capability: CAP_SYS_ADMIN,
+        used_by: "setns into every network namespace for the sock_diag dumps and sysctls; \
+                  /proc/PID/map_files",
+        without: "reconcile, pool health and port exhaustion see only the daemon's own \
+                  namespace; stacks are not symbolized",
+    },
+    Kept {
+        capability: CAP_SYS_RESOURCE,
+        used_by: "raising RLIMIT_MEMLOCK before loading BPF objects (kernels before 5.11 \
+                  charge maps to it)",
+        without: "loading fails on 5.10 with EPERM",
+    },
+    Kept {
+        capability: CAP_PERFMON,
+        used_by: "perf events for kprobes and for the uprobes attached to Go programs that \
+                  become suspects later",
+        without: "kprobe mode and Go request probes cannot attach",
+    },
+    Kept {
+        capability: CAP_BPF,
+        used_by: "bpf(2) after start-up: map reads (counters, stacks), the task iterator of \
+                  each reconcile, attaching Go request probes",
+        without: "status counters, stacks, cgroup ids and Go probes fail",
+    },
+];
+
+/// The `KEPT` table as docs/security.md shows it.
+pub fn kept_table() -> String {
+    let mut out =
+        String::from("| capability | used after start-up for | without it |\n|---|---|---|\n");
+    for k in KEPT {
+        let name = NAMES.get(k.capability as usize).copied().unwrap_or("?");
+        out.push_str(&format!("| `{name}` | {} | {} |\n", k.used_by, k.without));
+    }
+    out
+}
+
+/// The effective, permitted and bounding sets become `KEPT` (inheritable and ambient empty).
+/// Capabilities are a thread's: call this while the process has one thread, so that every
+/// thread it starts afterwards inherits the reduced sets.
+pub fn keep_only_kept() -> std::io::Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let permitted = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapPrm:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .ok_or_else(|| std::io::Error::other("no CapPrm in /proc/self/status"))?;
+    // A daemon started with fewer capabilities (not root) keeps what it has of the list.
+    let kept: u64 = KEPT.iter().map(|k| 1u64 << k.capability).sum::<u64>() & permitted;
+    const CAP_SETPCAP: u64 = 8;
+    if permitted & (1 << CAP_SETPCAP) != 0 {
+        for cap in 0..64u32 {
+            // SAFETY: prctl with these options reads only its integer arguments.
+            if unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) } < 0 {
+                break;
+            }
+            if kept & (1 << cap) == 0 {
+                // SAFETY: as above; needs CAP_SETPCAP, dropped last by the capset below.
+                if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+        }
+    }
+    // SAFETY: as above; EINVAL on kernels without ambient capabilities (none to clear).
+    unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) };
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let mut header = Header { version: VERSION_3, pid: 0 };
+    let half = |shift: u32| {
+        let bits = (kept >> shift) as u32;
+        Data { effective: bits, permitted: bits, inheritable: 0 }
+    };
+    let data = [half(0), half(32)];
+    // SAFETY: capset reads a v3 header and two data structs, as given.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
 
 /// A process's effective uid and capability set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,6 +243,19 @@ mod tests {
         forbid_new_privileges().expect("prctl");
         let status = std::fs::read_to_string("/proc/thread-self/status").expect("status");
         assert!(Privileges::parse(&status).expect("parsed").no_new_privs);
+    }
+
+    #[test]
+    fn docs_security_md_shows_the_capabilities_kept() {
+        let doc =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/security.md"))
+                .expect("docs/security.md");
+        let table = kept_table();
+        assert!(doc.contains(&table), "docs/security.md should show this table:\n{table}");
+        let mut caps: Vec<u32> = KEPT.iter().map(|k| k.capability).collect();
+        caps.sort_unstable();
+        caps.dedup();
+        assert_eq!(caps.len(), KEPT.len(), "a capability kept twice");
     }
 
     #[test]

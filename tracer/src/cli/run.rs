@@ -395,6 +395,9 @@ pub fn run(args: RunArgs, socket: PathBuf) -> anyhow::Result<()> {
             }
         }
     };
+    // Still one thread: the reduced sets are every later thread's (docs/security.md).
+    tracer::privileges::keep_only_kept()
+        .map_err(|e| anyhow::anyhow!("dropping the capabilities the daemon does not use: {e}"))?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(daemon::run(options, serving))
