@@ -48,11 +48,11 @@ pub struct RunArgs {
     /// Serve API and metrics clients from a process of their own, with no capabilities and
     /// running as --clients-user, so that the privileged daemon never parses a client's bytes
     /// (docs/security.md, "Two processes").
-    #[arg(long, value_enum, default_value_t = Privsep::On)]
+    #[arg(long, value_parser = Privsep::parser(), default_value_t = Privsep::On)]
     pub privsep: Privsep,
     /// With --privsep on, confine the part that serves clients to the system calls a server
     /// makes (a seccomp filter; any other call kills it, and the daemon stops saying so).
-    #[arg(long, value_enum, default_value_t = Privsep::On)]
+    #[arg(long, value_parser = Privsep::parser(), default_value_t = Privsep::On)]
     pub seccomp: Privsep,
     /// Who serves clients with --privsep on: a user name, or UID[:GID].
     #[arg(long, value_name = "USER", default_value = privsep::DEFAULT_CLIENTS_USER)]

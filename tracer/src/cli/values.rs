@@ -60,6 +60,13 @@ impl Choice for tracer::gohttp::GoRequestPolicy {
     }
 }
 
+impl Choice for tracer::privsep::Privsep {
+    const ALL: &'static [Self] = &tracer::privsep::Privsep::ALL;
+    fn name(&self) -> &'static str {
+        tracer::privsep::Privsep::name(*self)
+    }
+}
+
 impl Choice for LogFormat {
     const ALL: &'static [Self] = &LogFormat::ALL;
     fn name(&self) -> &'static str {

@@ -58,12 +58,14 @@ pub enum Error {
     StillPrivileged { uid: u32, caps: u32 },
 }
 
-/// Whether `tracer run` splits in two (`--privsep`), and whether the part that serves clients
-/// runs under its seccomp filter (`--seccomp`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Privsep {
-    On,
-    Off,
+crate::names::named_enum! {
+    /// Whether `tracer run` splits in two (`--privsep`), and whether the part that serves
+    /// clients runs under its seccomp filter (`--seccomp`).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Privsep ("setting") {
+        On => "on",
+        Off => "off",
+    }
 }
 
 /// Who serves clients by default: the unprivileged account every distribution has, else the
