@@ -337,9 +337,13 @@ fn stop(child: &mut Child, grace: Duration) {
 mod tests {
     use super::*;
 
+    fn lines(text: &[&str]) -> Vec<String> {
+        text.iter().map(|l| (*l).to_owned()).collect()
+    }
+
     #[test]
     fn a_panic_summary_keeps_the_first_line_and_both_sides_of_an_assertion() {
-        let output: Vec<String> = [
+        let output = lines(&[
             "running 1 test",
             "thread 'close_wait' (2567) panicked at tracer/tests/stacks.rs:403:9:",
             "assertion `left == right` failed: groups [3], in other groups 0: {",
@@ -349,10 +353,7 @@ mod tests {
             " right: 4",
             "note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace",
             "test close_wait ... FAILED",
-        ]
-        .iter()
-        .map(|l| (*l).to_owned())
-        .collect();
+        ]);
         assert_eq!(
             panics(&output),
             vec![
@@ -365,17 +366,14 @@ mod tests {
 
     #[test]
     fn a_panic_summary_keeps_what_an_eventually_saw_and_the_daemon_status() {
-        let output: Vec<String> = [
+        let output = lines(&[
             "thread 'ports' (35) panicked at tracer/tests/common/mod.rs:423:25:",
             "port_exhaustion against the client: no alert yet",
             "complaints seen:",
             "  after 0.0s: no alert yet",
             "daemon status: {\"mode\":\"kprobe\"}",
             "note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace",
-        ]
-        .iter()
-        .map(|l| (*l).to_owned())
-        .collect();
+        ]);
         assert_eq!(
             panics(&output),
             vec![
