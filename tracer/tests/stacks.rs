@@ -408,10 +408,16 @@ fn a_close_wait_alert_carries_the_stacks_of_the_stale_connections() {
         for reason in ["opened_before_capture", "not_sampled", "held_by_another_process"] {
             assert_eq!(num(stacks, reason), 0, "{reason}: {summary}");
         }
+        // Polled like the rest, not asserted at once: a failure then comes with the history of
+        // what was seen and the daemon's status (its stack counters: orphaned, received, ...).
         if missing > 0 {
             let kernel = &d.json(&["status"])["stacks"];
             let lost = num(kernel, "lost_ringbuf") + num(kernel, "unwind_failed");
-            assert!(missing <= lost, "{missing} stacks missing, {lost} lost: {summary}");
+            if missing > lost {
+                return Err(format!(
+                    "{missing} stacks missing, {lost} lost (status stacks {kernel}): {summary}"
+                ));
+            }
         }
         Ok(())
     });
