@@ -39,6 +39,21 @@ fn bad_flags_are_rejected_by_name() {
     assert!(stderr.contains("ADDR:PORT"), "{stderr}");
 }
 
+/// The user the part that serves clients becomes must exist and must not be root; privilege
+/// separation's settings are `on` or `off`. Refused before anything is bound or loaded.
+#[test]
+fn a_bad_clients_user_or_privsep_setting_is_refused_naming_the_fix() {
+    let (code, stderr) = run(&["run", "--clients-user", "no-such-user-here"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("no such user") && stderr.contains("numeric uid"), "{stderr}");
+    let (code, stderr) = run(&["run", "--clients-user", "0:0"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("that is root"), "{stderr}");
+    let (code, stderr) = run(&["run", "--privsep", "maybe"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("on") && stderr.contains("off"), "{stderr}");
+}
+
 /// Durations take units (`90`, `30s`, `1h30m`); a bad one is refused naming the forms, in a
 /// flag and in a per-workload setting alike.
 #[test]
