@@ -114,6 +114,31 @@ pub const KEPT: &[Kept] = &[
     },
 ];
 
+/// Drops from the bounding set every capability not in `keep` (when `permitted` holds
+/// CAP_SETPCAP, which that takes; it goes last, with the capset or uid change that follows),
+/// and empties the ambient set: nothing executed later could regain what was dropped.
+pub fn narrow_bounding_set(keep: u64, permitted: u64) -> std::io::Result<()> {
+    const CAP_SETPCAP: u64 = 8;
+    if permitted & (1 << CAP_SETPCAP) != 0 {
+        for cap in 0..64u32 {
+            // SAFETY: prctl with these options reads only its integer arguments.
+            if unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) } < 0 {
+                break;
+            }
+            if keep & (1 << cap) != 0 {
+                continue;
+            }
+            // SAFETY: as above.
+            if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    // SAFETY: as above; EINVAL on kernels without ambient capabilities (none to clear).
+    unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) };
+    Ok(())
+}
+
 /// The `KEPT` table as docs/security.md shows it.
 pub fn kept_table() -> String {
     let mut out =
@@ -137,23 +162,7 @@ pub fn keep_only_kept() -> std::io::Result<()> {
         .ok_or_else(|| std::io::Error::other("no CapPrm in /proc/self/status"))?;
     // A daemon started with fewer capabilities (not root) keeps what it has of the list.
     let kept: u64 = KEPT.iter().map(|k| 1u64 << k.capability).sum::<u64>() & permitted;
-    const CAP_SETPCAP: u64 = 8;
-    if permitted & (1 << CAP_SETPCAP) != 0 {
-        for cap in 0..64u32 {
-            // SAFETY: prctl with these options reads only its integer arguments.
-            if unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) } < 0 {
-                break;
-            }
-            if kept & (1 << cap) == 0 {
-                // SAFETY: as above; needs CAP_SETPCAP, dropped last by the capset below.
-                if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-        }
-    }
-    // SAFETY: as above; EINVAL on kernels without ambient capabilities (none to clear).
-    unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) };
+    narrow_bounding_set(kept, permitted)?;
     #[repr(C)]
     struct Header {
         version: u32,

@@ -218,17 +218,9 @@ pub fn run_clients(
 /// executes could regain one; `no_new_privs` is set already), then checks it from /proc.
 fn drop_privileges(user: &ClientsUser) -> Result<PrivilegesStatus, Error> {
     let failed = |source| Error::Drop { user: user.name.clone(), source };
-    // The bounding set, while CAP_SETPCAP is still there.
-    for cap in 0..64 {
-        // SAFETY: prctl with these options reads only its integer arguments.
-        if unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) } < 0 {
-            break;
-        }
-        // SAFETY: as above.
-        unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
-    }
-    // SAFETY: as above; EINVAL on kernels without ambient capabilities (none to clear).
-    unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) };
+    // The bounding set empty, while CAP_SETPCAP is still there (all of it is permitted here:
+    // the fork took the daemon's sets before it narrowed them).
+    crate::privileges::narrow_bounding_set(0, u64::MAX).map_err(failed)?;
     // SAFETY: setgroups with an empty list reads nothing.
     if unsafe { libc::setgroups(0, std::ptr::null()) } != 0 {
         return Err(failed(io::Error::last_os_error()));
