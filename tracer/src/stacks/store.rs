@@ -139,8 +139,11 @@ pub struct OpenerStacks {
     by_content: Map<(ProcessKey, u64), Vec<StackId>>,
     /// By table connection id; connections absent here were not sampled or predate capture.
     by_connection: Map<u64, Opener>,
-    /// Stacks whose connection is not in the table yet: (stack, received at).
-    pending: Map<SocketKey, (StackId, u64)>,
+    /// Stacks whose connection is not in the table yet: (stack, received at), by socket and
+    /// kind. The kind is part of the key because a process that accepts and dials can free an
+    /// accepted socket and reuse its address for its next connect before either stack is
+    /// paired: both then wait at one address, each for its own event.
+    pending: Map<(SocketKey, StackKind), (StackId, u64)>,
     /// By table connection id: the last Go request sent on it.
     last_request: Map<u64, LastRequest>,
     /// Request stacks whose connection was not in the table when they were read (its connect
@@ -190,7 +193,7 @@ impl OpenerStacks {
             // kprobe mode captures connect's stack apart from its event, which then carries no
             // flag: a stack that came first still belongs to it.
             Applied::Connecting { id, .. } if !self.pending.is_empty() => {
-                if let Some(stack) = self.take_pending(event) {
+                if let Some(stack) = self.take_pending(event, StackKind::Connect) {
                     self.counters.attached += 1;
                     self.set(id, Opener::Stack(stack));
                 }
@@ -254,7 +257,7 @@ impl OpenerStacks {
                 self.set(id, Opener::Stack(stack));
             }
             None => {
-                if let Some((old, _)) = self.pending.insert(key, (stack, now_ns)) {
+                if let Some((old, _)) = self.pending.insert((key, kind), (stack, now_ns)) {
                     self.release_stack(old);
                     self.counters.orphaned += 1;
                 }
@@ -354,24 +357,14 @@ impl OpenerStacks {
         }
     }
 
-    /// Connection `id` (socket `key`) wants its stack: it may be waiting already.
-    /// The stack waiting for `event`'s socket, unless another process captured it: a freed
-    /// socket's address is reused, and the stack of an earlier socket there (read after that
-    /// socket's connection had closed) must not pass for the new one's. Events without an
+    /// The `kind` stack waiting for `event`'s socket, unless another process captured it: a
+    /// freed socket's address is reused, and the stack of an earlier socket there (read after
+    /// that socket's connection had closed) must not pass for the new one's. Events without an
     /// owner take any.
-    fn take_pending(&mut self, event: &ConnEvent) -> Option<StackId> {
-        let (stack, _) = self.pending.remove(&SocketKey::of(event))?;
-        let owner = owner_of(event);
-        let opens = match event.kind() {
-            Some(EventKind::Connect) => Some(StackKind::Connect),
-            Some(EventKind::Accept) => Some(StackKind::Accept),
-            _ => None,
-        };
-        let fits =
-            self.stacks.get(&stack).is_some_and(|s| opens.is_none() || Some(s.kind) == opens);
-        if fits
-            && (event.flags & flags::OWNER_CONTEXT == 0
-                || self.stacks.get(&stack).is_some_and(|s| s.process == owner))
+    fn take_pending(&mut self, event: &ConnEvent, kind: StackKind) -> Option<StackId> {
+        let (stack, _) = self.pending.remove(&(SocketKey::of(event), kind))?;
+        if event.flags & flags::OWNER_CONTEXT == 0
+            || self.stacks.get(&stack).is_some_and(|s| s.process == owner_of(event))
         {
             return Some(stack);
         }
@@ -380,8 +373,13 @@ impl OpenerStacks {
         None
     }
 
+    /// Connection `id` wants its stack: it may be waiting already.
     fn wanted(&mut self, id: u64, event: &ConnEvent) {
-        let opener = match self.take_pending(event) {
+        let kind = match event.kind() {
+            Some(EventKind::Accept) => StackKind::Accept,
+            _ => StackKind::Connect,
+        };
+        let opener = match self.take_pending(event, kind) {
             Some(stack) => {
                 self.counters.attached += 1;
                 Opener::Stack(stack)
@@ -468,7 +466,7 @@ fn owner_of(event: &ConnEvent) -> ProcessKey {
 }
 
 /// Removes the stacks of `waiting` received longer than [`PENDING_GRACE_NS`] before `now_ns`.
-fn take_expired<V: Copy>(waiting: &mut Map<SocketKey, (V, u64)>, now_ns: u64) -> Vec<V> {
+fn take_expired<K, V: Copy>(waiting: &mut Map<K, (V, u64)>, now_ns: u64) -> Vec<V> {
     let mut expired = Vec::new();
     waiting.retain(|_, (value, at)| {
         let keep = now_ns.saturating_sub(*at) <= PENDING_GRACE_NS;

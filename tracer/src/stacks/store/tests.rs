@@ -354,3 +354,35 @@ fn a_stack_of_the_other_direction_is_never_a_connections_own() {
     let second = w.open(0x2000, 40_002, false);
     assert!(matches!(w.stacks.opener(second, false), Opener::Stack(_)));
 }
+
+#[test]
+fn an_accepts_stack_and_a_connects_at_its_reused_address_each_wait_for_their_own_event() {
+    // A process that serves and dials (the Go leaker of the VM matrix): it accepts at 0x1000 and
+    // closes at once, and its next dial's socket gets the freed address. Both stacks were read
+    // before any of these events: each must still go to its own connection (the accept's did
+    // not use to, and pushed the connect's out of the one slot of the address).
+    let mut w = World::new();
+    let accept_stack = StackRecord { kind: EventKind::Accept as u8, ..record(0x1000, &[4, 5, 6]) };
+    w.stacks.on_stack(&accept_stack, &w.table, 0);
+    w.stack(0x1000, &[1, 2]);
+    let mut established = event(EventKind::Established, 0x1000, 8080, false);
+    (established.old_state, established.flags) = (SYN_RECV, flags::INBOUND);
+    assert!(matches!(w.apply(established), Applied::Backlogged { .. }));
+    let mut accept = event(EventKind::Accept, 0x1000, 8080, true);
+    (accept.tgid, accept.tid, accept.start_time_ns) = (PID, PID, START);
+    accept.flags = flags::OWNER_CONTEXT | flags::INBOUND | flags::STACK_WANTED;
+    (accept.old_state, accept.new_state) = (ESTABLISHED, ESTABLISHED);
+    let Applied::Opened { id: accepted, .. } = w.apply(accept) else { panic!("accepted") };
+    let Opener::Stack(stack) = w.stacks.opener(accepted, false) else { panic!("accept's stack") };
+    assert_eq!(w.stacks.stack(stack).map(|s| &*s.frames), Some(&[4, 5, 6][..]));
+    let mut release = event(EventKind::Release, 0x1000, 8080, false);
+    release.flags = flags::OWNER_CONTEXT | flags::INBOUND;
+    assert!(matches!(w.apply(release), Applied::Closed { .. }));
+    let dialed = w.open(0x1000, 40_001, true);
+    let Opener::Stack(stack) = w.stacks.opener(dialed, false) else {
+        panic!("the connect's stack: {:?}", w.stacks.opener(dialed, false))
+    };
+    assert_eq!(w.stacks.stack(stack).map(|s| &*s.frames), Some(&[1, 2][..]));
+    assert_eq!(w.stacks.counters().orphaned, 0);
+    assert_eq!(w.stacks.counters().attached, 2);
+}
