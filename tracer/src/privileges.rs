@@ -51,7 +51,6 @@ pub const CAP_DAC_READ_SEARCH: u32 = 2;
 pub const CAP_KILL: u32 = 5;
 pub const CAP_SYS_PTRACE: u32 = 19;
 pub const CAP_SYS_ADMIN: u32 = 21;
-pub const CAP_SYS_RESOURCE: u32 = 24;
 pub const CAP_PERFMON: u32 = 38;
 pub const CAP_BPF: u32 = 39;
 
@@ -61,58 +60,89 @@ pub struct Kept {
     pub capability: u32,
     /// What uses it after start-up.
     pub used_by: &'static str,
-    /// What breaks without it.
+    /// What breaks without it (tests/capabilities.rs shows it break, with `--drop-capability`).
     pub without: &'static str,
+    /// A capability the kernel accepts in its place: this one is not kept when that one is.
+    pub implied_by: Option<u32>,
 }
 
-/// Every capability the daemon keeps (in the kernel's order) once the part that serves clients is forked off; it drops
-/// the others from every set, the bounding set included (docs/security.md).
+/// Every capability the daemon may keep (in the kernel's order) once the part that serves
+/// clients is forked off; it drops the others from every set, the bounding set included
+/// (docs/security.md). What only start-up needs (binding, the limits it raises, the uid change
+/// of the part that serves clients) is done before the drop; loading the probes comes after.
 pub const KEPT: &[Kept] = &[
     Kept {
         capability: CAP_DAC_READ_SEARCH,
-        used_by: "reading files other users own without read permission: binaries through \
-                  /proc/PID/root and map_files, container name sources, tracefs when not root",
-        without: "stacks of such programs stay unnamed; some container names stay unknown",
+        used_by: "reading what root has no read permission on: binaries (mode 0111, or another \
+                  user's 0700) through /proc/PID/map_files and exe; other users' /proc/PID/fd \
+                  listings (descriptor counts); container name sources",
+        without: "such binaries' stacks are not symbolized (`pins_failed`); other users' \
+                  descriptor counts and fd_exhaustion go; some container names stay unknown",
+        implied_by: None,
     },
     Kept {
         capability: CAP_KILL,
-        used_by: "killing the part that serves clients (it runs as another uid) when it has \
-                  not exited 2 s after the daemon closed their link",
-        without: "the daemon's stop would wait on that child",
+        used_by: "signals to the part that serves clients (another uid): SIGKILL when it has not \
+                  exited 2 s after its link closed, and the parent-death signal the kernel sends \
+                  it in the daemon's name when the daemon dies",
+        without: "a stuck part that serves clients outlives the daemon and keeps the socket \
+                  and port: a restarted daemon cannot bind",
+        implied_by: None,
     },
     Kept {
         capability: CAP_SYS_PTRACE,
-        used_by: "other users' /proc/PID/fd, exe, root, map_files and ns/net (holders, \
-                  descriptor counts, symbolization, Go binaries, namespaces to scan)",
-        without: "holders and descriptors of other users' processes go unseen: counts of \
-                  inherited sockets and fd_exhaustion miss them",
+        used_by: "other users' processes: /proc/PID/map_files, fd links, exe, root and ns/net \
+                  (symbolization, holders, Go binaries, namespaces to scan)",
+        without: "other users' programs are not symbolized (`pins_failed`), their holders and \
+                  Go binaries go unseen",
+        implied_by: None,
     },
     Kept {
         capability: CAP_SYS_ADMIN,
-        used_by: "setns into every network namespace for the sock_diag dumps and sysctls; \
-                  /proc/PID/map_files",
-        without: "reconcile, pool health and port exhaustion see only the daemon's own \
-                  namespace; stacks are not symbolized",
-    },
-    Kept {
-        capability: CAP_SYS_RESOURCE,
-        used_by: "raising RLIMIT_MEMLOCK before loading BPF objects (kernels before 5.11 \
-                  charge maps to it)",
-        without: "loading fails on 5.10 with EPERM",
+        used_by: "/proc/PID/map_files; setns into every network namespace for the sock_diag \
+                  dumps and sysctls; it also grants what cap_bpf and cap_perfmon do",
+        without: "no stack is symbolized (`pins_failed`); reconcile, pool health and port \
+                  exhaustion see only the daemon's own network namespace",
+        implied_by: None,
     },
     Kept {
         capability: CAP_PERFMON,
-        used_by: "perf events for kprobes and for the uprobes attached to Go programs that \
-                  become suspects later",
-        without: "kprobe mode and Go request probes cannot attach",
+        used_by: "perf events: attaching the probes (after the drop) and the uprobes of Go \
+                  programs that become suspects later",
+        without: "the probes cannot attach: refused at start",
+        implied_by: Some(CAP_SYS_ADMIN),
     },
     Kept {
         capability: CAP_BPF,
-        used_by: "bpf(2) after start-up: map reads (counters, stacks), the task iterator of \
-                  each reconcile, attaching Go request probes",
-        without: "status counters, stacks, cgroup ids and Go probes fail",
+        used_by: "bpf(2): loading the probes (after the drop), and the Go request probes of \
+                  programs that become suspects later",
+        without: "the probes cannot load: refused at start",
+        implied_by: Some(CAP_SYS_ADMIN),
     },
 ];
+
+/// The number of a capability by its name (`cap_sys_admin`, as capsh(1) prints it; case and
+/// the `cap_` prefix optional).
+pub fn capability_by_name(name: &str) -> Option<u32> {
+    let name = name.to_ascii_lowercase();
+    let name = if name.starts_with("cap_") { name } else { format!("cap_{name}") };
+    NAMES.iter().position(|n| *n == name).map(|n| n as u32)
+}
+
+/// The name of capability `capability` (`cap_N` for one this build does not name).
+pub fn capability_name(capability: u32) -> String {
+    NAMES.get(capability as usize).map_or_else(|| format!("cap_{capability}"), |n| (*n).to_owned())
+}
+
+/// The set the daemon keeps from `permitted`, without the capabilities in `dropped`: the
+/// [`KEPT`] ones it has, less those the kernel accepts another kept one in place of.
+pub fn kept_set(permitted: u64, dropped: u64) -> u64 {
+    let have = |cap: u32| permitted & !dropped & (1 << cap) != 0;
+    KEPT.iter()
+        .filter(|k| have(k.capability) && !k.implied_by.is_some_and(have))
+        .map(|k| 1u64 << k.capability)
+        .sum()
+}
 
 /// Drops from the bounding set every capability not in `keep` (when `permitted` holds
 /// CAP_SETPCAP, which that takes; it goes last, with the capset or uid change that follows),
@@ -144,16 +174,20 @@ pub fn kept_table() -> String {
     let mut out =
         String::from("| capability | used after start-up for | without it |\n|---|---|---|\n");
     for k in KEPT {
-        let name = NAMES.get(k.capability as usize).copied().unwrap_or("?");
-        out.push_str(&format!("| `{name}` | {} | {} |\n", k.used_by, k.without));
+        let name = capability_name(k.capability);
+        let unless = k
+            .implied_by
+            .map(|c| format!(" (kept only without `{}`, which grants it)", capability_name(c)))
+            .unwrap_or_default();
+        out.push_str(&format!("| `{name}`{unless} | {} | {} |\n", k.used_by, k.without));
     }
     out
 }
 
-/// The effective, permitted and bounding sets become `KEPT` (inheritable and ambient empty).
-/// Capabilities are a thread's: call this while the process has one thread, so that every
-/// thread it starts afterwards inherits the reduced sets.
-pub fn keep_only_kept() -> std::io::Result<()> {
+/// The effective, permitted and bounding sets become [`kept_set`] (inheritable and ambient
+/// empty); returns that set. Capabilities are a thread's: call this while the process has one
+/// thread, so that every thread it starts afterwards inherits the reduced sets.
+pub fn keep_only_kept(dropped: u64) -> std::io::Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     let permitted = status
         .lines()
@@ -161,7 +195,7 @@ pub fn keep_only_kept() -> std::io::Result<()> {
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         .ok_or_else(|| std::io::Error::other("no CapPrm in /proc/self/status"))?;
     // A daemon started with fewer capabilities (not root) keeps what it has of the list.
-    let kept: u64 = KEPT.iter().map(|k| 1u64 << k.capability).sum::<u64>() & permitted;
+    let kept = kept_set(permitted, dropped);
     narrow_bounding_set(kept, permitted)?;
     #[repr(C)]
     struct Header {
@@ -184,7 +218,7 @@ pub fn keep_only_kept() -> std::io::Result<()> {
     let data = [half(0), half(32)];
     // SAFETY: capset reads a v3 header and two data structs, as given.
     let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    if rc == 0 { Ok(kept) } else { Err(std::io::Error::last_os_error()) }
 }
 
 /// A process's effective uid and capability set.
@@ -230,10 +264,7 @@ impl Privileges {
     /// The effective capabilities' names, in the kernel's order (`cap_N` for one this build
     /// does not name).
     pub fn names(&self) -> Vec<String> {
-        (0..64u32)
-            .filter(|&c| self.has(c))
-            .map(|c| NAMES.get(c as usize).map_or_else(|| format!("cap_{c}"), |n| (*n).to_owned()))
-            .collect()
+        (0..64u32).filter(|&c| self.has(c)).map(capability_name).collect()
     }
 }
 
@@ -265,6 +296,32 @@ mod tests {
         caps.sort_unstable();
         caps.dedup();
         assert_eq!(caps.len(), KEPT.len(), "a capability kept twice");
+    }
+
+    #[test]
+    fn the_kept_set_is_what_is_permitted_of_the_table_less_what_another_grants() {
+        let bit = |c: u32| 1u64 << c;
+        let root = u64::MAX >> (64 - 41);
+        let without_bpf_ones =
+            bit(CAP_DAC_READ_SEARCH) | bit(CAP_KILL) | bit(CAP_SYS_PTRACE) | bit(CAP_SYS_ADMIN);
+        assert_eq!(kept_set(root, 0), without_bpf_ones, "cap_sys_admin grants cap_bpf's part");
+        // Dropping cap_sys_admin keeps the two it stood in for.
+        assert_eq!(
+            kept_set(root, bit(CAP_SYS_ADMIN)),
+            bit(CAP_DAC_READ_SEARCH)
+                | bit(CAP_KILL)
+                | bit(CAP_SYS_PTRACE)
+                | bit(CAP_PERFMON)
+                | bit(CAP_BPF)
+        );
+        // A daemon given only what BPF needs (file capabilities) keeps just that.
+        assert_eq!(kept_set(bit(CAP_BPF) | bit(CAP_PERFMON), 0), bit(CAP_BPF) | bit(CAP_PERFMON));
+        assert_eq!(kept_set(root, without_bpf_ones) & without_bpf_ones, 0);
+        assert_eq!(capability_by_name("CAP_SYS_PTRACE"), Some(CAP_SYS_PTRACE));
+        assert_eq!(capability_by_name("sys_admin"), Some(CAP_SYS_ADMIN));
+        assert_eq!(capability_by_name("cap_nonsense"), None);
+        assert_eq!(capability_name(CAP_BPF), "cap_bpf");
+        assert_eq!(capability_name(60), "cap_60");
     }
 
     #[test]

@@ -86,18 +86,20 @@ fn alerts(daemon: &Daemon, list: &str, pid: u32) -> usize {
 fn every_answer_of_a_live_daemon_matches_the_documented_schema() {
     let schemas = Schemas::generate();
     let daemon = Daemon::start(FAST_LEAKS);
-    // What it runs with, as /proc says of it (docs/security.md): root, with what BPF needs.
+    // What it runs with, as /proc says of it (docs/security.md): root, with cap_sys_admin (which
+    // grants what BPF and perf events need) and no cap_bpf of its own.
     let privileges = &daemon.json(&["status"])["privileges"];
     let proc_status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid())).unwrap();
     let truth = tracer::privileges::Privileges::parse(&proc_status).expect("its /proc status");
     assert_eq!(privileges["uid"], truth.effective_uid, "{privileges}");
     assert_eq!(privileges["effective_capabilities"], json!(truth.names()), "{privileges}");
-    assert!(truth.has(tracer::privileges::CAP_BPF), "{privileges}");
+    assert!(truth.has(tracer::privileges::CAP_SYS_ADMIN), "{privileges}");
+    assert!(!truth.has(tracer::privileges::CAP_BPF), "implied by cap_sys_admin: {privileges}");
     // Only the capabilities docs/security.md lists, as many of them as root has here, on every
     // thread (dropped before the first started).
     let ours = tracer::privileges::Privileges::of_self().expect("the test's own status");
-    let kept: u64 = tracer::privileges::KEPT.iter().map(|k| 1u64 << k.capability).sum();
-    assert_eq!(truth.effective, kept & ours.effective, "{privileges}");
+    let kept = tracer::privileges::kept_set(ours.effective, 0);
+    assert_eq!(truth.effective, kept, "{privileges}");
     // no_new_privs on every thread, as the kernel says of each (set before any started).
     assert_eq!(privileges["no_new_privs"], true, "{privileges}");
     let tasks = std::fs::read_dir(format!("/proc/{}/task", daemon.pid())).expect("its threads");
@@ -641,4 +643,38 @@ fn the_part_that_serves_clients_ends_with_the_daemon() {
     }
     // Nobody answers on the socket any more: a new daemon can take it.
     assert!(std::os::unix::net::UnixStream::connect(&socket).is_err());
+
+    // A part that serves clients that is stuck (here: stopped) cannot exit by itself. The
+    // daemon ends it: a SIGKILL after 2 s when it stops, its parent-death signal when it is
+    // killed. Both are signals to another uid, sent with the daemon's CAP_KILL.
+    for (flags, killed) in [
+        (&[][..], "by the daemon's stop"),
+        (&[][..], "by the parent-death signal"),
+        (&["--drop-capability", "cap_kill"][..], ""),
+    ] {
+        let daemon = Daemon::start(flags);
+        let pid = daemon.json(&["status"])["clients_part"]["pid"].as_u64().expect("pid") as i32;
+        // SAFETY: signalling the test's grandchild.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+        if killed == "by the parent-death signal" {
+            daemon.kill_hard();
+        } else {
+            let log = daemon.stop();
+            assert!(log.contains("the part that serves clients"), "{log}");
+        }
+        let gone = || !std::path::Path::new(&format!("/proc/{pid}")).exists();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !gone() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if killed.is_empty() {
+            // Without CAP_KILL the kernel refuses both signals: the stopped part outlives the
+            // daemon (the test ends it).
+            assert!(!gone(), "without cap_kill the stopped part cannot be killed");
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        } else {
+            assert!(gone(), "stopped pid {pid} outlived the daemon, not killed {killed}");
+        }
+    }
 }

@@ -54,6 +54,24 @@ fn a_bad_clients_user_or_privsep_setting_is_refused_naming_the_fix() {
     assert!(stderr.contains("on") && stderr.contains("off"), "{stderr}");
 }
 
+/// `--drop-capability` takes only what the daemon keeps, and never all that loading its
+/// probes (after the drop) takes. Refused before anything is bound or loaded.
+#[test]
+fn a_capability_drop_the_daemon_cannot_honour_is_refused_naming_the_fix() {
+    let (code, stderr) = run(&["run", "--drop-capability", "cap_net_admin"]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("does not keep cap_net_admin") && stderr.contains("cap_sys_ptrace"),
+        "{stderr}"
+    );
+    let (code, stderr) = run(&["run", "--drop-capability", "cap_no_such"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("no capability is called"), "{stderr}");
+    let (code, stderr) = run(&["run", "--drop-capability", "cap_sys_admin,cap_bpf"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("needs cap_bpf or cap_sys_admin"), "{stderr}");
+}
+
 /// Durations take units (`90`, `30s`, `1h30m`); a bad one is refused naming the forms, in a
 /// flag and in a per-workload setting alike.
 #[test]

@@ -5,64 +5,12 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader, Write},
-    path::{Path, PathBuf},
-    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
-use common::{Daemon, FAST_LEAKS, TempDir, num};
+use common::{Daemon, FAST_LEAKS, Leaker, TempDir, build_leaker, num};
 use serde_json::Value;
-
-/// Builds tests/programs/leaker_go, stripped of symbols and DWARF if asked (the names match
-/// xtask/src/vm/payload.rs's `GO_PROGRAMS`).
-fn build_leaker(dir: &Path, stripped: bool) -> PathBuf {
-    let name = if stripped { "leaker-stripped" } else { "leaker" };
-    common::go_program("leaker_go", name, stripped, dir)
-}
-
-/// The leaker, driven over its stdin.
-struct Leaker {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Leaker {
-    fn spawn(binary: &Path) -> Self {
-        Self::spawn_command(Command::new(binary))
-    }
-
-    /// Runs `cmd`, which must exec into the leaker.
-    fn spawn_command(mut cmd: Command) -> Self {
-        let mut child =
-            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("spawn leaker");
-        let stdin = child.stdin.take().expect("stdin");
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("ready");
-        assert_eq!(line.trim(), "ready");
-        Self { child, stdin, stdout }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn cmd(&mut self, command: &str) {
-        writeln!(self.stdin, "{command}").expect("write");
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).expect("read");
-        assert_eq!(line.trim(), "ok", "{command}");
-    }
-}
-
-impl Drop for Leaker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn outbound_groups(stacks: &Value) -> Vec<&Value> {
     stacks["groups"]

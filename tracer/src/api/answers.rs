@@ -630,6 +630,14 @@ pub struct StacksStatus {
     /// pin: their stacks stay `module+0xoffset`, since start.
     #[serde(default)]
     pub pins_refused: u64,
+    /// Processes none of whose binaries could be opened for symbolization (no permission:
+    /// docs/security.md lists the capabilities it takes): their stacks stay unnamed, since
+    /// start.
+    #[serde(default)]
+    pub pins_failed: u64,
+    /// Why the latest of them failed.
+    #[serde(default)]
+    pub last_pin_failure: Option<String>,
     /// Suspects the kernel's suspect map refused (full, or a map error): their connections
     /// were captured as sampled only, not every one, since start.
     #[serde(default)]

@@ -57,6 +57,11 @@ pub struct RunArgs {
     /// Who serves clients with --privsep on: a user name, or UID[:GID].
     #[arg(long, value_name = "USER", default_value = privsep::DEFAULT_CLIENTS_USER)]
     pub clients_user: String,
+    /// Give up capabilities the daemon would keep after start-up, and what they serve
+    /// (docs/security.md says what breaks without each): cap_dac_read_search, cap_sys_ptrace,
+    /// cap_sys_admin (comma-separated, or repeated).
+    #[arg(long, value_name = "CAP", value_delimiter = ',', value_parser = parse_kept_capability)]
+    pub drop_capability: Vec<u32>,
     /// Probe mode: auto picks the best one this kernel loads.
     #[arg(long, value_parser = ProbeMode::parser(), default_value_t = ProbeMode::default())]
     pub probe: ProbeMode,
@@ -326,8 +331,42 @@ impl LeakArgs {
     }
 }
 
+/// A capability the daemon keeps after start-up, by name (`cap_sys_ptrace` or `sys_ptrace`).
+fn parse_kept_capability(name: &str) -> Result<u32, String> {
+    use tracer::privileges::{KEPT, capability_by_name, capability_name};
+    let kept = || KEPT.iter().map(|k| capability_name(k.capability)).collect::<Vec<_>>().join(", ");
+    match capability_by_name(name) {
+        Some(cap) if KEPT.iter().any(|k| k.capability == cap) => Ok(cap),
+        Some(_) => Err(format!(
+            "the daemon does not keep {name} after start-up (nothing to drop); it keeps at most {}",
+            kept()
+        )),
+        None => Err(format!("no capability is called {name:?}; the daemon keeps {}", kept())),
+    }
+}
+
+/// The probes load after the drop: refuses a `--drop-capability` that leaves the daemon
+/// without what loading them takes (the kernel would refuse with a bare EPERM).
+fn check_capabilities_to_load(dropped: u64) -> anyhow::Result<()> {
+    use tracer::privileges::{CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, Privileges, kept_set};
+    let Some(now) = Privileges::of_self() else { return Ok(()) };
+    let kept = kept_set(now.effective, dropped);
+    for (needed, name) in [(CAP_BPF, "cap_bpf"), (CAP_PERFMON, "cap_perfmon")] {
+        let has = |cap: u32| kept & (1 << cap) != 0;
+        if dropped != 0 && !has(needed) && !has(CAP_SYS_ADMIN) {
+            anyhow::bail!(
+                "--drop-capability: the daemon loads its probes after it drops capabilities, \
+                 and that needs {name} or cap_sys_admin: keep one of them"
+            );
+        }
+    }
+    Ok(())
+}
+
 pub fn run(args: RunArgs, socket: PathBuf) -> anyhow::Result<()> {
     let args_seccomp = args.seccomp;
+    let dropped: u64 = args.drop_capability.iter().fold(0, |set, cap| set | 1 << cap);
+    check_capabilities_to_load(dropped)?;
     let clients_user = match args.privsep {
         Privsep::On => Some(ClientsUser::resolve(&args.clients_user)?),
         Privsep::Off => None,
@@ -396,7 +435,7 @@ pub fn run(args: RunArgs, socket: PathBuf) -> anyhow::Result<()> {
         }
     };
     // Still one thread: the reduced sets are every later thread's (docs/security.md).
-    tracer::privileges::keep_only_kept()
+    tracer::privileges::keep_only_kept(dropped)
         .map_err(|e| anyhow::anyhow!("dropping the capabilities the daemon does not use: {e}"))?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

@@ -134,8 +134,8 @@ fn status(s: &StatusReport) -> String {
     let _ = writeln!(
         out,
         "opener stacks:       {} policy, capture {}; captured {}, lost {} (ring full) {} (unwind failed), \
-         orphaned {}, processes exited before pinning {}, pins refused {}, suspects unmarked \
-         {}, frames unsymbolized {}",
+         orphaned {}, processes exited before pinning {}, pins refused {}, pins failed {}{}, \
+         suspects unmarked {}, frames unsymbolized {}",
         k.policy,
         match &k.capture_off_reason {
             Some(reason) => format!("{} ({reason})", k.capture),
@@ -147,6 +147,8 @@ fn status(s: &StatusReport) -> String {
         k.orphaned,
         k.exited_before_pinning,
         k.pins_refused,
+        k.pins_failed,
+        k.last_pin_failure.as_deref().map(|e| format!(" (last: {e})")).unwrap_or_default(),
         k.suspects_unmarked,
         k.frames_unsymbolized
     );

@@ -186,6 +186,18 @@ fn raise_open_file_limit() {
     }
 }
 
+/// Lifts the locked-memory limit: kernels before 5.11 charge BPF maps and programs to it,
+/// including the Go request probes loaded long after start-up. Raised here, while the daemon
+/// still has CAP_SYS_RESOURCE, so that it need not keep that capability (docs/security.md).
+fn raise_locked_memory_limit() {
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: a valid rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        // Kernels from 5.11 charge BPF memory to the memory cgroup instead: nothing to do.
+        log::debug!("locked memory limit not raised: {}", std::io::Error::last_os_error());
+    }
+}
+
 /// The listeners `tracer run` binds before any thread starts.
 pub struct Listeners {
     pub api: std::os::unix::net::UnixListener,
@@ -198,6 +210,7 @@ pub struct Listeners {
 pub fn prepare(options: &DaemonOptions) -> anyhow::Result<Listeners> {
     preflight::check()?;
     raise_open_file_limit();
+    raise_locked_memory_limit();
     let api = server::bind(&options.socket, options.socket_group)?;
     let metrics = options.metrics_addr.map(export::bind).transpose()?;
     Ok(Listeners { api, metrics })
@@ -387,10 +400,7 @@ pub async fn run(options: DaemonOptions, serving: Serving) -> anyhow::Result<()>
     if stopped_by.is_none()
         && let Some(child) = child
     {
-        log::debug!(
-            "the part that serves clients {}",
-            privsep::reap(child, Duration::from_secs(2))
-        );
+        log::info!("the part that serves clients {}", privsep::reap(child, Duration::from_secs(2)));
     }
     log::info!("detaching probes");
     daemon.go_requests.detach_all(&mut daemon.probes);
@@ -767,6 +777,7 @@ impl Daemon {
                 frames_unsymbolized: stacks.frames_unsymbolized,
                 exited_before_pinning: stacks.exited_before_pinning,
                 pins_refused: stacks.pins_refused,
+                pins_failed: stacks.pins_failed,
                 suspects_unmarked: stacks.suspects_unmarked,
             },
             build: BuildInfo {

@@ -64,6 +64,10 @@ pub(super) struct StackCapture {
     /// Processes whose pinning the symbolizer's limits refused (their stacks stay
     /// `module+0xoffset`).
     pins_refused: u64,
+    /// Processes none of whose binaries could be opened (no permission, most often: a
+    /// capability dropped), and the last such failure in words.
+    pins_failed: u64,
+    last_pin_failure: Option<String>,
     /// Suspects the kernel's map refused (their connections stay sampled only).
     suspects_unmarked: u64,
     /// Frames left unnamed in answers and evidence (shared with the tasks that symbolize).
@@ -94,6 +98,8 @@ impl StackCapture {
             pinned: HashSet::new(),
             exited_before_pinning: 0,
             pins_refused: 0,
+            pins_failed: 0,
+            last_pin_failure: None,
             suspects_unmarked: 0,
             frames_unsymbolized: Arc::new(AtomicU64::new(0)),
             unwinder: Unwinder::default(),
@@ -121,6 +127,8 @@ impl StackCapture {
             pinned,
             exited_before_pinning,
             pins_refused,
+            pins_failed,
+            last_pin_failure,
             unwinder,
             ..
         } = self;
@@ -135,6 +143,14 @@ impl StackCapture {
                     *exited_before_pinning += 1;
                 } else if matches!(e, SymbolizeError::Limit { .. }) {
                     *pins_refused += 1;
+                } else {
+                    // Said once at warn (a missing capability fails for every process alike),
+                    // then counted, with the latest reason in `tracer status`.
+                    if *pins_failed == 0 {
+                        log::warn!("stacks of pid {} cannot be symbolized: {e}", record.tgid);
+                    }
+                    *pins_failed += 1;
+                    *last_pin_failure = Some(e.to_string());
                 }
                 log::debug!("cannot pin pid {} for symbolization: {e}", record.tgid);
             }
@@ -239,6 +255,8 @@ impl StackCapture {
             orphaned: counters.orphaned,
             exited_before_pinning: self.exited_before_pinning,
             pins_refused: self.pins_refused,
+            pins_failed: self.pins_failed,
+            last_pin_failure: self.last_pin_failure.clone(),
             suspects_unmarked: self.suspects_unmarked,
             frames_unsymbolized: self.frames_unsymbolized.load(Ordering::Relaxed),
             distinct: self.store.stack_count() as u64,

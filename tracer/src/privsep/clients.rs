@@ -145,8 +145,14 @@ pub(super) async fn relay(
                 }
             }
             frame = down.recv() => {
-                // None: the monitor closed the link (it is stopping).
-                let Some(frame) = frame.transpose()? else { break };
+                // None: the monitor closed the link (it is stopping). A reset says the same of
+                // a monitor that ended before reading what was sent (it failed to start, and
+                // says why itself): nothing for this part to add.
+                let frame = match frame {
+                    Some(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => None,
+                    other => other.transpose()?,
+                };
+                let Some(frame) = frame else { break };
                 match frame {
                     Down::Answer { id, answer } => {
                         if answer.is_err() {

@@ -265,7 +265,16 @@ pub fn reap(child: libc::pid_t, grace: Duration) -> String {
         }
         if Instant::now() >= until {
             // SAFETY: signalling our own child.
-            unsafe { libc::kill(child, libc::SIGKILL) };
+            if unsafe { libc::kill(child, libc::SIGKILL) } != 0 {
+                // It runs as another uid: without CAP_KILL (--drop-capability) the kernel
+                // refuses, and it would refuse its parent-death signal too.
+                return format!(
+                    "had not exited {} ms after its link closed and cannot be killed ({}): it \
+                     outlives the daemon, pid {child}",
+                    grace.as_millis(),
+                    io::Error::last_os_error()
+                );
+            }
             // SAFETY: as above, blocking until it is gone.
             unsafe { libc::waitpid(child, &mut status, 0) };
             return "was killed after it did not exit".to_owned();

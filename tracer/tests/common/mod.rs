@@ -5,6 +5,7 @@
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::TcpListener,
+    path::{Path, PathBuf},
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
     sync::{Arc, Mutex, mpsc},
     thread::JoinHandle,
@@ -671,6 +672,57 @@ pub fn go_program(
         .unwrap_or_else(|e| panic!("cannot run go ({e}): `cargo xtask setup` installs golang-go"));
     assert!(status.success(), "go build of tests/programs/{source} failed");
     out
+}
+
+/// tests/programs/leaker_go: a Go program that leaks from one named function.
+/// Builds it, stripped of symbols and DWARF if asked (the names match
+/// xtask/src/vm/payload.rs's `GO_PROGRAMS`).
+pub fn build_leaker(dir: &Path, stripped: bool) -> PathBuf {
+    let name = if stripped { "leaker-stripped" } else { "leaker" };
+    go_program("leaker_go", name, stripped, dir)
+}
+
+/// The leaker, driven over its stdin.
+pub struct Leaker {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Leaker {
+    pub fn spawn(binary: &Path) -> Self {
+        Self::spawn_command(Command::new(binary))
+    }
+
+    /// Runs `cmd`, which must exec into the leaker.
+    pub fn spawn_command(mut cmd: Command) -> Self {
+        let mut child =
+            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("spawn leaker");
+        let stdin = child.stdin.take().expect("stdin");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("ready");
+        assert_eq!(line.trim(), "ready");
+        Self { child, stdin, stdout }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn cmd(&mut self, command: &str) {
+        writeln!(self.stdin, "{command}").expect("write");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read");
+        assert_eq!(line.trim(), "ok", "{command}");
+    }
+}
+
+impl Drop for Leaker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A minimal HTTP receiver recording every POSTed JSON body (`--alert-webhook`).

@@ -85,6 +85,8 @@ pub struct StackMetrics {
     pub exited_before_pinning: u64,
     /// Processes whose pinning the symbolizer's limits refused.
     pub pins_refused: u64,
+    /// Processes none of whose binaries could be opened.
+    pub pins_failed: u64,
     /// Suspects the kernel's suspect map refused.
     pub suspects_unmarked: u64,
 }
@@ -397,7 +399,8 @@ impl Metrics {
              process's stacks or their names, counted once each: suspect_unmarked (a suspect \
              the kernel's suspect map refused: its connections stay sampled only), pin_refused \
              (a process whose binaries the symbolizer's limits refused to pin: its stacks stay \
-             module+offset).",
+             module+offset), pin_failed (a process none of whose binaries could be opened, for \
+             want of a capability most often: its stacks stay unnamed).",
         );
         for (reason, n) in [
             ("ringbuf_full", kernel.stack_lost_ringbuf),
@@ -405,6 +408,7 @@ impl Metrics {
             ("orphaned", input.stacks.orphaned),
             ("suspect_unmarked", input.stacks.suspects_unmarked),
             ("pin_refused", input.stacks.pins_refused),
+            ("pin_failed", input.stacks.pins_failed),
         ] {
             stacks_lost.add_counter(&[("reason", reason)], n);
         }

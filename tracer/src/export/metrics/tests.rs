@@ -240,6 +240,7 @@ impl Sim {
                 exited_before_pinning: 3,
                 pins_refused: 4,
                 suspects_unmarked: 5,
+                pins_failed: 6,
             },
             build: BuildInfo { version: "0.1.0", probe_mode: "fentry", kernel: "6.1.0-test" },
             health: &self.health,
@@ -880,6 +881,7 @@ fn pipeline_counters_and_build_info() {
     assert_eq!(scraped.value(stacks_lost, &[("reason", "unwind_failed")]), Some(13.0));
     assert_eq!(scraped.value(stacks_lost, &[("reason", "orphaned")]), Some(1.0));
     assert_eq!(scraped.value(stacks_lost, &[("reason", "pin_refused")]), Some(4.0));
+    assert_eq!(scraped.value(stacks_lost, &[("reason", "pin_failed")]), Some(6.0));
     assert_eq!(scraped.value(stacks_lost, &[("reason", "suspect_unmarked")]), Some(5.0));
     assert_eq!(scraped.value("tcp_tracer_stack_frames_unsymbolized_total", &[]), Some(2.0));
     assert_eq!(
