@@ -33,13 +33,16 @@ pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
     })
 }
 
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`; a backslash not followed
+/// by the octal code of a byte (`\000` to `\377`) stays as it is.
 fn unescape(field: &str) -> String {
     let mut out = Vec::with_capacity(field.len());
     let bytes = field.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        let octal = bytes.get(i + 1..i + 4).filter(|d| {
+            (b'0'..=b'3').contains(&d[0]) && d[1..].iter().all(|b| (b'0'..=b'7').contains(b))
+        });
         match (bytes[i], octal) {
             (b'\\', Some(d)) => {
                 out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
@@ -155,6 +158,15 @@ impl CgroupFs {
 mod tests {
 
     use super::*;
+
+    #[test]
+    fn an_escape_beyond_a_byte_stays_as_written() {
+        // \740 is no byte (found by fuzzing proc_text: it overflowed).
+        let line = "68 5 0:26 / /a\\740b rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_mount(line), Some(PathBuf::from("/a\\740b")));
+        let line = "68 5 0:26 / /a\\040b rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_mount(line), Some(PathBuf::from("/a b")));
+    }
 
     #[test]
     fn finds_the_cgroup2_mount_on_hybrid_and_pure_v2_hosts() {
