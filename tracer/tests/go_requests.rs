@@ -320,6 +320,40 @@ fn tracer_stacks_names_the_function_whose_requests_hold_the_connections() {
     assert!(!client.breakpoint_set(&go), "the breakpoint outlived the daemon's stop");
 }
 
+/// The Go binaries the daemon opens are parsed by its inspector part (uid nobody, no
+/// capabilities, seccomp). Once that part is gone (killed here), the daemon runs on: it
+/// refuses each new binary, and `tracer status` says why.
+#[test]
+fn binaries_are_refused_with_the_reason_once_the_inspector_part_has_ended() {
+    let dir = common::TempDir::new("go-requests-inspector");
+    let daemon = common::Daemon::start(&["--go-requests", "all"]);
+    let part = daemon.json(&["status"])["inspector_part"].clone();
+    assert_eq!(part["privileges"]["uid"], 65534, "{part}");
+    assert_eq!(part["privileges"]["effective_capabilities"], serde_json::json!([]), "{part}");
+    assert!(part["seccomp"] == true && part["ended"].is_null(), "{part}");
+    let pid = part["pid"].as_u64().expect("its pid") as i32;
+    let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    assert!(proc_status.contains("Seccomp:\t2"), "{proc_status}");
+    // Holds its link only: not the listeners, not the client part's link.
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("fds").count();
+    assert_eq!(fds, 4, "stdin, stdout, stderr and its link");
+    // SAFETY: signalling the daemon's child, as root.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let program = common::go_program("go_requests", "go-requests", false, &dir.0);
+    let _client = GoClient::start(&program, "get");
+    daemon.eventually("the client refused, naming the ended part", |d| {
+        let status = d.json(&["status"]);
+        let refused = status["go_requests"]["refused_processes"].as_u64().unwrap_or(0);
+        let ended = status["inspector_part"]["ended"].as_str().unwrap_or("").to_owned();
+        if refused >= 1 && ended.contains("killed by signal 9") {
+            Ok(())
+        } else {
+            Err(format!("refused {refused}, ended {ended:?}"))
+        }
+    });
+    assert_eq!(daemon.json(&["status"])["go_requests"]["probed_processes"], 0);
+}
+
 /// Under the default policy a healthy Go client is no suspect: no probe, no request groups.
 #[test]
 fn a_go_client_that_is_no_suspect_is_not_probed() {

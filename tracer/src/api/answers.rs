@@ -367,7 +367,11 @@ pub struct StatusReport {
     /// The part that serves API and metrics clients, when it is a process of its own
     /// (`--privsep on`, docs/security.md "Two processes").
     #[serde(default)]
-    pub clients_part: Option<ClientsPartStatus>,
+    pub clients_part: Option<PartStatus>,
+    /// The part that parses other processes' binaries for the daemon, when it is a process of
+    /// its own (`--privsep on`, docs/security.md "Three processes").
+    #[serde(default)]
+    pub inspector_part: Option<PartStatus>,
     /// Per-workload overrides (`--workload`), in the order they are tried, as
     /// `GLOB:KEY=VALUE,...`.
     #[serde(default)]
@@ -549,9 +553,10 @@ pub struct PrivilegesStatus {
     pub no_new_privs: bool,
 }
 
-/// The process that serves clients apart from the privileged one, for `tracer status`.
+/// A process apart from the privileged one (serving clients, or inspecting binaries), for
+/// `tracer status`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
-pub struct ClientsPartStatus {
+pub struct PartStatus {
     /// Its process id (a child of the daemon).
     pub pid: u32,
     /// What it runs with: not root, no capabilities.
@@ -559,6 +564,10 @@ pub struct ClientsPartStatus {
     /// It runs under its seccomp allow-list (`--seccomp on`, the default).
     #[serde(default)]
     pub seccomp: bool,
+    /// Why it ended, when it has (the inspector part: what it is for is refused since);
+    /// `null` while it runs.
+    #[serde(default)]
+    pub ended: Option<String>,
 }
 
 /// Clients of the API socket, for `tracer status` (docs/api.md, "Limits").

@@ -18,7 +18,7 @@ use tracer::{
     gohttp::GoRequestPolicy,
     health::{DEFAULT_IDLE_AFTER, DEFAULT_UNREAD_AFTER, HealthSettings},
     logging::LogFormat,
-    privsep::{self, ClientsUser, Part, Privsep},
+    privsep::{self, ClientsUser, Part, Privsep, inspector::Inspection},
     probes::{DEFAULT_WAKEUP_BYTES, LoadOptions, ProbeMode, StackOptions, StackPolicy},
     table::{
         DEFAULT_EXITED_GRACE_NS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PROCESSES,
@@ -371,7 +371,7 @@ pub fn run(args: RunArgs, socket: PathBuf) -> anyhow::Result<()> {
         Privsep::On => Some(ClientsUser::resolve(&args.clients_user)?),
         Privsep::Off => None,
     };
-    let options = DaemonOptions {
+    let mut options = DaemonOptions {
         load: LoadOptions {
             mode: args.probe,
             ring_bytes: args.ring_bytes,
@@ -412,6 +412,7 @@ pub fn run(args: RunArgs, socket: PathBuf) -> anyhow::Result<()> {
         drain_interval: Duration::from_millis(args.drain_interval_ms),
         containers: args.containers.sources(),
         go_requests: args.go_requests,
+        inspection: Inspection::Here,
     };
     // Before any thread starts: the part that serves clients may be forked off with the
     // listeners.
@@ -421,7 +422,7 @@ pub fn run(args: RunArgs, socket: PathBuf) -> anyhow::Result<()> {
         Some(user) => {
             let metrics_addr = listeners.metrics.as_ref().and_then(|l| l.local_addr().ok());
             match privsep::split()? {
-                Part::Clients { link, monitor } => {
+                Part::Child { link, monitor } => {
                     let web = options.web_config.clone();
                     let (api, metrics) = (listeners.api, listeners.metrics);
                     let seccomp = args_seccomp;
@@ -429,6 +430,10 @@ pub fn run(args: RunArgs, socket: PathBuf) -> anyhow::Result<()> {
                 }
                 Part::Monitor { link, child } => {
                     drop(listeners);
+                    // The third part, which parses the binaries the daemon opens: forked now,
+                    // while there is one thread still.
+                    let inspector = privsep::inspector::spawn(&user, args_seccomp)?;
+                    options.inspection = Inspection::Apart(std::sync::Arc::new(inspector));
                     Serving::Relayed { link, child, metrics_addr }
                 }
             }

@@ -84,6 +84,16 @@ fn status(s: &StatusReport) -> String {
             if part.seccomp { ", seccomp" } else { "" }
         );
     }
+    if let Some(part) = &s.inspector_part {
+        let _ = writeln!(
+            out,
+            "binaries parsed by:  pid {}, {}{}{}",
+            part.pid,
+            privileges(&part.privileges),
+            if part.seccomp { ", seccomp" } else { "" },
+            part.ended.as_deref().map(|e| format!("; ENDED: {e}")).unwrap_or_default()
+        );
+    }
     let _ = writeln!(
         out,
         "TIME_WAIT closes:    {} remembered, {} over tcp_max_tw_buckets",

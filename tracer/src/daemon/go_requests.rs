@@ -10,7 +10,8 @@ use std::{
 
 use crate::{
     api::answers::GoRequestsStatus,
-    gohttp::{self, GoHttpBinary, GoRequestPolicy},
+    gohttp::{GoHttpBinary, GoRequestPolicy},
+    privsep::inspector::Inspection,
     probes::{GoRequestProbe, Probes},
     stacks::store::StackCounters,
     table::{ConnectionTable, ProcessKey},
@@ -28,6 +29,8 @@ pub(super) struct GoRequests {
     inspected_tx: mpsc::Sender<Inspected>,
     inspected_rx: mpsc::Receiver<Inspected>,
     attach_failed: u64,
+    /// Who parses the binaries (the inspector part with --privsep on): this only opens them.
+    inspection: Inspection,
 }
 
 struct Probed {
@@ -38,7 +41,7 @@ struct Probed {
 }
 
 impl GoRequests {
-    pub(super) fn new(policy: GoRequestPolicy) -> Self {
+    pub(super) fn new(policy: GoRequestPolicy, inspection: Inspection) -> Self {
         let (inspected_tx, inspected_rx) = mpsc::channel();
         Self {
             policy,
@@ -48,7 +51,12 @@ impl GoRequests {
             inspected_tx,
             inspected_rx,
             attach_failed: 0,
+            inspection,
         }
+    }
+
+    pub(super) fn inspection(&self) -> &Inspection {
+        &self.inspection
     }
 
     /// When `process` was probed, if it is.
@@ -123,14 +131,14 @@ impl GoRequests {
                 continue;
             }
             let tx = self.inspected_tx.clone();
+            let inspection = self.inspection.clone();
             tokio::task::spawn_blocking(move || {
                 let binary = PathBuf::from(format!("/proc/{}/exe", process.pid));
-                // A binary the parser chokes on is refused like any other it cannot read,
-                // rather than left "being inspected" for good.
-                let inspected = std::panic::catch_unwind(|| {
-                    gohttp::inspect_file(&binary).map_err(|e| e.to_string())
-                })
-                .unwrap_or_else(|_| Err("its parser panicked (a bug: please report it)".into()));
+                // Opened here, with the daemon's privileges; read and parsed by the inspector
+                // part (or here, with --privsep off), which answers a parser panic as an error.
+                let inspected = std::fs::File::open(&binary)
+                    .map_err(|e| format!("cannot open {}: {e}", binary.display()))
+                    .and_then(|file| inspection.go_binary(&file));
                 let _ = tx.send((process, binary, inspected));
             });
         }

@@ -87,6 +87,8 @@ pub struct DaemonOptions {
     pub containers: crate::containers::Sources,
     /// Which Go processes' HTTP requests are probed.
     pub go_requests: crate::gohttp::GoRequestPolicy,
+    /// Who parses the binaries the daemon opens: the inspector part with `--privsep on`.
+    pub inspection: crate::privsep::inspector::Inspection,
 }
 
 /// The daemon's defaults (`tracer run` without flags).
@@ -107,6 +109,7 @@ impl Default for DaemonOptions {
             drain_interval: DEFAULT_DRAIN_INTERVAL,
             containers: crate::containers::Sources::default(),
             go_requests: crate::gohttp::GoRequestPolicy::default(),
+            inspection: crate::privsep::inspector::Inspection::default(),
         }
     }
 }
@@ -461,7 +464,10 @@ impl Daemon {
             clock,
             kernel: preflight::kernel_release(),
             stacks,
-            go_requests: go_requests::GoRequests::new(options.go_requests),
+            go_requests: go_requests::GoRequests::new(
+                options.go_requests,
+                options.inspection.clone(),
+            ),
             exhaustion: exhaustion::Exhaustion::new(
                 nanos(options.leaks.interval)
                     .saturating_mul(options.leaks.detector.window_samples as u64),

@@ -415,12 +415,14 @@ impl Daemon {
                 }
             },
             clients_part: self.clients_part.as_ref().and_then(|p| p.lock().ok()).map(|part| {
-                crate::api::answers::ClientsPartStatus {
+                crate::api::answers::PartStatus {
                     pid: part.pid,
                     privileges: part.privileges.clone(),
                     seccomp: part.seccomp,
+                    ended: None,
                 }
             }),
+            inspector_part: self.go_requests.inspection().status(),
             workload_overrides: self
                 .leak_settings
                 .detector

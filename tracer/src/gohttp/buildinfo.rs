@@ -186,7 +186,9 @@ impl<'a> Image<'a> {
 }
 
 /// A Go toolchain version, as far as layouts and ABIs depend on it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct GoVersion {
     pub major: u32,
     pub minor: u32,

@@ -56,7 +56,7 @@ pub const FIELDS: [GoField; 8] = [
 /// fd = *(c + tcp_conn_conn + conn_fd)                 // *net.TCPConn -> *net.netFD
 /// sysfd = *(fd + net_fd_pfd + poll_fd_sysfd)          // the descriptor (int)
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ConnOffsets {
     pub persist_conn_conn: u64,
     pub persist_conn_tls_state: u64,

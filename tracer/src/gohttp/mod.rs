@@ -70,7 +70,7 @@ pub const FIRST_REGISTER_ABI: GoVersion = GoVersion { major: 1, minor: 17, patch
 
 /// The register holding the receiver at a Go function's entry (register ABI, amd64): the first
 /// integer argument register.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Register {
     Rax,
 }
@@ -106,7 +106,7 @@ pub enum GoHttpError {
 }
 
 /// Where the offsets came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum OffsetsSource {
     Dwarf,
     /// The table for this version (the binary has no DWARF, or it lacked a field: the reason).
@@ -116,8 +116,10 @@ pub enum OffsetsSource {
 }
 
 /// A probed function and its entry, a virtual address as in the ELF file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ProbedFunction {
+    /// One of [`PROBED_FUNCTIONS`] (read back from the part that inspects binaries as one of
+    /// them, never as any other name).
     pub name: &'static str,
     pub entry: u64,
     /// Where the entry's instruction is in the file: what a uprobe attaches to.
@@ -125,7 +127,7 @@ pub struct ProbedFunction {
 }
 
 /// What probing a Go HTTP client binary needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GoHttpBinary {
     /// The version string of the build information, e.g. `go1.22.10`.
     pub version_string: String,
@@ -144,6 +146,24 @@ pub struct GoHttpBinary {
     pub receiver: Register,
 }
 
+/// A [`ProbedFunction`] as read: its name must be one of [`PROBED_FUNCTIONS`].
+#[derive(serde::Deserialize)]
+struct ProbedFunctionRead {
+    name: String,
+    entry: u64,
+    file_offset: u64,
+}
+
+impl<'de> serde::Deserialize<'de> for ProbedFunction {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let read = ProbedFunctionRead::deserialize(d)?;
+        let name = PROBED_FUNCTIONS.iter().copied().find(|f| *f == read.name).ok_or_else(|| {
+            serde::de::Error::custom(format!("{:?} is not a function the daemon probes", read.name))
+        })?;
+        Ok(Self { name, entry: read.entry, file_offset: read.file_offset })
+    }
+}
+
 /// The largest executable [`inspect_file`] reads.
 pub const MAX_BINARY_BYTES: u64 = 512 << 20;
 
@@ -153,6 +173,15 @@ pub const MAX_BINARY_BYTES: u64 = 512 << 20;
 pub fn inspect_file(path: &std::path::Path) -> Result<GoHttpBinary, GoHttpError> {
     let file = std::fs::File::open(path)
         .map_err(|e| GoHttpError::Elf(format!("cannot open {}: {e}", path.display())))?;
+    inspect_open_file(&file).map_err(|e| match e {
+        GoHttpError::Elf(why) => GoHttpError::Elf(format!("{}: {why}", path.display())),
+        other => other,
+    })
+}
+
+/// [`inspect_file`] for a file opened already (by the daemon, for the part that inspects
+/// binaries: crate::privsep::inspector).
+pub fn inspect_open_file(file: &std::fs::File) -> Result<GoHttpBinary, GoHttpError> {
     let size = file.metadata().map_err(|e| GoHttpError::Elf(e.to_string()))?.len();
     if size > MAX_BINARY_BYTES {
         return Err(GoHttpError::Elf(format!(
@@ -160,7 +189,7 @@ pub fn inspect_file(path: &std::path::Path) -> Result<GoHttpBinary, GoHttpError>
         )));
     }
     {
-        let cache = object::ReadCache::new(&file);
+        let cache = object::ReadCache::new(file);
         let headers = object::File::parse(&cache).map_err(|e| GoHttpError::Elf(e.to_string()))?;
         let has_sections = headers.sections().next().is_some();
         if has_sections && headers.section_by_name(".go.buildinfo").is_none() {
@@ -169,8 +198,8 @@ pub fn inspect_file(path: &std::path::Path) -> Result<GoHttpBinary, GoHttpError>
     }
     // Positioned: the header reads above moved the file's offset.
     let mut bytes = vec![0u8; usize::try_from(size).map_err(|e| GoHttpError::Elf(e.to_string()))?];
-    std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, 0)
-        .map_err(|e| GoHttpError::Elf(format!("cannot read {}: {e}", path.display())))?;
+    std::os::unix::fs::FileExt::read_exact_at(file, &mut bytes, 0)
+        .map_err(|e| GoHttpError::Elf(format!("cannot read it: {e}")))?;
     inspect(&bytes)
 }
 

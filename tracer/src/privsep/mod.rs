@@ -14,6 +14,8 @@
 //! when the monitor closes the link, and the monitor stops with an error when the client part
 //! goes (a supervisor restarts both).
 mod clients;
+mod fds;
+pub mod inspector;
 pub mod monitor;
 mod seccomp;
 pub mod wire;
@@ -122,10 +124,11 @@ fn lookup(name: &str) -> Option<(u32, u32)> {
 /// The two sides of a fork.
 pub enum Part {
     Monitor { link: UnixStream, child: libc::pid_t },
-    Clients { link: UnixStream, monitor: libc::pid_t },
+    Child { link: UnixStream, monitor: libc::pid_t },
 }
 
-/// Forks into the monitor and the client part, joined by a socketpair. Must run before any
+/// Forks into the monitor and an unprivileged part (the client part, the inspector part),
+/// joined by a socketpair. Must run before any
 /// thread starts (a fork copies only the calling thread; locks others held would stay held).
 pub fn split() -> Result<Part, Error> {
     let threads = thread_count();
@@ -150,7 +153,7 @@ pub fn split() -> Result<Part, Error> {
         -1 => Err(Error::Os { what: "fork", source: io::Error::last_os_error() }),
         0 => {
             drop(monitor_end);
-            Ok(Part::Clients { link: clients_end, monitor })
+            Ok(Part::Child { link: clients_end, monitor })
         }
         child => {
             drop(clients_end);
@@ -196,7 +199,7 @@ pub fn run_clients(
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     if seccomp == Privsep::On {
-        seccomp::install().map_err(|e| anyhow::anyhow!("installing the seccomp filter: {e}"))?;
+        seccomp::install(&[]).map_err(|e| anyhow::anyhow!("installing the seccomp filter: {e}"))?;
     }
     runtime.block_on(async move {
         let (query_tx, query_rx) = tokio::sync::mpsc::channel(64);
@@ -216,7 +219,7 @@ pub fn run_clients(
 
 /// Becomes `user` with no capabilities left in any set (the bounding set too, so nothing it
 /// executes could regain one; `no_new_privs` is set already), then checks it from /proc.
-fn drop_privileges(user: &ClientsUser) -> Result<PrivilegesStatus, Error> {
+pub(super) fn drop_privileges(user: &ClientsUser) -> Result<PrivilegesStatus, Error> {
     let failed = |source| Error::Drop { user: user.name.clone(), source };
     // The bounding set empty, while CAP_SETPCAP is still there (all of it is permitted here:
     // the fork took the daemon's sets before it narrowed them).

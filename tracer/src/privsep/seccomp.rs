@@ -73,8 +73,12 @@ const ALLOWED_HERE: &[libc::c_long] = &[libc::SYS_epoll_wait, libc::SYS_poll];
 #[cfg(target_arch = "aarch64")]
 const ALLOWED_HERE: &[libc::c_long] = &[];
 
-fn allowed() -> impl Iterator<Item = libc::c_long> {
-    ALLOWED_EVERYWHERE.iter().chain(ALLOWED_HERE).copied()
+/// What the part that inspects binaries adds: reading and sizing the files it is handed.
+pub const FILE_READING: &[libc::c_long] =
+    &[libc::SYS_pread64, libc::SYS_lseek, libc::SYS_fstat, libc::SYS_newfstatat, libc::SYS_statx];
+
+fn allowed(extra: &[libc::c_long]) -> impl Iterator<Item = libc::c_long> + '_ {
+    ALLOWED_EVERYWHERE.iter().chain(ALLOWED_HERE).chain(extra).copied()
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -95,8 +99,9 @@ const ARCH_OFFSET: u32 = 4;
 const ARG1_LOW: u32 = 16 + 8;
 const FIONBIO: u32 = 0x5421;
 
-/// The filter: the architecture, then each allowed number, then ioctl's one request.
-fn program() -> Vec<libc::sock_filter> {
+/// The filter: the architecture, then each allowed number (the common list and `extra`), then
+/// ioctl's one request.
+fn program(extra: &[libc::c_long]) -> Vec<libc::sock_filter> {
     let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
     let jump = |n: usize| u8::try_from(n).expect("the allow-list fits an 8-bit jump");
     let mut p = vec![
@@ -108,8 +113,8 @@ fn program() -> Vec<libc::sock_filter> {
     ];
     // After the n checks: [n] ioctl?, [n+1] load its request, [n+2] FIONBIO?, [n+3] KILL,
     // [n+4] ALLOW. Jumps count from the next instruction.
-    let n = allowed().count();
-    for (i, nr) in allowed().enumerate() {
+    let n = allowed(extra).count();
+    for (i, nr) in allowed(extra).enumerate() {
         p.push(op(JEQ_K, jump(n + 3 - i), 0, nr as u32));
     }
     // tokio and std set sockets non-blocking with FIONBIO; no other request passes.
@@ -121,10 +126,10 @@ fn program() -> Vec<libc::sock_filter> {
     p
 }
 
-/// Installs the filter on the calling thread; threads it creates later inherit it. Needs
-/// `no_new_privs` (set at start).
-pub fn install() -> io::Result<()> {
-    let filter = program();
+/// Installs the filter, with the common list and `extra`, on the calling thread; threads it
+/// creates later inherit it. Needs `no_new_privs` (set at start).
+pub fn install(extra: &[libc::c_long]) -> io::Result<()> {
+    let filter = program(extra);
     let prog = libc::sock_fprog {
         len: u16::try_from(filter.len()).map_err(|_| io::Error::other("filter too long"))?,
         filter: filter.as_ptr().cast_mut(),
@@ -143,11 +148,15 @@ mod tests {
     /// Runs the filter the way the kernel would, over a seccomp_data of `nr`, `arch` and the
     /// second argument's low half.
     fn verdict(nr: libc::c_long, arch: u32, arg1: u32) -> u32 {
+        verdict_with(&[], nr, arch, arg1)
+    }
+
+    fn verdict_with(extra: &[libc::c_long], nr: libc::c_long, arch: u32, arg1: u32) -> u32 {
         let mut data = [0u8; 64];
         data[0..4].copy_from_slice(&(nr as u32).to_le_bytes());
         data[4..8].copy_from_slice(&arch.to_le_bytes());
         data[24..28].copy_from_slice(&arg1.to_le_bytes());
-        let p = program();
+        let p = program(extra);
         let (mut pc, mut acc) = (0usize, 0u32);
         loop {
             let op = p[pc];
@@ -166,9 +175,15 @@ mod tests {
 
     #[test]
     fn the_allow_list_passes_what_a_server_needs_and_kills_the_rest() {
-        for nr in allowed() {
+        for nr in allowed(&[]) {
             assert_eq!(verdict(nr, ARCH, 0), RET_ALLOW, "syscall {nr}");
         }
+        // The inspector's file reading passes only in its own filter.
+        for nr in FILE_READING {
+            assert_eq!(verdict(*nr, ARCH, 0), RET_KILL_PROCESS, "syscall {nr}");
+            assert_eq!(verdict_with(FILE_READING, *nr, ARCH, 0), RET_ALLOW, "syscall {nr}");
+        }
+        assert_eq!(verdict_with(FILE_READING, libc::SYS_openat, ARCH, 0), RET_KILL_PROCESS);
         assert_eq!(verdict(libc::SYS_ioctl, ARCH, FIONBIO), RET_ALLOW);
         // TIOCSTI (a terminal's input) and anything else through ioctl.
         assert_eq!(verdict(libc::SYS_ioctl, ARCH, 0x5412), RET_KILL_PROCESS);
