@@ -444,7 +444,11 @@ impl Daemon {
         memory::configure_allocator();
         let mut probes = Probes::load(&options.load)?;
         let source = EventSource::new(probes.take_events()?).map_err(Error::EventRing)?;
-        let stacks = stacks::StackCapture::start(&mut probes, options.load.stacks.policy)?;
+        let stacks = stacks::StackCapture::start(
+            &mut probes,
+            options.load.stacks.policy,
+            &options.inspection,
+        )?;
         let clock = BootClock;
         let mut daemon = Self {
             probes,

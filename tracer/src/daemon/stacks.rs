@@ -77,13 +77,20 @@ pub(super) struct StackCapture {
 }
 
 impl StackCapture {
-    pub(super) fn start(probes: &mut Probes, policy: StackPolicy) -> crate::Result<Self> {
+    /// `inspection`: who parses the pinned files (symbolization, unwind rules); the daemon
+    /// only opens them when it is the inspector part.
+    pub(super) fn start(
+        probes: &mut Probes,
+        policy: StackPolicy,
+        inspection: &crate::privsep::inspector::Inspection,
+    ) -> crate::Result<Self> {
         let source = StackSource::new(probes.take_stacks()?);
         let lost_requests = probes.take_lost_requests()?;
         let suspect_maps = probes.take_stack_suspects()?;
         let refused = probes.stacks_refused().map(str::to_owned);
         let symbolizer = Symbolizer::start(SymbolizerConfig {
             fallback: Some(stacks::go_fallback()),
+            elsewhere: inspection.resolver(),
             ..SymbolizerConfig::default()
         })?;
         Ok(Self {
@@ -102,7 +109,7 @@ impl StackCapture {
             last_pin_failure: None,
             suspects_unmarked: 0,
             frames_unsymbolized: Arc::new(AtomicU64::new(0)),
-            unwinder: Unwinder::default(),
+            unwinder: inspection.rules().map_or_else(Unwinder::default, Unwinder::with_rules),
         })
     }
 

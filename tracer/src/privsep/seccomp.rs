@@ -73,9 +73,25 @@ const ALLOWED_HERE: &[libc::c_long] = &[libc::SYS_epoll_wait, libc::SYS_poll];
 #[cfg(target_arch = "aarch64")]
 const ALLOWED_HERE: &[libc::c_long] = &[];
 
-/// What the part that inspects binaries adds: reading and sizing the files it is handed.
-pub const FILE_READING: &[libc::c_long] =
-    &[libc::SYS_pread64, libc::SYS_lseek, libc::SYS_fstat, libc::SYS_newfstatat, libc::SYS_statx];
+/// What the part that inspects binaries adds: reading and sizing the files it is handed, and
+/// opening files by path, which blazesym does (the handed-over descriptors by
+/// `/proc/self/fd/N`, the real path it resolves from them, and the separate debug information
+/// a binary's build ID names). Running as nobody with no capability, it can open only what
+/// any user can read.
+pub fn file_reading() -> Vec<libc::c_long> {
+    let mut calls = vec![
+        libc::SYS_pread64,
+        libc::SYS_lseek,
+        libc::SYS_fstat,
+        libc::SYS_newfstatat,
+        libc::SYS_statx,
+        libc::SYS_openat,
+        libc::SYS_readlinkat,
+    ];
+    #[cfg(target_arch = "x86_64")]
+    calls.push(libc::SYS_readlink);
+    calls
+}
 
 fn allowed(extra: &[libc::c_long]) -> impl Iterator<Item = libc::c_long> + '_ {
     ALLOWED_EVERYWHERE.iter().chain(ALLOWED_HERE).chain(extra).copied()
@@ -178,12 +194,16 @@ mod tests {
         for nr in allowed(&[]) {
             assert_eq!(verdict(nr, ARCH, 0), RET_ALLOW, "syscall {nr}");
         }
-        // The inspector's file reading passes only in its own filter.
-        for nr in FILE_READING {
+        // The inspector's file reading passes only in its own filter, which still refuses
+        // sockets, programs, ptrace and BPF.
+        let files = file_reading();
+        for nr in &files {
             assert_eq!(verdict(*nr, ARCH, 0), RET_KILL_PROCESS, "syscall {nr}");
-            assert_eq!(verdict_with(FILE_READING, *nr, ARCH, 0), RET_ALLOW, "syscall {nr}");
+            assert_eq!(verdict_with(&files, *nr, ARCH, 0), RET_ALLOW, "syscall {nr}");
         }
-        assert_eq!(verdict_with(FILE_READING, libc::SYS_openat, ARCH, 0), RET_KILL_PROCESS);
+        for denied in [libc::SYS_socket, libc::SYS_execve, libc::SYS_ptrace, libc::SYS_bpf] {
+            assert_eq!(verdict_with(&files, denied, ARCH, 0), RET_KILL_PROCESS, "{denied}");
+        }
         assert_eq!(verdict(libc::SYS_ioctl, ARCH, FIONBIO), RET_ALLOW);
         // TIOCSTI (a terminal's input) and anything else through ioctl.
         assert_eq!(verdict(libc::SYS_ioctl, ARCH, 0x5412), RET_KILL_PROCESS);

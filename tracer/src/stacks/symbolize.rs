@@ -154,7 +154,11 @@ pub struct Resolved {
 }
 
 impl Resolved {
-    fn placeholder(address: u64, state: ResolveState, mapping: Option<&Mapping>) -> Self {
+    pub(crate) fn placeholder(
+        address: u64,
+        state: ResolveState,
+        mapping: Option<&Mapping>,
+    ) -> Self {
         let (module, offset) = match mapping {
             Some(m) => (m.module(), m.file_offset(address)),
             None => (None, address),
@@ -221,8 +225,15 @@ pub struct PinnedFile {
 }
 
 impl PinnedFile {
-    fn open(path: &std::path::Path) -> io::Result<Self> {
-        let file = File::open(path)?;
+    /// Opens `path`; reads its ELF layout and build ID unless `parsed_elsewhere` (the daemon
+    /// with an inspector part: it only opens the files, and hands them over).
+    fn open(path: &std::path::Path, parsed_elsewhere: bool) -> io::Result<Self> {
+        Self::from_file(File::open(path)?, !parsed_elsewhere)
+    }
+
+    /// Pins `file`, open already (the inspector part gets the daemon's); with `parse`, reads
+    /// its ELF layout and build ID.
+    pub fn from_file(file: File, parse: bool) -> io::Result<Self> {
         let meta = file.metadata()?;
         let key = FileKey {
             dev: meta.dev(),
@@ -233,7 +244,7 @@ impl PinnedFile {
         };
         let fd_path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
         // Both are cheap (headers and notes); a file that is not ELF has neither.
-        let layout = elf::read_layout(&file).ok().flatten();
+        let layout = if parse { elf::read_layout(&file).ok().flatten() } else { None };
         let build_id = match layout {
             Some(_) => blazesym::helper::read_elf_build_id(&fd_path)
                 .ok()
@@ -351,6 +362,13 @@ impl PinnedProcess {
         })
     }
 
+    /// A process pinned by another one (the daemon, for the inspector part): its mappings,
+    /// with the files it handed over.
+    pub fn from_mappings(pid: u32, mut mappings: Vec<Mapping>) -> Self {
+        mappings.sort_by_key(|m| m.start);
+        Self { pid, mappings, skipped: Vec::new() }
+    }
+
     /// Every mapping of `self` is in `newer` too (same range, offset and file).
     fn is_subset_of(&self, newer: &PinnedProcess) -> bool {
         self.mappings.iter().all(|m| newer.mappings.iter().any(|n| m.same_as(n)))
@@ -361,13 +379,14 @@ impl PinnedProcess {
 /// `/proc/PID/map_files/`. Fails when the maps cannot be read (the process is gone) or when
 /// executable file mappings exist and none opened (no CAP_SYS_ADMIN).
 pub fn pin_process(pid: u32) -> Result<PinnedProcess, SymbolizeError> {
-    pin_with(pid, &|_| None)
+    pin_with(pid, false, &|_| None)
 }
 
 /// [`pin_process`], reusing the files `known` already holds open (no second descriptor, no
 /// second parse).
 fn pin_with(
     pid: u32,
+    parsed_elsewhere: bool,
     known: &dyn Fn(&FileKey) -> Option<Arc<PinnedFile>>,
 ) -> Result<PinnedProcess, SymbolizeError> {
     let maps_path = format!("/proc/{pid}/maps");
@@ -387,7 +406,7 @@ fn pin_with(
         let mut file = None;
         if entry.is_executable_file() {
             let link = PathBuf::from(format!("/proc/{pid}/map_files/{}", entry.map_files_name()));
-            match PinnedFile::open(&link) {
+            match PinnedFile::open(&link, parsed_elsewhere) {
                 Ok(f) => {
                     let shared = opened
                         .iter()
@@ -466,6 +485,47 @@ struct ModuleState {
     fd_path: PathBuf,
     /// `None`: not built yet; `Some(None)`: the factory could not read the module.
     fallback: Option<Option<Box<dyn ModuleFallback>>>,
+}
+
+/// What the symbolizer's thread resolves with: a [`Resolver`] of its own, or the inspector
+/// part's through its link (crate::privsep::inspector).
+pub trait Resolve {
+    /// Symbolizes `addresses` of `process`, one [`Resolved`] each, in order.
+    fn symbolize(
+        &mut self,
+        process: &PinnedProcess,
+        addresses: &[u64],
+        kind: AddressKind,
+    ) -> Vec<Resolved>;
+    /// Frees what is held for modules no process pins any more; returns how many.
+    fn sweep(&mut self) -> usize;
+    /// Modules whose data is held, and their files' total size.
+    fn loaded_modules(&self) -> (usize, u64);
+    /// Modules that could not be read, and the last such error.
+    fn errors(&self) -> (u64, Option<&str>);
+}
+
+impl Resolve for Resolver {
+    fn symbolize(
+        &mut self,
+        process: &PinnedProcess,
+        addresses: &[u64],
+        kind: AddressKind,
+    ) -> Vec<Resolved> {
+        Resolver::symbolize(self, process, addresses, kind)
+    }
+
+    fn sweep(&mut self) -> usize {
+        Resolver::sweep(self)
+    }
+
+    fn loaded_modules(&self) -> (usize, u64) {
+        Resolver::loaded_modules(self)
+    }
+
+    fn errors(&self) -> (u64, Option<&str>) {
+        Resolver::errors(self)
+    }
 }
 
 /// Symbolizes addresses of pinned processes on the thread that owns it (blazesym's
@@ -836,6 +896,8 @@ struct Shared {
     /// Every file pinned, to share one descriptor among the processes that map it.
     files: HashMap<FileKey, Weak<PinnedFile>>,
     cache: FrameCache,
+    /// Another process parses the files (the inspector part): pins only open them.
+    parsed_elsewhere: bool,
 }
 
 impl Shared {
@@ -876,11 +938,14 @@ pub struct SymbolizerConfig {
     /// answer with placeholders).
     pub queue_capacity: usize,
     pub fallback: Option<FallbackFactory>,
+    /// Resolves on the thread instead of a [`Resolver`] of its own (with `fallback`): the
+    /// inspector part's. The pinned files are then only opened here, never parsed.
+    pub elsewhere: Option<Box<dyn Resolve + Send>>,
 }
 
 impl Default for SymbolizerConfig {
     fn default() -> Self {
-        Self { limits: Limits::default(), queue_capacity: 1024, fallback: None }
+        Self { limits: Limits::default(), queue_capacity: 1024, fallback: None, elsewhere: None }
     }
 }
 
@@ -907,17 +972,20 @@ fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
 impl Symbolizer {
     /// Starts the thread.
     pub fn start(config: SymbolizerConfig) -> Result<Self, SymbolizeError> {
-        let SymbolizerConfig { limits, queue_capacity, fallback } = config;
+        let SymbolizerConfig { limits, queue_capacity, fallback, elsewhere } = config;
         let queue_capacity = queue_capacity.max(1);
         let (tx, rx) = std::sync::mpsc::sync_channel(queue_capacity);
-        let shared = Arc::new(Mutex::new(Shared::default()));
+        let shared = Arc::new(Mutex::new(Shared {
+            parsed_elsewhere: elsewhere.is_some(),
+            ..Shared::default()
+        }));
         let counters = Arc::new(Counters::default());
         let thread = {
             let (shared, counters, limits) =
                 (Arc::clone(&shared), Arc::clone(&counters), limits.clone());
             std::thread::Builder::new()
                 .name("symbolizer".into())
-                .spawn(move || run(&rx, &shared, &counters, &limits, fallback))
+                .spawn(move || run(&rx, &shared, &counters, &limits, fallback, elsewhere))
                 .map_err(SymbolizeError::Spawn)?
         };
         Ok(Self { tx, shared, counters, limits, queue_capacity, thread: Some(thread) })
@@ -1095,7 +1163,10 @@ fn install_pin(
             });
         }
     }
-    let pinned = pin_with(pid, &|key| lock(shared).files.get(key).and_then(Weak::upgrade))?;
+    let parsed_elsewhere = lock(shared).parsed_elsewhere;
+    let pinned = pin_with(pid, parsed_elsewhere, &|key| {
+        lock(shared).files.get(key).and_then(Weak::upgrade)
+    })?;
     let summary = PinSummary {
         mappings: pinned.mappings.len(),
         files: pinned.files().count(),
@@ -1132,16 +1203,18 @@ fn run(
     counters: &Counters,
     limits: &Limits,
     fallback: Option<FallbackFactory>,
+    elsewhere: Option<Box<dyn Resolve + Send>>,
 ) {
-    let mut resolver = match fallback {
-        Some(factory) => Resolver::with_fallback(factory),
-        None => Resolver::new(),
+    let mut resolver: Box<dyn Resolve> = match (elsewhere, fallback) {
+        (Some(elsewhere), _) => elsewhere,
+        (None, Some(factory)) => Box::new(Resolver::with_fallback(factory)),
+        (None, None) => Box::new(Resolver::new()),
     };
     while let Ok(request) = rx.recv() {
         match request {
             Request::Symbolize { pid, addresses, kind, reply } => {
                 // The caller may have stopped waiting; the answer is cached either way.
-                let _ = reply.send(answer(&mut resolver, shared, limits, pid, &addresses, kind));
+                let _ = reply.send(answer(&mut *resolver, shared, limits, pid, &addresses, kind));
             }
             Request::Sweep => {}
             Request::Stop => break,
@@ -1160,7 +1233,7 @@ fn run(
 }
 
 fn answer(
-    resolver: &mut Resolver,
+    resolver: &mut dyn Resolve,
     shared: &Mutex<Shared>,
     limits: &Limits,
     pid: u32,

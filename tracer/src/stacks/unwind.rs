@@ -46,7 +46,7 @@ pub enum UnwindError {
 }
 
 /// How to find the caller of the function executing at an address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum FrameRule {
     /// The CFA is rbp-based: the function has a frame pointer, the kernel's walk covers its
     /// caller.
@@ -60,7 +60,7 @@ pub enum FrameRule {
 
 /// Whether an address is where the thread entered the kernel (the next instruction to run) or a
 /// return address (the call before it belongs to the caller's code).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum AddressRole {
     Current,
     Return,
@@ -177,6 +177,14 @@ impl ModuleCfi {
             .and_then(|(start, vaddr, _)| vaddr.checked_add(offset - start))
     }
 
+    /// The rule at file offset `offset`.
+    pub fn rule_for_offset(&self, offset: u64, role: AddressRole) -> FrameRule {
+        match self.vaddr_of_offset(offset) {
+            Some(vaddr) => self.rule_at(vaddr, role),
+            None => FrameRule::Unknown,
+        }
+    }
+
     /// The rule at virtual address `vaddr`.
     pub fn rule_at(&self, vaddr: u64, role: AddressRole) -> FrameRule {
         // A return address is looked up one byte back: inside the call, in its function.
@@ -259,10 +267,18 @@ pub struct UnwindCounters {
     pub recovered: u64,
 }
 
+/// Where the rules come from when the files are parsed in another process (the inspector
+/// part): the rule at file offset `offset` of `file`.
+pub trait RuleSource: Send {
+    fn rule(&self, file: &Arc<PinnedFile>, offset: u64, role: AddressRole) -> FrameRule;
+}
+
 /// The daemon's side: [`ModuleCfi`] of each module met, read once per file while a process
-/// pins it.
+/// pins it, or the rules of a [`RuleSource`].
 #[derive(Default)]
 pub struct Unwinder {
+    /// Parses elsewhere when set.
+    elsewhere: Option<Box<dyn RuleSource>>,
     /// By the pinned file's address (its `Arc`): the file and what it held (`None`: no usable
     /// unwind information, asked once).
     modules: HashMap<usize, (Weak<PinnedFile>, Option<Arc<ModuleCfi>>)>,
@@ -272,6 +288,11 @@ pub struct Unwinder {
 }
 
 impl Unwinder {
+    /// An unwinder that asks `source` for rules, parsing no file itself.
+    pub fn with_rules(source: Box<dyn RuleSource>) -> Self {
+        Self { elsewhere: Some(source), ..Self::default() }
+    }
+
     pub fn counters(&self) -> UnwindCounters {
         self.counters
     }
@@ -303,12 +324,23 @@ impl Unwinder {
         if let Some(rule) = self.rules.get(&key) {
             return *rule;
         }
-        let rule = match self.module(file) {
-            Some(cfi) => match cfi.vaddr_of_offset(offset) {
-                Some(vaddr) => cfi.rule_at(vaddr, role),
+        if self.elsewhere.is_some() {
+            // Held for `sweep`, which clears the rules once a file goes (its address may be
+            // reused by a new one).
+            let live = self
+                .modules
+                .get(&key.0)
+                .is_some_and(|(weak, _)| weak.upgrade().is_some_and(|l| Arc::ptr_eq(&l, file)));
+            if !live {
+                self.modules.insert(key.0, (Arc::downgrade(file), None));
+            }
+        }
+        let rule = match &self.elsewhere {
+            Some(source) => source.rule(file, offset, role),
+            None => match self.module(file) {
+                Some(cfi) => cfi.rule_for_offset(offset, role),
                 None => FrameRule::Unknown,
             },
-            None => FrameRule::Unknown,
         };
         if self.rules.len() >= MAX_CACHED_RULES {
             self.rules.clear();
