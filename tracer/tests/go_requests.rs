@@ -334,9 +334,9 @@ fn binaries_are_refused_with_the_reason_once_the_inspector_part_has_ended() {
     let pid = part["pid"].as_u64().expect("its pid") as i32;
     let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     assert!(proc_status.contains("Seccomp:\t2"), "{proc_status}");
-    // Holds its link only: not the listeners, not the client part's link.
+    // Holds its links only: not the listeners, not the client part's link.
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("fds").count();
-    assert_eq!(fds, 4, "stdin, stdout, stderr and its link");
+    assert_eq!(fds, 5, "stdin, stdout, stderr and its two links");
     // SAFETY: signalling the daemon's child, as root.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
     let program = common::go_program("go_requests", "go-requests", false, &dir.0);

@@ -369,7 +369,7 @@ pub struct StatusReport {
     #[serde(default)]
     pub clients_part: Option<PartStatus>,
     /// The part that parses other processes' binaries for the daemon, when it is a process of
-    /// its own (`--privsep on`, docs/security.md "Three processes").
+    /// its own (`--privsep on`, docs/security.md "A third process").
     #[serde(default)]
     pub inspector_part: Option<PartStatus>,
     /// Per-workload overrides (`--workload`), in the order they are tried, as

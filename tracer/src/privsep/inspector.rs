@@ -1,16 +1,17 @@
-//! The inspector part (docs/security.md, "Three processes"): a process forked off at start,
-//! like the client part, that parses other processes' binaries for the daemon, so that the
+//! The inspector part (docs/security.md, "A third process"): a process forked off at start,
+//! like the client part, that parses other processes' files for the daemon, so that the
 //! privileged daemon only opens them. It runs as `--clients-user` with no capabilities, under
-//! a seccomp allow-list that lets it read the descriptors it is handed and nothing else (no
-//! `open`): the daemon opens each file (it has the privileges to) and passes the descriptor
-//! with the request ([`fds`](super::fds)); the answer is a plain value the daemon checks as it
-//! reads it.
+//! a seccomp allow-list that lets it read files and nothing else (no socket, no exec): the
+//! daemon opens each file (it has the privileges to) and passes the descriptor
+//! ([`fds`](super::fds)); answers are plain values the daemon checks as it reads them.
 //!
-//! Today it inspects the Go binaries the request probes attach to (`gohttp`). One request at a
-//! time, answered in order; a request that takes longer than [`ANSWER_TIMEOUT`] (a parser
-//! caught in a loop) ends the part, and so does one it crashes on (a parser panic is caught and
-//! answered as an error instead). Once it has ended, each inspection is refused with the reason,
-//! and `tracer status` shows it.
+//! It inspects the Go binaries the request probes attach to (`gohttp`), symbolizes stacks
+//! (blazesym and the `.gopclntab` fallback) and reads unwind rules (`.eh_frame`), on two
+//! links: unwind rules, asked from the daemon's event loop, have their own, served by a
+//! thread of their own. One request at a time per link, answered in order. A request that
+//! takes longer than [`ANSWER_TIMEOUT`] (a parser caught in a loop) ends the part, and so does
+//! one it crashes on (a parser panic is caught and answered as an error instead). Once it has
+//! ended, inspections are refused with the reason, and `tracer status` shows it.
 use std::{
     collections::HashMap,
     fs::File,
