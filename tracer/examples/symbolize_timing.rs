@@ -3,8 +3,11 @@
 //! indexed) and the same stack again (answered from the cache). Needs root (map_files).
 //!
 //! ```text
-//! symbolize_timing PROGRAM
+//! symbolize_timing PROGRAM [--apart]
 //! ```
+//!
+//! With `--apart`, the symbolizer resolves through an inspector part forked off first, as the
+//! daemon does by default (tracer::privsep::inspector): the cost of parsing in another process.
 //!
 //! PROGRAM prints `name 0xaddress` lines, then `ready`, and waits on its stdin, as
 //! tracer/tests/programs/opener_go does. Prints one JSON object: the binary's size, the times in
@@ -16,7 +19,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tracer::stacks::symbolize::{AddressKind, ResolveState, Symbolizer, SymbolizerConfig};
+use tracer::{
+    privsep::inspector::Inspection,
+    stacks::symbolize::{AddressKind, ResolveState, Symbolizer, SymbolizerConfig},
+};
 
 fn main() -> ExitCode {
     match run() {
@@ -30,20 +36,34 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<bool, String> {
-    let program = std::env::args().nth(1).ok_or("usage: symbolize_timing PROGRAM")?;
+    let program = std::env::args().nth(1).ok_or("usage: symbolize_timing PROGRAM [--apart]")?;
+    // Forked while this process has one thread, as `tracer run` does.
+    let inspection = if std::env::args().nth(2).as_deref() == Some("--apart") {
+        let user = tracer::privsep::ClientsUser::resolve(tracer::privsep::DEFAULT_CLIENTS_USER)
+            .map_err(|e| e.to_string())?;
+        let inspector = tracer::privsep::inspector::spawn(&user, tracer::privsep::Privsep::On)
+            .map_err(|e| format!("the inspector part: {e:#}"))?;
+        Inspection::Apart(std::sync::Arc::new(inspector))
+    } else {
+        Inspection::Here
+    };
     let size = std::fs::metadata(&program).map_err(|e| format!("{program}: {e}"))?.len();
     let mut child = Command::new(&program)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| format!("starting {program}: {e}"))?;
-    let result = measure(&mut child, size);
+    let result = measure(&mut child, size, &inspection);
     let _ = child.kill();
     let _ = child.wait();
     result
 }
 
-fn measure(child: &mut std::process::Child, size: u64) -> Result<bool, String> {
+fn measure(
+    child: &mut std::process::Child,
+    size: u64,
+    inspection: &Inspection,
+) -> Result<bool, String> {
     let stdout = child.stdout.take().ok_or("no stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     let mut names = Vec::new();
@@ -64,8 +84,12 @@ fn measure(child: &mut std::process::Child, size: u64) -> Result<bool, String> {
         addresses.push(address);
     }
     let pid = child.id();
-    let symbolizer =
-        Symbolizer::start(SymbolizerConfig::default()).map_err(|e| format!("symbolizer: {e}"))?;
+    let config = SymbolizerConfig {
+        fallback: Some(tracer::stacks::go_fallback()),
+        elsewhere: inspection.resolver(),
+        ..SymbolizerConfig::default()
+    };
+    let symbolizer = Symbolizer::start(config).map_err(|e| format!("symbolizer: {e}"))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()

@@ -489,6 +489,9 @@ fn serve(
         unsafe { libc::signal(signal, libc::SIG_IGN) };
     }
     close_inherited(&[&main, &unwind]);
+    // Set by `tracer run` at start already; this part needs it for its filter whoever forks it.
+    crate::privileges::forbid_new_privileges()
+        .map_err(|source| Error::Os { what: "setting no_new_privs", source })?;
     let privileges = super::drop_privileges(user)?;
     // SAFETY: prctl with these options reads only its integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
