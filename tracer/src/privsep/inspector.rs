@@ -405,11 +405,7 @@ fn unresolved(process: &PinnedProcess, addresses: &[u64], kind: AddressKind) -> 
     addresses
         .iter()
         .map(|&a| {
-            let lookup = match kind {
-                AddressKind::Return => a.saturating_sub(1),
-                AddressKind::Exact => a,
-            };
-            Resolved::placeholder(a, ResolveState::NoSymbol, process.mapping_for(lookup))
+            Resolved::placeholder(a, ResolveState::NoSymbol, process.mapping_for(kind.lookup(a)))
         })
         .collect()
 }

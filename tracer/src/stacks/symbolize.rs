@@ -194,7 +194,7 @@ pub enum AddressKind {
 }
 
 impl AddressKind {
-    fn lookup(self, address: u64) -> u64 {
+    pub(crate) fn lookup(self, address: u64) -> u64 {
         match self {
             Self::Return => address.saturating_sub(1),
             Self::Exact => address,
