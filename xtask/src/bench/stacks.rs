@@ -201,15 +201,16 @@ pub fn run(ctx: &Bench, mode: &str, rounds: usize, smoke: bool) -> Result<Stacks
     }
 
     // Memory: off, all, then all, off again, so that drift over the part favours neither.
-    let scale_spec = scale::ScaleSpec {
-        connections: report.scale_connections,
-        processes: 0,
-        repeats: 1,
-        count_stacks: true,
-        health_cost: false,
-    };
     let order: &[&str] = if smoke { &["off", "all"] } else { &["off", "all", "all", "off"] };
     for policy in order {
+        let scale_spec = scale::ScaleSpec {
+            connections: report.scale_connections,
+            processes: 0,
+            repeats: 1,
+            // With capture off the daemon refuses `tracer stacks` (nothing to group).
+            count_stacks: *policy != "off",
+            health_cost: false,
+        };
         let daemon = start(ctx, mode, policy)?;
         let steps = scale::run(&daemon, &scale_spec)
             .with_context(|| format!("the scale step with --stacks {policy}"))?;
