@@ -75,24 +75,20 @@ fn status(s: &StatusReport) -> String {
         )
     };
     let _ = writeln!(out, "privileges:          {}", privileges(&s.privileges));
-    if let Some(part) = &s.clients_part {
-        let _ = writeln!(
-            out,
-            "clients served by:   pid {}, {}{}",
-            part.pid,
-            privileges(&part.privileges),
-            if part.seccomp { ", seccomp" } else { "" }
-        );
-    }
-    if let Some(part) = &s.inspector_part {
-        let _ = writeln!(
-            out,
-            "binaries parsed by:  pid {}, {}{}{}",
-            part.pid,
-            privileges(&part.privileges),
-            if part.seccomp { ", seccomp" } else { "" },
-            part.ended.as_deref().map(|e| format!("; ENDED: {e}")).unwrap_or_default()
-        );
+    // The parts apart from the daemon, one line each.
+    for (label, part) in
+        [("clients served by:  ", &s.clients_part), ("binaries parsed by: ", &s.inspector_part)]
+    {
+        if let Some(part) = part {
+            let _ = writeln!(
+                out,
+                "{label} pid {}, {}{}{}",
+                part.pid,
+                privileges(&part.privileges),
+                if part.seccomp { ", seccomp" } else { "" },
+                part.ended.as_deref().map(|e| format!("; ENDED: {e}")).unwrap_or_default()
+            );
+        }
     }
     let _ = writeln!(
         out,

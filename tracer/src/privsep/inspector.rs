@@ -279,22 +279,10 @@ impl Inspector {
                 }
                 // SAFETY: signalling our own child.
                 unsafe { libc::kill(self.pid, libc::SIGKILL) };
-                Err(self.end(format!("{why}; it {}", self.wait())))
+                Err(self
+                    .end(format!("{why}; it {}", super::reap(self.pid, Duration::from_secs(1)))))
             }
         }
-    }
-
-    /// How the part ended, once it has (waiting for it at most a second).
-    fn wait(&self) -> String {
-        for _ in 0..50 {
-            let mut status = 0;
-            // SAFETY: waitpid on our own child, writing its status into `status`.
-            if unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) } == self.pid {
-                return super::describe(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        "had not exited a second after it was killed".to_owned()
     }
 
     /// Records why the part ended (the first reason); returns the refusal every inspection
