@@ -144,6 +144,16 @@ pub fn kept_set(permitted: u64, dropped: u64) -> u64 {
         .sum()
 }
 
+/// This process's permitted capabilities, from `/proc/self/status`.
+pub fn permitted_of_self() -> std::io::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapPrm:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .ok_or_else(|| std::io::Error::other("no CapPrm in /proc/self/status"))
+}
+
 /// Drops from the bounding set every capability not in `keep` (when `permitted` holds
 /// CAP_SETPCAP, which that takes; it goes last, with the capset or uid change that follows),
 /// and empties the ambient set: nothing executed later could regain what was dropped.
@@ -188,12 +198,7 @@ pub fn kept_table() -> String {
 /// empty); returns that set. Capabilities are a thread's: call this while the process has one
 /// thread, so that every thread it starts afterwards inherits the reduced sets.
 pub fn keep_only_kept(dropped: u64) -> std::io::Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let permitted = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapPrm:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .ok_or_else(|| std::io::Error::other("no CapPrm in /proc/self/status"))?;
+    let permitted = permitted_of_self()?;
     // A daemon started with fewer capabilities (not root) keeps what it has of the list.
     let kept = kept_set(permitted, dropped);
     narrow_bounding_set(kept, permitted)?;

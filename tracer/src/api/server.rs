@@ -109,17 +109,38 @@ pub fn bind(
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io_err)?;
     }
-    let listener = std::os::unix::net::UnixListener::bind(path).map_err(io_err)?;
+    let listener = match group {
+        Some(gid) => as_group(gid, || std::os::unix::net::UnixListener::bind(path)),
+        None => std::os::unix::net::UnixListener::bind(path),
+    }
+    .map_err(io_err)?;
     listener.set_nonblocking(true).map_err(io_err)?;
-    let mode = match group {
-        Some(gid) => {
-            std::os::unix::fs::chown(path, None, Some(gid)).map_err(io_err)?;
-            0o660
-        }
-        None => 0o600,
-    };
+    let mode = if group.is_some() { 0o660 } else { 0o600 };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err)?;
     Ok(listener)
+}
+
+/// Runs `create` with `gid` as the effective group, so that the file it creates is that
+/// group's from the start: the daemon then needs CAP_SETGID, which it has anyway to start the
+/// part that serves clients, rather than CAP_CHOWN (which the systemd unit leaves out). Only
+/// before any thread starts: the change is the whole process's.
+fn as_group<T>(gid: u32, create: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
+    // SAFETY: getegid has no preconditions.
+    let previous = unsafe { libc::getegid() };
+    // SAFETY: setresgid with -1 leaves the real and saved ids as they are.
+    if unsafe { libc::setresgid(u32::MAX, gid, u32::MAX) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(std::io::Error::new(
+            e.kind(),
+            format!("cannot create the socket as group {gid} (needs CAP_SETGID): {e}"),
+        ));
+    }
+    let created = create();
+    // SAFETY: as above; back to the group the daemon had.
+    if unsafe { libc::setresgid(u32::MAX, previous, u32::MAX) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    created
 }
 
 /// Serves clients until the listener fails; each client on its own task.

@@ -15,8 +15,7 @@ pub fn args_from_file(path: &Path) -> Result<Vec<String>, ConfigError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
-    let command = Cli::command();
-    let run = command.find_subcommand("run").cloned().unwrap_or_default();
+    let run = run_command();
     let is_flag = |flag: &str| run.get_arguments().any(|a| a.get_long() == Some(flag));
     let mut args = Vec::new();
     for entry in tracer::config_file::entries(&text, &shown, is_flag)? {
@@ -64,9 +63,155 @@ pub fn expand(argv: Vec<String>) -> Result<Vec<String>, ConfigError> {
     Ok(out)
 }
 
+/// `tracer run` as its `--help` shows it: the global flags (`--log-level`, `--socket`) too.
+fn run_command() -> clap::Command {
+    let mut command = Cli::command();
+    command.build();
+    command.find_subcommand("run").cloned().unwrap_or_default()
+}
+
+#[cfg(test)]
+/// The packaged `/etc/tracer/tracer.toml` (`deploy/tracer.toml`): every flag of `tracer run`
+/// that a file may set, under its help, commented out at its default, grouped by `--help`'s
+/// headings. A test keeps the committed file equal to this, and parses it uncommented.
+pub fn commented_defaults() -> String {
+    let run = run_command();
+    let mut out = String::from(
+        "# tracer's daemon configuration: `tracer run --config /etc/tracer/tracer.toml`, as the\n\
+         # systemd unit starts it. Keys are `tracer run`'s long flag names (`tracer run --help`,\n\
+         # tracer-run(1)); a flag on the command line overrides the key. Every key is shown\n\
+         # commented out at its default: uncomment one to change it.\n",
+    );
+    let mut heading: Option<String> = None;
+    for arg in run.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if arg.is_hide_set() || matches!(long, "config" | "help" | "workload") {
+            continue;
+        }
+        let this_heading = arg.get_help_heading().map(str::to_owned);
+        if this_heading != heading {
+            heading = this_heading;
+            if let Some(h) = &heading {
+                out.push_str(&format!("\n# ---- {h} ----\n"));
+            }
+        }
+        out.push('\n');
+        let mut help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+        if !help.ends_with('.') {
+            help.push('.');
+        }
+        for line in wrap(&help, 94) {
+            out.push_str(&format!("# {line}\n"));
+        }
+        let defaults: Vec<String> =
+            arg.get_default_values().iter().map(|v| v.to_string_lossy().into_owned()).collect();
+        let choices: Vec<String> = arg
+            .get_possible_values()
+            .iter()
+            .filter(|v| !v.is_hide_set())
+            .map(|v| v.get_name().to_owned())
+            .collect();
+        if !choices.is_empty() && choices.len() <= 8 {
+            out.push_str(&format!("# One of: {}.\n", choices.join(", ")));
+        }
+        let value = match defaults.as_slice() {
+            [] => {
+                let name = arg
+                    .get_value_names()
+                    .and_then(|n| n.first())
+                    .map(ToString::to_string)
+                    .unwrap_or_else(|| "VALUE".to_owned());
+                out.push_str("# No default.\n");
+                format!("\"<{name}>\"")
+            }
+            values => toml_value(&values.join(",")),
+        };
+        out.push_str(&format!("#{long} = {value}\n"));
+    }
+    out.push_str(
+        "\n# ---- Per-workload overrides (--workload), first match applies ----\n\n\
+         # [workload.\"postgres\"]\n\
+         # age = \"off\"\n\
+         # [workload.\"namespace=shop,container=api\"]\n\
+         # close-wait-after = \"10m\"\n",
+    );
+    out
+}
+
+#[cfg(test)]
+/// A default as TOML: integers bare, the rest quoted.
+fn toml_value(text: &str) -> String {
+    if text.parse::<i64>().is_ok() {
+        text.to_owned()
+    } else {
+        format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+    }
+}
+
+#[cfg(test)]
+/// `text` in lines of at most `width` characters, broken at spaces.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && line.len() + 1 + word.len() > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// deploy/tracer.toml is what [`commented_defaults`] renders (the package installs it as
+    /// /etc/tracer/tracer.toml). After a change to `tracer run`'s flags:
+    /// `TRACER_BLESS=1 cargo test -p tracer --bin tracer packaged_config`.
+    #[test]
+    fn the_packaged_config_file_lists_every_run_flag_at_its_default() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/tracer.toml");
+        let rendered = commented_defaults();
+        if std::env::var_os("TRACER_BLESS").is_some() {
+            std::fs::write(&path, &rendered).expect("write deploy/tracer.toml");
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == rendered,
+            "deploy/tracer.toml differs from the flags of `tracer run`; after an intended \
+             change: TRACER_BLESS=1 cargo test -p tracer --bin tracer packaged_config"
+        );
+    }
+
+    /// Every default in the packaged file, uncommented, is a value its flag takes, and the
+    /// whole file then starts the daemon with its defaults.
+    #[test]
+    fn the_packaged_config_file_uncommented_parses_to_the_defaults() {
+        let text = commented_defaults();
+        let uncommented: String = text
+            .lines()
+            .filter_map(|l| l.strip_prefix('#'))
+            .filter(|l| !l.starts_with(' ') && !l.is_empty())
+            .filter(|l| !l.ends_with("\"") || !l.contains("\"<"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(uncommented.lines().count() > 30, "{uncommented}");
+        let f = write(&uncommented);
+        let args = args_from_file(&f.0).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+        let from_file = Cli::try_parse_from(
+            ["tracer".to_owned(), "run".to_owned()].into_iter().chain(args.iter().cloned()),
+        )
+        .expect("parses");
+        let plain = Cli::try_parse_from(["tracer", "run"]).expect("parses");
+        assert_eq!(format!("{from_file:?}"), format!("{plain:?}"));
+    }
 
     fn write(text: &str) -> tempfile_path::TempFile {
         tempfile_path::TempFile::new(text)

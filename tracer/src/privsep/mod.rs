@@ -221,9 +221,11 @@ pub fn run_clients(
 /// executes could regain one; `no_new_privs` is set already), then checks it from /proc.
 pub(super) fn drop_privileges(user: &ClientsUser) -> Result<PrivilegesStatus, Error> {
     let failed = |source| Error::Drop { user: user.name.clone(), source };
-    // The bounding set empty, while CAP_SETPCAP is still there (all of it is permitted here:
-    // the fork took the daemon's sets before it narrowed them).
-    crate::privileges::narrow_bounding_set(0, u64::MAX).map_err(failed)?;
+    // The bounding set empty, while CAP_SETPCAP is still there (the fork took the daemon's
+    // sets before it narrowed them). A daemon started without CAP_SETPCAP leaves the bounding
+    // set as it is: no_new_privs already keeps anything executed from gaining from it.
+    let permitted = crate::privileges::permitted_of_self().map_err(failed)?;
+    crate::privileges::narrow_bounding_set(0, permitted).map_err(failed)?;
     // SAFETY: setgroups with an empty list reads nothing.
     if unsafe { libc::setgroups(0, std::ptr::null()) } != 0 {
         return Err(failed(io::Error::last_os_error()));
