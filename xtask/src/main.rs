@@ -1,7 +1,8 @@
-//! Project tasks: `cargo xtask setup | lint | run | test | vm-test | bench | fuzz | soak`.
+//! Project tasks: `cargo xtask setup | lint | run | test | vm-test | bench | fuzz | soak | deb`.
 mod bench;
 mod fuzz;
 mod lint;
+mod package;
 mod setup;
 mod soak;
 mod vm;
@@ -54,6 +55,13 @@ enum Task {
     /// leaks, resets, holders and exits, counts checked against `ss` every minute; prints the
     /// result table (--write puts it into docs/performance.md). Needs root.
     Soak(soak::SoakArgs),
+    /// Build the Debian package (cargo-deb) into target/debian/revision-1/: the binary, its systemd unit,
+    /// the commented default /etc/tracer/tracer.toml, man pages, completions, alert rules.
+    Deb,
+    /// Check the deployment files with their users' tools: the systemd unit (systemd-analyze
+    /// verify, security score), the Debian package installed, upgraded and purged in a Debian
+    /// root. Part of `cargo xtask test`.
+    DeployCheck,
     /// Development: only the benchmark's churn load, for profiling a tracer by hand.
     #[command(hide = true)]
     Load {
@@ -93,6 +101,7 @@ fn run(cli: Cli) -> Result<()> {
             setup::run()?;
             require_root()?;
             lint::run()?;
+            package::check::run()?;
             // The kernel matrix first when it runs: its table then does not bury cargo test's
             // summary, which ends the output.
             if !no_vm {
@@ -127,6 +136,14 @@ fn run(cli: Cli) -> Result<()> {
         Task::Soak(args) => {
             setup::run()?;
             soak::run(args)
+        }
+        Task::Deb => {
+            setup::run()?;
+            package::deb::build("1").map(drop)
+        }
+        Task::DeployCheck => {
+            setup::run()?;
+            package::check::run()
         }
         Task::Load { seconds, threads, ipv6 } => bench::churn(seconds, threads, ipv6),
         Task::VmTest(args) => {

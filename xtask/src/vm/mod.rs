@@ -4,7 +4,7 @@
 //! costs more than a mode. The host row runs the same binaries natively.
 mod cpio;
 mod guest;
-mod kernels;
+pub mod kernels;
 mod payload;
 
 use std::{
