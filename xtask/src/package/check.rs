@@ -5,6 +5,10 @@
 //! - The Debian package: its files, then installed, upgraded and purged with dpkg in a fresh
 //!   Debian root (rootfs.rs). The purge must leave the root as it was before the install, but
 //!   for dpkg's own records.
+//! - The Helm chart: `helm lint --strict` and `helm template` of each value set in its `ci/`
+//!   for the oldest and newest Kubernetes release supported, each rendering validated strictly
+//!   (kubernetes-validate, unknown fields refused) for that release and its monitoring objects
+//!   with the prometheus-operator models; the plain manifests equal to the default rendering.
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
@@ -13,7 +17,7 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 
-use super::{deb, rootfs};
+use super::{deb, rootfs, tools};
 use crate::setup;
 
 /// The highest exposure `systemd-analyze security` may give the unit (docs/deploy.md lists the
@@ -24,6 +28,7 @@ const UNIT: &str = "deploy/systemd/tracer.service";
 
 pub fn run() -> Result<()> {
     let root = crate::workspace_root();
+    chart(&root)?;
     let exposure = unit_exposure(&root.join(UNIT))?;
     eprintln!("deploy-check: {UNIT}: exposure {exposure:.1} (at most {MAX_EXPOSURE:.1})");
     let first = deb::build("1")?;
@@ -184,4 +189,118 @@ fn tree(dir: &Path) -> Result<BTreeSet<String>> {
     let mut out = BTreeSet::new();
     walk(dir, &dir.to_path_buf(), &mut out)?;
     Ok(out)
+}
+
+const CHART: &str = "deploy/helm/tracer";
+/// `helm template` of the chart's defaults, for `kubectl apply` without helm.
+const MANIFESTS: &str = "deploy/kubernetes/tracer.yaml";
+/// The oldest and newest Kubernetes releases the chart supports (Chart.yaml's kubeVersion; the
+/// newest kubernetes-validate knows).
+const KUBE_VERSIONS: [&str; 2] = ["1.25.0", "1.37.0"];
+/// The plain manifests are rendered for the oldest release, so that they apply to every one
+/// (AppArmor by annotation: the field came in 1.30).
+const MANIFESTS_KUBE_VERSION: &str = KUBE_VERSIONS[0];
+const NAMESPACE: &str = "tracer";
+/// Each value set of the chart's `ci/` and the kinds its rendering must hold, no more.
+const VALUE_SETS: &[(&str, &[&str])] = &[
+    ("default-values.yaml", &["ConfigMap", "DaemonSet", "Service", "ServiceAccount"]),
+    (
+        "service-monitor-values.yaml",
+        &[
+            "ConfigMap",
+            "DaemonSet",
+            "PrometheusRule",
+            "Service",
+            "ServiceAccount",
+            "ServiceMonitor",
+        ],
+    ),
+    (
+        "pod-monitor-tolerations-values.yaml",
+        &["ConfigMap", "DaemonSet", "PodMonitor", "ServiceAccount"],
+    ),
+    // hostOnly: no Service and no monitor, though the values ask for a ServiceMonitor.
+    ("host-only-values.yaml", &["ConfigMap", "DaemonSet", "ServiceAccount"]),
+];
+
+fn chart(root: &Path) -> Result<()> {
+    let chart = root.join(CHART);
+    let alerts = root.join("deploy/prometheus/alerts.yml");
+    ensure!(
+        std::fs::read(chart.join("files/alerts.yml"))? == std::fs::read(&alerts)?,
+        "{CHART}/files/alerts.yml differs from deploy/prometheus/alerts.yml: copy it over"
+    );
+    let sets: BTreeSet<String> = std::fs::read_dir(chart.join("ci"))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    let checked: BTreeSet<String> = VALUE_SETS.iter().map(|(f, _)| f.to_string()).collect();
+    ensure!(sets == checked, "{CHART}/ci holds {sets:?}; the check knows {checked:?}");
+    let helm = tools::helm()?;
+    let out = setup::target_dir(root).join("deploy-check/helm");
+    std::fs::create_dir_all(&out)?;
+    for (values, kinds) in VALUE_SETS {
+        let values_path = chart.join("ci").join(values);
+        for kube in KUBE_VERSIONS {
+            setup::capture(
+                Command::new(&helm)
+                    .args(["lint", "--strict", "--quiet", "--kube-version", kube, "--values"])
+                    .arg(&values_path)
+                    .arg(&chart),
+            )
+            .with_context(|| format!("helm lint with {values} for Kubernetes {kube}"))?;
+            let rendered = render(&helm, &chart, &values_path, kube)?;
+            let file = out.join(format!("{}-{kube}.yaml", values.trim_end_matches(".yaml")));
+            std::fs::write(&file, &rendered)?;
+            let found: BTreeSet<&str> =
+                rendered.lines().filter_map(|l| l.strip_prefix("kind: ")).collect();
+            let wanted: BTreeSet<&str> = kinds.iter().copied().collect();
+            ensure!(
+                found == wanted,
+                "{values}, Kubernetes {kube}: kinds {found:?}, not {wanted:?}"
+            );
+            let minor = kube.rsplit_once('.').map_or(kube, |(m, _)| m);
+            setup::capture(
+                tools::kubernetes_validate()?
+                    .args(["--strict", "--quiet", "--kubernetes-version", minor])
+                    .arg(&file),
+            )
+            .with_context(|| format!("kubernetes-validate --strict of {}", file.display()))?;
+            setup::capture(tools::validate_monitoring()?.arg(&file).arg(&alerts))
+                .with_context(|| format!("the monitoring objects of {}", file.display()))?;
+        }
+        eprintln!(
+            "deploy-check: {CHART} with ci/{values}: lint, template and schemas of Kubernetes {}",
+            KUBE_VERSIONS.join(" and ")
+        );
+    }
+    let manifests =
+        render(&helm, &chart, &chart.join("ci/default-values.yaml"), MANIFESTS_KUBE_VERSION)?;
+    let header = format!(
+        "# tracer for `kubectl apply -f` (namespace {NAMESPACE}: `kubectl create namespace {NAMESPACE}` \
+         first).\n# Generated: `helm template tracer {CHART} --namespace {NAMESPACE} --kube-version \
+         {MANIFESTS_KUBE_VERSION}`;\n# cargo xtask deploy-check compares it (TRACER_BLESS=1 rewrites it).\n"
+    );
+    let manifests = header + &manifests;
+    let path = root.join(MANIFESTS);
+    if std::env::var_os("TRACER_BLESS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap_or(root))?;
+        std::fs::write(&path, &manifests)?;
+    }
+    ensure!(
+        std::fs::read_to_string(&path).unwrap_or_default() == manifests,
+        "{MANIFESTS} is not the chart's default rendering: after an intended change to the chart, \
+         TRACER_BLESS=1 cargo xtask deploy-check, and review the diff"
+    );
+    Ok(())
+}
+
+fn render(helm: &Path, chart: &Path, values: &Path, kube: &str) -> Result<String> {
+    setup::capture(
+        Command::new(helm)
+            .args(["template", "tracer", "--namespace", NAMESPACE, "--kube-version", kube])
+            .arg("--values")
+            .arg(values)
+            .arg(chart),
+    )
+    .with_context(|| format!("helm template with {} for Kubernetes {kube}", values.display()))
 }

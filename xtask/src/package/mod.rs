@@ -4,3 +4,4 @@
 pub mod check;
 pub mod deb;
 mod rootfs;
+mod tools;
