@@ -2,9 +2,11 @@
 //! shipped alerting rules checked by promtool, and the config file. Run as root.
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
-use common::{Daemon, FAST_LEAKS, TempDir, Workload, expect_eq, num, tracer_bin};
+use common::{
+    Daemon, FAST_LEAKS, TempDir, Workload, expect_eq, num, prometheus::Prometheus, tracer_bin,
+};
 
 fn metrics_addr(daemon: &Daemon) -> String {
     daemon.json(&["status"])["metrics_addr"].as_str().expect("metrics served").to_owned()
@@ -14,73 +16,6 @@ fn http_get(url: &str) -> String {
     let out = Command::new("curl").args(["-sf", url]).output().expect("curl");
     assert!(out.status.success(), "GET {url} failed");
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-struct Prometheus {
-    child: Child,
-    port: u16,
-    _dir: TempDir,
-}
-
-impl Prometheus {
-    fn start(target: &str) -> Self {
-        Self::start_jobs(&[("tracer", target, "")])
-    }
-
-    /// One scrape job per (name, target, extra YAML lines of the job, indented by 4).
-    fn start_jobs(jobs: &[(&str, &str, &str)]) -> Self {
-        let dir = TempDir::new("prometheus");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
-        let config = dir.0.join("prometheus.yml");
-        let mut text =
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n"
-                .to_owned();
-        for (name, target, extra) in jobs {
-            text += &format!(
-                "  - job_name: {name}\n    static_configs:\n      - targets: [\"{target}\"]\n{extra}"
-            );
-        }
-        std::fs::write(&config, text).expect("config");
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.0.join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus (cargo xtask setup installs it)");
-        Self { child, port, _dir: dir }
-    }
-
-    /// The value of an instant query's single result, if there is exactly one.
-    fn query(&self, promql: &str) -> Option<f64> {
-        let out = Command::new("curl")
-            .args([
-                "-sf",
-                &format!("http://127.0.0.1:{}/api/v1/query", self.port),
-                "--data-urlencode",
-            ])
-            .arg(format!("query={promql}"))
-            .output()
-            .ok()?;
-        let body: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        let results = body["data"]["result"].as_array()?;
-        if results.len() != 1 {
-            return None;
-        }
-        results[0]["value"][1].as_str()?.parse().ok()
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | lint | run | test | vm-test | bench | fuzz | soak | deb`.
+//! Project tasks: `cargo xtask setup | lint | run | test | vm-test | bench | fuzz | soak | deb | image | deploy-check`.
 mod bench;
 mod fuzz;
 mod lint;
@@ -62,6 +62,9 @@ enum Task {
     /// verify, security score), the Debian package installed, upgraded and purged in a Debian
     /// root. Part of `cargo xtask test`.
     DeployCheck,
+    /// Build the container image offline with podman (the static musl binary on an empty
+    /// base, OCI labels), saved as an OCI archive in target/image/.
+    Image,
     /// Development: only the benchmark's churn load, for profiling a tracer by hand.
     #[command(hide = true)]
     Load {
@@ -140,6 +143,10 @@ fn run(cli: Cli) -> Result<()> {
         Task::Deb => {
             setup::run()?;
             package::deb::build("1").map(drop)
+        }
+        Task::Image => {
+            setup::run()?;
+            package::image::build().map(drop)
         }
         Task::DeployCheck => {
             setup::run()?;

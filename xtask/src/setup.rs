@@ -296,6 +296,19 @@ pub fn cache_dir() -> std::path::PathBuf {
         .join("tracer")
 }
 
+/// The version of the tracer crate (the workspace's), from cargo's metadata.
+pub fn tracer_version() -> Result<String> {
+    let root = crate::workspace_root();
+    let manifest =
+        std::fs::read_to_string(root.join("Cargo.toml")).context("reading Cargo.toml")?;
+    manifest
+        .lines()
+        .skip_while(|l| l.trim() != "[workspace.package]")
+        .find_map(|l| l.trim().strip_prefix("version = "))
+        .map(|v| v.trim_matches('"').to_owned())
+        .context("no version in [workspace.package] of Cargo.toml")
+}
+
 /// Builds the release `tracer` binary (the kernel programs embedded) and returns its path.
 pub fn build_release_tracer() -> Result<std::path::PathBuf> {
     let root = crate::workspace_root();

@@ -130,7 +130,7 @@ fn commands_named(unit: &str, subcommands: &[String]) -> Vec<(usize, Context)> {
             found.push((at, if xtask { Context::Xtask } else { Context::Other }));
         }
     }
-    for other in ["perf record", "perf report", "promtool "] {
+    for other in ["perf record", "perf report", "promtool ", "systemd-analyze ", "helm "] {
         found.extend(unit.match_indices(other).map(|(at, _)| (at, Context::Other)));
     }
     found.sort_by_key(|(at, _)| *at);
@@ -538,7 +538,8 @@ fn every_path_the_docs_name_exists() {
         for token in prose.split('`').skip(1).step_by(2) {
             let path_like = token.contains('/')
                 && !token.contains(char::is_whitespace)
-                && !token.starts_with('/')
+                // Absolute paths, home directories, npm scopes (`@grafana/schema`).
+                && !token.starts_with(['/', '~', '@'])
                 && !token.starts_with("target/")
                 && !token.contains("://")
                 && !token.contains(['<', '{', '*', '=', '"']);

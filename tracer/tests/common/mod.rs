@@ -2,6 +2,9 @@
 //! that collects every event the probes deliver. These tests load BPF programs: run as root.
 #![allow(dead_code)]
 
+pub mod pods;
+pub mod prometheus;
+
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::TcpListener,

@@ -9,6 +9,13 @@
 //!   for the oldest and newest Kubernetes release supported, each rendering validated strictly
 //!   (kubernetes-validate, unknown fields refused) for that release and its monitoring objects
 //!   with the prometheus-operator models; the plain manifests equal to the default rendering.
+//! - The Grafana dashboard: checked against `@grafana/schema`'s types (tools.rs), at that
+//!   schema's version, every query on the `datasource` variable (no datasource UID baked in).
+//!   That its queries return data is tracer/tests/dashboard.rs's job.
+//! - The container image: built offline, then read from its OCI archive: one layer holding the
+//!   static binary and the two account files, nothing else (no shell), and its labels. Where
+//!   a container can run here it is started (image.rs's `run_check`); otherwise the check says
+//!   why not.
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
@@ -17,7 +24,7 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 
-use super::{deb, rootfs, tools};
+use super::{deb, image, rootfs, tools};
 use crate::setup;
 
 /// The highest exposure `systemd-analyze security` may give the unit (docs/deploy.md lists the
@@ -29,6 +36,8 @@ const UNIT: &str = "deploy/systemd/tracer.service";
 pub fn run() -> Result<()> {
     let root = crate::workspace_root();
     chart(&root)?;
+    dashboard(&root)?;
+    image_contents(&image::build()?)?;
     let exposure = unit_exposure(&root.join(UNIT))?;
     eprintln!("deploy-check: {UNIT}: exposure {exposure:.1} (at most {MAX_EXPOSURE:.1})");
     let first = deb::build("1")?;
@@ -303,4 +312,123 @@ fn render(helm: &Path, chart: &Path, values: &Path, kube: &str) -> Result<String
             .arg(chart),
     )
     .with_context(|| format!("helm template with {} for Kubernetes {kube}", values.display()))
+}
+
+/// The image's one layer and its config, read from the OCI archive: exactly the binary
+/// (static: no program interpreter) and the account files, the entrypoint, the labels.
+fn image_contents(built: &image::Image) -> Result<()> {
+    let root = crate::workspace_root();
+    let dir = setup::target_dir(&root).join("deploy-check/image");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    setup::run_cmd(Command::new("tar").arg("-C").arg(&dir).arg("-xf").arg(&built.archive))?;
+    let blob = |digest: &str| -> Result<PathBuf> {
+        let hex = digest.strip_prefix("sha256:").context("a sha256 digest")?;
+        Ok(dir.join("blobs/sha256").join(hex))
+    };
+    let json = |path: &Path| -> Result<serde_json::Value> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    };
+    let index = json(&dir.join("index.json"))?;
+    let manifest = json(&blob(index["manifests"][0]["digest"].as_str().context("a manifest")?)?)?;
+    let config = json(&blob(manifest["config"]["digest"].as_str().context("a config")?)?)?;
+    let layers = manifest["layers"].as_array().context("layers")?;
+    ensure!(layers.len() == 1, "the image should have one layer, not {}", layers.len());
+    let layer = blob(layers[0]["digest"].as_str().context("a layer digest")?)?;
+    let listing = setup::capture(Command::new("tar").arg("-tvf").arg(&layer))?;
+    let files: BTreeSet<String> = listing
+        .lines()
+        .filter(|l| !l.starts_with('d'))
+        .filter_map(|l| l.split_whitespace().last())
+        .map(|p| p.trim_start_matches("./").to_owned())
+        .collect();
+    let wanted: BTreeSet<String> =
+        ["etc/group", "etc/passwd", "usr/bin/tracer"].map(str::to_owned).into();
+    ensure!(files == wanted, "the image holds {files:?}, not {wanted:?} (no shell, nothing else)");
+    let unpacked = dir.join("layer");
+    std::fs::create_dir_all(&unpacked)?;
+    setup::run_cmd(Command::new("tar").arg("-C").arg(&unpacked).arg("-xf").arg(&layer))?;
+    let elf = std::fs::read(unpacked.join("usr/bin/tracer"))?;
+    ensure!(is_static_elf(&elf), "usr/bin/tracer in the image is not a static executable");
+    let version = setup::tracer_version()?;
+    let labels = &config["config"]["Labels"];
+    for (key, value) in [
+        ("org.opencontainers.image.version", Some(version.as_str())),
+        ("org.opencontainers.image.title", Some("tracer")),
+        ("org.opencontainers.image.revision", None),
+        ("org.opencontainers.image.created", None),
+    ] {
+        let found = labels[key].as_str().unwrap_or_default();
+        ensure!(!found.is_empty(), "the image has no label {key}: {labels}");
+        if let Some(value) = value {
+            ensure!(found == value, "label {key} is {found:?}, not {value:?}");
+        }
+    }
+    let entrypoint = &config["config"]["Entrypoint"];
+    ensure!(entrypoint == &serde_json::json!(["/usr/bin/tracer"]), "entrypoint {entrypoint}");
+    eprintln!(
+        "deploy-check: image {}: one layer, the static binary and the account files, labels set",
+        built.reference
+    );
+    image::run_check(built)
+}
+
+/// An ELF executable without a PT_INTERP program header (no dynamic loader, no libc to load).
+fn is_static_elf(elf: &[u8]) -> bool {
+    let u16_at = |at: usize| elf.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at =
+        |at: usize| elf.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let u64_at =
+        |at: usize| elf.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+    const PT_INTERP: u32 = 3;
+    // 64-bit little-endian only (the image is x86_64).
+    if elf.get(..6) != Some(b"\x7fELF\x02\x01".as_slice()) {
+        return false;
+    }
+    let (Some(phoff), Some(entsize), Some(count)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return false;
+    };
+    (0..usize::from(count))
+        .all(|i| u32_at(phoff as usize + i * usize::from(entsize)).is_some_and(|t| t != PT_INTERP))
+}
+
+const DASHBOARD: &str = "deploy/grafana/tracer.json";
+
+fn dashboard(root: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(root.join(DASHBOARD))?;
+    let json: serde_json::Value = serde_json::from_str(&text).context(DASHBOARD)?;
+    let version = tools::lint_dashboard(&text)?;
+    ensure!(
+        json["schemaVersion"] == version,
+        "{DASHBOARD} has schemaVersion {}, the schema's is {version}",
+        json["schemaVersion"]
+    );
+    // Every datasource reference is the variable, but Grafana's own (annotations).
+    let mut refs = Vec::new();
+    collect_datasources(&json, &mut refs);
+    let baked: Vec<&String> =
+        refs.iter().filter(|uid| *uid != "${datasource}" && *uid != "-- Grafana --").collect();
+    ensure!(baked.is_empty(), "{DASHBOARD} names datasources by UID: {baked:?}");
+    eprintln!(
+        "deploy-check: {DASHBOARD}: fits @grafana/schema (schema version {version}), no datasource UID"
+    );
+    Ok(())
+}
+
+fn collect_datasources(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map {
+                if key == "datasource" {
+                    out.push(v["uid"].as_str().unwrap_or("(none)").to_owned());
+                }
+                collect_datasources(v, out);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_datasources(v, out)),
+        _ => {}
+    }
 }

