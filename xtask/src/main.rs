@@ -61,11 +61,15 @@ enum Task {
     /// Check the deployment files with their users' tools: the systemd unit (systemd-analyze
     /// verify, security score), the Debian package installed, upgraded and purged in a Debian
     /// root. Part of `cargo xtask test`.
-    DeployCheck,
+    DeployCheck(package::check::Args),
     /// Build the container image offline with podman (the static musl binary on an empty
     /// base, OCI labels), saved as an OCI archive in target/image/.
     Image,
     /// Development: only the benchmark's churn load, for profiling a tracer by hand.
+    /// The guest half of deploy-check's boot of the package under systemd (run inside the
+    /// guest only).
+    #[command(hide = true)]
+    ServiceGuest,
     #[command(hide = true)]
     Load {
         #[arg(long, default_value_t = 10.0)]
@@ -104,7 +108,7 @@ fn run(cli: Cli) -> Result<()> {
             setup::run()?;
             require_root()?;
             lint::run()?;
-            package::check::run()?;
+            package::check::run(&package::check::Args::all())?;
             // The kernel matrix first when it runs: its table then does not bury cargo test's
             // summary, which ends the output.
             if !no_vm {
@@ -148,10 +152,11 @@ fn run(cli: Cli) -> Result<()> {
             setup::run()?;
             package::image::build().map(drop)
         }
-        Task::DeployCheck => {
+        Task::DeployCheck(args) => {
             setup::run()?;
-            package::check::run()
+            package::check::run(&args)
         }
+        Task::ServiceGuest => package::service_vm::guest(),
         Task::Load { seconds, threads, ipv6 } => bench::churn(seconds, threads, ipv6),
         Task::VmTest(args) => {
             setup::run()?;

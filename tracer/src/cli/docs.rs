@@ -130,7 +130,7 @@ fn commands_named(unit: &str, subcommands: &[String]) -> Vec<(usize, Context)> {
             found.push((at, if xtask { Context::Xtask } else { Context::Other }));
         }
     }
-    for other in ["perf record", "perf report", "promtool ", "systemd-analyze ", "helm "] {
+    for other in ["perf record", "perf report", "promtool ", "systemd-analyze ", "helm ", "dpkg "] {
         found.extend(unit.match_indices(other).map(|(at, _)| (at, Context::Other)));
     }
     found.sort_by_key(|(at, _)| *at);

@@ -5,4 +5,5 @@ pub mod check;
 pub mod deb;
 pub mod image;
 mod rootfs;
+pub mod service_vm;
 mod tools;

@@ -1,5 +1,5 @@
 //! A Debian root file system to install the package into: bookworm, minimal, with systemd (its
-//! `deb-systemd-helper` runs the unit's maintainer scripts), made once with debootstrap from
+//! `deb-systemd-helper` runs the unit's maintainer scripts) and its own kernel, made once with debootstrap from
 //! the Debian mirror the host's apt uses, and kept as a tarball in the cache outside the clone
 //! (`~/.cache/tracer/rootfs/`). Each use unpacks a fresh copy, so no test sees another's files.
 use std::{
@@ -12,9 +12,11 @@ use anyhow::{Context, Result};
 use crate::{setup, vm::kernels::Mirror};
 
 const SUITE: &str = "bookworm";
-/// systemd as init (and its helpers the maintainer scripts call), what the service test in the
-/// guest uses (ss, curl, ps), and udev for the guest's devices.
-const INCLUDE: &str = "systemd,systemd-sysv,dbus,udev,iproute2,curl,procps";
+/// systemd as init (and its helpers the maintainer scripts call), the suite's cloud kernel with
+/// its modules and initramfs (the guest of service_vm.rs boots them), udev for the guest's
+/// devices, and what the checks in the guest use (ss and ip, curl, bpftool).
+const INCLUDE: &str =
+    "systemd,systemd-sysv,dbus,udev,linux-image-cloud-amd64,iproute2,curl,procps,bpftool";
 
 /// The cached tarball of the root file system, made first when it is missing.
 pub fn tarball() -> Result<PathBuf> {
