@@ -296,9 +296,11 @@ impl BasicAuth {
                 return Err(format!(
                     "basic_auth_users.{user}: bcrypt cost {cost} is above {MAX_BCRYPT_COST}: each \
                      check of a password, and each wrong one a client sends, would take \
-                     {}x as long as at cost {MAX_BCRYPT_COST} (about a second); hash it again \
-                     with a lower cost (`htpasswd -nBC 10 \"\" | tr -d ':\\n'`)",
-                    1u64 << (cost - MAX_BCRYPT_COST)
+                     2^{} times as long as at cost {MAX_BCRYPT_COST} (about a second); hash it \
+                     again with a lower cost (`htpasswd -nBC 10 \"\" | tr -d ':\\n'`)",
+                    // An exponent, not the factor: bcrypt's cost field goes up to 99, and the
+                    // factor overflowed (found by the fuzzer: cost 85).
+                    cost - MAX_BCRYPT_COST
                 ));
             }
         }
@@ -432,6 +434,11 @@ pub(crate) mod tests {
                 "basic_auth_users:\n  prometheus: \
                  $2b$17$abcdefghijklmnopqrstuuABCDEFGHIJKLMNOPQRSTUWWXYZ61856\n",
                 "bcrypt cost 17 is above 14",
+            ),
+            (
+                "basic_auth_users:\n  prometheus: \
+                 $2b$85$abcdefghijklmnopqrstuuABCDEFGHIJKLMNOPQRSTUVWXYZ61856\n",
+                "2^71 times as long",
             ),
             ("tls_config:\n  cert_file: x\n", "unknown field"),
             ("http_server_config:\n  headers:\n    X-Frame-Options: deny\n", "headers"),
