@@ -36,6 +36,13 @@ pub enum ClientError {
     Daemon(String),
     #[error("malformed reply from the daemon: {0}")]
     Malformed(String),
+    #[error(
+        "the daemon at {path} closed the connection without answering: it is starting or \
+         stopping (a daemon that cannot load its probes ends here), so see its log \
+         (`journalctl -u tracer` under systemd), and try again",
+        path = path.display()
+    )]
+    Closed { path: PathBuf },
 }
 
 /// Sends `request` and reads the answer as `T`.
@@ -118,7 +125,9 @@ fn read_answer(
 ) -> Result<Box<serde_json::value::RawValue>, ClientError> {
     let io_err = |source| ClientError::Io { path: socket.to_owned(), source };
     let mut reply = String::new();
-    reader.read_line(&mut reply).map_err(io_err)?;
+    if reader.read_line(&mut reply).map_err(io_err)? == 0 {
+        return Err(ClientError::Closed { path: socket.to_owned() });
+    }
     let envelope: ResponseEnvelope =
         serde_json::from_str(&reply).map_err(|e| ClientError::Malformed(e.to_string()))?;
     if envelope.version != API_VERSION {
@@ -128,4 +137,29 @@ fn read_answer(
         return Err(ClientError::Daemon(error));
     }
     envelope.result.ok_or_else(|| ClientError::Malformed("no result".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A daemon that accepts and hangs up without a word (one that failed to load its probes
+    /// while its client part was already serving) is reported as such, naming where to look,
+    /// not as a malformed reply.
+    #[test]
+    fn a_connection_closed_before_any_answer_says_so() {
+        let path = std::env::temp_dir().join(format!("tracer-client-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            let mut request = String::new();
+            BufReader::new(&mut stream).read_line(&mut request).expect("request");
+        });
+        let err = request_value(&path, Request::Status {}).expect_err("no answer");
+        server.join().expect("server");
+        std::fs::remove_file(&path).ok();
+        assert!(matches!(err, ClientError::Closed { .. }), "{err:?}");
+        assert!(err.to_string().contains("journalctl -u tracer"), "{err}");
+    }
 }
