@@ -311,16 +311,36 @@ pub fn tracer_version() -> Result<String> {
 
 /// Builds the release `tracer` binary (the kernel programs embedded) and returns its path.
 pub fn build_release_tracer() -> Result<std::path::PathBuf> {
+    build_release("tracer", Artifact::Bin("tracer"), None)
+}
+
+/// One executable of a workspace package.
+pub enum Artifact<'a> {
+    Bin(&'a str),
+    Example(&'a str),
+}
+
+/// Builds `artifact` of `package` in release, for the target triple `target` (the host's when
+/// `None`); returns the executable's path.
+pub fn build_release(
+    package: &str,
+    artifact: Artifact<'_>,
+    target: Option<&str>,
+) -> Result<std::path::PathBuf> {
     let root = crate::workspace_root();
-    run_cmd(Command::new("cargo").current_dir(&root).args([
-        "build",
-        "--release",
-        "--package",
-        "tracer",
-        "--bin",
-        "tracer",
-    ]))?;
-    Ok(target_dir(&root).join("release/tracer"))
+    let (flag, name, sub) = match artifact {
+        Artifact::Bin(name) => ("--bin", name, ""),
+        Artifact::Example(name) => ("--example", name, "examples"),
+    };
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(&root).args(["build", "--release", "--package", package, flag, name]);
+    let mut dir = target_dir(&root);
+    if let Some(triple) = target {
+        cmd.args(["--target", triple]);
+        dir.push(triple);
+    }
+    run_cmd(&mut cmd)?;
+    Ok(dir.join("release").join(sub).join(name))
 }
 
 /// Where cargo puts its builds: `CARGO_TARGET_DIR` (relative to the workspace) or `target/`.

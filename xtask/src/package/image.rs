@@ -22,18 +22,9 @@ pub struct Image {
 pub fn build() -> Result<Image> {
     let root = crate::workspace_root();
     let version = setup::tracer_version()?;
-    setup::run_cmd(Command::new("cargo").current_dir(&root).args([
-        "build",
-        "--release",
-        "--package",
-        "tracer",
-        "--bin",
-        "tracer",
-        "--target",
-        setup::MUSL_TARGET,
-    ]))?;
+    let binary =
+        setup::build_release("tracer", setup::Artifact::Bin("tracer"), Some(setup::MUSL_TARGET))?;
     let target = setup::target_dir(&root);
-    let binary = target.join(setup::MUSL_TARGET).join("release/tracer");
     let context = target.join("image/context");
     if context.exists() {
         std::fs::remove_dir_all(&context)?;

@@ -38,7 +38,7 @@ pub fn run(deb: &Path) -> Result<()> {
     let work = setup::target_dir(&root).join("deploy-check/service-vm");
     let tree = work.join("root");
     rootfs::unpack(&tree)?;
-    let guest_binaries = build_guest_binaries(&root)?;
+    let guest_binaries = build_guest_binaries()?;
     prepare(&tree, deb, &guest_binaries)?;
     let boot = tree.join("boot");
     let kernel = only_file(&boot, "vmlinuz-")?;
@@ -76,22 +76,12 @@ fn only_file(dir: &Path, prefix: &str) -> Result<PathBuf> {
 }
 
 /// The xtask binary (the guest half) and the workload example, static for musl.
-fn build_guest_binaries(root: &Path) -> Result<[PathBuf; 2]> {
-    for (package, what) in [("xtask", "--bin"), ("tracer", "--example")] {
-        let name = if package == "xtask" { "xtask" } else { "workload" };
-        setup::run_cmd(Command::new("cargo").current_dir(root).args([
-            "build",
-            "--release",
-            "--package",
-            package,
-            what,
-            name,
-            "--target",
-            setup::MUSL_TARGET,
-        ]))?;
-    }
-    let dir = setup::target_dir(root).join(setup::MUSL_TARGET).join("release");
-    Ok([dir.join("xtask"), dir.join("examples/workload")])
+fn build_guest_binaries() -> Result<[PathBuf; 2]> {
+    let musl = Some(setup::MUSL_TARGET);
+    Ok([
+        setup::build_release("xtask", setup::Artifact::Bin("xtask"), musl)?,
+        setup::build_release("tracer", setup::Artifact::Example("workload"), musl)?,
+    ])
 }
 
 /// The package installed by dpkg in the root (its scripts enable the unit), the guest half and
