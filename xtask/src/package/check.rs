@@ -122,7 +122,7 @@ fn package_files(root: &Path, deb: &Path) -> Result<()> {
         .filter_map(|l| l.split_whitespace().nth(5))
         .map(|p| p.trim_start_matches('.').to_owned())
         .collect();
-    let binary = setup::target_dir(root).join("release/tracer");
+    let binary = setup::target_dir(root).join(setup::MUSL_TARGET).join("release/tracer");
     let help = setup::capture(Command::new(&binary).arg("--help"))?;
     let mut wanted: Vec<String> = [
         "/usr/bin/tracer",

@@ -1,5 +1,8 @@
-//! `cargo xtask deb`: the Debian package of tracer (into target/debian/revision-1/), built by cargo-deb from
-//! `[package.metadata.deb]` in tracer/Cargo.toml. The release binary is built first, then asked
+//! `cargo xtask deb`: the Debian package of tracer (into target/debian/revision-1/), built by
+//! cargo-deb from `[package.metadata.deb]` in tracer/Cargo.toml. It ships the static (musl)
+//! release binary, the one the container image has: one build serves both, and the package
+//! then depends on no libc, so it installs on any Debian or Ubuntu release. That binary is
+//! built first, then asked
 //! for its man pages and shell completions (generated from its clap definitions, so they list
 //! exactly the flags it takes), which the package ships beside the systemd unit
 //! (deploy/systemd/tracer.service), the commented default config (deploy/tracer.toml, a
@@ -22,7 +25,8 @@ const CARGO_DEB_VERSION: &str = "3.8.0";
 pub fn build(revision: &str) -> Result<PathBuf> {
     let cargo_deb = setup::cached_cargo_tool("cargo-deb", CARGO_DEB_VERSION)?;
     let root = crate::workspace_root();
-    let binary = setup::build_release_tracer()?;
+    let binary =
+        setup::build_release("tracer", setup::Artifact::Bin("tracer"), Some(setup::MUSL_TARGET))?;
     write_generated_assets(&binary, &root.join("target/deb-assets"))?;
     // One directory per revision: cargo-deb clears older packages from its output directory.
     let out_dir = setup::target_dir(&root).join("debian").join(format!("revision-{revision}"));
@@ -31,6 +35,8 @@ pub fn build(revision: &str) -> Result<PathBuf> {
         Command::new(&cargo_deb)
             .current_dir(&root)
             .args(["--package", "tracer", "--no-build", "--no-dbgsym", "--quiet"])
+            // target/release/ in the assets then means target/<triple>/release/.
+            .args(["--target", setup::MUSL_TARGET])
             .args(["--deb-revision", revision, "--output"])
             .arg(&out_dir),
     )?;
