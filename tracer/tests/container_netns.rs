@@ -14,7 +14,7 @@ use std::{
     process::Command,
 };
 
-use common::{Daemon, TempDir, Workload, example_path, expect_eq, num};
+use common::{Daemon, TempDir, Workload, example_path, expect_eq, num, pods::Cgroups};
 use tracer::containers::cgroupfs;
 
 /// Runs a command, panicking with its output when it fails.
@@ -31,42 +31,6 @@ fn run(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A cgroup directory made for the test: on drop its processes go back to the root cgroup and
-/// the directory (and the parents it made) are removed, also when the test fails.
-struct Cgroup {
-    root: PathBuf,
-    made: Vec<PathBuf>,
-    dir: PathBuf,
-}
-
-impl Cgroup {
-    fn make(path: &str) -> Self {
-        let root = cgroupfs::find_cgroup2_mount().expect("a cgroup2 mount");
-        let (mut dir, mut made) = (root.clone(), Vec::new());
-        for part in path.split('/').filter(|p| !p.is_empty()) {
-            dir.push(part);
-            if !dir.exists() {
-                std::fs::create_dir(&dir)
-                    .unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-                made.push(dir.clone());
-            }
-        }
-        Self { root, made, dir }
-    }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        for dir in self.made.iter().rev() {
-            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-            for pid in procs.lines() {
-                let _ = std::fs::write(self.root.join("cgroup.procs"), pid);
-            }
-            let _ = std::fs::remove_dir(dir);
-        }
-    }
-}
-
 /// A veth pair: deleting the host end deletes both.
 struct Veth(String);
 
@@ -81,8 +45,8 @@ impl Drop for Veth {
 /// namespaces (`unshare --kill-child`, so that killing the wrapper kills it), with `pid` set to
 /// its pid as the host sees it. The wrapper moves itself into `cgroup` before `unshare`, so the
 /// container's cgroup namespace is rooted at its own cgroup, as a runtime's is.
-fn spawn_container(cgroup: &Cgroup) -> Workload {
-    let procs = cgroup.dir.join("cgroup.procs");
+fn spawn_container(cgroup: &Path) -> Workload {
+    let procs = cgroup.join("cgroup.procs");
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg(r#"echo $$ > "$1" && exec unshare --cgroup --pid --fork --kill-child --mount --mount-proc --uts --net "$2""#)
@@ -173,7 +137,9 @@ fn container_from_kernel_parts_counts_what_ss_sees_in_its_namespace() {
     let name = format!("netns-client-{tag}");
     let docker = TempDir::new("docker");
     docker_config(&docker.0, &id, &name);
-    let cgroup = Cgroup::make(&format!("/system.slice/docker-{id}.scope"));
+    // Removed with its processes moved out on drop, also when the test fails.
+    let mut cgroups = Cgroups::new();
+    let cgroup = cgroups.make(&format!("/system.slice/docker-{id}.scope"));
 
     // The container, in its cgroup, with a veth pair to the host on a private /30.
     let mut client = spawn_container(&cgroup);
@@ -205,7 +171,7 @@ fn container_from_kernel_parts_counts_what_ss_sees_in_its_namespace() {
     let container_netns = netns_inode(client.pid);
     assert_ne!(container_netns, netns_inode(std::process::id()), "its own network namespace");
 
-    let root = cgroup.root.display().to_string();
+    let root = cgroups.root.display().to_string();
     let docker_dir = docker.0.display().to_string();
     let daemon = Daemon::start(&["--cgroup-root", &root, "--docker-dir", &docker_dir]);
 
