@@ -205,12 +205,14 @@ impl Reconciler {
                     )
                 }),
                 Difference::State { key, id, state } => {
-                    table.force_state(key, id, state, now_ns).map(|c| {
+                    table.force_state(key, id, state, now_ns).map(|(was, c)| {
+                        // The state the events left says which change was lost.
                         format!(
-                            "state of {} -> {} is {} (a lost state change)",
+                            "state of {} -> {} is {}, not {} (a lost state change)",
                             c.local(),
                             c.remote(),
-                            c.state_name()
+                            c.state_name(),
+                            crate::events::state_name(was)
                         )
                     })
                 }
@@ -466,14 +468,14 @@ impl ConnectionTable {
         id: u64,
         state: u8,
         now_ns: u64,
-    ) -> Option<Connection> {
+    ) -> Option<(u8, Connection)> {
         let conn = self.connections.get_mut(&key).filter(|c| c.id == id)?;
-        let before = Contribution::of(conn);
+        let (before, was) = (Contribution::of(conn), conn.state);
         conn.set_state(state, now_ns);
         let (after, copy) = (Contribution::of(conn), *conn);
         self.aggregates.withdraw(before);
         self.aggregates.add(after);
-        Some(copy)
+        Some((was, copy))
     }
 
     fn touch_holder(&mut self, holder: &ScannedHolder, now_ns: u64) -> ProcessKey {
