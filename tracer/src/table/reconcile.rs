@@ -6,7 +6,7 @@
 //! corrects a difference only when two consecutive scans agree on it, so a connection that
 //! changes state while a scan runs is never "corrected".
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, hash_map::Entry},
     net::SocketAddr,
 };
 
@@ -124,13 +124,25 @@ impl Reconciler {
     ) -> ReconcileReport {
         let scan = &kernel.listed;
         let mut report = ReconcileReport::default();
-        // The table's connections that a scan can see.
-        let known: HashMap<TupleKey, SocketKey> = table
-            .connections
-            .iter()
-            .filter(|(_, c)| listed_by_sock_diag(c))
-            .map(|(&key, c)| (c.tuple_key(key.netns), key))
-            .collect();
+        // The table's connections that a scan can see, by addresses. Two live sockets never
+        // share their addresses in one namespace, so of two entries that do, the older is a
+        // socket gone without its release: it must not stand for the newer one (it would take
+        // the newer one's state, and neither would ever be found stale).
+        let mut known: HashMap<TupleKey, SocketKey> =
+            HashMap::with_capacity(table.connections.len());
+        let mut shadowed = Vec::new();
+        for (&key, conn) in table.connections.iter().filter(|(_, c)| listed_by_sock_diag(c)) {
+            match known.entry(conn.tuple_key(key.netns)) {
+                Entry::Vacant(slot) => {
+                    slot.insert(key);
+                }
+                Entry::Occupied(mut slot) => {
+                    let other = *slot.get();
+                    let newer = table.connections.get(&other).is_some_and(|o| o.id > conn.id);
+                    shadowed.push(if newer { key } else { slot.insert(key) });
+                }
+            }
+        }
         let mut seen = HashSet::with_capacity(known.len());
         let mut differences = HashSet::new();
         // While connections refused for a limit are alive, the kernel's extra connections may
@@ -161,12 +173,11 @@ impl Reconciler {
                 Some(moved) => report.holder_changes += u32::from(moved),
             }
         }
-        for (tuple, key) in &known {
-            if !seen.contains(key) {
-                let _ = tuple;
-                if let Some(conn) = table.connections.get(key) {
-                    differences.insert(Difference::Stale { key: *key, id: conn.id });
-                }
+        for key in known.values().chain(&shadowed) {
+            if !seen.contains(key)
+                && let Some(conn) = table.connections.get(key)
+            {
+                differences.insert(Difference::Stale { key: *key, id: conn.id });
             }
         }
 
@@ -205,14 +216,17 @@ impl Reconciler {
                     )
                 }),
                 Difference::State { key, id, state } => {
-                    table.force_state(key, id, state, now_ns).map(|(was, c)| {
-                        // The state the events left says which change was lost.
+                    table.force_state(key, id, state, now_ns).map(|(was, since_ns, c)| {
+                        // The state the events left, and since when, say which change was
+                        // lost.
                         format!(
-                            "state of {} -> {} is {}, not {} (a lost state change)",
+                            "state of {} -> {} is {}, not {} (the events' state for {:.1} s; a \
+                             lost state change)",
                             c.local(),
                             c.remote(),
                             c.state_name(),
-                            crate::events::state_name(was)
+                            crate::events::state_name(was),
+                            now_ns.saturating_sub(since_ns) as f64 / 1e9
                         )
                     })
                 }
@@ -468,14 +482,14 @@ impl ConnectionTable {
         id: u64,
         state: u8,
         now_ns: u64,
-    ) -> Option<(u8, Connection)> {
+    ) -> Option<(u8, u64, Connection)> {
         let conn = self.connections.get_mut(&key).filter(|c| c.id == id)?;
-        let (before, was) = (Contribution::of(conn), conn.state);
+        let (before, was, since_ns) = (Contribution::of(conn), conn.state, conn.state_since_ns);
         conn.set_state(state, now_ns);
         let (after, copy) = (Contribution::of(conn), *conn);
         self.aggregates.withdraw(before);
         self.aggregates.add(after);
-        Some((was, copy))
+        Some((was, since_ns, copy))
     }
 
     fn touch_holder(&mut self, holder: &ScannedHolder, now_ns: u64) -> ProcessKey {

@@ -1058,6 +1058,40 @@ fn reconcile_corrects_only_differences_seen_twice() {
     assert_consistent(&t);
 }
 
+/// An entry whose release was lost, at the addresses a newer socket reuses: the scan's socket
+/// is the newer entry's (two live sockets never share addresses), so the older one is removed
+/// as stale, and it never takes the newer one's state.
+#[test]
+fn reconcile_removes_an_older_entry_at_a_reused_tuple_and_leaves_the_live_one() {
+    let clock = ManualClock::new(SEC);
+    let mut t = table();
+    let mut r = Reconciler::default();
+    let tuple = v4(40_000, 80);
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    k.connect(CLIENT, 0xa, v4(0, 80));
+    k.established_out(0xa, tuple);
+    // 0xa's release never came; 0xb reuses its port towards the same peer and half-closes.
+    k.connect(CLIENT, 0xb, v4(0, 80));
+    k.established_out(0xb, tuple);
+    k.change(0xb, ESTABLISHED, FIN_WAIT1);
+    k.change(0xb, FIN_WAIT1, FIN_WAIT2);
+    let scan = vec![scanned(tuple, 1, FIN_WAIT2, Direction::Outbound, &[CLIENT])];
+    for _ in 0..2 {
+        let report = r.check_listed(&mut t, &scan, clock.now_ns());
+        assert!(
+            report.corrections.iter().all(|c| c.contains("a lost release")),
+            "only the stale entry is corrected: {report:?}"
+        );
+    }
+    assert_eq!(r.corrections_total, 1);
+    let s = stats(&t, CLIENT);
+    assert_eq!((s.open, s.opened_total, s.closed_total, s.states.fin_wait2), (1, 2, 1, 1));
+    let live = t.connection(SocketKey { netns: NETNS, sock: 0xb }).expect("the live entry");
+    assert_eq!(live.conn.state, FIN_WAIT2);
+    assert!(r.check_listed(&mut t, &scan, clock.now_ns()).corrections.is_empty());
+    assert_consistent(&t);
+}
+
 /// A connect whose handshake completion was never reported and that stays established: in
 /// fentry and kprobe modes its connect event carried its addresses, so two scans that find it
 /// established open that very entry for its owner, once, instead of adding a second one.
