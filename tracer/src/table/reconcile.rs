@@ -185,13 +185,18 @@ impl Reconciler {
             scan.iter().map(|s| (s.tuple_key(), s)).collect();
         for difference in differences.intersection(&self.pending) {
             let done = match *difference {
-                Difference::Missing { tuple, .. } => match table.connecting_at(tuple) {
+                Difference::Missing { tuple, .. } => match table.connecting_at(
+                    tuple,
+                    by_tuple.get(&tuple).map_or(&[][..], |s| s.holders.as_slice()),
+                ) {
                     // A connect whose handshake completion was never reported (a run the
                     // kernel skipped): the table has it, still connecting, at these addresses.
                     Some(key) => {
                         let state =
                             by_tuple.get(&tuple).map_or(tcp_state::ESTABLISHED, |s| s.state);
-                        table.open_missed_handshake(key, state, now_ns, None).map(|_| {
+                        // The scan's addresses: the connect's event may lack the local port.
+                        let addresses = tuple_of(tuple.local, tuple.remote);
+                        table.open_missed_handshake(key, state, now_ns, Some(addresses)).map(|_| {
                             format!(
                                 "opened a connect whose handshake the events missed: {} -> {} \
                                  (netns {})",
@@ -262,18 +267,30 @@ impl ConnectionTable {
             .count()
     }
 
-    /// The outbound entry still connecting with exactly these addresses (its connect event
-    /// carried its local port: fentry and kprobe modes), if any.
-    fn connecting_at(&self, tuple: TupleKey) -> Option<SocketKey> {
-        self.connections
-            .iter()
-            .find(|(key, c)| {
-                c.phase() == Phase::Connecting
-                    && c.direction == Direction::Outbound
-                    && c.tuple.local_port != 0
-                    && c.tuple_key(key.netns) == tuple
-            })
-            .map(|(&key, _)| key)
+    /// The outbound entry still connecting at these addresses, if any: the one with exactly
+    /// them (its connect event carried its local port: fentry and kprobe modes), else the only
+    /// connect in flight from that local address to that peer by a process that holds the
+    /// socket (tracepoint mode learns the local port only at the handshake, whose event was the
+    /// one lost). Two such connects in flight leave it unknown which one this is: none.
+    fn connecting_at(&self, tuple: TupleKey, holders: &[ScannedHolder]) -> Option<SocketKey> {
+        let connecting =
+            |c: &Connection| c.phase() == Phase::Connecting && c.direction == Direction::Outbound;
+        let exact = self.connections.iter().find(|(key, c)| {
+            connecting(c) && c.tuple.local_port != 0 && c.tuple_key(key.netns) == tuple
+        });
+        if let Some((&key, _)) = exact {
+            return Some(key);
+        }
+        let mut unported = self.connections.iter().filter(|(key, c)| {
+            connecting(c)
+                && c.tuple.local_port == 0
+                && key.netns == tuple.netns
+                && c.remote() == tuple.remote
+                && c.local().ip() == tuple.local.ip()
+                && c.owner().is_some_and(|o| holders.iter().any(|h| h.key.pid == o.pid))
+        });
+        let (&key, _) = unported.next()?;
+        unported.next().is_none().then_some(key)
     }
 
     /// Extra pids holding `key` (empty unless a scan found several holders).

@@ -1122,6 +1122,50 @@ fn reconcile_opens_a_connect_whose_handshake_was_missed() {
     assert_consistent(&t);
 }
 
+/// Tracepoint mode: a connect's event has no local port yet, and the lost event is the
+/// handshake's, which would have carried it. Two scans that find the process holding an
+/// established socket from that local address to that peer open that very entry (one
+/// correction), so its release still matches it; with two such connects in flight, which one
+/// it is stays unknown and the socket is added as found.
+#[test]
+fn reconcile_opens_an_unported_connect_whose_handshake_was_missed() {
+    let clock = ManualClock::new(SEC);
+    let mut t = table();
+    let mut r = Reconciler::default();
+    let tuple = v4(40_000, 80);
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    k.connect(CLIENT, 0xa, v4(0, 80));
+    let scan = vec![scanned(tuple, 1, ESTABLISHED, Direction::Outbound, &[CLIENT])];
+    assert!(r.check_listed(&mut t, &scan, clock.now_ns()).corrections.is_empty());
+    let second = r.check_listed(&mut t, &scan, clock.now_ns());
+    assert_eq!(second.corrections.len(), 1, "{second:?}");
+    assert!(second.corrections[0].contains("handshake the events missed"), "{second:?}");
+    let s = stats(&t, CLIENT);
+    assert_eq!((s.open, s.connecting, s.opened_total), (1, 0, 1));
+    assert_eq!((t.tracked_connections(), t.counters().established_inferred), (1, 1));
+    assert!(r.check_listed(&mut t, &scan, clock.now_ns()).corrections.is_empty());
+    let release = ev(EventKind::Release, 0xa, clock.advance(SEC))
+        .by(CLIENT)
+        .states(ESTABLISHED, FIN_WAIT1)
+        .tuple(tuple);
+    assert!(matches!(t.apply(&release.0), Applied::Closed { .. }));
+    assert_eq!(stats(&t, CLIENT).closed_total, 1);
+    assert!(r.check_listed(&mut t, &[], clock.now_ns()).corrections.is_empty());
+    assert_consistent(&t);
+
+    // Two connects in flight to the same peer: not guessed.
+    let mut t = table();
+    let mut r = Reconciler::default();
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    k.connect(CLIENT, 0xb, v4(0, 80));
+    k.connect(CLIENT, 0xc, v4(0, 80));
+    r.check_listed(&mut t, &scan, clock.now_ns());
+    let second = r.check_listed(&mut t, &scan, clock.now_ns());
+    assert!(second.corrections[0].contains("added a connection"), "{second:?}");
+    assert_eq!(stats(&t, CLIENT).connecting, 2);
+    assert_consistent(&t);
+}
+
 #[test]
 fn a_difference_that_goes_away_is_never_corrected() {
     let clock = ManualClock::new(SEC);
