@@ -118,6 +118,7 @@ fn measure(
         })
         .count();
     symbolizer.shutdown();
+    let unwind = unwind_timing(inspection)?;
     println!(
         "{}",
         serde_json::json!({
@@ -127,7 +128,84 @@ fn measure(
             "pin_ns": pin_ns as u64,
             "first_stack_ns": first_ns as u64,
             "cached_stack_ns": cached_ns as u64,
+            "unwind_sites": unwind.sites,
+            "unwind_first_ns": unwind.first_ns,
+            "unwind_next_ns": unwind.next_ns,
         })
     );
-    Ok(named == addresses.len())
+    Ok(named == addresses.len() && unwind.known == unwind.sites)
+}
+
+/// The C library functions whose unwind rules [`unwind_timing`] asks for: call sites where
+/// connections are opened from, as the event path meets them.
+const UNWIND_SITES: [&std::ffi::CStr; 12] = [
+    c"connect",
+    c"socket",
+    c"close",
+    c"accept4",
+    c"read",
+    c"write",
+    c"sendto",
+    c"recvfrom",
+    c"setsockopt",
+    c"getsockopt",
+    c"shutdown",
+    c"poll",
+];
+
+struct UnwindTiming {
+    sites: usize,
+    /// Rules found (not `Unknown`): every C library function has `.eh_frame` rules.
+    known: usize,
+    /// The first call site: the library's `.eh_frame` read, then searched.
+    first_ns: u64,
+    /// The median of the others: a search, plus a round trip to the inspector part when apart.
+    next_ns: u64,
+}
+
+/// Unwind rules at the entry of C library functions of this very process, each asked once, as
+/// the event path asks at a call site it has not met before (`Unwinder` caches rules after):
+/// read here, or asked of the inspector part (one round trip each) with `Inspection::Apart`.
+fn unwind_timing(inspection: &Inspection) -> Result<UnwindTiming, String> {
+    use tracer::stacks::unwind::{AddressRole, FrameRule, ModuleCfi};
+    let process = tracer::stacks::symbolize::pin_process(std::process::id())
+        .map_err(|e| format!("pinning this process: {e}"))?;
+    let mut sites = Vec::new();
+    for name in UNWIND_SITES {
+        // SAFETY: dlsym with a NUL-terminated name only looks the symbol up.
+        let address = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) } as u64;
+        let mapping = process
+            .mapping_for(address)
+            .ok_or_else(|| format!("{name:?} at {address:#x} is in no mapping"))?;
+        let file = mapping.file.clone().ok_or_else(|| format!("{name:?}'s mapping has no file"))?;
+        sites.push((file, mapping.file_offset(address)));
+    }
+    let rules = inspection.rules();
+    let mut local: Option<ModuleCfi> = None;
+    let mut times = Vec::new();
+    let mut known = 0;
+    for (file, offset) in &sites {
+        let started = Instant::now();
+        let rule = match &rules {
+            Some(remote) => remote.rule(file, *offset, AddressRole::Current),
+            None => {
+                if local.is_none() {
+                    let cache = object::ReadCache::new(file.file());
+                    local = Some(
+                        ModuleCfi::from_elf(&cache)
+                            .map_err(|e| format!("the C library's unwind rules: {e}"))?,
+                    );
+                }
+                local.as_ref().map_or(FrameRule::Unknown, |cfi| {
+                    cfi.rule_for_offset(*offset, AddressRole::Current)
+                })
+            }
+        };
+        times.push(started.elapsed().as_nanos() as u64);
+        known += usize::from(rule != FrameRule::Unknown);
+    }
+    let first_ns = times.first().copied().unwrap_or(0);
+    let mut next = times[1..].to_vec();
+    next.sort_unstable();
+    Ok(UnwindTiming { sites: sites.len(), known, first_ns, next_ns: next[next.len() / 2] })
 }

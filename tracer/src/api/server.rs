@@ -7,7 +7,7 @@
 //! connection, so no client can hold the daemon's memory, descriptors or answers hostage.
 use std::{
     io,
-    os::unix::fs::PermissionsExt,
+    os::unix::fs::{MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -117,7 +117,28 @@ pub fn bind(
     listener.set_nonblocking(true).map_err(io_err)?;
     let mode = if group.is_some() { 0o660 } else { 0o600 };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err)?;
+    let bound = std::fs::metadata(path).map_err(io_err)?;
+    lock_bound().push((path.to_owned(), bound.dev(), bound.ino()));
     Ok(listener)
+}
+
+/// The socket files [`bind`] created: (path, device, inode).
+static BOUND: std::sync::Mutex<Vec<(PathBuf, u64, u64)>> = std::sync::Mutex::new(Vec::new());
+
+fn lock_bound() -> std::sync::MutexGuard<'static, Vec<(PathBuf, u64, u64)>> {
+    BOUND.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Removes the API socket file at `path` at shutdown, unless another daemon has bound a new
+/// one there since (a restart whose new daemon started before this one finished stopping): the
+/// file must still be the one [`bind`] created.
+pub fn unlink_bound(path: &Path) {
+    let ours = std::fs::symlink_metadata(path).is_ok_and(|now| {
+        lock_bound().iter().any(|(p, dev, ino)| p == path && *dev == now.dev() && *ino == now.ino())
+    });
+    if ours {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 /// Runs `create` with `gid` as the effective group, so that the file it creates is that
@@ -392,6 +413,28 @@ mod tests {
             }
             got
         })
+    }
+
+    #[test]
+    fn shutdown_removes_its_own_socket_file_and_not_a_newer_daemons() {
+        let dir = std::env::temp_dir().join(format!("tracer-unlink-{}", std::process::id()));
+        let path = dir.join("api.sock");
+        let first = bind(&path, None).expect("bind");
+        // A new daemon took the path over (bind removes a socket that does not answer).
+        drop(first);
+        let second = bind(&path, None).expect("bind again");
+        let replacement = std::fs::metadata(&path).expect("the new socket");
+        // Two daemons are two processes, each with its own record: set the second bind's
+        // aside, and this process is the first daemon, stopping after the second started.
+        lock_bound().retain(|(p, _, ino)| p != &path || *ino != replacement.ino());
+        unlink_bound(&path);
+        assert!(path.exists(), "another daemon's socket file was removed");
+        // The second daemon stopping.
+        drop(second);
+        lock_bound().push((path.clone(), replacement.dev(), replacement.ino()));
+        unlink_bound(&path);
+        assert!(!path.exists(), "its own socket file stayed");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -410,7 +410,7 @@ pub async fn run(options: DaemonOptions, serving: Serving) -> anyhow::Result<()>
     daemon.probes.detach();
     daemon.drain_now();
     daemon.log_summary();
-    let _ = std::fs::remove_file(&options.socket);
+    server::unlink_bound(&options.socket);
     stopped_by.map_or(Ok(()), Err)
 }
 

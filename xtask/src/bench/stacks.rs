@@ -146,6 +146,14 @@ pub struct SymbolizeTiming {
     pub cached: Summary,
     pub first_apart: Summary,
     pub cached_apart: Summary,
+    /// Unwind rules at call sites in the C library, asked once each, as the event path asks
+    /// at a call site it meets for the first time: the first (the library's `.eh_frame` read)
+    /// and the median of the others, read in the daemon and through the inspector part.
+    pub unwind_sites: u64,
+    pub unwind_first: Summary,
+    pub unwind_next: Summary,
+    pub unwind_first_apart: Summary,
+    pub unwind_next_apart: Summary,
     pub samples: usize,
 }
 
@@ -336,6 +344,8 @@ fn symbolize_timing(ctx: &Bench, samples: usize) -> Result<SymbolizeTiming> {
     let mut timing = SymbolizeTiming { samples, ..SymbolizeTiming::default() };
     let (mut first, mut cached) = (Vec::new(), Vec::new());
     let (mut first_apart, mut cached_apart) = (Vec::new(), Vec::new());
+    // Unwind rules: first and next call site, here and apart.
+    let mut unwind: [Vec<f64>; 4] = Default::default();
     // Each sample times both, the order alternating.
     let runs =
         (0..samples.max(1)).flat_map(|i| if i % 2 == 0 { [false, true] } else { [true, false] });
@@ -362,7 +372,17 @@ fn symbolize_timing(ctx: &Bench, samples: usize) -> Result<SymbolizeTiming> {
             if apart { (&mut first_apart, &mut cached_apart) } else { (&mut first, &mut cached) };
         first.push(field(&v, "first_stack_ns") as f64);
         cached.push(field(&v, "cached_stack_ns") as f64);
+        timing.unwind_sites = field(&v, "unwind_sites");
+        let side = if apart { 2 } else { 0 };
+        unwind[side].push(field(&v, "unwind_first_ns") as f64);
+        unwind[side + 1].push(field(&v, "unwind_next_ns") as f64);
     }
+    let [unwind_first, unwind_next, unwind_first_apart, unwind_next_apart] =
+        unwind.map(|v| summarize(&v).unwrap_or_default());
+    timing.unwind_first = unwind_first;
+    timing.unwind_next = unwind_next;
+    timing.unwind_first_apart = unwind_first_apart;
+    timing.unwind_next_apart = unwind_next_apart;
     timing.first = summarize(&first).unwrap_or_default();
     timing.cached = summarize(&cached).unwrap_or_default();
     timing.first_apart = summarize(&first_apart).unwrap_or_default();
@@ -536,6 +556,15 @@ impl StacksReport {
                     verdict(t.cached_apart.median < TARGET_CACHED_STACK.as_nanos() as f64),
                     range(&t.first, 1e-6, 1),
                     range(&t.cached, 1e-3, 1),
+                );
+                let _ = writeln!(
+                    o,
+                    "\nUnwind rules (same example and rounds) at {} call sites in the C library, each asked once, as the event path asks at a call site it meets for the first time (it caches the rule after): through the inspector part (the default), the first {} ms (the library's `.eh_frame` read) and each next one {} µs (one round trip to it); read in the daemon itself (`--privsep off`), {} ms and {} µs.",
+                    t.unwind_sites,
+                    range(&t.unwind_first_apart, 1e-6, 2),
+                    range(&t.unwind_next_apart, 1e-3, 1),
+                    range(&t.unwind_first, 1e-6, 2),
+                    range(&t.unwind_next, 1e-3, 1),
                 );
             }
             (None, Some(e)) => {
