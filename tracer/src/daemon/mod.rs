@@ -414,6 +414,29 @@ pub async fn run(options: DaemonOptions, serving: Serving) -> anyhow::Result<()>
     stopped_by.map_or(Ok(()), Err)
 }
 
+/// Everything an event from the ring feeds, borrowed apart from the ring itself: one path for
+/// the batches a wakeup brings and for the drains before queries, scrapes and reconciles.
+struct Sinks<'a> {
+    table: &'a mut ConnectionTable,
+    metrics: &'a mut Metrics,
+    stacks: &'a mut stacks::StackCapture,
+    exhaustion: &'a mut exhaustion::Exhaustion,
+    trace: &'a mut trace::Subscribers,
+    containers: &'a mut crate::containers::Directory,
+}
+
+impl Sinks<'_> {
+    fn apply(&mut self, event: &tracer_common::ConnEvent) {
+        log::debug!("{}", events::Display(event));
+        let before = self.trace.endpoints_before(event, self.table);
+        let applied = self.table.apply(event);
+        self.metrics.observe(&applied, self.table);
+        self.stacks.on_event(event, &applied, self.table);
+        self.exhaustion.on_event(event, &applied, self.table);
+        self.trace.on_applied(event, &applied, before, self.table, self.containers);
+    }
+}
+
 /// The host's network namespace: init's, else the daemon's own (a host service, or a
 /// DaemonSet pod with hostNetwork, runs in the host's; init's can be unreadable even to root
 /// when the daemon is not allowed to trace it).
@@ -719,20 +742,8 @@ impl Daemon {
 
     async fn next_batch(&mut self) -> std::io::Result<usize> {
         let Self { source, table, metrics, stacks, exhaustion, trace, containers, .. } = self;
-        let log_events = log::log_enabled!(log::Level::Debug);
-        let n = source
-            .next_batch(|event| {
-                if log_events {
-                    log::debug!("{}", events::Display(event));
-                }
-                let before = trace.endpoints_before(event, table);
-                let applied = table.apply(event);
-                metrics.observe(&applied, table);
-                stacks.on_event(event, &applied, table);
-                exhaustion.on_event(event, &applied, table);
-                trace.on_applied(event, &applied, before, table, containers);
-            })
-            .await?;
+        let mut sinks = Sinks { table, metrics, stacks, exhaustion, trace, containers };
+        let n = source.next_batch(|event| sinks.apply(event)).await?;
         self.stacks.drain(&self.table, self.clock.now_ns());
         self.log_limits();
         Ok(n)
@@ -740,14 +751,8 @@ impl Daemon {
 
     fn drain_now(&mut self) {
         let Self { source, table, metrics, stacks, exhaustion, trace, containers, .. } = self;
-        source.drain_now(|event| {
-            let before = trace.endpoints_before(event, table);
-            let applied = table.apply(event);
-            metrics.observe(&applied, table);
-            stacks.on_event(event, &applied, table);
-            exhaustion.on_event(event, &applied, table);
-            trace.on_applied(event, &applied, before, table, containers);
-        });
+        let mut sinks = Sinks { table, metrics, stacks, exhaustion, trace, containers };
+        source.drain_now(|event| sinks.apply(event));
         self.stacks.drain(&self.table, self.clock.now_ns());
         self.log_limits();
     }
