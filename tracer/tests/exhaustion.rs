@@ -258,16 +258,32 @@ fn time_wait_memory_is_bounded_by_tcp_max_tw_buckets() {
     let client_tw = || {
         ss_time_wait(Some(&ns.0)).into_iter().filter(|(l, _)| !l.ends_with(":18080")).count() as u64
     };
+    // A close whose events the kernel skipped (a nested run of a probe, counted in
+    // `program_misses_total`) is neither remembered nor counted over the bound: the figures
+    // below may fall short by at most the runs skipped, and must be exact when none were.
+    let skipped_before = num(&daemon.json(&["status"]), "program_misses_total");
+    let mut overflowed_seen = 0;
     daemon.eventually("the closes over the bound counted, TIME_WAIT blamed as ss shows", |d| {
         let status = d.json(&["status"]);
+        let skipped = num(&status, "program_misses_total") - skipped_before;
         // Each close is either remembered or counted as over the bound: 40 over means the
         // namespace's remembered closes are exactly its 20 (the daemon-wide figure adds the
         // host's own closes).
         let overflowed = num(&status, "time_wait_closes_overflowed") - overflowed_before;
-        common::expect_eq("closes over tcp_max_tw_buckets", overflowed, CLOSES - BOUND)?;
+        if overflowed > CLOSES - BOUND || overflowed + skipped < CLOSES - BOUND {
+            return Err(format!(
+                "closes over tcp_max_tw_buckets: got {overflowed}, want {} ({skipped} runs \
+                 skipped)",
+                CLOSES - BOUND
+            ));
+        }
+        overflowed_seen = overflowed;
         let remembered = num(&status, "time_wait_closes_remembered");
-        if remembered < BOUND {
-            return Err(format!("{remembered} closes remembered, fewer than the namespace's"));
+        if remembered + skipped < BOUND {
+            return Err(format!(
+                "{remembered} closes remembered, fewer than the namespace's ({skipped} runs \
+                 skipped)"
+            ));
         }
         let before = client_tw();
         let caused = num(&d.process(client.pid), "time_wait_caused");
@@ -280,10 +296,16 @@ fn time_wait_memory_is_bounded_by_tcp_max_tw_buckets() {
         if before == 0 {
             return Err("ss shows no TIME_WAIT socket yet".into());
         }
-        common::expect_eq("client time_wait_caused (ss)", caused, before)
+        if caused > before || caused + skipped < before {
+            return Err(format!(
+                "client time_wait_caused (ss): got {caused}, want {before} ({skipped} runs \
+                 skipped)"
+            ));
+        }
+        Ok(())
     });
     let text = daemon.try_cli(&["status"]).expect("status");
-    let line = format!("{} over tcp_max_tw_buckets", overflowed_before + CLOSES - BOUND);
+    let line = format!("{} over tcp_max_tw_buckets", overflowed_before + overflowed_seen);
     assert!(
         text.lines().any(|l| l.starts_with("TIME_WAIT closes:") && l.ends_with(&line)),
         "{text}"
