@@ -125,9 +125,9 @@ impl Reconciler {
         let scan = &kernel.listed;
         let mut report = ReconcileReport::default();
         // The table's connections that a scan can see, by addresses. Two live sockets never
-        // share their addresses in one namespace, so of two entries that do, the older is a
-        // socket gone without its release: it must not stand for the newer one (it would take
-        // the newer one's state, and neither would ever be found stale).
+        // share their addresses in one namespace, so of two entries that do, one is a socket
+        // gone without its release, or a scanned copy of the other: it must not stand for the
+        // live one (it would take the live one's state, and neither would ever be found stale).
         let mut known: HashMap<TupleKey, SocketKey> =
             HashMap::with_capacity(table.connections.len());
         let mut shadowed = Vec::new();
@@ -138,8 +138,9 @@ impl Reconciler {
                 }
                 Entry::Occupied(mut slot) => {
                     let other = *slot.get();
-                    let newer = table.connections.get(&other).is_some_and(|o| o.id > conn.id);
-                    shadowed.push(if newer { key } else { slot.insert(key) });
+                    let outranked =
+                        table.connections.get(&other).is_some_and(|o| rank(o) > rank(conn));
+                    shadowed.push(if outranked { key } else { slot.insert(key) });
                 }
             }
         }
@@ -249,6 +250,14 @@ impl Reconciler {
         self.untracked_over_limit = report.untracked_over_limit as u64;
         report
     }
+}
+
+/// Which of two entries at one address pair stands for the socket a scan lists there: one made
+/// from the socket's own events over a scanned copy (added when a lost event hid which entry it
+/// was: the events' entry knows its stack and open time), then the newer (the older one's
+/// release was lost).
+fn rank(conn: &Connection) -> (bool, u64) {
+    (!conn.preexisting, conn.id)
 }
 
 impl ConnectionTable {

@@ -1166,6 +1166,44 @@ fn reconcile_opens_an_unported_connect_whose_handshake_was_missed() {
     assert_consistent(&t);
 }
 
+/// Two connects in flight lost a handshake: the reconcile added the socket as found. When a
+/// later event shows which connect it was, that connect's entry (with its owner's stack and
+/// open time) stands for the socket, and the scanned copy is the one removed.
+#[test]
+fn a_connects_own_entry_outranks_its_scanned_copy() {
+    let clock = ManualClock::new(SEC);
+    let mut t = table();
+    let mut r = Reconciler::default();
+    let tuple = v4(40_000, 80);
+    let mut k = Kernel { table: &mut t, clock: &clock };
+    k.connect(CLIENT, 0xb, v4(0, 80));
+    k.connect(CLIENT, 0xc, v4(0, 80));
+    let scan = vec![scanned(tuple, 1, ESTABLISHED, Direction::Outbound, &[CLIENT])];
+    r.check_listed(&mut t, &scan, clock.now_ns());
+    let added = r.check_listed(&mut t, &scan, clock.now_ns());
+    assert!(added.corrections[0].contains("added a connection"), "{added:?}");
+    // 0xb half-closes: the event carries its port, so its handshake is inferred.
+    let half_close = ev(EventKind::StateChange, 0xb, clock.advance(SEC))
+        .states(ESTABLISHED, FIN_WAIT1)
+        .tuple(tuple);
+    assert!(matches!(t.apply(&half_close.0), Applied::Opened { .. }));
+    let scan = vec![scanned(tuple, 1, FIN_WAIT1, Direction::Outbound, &[CLIENT])];
+    for _ in 0..2 {
+        let report = r.check_listed(&mut t, &scan, clock.now_ns());
+        assert!(
+            report.corrections.iter().all(|c| c.contains("a lost release")),
+            "only the scanned copy is corrected, never the live entry's state: {report:?}"
+        );
+    }
+    let live = t.connection(SocketKey { netns: NETNS, sock: 0xb }).expect("the connect's entry");
+    assert_eq!(live.conn.state, FIN_WAIT1);
+    assert!(t.conn_snapshots(clock.now_ns()).iter().all(|c| !c.preexisting));
+    let s = stats(&t, CLIENT);
+    assert_eq!((s.open, s.connecting, s.states.fin_wait1), (1, 1, 1));
+    assert!(r.check_listed(&mut t, &scan, clock.now_ns()).corrections.is_empty());
+    assert_consistent(&t);
+}
+
 #[test]
 fn a_difference_that_goes_away_is_never_corrected() {
     let clock = ManualClock::new(SEC);
