@@ -299,8 +299,14 @@ pub mod counters {
     /// Opener stacks: the user registers or the stack window could not be read (the
     /// frame-pointer stack was still sent; the C library's caller cannot be recovered).
     pub const STACK_WINDOW_FAILED: u32 = STACK_CAPTURED + 1;
+    /// Runs of `inet_sock_set_state`, counted as it starts: beside tracefs's count of the
+    /// tracepoint's hits, the runs the kernel neither made nor counted as skipped.
+    pub const STATE_CHANGE_RUNS: u32 = STACK_WINDOW_FAILED + 1;
+    /// Test-only fault injection returned from `inet_sock_set_state` before counting its run
+    /// (see `Config::fault_skip_every_nth_state_change`).
+    pub const STATE_CHANGE_SKIPPED_BY_FAULT_INJECTION: u32 = STATE_CHANGE_RUNS + 1;
     /// Total number of slots.
-    pub const SLOTS: u32 = STACK_WINDOW_FAILED + 1;
+    pub const SLOTS: u32 = STATE_CHANGE_SKIPPED_BY_FAULT_INJECTION + 1;
 }
 
 /// Settings the loader writes into the kernel programs' read-only data before load.
@@ -332,6 +338,10 @@ pub struct Config {
     /// policy `off` (capture code unreachable, pruned by the verifier) still succeeds. Proves
     /// the daemon's fallback when the kernel refuses the capture.
     pub fault_refuse_stacks: u32,
+    /// Test-only: every Nth run of `inet_sock_set_state` returns before it counts itself (0 =
+    /// never), as a run the kernel never made would: proves the daemon counts such runs from
+    /// tracefs.
+    pub fault_skip_every_nth_state_change: u32,
 }
 
 /// Name of the global holding [`Config`] in the kernel object.

@@ -33,6 +33,7 @@ static TRACER_CONFIG: Config = Config {
     stack_depth: 1,
     stack_at_state_change: 0,
     fault_refuse_stacks: 0,
+    fault_skip_every_nth_state_change: 0,
 };
 named!(TRACER_CONFIG, CONFIG_GLOBAL);
 
@@ -40,6 +41,24 @@ named!(TRACER_CONFIG, CONFIG_GLOBAL);
 pub fn config() -> Config {
     // SAFETY: a plain global; volatile so the compiler cannot fold the pre-load default.
     unsafe { core::ptr::read_volatile(&TRACER_CONFIG) }
+}
+
+/// Counts a run of `inet_sock_set_state` (see `counters::STATE_CHANGE_RUNS`); false when
+/// test-only fault injection (`Config::fault_skip_every_nth_state_change`) makes this run
+/// return at once, uncounted, like one the kernel never made.
+#[inline(always)]
+pub fn count_state_change_run() -> bool {
+    let every = config().fault_skip_every_nth_state_change as u64;
+    if every != 0 {
+        let seen = counter(counters::STATE_CHANGE_RUNS)
+            + counter(counters::STATE_CHANGE_SKIPPED_BY_FAULT_INJECTION);
+        if (seen + 1).is_multiple_of(every) {
+            bump(counters::STATE_CHANGE_SKIPPED_BY_FAULT_INJECTION);
+            return false;
+        }
+    }
+    bump(counters::STATE_CHANGE_RUNS);
+    true
 }
 
 #[inline(always)]

@@ -11,12 +11,15 @@ use tracer_common::{EventKind, flags, programs, tcp_state::*};
 
 use crate::{
     core_shim::{BtfSock, Sock, SockPtr},
-    emit::{config, emit, inject_release_drop},
+    emit::{config, count_state_change_run, emit, inject_release_drop},
     held_closed, stacks,
 };
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
+    if !count_state_change_run() {
+        return 0;
+    }
     let sk: SockPtr = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);

@@ -3,7 +3,7 @@
 //! Ground truth: `ss` and what the workloads did. Run as root.
 mod common;
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use common::{Daemon, Workload, expect_eq, num, ss_count};
 
@@ -85,8 +85,11 @@ fn a_daemon_killed_during_churn_is_exact_again_after_a_restart() {
         churner
     });
     std::thread::sleep(Duration::from_millis(300));
+    let killed = daemon.pid();
+    assert!(hit_counter_of(killed).is_dir(), "the daemon counts state-change hits in tracefs");
     daemon.kill_hard();
     let daemon = Daemon::start(&[]);
+    assert!(!hit_counter_of(killed).exists(), "the killed daemon's tracefs instance is removed");
     client.cmd("close 3");
     client.connect(&hold, 8);
     let churner = churner.join().expect("the churn");
@@ -94,4 +97,45 @@ fn a_daemon_killed_during_churn_is_exact_again_after_a_restart() {
     agrees_with_ss(&daemon, churner.pid, 0);
     let status = daemon.json(&["status"]);
     assert_eq!(num(&status, "events_lost"), 0, "{status}");
+}
+
+/// The tracefs instance in which daemon `pid` counts the state-change tracepoint's hits.
+fn hit_counter_of(pid: u32) -> PathBuf {
+    PathBuf::from(format!("/sys/kernel/tracing/instances/tracer-{pid}"))
+}
+
+/// State-change runs the kernel never makes (and does not count as skipped) are counted from
+/// tracefs's hits (docs/semantics.md). Simulated here: every 5th run of the program returns
+/// before it counts itself. The daemon counts those, and (next to) none without the fault; its
+/// tracefs instance goes when it stops.
+#[test]
+fn state_change_runs_the_kernel_never_made_are_counted() {
+    let never_run = |d: &Daemon| {
+        let status = d.json(&["status"]);
+        let entry = status["program_misses"]
+            .as_array()
+            .and_then(|all| all.iter().find(|m| m["program"] == "inet_sock_set_state:never_run"))
+            .cloned()
+            .unwrap_or_else(|| panic!("no count of runs never made: {status}"));
+        num(&entry, "missed")
+    };
+    let mut counted = Vec::new();
+    for every in [0u32, 5] {
+        let daemon = Daemon::start(&["--fault-skip-every-nth-state-change", &every.to_string()]);
+        let instance = hit_counter_of(daemon.pid());
+        assert!(instance.is_dir(), "{}", instance.display());
+        let before = never_run(&daemon);
+        let mut server = Workload::spawn();
+        let port = server.listen("127.0.0.1");
+        server.cmd("serve-churn 0 200");
+        let mut churner = Workload::spawn();
+        churner.cmd(&format!("churn 127.0.0.1:{port} 200"));
+        counted.push(never_run(&daemon) - before);
+        drop(daemon);
+        assert!(!instance.exists(), "{} outlived its daemon", instance.display());
+    }
+    // At least four state changes per connection (connect, both handshake ends, a close).
+    assert!(counted[1] >= 4 * 200 / 5, "runs skipped by the fault: {counted:?}");
+    // Without the fault only a real skip counts: a few, rarely (docs/semantics.md).
+    assert!(counted[0] * 10 < counted[1], "runs never made without the fault: {counted:?}");
 }

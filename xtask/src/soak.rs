@@ -102,7 +102,7 @@ fn section(report: &str, minutes: f64, verdict: &str) -> String {
          cannot see, reset or closed by the peer after a half-close, against the daemon's open \
          connections `ss` does not show); `agree (N s)` is how long the views took to agree \
          (holders move at the next 1-s reconcile). Corrections must not outnumber counted \
-         losses (events lost, or program runs the kernel skipped). `cargo xtask soak` without \
+         losses (events lost, or program runs the kernel skipped or never made). `cargo xtask soak` without \
          `--minutes` runs the default 30 minutes. This run {verdict}.\n\n{report}\n"
     )
 }

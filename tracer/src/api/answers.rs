@@ -332,6 +332,9 @@ pub struct StatusReport {
     /// Every loaded kernel program with the runs the kernel skipped because that program was
     /// already running on the CPU (an interrupt's softirq landing on it): events never
     /// reported, so never in `events_lost`. 0 before Linux 5.12, which does not count them.
+    /// Where tracefs allows, one more entry, `inet_sock_set_state:never_run`: state changes
+    /// tracefs recorded that the kernel ran no program for and did not count as skipped
+    /// (docs/semantics.md).
     #[serde(default)]
     pub program_misses: Vec<ProgramMissesStatus>,
     /// The sum of `program_misses`' counts.
@@ -452,12 +455,15 @@ pub struct KprobeStatus {
     pub missed: u64,
 }
 
-/// One loaded kernel program and the runs the kernel skipped (`bpf_prog_info.recursion_misses`).
+/// One loaded kernel program and the runs the kernel skipped (`bpf_prog_info.recursion_misses`),
+/// or the state-change runs the kernel never made (counted from tracefs).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ProgramMissesStatus {
-    /// The program's name in the kernel object.
+    /// The program's name in the kernel object, or `inet_sock_set_state:never_run`.
     pub program: String,
-    /// Runs skipped because the program was already running on that CPU, since it was loaded.
+    /// Runs skipped because the program was already running on that CPU, since it was loaded;
+    /// for `inet_sock_set_state:never_run`, tracepoint hits since start-up that no run and no
+    /// counted skip answered.
     pub missed: u64,
 }
 

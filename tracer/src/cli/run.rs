@@ -153,6 +153,10 @@ pub struct RunArgs {
     /// with stacks off and says why.
     #[arg(long, hide = true)]
     pub fault_refuse_stacks: bool,
+    /// Test only: every Nth run of the state-change program returns before it counts itself,
+    /// to prove the daemon counts runs the kernel never made (from tracefs).
+    #[arg(long, default_value_t = 0, hide = true)]
+    pub fault_skip_every_nth_state_change: u32,
 }
 
 /// Where container identities are read (docs/containers.md).
@@ -376,6 +380,7 @@ pub fn run(args: RunArgs, socket: PathBuf) -> anyhow::Result<()> {
             mode: args.probe,
             ring_bytes: args.ring_bytes,
             drop_every_nth_release: args.fault_drop_every_nth_release,
+            skip_every_nth_state_change: args.fault_skip_every_nth_state_change,
             wakeup_threshold_bytes: args.wakeup_bytes,
             stacks: StackOptions {
                 policy: args.stacks,

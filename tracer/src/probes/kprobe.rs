@@ -127,7 +127,7 @@ impl Drop for Kprobes {
     }
 }
 
-fn tracefs_root() -> PathBuf {
+pub(super) fn tracefs_root() -> PathBuf {
     preflight::tracefs_events()
         .parent()
         .map_or_else(|| PathBuf::from("/sys/kernel/tracing"), Path::to_path_buf)

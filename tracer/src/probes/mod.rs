@@ -9,6 +9,7 @@ pub mod preflight;
 mod recursion;
 mod task_cgroups;
 mod tracepoint;
+mod unrun;
 
 pub use error::ProbeError;
 pub use go_requests::{GoRequestProbe, GoRequestsError};
@@ -71,6 +72,8 @@ pub struct LoadOptions {
     pub ring_bytes: u32,
     /// Test-only fault injection (see `tracer_common::Config`).
     pub drop_every_nth_release: u32,
+    /// Test-only fault injection (see `tracer_common::Config`).
+    pub skip_every_nth_state_change: u32,
     /// Wake the daemon each time the unread data crosses a multiple of this many bytes (0: the
     /// kernel's default, a wakeup whenever a record arrives while the daemon is idle); the
     /// daemon must then drain on a timer (`DaemonOptions::drain_interval`). At most a quarter of
@@ -153,6 +156,7 @@ impl Default for LoadOptions {
             mode: ProbeMode::default(),
             ring_bytes: DEFAULT_RING_BYTES,
             drop_every_nth_release: 0,
+            skip_every_nth_state_change: 0,
             wakeup_threshold_bytes: DEFAULT_WAKEUP_BYTES,
             stacks: StackOptions::default(),
         }
@@ -175,7 +179,14 @@ pub struct Probes {
     /// Why the programs were loaded without the stack capture: the kernel refused them with it
     /// (`None`: it did not, or the policy is `off`).
     stacks_refused: Option<String>,
+    /// tracefs's count of the state-change tracepoint's hits (`None`: tracefs refused it, as
+    /// logged at start).
+    hit_counter: Option<unrun::HitCounter>,
 }
+
+/// The entry of [`Probes::program_misses`] for the state-change runs the kernel never made
+/// and never counted (see unrun.rs).
+pub const UNRUN_STATE_CHANGES: &str = "inet_sock_set_state:never_run";
 
 /// Per-kind counters summed over CPUs, as the kernel programs kept them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -289,6 +300,7 @@ impl Probes {
             stack_depth: options.stacks.depth.clamp(1, tracer_common::stacks::MAX_STACK_DEPTH),
             stack_at_state_change: u32::from(mode == ProbeMode::Kprobe),
             fault_refuse_stacks: u32::from(options.stacks.fault_refuse),
+            fault_skip_every_nth_state_change: options.skip_every_nth_state_change,
         };
         // Kernel log statements above the daemon's level are constants the verifier prunes.
         let kernel_log_level = match log::max_level() {
@@ -324,7 +336,7 @@ impl Probes {
         let counters = PerCpuArray::try_from(
             ebpf.take_map(COUNTERS_MAP).ok_or(ProbeError::MissingMap(COUNTERS_MAP))?,
         )?;
-        Ok(Self {
+        let mut probes = Self {
             ebpf: Some(ebpf),
             mode,
             mode_reason: String::new(),
@@ -333,7 +345,39 @@ impl Probes {
             kprobes,
             task_cgroups_unavailable,
             stacks_refused: None,
-        })
+            hit_counter: None,
+        };
+        // After the programs attached: tracefs's probe then runs after theirs on every hit.
+        probes.hit_counter = match unrun::HitCounter::start(&kprobe::tracefs_root(), || {
+            probes.state_change_runs()
+        }) {
+            Ok(counter) => Some(counter),
+            Err(e) => {
+                log::info!(
+                    "state-change runs the kernel never makes are not counted: tracefs \
+                         refused an instance ({e})"
+                );
+                None
+            }
+        };
+        Ok(probes)
+    }
+
+    /// Runs of `inet_sock_set_state` the program counted, plus those the kernel skipped and
+    /// counted: every hit the kernel handed to it, one way or the other.
+    fn state_change_runs(&self) -> u64 {
+        let runs = self
+            .counters
+            .get(&counters::STATE_CHANGE_RUNS, 0)
+            .map_or(0, |per_cpu| per_cpu.iter().copied().sum::<u64>());
+        let misses = self.ebpf.as_ref().map_or(0, |ebpf| {
+            recursion::misses(ebpf)
+                .iter()
+                .filter(|m| m.program == tracer_common::programs::INET_SOCK_SET_STATE)
+                .map(|m| m.missed)
+                .sum()
+        });
+        runs + misses
     }
 
     fn with_reason(mut self, reason: String) -> Self {
@@ -449,6 +493,7 @@ impl Probes {
     /// Detaches and unloads every program. Nothing is emitted afterwards, so a final drain of
     /// the ring buffer then makes `emitted = received + lost` exact.
     pub fn detach(&mut self) {
+        self.hit_counter = None;
         self.kprobes = None;
         self.ebpf = None;
     }
@@ -464,8 +509,21 @@ impl Probes {
 
     /// Runs the kernel skipped per loaded program because that program was already running on
     /// the CPU (0 before Linux 5.12; empty once detached). See recursion.rs.
+    /// With tracefs, one more entry ([`UNRUN_STATE_CHANGES`]): state-change runs the kernel
+    /// neither made nor counted (see unrun.rs).
     pub fn program_misses(&self) -> Vec<ProgramMisses> {
-        self.ebpf.as_ref().map(recursion::misses).unwrap_or_default()
+        // tracefs's hits first, so that every hit it counted was already run or skipped.
+        let hits = self.hit_counter.as_ref().map(|c| (c, c.hits()));
+        let mut out = self.ebpf.as_ref().map(recursion::misses).unwrap_or_default();
+        match hits {
+            Some((counter, Ok(hits))) if self.ebpf.is_some() => out.push(ProgramMisses {
+                program: UNRUN_STATE_CHANGES.to_owned(),
+                missed: counter.unrun(hits, self.state_change_runs()),
+            }),
+            Some((_, Err(e))) => log::debug!("cannot read the tracefs hit count: {e}"),
+            _ => {}
+        }
+        out
     }
 
     pub fn counters(&self) -> Result<KernelCounters> {

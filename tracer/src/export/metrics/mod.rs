@@ -380,7 +380,9 @@ impl Metrics {
             "tcp_tracer_bpf_program_missed_total",
             "Runs the kernel skipped, per loaded kernel program, because that program was \
              already running on the CPU (an interrupt's softirq landing on it): events never \
-             emitted, so never counted as lost. Always 0 before Linux 5.12.",
+             emitted, so never counted as lost. Always 0 before Linux 5.12. The program \
+             inet_sock_set_state:never_run counts state changes the kernel ran no program for \
+             and did not count (from tracefs).",
         );
         for p in input.program_misses {
             program_missed.add_counter(&[("program", &p.program)], p.missed);
