@@ -14,8 +14,8 @@
 //!   the peer after a half-close: no longer in the kernel's lookup tables, still a descriptor
 //!   in /proc/PID/fd) are the daemon's open connections that `ss` does not show;
 //! - `tracer top`'s open count of each tracked process equals its connections in `tracer conns`;
-//! - every reconcile correction is explained by a counted loss (`events_lost` or the kernel's
-//!   `program_misses_total`).
+//! - every reconcile correction is explained by a counted loss (`events_lost` or
+//!   `program_misses_total`: runs the kernel skipped, or never made as tracefs counts them).
 //!
 //! The daemon's RSS is recorded at each checkpoint and must stay bounded. The seed is printed;
 //! each worker's actions follow from it (the interleaving does not). Settings, from the
@@ -626,6 +626,8 @@ struct Row {
     rss_kib: u64,
     lost: u64,
     misses: u64,
+    /// Of `misses`, the state-change runs the kernel never made (from tracefs).
+    never_run: u64,
     corrections: u64,
     holder_changes: u64,
     unexplained: Option<String>,
@@ -665,6 +667,10 @@ fn checkpoint(
     let status = daemon.json(&["status"]);
     let lost = num(&status, "events_lost");
     let misses = num(&status, "program_misses_total");
+    let never_run = status["program_misses"]
+        .as_array()
+        .and_then(|all| all.iter().find(|m| m["program"] == "inet_sock_set_state:never_run"))
+        .map_or(0, |m| num(m, "missed"));
     let corrections = num(&status, "reconcile_corrections");
     let unexplained = (corrections > lost + misses).then(|| {
         let log = daemon.log_text();
@@ -691,6 +697,7 @@ fn checkpoint(
         rss_kib: rss_kib(daemon.pid()),
         lost,
         misses,
+        never_run,
         corrections,
         holder_changes: num(&status, "holder_changes"),
         unexplained,
@@ -699,7 +706,7 @@ fn checkpoint(
 
 fn table(rows: &[Row]) -> String {
     let mut t = String::from(
-        "| check | at | opened | resets | forks | exits | pids | held: in ss / shared / unseen by ss | agreement | daemon RSS | lost | skipped runs | corrections | holder changes |\n\
+        "| check | at | opened | resets | forks | exits | pids | held: in ss / shared / unseen by ss | agreement | daemon RSS | lost | skipped runs (never made) | corrections | holder changes |\n\
          | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for r in rows {
@@ -713,7 +720,7 @@ fn table(rows: &[Row]) -> String {
         };
         let _ = writeln!(
             t,
-            "| {} | {}:{:02} | {} | {} | {} | {} | {} | {} / {} / {} | {} | {:.1} MiB | {} | {} | {} | {} |",
+            "| {} | {}:{:02} | {} | {} | {} | {} | {} | {} / {} / {} | {} | {:.1} MiB | {} | {} ({}) | {} | {} |",
             r.label,
             r.at.as_secs() / 60,
             r.at.as_secs() % 60,
@@ -729,6 +736,7 @@ fn table(rows: &[Row]) -> String {
             r.rss_kib as f64 / 1024.0,
             r.lost,
             r.misses,
+            r.never_run,
             corrections,
             r.holder_changes
         );

@@ -125,7 +125,7 @@ fn status(s: &StatusReport) -> String {
     // Runs the kernel skipped never reach the ring: the only trace of those lost events.
     let _ = writeln!(
         out,
-        "program runs skipped: {} (a program already running on the CPU){}",
+        "program runs skipped: {} (a program already running on the CPU, or never made){}",
         s.program_misses_total,
         if s.established_inferred > 0 {
             format!("; {} handshakes inferred from later events", s.established_inferred)
