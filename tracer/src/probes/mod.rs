@@ -349,7 +349,8 @@ impl Probes {
         };
         // After the programs attached: tracefs's probe then runs after theirs on every hit.
         probes.hit_counter = match unrun::HitCounter::start(&kprobe::tracefs_root(), || {
-            probes.state_change_runs()
+            probes
+                .state_change_runs(&probes.ebpf.as_ref().map(recursion::misses).unwrap_or_default())
         }) {
             Ok(counter) => Some(counter),
             Err(e) => {
@@ -364,20 +365,19 @@ impl Probes {
     }
 
     /// Runs of `inet_sock_set_state` the program counted, plus those the kernel skipped and
-    /// counted: every hit the kernel handed to it, one way or the other.
-    fn state_change_runs(&self) -> u64 {
+    /// counted (read before, in `misses`): every hit the kernel handed to it, one way or the
+    /// other.
+    fn state_change_runs(&self, misses: &[ProgramMisses]) -> u64 {
         let runs = self
             .counters
             .get(&counters::STATE_CHANGE_RUNS, 0)
             .map_or(0, |per_cpu| per_cpu.iter().copied().sum::<u64>());
-        let misses = self.ebpf.as_ref().map_or(0, |ebpf| {
-            recursion::misses(ebpf)
-                .iter()
-                .filter(|m| m.program == tracer_common::programs::INET_SOCK_SET_STATE)
-                .map(|m| m.missed)
-                .sum()
-        });
-        runs + misses
+        let skipped: u64 = misses
+            .iter()
+            .filter(|m| m.program == tracer_common::programs::INET_SOCK_SET_STATE)
+            .map(|m| m.missed)
+            .sum();
+        runs + skipped
     }
 
     fn with_reason(mut self, reason: String) -> Self {
@@ -518,7 +518,7 @@ impl Probes {
         match hits {
             Some((counter, Ok(hits))) if self.ebpf.is_some() => out.push(ProgramMisses {
                 program: UNRUN_STATE_CHANGES.to_owned(),
-                missed: counter.unrun(hits, self.state_change_runs()),
+                missed: counter.unrun(hits, self.state_change_runs(&out)),
             }),
             Some((_, Err(e))) => log::debug!("cannot read the tracefs hit count: {e}"),
             _ => {}
