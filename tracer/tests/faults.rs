@@ -99,9 +99,16 @@ fn a_daemon_killed_during_churn_is_exact_again_after_a_restart() {
     assert_eq!(num(&status, "events_lost"), 0, "{status}");
 }
 
-/// The tracefs instance in which daemon `pid` counts the state-change tracepoint's hits.
+/// The tracefs instance in which daemon `pid` counts the state-change tracepoint's hits
+/// (`tracer-<pid>-<n>`), or where it would be.
 fn hit_counter_of(pid: u32) -> PathBuf {
-    PathBuf::from(format!("/sys/kernel/tracing/instances/tracer-{pid}"))
+    let instances = PathBuf::from("/sys/kernel/tracing/instances");
+    let prefix = format!("tracer-{pid}-");
+    std::fs::read_dir(&instances)
+        .expect("tracefs instances")
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map_or_else(|| instances.join(format!("{prefix}0")), |e| e.path())
 }
 
 /// State-change runs the kernel never makes (and does not count as skipped) are counted from

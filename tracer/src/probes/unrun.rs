@@ -18,10 +18,11 @@
 use std::{
     fs, io,
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU64, Ordering},
+    sync::atomic::{AtomicU32, AtomicU64, Ordering},
 };
 
-/// The instance directory's name prefix; the daemon's pid follows.
+/// The instance directory's name prefix; the daemon's pid and a number follow
+/// (`tracer-<pid>-<n>`: one process may load the programs more than once, as tests do).
 const PREFIX: &str = "tracer-";
 const EVENT: &str = "events/sock/inet_sock_set_state/enable";
 
@@ -42,10 +43,18 @@ impl HitCounter {
     pub fn start(tracefs: &Path, runs_and_misses: impl Fn() -> u64) -> io::Result<Self> {
         let instances = tracefs.join("instances");
         remove_stale(&instances, |pid| Path::new(&format!("/proc/{pid}")).exists());
-        let dir = instances.join(format!("{PREFIX}{}", std::process::id()));
-        match fs::create_dir(&dir) {
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            other => other?,
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = instances.join(format!("{PREFIX}{}-{n}", std::process::id()));
+        if let Err(e) = fs::create_dir(&dir) {
+            if e.kind() != io::ErrorKind::AlreadyExists {
+                return Err(e);
+            }
+            // A killed daemon's, whose pid this one got again (a container's pid 1, say): its
+            // counts are not ours.
+            let _ = fs::write(dir.join(EVENT), "0");
+            fs::remove_dir(&dir)?;
+            fs::create_dir(&dir)?;
         }
         // Dropped (instance removed) if a step below fails.
         let mut counter = Self { dir, baseline: 0, unrun: AtomicU64::new(0) };
@@ -99,17 +108,18 @@ fn remove_stale(instances: &Path, running: impl Fn(u32) -> bool) {
     let Ok(entries) = fs::read_dir(instances) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(PREFIX)?.parse::<u32>().ok())
-        else {
+        let pid =
+            name.to_str().and_then(|n| n.strip_prefix(PREFIX)?.split('-').next()?.parse().ok());
+        let Some(pid) = pid else {
             continue;
         };
         if !running(pid) {
             let _ = fs::write(entry.path().join(EVENT), "0");
             match fs::remove_dir(entry.path()) {
                 Ok(()) => {
-                    log::info!("removed tracefs instance {PREFIX}{pid} left by a previous run")
+                    log::info!("removed tracefs instance {name:?} left by a previous run")
                 }
-                Err(e) => log::warn!("could not remove stale tracefs instance {PREFIX}{pid}: {e}"),
+                Err(e) => log::warn!("could not remove stale tracefs instance {name:?}: {e}"),
             }
         }
     }
@@ -146,7 +156,7 @@ mod tests {
     #[test]
     fn only_instances_of_daemons_that_ended_are_stale() {
         let dir = std::env::temp_dir().join(format!("tracer-unrun-{}", std::process::id()));
-        for name in ["tracer-100", "tracer-200", "other", "tracer-x"] {
+        for name in ["tracer-100-0", "tracer-100-3", "tracer-200-0", "other", "tracer-x"] {
             fs::create_dir_all(dir.join(name)).expect("dir");
         }
         remove_stale(&dir, |pid| pid == 200);
@@ -155,7 +165,7 @@ mod tests {
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
             .collect();
         left.sort();
-        assert_eq!(left, ["other", "tracer-200", "tracer-x"]);
+        assert_eq!(left, ["other", "tracer-200-0", "tracer-x"]);
         fs::remove_dir_all(&dir).expect("clean up");
     }
 }
