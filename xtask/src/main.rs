@@ -107,6 +107,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::Test { no_vm, args } => {
             setup::run()?;
             require_root()?;
+            require_free_space(if no_vm { HOST_TEST_BUILD_GIB } else { FULL_TEST_BUILD_GIB })?;
             lint::run()?;
             package::check::run(&package::check::Args::all())?;
             // The kernel matrix first when it runs: its table then does not bury cargo test's
@@ -173,6 +174,36 @@ fn require_root() -> Result<()> {
         .and_then(|ids| ids.split_whitespace().nth(1).map(str::to_owned));
     if euid.as_deref() != Some("0") {
         anyhow::bail!("the tests load BPF programs: run `sudo cargo xtask test` (or as root)");
+    }
+    Ok(())
+}
+
+/// What a clean clone's test builds take in `target/`, with some room: the host's debug and
+/// release builds, the musl tests for the VMs, the kernels and images, measured at 5 GiB.
+const FULL_TEST_BUILD_GIB: u64 = 8;
+const HOST_TEST_BUILD_GIB: u64 = 4;
+
+/// A full disk fails the run half an hour in, as a linker error that does not say why; say it
+/// first.
+fn require_free_space(gib: u64) -> Result<()> {
+    let target = workspace_root().join("target");
+    let probe = if target.exists() { target } else { workspace_root() };
+    let path = std::ffi::CString::new(probe.as_os_str().as_encoded_bytes())?;
+    // SAFETY: statvfs writes into the zeroed struct it is given; `path` is NUL-terminated.
+    let free = unsafe {
+        let mut stats: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(path.as_ptr(), &mut stats) != 0 {
+            return Ok(()); // Unknown: let the build say it.
+        }
+        stats.f_bavail as u64 * stats.f_frsize as u64
+    };
+    let free_gib = free / (1 << 30);
+    if free_gib < gib {
+        anyhow::bail!(
+            "{} has {free_gib} GiB free and the test builds need about {gib} GiB: \
+             free some space (`cargo clean` in old clones) and run again",
+            probe.display()
+        );
     }
     Ok(())
 }
