@@ -43,7 +43,7 @@ pub mod gohttp;
 pub mod ground_truth;
 pub mod health;
 pub mod logging;
-mod names;
+pub mod names;
 pub mod pipeline;
 pub mod privileges;
 pub mod privsep;

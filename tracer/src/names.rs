@@ -47,6 +47,15 @@ macro_rules! named_enum {
 
 pub(crate) use named_enum;
 
+named_enum! {
+    /// A setting that is on or off (`--privsep on`, `--seccomp off`, `--never-run-count off`).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Switch ("setting") {
+        On => "on",
+        Off => "off",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     named_enum! {

@@ -145,4 +145,18 @@ fn state_change_runs_the_kernel_never_made_are_counted() {
     assert!(counted[1] >= 4 * 200 / 5, "runs skipped by the fault: {counted:?}");
     // Without the fault only a real skip counts: a few, rarely (docs/semantics.md).
     assert!(counted[0] * 10 < counted[1], "runs never made without the fault: {counted:?}");
+
+    // Turned off, the count makes no instance and shows no entry, even while runs go unmade.
+    let daemon =
+        Daemon::start(&["--never-run-count", "off", "--fault-skip-every-nth-state-change", "5"]);
+    assert!(!hit_counter_of(daemon.pid()).exists());
+    let status = daemon.json(&["status"]);
+    let programs: Vec<&str> = status["program_misses"]
+        .as_array()
+        .map(|all| all.iter().filter_map(|m| m["program"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        !programs.is_empty() && !programs.contains(&"inet_sock_set_state:never_run"),
+        "{status}"
+    );
 }

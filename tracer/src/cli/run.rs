@@ -18,7 +18,8 @@ use tracer::{
     gohttp::GoRequestPolicy,
     health::{DEFAULT_IDLE_AFTER, DEFAULT_UNREAD_AFTER, HealthSettings},
     logging::LogFormat,
-    privsep::{self, ClientsUser, Part, Privsep, inspector::Inspection},
+    names::Switch,
+    privsep::{self, ClientsUser, Part, inspector::Inspection},
     probes::{DEFAULT_WAKEUP_BYTES, LoadOptions, ProbeMode, StackOptions, StackPolicy},
     table::{
         DEFAULT_EXITED_GRACE_NS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PROCESSES,
@@ -48,12 +49,12 @@ pub struct RunArgs {
     /// Serve API and metrics clients from a process of their own, with no capabilities and
     /// running as --clients-user, so that the privileged daemon never parses a client's bytes
     /// (docs/security.md, "Two processes").
-    #[arg(long, value_parser = Privsep::parser(), default_value_t = Privsep::On)]
-    pub privsep: Privsep,
+    #[arg(long, value_parser = Switch::parser(), default_value_t = Switch::On)]
+    pub privsep: Switch,
     /// With --privsep on, confine the part that serves clients to the system calls a server
     /// makes (a seccomp filter; any other call kills it, and the daemon stops saying so).
-    #[arg(long, value_parser = Privsep::parser(), default_value_t = Privsep::On)]
-    pub seccomp: Privsep,
+    #[arg(long, value_parser = Switch::parser(), default_value_t = Switch::On)]
+    pub seccomp: Switch,
     /// Who serves clients with --privsep on: a user name, or UID[:GID].
     #[arg(long, value_name = "USER", default_value = privsep::DEFAULT_CLIENTS_USER)]
     pub clients_user: String,
@@ -105,6 +106,11 @@ pub struct RunArgs {
     /// Seconds between reconciles with sock_diag and /proc (0 disables them).
     #[arg(long, value_parser = parse_seconds, default_value_t = Seconds::of(DEFAULT_RECONCILE_INTERVAL))]
     pub reconcile_interval: Seconds,
+    /// Count the state changes the kernel never hands to the probes, from tracefs's count of
+    /// the tracepoint's hits (docs/semantics.md, "Runs the kernel never made"). Off saves
+    /// the tracefs record each state change costs (docs/performance.md).
+    #[arg(long, value_parser = Switch::parser(), default_value_t = Switch::On)]
+    pub never_run_count: Switch,
     /// Which connections' opener stacks to capture (docs/stacks.md).
     #[arg(long, value_parser = StackPolicy::parser(), default_value_t = StackPolicy::default())]
     pub stacks: StackPolicy,
@@ -372,8 +378,8 @@ pub fn run(args: RunArgs, socket: PathBuf) -> anyhow::Result<()> {
     let dropped: u64 = args.drop_capability.iter().fold(0, |set, cap| set | 1 << cap);
     check_capabilities_to_load(dropped)?;
     let clients_user = match args.privsep {
-        Privsep::On => Some(ClientsUser::resolve(&args.clients_user)?),
-        Privsep::Off => None,
+        Switch::On => Some(ClientsUser::resolve(&args.clients_user)?),
+        Switch::Off => None,
     };
     let mut options = DaemonOptions {
         load: LoadOptions {
@@ -381,6 +387,7 @@ pub fn run(args: RunArgs, socket: PathBuf) -> anyhow::Result<()> {
             ring_bytes: args.ring_bytes,
             drop_every_nth_release: args.fault_drop_every_nth_release,
             skip_every_nth_state_change: args.fault_skip_every_nth_state_change,
+            never_run_count: args.never_run_count,
             wakeup_threshold_bytes: args.wakeup_bytes,
             stacks: StackOptions {
                 policy: args.stacks,

@@ -60,10 +60,10 @@ impl Choice for tracer::gohttp::GoRequestPolicy {
     }
 }
 
-impl Choice for tracer::privsep::Privsep {
-    const ALL: &'static [Self] = &tracer::privsep::Privsep::ALL;
+impl Choice for tracer::names::Switch {
+    const ALL: &'static [Self] = &tracer::names::Switch::ALL;
     fn name(&self) -> &'static str {
-        tracer::privsep::Privsep::name(*self)
+        tracer::names::Switch::name(*self)
     }
 }
 

@@ -26,7 +26,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{ClientsUser, Error, Part, Privsep, fds, seccomp};
+use super::{ClientsUser, Error, Part, fds, seccomp};
+use crate::names::Switch;
 use crate::{
     api::answers::{PartStatus, PrivilegesStatus},
     gohttp::{self, GoHttpBinary},
@@ -421,7 +422,7 @@ impl RuleSource for RemoteRules {
 /// Forks the inspector part off, as `user`, under its seccomp allow-list when `seccomp` is on.
 /// Must run before any thread starts, like [`super::split`]. The daemon gets its handle once the
 /// part said it dropped every privilege; the part itself never returns.
-pub fn spawn(user: &ClientsUser, seccomp: Privsep) -> anyhow::Result<Inspector> {
+pub fn spawn(user: &ClientsUser, seccomp: Switch) -> anyhow::Result<Inspector> {
     // The second link (unwind rules); the first comes with the fork.
     let (unwind_daemon, unwind_part) = UnixStream::pair()?;
     match super::split()? {
@@ -466,7 +467,7 @@ fn serve(
     unwind: UnixStream,
     monitor: libc::pid_t,
     user: &ClientsUser,
-    seccomp: Privsep,
+    seccomp: Switch,
 ) -> Result<(), Error> {
     for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
@@ -486,7 +487,7 @@ fn serve(
     // A parser's panic is answered as an error; printing it could take calls the filter
     // refuses (a backtrace reads files).
     std::panic::set_hook(Box::new(|_| {}));
-    let filtered = seccomp == Privsep::On;
+    let filtered = seccomp == Switch::On;
     if filtered {
         seccomp::install(&seccomp::file_reading())
             .map_err(|source| Error::Os { what: "installing the seccomp filter", source })?;

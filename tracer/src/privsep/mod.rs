@@ -26,7 +26,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{api::answers::PrivilegesStatus, export::WebConfig};
+use crate::{api::answers::PrivilegesStatus, export::WebConfig, names::Switch};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -58,16 +58,6 @@ pub enum Error {
          dropping them; refusing to serve clients from it"
     )]
     StillPrivileged { uid: u32, caps: u32 },
-}
-
-crate::names::named_enum! {
-    /// Whether `tracer run` splits in two (`--privsep`), and whether the part that serves
-    /// clients runs under its seccomp filter (`--seccomp`).
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub enum Privsep ("setting") {
-        On => "on",
-        Off => "off",
-    }
 }
 
 /// Who serves clients by default: the unprivileged account every distribution has, else the
@@ -182,7 +172,7 @@ pub fn run_clients(
     api: std::os::unix::net::UnixListener,
     metrics: Option<std::net::TcpListener>,
     web: WebConfig,
-    seccomp: Privsep,
+    seccomp: Switch,
 ) -> anyhow::Result<()> {
     for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
@@ -198,7 +188,7 @@ pub fn run_clients(
         return Ok(());
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    if seccomp == Privsep::On {
+    if seccomp == Switch::On {
         seccomp::install(&[]).map_err(|e| anyhow::anyhow!("installing the seccomp filter: {e}"))?;
     }
     runtime.block_on(async move {
@@ -211,7 +201,7 @@ pub fn run_clients(
         }
         link.set_nonblocking(true)?;
         let link = tokio::net::UnixStream::from_std(link)?;
-        let filtered = seccomp == Privsep::On;
+        let filtered = seccomp == Switch::On;
         clients::relay(link, privileges, filtered, query_rx, scrape_rx, clients).await?;
         Ok(())
     })

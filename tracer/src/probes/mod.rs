@@ -30,7 +30,7 @@ use tracer_common::{
 
 use error::Result;
 
-use crate::names::named_enum;
+use crate::names::{Switch, named_enum};
 
 /// The kernel object built by `tracer/build.rs`, embedded so the binary is self-contained.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -74,6 +74,8 @@ pub struct LoadOptions {
     pub drop_every_nth_release: u32,
     /// Test-only fault injection (see `tracer_common::Config`).
     pub skip_every_nth_state_change: u32,
+    /// Count state-change runs the kernel never made, from tracefs (see unrun.rs).
+    pub never_run_count: Switch,
     /// Wake the daemon each time the unread data crosses a multiple of this many bytes (0: the
     /// kernel's default, a wakeup whenever a record arrives while the daemon is idle); the
     /// daemon must then drain on a timer (`DaemonOptions::drain_interval`). At most a quarter of
@@ -157,6 +159,7 @@ impl Default for LoadOptions {
             ring_bytes: DEFAULT_RING_BYTES,
             drop_every_nth_release: 0,
             skip_every_nth_state_change: 0,
+            never_run_count: Switch::On,
             wakeup_threshold_bytes: DEFAULT_WAKEUP_BYTES,
             stacks: StackOptions::default(),
         }
@@ -347,6 +350,12 @@ impl Probes {
             stacks_refused: None,
             hit_counter: None,
         };
+        if options.never_run_count == Switch::Off {
+            log::info!(
+                "state-change runs the kernel never makes are not counted: --never-run-count off"
+            );
+            return Ok(probes);
+        }
         // After the programs attached: tracefs's probe then runs after theirs on every hit.
         probes.hit_counter = match unrun::HitCounter::start(&kprobe::tracefs_root(), || {
             probes

@@ -106,10 +106,18 @@ pub struct BenchArgs {
     #[arg(long, hide = true, value_name = "PATH")]
     pub reference_script: Option<PathBuf>,
     /// Also run the daemon (best mode) with these extra `tracer run` flags in every pair, to
-    /// measure one setting side by side. Repeatable. The default measures the wakeup batching
+    /// measure one setting side by side. Repeatable. The defaults measure the wakeup batching
     /// (docs/architecture.md) against the kernel's default wakeups (whenever a record arrives
-    /// while the reader is idle); `--variant ""` runs none.
-    #[arg(long, value_name = "FLAGS", default_values_t = [String::from("--wakeup-bytes 0 --drain-interval-ms 10")])]
+    /// while the reader is idle), and what counting the runs the kernel never made costs
+    /// (docs/semantics.md); `--variant ""` runs none.
+    #[arg(
+        long,
+        value_name = "FLAGS",
+        default_values_t = [
+            String::from("--wakeup-bytes 0 --drain-interval-ms 10"),
+            String::from("--never-run-count off"),
+        ]
+    )]
     pub variant: Vec<String>,
     /// Also run this other tracer binary (best mode, default flags) in every pair: a change's
     /// cost side by side with the build before it (build that one from a worktree of the

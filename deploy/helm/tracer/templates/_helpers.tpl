@@ -32,10 +32,13 @@ app.kubernetes.io/name: {{ include "tracer.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
-{{/* tracefs is mounted (writable) when kprobe mode may be used: probe auto or kprobe. */}}
+{{/* tracefs is mounted (writable) when kprobe mode may be used (probe auto or kprobe), or the
+daemon counts the state changes the kernel never hands to its probes (never-run-count, on by
+default): both write there. */}}
 {{- define "tracer.needsTracefs" -}}
 {{- $probe := default "auto" (index .Values.config "probe") }}
-{{- if or (eq $probe "auto") (eq $probe "kprobe") }}true{{ end }}
+{{- $neverRun := default "on" (index .Values.config "never-run-count") }}
+{{- if or (eq $probe "auto") (eq $probe "kprobe") (ne $neverRun "off") }}true{{ end }}
 {{- end }}
 
 {{/* Where /metrics listens: the pod's IP, or the node's loopback with hostOnly. */}}
