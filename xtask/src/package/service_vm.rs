@@ -9,8 +9,10 @@
 //! 3. a workload's exact open count, from `tracer top --json` over the API socket, equals `ss`;
 //! 4. a client in a second network namespace is counted, equal to `ss` in that namespace;
 //! 5. kprobe mode under the same unit (a drop-in adds `--probe kprobe`): its kprobe events
-//!    are in tracefs (writable through the sandbox), and counts are exact again;
-//! 6. `systemctl stop` detaches every probe (`bpftool prog show`, tracefs' kprobe events);
+//!    and its never-run count's instance are in tracefs (writable through the sandbox), and
+//!    counts are exact again;
+//! 6. `systemctl stop` detaches every probe (`bpftool prog show`, tracefs' kprobe events and
+//!    instance);
 //! 7. `dpkg --purge` leaves nothing of the package: binary, config, unit, enablement.
 //!
 //! It then powers the guest off; the host half reads the console for `PASS` or `FAIL`.
@@ -402,8 +404,15 @@ fn guest_checks() -> Result<()> {
     })?;
     let events = std::fs::read_to_string("/sys/kernel/tracing/kprobe_events").unwrap_or_default();
     ensure!(!events.trim().is_empty(), "kprobe mode runs but tracefs lists no kprobe event");
+    let instances = hit_counter_instances();
+    ensure!(
+        instances.len() == 1,
+        "the unit's daemon has no tracefs instance for its never-run count: {instances:?}"
+    );
     let (_server3, _client3) = counted_client(3, None)?;
-    say("kprobe mode under the unit: its kprobe events in tracefs, counts exact");
+    say(
+        "kprobe mode under the unit: its kprobe events and never-run count in tracefs, counts exact",
+    );
 
     let programs = daemon_program_ids()?;
     ensure!(!programs.is_empty(), "the daemon holds no BPF program");
@@ -413,14 +422,15 @@ fn guest_checks() -> Result<()> {
         let left = still_loaded(&programs)?;
         let events =
             std::fs::read_to_string("/sys/kernel/tracing/kprobe_events").unwrap_or_default();
+        let instances = hit_counter_instances();
         ensure!(
-            left.is_empty() && events.trim().is_empty(),
-            "programs {left:?} loaded, kprobe events {events:?}"
+            left.is_empty() && events.trim().is_empty() && instances.is_empty(),
+            "programs {left:?} loaded, kprobe events {events:?}, tracefs instances {instances:?}"
         );
         Ok(())
     })?;
     say(&format!(
-        "systemctl stop unloaded the daemon's {} programs and removed its kprobe events",
+        "systemctl stop unloaded the daemon's {} programs and removed its kprobe events and tracefs instance",
         programs.len()
     ));
 
@@ -474,4 +484,15 @@ fn still_loaded(ids: &[u64]) -> Result<Vec<u64>> {
         .map(|list| list.iter().filter_map(|p| p["id"].as_u64()).collect())
         .unwrap_or_default();
     Ok(ids.iter().copied().filter(|id| loaded.contains(id)).collect())
+}
+
+/// The tracefs instances of the daemon's never-run count (`tracer-<pid>-<n>`).
+fn hit_counter_instances() -> Vec<String> {
+    std::fs::read_dir("/sys/kernel/tracing/instances")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|name| name.starts_with("tracer-"))
+                .collect()
+        })
+        .unwrap_or_default()
 }
