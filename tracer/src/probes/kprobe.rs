@@ -145,7 +145,7 @@ fn write_kprobe_events(tracefs: &Path, line: &str) -> io::Result<()> {
 pub fn remove_stale_events() {
     let tracefs = tracefs_root();
     let Ok(events) = std::fs::read_to_string(tracefs.join("kprobe_events")) else { return };
-    for event in stale_events(&events, |pid| Path::new(&format!("/proc/{pid}")).exists()) {
+    for event in stale_events(&events, super::pid_runs) {
         match write_kprobe_events(&tracefs, &format!("-:{GROUP}/{event}")) {
             Ok(()) => log::info!("removed kprobe event {GROUP}/{event} left by a previous run"),
             Err(e) => log::warn!("could not remove stale kprobe event {GROUP}/{event}: {e}"),

@@ -581,3 +581,9 @@ fn step(
     let program = name.to_owned();
     move |source| ProbeError::Program { action, program, source }
 }
+
+/// Whether a process with this pid runs: what decides that the tracefs objects a daemon names
+/// after its pid (kprobe events, the never-run count's instance) were left by a killed one.
+fn pid_runs(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}

@@ -42,7 +42,7 @@ impl HitCounter {
     /// are the baseline. Removes the instances of daemons that no longer run first.
     pub fn start(tracefs: &Path, runs_and_misses: impl Fn() -> u64) -> io::Result<Self> {
         let instances = tracefs.join("instances");
-        remove_stale(&instances, |pid| Path::new(&format!("/proc/{pid}")).exists());
+        remove_stale(&instances, super::pid_runs);
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let dir = instances.join(format!("{PREFIX}{}-{n}", std::process::id()));
