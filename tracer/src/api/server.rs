@@ -80,18 +80,43 @@ pub fn resolve_group(group: &str) -> Result<u32, String> {
     Ok(entry.gr_gid)
 }
 
-/// Binds `path`, replacing a stale socket but never a live daemon's: mode 0600 (root only), or
-/// 0660 owned by `group` so that its members may query too.
 /// How often a socket that answers is tried, 100 ms apart, before it is taken to be another
 /// daemon's.
 const IN_USE_CHECKS: u32 = 10;
 
-/// Binds the API socket (before any runtime or thread starts: the privileged part binds it,
-/// the part that serves clients may be another process). Non-blocking, ready for [`serve`].
+/// The socket file [`bind`] created: what the daemon may remove at shutdown. Known by its inode
+/// and change time, since a file system may give a newer daemon's socket the inode number of
+/// the one it replaced (ext4 did, in the unit test).
+#[derive(Clone, Debug)]
+pub struct SocketFile {
+    path: PathBuf,
+    identity: (u64, u64, i64, i64),
+}
+
+fn identity(file: &std::fs::Metadata) -> (u64, u64, i64, i64) {
+    (file.dev(), file.ino(), file.ctime(), file.ctime_nsec())
+}
+
+impl SocketFile {
+    /// Removes the file at shutdown, unless another daemon has bound a new one there since (a
+    /// restart whose new daemon started before this one finished stopping).
+    pub fn remove_if_ours(&self) {
+        let ours =
+            std::fs::symlink_metadata(&self.path).is_ok_and(|now| identity(&now) == self.identity);
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Binds the API socket at `path`, replacing a stale socket but never a live daemon's: mode
+/// 0600 (root only), or 0660 owned by `group` so that its members may query too. Before any
+/// runtime or thread starts: the privileged part binds it, the part that serves clients may be
+/// another process. Non-blocking, ready for [`serve`].
 pub fn bind(
     path: &Path,
     group: Option<u32>,
-) -> Result<std::os::unix::net::UnixListener, BindError> {
+) -> Result<(std::os::unix::net::UnixListener, SocketFile), BindError> {
     let io_err = |source| BindError::Io { path: path.to_owned(), source };
     if path.exists() {
         // A daemon that was just killed may take a moment to be gone: the part that served
@@ -118,27 +143,7 @@ pub fn bind(
     let mode = if group.is_some() { 0o660 } else { 0o600 };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err)?;
     let bound = std::fs::metadata(path).map_err(io_err)?;
-    lock_bound().push((path.to_owned(), bound.dev(), bound.ino()));
-    Ok(listener)
-}
-
-/// The socket files [`bind`] created: (path, device, inode).
-static BOUND: std::sync::Mutex<Vec<(PathBuf, u64, u64)>> = std::sync::Mutex::new(Vec::new());
-
-fn lock_bound() -> std::sync::MutexGuard<'static, Vec<(PathBuf, u64, u64)>> {
-    BOUND.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Removes the API socket file at `path` at shutdown, unless another daemon has bound a new
-/// one there since (a restart whose new daemon started before this one finished stopping): the
-/// file must still be the one [`bind`] created.
-pub fn unlink_bound(path: &Path) {
-    let ours = std::fs::symlink_metadata(path).is_ok_and(|now| {
-        lock_bound().iter().any(|(p, dev, ino)| p == path && *dev == now.dev() && *ino == now.ino())
-    });
-    if ours {
-        let _ = std::fs::remove_file(path);
-    }
+    Ok((listener, SocketFile { path: path.to_owned(), identity: identity(&bound) }))
 }
 
 /// Runs `create` with `gid` as the effective group, so that the file it creates is that
@@ -419,20 +424,18 @@ mod tests {
     fn shutdown_removes_its_own_socket_file_and_not_a_newer_daemons() {
         let dir = std::env::temp_dir().join(format!("tracer-unlink-{}", std::process::id()));
         let path = dir.join("api.sock");
-        let first = bind(&path, None).expect("bind");
+        let (first, first_file) = bind(&path, None).expect("bind");
         // A new daemon took the path over (bind removes a socket that does not answer).
         drop(first);
-        let second = bind(&path, None).expect("bind again");
-        let replacement = std::fs::metadata(&path).expect("the new socket");
-        // Two daemons are two processes, each with its own record: set the second bind's
-        // aside, and this process is the first daemon, stopping after the second started.
-        lock_bound().retain(|(p, _, ino)| p != &path || *ino != replacement.ino());
-        unlink_bound(&path);
+        // Daemons start seconds apart; kernels with coarse timestamps tick every 1-10 ms.
+        std::thread::sleep(Duration::from_millis(20));
+        let (second, second_file) = bind(&path, None).expect("bind again");
+        // The first daemon stopping after the second started.
+        first_file.remove_if_ours();
         assert!(path.exists(), "another daemon's socket file was removed");
         // The second daemon stopping.
         drop(second);
-        lock_bound().push((path.clone(), replacement.dev(), replacement.ino()));
-        unlink_bound(&path);
+        second_file.remove_if_ours();
         assert!(!path.exists(), "its own socket file stayed");
         let _ = std::fs::remove_dir_all(&dir);
     }

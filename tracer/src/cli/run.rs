@@ -429,6 +429,7 @@ pub fn run(args: RunArgs, socket: PathBuf) -> anyhow::Result<()> {
     // Before any thread starts: the part that serves clients may be forked off with the
     // listeners.
     let listeners = daemon::prepare(&options)?;
+    let api_file = listeners.api_file.clone();
     let serving = match clients_user {
         None => Serving::Here(listeners),
         Some(user) => {
@@ -456,5 +457,5 @@ pub fn run(args: RunArgs, socket: PathBuf) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("dropping the capabilities the daemon does not use: {e}"))?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    runtime.block_on(daemon::run(options, serving))
+    runtime.block_on(daemon::run(options, serving, api_file))
 }

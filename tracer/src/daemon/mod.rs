@@ -204,6 +204,8 @@ fn raise_locked_memory_limit() {
 /// The listeners `tracer run` binds before any thread starts.
 pub struct Listeners {
     pub api: std::os::unix::net::UnixListener,
+    /// The API socket's file, removed when the daemon stops (whoever serves the listener).
+    pub api_file: server::SocketFile,
     pub metrics: Option<std::net::TcpListener>,
 }
 
@@ -214,9 +216,9 @@ pub fn prepare(options: &DaemonOptions) -> anyhow::Result<Listeners> {
     preflight::check()?;
     raise_open_file_limit();
     raise_locked_memory_limit();
-    let api = server::bind(&options.socket, options.socket_group)?;
+    let (api, api_file) = server::bind(&options.socket, options.socket_group)?;
     let metrics = options.metrics_addr.map(export::bind).transpose()?;
-    Ok(Listeners { api, metrics })
+    Ok(Listeners { api, api_file, metrics })
 }
 
 /// Who serves the API and /metrics clients.
@@ -231,7 +233,11 @@ pub enum Serving {
     },
 }
 
-pub async fn run(options: DaemonOptions, serving: Serving) -> anyhow::Result<()> {
+pub async fn run(
+    options: DaemonOptions,
+    serving: Serving,
+    api_file: server::SocketFile,
+) -> anyhow::Result<()> {
     let (evidence_tx, mut evidence_rx) = mpsc::unbounded_channel::<SymbolizedEvidence>();
     let (resolved_tx, mut resolved_rx) = mpsc::unbounded_channel::<containers::Landed>();
     let mut daemon = Daemon::start(&options, evidence_tx, resolved_tx)?;
@@ -240,7 +246,7 @@ pub async fn run(options: DaemonOptions, serving: Serving) -> anyhow::Result<()>
     // The servers, or the relay to the part that serves; the relay ending means that part
     // exited, which stops the daemon (a supervisor restarts both).
     let (servers, mut relay, child) = match serving {
-        Serving::Here(Listeners { api, metrics }) => {
+        Serving::Here(Listeners { api, metrics, .. }) => {
             daemon.metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
             let web = options.web_config.clone();
             let mut servers =
@@ -410,7 +416,7 @@ pub async fn run(options: DaemonOptions, serving: Serving) -> anyhow::Result<()>
     daemon.probes.detach();
     daemon.drain_now();
     daemon.log_summary();
-    server::unlink_bound(&options.socket);
+    api_file.remove_if_ours();
     stopped_by.map_or(Ok(()), Err)
 }
 
