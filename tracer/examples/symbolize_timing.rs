@@ -41,8 +41,12 @@ fn run() -> Result<bool, String> {
     let inspection = if std::env::args().nth(2).as_deref() == Some("--apart") {
         let user = tracer::privsep::ClientsUser::resolve(tracer::privsep::DEFAULT_CLIENTS_USER)
             .map_err(|e| e.to_string())?;
-        let inspector = tracer::privsep::inspector::spawn(&user, tracer::names::Switch::On)
-            .map_err(|e| format!("the inspector part: {e:#}"))?;
+        let inspector = tracer::privsep::inspector::spawn(
+            &user,
+            tracer::names::Switch::On,
+            tracer::privsep::inspector::Fault::default(),
+        )
+        .map_err(|e| format!("the inspector part: {e:#}"))?;
         Inspection::Apart(std::sync::Arc::new(inspector))
     } else {
         Inspection::Here

@@ -201,6 +201,13 @@ pub fn keep_only_kept(dropped: u64) -> std::io::Result<u64> {
     let permitted = permitted_of_self()?;
     // A daemon started with fewer capabilities (not root) keeps what it has of the list.
     let kept = kept_set(permitted, dropped);
+    keep_only(kept, permitted)?;
+    Ok(kept)
+}
+
+/// The effective, permitted and bounding sets become `kept`, a subset of `permitted`
+/// (inheritable and ambient empty). The calling thread's, like [`keep_only_kept`].
+pub fn keep_only(kept: u64, permitted: u64) -> std::io::Result<()> {
     narrow_bounding_set(kept, permitted)?;
     #[repr(C)]
     struct Header {
@@ -223,7 +230,7 @@ pub fn keep_only_kept(dropped: u64) -> std::io::Result<u64> {
     let data = [half(0), half(32)];
     // SAFETY: capset reads a v3 header and two data structs, as given.
     let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
-    if rc == 0 { Ok(kept) } else { Err(std::io::Error::last_os_error()) }
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 /// A process's effective uid and capability set.

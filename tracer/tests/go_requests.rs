@@ -321,37 +321,112 @@ fn tracer_stacks_names_the_function_whose_requests_hold_the_connections() {
 }
 
 /// The Go binaries the daemon opens are parsed by its inspector part (uid nobody, no
-/// capabilities, seccomp). Once that part is gone (killed here), the daemon runs on: it
-/// refuses each new binary, and `tracer status` says why.
+/// capabilities, seccomp), which a launcher (root, with only what starting a part takes)
+/// starts. A part that is killed is replaced by a new one, which inspects the next binary; a
+/// binary the part crashes on (the fault flag aborts it on a marker) is quarantined: refused
+/// with the reason from then on, without ending another part.
 #[test]
-fn binaries_are_refused_with_the_reason_once_the_inspector_part_has_ended() {
+fn an_inspector_part_that_ends_is_replaced_and_the_file_it_crashed_on_is_quarantined() {
     let dir = common::TempDir::new("go-requests-inspector");
-    let daemon = common::Daemon::start(&["--go-requests", "all"]);
-    let part = daemon.json(&["status"])["inspector_part"].clone();
-    assert_eq!(part["privileges"]["uid"], 65534, "{part}");
-    assert_eq!(part["privileges"]["effective_capabilities"], serde_json::json!([]), "{part}");
-    assert!(part["seccomp"] == true && part["ended"].is_null(), "{part}");
-    let pid = part["pid"].as_u64().expect("its pid") as i32;
-    let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    assert!(proc_status.contains("Seccomp:\t2"), "{proc_status}");
-    // Holds its links only: not the listeners, not the client part's link.
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("fds").count();
-    assert_eq!(fds, 5, "stdin, stdout, stderr and its two links");
-    // SAFETY: signalling the daemon's child, as root.
+    let daemon = common::Daemon::start(&["--go-requests", "all", "--fault-inspector-crash-marker"]);
+    let part_of = |d: &common::Daemon| d.json(&["status"])["inspector_part"].clone();
+    let assert_confined = |part: &serde_json::Value| {
+        assert_eq!(part["privileges"]["uid"], 65534, "{part}");
+        assert_eq!(part["privileges"]["effective_capabilities"], serde_json::json!([]), "{part}");
+        assert!(part["seccomp"] == true && part["ended"].is_null(), "{part}");
+        let pid = part["pid"].as_u64().expect("its pid");
+        let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        assert!(proc_status.contains("Seccomp:\t2"), "{proc_status}");
+        // Of sockets, holds its links only: not the listeners, the client part's or the
+        // launcher's link (the files handed to it for symbolization are open too).
+        let sockets: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("fds")
+            .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+            .map(|target| target.display().to_string())
+            .filter(|target| target.starts_with("socket:"))
+            .collect();
+        assert_eq!(sockets.len(), 2, "its two links only: {sockets:?}");
+        pid as i32
+    };
+    let first = part_of(&daemon);
+    let pid = assert_confined(&first);
+    let launcher = daemon.json(&["status"])["inspector_launcher"].clone();
+    assert_eq!(launcher["privileges"]["uid"], 0, "{launcher}");
+    assert_eq!(
+        launcher["privileges"]["effective_capabilities"],
+        serde_json::json!(["cap_setgid", "cap_setuid", "cap_setpcap"]),
+        "{launcher}"
+    );
+
+    // Killed between requests: the next binary is inspected by a new part, and nothing is
+    // quarantined.
+    // SAFETY: signalling the daemon's part, as root.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
     let program = common::go_program("go_requests", "go-requests", false, &dir.0);
     let _client = GoClient::start(&program, "get");
-    daemon.eventually("the client refused, naming the ended part", |d| {
+    daemon.eventually("the client probed by a new part", |d| {
         let status = d.json(&["status"]);
-        let refused = status["go_requests"]["refused_processes"].as_u64().unwrap_or(0);
-        let ended = status["inspector_part"]["ended"].as_str().unwrap_or("").to_owned();
-        if refused >= 1 && ended.contains("killed by signal 9") {
+        let probed = status["go_requests"]["probed_processes"].as_u64().unwrap_or(0);
+        let part = &status["inspector_part"];
+        let last_end = part["last_end"].as_str().unwrap_or("");
+        if probed >= 1 && part["restarts"] == 1 && last_end.contains("killed by signal 9") {
             Ok(())
         } else {
-            Err(format!("refused {refused}, ended {ended:?}"))
+            Err(format!("probed {probed}, part {part}"))
         }
     });
-    assert_eq!(daemon.json(&["status"])["go_requests"]["probed_processes"], 0);
+    let second = part_of(&daemon);
+    let second_pid = assert_confined(&second);
+    assert_ne!(second_pid, pid);
+    assert_eq!(second["quarantined"], 0, "{second}");
+
+    // A binary that crashes the parser: quarantined, refused, and a third part starts.
+    let crasher = dir.0.join("go-requests-crasher");
+    let mut bytes = std::fs::read(&program).expect("the Go client");
+    bytes.extend_from_slice(tracer::privsep::inspector::FAULT_MARKER);
+    std::fs::write(&crasher, bytes).expect("write the crasher");
+    std::fs::set_permissions(&crasher, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let crasher_path = crasher.display().to_string();
+    let _crasher = GoClient::start(&crasher, "get");
+    daemon.eventually("the crasher quarantined and a new part running", |d| {
+        let status = d.json(&["status"]);
+        let part = &status["inspector_part"];
+        let files = part["quarantined_files"].to_string();
+        let last_end = part["last_end"].as_str().unwrap_or("");
+        if part["restarts"] == 2
+            && files.contains(&crasher_path)
+            && last_end.contains("killed by signal 11")
+            && part["ended"].is_null()
+        {
+            Ok(())
+        } else {
+            Err(format!("part {part}"))
+        }
+    });
+    let third_pid = assert_confined(&part_of(&daemon));
+    assert_ne!(third_pid, second_pid);
+    let refused = daemon.json(&["status"])["go_requests"]["refused_processes"].as_u64();
+    // The same file again, in another process: refused without a crash.
+    let _again = GoClient::start(&crasher, "get");
+    let _healthy = GoClient::start(&program, "get");
+    daemon.eventually("the second crasher refused, the healthy client probed", |d| {
+        let status = d.json(&["status"]);
+        let now_refused = status["go_requests"]["refused_processes"].as_u64();
+        let probed = status["go_requests"]["probed_processes"].as_u64().unwrap_or(0);
+        if now_refused > refused && probed >= 2 {
+            Ok(())
+        } else {
+            Err(format!("refused {now_refused:?} (before {refused:?}), probed {probed}"))
+        }
+    });
+    let part = part_of(&daemon);
+    assert_eq!(
+        (part["restarts"].as_u64(), part["pid"].as_u64()),
+        (Some(2), Some(third_pid as u64))
+    );
+    let text = daemon.try_cli(&["status"]).expect("tracer status");
+    assert!(text.contains("quarantined files: 1: ") && text.contains(&crasher_path), "{text}");
 }
 
 /// Under the default policy a healthy Go client is no suspect: no probe, no request groups.

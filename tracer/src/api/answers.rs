@@ -375,6 +375,10 @@ pub struct StatusReport {
     /// its own (`--privsep on`, docs/security.md "A third process").
     #[serde(default)]
     pub inspector_part: Option<PartStatus>,
+    /// The process that starts inspector parts (root, with only what starting one takes:
+    /// docs/security.md "A third process").
+    #[serde(default)]
+    pub inspector_launcher: Option<PartStatus>,
     /// Per-workload overrides (`--workload`), in the order they are tried, as
     /// `GLOB:KEY=VALUE,...`.
     #[serde(default)]
@@ -570,10 +574,22 @@ pub struct PartStatus {
     /// It runs under its seccomp allow-list (`--seccomp on`, the default).
     #[serde(default)]
     pub seccomp: bool,
-    /// Why it ended, when it has (the inspector part: what it is for is refused since);
-    /// `null` while it runs.
+    /// Why it ended, when it has and no new part runs (the inspector part: what it is for is
+    /// refused meanwhile); `null` while it runs.
     #[serde(default)]
     pub ended: Option<String>,
+    /// The inspector part: how many times a new part replaced one that ended.
+    #[serde(default)]
+    pub restarts: u64,
+    /// The inspector part: why the last one that ended did (`null` if none has).
+    #[serde(default)]
+    pub last_end: Option<String>,
+    /// The inspector part: files it ended on while parsing them, never handed over again.
+    #[serde(default)]
+    pub quarantined: u64,
+    /// The first 16 of them, by path, sorted.
+    #[serde(default)]
+    pub quarantined_files: Vec<String>,
 }
 
 /// Clients of the API socket, for `tracer status` (docs/api.md, "Limits").

@@ -19,7 +19,10 @@ use tracer::{
     health::{DEFAULT_IDLE_AFTER, DEFAULT_UNREAD_AFTER, HealthSettings},
     logging::LogFormat,
     names::Switch,
-    privsep::{self, ClientsUser, Part, inspector::Inspection},
+    privsep::{
+        self, ClientsUser, Part,
+        inspector::{Fault, Inspection},
+    },
     probes::{DEFAULT_WAKEUP_BYTES, LoadOptions, ProbeMode, StackOptions, StackPolicy},
     table::{
         DEFAULT_EXITED_GRACE_NS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PROCESSES,
@@ -163,6 +166,11 @@ pub struct RunArgs {
     /// to prove the daemon counts runs the kernel never made (from tracefs).
     #[arg(long, default_value_t = 0, hide = true)]
     pub fault_skip_every_nth_state_change: u32,
+    /// Test only: the inspector part aborts on a Go binary that ends with a marker, as on a
+    /// file that crashes a parser, to prove that a new part replaces it and the file is
+    /// quarantined.
+    #[arg(long, hide = true)]
+    pub fault_inspector_crash_marker: bool,
 }
 
 /// Where container identities are read (docs/containers.md).
@@ -375,6 +383,7 @@ fn check_capabilities_to_load(dropped: u64) -> anyhow::Result<()> {
 
 pub fn run(args: RunArgs, socket: PathBuf) -> anyhow::Result<()> {
     let args_seccomp = args.seccomp;
+    let fault = Fault { crash_on_marker: args.fault_inspector_crash_marker };
     let dropped: u64 = args.drop_capability.iter().fold(0, |set, cap| set | 1 << cap);
     check_capabilities_to_load(dropped)?;
     let clients_user = match args.privsep {
@@ -445,7 +454,7 @@ pub fn run(args: RunArgs, socket: PathBuf) -> anyhow::Result<()> {
                     drop(listeners);
                     // The third part, which parses the binaries the daemon opens: forked now,
                     // while there is one thread still.
-                    let inspector = privsep::inspector::spawn(&user, args_seccomp)?;
+                    let inspector = privsep::inspector::spawn(&user, args_seccomp, fault)?;
                     options.inspection = Inspection::Apart(std::sync::Arc::new(inspector));
                     Serving::Relayed { link, child, metrics_addr }
                 }

@@ -76,9 +76,11 @@ fn status(s: &StatusReport) -> String {
     };
     let _ = writeln!(out, "privileges:          {}", privileges(&s.privileges));
     // The parts apart from the daemon, one line each.
-    for (label, part) in
-        [("clients served by:  ", &s.clients_part), ("binaries parsed by: ", &s.inspector_part)]
-    {
+    for (label, part) in [
+        ("clients served by:  ", &s.clients_part),
+        ("binaries parsed by: ", &s.inspector_part),
+        ("  started by:       ", &s.inspector_launcher),
+    ] {
         if let Some(part) = part {
             let _ = writeln!(
                 out,
@@ -89,6 +91,22 @@ fn status(s: &StatusReport) -> String {
                 part.ended.as_deref().map(|e| format!("; ENDED: {e}")).unwrap_or_default()
             );
         }
+    }
+    if let Some(part) = s.inspector_part.as_ref().filter(|p| p.restarts > 0 || p.quarantined > 0) {
+        let _ = writeln!(
+            out,
+            "  restarted:         {} times; last end: {}",
+            part.restarts,
+            part.last_end.as_deref().unwrap_or("-")
+        );
+        let more = part.quarantined as usize > part.quarantined_files.len();
+        let _ = writeln!(
+            out,
+            "  quarantined files: {}{}{}",
+            part.quarantined,
+            if part.quarantined_files.is_empty() { "" } else { ": " },
+            part.quarantined_files.join(", ") + if more { ", ..." } else { "" }
+        );
     }
     let _ = writeln!(
         out,

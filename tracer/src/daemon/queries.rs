@@ -419,10 +419,11 @@ impl Daemon {
                     pid: part.pid,
                     privileges: part.privileges.clone(),
                     seccomp: part.seccomp,
-                    ended: None,
+                    ..Default::default()
                 }
             }),
             inspector_part: self.go_requests.inspection().status(),
+            inspector_launcher: self.go_requests.inspection().launcher_status(),
             workload_overrides: self
                 .leak_settings
                 .detector

@@ -16,7 +16,9 @@
 mod clients;
 mod fds;
 pub mod inspector;
+mod launcher;
 pub mod monitor;
+mod restarts;
 mod seccomp;
 pub mod wire;
 

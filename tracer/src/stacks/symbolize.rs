@@ -260,6 +260,11 @@ impl PinnedFile {
         &self.file
     }
 
+    /// Its device and inode: the same file whichever process maps it.
+    pub fn dev_ino(&self) -> (u64, u64) {
+        (self.key.dev, self.key.ino)
+    }
+
     /// `/proc/self/fd/N`: this process's path to the file.
     pub fn fd_path(&self) -> &std::path::Path {
         &self.fd_path

@@ -380,7 +380,14 @@ fn guest_checks() -> Result<()> {
             "{part}: {p}"
         );
     }
-    say("privileges: the daemon keeps its four capabilities, both parts run as nobody with none");
+    let launcher = &status["inspector_launcher"]["privileges"];
+    let launcher_caps = serde_json::json!(["cap_setgid", "cap_setuid", "cap_setpcap"]);
+    ensure!(
+        launcher["uid"] == 0 && launcher["effective_capabilities"] == launcher_caps,
+        "the launcher of inspector parts runs with {launcher}"
+    );
+    say("privileges: the daemon keeps its four capabilities, both parts run as nobody with none, \
+         the launcher of inspector parts keeps three");
 
     let (_server, _client) = counted_client(7, None)?;
     say("a client's 7 connections counted exactly, as ss shows them");
