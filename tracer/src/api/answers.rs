@@ -60,7 +60,8 @@ pub struct TopRow {
     /// `null` when the count did not rise or there is no limit.
     pub fd_exhaustion_seconds: Option<u64>,
     /// While an alert is active: the leading function of the largest stack group behind it
-    /// (from the alert's evidence); `null` otherwise, or when no stack of it is named.
+    /// that names one (from the alert's evidence); `null` otherwise, or when no stack of it is
+    /// named.
     #[serde(default)]
     pub leading_function: Option<String>,
 }

@@ -189,8 +189,10 @@ impl Daemon {
         }
     }
 
-    /// The leading function of the largest stack group behind an active alert of `key` (by
-    /// rule name, the first that names one).
+    /// The leading function of the largest stack group that names one behind an active alert
+    /// of `key` (by rule name, the first that names one). Not just the largest group's: a group
+    /// whose stacks the symbolizer has not named yet may be the largest for an evaluation
+    /// (seen on a slow VM), and would hide the name until the next.
     fn leading_function_of(&self, key: ProcessKey) -> Option<String> {
         let mut alerts: Vec<&Alert> = self
             .detector
@@ -203,7 +205,7 @@ impl Daemon {
             // its last request's stack names the code.
             let stacks = a.evidence.stacks.as_ref()?;
             let first = |groups: &[crate::stacks::groups::StackGroup]| {
-                groups.first().and_then(|g| g.leading_function.clone())
+                groups.iter().find_map(|g| g.leading_function.clone())
             };
             first(&stacks.groups).or_else(|| first(&stacks.requests.as_ref()?.groups))
         })
