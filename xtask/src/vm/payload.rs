@@ -295,6 +295,11 @@ mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
 mount -t tmpfs tmpfs /run
 mount -t tracefs tracefs /sys/kernel/tracing
+# Enabling a trace event while record-cmd is on (the default) registers ftrace's probes on the
+# scheduler's wakeup and switch tracepoints: every daemon start and stop (the never-run count's
+# instance) then patches those hot paths, and under TCG that crashed guests (an int3 Oops in
+# ttwu_do_activate, soft lockups). The count does not need task names.
+echo 0 > /sys/kernel/tracing/options/record-cmd
 mount -t debugfs debugfs /sys/kernel/debug
 mount -t bpf bpf /sys/fs/bpf
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
